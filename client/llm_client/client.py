@@ -1,0 +1,190 @@
+"""A thin client for the `llm` model: gRPC streaming (tritonclient) and HTTP generate / generate_stream.
+
+Sampling parameters travel as the `sampling_parameters` JSON tensor, so every key the server knows works
+here without client changes.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class ServerUnreachable(ConnectionError):
+    pass
+
+
+class RequestError(RuntimeError):
+    """The server answered the request with an error (its message names the field and the reason)."""
+
+
+@dataclass
+class Chunk:
+    text: str
+    final: bool = False
+    finish_reason: str | None = None
+    num_input_tokens: int | None = None
+    num_output_tokens: int | None = None
+
+
+@dataclass
+class Result:
+    text: str
+    finish_reason: str | None = None
+    num_input_tokens: int | None = None
+    num_output_tokens: int = 0
+    chunks: list[Chunk] = field(default_factory=list)
+
+
+def _unreachable(url: str, exc: Exception) -> ServerUnreachable:
+    return ServerUnreachable(f"cannot reach the Triton server at {url} ({exc}). Is it running? Start it with "
+                             "`python -m llmserve.server serve`, or pass --url.")
+
+
+def build_inputs(prompt: str | None, messages: list | None, stream: bool, params: dict) -> dict[str, np.ndarray]:
+    inputs: dict[str, np.ndarray] = {}
+    if messages is not None:
+        inputs["messages"] = np.array([json.dumps(messages).encode()], dtype=np.object_)
+    else:
+        inputs["text_input"] = np.array([(prompt or "").encode()], dtype=np.object_)
+    inputs["stream"] = np.array([stream])
+    inputs["exclude_input_in_output"] = np.array([True])
+    inputs["sampling_parameters"] = np.array([json.dumps(params).encode()], dtype=np.object_)
+    for flag in ("return_finish_reason", "return_num_input_tokens", "return_num_output_tokens"):
+        inputs[flag] = np.array([True])
+    return inputs
+
+
+def _chunk_from_outputs(get) -> Chunk:
+    def first(name, cast):
+        value = get(name)
+        return None if value is None or len(value) == 0 else cast(value.reshape(-1)[0])
+
+    text = first("text_output", lambda b: b.decode("utf-8") if isinstance(b, bytes) else str(b)) or ""
+    return Chunk(text, finish_reason=first("finish_reason", lambda b: b.decode() if isinstance(b, bytes) else str(b)),
+                 num_input_tokens=first("num_input_tokens", int), num_output_tokens=first("num_output_tokens", int))
+
+
+class LLMClient:
+    def __init__(self, url: str = "localhost:8001", model: str = "llm", protocol: str = "grpc"):
+        if protocol not in ("grpc", "http"):
+            raise ValueError("protocol must be grpc or http")
+        self.url, self.model, self.protocol = url, model, protocol
+
+    def stream(self, prompt: str | None = None, messages: list | None = None, **params) -> Iterator[Chunk]:
+        if self.protocol == "http":
+            yield from self._http(prompt, messages, params, stream=True)
+        else:
+            yield from self._grpc(prompt, messages, params, stream=True)
+
+    def generate(self, prompt: str | None = None, messages: list | None = None, stream: bool = False,
+                 **params) -> Result:
+        if stream:
+            chunks = list(self.stream(prompt, messages, **params))
+        elif self.protocol == "http":
+            chunks = list(self._http(prompt, messages, params, stream=False))
+        else:
+            chunks = list(self._grpc(prompt, messages, params, stream=False))
+        last = chunks[-1] if chunks else Chunk("")
+        return Result("".join(c.text for c in chunks), last.finish_reason, last.num_input_tokens,
+                      sum(c.num_output_tokens or 0 for c in chunks), chunks)
+
+    # -- gRPC ------------------------------------------------------------------------------------------------
+    def _grpc(self, prompt, messages, params, stream: bool) -> Iterator[Chunk]:
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+        client = grpcclient.InferenceServerClient(self.url)
+        responses: queue.SimpleQueue = queue.SimpleQueue()
+        tensors = []
+        for name, value in build_inputs(prompt, messages, stream, params).items():
+            t = grpcclient.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
+            t.set_data_from_numpy(value)
+            tensors.append(t)
+        finished = False
+        try:
+            # One stream per request: stop_stream(cancel_requests=True) then cancels only this one.
+            client.start_stream(callback=lambda result, error: responses.put((result, error)))
+            client.async_stream_infer(self.model, tensors, enable_empty_final_response=True)
+            while True:
+                result, error = responses.get()
+                if error is not None:
+                    raise _grpc_error(self.url, error)
+                params_ = result.get_response().parameters
+                final = params_["triton_final_response"].bool_param if "triton_final_response" in params_ else False
+                if result.get_response().outputs:
+                    chunk = _chunk_from_outputs(result.as_numpy)
+                    chunk.final = final
+                    yield chunk
+                if final:
+                    finished = True
+                    return
+        except InferenceServerException as exc:
+            raise _grpc_error(self.url, exc) from None
+        finally:
+            try:
+                client.stop_stream(cancel_requests=not finished)
+                client.close()
+            except Exception:  # noqa: BLE001 - closing a dead channel is not the caller's problem
+                pass
+
+    # -- HTTP ------------------------------------------------------------------------------------------------
+    def _http(self, prompt, messages, params, stream: bool) -> Iterator[Chunk]:
+        body: dict = {"stream": stream, "exclude_input_in_output": True, "sampling_parameters": json.dumps(params),
+                      "return_finish_reason": True, "return_num_input_tokens": True, "return_num_output_tokens": True}
+        if messages is not None:
+            body["messages"] = json.dumps(messages)
+        else:
+            body["text_input"] = prompt or ""
+        route = "generate_stream" if stream else "generate"
+        url = f"http://{self.url}/v2/models/{self.model}/{route}"
+        req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+        try:
+            resp = urllib.request.urlopen(req, timeout=600)
+        except urllib.error.HTTPError as exc:
+            raise RequestError(_http_error_text(exc.read())) from None
+        except (urllib.error.URLError, ConnectionError) as exc:
+            raise _unreachable(self.url, exc) from None
+        with resp:
+            if not stream:
+                yield _json_chunk(json.loads(resp.read()), final=True)
+                return
+            for line in resp:
+                line = line.strip()
+                if line.startswith(b"data:"):
+                    yield _json_chunk(json.loads(line[5:]), final=False)
+
+
+def _json_chunk(obj: dict, final: bool) -> Chunk:
+    if "error" in obj:
+        raise RequestError(obj["error"])
+
+    def get(name):
+        return None if name not in obj else np.array([obj[name]]).reshape(-1)
+
+    chunk = _chunk_from_outputs(get)
+    chunk.final = final or chunk.finish_reason is not None
+    return chunk
+
+
+def _http_error_text(body: bytes) -> str:
+    try:
+        return json.loads(body).get("error", body.decode())
+    except (ValueError, AttributeError):
+        return body.decode("utf-8", "replace")
+
+
+def _grpc_error(url: str, exc) -> Exception:
+    text = str(exc)
+    if "StatusCode.UNAVAILABLE" in text and ("connect" in text.lower() or "Socket closed" in text):
+        return _unreachable(url, exc)
+    msg = exc.message() if hasattr(exc, "message") and callable(exc.message) else text
+    err = RequestError(msg)
+    err.status = exc.status() if hasattr(exc, "status") and callable(exc.status) else None
+    return err

@@ -1,0 +1,73 @@
+"""Paged attention: write this step's K/V into the block cache, then attend over each sequence's blocks.
+
+The cache of one layer is [2, num_blocks, block_size, kv_heads, head_dim]. A sequence's tokens live in
+the blocks listed in its row of `block_tables`; token t of a sequence sits at slot
+block_tables[t // block_size] * block_size + t % block_size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AttentionMetadata:
+    slot_mapping: torch.Tensor  # [T] int64: cache slot for each new token
+    block_tables: torch.Tensor  # [B, max_blocks] int32/64, padded with 0
+    context_lens: torch.Tensor  # [B] int32: tokens in the cache after this step (cached + new)
+    query_lens: list[int]  # [B] new tokens per sequence (host copy, for the prefill path)
+    context_lens_host: list[int]
+    decode_only: bool  # every sequence has exactly one new token
+    max_context_len: int
+
+
+def write_kv(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+    nkv, hd = k.shape[1], k.shape[2]
+    kv_cache[0].view(-1, nkv, hd)[slot_mapping] = k
+    kv_cache[1].view(-1, nkv, hd)[slot_mapping] = v
+
+
+def _gather(cache: torch.Tensor, block_table: torch.Tensor, length: int) -> torch.Tensor:
+    """[blocks...] -> [length, kv_heads, head_dim] for one sequence, or [B, S, kvh, hd] for a batch."""
+    g = cache[block_table]
+    if block_table.dim() == 1:
+        return g.flatten(0, 1)[:length]
+    return g.flatten(1, 2)[:, :length]
+
+
+def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
+                    meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    """q: [T, H, D], k/v: [T, KVH, D] (this step's tokens). Returns [T, H, D]."""
+    write_kv(k, v, kv_cache, meta.slot_mapping)
+    if meta.decode_only:
+        return _decode_attention(q, kv_cache, meta, scale)
+    return _prefill_attention(q, kv_cache, meta, scale)
+
+
+def _decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    # One query per sequence: gather every sequence's keys into a padded [B, S] batch and mask the tail.
+    S = meta.max_context_len
+    keys = _gather(kv_cache[0], meta.block_tables, S).transpose(1, 2)  # [B, KVH, S, D]
+    values = _gather(kv_cache[1], meta.block_tables, S).transpose(1, 2)
+    mask = torch.arange(S, device=q.device)[None, :] < meta.context_lens[:, None]  # [B, S]
+    out = F.scaled_dot_product_attention(q.unsqueeze(2), keys, values, attn_mask=mask[:, None, None, :],
+                                         scale=scale, enable_gqa=True)
+    return out.squeeze(2)
+
+
+def _prefill_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    out = torch.empty_like(q)
+    start = 0
+    for i, (ql, cl) in enumerate(zip(meta.query_lens, meta.context_lens_host)):
+        qi = q[start:start + ql].transpose(0, 1)  # [H, ql, D]
+        keys = _gather(kv_cache[0], meta.block_tables[i], cl).transpose(0, 1)  # [KVH, cl, D]
+        values = _gather(kv_cache[1], meta.block_tables[i], cl).transpose(0, 1)
+        # Query j sits at position cl - ql + j and sees keys up to and including that position.
+        mask = torch.ones(ql, cl, dtype=torch.bool, device=q.device).tril(diagonal=cl - ql)
+        oi = F.scaled_dot_product_attention(qi, keys, values, attn_mask=mask, scale=scale, enable_gqa=True)
+        out[start:start + ql] = oi.transpose(0, 1)
+        start += ql
+    return out

@@ -1,0 +1,151 @@
+"""Our PyTorch engine: scheduler -> model runner -> sampler, one `step` per iteration."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from llmserve.block_manager import BlockManager
+from llmserve.config import ServingConfig
+from llmserve.engine_api import EngineError, EngineOutput, EngineRequest, EngineStats, Overloaded
+from llmserve.model_runner import ModelRunner
+from llmserve.sampler import SamplingBatch
+from llmserve.sampling_params import InvalidRequest
+from llmserve.scheduler import Scheduler, SchedulerConfig
+from llmserve.sequence import Sequence, Status
+
+log = logging.getLogger(__name__)
+
+
+class TorchEngine:
+    def __init__(self, cfg: ServingConfig, checkpoint_dir: Path):
+        self.cfg = cfg
+        self.runner = ModelRunner(cfg, checkpoint_dir)
+        self.vocab_size = self.runner.model.args.vocab_size
+        self.max_model_len = self.runner.max_model_len
+        self.blocks = BlockManager(self.runner.num_blocks, cfg.kv_block_size, cfg.enable_prefix_caching)
+        self.scheduler = Scheduler(
+            SchedulerConfig(cfg.max_batch_size, cfg.max_num_tokens, cfg.max_queue_delay_us / 1e6), self.blocks)
+        self.seqs: dict[str, Sequence] = {}
+        self._aborted: list[Sequence] = []
+        self._steps = 0
+
+    # -- requests -------------------------------------------------------------------------------------
+    def add_request(self, request: EngineRequest) -> None:
+        n = len(request.prompt_token_ids)
+        if n == 0:
+            raise InvalidRequest("text_input", "the prompt is empty")
+        if n >= self.max_model_len:
+            raise InvalidRequest("text_input", f"the prompt has {n} tokens; the model context is "
+                                 f"{self.max_model_len} tokens, and at least one must remain for the answer")
+        if self.blocks.blocks_needed(n + 1) > self.blocks.num_blocks:
+            raise InvalidRequest("text_input", f"the prompt has {n} tokens, more than the KV cache holds "
+                                 f"({self.blocks.num_blocks * self.blocks.block_size} tokens); "
+                                 "raise kv_cache_memory_bytes")
+        if request.request_id in self.seqs:
+            raise InvalidRequest("request_id", f"{request.request_id!r} is already in flight")
+        if len(self.scheduler.waiting) >= self.cfg.max_queue_size:
+            raise Overloaded(f"the queue holds {len(self.scheduler.waiting)} waiting requests "
+                             f"(max_queue_size {self.cfg.max_queue_size}); retry later")
+        queued_tokens = sum(len(s.tokens) for s in self.scheduler.waiting)
+        if queued_tokens + n > self.cfg.max_queued_tokens:
+            raise Overloaded(f"{queued_tokens} prompt tokens are waiting (max_queued_tokens "
+                             f"{self.cfg.max_queued_tokens}); retry later")
+        p = request.params
+        generator = None
+        if p.seed is not None and not p.greedy:
+            generator = torch.Generator(device=self.runner.device)
+            generator.manual_seed(p.seed)
+        seq = Sequence(request=request, tokens=list(request.prompt_token_ids), num_prompt_tokens=n,
+                       max_total_tokens=min(n + p.max_tokens, self.max_model_len), generator=generator)
+        self.seqs[request.request_id] = seq
+        self.scheduler.add(seq)
+
+    def abort(self, request_id: str) -> None:
+        seq = self.seqs.get(request_id)
+        if seq is not None and seq not in self._aborted:
+            self._aborted.append(seq)
+
+    def finish(self, request_id: str, reason: str = "stop") -> None:
+        seq = self.seqs.pop(request_id, None)
+        if seq is not None:
+            self.scheduler.remove(seq)
+
+    def has_work(self) -> bool:
+        return bool(self._aborted) or self.scheduler.has_work()
+
+    def next_wakeup(self) -> float:
+        return self.scheduler.next_wakeup()
+
+    # -- the step ----------------------------------------------------------------------------------------
+    def step(self) -> list[EngineOutput]:
+        outputs = [self._end(seq, "abort") for seq in self._aborted if seq.request_id in self.seqs]
+        self._aborted.clear()
+        batch = self.scheduler.schedule()
+        if not batch.seqs:
+            return outputs
+        self._steps += 1
+        rows = self.runner.sampling_rows(batch)
+        sampling = self._sampling_batch(rows) if rows else None
+        try:
+            tokens, logprobs = self.runner.run(batch, sampling)
+        except Exception as exc:  # noqa: BLE001 - the step's sequences fail; the engine keeps serving
+            log.exception("engine step failed; failing the %d requests in it", len(batch.seqs))
+            err = EngineError(f"engine step failed: {type(exc).__name__}: {exc}")
+            return outputs + [self._end(seq, "error", err) for seq in batch.seqs]
+        for seq, n in zip(batch.seqs, batch.num_tokens):
+            seq.num_computed_tokens += n
+        for seq, token, lp in zip(rows, tokens, logprobs):
+            outputs.append(self._append(seq, token, lp))
+        for seq in batch.seqs:
+            if seq.status is Status.RUNNING:
+                self.blocks.register_full_blocks(seq)
+        return [o for o in outputs if o is not None]
+
+    def _sampling_batch(self, rows: list[Sequence]) -> SamplingBatch:
+        banned = []
+        for s in rows:
+            p = s.request.params
+            stop_ids = list(p.stop_token_ids) + ([] if p.ignore_eos else list(s.request.eos_token_ids))
+            banned.append(stop_ids if s.num_output_tokens < p.min_tokens else [])
+        return SamplingBatch(params=[s.request.params for s in rows], output_tokens=[s.output_tokens for s in rows],
+                             all_tokens=[s.tokens for s in rows], generators=[s.generator for s in rows],
+                             banned=banned)
+
+    def _append(self, seq: Sequence, token: int, logprob) -> EngineOutput | None:
+        p = seq.request.params
+        is_eos = not p.ignore_eos and token in seq.request.eos_token_ids
+        if is_eos or token in p.stop_token_ids:
+            return self._end(seq, "stop")  # the stop token itself is not part of the answer
+        seq.tokens.append(token)
+        if logprob is not None:
+            seq.pending_logprobs.append(logprob)
+        if seq.num_output_tokens >= p.max_tokens or len(seq.tokens) >= seq.max_total_tokens:
+            return self._end(seq, "length")
+        return self._emit(seq, None)
+
+    def _emit(self, seq: Sequence, finish_reason: str | None, error: EngineError | None = None) -> EngineOutput:
+        new = seq.output_tokens[seq.num_emitted:]
+        seq.num_emitted += len(new)
+        lps, seq.pending_logprobs = seq.pending_logprobs, []
+        return EngineOutput(seq.request_id, new, finish_reason, lps if seq.request.params.logprobs is not None
+                            else None, error, seq.num_prompt_tokens, seq.num_cached_tokens)
+
+    def _end(self, seq: Sequence, reason: str, error: EngineError | None = None) -> EngineOutput:
+        out = self._emit(seq, reason, error)
+        self.seqs.pop(seq.request_id, None)
+        self.scheduler.remove(seq)
+        return out
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            running=len(self.scheduler.running), waiting=len(self.scheduler.waiting),
+            kv_blocks_total=self.blocks.num_blocks, kv_blocks_free=self.blocks.num_free,
+            kv_block_size=self.blocks.block_size, prefix_cache_hit_blocks=self.blocks.hit_blocks,
+            prefix_cache_query_blocks=self.blocks.query_blocks, preemptions=self.scheduler.num_preemptions,
+            steps=self._steps)
+
+    def shutdown(self) -> None:
+        self.runner.kv_cache = None

@@ -1,0 +1,287 @@
+"""The TensorRT-LLM engine: our Engine protocol over `tensorrt_llm.bindings.executor.Executor` (TRT-LLM 1.2.x).
+
+Written against the TRT-LLM source, following NVIDIA's own Triton Python model
+(triton_backend/all_models/inflight_batcher_llm/tensorrt_llm/1/model.py, "model.py" below) and the bindings
+(cpp/tensorrt_llm/nanobind/executor/{executor,executorConfig,request,bindings}.cpp). It has run only
+against tests/doubles/trtllm_executor_double.py, never against a real Executor.
+
+Token-level like every engine: stop *strings* are matched on text by llmserve/service.py, which calls
+`finish()` when one matches; here only token ids stop generation (end_id and stop_words).
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from build_engines.manifest import ManifestError, check_manifest, read_manifest, running_versions, verify_engine_files
+from llmserve.config import ServingConfig
+from llmserve.engine_api import EngineError, EngineOutput, EngineRequest, EngineStats, Overloaded, TokenLogprob
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RuntimeInfo:
+    tensorrt_version: str
+    tensorrt_llm_version: str
+    compute_capability: tuple[int, int]
+
+
+def detect_runtime() -> RuntimeInfo:
+    import torch  # a TensorRT-LLM dependency, present wherever the real bindings are
+
+    if not torch.cuda.is_available():
+        raise EngineError("the TensorRT-LLM engine needs a CUDA GPU and none is visible to this process")
+    trt, trtllm = running_versions()
+    return RuntimeInfo(trt, trtllm, torch.cuda.get_device_capability())
+
+
+@dataclass
+class _Live:
+    request_id: str
+    prompt_len: int
+    want_logprobs: bool
+    stop_ids: frozenset[int]  # ids sent as single-token stop_words, plus end_id: never part of the answer
+    end_id: int
+    silent: bool = False  # finish() was called: drop whatever still arrives
+    pending: list[int] = field(default_factory=list)
+
+
+class TrtllmEngine:
+    """Iteration-level adapter; one thread drives it (see llmserve.engine_api.Engine)."""
+
+    def __init__(self, engine_dir: str | Path, cfg: ServingConfig, bindings: ModuleType | None = None,
+                 runtime: RuntimeInfo | None = None, await_timeout_ms: int = 5, verify_checksums: bool = False):
+        self._tle = bindings or importlib.import_module("tensorrt_llm.bindings.executor")
+        self.engine_dir = Path(engine_dir)
+        try:
+            self.manifest = read_manifest(self.engine_dir)
+            rt = runtime or detect_runtime()
+            check_manifest(self.manifest, rt.tensorrt_version, rt.tensorrt_llm_version, rt.compute_capability)
+            if verify_checksums:
+                verify_engine_files(self.manifest, self.engine_dir)
+        except ManifestError as e:
+            raise EngineError(str(e)) from None
+        limits = self.manifest.limits
+        self.vocab_size: int = int(self.manifest.model["vocab_size"])
+        self.max_model_len: int = min(cfg.max_model_len or limits["max_seq_len"], limits["max_seq_len"])
+        self._max_input_len: int = limits["max_input_len"]
+        self._timeout = datetime.timedelta(milliseconds=await_timeout_ms)
+        # model.py: Executor(gpt_model_path, trtllm.ModelType.DECODER_ONLY, executor_config)
+        self.executor = self._tle.Executor(self.engine_dir, self._tle.ModelType.DECODER_ONLY,
+                                           self._executor_config(cfg, limits))
+        # model.py: with TP/PP > 1 under MPI (leader mode) only rank 0 can enqueue; the others serve as workers.
+        self.is_leader: bool = bool(self.executor.can_enqueue_requests())
+        self._live: dict[int, _Live] = {}  # executor id -> state
+        self._ids: dict[str, int] = {}  # our request id -> executor id
+        self._last_stats: Any = None
+
+    def _executor_config(self, cfg: ServingConfig, limits: dict[str, Any]) -> Any:
+        tle = self._tle
+        kv: dict[str, Any] = {"enable_block_reuse": cfg.enable_kv_cache_reuse,
+                              "free_gpu_memory_fraction": cfg.kv_cache_free_mem_fraction}
+        per_token = self.manifest.model.get("kv_bytes_per_token")
+        if cfg.kv_cache_memory_bytes and per_token:
+            kv["max_tokens"] = int(cfg.kv_cache_memory_bytes // per_token)  # KvCacheConfig caps tokens, not bytes
+        policy = {"max_utilization": tle.CapacitySchedulerPolicy.MAX_UTILIZATION,
+                  "guaranteed_no_evict": tle.CapacitySchedulerPolicy.GUARANTEED_NO_EVICT}[cfg.batch_scheduler_policy]
+        # model.py get_executor_config; runtime batch/token caps may only shrink the engine's build limits.
+        return tle.ExecutorConfig(
+            max_beam_width=1, scheduler_config=tle.SchedulerConfig(capacity_scheduler_policy=policy),
+            kv_cache_config=tle.KvCacheConfig(**kv), enable_chunked_context=cfg.enable_chunked_context,
+            max_batch_size=min(cfg.max_batch_size, limits["max_batch_size"]),
+            max_num_tokens=min(cfg.max_num_tokens, limits["max_num_tokens"]), max_queue_size=cfg.max_queue_size)
+
+    def wait_as_worker(self) -> None:
+        """Non-leader MPI ranks: block until the leader shuts down (model.py initialize does the same)."""
+        self.executor.shutdown()
+
+    # -- requests ---------------------------------------------------------------------------------------
+
+    def add_request(self, request: EngineRequest) -> None:
+        if not self.is_leader:
+            raise EngineError("this MPI rank is a TensorRT-LLM worker and cannot take requests", status="UNAVAILABLE")
+        if request.request_id in self._ids:
+            raise EngineError(f"request id {request.request_id!r} is already running", status="INVALID_ARGUMENT")
+        p, n_prompt = request.params, len(request.prompt_token_ids)
+        if p.logprobs:
+            # The executor returns only the sampled token's log-probability (Result.log_probs); refuse rather
+            # than answer top-n requests with nothing.
+            raise EngineError("logprobs > 0 (top alternatives) is not available on the TensorRT-LLM engine; "
+                              "use logprobs=0", status="INVALID_ARGUMENT")
+        if n_prompt > self._max_input_len or n_prompt >= self.max_model_len:
+            raise EngineError(f"prompt has {n_prompt} tokens; this engine was built for at most "
+                              f"{min(self._max_input_len, self.max_model_len - 1)}", status="INVALID_ARGUMENT")
+        end_id, stop_words = self._end_and_stop_ids(request)
+        trt_request = self._tle.Request(
+            input_token_ids=list(request.prompt_token_ids),
+            max_tokens=min(p.max_tokens, self.max_model_len - n_prompt),  # LLM API _deduce_max_tokens clamps too
+            streaming=True, sampling_config=self._sampling_config(p),
+            # exclude_input_from_output as model.py sets it; logprobs only for the sampled token
+            output_config=self._tle.OutputConfig(return_log_probs=p.logprobs is not None,
+                                                 exclude_input_from_output=True),
+            end_id=end_id, stop_words=[[t] for t in stop_words] or None)
+        try:
+            trt_id = self.executor.enqueue_request(trt_request)
+        except RuntimeError as e:  # the executor throws when ExecutorConfig.max_queue_size is reached
+            if "queue size" in str(e).lower():
+                raise Overloaded(f"TensorRT-LLM queue full: {e}") from None
+            raise EngineError(f"TensorRT-LLM refused the request: {e}") from None
+        self._ids[request.request_id] = trt_id
+        self._live[trt_id] = _Live(request.request_id, n_prompt, p.logprobs is not None,
+                                   frozenset(stop_words) | {end_id}, end_id)
+
+    @staticmethod
+    def _end_and_stop_ids(request: EngineRequest) -> tuple[int, list[int]]:
+        """Request takes one end_id; other EOS ids and stop_token_ids become single-token stop_words.
+
+        ignore_eos: end_id -1, as tensorrt_llm/executor/base_worker.py does for the LLM API.
+        """
+        p = request.params
+        eos = [] if p.ignore_eos else sorted(request.eos_token_ids)
+        end_id = eos[0] if eos else -1
+        stop = sorted((set(eos[1:]) | set(p.stop_token_ids)) - {end_id})
+        return end_id, stop
+
+    def _sampling_config(self, p: Any) -> Any:
+        # Like model.py get_sampling_config_from_request: pass only what is set, the rest keeps the
+        # executor's defaults. Greedy is sent as top_k=1, not temperature=0: the bindings we read do not say
+        # how the sampler treats a zero temperature, top-1 is unambiguous.
+        kw: dict[str, Any] = {"top_k": 1} if p.greedy else {"temperature": p.temperature, "top_p": p.top_p}
+        if not p.greedy and p.top_k > 0:
+            kw["top_k"] = p.top_k
+        if not p.greedy and p.min_p > 0:
+            kw["min_p"] = p.min_p
+        if p.repetition_penalty != 1.0:
+            kw["repetition_penalty"] = p.repetition_penalty
+        if p.presence_penalty != 0.0:
+            kw["presence_penalty"] = p.presence_penalty
+        if p.frequency_penalty != 0.0:
+            kw["frequency_penalty"] = p.frequency_penalty
+        if p.seed is not None:
+            kw["seed"] = p.seed
+        if p.min_tokens > 0:
+            kw["min_tokens"] = p.min_tokens
+        return self._tle.SamplingConfig(beam_width=1, **kw)
+
+    def abort(self, request_id: str) -> None:
+        trt_id = self._ids.get(request_id)
+        if trt_id is not None:
+            self.executor.cancel_request(trt_id)  # the final response (CANCELLED) comes from a later step
+
+    def finish(self, request_id: str, reason: str = "stop") -> None:
+        trt_id = self._ids.pop(request_id, None)
+        if trt_id is not None and trt_id in self._live:
+            self._live[trt_id].silent = True
+            self.executor.cancel_request(trt_id)
+
+    def has_work(self) -> bool:
+        return any(not s.silent for s in self._live.values())
+
+    # -- iteration ----------------------------------------------------------------------------------------
+
+    def step(self) -> list[EngineOutput]:
+        if not self._live:
+            return []
+        # model.py awaiter_loop: await_responses(timeout=timedelta) returns every ready response.
+        merged: dict[str, EngineOutput] = {}
+        for response in self.executor.await_responses(timeout=self._timeout):
+            out = self._convert(response)
+            if out is None:
+                continue
+            prev = merged.get(out.request_id)
+            if prev is not None:  # several responses for one request in one wait: one output per step
+                out.new_token_ids = prev.new_token_ids + out.new_token_ids
+                if prev.logprobs is not None:
+                    out.logprobs = prev.logprobs + (out.logprobs or [])
+            merged[out.request_id] = out
+        return list(merged.values())
+
+    def _convert(self, response: Any) -> EngineOutput | None:
+        state = self._live.get(response.request_id)
+        if state is None:
+            return None
+        if response.has_error():
+            self._forget(response.request_id)
+            if state.silent:
+                return None
+            return EngineOutput(state.request_id, [], "error", error=EngineError(response.error_msg),
+                                num_prompt_tokens=state.prompt_len)
+        result = response.result
+        tokens = list(result.output_token_ids[0])  # beam 0; streaming: only the new tokens
+        reason = None
+        if result.is_final:
+            self._forget(response.request_id)
+            reason = self._finish_reason(result.finish_reasons[0] if result.finish_reasons else None)
+        if state.silent:
+            return None
+        logprobs = None
+        if state.want_logprobs and result.log_probs:
+            # Take the tail: whether log_probs holds only the new tokens or all so far is not pinned down by
+            # the bindings; the last len(tokens) entries are the new ones either way.
+            lps = list(result.log_probs[0])[-len(tokens):] if tokens else []
+            logprobs = [TokenLogprob(t, float(lp)) for t, lp in zip(tokens, lps, strict=False)]
+        if reason == "stop" and tokens and tokens[-1] in state.stop_ids:
+            tokens = tokens[:-1]  # like our PyTorch engine, the stop token itself is not part of the answer
+            logprobs = logprobs[:-1] if logprobs else logprobs
+        return EngineOutput(state.request_id, tokens, reason, logprobs, num_prompt_tokens=state.prompt_len)
+
+    def _finish_reason(self, reason: Any) -> str:
+        fr = self._tle.FinishReason
+        if reason == fr.LENGTH:
+            return "length"
+        if reason in (fr.CANCELLED, fr.TIMED_OUT):
+            return "abort"
+        return "stop"  # END_ID, STOP_WORDS (and NOT_FINISHED on a final result, which should not happen)
+
+    def _forget(self, trt_id: int) -> None:
+        state = self._live.pop(trt_id, None)
+        if state is not None and self._ids.get(state.request_id) == trt_id:
+            del self._ids[state.request_id]
+
+    # -- stats / lifecycle --------------------------------------------------------------------------------
+
+    def stats(self) -> EngineStats:
+        # model.py metrics_loop: get_latest_iteration_stats() returns the iterations since the last call.
+        latest = self.executor.get_latest_iteration_stats()
+        if latest:
+            self._last_stats = latest[-1]
+        s = self._last_stats
+        if s is None:
+            return EngineStats()
+        ifb, kv = s.inflight_batching_stats, s.kv_cache_stats
+        scheduled = ifb.num_scheduled_requests if ifb is not None else s.num_active_requests
+        out = EngineStats(running=scheduled, waiting=s.num_queued_requests + s.num_active_requests - scheduled,
+                          steps=s.iter)
+        if kv is not None:
+            out.kv_blocks_total, out.kv_blocks_free = kv.max_num_blocks, kv.free_num_blocks
+            out.kv_block_size = kv.tokens_per_block
+            out.prefix_cache_hit_blocks = kv.reused_blocks
+            out.prefix_cache_query_blocks = kv.reused_blocks + kv.missed_blocks
+        return out
+
+    def shutdown(self) -> None:
+        self.executor.shutdown()
+
+
+def create_trtllm_engine(cfg: ServingConfig, engine_dir: Path, bindings: ModuleType | None = None, *,
+                         runtime: RuntimeInfo | None = None) -> TrtllmEngine:
+    """Chosen when ServingConfig.engine == "tensorrtllm" (llmserve/factory.py).
+
+    On a non-leader MPI rank (TP*PP > 1) this blocks until the leader shuts down and then raises, like
+    model.py's initialize: the worker's tritonserver must never finish loading, or it would try to open the
+    same ports as rank 0 (see llmserve/mpi_launch.py).
+    """
+    engine = TrtllmEngine(engine_dir, cfg, bindings=bindings, runtime=runtime)
+    if not engine.is_leader:
+        engine.wait_as_worker()
+        raise EngineError("TensorRT-LLM worker rank: the leader (rank 0) has shut down", status="UNAVAILABLE")
+    log.info("TensorRT-LLM engine %s: recipe %s, tp=%d pp=%d, leader=%s", engine_dir,
+             engine.manifest.recipe.get("name"), engine.manifest.tp_size, engine.manifest.pp_size, engine.is_leader)
+    return engine

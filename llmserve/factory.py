@@ -1,0 +1,27 @@
+"""Builds the service for a model directory from its ServingConfig: the one place that picks the engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llmserve.config import ConfigError, ServingConfig, resolve_inside
+from llmserve.metrics import MetricsSink
+from llmserve.service import LLMService
+from llmserve.tokenizer import Tokenizer
+
+
+def build_service(cfg: ServingConfig, model_dir: str | Path, metrics: MetricsSink | None = None) -> LLMService:
+    checkpoint = resolve_inside(model_dir, cfg.checkpoint_dir, "checkpoint_dir")
+    if not (checkpoint / "config.json").is_file():
+        raise ConfigError(f"checkpoint_dir: {checkpoint} holds no HF checkpoint (config.json); import one with "
+                          "`python -m build_engines import --output <model_dir>/checkpoint`")
+    tokenizer = Tokenizer(checkpoint)
+    if cfg.engine == "tensorrtllm":
+        from llmserve.engines.trtllm import create_trtllm_engine
+
+        engine = create_trtllm_engine(cfg, resolve_inside(model_dir, cfg.engine_dir, "engine_dir"))
+    else:
+        from llmserve.engine import TorchEngine
+
+        engine = TorchEngine(cfg, checkpoint)
+    return LLMService(engine, tokenizer, metrics, max_prompt_chars=cfg.max_input_bytes).start()

@@ -1,0 +1,110 @@
+"""Iteration-level scheduling: which sequences run this step, and how many tokens each.
+
+Policy, in order:
+1. Running sequences continue (one decode token, or the next prefill chunk). When the cache is full the
+   most recently admitted sequence is preempted: its blocks are freed and it is recomputed later.
+2. Waiting sequences are admitted, oldest first, while batch slots, the step's token budget and free
+   blocks last. A long prompt takes only what remains of the budget (chunked prefill) and continues next step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from llmserve.block_manager import BlockManager
+from llmserve.sequence import Sequence, Status
+
+
+@dataclass
+class SchedulerConfig:
+    max_batch_size: int = 64
+    max_num_tokens: int = 2048
+    max_queue_delay_s: float = 0.0
+
+
+@dataclass
+class ScheduledBatch:
+    seqs: list[Sequence]
+    num_tokens: list[int]  # new tokens per sequence this step
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(self.num_tokens)
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, blocks: BlockManager):
+        self.config = config
+        self.blocks = blocks
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def remove(self, seq: Sequence) -> None:
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        self.blocks.free_sequence(seq)
+        seq.status = Status.FINISHED
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self.blocks.free_sequence(seq)
+        seq.num_computed_tokens = 0
+        seq.status = Status.WAITING
+        seq.preempted += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(seq)
+
+    def next_wakeup(self, now: float | None = None) -> float:
+        """Seconds until `schedule` would admit the oldest waiting request (for the queue delay)."""
+        if self.running or not self.waiting or self.config.max_queue_delay_s <= 0:
+            return 0.0
+        now = time.monotonic() if now is None else now
+        return max(0.0, self.waiting[0].request.arrival_time + self.config.max_queue_delay_s - now)
+
+    def schedule(self, now: float | None = None) -> ScheduledBatch:
+        cfg = self.config
+        budget = cfg.max_num_tokens
+        seqs: list[Sequence] = []
+        counts: list[int] = []
+        for seq in list(self.running):
+            if seq not in self.running:  # preempted below to make room for an older one
+                continue
+            n = min(seq.num_uncomputed, budget)
+            if n <= 0:
+                continue
+            while not self.blocks.can_grow(seq, seq.num_computed_tokens + n):
+                victim = self.running[-1]
+                self._preempt(victim)
+                if victim is seq:
+                    break
+            if seq.status is not Status.RUNNING:
+                continue
+            self.blocks.grow(seq, seq.num_computed_tokens + n)
+            seqs.append(seq)
+            counts.append(n)
+            budget -= n
+
+        delay_over = self.next_wakeup(now) <= 0 or len(self.waiting) >= cfg.max_batch_size
+        while self.waiting and delay_over and budget > 0 and len(self.running) < cfg.max_batch_size:
+            seq = self.waiting[0]
+            if not self.blocks.allocate_prompt(seq, budget):
+                break
+            n = min(seq.num_uncomputed, budget)  # after the prefix cache covered what it could
+            self.waiting.popleft()
+            seq.status = Status.RUNNING
+            self.running.append(seq)
+            seqs.append(seq)
+            counts.append(n)
+            budget -= n
+        return ScheduledBatch(seqs, counts)

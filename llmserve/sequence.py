@@ -1,0 +1,49 @@
+"""Per-request state inside the PyTorch engine."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import torch
+
+from llmserve.engine_api import EngineRequest, TokenLogprob
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
+class Sequence:
+    request: EngineRequest
+    tokens: list[int]  # prompt + generated so far
+    num_prompt_tokens: int
+    max_total_tokens: int  # prompt + max_tokens, capped by the model context
+    status: Status = Status.WAITING
+    num_computed_tokens: int = 0  # tokens whose K/V are in the cache
+    num_cached_tokens: int = 0  # of those, served by the prefix cache at admission
+    block_table: list[int] = field(default_factory=list)
+    num_hashed_blocks: int = 0  # leading full blocks registered in the prefix cache
+    generator: torch.Generator | None = None
+    pending_logprobs: list[TokenLogprob] = field(default_factory=list)
+    num_emitted: int = 0  # generated tokens already handed out
+    preempted: int = 0
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.tokens) - self.num_prompt_tokens
+
+    @property
+    def num_uncomputed(self) -> int:
+        return len(self.tokens) - self.num_computed_tokens
+
+    @property
+    def output_tokens(self) -> list[int]:
+        return self.tokens[self.num_prompt_tokens:]

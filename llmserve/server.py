@@ -1,0 +1,197 @@
+"""Start the real tritonserver (2.51, shipped inside the PyPI wheel nvidia-pytriton) on a model repository.
+
+`python -m llmserve.server serve` starts it, waits until the model is ready, and stops it cleanly on
+Ctrl-C / SIGTERM. `TritonServer` does the same for tests and benchmarks, as a context manager.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+CACHE = Path(os.environ.get("LLMSERVE_CACHE", Path.home() / ".cache" / "llmserve"))
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+def _site_packages() -> Path:
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise ServerError("tritonserver comes from the PyPI wheel nvidia-pytriton: pip install nvidia-pytriton==0.7.0")
+    return Path(list(spec.submodule_search_locations)[0]).parent
+
+
+def prepare_server_dir() -> Path:
+    """Copies the bundled server once into a folder of our own, with the stub for this Python.
+
+    The folder is not named `triton`: on sys.path that would shadow the `triton` package torch imports.
+    """
+    site = _site_packages()
+    src = site / "pytriton" / "tritonserver"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    dest = CACHE / f"tritonserver-2.51-py{version}"
+    stub = dest / "backends" / "python" / "triton_python_backend_stub"
+    if not stub.is_file():
+        tmp = dest.with_name(dest.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        for part in ("bin", "backends", "caches"):
+            shutil.copytree(src / part, tmp / part)
+        shutil.copy2(src / "python_backend_stubs" / version / "triton_python_backend_stub",
+                     tmp / "backends" / "python" / "triton_python_backend_stub")
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.rename(dest)
+    return dest
+
+
+def server_env(venv_bin: Path | None = None) -> dict[str, str]:
+    site = _site_packages()
+    env = dict(os.environ)
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(site / "nvidia_pytriton.libs"), libdir,
+                                                         env.get("LD_LIBRARY_PATH", "")) if p)
+    # The stub's embedded interpreter finds `python3` on PATH, and with it this venv's packages.
+    env["PATH"] = os.pathsep.join([str(venv_bin or Path(sys.executable).parent), env.get("PATH", "")])
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+class TritonServer:
+    def __init__(self, model_repository: str | Path, http_port: int = 8000, grpc_port: int = 8001,
+                 metrics_port: int = 8002, model: str = "llm", log_path: str | Path | None = None,
+                 extra_args: tuple[str, ...] = ()):
+        self.model_repository = Path(model_repository).resolve()
+        self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
+        self.model = model
+        self.log_path = Path(log_path) if log_path else None
+        self.extra_args = extra_args
+        self.process: subprocess.Popen | None = None
+        self._log_file = None
+
+    @property
+    def http_url(self) -> str:
+        return f"localhost:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"localhost:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://localhost:{self.metrics_port}/metrics"
+
+    def command(self) -> list[str]:
+        d = prepare_server_dir()
+        return [str(d / "bin" / "tritonserver"), f"--model-repository={self.model_repository}",
+                f"--backend-directory={d / 'backends'}", f"--cache-directory={d / 'caches'}",
+                f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}",
+                f"--metrics-port={self.metrics_port}", "--allow-metrics=true", "--allow-gpu-metrics=false",
+                "--exit-timeout-secs=20", *self.extra_args]
+
+    def start(self, timeout: float = 300.0) -> TritonServer:
+        for port in (self.http_port, self.grpc_port, self.metrics_port):
+            if _port_open(port):
+                raise ServerError(f"port {port} is already in use: another server running? Stop it or pick "
+                                  "other ports (--http-port/--grpc-port/--metrics-port)")
+        out = None
+        if self.log_path:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log_file = out = open(self.log_path, "ab")
+        self.process = subprocess.Popen(self.command(), env=server_env(), stdout=out, stderr=subprocess.STDOUT
+                                        if out else None, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServerError(f"tritonserver exited with code {self.process.returncode} during start-up"
+                                  + (f"; see {self.log_path}" if self.log_path else ""))
+            if self.ready():
+                return self
+            time.sleep(0.5)
+        self.stop()
+        raise ServerError(f"model {self.model!r} not ready after {timeout:.0f} s")
+
+    def ready(self) -> bool:
+        return _get(f"http://localhost:{self.http_port}/v2/models/{self.model}/ready") == 200
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        if self._log_file:
+            self._log_file.close()
+        code, self.process = self.process.returncode, None
+        return code
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _get(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return None
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m llmserve.server", description=__doc__.split("\n")[0])
+    ap.add_argument("command", choices=["serve", "command"], help="serve: run until Ctrl-C; command: print it")
+    ap.add_argument("--model-repository", default="model_repository")
+    ap.add_argument("--http-port", type=int, default=8000)
+    ap.add_argument("--grpc-port", type=int, default=8001)
+    ap.add_argument("--metrics-port", type=int, default=8002)
+    ap.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for readiness")
+    a = ap.parse_args(argv)
+    server = TritonServer(a.model_repository, a.http_port, a.grpc_port, a.metrics_port)
+    if a.command == "command":
+        print(" ".join(server.command()))
+        return 0
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    try:
+        server.start(a.timeout)
+        print(f"ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}", flush=True)
+        while not stop and server.process.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    except ServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        code = server.stop()
+    return 0 if code in (0, None, -signal.SIGINT) else code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

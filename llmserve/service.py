@@ -1,0 +1,231 @@
+"""The serving loop: text in, text deltas out, around any `Engine`.
+
+Callers (the Triton adapter, tests, the benchmark) `submit` requests with a callback from any thread; one
+engine thread owns the engine, steps it, detokenizes, matches stop strings and calls the callbacks. A
+callback must not block: the adapter's just puts the delta on its response queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from llmserve.engine_api import Engine, EngineError, EngineOutput, EngineRequest, EngineStats, TokenLogprob
+from llmserve.metrics import MetricsSink, NullSink, RequestTiming, repetition_ratio
+from llmserve.sampling_params import InvalidRequest, SamplingParams
+from llmserve.stop_strings import StopMatcher
+from llmserve.tokenizer import Detokenizer, Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerateRequest:
+    request_id: str
+    params: SamplingParams
+    prompt: str | None = None
+    messages: list | None = None
+    prompt_token_ids: list[int] | None = None
+
+
+@dataclass
+class Delta:
+    """New text of one request. Exactly one delta per request has `finished` True: the last."""
+
+    request_id: str
+    text: str
+    token_ids: list[int]
+    num_input_tokens: int
+    finish_reason: str | None = None  # stop | length | abort | error
+    logprobs: list[TokenLogprob] | None = None
+    error: Exception | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+Callback = Callable[[Delta], None]
+
+
+@dataclass
+class _Active:
+    request: GenerateRequest
+    callback: Callback
+    detok: Detokenizer
+    stop: StopMatcher
+    num_input_tokens: int
+    timing: RequestTiming
+    output_ids: list[int] = field(default_factory=list)
+
+
+class LLMService:
+    def __init__(self, engine: Engine, tokenizer: Tokenizer, metrics: MetricsSink | None = None,
+                 max_prompt_chars: int = 1_000_000):
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.metrics = metrics or NullSink()
+        self.max_prompt_chars = max_prompt_chars
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._active: dict[str, _Active] = {}
+        self._stats = EngineStats()
+        self._thread = threading.Thread(target=self._run, name="llm-engine", daemon=True)
+        self._stopping = threading.Event()
+        self.healthy = True
+
+    def start(self) -> LLMService:
+        self._thread.start()
+        return self
+
+    # -- called from any thread ----------------------------------------------------------------------------
+    def submit(self, request: GenerateRequest, callback: Callback) -> None:
+        """Tokenizes and queues a request. Raises InvalidRequest for a bad prompt; every later problem
+        arrives through the callback as the request's final delta."""
+        if self._stopping.is_set() or not self.healthy:
+            raise EngineError("the engine is not serving (shutting down or failed)", status="UNAVAILABLE")
+        if request.prompt_token_ids is None:
+            request.prompt_token_ids = self._tokenize(request)
+        self._commands.put(("add", request, callback))
+
+    def abort(self, request_id: str) -> None:
+        self._commands.put(("abort", request_id, None))
+
+    def stats(self) -> EngineStats:
+        return self._stats  # a snapshot replaced by the engine thread after each step
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        self._commands.put(("stop", None, None))
+        self._thread.join(timeout)
+
+    def _tokenize(self, request: GenerateRequest) -> list[int]:
+        if request.messages is not None:
+            return self.tokenizer.apply_chat_template(request.messages)
+        if not isinstance(request.prompt, str) or not request.prompt:
+            raise InvalidRequest("text_input", "the prompt is empty")
+        if len(request.prompt) > self.max_prompt_chars:
+            raise InvalidRequest("text_input", f"the prompt has {len(request.prompt)} characters; "
+                                 f"the limit is {self.max_prompt_chars} (max_input_bytes)")
+        return self.tokenizer.encode(request.prompt)
+
+    # -- the engine thread -----------------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                self._drain(block=not self.engine.has_work())
+                if self._stopping.is_set() or not self.engine.has_work():
+                    continue
+                wait = getattr(self.engine, "next_wakeup", lambda: 0.0)()
+                if wait > 0:  # batching delay: give more requests the chance to join this prefill
+                    self._drain(block=True, timeout=wait)
+                    continue
+                try:
+                    outputs = self.engine.step()
+                except Exception as exc:  # noqa: BLE001 - an engine bug must not leave callers waiting
+                    log.exception("engine step raised")
+                    self._fail_all(EngineError(f"engine failure: {type(exc).__name__}: {exc}"))
+                    continue
+                for out in outputs:
+                    self._deliver(out)
+                self._stats = self.engine.stats()
+        finally:
+            self._fail_all(EngineError("the server is shutting down", status="UNAVAILABLE"))
+            self._stats = self.engine.stats()
+
+    def _drain(self, block: bool, timeout: float = 0.05) -> None:
+        try:
+            cmd = self._commands.get(timeout=timeout) if block else self._commands.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            self._handle(*cmd)
+            try:
+                cmd = self._commands.get_nowait()
+            except queue.Empty:
+                return
+
+    def _handle(self, kind: str, arg, callback: Callback | None) -> None:
+        if kind == "add":
+            self._add(arg, callback)
+        elif kind == "abort" and arg in self._active:
+            self.engine.abort(arg)
+
+    def _add(self, req: GenerateRequest, callback: Callback) -> None:
+        p = req.params
+        active = _Active(req, callback, self.tokenizer.detokenizer(p.skip_special_tokens), StopMatcher(p.stop),
+                         len(req.prompt_token_ids), RequestTiming(time.monotonic()))
+        try:
+            self.engine.add_request(EngineRequest(req.request_id, req.prompt_token_ids, p,
+                                                  self.tokenizer.eos_token_ids))
+        except (InvalidRequest, EngineError) as exc:
+            self._send(active, Delta(req.request_id, "", [], active.num_input_tokens, "error", error=exc))
+            return
+        self._active[req.request_id] = active
+        self.metrics.increment("llm_prompt_tokens_total", active.num_input_tokens)
+
+    def _deliver(self, out: EngineOutput) -> None:
+        active = self._active.get(out.request_id)
+        if active is None:
+            return
+        now = time.monotonic()
+        if out.new_token_ids:
+            self._observe_tokens(active, len(out.new_token_ids), now)
+        active.output_ids.extend(out.new_token_ids)
+        text = active.stop.feed(active.detok.add(out.new_token_ids))
+        reason = out.finish_reason
+        if active.stop.matched is not None and reason is None:
+            self.engine.finish(out.request_id)
+            reason = "stop"
+        if reason is not None:
+            text += active.stop.flush()
+        self._send(active, Delta(out.request_id, text, out.new_token_ids,
+                                 out.num_prompt_tokens or active.num_input_tokens, reason, out.logprobs, out.error))
+
+    def _observe_tokens(self, active: _Active, n: int, now: float) -> None:
+        t = active.timing
+        if t.first_token is None:
+            self.metrics.observe("llm_time_to_first_token_seconds", now - t.arrival)
+        else:
+            # Tokens that arrive together share the gap since the last delivery.
+            for _ in range(n):
+                self.metrics.observe("llm_time_per_output_token_seconds", (now - t.last_token) / n)
+        t.first_token = t.first_token or now
+        t.last_token = now
+        self.metrics.increment("llm_generation_tokens_total", n)
+
+    def _send(self, active: _Active, delta: Delta) -> None:
+        if delta.finished:
+            self._active.pop(delta.request_id, None)
+            self._record_end(active, delta)
+        try:
+            active.callback(delta)
+        except Exception:  # noqa: BLE001 - a broken callback must not stop the engine thread
+            log.exception("response callback failed for %s", delta.request_id)
+
+    def _record_end(self, active: _Active, delta: Delta) -> None:
+        m = self.metrics
+        m.observe("llm_e2e_request_latency_seconds", time.monotonic() - active.timing.arrival)
+        m.observe("llm_request_prompt_tokens", active.num_input_tokens)
+        m.observe("llm_request_generation_tokens", len(active.output_ids))
+        if delta.finish_reason == "abort":
+            m.increment("llm_request_cancellations_total")
+        elif delta.finish_reason == "error":
+            reason = "invalid_argument" if isinstance(delta.error, InvalidRequest) else (
+                getattr(delta.error, "status", "internal").lower())
+            m.increment("llm_request_failures_total", labels={"reason": reason})
+        else:
+            m.increment("llm_request_success_total", labels={"finish_reason": delta.finish_reason})
+            m.observe("llm_response_repetition_ratio", repetition_ratio(active.output_ids))
+
+    def _fail_all(self, error: EngineError) -> None:
+        for rid in list(self._active):
+            active = self._active[rid]
+            try:
+                self.engine.finish(rid)
+            except Exception:  # noqa: BLE001
+                log.exception("engine.finish failed for %s", rid)
+            self._send(active, Delta(rid, "", [], active.num_input_tokens, "error", error=error))

@@ -1,0 +1,226 @@
+"""Triton adapter: requests in, responses out. Lifecycle and wiring only; the engine lives in `llmserve`.
+
+Threads: Triton calls `execute` (parse and hand over, never block); the service's engine thread steps the
+engine and puts deltas on a queue; the response thread here sends them and checks for cancellation; a
+housekeeping thread polls cancelled requests and exports engine gauges.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import queue
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import triton_python_backend_utils as pb_utils
+
+try:
+    import llmserve  # noqa: F401
+except ImportError:  # running from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+
+from llmserve.config import ServingConfig
+from llmserve.engine_api import EngineError
+from llmserve.factory import build_service
+from llmserve.metrics import COUNTERS, GAUGES, HISTOGRAMS, NullSink
+from llmserve.protocol import ALL_INPUTS, ParsedRequest, ResponseBuilder, parse_request
+from llmserve.sampling_params import InvalidRequest, defaults_from_generation_config
+from llmserve.service import Delta
+
+log = logging.getLogger("llmserve.triton")
+
+_CODES = {"INVALID_ARGUMENT": "INVALID_ARG", "UNAVAILABLE": "UNAVAILABLE", "CANCELLED": "CANCELLED",
+          "INTERNAL": "INTERNAL"}
+
+
+def _error(message: str, status: str) -> pb_utils.InferenceResponse:
+    code = getattr(pb_utils.TritonError, _CODES.get(status, "INTERNAL"))
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message, code))
+
+
+@dataclass
+class _InFlight:
+    sender: object
+    builder: ResponseBuilder
+
+
+class TritonMetrics:
+    """MetricsSink over pb_utils.MetricFamily, labelled {model, version}."""
+
+    def __init__(self, model: str, version: str):
+        self.labels = {"model": model, "version": version}
+        self.families = {}
+        self.metrics = {}
+        self.lock = threading.Lock()
+        kinds = [(HISTOGRAMS, pb_utils.MetricFamily.HISTOGRAM), (COUNTERS, pb_utils.MetricFamily.COUNTER),
+                 (GAUGES, pb_utils.MetricFamily.GAUGE)]
+        for table, kind in kinds:
+            for name, spec in table.items():
+                desc = spec[0] if isinstance(spec, tuple) else spec
+                self.families[name] = pb_utils.MetricFamily(name=name, description=desc, kind=kind)
+        # Create the unlabelled series up front so every family shows on /metrics before the first request.
+        for name in HISTOGRAMS:
+            self._metric(name, None)
+        for name in COUNTERS:
+            if name not in ("llm_request_failures_total", "llm_request_success_total"):
+                self._metric(name, None)
+
+    def _metric(self, name, extra):
+        key = (name, tuple(sorted((extra or {}).items())))
+        metric = self.metrics.get(key)
+        if metric is None:
+            labels = {**self.labels, **(extra or {})}
+            if name in HISTOGRAMS:
+                metric = self.families[name].Metric(labels=labels, buckets=HISTOGRAMS[name][1])
+            else:
+                metric = self.families[name].Metric(labels=labels)
+            self.metrics[key] = metric
+        return metric
+
+    def observe(self, name, value):
+        with self.lock:
+            self._metric(name, None).observe(value)
+
+    def increment(self, name, value=1.0, labels=None):
+        with self.lock:
+            self._metric(name, labels).increment(value)
+
+    def set(self, name, value, labels=None):
+        with self.lock:
+            self._metric(name, labels).set(value)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        model_config = json.loads(args["model_config"])
+        if not pb_utils.using_decoupled_model_transaction_policy(model_config):
+            raise pb_utils.TritonModelException("model_transaction_policy { decoupled: true } is required")
+        self.cfg = ServingConfig.from_parameters(model_config.get("parameters", {}))
+        model_dir = Path(args["model_repository"])
+        try:
+            self.metrics = TritonMetrics(args["model_name"], args["model_version"])
+        except Exception as exc:  # server started with --allow-metrics=false
+            log.warning("custom metrics disabled: %s", exc)
+            self.metrics = NullSink()
+        self.service = build_service(self.cfg, model_dir, self.metrics)
+        gen_path = model_dir / self.cfg.checkpoint_dir / "generation_config.json"
+        self.defaults = defaults_from_generation_config(json.loads(gen_path.read_text()) if gen_path.is_file() else {})
+        self.inflight: dict[str, _InFlight] = {}
+        self.ids = itertools.count()
+        self.responses: queue.SimpleQueue = queue.SimpleQueue()
+        self.stopping = threading.Event()
+        self.response_thread = threading.Thread(target=self._response_loop, name="llm-responses", daemon=True)
+        self.housekeeping_thread = threading.Thread(target=self._housekeeping, name="llm-housekeeping", daemon=True)
+        self.response_thread.start()
+        self.housekeeping_thread.start()
+        self.last_stats = None
+
+    def execute(self, requests):
+        for request in requests:
+            self._accept(request)
+        return None
+
+    def _accept(self, request) -> None:
+        sender = request.get_response_sender()
+        rid = f"{request.request_id() or 'req'}#{next(self.ids)}"  # client ids may repeat or be empty
+        try:
+            inputs = {}
+            for name in ALL_INPUTS:
+                tensor = pb_utils.get_input_tensor_by_name(request, name)
+                if tensor is not None:
+                    inputs[name] = tensor.as_numpy()
+            try:
+                parameters = json.loads(request.parameters() or "{}")
+            except json.JSONDecodeError:
+                parameters = {}
+            engine = self.service.engine
+            parsed: ParsedRequest = parse_request(rid, inputs, parameters, self.defaults, self.cfg.max_input_bytes,
+                                                  self.cfg.exclude_input_in_output, engine.vocab_size,
+                                                  engine.max_model_len)
+            self.inflight[rid] = _InFlight(sender, ResponseBuilder(parsed, self.service.tokenizer.decode))
+            self.service.submit(parsed.request, self.responses.put)
+        except InvalidRequest as exc:
+            self._fail(rid, sender, str(exc), "INVALID_ARGUMENT")
+        except EngineError as exc:
+            self._fail(rid, sender, str(exc), exc.status)
+        except Exception as exc:  # noqa: BLE001 - every request gets exactly one final response
+            log.exception("request %s failed before reaching the engine", rid)
+            self._fail(rid, sender, f"internal error: {type(exc).__name__}: {exc}", "INTERNAL")
+
+    def _fail(self, rid: str, sender, message: str, status: str) -> None:
+        self.inflight.pop(rid, None)
+        self.metrics.increment("llm_request_failures_total", labels={"reason": status.lower()})
+        sender.send(_error(message, status), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def _response_loop(self) -> None:
+        while True:
+            delta: Delta | None = self.responses.get()
+            if delta is None:
+                return
+            state = self.inflight.get(delta.request_id)
+            if state is None:
+                continue
+            try:
+                self._send(delta, state)
+            except Exception:  # noqa: BLE001 - one broken response must not stop the others
+                log.exception("sending a response for %s failed", delta.request_id)
+                if delta.finished:
+                    self.inflight.pop(delta.request_id, None)
+
+    def _send(self, delta: Delta, state: _InFlight) -> None:
+        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        if delta.finished:
+            self.inflight.pop(delta.request_id, None)
+        if delta.finish_reason == "abort":
+            state.sender.send(_error("request cancelled", "CANCELLED"), flags=final)
+            return
+        if delta.error is not None:
+            status = "INVALID_ARGUMENT" if isinstance(delta.error, InvalidRequest) else getattr(
+                delta.error, "status", "INTERNAL")
+            state.sender.send(_error(str(delta.error), status), flags=final)
+            return
+        tensors = state.builder.add(delta)
+        if tensors is None:
+            return
+        response = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in tensors.items()])
+        # FINAL rides on the last data response, so /generate sees exactly one response.
+        state.sender.send(response, flags=final if delta.finished else 0)
+        if not delta.finished and state.sender.is_cancelled():
+            self.service.abort(delta.request_id)
+
+    def _housekeeping(self) -> None:
+        period = self.cfg.cancellation_check_period_ms / 1000
+        prev_hits = prev_queries = 0
+        while not self.stopping.wait(period):
+            for rid, state in list(self.inflight.items()):
+                try:
+                    if state.sender.is_cancelled():
+                        self.service.abort(rid)
+                except Exception:  # noqa: BLE001
+                    log.debug("is_cancelled failed for %s", rid, exc_info=True)
+            stats = self.service.stats()
+            if stats is self.last_stats:
+                continue
+            self.last_stats = stats
+            m = self.metrics
+            m.set("llm_requests_running", stats.running)
+            m.set("llm_requests_waiting", stats.waiting)
+            m.set("llm_kv_cache_blocks", stats.kv_blocks_total - stats.kv_blocks_free, {"state": "used"})
+            m.set("llm_kv_cache_blocks", stats.kv_blocks_free, {"state": "free"})
+            if stats.prefix_cache_query_blocks > prev_queries:
+                m.increment("llm_prefix_cache_queries_total", stats.prefix_cache_query_blocks - prev_queries)
+                m.increment("llm_prefix_cache_hits_total", stats.prefix_cache_hit_blocks - prev_hits)
+                prev_queries, prev_hits = stats.prefix_cache_query_blocks, stats.prefix_cache_hit_blocks
+
+    def finalize(self):
+        # The service answers every request still in flight with UNAVAILABLE before its thread ends.
+        self.service.stop()
+        self.service.engine.shutdown()
+        self.stopping.set()
+        self.responses.put(None)
+        self.response_thread.join(timeout=10)
+        self.housekeeping_thread.join(timeout=2)

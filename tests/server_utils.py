@@ -1,0 +1,108 @@
+"""Helpers for tests against the real server: raw gRPC streams and /metrics parsing."""
+
+from __future__ import annotations
+
+import json
+import queue
+import re
+import time
+import urllib.request
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import np_to_triton_dtype
+
+
+def metrics(url: str) -> dict[str, float]:
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r"^([a-zA-Z_:][\w:]*(?:\{[^}]*\})?) (\S+)$", line)
+        if m:
+            out[m.group(1)] = float(m.group(2))
+    return out
+
+
+def metric(url: str, name: str, **labels) -> float:
+    total = 0.0
+    for key, value in metrics(url).items():
+        if key == name or key.startswith(name + "{"):
+            if all(f'{k}="{v}"' in key for k, v in labels.items()):
+                total += value
+    return total
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def infer_inputs(**tensors) -> list:
+    out = []
+    for name, value in tensors.items():
+        if isinstance(value, str):
+            arr = np.array([value.encode()], dtype=np.object_)
+        elif isinstance(value, dict):
+            arr = np.array([json.dumps(value).encode()], dtype=np.object_)
+        elif isinstance(value, np.ndarray):
+            arr = value
+        else:
+            arr = np.array([value])
+        t = grpcclient.InferInput(name, list(arr.shape), np_to_triton_dtype(arr.dtype))
+        t.set_data_from_numpy(arr)
+        out.append(t)
+    return out
+
+
+class Stream:
+    """One gRPC stream carrying many requests; records every response per request id."""
+
+    def __init__(self, url: str):
+        self.client = grpcclient.InferenceServerClient(url)
+        self.q: queue.SimpleQueue = queue.SimpleQueue()
+        self.client.start_stream(callback=lambda result, error: self.q.put((result, error)))
+
+    def send(self, request_id: str, **tensors) -> None:
+        self.client.async_stream_infer("llm", infer_inputs(**tensors), request_id=request_id,
+                                       enable_empty_final_response=True)
+
+    def collect(self, ids: set[str], timeout: float = 300.0, linger: float = 1.0) -> dict[str, list]:
+        """Responses per id until every id has a final one, then `linger` seconds more to catch extras."""
+        got: dict[str, list] = {i: [] for i in ids}
+        finals: set[str] = set()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and (finals != ids):
+            try:
+                result, error = self.q.get(timeout=1)
+            except queue.Empty:
+                continue
+            self._record(got, finals, result, error)
+        end = time.monotonic() + linger
+        while time.monotonic() < end:
+            try:
+                self._record(got, finals, *self.q.get(timeout=0.1))
+            except queue.Empty:
+                pass
+        return got
+
+    @staticmethod
+    def _record(got, finals, result, error) -> None:
+        if error is not None:
+            rid = getattr(error, "request_id", None) or "?"
+            got.setdefault(rid, []).append(("error", str(error), True))
+            return
+        resp = result.get_response()
+        final = resp.parameters["triton_final_response"].bool_param
+        text = result.as_numpy("text_output")
+        piece = text.reshape(-1)[0].decode() if text is not None else None
+        got.setdefault(resp.id, []).append(("data", piece, final))
+        if final:
+            finals.add(resp.id)
+
+    def close(self, cancel: bool = False) -> None:
+        self.client.stop_stream(cancel_requests=cancel)
+        self.client.close()

@@ -1,0 +1,115 @@
+"""The PyTorch engine on the real SmolLM2 checkpoint, without Triton."""
+
+import pytest
+import torch
+
+from llmserve.config import ConfigError, ServingConfig
+from llmserve.engine import TorchEngine
+from llmserve.engine_api import EngineRequest
+from llmserve.sampling_params import InvalidRequest, SamplingParams
+
+PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.", "List three prime numbers.",
+           "Explain gravity to a child in one sentence."]
+
+
+@pytest.fixture(scope="module")
+def hf_model(checkpoint):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+
+
+def run(engine, requests):
+    out = {r.request_id: [] for r in requests}
+    reasons = {}
+    for r in requests:
+        engine.add_request(r)
+    while engine.has_work():
+        for o in engine.step():
+            out[o.request_id] += o.new_token_ids
+            if o.finish_reason:
+                reasons[o.request_id] = o.finish_reason
+    return out, reasons
+
+
+def greedy(rid, ids, n=24, **kw):
+    return EngineRequest(rid, ids, SamplingParams(temperature=0.0, max_tokens=n, **kw), frozenset({2}))
+
+
+@pytest.mark.parametrize("knobs", [
+    {},  # one step per prompt
+    {"max_num_tokens": 7, "kv_block_size": 4},  # chunked prefill across many steps, small blocks
+    {"kv_cache_memory_bytes": 8 * 737280, "max_batch_size": 4},  # 8 blocks: forces preemption
+])
+def test_paged_engine_greedy_equals_hf_greedy(checkpoint, tokenizer, hf_model, knobs):
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}]) for p in PROMPTS]
+    engine = TorchEngine(ServingConfig(**knobs), checkpoint)
+    out, reasons = run(engine, [greedy(str(i), p) for i, p in enumerate(prompts)])
+    for i, p in enumerate(prompts):
+        ref = hf_model.generate(torch.tensor([p]), max_new_tokens=24, do_sample=False)[0, len(p):].tolist()
+        ref = [t for t in ref if t != 2]  # HF keeps the EOS token; we end on it
+        assert out[str(i)] == ref, (knobs, PROMPTS[i])
+    assert engine.stats().kv_blocks_free == engine.stats().kv_blocks_total
+    if "kv_cache_memory_bytes" in knobs:
+        assert engine.stats().preemptions > 0
+    assert tokenizer.decode(out["0"]) == "The capital of France is Paris."
+
+
+def test_prefix_cache_reuses_blocks_and_keeps_output(checkpoint, chat_ids):
+    engine = TorchEngine(ServingConfig(kv_block_size=4), checkpoint)
+    first, _ = run(engine, [greedy("a", chat_ids)])
+    second, _ = run(engine, [greedy("b", chat_ids)])
+    assert first["a"] == second["b"]
+    stats = engine.stats()
+    assert stats.prefix_cache_hit_blocks >= (len(chat_ids) - 1) // 4
+
+
+def test_seeded_sampling_is_reproducible_in_any_batch(checkpoint, chat_ids):
+    engine = TorchEngine(ServingConfig(), checkpoint)
+    p = dict(temperature=1.0, top_p=0.95, seed=1234, max_tokens=16)
+    alone, _ = run(engine, [EngineRequest("x", chat_ids, SamplingParams(**p))])
+    crowd = [EngineRequest("x", chat_ids, SamplingParams(**p))] + [
+        EngineRequest(f"o{i}", chat_ids[: 10 + i], SamplingParams(temperature=1.0, max_tokens=16)) for i in range(3)]
+    together, _ = run(engine, crowd)
+    assert alone["x"] == together["x"]
+    other, _ = run(engine, [EngineRequest("y", chat_ids, SamplingParams(**{**p, "seed": 4321}))])
+    assert other["y"] != alone["x"]
+
+
+def test_abort_frees_blocks_at_the_next_step(checkpoint, chat_ids):
+    engine = TorchEngine(ServingConfig(), checkpoint)
+    engine.add_request(greedy("a", chat_ids, n=200, ignore_eos=True))
+    for _ in range(3):
+        engine.step()
+    assert engine.stats().kv_blocks_free < engine.stats().kv_blocks_total
+    engine.abort("a")
+    outs = engine.step()
+    assert [(o.request_id, o.finish_reason) for o in outs] == [("a", "abort")]
+    assert engine.stats().kv_blocks_free == engine.stats().kv_blocks_total
+    assert not engine.has_work()
+
+
+def test_stop_token_ids_min_tokens_and_length(checkpoint, chat_ids):
+    engine = TorchEngine(ServingConfig(), checkpoint)
+    out, reasons = run(engine, [greedy("len", chat_ids, n=3), greedy("min", chat_ids, n=40, min_tokens=30)])
+    assert len(out["len"]) == 3 and reasons["len"] == "length"
+    assert len(out["min"]) >= 30  # EOS is banned until min_tokens
+    first = out["len"][1]
+    out, reasons = run(engine, [greedy("stop", chat_ids, n=10, stop_token_ids=[first])])
+    assert out["stop"] == out["stop"][:1] and reasons["stop"] == "stop"
+
+
+def test_requests_the_engine_cannot_hold_are_refused(checkpoint):
+    engine = TorchEngine(ServingConfig(max_model_len=64, kv_cache_memory_bytes=8 * 737280), checkpoint)
+    with pytest.raises(InvalidRequest, match="text_input"):
+        engine.add_request(greedy("empty", []))
+    with pytest.raises(InvalidRequest, match="context"):
+        engine.add_request(greedy("long", list(range(100, 200))))
+    with pytest.raises(InvalidRequest, match="KV cache"):
+        TorchEngine(ServingConfig(kv_cache_memory_bytes=3 * 737280), checkpoint).add_request(
+            greedy("big", list(range(100, 160))))
+
+
+def test_kv_budget_too_small_fails_at_start_naming_the_knob(checkpoint):
+    with pytest.raises(ConfigError, match="kv_cache_memory_bytes"):
+        TorchEngine(ServingConfig(kv_cache_memory_bytes=1000), checkpoint)

@@ -1,0 +1,81 @@
+import torch
+
+from llmserve.sampler import SamplingBatch, apply_penalties, sample, top_k_top_p_min_p_mask
+from llmserve.sampling_params import SamplingParams
+
+
+def _mask(logits, k=0, p=1.0, min_p=0.0):
+    out = top_k_top_p_min_p_mask(torch.tensor([logits]), torch.tensor([k]), torch.tensor([p]), torch.tensor([min_p]))
+    return torch.isfinite(out[0]).tolist()
+
+
+def test_top_k_keeps_exactly_k_most_likely():
+    assert _mask([1.0, 4.0, 3.0, 2.0], k=2) == [False, True, True, False]
+    assert _mask([1.0, 4.0, 3.0, 2.0], k=0) == [True] * 4
+
+
+def test_top_p_keeps_smallest_prefix_reaching_mass():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = probs.log().tolist()
+    assert _mask(logits, p=0.5) == [True, False, False, False]
+    assert _mask(logits, p=0.8) == [True, True, False, False]
+    assert _mask(logits, p=0.81) == [True, True, True, False]
+    assert _mask(logits, p=1.0) == [True] * 4
+
+
+def test_min_p_relative_to_top_token():
+    logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log().tolist()
+    assert _mask(logits, min_p=0.5) == [True, True, False, False]
+
+
+def test_masks_combine_and_never_empty_a_row():
+    logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log().tolist()
+    assert _mask(logits, k=3, p=0.6) == [True, True, False, False]
+    assert _mask(logits, p=1e-6, min_p=1.0, k=1) == [True, False, False, False]
+
+
+def _batch(params, outputs=None, generators=None):
+    n = len(params)
+    outputs = outputs or [[] for _ in range(n)]
+    return SamplingBatch(params, outputs, outputs, generators or [None] * n, [[] for _ in range(n)])
+
+
+def test_penalties():
+    logits = torch.tensor([[2.0, -2.0, 1.0, 0.0]])
+    apply_penalties(logits, _batch([SamplingParams(repetition_penalty=2.0)], outputs=[[0, 1]]))
+    assert logits.tolist() == [[1.0, -4.0, 1.0, 0.0]]
+    logits = torch.tensor([[2.0, 2.0, 2.0, 2.0]])
+    apply_penalties(logits, _batch([SamplingParams(presence_penalty=0.5, frequency_penalty=0.25)],
+                                   outputs=[[1, 1, 2]]))
+    assert logits.tolist() == [[2.0, 1.0, 1.25, 2.0]]
+
+
+def test_greedy_rows_take_argmax_and_seeded_rows_repeat():
+    logits = torch.randn(3, 100)
+    greedy = SamplingParams(temperature=0.0)
+    seeded = SamplingParams(temperature=1.0, seed=7)
+
+    def draw():
+        gens = [None, torch.Generator().manual_seed(7), None]
+        return sample(logits.clone(), _batch([greedy, seeded, SamplingParams(temperature=1.0)], generators=gens))[0]
+
+    a, b = draw(), draw()
+    assert a[0] == b[0] == int(logits[0].argmax())
+    assert a[1] == b[1]
+
+
+def test_sampling_follows_the_distribution():
+    logits = torch.tensor([[0.0, 1.0, 2.0]]).log_softmax(-1).repeat(4000, 1)
+    probs = torch.tensor([0.0, 1.0, 2.0]).softmax(-1)
+    toks, _ = sample(logits, _batch([SamplingParams(temperature=1.0)] * 4000))
+    freq = torch.bincount(torch.tensor(toks), minlength=3).float() / 4000
+    assert torch.allclose(freq, probs, atol=0.03)
+
+
+def test_logprobs_of_chosen_token_and_top_n():
+    logits = torch.tensor([[1.0, 3.0, 2.0]])
+    toks, lps = sample(logits.clone(), _batch([SamplingParams(temperature=0.0, logprobs=2)]))
+    ref = logits.log_softmax(-1)[0]
+    assert toks == [1]
+    assert abs(lps[0].logprob - float(ref[1])) < 1e-6
+    assert set(lps[0].top) == {1, 2}

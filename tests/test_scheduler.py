@@ -1,0 +1,75 @@
+import time
+
+from llmserve.block_manager import BlockManager
+from llmserve.engine_api import EngineRequest
+from llmserve.sampling_params import SamplingParams
+from llmserve.scheduler import Scheduler, SchedulerConfig
+from llmserve.sequence import Sequence, Status
+
+
+def seq(n, rid):
+    tokens = [rid * 1000 + i for i in range(n)]  # distinct prompts: no prefix sharing
+    return Sequence(EngineRequest(str(rid), tokens, SamplingParams()), tokens, n, n + 100)
+
+
+def run_step(sched, batch):
+    """What the engine does after a step: mark computed, append a sampled token when a prefill completes."""
+    for s, n in zip(batch.seqs, batch.num_tokens):
+        s.num_computed_tokens += n
+        if s.num_computed_tokens == len(s.tokens):
+            s.tokens.append(1)
+
+
+def test_admission_respects_batch_slots_and_token_budget():
+    sched = Scheduler(SchedulerConfig(max_batch_size=2, max_num_tokens=100), BlockManager(64, 4, False))
+    for i in range(3):
+        sched.add(seq(30, i))
+    b = sched.schedule()
+    assert [s.request_id for s in b.seqs] == ["0", "1"] and b.num_tokens == [30, 30]
+    assert len(sched.waiting) == 1
+
+
+def test_chunked_prefill_splits_long_prompts_and_decodes_join():
+    sched = Scheduler(SchedulerConfig(max_batch_size=8, max_num_tokens=16), BlockManager(64, 4, False))
+    short, long_ = seq(4, 1), seq(40, 2)
+    sched.add(short)
+    run_step(sched, sched.schedule())  # short prefilled alone
+    sched.add(long_)
+    b = sched.schedule()
+    assert b.num_tokens == [1, 15]  # the running decode first, then a chunk of what remains
+    run_step(sched, b)
+    b = sched.schedule()
+    assert b.num_tokens == [1, 15]
+    run_step(sched, b)
+    b = sched.schedule()
+    assert b.num_tokens == [1, 10] and b.total_tokens <= 16
+
+
+def test_preemption_frees_the_newest_and_recomputes_it_later():
+    bm = BlockManager(num_blocks=6, block_size=4, enable_prefix_caching=False)
+    sched = Scheduler(SchedulerConfig(max_batch_size=8, max_num_tokens=64), bm)
+    a, b = seq(8, 1), seq(8, 2)
+    sched.add(a)
+    sched.add(b)
+    run_step(sched, sched.schedule())  # both prefilled: 2 blocks each + room for 1 token each
+    assert bm.num_free == 0 or bm.num_free == 2
+    for _ in range(8):
+        batch = sched.schedule()
+        run_step(sched, batch)
+    assert sched.num_preemptions >= 1
+    assert a.status is Status.RUNNING  # the oldest keeps running
+    assert b.preempted >= 1
+    used = sum(len(s.block_table) for s in sched.running)
+    assert used + bm.num_free == bm.num_blocks
+
+
+def test_queue_delay_holds_the_first_prefill():
+    sched = Scheduler(SchedulerConfig(max_batch_size=8, max_num_tokens=64, max_queue_delay_s=0.5),
+                      BlockManager(64, 4, False))
+    s = seq(4, 1)
+    sched.add(s)
+    now = s.request.arrival_time
+    assert sched.schedule(now=now).seqs == []
+    assert 0.4 < sched.next_wakeup(now) <= 0.5
+    assert sched.schedule(now=now + 0.6).seqs == [s]
+    assert time.monotonic() > 0
