@@ -8,20 +8,35 @@ from pathlib import Path
 import torch
 
 from llmserve.block_manager import BlockManager
-from llmserve.config import ServingConfig
+from llmserve.config import ConfigError, ServingConfig
 from llmserve.engine_api import EngineError, EngineOutput, EngineRequest, EngineStats, Overloaded
 from llmserve.model_runner import ModelRunner
 from llmserve.sampler import SamplingBatch
 from llmserve.sampling_params import InvalidRequest
-from llmserve.scheduler import Scheduler, SchedulerConfig
+from llmserve.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
 from llmserve.sequence import Sequence, Status
 
 log = logging.getLogger(__name__)
 
 
+def _check_host_memory(cfg: ServingConfig) -> None:
+    """A CPU KV cache larger than free RAM would be OOM-killed mid-serving; refuse it at start instead."""
+    if cfg.device not in ("cpu", "auto") or torch.cuda.is_available() or not cfg.kv_cache_memory_bytes:
+        return
+    try:
+        with open("/proc/meminfo") as f:
+            avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return
+    if cfg.kv_cache_memory_bytes > avail:
+        raise ConfigError(f"kv_cache_memory_bytes: {cfg.kv_cache_memory_bytes} bytes do not fit the {avail} bytes "
+                          "of memory available; lower kv_cache_memory_bytes in config.pbtxt")
+
+
 class TorchEngine:
     def __init__(self, cfg: ServingConfig, checkpoint_dir: Path):
         self.cfg = cfg
+        _check_host_memory(cfg)
         self.runner = ModelRunner(cfg, checkpoint_dir)
         self.vocab_size = self.runner.model.args.vocab_size
         self.max_model_len = self.runner.max_model_len
@@ -31,6 +46,8 @@ class TorchEngine:
         self.seqs: dict[str, Sequence] = {}
         self._aborted: list[Sequence] = []
         self._steps = 0
+        kind, _, arg = cfg.fault_injection.partition(":")
+        self._fail_token = int(arg) if kind == "fail_on_token" else None
 
     # -- requests -------------------------------------------------------------------------------------
     def add_request(self, request: EngineRequest) -> None:
@@ -90,11 +107,10 @@ class TorchEngine:
         rows = self.runner.sampling_rows(batch)
         sampling = self._sampling_batch(rows) if rows else None
         try:
-            tokens, logprobs = self.runner.run(batch, sampling)
-        except Exception as exc:  # noqa: BLE001 - the step's sequences fail; the engine keeps serving
-            log.exception("engine step failed; failing the %d requests in it", len(batch.seqs))
-            err = EngineError(f"engine step failed: {type(exc).__name__}: {exc}")
-            return outputs + [self._end(seq, "error", err) for seq in batch.seqs]
+            tokens, logprobs = self._run(batch, sampling)
+        except Exception:  # noqa: BLE001 - find the culprits, fail only them; the engine keeps serving
+            log.exception("engine step failed; re-running its %d sequences one by one", len(batch.seqs))
+            return outputs + self._isolate_failure(batch)
         for seq, n in zip(batch.seqs, batch.num_tokens):
             seq.num_computed_tokens += n
         for seq, token, lp in zip(rows, tokens, logprobs):
@@ -103,6 +119,30 @@ class TorchEngine:
             if seq.status is Status.RUNNING:
                 self.blocks.register_full_blocks(seq)
         return [o for o in outputs if o is not None]
+
+    def _run(self, batch: ScheduledBatch, sampling: SamplingBatch | None):
+        if self._fail_token is not None:  # fault injection for tests (ServingConfig.fault_injection)
+            for seq, n in zip(batch.seqs, batch.num_tokens):
+                if self._fail_token in seq.tokens[seq.num_computed_tokens:seq.num_computed_tokens + n]:
+                    raise RuntimeError(f"injected fault: token {self._fail_token} in the step")
+        return self.runner.run(batch, sampling)
+
+    def _isolate_failure(self, batch: ScheduledBatch) -> list[EngineOutput]:
+        """Runs each sequence of a failed step alone: those that fail again end with an error, the others
+        carry on as if the step had succeeded (re-writing the same K/V slots is harmless)."""
+        outputs = []
+        for seq, n in zip(batch.seqs, batch.num_tokens):
+            single = ScheduledBatch([seq], [n])
+            rows = self.runner.sampling_rows(single)
+            try:
+                tokens, logprobs = self._run(single, self._sampling_batch(rows) if rows else None)
+            except Exception as exc:  # noqa: BLE001
+                outputs.append(self._end(seq, "error", EngineError(f"engine failure: {type(exc).__name__}: {exc}")))
+                continue
+            seq.num_computed_tokens += n
+            if rows:
+                outputs.append(self._append(seq, tokens[0], logprobs[0]))
+        return outputs
 
     def _sampling_batch(self, rows: list[Sequence]) -> SamplingBatch:
         banned = []

@@ -22,8 +22,12 @@ class EngineError(RuntimeError):
 
 
 class Overloaded(EngineError):
+    """Admission refused because the queue is full. Clients retry these (the text marks them)."""
+
+    MARK = "server overloaded"
+
     def __init__(self, message: str):
-        super().__init__(message, status="UNAVAILABLE")
+        super().__init__(f"{self.MARK}: {message}", status="UNAVAILABLE")
 
 
 @dataclass

@@ -71,11 +71,13 @@ class Stream:
                                        enable_empty_final_response=True)
 
     def collect(self, ids: set[str], timeout: float = 300.0, linger: float = 1.0) -> dict[str, list]:
-        """Responses per id until every id has a final one, then `linger` seconds more to catch extras."""
+        """Responses per id until every id has a final one, then `linger` seconds more to catch extras.
+
+        gRPC stream errors carry no request id: they are filed under "?" and each counts as one final."""
         got: dict[str, list] = {i: [] for i in ids}
         finals: set[str] = set()
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and (finals != ids):
+        while time.monotonic() < deadline and len(finals & ids) + len(got.get("?", [])) < len(ids):
             try:
                 result, error = self.q.get(timeout=1)
             except queue.Empty:
@@ -106,3 +108,28 @@ class Stream:
     def close(self, cancel: bool = False) -> None:
         self.client.stop_stream(cancel_requests=cancel)
         self.client.close()
+
+
+def make_repository(root, checkpoint, **overrides) -> "Path":
+    """A model repository under `root` with the llm model and its config parameters overridden.
+
+    The checkpoint files are hard-linked (same bytes, no copy, and still inside the model directory)."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "model_repository" / "llm"
+    model = Path(root) / "llm"
+    (model / "1").mkdir(parents=True)
+    shutil.copy2(src / "1" / "model.py", model / "1" / "model.py")
+    config = (src / "config.pbtxt").read_text()
+    for key, value in overrides.items():
+        pattern = rf'(parameters \{{ key: "{key}" value: \{{ string_value: )"[^"]*"'
+        config, n = re.subn(pattern, rf'\1"{value}"', config)
+        if n == 0:
+            config += f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n'
+    (model / "config.pbtxt").write_text(config)
+    (model / "checkpoint").mkdir()
+    for f in Path(checkpoint).iterdir():
+        os.link(f, model / "checkpoint" / f.name)
+    return Path(root)

@@ -113,3 +113,21 @@ def test_requests_the_engine_cannot_hold_are_refused(checkpoint):
 def test_kv_budget_too_small_fails_at_start_naming_the_knob(checkpoint):
     with pytest.raises(ConfigError, match="kv_cache_memory_bytes"):
         TorchEngine(ServingConfig(kv_cache_memory_bytes=1000), checkpoint)
+
+
+def test_a_failing_sequence_fails_alone(checkpoint, tokenizer, chat_ids):
+    bad_token = 12345
+    engine = TorchEngine(ServingConfig(fault_injection=f"fail_on_token:{bad_token}"), checkpoint)
+    good = greedy("good", chat_ids, n=12)
+    bad = greedy("bad", chat_ids[:5] + [bad_token] + chat_ids[5:], n=12)
+    engine.add_request(good)
+    out, errors = {"good": engine.step()[0].new_token_ids, "bad": []}, {}  # good is running when bad arrives
+    engine.add_request(bad)
+    while engine.has_work():
+        for o in engine.step():
+            out[o.request_id] += o.new_token_ids
+            if o.error:
+                errors[o.request_id] = str(o.error)
+    assert set(errors) == {"bad"} and "injected fault" in errors["bad"]
+    assert tokenizer.decode(out["good"]) == "The capital of France is Paris."
+    assert engine.stats().kv_blocks_free == engine.stats().kv_blocks_total

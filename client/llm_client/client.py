@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import queue
+import random
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -22,6 +24,11 @@ class ServerUnreachable(ConnectionError):
 
 class RequestError(RuntimeError):
     """The server answered the request with an error (its message names the field and the reason)."""
+
+    @property
+    def retryable(self) -> bool:
+        # Stream errors reach tritonclient without their status code, so the server marks overload in the text.
+        return "server overloaded" in str(self) or getattr(self, "status", None) in ("StatusCode.UNAVAILABLE", 503)
 
 
 @dataclass
@@ -72,25 +79,39 @@ def _chunk_from_outputs(get) -> Chunk:
 
 
 class LLMClient:
-    def __init__(self, url: str = "localhost:8001", model: str = "llm", protocol: str = "grpc"):
+    """`retries`: how often an overloaded server (UNAVAILABLE) is asked again, with exponential backoff from
+    `backoff_s` up to `max_backoff_s` and full jitter, so clients refused together do not return together."""
+
+    def __init__(self, url: str = "localhost:8001", model: str = "llm", protocol: str = "grpc", retries: int = 3,
+                 backoff_s: float = 0.25, max_backoff_s: float = 8.0):
         if protocol not in ("grpc", "http"):
             raise ValueError("protocol must be grpc or http")
         self.url, self.model, self.protocol = url, model, protocol
+        self.retries, self.backoff_s, self.max_backoff_s = retries, backoff_s, max_backoff_s
+        self.retried = 0
 
     def stream(self, prompt: str | None = None, messages: list | None = None, **params) -> Iterator[Chunk]:
-        if self.protocol == "http":
-            yield from self._http(prompt, messages, params, stream=True)
-        else:
-            yield from self._grpc(prompt, messages, params, stream=True)
+        yield from self._with_retries(prompt, messages, params, stream=True)
+
+    def _with_retries(self, prompt, messages, params, stream: bool) -> Iterator[Chunk]:
+        send = self._http if self.protocol == "http" else self._grpc
+        for attempt in range(self.retries + 1):
+            started = False
+            try:
+                for chunk in send(prompt, messages, params, stream=stream):
+                    started = True
+                    yield chunk
+                return
+            except RequestError as exc:
+                # Retry only before any text reached the caller: a half-streamed answer cannot be replayed.
+                if started or not exc.retryable or attempt == self.retries:
+                    raise
+                self.retried += 1
+                time.sleep(random.uniform(0, min(self.max_backoff_s, self.backoff_s * 2 ** attempt)))
 
     def generate(self, prompt: str | None = None, messages: list | None = None, stream: bool = False,
                  **params) -> Result:
-        if stream:
-            chunks = list(self.stream(prompt, messages, **params))
-        elif self.protocol == "http":
-            chunks = list(self._http(prompt, messages, params, stream=False))
-        else:
-            chunks = list(self._grpc(prompt, messages, params, stream=False))
+        chunks = list(self._with_retries(prompt, messages, params, stream=stream))
         last = chunks[-1] if chunks else Chunk("")
         return Result("".join(c.text for c in chunks), last.finish_reason, last.num_input_tokens,
                       sum(c.num_output_tokens or 0 for c in chunks), chunks)
@@ -148,7 +169,9 @@ class LLMClient:
         try:
             resp = urllib.request.urlopen(req, timeout=600)
         except urllib.error.HTTPError as exc:
-            raise RequestError(_http_error_text(exc.read())) from None
+            err = RequestError(_http_error_text(exc.read()))
+            err.status = exc.code
+            raise err from None
         except (urllib.error.URLError, ConnectionError) as exc:
             raise _unreachable(self.url, exc) from None
         with resp:
