@@ -7,6 +7,7 @@ import queue
 import re
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -110,13 +111,12 @@ class Stream:
         self.client.close()
 
 
-def make_repository(root, checkpoint, **overrides) -> "Path":
+def make_repository(root, checkpoint, **overrides) -> Path:
     """A model repository under `root` with the llm model and its config parameters overridden.
 
     The checkpoint files are hard-linked (same bytes, no copy, and still inside the model directory)."""
     import os
     import shutil
-    from pathlib import Path
 
     src = Path(__file__).resolve().parents[1] / "model_repository" / "llm"
     model = Path(root) / "llm"
