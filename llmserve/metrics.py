@@ -34,7 +34,16 @@ GAUGES = {
     "llm_requests_running": "Requests in the running batch",
     "llm_requests_waiting": "Requests waiting for admission",
     "llm_kv_cache_blocks": "KV cache blocks by state (used, free)",
+    "llm_backend_resident_memory_bytes": "Resident memory of the model's backend process (leak watch)",
 }
+
+
+def resident_memory_bytes() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return 0
 
 
 class MetricsSink(Protocol):

@@ -57,8 +57,14 @@ def _stream_out(client: LLMClient, out, **kwargs) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "soak":
+        from llm_client.soak import main as soak_main
+
+        return soak_main(argv[1:])
     ap = argparse.ArgumentParser(prog="llm", description="Talk to the llm model on a Triton server.")
     sub = ap.add_subparsers(dest="command", required=True)
+    sub.add_parser("soak", help="rounds of concurrent mixed requests checking nothing is lost (see llm soak -h)")
     g = sub.add_parser("generate", help="one answer, streamed unless --no-stream")
     g.add_argument("prompt")
     g.add_argument("--chat", action="store_true", help="wrap the prompt as a user message (chat template)")

@@ -26,7 +26,7 @@ except ImportError:  # running from a checkout without `pip install -e .`
 from llmserve.config import ServingConfig
 from llmserve.engine_api import EngineError
 from llmserve.factory import build_service
-from llmserve.metrics import COUNTERS, GAUGES, HISTOGRAMS, NullSink
+from llmserve.metrics import COUNTERS, GAUGES, HISTOGRAMS, NullSink, resident_memory_bytes
 from llmserve.protocol import ALL_INPUTS, ParsedRequest, ResponseBuilder, parse_request
 from llmserve.sampling_params import InvalidRequest, defaults_from_generation_config
 from llmserve.service import Delta
@@ -46,6 +46,7 @@ def _error(message: str, status: str) -> pb_utils.InferenceResponse:
 class _InFlight:
     sender: object
     builder: ResponseBuilder
+    done: bool = False  # FINAL sent: the sender's response factory is gone, never touch it again
 
 
 class TritonMetrics:
@@ -113,6 +114,7 @@ class TritonPythonModel:
         self.ids = itertools.count()
         self.responses: queue.SimpleQueue = queue.SimpleQueue()
         self.stopping = threading.Event()
+        self.sender_lock = threading.Lock()
         self.response_thread = threading.Thread(target=self._response_loop, name="llm-responses", daemon=True)
         self.housekeeping_thread = threading.Thread(target=self._housekeeping, name="llm-housekeeping", daemon=True)
         self.response_thread.start()
@@ -152,9 +154,12 @@ class TritonPythonModel:
             self._fail(rid, sender, f"internal error: {type(exc).__name__}: {exc}", "INTERNAL")
 
     def _fail(self, rid: str, sender, message: str, status: str) -> None:
-        self.inflight.pop(rid, None)
         self.metrics.increment("llm_request_failures_total", labels={"reason": status.lower()})
-        sender.send(_error(message, status), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        with self.sender_lock:
+            state = self.inflight.pop(rid, None)
+            if state is not None:
+                state.done = True
+            sender.send(_error(message, status), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     def _response_loop(self) -> None:
         while True:
@@ -172,9 +177,18 @@ class TritonPythonModel:
                     self.inflight.pop(delta.request_id, None)
 
     def _send(self, delta: Delta, state: _InFlight) -> None:
-        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         if delta.finished:
-            self.inflight.pop(delta.request_id, None)
+            # is_cancelled() on a sender after its FINAL crashes tritonserver 2.51 (a freed response
+            # factory), so the housekeeping thread must see `done` before the final send happens.
+            with self.sender_lock:
+                state.done = True
+                self.inflight.pop(delta.request_id, None)
+                self._send_now(delta, state)
+        else:
+            self._send_now(delta, state)
+
+    def _send_now(self, delta: Delta, state: _InFlight) -> None:
+        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         if delta.finish_reason == "abort":
             state.sender.send(_error("request cancelled", "CANCELLED"), flags=final)
             return
@@ -197,11 +211,17 @@ class TritonPythonModel:
         prev_hits = prev_queries = 0
         while not self.stopping.wait(period):
             for rid, state in list(self.inflight.items()):
-                try:
-                    if state.sender.is_cancelled():
-                        self.service.abort(rid)
-                except Exception:  # noqa: BLE001
-                    log.debug("is_cancelled failed for %s", rid, exc_info=True)
+                with self.sender_lock:
+                    if state.done:
+                        continue
+                    try:
+                        cancelled = state.sender.is_cancelled()
+                    except Exception:  # noqa: BLE001
+                        log.debug("is_cancelled failed for %s", rid, exc_info=True)
+                        continue
+                if cancelled:
+                    self.service.abort(rid)
+            self.metrics.set("llm_backend_resident_memory_bytes", resident_memory_bytes())
             stats = self.service.stats()
             if stats is self.last_stats:
                 continue
