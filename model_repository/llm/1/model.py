@@ -101,6 +101,9 @@ class TritonPythonModel:
         if not pb_utils.using_decoupled_model_transaction_policy(model_config):
             raise pb_utils.TritonModelException("model_transaction_policy { decoupled: true } is required")
         self.cfg = ServingConfig.from_parameters(model_config.get("parameters", {}))
+        if args.get("model_instance_kind") == "GPU" and self.cfg.device in ("auto", "cuda"):
+            # instance_group { kind: KIND_GPU, gpus: [...] }: one engine replica per listed GPU.
+            self.cfg = self.cfg.replace(device=f"cuda:{args['model_instance_device_id']}")
         model_dir = Path(args["model_repository"])
         try:
             self.metrics = TritonMetrics(args["model_name"], args["model_version"])

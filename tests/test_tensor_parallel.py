@@ -1,0 +1,85 @@
+"""Tensor-parallel sharding math on CPU: 2 processes over gloo give the same greedy tokens as one."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from llmserve.config import ServingConfig
+from llmserve.engine_api import EngineRequest
+from llmserve.sampling_params import SamplingParams
+
+PROMPTS = [[5, 17, 99, 3, 42, 7, 8], [11, 12, 13], list(range(20, 60))]
+
+
+def tiny_checkpoint(path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5)  # spread logits so greedy has no near-ties to flip on rounding
+    model.save_pretrained(path)
+    return path
+
+
+def generate(checkpoint, rank=0, world=1):
+    import llmserve.model_runner as runner_mod
+    from llmserve.engine import TorchEngine
+    from llmserve.tensor_parallel import shard_model
+
+    load = runner_mod.load_model
+    runner_mod.load_model = lambda *a, **k: shard_model(load(*a, **k), rank, world)
+    try:
+        engine = TorchEngine(ServingConfig(device="cpu", dtype="float32", kv_block_size=4), checkpoint)
+    finally:
+        runner_mod.load_model = load
+    out = {}
+    for i, p in enumerate(PROMPTS):
+        engine.add_request(EngineRequest(str(i), p, SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)))
+    while engine.has_work():
+        for o in engine.step():
+            out.setdefault(o.request_id, []).extend(o.new_token_ids)
+    return out, engine.runner.kv_cache.shape
+
+
+def _worker(rank, world, port, checkpoint, results):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        results[rank] = generate(checkpoint, rank, world)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_tp2_greedy_equals_single_process(tmp_path):
+    checkpoint = tiny_checkpoint(tmp_path / "tiny")
+    single, full_kv = generate(checkpoint)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    manager = mp.Manager()
+    results = manager.dict()
+    mp.spawn(_worker, args=(2, port, checkpoint, results), nprocs=2, join=True)
+    for rank in (0, 1):
+        tokens, kv_shape = results[rank]
+        assert tokens == single
+        assert kv_shape[-2] == full_kv[-2] // 2  # each rank caches its own KV heads
+
+
+def test_indivisible_heads_refused():
+    from llmserve.llama import ModelArgs
+    from llmserve.tensor_parallel import check_shardable
+
+    args = ModelArgs(49152, 576, 1536, 30, 9, 3, 64, 1e-5, 1e5, 8192, True, False)  # SmolLM2-135M
+    with pytest.raises(ValueError, match="num_attention_heads"):
+        check_shardable(args, 2)
+    check_shardable(args, 3)
