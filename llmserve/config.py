@@ -42,7 +42,9 @@ class ServingConfig:
     enable_kv_cache_reuse: bool = True  # TensorRT-LLM KvCacheConfig.enable_block_reuse
     enable_chunked_context: bool = True  # TensorRT-LLM
     batch_scheduler_policy: str = "guaranteed_no_evict"  # TensorRT-LLM: or "max_utilization"
-    fault_injection: str = ""  # tests only: "fail_on_token:<id>" fails any step that feeds that token
+    # tests only: "fail_on_token:<id>" fails the sequences that feed that token; "crash_on_token:<id>" breaks
+    # the whole engine (an error escapes step, as a CUDA fault would)
+    fault_injection: str = ""
 
     @classmethod
     def from_parameters(cls, params: dict[str, Any]) -> ServingConfig:

@@ -48,6 +48,7 @@ class TorchEngine:
         self._steps = 0
         kind, _, arg = cfg.fault_injection.partition(":")
         self._fail_token = int(arg) if kind == "fail_on_token" else None
+        self._crash_token = int(arg) if kind == "crash_on_token" else None
 
     # -- requests -------------------------------------------------------------------------------------
     def add_request(self, request: EngineRequest) -> None:
@@ -103,6 +104,8 @@ class TorchEngine:
         batch = self.scheduler.schedule()
         if not batch.seqs:
             return outputs
+        if self._crash_token is not None and any(self._crash_token in s.tokens for s in batch.seqs):
+            raise RuntimeError(f"injected engine crash: token {self._crash_token}")
         self._steps += 1
         rows = self.runner.sampling_rows(batch)
         sampling = self._sampling_batch(rows) if rows else None

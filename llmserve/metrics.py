@@ -34,6 +34,7 @@ GAUGES = {
     "llm_requests_running": "Requests in the running batch",
     "llm_requests_waiting": "Requests waiting for admission",
     "llm_kv_cache_blocks": "KV cache blocks by state (used, free)",
+    "llm_engine_healthy": "1 while the engine serves, 0 once it failed (the model then unloads itself)",
     "llm_backend_resident_memory_bytes": "Resident memory of the model's backend process (leak watch)",
 }
 

@@ -98,7 +98,7 @@ class TritonServer:
                 f"--backend-directory={d / 'backends'}", f"--cache-directory={d / 'caches'}",
                 f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}",
                 f"--metrics-port={self.metrics_port}", "--allow-metrics=true", "--allow-gpu-metrics=false",
-                "--exit-timeout-secs=20", *self.extra_args]
+                "--exit-timeout-secs=20", "--model-control-mode=explicit", "--load-model=*", *self.extra_args]
 
     def start(self, timeout: float = 300.0) -> TritonServer:
         for port in (self.http_port, self.grpc_port, self.metrics_port):

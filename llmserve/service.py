@@ -126,9 +126,12 @@ class LLMService:
                 try:
                     outputs = self.engine.step()
                 except Exception as exc:  # noqa: BLE001 - an engine bug must not leave callers waiting
-                    log.exception("engine step raised")
-                    self._fail_all(EngineError(f"engine failure: {type(exc).__name__}: {exc}"))
-                    continue
+                    # Engines contain per-request failures themselves; what escapes `step` means the engine
+                    # state is unknown (a CUDA error, say). Stop serving rather than serve garbage.
+                    log.exception("engine step raised; the engine is marked unhealthy")
+                    self.healthy = False
+                    self._fail_all(EngineError(f"engine failure: {type(exc).__name__}: {exc}", "UNAVAILABLE"))
+                    return
                 for out in outputs:
                     self._deliver(out)
                 self._stats = self.engine.stats()
@@ -149,7 +152,10 @@ class LLMService:
                 return
 
     def _handle(self, kind: str, arg, callback: Callback | None) -> None:
-        if kind == "add":
+        if kind == "add" and not self.healthy:
+            callback(Delta(arg.request_id, "", [], 0, "error",
+                           error=EngineError("the engine is not serving (failed)", "UNAVAILABLE")))
+        elif kind == "add":
             self._add(arg, callback)
         elif kind == "abort" and arg in self._active:
             self.engine.abort(arg)

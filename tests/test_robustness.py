@@ -160,3 +160,27 @@ def test_prompt_text_stays_out_of_the_log(server):
         LLMClient(server.grpc_url).generate(f"{marker}", max_tokens=-1)
     log = server.log_path.read_text(errors="replace")
     assert marker not in log
+
+
+def test_a_dead_engine_unloads_the_model_so_readiness_tells_the_truth(checkpoint, fault_token, tmp_path):
+    import urllib.error
+    import urllib.request
+
+    repo = make_repository(tmp_path / "repo", checkpoint, fault_injection=f"crash_on_token:{fault_token}")
+    srv = TritonServer(repo, free_port(), free_port(), free_port(), log_path=tmp_path / "server.log")
+    srv.start()
+    try:
+        assert "Paris" in LLMClient(srv.grpc_url).generate(
+            messages=[{"role": "user", "content": "What is the capital of France?"}], temperature=0).text
+        with pytest.raises(RequestError, match="engine failure"):
+            LLMClient(srv.grpc_url).generate(f"Play the{FAULT_WORD} now.", max_tokens=8)
+
+        def server_ready() -> bool:
+            try:
+                return urllib.request.urlopen(f"http://{srv.http_url}/v2/health/ready", timeout=2).status == 200
+            except urllib.error.URLError:
+                return False
+
+        assert wait_for(lambda: not srv.ready() and not server_ready(), 15)
+    finally:
+        srv.stop()

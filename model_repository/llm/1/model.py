@@ -118,6 +118,9 @@ class TritonPythonModel:
         self.responses: queue.SimpleQueue = queue.SimpleQueue()
         self.stopping = threading.Event()
         self.sender_lock = threading.Lock()
+        self.model_name = args["model_name"]
+        self.unloading = False
+        self.metrics.set("llm_engine_healthy", 1)
         self.response_thread = threading.Thread(target=self._response_loop, name="llm-responses", daemon=True)
         self.housekeeping_thread = threading.Thread(target=self._housekeeping, name="llm-housekeeping", daemon=True)
         self.response_thread.start()
@@ -213,6 +216,16 @@ class TritonPythonModel:
         period = self.cfg.cancellation_check_period_ms / 1000
         prev_hits = prev_queries = 0
         while not self.stopping.wait(period):
+            if not self.service.healthy and not self.unloading:
+                # Readiness must tell the truth: a dead engine unloads its model (needs
+                # --model-control-mode=explicit, which llmserve.server uses), so /v2/health/ready goes false.
+                self.unloading = True
+                self.metrics.set("llm_engine_healthy", 0)
+                log.error("engine unhealthy: unloading model %s", self.model_name)
+                try:
+                    pb_utils.unload_model(self.model_name)
+                except Exception:  # noqa: BLE001 - not in explicit mode: requests still get UNAVAILABLE
+                    log.exception("unload_model failed")
             for rid, state in list(self.inflight.items()):
                 with self.sender_lock:
                     if state.done:
