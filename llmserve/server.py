@@ -147,6 +147,35 @@ class TritonServer:
         self.stop()
 
 
+def derive_repository(dest: str | Path, checkpoint: str | Path | None = None, source: str | Path = "model_repository",
+                      model: str = "llm", **overrides: object) -> Path:
+    """A model repository at `dest` holding `model` with some config.pbtxt parameters overridden.
+
+    For sweeps and tests that need another configuration. The checkpoint is hard-linked (no copy, and it
+    stays inside the model directory, where checkpoint_dir must resolve)."""
+    import re
+
+    src = Path(source) / model
+    dst = Path(dest) / model
+    (dst / "1").mkdir(parents=True)
+    shutil.copy2(src / "1" / "model.py", dst / "1" / "model.py")
+    config = (src / "config.pbtxt").read_text()
+    for key, value in overrides.items():
+        pattern = rf'(parameters \{{ key: "{key}" value: \{{ string_value: )"[^"]*"'
+        config, n = re.subn(pattern, rf'\1"{value}"', config)
+        if n == 0:
+            config += f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n'
+    (dst / "config.pbtxt").write_text(config)
+    ckpt = Path(checkpoint) if checkpoint else src / "checkpoint"
+    (dst / "checkpoint").mkdir()
+    for f in ckpt.iterdir():
+        try:
+            os.link(f, dst / "checkpoint" / f.name)
+        except OSError:  # another file system
+            shutil.copy2(f, dst / "checkpoint" / f.name)
+    return Path(dest)
+
+
 def _get(url: str) -> int | None:
     try:
         with urllib.request.urlopen(url, timeout=2) as r:

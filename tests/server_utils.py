@@ -112,24 +112,6 @@ class Stream:
 
 
 def make_repository(root, checkpoint, **overrides) -> Path:
-    """A model repository under `root` with the llm model and its config parameters overridden.
+    from llmserve.server import derive_repository
 
-    The checkpoint files are hard-linked (same bytes, no copy, and still inside the model directory)."""
-    import os
-    import shutil
-
-    src = Path(__file__).resolve().parents[1] / "model_repository" / "llm"
-    model = Path(root) / "llm"
-    (model / "1").mkdir(parents=True)
-    shutil.copy2(src / "1" / "model.py", model / "1" / "model.py")
-    config = (src / "config.pbtxt").read_text()
-    for key, value in overrides.items():
-        pattern = rf'(parameters \{{ key: "{key}" value: \{{ string_value: )"[^"]*"'
-        config, n = re.subn(pattern, rf'\1"{value}"', config)
-        if n == 0:
-            config += f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n'
-    (model / "config.pbtxt").write_text(config)
-    (model / "checkpoint").mkdir()
-    for f in Path(checkpoint).iterdir():
-        os.link(f, model / "checkpoint" / f.name)
-    return Path(root)
+    return derive_repository(root, checkpoint, Path(__file__).resolve().parents[1] / "model_repository", **overrides)

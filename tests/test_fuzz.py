@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from llm_client import LLMClient
 
+from llm_client import LLMClient
 from tests.server_utils import Stream, infer_inputs
 
 pytestmark = pytest.mark.server

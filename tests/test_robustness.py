@@ -6,8 +6,8 @@ import threading
 import time
 
 import pytest
-from llm_client import LLMClient, RequestError
 
+from llm_client import LLMClient, RequestError
 from llmserve.server import ServerError, TritonServer
 from tests.conftest import free_port
 from tests.server_utils import Stream, make_repository, metric, wait_for

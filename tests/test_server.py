@@ -6,8 +6,8 @@ import time
 import urllib.request
 
 import pytest
-from llm_client import AsyncLLMClient, LLMClient, RequestError, ServerUnreachable
 
+from llm_client import AsyncLLMClient, LLMClient, RequestError, ServerUnreachable
 from tests.server_utils import Stream, metric, wait_for
 
 pytestmark = pytest.mark.server

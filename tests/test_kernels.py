@@ -1,0 +1,231 @@
+"""Triton kernels against their torch twins: ||out - ref|| / ||ref|| on fresh random inputs.
+
+Runs on a GPU, or on CPU under Triton's interpreter when triton is installed (TRITON_INTERPRET=1, set here
+before the kernels are defined); skipped where triton is missing (the CPU CI image).
+"""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+pytest.importorskip("triton")
+
+from llmserve import quantize  # noqa: E402
+from llmserve.attention import AttentionMetadata, paged_attention  # noqa: E402
+from llmserve.kernels import attention as kattn  # noqa: E402
+from llmserve.kernels import fused, linear  # noqa: E402
+from llmserve.llama import apply_rope  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+DT = torch.bfloat16 if DEV == "cuda" else torch.float16  # the interpreter has no bf16
+
+
+def rel(out, ref):
+    out, ref = out.double(), ref.double()
+    assert torch.isfinite(out).all()
+    return ((out - ref).norm() / ref.norm()).item()
+
+
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_rmsnorm(with_residual):
+    x = torch.randn(5, 200, device=DEV).to(DT)
+    w = torch.rand(200, device=DEV).to(DT) + 0.5
+    r = torch.randn(5, 200, device=DEV).to(DT)
+    r_in = r.clone()
+    out = fused.rmsnorm(x, w, 1e-5, r if with_residual else None)
+    s = (x.float() + r_in.float()).to(DT) if with_residual else x
+    ref = (s.float() * torch.rsqrt(s.float().pow(2).mean(-1, keepdim=True) + 1e-5)).to(DT) * w
+    assert rel(out, ref) < 1e-2
+    if with_residual:
+        assert torch.equal(r, s)
+
+
+@pytest.mark.parametrize("nh,nkv,hd", [(4, 4, 32), (6, 2, 64)])
+def test_rope_and_cache(nh, nkv, hd):
+    T, blocks, page = 7, 6, 4
+    qkv = torch.randn(T, (nh + 2 * nkv) * hd, device=DEV).to(DT)
+    pos = torch.randint(0, 50, (T,), device=DEV, dtype=torch.int32)
+    ang = torch.rand(64, hd // 2, device=DEV) * 6
+    cos, sin = ang.cos(), ang.sin()
+    slots = torch.randperm(blocks * page, device=DEV)[:T].to(torch.int32)
+    slots[3] = -1  # skipped
+    cache = torch.full((2, blocks, page, nkv, hd), 7.0, device=DEV).to(DT)
+    ref_cache = cache.clone()
+    q, k, v = qkv.clone().split([nh * hd, nkv * hd, nkv * hd], -1)
+    ref_q = apply_rope(q.view(T, nh, hd), cos[pos.long()], sin[pos.long()])
+    ref_k = apply_rope(k.reshape(T, nkv, hd), cos[pos.long()], sin[pos.long()])
+    keep = slots >= 0
+    ref_cache[0].view(-1, nkv, hd)[slots[keep].long()] = ref_k[keep]
+    ref_cache[1].view(-1, nkv, hd)[slots[keep].long()] = v.reshape(T, nkv, hd)[keep]
+    fused.rope_and_cache(qkv, pos, cos, sin, slots, cache, nh, nkv, hd)
+    assert rel(qkv[:, :nh * hd].view(T, nh, hd), ref_q) < 1e-2
+    assert rel(cache, ref_cache) < 1e-2
+
+
+def test_silu_mul():
+    x = torch.randn(3, 2 * 1500, device=DEV).to(DT)
+    g, u = x.chunk(2, -1)
+    assert rel(fused.silu_mul(x), torch.nn.functional.silu(g) * u) < 1e-2
+
+
+@pytest.mark.parametrize("M", [1, 5, 33])
+@pytest.mark.parametrize("kind", ["16bit", "int8", "int8_gated"])
+def test_wmm(M, kind):
+    N, K = 96, 320
+    gated = kind.endswith("gated")
+    x = torch.randn(M, 2 * K if gated else K, device=DEV).to(DT)
+    w = (torch.randn(N, K, device=DEV) * 0.05).to(DT)
+    bias = None
+    if kind == "16bit":
+        scale, wq, bias = None, w, torch.randn(N, device=DEV).to(DT)
+        ref_w = w
+    else:
+        wq, scale = quantize.quantize_weight(w, "int8_wo")
+        ref_w = quantize.dequantize(wq, scale, torch.float32)
+    xin = x
+    if gated:
+        g, u = x.chunk(2, -1)
+        xin = torch.nn.functional.silu(g) * u
+    ref = xin.float() @ ref_w.float().T + (bias.float() if bias is not None else 0)
+    out = linear.wmm(x, wq, scale, bias, gated=gated)
+    assert out.shape == (M, N)
+    assert rel(out, ref) < 1e-2
+
+
+def _paged_setup(ctx_lens, nh, nkv, hd, page=4):
+    B = len(ctx_lens)
+    need = [-(-c // page) for c in ctx_lens]
+    total = sum(need) + 3
+    perm = torch.randperm(total).tolist()
+    tables, i = [], 0
+    for n in need:
+        tables.append(perm[i:i + n])
+        i += n
+    width = max(need)
+    bt = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32, device=DEV)
+    cache = torch.randn(2, total, page, nkv, hd, device=DEV).to(DT)
+    return B, bt, cache
+
+
+@pytest.mark.parametrize("nh,nkv,hd", [(4, 4, 64), (6, 2, 32)])
+@pytest.mark.parametrize("partition", [None, 16])
+def test_decode_attention(nh, nkv, hd, partition):
+    ctx_lens = [1, 13, 40, 7]
+    B, bt, cache = _paged_setup(ctx_lens, nh, nkv, hd)
+    q = torch.randn(B, nh, hd, device=DEV).to(DT)
+    ctx = torch.tensor(ctx_lens, dtype=torch.int32, device=DEV)
+    out = kattn.decode_attention(q, cache, bt, ctx, hd ** -0.5, max_context=64, partition=partition)
+    # reference: the torch path, with this step's K/V being the last cached token
+    ref = torch.empty_like(out, dtype=torch.float32)
+    for b, c in enumerate(ctx_lens):
+        keys = cache[0][bt[b].long()].flatten(0, 1)[:c].float().transpose(0, 1)  # [kvh, c, hd]
+        vals = cache[1][bt[b].long()].flatten(0, 1)[:c].float().transpose(0, 1)
+        keys = keys.repeat_interleave(nh // nkv, 0)
+        vals = vals.repeat_interleave(nh // nkv, 0)
+        att = (q[b].float()[:, None, :] @ keys.transpose(1, 2)).squeeze(1) * hd ** -0.5
+        ref[b] = (att.softmax(-1)[:, None, :] @ vals).squeeze(1)
+    assert rel(out, ref) < 1e-2
+
+
+@pytest.mark.parametrize("nh,nkv,hd", [(4, 4, 64), (6, 2, 32)])
+def test_varlen_attention_matches_torch_path(nh, nkv, hd):
+    page = 4
+    query_lens, ctx_lens = [5, 1, 70, 3], [9, 17, 70, 3]  # prefix + chunk, decode, fresh prompt, fresh short
+    B, bt, cache = _paged_setup(ctx_lens, nh, nkv, hd, page)
+    T = sum(query_lens)
+    q = torch.randn(T, nh, hd, device=DEV).to(DT)
+    # the torch path writes this step's K/V itself: hand it the ones already in the cache
+    slots = []
+    for b, (ql, cl) in enumerate(zip(query_lens, ctx_lens)):
+        for p in range(cl - ql, cl):
+            slots.append(bt[b, p // page].item() * page + p % page)
+    slots_t = torch.tensor(slots, dtype=torch.long, device=DEV)
+    k_new = cache[0].view(-1, nkv, hd)[slots_t].clone()
+    v_new = cache[1].view(-1, nkv, hd)[slots_t].clone()
+    meta = AttentionMetadata(slot_mapping=slots_t, block_tables=bt.long(), context_lens=torch.tensor(
+        ctx_lens, dtype=torch.int32, device=DEV), query_lens=query_lens, context_lens_host=ctx_lens,
+        decode_only=False, max_context_len=max(ctx_lens))
+    ref = paged_attention(q.float(), k_new.float(), v_new.float(), cache.float().clone(), meta, hd ** -0.5)
+    seqs, firsts = kattn.varlen_query_blocks(query_lens, nh // nkv, hd)
+    starts = torch.tensor([0, 5, 6, 76, 79], dtype=torch.int32, device=DEV)
+    out = kattn.varlen_attention(q, cache, bt, meta.context_lens, starts,
+                                 torch.tensor(seqs, dtype=torch.int32, device=DEV),
+                                 torch.tensor(firsts, dtype=torch.int32, device=DEV), hd ** -0.5)
+    assert rel(out, ref) < 1e-2
+
+
+def _tiny_model(tmp_path, monkeypatch, **extra):
+    import json
+
+    from llmserve.llama import load_model
+
+    cfg = {"vocab_size": 300, "hidden_size": 192, "intermediate_size": 320, "num_hidden_layers": 2,
+           "num_attention_heads": 6, "num_key_value_heads": 2, "max_position_embeddings": 256,
+           "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "llmserve_random_init": {"seed": 3, "std": 0.1}, **extra}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    model = load_model(tmp_path, DT, torch.device(DEV))
+    model.init_rope(256, torch.device(DEV))
+    return model
+
+
+@pytest.mark.parametrize("quant", [None, "int8_wo"])
+def test_model_fast_path_matches_torch_path(tmp_path, monkeypatch, quant):
+    """The whole decoder (fused norms, rotary + cache write, varlen and decode attention, weight-streaming
+    linears) against the torch path on the same random weights: a prefill of three prompts, then a decode."""
+    if DEV == "cpu":
+        monkeypatch.setenv("LLMSERVE_TRITON_KERNELS", "interpret")
+    extra = {"quantization": {"mode": quant}} if quant else {}
+    model = _tiny_model(tmp_path, monkeypatch, **extra)
+    lens, page = [9, 1, 20], 4
+    meta = AttentionMetadata.for_prefill(lens, page, torch.device(DEV), group=3, head_dim=32)
+    ids = torch.randint(0, 300, (sum(lens),), device=DEV)
+    pos = torch.cat([torch.arange(n, device=DEV) for n in lens])
+    results = {}
+    for mode in ("fast", "torch"):
+        if mode == "torch":
+            monkeypatch.setenv("LLMSERVE_TRITON_KERNELS", "0")
+            meta.slot_mapping, meta.block_tables = meta.slot_mapping.long(), meta.block_tables.long()
+        cache = torch.zeros(2, 2, 16, page, 2, 32, device=DEV, dtype=DT)
+        with torch.inference_mode():
+            prefill = model(ids, pos, cache, meta, None)
+            # one decode token per sequence
+            # positions 9, 1, 20: blocks 2 (of [0, 1, 2]), 3 (of [3]) and a new block 9 after [4..8]
+            dmeta = AttentionMetadata(
+                slot_mapping=torch.tensor([2 * page + 1, 3 * page + 1, 9 * page], device=DEV,
+                                          dtype=torch.int32 if mode == "fast" else torch.long),
+                block_tables=torch.tensor([[0, 1, 2, 0, 0, 0], [3, 0, 0, 0, 0, 0], [4, 5, 6, 7, 8, 9]], device=DEV,
+                                          dtype=meta.block_tables.dtype),
+                context_lens=torch.tensor([10, 2, 21], dtype=torch.int32, device=DEV),
+                query_lens=[1, 1, 1], context_lens_host=[10, 2, 21], decode_only=True, max_context_len=21,
+                context_bound=64)
+            dec = model(torch.tensor([5, 6, 7], device=DEV), torch.tensor([9, 1, 20], device=DEV), cache, dmeta, None)
+        results[mode] = (prefill, dec)
+    assert rel(results["fast"][0], results["torch"][0]) < 2e-2
+    assert rel(results["fast"][1], results["torch"][1]) < 2e-2
+
+
+@pytest.mark.parametrize("kind", ["16bit", "int8", "int8_magic", "fp8", "fp8_bits"])
+@pytest.mark.parametrize("gated", [False, True])
+def test_gemv_one_row(kind, gated):
+    if kind.startswith("fp8") and DEV == "cpu":
+        pytest.skip("the interpreter has no float8")
+    N, K = 80, 700  # neither divides the blocks
+    x = torch.randn(1, 2 * K if gated else K, device=DEV).to(DT)
+    w = (torch.randn(N, K, device=DEV) * 0.05).to(DT)
+    if kind == "16bit":
+        wq, scale, ref_w, w_kind = w, None, w.float(), 0
+    else:
+        wq, scale = quantize.quantize_weight(w, "int8_wo" if kind.startswith("int8") else "fp8")
+        ref_w = quantize.dequantize(wq, scale)
+        w_kind = {"int8": 0, "int8_magic": 1, "fp8": 0, "fp8_bits": 2}[kind]
+    xin = x
+    if gated:
+        g, u = x.chunk(2, -1)
+        xin = torch.nn.functional.silu(g) * u
+    ref = xin.float() @ ref_w.T
+    for cfg in [(16, 256, 4, 1), (8, 512, 4, 3)]:
+        out = linear.gemv(x, wq, scale, None, gated=gated, config=cfg, w_kind=w_kind)
+        assert rel(out, ref) < 1e-2
