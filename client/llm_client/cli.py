@@ -62,12 +62,17 @@ def main(argv: list[str] | None = None) -> int:
         from llm_client.soak import main as soak_main
 
         return soak_main(argv[1:])
+    if argv and argv[0] == "sweep":
+        from llm_client.sweep import main as sweep_main
+
+        return sweep_main(argv[1:])
     if argv and argv[0] == "validate":
         from llm_client.validate import main as validate_main
 
         return validate_main(argv[1:])
     ap = argparse.ArgumentParser(prog="llm", description="Talk to the llm model on a Triton server.")
     sub = ap.add_subparsers(dest="command", required=True)
+    sub.add_parser("sweep", help="try config variants on fresh servers, best throughput under a P99 SLO")
     sub.add_parser("validate", help="load a live server with genai-perf and check a targets file (llm validate -h)")
     sub.add_parser("soak", help="rounds of concurrent mixed requests checking nothing is lost (see llm soak -h)")
     g = sub.add_parser("generate", help="one answer, streamed unless --no-stream")
