@@ -133,6 +133,8 @@ class TritonServer:
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
+                # tritonserver 2.51 can hang in its abort handler after the exit timeout (seen with decoupled
+                # requests in flight); the whole process group goes, Python stubs included.
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         if self._log_file:

@@ -136,6 +136,8 @@ class LLMClient:
             while True:
                 result, error = responses.get()
                 if error is not None:
+                    if not live(client):  # the stream failed because nothing listens there
+                        raise _unreachable(self.url, error)
                     raise _grpc_error(self.url, error)
                 params_ = result.get_response().parameters
                 final = params_["triton_final_response"].bool_param if "triton_final_response" in params_ else False
@@ -147,6 +149,8 @@ class LLMClient:
                     finished = True
                     return
         except InferenceServerException as exc:
+            if not live(client):
+                raise _unreachable(self.url, exc) from None
             raise _grpc_error(self.url, exc) from None
         finally:
             try:
@@ -182,6 +186,13 @@ class LLMClient:
                 line = line.strip()
                 if line.startswith(b"data:"):
                     yield _json_chunk(json.loads(line[5:]), final=False)
+
+
+def live(client) -> bool:
+    try:
+        return bool(client.is_server_live())
+    except Exception:  # noqa: BLE001 - any failure to ask means we cannot reach it
+        return False
 
 
 def _json_chunk(obj: dict, final: bool) -> Chunk:
