@@ -3,6 +3,10 @@
 The cache of one layer is [2, num_blocks, block_size, kv_heads, head_dim]. A sequence's tokens live in
 the blocks listed in its row of `block_tables`; token t of a sequence sits at slot
 block_tables[t // block_size] * block_size + t % block_size.
+
+Two implementations of the same function: `paged_attention` (torch: gather + SDPA; the CPU path and the
+reference) and `paged_attention_cached` (Triton kernels in llmserve/kernels/attention.py; CUDA), which
+expects this step's K/V already in the cache (written by the fused rotary kernel).
 """
 
 from __future__ import annotations
@@ -15,13 +19,69 @@ import torch.nn.functional as F
 
 @dataclass
 class AttentionMetadata:
-    slot_mapping: torch.Tensor  # [T] int64: cache slot for each new token
+    slot_mapping: torch.Tensor  # [T] int: cache slot for each new token (< 0: do not write)
     block_tables: torch.Tensor  # [B, max_blocks] int32/64, padded with 0
     context_lens: torch.Tensor  # [B] int32: tokens in the cache after this step (cached + new)
     query_lens: list[int]  # [B] new tokens per sequence (host copy, for the prefill path)
     context_lens_host: list[int]
     decode_only: bool  # every sequence has exactly one new token
     max_context_len: int
+    # CUDA (Triton) path only:
+    context_bound: int = 0  # static upper bound on context_lens for decode (fixes the launch shape); 0: max_context_len
+    query_start: torch.Tensor | None = None  # [B+1] int32 offsets of each sequence's new tokens
+    qb_seq: torch.Tensor | None = None  # [n] int32: sequence of each varlen query block
+    qb_start: torch.Tensor | None = None  # [n] int32: first query (within its sequence) of each block
+
+    @classmethod
+    def for_prefill(cls, seq_lens: list[int], block_size: int, device: torch.device, group: int = 1,
+                    head_dim: int = 128) -> AttentionMetadata:
+        """Fresh prompts in consecutive cache blocks, sequence i starting at block sum(blocks of i' < i)."""
+        slots, tables, first = [], [], 0
+        for n in seq_lens:
+            nb = -(-n // block_size)
+            tables.append(list(range(first, first + nb)))
+            slots.extend(range(first * block_size, first * block_size + n))
+            first += nb
+        width = max(len(t) for t in tables)
+        tables = [t + [0] * (width - len(t)) for t in tables]
+        meta = cls(slot_mapping=torch.tensor(slots, dtype=torch.long, device=device),
+                   block_tables=torch.tensor(tables, dtype=torch.int32, device=device),
+                   context_lens=torch.tensor(seq_lens, dtype=torch.int32, device=device),
+                   query_lens=list(seq_lens), context_lens_host=list(seq_lens),
+                   decode_only=all(n == 1 for n in seq_lens), max_context_len=max(seq_lens))
+        meta.add_varlen(group, head_dim)
+        return meta
+
+    def add_varlen(self, group: int, head_dim: int) -> None:
+        """Fills the CUDA path's query-block work list from query_lens (host side)."""
+        from llmserve import kernels
+
+        if not kernels.enabled(self.slot_mapping):
+            return
+        from llmserve.kernels.attention import varlen_query_blocks
+
+        dev = self.slot_mapping.device
+        starts = [0]
+        for n in self.query_lens:
+            starts.append(starts[-1] + n)
+        seqs, firsts = varlen_query_blocks(self.query_lens, group, head_dim)
+        self.query_start = torch.tensor(starts, dtype=torch.int32, device=dev)
+        self.qb_seq = torch.tensor(seqs, dtype=torch.int32, device=dev)
+        self.qb_start = torch.tensor(firsts, dtype=torch.int32, device=dev)
+
+
+def paged_attention_cached(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata,
+                           scale: float) -> torch.Tensor:
+    """CUDA path. q: [T, H, D] (may be a strided view of the qkv buffer); this step's K/V are in the cache."""
+    from llmserve.kernels import attention as kattn
+
+    T, H, D = q.shape
+    out = torch.empty(T, H, D, dtype=q.dtype, device=q.device)
+    if meta.decode_only:
+        return kattn.decode_attention(q, kv_cache, meta.block_tables, meta.context_lens, scale,
+                                      meta.context_bound or meta.max_context_len, out=out)
+    return kattn.varlen_attention(q, kv_cache, meta.block_tables, meta.context_lens, meta.query_start,
+                                  meta.qb_seq, meta.qb_start, scale, out=out)
 
 
 def write_kv(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmserve import attention
+from llmserve import attention, kernels
 from llmserve.attention import AttentionMetadata
 
 
@@ -86,15 +86,65 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1).to(x.dtype)
 
 
+def _fast(x: torch.Tensor) -> bool:
+    """The Triton path: CUDA tensors in 16-bit floats (float32 on a GPU keeps the torch path)."""
+    return x.dtype in (torch.float16, torch.bfloat16) and kernels.enabled(x)
+
+
+class Linear(nn.Module):
+    """y = x W^T (+ b), W in the model dtype. `gated=True`: x is [gate | up] and the layer computes
+    down(silu(gate) * up). On CUDA, few rows go through the Triton weight-streaming kernel (which fuses the
+    gate), many through cuBLAS. Quantized twins live in llmserve/quantize.py."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
+        self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
+
+    def forward(self, x: torch.Tensor, gated: bool = False) -> torch.Tensor:
+        if _fast(x):
+            from llmserve.kernels import linear as klinear
+
+            if x.shape[0] <= klinear.triton_max_m(self.weight):
+                return klinear.wmm(x, self.weight, None, self.bias, gated=gated)
+            if gated:
+                from llmserve.kernels.fused import silu_mul
+
+                x = silu_mul(x)
+            return F.linear(x, self.weight, self.bias)
+        if gated:
+            gate, up = x.chunk(2, dim=-1)
+            x = F.silu(gate) * up
+        return F.linear(x, self.weight, self.bias)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.weight = nn.Parameter(torch.ones(dim), requires_grad=False)
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (norm(x + residual), x + residual); without a residual, (norm(x), x). The fused kernel
+        updates `residual` in place."""
+        if _fast(x):
+            from llmserve.kernels.fused import rmsnorm
+
+            return rmsnorm(x, self.weight, self.eps, residual), (x if residual is None else residual)
+        if residual is not None:
+            x = x + residual
         xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight, x
+
+
+@dataclass
+class Rope:
+    positions: torch.Tensor  # [T]
+    table_cos: torch.Tensor  # [max_pos, head_dim/2] float32
+    table_sin: torch.Tensor
+    cos: torch.Tensor | None = None  # [T, head_dim/2]: gathered, for the torch path
+    sin: torch.Tensor | None = None
 
 
 class Attention(nn.Module):
@@ -103,17 +153,25 @@ class Attention(nn.Module):
         self.layer = layer
         self.nh, self.nkv, self.hd = args.num_heads, args.num_kv_heads, args.head_dim
         # q, k and v in one matmul: one weight read per step instead of three.
-        self.qkv_proj = nn.Linear(args.hidden_size, (self.nh + 2 * self.nkv) * self.hd, bias=args.qkv_bias)
-        self.o_proj = nn.Linear(self.nh * self.hd, args.hidden_size, bias=False)
+        self.qkv_proj = Linear(args.hidden_size, (self.nh + 2 * self.nkv) * self.hd, bias=args.qkv_bias)
+        self.o_proj = Linear(self.nh * self.hd, args.hidden_size, bias=False)
         self.scale = self.hd ** -0.5
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv_cache: torch.Tensor,
-                meta: AttentionMetadata) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: Rope, kv_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         T = x.shape[0]
         qkv = self.qkv_proj(x)
+        if _fast(qkv):
+            from llmserve.kernels.fused import rope_and_cache
+
+            layer_cache = kv_cache[self.layer]
+            rope_and_cache(qkv, rope.positions, rope.table_cos, rope.table_sin, meta.slot_mapping, layer_cache,
+                           self.nh, self.nkv, self.hd)
+            q = qkv.view(T, self.nh + 2 * self.nkv, self.hd)[:, :self.nh]
+            out = attention.paged_attention_cached(q, layer_cache, meta, self.scale)
+            return self.o_proj(out.view(T, self.nh * self.hd))
         q, k, v = qkv.split([self.nh * self.hd, self.nkv * self.hd, self.nkv * self.hd], dim=-1)
-        q = apply_rope(q.view(T, self.nh, self.hd), cos, sin)
-        k = apply_rope(k.view(T, self.nkv, self.hd), cos, sin)
+        q = apply_rope(q.view(T, self.nh, self.hd), rope.cos, rope.sin)
+        k = apply_rope(k.view(T, self.nkv, self.hd), rope.cos, rope.sin)
         v = v.view(T, self.nkv, self.hd)
         out = attention.paged_attention(q, k, v, kv_cache[self.layer], meta, self.scale)
         return self.o_proj(out.reshape(T, self.nh * self.hd))
@@ -122,12 +180,11 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
-        self.gate_up_proj = nn.Linear(args.hidden_size, 2 * args.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(args.intermediate_size, args.hidden_size, bias=False)
+        self.gate_up_proj = Linear(args.hidden_size, 2 * args.intermediate_size, bias=False)
+        self.down_proj = Linear(args.intermediate_size, args.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(self.gate_up_proj(x), gated=True)
 
 
 class DecoderLayer(nn.Module):
@@ -138,9 +195,12 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
 
-    def forward(self, x, cos, sin, kv_cache, meta):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv_cache, meta)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, residual, rope, kv_cache, meta):
+        """The residual stream travels beside the hidden state so each add fuses into the next norm."""
+        h, residual = self.input_layernorm(x, residual)
+        h = self.self_attn(h, rope, kv_cache, meta)
+        h, residual = self.post_attention_layernorm(h, residual)
+        return self.mlp(h), residual
 
 
 class LlamaModel(nn.Module):
@@ -148,9 +208,10 @@ class LlamaModel(nn.Module):
         super().__init__()
         self.args = args
         self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.embed_tokens.weight.requires_grad_(False)
         self.layers = nn.ModuleList(DecoderLayer(args, i) for i in range(args.num_layers))
         self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
-        self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+        self.lm_head = Linear(args.hidden_size, args.vocab_size, bias=False)
         self.rope_cos: torch.Tensor | None = None
         self.rope_sin: torch.Tensor | None = None
 
@@ -158,18 +219,25 @@ class LlamaModel(nn.Module):
         self.rope_cos, self.rope_sin = rope_cos_sin(self.args, max_pos, device)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache: torch.Tensor,
-                meta: AttentionMetadata, logits_indices: torch.Tensor) -> torch.Tensor:
-        """Returns logits (float32) only for the rows in `logits_indices`: the lm_head is the largest matmul."""
+                meta: AttentionMetadata, logits_indices: torch.Tensor | None = None) -> torch.Tensor:
+        """Returns logits (float32) only for the rows in `logits_indices` (all rows when None): the lm_head is
+        the largest matmul."""
         x = self.embed_tokens(input_ids)
-        cos, sin = self.rope_cos[positions], self.rope_sin[positions]
+        rope = Rope(positions, self.rope_cos, self.rope_sin)
+        if not _fast(x):
+            rope.cos, rope.sin = self.rope_cos[positions], self.rope_sin[positions]
+        residual = None
         for layer in self.layers:
-            x = layer(x, cos, sin, kv_cache, meta)
-        x = self.norm(x[logits_indices])
+            x, residual = layer(x, residual, rope, kv_cache, meta)
+        if logits_indices is not None:
+            x, residual = x[logits_indices], residual[logits_indices]
+        x, _ = self.norm(x, residual)
         return self.lm_head(x).float()
 
 
 def _hf_to_ours(state: dict[str, torch.Tensor], args: ModelArgs) -> dict[str, torch.Tensor]:
-    """Renames HF keys and packs q/k/v and gate/up into single matrices."""
+    """Renames HF keys and packs q/k/v and gate/up into single matrices (scales of quantized weights too:
+    they are per output channel, so they stack like the rows they scale)."""
     out: dict[str, torch.Tensor] = {}
     for key, t in state.items():
         if key.endswith("rotary_emb.inv_freq"):
@@ -177,22 +245,68 @@ def _hf_to_ours(state: dict[str, torch.Tensor], args: ModelArgs) -> dict[str, to
         out[key.removeprefix("model.")] = t
     for i in range(args.num_layers):
         p = f"layers.{i}."
-        for kind in ("weight", "bias"):
+        for kind in ("weight", "bias", "weight_scale"):
             parts = [out.pop(f"{p}self_attn.{n}_proj.{kind}", None) for n in "qkv"]
             if all(x is not None for x in parts):
                 out[f"{p}self_attn.qkv_proj.{kind}"] = torch.cat(parts, 0)
-        out[f"{p}mlp.gate_up_proj.weight"] = torch.cat([out.pop(f"{p}mlp.gate_proj.weight"),
-                                                        out.pop(f"{p}mlp.up_proj.weight")], 0)
+        for kind in ("weight", "weight_scale"):
+            parts = [out.pop(f"{p}mlp.{n}_proj.{kind}", None) for n in ("gate", "up")]
+            if all(x is not None for x in parts):
+                out[f"{p}mlp.gate_up_proj.{kind}"] = torch.cat(parts, 0)
     if args.tie_word_embeddings or "lm_head.weight" not in out:
         out["lm_head.weight"] = out["embed_tokens.weight"]
     return out
 
 
+def _cast(key: str, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    if key.endswith("weight_scale"):
+        return t.float()
+    if t.dtype in (torch.int8, torch.float8_e4m3fn):  # quantized weights keep their storage type
+        return t
+    return t.to(dtype)
+
+
+def random_model(args: ModelArgs, dtype: torch.dtype, device: torch.device, seed: int = 0,
+                 std: float = 0.02) -> LlamaModel:
+    """A model with random N(0, std) weights built directly on `device` (benchmarks: no 13 GB checkpoint)."""
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = LlamaModel(args)
+    finally:
+        torch.set_default_dtype(prev)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    for name, p in model.named_parameters():
+        if name.endswith("norm.weight") or "layernorm" in name:
+            p.fill_(1.0)
+        else:
+            p.normal_(0.0, std, generator=gen)
+    if args.tie_word_embeddings:
+        model.lm_head.weight = model.embed_tokens.weight
+    return model.eval()
+
+
 def load_model(checkpoint_dir: Path, dtype: torch.dtype, device: torch.device) -> LlamaModel:
+    """Loads an HF Llama checkpoint. config.json may carry:
+    - "quantization": {"mode": "fp8" | "int8_wo", "keep_attention_fp16": bool} (made by llmserve/quantize.py):
+      the matching linear layers become quantized modules;
+    - "llmserve_random_init": {"seed": int, "std": float}: no weight files; random weights made on `device`
+      (and quantized there when "quantization" is set too). For benchmarks only."""
     from safetensors.torch import load_file
+
+    from llmserve import quantize
 
     cfg = json.loads((checkpoint_dir / "config.json").read_text())
     args = ModelArgs.from_hf_config(cfg)
+    qcfg = cfg.get("quantization")
+    if cfg.get("llmserve_random_init") is not None:
+        r = cfg["llmserve_random_init"]
+        model = random_model(args, dtype, device, seed=int(r.get("seed", 0)), std=float(r.get("std", 0.02)))
+        if qcfg:
+            quantize.quantize_model_(model, qcfg["mode"], bool(qcfg.get("keep_attention_fp16", False)))
+        return model
     files = sorted(checkpoint_dir.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{checkpoint_dir}: no *.safetensors weights")
@@ -201,12 +315,14 @@ def load_model(checkpoint_dir: Path, dtype: torch.dtype, device: torch.device) -
         state.update(load_file(f, device="cpu"))
     with torch.device("meta"):
         model = LlamaModel(args)
+        if qcfg:
+            quantize.convert_modules_(model, qcfg["mode"], bool(qcfg.get("keep_attention_fp16", False)))
     ours = _hf_to_ours(state, args)
-    missing = set(model.state_dict()) - set(ours)
+    expected = model.state_dict()
+    missing = set(expected) - set(ours)
     if missing:
         raise ValueError(f"{checkpoint_dir}: checkpoint lacks {sorted(missing)[:4]}...")
-    model.load_state_dict({k: v.to(dtype) for k, v in ours.items() if k in model.state_dict()},
-                          assign=True, strict=True)
+    model.load_state_dict({k: _cast(k, v, dtype) for k, v in ours.items() if k in expected}, assign=True, strict=True)
     if args.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
     model = model.to(device).eval()

@@ -23,16 +23,35 @@ class SamplingBatch:
     banned: list[list[int]]  # ids masked this step (EOS/stop ids before min_tokens)
 
 
+def is_plain_greedy(batch: SamplingBatch) -> bool:
+    """Argmax alone decides every row: no temperature, penalties, bans or logprobs (the CUDA graph's argmax)."""
+    for p, banned in zip(batch.params, batch.banned):
+        if (not p.greedy or banned or p.logprobs is not None or p.repetition_penalty != 1.0 or p.presence_penalty
+                or p.frequency_penalty):
+            return False
+    return True
+
+
+def _tensor(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small host list on the device without a stream sync (pinned staging, asynchronous copy)."""
+    t = torch.tensor(values, dtype=dtype)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t
+
+
 def apply_penalties(logits: torch.Tensor, batch: SamplingBatch) -> None:
     for i, p in enumerate(batch.params):
         if p.repetition_penalty != 1.0 and batch.all_tokens[i]:
-            ids = torch.tensor(sorted(set(batch.all_tokens[i])), device=logits.device)
+            ids = _tensor(sorted(set(batch.all_tokens[i])), torch.long, logits.device)
             row = logits[i, ids]
             # HF/CTRL convention: shrink positive logits, push negative ones further down.
             logits[i, ids] = torch.where(row > 0, row / p.repetition_penalty, row * p.repetition_penalty)
         if (p.presence_penalty or p.frequency_penalty) and batch.output_tokens[i]:
-            ids, counts = torch.tensor(batch.output_tokens[i], device=logits.device).unique(return_counts=True)
-            logits[i, ids] -= p.presence_penalty + p.frequency_penalty * counts.to(logits.dtype)
+            ids = _tensor(batch.output_tokens[i], torch.long, logits.device)
+            counts = torch.zeros(logits.shape[1], dtype=logits.dtype, device=logits.device)
+            counts.index_add_(0, ids, torch.ones(ids.shape[0], dtype=logits.dtype, device=logits.device))
+            logits[i] -= p.presence_penalty * (counts > 0).to(logits.dtype) + p.frequency_penalty * counts
 
 
 def top_k_top_p_min_p_mask(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
@@ -64,27 +83,24 @@ def sample(logits: torch.Tensor, batch: SamplingBatch) -> tuple[list[int], list[
     apply_penalties(logits, batch)
     for i, banned in enumerate(batch.banned):
         if banned:
-            logits[i, banned] = float("-inf")
+            logits[i, _tensor(banned, torch.long, logits.device)] = float("-inf")
 
-    greedy = torch.tensor([p.greedy for p in params], device=logits.device)
+    dev = logits.device
     chosen = logits.argmax(dim=-1)
-    if not bool(greedy.all()):
-        temp = torch.tensor([p.temperature if not p.greedy else 1.0 for p in params],
-                            device=logits.device, dtype=logits.dtype)
+    if not all(p.greedy for p in params):  # decided on the host: no device sync
+        greedy = _tensor([p.greedy for p in params], torch.bool, dev)
+        temp = _tensor([p.temperature if not p.greedy else 1.0 for p in params], logits.dtype, dev)
         scaled = logits / temp[:, None]
         needs_mask = any(p.top_k or p.top_p < 1.0 or p.min_p > 0.0 for p in params)
         if needs_mask:
             scaled = top_k_top_p_min_p_mask(
                 scaled,
-                torch.tensor([p.top_k for p in params], device=logits.device),
-                torch.tensor([p.top_p for p in params], device=logits.device, dtype=logits.dtype),
-                torch.tensor([p.min_p for p in params], device=logits.device, dtype=logits.dtype))
+                _tensor([p.top_k for p in params], torch.long, dev),
+                _tensor([p.top_p for p in params], logits.dtype, dev),
+                _tensor([p.min_p for p in params], logits.dtype, dev))
         probs = scaled.softmax(dim=-1)
         # Exponential race (Gumbel-max in disguise): argmax(p / E) with E ~ Exp(1) samples from p.
-        noise = torch.empty_like(probs)
-        unseeded = [i for i, g in enumerate(batch.generators) if g is None]
-        if unseeded:
-            noise[unseeded] = torch.empty(len(unseeded), probs.shape[1], device=probs.device).exponential_()
+        noise = torch.empty_like(probs).exponential_()
         for i, g in enumerate(batch.generators):
             if g is not None:
                 noise[i] = torch.empty(probs.shape[1], device=probs.device).exponential_(generator=g)
