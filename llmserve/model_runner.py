@@ -167,8 +167,8 @@ class ModelRunner:
         scratch = self.num_blocks
         top = min(self.cfg.max_num_tokens, self.max_model_len)
         sizes = sorted({n for n in (2, 3, 16, 17, 32, 33, 64, 65, 128, 129, 1000, top - 1, top) if 2 <= n <= top})
+        dev = self.device
         for n in sizes:
-            dev = self.device
             width = -(-n // self.block_size)
             meta = AttentionMetadata(
                 slot_mapping=torch.full((n,), -1, dtype=torch.int32, device=dev),
@@ -179,6 +179,15 @@ class ModelRunner:
             ids = torch.zeros(n, dtype=torch.int32, device=dev)
             pos = torch.arange(n, dtype=torch.int32, device=dev)
             self.model(ids, pos, self.kv_cache, meta, torch.tensor([n - 1], device=dev))
+        if not self.cfg.cuda_graphs:  # eager decode steps: one variant per split-K partition size
+            for b in sorted({1, 2, 8, 64, self.cfg.max_batch_size}):
+                meta = AttentionMetadata(
+                    slot_mapping=torch.full((b,), -1, dtype=torch.int32, device=dev),
+                    block_tables=torch.full((b, 1), scratch, dtype=torch.int32, device=dev),
+                    context_lens=torch.ones(b, dtype=torch.int32, device=dev), query_lens=[1] * b,
+                    context_lens_host=[1] * b, decode_only=True, max_context_len=1, context_bound=self.max_model_len)
+                ids = torch.zeros(b, dtype=torch.int32, device=dev)
+                self.model(ids, ids, self.kv_cache, meta, None)
         torch.cuda.synchronize(self.device)
 
     # -- CUDA graphs for decode ----------------------------------------------------------------------------------

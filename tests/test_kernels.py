@@ -202,9 +202,15 @@ def test_model_fast_path_matches_torch_path(tmp_path, monkeypatch, quant):
                 query_lens=[1, 1, 1], context_lens_host=[10, 2, 21], decode_only=True, max_context_len=21,
                 context_bound=64)
             dec = model(torch.tensor([5, 6, 7], device=DEV), torch.tensor([9, 1, 20], device=DEV), cache, dmeta, None)
-        results[mode] = (prefill, dec)
-    assert rel(results["fast"][0], results["torch"][0]) < 2e-2
-    assert rel(results["fast"][1], results["torch"][1]) < 2e-2
+            # one sequence alone (one row: the batch-1 GEMV), position 10 of sequence 0
+            one = AttentionMetadata(
+                slot_mapping=torch.tensor([2 * page + 2], device=DEV, dtype=dmeta.slot_mapping.dtype),
+                block_tables=dmeta.block_tables[:1], context_lens=torch.tensor([11], dtype=torch.int32, device=DEV),
+                query_lens=[1], context_lens_host=[11], decode_only=True, max_context_len=11, context_bound=64)
+            single = model(torch.tensor([8], device=DEV), torch.tensor([10], device=DEV), cache, one, None)
+        results[mode] = (prefill, dec, single)
+    for a, b in zip(results["fast"], results["torch"]):
+        assert rel(a, b) < 2e-2
 
 
 @pytest.mark.parametrize("kind", ["16bit", "int8", "int8_magic", "fp8", "fp8_bits"])

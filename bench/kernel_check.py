@@ -1,0 +1,532 @@
+"""One device call: environment, kernel correctness, GEMV configuration sweep, floors, engine smoke timings.
+
+    python -m bench.kernel_check --out $OUT [--sections env,tests,engine_small,gemv,floor,attn,engine7b]
+
+Every section catches its own failure, writes what it measured to OUT/kernel_check.json as it goes, and
+prints a short table at the end (the device tool returns only the tail of the output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from bench.common import LLAMA2_7B, environment, graph_time_ms, write_random_checkpoint
+
+RESULTS: dict = {}
+SUMMARY: list[str] = []
+SHAPES = {"qkv": (12288, 4096), "o": (4096, 4096), "gate_up": (22016, 4096), "down": (4096, 11008),
+          "lm_head": (32000, 4096)}
+CONFIGS_16 = [(16, 16, 256, 4, 4), (16, 32, 256, 4, 4), (16, 32, 512, 4, 3), (16, 64, 256, 4, 4),
+              (16, 64, 128, 4, 5), (16, 32, 128, 4, 6), (16, 64, 512, 8, 3)]
+CONFIGS_BIG = {32: [(32, 64, 128, 4, 4), (32, 64, 256, 4, 3), (32, 32, 256, 4, 4)],
+               64: [(64, 64, 128, 4, 4), (64, 128, 128, 8, 3), (64, 32, 256, 4, 4)]}
+
+
+def save(out: Path) -> None:
+    (out / "kernel_check.json").write_text(json.dumps(RESULTS, indent=1, default=str))
+
+
+def section(name):
+    def wrap(fn):
+        def run(args):
+            t0 = time.time()
+            print(f"== {name}", flush=True)
+            try:
+                fn(args)
+                RESULTS.setdefault("sections", {})[name] = f"ok {time.time() - t0:.0f}s"
+            except Exception as exc:  # noqa: BLE001 - keep going: one device call, many questions
+                traceback.print_exc()
+                RESULTS.setdefault("sections", {})[name] = f"FAILED {type(exc).__name__}: {exc}"[:400]
+            torch.cuda.empty_cache()
+            save(args.out)
+        return run
+    return wrap
+
+
+@section("env")
+def s_env(args):
+    RESULTS["env"] = environment()
+    print(RESULTS["env"], flush=True)
+
+
+@section("tests")
+def s_tests(args):
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_kernels.py"],
+                       capture_output=True, text=True, timeout=300)
+    tail = (r.stdout + r.stderr)[-3000:]
+    print(tail, flush=True)
+    RESULTS["tests"] = {"rc": r.returncode, "tail": tail[-600:]}
+    SUMMARY.append(f"test_kernels.py rc={r.returncode}: {tail.strip().splitlines()[-1] if tail.strip() else ''}")
+
+
+def _small_engine_tokens(ckpt: Path, mode: str, graphs: bool, sampling: bool = False):
+    from llmserve.config import ServingConfig
+    from llmserve.engine import TorchEngine
+    from llmserve.engine_api import EngineRequest
+    from llmserve.sampling_params import SamplingParams
+
+    os.environ["LLMSERVE_TRITON_KERNELS"] = mode
+    eng = TorchEngine(ServingConfig(dtype="bfloat16", cuda_graphs=graphs, max_batch_size=16, max_num_tokens=64,
+                                    kv_cache_memory_bytes=256 << 20), ckpt)
+    g = torch.Generator().manual_seed(0)
+    for i in range(12):
+        ids = torch.randint(3, 1000, (3 + 11 * i,), generator=g).tolist()
+        p = SamplingParams(temperature=1.0, top_p=0.9, seed=i, max_tokens=20, ignore_eos=True) if sampling and i % 2 \
+            else SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)
+        eng.add_request(EngineRequest(str(i), ids, p))
+    out: dict[str, list[int]] = {}
+    while eng.has_work():
+        for o in eng.step():
+            out.setdefault(o.request_id, []).extend(o.new_token_ids)
+    os.environ["LLMSERVE_TRITON_KERNELS"] = "1"
+    return out
+
+
+def _agree(a, b):
+    same = sum(x == y for k in a for x, y in zip(a[k], b[k]))
+    total = sum(len(v) for v in a.values())
+    prefix = sum(next((i for i, (x, y) in enumerate(zip(a[k], b[k])) if x != y), len(a[k])) for k in a)
+    return same / max(total, 1), prefix / max(total, 1)
+
+
+@section("engine_small")
+def s_engine_small(args):
+    """A small random GQA model (SmolLM2's shape, vocab 1000): graphs vs eager Triton vs the torch path."""
+    res = {}
+    with tempfile.TemporaryDirectory() as d:
+        ckpt = Path(d)
+        cfg = {"vocab_size": 1000, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 6,
+               "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64, "max_position_embeddings": 512,
+               "rms_norm_eps": 1e-5, "rope_theta": 100000.0, "llmserve_random_init": {"seed": 1, "std": 0.15}}
+        for quant in (None, "int8_wo", "fp8"):
+            c = dict(cfg)
+            if quant:
+                c["quantization"] = {"mode": quant}
+            (ckpt / "config.json").write_text(json.dumps(c))
+            ref = _small_engine_tokens(ckpt, "0", False)
+            eager = _small_engine_tokens(ckpt, "1", False)
+            graph = _small_engine_tokens(ckpt, "1", True)
+            sampled = _small_engine_tokens(ckpt, "1", True, sampling=True)
+            sampled2 = _small_engine_tokens(ckpt, "1", True, sampling=True)
+            seeded_same = all(sampled[k] == sampled2[k] for k in sampled if int(k) % 2)
+            r = {"eager_vs_torch": _agree(eager, ref), "graph_vs_eager": _agree(graph, eager),
+                 "graph_vs_torch": _agree(graph, ref), "seeded_sampling_repeats": seeded_same,
+                 "lengths_ok": all(len(v) == 20 for v in graph.values())}
+            res[quant or "bf16"] = r
+            SUMMARY.append(f"small engine {quant or 'bf16'}: token agreement (all, prefix) eager/torch "
+                           f"{r['eager_vs_torch'][0]:.2f},{r['eager_vs_torch'][1]:.2f} graph/eager "
+                           f"{r['graph_vs_eager'][0]:.2f},{r['graph_vs_eager'][1]:.2f} seeded={seeded_same} "
+                           f"len={r['lengths_ok']}")
+            print(SUMMARY[-1], flush=True)
+    RESULTS["engine_small"] = res
+
+
+def _weights(kind: str):
+    """32 layers of each Llama-2-7B matrix (+ one lm_head), as bf16, int8 or fp8 with per-row scales."""
+    from llmserve.quantize import quantize_weight
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    out = {}
+    for name, (N, K) in SHAPES.items():
+        layers = []
+        for _ in range(1 if name == "lm_head" else 32):
+            w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16, generator=g) * 0.02
+            if kind == "bf16" or name == "lm_head":
+                layers.append((w, None))
+            else:
+                q, s = quantize_weight(w, "int8_wo" if kind == "int8" else "fp8")
+                layers.append((q, s))
+                del w
+        out[name] = layers
+    return out
+
+
+def _nbytes(layers):
+    return sum(w.numel() * w.element_size() for w, _ in layers)
+
+
+@section("gemv")
+def s_gemv(args):
+    from llmserve.kernels.linear import quant_fp8_per_token, wmm
+
+    res: dict = {}
+    best_total: dict = {}
+    for kind in ("bf16", "int8", "fp8"):
+        W = _weights(kind)
+        for M in (1, 16, 32, 64):
+            configs = CONFIGS_16 if M <= 16 else CONFIGS_BIG[M]
+            tot_best, tot_lib = 0.0, 0.0
+            for name, layers in W.items():
+                N, K = SHAPES[name]
+                gated = name == "down"
+                x = torch.randn(M, 2 * K if gated else K, device="cuda", dtype=torch.bfloat16)
+                xg = torch.nn.functional.silu(x[:, :K]) * x[:, K:] if gated else x
+                nbytes = _nbytes(layers)
+                times = {}
+                for cfg in configs:
+                    if name == "lm_head" and kind != "bf16":
+                        continue
+                    try:
+                        times[str(cfg)] = graph_time_ms(lambda cfg=cfg, x=x, layers=layers, gated=gated: [
+                            wmm(x, w, s, gated=gated, config=cfg) for w, s in layers], reps=10)
+                    except Exception as exc:  # noqa: BLE001
+                        times[str(cfg)] = f"fail {type(exc).__name__}: {str(exc)[:120]}"
+                if kind == "bf16" or name == "lm_head":
+                    lib = graph_time_ms(lambda x=xg, layers=layers: [torch.nn.functional.linear(x, w)
+                                                                     for w, _ in layers], reps=10)
+                    lib_name = "cublas"
+                elif kind == "fp8":
+                    def fp8(x=xg, layers=layers):
+                        xq, xs = quant_fp8_per_token(x)
+                        return [torch._scaled_mm(xq, w.t(), scale_a=xs, scale_b=s[None, :], out_dtype=torch.bfloat16)
+                                for w, s in layers]
+                    lib = graph_time_ms(fp8, reps=10)
+                    lib_name = "scaled_mm"
+                else:
+                    lib, lib_name = None, None
+                numeric = {k: v for k, v in times.items() if isinstance(v, float)}
+                best = min(numeric, key=numeric.get) if numeric else None
+                bt = numeric[best] if best else (lib or 0.0)
+                tot_best += min(bt, lib) if lib is not None and name == "lm_head" else bt
+                tot_lib += lib if lib is not None else bt
+                res[f"{kind}/M{M}/{name}"] = {"times_ms": times, "best": best, "best_ms": bt,
+                                              "best_TBps": nbytes / bt / 1e9 if bt else None, lib_name or "lib": lib,
+                                              "bytes": nbytes}
+                print(f"{kind} M={M} {name}: best {best} {bt:.3f} ms ({nbytes / bt / 1e9:.2f} TB/s); "
+                      f"{lib_name} {lib}", flush=True)
+            best_total[f"{kind}/M{M}"] = {"triton_best_ms": tot_best, "library_ms": tot_lib}
+            SUMMARY.append(f"GEMV all layers {kind} M={M}: triton best {tot_best:.3f} ms, library {tot_lib:.3f} ms")
+            save(args.out)
+        del W
+        torch.cuda.empty_cache()
+    RESULTS["gemv"] = res
+    RESULTS["gemv_totals"] = best_total
+
+
+@section("floor")
+def s_floor(args):
+    """Time to read every weight once: torch.sum over each tensor (viewed as bf16 and as float32: bytes are
+    bytes) in one CUDA graph; for 16-bit weights also cuBLAS F.linear at M = 1."""
+    res = {}
+    for kind in ("bf16", "int8", "fp8"):
+        W = _weights(kind)
+        tensors = [w for layers in W.values() for w, _ in layers]
+        nbytes = sum(t.numel() * t.element_size() for t in tensors)
+        r = {"bytes": nbytes}
+        for view in (torch.bfloat16, torch.float32):
+            views = [t.view(view) for t in tensors]
+            t_sum = graph_time_ms(lambda views=views: [v.sum() for v in views], reps=10)
+            r[f"sum_{str(view)[6:]}_ms"] = t_sum
+        r["sum_ms"] = min(r["sum_bfloat16_ms"], r["sum_float32_ms"])
+        r["sum_TBps"] = nbytes / r["sum_ms"] / 1e9
+        if kind == "bf16":
+            xs = {K: torch.randn(1, K, device="cuda", dtype=torch.bfloat16) for K in (4096, 11008)}
+            r["cublas_m1_ms"] = graph_time_ms(lambda xs=xs, tensors=tensors: [
+                torch.nn.functional.linear(xs[w.shape[1]], w) for w in tensors], reps=10)
+        res[kind] = r
+        SUMMARY.append(f"floor {kind}: {nbytes / 1e9:.2f} GB, torch.sum {r['sum_ms']:.3f} ms "
+                       f"({r['sum_TBps']:.2f} TB/s) [bf16-view {r['sum_bfloat16_ms']:.3f}, f32-view "
+                       f"{r['sum_float32_ms']:.3f}]" + (f", cuBLAS M=1 {r['cublas_m1_ms']:.3f} ms"
+                                                      if "cublas_m1_ms" in r else ""))
+        del W, tensors, views
+        torch.cuda.empty_cache()
+    RESULTS["floor"] = res
+
+
+@section("attn")
+def s_attn(args):
+    from llmserve.kernels.attention import decode_attention, decode_partition
+
+    res = {}
+    H, D, page = 32, 128, 16
+    for B, ctx in ((1, 128), (1, 256), (1, 2048), (8, 256), (8, 2048), (32, 2048), (64, 256), (256, 256)):
+        blocks_per = -(-ctx // page)
+        nblocks = B * blocks_per + 1
+        cache = torch.randn(2, nblocks, page, H, D, device="cuda", dtype=torch.bfloat16)
+        bt = torch.randperm(nblocks - 1, device="cuda")[:B * blocks_per].view(B, blocks_per).to(torch.int32)
+        bt = torch.cat([bt, torch.zeros(B, 256 - blocks_per, dtype=torch.int32, device="cuda")], 1)
+        ctxs = torch.full((B,), ctx, dtype=torch.int32, device="cuda")
+        q = torch.randn(B, H, D, device="cuda", dtype=torch.bfloat16)
+        nbytes = 2 * B * ctx * H * D * 2
+        times = {}
+        for part in (32, 64, 128, 256, 512, 1024):
+            if B * H * 4096 // part > 600_000:
+                continue
+            times[part] = graph_time_ms(lambda q=q, cache=cache, bt=bt, ctxs=ctxs, part=part: [
+                decode_attention(q, cache, bt, ctxs, D ** -0.5, 4096, partition=part) for _ in range(32)],
+                reps=10) * 1000 / 32
+        best = min(times, key=times.get)
+        cur = decode_partition(4096, B, H)
+        res[f"B{B}_ctx{ctx}"] = {"us_per_layer": times, "best": best, "current": cur,
+                                 "best_TBps": nbytes / times[best] / 1e6}
+        SUMMARY.append(f"decode attn B={B} ctx={ctx}: " + " ".join(f"{p}:{t:.1f}" for p, t in times.items())
+                       + f" us/layer; best {best} ({nbytes / times[best] / 1e6:.2f} TB/s), heuristic {cur}")
+        del cache
+    RESULTS["attn"] = res
+
+
+@section("gemv1")
+def s_gemv1(args):
+    """Batch-1 GEMV (CUDA-core kernel): configurations x weight conversions, all 32 layers of each matrix."""
+    from llmserve.kernels.linear import gemv
+
+    cfgs = [(8, 512, 4, 1), (16, 256, 4, 1), (16, 512, 4, 1), (32, 256, 4, 1), (8, 1024, 4, 1), (16, 512, 8, 1),
+            (32, 512, 8, 1), (16, 1024, 8, 1), (64, 256, 8, 1), (16, 512, 4, 3), (16, 1024, 8, 3)]
+    res, totals = {}, {}
+    for kind in ("bf16", "int8", "fp8"):
+        W = _weights(kind)
+        variants = {"bf16": [0], "int8": [0, 1], "fp8": [0, 2]}[kind]
+        for wk in variants:
+            total = 0.0
+            picks = {}
+            for name, layers in W.items():
+                if name == "lm_head" and kind != "bf16":
+                    continue
+                N, K = SHAPES[name]
+                gated = name == "down"
+                x = torch.randn(1, 2 * K if gated else K, device="cuda", dtype=torch.bfloat16)
+                times = {}
+                for cfg in cfgs:
+                    try:
+                        times[str(cfg)] = graph_time_ms(lambda cfg=cfg, x=x, layers=layers, gated=gated, wk=wk: [
+                            gemv(x, w, s, gated=gated, config=cfg, w_kind=wk) for w, s in layers], reps=10)
+                    except Exception as exc:  # noqa: BLE001
+                        times[str(cfg)] = f"fail {type(exc).__name__}: {str(exc)[:100]}"
+                numeric = {k: v for k, v in times.items() if isinstance(v, float)}
+                best = min(numeric, key=numeric.get)
+                nbytes = _nbytes(layers)
+                picks[name] = (best, numeric[best], nbytes / numeric[best] / 1e9)
+                total += numeric[best]
+                res[f"{kind}/wk{wk}/{name}"] = {"times_ms": times, "best": best, "TBps": nbytes / numeric[best] / 1e9}
+            totals[f"{kind}/wk{wk}"] = total
+            SUMMARY.append(f"gemv M=1 {kind} wk={wk}: total {total:.3f} ms; " + "; ".join(
+                f"{n} {b} {t:.3f}ms {bw:.2f}TB/s" for n, (b, t, bw) in picks.items()))
+            print(SUMMARY[-1], flush=True)
+            save(args.out)
+        del W
+        torch.cuda.empty_cache()
+    RESULTS["gemv1"] = res
+    RESULTS["gemv1_totals"] = totals
+
+
+@section("mm16")
+def s_mm16(args):
+    """M = 8 and 16 through the tensor-core kernel (gate applied by a separate silu_mul) vs cuBLAS / _scaled_mm."""
+    from llmserve.kernels.linear import quant_fp8_per_token, wmm
+
+    res = {}
+    for kind in ("bf16", "int8", "fp8"):
+        W = _weights(kind)
+        for M in (8, 16):
+            tot_t, tot_lib = 0.0, 0.0
+            for name, layers in W.items():
+                if name == "lm_head" and kind != "bf16":
+                    continue
+                N, K = SHAPES[name]
+                gated = name == "down"
+                x = torch.randn(M, 2 * K if gated else K, device="cuda", dtype=torch.bfloat16)
+                xg = torch.nn.functional.silu(x[:, :K]) * x[:, K:] if gated else x
+                times = {}
+                for cfg in CONFIGS_16:
+                    try:
+                        times[str(cfg)] = graph_time_ms(lambda cfg=cfg, x=x, layers=layers, gated=gated: [
+                            wmm(x, w, s, gated=gated, config=cfg) for w, s in layers], reps=10)
+                    except Exception as exc:  # noqa: BLE001 - e.g. a block shape over the shared-memory limit
+                        print("skip", cfg, str(exc)[:100])
+                best = min(times, key=times.get)
+                if kind == "bf16":
+                    lib = graph_time_ms(lambda x=x, layers=layers, gated=gated, K=K: [torch.nn.functional.linear(
+                        torch.nn.functional.silu(x[:, :K]) * x[:, K:] if gated else x, w) for w, _ in layers], reps=10)
+                elif kind == "fp8":
+                    lib = graph_time_ms(lambda xg=xg, layers=layers: [torch._scaled_mm(
+                        *quant_fp8_per_token(xg)[:1], w.t(), scale_a=quant_fp8_per_token(xg)[1], scale_b=s[None, :],
+                        out_dtype=torch.bfloat16) for w, s in layers], reps=10)
+                else:
+                    lib = None
+                res[f"{kind}/M{M}/{name}"] = {"times_ms": times, "best": best, "lib_ms": lib}
+                tot_t += times[best]
+                tot_lib += lib if lib is not None else times[best]
+            SUMMARY.append(f"mm M={M} {kind}: triton best total {tot_t:.3f} ms, library {tot_lib:.3f} ms")
+            print(SUMMARY[-1], flush=True)
+        del W
+        torch.cuda.empty_cache()
+    RESULTS["mm16"] = res
+
+
+@section("engine7b")
+def s_engine7b(args):
+    from llmserve.config import ServingConfig
+    from llmserve.engine import TorchEngine
+    from llmserve.engine_api import EngineRequest
+    from llmserve.sampling_params import SamplingParams
+
+    res = RESULTS.setdefault("engine7b", {})
+    modes = os.environ.get("BENCH_MODES", "bf16,fp8,int8_wo").split(",")
+    tag = os.environ.get("BENCH_TAG", "")
+    for quant in [None if m == "bf16" else m for m in modes]:
+        with tempfile.TemporaryDirectory() as d:
+            ckpt = write_random_checkpoint(Path(d), 32000, quant)
+            t0 = time.time()
+            eng = TorchEngine(ServingConfig(dtype="bfloat16", max_batch_size=256, kv_cache_free_mem_fraction=0.5), ckpt)
+            t_init = time.time() - t0
+            g = torch.Generator().manual_seed(0)
+            ids = torch.randint(3, 32000, (128,), generator=g).tolist()
+            eng.add_request(EngineRequest("a", ids, SamplingParams(temperature=0.0, max_tokens=100, ignore_eos=True)))
+            times = []
+            while eng.has_work():
+                t = time.perf_counter()
+                eng.step()
+                times.append(time.perf_counter() - t)
+            dec = sorted(times[1:])
+            step_ms = dec[len(dec) // 2] * 1000
+            graph = eng.runner._graphs[1][0]
+            ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
+            gt = []
+            for _ in range(20):
+                ev[0].record()
+                graph.replay()
+                ev[1].record()
+                ev[1].synchronize()
+                gt.append(ev[0].elapsed_time(ev[1]))
+            t_graph = sorted(gt)[10]
+            # batch 8 too
+            for i in range(8):
+                eng.add_request(EngineRequest(f"b{i}", ids, SamplingParams(temperature=0.0, max_tokens=64,
+                                                                             ignore_eos=True)))
+            t8 = []
+            while eng.has_work():
+                t = time.perf_counter()
+                eng.step()
+                t8.append(time.perf_counter() - t)
+            d8 = sorted(t8[2:])
+            res[f"{quant or 'bf16'} {tag}"] = {"init_s": t_init, "bs1_step_ms": step_ms, "bs1_graph_ms": t_graph,
+                                               "prefill_ms": times[0] * 1000, "bs8_step_ms": d8[len(d8) // 2] * 1000}
+            SUMMARY.append(f"engine 7B {quant or 'bf16'} {tag}: init {t_init:.0f}s, bs1 step {step_ms:.3f} ms "
+                           f"(graph replay {t_graph:.3f} ms), bs8 step {d8[len(d8) // 2] * 1000:.3f} ms, "
+                           f"prefill128 {times[0] * 1000:.1f} ms")
+            print(SUMMARY[-1], flush=True)
+            eng.shutdown()
+            del eng
+            torch.cuda.empty_cache()
+
+
+@section("host")
+def s_host(args):
+    """Where a decode step at batch 256 spends its time: GPU (graph replay) vs host (cProfile of engine.step)."""
+    import cProfile
+    import io
+    import pstats
+
+    from llmserve.config import ServingConfig
+    from llmserve.engine import TorchEngine
+    from llmserve.engine_api import EngineRequest
+    from llmserve.sampling_params import SamplingParams
+
+    with tempfile.TemporaryDirectory() as d:
+        ckpt = write_random_checkpoint(Path(d), 32000, None)
+        eng = TorchEngine(ServingConfig(dtype="bfloat16", max_batch_size=256, max_num_tokens=1024,
+                                        kv_cache_free_mem_fraction=0.9), ckpt)
+        g = torch.Generator().manual_seed(0)
+        for i in range(256):
+            ids = torch.randint(3, 32000, (128,), generator=g).tolist()
+            eng.add_request(EngineRequest(str(i), ids, SamplingParams(temperature=0.0, max_tokens=100,
+                                                                        ignore_eos=True)))
+        while any(s.num_computed_tokens < s.num_prompt_tokens for s in eng.seqs.values()):
+            eng.step()
+        for _ in range(3):
+            eng.step()
+        walls = []
+        prof = cProfile.Profile()
+        for _ in range(20):
+            t = time.perf_counter()
+            prof.enable()
+            eng.step()
+            prof.disable()
+            walls.append((time.perf_counter() - t) * 1000)
+        graph = eng.runner._graphs[256][0]
+        ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
+        gt = []
+        for _ in range(10):
+            ev[0].record()
+            graph.replay()
+            ev[1].record()
+            ev[1].synchronize()
+            gt.append(ev[0].elapsed_time(ev[1]))
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(22)
+        text = buf.getvalue()
+        print(text[-5000:], flush=True)
+        RESULTS["host"] = {"step_wall_ms": sorted(walls)[10], "graph_ms": sorted(gt)[5], "profile": text[-6000:]}
+        SUMMARY.append(f"batch-256 decode step: wall {sorted(walls)[10]:.2f} ms, graph replay {sorted(gt)[5]:.2f} ms")
+        eng.shutdown()
+
+
+@section("triton")
+def s_triton(args):
+    """Starts the real tritonserver on the random 7B (quick), prints what fails, keeps the server log."""
+    from bench.run import SERVING
+    from bench.triton_path import Server, drive_triton, exact_length_prompts, model_repository, python_overlay
+
+    work = Path(tempfile.mkdtemp(prefix="tri-"))
+    params = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in SERVING.items()}
+    repo = model_repository(work, params)
+    server = Server(work, repo)
+    try:
+        server.start(timeout=300)
+        texts, _ = exact_length_prompts(Path(".carry/tokenizer"), 8, 128, 1)
+        recs, wall = drive_triton(server.port, texts, 32, 8)
+        SUMMARY.append(f"triton: served 8 x 32 tokens in {wall:.2f} s, tokens {[len(r.token_times) for r in recs]}, "
+                       f"errors {[r.error for r in recs if r.error][:2]}")
+    except Exception as exc:  # noqa: BLE001
+        log = server.tail(200000)
+        bad = [ln for ln in log.splitlines() if any(m in ln for m in ("E11", "rror", "Traceback", "File \"",
+                                                                       "UNAVAILABLE"))]
+        print("\n".join(bad[-60:]), flush=True)
+        py = python_overlay(work) / "python3"
+        chk = subprocess.run([str(py), "-c", "import numpy, torch, transformers, llmserve.factory; "
+                              "from transformers import AutoTokenizer; "
+                              "print(numpy.__version__, torch.__version__, torch.cuda.is_available())"],
+                             capture_output=True, text=True)
+        print("overlay python:", chk.stdout[-1500:], chk.stderr[-3000:], flush=True)
+        SUMMARY.append(f"triton FAILED: {str(exc)[:200]}")
+        raise
+    finally:
+        server.stop()
+        shutil.copy2(server.log, args.out / "tritonserver.log")
+
+
+SECTIONS = {"env": s_env, "tests": s_tests, "engine_small": s_engine_small, "engine7b": s_engine7b,
+            "floor": s_floor, "attn": s_attn, "gemv": s_gemv, "gemv1": s_gemv1, "mm16": s_mm16,
+            "host": s_host, "triton": s_triton}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench/results/tmp")))
+    ap.add_argument("--sections", default="env,tests,floor,attn,gemv1,mm16,engine7b")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    assert LLAMA2_7B["hidden_size"] == 4096
+    for name in args.sections.split(","):
+        SECTIONS[name](args)
+    print("\n==== summary")
+    for k, v in RESULTS.get("sections", {}).items():
+        print(f"{k}: {v}")
+    for line in SUMMARY:
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

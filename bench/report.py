@@ -1,0 +1,209 @@
+"""results.json -> results.md (tables, targets) and results.png (plots). `python -m bench.report DIR` redoes both."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+SYSTEMS = [("engine", "engine bf16"), ("engine_fp8", "engine fp8"), ("engine_int8", "engine int8_wo"),
+           ("hf", "HF generate bf16"), ("engine_v49152", "engine bf16 (vocab 49152)"),
+           ("triton", "Triton + engine bf16 (vocab 49152)"),
+           ("triton_fast", "Triton, adapter experiment (vocab 49152)")]
+
+
+def _runs(results: dict, phase: str) -> dict[tuple[str, int], dict]:
+    p = results["phases"].get(phase) or {}
+    return {(r["workload"], r["concurrency"]): r for r in p.get("runs", [])}
+
+
+def _fmt(v, nd=1):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.{nd}f}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def batch1(results: dict) -> dict:
+    floor = results["phases"].get("floor") or {}
+    out = {}
+    for phase, mode in (("engine", "bf16"), ("engine_fp8", "fp8"), ("engine_int8", "int8_wo")):
+        r = _runs(results, phase).get(("128x128", 1))
+        p = results["phases"].get(phase) or {}
+        f = floor.get(mode, {})
+        if not r:
+            continue
+        ms = r["itl_ms_p50"]
+        out[mode] = {"ms_per_token": ms, "graph_ms": p.get("graph_step_ms_bs1"), "sum_floor_ms": f.get("sum_ms"),
+                     "cublas_floor_ms": f.get("cublas_m1_ms"), "our_gemv_ms": f.get("our_gemv_ms"),
+                     "scaled_mm_ms": f.get("scaled_mm_m1_ms")}
+    hf = _runs(results, "hf").get(("128x128", 1))
+    if hf:
+        out["hf_bf16"] = {"ms_per_token": hf["ms_per_step"]}
+    return out
+
+
+def targets(results: dict) -> list[tuple[str, str, str, bool | None]]:
+    rows = []
+    b1 = batch1(results)
+    if "bf16" in b1:
+        r = b1["bf16"]
+        ref = r.get("cublas_floor_ms") or r.get("sum_floor_ms")
+        if ref:
+            rows.append(("batch-1 decode bf16 <= 1.05 x weight read (cuBLAS M=1 over all weights)",
+                         f"{r['ms_per_token']:.3f} ms = {r['ms_per_token'] / ref:.3f} x {ref:.3f} ms", "<= 1.05 x",
+                         r["ms_per_token"] / ref <= 1.05))
+        if r.get("sum_floor_ms"):
+            rows.append(("  same, against torch.sum over all weights",
+                         f"{r['ms_per_token'] / r['sum_floor_ms']:.3f} x {r['sum_floor_ms']:.3f} ms", "<= 1.05 x",
+                         r["ms_per_token"] / r["sum_floor_ms"] <= 1.05))
+    for mode in ("fp8", "int8_wo"):
+        r = b1.get(mode)
+        if r and r.get("sum_floor_ms"):
+            x = r["ms_per_token"] / r["sum_floor_ms"]
+            rows.append((f"batch-1 decode {mode} <= 1.1 x its weight read (torch.sum)",
+                         f"{r['ms_per_token']:.3f} ms = {x:.3f} x {r['sum_floor_ms']:.3f} ms", "<= 1.1 x", x <= 1.1))
+    e = _runs(results, "engine")
+    if ("128x128", 8) in e:
+        t = e[("128x128", 8)]["throughput_tok_s"]
+        rows.append(("batch 8 bf16 output tok/s (128/128)", _fmt(t), ">= 1,400", t >= 1400))
+    for phase, mode, goal in (("engine", "bf16", 10000), ("engine_fp8", "fp8", 14000)):
+        runs = _runs(results, phase)
+        best = max((r["throughput_tok_s"], c) for (w, c), r in runs.items() if w == "128x128") if runs else None
+        if best:
+            rows.append((f"128/128 high concurrency {mode} tok/s", f"{best[0]:,.0f} (c={best[1]})", f">= {goal:,}",
+                         best[0] >= goal))
+    tri, eng = _runs(results, "triton"), _runs(results, "engine_v49152")
+    ratios = [(k, tri[k]["throughput_tok_s"] / eng[k]["throughput_tok_s"]) for k in tri if k in eng]
+    if ratios:
+        worst = min(ratios, key=lambda x: x[1])
+        rows.append(("Triton / engine-direct throughput, every point", f"min {worst[1]:.3f} at {worst[0][0]} "
+                     f"c={worst[0][1]}", ">= 0.95", worst[1] >= 0.95))
+    for phase, label in (("engine", "engine"), ("triton", "Triton")):
+        r = _runs(results, phase).get(("128x128", 64))
+        if r and r.get("itl_ms_p99") is not None:
+            rows.append((f"P99 inter-token latency at 64 streams ({label}, 128/128)", f"{r['itl_ms_p99']:.1f} ms",
+                         "< 50 ms", r["itl_ms_p99"] < 50))
+    return rows
+
+
+def write_report(results: dict, out: Path) -> None:
+    env = results.get("env", {})
+    lines = [f"# LLM engine benchmark: {env.get('gpu', '?')}", "",
+             f"- date {results.get('date')}; GPU {env.get('gpu')} (driver {env.get('driver')}, CUDA {env.get('cuda')}, "
+             f"{env.get('sms')} SMs); torch {env.get('torch')}, triton {env.get('triton')}, "
+             f"transformers {env.get('transformers')}",
+             f"- command: `{results.get('command')}`",
+             f"- model: random Llama-2-7B shape {results.get('model')}; engine knobs {results.get('serving')}",
+             "- vocab 32000 everywhere except the Triton path and its engine-direct twin (vocab 49152: SmolLM2's "
+             "tokenizer turns text into ids on the server)", ""]
+    if results.get("quick"):
+        lines += ["**quick (smoke) run: not a measurement of record**", ""]
+    lines += ["## Targets", "", "| target | measured | goal | met |", "|---|---|---|---|"]
+    for name, measured, goal, ok in targets(results):
+        lines.append(f"| {name} | {measured} | {goal} | {'yes' if ok else 'NO' if ok is not None else '-'} |")
+    lines += ["", "## Batch-1 decode (128 in / 128 out, median inter-token gap)", "",
+              "| system | ms/token | graph replay ms | torch.sum floor ms | cuBLAS M=1 ms | our GEMV alone ms |",
+              "|---|---|---|---|---|---|"]
+    for k, r in batch1(results).items():
+        lines.append(f"| {k} | {_fmt(r.get('ms_per_token'), 3)} | {_fmt(r.get('graph_ms'), 3)} | "
+                     f"{_fmt(r.get('sum_floor_ms'), 3)} | {_fmt(r.get('cublas_floor_ms') or r.get('scaled_mm_ms'), 3)}"
+                     f" | {_fmt(r.get('our_gemv_ms'), 3)} |")
+    floor = results["phases"].get("floor") or {}
+    if floor:
+        lines += ["", "## Weight-read floor (one CUDA graph over all 7B weights)", "",
+                  "| storage | GB | torch.sum ms (TB/s) | cuBLAS F.linear M=1 ms | _scaled_mm M=1 ms "
+                  "| our GEMV ms (TB/s) |",
+                  "|---|---|---|---|---|---|"]
+        for mode, r in floor.items():
+            if not isinstance(r, dict):
+                continue
+            lines.append(f"| {mode} | {r['weight_bytes'] / 1e9:.2f} | {r['sum_ms']:.3f} ({r['sum_TBps']:.2f}) | "
+                         f"{_fmt(r.get('cublas_m1_ms'), 3)} | {_fmt(r.get('scaled_mm_m1_ms'), 3)} | "
+                         f"{r['our_gemv_ms']:.3f} ({r['our_gemv_TBps']:.2f}) |")
+    lines += ["", "## Output throughput (tok/s) by workload and concurrency", ""]
+    allruns = {ph: _runs(results, ph) for ph, _ in SYSTEMS}
+    keys = sorted({k for runs in allruns.values() for k in runs}, key=lambda k: (k[0], k[1]))
+    present = [(ph, label) for ph, label in SYSTEMS if allruns[ph]]
+    lines.append("| workload | conc. | " + " | ".join(label for _, label in present) + " | Triton / direct |")
+    lines.append("|---|---|" + "---|" * (len(present) + 1))
+    for k in keys:
+        cells = [_fmt(allruns[ph].get(k, {}).get("throughput_tok_s")) for ph, _ in present]
+        t, e = allruns["triton"].get(k), allruns["engine_v49152"].get(k)
+        ratio = f"{t['throughput_tok_s'] / e['throughput_tok_s']:.3f}" if t and e else "-"
+        tf = allruns["triton_fast"].get(k)
+        if tf and e:
+            ratio += f" (experiment {tf['throughput_tok_s'] / e['throughput_tok_s']:.3f})"
+        lines.append(f"| {k[0]} | {k[1]} | " + " | ".join(cells) + f" | {ratio} |")
+    lines += ["", "## Latency (ms): TTFT P50 / P99, inter-token P50 / P99", "",
+              "| system | workload | conc. | TTFT P50 | TTFT P99 | ITL P50 | ITL P99 | errors | preemptions |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for ph, label in SYSTEMS:
+        if ph == "hf":
+            continue
+        for k, r in sorted(allruns[ph].items()):
+            lines.append(f"| {label} | {k[0]} | {k[1]} | {_fmt(r.get('ttft_ms_p50'))} | {_fmt(r.get('ttft_ms_p99'))} |"
+                         f" {_fmt(r.get('itl_ms_p50'), 2)} | {_fmt(r.get('itl_ms_p99'), 2)} | {r.get('errors', 0)} |"
+                         f" {r.get('preemptions', '-')} |")
+    failed = {ph: p.get("error") for ph, p in results["phases"].items() if p.get("error") or p.get("_rc") not in (0,)}
+    if failed:
+        lines += ["", "## Phases that failed", ""] + [f"- {ph}: {err}" for ph, err in failed.items()]
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    try:
+        plot(results, out / "results.png")
+    except Exception as exc:  # noqa: BLE001 - the tables matter more than the picture
+        print(f"plot failed: {exc}", file=sys.stderr)
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    env = results.get("env", {})
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    ax = axes[0][0]
+    b1 = batch1(results)
+    names = list(b1)
+    vals = [b1[n]["ms_per_token"] for n in names]
+    ax.bar(names, vals, color="tab:blue")
+    for i, v in enumerate(vals):
+        ax.text(i, v, f"{v:.2f}", ha="center", va="bottom")
+    floor = results["phases"].get("floor") or {}
+    for mode, style in (("bf16", "r--"), ("fp8", "g:"), ("int8_wo", "m:")):
+        if mode in floor:
+            ax.axhline(floor[mode]["sum_ms"], color=style[0], linestyle=style[1:],
+                       label=f"{mode} weight read {floor[mode]['sum_ms']:.2f} ms")
+    ax.set_yscale("log")
+    ax.set_ylabel("ms / token (batch 1)")
+    ax.set_title("Batch-1 decode, 128 in / 128 out")
+    ax.legend(fontsize=8)
+    for ax, wname in zip([axes[0][1], axes[1][0], axes[1][1]], ["128x128", "128x2048", "2048x128"]):
+        for ph, label in SYSTEMS:
+            runs = sorted((c, r["throughput_tok_s"]) for (w, c), r in _runs(results, ph).items() if w == wname)
+            if runs:
+                ax.plot([c for c, _ in runs], [t for _, t in runs], marker="o", label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("concurrent requests")
+        ax.set_ylabel("output tokens / s")
+        ax.set_title(f"{wname.replace('x', ' in / ')} out")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{env.get('gpu', '')}, driver {env.get('driver', '')}, torch {env.get('torch', '')}, "
+                 f"{results.get('date', '')} (random Llama-2-7B weights)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> int:
+    out = Path(sys.argv[1])
+    write_report(json.loads((out / "results.json").read_text()), out)
+    print((out / "results.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,380 @@
+"""The benchmark: our engine directly, the same engine behind the real Triton server, HF transformers, and the
+weight-read floor, on one GPU in one run, on random Llama-2-7B-shaped weights.
+
+    python -m bench.run --out bench/results/$(date +%F)-h100          # everything (about 8 minutes on an H100)
+    python -m bench.run --phases floor,engine --quick --out /tmp/b     # a smoke run
+
+Each phase runs in its own process (GPU memory is freed between them) and writes a JSON file; the parent
+merges them into results.json, results.md and results.png under --out. Weights are made on the GPU (no 13 GB
+checkpoint on disk): vocab 32000 for the engine-direct, HF and floor phases; the Triton phase needs a
+tokenizer, so it uses SmolLM2's (vocab 49152) and measures engine-direct again on that same model.
+Generation ignores EOS, so every request produces exactly the output length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+from bench.common import LLAMA2_7B, ROOT, environment, write_random_checkpoint
+
+WORKLOADS = {"128x128": (128, 128), "128x2048": (128, 2048), "2048x128": (2048, 128)}
+# Concurrency per workload; 128/2048 and 2048/128 stop at 32 streams: at 64 x 2176 tokens the KV cache of a 7B
+# model (0.5 MB a token in 16 bits) outgrows the ~58 GB left on an 80 GB card, and device time is rationed.
+PLAN = {
+    "engine": {"128x128": [1, 8, 32, 64, 256], "128x2048": [1, 8, 32], "2048x128": [1, 8, 32]},
+    "engine_quant": {"128x128": [1, 8, 32, 64, 256], "2048x128": [1, 8]},
+    "hf": {"128x128": [1, 8, 64]},
+    "triton": {"128x128": [1, 8, 32, 64, 256], "2048x128": [1, 8, 32], "128x2048": [1, 8]},
+}
+QUICK = {
+    "engine": {"128x128": [1, 8]}, "engine_quant": {"128x128": [1, 8]}, "hf": {"128x128": [1]},
+    "triton": {"128x128": [1, 8]},
+}
+# The serving knobs of every engine in the run (engine-direct and behind Triton alike).
+SERVING = {"max_batch_size": 256, "max_num_tokens": 1024, "kv_cache_free_mem_fraction": 0.9, "dtype": "bfloat16",
+           "kv_block_size": 16, "enable_prefix_caching": True, "cuda_graphs": True}
+
+
+def _progress(it, **kw):
+    try:
+        from tqdm import tqdm
+
+        return tqdm(it, file=sys.stderr, mininterval=2, **kw)
+    except ImportError:
+        return it
+
+
+def _random_prompts(n: int, length: int, vocab: int, seed: int) -> list[list[int]]:
+    import random
+
+    rng = random.Random(seed)
+    return [[rng.randrange(100, vocab - 100) for _ in range(length)] for _ in range(n)]
+
+
+# -- phases (each in its own process) --------------------------------------------------------------------------------
+def _floor_one(mode: str, g) -> dict:
+    import torch
+
+    from bench.common import graph_time_ms
+    from llmserve.kernels.linear import gemv, quant_fp8_per_token
+    from llmserve.quantize import quantize_weight
+
+    hid, inter, vocab = LLAMA2_7B["hidden_size"], LLAMA2_7B["intermediate_size"], LLAMA2_7B["vocab_size"]
+    shapes = {"qkv": (3 * hid, hid), "o": (hid, hid), "gate_up": (2 * inter, hid), "down": (hid, inter)}
+    weights = []  # (tensor, scale, gated)
+    for _ in range(LLAMA2_7B["num_hidden_layers"]):
+        for name, (n, k) in shapes.items():
+            w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16, generator=g) * 0.02
+            if mode != "bf16":
+                q, s = quantize_weight(w, mode)
+                del w
+                weights.append((q, s, name == "down"))
+            else:
+                weights.append((w, None, name == "down"))
+    lm = torch.randn(vocab, hid, device="cuda", dtype=torch.bfloat16, generator=g) * 0.02
+    weights.append((lm, None, False))
+    nbytes = sum(w.numel() * w.element_size() for w, _, _ in weights)
+    views = [w.view(torch.float32) for w, _, _ in weights]
+    r = {"weight_bytes": nbytes, "sum_ms": graph_time_ms(lambda: [v.sum() for v in views])}
+    xs = {k: torch.randn(1, k, device="cuda", dtype=torch.bfloat16) for k in (hid, inter, 2 * inter)}
+    r["our_gemv_ms"] = graph_time_ms(lambda: [gemv(xs[2 * w.shape[1] if gated else w.shape[1]], w, s, gated=gated)
+                                              for w, s, gated in weights])
+    if mode == "bf16":
+        r["cublas_m1_ms"] = graph_time_ms(lambda: [torch.nn.functional.linear(xs[w.shape[1]], w)
+                                                   for w, _, _ in weights])
+    if mode == "fp8":
+        def scaled():
+            for w, s, _ in weights[:-1]:
+                xq, xsc = quant_fp8_per_token(xs[w.shape[1]])
+                torch._scaled_mm(xq, w.t(), scale_a=xsc, scale_b=s[None, :], out_dtype=torch.bfloat16)
+            torch.nn.functional.linear(xs[hid], lm)
+        r["scaled_mm_m1_ms"] = graph_time_ms(scaled)
+    r["sum_TBps"] = nbytes / r["sum_ms"] / 1e9
+    r["our_gemv_TBps"] = nbytes / r["our_gemv_ms"] / 1e9
+    return r
+
+
+def phase_floor(args) -> dict:
+    """Time to read all weights once, in one CUDA graph: torch.sum over every weight tensor (viewed as float32),
+    and for 16-bit weights cuBLAS F.linear at M = 1; plus our GEMV kernels over the same weights (one row), for
+    each storage type (int8/fp8 linears + the bf16 lm_head)."""
+    import torch
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    out = {}
+    for mode in ("bf16", "fp8", "int8_wo"):
+        out[mode] = _floor_one(mode, g)
+        print(mode, out[mode], flush=True)
+        torch.cuda.empty_cache()
+    return out
+
+
+def _engine(vocab: int, mode: str, work: Path, tokenizer_dir: Path | None = None):
+    from llmserve.config import ServingConfig
+    from llmserve.engine import TorchEngine
+
+    ckpt = write_random_checkpoint(work / f"ckpt-{mode}-{vocab}", vocab, None if mode == "bf16" else mode,
+                                   tokenizer_dir=tokenizer_dir)
+    t0 = time.time()
+    eng = TorchEngine(ServingConfig(**SERVING), ckpt)
+    return eng, time.time() - t0
+
+
+def _graph_step_ms(eng, batch: int = 1) -> float | None:
+    """GPU time of one captured decode step (graph replay alone, no host work)."""
+    import torch
+
+    graphs = getattr(eng.runner, "_graphs", {})
+    if batch not in graphs:
+        return None
+    g = graphs[batch][0]
+    times = []
+    for _ in range(30):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return sorted(times)[len(times) // 2]
+
+
+def phase_engine(args) -> dict:
+    from bench.workload import drive_engine, summarize
+
+    plans = QUICK if args.quick else PLAN
+    plan = plans["triton"] if args.triton_plan else plans["engine" if args.mode == "bf16" else "engine_quant"]
+    work = Path(tempfile.mkdtemp(prefix="llmbench-"))
+    tok_dir = Path(args.tokenizer_dir) if args.tokenizer_dir else None
+    eng, init_s = _engine(args.vocab, args.mode, work, tok_dir)
+    res = {"mode": args.mode, "vocab": args.vocab, "init_s": round(init_s, 1), "runs": []}
+    prompt_source = json.loads(Path(args.prompts).read_text()) if args.prompts else None
+    # warm-up: compiles anything left (prefill shapes) outside the measurements
+    drive_engine(eng, _random_prompts(2, 64, args.vocab, 99), 8, 2)
+    jobs = [(w, c) for w, cs in plan.items() for c in cs]
+    for wname, c in _progress(jobs, desc=f"engine {args.mode}"):
+        in_len, out_len = WORKLOADS[wname]
+        if prompt_source:
+            prompts = prompt_source[wname][:c]
+        else:
+            prompts = _random_prompts(c, in_len, args.vocab, seed=c * 7 + in_len)
+        records, wall = drive_engine(eng, prompts, out_len, c)
+        if (wname, c) == ("128x128", 1):  # the graph alone, right after a batch-1 run (context ~256)
+            res["graph_step_ms_bs1"] = _graph_step_ms(eng, 1)
+        if (wname, c) == ("128x128", 8):
+            res["graph_step_ms_bs8"] = _graph_step_ms(eng, 8)
+        s = summarize(records, wall, c, in_len, out_len)
+        s["workload"] = wname
+        s["preemptions"] = eng.stats().preemptions
+        res["runs"].append(s)
+        print(json.dumps(s), flush=True)
+    res["kv_blocks"] = eng.stats().kv_blocks_total
+    return res
+
+
+def phase_hf(args) -> dict:
+    """HF transformers generate() on the same random shape (bf16, vocab 32000), static batches of `concurrency`."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(**{k: v for k, v in LLAMA2_7B.items() if k not in ("architectures", "torch_dtype")})
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(cfg).eval()
+    torch.set_default_dtype(torch.float32)
+    model = model.to(torch.bfloat16)
+    plan = (QUICK if args.quick else PLAN)["hf"]
+    res = {"dtype": "bfloat16", "transformers": __import__("transformers").__version__, "runs": []}
+    with torch.inference_mode():
+        warm = torch.randint(100, 31000, (1, 16), device="cuda")
+        model.generate(warm, max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=0)
+        jobs = [(w, c) for w, cs in plan.items() for c in cs]
+        for wname, c in _progress(jobs, desc="hf"):
+            in_len, out_len = WORKLOADS[wname]
+            ids = torch.tensor(_random_prompts(c, in_len, 32000, seed=c), device="cuda")
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=out_len,
+                                 min_new_tokens=out_len, do_sample=False, pad_token_id=0)
+            torch.cuda.synchronize()
+            wall = time.perf_counter() - t0
+            n = (out.shape[1] - in_len) * c
+            s = {"workload": wname, "concurrency": c, "input_len": in_len, "output_len": out_len,
+                 "output_tokens": n, "wall_s": round(wall, 3), "throughput_tok_s": round(n / wall, 1),
+                 "ms_per_step": round(wall / out_len * 1000, 3)}
+            res["runs"].append(s)
+            print(json.dumps(s), flush=True)
+    return res
+
+
+def phase_triton(args) -> dict:
+    """Starts tritonserver on a model repository holding the random 7B (vocab 49152, SmolLM2's tokenizer),
+    runs the plan over HTTP streaming, then stops it. The engine-direct twin runs in phase `engine` with the
+    same prompts (--prompts)."""
+    from bench.triton_path import Server, drive_triton, model_repository
+    from bench.workload import summarize
+
+    plan = (QUICK if args.quick else PLAN)["triton"]
+    work = Path(args.work)
+    prompts = json.loads(Path(args.prompts).read_text())
+    texts = json.loads(Path(args.prompts + ".texts").read_text())
+    repo = model_repository(work, {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in SERVING.items()},
+                            None if args.mode == "bf16" else args.mode, adapter=args.triton_adapter)
+    server = Server(work, repo)
+    t0 = time.time()
+    res = {"mode": args.mode, "vocab": 49152, "adapter": args.triton_adapter, "runs": []}
+    try:
+        server.start()
+        res["start_s"] = round(time.time() - t0, 1)
+        drive_triton(server.port, texts["128x128"][:2], 8, 2)  # warm-up
+        jobs = [(w, c) for w, cs in plan.items() for c in cs]
+        for wname, c in _progress(jobs, desc="triton"):
+            in_len, out_len = WORKLOADS[wname]
+            records, wall = drive_triton(server.port, texts[wname][:c], out_len, c)
+            s = summarize(records, wall, c, in_len, out_len)
+            s["workload"] = wname
+            errs = [r.error for r in records if r.error]
+            if errs:
+                s["first_error"] = errs[0]
+            res["runs"].append(s)
+            print(json.dumps(s), flush=True)
+        assert len(prompts["128x128"][0]) == 128
+    finally:
+        server.stop()
+        res["server_log_tail"] = server.tail(3000)
+    return res
+
+
+def make_prompt_files(work: Path, quick: bool) -> str:
+    """Texts with exactly 128 / 2048 tokens under SmolLM2's tokenizer, and their ids (shared by the Triton
+    phase and its engine-direct twin)."""
+    from bench.triton_path import CARRY, exact_length_prompts
+
+    tok = CARRY / "tokenizer" if (CARRY / "tokenizer").is_dir() else ROOT / "model_repository/llm/checkpoint"
+    plan = (QUICK if quick else PLAN)["triton"]
+    texts, ids = {}, {}
+    for wname, cs in plan.items():
+        in_len, _ = WORKLOADS[wname]
+        texts[wname], ids[wname] = exact_length_prompts(tok, max(cs), in_len, seed=in_len)
+    path = work / "triton_prompts.json"
+    path.write_text(json.dumps(ids))
+    Path(str(path) + ".texts").write_text(json.dumps(texts))
+    return str(path)
+
+
+PHASES = {"floor": phase_floor, "engine": phase_engine, "hf": phase_hf, "triton": phase_triton}
+
+
+def _run_phase(name: str, out_json: Path, extra: list[str], log, timeout: float) -> dict:
+    cmd = [sys.executable, "-m", "bench.run", "--phase", name, "--phase-out", str(out_json), *extra]
+    print(f"\n=== {' '.join(cmd[2:])}", flush=True)
+    t0 = time.time()
+    try:
+        p = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, cwd=ROOT)
+        rc = p.returncode
+    except subprocess.TimeoutExpired:
+        rc = "timeout"
+    data = json.loads(out_json.read_text()) if out_json.is_file() else {}
+    data["_rc"], data["_seconds"] = rc, round(time.time() - t0, 1)
+    print(f"    rc={rc} in {data['_seconds']} s", flush=True)
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=f"bench/results/{datetime.date.today()}-h100")
+    ap.add_argument("--phases", default="floor,engine,triton,engine_fp8,engine_int8,hf,triton_fast",
+                    help="floor, engine (bf16), engine_fp8, engine_int8, hf, triton (+ its engine-direct twin), "
+                         "triton_fast (the adapter experiment in bench/triton_fast_model.py)")
+    ap.add_argument("--quick", action="store_true", help="a smoke run: two concurrencies, one workload")
+    ap.add_argument("--phase-timeout", type=float, default=420)
+    ap.add_argument("--budget", type=float, default=0, help="start no phase after this many seconds (0: no limit)")
+    ap.add_argument("--resume", action="store_true", help="add to --out/results.json instead of starting over")
+    # internal: one phase in this process
+    ap.add_argument("--phase", choices=list(PHASES), help=argparse.SUPPRESS)
+    ap.add_argument("--phase-out", help=argparse.SUPPRESS)
+    ap.add_argument("--mode", default="bf16", help=argparse.SUPPRESS)
+    ap.add_argument("--vocab", type=int, default=32000, help=argparse.SUPPRESS)
+    ap.add_argument("--prompts", help=argparse.SUPPRESS)
+    ap.add_argument("--tokenizer-dir", help=argparse.SUPPRESS)
+    ap.add_argument("--work", help=argparse.SUPPRESS)
+    ap.add_argument("--triton-plan", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--triton-adapter", default="production", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    if args.phase:
+        try:
+            result = PHASES[args.phase](args)
+        except Exception as exc:  # noqa: BLE001 - the parent records the failure and carries on
+            traceback.print_exc()
+            result = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+        Path(args.phase_out).write_text(json.dumps(result, indent=1))
+        return 0
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="llmbench-"))
+    previous = json.loads((out / "results.json").read_text()) if args.resume and (out / "results.json").is_file() \
+        else None
+    results = {"env": environment(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
+               "command": "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:]),
+               "serving": SERVING, "model": {k: LLAMA2_7B[k] for k in ("hidden_size", "intermediate_size",
+                                                                         "num_hidden_layers", "num_attention_heads",
+                                                                         "vocab_size")},
+               "quick": args.quick, "phases": {}}
+    if previous:  # --resume: keep the phases an earlier call measured on this machine kind
+        results["phases"] = previous["phases"]
+        results["command"] = previous["command"] + " ; " + results["command"]
+    q = ["--quick"] if args.quick else []
+    t_start = time.time()
+    with open(out / "log.txt", "a") as log:
+        for phase in args.phases.split(","):
+            if args.budget and time.time() - t_start > args.budget:
+                print(f"skipping {phase}: --budget of {args.budget} s spent", flush=True)
+                continue
+            if phase == "floor":
+                results["phases"]["floor"] = _run_phase("floor", work / "floor.json", q, log, args.phase_timeout)
+            elif phase in ("engine", "engine_fp8", "engine_int8"):
+                mode = {"engine": "bf16", "engine_fp8": "fp8", "engine_int8": "int8_wo"}[phase]
+                results["phases"][phase] = _run_phase("engine", work / f"{phase}.json", q + ["--mode", mode], log,
+                                                      args.phase_timeout)
+            elif phase == "hf":
+                results["phases"]["hf"] = _run_phase("hf", work / "hf.json", q, log, args.phase_timeout)
+            elif phase == "triton_fast":  # experiment: the adapter without its per-token IPC (see the file)
+                prompts = make_prompt_files(work, args.quick)
+                results["phases"]["triton_fast"] = _run_phase(
+                    "triton", work / "triton_fast.json",
+                    q + ["--prompts", prompts, "--work", str(work), "--triton-adapter", "fast"], log,
+                    args.phase_timeout)
+            elif phase == "triton":
+                prompts = make_prompt_files(work, args.quick)
+                tok = ROOT / ".carry" / "tokenizer"
+                tok_args = ["--tokenizer-dir", str(tok)] if tok.is_dir() else []
+                results["phases"]["triton"] = _run_phase(
+                    "triton", work / "triton.json", q + ["--prompts", prompts, "--work", str(work)], log,
+                    args.phase_timeout)
+                results["phases"]["engine_v49152"] = _run_phase(
+                    "engine", work / "engine_v49152.json",
+                    q + ["--vocab", "49152", "--prompts", prompts, "--mode", "bf16", *tok_args, "--triton-plan"],
+                    log, args.phase_timeout)
+            (out / "results.json").write_text(json.dumps(results, indent=1))
+    from bench.report import write_report
+
+    write_report(results, out)
+    print((out / "results.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

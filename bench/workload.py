@@ -1,0 +1,76 @@
+"""Closed-loop load on the engine directly, and the latency/throughput summary shared by every path."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Record:
+    submit: float
+    token_times: list[float] = field(default_factory=list)
+    error: str | None = None
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    k = (len(values) - 1) * q / 100
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def summarize(records: list[Record], wall: float, concurrency: int, in_len: int, out_len: int) -> dict:
+    tokens = sum(len(r.token_times) for r in records)
+    ttft = [(r.token_times[0] - r.submit) * 1000 for r in records if r.token_times]
+    itl = [(b - a) * 1000 for r in records for a, b in zip(r.token_times, r.token_times[1:])]
+    ms = lambda v: None if v is None else round(v, 3)  # noqa: E731
+    return {
+        "concurrency": concurrency, "input_len": in_len, "output_len": out_len, "requests": len(records),
+        "errors": sum(r.error is not None for r in records),
+        "short_responses": sum(len(r.token_times) != out_len for r in records),
+        "output_tokens": tokens, "wall_s": round(wall, 3), "throughput_tok_s": round(tokens / wall, 1),
+        "ttft_ms_p50": ms(percentile(ttft, 50)), "ttft_ms_p99": ms(percentile(ttft, 99)),
+        "itl_ms_p50": ms(percentile(itl, 50)), "itl_ms_p99": ms(percentile(itl, 99)),
+        "itl_ms_mean": ms(statistics.fmean(itl)) if itl else None,
+    }
+
+
+def drive_engine(engine, prompts: list[list[int]], out_len: int, concurrency: int) -> tuple[list[Record], float]:
+    """Keeps `concurrency` requests in flight on a TorchEngine until every prompt is answered. Generation
+    ignores EOS, so every request produces exactly `out_len` tokens."""
+    from llmserve.engine_api import EngineRequest
+    from llmserve.sampling_params import SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_tokens=out_len, ignore_eos=True)
+    records: dict[str, Record] = {}
+    pending = list(enumerate(prompts))
+    in_flight = 0
+    start = time.perf_counter()
+
+    def submit():
+        nonlocal in_flight
+        i, ids = pending.pop(0)
+        rid = f"r{i}"
+        records[rid] = Record(time.perf_counter())
+        engine.add_request(EngineRequest(rid, ids, params))
+        in_flight += 1
+
+    while pending and in_flight < concurrency:
+        submit()
+    while engine.has_work():
+        outs = engine.step()
+        now = time.perf_counter()
+        for o in outs:
+            r = records[o.request_id]
+            r.token_times.extend([now] * len(o.new_token_ids))
+            if o.finish_reason is not None:
+                if o.finish_reason not in ("length", "stop"):
+                    r.error = o.finish_reason
+                in_flight -= 1
+        while pending and in_flight < concurrency:
+            submit()
+    return list(records.values()), time.perf_counter() - start

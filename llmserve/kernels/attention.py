@@ -1,0 +1,219 @@
+"""Paged attention in Triton over the cache layout [2, num_blocks, block_size, kv_heads, head_dim] (one layer).
+
+- `decode_attention`: one query token per sequence (the CUDA-graph path). Split-K ("flash decoding"): a
+  program per (sequence, kv head, partition of PART tokens) handles all query heads of its GQA group at
+  once (rows padded to 16 for the tensor cores), then a second kernel merges the partitions. The number of
+  partitions is fixed by the largest context, so one launch shape serves every step of a captured graph;
+  programs past a sequence's length return at once.
+- `varlen_attention`: any number of new tokens per sequence (prefill, chunked prefill, mixed steps). A
+  program per (block of query rows, kv head); rows are (query, head-of-group) pairs, so GQA groups share
+  each K/V tile; causal within the new tokens, full over the cached prefix.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, po_ptr, pml_ptr, scale,
+                   stride_qb, stride_qh, stride_bt, stride_blk, stride_tok, stride_ob, stride_oh,
+                   G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr,
+                   BLOCK_N: tl.constexpr, PART: tl.constexpr, NUM_PARTS: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    kvh = tl.program_id(1)
+    part = tl.program_id(2)
+    ctx = tl.load(ctx_ptr + b)
+    start = part * PART
+    if start < ctx:
+        end = tl.minimum(start + PART, ctx)
+        rows = tl.arange(0, G_PAD)
+        rmask = rows < G
+        heads = kvh * G + rows
+        d = tl.arange(0, D)
+        q = tl.load(q_ptr + b * stride_qb + heads[:, None] * stride_qh + d[None, :], mask=rmask[:, None], other=0.0)
+        qk_scale = scale * 1.4426950408889634
+        m_i = tl.full((G_PAD,), float("-inf"), tl.float32)
+        l_i = tl.zeros((G_PAD,), tl.float32)
+        acc = tl.zeros((G_PAD, D), tl.float32)
+        for n0 in range(start, end, BLOCK_N):
+            toks = n0 + tl.arange(0, BLOCK_N)
+            tmask = toks < end
+            blk = tl.load(bt_ptr + b * stride_bt + toks // PAGE, mask=tmask, other=0).to(tl.int64)
+            off = blk * stride_blk + (toks % PAGE) * stride_tok + kvh * D
+            k = tl.load(k_ptr + off[:, None] + d[None, :], mask=tmask[:, None], other=0.0)
+            s = tl.dot(q, tl.trans(k)) * qk_scale
+            s = tl.where(tmask[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            p = tl.math.exp2(s - m_new[:, None])
+            alpha = tl.math.exp2(m_i - m_new)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            v = tl.load(v_ptr + off[:, None] + d[None, :], mask=tmask[:, None], other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
+        if NUM_PARTS == 1:
+            o = acc / l_i[:, None]
+            tl.store(out_ptr + b * stride_ob + heads[:, None] * stride_oh + d[None, :],
+                     o.to(out_ptr.dtype.element_ty), mask=rmask[:, None])
+        else:
+            # partials: po [B, H, NUM_PARTS, D] (normalized), pml [B, H, NUM_PARTS, 2] (max, sum) in log2 units
+            H = tl.num_programs(1) * G
+            base = (b * H + heads) * NUM_PARTS + part
+            tl.store(po_ptr + base[:, None] * D + d[None, :], acc / l_i[:, None], mask=rmask[:, None])
+            tl.store(pml_ptr + base * 2, m_i, mask=rmask)
+            tl.store(pml_ptr + base * 2 + 1, l_i, mask=rmask)
+
+
+@triton.jit
+def _merge_kernel(po_ptr, pml_ptr, ctx_ptr, out_ptr, stride_ob, stride_oh,
+                  D: tl.constexpr, PART: tl.constexpr, NUM_PARTS: tl.constexpr, P_PAD: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    H = tl.num_programs(1)
+    ctx = tl.load(ctx_ptr + b)
+    n_parts = tl.cdiv(ctx, PART)
+    p = tl.arange(0, P_PAD)
+    pmask = p < n_parts
+    base = (b * H + h) * NUM_PARTS + p
+    m = tl.load(pml_ptr + base * 2, mask=pmask, other=float("-inf"))
+    l_ = tl.load(pml_ptr + base * 2 + 1, mask=pmask, other=0.0)
+    m_max = tl.max(m, 0)
+    w = tl.where(pmask, tl.math.exp2(m - m_max) * l_, 0.0)
+    d = tl.arange(0, D)
+    o = tl.load(po_ptr + base[:, None] * D + d[None, :], mask=pmask[:, None], other=0.0)
+    o = tl.sum(o * w[:, None], 0) / tl.sum(w, 0)
+    tl.store(out_ptr + b * stride_ob + h * stride_oh + d, o.to(out_ptr.dtype.element_ty))
+
+
+def decode_partition(max_context: int, batch: int, num_kv_heads: int) -> int:
+    """Tokens per split-K partition: small batches split long contexts over more SMs."""
+    # H100 sweep (bench/kernel_check.py attn): batch 1 (32 programs) is best at 32-128 tokens per partition
+    # (6.4 vs 9.9 us per layer at 256 tokens of context), batch >= 8 (256+ programs) at 1024.
+    programs = batch * num_kv_heads
+    if programs >= 256:
+        part = 1024
+    elif programs >= 64:
+        part = 256
+    else:
+        part = 64
+    return min(part, max(triton.next_power_of_2(max_context), 64))
+
+
+def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
+                     context_lens: torch.Tensor, scale: float, max_context: int,
+                     out: torch.Tensor | None = None, partition: int | None = None) -> torch.Tensor:
+    """q: [B, H, D] (any row/head strides, unit last stride); kv_cache: [2, blocks, page, KVH, D].
+    block_tables: [B, W] int; context_lens: [B] int32 (>= 1). `max_context` bounds every context_len: it fixes
+    the partition count (and so the launch shape, for CUDA graphs). Returns [B, H, D]."""
+    B, H, D = q.shape
+    _, _, page, KVH, _ = kv_cache.shape
+    G = H // KVH
+    if out is None:
+        out = torch.empty(B, H, D, dtype=q.dtype, device=q.device)
+    if B == 0:
+        return out
+    part = partition or decode_partition(max_context, B, KVH)
+    num_parts = triton.cdiv(max_context, part)
+    block_n = min(64, part)
+    k, v = kv_cache[0], kv_cache[1]
+    if num_parts > 1:
+        po = torch.empty(B, H, num_parts, D, dtype=torch.float32, device=q.device)
+        pml = torch.empty(B, H, num_parts, 2, dtype=torch.float32, device=q.device)
+    else:
+        po = pml = out
+    _decode_kernel[(B, KVH, num_parts)](
+        q, k, v, block_tables, context_lens, out, po, pml, scale,
+        q.stride(0), q.stride(1), block_tables.stride(0), k.stride(0), k.stride(1), out.stride(0), out.stride(1),
+        G=G, G_PAD=max(16, triton.next_power_of_2(G)), D=D, PAGE=page, BLOCK_N=block_n, PART=part,
+        NUM_PARTS=num_parts, num_warps=4, num_stages=2)
+    if num_parts > 1:
+        _merge_kernel[(B, H)](po, pml, context_lens, out, out.stride(0), out.stride(1), D=D, PART=part,
+                              NUM_PARTS=num_parts, P_PAD=max(2, triton.next_power_of_2(num_parts)), num_warps=4)
+    return out
+
+
+@triton.jit
+def _varlen_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, qstart_ptr, qb_seq_ptr, qb_start_ptr, out_ptr, scale,
+                   stride_qt, stride_qh, stride_bt, stride_blk, stride_tok, stride_ot, stride_oh,
+                   G: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    qb = tl.program_id(0)
+    kvh = tl.program_id(1)
+    seq = tl.load(qb_seq_ptr + qb).to(tl.int64)
+    q0 = tl.load(qb_start_ptr + qb)
+    qs = tl.load(qstart_ptr + seq)
+    ql = tl.load(qstart_ptr + seq + 1) - qs
+    ctx = tl.load(ctx_ptr + seq)
+    QPB: tl.constexpr = BLOCK_M // G
+    r = tl.arange(0, BLOCK_M)
+    qi = q0 + r // G
+    rmask = (r < QPB * G) & (qi < ql)
+    heads = kvh * G + r % G
+    d = tl.arange(0, D)
+    tok = (qs + qi).to(tl.int64)
+    q = tl.load(q_ptr + tok[:, None] * stride_qt + heads[:, None] * stride_qh + d[None, :],
+                mask=rmask[:, None], other=0.0)
+    pos = ctx - ql + qi  # absolute position of each query row
+    kv_end = tl.minimum(ctx, ctx - ql + q0 + QPB)
+    qk_scale = scale * 1.4426950408889634
+    m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    l_i = tl.zeros((BLOCK_M,), tl.float32)
+    acc = tl.zeros((BLOCK_M, D), tl.float32)
+    for n0 in range(0, kv_end, BLOCK_N):
+        toks = n0 + tl.arange(0, BLOCK_N)
+        tmask = toks < kv_end
+        blk = tl.load(bt_ptr + seq * stride_bt + toks // PAGE, mask=tmask, other=0).to(tl.int64)
+        off = blk * stride_blk + (toks % PAGE) * stride_tok + kvh * D
+        k = tl.load(k_ptr + off[:, None] + d[None, :], mask=tmask[:, None], other=0.0)
+        s = tl.dot(q, tl.trans(k)) * qk_scale
+        s = tl.where((toks[None, :] <= pos[:, None]) & tmask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet (padding rows)
+        p = tl.math.exp2(s - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_ptr + off[:, None] + d[None, :], mask=tmask[:, None], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    o = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    tl.store(out_ptr + tok[:, None] * stride_ot + heads[:, None] * stride_oh + d[None, :],
+             o.to(out_ptr.dtype.element_ty), mask=rmask[:, None])
+
+
+def varlen_block_m(group: int, head_dim: int) -> int:
+    return 64 if head_dim > 64 or group > 8 else 128
+
+
+def varlen_query_blocks(query_lens: list[int], group: int, head_dim: int) -> tuple[list[int], list[int]]:
+    """Host-side work list for `varlen_attention`: (sequence index, first query) per program row."""
+    qpb = varlen_block_m(group, head_dim) // group
+    seqs, starts = [], []
+    for i, n in enumerate(query_lens):
+        for s in range(0, n, qpb):
+            seqs.append(i)
+            starts.append(s)
+    return seqs, starts
+
+
+def varlen_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor, context_lens: torch.Tensor,
+                     query_start: torch.Tensor, qb_seq: torch.Tensor, qb_start: torch.Tensor, scale: float,
+                     out: torch.Tensor | None = None) -> torch.Tensor:
+    """q: [T, H, D] for all new tokens, sequence after sequence (query_start: [B+1] int32 offsets);
+    context_lens: [B] tokens in the cache including the new ones (already written). Returns [T, H, D]."""
+    T, H, D = q.shape
+    _, _, page, KVH, _ = kv_cache.shape
+    G = H // KVH
+    if out is None:
+        out = torch.empty(T, H, D, dtype=q.dtype, device=q.device)
+    n_qb = qb_seq.shape[0]
+    if T == 0 or n_qb == 0:
+        return out
+    k, v = kv_cache[0], kv_cache[1]
+    bm = varlen_block_m(G, D)
+    _varlen_kernel[(n_qb, KVH)](
+        q, k, v, block_tables, context_lens, query_start, qb_seq, qb_start, out, scale,
+        q.stride(0), q.stride(1), block_tables.stride(0), k.stride(0), k.stride(1), out.stride(0), out.stride(1),
+        G=G, D=D, PAGE=page, BLOCK_M=bm, BLOCK_N=64, num_warps=4 if bm == 64 else 8, num_stages=2)
+    return out

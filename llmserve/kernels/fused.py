@@ -1,0 +1,119 @@
+"""Fused elementwise kernels: residual add + RMSNorm, rotary embedding + KV-cache write, SiLU-and-multiply.
+
+Each replaces a chain of small torch ops (an RMSNorm alone is seven kernels in eager torch) with one
+launch; at batch 1 a decode step is ~300 launches, so launch count is most of what is not weight reading.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _rmsnorm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, stride_x, stride_res, stride_out, N, eps,
+                    HAS_RES: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < N
+    x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
+    if HAS_RES:
+        r = tl.load(res_ptr + row * stride_res + cols, mask=mask, other=0.0)
+        x = (x.to(tl.float32) + r.to(tl.float32)).to(r.dtype)  # rounded like the eager add
+        tl.store(res_ptr + row * stride_res + cols, x, mask=mask)
+    xf = x.to(tl.float32)
+    var = tl.sum(xf * xf, axis=0) / N
+    y = (xf * tl.rsqrt(var + eps)).to(out_ptr.dtype.element_ty)
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0)
+    tl.store(out_ptr + row * stride_out + cols, (y.to(tl.float32) * w.to(tl.float32)).to(out_ptr.dtype.element_ty),
+             mask=mask)
+
+
+def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """Returns norm(x) (or, with `residual`, norm(x + residual) and writes x + residual into `residual`)."""
+    T, N = x.shape
+    out = torch.empty_like(x)
+    if T == 0:
+        return out
+    res = residual if residual is not None else x
+    _rmsnorm_kernel[(T,)](x, res, weight, out, x.stride(0), res.stride(0), out.stride(0), N, eps,
+                          HAS_RES=residual is not None, BLOCK=triton.next_power_of_2(N), num_warps=4)
+    return out
+
+
+@triton.jit
+def _rope_cache_kernel(qkv_ptr, pos_ptr, cos_ptr, sin_ptr, slot_ptr, k_cache_ptr, v_cache_ptr,
+                       stride_t, stride_cos, stride_slot,
+                       NH: tl.constexpr, NKV: tl.constexpr, HALF: tl.constexpr,
+                       BLOCK_H: tl.constexpr, BLOCK_KV: tl.constexpr):
+    t = tl.program_id(0).to(tl.int64)
+    pos = tl.load(pos_ptr + t).to(tl.int64)
+    slot = tl.load(slot_ptr + t).to(tl.int64)
+    d = tl.arange(0, HALF)
+    c = tl.load(cos_ptr + pos * stride_cos + d)[None, :]
+    s = tl.load(sin_ptr + pos * stride_cos + d)[None, :]
+    D: tl.constexpr = 2 * HALF
+    base = qkv_ptr + t * stride_t
+    # q heads: rotated in place (attention reads them from the qkv buffer)
+    h = tl.arange(0, BLOCK_H)[:, None]
+    hm = h < NH
+    p = base + h * D + d[None, :]
+    x1 = tl.load(p, mask=hm, other=0.0).to(tl.float32)
+    x2 = tl.load(p + HALF, mask=hm, other=0.0).to(tl.float32)
+    tl.store(p, (x1 * c - x2 * s).to(qkv_ptr.dtype.element_ty), mask=hm)
+    tl.store(p + HALF, (x2 * c + x1 * s).to(qkv_ptr.dtype.element_ty), mask=hm)
+    # k heads: rotated into the cache slot; v heads: copied
+    g = tl.arange(0, BLOCK_KV)[:, None]
+    gm = (g < NKV) & (slot >= 0)
+    p = base + NH * D + g * D + d[None, :]
+    k1 = tl.load(p, mask=gm, other=0.0).to(tl.float32)
+    k2 = tl.load(p + HALF, mask=gm, other=0.0).to(tl.float32)
+    kc = k_cache_ptr + slot * stride_slot + g * D + d[None, :]
+    tl.store(kc, (k1 * c - k2 * s).to(k_cache_ptr.dtype.element_ty), mask=gm)
+    tl.store(kc + HALF, (k2 * c + k1 * s).to(k_cache_ptr.dtype.element_ty), mask=gm)
+    p = base + (NH + NKV) * D + g * D + d[None, :]
+    vc = v_cache_ptr + slot * stride_slot + g * D + d[None, :]
+    tl.store(vc, tl.load(p, mask=gm, other=0.0), mask=gm)
+    tl.store(vc + HALF, tl.load(p + HALF, mask=gm, other=0.0), mask=gm)
+
+
+def rope_and_cache(qkv: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                   slot_mapping: torch.Tensor, kv_cache: torch.Tensor, num_heads: int, num_kv_heads: int,
+                   head_dim: int) -> None:
+    """qkv: [T, (H + 2 KVH) * D]; rotates q in place, writes rotated k and v to `kv_cache` [2, blocks, bs, KVH, D]
+    at `slot_mapping` (slots < 0 are skipped). cos/sin: [max_pos, D/2] float32."""
+    T = qkv.shape[0]
+    if T == 0:
+        return
+    assert qkv.stride(1) == 1 and kv_cache.is_contiguous()
+    stride_slot = num_kv_heads * head_dim
+    _rope_cache_kernel[(T,)](qkv, positions, cos, sin, slot_mapping, kv_cache[0], kv_cache[1],
+                             qkv.stride(0), cos.stride(0), stride_slot,
+                             NH=num_heads, NKV=num_kv_heads, HALF=head_dim // 2,
+                             BLOCK_H=triton.next_power_of_2(num_heads), BLOCK_KV=triton.next_power_of_2(num_kv_heads),
+                             num_warps=4)
+
+
+@triton.jit
+def _silu_mul_kernel(x_ptr, out_ptr, stride_x, stride_out, N, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < N
+    g = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
+    u = tl.load(x_ptr + row * stride_x + N + cols, mask=mask, other=0.0)
+    gf = g.to(tl.float32)
+    act = (gf / (1.0 + tl.exp(-gf))).to(g.dtype)  # rounded like eager F.silu
+    tl.store(out_ptr + row * stride_out + cols, (act.to(tl.float32) * u.to(tl.float32)).to(g.dtype), mask=mask)
+
+
+def silu_mul(x: torch.Tensor) -> torch.Tensor:
+    """x: [T, 2N] = [gate | up] -> silu(gate) * up, [T, N]."""
+    T, N2 = x.shape
+    N = N2 // 2
+    out = torch.empty(T, N, dtype=x.dtype, device=x.device)
+    if T == 0:
+        return out
+    BLOCK = 1024
+    _silu_mul_kernel[(T, triton.cdiv(N, BLOCK))](x, out, x.stride(0), out.stride(0), N, BLOCK=BLOCK, num_warps=4)
+    return out

@@ -1,0 +1,242 @@
+"""`y = x @ (W * scale)^T` for weights stored as bf16/fp16, int8 or fp8 (e4m3), in Triton.
+
+Decode reads every weight once per step, so at small M the whole game is memory bandwidth.
+- `gemv` (M = 1, batch-1 decode): CUDA-core FMAs over [BLOCK_N, BLOCK_K] weight tiles, int8/fp8 converted in
+  registers (int8 through a float bit trick, no I2F), the per-output-channel scale applied once at the end,
+  and `gated=True` computing the MLP's silu(gate) * up while loading x. 2.8 TB/s on Llama-2-7B's bf16 weights
+  on the H100, where cuBLAS F.linear at M = 1 gets 2.6 TB/s and torch.sum over the same bytes 2.5 TB/s.
+- `wmm` (M > 1): tensor cores, with W as the wide operand (`W_tile [BN, BK] @ x_tile^T [BK, BM]`, BM >= 16),
+  int8/fp8 converted to the activation dtype before the product. The model uses it for 16-bit weights up to
+  M = 16 (cuBLAS above) and for int8 at every M; fp8 uses torch._scaled_mm from M = 2 (faster there).
+- `quant_fp8_per_token`: dynamic per-token e4m3 activation scales for torch._scaled_mm.
+Block shapes come from the sweeps in bench/kernel_check.py on the lent H100 (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _wmm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, M, N, K,
+                stride_xm, stride_wn, stride_om,
+                HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr,
+                EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid_m = tl.program_id(0)  # M fastest: neighbouring programs share the W tile (large M) in L2
+    pid_n = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_k = tl.arange(0, BLOCK_K)
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    w_ptrs = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :]
+    x_ptrs = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + offs_k[None, :]
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        if EVEN_K:
+            if EVEN_N:
+                w = tl.load(w_ptrs)
+            else:
+                w = tl.load(w_ptrs, mask=n_mask[:, None], other=0.0)
+            x = tl.load(x_ptrs, mask=m_mask[:, None], other=0.0)
+            if GATED:
+                u = tl.load(x_ptrs + K, mask=m_mask[:, None], other=0.0)
+        else:
+            k_mask = (k0 + offs_k) < K
+            w = tl.load(w_ptrs, mask=n_mask[:, None] & k_mask[None, :], other=0.0)
+            x = tl.load(x_ptrs, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+            if GATED:
+                u = tl.load(x_ptrs + K, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+        if GATED:
+            gf = x.to(tl.float32)
+            x = (gf / (1.0 + tl.exp(-gf))).to(x.dtype)
+            x = (x.to(tl.float32) * u.to(tl.float32)).to(u.dtype)
+        acc = tl.dot(w.to(x.dtype), tl.trans(x), acc)
+        w_ptrs += BLOCK_K
+        x_ptrs += BLOCK_K
+    if HAS_SCALE:
+        acc = acc * tl.load(s_ptr + offs_n, mask=n_mask, other=0.0)[:, None]
+    if HAS_BIAS:
+        acc = acc + tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[:, None]
+    out_ptrs = out_ptr + offs_m[None, :].to(tl.int64) * stride_om + offs_n[:, None]
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_mask[None, :] & n_mask[:, None])
+
+
+@triton.jit
+def _to_f32(w, W_KIND: tl.constexpr):
+    if W_KIND == 1:  # int8 via the float trick: bits(1.5 * 2**23) + v is the float 1.5 * 2**23 + v (no I2F)
+        return (w.to(tl.int32) + 0x4B400000).to(tl.float32, bitcast=True) - 12582912.0
+    elif W_KIND == 2:  # e4m3 bits moved into a float32 (sign, then exponent+mantissa); 2**120 goes into the scale
+        b = w.to(tl.uint8, bitcast=True).to(tl.uint32)
+        return (((b & 0x80) << 24) | ((b & 0x7F) << 20)).to(tl.float32, bitcast=True)
+    else:
+        return w.to(tl.float32)
+
+
+@triton.jit
+def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, N, K, stride_wn,
+                 HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr,
+                 EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, W_KIND: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
+    """One row of x (decode at batch 1): CUDA-core FMAs, each weight element read once, converted in registers."""
+    pid = tl.program_id(0)
+    offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    n_mask = offs_n < N
+    w_ptrs = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :]
+    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
+        if EVEN_K and EVEN_N:
+            w = tl.load(w_ptrs)
+        elif EVEN_K:
+            w = tl.load(w_ptrs, mask=n_mask[:, None], other=0.0)
+        else:
+            w = tl.load(w_ptrs, mask=n_mask[:, None] & ((k0 + offs_k) < K)[None, :], other=0.0)
+        if EVEN_K:
+            x = tl.load(x_ptr + k0 + offs_k).to(tl.float32)
+            if GATED:
+                u = tl.load(x_ptr + K + k0 + offs_k)
+        else:
+            x = tl.load(x_ptr + k0 + offs_k, mask=(k0 + offs_k) < K, other=0.0).to(tl.float32)
+            if GATED:
+                u = tl.load(x_ptr + K + k0 + offs_k, mask=(k0 + offs_k) < K, other=0.0)
+        if GATED:  # silu(gate) * up, rounded like the eager ops
+            x = (x / (1.0 + tl.exp(-x))).to(u.dtype).to(tl.float32)
+            x = (x * u.to(tl.float32)).to(u.dtype).to(tl.float32)
+        acc += _to_f32(w, W_KIND) * x[None, :]
+        w_ptrs += BLOCK_K
+    y = tl.sum(acc, axis=1)
+    if HAS_SCALE:
+        y = y * tl.load(s_ptr + offs_n, mask=n_mask, other=0.0)
+    if W_KIND == 2:
+        y = y * 1.329227995784916e36  # 2**120: e4m3 exponent bias 7 vs float32's 127
+    if HAS_BIAS:
+        y = y + tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + offs_n, y.to(out_ptr.dtype.element_ty), mask=n_mask)
+
+
+# How int8 / fp8 weights become float32 in the GEMV: 0 = Triton's conversion, 1 / 2 = the bit tricks above.
+# Measured on the H100 (bench/kernel_check.py gemv1, 2026-11-25): int8 trick 2.67 vs 2.87 ms for all layers;
+# fp8 native 2.58 vs trick 2.82 ms.
+GEMV_W_KIND = {"int8": 1, "fp8": 0}
+
+
+def gemv_config(key: str, N: int, K: int) -> tuple[int, int, int, int]:
+    """(BLOCK_N, BLOCK_K, num_warps, stages), from the same sweep (Llama-2-7B shapes, one row)."""
+    if key == "16bit":
+        if K > 8192:
+            return 16, 1024, 8, 3  # down_proj: 1.11 ms for 32 layers (2.60 TB/s)
+        if N > 8192:
+            return 16, 1024, 8, 1  # qkv 2.85, gate_up 2.98, lm_head 2.79 TB/s
+        return 16, 512, 4, 3  # o_proj 2.45 TB/s
+    if K > 8192:
+        return 8, 1024, 4, 1  # int8 2.17, fp8 2.33 TB/s
+    return 16, 512, 4, 3  # int8 qkv/o/gate_up 2.40/1.89/2.70, fp8 2.51/1.96/2.76 TB/s
+
+
+def _storage(w: torch.Tensor) -> str:
+    return "16bit" if w.element_size() == 2 else "int8" if w.dtype == torch.int8 else "fp8"
+
+
+def triton_max_m(w: torch.Tensor) -> int:
+    """Largest M whose product goes through these kernels for 16-bit and fp8 weights (int8: every M)."""
+    return SKINNY_MAX_M.get(_storage(w), 1 << 30)
+
+
+def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+         gated: bool = False, config: tuple[int, int, int, int] | None = None, w_kind: int | None = None
+         ) -> torch.Tensor:
+    """x: [1, K] (or [1, 2K] gated) -> [1, N]."""
+    N, K = w.shape
+    assert x.shape == (1, 2 * K if gated else K) and x.stride(-1) == 1 and w.stride(1) == 1
+    key = "16bit" if w.element_size() == 2 else "int8" if w.dtype == torch.int8 else "fp8"
+    bn, bk, warps, stages = config or gemv_config(key, N, K)
+    kind = w_kind if w_kind is not None else GEMV_W_KIND.get(key, 0)
+    if kind == 2:
+        assert key == "fp8" and scale is not None
+    out = torch.empty(1, N, dtype=x.dtype, device=x.device)
+    _gemv_kernel[(triton.cdiv(N, bn),)](x, w, scale if scale is not None else w, bias if bias is not None else w, out,
+                                        N, K, w.stride(0), HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
+                                        GATED=gated, EVEN_K=K % bk == 0, EVEN_N=N % bn == 0, W_KIND=kind,
+                                        BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, num_warps=warps)
+    return out
+
+
+# (BLOCK_N, BLOCK_K, num_warps, num_stages) per M bucket; overridable (bench/kernel_check.py sweeps them).
+CONFIGS: dict[str, dict[int, tuple[int, int, int, int]]] = {
+    "16bit": {16: (64, 256, 4, 4), 32: (64, 128, 4, 4), 64: (64, 128, 4, 4), 128: (128, 64, 8, 3)},
+    "8bit": {16: (32, 256, 4, 4), 32: (32, 256, 4, 4), 64: (64, 128, 4, 4), 128: (128, 128, 8, 3)},
+}
+NUM_SMS = 132
+# The gate's SiLU inside the tensor-core kernel's x load costs more than a separate launch (measured: down_proj
+# at M = 16 took 1.6-2.2 ms for 32 layers fused vs 1.2 ms with silu_mul first).
+FUSE_GATE_IN_MM = False
+# Largest M that goes through `wmm` for 16-bit weights (cuBLAS above) and for fp8 (torch._scaled_mm above).
+# fp8: from 2 rows on, torch._scaled_mm (per-token activation scales) beat the Triton kernel (3.9 vs 5.4 ms).
+SKINNY_MAX_M = {"16bit": 16, "fp8": 1}
+
+
+def _config(M: int, N: int, w_dtype: torch.dtype) -> tuple[int, int, int, int, int]:
+    table = CONFIGS["8bit" if w_dtype.itemsize == 1 else "16bit"]
+    bm = 16 if M <= 16 else 32 if M <= 32 else 64 if M <= 64 else 128
+    bn, bk, warps, stages = table[bm]
+    # Small N: keep at least ~one program per SM.
+    while bn > 16 and triton.cdiv(N, bn) * triton.cdiv(M, bm) < NUM_SMS:
+        bn //= 2
+    return bm, bn, bk, warps, stages
+
+
+def wmm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+        gated: bool = False, config: tuple[int, int, int, int, int] | None = None) -> torch.Tensor:
+    """x: [M, K] (or [M, 2K] with gated), w: [N, K] (bf16/fp16/int8/fp8), scale: [N] float32. Returns [M, N]."""
+    M = x.shape[0]
+    N, K = w.shape
+    assert x.shape[1] == (2 * K if gated else K), (x.shape, w.shape, gated)
+    if M == 1 and config is None:
+        return gemv(x, w, scale, bias, gated)
+    if gated and not FUSE_GATE_IN_MM:
+        from llmserve.kernels.fused import silu_mul
+
+        x, gated = silu_mul(x), False
+    assert x.stride(1) == 1 and w.stride(1) == 1
+    out = torch.empty(M, N, dtype=x.dtype, device=x.device)
+    if M == 0:
+        return out
+    bm, bn, bk, warps, stages = config or _config(M, N, w.dtype)
+    grid = (triton.cdiv(M, bm), triton.cdiv(N, bn))
+    _wmm_kernel[grid](x, w, scale if scale is not None else w, bias if bias is not None else w, out, M, N, K,
+                      x.stride(0), w.stride(0), out.stride(0),
+                      HAS_SCALE=scale is not None, HAS_BIAS=bias is not None, GATED=gated,
+                      EVEN_K=K % bk == 0, EVEN_N=N % bn == 0,
+                      BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
+    return out
+
+
+@triton.jit
+def _quant_fp8_kernel(x_ptr, q_ptr, s_ptr, stride_x, stride_q, K, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    amax = tl.zeros((BLOCK,), tl.float32)
+    for k0 in range(0, K, BLOCK):
+        cols = k0 + tl.arange(0, BLOCK)
+        x = tl.load(x_ptr + row * stride_x + cols, mask=cols < K, other=0.0).to(tl.float32)
+        amax = tl.maximum(amax, tl.abs(x))
+    scale = tl.maximum(tl.max(amax, 0), 1e-12) / 448.0
+    for k0 in range(0, K, BLOCK):
+        cols = k0 + tl.arange(0, BLOCK)
+        x = tl.load(x_ptr + row * stride_x + cols, mask=cols < K, other=0.0).to(tl.float32)
+        q = tl.clamp(x / scale, -448.0, 448.0)
+        tl.store(q_ptr + row * stride_q + cols, q.to(q_ptr.dtype.element_ty), mask=cols < K)
+    tl.store(s_ptr + row, scale)
+
+
+def quant_fp8_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic per-token e4m3 quantization: returns (x_fp8 [M, K], scale [M, 1] float32), x ~ x_fp8 * scale."""
+    M, K = x.shape
+    q = torch.empty(M, K, dtype=torch.float8_e4m3fn, device=x.device)
+    s = torch.empty(M, 1, dtype=torch.float32, device=x.device)
+    if M:
+        _quant_fp8_kernel[(M,)](x, q, s, x.stride(0), q.stride(0), K, BLOCK=1024, num_warps=4)
+    return q, s

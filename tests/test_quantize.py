@@ -1,0 +1,89 @@
+"""Offline quantization (llmserve/quantize.py) and loading quantized checkpoints, on CPU."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llmserve.attention import AttentionMetadata
+from llmserve.llama import load_model
+from llmserve.quantize import FP8, dequantize, main, quantize_checkpoint, quantize_weight
+
+
+def test_int8_round_trip_within_half_a_step_per_channel():
+    w = torch.randn(64, 300) * torch.linspace(0.01, 2.0, 64)[:, None]  # channels of very different ranges
+    q, s = quantize_weight(w, "int8_wo")
+    assert q.dtype == torch.int8 and s.shape == (64,) and s.dtype == torch.float32
+    err = (dequantize(q, s) - w).abs()
+    assert (err <= s[:, None] / 2 + 1e-7).all()
+    assert ((dequantize(q, s) - w).norm() / w.norm()) < 0.01
+    assert q.abs().max() == 127  # each row's largest magnitude lands on the grid's end
+
+
+def test_fp8_round_trip_relative_error():
+    w = torch.randn(64, 300) * torch.linspace(0.01, 2.0, 64)[:, None]
+    q, s = quantize_weight(w, "fp8")
+    assert q.dtype == FP8
+    back = dequantize(q, s)
+    assert ((back - w).norm() / w.norm()) < 0.04
+    normal = (w / s[:, None]).abs() >= 2 ** -6  # e4m3 normals: 3 mantissa bits, so at most 2^-4 relative error
+    assert ((back - w).abs()[normal] <= (w.abs() * 2 ** -4 + 1e-9)[normal]).all()
+
+
+def test_unknown_mode_is_refused():
+    with pytest.raises(ValueError, match="mode"):
+        quantize_weight(torch.randn(4, 4), "int4")
+
+
+@pytest.fixture(scope="module")
+def tiny_hf_checkpoint(tmp_path_factory):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      tie_word_embeddings=True)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():  # HF's init (std 0.02) leaves logits nearly flat; spread them so errors show
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.2)
+    out = tmp_path_factory.mktemp("hf")
+    model.save_pretrained(out)
+    return out
+
+
+def _logits(ckpt, ids):
+    model = load_model(ckpt, torch.float32, torch.device("cpu"))
+    model.init_rope(64, torch.device("cpu"))
+    a = model.args
+    meta = AttentionMetadata.for_prefill([len(ids)], 4, torch.device("cpu"))
+    cache = torch.zeros(a.num_layers, 2, -(-len(ids) // 4), 4, a.num_kv_heads, a.head_dim)
+    with torch.inference_mode():
+        return model(torch.tensor(ids), torch.arange(len(ids)), cache, meta, None)
+
+
+@pytest.mark.parametrize("mode,keep,tol", [("int8_wo", False, 0.05), ("fp8", False, 0.25), ("fp8", True, 0.2)])
+def test_quantized_checkpoint_loads_and_tracks_the_original(tiny_hf_checkpoint, tmp_path, mode, keep, tol):
+    out = quantize_checkpoint(tiny_hf_checkpoint, tmp_path / "q", mode, keep_attention_fp16=keep)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["quantization"]["mode"] == mode and cfg["quantization"]["keep_attention_fp16"] == keep
+    state = load_file(out / "model.safetensors")
+    storage = torch.int8 if mode == "int8_wo" else FP8
+    assert state["model.layers.0.mlp.down_proj.weight"].dtype == storage
+    assert state["model.layers.0.mlp.down_proj.weight_scale"].dtype == torch.float32
+    attn = state["model.layers.1.self_attn.q_proj.weight"].dtype
+    assert (attn == torch.float32) if keep else (attn == storage)
+    assert state["model.embed_tokens.weight"].dtype == torch.float32  # embedding / lm_head stay unquantized
+    ids = list(range(3, 40))
+    ref, got = _logits(tiny_hf_checkpoint, ids), _logits(out, ids)
+    assert ((got - ref).norm() / ref.norm()).item() < tol
+    assert (got.argmax(-1) == ref.argmax(-1)).float().mean() > 0.7
+
+
+def test_quantize_cli_and_double_quantization_refused(tiny_hf_checkpoint, tmp_path):
+    assert main([str(tiny_hf_checkpoint), str(tmp_path / "q"), "--mode", "int8_wo"]) == 0
+    assert (tmp_path / "q" / "model.safetensors").is_file()
+    with pytest.raises(ValueError, match="already quantized"):
+        quantize_checkpoint(tmp_path / "q", tmp_path / "qq", "fp8")
