@@ -65,7 +65,8 @@ class BlockManager:
         if self.enable_prefix_caching:
             full = (len(seq.tokens) - 1) // self.block_size
             self.query_blocks += full
-            for h in self._chain(seq, full):
+            chain = self._chain(seq, full)
+            for h in chain:
                 block = self.hash_to_block.get(h)
                 if block is None:
                     break
@@ -85,6 +86,7 @@ class BlockManager:
         seq.num_computed_tokens = cached_tokens
         seq.num_cached_tokens = cached_tokens
         seq.num_hashed_blocks = len(reusable)
+        seq.block_hashes = chain[:len(reusable)] if reusable else []
         return True
 
     def can_grow(self, seq: Sequence, num_tokens: int) -> bool:
@@ -102,11 +104,14 @@ class BlockManager:
         full = seq.num_computed_tokens // self.block_size
         if full <= seq.num_hashed_blocks:
             return
-        hashes = self._chain(seq, full)
+        # Extend the sequence's chain from its last hashed block: hashing stays O(new blocks) per step.
+        parent = seq.block_hashes[-1] if seq.block_hashes else b""
         for b in range(seq.num_hashed_blocks, full):
+            parent = block_hash(parent, seq.tokens[b * self.block_size:(b + 1) * self.block_size])
+            seq.block_hashes.append(parent)
             block = seq.block_table[b]
-            self.block_hashes[block] = hashes[b]
-            self.hash_to_block.setdefault(hashes[b], block)
+            self.block_hashes[block] = parent
+            self.hash_to_block.setdefault(parent, block)
         seq.num_hashed_blocks = full
 
     def free_sequence(self, seq: Sequence) -> None:
@@ -117,3 +122,4 @@ class BlockManager:
                 self.free[block] = None
         seq.block_table = []
         seq.num_hashed_blocks = 0
+        seq.block_hashes = []

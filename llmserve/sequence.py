@@ -27,6 +27,7 @@ class Sequence:
     num_cached_tokens: int = 0  # of those, served by the prefix cache at admission
     block_table: list[int] = field(default_factory=list)
     num_hashed_blocks: int = 0  # leading full blocks registered in the prefix cache
+    block_hashes: list[bytes] = field(default_factory=list)  # their chained hashes, extended incrementally
     generator: torch.Generator | None = None
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
     num_emitted: int = 0  # generated tokens already handed out

@@ -49,6 +49,13 @@ class _InFlight:
     done: bool = False  # FINAL sent: the sender's response factory is gone, never touch it again
 
 
+def _merge(a: Delta, b: Delta) -> Delta:
+    """Two consecutive deltas of one request as one (the first is never final: a request ends once)."""
+    logprobs = (a.logprobs or []) + (b.logprobs or []) if (a.logprobs or b.logprobs) else None
+    return Delta(a.request_id, a.text + b.text, a.token_ids + b.token_ids, b.num_input_tokens, b.finish_reason,
+                 logprobs, b.error or a.error)
+
+
 class TritonMetrics:
     """MetricsSink over pb_utils.MetricFamily, labelled {model, version}."""
 
@@ -57,6 +64,8 @@ class TritonMetrics:
         self.families = {}
         self.metrics = {}
         self.lock = threading.Lock()
+        self.observations: list = []
+        self.increments: dict = {}
         kinds = [(HISTOGRAMS, pb_utils.MetricFamily.HISTOGRAM), (COUNTERS, pb_utils.MetricFamily.COUNTER),
                  (GAUGES, pb_utils.MetricFamily.GAUGE)]
         for table, kind in kinds:
@@ -82,17 +91,28 @@ class TritonMetrics:
             self.metrics[key] = metric
         return metric
 
+    # Calls only record; `flush` (the housekeeping thread) crosses into the server. pb_utils metric calls are
+    # IPC round trips, and the engine thread produces one observation per token.
     def observe(self, name, value):
         with self.lock:
-            self._metric(name, None).observe(value)
+            self.observations.append((name, value))
 
     def increment(self, name, value=1.0, labels=None):
+        key = (name, tuple(sorted((labels or {}).items())))
         with self.lock:
-            self._metric(name, labels).increment(value)
+            self.increments[key] = self.increments.get(key, 0.0) + value
 
     def set(self, name, value, labels=None):
+        self._metric(name, labels).set(value)
+
+    def flush(self):
         with self.lock:
-            self._metric(name, labels).set(value)
+            observations, self.observations = self.observations, []
+            increments, self.increments = self.increments, {}
+        for name, value in observations:
+            self._metric(name, None).observe(value)
+        for (name, labels), value in increments.items():
+            self._metric(name, dict(labels)).increment(value)
 
 
 class TritonPythonModel:
@@ -168,19 +188,36 @@ class TritonPythonModel:
             sender.send(_error(message, status), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     def _response_loop(self) -> None:
+        # Drain whatever piled up and send one response per request: when the engine outruns the sends
+        # (hundreds of streams), a client gets several tokens in one message instead of a growing backlog.
         while True:
-            delta: Delta | None = self.responses.get()
-            if delta is None:
+            first = self.responses.get()
+            if first is None:
                 return
-            state = self.inflight.get(delta.request_id)
-            if state is None:
-                continue
-            try:
-                self._send(delta, state)
-            except Exception:  # noqa: BLE001 - one broken response must not stop the others
-                log.exception("sending a response for %s failed", delta.request_id)
-                if delta.finished:
-                    self.inflight.pop(delta.request_id, None)
+            pending: dict[str, Delta] = {first.request_id: first}
+            stop = False
+            while True:
+                try:
+                    delta = self.responses.get_nowait()
+                except queue.Empty:
+                    break
+                if delta is None:
+                    stop = True
+                    break
+                prev = pending.get(delta.request_id)
+                pending[delta.request_id] = _merge(prev, delta) if prev is not None else delta
+            for delta in pending.values():
+                state = self.inflight.get(delta.request_id)
+                if state is None:
+                    continue
+                try:
+                    self._send(delta, state)
+                except Exception:  # noqa: BLE001 - one broken response must not stop the others
+                    log.exception("sending a response for %s failed", delta.request_id)
+                    if delta.finished:
+                        self.inflight.pop(delta.request_id, None)
+            if stop:
+                return
 
     def _send(self, delta: Delta, state: _InFlight) -> None:
         if delta.finished:
@@ -207,10 +244,9 @@ class TritonPythonModel:
         if tensors is None:
             return
         response = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in tensors.items()])
-        # FINAL rides on the last data response, so /generate sees exactly one response.
+        # FINAL rides on the last data response, so /generate sees exactly one response. Cancellation is
+        # polled by the housekeeping thread, not here: is_cancelled() is an IPC round trip per token.
         state.sender.send(response, flags=final if delta.finished else 0)
-        if not delta.finished and state.sender.is_cancelled():
-            self.service.abort(delta.request_id)
 
     def _housekeeping(self) -> None:
         period = self.cfg.cancellation_check_period_ms / 1000
@@ -237,6 +273,8 @@ class TritonPythonModel:
                         continue
                 if cancelled:
                     self.service.abort(rid)
+            if hasattr(self.metrics, "flush"):
+                self.metrics.flush()
             self.metrics.set("llm_backend_resident_memory_bytes", resident_memory_bytes())
             stats = self.service.stats()
             if stats is self.last_stats:
