@@ -18,7 +18,7 @@ from torch import nn
 class AllReduceLinear(nn.Module):
     """A row-parallel linear: local partial product, then the sum across ranks."""
 
-    def __init__(self, linear: nn.Linear, group=None):
+    def __init__(self, linear: nn.Module, group=None):
         super().__init__()
         self.linear = linear
         self.group = group
@@ -27,14 +27,16 @@ class AllReduceLinear(nn.Module):
     def weight(self) -> torch.Tensor:
         return self.linear.weight
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.linear(x)
+    def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        out = self.linear(x, **kwargs)
         dist.all_reduce(out, group=self.group)
         return out
 
 
-def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
-    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+    from llmserve.llama import Linear
+
+    layer = Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
     layer.weight = nn.Parameter(weight.contiguous(), requires_grad=False)
     if bias is not None:
         layer.bias = nn.Parameter(bias.contiguous(), requires_grad=False)
