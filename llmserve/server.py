@@ -202,8 +202,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grpc-port", type=int, default=8001)
     ap.add_argument("--metrics-port", type=int, default=8002)
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for readiness")
+    ap.add_argument("--tp", type=int, default=1, help="TensorRT-LLM tensor parallelism: launches the MPI world")
+    ap.add_argument("--pp", type=int, default=1, help="TensorRT-LLM pipeline parallelism, likewise")
     a = ap.parse_args(argv)
     server = TritonServer(a.model_repository, a.http_port, a.grpc_port, a.metrics_port)
+    if a.tp * a.pp > 1:
+        # One tritonserver per rank under mpirun, as NVIDIA's launch_triton_server.py (llmserve/mpi_launch.py).
+        from llmserve.mpi_launch import LaunchSpec, build_launch_command
+
+        spec = LaunchSpec(a.tp, a.pp, str(server.model_repository), tritonserver=server.command()[0],
+                          http_port=a.http_port, grpc_port=a.grpc_port, metrics_port=a.metrics_port)
+        argv_mpi = build_launch_command(spec)
+        print(" ".join(argv_mpi), flush=True)
+        if a.command == "command":
+            return 0
+        os.execvpe(argv_mpi[0], argv_mpi, server_env())
     if a.command == "command":
         print(" ".join(server.command()))
         return 0

@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 
 from llm_client import AsyncLLMClient, LLMClient, RequestError, ServerUnreachable
-from tests.server_utils import Stream, metric, wait_for
+from tests.server_utils import Stream, metric, metrics, wait_for
 
 pytestmark = pytest.mark.server
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -152,9 +152,12 @@ def test_metrics_move_under_load(server):
     before = {n: metric(url, n) for n in names}
     running_seen = []
 
+    kv_used_seen = []
+
     def watch():
         for _ in range(100):
             running_seen.append(metric(url, "llm_requests_running"))
+            kv_used_seen.append(metric(url, "llm_kv_cache_blocks", state="used"))
             time.sleep(0.05)
 
     t = threading.Thread(target=watch)
@@ -170,5 +173,12 @@ def test_metrics_move_under_load(server):
     after = {n: metric(url, n) for n in names}
     for n in names:
         assert after[n] > before[n], n
-    assert max(running_seen) >= 1
+    assert max(running_seen) >= 1 and max(kv_used_seen) > 0
+    exposed = metrics(url)
+    from llmserve.metrics import COUNTERS, GAUGES, HISTOGRAMS
+
+    for family in list(COUNTERS) + list(GAUGES) + [h + "_count" for h in HISTOGRAMS]:
+        if family in ("llm_request_failures_total", "llm_request_cancellations_total"):
+            continue  # labelled by reason / moved by other tests; present once something failed
+        assert any(k == family or k.startswith(family + "{") for k in exposed), family
     assert metric(url, "llm_prefix_cache_hits_total") > 0  # the same chat prompt four times
