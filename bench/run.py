@@ -292,9 +292,8 @@ def _run_phase(name: str, out_json: Path, extra: list[str], log, timeout: float)
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=f"bench/results/{datetime.date.today()}-h100")
-    ap.add_argument("--phases", default="floor,engine,triton,engine_fp8,engine_int8,hf,triton_fast",
-                    help="floor, engine (bf16), engine_fp8, engine_int8, hf, triton (+ its engine-direct twin), "
-                         "triton_fast (the adapter experiment in bench/triton_fast_model.py)")
+    ap.add_argument("--phases", default="floor,engine,triton,engine_fp8,engine_int8,hf",
+                    help="floor, engine (bf16), engine_fp8, engine_int8, hf, triton (+ its engine-direct twin)")
     ap.add_argument("--quick", action="store_true", help="a smoke run: two concurrencies, one workload")
     ap.add_argument("--phase-timeout", type=float, default=420)
     ap.add_argument("--budget", type=float, default=0, help="start no phase after this many seconds (0: no limit)")
@@ -351,12 +350,6 @@ def main(argv: list[str] | None = None) -> int:
                                                       args.phase_timeout)
             elif phase == "hf":
                 results["phases"]["hf"] = _run_phase("hf", work / "hf.json", q, log, args.phase_timeout)
-            elif phase == "triton_fast":  # experiment: the adapter without its per-token IPC (see the file)
-                prompts = make_prompt_files(work, args.quick)
-                results["phases"]["triton_fast"] = _run_phase(
-                    "triton", work / "triton_fast.json",
-                    q + ["--prompts", prompts, "--work", str(work), "--triton-adapter", "fast"], log,
-                    args.phase_timeout)
             elif phase == "triton":
                 prompts = make_prompt_files(work, args.quick)
                 tok = ROOT / ".carry" / "tokenizer"

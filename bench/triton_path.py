@@ -101,14 +101,16 @@ def python_overlay(work: Path, force: bool = False) -> Path:
 
 def model_repository(work: Path, params: dict[str, str], quant: str | None = None, adapter: str = "production"
                      ) -> Path:
-    """The model repository for the run; adapter "fast" installs bench/triton_fast_model.py (an experiment)."""
+    """The model repository for the run, with the production adapter. (`adapter` other than "production" named
+    the per-token-IPC experiment of the first 2026-11-25 run; its changes are in model.py since.)"""
+    if adapter != "production":
+        raise ValueError(f"unknown adapter {adapter!r}: the experiment was folded into model_repository/llm/1/model.py")
     repo = work / "repo"
     shutil.rmtree(repo, ignore_errors=True)
     model = repo / "llm"
     (model / "1").mkdir(parents=True)
     src = ROOT / "model_repository" / "llm"
-    adapter_src = src / "1" / "model.py" if adapter == "production" else ROOT / "bench" / "triton_fast_model.py"
-    shutil.copy2(adapter_src, model / "1" / "model.py")
+    shutil.copy2(src / "1" / "model.py", model / "1" / "model.py")
     pbtxt = (src / "config.pbtxt").read_text()
     for k, v in params.items():
         pbtxt = set_parameter(pbtxt, k, v)
