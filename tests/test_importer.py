@@ -1,0 +1,42 @@
+"""Checkpoint import: clear refusals, and an HF directory imported once and cached."""
+
+import json
+
+import pytest
+
+from build_engines.importer import ImportError_, import_checkpoint
+
+
+def hf_dir(path, arch="LlamaForCausalLM", weights=("model.safetensors",)):
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"architectures": [arch], "model_type": "llama"}))
+    for w in weights:
+        (path / w).write_bytes(b"\0" * 16)
+    return path
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ImportError_, match="checkpoint not found"):
+        import_checkpoint(tmp_path / "nope.gguf", tmp_path / "out")
+
+
+def test_unsupported_architecture(tmp_path):
+    with pytest.raises(ImportError_, match="unsupported architecture.*GPT2LMHeadModel"):
+        import_checkpoint(hf_dir(tmp_path / "gpt2", arch="GPT2LMHeadModel"), tmp_path / "out")
+
+
+def test_pickle_checkpoints_refused(tmp_path):
+    src = hf_dir(tmp_path / "pickled", weights=("pytorch_model.bin",))
+    with pytest.raises(ImportError_, match="pickle.*safetensors only"):
+        import_checkpoint(src, tmp_path / "out")
+
+
+def test_hf_directory_imported_once(tmp_path):
+    src = hf_dir(tmp_path / "llama")
+    (src / "tokenizer.json").write_text("{}")
+    out = import_checkpoint(src, tmp_path / "out")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "import_manifest.json", "model.safetensors",
+                                                     "tokenizer.json"]
+    stamp = (out / "import_manifest.json").stat().st_mtime_ns
+    assert import_checkpoint(src, tmp_path / "out") == out
+    assert (out / "import_manifest.json").stat().st_mtime_ns == stamp  # cached: not written again
