@@ -58,15 +58,21 @@ def graph_time_ms(fn, reps: int = 20, warmup: int = 2) -> float:
         fn()
     g.replay()
     torch.cuda.synchronize()
+    ms = replay_median_ms(g, reps)
+    del g
+    return ms
+
+
+def replay_median_ms(graph, reps: int) -> float:
+    """Median GPU time of replaying a captured CUDA graph, timed with events."""
     times = []
     for _ in range(reps):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
-        g.replay()
+        graph.replay()
         b.record()
         b.synchronize()
         times.append(a.elapsed_time(b))
-    del g
     return statistics.median(times)
 
 

@@ -131,21 +131,12 @@ def _engine(vocab: int, mode: str, work: Path, tokenizer_dir: Path | None = None
 
 def _graph_step_ms(eng, batch: int = 1) -> float | None:
     """GPU time of one captured decode step (graph replay alone, no host work)."""
-    import torch
+    from bench.common import replay_median_ms
 
     graphs = getattr(eng.runner, "_graphs", {})
     if batch not in graphs:
         return None
-    g = graphs[batch][0]
-    times = []
-    for _ in range(30):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return sorted(times)[len(times) // 2]
+    return replay_median_ms(graphs[batch][0], 30)
 
 
 def phase_engine(args) -> dict:

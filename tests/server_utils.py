@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import queue
-import re
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +13,9 @@ from tritonclient.utils import np_to_triton_dtype
 
 
 def metrics(url: str) -> dict[str, float]:
-    text = urllib.request.urlopen(url, timeout=5).read().decode()
-    out = {}
-    for line in text.splitlines():
-        m = re.match(r"^([a-zA-Z_:][\w:]*(?:\{[^}]*\})?) (\S+)$", line)
-        if m:
-            out[m.group(1)] = float(m.group(2))
-    return out
+    from llm_client.soak import scrape
+
+    return scrape(url)
 
 
 def metric(url: str, name: str, **labels) -> float:
