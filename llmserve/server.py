@@ -1,7 +1,10 @@
 """Start the real tritonserver (2.51, shipped inside the PyPI wheel nvidia-pytriton) on a model repository.
 
-`python -m llmserve.server serve` starts it, waits until the model is ready, and stops it cleanly on
-Ctrl-C / SIGTERM. `TritonServer` does the same for tests and benchmarks, as a context manager.
+`python -m llmserve.server serve` starts it, waits until the model is ready, and on Ctrl-C / SIGTERM drains
+the model (llmserve/drain.py: every request in flight gets its final response, an error at worst) before it
+stops the server. `TritonServer` does the same for tests and benchmarks, as a context manager.
+`wrap -- tritonserver ...` gives any tritonserver command line (the NGC image's) the same drain on SIGTERM;
+`drain` asks a running server to drain, for a Kubernetes preStop hook.
 """
 
 from __future__ import annotations
@@ -14,10 +17,13 @@ import signal
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from llmserve.drain import CONTROL_ENV, request_drain, wait_drained
 
 CACHE = Path(os.environ.get("LLMSERVE_CACHE", Path.home() / ".cache" / "llmserve"))
 
@@ -79,6 +85,7 @@ class TritonServer:
         self.extra_args = extra_args
         self.process: subprocess.Popen | None = None
         self._log_file = None
+        self.control_dir: Path | None = None
 
     @property
     def http_url(self) -> str:
@@ -109,7 +116,10 @@ class TritonServer:
         if self.log_path:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log_file = out = open(self.log_path, "ab")
-        self.process = subprocess.Popen(self.command(), env=server_env(), stdout=out, stderr=subprocess.STDOUT
+        self.control_dir = Path(tempfile.mkdtemp(prefix="llmserve-control-"))
+        env = {**server_env(), CONTROL_ENV: str(self.control_dir)}
+        # Its own session: a terminal's Ctrl-C reaches only us, and we drain before the server hears of it.
+        self.process = subprocess.Popen(self.command(), env=env, stdout=out, stderr=subprocess.STDOUT
                                         if out else None, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -125,21 +135,16 @@ class TritonServer:
     def ready(self) -> bool:
         return _get(f"http://localhost:{self.http_port}/v2/models/{self.model}/ready") == 200
 
-    def stop(self, timeout: float = 30.0) -> int | None:
+    def stop(self, timeout: float = 30.0, drain_s: float = 0.0) -> int | None:
+        """Drains the model (running requests get `drain_s` seconds, then a final error), then stops."""
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                # tritonserver 2.51 can hang in its abort handler after the exit timeout (seen with decoupled
-                # requests in flight); the whole process group goes, Python stubs included.
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        code = stop_process(self.process, self.control_dir, drain_s, timeout)
         if self._log_file:
             self._log_file.close()
-        code, self.process = self.process.returncode, None
+        if self.control_dir is not None:
+            shutil.rmtree(self.control_dir, ignore_errors=True)
+        self.process = self.control_dir = None
         return code
 
     def __enter__(self) -> TritonServer:
@@ -147,6 +152,39 @@ class TritonServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def stop_process(process: subprocess.Popen, control: Path | None, drain_s: float, timeout: float) -> int:
+    if process.poll() is None and control is not None:
+        request_drain(control, drain_s)
+        if wait_drained(control, drain_s + 10.0):
+            time.sleep(0.2)  # the last finals are on their way from the stub to the frontends
+        else:
+            print("llmserve: the model did not drain in time; stopping anyway", file=sys.stderr, flush=True)
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            # tritonserver 2.51 can hang in its abort handler after the exit timeout (seen with decoupled
+            # requests in flight); the whole process group goes, Python stubs included.
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    return process.returncode
+
+
+def wrap(command: list[str], drain_s: float, timeout: float) -> int:
+    """Runs a tritonserver command line; SIGTERM/SIGINT drain the model before the server is stopped."""
+    control = Path(os.environ.get(CONTROL_ENV) or tempfile.mkdtemp(prefix="llmserve-control-"))
+    control.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(command, env={**os.environ, CONTROL_ENV: str(control)}, start_new_session=True)
+    stop: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.append(1))
+    while not stop and process.poll() is None:
+        time.sleep(0.2)
+    code = stop_process(process, control, drain_s, timeout)
+    return 0 if code in (0, -signal.SIGINT) or (stop and code is not None and code < 0) else code
 
 
 def derive_repository(dest: str | Path, checkpoint: str | Path | None = None, source: str | Path = "model_repository",
@@ -196,7 +234,10 @@ def _port_open(port: int) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m llmserve.server", description=__doc__.split("\n")[0])
-    ap.add_argument("command", choices=["serve", "command"], help="serve: run until Ctrl-C; command: print it")
+    ap.add_argument("command", choices=["serve", "command", "wrap", "drain"],
+                    help="serve: run until Ctrl-C or SIGTERM; command: print the tritonserver command line; "
+                    "wrap -- CMD...: run a tritonserver command line with drain on SIGTERM; drain: ask a running "
+                    "server (LLMSERVE_CONTROL_DIR) to drain, and wait until it has")
     ap.add_argument("--model-repository", default="model_repository")
     ap.add_argument("--http-port", type=int, default=8000)
     ap.add_argument("--grpc-port", type=int, default=8001)
@@ -204,7 +245,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for readiness")
     ap.add_argument("--tp", type=int, default=1, help="TensorRT-LLM tensor parallelism: launches the MPI world")
     ap.add_argument("--pp", type=int, default=1, help="TensorRT-LLM pipeline parallelism, likewise")
-    a = ap.parse_args(argv)
+    ap.add_argument("--drain-seconds", type=float, default=20.0,
+                    help="on shutdown, how long running requests may go on before they end with an error")
+    ap.add_argument("--control-dir", default=os.environ.get(CONTROL_ENV),
+                    help=f"drain: the control folder of the server (default ${CONTROL_ENV})")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    wrapped = argv[argv.index("--") + 1:] if "--" in argv else []
+    a = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    if a.command == "wrap":
+        if not wrapped:
+            ap.error("wrap needs a command line after --")
+        return wrap(wrapped, a.drain_seconds, timeout=60.0)
+    if a.command == "drain":
+        if not a.control_dir:
+            ap.error(f"drain needs --control-dir or ${CONTROL_ENV}")
+        request_drain(a.control_dir, a.drain_seconds)
+        ok = wait_drained(a.control_dir, a.drain_seconds + 10.0)
+        print("drained" if ok else "not drained in time", flush=True)
+        return 0 if ok else 1
     server = TritonServer(a.model_repository, a.http_port, a.grpc_port, a.metrics_port)
     if a.tp * a.pp > 1:
         # One tritonserver per rank under mpirun, as NVIDIA's launch_triton_server.py (llmserve/mpi_launch.py).
@@ -233,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
-        code = server.stop()
+        code = server.stop(drain_s=a.drain_seconds)
     return 0 if code in (0, None, -signal.SIGINT) else code
 
 

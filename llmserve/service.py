@@ -50,6 +50,7 @@ class Delta:
 
 
 Callback = Callable[[Delta], None]
+_DRAINING = "the server is shutting down (draining): send the request to another replica"
 
 
 @dataclass
@@ -75,6 +76,8 @@ class LLMService:
         self._stats = EngineStats()
         self._thread = threading.Thread(target=self._run, name="llm-engine", daemon=True)
         self._stopping = threading.Event()
+        self._draining = False
+        self._drain_deadline: float | None = None  # engine thread only
         self.healthy = True
 
     def start(self) -> LLMService:
@@ -85,6 +88,8 @@ class LLMService:
     def submit(self, request: GenerateRequest, callback: Callback) -> None:
         """Tokenizes and queues a request. Raises InvalidRequest for a bad prompt; every later problem
         arrives through the callback as the request's final delta."""
+        if self._draining:
+            raise EngineError(_DRAINING, status="UNAVAILABLE")
         if self._stopping.is_set() or not self.healthy:
             raise EngineError("the engine is not serving (shutting down or failed)", status="UNAVAILABLE")
         if request.prompt_token_ids is None:
@@ -93,6 +98,12 @@ class LLMService:
 
     def abort(self, request_id: str) -> None:
         self._commands.put(("abort", request_id, None))
+
+    def drain(self, grace_s: float) -> None:
+        """Stops taking requests (UNAVAILABLE, so clients and load balancers go elsewhere); running ones get
+        `grace_s` seconds to finish, then each ends with a final UNAVAILABLE error."""
+        self._draining = True
+        self._commands.put(("drain", time.monotonic() + max(0.0, grace_s), None))
 
     def stats(self) -> EngineStats:
         return self._stats  # a snapshot replaced by the engine thread after each step
@@ -116,12 +127,13 @@ class LLMService:
     def _run(self) -> None:
         try:
             while not self._stopping.is_set():
-                self._drain(block=not self.engine.has_work())
+                self._end_drain_if_due()
+                self._take_commands(block=not self.engine.has_work())
                 if self._stopping.is_set() or not self.engine.has_work():
                     continue
                 wait = getattr(self.engine, "next_wakeup", lambda: 0.0)()
                 if wait > 0:  # batching delay: give more requests the chance to join this prefill
-                    self._drain(block=True, timeout=wait)
+                    self._take_commands(block=True, timeout=wait)
                     continue
                 try:
                     outputs = self.engine.step()
@@ -139,7 +151,13 @@ class LLMService:
             self._fail_all(EngineError("the server is shutting down", status="UNAVAILABLE"))
             self._stats = self.engine.stats()
 
-    def _drain(self, block: bool, timeout: float = 0.05) -> None:
+    def _end_drain_if_due(self) -> None:
+        if self._drain_deadline is not None and self._active and time.monotonic() >= self._drain_deadline:
+            self._fail_all(EngineError("the server is shutting down: the request did not finish within the "
+                                       "drain period", "UNAVAILABLE"))
+            self._stats = self.engine.stats()
+
+    def _take_commands(self, block: bool, timeout: float = 0.05) -> None:
         try:
             cmd = self._commands.get(timeout=timeout) if block else self._commands.get_nowait()
         except queue.Empty:
@@ -152,7 +170,11 @@ class LLMService:
                 return
 
     def _handle(self, kind: str, arg, callback: Callback | None) -> None:
-        if kind == "add" and not self.healthy:
+        if kind == "add" and self._draining:
+            callback(Delta(arg.request_id, "", [], 0, "error", error=EngineError(_DRAINING, "UNAVAILABLE")))
+        elif kind == "drain":
+            self._drain_deadline = arg
+        elif kind == "add" and not self.healthy:
             callback(Delta(arg.request_id, "", [], 0, "error",
                            error=EngineError("the engine is not serving (failed)", "UNAVAILABLE")))
         elif kind == "add":

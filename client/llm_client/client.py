@@ -27,8 +27,11 @@ class RequestError(RuntimeError):
 
     @property
     def retryable(self) -> bool:
-        # Stream errors reach tritonclient without their status code, so the server marks overload in the text.
-        return "server overloaded" in str(self) or getattr(self, "status", None) in ("StatusCode.UNAVAILABLE", 503)
+        # Stream errors reach tritonclient without their status code, so the server marks overload and
+        # draining (a replica shutting down: another one behind the load balancer will answer) in the text.
+        text = str(self)
+        marked = "server overloaded" in text or "(draining)" in text
+        return marked or getattr(self, "status", None) in ("StatusCode.UNAVAILABLE", 503)
 
 
 @dataclass

@@ -34,8 +34,12 @@ python3 "$REPO/deploy/triton/set_params.py" "$REPO/model_repository/llm/config.p
     engine="$ENGINE" engine_dir="engines/$ENGINE_NAME/engine" checkpoint_dir=checkpoint device=cuda \
     ${LLM_PARAMS:-}
 
+# Under `wrap`, SIGTERM (docker stop, a pod's deletion) drains the model before tritonserver stops: every
+# request in flight gets its final response (llmserve/drain.py). The preStop hook drains through the same
+# control folder.
+export LLMSERVE_CONTROL_DIR=${LLMSERVE_CONTROL_DIR:-/tmp/llmserve-control}
 # shellcheck disable=SC2086
-exec tritonserver --model-repository="$MODELS" \
+exec python3 -m llmserve.server wrap --drain-seconds "${DRAIN_SECONDS:-15}" -- tritonserver --model-repository="$MODELS" \
     --http-port=8000 --grpc-port=8001 --metrics-port=8002 \
     --allow-metrics=true --allow-gpu-metrics=true --metrics-interval-ms=2000 \
     --exit-timeout-secs=30 ${TRITON_ARGS:-}

@@ -24,6 +24,7 @@ except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 from llmserve.config import ServingConfig
+from llmserve.drain import DrainWatch, control_dir
 from llmserve.engine_api import EngineError
 from llmserve.factory import build_service
 from llmserve.metrics import COUNTERS, GAUGES, HISTOGRAMS, NullSink, resident_memory_bytes
@@ -140,6 +141,9 @@ class TritonPythonModel:
         self.sender_lock = threading.Lock()
         self.model_name = args["model_name"]
         self.unloading = False
+        # Shutdown drains first (llmserve/drain.py): tritonserver itself tells a decoupled model too late.
+        self.drain = DrainWatch(control_dir(), args.get("model_instance_name") or args["model_name"])
+        self.draining = self.drained = False
         self.metrics.set("llm_engine_healthy", 1)
         self.response_thread = threading.Thread(target=self._response_loop, name="llm-responses", daemon=True)
         self.housekeeping_thread = threading.Thread(target=self._housekeeping, name="llm-housekeeping", daemon=True)
@@ -262,6 +266,7 @@ class TritonPythonModel:
                     pb_utils.unload_model(self.model_name)
                 except Exception:  # noqa: BLE001 - not in explicit mode: requests still get UNAVAILABLE
                     log.exception("unload_model failed")
+            self._check_drain()
             for rid, state in list(self.inflight.items()):
                 with self.sender_lock:
                     if state.done:
@@ -290,6 +295,21 @@ class TritonPythonModel:
                 m.increment("llm_prefix_cache_hits_total", stats.prefix_cache_hit_blocks - prev_hits)
                 prev_queries, prev_hits = stats.prefix_cache_query_blocks, stats.prefix_cache_hit_blocks
 
+    def _check_drain(self) -> None:
+        if not self.draining:
+            grace = self.drain.requested()
+            if grace is None:
+                return
+            self.draining = True
+            log.warning("draining before shutdown: %d requests in flight get %.1f s", len(self.inflight), grace)
+            self.service.drain(grace)
+        if not self.drained:
+            with self.sender_lock:  # finals are sent under this lock: empty means every one is out
+                empty = not self.inflight
+            if empty:
+                self.drained = True
+                self.drain.mark_drained()
+
     def finalize(self):
         # The service answers every request still in flight with UNAVAILABLE before its thread ends.
         self.service.stop()
@@ -298,3 +318,4 @@ class TritonPythonModel:
         self.responses.put(None)
         self.response_thread.join(timeout=10)
         self.housekeeping_thread.join(timeout=2)
+        self.drain.close()
