@@ -6,7 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-SYSTEMS = [("engine", "engine bf16"), ("engine_fp8", "engine fp8"), ("engine_int8", "engine int8_wo"),
+SYSTEMS = [("engine", "engine bf16"), ("engine_sync", "engine bf16, async scheduling off"),
+           ("engine_fp8", "engine fp8"), ("engine_int8", "engine int8_wo"),
            ("hf", "HF generate bf16"), ("engine_v49152", "engine bf16 (vocab 49152)"),
            ("triton", "Triton + engine bf16 (vocab 49152)"),
            ("triton_fast", "Triton, adapter experiment (vocab 49152)")]

@@ -32,16 +32,18 @@ WORKLOADS = {"128x128": (128, 128), "128x2048": (128, 2048), "2048x128": (2048, 
 PLAN = {
     "engine": {"128x128": [1, 8, 32, 64, 256], "128x2048": [1, 8, 32], "2048x128": [1, 8, 32]},
     "engine_quant": {"128x128": [1, 8, 32, 64, 256], "2048x128": [1, 8]},
+    "engine_sync": {"128x128": [1, 8, 32, 64, 256]},
     "hf": {"128x128": [1, 8, 64]},
     "triton": {"128x128": [1, 8, 32, 64, 256], "2048x128": [1, 8, 32], "128x2048": [1, 8]},
 }
 QUICK = {
-    "engine": {"128x128": [1, 8]}, "engine_quant": {"128x128": [1, 8]}, "hf": {"128x128": [1]},
+    "engine": {"128x128": [1, 8]}, "engine_quant": {"128x128": [1, 8]}, "engine_sync": {"128x128": [1, 8]},
+    "hf": {"128x128": [1]},
     "triton": {"128x128": [1, 8]},
 }
 # The serving knobs of every engine in the run (engine-direct and behind Triton alike).
 SERVING = {"max_batch_size": 256, "max_num_tokens": 1024, "kv_cache_free_mem_fraction": 0.9, "dtype": "bfloat16",
-           "kv_block_size": 16, "enable_prefix_caching": True, "cuda_graphs": True}
+           "kv_block_size": 16, "enable_prefix_caching": True, "cuda_graphs": True, "async_scheduling": "auto"}
 
 
 def _progress(it, **kw):
@@ -125,7 +127,7 @@ def _engine(vocab: int, mode: str, work: Path, tokenizer_dir: Path | None = None
     ckpt = write_random_checkpoint(work / f"ckpt-{mode}-{vocab}", vocab, None if mode == "bf16" else mode,
                                    tokenizer_dir=tokenizer_dir)
     t0 = time.time()
-    eng = TorchEngine(ServingConfig(**SERVING), ckpt)
+    eng = TorchEngine(ServingConfig.from_parameters(SERVING), ckpt)
     return eng, time.time() - t0
 
 
@@ -144,6 +146,8 @@ def phase_engine(args) -> dict:
 
     plans = QUICK if args.quick else PLAN
     plan = plans["triton"] if args.triton_plan else plans["engine" if args.mode == "bf16" else "engine_quant"]
+    if SERVING.get("async_scheduling") == "false":
+        plan = plans["engine_sync"]
     work = Path(tempfile.mkdtemp(prefix="llmbench-"))
     tok_dir = Path(args.tokenizer_dir) if args.tokenizer_dir else None
     eng, init_s = _engine(args.vocab, args.mode, work, tok_dir)
@@ -151,6 +155,13 @@ def phase_engine(args) -> dict:
     prompt_source = json.loads(Path(args.prompts).read_text()) if args.prompts else None
     # warm-up: compiles anything left (prefill shapes) outside the measurements
     drive_engine(eng, _random_prompts(2, 64, args.vocab, 99), 8, 2)
+    if eng._async:
+        from bench.workload import async_matches_sync
+
+        lengths = [5 + 3 * i for i in range(16)]
+        prompts = [p[:20 + 11 * i] for i, p in enumerate(_random_prompts(16, 200, args.vocab, 5))]
+        res["async_check"] = async_matches_sync(eng, prompts, lengths)
+        print("async check", res["async_check"], flush=True)
     jobs = [(w, c) for w, cs in plan.items() for c in cs]
     for wname, c in _progress(jobs, desc=f"engine {args.mode}"):
         in_len, out_len = WORKLOADS[wname]
@@ -283,8 +294,9 @@ def _run_phase(name: str, out_json: Path, extra: list[str], log, timeout: float)
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=f"bench/results/{datetime.date.today()}-h100")
-    ap.add_argument("--phases", default="floor,engine,triton,engine_fp8,engine_int8,hf",
-                    help="floor, engine (bf16), engine_fp8, engine_int8, hf, triton (+ its engine-direct twin)")
+    ap.add_argument("--phases", default="floor,engine,engine_sync,triton,engine_fp8,engine_int8,hf",
+                    help="floor, engine (bf16), engine_sync (bf16, async scheduling off), engine_fp8, engine_int8, hf, "
+                    "triton (+ its engine-direct twin)")
     ap.add_argument("--quick", action="store_true", help="a smoke run: two concurrencies, one workload")
     ap.add_argument("--phase-timeout", type=float, default=420)
     ap.add_argument("--budget", type=float, default=0, help="start no phase after this many seconds (0: no limit)")
@@ -299,7 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", help=argparse.SUPPRESS)
     ap.add_argument("--triton-plan", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--triton-adapter", default="production", help=argparse.SUPPRESS)
+    ap.add_argument("--serving", action="append", default=[], help=argparse.SUPPRESS)  # key=value over SERVING
     args = ap.parse_args(argv)
+    for item in args.serving:
+        key, _, value = item.partition("=")
+        SERVING[key] = value
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -339,6 +355,10 @@ def main(argv: list[str] | None = None) -> int:
                 mode = {"engine": "bf16", "engine_fp8": "fp8", "engine_int8": "int8_wo"}[phase]
                 results["phases"][phase] = _run_phase("engine", work / f"{phase}.json", q + ["--mode", mode], log,
                                                       args.phase_timeout)
+            elif phase == "engine_sync":  # the same engine stepping synchronously, for the side-by-side ratio
+                results["phases"][phase] = _run_phase(
+                    "engine", work / f"{phase}.json", q + ["--mode", "bf16", "--serving", "async_scheduling=false"],
+                    log, args.phase_timeout)
             elif phase == "hf":
                 results["phases"]["hf"] = _run_phase("hf", work / "hf.json", q, log, args.phase_timeout)
             elif phase == "triton":

@@ -74,3 +74,35 @@ def drive_engine(engine, prompts: list[list[int]], out_len: int, concurrency: in
         while pending and in_flight < concurrency:
             submit()
     return list(records.values()), time.perf_counter() - start
+
+
+def engine_tokens(engine, prompts: list[list[int]], lengths: list[int]) -> dict[str, list[int]]:
+    """Greedy answers (EOS ignored) of all prompts submitted at once."""
+    from llmserve.engine_api import EngineRequest
+    from llmserve.sampling_params import SamplingParams
+
+    out: dict[str, list[int]] = {}
+    for i, (ids, n) in enumerate(zip(prompts, lengths)):
+        engine.add_request(EngineRequest(f"t{i}", ids, SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True)))
+        out[f"t{i}"] = []
+    while engine.has_work():
+        for o in engine.step():
+            out[o.request_id] += o.new_token_ids
+    return out
+
+
+def async_matches_sync(engine, prompts: list[list[int]], lengths: list[int]) -> dict:
+    """The same requests with async scheduling off and on, on one engine: the tokens must be identical. A first
+    pass fills the prefix cache, so both measured passes reuse the same blocks."""
+    saved = engine._async
+    try:
+        engine_tokens(engine, prompts, lengths)
+        engine._async = False
+        sync = engine_tokens(engine, prompts, lengths)
+        engine._async = True
+        fast = engine_tokens(engine, prompts, lengths)
+    finally:
+        engine._async = saved
+    differing = sorted(k for k in sync if sync[k] != fast[k])
+    return {"requests": len(prompts), "tokens": sum(len(v) for v in sync.values()), "identical": not differing,
+            "differing": differing[:10]}

@@ -36,6 +36,9 @@ class ServingConfig:
     max_model_len: int = 0  # 0: the model's max_position_embeddings
     max_input_bytes: int = 1_000_000  # size limit on text_input / messages
     cuda_graphs: bool = True
+    # Queue greedy decode step N+1 on the GPU before reading step N's tokens, so host work overlaps the GPU:
+    # "auto" (on for CUDA), "true", "false".
+    async_scheduling: str = "auto"
     cancellation_check_period_ms: int = 20
     exclude_input_in_output: bool = True  # when the request does not say (vllm_backend echoes the prompt)
     log_prompts: bool = False  # prompt text stays out of logs unless asked for
@@ -72,6 +75,8 @@ class ServingConfig:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.kv_cache_free_mem_fraction <= 1.0:
             raise ConfigError("kv_cache_free_mem_fraction: must be in (0, 1]")
+        if self.async_scheduling.lower() not in ("auto", "true", "false"):
+            raise ConfigError(f"async_scheduling: expected auto|true|false, got {self.async_scheduling!r}")
         if self.batch_scheduler_policy not in ("guaranteed_no_evict", "max_utilization"):
             raise ConfigError("batch_scheduler_policy: expected guaranteed_no_evict or max_utilization")
 

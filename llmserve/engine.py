@@ -1,4 +1,12 @@
-"""Our PyTorch engine: scheduler -> model runner -> sampler, one `step` per iteration."""
+"""Our PyTorch engine: scheduler -> model runner -> sampler, one `step` per iteration.
+
+Async scheduling (ServingConfig.async_scheduling): a greedy decode step is launched and left running; the
+next `step` schedules and launches step N+1 (its input tokens taken from step N's output on the device),
+and only then reads step N's tokens. The engine's and its caller's host work thus overlap the GPU. Each
+sequence carries placeholders for tokens launched but not read (Sequence.num_pending); a sequence that
+stops at step N has its step N+1 token thrown away. Anything else (prefill, sampling, preemption, a full
+queue) first reads the launched step and runs synchronously.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +18,14 @@ import torch
 from llmserve.block_manager import BlockManager
 from llmserve.config import ConfigError, ServingConfig
 from llmserve.engine_api import EngineError, EngineOutput, EngineRequest, EngineStats, Overloaded
-from llmserve.model_runner import ModelRunner
-from llmserve.sampler import SamplingBatch
+from llmserve.model_runner import Launched, ModelRunner
+from llmserve.sampler import SamplingBatch, plain_greedy_params
 from llmserve.sampling_params import InvalidRequest
 from llmserve.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
 from llmserve.sequence import Sequence, Status
 
 log = logging.getLogger(__name__)
+PLACEHOLDER = -1  # a token launched on the GPU, not read back yet
 
 
 def _check_host_memory(cfg: ServingConfig) -> None:
@@ -46,6 +55,9 @@ class TorchEngine:
         self.seqs: dict[str, Sequence] = {}
         self._aborted: list[Sequence] = []
         self._steps = 0
+        self._launched: Launched | None = None
+        mode = cfg.async_scheduling.lower()
+        self._async = mode == "true" or (mode == "auto" and self.runner.device.type == "cuda")
         kind, _, arg = cfg.fault_injection.partition(":")
         self._fail_token = int(arg) if kind == "fail_on_token" else None
         self._crash_token = int(arg) if kind == "crash_on_token" else None
@@ -77,7 +89,8 @@ class TorchEngine:
             generator = torch.Generator(device=self.runner.device)
             generator.manual_seed(p.seed)
         seq = Sequence(request=request, tokens=list(request.prompt_token_ids), num_prompt_tokens=n,
-                       max_total_tokens=min(n + p.max_tokens, self.max_model_len), generator=generator)
+                       max_total_tokens=min(n + p.max_tokens, self.max_model_len), generator=generator,
+                       plain_greedy=plain_greedy_params(p) and p.min_tokens == 0)
         self.seqs[request.request_id] = seq
         self.scheduler.add(seq)
 
@@ -92,20 +105,30 @@ class TorchEngine:
             self.scheduler.remove(seq)
 
     def has_work(self) -> bool:
-        return bool(self._aborted) or self.scheduler.has_work()
+        return bool(self._aborted) or self._launched is not None or self.scheduler.has_work()
 
     def next_wakeup(self) -> float:
         return self.scheduler.next_wakeup()
 
     # -- the step ----------------------------------------------------------------------------------------
     def step(self) -> list[EngineOutput]:
-        outputs = [self._end(seq, "abort") for seq in self._aborted if seq.request_id in self.seqs]
+        outputs = [self._end(seq, "abort") for seq in self._aborted if self.seqs.get(seq.request_id) is seq]
         self._aborted.clear()
+        launched, self._launched = self._launched, None
+        if launched is not None and self._can_chain():
+            # Queue the next step first, then read this one: the GPU never waits for the host.
+            self._launched = self._launch(self.scheduler.schedule(), launched)
+            return outputs + self._complete(launched)
+        if launched is not None:
+            outputs += self._complete(launched)
         batch = self.scheduler.schedule()
         if not batch.seqs:
             return outputs
         if self._crash_token is not None and any(self._crash_token in s.tokens for s in batch.seqs):
             raise RuntimeError(f"injected engine crash: token {self._crash_token}")
+        if self._launchable(batch):
+            self._launched = self._launch(batch, None)
+            return outputs
         self._steps += 1
         rows = self.runner.sampling_rows(batch)
         sampling = self._sampling_batch(rows) if rows else None
@@ -117,11 +140,55 @@ class TorchEngine:
         for seq, n in zip(batch.seqs, batch.num_tokens):
             seq.num_computed_tokens += n
         for seq, token, lp in zip(rows, tokens, logprobs):
-            outputs.append(self._append(seq, token, lp))
+            outputs.append(self._accept(seq, token, lp))
         for seq in batch.seqs:
             if seq.status is Status.RUNNING:
                 self.blocks.register_full_blocks(seq)
         return [o for o in outputs if o is not None]
+
+    # -- async scheduling -------------------------------------------------------------------------------
+    def _launchable(self, batch: ScheduledBatch) -> bool:
+        return (self._async and self._fail_token is None and all(n == 1 for n in batch.num_tokens)
+                and all(s.plain_greedy for s in batch.seqs) and self.runner.can_launch(len(batch.seqs)))
+
+    def _can_chain(self) -> bool:
+        """Whether the next schedule is exactly "every running sequence decodes one token": nothing to admit,
+        no prefill left, nothing to preempt. Checked before scheduling, which cannot be undone."""
+        sched = self.scheduler
+        if sched.waiting and len(sched.running) < self.cfg.max_batch_size:
+            return False
+        count = new_blocks = 0
+        for seq in sched.running:
+            if seq.at_limit:
+                continue
+            if seq.num_uncomputed != 1 or not seq.plain_greedy:
+                return False
+            count += 1
+            new_blocks += self.blocks.blocks_needed(seq.num_computed_tokens + 1) - len(seq.block_table)
+        return (0 < count <= self.cfg.max_num_tokens and new_blocks <= self.blocks.num_free
+                and self.runner.can_launch(count))
+
+    def _launch(self, batch: ScheduledBatch, prev: Launched | None) -> Launched:
+        src = [prev.row(s) if prev is not None and s.num_pending else -1 for s in batch.seqs]
+        launched = self.runner.launch(batch, src, prev)
+        self._steps += 1
+        for seq in batch.seqs:
+            seq.num_computed_tokens += 1
+            seq.tokens.append(PLACEHOLDER)
+            seq.num_pending += 1
+        return launched
+
+    def _complete(self, launched: Launched) -> list[EngineOutput]:
+        outputs = []
+        for seq, token in zip(launched.seqs, launched.tokens()):
+            if self.seqs.get(seq.request_id) is not seq:  # ended meanwhile: its token is thrown away
+                continue
+            out = self._accept(seq, token, None)
+            if out is not None:
+                outputs.append(out)
+            if seq.status is Status.RUNNING:
+                self.blocks.register_full_blocks(seq)
+        return outputs
 
     def _run(self, batch: ScheduledBatch, sampling: SamplingBatch | None):
         if self._fail_token is not None:  # fault injection for tests (ServingConfig.fault_injection)
@@ -144,7 +211,7 @@ class TorchEngine:
                 continue
             seq.num_computed_tokens += n
             if rows:
-                outputs.append(self._append(seq, tokens[0], logprobs[0]))
+                outputs.append(self._accept(seq, tokens[0], logprobs[0]))
         return outputs
 
     def _sampling_batch(self, rows: list[Sequence]) -> SamplingBatch:
@@ -157,26 +224,40 @@ class TorchEngine:
                              all_tokens=[s.tokens for s in rows], generators=[s.generator for s in rows],
                              banned=banned)
 
-    def _append(self, seq: Sequence, token: int, logprob) -> EngineOutput | None:
+    def _accept(self, seq: Sequence, token: int, logprob) -> EngineOutput | None:
+        """A sampled token: it fills the sequence's oldest placeholder (async) or is appended."""
         p = seq.request.params
-        is_eos = not p.ignore_eos and token in seq.request.eos_token_ids
-        if is_eos or token in p.stop_token_ids:
-            return self._end(seq, "stop")  # the stop token itself is not part of the answer
-        seq.tokens.append(token)
+        index = len(seq.tokens) - seq.num_pending
+        if seq.num_pending:
+            seq.tokens[index] = token
+            seq.num_pending -= 1
+        else:
+            seq.tokens.append(token)
+        if (not p.ignore_eos and token in seq.request.eos_token_ids) or token in p.stop_token_ids:
+            self._drop_from(seq, index)  # the stop token itself is not part of the answer
+            return self._end(seq, "stop")
         if logprob is not None:
             seq.pending_logprobs.append(logprob)
-        if seq.num_output_tokens >= p.max_tokens or len(seq.tokens) >= seq.max_total_tokens:
+        if index + 1 >= seq.max_total_tokens:
             return self._end(seq, "length")
         return self._emit(seq, None)
 
+    @staticmethod
+    def _drop_from(seq: Sequence, index: int) -> None:
+        del seq.tokens[index:]
+        seq.num_pending = 0
+
     def _emit(self, seq: Sequence, finish_reason: str | None, error: EngineError | None = None) -> EngineOutput:
-        new = seq.output_tokens[seq.num_emitted:]
+        start = seq.num_prompt_tokens + seq.num_emitted
+        new = seq.tokens[start:len(seq.tokens) - seq.num_pending]
         seq.num_emitted += len(new)
         lps, seq.pending_logprobs = seq.pending_logprobs, []
         return EngineOutput(seq.request_id, new, finish_reason, lps if seq.request.params.logprobs is not None
                             else None, error, seq.num_prompt_tokens, seq.num_cached_tokens)
 
     def _end(self, seq: Sequence, reason: str, error: EngineError | None = None) -> EngineOutput:
+        if seq.num_pending:  # tokens still on their way are not part of the answer
+            self._drop_from(seq, len(seq.tokens) - seq.num_pending)
         out = self._emit(seq, reason, error)
         self.seqs.pop(seq.request_id, None)
         self.scheduler.remove(seq)

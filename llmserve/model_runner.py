@@ -1,15 +1,21 @@
 """Device work for one scheduled step: build the flat batch, run the model, sample.
 
 On CUDA with a 16-bit model, decode steps replay CUDA graphs captured per padded batch size (1, 2, 4, ...,
-256): the step's inputs go through one pinned host buffer and one copy into the graphs' static inputs,
-the graph computes logits and their argmax, and the one host sync of the step is reading the token ids
-back. Padding rows of a graph write their K/V into a scratch block the block manager never hands out.
+256): the step's inputs go through a pinned host buffer and one copy into the graphs' static inputs, the
+graph computes logits and their argmax, and the one host sync of the step is reading the token ids back.
+Padding rows of a graph write their K/V into a scratch block the block manager never hands out.
 Prefill and mixed steps run eagerly through the same Triton kernels (varlen attention).
+
+`launch` starts a greedy decode step without waiting for it: a row may take its input token from the
+previous launched step's output on the device (`src_rows`), so the engine can queue step N+1 before it has
+read step N's tokens, and its host work overlaps the GPU's. Two host input buffers alternate, so filling
+step N+1's inputs never races the copy of step N's.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -57,6 +63,28 @@ def _pinned_int32(n: int):
         return torch.from_numpy(arr), arr, True
     t = torch.empty(n, dtype=torch.int32, pin_memory=True)
     return t, t.numpy(), False
+
+
+@dataclass
+class Launched:
+    """A decode step on its way: its sequences in row order and, once `tokens()` returns, their argmax."""
+
+    seqs: list[Sequence]
+    device_tokens: torch.Tensor  # [>= B] on the device: what the next launch's src_rows index
+    host: torch.Tensor  # [>= B] int64, filled by an asynchronous copy
+    event: torch.cuda.Event | None
+    rows: dict[int, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.rows = {id(s): i for i, s in enumerate(self.seqs)}
+
+    def row(self, seq: Sequence) -> int:
+        return self.rows.get(id(seq), -1)
+
+    def tokens(self) -> list[int]:
+        if self.event is not None:
+            self.event.synchronize()  # the step's one host sync
+        return self.host[:len(self.seqs)].tolist()
 
 
 def graph_batch_sizes(max_batch_size: int) -> list[int]:
@@ -148,7 +176,10 @@ class ModelRunner:
     def run(self, batch: ScheduledBatch, sampling: SamplingBatch | None) -> tuple[list[int], list[TokenLogprob | None]]:
         """Runs the step; returns sampled tokens for the sequences that reached the end of their tokens."""
         if self._graphs and len(batch.seqs) <= self._graph_max and all(n == 1 for n in batch.num_tokens):
-            return self._run_graph(batch, sampling)
+            if sampling is None or is_plain_greedy(sampling):
+                return self.launch(batch, [-1] * len(batch.seqs), None).tokens(), [None] * len(batch.seqs)
+            _, logits = self._replay(batch, [-1] * len(batch.seqs))
+            return sample(logits[:len(batch.seqs)], sampling)
         input_ids, positions, meta, sample_rows = self._prepare(batch)
         logits = self.model(input_ids, positions, self.kv_cache, meta,
                             torch.tensor(sample_rows, dtype=torch.long, device=self.device))
@@ -195,96 +226,124 @@ class ModelRunner:
         sizes = graph_batch_sizes(self.cfg.max_batch_size)
         self._graph_max = max_b = max(sizes)
         W = self._width = -(-self.max_model_len // self.block_size)
-        n = 4 * max_b + max_b * W
-        self._host, self._host_np, registered = _pinned_int32(n)
-        # The host -> device copy of the step's inputs is part of each graph when the host buffer is pinned
-        # memory we registered (no allocator bookkeeping during capture): one launch per decode step.
-        self._copy_in_graph = registered and self._host.is_pinned() and self._probe_copy_capture()
-        self._dev = torch.empty(n, dtype=torch.int32, device=self.device)
-        h = self._host_np
-        self._h_ids, self._h_pos, self._h_slot, self._h_ctx = (h[i * max_b:(i + 1) * max_b] for i in range(4))
-        self._h_bt = h[4 * max_b:].reshape(max_b, W)
-        d = self._dev
-        ids, pos, slot, ctx = (d[i * max_b:(i + 1) * max_b] for i in range(4))
-        bt = d[4 * max_b:].view(max_b, W)
+        n = 5 * max_b + max_b * W
         self._scratch_block = self.num_blocks  # the extra block
-        h[:] = 0
-        self._h_slot[:] = self._scratch_block * self.block_size
-        self._h_ctx[:] = 1
-        self._h_bt[:, 0] = self._scratch_block
-        self._row_tables: list[list[int] | None] = [None] * max_b
-        self._dev.copy_(self._host)
+        # Sections: token ids, positions, cache slots, context lengths, source rows; then block tables.
+        self._hosts = [_HostInputs(n, max_b, W, self._scratch_block, self.block_size) for _ in range(2)]
+        self._turn = 0
+        self._dev = torch.empty(n, dtype=torch.int32, device=self.device)
+        d = self._dev
+        ids, pos, slot, ctx, src = (d[i * max_b:(i + 1) * max_b] for i in range(5))
+        bt = d[5 * max_b:].view(max_b, W)
+        # The previous graph's argmax, for rows whose input token is still on the device (src >= 0).
+        self._last_tokens = torch.zeros(max_b, dtype=torch.int32, device=self.device)
+        self._out_host = [torch.zeros(max_b, dtype=torch.long).pin_memory() for _ in range(2)]
+        self._dev.copy_(self._hosts[0].tensor)
         pool = torch.cuda.graph_pool_handle()
         for S in sorted(sizes, reverse=True):
             meta = AttentionMetadata(slot_mapping=slot[:S], block_tables=bt[:S], context_lens=ctx[:S],
                                      query_lens=[1] * S, context_lens_host=[1] * S, decode_only=True,
                                      max_context_len=self.max_model_len, context_bound=self.max_model_len)
             for _ in range(2):  # compiles the Triton kernels outside the capture
-                self._decode_forward(ids[:S], pos[:S], meta)
+                self._decode_forward(ids[:S], pos[:S], src[:S], meta)
             torch.cuda.synchronize(self.device)
             graph = torch.cuda.CUDAGraph()
-            n_copy = 4 * max_b + S * W
             with torch.cuda.graph(graph, pool=pool):
-                if self._copy_in_graph:
-                    self._dev[:n_copy].copy_(self._host[:n_copy], non_blocking=True)
-                logits, tokens = self._decode_forward(ids[:S], pos[:S], meta)
+                logits, tokens = self._decode_forward(ids[:S], pos[:S], src[:S], meta)
             self._graphs[S] = (graph, logits, tokens)
         torch.cuda.synchronize(self.device)
         self._sizes = sorted(sizes)
         log.info("captured CUDA graphs for decode batch sizes %s", self._sizes)
 
-    def _probe_copy_capture(self) -> bool:
-        """Captures a host -> device copy alone once; graphs copy their inputs themselves only if that works."""
-        src = self._host[:16]
-        dst = torch.empty(16, dtype=torch.int32, device=self.device)
-        try:
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
-                dst.copy_(src, non_blocking=True)
-            src.fill_(7)
-            g.replay()
-            torch.cuda.synchronize(self.device)
-            ok = bool((dst == 7).all())
-            src.zero_()
-            return ok
-        except RuntimeError:
-            log.warning("capturing the input copy in the decode graphs failed; copying before each replay")
-            torch.cuda.synchronize(self.device)
-            return False
-
-    def _decode_forward(self, ids: torch.Tensor, pos: torch.Tensor, meta: AttentionMetadata):
+    def _decode_forward(self, ids: torch.Tensor, pos: torch.Tensor, src: torch.Tensor, meta: AttentionMetadata):
+        ids = torch.where(src >= 0, self._last_tokens[src.clamp(min=0)], ids)
         logits = self.model(ids, pos, self.kv_cache, meta, None)
-        return logits, logits.argmax(dim=-1)
+        tokens = logits.argmax(dim=-1)
+        self._last_tokens[:tokens.shape[0]].copy_(tokens)
+        return logits, tokens
 
-    def _run_graph(self, batch: ScheduledBatch, sampling: SamplingBatch | None):
+    def can_launch(self, batch_size: int) -> bool:
+        """Whether `launch` takes a decode step of this many rows (CUDA graphs cover it, or no graphs at all)."""
+        return batch_size <= self._graph_max if self._graphs else True
+
+    @torch.inference_mode()
+    def launch(self, batch: ScheduledBatch, src_rows: list[int], prev: Launched | None) -> Launched:
+        """Starts a greedy decode step (one token per sequence) and returns without waiting for it. A row with
+        src_rows[i] >= 0 takes its input token from row src_rows[i] of `prev`'s output, on the device."""
+        if self._graphs:
+            tokens, _ = self._replay(batch, src_rows)
+            out = self._out_host[self._turn]
+            B = len(batch.seqs)
+            out[:B].copy_(tokens[:B], non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            return Launched(list(batch.seqs), self._last_tokens, out, event)
+        input_ids, positions, meta, _ = self._prepare(batch)
+        if prev is not None and any(r >= 0 for r in src_rows):
+            src = torch.tensor(src_rows, dtype=torch.long, device=self.device)
+            carried = prev.device_tokens[src.clamp(min=0)].to(input_ids.dtype)
+            input_ids = torch.where(src >= 0, carried, input_ids)
+        tokens = self.model(input_ids, positions, self.kv_cache, meta, None).argmax(dim=-1)
+        if self.device.type != "cuda":
+            return Launched(list(batch.seqs), tokens, tokens, None)
+        host = torch.empty(tokens.shape, dtype=torch.long, pin_memory=True)
+        host.copy_(tokens, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return Launched(list(batch.seqs), tokens, host, event)
+
+    def _replay(self, batch: ScheduledBatch, src_rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fills this turn's host inputs, copies them and replays the graph; returns (tokens, logits)."""
         B = len(batch.seqs)
         S = next(s for s in self._sizes if s >= B)
-        bs = self.block_size
-        ids, pos, slot, ctx = self._h_ids, self._h_pos, self._h_slot, self._h_ctx
-        bt, rows = self._h_bt, self._row_tables
-        seqs = batch.seqs
+        self._turn ^= 1
+        h = self._hosts[self._turn]
+        h.fill(batch.seqs, src_rows, S)
+        n = 5 * self._graph_max + S * self._width
+        self._dev[:n].copy_(h.tensor[:n], non_blocking=True)
+        graph, logits, tokens = self._graphs[S]
+        graph.replay()
+        return tokens, logits
+
+
+class _HostInputs:
+    """One pinned host copy of the graphs' inputs. A row keeps its last block table, rewritten only when a
+    different sequence (or a grown table) takes the row."""
+
+    def __init__(self, n: int, max_b: int, width: int, scratch_block: int, block_size: int):
+        self.tensor, h, _ = _pinned_int32(n)
+        self.ids, self.pos, self.slot, self.ctx, self.src = (h[i * max_b:(i + 1) * max_b] for i in range(5))
+        self.bt = h[5 * max_b:].reshape(max_b, width)
+        self.scratch_block, self.block_size = scratch_block, block_size
+        h[:] = 0
+        self.rows: list[list[int] | None] = [[]] * max_b
+        for i in range(max_b):
+            self._pad(i)
+
+    def _pad(self, i: int) -> None:
+        """Padding rows: the scratch slot, a one-token context, no source row."""
+        self.ids[i] = self.pos[i] = 0
+        self.slot[i] = self.scratch_block * self.block_size
+        self.ctx[i] = 1
+        self.src[i] = -1
+        self.bt[i, 0] = self.scratch_block
+        self.rows[i] = None
+
+    def fill(self, seqs: list[Sequence], src_rows: list[int], S: int) -> None:
+        B, bs = len(seqs), self.block_size
         p_list = [s.num_computed_tokens for s in seqs]
-        pos[:B] = p_list
-        ctx[:B] = [p + 1 for p in p_list]
-        ids[:B] = [s.tokens[p] for s, p in zip(seqs, p_list)]
-        slot[:B] = [s.block_table[p // bs] * bs + p % bs for s, p in zip(seqs, p_list)]
+        self.pos[:B] = p_list
+        self.ctx[:B] = [p + 1 for p in p_list]
+        # Where the token is still on the device the list holds a placeholder; the graph takes src's instead.
+        self.ids[:B] = [s.tokens[p] for s, p in zip(seqs, p_list)]
+        self.src[:B] = src_rows
+        self.slot[:B] = [s.block_table[p // bs] * bs + p % bs for s, p in zip(seqs, p_list)]
+        rows = self.rows
         for i, seq in enumerate(seqs):
             table = seq.block_table
             if rows[i] != table:
-                bt[i, :len(table)] = table
+                self.bt[i, :len(table)] = table
                 rows[i] = list(table)
-        for i in range(B, S):  # padding rows: scratch slot, one-token context
-            if rows[i] is not None or ctx[i] != 1:
-                ids[i] = pos[i] = 0
-                slot[i] = self._scratch_block * bs
-                ctx[i] = 1
-                bt[i, 0] = self._scratch_block
-                rows[i] = None
-        if not self._copy_in_graph:
-            n = 4 * self._graph_max + S * self._width
-            self._dev[:n].copy_(self._host[:n], non_blocking=True)
-        graph, logits, tokens = self._graphs[S]
-        graph.replay()
-        if sampling is None or is_plain_greedy(sampling):
-            return tokens[:B].tolist(), [None] * B
-        return sample(logits[:B], sampling)
+        for i in range(B, S):
+            if rows[i] is not None:
+                self._pad(i)

@@ -23,13 +23,15 @@ class SamplingBatch:
     banned: list[list[int]]  # ids masked this step (EOS/stop ids before min_tokens)
 
 
+def plain_greedy_params(p: SamplingParams) -> bool:
+    """Argmax alone decides: no temperature, penalties or logprobs (bans before min_tokens aside)."""
+    return (p.greedy and p.logprobs is None and p.repetition_penalty == 1.0 and not p.presence_penalty
+            and not p.frequency_penalty)
+
+
 def is_plain_greedy(batch: SamplingBatch) -> bool:
     """Argmax alone decides every row: no temperature, penalties, bans or logprobs (the CUDA graph's argmax)."""
-    for p, banned in zip(batch.params, batch.banned):
-        if (not p.greedy or banned or p.logprobs is not None or p.repetition_penalty != 1.0 or p.presence_penalty
-                or p.frequency_penalty):
-            return False
-    return True
+    return all(not banned and plain_greedy_params(p) for p, banned in zip(batch.params, batch.banned))
 
 
 def _tensor(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

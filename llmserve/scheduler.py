@@ -78,10 +78,10 @@ class Scheduler:
         seqs: list[Sequence] = []
         counts: list[int] = []
         for seq in list(self.running):
-            if seq not in self.running:  # preempted below to make room for an older one
+            if seq.status is not Status.RUNNING:  # preempted below to make room for an older one
                 continue
             n = min(seq.num_uncomputed, budget)
-            if n <= 0:
+            if n <= 0 or seq.at_limit:  # at_limit: its last token is on its way (async scheduling)
                 continue
             while not self.blocks.can_grow(seq, seq.num_computed_tokens + n):
                 victim = self.running[-1]

@@ -32,6 +32,15 @@ class Sequence:
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
     num_emitted: int = 0  # generated tokens already handed out
     preempted: int = 0
+    # Placeholders at the end of `tokens` for tokens launched on the GPU but not read back yet (async
+    # scheduling): they count as computed inputs of the next step, never as output.
+    num_pending: int = 0
+    plain_greedy: bool = False  # argmax alone picks its tokens: it may run in a launched (async) step
+
+    @property
+    def at_limit(self) -> bool:
+        """Every token it may have is generated or on its way: nothing more to schedule."""
+        return len(self.tokens) >= self.max_total_tokens
 
     @property
     def request_id(self) -> str:
