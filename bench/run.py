@@ -41,6 +41,12 @@ QUICK = {
     "hf": {"128x128": [1]},
     "triton": {"128x128": [1, 8]},
 }
+# Engine phases that differ from `engine` / `engine_fp8` by serving knobs: (weights, knobs).
+ENGINE_VARIANTS = {
+    "engine_sync": ("bf16", ["async_scheduling=false"]),  # stepping synchronously
+    "engine_kv8": ("bf16", ["kv_cache_dtype=fp8"]),  # e4m3 KV cache
+    "engine_fp8_kv8": ("fp8", ["kv_cache_dtype=fp8"]),
+}
 # The serving knobs of every engine in the run (engine-direct and behind Triton alike).
 SERVING = {"max_batch_size": 256, "max_num_tokens": 1024, "kv_cache_free_mem_fraction": 0.9, "dtype": "bfloat16",
            "kv_block_size": 16, "enable_prefix_caching": True, "cuda_graphs": True, "async_scheduling": "auto"}
@@ -146,12 +152,12 @@ def phase_engine(args) -> dict:
 
     plans = QUICK if args.quick else PLAN
     plan = plans["triton"] if args.triton_plan else plans["engine" if args.mode == "bf16" else "engine_quant"]
-    if SERVING.get("async_scheduling") == "false":
-        plan = plans["engine_sync"]
+    if SERVING.get("async_scheduling") == "false" or SERVING.get("kv_cache_dtype") == "fp8":
+        plan = plans["engine_sync"]  # 128/128 only: these phases exist for a side-by-side ratio
     work = Path(tempfile.mkdtemp(prefix="llmbench-"))
     tok_dir = Path(args.tokenizer_dir) if args.tokenizer_dir else None
     eng, init_s = _engine(args.vocab, args.mode, work, tok_dir)
-    res = {"mode": args.mode, "vocab": args.vocab, "init_s": round(init_s, 1), "runs": []}
+    res = {"mode": args.mode, "vocab": args.vocab, "init_s": round(init_s, 1), "serving": dict(SERVING), "runs": []}
     prompt_source = json.loads(Path(args.prompts).read_text()) if args.prompts else None
     # warm-up: compiles anything left (prefill shapes) outside the measurements
     drive_engine(eng, _random_prompts(2, 64, args.vocab, 99), 8, 2)
@@ -233,7 +239,7 @@ def phase_triton(args) -> dict:
                             None if args.mode == "bf16" else args.mode, adapter=args.triton_adapter)
     server = Server(work, repo)
     t0 = time.time()
-    res = {"mode": args.mode, "vocab": 49152, "adapter": args.triton_adapter, "runs": []}
+    res = {"mode": args.mode, "vocab": 49152, "adapter": args.triton_adapter, "serving": dict(SERVING), "runs": []}
     try:
         server.start()
         res["start_s"] = round(time.time() - t0, 1)
@@ -294,9 +300,10 @@ def _run_phase(name: str, out_json: Path, extra: list[str], log, timeout: float)
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=f"bench/results/{datetime.date.today()}-h100")
-    ap.add_argument("--phases", default="floor,engine,engine_sync,triton,engine_fp8,engine_int8,hf",
-                    help="floor, engine (bf16), engine_sync (bf16, async scheduling off), engine_fp8, engine_int8, hf, "
-                    "triton (+ its engine-direct twin)")
+    ap.add_argument("--phases", default="floor,engine,engine_sync,triton,engine_fp8,engine_fp8_kv8,engine_kv8,"
+                    "engine_int8,hf",
+                    help="floor, engine (bf16), engine_sync (bf16, async scheduling off), engine_kv8 (bf16, fp8 KV "
+                    "cache), engine_fp8, engine_fp8_kv8, engine_int8, hf, triton (+ its engine-direct twin)")
     ap.add_argument("--quick", action="store_true", help="a smoke run: two concurrencies, one workload")
     ap.add_argument("--phase-timeout", type=float, default=420)
     ap.add_argument("--budget", type=float, default=0, help="start no phase after this many seconds (0: no limit)")
@@ -311,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", help=argparse.SUPPRESS)
     ap.add_argument("--triton-plan", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--triton-adapter", default="production", help=argparse.SUPPRESS)
-    ap.add_argument("--serving", action="append", default=[], help=argparse.SUPPRESS)  # key=value over SERVING
+    ap.add_argument("--serving", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a serving knob (config.pbtxt parameter) for every phase; repeatable")
     args = ap.parse_args(argv)
     for item in args.serving:
         key, _, value = item.partition("=")
@@ -342,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     if previous:  # --resume: keep the phases an earlier call measured on this machine kind
         results["phases"] = previous["phases"]
         results["command"] = previous["command"] + " ; " + results["command"]
-    q = ["--quick"] if args.quick else []
+    q = (["--quick"] if args.quick else []) + [f"--serving={item}" for item in args.serving]
     t_start = time.time()
     with open(out / "log.txt", "a") as log:
         for phase in args.phases.split(","):
@@ -355,9 +363,10 @@ def main(argv: list[str] | None = None) -> int:
                 mode = {"engine": "bf16", "engine_fp8": "fp8", "engine_int8": "int8_wo"}[phase]
                 results["phases"][phase] = _run_phase("engine", work / f"{phase}.json", q + ["--mode", mode], log,
                                                       args.phase_timeout)
-            elif phase == "engine_sync":  # the same engine stepping synchronously, for the side-by-side ratio
+            elif phase in ENGINE_VARIANTS:  # one engine with other knobs, side by side with the plain ones
+                mode, knobs = ENGINE_VARIANTS[phase]
                 results["phases"][phase] = _run_phase(
-                    "engine", work / f"{phase}.json", q + ["--mode", "bf16", "--serving", "async_scheduling=false"],
+                    "engine", work / f"{phase}.json", q + ["--mode", mode] + [f"--serving={k}" for k in knobs],
                     log, args.phase_timeout)
             elif phase == "hf":
                 results["phases"]["hf"] = _run_phase("hf", work / "hf.json", q, log, args.phase_timeout)

@@ -86,8 +86,8 @@ def paged_attention_cached(q: torch.Tensor, kv_cache: torch.Tensor, meta: Attent
 
 def write_kv(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
     nkv, hd = k.shape[1], k.shape[2]
-    kv_cache[0].view(-1, nkv, hd)[slot_mapping] = k
-    kv_cache[1].view(-1, nkv, hd)[slot_mapping] = v
+    kv_cache[0].view(-1, nkv, hd)[slot_mapping] = k.to(kv_cache.dtype)  # fp8 KV cache: rounded here
+    kv_cache[1].view(-1, nkv, hd)[slot_mapping] = v.to(kv_cache.dtype)
 
 
 def _gather(cache: torch.Tensor, block_table: torch.Tensor, length: int) -> torch.Tensor:
@@ -110,8 +110,8 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache:
 def _decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
     # One query per sequence: gather every sequence's keys into a padded [B, S] batch and mask the tail.
     S = meta.max_context_len
-    keys = _gather(kv_cache[0], meta.block_tables, S).transpose(1, 2)  # [B, KVH, S, D]
-    values = _gather(kv_cache[1], meta.block_tables, S).transpose(1, 2)
+    keys = _gather(kv_cache[0], meta.block_tables, S).transpose(1, 2).to(q.dtype)  # [B, KVH, S, D]
+    values = _gather(kv_cache[1], meta.block_tables, S).transpose(1, 2).to(q.dtype)
     mask = torch.arange(S, device=q.device)[None, :] < meta.context_lens[:, None]  # [B, S]
     out = F.scaled_dot_product_attention(q.unsqueeze(2), keys, values, attn_mask=mask[:, None, None, :],
                                          scale=scale, enable_gqa=True)
@@ -123,8 +123,8 @@ def _prefill_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionM
     start = 0
     for i, (ql, cl) in enumerate(zip(meta.query_lens, meta.context_lens_host)):
         qi = q[start:start + ql].transpose(0, 1)  # [H, ql, D]
-        keys = _gather(kv_cache[0], meta.block_tables[i], cl).transpose(0, 1)  # [KVH, cl, D]
-        values = _gather(kv_cache[1], meta.block_tables[i], cl).transpose(0, 1)
+        keys = _gather(kv_cache[0], meta.block_tables[i], cl).transpose(0, 1).to(q.dtype)  # [KVH, cl, D]
+        values = _gather(kv_cache[1], meta.block_tables[i], cl).transpose(0, 1).to(q.dtype)
         # Query j sits at position cl - ql + j and sees keys up to and including that position.
         mask = torch.ones(ql, cl, dtype=torch.bool, device=q.device).tril(diagonal=cl - ql)
         oi = F.scaled_dot_product_attention(qi, keys, values, attn_mask=mask, scale=scale, enable_gqa=True)

@@ -36,6 +36,9 @@ class ServingConfig:
     max_model_len: int = 0  # 0: the model's max_position_embeddings
     max_input_bytes: int = 1_000_000  # size limit on text_input / messages
     cuda_graphs: bool = True
+    # KV cache storage: "auto" (the model's dtype) or "fp8" (e4m3, unscaled: half the bytes to read per decode
+    # step and twice the tokens in the same memory, at some accuracy cost)
+    kv_cache_dtype: str = "auto"
     # Queue greedy decode step N+1 on the GPU before reading step N's tokens, so host work overlaps the GPU:
     # "auto" (on for CUDA), "true", "false".
     async_scheduling: str = "auto"
@@ -75,6 +78,8 @@ class ServingConfig:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.kv_cache_free_mem_fraction <= 1.0:
             raise ConfigError("kv_cache_free_mem_fraction: must be in (0, 1]")
+        if self.kv_cache_dtype not in ("auto", "fp8"):
+            raise ConfigError(f"kv_cache_dtype: expected auto|fp8, got {self.kv_cache_dtype!r}")
         if self.async_scheduling.lower() not in ("auto", "true", "false"):
             raise ConfigError(f"async_scheduling: expected auto|true|false, got {self.async_scheduling!r}")
         if self.batch_scheduler_policy not in ("guaranteed_no_evict", "max_utilization"):

@@ -102,13 +102,14 @@ class ModelRunner:
         self.max_model_len = cfg.max_model_len or args.max_position_embeddings
         self.model.init_rope(self.max_model_len, self.device)
         self.block_size = cfg.kv_block_size
+        self.kv_dtype = torch.float8_e4m3fn if cfg.kv_cache_dtype == "fp8" else self.dtype
         self.fast = self.dtype in (torch.float16, torch.bfloat16) and kernels.enabled(
             torch.empty(0, device=self.device))
         # One extra block on the fast path: the scratch block for padding rows of a CUDA graph.
         self._extra_blocks = 1 if self.fast else 0
         self.num_blocks = self._num_kv_blocks()
         self.kv_cache = torch.zeros(args.num_layers, 2, self.num_blocks + self._extra_blocks, self.block_size,
-                                    args.num_kv_heads, args.head_dim, dtype=self.dtype, device=self.device)
+                                    args.num_kv_heads, args.head_dim, dtype=self.kv_dtype, device=self.device)
         self.group = args.num_heads // args.num_kv_heads
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
         if self.fast and self.device.type == "cuda":
@@ -118,7 +119,7 @@ class ModelRunner:
 
     def _kv_block_bytes(self) -> int:
         a = self.model.args
-        return 2 * a.num_layers * self.block_size * a.num_kv_heads * a.head_dim * self.dtype.itemsize
+        return 2 * a.num_layers * self.block_size * a.num_kv_heads * a.head_dim * self.kv_dtype.itemsize
 
     def _num_kv_blocks(self) -> int:
         budget = self.cfg.kv_cache_memory_bytes

@@ -182,3 +182,13 @@ def test_async_scheduling_gives_the_same_tokens_as_synchronous_steps(checkpoint,
     for rid in ("abort", "p0"):
         a, b = sync[0].get(rid, []), fast[0].get(rid, [])
         assert a[:min(len(a), len(b))] == b[:min(len(a), len(b))], rid
+
+
+def test_fp8_kv_cache_holds_four_times_the_tokens_of_float32_and_still_answers(checkpoint, tokenizer, chat_ids):
+    budget = 32 << 20
+    wide = TorchEngine(ServingConfig(kv_cache_memory_bytes=budget), checkpoint)  # float32 on CPU
+    narrow = TorchEngine(ServingConfig(kv_cache_memory_bytes=budget, kv_cache_dtype="fp8"), checkpoint)
+    assert narrow.runner.kv_cache.dtype == torch.float8_e4m3fn
+    assert 4 * wide.blocks.num_blocks <= narrow.blocks.num_blocks < 4 * (wide.blocks.num_blocks + 1)
+    out, reasons = run(narrow, [greedy("a", chat_ids)])
+    assert "Paris" in tokenizer.decode(out["a"]) and reasons["a"] == "stop"

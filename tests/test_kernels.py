@@ -112,9 +112,14 @@ def _paged_setup(ctx_lens, nh, nkv, hd, page=4):
 
 @pytest.mark.parametrize("nh,nkv,hd", [(4, 4, 64), (6, 2, 32)])
 @pytest.mark.parametrize("partition", [None, 16])
-def test_decode_attention(nh, nkv, hd, partition):
+@pytest.mark.parametrize("fp8_cache", [False, True])
+def test_decode_attention(nh, nkv, hd, partition, fp8_cache):
+    if fp8_cache and DEV != "cuda":
+        pytest.skip("fp8 loads need a GPU (the interpreter has no e4m3)")
     ctx_lens = [1, 13, 40, 7]
     B, bt, cache = _paged_setup(ctx_lens, nh, nkv, hd)
+    if fp8_cache:  # the reference reads the same rounded values
+        cache = cache.to(torch.float8_e4m3fn)
     q = torch.randn(B, nh, hd, device=DEV).to(DT)
     ctx = torch.tensor(ctx_lens, dtype=torch.int32, device=DEV)
     out = kattn.decode_attention(q, cache, bt, ctx, hd ** -0.5, max_context=64, partition=partition)
@@ -131,10 +136,15 @@ def test_decode_attention(nh, nkv, hd, partition):
 
 
 @pytest.mark.parametrize("nh,nkv,hd", [(4, 4, 64), (6, 2, 32)])
-def test_varlen_attention_matches_torch_path(nh, nkv, hd):
+@pytest.mark.parametrize("fp8_cache", [False, True])
+def test_varlen_attention_matches_torch_path(nh, nkv, hd, fp8_cache):
+    if fp8_cache and DEV != "cuda":
+        pytest.skip("fp8 loads need a GPU (the interpreter has no e4m3)")
     page = 4
     query_lens, ctx_lens = [5, 1, 70, 3], [9, 17, 70, 3]  # prefix + chunk, decode, fresh prompt, fresh short
     B, bt, cache = _paged_setup(ctx_lens, nh, nkv, hd, page)
+    if fp8_cache:
+        cache = cache.to(torch.float8_e4m3fn)
     T = sum(query_lens)
     q = torch.randn(T, nh, hd, device=DEV).to(DT)
     # the torch path writes this step's K/V itself: hand it the ones already in the cache

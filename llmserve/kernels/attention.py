@@ -43,15 +43,15 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, po_ptr, pml_pt
             tmask = toks < end
             blk = tl.load(bt_ptr + b * stride_bt + toks // PAGE, mask=tmask, other=0).to(tl.int64)
             off = blk * stride_blk + (toks % PAGE) * stride_tok + kvh * D
-            k = tl.load(k_ptr + off[:, None] + d[None, :], mask=tmask[:, None], other=0.0)
+            k = tl.load(k_ptr + off[:, None] + d[None, :], mask=tmask[:, None], other=0.0).to(q.dtype)  # fp8 KV
             s = tl.dot(q, tl.trans(k)) * qk_scale
             s = tl.where(tmask[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             p = tl.math.exp2(s - m_new[:, None])
             alpha = tl.math.exp2(m_i - m_new)
             l_i = l_i * alpha + tl.sum(p, 1)
-            v = tl.load(v_ptr + off[:, None] + d[None, :], mask=tmask[:, None], other=0.0)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            v = tl.load(v_ptr + off[:, None] + d[None, :], mask=tmask[:, None], other=0.0).to(q.dtype)
+            acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v)
             m_i = m_new
         if NUM_PARTS == 1:
             o = acc / l_i[:, None]
@@ -166,7 +166,7 @@ def _varlen_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, qstart_ptr, qb_seq_ptr,
         tmask = toks < kv_end
         blk = tl.load(bt_ptr + seq * stride_bt + toks // PAGE, mask=tmask, other=0).to(tl.int64)
         off = blk * stride_blk + (toks % PAGE) * stride_tok + kvh * D
-        k = tl.load(k_ptr + off[:, None] + d[None, :], mask=tmask[:, None], other=0.0)
+        k = tl.load(k_ptr + off[:, None] + d[None, :], mask=tmask[:, None], other=0.0).to(q.dtype)  # fp8 KV
         s = tl.dot(q, tl.trans(k)) * qk_scale
         s = tl.where((toks[None, :] <= pos[:, None]) & tmask[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -174,8 +174,8 @@ def _varlen_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, qstart_ptr, qb_seq_ptr,
         p = tl.math.exp2(s - m_safe[:, None])
         alpha = tl.math.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_ptr + off[:, None] + d[None, :], mask=tmask[:, None], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        v = tl.load(v_ptr + off[:, None] + d[None, :], mask=tmask[:, None], other=0.0).to(q.dtype)
+        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v)
         m_i = m_new
     o = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     tl.store(out_ptr + tok[:, None] * stride_ot + heads[:, None] * stride_oh + d[None, :],

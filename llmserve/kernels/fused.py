@@ -74,8 +74,8 @@ def _rope_cache_kernel(qkv_ptr, pos_ptr, cos_ptr, sin_ptr, slot_ptr, k_cache_ptr
     tl.store(kc + HALF, (k2 * c + k1 * s).to(k_cache_ptr.dtype.element_ty), mask=gm)
     p = base + (NH + NKV) * D + g * D + d[None, :]
     vc = v_cache_ptr + slot * stride_slot + g * D + d[None, :]
-    tl.store(vc, tl.load(p, mask=gm, other=0.0), mask=gm)
-    tl.store(vc + HALF, tl.load(p + HALF, mask=gm, other=0.0), mask=gm)
+    tl.store(vc, tl.load(p, mask=gm, other=0.0).to(v_cache_ptr.dtype.element_ty), mask=gm)
+    tl.store(vc + HALF, tl.load(p + HALF, mask=gm, other=0.0).to(v_cache_ptr.dtype.element_ty), mask=gm)
 
 
 def rope_and_cache(qkv: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
