@@ -19,7 +19,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class ServingConfig:
-    engine: str = "pytorch"  # "pytorch" | "tensorrtllm"
+    engine: str = "pytorch"  # "pytorch" | "tensorrtllm" | "synthetic" (no model: measures the serving layers)
     checkpoint_dir: str = "checkpoint"  # relative to the model directory, confined to it
     engine_dir: str = "engine"  # TensorRT-LLM engine directory, relative to the model directory
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
@@ -36,6 +36,7 @@ class ServingConfig:
     max_model_len: int = 0  # 0: the model's max_position_embeddings
     max_input_bytes: int = 1_000_000  # size limit on text_input / messages
     cuda_graphs: bool = True
+    synthetic_step_ms: float = 15.0  # engine "synthetic": the stand-in for one GPU step
     # KV cache storage: "auto" (the model's dtype) or "fp8" (e4m3, unscaled: half the bytes to read per decode
     # step and twice the tokens in the same memory, at some accuracy cost)
     kv_cache_dtype: str = "auto"
@@ -69,8 +70,8 @@ class ServingConfig:
         return cfg
 
     def validate(self) -> None:
-        if self.engine not in ("pytorch", "tensorrtllm"):
-            raise ConfigError(f"engine: expected 'pytorch' or 'tensorrtllm', got {self.engine!r}")
+        if self.engine not in ("pytorch", "tensorrtllm", "synthetic"):
+            raise ConfigError(f"engine: expected pytorch, tensorrtllm or synthetic, got {self.engine!r}")
         if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
             raise ConfigError(f"dtype: expected auto|float32|float16|bfloat16, got {self.dtype!r}")
         for name in ("max_batch_size", "max_num_tokens", "kv_block_size", "max_queue_size"):

@@ -20,6 +20,11 @@ def build_service(cfg: ServingConfig, model_dir: str | Path, metrics: MetricsSin
         from llmserve.engines.trtllm import create_trtllm_engine
 
         engine = create_trtllm_engine(cfg, resolve_inside(model_dir, cfg.engine_dir, "engine_dir"))
+    elif cfg.engine == "synthetic":
+        from llmserve.engines.synthetic import SyntheticEngine
+
+        engine = SyntheticEngine(tokenizer.backend.get_vocab_size(), cfg.max_model_len or 8192, cfg.max_batch_size,
+                                 cfg.synthetic_step_ms, cfg.max_queue_size)
     else:
         from llmserve.engine import TorchEngine
 

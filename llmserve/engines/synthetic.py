@@ -1,0 +1,62 @@
+"""A model-free engine for measuring the serving layers alone (`engine: synthetic` in config.pbtxt).
+
+Each step sleeps `synthetic_step_ms` (standing in for a GPU step: no GIL held, as when the real engine waits
+on the device) and then gives every running request its next token, cycling through the token ids of its
+prompt. Nothing is computed, so what the Triton path loses against it is the adapter's and the server's own
+cost per token: `python -m bench.adapter` measures that on any machine, without a GPU.
+"""
+
+from __future__ import annotations
+
+import time
+
+from llmserve.engine_api import EngineOutput, EngineRequest, EngineStats, Overloaded
+
+
+class SyntheticEngine:
+    def __init__(self, vocab_size: int, max_model_len: int, max_batch_size: int, step_ms: float,
+                 max_queue_size: int):
+        self.vocab_size, self.max_model_len = vocab_size, max_model_len
+        self.max_batch_size, self.step_s, self.max_queue_size = max_batch_size, step_ms / 1000, max_queue_size
+        self.waiting: list[EngineRequest] = []
+        self.running: dict[str, list] = {}  # id -> [request, tokens generated]
+        self.steps = 0
+
+    def add_request(self, request: EngineRequest) -> None:
+        if len(self.waiting) >= self.max_queue_size:
+            raise Overloaded(f"the queue holds {len(self.waiting)} waiting requests (max_queue_size)")
+        self.waiting.append(request)
+
+    def abort(self, request_id: str) -> None:
+        self.finish(request_id)
+
+    def finish(self, request_id: str, reason: str = "stop") -> None:
+        self.running.pop(request_id, None)
+        self.waiting = [r for r in self.waiting if r.request_id != request_id]
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def step(self) -> list[EngineOutput]:
+        while self.waiting and len(self.running) < self.max_batch_size:
+            r = self.waiting.pop(0)
+            self.running[r.request_id] = [r, 0]
+        time.sleep(self.step_s)
+        self.steps += 1
+        outputs = []
+        for rid, state in list(self.running.items()):
+            request, n = state
+            prompt = request.prompt_token_ids
+            token = prompt[n % len(prompt)]
+            state[1] = n = n + 1
+            done = n >= request.params.max_tokens
+            if done:
+                del self.running[rid]
+            outputs.append(EngineOutput(rid, [token], "length" if done else None, None, None, len(prompt)))
+        return outputs
+
+    def stats(self) -> EngineStats:
+        return EngineStats(running=len(self.running), waiting=len(self.waiting), steps=self.steps)
+
+    def shutdown(self) -> None:
+        self.running.clear()
