@@ -1,8 +1,8 @@
 """Triton adapter: requests in, responses out. Lifecycle and wiring only; the engine lives in `llmserve`.
 
-Threads: Triton calls `execute` (parse and hand over, never block); the service's engine thread steps the
-engine and puts deltas on a queue; the response thread here sends them and checks for cancellation; a
-housekeeping thread polls cancelled requests and exports engine gauges.
+Threads: Triton calls `execute` (take the tensors and hand over, never block); the intake thread parses,
+tokenizes and submits; the service's engine thread steps the engine and puts deltas on a queue; the response
+thread here sends them; a housekeeping thread polls cancelled requests, drains, and exports engine gauges.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from llmserve.drain import DrainWatch, control_dir
 from llmserve.engine_api import EngineError
 from llmserve.factory import build_service
 from llmserve.metrics import COUNTERS, GAUGES, HISTOGRAMS, NullSink, resident_memory_bytes
-from llmserve.protocol import ALL_INPUTS, ParsedRequest, ResponseBuilder, parse_request
+from llmserve.protocol import ParsedRequest, ResponseBuilder, parse_request
 from llmserve.sampling_params import InvalidRequest, defaults_from_generation_config
 from llmserve.service import Delta
 
@@ -137,6 +137,8 @@ class TritonPythonModel:
         self.inflight: dict[str, _InFlight] = {}
         self.ids = itertools.count()
         self.responses: queue.SimpleQueue = queue.SimpleQueue()
+        self.intake: queue.SimpleQueue = queue.SimpleQueue()
+        self.unaccepted = 0  # requests between execute() and the service
         self.stopping = threading.Event()
         self.sender_lock = threading.Lock()
         self.model_name = args["model_name"]
@@ -147,26 +149,43 @@ class TritonPythonModel:
         self.metrics.set("llm_engine_healthy", 1)
         self.response_thread = threading.Thread(target=self._response_loop, name="llm-responses", daemon=True)
         self.housekeeping_thread = threading.Thread(target=self._housekeeping, name="llm-housekeeping", daemon=True)
+        self.intake_thread = threading.Thread(target=self._intake_loop, name="llm-intake", daemon=True)
         self.response_thread.start()
         self.housekeeping_thread.start()
+        self.intake_thread.start()
         self.last_stats = None
 
     def execute(self, requests):
+        # Triton hands this instance its next request only once execute() returns: take the tensors and go.
+        # Parsing and tokenizing happen on the intake thread.
         for request in requests:
-            self._accept(request)
+            sender = request.get_response_sender()
+            rid = f"{request.request_id() or 'req'}#{next(self.ids)}"  # client ids may repeat or be empty
+            try:
+                inputs = {t.name(): t.as_numpy() for t in request.inputs()}
+                with self.sender_lock:
+                    self.unaccepted += 1  # a drain waits for these too
+                self.intake.put((rid, sender, inputs, request.parameters()))
+            except Exception as exc:  # noqa: BLE001 - every request gets exactly one final response
+                log.exception("request %s could not be read", rid)
+                self._fail(rid, sender, f"internal error: {type(exc).__name__}: {exc}", "INTERNAL")
         return None
 
-    def _accept(self, request) -> None:
-        sender = request.get_response_sender()
-        rid = f"{request.request_id() or 'req'}#{next(self.ids)}"  # client ids may repeat or be empty
-        try:
-            inputs = {}
-            for name in ALL_INPUTS:
-                tensor = pb_utils.get_input_tensor_by_name(request, name)
-                if tensor is not None:
-                    inputs[name] = tensor.as_numpy()
+    def _intake_loop(self) -> None:
+        while True:
+            item = self.intake.get()
+            if item is None:
+                return
             try:
-                parameters = json.loads(request.parameters() or "{}")
+                self._accept(*item)
+            finally:
+                with self.sender_lock:
+                    self.unaccepted -= 1
+
+    def _accept(self, rid: str, sender, inputs: dict, raw_parameters: str | None) -> None:
+        try:
+            try:
+                parameters = json.loads(raw_parameters or "{}")
             except json.JSONDecodeError:
                 parameters = {}
             engine = self.service.engine
@@ -305,13 +324,15 @@ class TritonPythonModel:
             self.service.drain(grace)
         if not self.drained:
             with self.sender_lock:  # finals are sent under this lock: empty means every one is out
-                empty = not self.inflight
+                empty = not self.inflight and not self.unaccepted
             if empty:
                 self.drained = True
                 self.drain.mark_drained()
 
     def finalize(self):
         # The service answers every request still in flight with UNAVAILABLE before its thread ends.
+        self.intake.put(None)
+        self.intake_thread.join(timeout=5)
         self.service.stop()
         self.service.engine.shutdown()
         self.stopping.set()
