@@ -47,9 +47,11 @@ ENGINE_VARIANTS = {
     "engine_kv8": ("bf16", ["kv_cache_dtype=fp8"]),  # e4m3 KV cache
     "engine_fp8_kv8": ("fp8", ["kv_cache_dtype=fp8"]),
 }
-# The serving knobs of every engine in the run (engine-direct and behind Triton alike).
+# The serving knobs of every engine in the run (engine-direct and behind Triton alike). The 2 ms queue delay
+# lets requests that reach the server one by one share a prefill step (Triton delivers them one at a time).
 SERVING = {"max_batch_size": 256, "max_num_tokens": 1024, "kv_cache_free_mem_fraction": 0.9, "dtype": "bfloat16",
-           "kv_block_size": 16, "enable_prefix_caching": True, "cuda_graphs": True, "async_scheduling": "auto"}
+           "kv_block_size": 16, "enable_prefix_caching": True, "cuda_graphs": True, "async_scheduling": "auto",
+           "max_queue_delay_us": 2000}
 
 
 def _progress(it, **kw):
