@@ -276,6 +276,36 @@ def s_attn(args):
     RESULTS["attn"] = res
 
 
+@section("attn_kv")
+def s_attn_kv(args):
+    """Decode attention with a 16-bit and an fp8 (e4m3) KV cache, at the heuristic partition, Llama-2-7B heads."""
+    from llmserve.kernels.attention import decode_attention
+
+    res = {}
+    H, D, page = 32, 128, 16
+    for B, ctx in ((8, 256), (64, 256), (256, 192), (256, 256), (32, 2048)):
+        blocks_per = -(-ctx // page)
+        nblocks = B * blocks_per + 1
+        bt = torch.randperm(nblocks - 1, device="cuda")[:B * blocks_per].view(B, blocks_per).to(torch.int32)
+        bt = torch.cat([bt, torch.zeros(B, 256 - blocks_per, dtype=torch.int32, device="cuda")], 1)
+        ctxs = torch.full((B,), ctx, dtype=torch.int32, device="cuda")
+        q = torch.randn(B, H, D, device="cuda", dtype=torch.bfloat16)
+        row = {}
+        for name, dtype, cores in (("bf16", torch.bfloat16, False), ("bf16_cores", torch.bfloat16, True),
+                                   ("fp8_dot", torch.float8_e4m3fn, False), ("fp8", torch.float8_e4m3fn, True)):
+            cache = torch.randn(2, nblocks, page, H, D, device="cuda", dtype=torch.bfloat16).to(dtype)
+            us = graph_time_ms(lambda q=q, cache=cache, bt=bt, ctxs=ctxs, cores=cores: [
+                decode_attention(q, cache, bt, ctxs, D ** -0.5, 4096, cuda_cores=cores) for _ in range(32)],
+                reps=10) * 1000 / 32
+            nbytes = 2 * B * ctx * H * D * cache.element_size()
+            row[name] = {"us_per_layer": us, "TBps": nbytes / us / 1e6}
+            del cache
+        res[f"B{B}_ctx{ctx}"] = row
+        SUMMARY.append(f"decode attn B={B} ctx={ctx}: " + ", ".join(
+            f"{k} {v['us_per_layer']:.1f} us ({v['TBps']:.2f} TB/s)" for k, v in row.items()))
+    RESULTS["attn_kv"] = res
+
+
 @section("gemv1")
 def s_gemv1(args):
     """Batch-1 GEMV (CUDA-core kernel): configurations x weight conversions, all 32 layers of each matrix."""
@@ -507,7 +537,7 @@ def s_triton(args):
 
 
 SECTIONS = {"env": s_env, "tests": s_tests, "engine_small": s_engine_small, "engine7b": s_engine7b,
-            "floor": s_floor, "attn": s_attn, "gemv": s_gemv, "gemv1": s_gemv1, "mm16": s_mm16,
+            "floor": s_floor, "attn": s_attn, "attn_kv": s_attn_kv, "gemv": s_gemv, "gemv1": s_gemv1, "mm16": s_mm16,
             "host": s_host, "triton": s_triton}
 
 
