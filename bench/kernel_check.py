@@ -291,12 +291,10 @@ def s_attn_kv(args):
         ctxs = torch.full((B,), ctx, dtype=torch.int32, device="cuda")
         q = torch.randn(B, H, D, device="cuda", dtype=torch.bfloat16)
         row = {}
-        for name, dtype, cores in (("bf16", torch.bfloat16, False), ("bf16_cores", torch.bfloat16, True),
-                                   ("fp8_dot", torch.float8_e4m3fn, False), ("fp8", torch.float8_e4m3fn, True)):
+        for name, dtype in (("bf16", torch.bfloat16), ("fp8", torch.float8_e4m3fn)):
             cache = torch.randn(2, nblocks, page, H, D, device="cuda", dtype=torch.bfloat16).to(dtype)
-            us = graph_time_ms(lambda q=q, cache=cache, bt=bt, ctxs=ctxs, cores=cores: [
-                decode_attention(q, cache, bt, ctxs, D ** -0.5, 4096, cuda_cores=cores) for _ in range(32)],
-                reps=10) * 1000 / 32
+            us = graph_time_ms(lambda q=q, cache=cache, bt=bt, ctxs=ctxs: [
+                decode_attention(q, cache, bt, ctxs, D ** -0.5, 4096) for _ in range(32)], reps=10) * 1000 / 32
             nbytes = 2 * B * ctx * H * D * cache.element_size()
             row[name] = {"us_per_layer": us, "TBps": nbytes / us / 1e6}
             del cache

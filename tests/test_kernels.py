@@ -113,8 +113,7 @@ def _paged_setup(ctx_lens, nh, nkv, hd, page=4):
 @pytest.mark.parametrize("nh,nkv,hd", [(4, 4, 64), (6, 2, 32)])
 @pytest.mark.parametrize("partition", [None, 16])
 @pytest.mark.parametrize("fp8_cache", [False, True])
-@pytest.mark.parametrize("cuda_cores", [None, True])
-def test_decode_attention(nh, nkv, hd, partition, fp8_cache, cuda_cores):
+def test_decode_attention(nh, nkv, hd, partition, fp8_cache):
     if fp8_cache and DEV != "cuda":
         pytest.skip("fp8 loads need a GPU (the interpreter has no e4m3)")
     ctx_lens = [1, 13, 40, 7]
@@ -123,8 +122,7 @@ def test_decode_attention(nh, nkv, hd, partition, fp8_cache, cuda_cores):
         cache = cache.to(torch.float8_e4m3fn)
     q = torch.randn(B, nh, hd, device=DEV).to(DT)
     ctx = torch.tensor(ctx_lens, dtype=torch.int32, device=DEV)
-    out = kattn.decode_attention(q, cache, bt, ctx, hd ** -0.5, max_context=64, partition=partition,
-                                 cuda_cores=cuda_cores)
+    out = kattn.decode_attention(q, cache, bt, ctx, hd ** -0.5, max_context=64, partition=partition)
     # reference: the torch path, with this step's K/V being the last cached token
     ref = torch.empty_like(out, dtype=torch.float32)
     for b, c in enumerate(ctx_lens):

@@ -21,8 +21,7 @@ import triton.language as tl
 def _decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, po_ptr, pml_ptr, scale,
                    stride_qb, stride_qh, stride_bt, stride_blk, stride_tok, stride_ob, stride_oh,
                    G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr,
-                   BLOCK_N: tl.constexpr, PART: tl.constexpr, NUM_PARTS: tl.constexpr, KV_FP8: tl.constexpr,
-                   USE_DOT: tl.constexpr):
+                   BLOCK_N: tl.constexpr, PART: tl.constexpr, NUM_PARTS: tl.constexpr, KV_FP8: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     kvh = tl.program_id(1)
     part = tl.program_id(2)
@@ -47,20 +46,16 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, po_ptr, pml_pt
             blk = tl.load(bt_ptr + b * stride_bt + toks // PAGE, mask=tmask, other=0).to(tl.int64)
             off = blk * stride_blk + (toks % PAGE) * stride_tok + kvh * D
             k = tl.load(k_ptr + off[:, None] + d[None, :], mask=tmask[:, None], other=0.0).to(q.dtype)  # fp8 KV
-            if USE_DOT:
-                s = tl.dot(q, tl.trans(k)) * qk_scale
-            else:  # one query row (MHA): CUDA cores, no 16-row padding of a tensor-core dot
-                s = tl.sum(q[:, None, :].to(tl.float32) * k[None, :, :].to(tl.float32), 2) * qk_scale
+            # MHA pads the dot to 16 query rows; a CUDA-core product for one row measured 1.7-2x slower
+            # (bench/results/2026-11-25-h100-kv8/kernel_check-attn_kv-cuda-cores.json).
+            s = tl.dot(q, tl.trans(k)) * qk_scale
             s = tl.where(tmask[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             p = tl.math.exp2(s - m_new[:, None])
             alpha = tl.math.exp2(m_i - m_new)
             l_i = l_i * alpha + tl.sum(p, 1)
             v = tl.load(v_ptr + off[:, None] + d[None, :], mask=tmask[:, None], other=0.0).to(q.dtype)
-            if USE_DOT:
-                acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v)
-            else:
-                acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v[None, :, :].to(tl.float32), 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v)
             m_i = m_new
         if NUM_PARTS == 1:
             o = acc / l_i[:, None]
@@ -112,8 +107,7 @@ def decode_partition(max_context: int, batch: int, num_kv_heads: int) -> int:
 
 def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
                      context_lens: torch.Tensor, scale: float, max_context: int,
-                     out: torch.Tensor | None = None, partition: int | None = None,
-                     cuda_cores: bool | None = None) -> torch.Tensor:
+                     out: torch.Tensor | None = None, partition: int | None = None) -> torch.Tensor:
     """q: [B, H, D] (any row/head strides, unit last stride); kv_cache: [2, blocks, page, KVH, D].
     block_tables: [B, W] int; context_lens: [B] int32 (>= 1). `max_context` bounds every context_len: it fixes
     the partition count (and so the launch shape, for CUDA graphs). Returns [B, H, D]."""
@@ -129,9 +123,6 @@ def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
     block_n = min(64, part)
     k, v = kv_cache[0], kv_cache[1]
     kv_fp8 = kv_cache.dtype == torch.float8_e4m3fn
-    if cuda_cores is None:  # measured: bench/kernel_check.py --sections attn_kv
-        cuda_cores = G == 1 and kv_fp8
-    use_dot = not (cuda_cores and G == 1)
     if num_parts > 1:
         po = torch.empty(B, H, num_parts, D, dtype=torch.float32, device=q.device)
         pml = torch.empty(B, H, num_parts, 2, dtype=torch.float32, device=q.device)
@@ -140,8 +131,8 @@ def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
     _decode_kernel[(B, KVH, num_parts)](
         q, k, v, block_tables, context_lens, out, po, pml, scale,
         q.stride(0), q.stride(1), block_tables.stride(0), k.stride(0), k.stride(1), out.stride(0), out.stride(1),
-        G=G, G_PAD=max(16, triton.next_power_of_2(G)) if use_dot else 1, D=D, PAGE=page, BLOCK_N=block_n, PART=part,
-        NUM_PARTS=num_parts, KV_FP8=kv_fp8, USE_DOT=use_dot, num_warps=4, num_stages=2)
+        G=G, G_PAD=max(16, triton.next_power_of_2(G)), D=D, PAGE=page, BLOCK_N=block_n, PART=part,
+        NUM_PARTS=num_parts, KV_FP8=kv_fp8, num_warps=4, num_stages=2)
     if num_parts > 1:
         _merge_kernel[(B, H)](po, pml, context_lens, out, out.stride(0), out.stride(1), D=D, PART=part,
                               NUM_PARTS=num_parts, P_PAD=max(2, triton.next_power_of_2(num_parts)), num_warps=4)
