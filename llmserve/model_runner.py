@@ -48,9 +48,8 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def _pinned_int32(n: int):
-    """An int32 host buffer in page-locked memory registered with CUDA directly (not through torch's caching
-    host allocator, whose event bookkeeping does not belong in a graph capture).
-    Returns (tensor, numpy view, registered)."""
+    """An int32 host buffer in page-locked memory, so the step's input copy is asynchronous: registered with
+    CUDA directly, else from torch's pinned allocator. Returns (tensor, numpy view, registered)."""
     import numpy as np
 
     arr = np.zeros(n, dtype=np.int32)
