@@ -32,12 +32,12 @@ WORKLOADS = {"128x128": (128, 128), "128x2048": (128, 2048), "2048x128": (2048, 
 PLAN = {
     "engine": {"128x128": [1, 8, 32, 64, 256], "128x2048": [1, 8, 32], "2048x128": [1, 8, 32]},
     "engine_quant": {"128x128": [1, 8, 32, 64, 256], "2048x128": [1, 8]},
-    "engine_sync": {"128x128": [1, 8, 32, 64, 256]},
+    "variant": {"128x128": [1, 8, 32, 64, 256]},  # ENGINE_VARIANTS: 128/128, for a side-by-side ratio
     "hf": {"128x128": [1, 8, 64]},
     "triton": {"128x128": [1, 8, 32, 64, 256], "2048x128": [1, 8, 32], "128x2048": [1, 8]},
 }
 QUICK = {
-    "engine": {"128x128": [1, 8]}, "engine_quant": {"128x128": [1, 8]}, "engine_sync": {"128x128": [1, 8]},
+    "engine": {"128x128": [1, 8]}, "engine_quant": {"128x128": [1, 8]}, "variant": {"128x128": [1, 8]},
     "hf": {"128x128": [1]},
     "triton": {"128x128": [1, 8]},
 }
@@ -153,9 +153,7 @@ def phase_engine(args) -> dict:
     from bench.workload import drive_engine, summarize
 
     plans = QUICK if args.quick else PLAN
-    plan = plans["triton"] if args.triton_plan else plans["engine" if args.mode == "bf16" else "engine_quant"]
-    if SERVING.get("async_scheduling") == "false" or SERVING.get("kv_cache_dtype") == "fp8":
-        plan = plans["engine_sync"]  # 128/128 only: these phases exist for a side-by-side ratio
+    plan = plans[args.plan or ("engine" if args.mode == "bf16" else "engine_quant")]
     work = Path(tempfile.mkdtemp(prefix="llmbench-"))
     tok_dir = Path(args.tokenizer_dir) if args.tokenizer_dir else None
     eng, init_s = _engine(args.vocab, args.mode, work, tok_dir)
@@ -318,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompts", help=argparse.SUPPRESS)
     ap.add_argument("--tokenizer-dir", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
-    ap.add_argument("--triton-plan", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--plan", choices=list(PLAN), help=argparse.SUPPRESS)  # an engine phase's PLAN entry
     ap.add_argument("--triton-adapter", default="production", help=argparse.SUPPRESS)
     ap.add_argument("--serving", action="append", default=[], metavar="KEY=VALUE",
                     help="override a serving knob (config.pbtxt parameter) for every phase; repeatable")
@@ -368,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
             elif phase in ENGINE_VARIANTS:  # one engine with other knobs, side by side with the plain ones
                 mode, knobs = ENGINE_VARIANTS[phase]
                 results["phases"][phase] = _run_phase(
-                    "engine", work / f"{phase}.json", q + ["--mode", mode] + [f"--serving={k}" for k in knobs],
+                    "engine", work / f"{phase}.json",
+                    q + ["--mode", mode, "--plan", "variant"] + [f"--serving={k}" for k in knobs],
                     log, args.phase_timeout)
             elif phase == "hf":
                 results["phases"]["hf"] = _run_phase("hf", work / "hf.json", q, log, args.phase_timeout)
@@ -381,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.phase_timeout)
                 results["phases"]["engine_v49152"] = _run_phase(
                     "engine", work / "engine_v49152.json",
-                    q + ["--vocab", "49152", "--prompts", prompts, "--mode", "bf16", *tok_args, "--triton-plan"],
+                    q + ["--vocab", "49152", "--prompts", prompts, "--mode", "bf16", *tok_args, "--plan", "triton"],
                     log, args.phase_timeout)
             (out / "results.json").write_text(json.dumps(results, indent=1))
     from bench.report import write_report

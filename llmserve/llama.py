@@ -288,14 +288,25 @@ def random_model(args: ModelArgs, dtype: torch.dtype, device: torch.device, seed
     return model.eval()
 
 
+def load_safetensors(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the directory's *.safetensors files, on the CPU."""
+    from safetensors.torch import load_file
+
+    files = sorted(Path(checkpoint_dir).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{checkpoint_dir}: no *.safetensors weights")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(f, device="cpu"))
+    return state
+
+
 def load_model(checkpoint_dir: Path, dtype: torch.dtype, device: torch.device) -> LlamaModel:
     """Loads an HF Llama checkpoint. config.json may carry:
     - "quantization": {"mode": "fp8" | "int8_wo", "keep_attention_fp16": bool} (made by llmserve/quantize.py):
       the matching linear layers become quantized modules;
     - "llmserve_random_init": {"seed": int, "std": float}: no weight files; random weights made on `device`
       (and quantized there when "quantization" is set too). For benchmarks only."""
-    from safetensors.torch import load_file
-
     from llmserve import quantize
 
     cfg = json.loads((checkpoint_dir / "config.json").read_text())
@@ -307,12 +318,7 @@ def load_model(checkpoint_dir: Path, dtype: torch.dtype, device: torch.device) -
         if qcfg:
             quantize.quantize_model_(model, qcfg["mode"], bool(qcfg.get("keep_attention_fp16", False)))
         return model
-    files = sorted(checkpoint_dir.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{checkpoint_dir}: no *.safetensors weights")
-    state: dict[str, torch.Tensor] = {}
-    for f in files:
-        state.update(load_file(f, device="cpu"))
+    state = load_safetensors(checkpoint_dir)
     with torch.device("meta"):
         model = LlamaModel(args)
         if qcfg:

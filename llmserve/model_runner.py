@@ -49,7 +49,7 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def _pinned_int32(n: int):
     """An int32 host buffer in page-locked memory, so the step's input copy is asynchronous: registered with
-    CUDA directly, else from torch's pinned allocator. Returns (tensor, numpy view, registered)."""
+    CUDA directly, else from torch's pinned allocator. Returns (tensor, numpy view)."""
     import numpy as np
 
     arr = np.zeros(n, dtype=np.int32)
@@ -59,9 +59,9 @@ def _pinned_int32(n: int):
     except (RuntimeError, AttributeError, TypeError):
         ok = False
     if ok:
-        return torch.from_numpy(arr), arr, True
+        return torch.from_numpy(arr), arr
     t = torch.empty(n, dtype=torch.int32, pin_memory=True)
-    return t, t.numpy(), False
+    return t, t.numpy()
 
 
 @dataclass
@@ -72,7 +72,7 @@ class Launched:
     device_tokens: torch.Tensor  # [>= B] on the device: what the next launch's src_rows index
     host: torch.Tensor  # [>= B] int64, filled by an asynchronous copy
     event: torch.cuda.Event | None
-    rows: dict[int, int] = field(default_factory=dict, repr=False)
+    rows: dict[int, int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.rows = {id(s): i for i, s in enumerate(self.seqs)}
@@ -311,7 +311,7 @@ class _HostInputs:
     different sequence (or a grown table) takes the row."""
 
     def __init__(self, n: int, max_b: int, width: int, scratch_block: int, block_size: int):
-        self.tensor, h, _ = _pinned_int32(n)
+        self.tensor, h = _pinned_int32(n)
         self.ids, self.pos, self.slot, self.ctx, self.src = (h[i * max_b:(i + 1) * max_b] for i in range(5))
         self.bt = h[5 * max_b:].reshape(max_b, width)
         self.scratch_block, self.block_size = scratch_block, block_size

@@ -185,19 +185,16 @@ def quantize_checkpoint(src_dir: str | Path, out_dir: str | Path, mode: str, kee
                         dtype: torch.dtype | None = None) -> Path:
     """Writes a quantized copy of an HF Llama checkpoint. `dtype` converts the tensors left unquantized
     (default: keep the source's). Returns out_dir."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
+
+    from llmserve.llama import load_safetensors  # llama imports this module: late import
 
     _check_mode(mode)
     src, out = Path(src_dir), Path(out_dir)
     cfg = json.loads((src / "config.json").read_text())
     if cfg.get("quantization"):
         raise ValueError(f"{src}: already quantized ({cfg['quantization']})")
-    files = sorted(src.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{src}: no *.safetensors weights")
-    state: dict[str, torch.Tensor] = {}
-    for f in files:
-        state.update(load_file(f, device="cpu"))
+    state = load_safetensors(src)
     names = MLP if keep_attention_fp16 else ATTENTION + MLP
     result: dict[str, torch.Tensor] = {}
     quantized = 0

@@ -390,12 +390,16 @@ def parse_perf_analyzer_profile_export(path: str | os.PathLike[str]) -> list[dic
     return out
 
 
+def _newest(artifact_dir: str | os.PathLike[str], pattern: str, shown: str) -> Path:
+    hits = glob.glob(os.path.join(str(artifact_dir), "**", pattern), recursive=True)
+    if not hits:
+        raise FileNotFoundError(f"no {shown} under {artifact_dir}")
+    return Path(max(hits, key=os.path.getmtime))
+
+
 def find_genai_perf_json(artifact_dir: str | os.PathLike[str]) -> Path:
     """The newest ``*_genai_perf.json`` under ``artifact_dir`` (genai-perf nests a per-run folder)."""
-    hits = glob.glob(os.path.join(str(artifact_dir), "**", "*genai_perf.json"), recursive=True)
-    if not hits:
-        raise FileNotFoundError(f"no *_genai_perf.json under {artifact_dir}")
-    return Path(max(hits, key=os.path.getmtime))
+    return _newest(artifact_dir, "*genai_perf.json", "*_genai_perf.json")
 
 
 def parse_genai_perf_json(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -407,7 +411,10 @@ def parse_genai_perf_json(path: str | os.PathLike[str]) -> dict[str, Any]:
     ``streaming`` and ``input_tokens_mean``/``output_tokens_mean`` read from its ``input_config`` when present.
     """
     with open(path) as fh:
-        data = json.load(fh)
+        return _genai_perf_metrics(json.load(fh), path)
+
+
+def _genai_perf_metrics(data: Any, path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(data, dict) or "request_throughput" not in data and "time_to_first_token" not in data:
         raise ValueError(f"{path}: not a genai-perf profile_export_genai_perf.json")
     out: dict[str, Any] = {}
@@ -436,17 +443,14 @@ def parse_genai_perf_json(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def find_aiperf_json(artifact_dir: str | os.PathLike[str]) -> Path:
     """The newest ``profile_export_aiperf.json`` under ``artifact_dir``."""
-    hits = glob.glob(os.path.join(str(artifact_dir), "**", "profile_export_aiperf.json"), recursive=True)
-    if not hits:
-        raise FileNotFoundError(f"no profile_export_aiperf.json under {artifact_dir}")
-    return Path(max(hits, key=os.path.getmtime))
+    return _newest(artifact_dir, "profile_export_aiperf.json", "profile_export_aiperf.json")
 
 
 def parse_aiperf_json(path: str | os.PathLike[str]) -> dict[str, Any]:
     """``profile_export_aiperf.json`` (aiperf 0.13) into the same metric names as ``parse_genai_perf_json``."""
-    out = parse_genai_perf_json(path)
     with open(path) as fh:
         data = json.load(fh)
+    out = _genai_perf_metrics(data, path)
     err = data.get("request_error_rate")
     if isinstance(err, dict) and isinstance(err.get("avg"), (int, float)):
         out["request_error_rate_pct"] = float(err["avg"])
