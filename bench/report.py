@@ -11,7 +11,7 @@ SYSTEMS = [("engine", "engine bf16"), ("engine_sync", "engine bf16, async schedu
            ("engine_fp8_kv8", "engine fp8, fp8 KV cache"), ("engine_int8", "engine int8_wo"),
            ("hf", "HF generate bf16"), ("engine_v49152", "engine bf16 (vocab 49152)"),
            ("triton", "Triton + engine bf16 (vocab 49152)"),
-           ("triton_fast", "Triton, adapter experiment (vocab 49152)")]
+           ("triton_inproc", "Triton, engine inside the stub process (vocab 49152)")]
 
 
 def _runs(results: dict, phase: str) -> dict[tuple[str, int], dict]:
@@ -135,9 +135,9 @@ def write_report(results: dict, out: Path) -> None:
         cells = [_fmt(allruns[ph].get(k, {}).get("throughput_tok_s")) for ph, _ in present]
         t, e = allruns["triton"].get(k), allruns["engine_v49152"].get(k)
         ratio = f"{t['throughput_tok_s'] / e['throughput_tok_s']:.3f}" if t and e else "-"
-        tf = allruns["triton_fast"].get(k)
+        tf = allruns["triton_inproc"].get(k)
         if tf and e:
-            ratio += f" (experiment {tf['throughput_tok_s'] / e['throughput_tok_s']:.3f})"
+            ratio += f" (engine in the stub {tf['throughput_tok_s'] / e['throughput_tok_s']:.3f})"
         lines.append(f"| {k[0]} | {k[1]} | " + " | ".join(cells) + f" | {ratio} |")
     lines += ["", "## Latency (ms): TTFT P50 / P99, inter-token P50 / P99", "",
               "| system | workload | conc. | TTFT P50 | TTFT P99 | ITL P50 | ITL P99 | errors | preemptions |",

@@ -35,11 +35,12 @@ PLAN = {
     "variant": {"128x128": [1, 8, 32, 64, 256]},  # ENGINE_VARIANTS: 128/128, for a side-by-side ratio
     "hf": {"128x128": [1, 8, 64]},
     "triton": {"128x128": [1, 8, 32, 64, 256], "2048x128": [1, 8, 32], "128x2048": [1, 8]},
+    "triton_variant": {"128x128": [8, 64, 256], "2048x128": [32]},  # TRITON_VARIANTS: the points that were short
 }
 QUICK = {
     "engine": {"128x128": [1, 8]}, "engine_quant": {"128x128": [1, 8]}, "variant": {"128x128": [1, 8]},
     "hf": {"128x128": [1]},
-    "triton": {"128x128": [1, 8]},
+    "triton": {"128x128": [1, 8]}, "triton_variant": {"128x128": [8]},
 }
 # Engine phases that differ from `engine` / `engine_fp8` by serving knobs: (weights, knobs).
 ENGINE_VARIANTS = {
@@ -47,11 +48,14 @@ ENGINE_VARIANTS = {
     "engine_kv8": ("bf16", ["kv_cache_dtype=fp8"]),  # e4m3 KV cache
     "engine_fp8_kv8": ("fp8", ["kv_cache_dtype=fp8"]),
 }
-# The serving knobs of every engine in the run (engine-direct and behind Triton alike). The 2 ms queue delay
-# lets requests that reach the server one by one share a prefill step (Triton delivers them one at a time).
+# The Triton phase with other knobs, side by side with `triton` (same engine-direct twin).
+TRITON_VARIANTS = {"triton_inproc": ["engine_process=false"]}  # the engine inside the stub process
+# The serving knobs of every engine in the run (engine-direct and behind Triton alike). The queue delay lets
+# requests that reach the server one by one (Triton delivers them ~1 ms apart) share a prefill step: it ends
+# 2 ms after the newest arrival, when the waiting prompts fill a step, or at 20 ms.
 SERVING = {"max_batch_size": 256, "max_num_tokens": 1024, "kv_cache_free_mem_fraction": 0.9, "dtype": "bfloat16",
            "kv_block_size": 16, "enable_prefix_caching": True, "cuda_graphs": True, "async_scheduling": "auto",
-           "max_queue_delay_us": 2000}
+           "max_queue_delay_us": 20000, "queue_delay_gap_us": 2000, "engine_process": "auto"}
 
 
 def _progress(it, **kw):
@@ -231,15 +235,17 @@ def phase_triton(args) -> dict:
     from bench.triton_path import Server, drive_triton, model_repository
     from bench.workload import summarize
 
-    plan = (QUICK if args.quick else PLAN)["triton"]
+    plan = (QUICK if args.quick else PLAN)[args.plan or "triton"]
     work = Path(args.work)
     prompts = json.loads(Path(args.prompts).read_text())
     texts = json.loads(Path(args.prompts + ".texts").read_text())
     repo = model_repository(work, {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in SERVING.items()},
-                            None if args.mode == "bf16" else args.mode, adapter=args.triton_adapter)
+                            None if args.mode == "bf16" else args.mode)
+    trace = work / f"steps-{os.getpid()}.txt"  # the engine's eager steps (LLMSERVE_STEP_TRACE), per point
+    os.environ["LLMSERVE_STEP_TRACE"] = str(trace)
     server = Server(work, repo)
     t0 = time.time()
-    res = {"mode": args.mode, "vocab": 49152, "adapter": args.triton_adapter, "serving": dict(SERVING), "runs": []}
+    res = {"mode": args.mode, "vocab": 49152, "serving": dict(SERVING), "runs": []}
     try:
         server.start()
         res["start_s"] = round(time.time() - t0, 1)
@@ -247,7 +253,13 @@ def phase_triton(args) -> dict:
         jobs = [(w, c) for w, cs in plan.items() for c in cs]
         for wname, c in _progress(jobs, desc="triton"):
             in_len, out_len = WORKLOADS[wname]
+            with open(trace, "a") as f:
+                f.write(f"{time.monotonic():.4f} point {wname} c={c}\n")
             records, wall = drive_triton(server.port, texts[wname][:c], out_len, c)
+            sent, first = [r.submit for r in records], [r.token_times[0] for r in records if r.token_times]
+            with open(trace, "a") as f:  # the client's side of the same clock (perf_counter is CLOCK_MONOTONIC)
+                f.write(f"client sent {min(sent):.4f}..{max(sent):.4f} first tokens "
+                        f"{min(first, default=0):.4f}..{max(first, default=0):.4f}\n")
             s = summarize(records, wall, c, in_len, out_len)
             s["workload"] = wname
             errs = [r.error for r in records if r.error]
@@ -259,6 +271,7 @@ def phase_triton(args) -> dict:
     finally:
         server.stop()
         res["server_log_tail"] = server.tail(3000)
+        res["step_trace"] = trace.read_text().splitlines() if trace.is_file() else []
     return res
 
 
@@ -317,7 +330,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokenizer-dir", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     ap.add_argument("--plan", choices=list(PLAN), help=argparse.SUPPRESS)  # an engine phase's PLAN entry
-    ap.add_argument("--triton-adapter", default="production", help=argparse.SUPPRESS)
     ap.add_argument("--serving", action="append", default=[], metavar="KEY=VALUE",
                     help="override a serving knob (config.pbtxt parameter) for every phase; repeatable")
     args = ap.parse_args(argv)
@@ -371,6 +383,13 @@ def main(argv: list[str] | None = None) -> int:
                     log, args.phase_timeout)
             elif phase == "hf":
                 results["phases"]["hf"] = _run_phase("hf", work / "hf.json", q, log, args.phase_timeout)
+            elif phase in TRITON_VARIANTS:
+                prompts = make_prompt_files(work, args.quick)
+                results["phases"][phase] = _run_phase(
+                    "triton", work / f"{phase}.json", q + ["--prompts", prompts, "--work", str(work), "--plan",
+                                                           "triton_variant"] + [f"--serving={k}" for k in
+                                                                                TRITON_VARIANTS[phase]],
+                    log, args.phase_timeout)
             elif phase == "triton":
                 prompts = make_prompt_files(work, args.quick)
                 tok = ROOT / ".carry" / "tokenizer"

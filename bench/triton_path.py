@@ -99,12 +99,8 @@ def python_overlay(work: Path, force: bool = False) -> Path:
     return venv / "bin"
 
 
-def model_repository(work: Path, params: dict[str, str], quant: str | None = None, adapter: str = "production"
-                     ) -> Path:
-    """The model repository for the run, with the production adapter. (`adapter` other than "production" named
-    the per-token-IPC experiment of the first 2026-11-25 run; its changes are in model.py since.)"""
-    if adapter != "production":
-        raise ValueError(f"unknown adapter {adapter!r}: the experiment was folded into model_repository/llm/1/model.py")
+def model_repository(work: Path, params: dict[str, str], quant: str | None = None) -> Path:
+    """The model repository for the run: the production model.py and config.pbtxt with `params` set."""
     repo = work / "repo"
     shutil.rmtree(repo, ignore_errors=True)
     model = repo / "llm"

@@ -31,6 +31,7 @@ class ServingConfig:
     max_batch_size: int = 64  # sequences per step
     max_num_tokens: int = 2048  # tokens per step (chunked-prefill budget)
     max_queue_delay_us: int = 0  # wait this long after the first arrival to batch prefills
+    queue_delay_gap_us: int = 0  # ... but only until no request arrived for this long (0: the whole delay)
     max_queue_size: int = 1024  # waiting requests beyond which new ones get UNAVAILABLE
     max_queued_tokens: int = 1_000_000  # prompt tokens waiting, likewise
     max_model_len: int = 0  # 0: the model's max_position_embeddings
@@ -43,6 +44,9 @@ class ServingConfig:
     # Queue greedy decode step N+1 on the GPU before reading step N's tokens, so host work overlaps the GPU:
     # "auto" (on for CUDA), "true", "false".
     async_scheduling: str = "auto"
+    # Run the engine in a child process (its own GIL: in Triton's Python backend the stub's GIL is shared with
+    # Triton's execute calls and the response sends): "auto" (on for the pytorch engine on CUDA), "true", "false".
+    engine_process: str = "auto"
     cancellation_check_period_ms: int = 20
     exclude_input_in_output: bool = True  # when the request does not say (vllm_backend echoes the prompt)
     log_prompts: bool = False  # prompt text stays out of logs unless asked for
@@ -83,6 +87,8 @@ class ServingConfig:
             raise ConfigError(f"kv_cache_dtype: expected auto|fp8, got {self.kv_cache_dtype!r}")
         if self.async_scheduling.lower() not in ("auto", "true", "false"):
             raise ConfigError(f"async_scheduling: expected auto|true|false, got {self.async_scheduling!r}")
+        if self.engine_process.lower() not in ("auto", "true", "false"):
+            raise ConfigError(f"engine_process: expected auto|true|false, got {self.engine_process!r}")
         if self.batch_scheduler_policy not in ("guaranteed_no_evict", "max_utilization"):
             raise ConfigError("batch_scheduler_policy: expected guaranteed_no_evict or max_utilization")
 

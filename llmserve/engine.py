@@ -11,6 +11,8 @@ queue) first reads the launched step and runs synchronously.
 from __future__ import annotations
 
 import logging
+import os
+import time
 from pathlib import Path
 
 import torch
@@ -51,7 +53,8 @@ class TorchEngine:
         self.max_model_len = self.runner.max_model_len
         self.blocks = BlockManager(self.runner.num_blocks, cfg.kv_block_size, cfg.enable_prefix_caching)
         self.scheduler = Scheduler(
-            SchedulerConfig(cfg.max_batch_size, cfg.max_num_tokens, cfg.max_queue_delay_us / 1e6), self.blocks)
+            SchedulerConfig(cfg.max_batch_size, cfg.max_num_tokens, cfg.max_queue_delay_us / 1e6,
+                            cfg.queue_delay_gap_us / 1e6), self.blocks)
         self.seqs: dict[str, Sequence] = {}
         self._aborted: list[Sequence] = []
         self._steps = 0
@@ -61,6 +64,9 @@ class TorchEngine:
         kind, _, arg = cfg.fault_injection.partition(":")
         self._fail_token = int(arg) if kind == "fail_on_token" else None
         self._crash_token = int(arg) if kind == "crash_on_token" else None
+        # Diagnostics: one line per eager (prefill or mixed) step, to see where time to first token goes.
+        trace = os.environ.get("LLMSERVE_STEP_TRACE")
+        self._trace = open(trace, "a", buffering=1) if trace else None  # noqa: SIM115 - lives with the engine
 
     # -- requests -------------------------------------------------------------------------------------
     def add_request(self, request: EngineRequest) -> None:
@@ -132,8 +138,11 @@ class TorchEngine:
         self._steps += 1
         rows = self.runner.sampling_rows(batch)
         sampling = self._sampling_batch(rows) if rows else None
+        t0 = time.monotonic()
         try:
             tokens, logprobs = self._run(batch, sampling)
+            if self._trace is not None:
+                self._trace_step(batch, t0)
         except Exception:  # noqa: BLE001 - find the culprits, fail only them; the engine keeps serving
             log.exception("engine step failed; re-running its %d sequences one by one", len(batch.seqs))
             return outputs + self._isolate_failure(batch)
@@ -145,6 +154,13 @@ class TorchEngine:
             if seq.status is Status.RUNNING:
                 self.blocks.register_full_blocks(seq)
         return [o for o in outputs if o is not None]
+
+    def _trace_step(self, batch: ScheduledBatch, t0: float) -> None:
+        now = time.monotonic()
+        waited = max(t0 - s.request.arrival_time for s in batch.seqs)
+        self._trace.write(f"{now:.4f} eager seqs={len(batch.seqs)} tokens={sum(batch.num_tokens)} "
+                          f"ms={(now - t0) * 1e3:.1f} oldest_wait_ms={waited * 1e3:.1f} "
+                          f"running={len(self.scheduler.running)} waiting={len(self.scheduler.waiting)}\n")
 
     # -- async scheduling -------------------------------------------------------------------------------
     def _launchable(self, batch: ScheduledBatch) -> bool:

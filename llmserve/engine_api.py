@@ -28,6 +28,10 @@ class Overloaded(EngineError):
 
     def __init__(self, message: str):
         super().__init__(f"{self.MARK}: {message}", status="UNAVAILABLE")
+        self.detail = message
+
+    def __reduce__(self):  # crosses the engine process's pipe; the default would prefix MARK twice
+        return Overloaded, (self.detail,)
 
 
 @dataclass

@@ -7,14 +7,18 @@ from pathlib import Path
 from llmserve.config import ConfigError, ServingConfig, resolve_inside
 from llmserve.metrics import MetricsSink
 from llmserve.service import LLMService
+from llmserve.service_process import ServiceProcess
 from llmserve.tokenizer import Tokenizer
 
 
-def build_service(cfg: ServingConfig, model_dir: str | Path, metrics: MetricsSink | None = None) -> LLMService:
+def build_service(cfg: ServingConfig, model_dir: str | Path, metrics: MetricsSink | None = None
+                  ) -> LLMService | ServiceProcess:
     checkpoint = resolve_inside(model_dir, cfg.checkpoint_dir, "checkpoint_dir")
     if not (checkpoint / "config.json").is_file():
         raise ConfigError(f"checkpoint_dir: {checkpoint} holds no HF checkpoint (config.json); import one with "
                           "`python -m build_engines import --output <model_dir>/checkpoint`")
+    if use_engine_process(cfg):
+        return ServiceProcess(cfg, model_dir, checkpoint, metrics)
     tokenizer = Tokenizer(checkpoint)
     if cfg.engine == "tensorrtllm":
         from llmserve.engines.trtllm import create_trtllm_engine
@@ -30,3 +34,18 @@ def build_service(cfg: ServingConfig, model_dir: str | Path, metrics: MetricsSin
 
         engine = TorchEngine(cfg, checkpoint)
     return LLMService(engine, tokenizer, metrics, max_prompt_chars=cfg.max_input_bytes).start()
+
+
+def use_engine_process(cfg: ServingConfig) -> bool:
+    """`engine_process` auto: a child process for our engine on a GPU, where its eager launches would hold the
+    caller's GIL (on a CPU the engine's own compute dominates and one process is simpler)."""
+    choice = cfg.engine_process.lower()
+    if choice != "auto":
+        return choice == "true"
+    if cfg.engine != "pytorch" or cfg.device == "cpu":
+        return False
+    if cfg.device.startswith("cuda"):
+        return True
+    import torch
+
+    return torch.cuda.is_available()

@@ -27,6 +27,9 @@ class InvalidRequest(ValueError):
         self.field = field_name
         self.reason = reason
 
+    def __reduce__(self):  # crosses the engine process's pipe (the default pickles one argument, not two)
+        return InvalidRequest, (self.field, self.reason)
+
 
 @dataclass
 class SamplingParams:

@@ -50,6 +50,17 @@ class Delta:
 
 
 Callback = Callable[[Delta], None]
+
+
+def tokenize_request(tokenizer: Tokenizer, request: GenerateRequest, max_prompt_chars: int) -> list[int]:
+    if request.messages is not None:
+        return tokenizer.apply_chat_template(request.messages)
+    if not isinstance(request.prompt, str) or not request.prompt:
+        raise InvalidRequest("text_input", "the prompt is empty")
+    if len(request.prompt) > max_prompt_chars:
+        raise InvalidRequest("text_input", f"the prompt has {len(request.prompt)} characters; "
+                             f"the limit is {max_prompt_chars} (max_input_bytes)")
+    return tokenizer.encode(request.prompt)
 _DRAINING = "the server is shutting down (draining): send the request to another replica"
 
 
@@ -93,7 +104,7 @@ class LLMService:
         if self._stopping.is_set() or not self.healthy:
             raise EngineError("the engine is not serving (shutting down or failed)", status="UNAVAILABLE")
         if request.prompt_token_ids is None:
-            request.prompt_token_ids = self._tokenize(request)
+            request.prompt_token_ids = tokenize_request(self.tokenizer, request, self.max_prompt_chars)
         self._commands.put(("add", request, callback))
 
     def abort(self, request_id: str) -> None:
@@ -113,15 +124,18 @@ class LLMService:
         self._commands.put(("stop", None, None))
         self._thread.join(timeout)
 
-    def _tokenize(self, request: GenerateRequest) -> list[int]:
-        if request.messages is not None:
-            return self.tokenizer.apply_chat_template(request.messages)
-        if not isinstance(request.prompt, str) or not request.prompt:
-            raise InvalidRequest("text_input", "the prompt is empty")
-        if len(request.prompt) > self.max_prompt_chars:
-            raise InvalidRequest("text_input", f"the prompt has {len(request.prompt)} characters; "
-                                 f"the limit is {self.max_prompt_chars} (max_input_bytes)")
-        return self.tokenizer.encode(request.prompt)
+    def shutdown(self) -> None:
+        """stop, then free the engine (GPU memory, worker processes)."""
+        self.stop()
+        self.engine.shutdown()
+
+    @property
+    def vocab_size(self) -> int:
+        return self.engine.vocab_size
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len
 
     # -- the engine thread -----------------------------------------------------------------------------------
     def _run(self) -> None:

@@ -217,11 +217,14 @@ def test_prompt_text_stays_out_of_the_log(server):
     assert marker not in log
 
 
-def test_a_dead_engine_unloads_the_model_so_readiness_tells_the_truth(checkpoint, fault_token, tmp_path):
+@pytest.mark.parametrize("engine_process", ["false", "true"])
+def test_a_dead_engine_unloads_the_model_so_readiness_tells_the_truth(checkpoint, fault_token, tmp_path,
+                                                                     engine_process):
     import urllib.error
     import urllib.request
 
-    repo = make_repository(tmp_path / "repo", checkpoint, fault_injection=f"crash_on_token:{fault_token}")
+    repo = make_repository(tmp_path / "repo", checkpoint, fault_injection=f"crash_on_token:{fault_token}",
+                           engine_process=engine_process)
     srv = TritonServer(repo, free_port(), free_port(), free_port(), log_path=tmp_path / "server.log")
     srv.start()
     try:

@@ -73,3 +73,20 @@ def test_queue_delay_holds_the_first_prefill():
     assert 0.4 < sched.next_wakeup(now) <= 0.5
     assert sched.schedule(now=now + 0.6).seqs == [s]
     assert time.monotonic() > 0
+
+
+def test_queue_delay_ends_when_a_burst_pauses_or_fills_a_step():
+    sched = Scheduler(SchedulerConfig(max_batch_size=8, max_num_tokens=12, max_queue_delay_s=0.5,
+                                      queue_delay_gap_s=0.01), BlockManager(64, 4, False))
+    a, b = seq(4, 1), seq(4, 2)
+    sched.add(a)
+    t0 = a.request.arrival_time
+    b.request.arrival_time = t0 + 0.008  # the burst goes on: the gap counts from the newest arrival
+    sched.add(b)
+    assert sched.schedule(now=t0 + 0.012).seqs == []
+    assert abs(sched.next_wakeup(t0 + 0.012) - 0.006) < 1e-6
+    c = seq(4, 3)
+    c.request.arrival_time = t0 + 0.013
+    sched.add(c)  # 12 prompt tokens waiting fill the step's budget: no reason to wait longer
+    assert sched.next_wakeup(t0 + 0.014) == 0.0
+    assert sched.schedule(now=t0 + 0.014).seqs == [a, b, c]

@@ -188,10 +188,10 @@ class TritonPythonModel:
                 parameters = json.loads(raw_parameters or "{}")
             except json.JSONDecodeError:
                 parameters = {}
-            engine = self.service.engine
+            service = self.service
             parsed: ParsedRequest = parse_request(rid, inputs, parameters, self.defaults, self.cfg.max_input_bytes,
-                                                  self.cfg.exclude_input_in_output, engine.vocab_size,
-                                                  engine.max_model_len)
+                                                  self.cfg.exclude_input_in_output, service.vocab_size,
+                                                  service.max_model_len)
             self.inflight[rid] = _InFlight(sender, ResponseBuilder(parsed, self.service.tokenizer.decode))
             self.service.submit(parsed.request, self.responses.put)
         except InvalidRequest as exc:
@@ -333,8 +333,7 @@ class TritonPythonModel:
         # The service answers every request still in flight with UNAVAILABLE before its thread ends.
         self.intake.put(None)
         self.intake_thread.join(timeout=5)
-        self.service.stop()
-        self.service.engine.shutdown()
+        self.service.shutdown()
         self.stopping.set()
         self.responses.put(None)
         self.response_thread.join(timeout=10)

@@ -1,0 +1,159 @@
+"""The service in a child process (`engine_process: true`): same deltas, errors, drain and failure handling as
+in-process, across a real process boundary."""
+
+import os
+import queue
+import signal
+
+import pytest
+
+from llmserve.config import ServingConfig
+from llmserve.engine_api import EngineError, Overloaded
+from llmserve.factory import build_service, use_engine_process
+from llmserve.sampling_params import InvalidRequest, SamplingParams
+from llmserve.service import GenerateRequest
+from llmserve.service_process import ServiceProcess
+from tests.conftest import MODEL_DIR
+
+
+class Recorder:
+    def __init__(self):
+        self.calls = []
+
+    def observe(self, name, value):
+        self.calls.append(("observe", name))
+
+    def increment(self, name, value=1.0, labels=None):
+        self.calls.append(("increment", name))
+
+    def set(self, name, value, labels=None):
+        self.calls.append(("set", name))
+
+
+def collect(q: queue.SimpleQueue, n: int, timeout: float = 60) -> dict[str, list]:
+    """Deltas by request until `n` requests have their final one."""
+    got: dict[str, list] = {}
+    done = 0
+    while done < n:
+        d = q.get(timeout=timeout)
+        got.setdefault(d.request_id, []).append(d)
+        done += d.finished
+    return got
+
+
+def text_of(deltas) -> str:
+    return "".join(d.text for d in deltas)
+
+
+@pytest.fixture
+def synthetic(checkpoint):
+    def make(**knobs):
+        cfg = ServingConfig(engine="synthetic", engine_process="true", **knobs)
+        return build_service(cfg, MODEL_DIR, sink)
+
+    sink = Recorder()
+    made = []
+    yield lambda **knobs: made.append(make(**knobs)) or made[-1], sink
+    for service in made:
+        service.shutdown()
+
+
+def test_requests_stream_through_the_child_with_metrics_and_stats(synthetic):
+    make, sink = synthetic
+    service = make(synthetic_step_ms=1.0)
+    assert isinstance(service, ServiceProcess) and service.process.pid != os.getpid()
+    q: queue.SimpleQueue = queue.SimpleQueue()
+    for i in range(5):
+        service.submit(GenerateRequest(f"r{i}", SamplingParams(max_tokens=3 + i), prompt="Hello world"), q.put)
+    got = collect(q, 5)
+    for i in range(5):
+        deltas = got[f"r{i}"]
+        assert sum(len(d.token_ids) for d in deltas) == 3 + i
+        assert [d.finished for d in deltas].count(True) == 1 and deltas[-1].finish_reason == "length"
+        assert text_of(deltas).startswith("Hello")
+    names = {name for _, name in sink.calls}
+    assert {"llm_generation_tokens_total", "llm_time_to_first_token_seconds",
+            "llm_request_success_total"} <= names
+    assert service.stats().steps >= 7 and service.healthy
+
+
+def test_errors_keep_their_type_field_and_status_across_the_pipe(synthetic):
+    make, _ = synthetic
+    service = make(synthetic_step_ms=200.0, max_queue_size=1, max_batch_size=1)
+    q: queue.SimpleQueue = queue.SimpleQueue()
+    with pytest.raises(InvalidRequest, match="text_input"):  # tokenizing happens in the caller's process
+        service.submit(GenerateRequest("empty", SamplingParams(), prompt=""), q.put)
+    for rid in ("a", "b", "c"):
+        service.submit(GenerateRequest(rid, SamplingParams(max_tokens=2), prompt="Hi"), q.put)
+    got = collect(q, 3)
+    refused = [deltas[-1] for deltas in got.values() if deltas[-1].finish_reason == "error"]
+    assert refused, "a queue of one must refuse one of three requests"
+    err = refused[0].error
+    assert isinstance(err, Overloaded) and err.status == "UNAVAILABLE"
+    assert str(err).count("server overloaded") == 1 and "max_queue_size" in str(err)
+
+
+def test_abort_and_drain(synthetic):
+    make, _ = synthetic
+    service = make(synthetic_step_ms=5.0)
+    q: queue.SimpleQueue = queue.SimpleQueue()
+    service.submit(GenerateRequest("long", SamplingParams(max_tokens=100_000), prompt="Hi"), q.put)
+    service.submit(GenerateRequest("cut", SamplingParams(max_tokens=100_000), prompt="Hi"), q.put)
+    assert q.get(timeout=30).request_id in ("long", "cut")
+    service.abort("cut")
+    service.drain(0.0)
+    with pytest.raises(EngineError, match="draining") as refused:
+        service.submit(GenerateRequest("late", SamplingParams(), prompt="Hi"), q.put)
+    assert refused.value.status == "UNAVAILABLE"
+    got = collect(q, 2)
+    assert got["cut"][-1].finish_reason in ("abort", "error")
+    assert got["long"][-1].finish_reason == "error" and got["long"][-1].error.status == "UNAVAILABLE"
+    assert "drain period" in str(got["long"][-1].error)
+
+
+def test_a_child_that_dies_fails_what_is_in_flight_and_turns_unhealthy(synthetic):
+    make, _ = synthetic
+    service = make(synthetic_step_ms=5.0)
+    q: queue.SimpleQueue = queue.SimpleQueue()
+    for rid in ("x", "y"):
+        service.submit(GenerateRequest(rid, SamplingParams(max_tokens=100_000), prompt="Hi"), q.put)
+    q.get(timeout=30)
+    os.kill(service.process.pid, signal.SIGKILL)
+    got = collect(q, 2)
+    for rid in ("x", "y"):
+        final = got[rid][-1]
+        assert final.finish_reason == "error" and final.error.status == "UNAVAILABLE"
+        assert "engine process exited" in str(final.error)
+    assert not service.healthy
+    with pytest.raises(EngineError, match="not serving"):
+        service.submit(GenerateRequest("z", SamplingParams(), prompt="Hi"), q.put)
+
+
+def test_a_child_that_cannot_start_says_why(checkpoint):
+    cfg = ServingConfig(device="cpu", engine_process="true", kv_cache_memory_bytes=1)
+    with pytest.raises(RuntimeError, match="failed to start") as failed:
+        build_service(cfg, MODEL_DIR)
+    assert "Traceback" in str(failed.value)
+
+
+def test_the_torch_engine_gives_the_same_greedy_text_in_a_child(checkpoint):
+    prompt = "The capital of France is"
+    texts = []
+    for where in ("false", "true"):
+        service = build_service(ServingConfig(device="cpu", engine_process=where), MODEL_DIR)
+        try:
+            q: queue.SimpleQueue = queue.SimpleQueue()
+            service.submit(GenerateRequest("g", SamplingParams(max_tokens=12, temperature=0.0), prompt=prompt),
+                           q.put)
+            texts.append(text_of(collect(q, 1)["g"]))
+        finally:
+            service.shutdown()
+    assert texts[0] == texts[1] and "Paris" in texts[0]
+
+
+def test_auto_means_a_child_for_the_torch_engine_on_cuda_only():
+    assert not use_engine_process(ServingConfig(device="cpu"))
+    assert use_engine_process(ServingConfig(device="cuda:0"))
+    assert not use_engine_process(ServingConfig(engine="synthetic", device="cuda:0"))
+    assert use_engine_process(ServingConfig(engine="synthetic", engine_process="true"))
+    assert not use_engine_process(ServingConfig(device="cuda", engine_process="false"))
