@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import tempfile
 import time
@@ -27,6 +28,12 @@ def _stub_pid() -> int:
     if not out:
         raise RuntimeError("no Python backend stub process found")
     return int(out[0])
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc/<pid>/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,7 +73,10 @@ def main(argv: list[str] | None = None) -> int:
                                        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
                 time.sleep(1)
             texts = [f"Tell me story number {i}." for i in range(c)]
+            stub = _stub_pid()
+            cpu0 = _cpu_s(stub)
             records, wall = drive_triton(a.port, texts, a.tokens, c)
+            stub_cpu = _cpu_s(stub) - cpu0
             if spy:
                 spy.send_signal(2)  # py-spy writes its file on SIGINT
                 spy.wait(30)
@@ -74,9 +84,12 @@ def main(argv: list[str] | None = None) -> int:
             ideal = a.tokens * a.step_ms / 1000
             s["ideal_wall_s"] = round(ideal, 3)
             s["ratio_to_ideal"] = round(ideal / wall, 3)
+            # The stub's own CPU per generated token: what the adapter costs, whatever the machine's noise.
+            s["stub_cpu_us_per_token"] = round(stub_cpu / max(1, c * a.tokens) * 1e6, 1)
             results.append(s)
             print(json.dumps({k: s[k] for k in ("concurrency", "throughput_tok_s", "wall_s", "ideal_wall_s",
-                                                 "ratio_to_ideal", "errors", "itl_ms_p50", "itl_ms_p99")}), flush=True)
+                                                 "ratio_to_ideal", "errors", "itl_ms_p50", "itl_ms_p99",
+                                                 "stub_cpu_us_per_token")}), flush=True)
     finally:
         server.stop()
     if a.out:

@@ -392,6 +392,19 @@ def s_mm16(args):
     RESULTS["mm16"] = res
 
 
+def _replay_ms(graph, n: int) -> float:
+    """Median of n timed replays of a captured CUDA graph, in ms."""
+    ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
+    times = []
+    for _ in range(n):
+        ev[0].record()
+        graph.replay()
+        ev[1].record()
+        ev[1].synchronize()
+        times.append(ev[0].elapsed_time(ev[1]))
+    return sorted(times)[n // 2]
+
+
 @section("engine7b")
 def s_engine7b(args):
     from llmserve.config import ServingConfig
@@ -418,16 +431,7 @@ def s_engine7b(args):
                 times.append(time.perf_counter() - t)
             dec = sorted(times[1:])
             step_ms = dec[len(dec) // 2] * 1000
-            graph = eng.runner._graphs[1][0]
-            ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
-            gt = []
-            for _ in range(20):
-                ev[0].record()
-                graph.replay()
-                ev[1].record()
-                ev[1].synchronize()
-                gt.append(ev[0].elapsed_time(ev[1]))
-            t_graph = sorted(gt)[10]
+            t_graph = _replay_ms(eng.runner._graphs[1][0], 20)
             # batch 8 too
             for i in range(8):
                 eng.add_request(EngineRequest(f"b{i}", ids, SamplingParams(temperature=0.0, max_tokens=64,
@@ -447,6 +451,45 @@ def s_engine7b(args):
             eng.shutdown()
             del eng
             torch.cuda.empty_cache()
+
+
+@section("pdl")
+def s_pdl(args):
+    """Programmatic dependent launch per kernel module in the decode graphs: which kernels gain. (The attention
+    module had a PDL switch for the run in bench/results/2026-11-25-h100-pdl; it lost, and was taken out.)"""
+    from llmserve import kernels
+    from llmserve.config import ServingConfig
+    from llmserve.engine import TorchEngine
+    from llmserve.kernels import fused, linear
+
+    res = RESULTS.setdefault("pdl", {})
+    on, off = (lambda: {"PDL": True, "launch_pdl": True}), (lambda: {"PDL": False})
+    modules = {"linear": linear, "fused": fused}
+    masks = [tuple(m.split("+")) if m != "none" else () for m in
+             os.environ.get("BENCH_PDL_MASKS", "none,linear+fused,fused,linear").split(",")]
+    sizes = [int(x) for x in os.environ.get("BENCH_PDL_SIZES", "1,8").split(",")]
+    with tempfile.TemporaryDirectory() as d:
+        ckpt = write_random_checkpoint(Path(d), 32000, None)
+        eng = TorchEngine(ServingConfig(dtype="bfloat16", max_batch_size=max(sizes), kv_cache_free_mem_fraction=0.5,
+                                        pdl="false"), ckpt)
+        runner = eng.runner
+        keep = []  # the registered host buffers of earlier captures: freed, their memory would be re-registered
+        for mask in masks:
+            keep.append(getattr(runner, "_hosts", None))
+            for name, mod in modules.items():
+                mod.pdl = on if name in mask else off
+            runner._graphs.clear()
+            runner._capture_graphs()
+            row = {}
+            for S in sizes:
+                row[f"bs{S}_ms"] = _replay_ms(runner._graphs[S][0], 30)
+            key = "+".join(mask) or "none"
+            res[key] = row
+            SUMMARY.append(f"pdl on {key}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()))
+            print(SUMMARY[-1], flush=True)
+        for mod in modules.values():
+            mod.pdl = kernels.pdl
+        eng.shutdown()
 
 
 @section("host")
@@ -534,7 +577,7 @@ def s_triton(args):
         shutil.copy2(server.log, args.out / "tritonserver.log")
 
 
-SECTIONS = {"env": s_env, "tests": s_tests, "engine_small": s_engine_small, "engine7b": s_engine7b,
+SECTIONS = {"pdl": s_pdl, "env": s_env, "tests": s_tests, "engine_small": s_engine_small, "engine7b": s_engine7b,
             "floor": s_floor, "attn": s_attn, "attn_kv": s_attn_kv, "gemv": s_gemv, "gemv1": s_gemv1, "mm16": s_mm16,
             "host": s_host, "triton": s_triton}
 

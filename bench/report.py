@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 SYSTEMS = [("engine", "engine bf16"), ("engine_sync", "engine bf16, async scheduling off"),
+           ("engine_nopdl", "engine bf16, programmatic dependent launch off"),
            ("engine_kv8", "engine bf16, fp8 KV cache"), ("engine_fp8", "engine fp8"),
            ("engine_fp8_kv8", "engine fp8, fp8 KV cache"), ("engine_int8", "engine int8_wo"),
            ("hf", "HF generate bf16"), ("engine_v49152", "engine bf16 (vocab 49152)"),

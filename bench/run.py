@@ -45,6 +45,7 @@ QUICK = {
 # Engine phases that differ from `engine` / `engine_fp8` by serving knobs: (weights, knobs).
 ENGINE_VARIANTS = {
     "engine_sync": ("bf16", ["async_scheduling=false"]),  # stepping synchronously
+    "engine_nopdl": ("bf16", ["pdl=false"]),  # plain kernel launches
     "engine_kv8": ("bf16", ["kv_cache_dtype=fp8"]),  # e4m3 KV cache
     "engine_fp8_kv8": ("fp8", ["kv_cache_dtype=fp8"]),
 }

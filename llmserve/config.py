@@ -44,6 +44,9 @@ class ServingConfig:
     # Queue greedy decode step N+1 on the GPU before reading step N's tokens, so host work overlaps the GPU:
     # "auto" (on for CUDA), "true", "false".
     async_scheduling: str = "auto"
+    # Programmatic dependent launch of our linear and fused kernels in the decode graphs of up to 16 rows (each
+    # kernel's launch overlaps the previous one's tail): "auto" (on for compute capability 9.0+), "true", "false".
+    pdl: str = "auto"
     # Run the engine in a child process (its own GIL: in Triton's Python backend the stub's GIL is shared with
     # Triton's execute calls and the response sends): "auto" (on for the pytorch engine on CUDA), "true", "false".
     engine_process: str = "auto"
@@ -87,6 +90,8 @@ class ServingConfig:
             raise ConfigError(f"kv_cache_dtype: expected auto|fp8, got {self.kv_cache_dtype!r}")
         if self.async_scheduling.lower() not in ("auto", "true", "false"):
             raise ConfigError(f"async_scheduling: expected auto|true|false, got {self.async_scheduling!r}")
+        if self.pdl.lower() not in ("auto", "true", "false"):
+            raise ConfigError(f"pdl: expected auto|true|false, got {self.pdl!r}")
         if self.engine_process.lower() not in ("auto", "true", "false"):
             raise ConfigError(f"engine_process: expected auto|true|false, got {self.engine_process!r}")
         if self.batch_scheduler_policy not in ("guaranteed_no_evict", "max_utilization"):

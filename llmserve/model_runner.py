@@ -86,6 +86,14 @@ class Launched:
         return self.host[:len(self.seqs)].tolist()
 
 
+def use_pdl(choice: str, device: torch.device) -> bool:
+    """`pdl` auto: on for Hopper and later (compute capability 9.0+), where programmatic dependent launch exists.
+    It applies to the linear and fused kernels of the decode graphs (see llmserve.kernels.PDL)."""
+    if choice.lower() != "auto":
+        return choice.lower() == "true"
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
+
+
 def graph_batch_sizes(max_batch_size: int) -> list[int]:
     sizes = [s for s in GRAPH_BATCH_SIZES if s < max_batch_size]
     return sizes + [max_batch_size]
@@ -104,6 +112,7 @@ class ModelRunner:
         self.kv_dtype = torch.float8_e4m3fn if cfg.kv_cache_dtype == "fp8" else self.dtype
         self.fast = self.dtype in (torch.float16, torch.bfloat16) and kernels.enabled(
             torch.empty(0, device=self.device))
+        self.pdl = self.fast and cfg.cuda_graphs and use_pdl(cfg.pdl, self.device)
         # One extra block on the fast path: the scratch block for padding rows of a CUDA graph.
         self._extra_blocks = 1 if self.fast else 0
         self.num_blocks = self._num_kv_blocks()
@@ -241,6 +250,10 @@ class ModelRunner:
         self._dev.copy_(self._hosts[0].tensor)
         pool = torch.cuda.graph_pool_handle()
         for S in sorted(sizes, reverse=True):
+            # Programmatic dependent launch in the graphs of up to 16 rows (where our GEMV/GEMM kernels do the
+            # linear layers). Eager prefill steps measured slower with it, and 128/128 at 256 streams lower in both
+            # runs that had it in the large graphs too (bench/results/2026-11-25-h100-pdl).
+            kernels.PDL = self.pdl and S <= 16
             meta = AttentionMetadata(slot_mapping=slot[:S], block_tables=bt[:S], context_lens=ctx[:S],
                                      query_lens=[1] * S, context_lens_host=[1] * S, decode_only=True,
                                      max_context_len=self.max_model_len, context_bound=self.max_model_len)
@@ -251,6 +264,7 @@ class ModelRunner:
             with torch.cuda.graph(graph, pool=pool):
                 logits, tokens = self._decode_forward(ids[:S], pos[:S], src[:S], meta)
             self._graphs[S] = (graph, logits, tokens)
+        kernels.PDL = False
         torch.cuda.synchronize(self.device)
         self._sizes = sorted(sizes)
         log.info("captured CUDA graphs for decode batch sizes %s", self._sizes)

@@ -15,6 +15,7 @@ A child that dies is seen as the pipe's EOF: every request still in flight gets 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue
@@ -93,10 +94,9 @@ class ServiceProcess:
             raise EngineError("the engine is not serving (shutting down or failed)", status="UNAVAILABLE")
         if request.prompt_token_ids is None:
             request.prompt_token_ids = tokenize_request(self.tokenizer, request, self.max_prompt_chars)
-        request.prompt = request.messages = None  # the child needs the ids only
         with self._lock:
             self._callbacks[request.request_id] = callback
-            self._send(("add", request))
+            self._send(("add", dataclasses.replace(request, prompt=None, messages=None)))  # ids are enough
 
     def abort(self, request_id: str) -> None:
         with self._lock:

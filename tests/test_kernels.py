@@ -13,7 +13,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
-from llmserve import quantize  # noqa: E402
+from llmserve import kernels, quantize  # noqa: E402
 from llmserve.attention import AttentionMetadata, paged_attention  # noqa: E402
 from llmserve.kernels import attention as kattn  # noqa: E402
 from llmserve.kernels import fused, linear  # noqa: E402
@@ -21,6 +21,19 @@ from llmserve.llama import apply_rope  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 DT = torch.bfloat16 if DEV == "cuda" else torch.float16  # the interpreter has no bf16
+
+
+@pytest.fixture(autouse=True, params=["plain", "pdl"] if DEV == "cuda" else ["plain"])
+def launch_mode(request):
+    """On a GPU every kernel test runs twice: plain launches, and programmatic dependent launch where the GPU
+    has it (what the engine uses on an H100)."""
+    from llmserve.model_runner import use_pdl
+
+    if request.param == "pdl" and not use_pdl("auto", torch.device(DEV)):
+        pytest.skip("programmatic dependent launch needs compute capability 9.0+")
+    kernels.PDL = request.param == "pdl"
+    yield
+    kernels.PDL = False
 
 
 def rel(out, ref):

@@ -9,11 +9,17 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+from llmserve.kernels import pdl
 
 
 @triton.jit
 def _rmsnorm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, stride_x, stride_res, stride_out, N, eps,
-                    HAS_RES: tl.constexpr, BLOCK: tl.constexpr):
+                    HAS_RES: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    if PDL:  # see llmserve.kernels.PDL
+        gdc_wait()
+        gdc_launch_dependents()
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < N
@@ -38,7 +44,8 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.T
         return out
     res = residual if residual is not None else x
     _rmsnorm_kernel[(T,)](x, res, weight, out, x.stride(0), res.stride(0), out.stride(0), N, eps,
-                          HAS_RES=residual is not None, BLOCK=triton.next_power_of_2(N), num_warps=4)
+                          HAS_RES=residual is not None, BLOCK=triton.next_power_of_2(N), num_warps=4,
+                          **pdl())
     return out
 
 
@@ -46,7 +53,10 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.T
 def _rope_cache_kernel(qkv_ptr, pos_ptr, cos_ptr, sin_ptr, slot_ptr, k_cache_ptr, v_cache_ptr,
                        stride_t, stride_cos, stride_slot,
                        NH: tl.constexpr, NKV: tl.constexpr, HALF: tl.constexpr,
-                       BLOCK_H: tl.constexpr, BLOCK_KV: tl.constexpr):
+                       BLOCK_H: tl.constexpr, BLOCK_KV: tl.constexpr, PDL: tl.constexpr):
+    if PDL:  # see llmserve.kernels.PDL
+        gdc_wait()
+        gdc_launch_dependents()
     t = tl.program_id(0).to(tl.int64)
     pos = tl.load(pos_ptr + t).to(tl.int64)
     slot = tl.load(slot_ptr + t).to(tl.int64)
@@ -92,11 +102,14 @@ def rope_and_cache(qkv: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor
                              qkv.stride(0), cos.stride(0), stride_slot,
                              NH=num_heads, NKV=num_kv_heads, HALF=head_dim // 2,
                              BLOCK_H=triton.next_power_of_2(num_heads), BLOCK_KV=triton.next_power_of_2(num_kv_heads),
-                             num_warps=4)
+                             num_warps=4, **pdl())
 
 
 @triton.jit
-def _silu_mul_kernel(x_ptr, out_ptr, stride_x, stride_out, N, BLOCK: tl.constexpr):
+def _silu_mul_kernel(x_ptr, out_ptr, stride_x, stride_out, N, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    if PDL:  # see llmserve.kernels.PDL
+        gdc_wait()
+        gdc_launch_dependents()
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < N
@@ -115,5 +128,6 @@ def silu_mul(x: torch.Tensor) -> torch.Tensor:
     if T == 0:
         return out
     BLOCK = 1024
-    _silu_mul_kernel[(T, triton.cdiv(N, BLOCK))](x, out, x.stride(0), out.stride(0), N, BLOCK=BLOCK, num_warps=4)
+    _silu_mul_kernel[(T, triton.cdiv(N, BLOCK))](x, out, x.stride(0), out.stride(0), N, BLOCK=BLOCK, num_warps=4,
+                                                 **pdl())
     return out

@@ -17,6 +17,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+from llmserve.kernels import pdl
 
 
 @triton.jit
@@ -24,7 +27,10 @@ def _wmm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, M, N, K,
                 stride_xm, stride_wn, stride_om,
                 HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr,
                 EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+    if PDL:  # see llmserve.kernels.PDL
+        gdc_wait()
+        gdc_launch_dependents()
     pid_m = tl.program_id(0)  # M fastest: neighbouring programs share the W tile (large M) in L2
     pid_n = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -80,8 +86,11 @@ def _to_f32(w, W_KIND: tl.constexpr):
 def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, N, K, stride_wn,
                  HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr,
                  EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, W_KIND: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr):
     """One row of x (decode at batch 1): CUDA-core FMAs, each weight element read once, converted in registers."""
+    if PDL:  # see llmserve.kernels.PDL
+        gdc_wait()
+        gdc_launch_dependents()
     pid = tl.program_id(0)
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
@@ -161,7 +170,7 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
     _gemv_kernel[(triton.cdiv(N, bn),)](x, w, scale if scale is not None else w, bias if bias is not None else w, out,
                                         N, K, w.stride(0), HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
                                         GATED=gated, EVEN_K=K % bk == 0, EVEN_N=N % bn == 0, W_KIND=kind,
-                                        BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, num_warps=warps)
+                                        BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, num_warps=warps, **pdl())
     return out
 
 
@@ -211,12 +220,15 @@ def wmm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bia
                       x.stride(0), w.stride(0), out.stride(0),
                       HAS_SCALE=scale is not None, HAS_BIAS=bias is not None, GATED=gated,
                       EVEN_K=K % bk == 0, EVEN_N=N % bn == 0,
-                      BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
+                      BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages, **pdl())
     return out
 
 
 @triton.jit
-def _quant_fp8_kernel(x_ptr, q_ptr, s_ptr, stride_x, stride_q, K, BLOCK: tl.constexpr):
+def _quant_fp8_kernel(x_ptr, q_ptr, s_ptr, stride_x, stride_q, K, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    if PDL:  # see llmserve.kernels.PDL
+        gdc_wait()
+        gdc_launch_dependents()
     row = tl.program_id(0).to(tl.int64)
     amax = tl.zeros((BLOCK,), tl.float32)
     for k0 in range(0, K, BLOCK):
@@ -238,5 +250,5 @@ def quant_fp8_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     q = torch.empty(M, K, dtype=torch.float8_e4m3fn, device=x.device)
     s = torch.empty(M, 1, dtype=torch.float32, device=x.device)
     if M:
-        _quant_fp8_kernel[(M,)](x, q, s, x.stride(0), q.stride(0), K, BLOCK=1024, num_warps=4)
+        _quant_fp8_kernel[(M,)](x, q, s, x.stride(0), q.stride(0), K, BLOCK=1024, num_warps=4, **pdl())
     return q, s
