@@ -35,13 +35,14 @@ GAUGES = {
     "llm_requests_waiting": "Requests waiting for admission",
     "llm_kv_cache_blocks": "KV cache blocks by state (used, free)",
     "llm_engine_healthy": "1 while the engine serves, 0 once it failed (the model then unloads itself)",
-    "llm_backend_resident_memory_bytes": "Resident memory of the model's backend process (leak watch)",
+    "llm_backend_resident_memory_bytes": "Resident memory of the model's backend processes: the stub, plus the "
+                                         "engine's own process where engine_process is on (leak watch)",
 }
 
 
-def resident_memory_bytes() -> int:
+def resident_memory_bytes(pid: int | str = "self") -> int:
     try:
-        with open("/proc/self/status") as f:
+        with open(f"/proc/{pid}/status") as f:
             return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
     except (OSError, StopIteration):
         return 0

@@ -129,6 +129,8 @@ class LLMService:
         self.stop()
         self.engine.shutdown()
 
+    engine_pid = None  # the engine runs in this process
+
     @property
     def vocab_size(self) -> int:
         return self.engine.vocab_size

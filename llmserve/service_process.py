@@ -110,6 +110,10 @@ class ServiceProcess:
     def stats(self) -> EngineStats:
         return self._stats
 
+    @property
+    def engine_pid(self) -> int:
+        return self.process.pid
+
     def shutdown(self, timeout: float = 30.0) -> None:
         self._stopping = True
         with self._lock:

@@ -10,6 +10,7 @@ import pytest
 from llmserve.config import ServingConfig
 from llmserve.engine_api import EngineError, Overloaded
 from llmserve.factory import build_service, use_engine_process
+from llmserve.metrics import resident_memory_bytes
 from llmserve.sampling_params import InvalidRequest, SamplingParams
 from llmserve.service import GenerateRequest
 from llmserve.service_process import ServiceProcess
@@ -75,6 +76,8 @@ def test_requests_stream_through_the_child_with_metrics_and_stats(synthetic):
     assert {"llm_generation_tokens_total", "llm_time_to_first_token_seconds",
             "llm_request_success_total"} <= names
     assert service.stats().steps >= 7 and service.healthy
+    # the leak-watch gauge counts the engine's process too
+    assert resident_memory_bytes(service.engine_pid) > 10 * 2**20
 
 
 def test_errors_keep_their_type_field_and_status_across_the_pipe(synthetic):
@@ -157,3 +160,34 @@ def test_auto_means_a_child_for_the_torch_engine_on_cuda_only():
     assert not use_engine_process(ServingConfig(engine="synthetic", device="cuda:0"))
     assert use_engine_process(ServingConfig(engine="synthetic", engine_process="true"))
     assert not use_engine_process(ServingConfig(device="cuda", engine_process="false"))
+
+
+@pytest.mark.server
+def test_through_tritonserver_with_more_streams_than_one_cancellation_poll_covers(checkpoint, tmp_path):
+    """100 streams on the real server (synthetic engine in a child process): the adapter polls at most 64
+    requests for cancellation per period, in turn, so a cancelled request among 100 is still found; the
+    abort crosses into the child, and the others keep streaming."""
+    from llmserve.server import TritonServer
+    from tests.conftest import free_port
+    from tests.server_utils import Stream, make_repository, metric, wait_for
+
+    repo = make_repository(tmp_path / "repo", checkpoint, engine="synthetic", synthetic_step_ms="5",
+                           max_batch_size="128", engine_process="true")
+    srv = TritonServer(repo, free_port(), free_port(), free_port(), log_path=tmp_path / "server.log")
+    srv.start()
+    long = {"max_tokens": 8000, "ignore_eos": True}  # 40 s at 5 ms a step: cancelled long before
+    keep, cut = Stream(srv.grpc_url), Stream(srv.grpc_url)
+    try:
+        for i in range(90):
+            keep.send(f"k{i}", text_input="Tell me a story.", stream=True, sampling_parameters=long)
+        for i in range(10):
+            cut.send(f"c{i}", text_input="Tell me a story.", stream=True, sampling_parameters=long)
+        assert wait_for(lambda: metric(srv.metrics_url, "llm_requests_running") == 100, 30)
+        before = metric(srv.metrics_url, "llm_request_cancellations_total")
+        cut.close(cancel=True)
+        assert wait_for(lambda: metric(srv.metrics_url, "llm_request_cancellations_total") == before + 10, 10)
+        assert metric(srv.metrics_url, "llm_requests_running") == 90
+        keep.close(cancel=True)
+        assert wait_for(lambda: metric(srv.metrics_url, "llm_requests_running") == 0, 10)
+    finally:
+        srv.stop()

@@ -40,6 +40,8 @@ def test_abort_and_a_full_queue():
         e.add_request(req("b", [1], 10))
     e.step()
     e.abort("a")
+    (final,) = e.step()  # the engine contract: an abort's final output comes from the next step
+    assert final.request_id == "a" and final.finish_reason == "abort" and final.new_token_ids == []
     assert not e.has_work()
 
 

@@ -20,6 +20,7 @@ class SyntheticEngine:
         self.max_batch_size, self.step_s, self.max_queue_size = max_batch_size, step_ms / 1000, max_queue_size
         self.waiting: list[EngineRequest] = []
         self.running: dict[str, list] = {}  # id -> [request, tokens generated]
+        self.aborted: list[EngineRequest] = []  # their final ("abort") output comes from the next step
         self.steps = 0
 
     def add_request(self, request: EngineRequest) -> None:
@@ -28,14 +29,18 @@ class SyntheticEngine:
         self.waiting.append(request)
 
     def abort(self, request_id: str) -> None:
-        self.finish(request_id)
+        state = self.running.get(request_id)
+        request = state[0] if state else next((r for r in self.waiting if r.request_id == request_id), None)
+        if request is not None:
+            self.finish(request_id)
+            self.aborted.append(request)
 
     def finish(self, request_id: str, reason: str = "stop") -> None:
         self.running.pop(request_id, None)
         self.waiting = [r for r in self.waiting if r.request_id != request_id]
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running or self.aborted)
 
     def step(self) -> list[EngineOutput]:
         while self.waiting and len(self.running) < self.max_batch_size:
@@ -43,7 +48,8 @@ class SyntheticEngine:
             self.running[r.request_id] = [r, 0]
         time.sleep(self.step_s)
         self.steps += 1
-        outputs = []
+        outputs = [EngineOutput(r.request_id, [], "abort", None, None, len(r.prompt_token_ids)) for r in self.aborted]
+        self.aborted.clear()
         for rid, state in list(self.running.items()):
             request, n = state
             prompt = request.prompt_token_ids
