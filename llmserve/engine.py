@@ -288,4 +288,7 @@ class TorchEngine:
             steps=self._steps)
 
     def shutdown(self) -> None:
+        if self._trace is not None:
+            self._trace.close()
+            self._trace = None
         self.runner.kv_cache = None

@@ -61,6 +61,8 @@ def tokenize_request(tokenizer: Tokenizer, request: GenerateRequest, max_prompt_
         raise InvalidRequest("text_input", f"the prompt has {len(request.prompt)} characters; "
                              f"the limit is {max_prompt_chars} (max_input_bytes)")
     return tokenizer.encode(request.prompt)
+
+
 _DRAINING = "the server is shutting down (draining): send the request to another replica"
 
 

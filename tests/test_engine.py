@@ -192,3 +192,14 @@ def test_fp8_kv_cache_holds_four_times_the_tokens_of_float32_and_still_answers(c
     assert 4 * wide.blocks.num_blocks <= narrow.blocks.num_blocks < 4 * (wide.blocks.num_blocks + 1)
     out, reasons = run(narrow, [greedy("a", chat_ids)])
     assert "Paris" in tokenizer.decode(out["a"]) and reasons["a"] == "stop"
+
+
+def test_step_trace_writes_one_line_per_eager_step(checkpoint, chat_ids, tmp_path, monkeypatch):
+    trace = tmp_path / "steps.txt"
+    monkeypatch.setenv("LLMSERVE_STEP_TRACE", str(trace))
+    engine = TorchEngine(ServingConfig(max_num_tokens=16), checkpoint)  # the prompt takes several chunks
+    run(engine, [greedy("t", chat_ids, n=2)])
+    engine.shutdown()
+    lines = trace.read_text().splitlines()
+    assert len(lines) >= -(-len(chat_ids) // 16)
+    assert all(" eager seqs=1 tokens=" in line and " oldest_wait_ms=" in line for line in lines)
