@@ -8,9 +8,19 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+
+# Knobs that take "auto" | "true" | "false"; `switch` resolves them.
+SWITCHES = ("async_scheduling", "pdl", "engine_process")
+
+
+def switch(value: str, auto: Callable[[], bool]) -> bool:
+    """An auto|true|false knob as a bool; `auto` is called only for "auto" (it may need a device)."""
+    value = value.lower()
+    return auto() if value == "auto" else value == "true"
 
 
 class ConfigError(ValueError):
@@ -88,12 +98,9 @@ class ServingConfig:
             raise ConfigError("kv_cache_free_mem_fraction: must be in (0, 1]")
         if self.kv_cache_dtype not in ("auto", "fp8"):
             raise ConfigError(f"kv_cache_dtype: expected auto|fp8, got {self.kv_cache_dtype!r}")
-        if self.async_scheduling.lower() not in ("auto", "true", "false"):
-            raise ConfigError(f"async_scheduling: expected auto|true|false, got {self.async_scheduling!r}")
-        if self.pdl.lower() not in ("auto", "true", "false"):
-            raise ConfigError(f"pdl: expected auto|true|false, got {self.pdl!r}")
-        if self.engine_process.lower() not in ("auto", "true", "false"):
-            raise ConfigError(f"engine_process: expected auto|true|false, got {self.engine_process!r}")
+        for name in SWITCHES:
+            if getattr(self, name).lower() not in ("auto", "true", "false"):
+                raise ConfigError(f"{name}: expected auto|true|false, got {getattr(self, name)!r}")
         if self.batch_scheduler_policy not in ("guaranteed_no_evict", "max_utilization"):
             raise ConfigError("batch_scheduler_policy: expected guaranteed_no_evict or max_utilization")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from llmserve.block_manager import BlockManager
-from llmserve.config import ConfigError, ServingConfig
+from llmserve.config import ConfigError, ServingConfig, switch
 from llmserve.engine_api import EngineError, EngineOutput, EngineRequest, EngineStats, Overloaded
 from llmserve.model_runner import Launched, ModelRunner
 from llmserve.sampler import SamplingBatch, plain_greedy_params
@@ -59,8 +59,7 @@ class TorchEngine:
         self._aborted: list[Sequence] = []
         self._steps = 0
         self._launched: Launched | None = None
-        mode = cfg.async_scheduling.lower()
-        self._async = mode == "true" or (mode == "auto" and self.runner.device.type == "cuda")
+        self._async = switch(cfg.async_scheduling, lambda: self.runner.device.type == "cuda")
         kind, _, arg = cfg.fault_injection.partition(":")
         self._fail_token = int(arg) if kind == "fail_on_token" else None
         self._crash_token = int(arg) if kind == "crash_on_token" else None

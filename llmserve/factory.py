@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmserve.config import ConfigError, ServingConfig, resolve_inside
+from llmserve.config import ConfigError, ServingConfig, resolve_inside, switch
 from llmserve.metrics import MetricsSink
 from llmserve.service import LLMService
 from llmserve.service_process import ServiceProcess
@@ -39,13 +39,13 @@ def build_service(cfg: ServingConfig, model_dir: str | Path, metrics: MetricsSin
 def use_engine_process(cfg: ServingConfig) -> bool:
     """`engine_process` auto: a child process for our engine on a GPU, where its eager launches would hold the
     caller's GIL (on a CPU the engine's own compute dominates and one process is simpler)."""
-    choice = cfg.engine_process.lower()
-    if choice != "auto":
-        return choice == "true"
-    if cfg.engine != "pytorch" or cfg.device == "cpu":
-        return False
-    if cfg.device.startswith("cuda"):
-        return True
-    import torch
+    def auto() -> bool:
+        if cfg.engine != "pytorch" or cfg.device == "cpu":
+            return False
+        if cfg.device.startswith("cuda"):
+            return True
+        import torch
 
-    return torch.cuda.is_available()
+        return torch.cuda.is_available()
+
+    return switch(cfg.engine_process, auto)

@@ -22,7 +22,7 @@ import torch
 
 from llmserve import kernels
 from llmserve.attention import AttentionMetadata
-from llmserve.config import ConfigError, ServingConfig
+from llmserve.config import ConfigError, ServingConfig, switch
 from llmserve.engine_api import TokenLogprob
 from llmserve.llama import load_model
 from llmserve.sampler import SamplingBatch, is_plain_greedy, sample
@@ -89,9 +89,7 @@ class Launched:
 def use_pdl(choice: str, device: torch.device) -> bool:
     """`pdl` auto: on for Hopper and later (compute capability 9.0+), where programmatic dependent launch exists.
     It applies to the linear and fused kernels of the decode graphs (see llmserve.kernels.PDL)."""
-    if choice.lower() != "auto":
-        return choice.lower() == "true"
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
+    return switch(choice, lambda: device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0))
 
 
 def graph_batch_sizes(max_batch_size: int) -> list[int]:
