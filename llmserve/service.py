@@ -52,6 +52,24 @@ class Delta:
 Callback = Callable[[Delta], None]
 
 
+def take_deltas(q: queue.SimpleQueue, timeout: float | None = None) -> tuple[list[Delta], bool]:
+    """Everything queued by the callbacks now, waiting up to `timeout` (None: forever) for the first; and whether
+    the end marker (None) came. Whoever sends them sends a batch at a time: when the engine outruns the
+    sends, a batch holds several deltas of one request."""
+    try:
+        item = q.get(timeout=timeout)
+    except queue.Empty:
+        return [], False
+    deltas: list[Delta] = []
+    while item is not None:
+        deltas.append(item)
+        try:
+            item = q.get_nowait()
+        except queue.Empty:
+            return deltas, False
+    return deltas, True
+
+
 def tokenize_request(tokenizer: Tokenizer, request: GenerateRequest, max_prompt_chars: int) -> list[int]:
     if request.messages is not None:
         return tokenizer.apply_chat_template(request.messages)

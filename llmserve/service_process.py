@@ -31,7 +31,7 @@ from pathlib import Path
 from llmserve.config import ServingConfig
 from llmserve.engine_api import EngineError, EngineStats
 from llmserve.metrics import MetricsSink, NullSink
-from llmserve.service import _DRAINING, Callback, Delta, GenerateRequest, tokenize_request
+from llmserve.service import _DRAINING, Callback, Delta, GenerateRequest, take_deltas, tokenize_request
 from llmserve.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -244,21 +244,7 @@ def _send_loop(conn, outbox: queue.SimpleQueue, service, sink: _RecordingSink) -
     # One message per batch of deltas: what one engine step delivers goes in one pickle and one write.
     last_stats = None
     while True:
-        try:
-            first = outbox.get(timeout=0.05)
-        except queue.Empty:
-            first = ()
-        deltas = [] if first in ((), None) else [first]
-        end = first is None
-        while not end:
-            try:
-                item = outbox.get_nowait()
-            except queue.Empty:
-                break
-            if item is None:
-                end = True
-            else:
-                deltas.append(item)
+        deltas, end = take_deltas(outbox, timeout=0.05)
         stats = service.stats()
         calls = sink.take()
         if deltas or calls or stats is not last_stats or end:
@@ -269,7 +255,6 @@ def _send_loop(conn, outbox: queue.SimpleQueue, service, sink: _RecordingSink) -
                 return
         if end:
             return
-
 
 if __name__ == "__main__":
     _child_main(Connection(int(sys.argv[1])))

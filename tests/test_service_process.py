@@ -192,3 +192,18 @@ def test_through_tritonserver_with_more_streams_than_one_cancellation_poll_cover
         assert wait_for(lambda: metric(srv.metrics_url, "llm_requests_running") == 0, 30)
     finally:
         srv.stop()
+
+
+def test_take_deltas_takes_what_is_queued_and_sees_the_end_marker():
+    from llmserve.service import Delta, take_deltas
+
+    q: queue.SimpleQueue = queue.SimpleQueue()
+    assert take_deltas(q, timeout=0.01) == ([], False)
+    a, b = Delta("a", "x", [1], 1), Delta("b", "y", [2], 1)
+    q.put(a)
+    q.put(b)
+    assert take_deltas(q) == ([a, b], False)
+    q.put(a)
+    q.put(None)
+    q.put(b)  # after the end marker: left for nobody
+    assert take_deltas(q) == ([a], True)

@@ -30,7 +30,7 @@ from llmserve.factory import build_service
 from llmserve.metrics import COUNTERS, GAUGES, HISTOGRAMS, NullSink, resident_memory_bytes
 from llmserve.protocol import ParsedRequest, ResponseBuilder, parse_request
 from llmserve.sampling_params import InvalidRequest, defaults_from_generation_config
-from llmserve.service import Delta
+from llmserve.service import Delta, take_deltas
 
 log = logging.getLogger("llmserve.triton")
 
@@ -213,22 +213,12 @@ class TritonPythonModel:
             sender.send(_error(message, status), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     def _response_loop(self) -> None:
-        # Drain whatever piled up and send one response per request: when the engine outruns the sends
-        # (hundreds of streams), a client gets several tokens in one message instead of a growing backlog.
+        # One response per request per batch: when the engine outruns the sends (hundreds of streams), a
+        # client gets several tokens in one message instead of a growing backlog.
         while True:
-            first = self.responses.get()
-            if first is None:
-                return
-            pending: dict[str, Delta] = {first.request_id: first}
-            stop = False
-            while True:
-                try:
-                    delta = self.responses.get_nowait()
-                except queue.Empty:
-                    break
-                if delta is None:
-                    stop = True
-                    break
+            deltas, stop = take_deltas(self.responses)
+            pending: dict[str, Delta] = {}
+            for delta in deltas:
                 prev = pending.get(delta.request_id)
                 pending[delta.request_id] = _merge(prev, delta) if prev is not None else delta
             for delta in pending.values():
