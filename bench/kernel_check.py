@@ -577,7 +577,7 @@ def s_triton(args):
         shutil.copy2(server.log, args.out / "tritonserver.log")
 
 
-SECTIONS = {"pdl": s_pdl, "env": s_env, "tests": s_tests, "engine_small": s_engine_small, "engine7b": s_engine7b,
+SECTIONS = {"env": s_env, "tests": s_tests, "engine_small": s_engine_small, "engine7b": s_engine7b, "pdl": s_pdl,
             "floor": s_floor, "attn": s_attn, "attn_kv": s_attn_kv, "gemv": s_gemv, "gemv1": s_gemv1, "mm16": s_mm16,
             "host": s_host, "triton": s_triton}
 

@@ -317,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--phases", default="floor,engine,engine_sync,triton,engine_fp8,engine_fp8_kv8,engine_kv8,"
                     "engine_int8,hf",
                     help="floor, engine (bf16), engine_sync (bf16, async scheduling off), engine_kv8 (bf16, fp8 KV "
-                    "cache), engine_fp8, engine_fp8_kv8, engine_int8, hf, triton (+ its engine-direct twin)")
+                    "cache), engine_fp8, engine_fp8_kv8, engine_int8, hf, triton (+ its engine-direct twin); also "
+                    "engine_nopdl (programmatic dependent launch off) and triton_inproc (the engine inside the stub)")
     ap.add_argument("--quick", action="store_true", help="a smoke run: two concurrencies, one workload")
     ap.add_argument("--phase-timeout", type=float, default=420)
     ap.add_argument("--budget", type=float, default=0, help="start no phase after this many seconds (0: no limit)")
@@ -330,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompts", help=argparse.SUPPRESS)
     ap.add_argument("--tokenizer-dir", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
-    ap.add_argument("--plan", choices=list(PLAN), help=argparse.SUPPRESS)  # an engine phase's PLAN entry
+    ap.add_argument("--plan", choices=list(PLAN), help=argparse.SUPPRESS)  # a phase's PLAN entry
     ap.add_argument("--serving", action="append", default=[], metavar="KEY=VALUE",
                     help="override a serving knob (config.pbtxt parameter) for every phase; repeatable")
     args = ap.parse_args(argv)
