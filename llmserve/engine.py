@@ -10,6 +10,7 @@ queue) first reads the launched step and runs synchronously.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -66,6 +67,9 @@ class TorchEngine:
         # Diagnostics: one line per eager (prefill or mixed) step, to see where time to first token goes.
         trace = os.environ.get("LLMSERVE_STEP_TRACE")
         self._trace = open(trace, "a", buffering=1) if trace else None  # noqa: SIM115 - lives with the engine
+        self._gc_start = 0.0
+        if self._trace is not None:  # and one per full garbage collection: it stops every thread of the process
+            gc.callbacks.append(self._trace_gc)
 
     # -- requests -------------------------------------------------------------------------------------
     def add_request(self, request: EngineRequest) -> None:
@@ -153,6 +157,15 @@ class TorchEngine:
             if seq.status is Status.RUNNING:
                 self.blocks.register_full_blocks(seq)
         return [o for o in outputs if o is not None]
+
+    def _trace_gc(self, phase: str, info: dict) -> None:
+        if info.get("generation") != 2 or self._trace is None:
+            return
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        else:
+            self._trace.write(f"{time.monotonic():.4f} gc gen=2 ms={(time.perf_counter() - self._gc_start) * 1e3:.1f} "
+                              f"collected={info.get('collected')}\n")
 
     def _trace_step(self, batch: ScheduledBatch, t0: float) -> None:
         now = time.monotonic()
@@ -288,6 +301,7 @@ class TorchEngine:
 
     def shutdown(self) -> None:
         if self._trace is not None:
+            gc.callbacks.remove(self._trace_gc)
             self._trace.close()
             self._trace = None
         self.runner.kv_cache = None

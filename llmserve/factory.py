@@ -11,14 +11,17 @@ from llmserve.service_process import ServiceProcess
 from llmserve.tokenizer import Tokenizer
 
 
-def build_service(cfg: ServingConfig, model_dir: str | Path, metrics: MetricsSink | None = None
-                  ) -> LLMService | ServiceProcess:
+def build_service(cfg: ServingConfig, model_dir: str | Path, metrics: MetricsSink | None = None,
+                  share_key: str | None = None) -> LLMService | ServiceProcess:
+    """`share_key`: callers with the same key share one engine process (where `engine_process` is on); the
+    Triton adapter passes one per tritonserver, model version, config and device, so a model's instances on
+    one GPU serve from one engine."""
     checkpoint = resolve_inside(model_dir, cfg.checkpoint_dir, "checkpoint_dir")
     if not (checkpoint / "config.json").is_file():
         raise ConfigError(f"checkpoint_dir: {checkpoint} holds no HF checkpoint (config.json); import one with "
                           "`python -m build_engines import --output <model_dir>/checkpoint`")
     if use_engine_process(cfg):
-        return ServiceProcess(cfg, model_dir, checkpoint, metrics)
+        return ServiceProcess(cfg, model_dir, checkpoint, metrics, share_key)
     tokenizer = Tokenizer(checkpoint)
     if cfg.engine == "tensorrtllm":
         from llmserve.engines.trtllm import create_trtllm_engine

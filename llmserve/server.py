@@ -187,9 +187,20 @@ def wrap(command: list[str], drain_s: float, timeout: float) -> int:
     return 0 if code in (0, -signal.SIGINT) or (stop and code is not None and code < 0) else code
 
 
+def set_instance_count(config: str, count: int) -> str:
+    """config.pbtxt text with `count` model instances (Triton stubs; with engine_process they share one engine)."""
+    import re
+
+    config, n = re.subn(r"instance_group \[ \{ count: \d+,", f"instance_group [ {{ count: {count},", config)
+    if n != 1:
+        raise ValueError("config.pbtxt: expected one `instance_group [ { count: N, ...` line")
+    return config
+
+
 def derive_repository(dest: str | Path, checkpoint: str | Path | None = None, source: str | Path = "model_repository",
-                      model: str = "llm", **overrides: object) -> Path:
-    """A model repository at `dest` holding `model` with some config.pbtxt parameters overridden.
+                      model: str = "llm", instances: int | None = None, **overrides: object) -> Path:
+    """A model repository at `dest` holding `model` with some config.pbtxt parameters (and the instance count)
+    overridden.
 
     For sweeps and tests that need another configuration. The checkpoint is hard-linked (no copy, and it
     stays inside the model directory, where checkpoint_dir must resolve)."""
@@ -205,6 +216,8 @@ def derive_repository(dest: str | Path, checkpoint: str | Path | None = None, so
         config, n = re.subn(pattern, rf'\1"{value}"', config)
         if n == 0:
             config += f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n'
+    if instances is not None:
+        config = set_instance_count(config, instances)
     (dst / "config.pbtxt").write_text(config)
     ckpt = Path(checkpoint) if checkpoint else src / "checkpoint"
     (dst / "checkpoint").mkdir()

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from llmserve.engine_api import Engine, EngineError, EngineOutput, EngineRequest, EngineStats, TokenLogprob
-from llmserve.metrics import MetricsSink, NullSink, RequestTiming, repetition_ratio
+from llmserve.metrics import MetricsSink, NullSink, RequestTiming, repetition_ratio, resident_memory_bytes
 from llmserve.sampling_params import InvalidRequest, SamplingParams
 from llmserve.stop_strings import StopMatcher
 from llmserve.tokenizer import Detokenizer, Tokenizer
@@ -149,7 +149,9 @@ class LLMService:
         self.stop()
         self.engine.shutdown()
 
-    engine_pid = None  # the engine runs in this process
+    def resident_memory_bytes(self) -> int:
+        """This process's resident memory: the engine runs here."""
+        return resident_memory_bytes()
 
     @property
     def vocab_size(self) -> int:
@@ -182,16 +184,25 @@ class LLMService:
                     return
                 for out in outputs:
                     self._deliver(out)
-                self._stats = self.engine.stats()
+                self._update_stats()
         finally:
             self._fail_all(EngineError("the server is shutting down", status="UNAVAILABLE"))
-            self._stats = self.engine.stats()
+            self._update_stats()
+
+    def _update_stats(self) -> None:
+        prev, self._stats = self._stats, self.engine.stats()
+        # Counted here, once per engine, however many adapters share it (the gauges are set from stats).
+        if self._stats.prefix_cache_query_blocks > prev.prefix_cache_query_blocks:
+            self.metrics.increment("llm_prefix_cache_queries_total",
+                                   self._stats.prefix_cache_query_blocks - prev.prefix_cache_query_blocks)
+            self.metrics.increment("llm_prefix_cache_hits_total",
+                                   self._stats.prefix_cache_hit_blocks - prev.prefix_cache_hit_blocks)
 
     def _end_drain_if_due(self) -> None:
         if self._drain_deadline is not None and self._active and time.monotonic() >= self._drain_deadline:
             self._fail_all(EngineError("the server is shutting down: the request did not finish within the "
                                        "drain period", "UNAVAILABLE"))
-            self._stats = self.engine.stats()
+            self._update_stats()
 
     def _take_commands(self, block: bool, timeout: float = 0.05) -> None:
         try:

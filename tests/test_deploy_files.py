@@ -190,6 +190,22 @@ def test_set_params_on_the_real_config(tmp_path):
         set_params.set_params(src, {"engine": 'x" }'})
 
 
+def test_start_script_sets_the_instance_count_on_the_real_config(tmp_path):
+    """LLM_INSTANCES: start.sh rewrites the instance_group line with sed; it must match our config.pbtxt."""
+    script = (DEPLOY / "triton" / "start.sh").read_text()
+    expr = re.search(r'^sed -i -E "([^"]+)" "\$MODELS/llm/config.pbtxt"$', script, re.M).group(1)
+    config = tmp_path / "config.pbtxt"
+    src = (ROOT / "model_repository" / "llm" / "config.pbtxt").read_text()
+    config.write_text(src)
+    assert run(["sed", "-i", "-E", expr.replace("$INSTANCES", "3"), str(config)]).returncode == 0
+    sys.path.insert(0, str(ROOT))
+    try:
+        from llmserve.server import set_instance_count
+    finally:
+        sys.path.pop(0)
+    assert config.read_text() == set_instance_count(src, 3) != src
+
+
 def test_start_script_syntax():
     assert run(["bash", "-n", str(DEPLOY / "triton" / "start.sh")]).returncode == 0
 

@@ -4,6 +4,9 @@ in-process, across a real process boundary."""
 import os
 import queue
 import signal
+import threading
+import uuid
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +18,7 @@ from llmserve.sampling_params import InvalidRequest, SamplingParams
 from llmserve.service import GenerateRequest
 from llmserve.service_process import ServiceProcess
 from tests.conftest import MODEL_DIR
+from tests.server_utils import wait_for
 
 
 class Recorder:
@@ -207,3 +211,130 @@ def test_take_deltas_takes_what_is_queued_and_sees_the_end_marker():
     q.put(None)
     q.put(b)  # after the end marker: left for nobody
     assert take_deltas(q) == ([a], True)
+
+
+# -- one engine process shared by several clients (a model's instances on one device) ---------------------------
+def _shared(n: int, **knobs) -> list[ServiceProcess]:
+    cfg = ServingConfig(engine="synthetic", engine_process="true", **knobs)
+    key = f"test-{uuid.uuid4().hex}"
+    return [build_service(cfg, MODEL_DIR, share_key=key) for _ in range(n)]
+
+
+def test_clients_with_one_share_key_use_one_engine_and_keep_their_own_request_ids(checkpoint):
+    a, b = _shared(2, synthetic_step_ms=5.0)
+    try:
+        assert a.engine_pid == b.engine_pid and a.process is not None and b.process is None
+        qa, qb = queue.SimpleQueue(), queue.SimpleQueue()
+        for service, q in ((a, qa), (b, qb)):  # the same ids from both clients
+            service.submit(GenerateRequest("same", SamplingParams(max_tokens=4), prompt="Hello world"), q.put)
+            service.submit(GenerateRequest("long", SamplingParams(max_tokens=100_000), prompt="Hi"), q.put)
+        for q in (qa, qb):
+            same = collect(q, 1)["same"]
+            assert sum(len(d.token_ids) for d in same) == 4 and same[-1].finish_reason == "length"
+        b.shutdown()  # b leaves: its running request ends with UNAVAILABLE, a's go on
+        rest = collect(qb, 1)
+        assert rest["long"][-1].finish_reason == "error" and rest["long"][-1].error.status == "UNAVAILABLE"
+        assert a.healthy and a.process.poll() is None
+        a.submit(GenerateRequest("after", SamplingParams(max_tokens=3), prompt="Hi"), qa.put)
+        after = {}
+        while "after" not in after or not after["after"][-1].finished:
+            d = qa.get(timeout=30)
+            after.setdefault(d.request_id, []).append(d)
+        assert sum(len(d.token_ids) for d in after["after"]) == 3
+        assert "long" in after and not after["long"][-1].finished  # a's long request is still streaming
+        # the leak-watch total: the engine's resident memory and its remaining client's (this process)
+        assert wait_for(lambda: a.resident_memory_bytes() > resident_memory_bytes(a.engine_pid))
+    finally:
+        a.shutdown()  # the last client: the engine exits before shutdown returns
+    assert a.process.poll() is not None
+
+
+def test_clients_that_start_at_once_still_share_one_engine(checkpoint):
+    cfg = ServingConfig(engine="synthetic", engine_process="true")
+    key = f"test-{uuid.uuid4().hex}"
+    made: list = []
+    threads = [threading.Thread(target=lambda: made.append(build_service(cfg, MODEL_DIR, share_key=key)))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    try:
+        assert len(made) == 3 and len({s.engine_pid for s in made}) == 1
+        assert sum(s.process is not None for s in made) == 1  # a second starter's engine left at bind
+    finally:
+        for s in made:
+            s.shutdown()
+
+
+def test_a_shared_engine_that_dies_fails_every_client(checkpoint):
+    a, b = _shared(2, synthetic_step_ms=5.0)
+    qa, qb = queue.SimpleQueue(), queue.SimpleQueue()
+    try:
+        a.submit(GenerateRequest("x", SamplingParams(max_tokens=100_000), prompt="Hi"), qa.put)
+        b.submit(GenerateRequest("y", SamplingParams(max_tokens=100_000), prompt="Hi"), qb.put)
+        qa.get(timeout=30), qb.get(timeout=30)
+        os.kill(a.engine_pid, signal.SIGKILL)
+        for q, rid in ((qa, "x"), (qb, "y")):
+            final = collect(q, 1)[rid][-1]
+            assert final.finish_reason == "error" and "engine process exited" in str(final.error)
+        assert not a.healthy and not b.healthy
+    finally:
+        a.shutdown()
+        b.shutdown()
+
+
+def _descendants(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of every process under `pid`, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            try:
+                cmd = (Path("/proc") / str(child) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            out.append((child, cmd))
+            todo.append(child)
+    return out
+
+
+@pytest.mark.server
+def test_two_triton_instances_share_one_engine_process(checkpoint, tmp_path):
+    """instance_group count 2 with engine_process on: two stubs, one engine; every request is answered once,
+    and the engine's metric calls are counted once whichever stub reports them."""
+    from llmserve.server import TritonServer
+    from tests.conftest import free_port
+    from tests.server_utils import Stream, make_repository, metric, wait_for
+
+    repo = make_repository(tmp_path / "repo", checkpoint, instances=2, engine="synthetic",
+                           synthetic_step_ms="10", engine_process="true")
+    srv = TritonServer(repo, free_port(), free_port(), free_port(), log_path=tmp_path / "server.log")
+    srv.start()
+    try:
+        tree = _descendants(srv.process.pid)
+        assert sum("triton_python_backend_stub" in cmd for _, cmd in tree) == 2
+        assert sum("llmserve.service_process" in cmd for _, cmd in tree) == 1
+        before = metric(srv.metrics_url, "llm_request_success_total")
+        tokens_before = metric(srv.metrics_url, "llm_generation_tokens_total")
+        stream = Stream(srv.grpc_url)
+        try:
+            ids = [f"r{i}" for i in range(24)]
+            for rid in ids:
+                stream.send(rid, text_input="Tell me a story.", stream=True,
+                            sampling_parameters={"max_tokens": 5, "ignore_eos": True})
+            got = stream.collect(set(ids), 60)
+        finally:
+            stream.close()
+        assert all([final for _, _, final in got[rid]].count(True) == 1 for rid in ids), got
+        assert wait_for(lambda: metric(srv.metrics_url, "llm_request_success_total") == before + 24, 10)
+        assert metric(srv.metrics_url, "llm_generation_tokens_total") == tokens_before + 24 * 5
+    finally:
+        assert srv.stop() == 0
+    assert not any("llmserve.service_process" in cmd for _, cmd in _descendants(os.getpid()))

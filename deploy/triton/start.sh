@@ -7,7 +7,9 @@
 # (engine=$LLM_ENGINE, engine_dir=engines/$ENGINE_NAME/engine), then execs tritonserver on ports 8000/8001/8002.
 #
 # Environment: LLM_ENGINE (tensorrtllm | pytorch, default tensorrtllm), ENGINE_NAME (e.g. fp16-tp1),
-# LLM_PARAMS (extra "key=value key=value" config.pbtxt parameters), TRITON_ARGS (extra tritonserver flags).
+# LLM_PARAMS (extra "key=value key=value" config.pbtxt parameters), LLM_INSTANCES (model instances, default 1;
+# with LLM_ENGINE=pytorch they share one engine process per GPU, and 2 spreads Triton's execute calls, intake
+# and response sends over two stubs: docs/performance.md), TRITON_ARGS (extra tritonserver flags).
 set -euo pipefail
 
 REPO=${REPO:-/repo}
@@ -33,6 +35,16 @@ fi
 python3 "$REPO/deploy/triton/set_params.py" "$REPO/model_repository/llm/config.pbtxt" "$MODELS/llm/config.pbtxt" \
     engine="$ENGINE" engine_dir="engines/$ENGINE_NAME/engine" checkpoint_dir=checkpoint device=cuda \
     ${LLM_PARAMS:-}
+INSTANCES=${LLM_INSTANCES:-1}
+if ! [[ "$INSTANCES" =~ ^[1-9][0-9]*$ ]]; then
+    echo "start.sh: LLM_INSTANCES must be a positive integer, got '$INSTANCES'" >&2
+    exit 1
+fi
+if [ "$INSTANCES" != 1 ] && [ "$ENGINE" != pytorch ]; then
+    echo "start.sh: LLM_INSTANCES > 1 needs LLM_ENGINE=pytorch (a TensorRT-LLM instance holds an engine of its own)" >&2
+    exit 1
+fi
+sed -i -E "s/^instance_group \[ \{ count: [0-9]+,/instance_group [ { count: $INSTANCES,/" "$MODELS/llm/config.pbtxt"
 
 # Under `wrap`, SIGTERM (docker stop, a pod's deletion) drains the model before tritonserver stops: every
 # request in flight gets its final response (llmserve/drain.py). The preStop hook drains through the same

@@ -10,9 +10,11 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import queue
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +29,7 @@ from llmserve.config import ServingConfig
 from llmserve.drain import DrainWatch, control_dir
 from llmserve.engine_api import EngineError
 from llmserve.factory import build_service
-from llmserve.metrics import COUNTERS, GAUGES, HISTOGRAMS, NullSink, resident_memory_bytes
+from llmserve.metrics import COUNTERS, GAUGES, HISTOGRAMS, NullSink
 from llmserve.protocol import ParsedRequest, ResponseBuilder, parse_request
 from llmserve.sampling_params import InvalidRequest, defaults_from_generation_config
 from llmserve.service import Delta, take_deltas
@@ -35,6 +37,10 @@ from llmserve.service import Delta, take_deltas
 log = logging.getLogger("llmserve.triton")
 
 MAX_CANCEL_POLLS = 64  # is_cancelled() calls per cancellation_check_period_ms
+# Every pb_utils metric call is an IPC round trip to tritonserver, so buffered metric calls and the engine's gauges
+# go out at this period, not at every cancellation poll; the resident-memory gauge reads /proc, once a second.
+METRICS_PERIOD_S = 0.1
+RSS_PERIOD_S = 1.0
 _CODES = {"INVALID_ARGUMENT": "INVALID_ARG", "UNAVAILABLE": "UNAVAILABLE", "CANCELLED": "CANCELLED",
           "INTERNAL": "INTERNAL"}
 
@@ -132,7 +138,10 @@ class TritonPythonModel:
         except Exception as exc:  # server started with --allow-metrics=false
             log.warning("custom metrics disabled: %s", exc)
             self.metrics = NullSink()
-        self.service = build_service(self.cfg, model_dir, self.metrics)
+        # Instances of this model version on one device (instance_group count > 1) share one engine process:
+        # each instance is a stub process of its own, so intake, response sends and metric calls spread over them.
+        share_key = f"{os.getppid()}|{model_dir.resolve()}|{args['model_version']}|{self.cfg}"
+        self.service = build_service(self.cfg, model_dir, self.metrics, share_key)
         gen_path = model_dir / self.cfg.checkpoint_dir / "generation_config.json"
         self.defaults = defaults_from_generation_config(json.loads(gen_path.read_text()) if gen_path.is_file() else {})
         self.inflight: dict[str, _InFlight] = {}
@@ -265,7 +274,7 @@ class TritonPythonModel:
 
     def _housekeeping(self) -> None:
         period = self.cfg.cancellation_check_period_ms / 1000
-        prev_hits = prev_queries = 0
+        next_metrics = next_rss = 0.0
         while not self.stopping.wait(period):
             if not self.service.healthy and not self.unloading:
                 # Readiness must tell the truth: a dead engine unloads its model (needs
@@ -289,11 +298,15 @@ class TritonPythonModel:
                         continue
                 if cancelled:
                     self.service.abort(rid)
+            now = time.monotonic()
+            if now >= next_rss:
+                next_rss = now + RSS_PERIOD_S
+                self.metrics.set("llm_backend_resident_memory_bytes", self.service.resident_memory_bytes())
+            if now < next_metrics:
+                continue
+            next_metrics = now + METRICS_PERIOD_S
             if hasattr(self.metrics, "flush"):
                 self.metrics.flush()
-            engine_pid = self.service.engine_pid  # with engine_process, the engine's memory counts too
-            self.metrics.set("llm_backend_resident_memory_bytes",
-                             resident_memory_bytes() + (resident_memory_bytes(engine_pid) if engine_pid else 0))
             stats = self.service.stats()
             if stats is self.last_stats:
                 continue
@@ -303,10 +316,6 @@ class TritonPythonModel:
             m.set("llm_requests_waiting", stats.waiting)
             m.set("llm_kv_cache_blocks", stats.kv_blocks_total - stats.kv_blocks_free, {"state": "used"})
             m.set("llm_kv_cache_blocks", stats.kv_blocks_free, {"state": "free"})
-            if stats.prefix_cache_query_blocks > prev_queries:
-                m.increment("llm_prefix_cache_queries_total", stats.prefix_cache_query_blocks - prev_queries)
-                m.increment("llm_prefix_cache_hits_total", stats.prefix_cache_hit_blocks - prev_hits)
-                prev_queries, prev_hits = stats.prefix_cache_query_blocks, stats.prefix_cache_hit_blocks
 
     def _cancel_poll_slice(self) -> list:
         """The requests to poll for cancellation this period: all of them up to MAX_CANCEL_POLLS, else the next
