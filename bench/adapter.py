@@ -23,11 +23,13 @@ from bench.triton_path import Server, drive_triton, model_repository
 from bench.workload import summarize
 
 
-def _stub_pid() -> int:
-    out = subprocess.run(["pgrep", "-f", "triton_python_backend_stub"], capture_output=True, text=True).stdout.split()
+def _stub_pids(server_pid: int) -> list[int]:
+    """The Python backend stubs of our tritonserver (one per model instance)."""
+    out = subprocess.run(["pgrep", "-P", str(server_pid), "-f", "triton_python_backend_stub"], capture_output=True,
+                         text=True).stdout.split()
     if not out:
         raise RuntimeError("no Python backend stub process found")
-    return int(out[0])
+    return [int(p) for p in out]
 
 
 def _cpu_s(pid: int) -> float:
@@ -47,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--streams-per-client", type=int, default=0,
                     help="streams per client process (0: bench.triton_path's default)")
     ap.add_argument("--serving", action="append", default=[], metavar="KEY=VALUE", help="a config.pbtxt parameter")
+    ap.add_argument("--instances", type=int, default=1, help="model instances (stubs; they share an engine process)")
     a = ap.parse_args(argv)
     if a.streams_per_client:
         import bench.triton_path
@@ -58,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     # the synthetic engine; the checkpoint's weights are never made.
     params = {"engine": "synthetic", "synthetic_step_ms": str(a.step_ms), "max_batch_size": str(max(conc)),
               "max_queue_size": str(4 * max(conc)), **dict(kv.split("=", 1) for kv in a.serving)}
-    repo = model_repository(work, params)
+    repo = model_repository(work, params, instances=a.instances)
     server = Server(work, repo, a.port)
     server.start()
     results = []
@@ -68,15 +71,15 @@ def main(argv: list[str] | None = None) -> int:
             spy = None
             if a.profile:
                 Path(a.profile).mkdir(parents=True, exist_ok=True)
-                spy = subprocess.Popen(["py-spy", "record", "-p", str(_stub_pid()), "--format", "raw", "-o",
-                                        str(Path(a.profile) / f"stub-c{c}.txt"), "--rate", "200"],
+                spy = subprocess.Popen(["py-spy", "record", "-p", str(_stub_pids(server.proc.pid)[0]), "--format",
+                                        "raw", "-o", str(Path(a.profile) / f"stub-c{c}.txt"), "--rate", "200"],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
                 time.sleep(1)
             texts = [f"Tell me story number {i}." for i in range(c)]
-            stub = _stub_pid()
-            cpu0 = _cpu_s(stub)
+            stubs = _stub_pids(server.proc.pid)
+            cpu0 = sum(map(_cpu_s, stubs))
             records, wall = drive_triton(a.port, texts, a.tokens, c)
-            stub_cpu = _cpu_s(stub) - cpu0
+            stub_cpu = sum(map(_cpu_s, stubs)) - cpu0  # every instance's stub
             if spy:
                 spy.send_signal(2)  # py-spy writes its file on SIGINT
                 spy.wait(30)

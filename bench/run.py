@@ -1,7 +1,7 @@
 """The benchmark: our engine directly, the same engine behind the real Triton server, HF transformers, and the
 weight-read floor, on one GPU in one run, on random Llama-2-7B-shaped weights.
 
-    python -m bench.run --out bench/results/$(date +%F)-h100          # everything (about 8 minutes on an H100)
+    python -m bench.run                                                 # everything (about 6-7 minutes on an H200)
     python -m bench.run --phases floor,engine --quick --out /tmp/b     # a smoke run
 
 Each phase runs in its own process (GPU memory is freed between them) and writes a JSON file; the parent
@@ -17,6 +17,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -49,8 +50,13 @@ ENGINE_VARIANTS = {
     "engine_kv8": ("bf16", ["kv_cache_dtype=fp8"]),  # e4m3 KV cache
     "engine_fp8_kv8": ("fp8", ["kv_cache_dtype=fp8"]),
 }
-# The Triton phase with other knobs, side by side with `triton` (same engine-direct twin).
-TRITON_VARIANTS = {"triton_inproc": ["engine_process=false"]}  # the engine inside the stub process
+# The Triton phase with other knobs or instance counts, side by side with `triton` (same engine-direct twin):
+# (knobs, model instances, PLAN entry).
+TRITON_VARIANTS = {
+    "triton_inproc": (["engine_process=false"], 1, "triton_variant"),  # the engine inside the stub process
+    "triton_x2": ([], 2, "triton"),  # two stubs sharing one engine process
+    "triton_x4": ([], 4, "triton"),
+}
 # The serving knobs of every engine in the run (engine-direct and behind Triton alike). The queue delay lets
 # requests that reach the server one by one (Triton delivers them ~1 ms apart) share a prefill step: it ends
 # 2 ms after the newest arrival, when the waiting prompts fill a step, or at 20 ms.
@@ -154,6 +160,23 @@ def _graph_step_ms(eng, batch: int = 1) -> float | None:
     return replay_median_ms(graphs[batch][0], 30)
 
 
+def _freeze_heap_timed() -> dict:
+    """What engine processes do once the engine is up (llmserve.service_process.freeze_heap), with the pause of one full
+    garbage collection before and after it: what a collection costs in the middle of serving."""
+    import gc
+
+    from llmserve.service_process import freeze_heap
+
+    t0 = time.perf_counter()
+    gc.collect()
+    before = (time.perf_counter() - t0) * 1e3
+    freeze_heap()
+    t0 = time.perf_counter()
+    gc.collect()
+    return {"before_freeze": round(before, 1), "after_freeze": round((time.perf_counter() - t0) * 1e3, 1),
+            "frozen_objects": gc.get_freeze_count()}
+
+
 def phase_engine(args) -> dict:
     from bench.workload import drive_engine, summarize
 
@@ -161,8 +184,11 @@ def phase_engine(args) -> dict:
     plan = plans[args.plan or ("engine" if args.mode == "bf16" else "engine_quant")]
     work = Path(tempfile.mkdtemp(prefix="llmbench-"))
     tok_dir = Path(args.tokenizer_dir) if args.tokenizer_dir else None
+    trace = work / "steps.txt"  # eager steps and full garbage collections (LLMSERVE_STEP_TRACE)
+    os.environ["LLMSERVE_STEP_TRACE"] = str(trace)
     eng, init_s = _engine(args.vocab, args.mode, work, tok_dir)
     res = {"mode": args.mode, "vocab": args.vocab, "init_s": round(init_s, 1), "serving": dict(SERVING), "runs": []}
+    res["gc_full_ms"] = _freeze_heap_timed()
     prompt_source = json.loads(Path(args.prompts).read_text()) if args.prompts else None
     # warm-up: compiles anything left (prefill shapes) outside the measurements
     drive_engine(eng, _random_prompts(2, 64, args.vocab, 99), 8, 2)
@@ -177,7 +203,7 @@ def phase_engine(args) -> dict:
     for wname, c in _progress(jobs, desc=f"engine {args.mode}"):
         in_len, out_len = WORKLOADS[wname]
         if prompt_source:
-            prompts = prompt_source[wname][:c]
+            prompts = prompt_source[wname][str(c)]
         else:
             prompts = _random_prompts(c, in_len, args.vocab, seed=c * 7 + in_len)
         records, wall = drive_engine(eng, prompts, out_len, c)
@@ -191,6 +217,8 @@ def phase_engine(args) -> dict:
         res["runs"].append(s)
         print(json.dumps(s), flush=True)
     res["kv_blocks"] = eng.stats().kv_blocks_total
+    eng.shutdown()
+    res["gc_trace"] = [line for line in trace.read_text().splitlines() if " gc " in line]
     return res
 
 
@@ -241,22 +269,23 @@ def phase_triton(args) -> dict:
     prompts = json.loads(Path(args.prompts).read_text())
     texts = json.loads(Path(args.prompts + ".texts").read_text())
     repo = model_repository(work, {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in SERVING.items()},
-                            None if args.mode == "bf16" else args.mode)
+                            None if args.mode == "bf16" else args.mode, args.instances)
     trace = work / f"steps-{os.getpid()}.txt"  # the engine's eager steps (LLMSERVE_STEP_TRACE), per point
     os.environ["LLMSERVE_STEP_TRACE"] = str(trace)
     server = Server(work, repo)
     t0 = time.time()
-    res = {"mode": args.mode, "vocab": 49152, "serving": dict(SERVING), "runs": []}
+    res = {"mode": args.mode, "vocab": 49152, "serving": dict(SERVING), "instances": args.instances, "runs": []}
     try:
         server.start()
         res["start_s"] = round(time.time() - t0, 1)
-        drive_triton(server.port, texts["128x128"][:2], 8, 2)  # warm-up
+        drive_triton(server.port, texts["warmup"][:2], 8, 2)  # warm-up, as the engine phases do theirs
+        drive_triton(server.port, texts["warmup"][2:], 8, 16)
         jobs = [(w, c) for w, cs in plan.items() for c in cs]
         for wname, c in _progress(jobs, desc="triton"):
             in_len, out_len = WORKLOADS[wname]
             with open(trace, "a") as f:
                 f.write(f"{time.monotonic():.4f} point {wname} c={c}\n")
-            records, wall = drive_triton(server.port, texts[wname][:c], out_len, c)
+            records, wall = drive_triton(server.port, texts[wname][str(c)], out_len, c)
             sent, first = [r.submit for r in records], [r.token_times[0] for r in records if r.token_times]
             with open(trace, "a") as f:  # the client's side of the same clock (perf_counter is CLOCK_MONOTONIC)
                 f.write(f"client sent {min(sent):.4f}..{max(sent):.4f} first tokens "
@@ -268,7 +297,7 @@ def phase_triton(args) -> dict:
                 s["first_error"] = errs[0]
             res["runs"].append(s)
             print(json.dumps(s), flush=True)
-        assert len(prompts["128x128"][0]) == 128
+        assert len(prompts["128x128"]["1"][0]) == 128
     finally:
         server.stop()
         res["server_log_tail"] = server.tail(3000)
@@ -278,15 +307,22 @@ def phase_triton(args) -> dict:
 
 def make_prompt_files(work: Path, quick: bool) -> str:
     """Texts with exactly 128 / 2048 tokens under SmolLM2's tokenizer, and their ids (shared by the Triton
-    phase and its engine-direct twin)."""
+    phase and its engine-direct twin): new ones for every point, so no point finds an earlier one's prompts in
+    the prefix cache, and warm-up texts of other lengths."""
     from bench.triton_path import CARRY, exact_length_prompts
 
     tok = CARRY / "tokenizer" if (CARRY / "tokenizer").is_dir() else ROOT / "model_repository/llm/checkpoint"
     plan = (QUICK if quick else PLAN)["triton"]
-    texts, ids = {}, {}
+    texts: dict = {}
+    ids: dict = {}
     for wname, cs in plan.items():
         in_len, _ = WORKLOADS[wname]
-        texts[wname], ids[wname] = exact_length_prompts(tok, max(cs), in_len, seed=in_len)
+        for c in cs:
+            t, i = exact_length_prompts(tok, c, in_len, seed=in_len * 1000 + c)
+            texts.setdefault(wname, {})[str(c)], ids.setdefault(wname, {})[str(c)] = t, i
+    # like the engine phases' warm-up: two 64-token prompts, then 16 of 20 to 185 tokens
+    texts["warmup"] = exact_length_prompts(tok, 2, 64, seed=99)[0] + [
+        exact_length_prompts(tok, 1, 20 + 11 * i, seed=500 + i)[0][0] for i in range(16)]
     path = work / "triton_prompts.json"
     path.write_text(json.dumps(ids))
     Path(str(path) + ".texts").write_text(json.dumps(texts))
@@ -313,12 +349,13 @@ def _run_phase(name: str, out_json: Path, extra: list[str], log, timeout: float)
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=f"bench/results/{datetime.date.today()}-h100")
+    ap.add_argument("--out", help="results folder (default: bench/results/<date>-<gpu>)")
     ap.add_argument("--phases", default="floor,engine,engine_sync,triton,engine_fp8,engine_fp8_kv8,engine_kv8,"
                     "engine_int8,hf",
                     help="floor, engine (bf16), engine_sync (bf16, async scheduling off), engine_kv8 (bf16, fp8 KV "
                     "cache), engine_fp8, engine_fp8_kv8, engine_int8, hf, triton (+ its engine-direct twin); also "
-                    "engine_nopdl (programmatic dependent launch off) and triton_inproc (the engine inside the stub)")
+                    "engine_nopdl (programmatic dependent launch off), triton_inproc (the engine inside the stub), "
+                    "triton_x2 / triton_x4 (2 / 4 Triton model instances sharing the engine process)")
     ap.add_argument("--quick", action="store_true", help="a smoke run: two concurrencies, one workload")
     ap.add_argument("--phase-timeout", type=float, default=420)
     ap.add_argument("--budget", type=float, default=0, help="start no phase after this many seconds (0: no limit)")
@@ -332,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokenizer-dir", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     ap.add_argument("--plan", choices=list(PLAN), help=argparse.SUPPRESS)  # a phase's PLAN entry
+    ap.add_argument("--instances", type=int, default=1, help=argparse.SUPPRESS)  # Triton model instances
     ap.add_argument("--serving", action="append", default=[], metavar="KEY=VALUE",
                     help="override a serving knob (config.pbtxt parameter) for every phase; repeatable")
     args = ap.parse_args(argv)
@@ -350,12 +388,14 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.phase_out).write_text(json.dumps(result, indent=1))
         return 0
 
-    out = Path(args.out)
+    env = environment()
+    gpu = re.sub(r"[^a-z0-9]+", "-", (env.get("gpu") or "cpu").lower()).strip("-")
+    out = Path(args.out or f"bench/results/{datetime.date.today()}-{gpu}")
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="llmbench-"))
     previous = json.loads((out / "results.json").read_text()) if args.resume and (out / "results.json").is_file() \
         else None
-    results = {"env": environment(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    results = {"env": env, "date": datetime.datetime.now().isoformat(timespec="seconds"),
                "command": "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:]),
                "serving": SERVING, "model": {k: LLAMA2_7B[k] for k in ("hidden_size", "intermediate_size",
                                                                          "num_hidden_layers", "num_attention_heads",
@@ -387,11 +427,11 @@ def main(argv: list[str] | None = None) -> int:
                 results["phases"]["hf"] = _run_phase("hf", work / "hf.json", q, log, args.phase_timeout)
             elif phase in TRITON_VARIANTS:
                 prompts = make_prompt_files(work, args.quick)
+                knobs, instances, plan = TRITON_VARIANTS[phase]
                 results["phases"][phase] = _run_phase(
-                    "triton", work / f"{phase}.json", q + ["--prompts", prompts, "--work", str(work), "--plan",
-                                                           "triton_variant"] + [f"--serving={k}" for k in
-                                                                                TRITON_VARIANTS[phase]],
-                    log, args.phase_timeout)
+                    "triton", work / f"{phase}.json",
+                    q + ["--prompts", prompts, "--work", str(work), "--plan", plan, "--instances", str(instances)]
+                    + [f"--serving={k}" for k in knobs], log, args.phase_timeout)
             elif phase == "triton":
                 prompts = make_prompt_files(work, args.quick)
                 tok = ROOT / ".carry" / "tokenizer"

@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import site
@@ -29,12 +28,6 @@ from bench.common import ROOT, write_random_checkpoint
 from bench.workload import Record
 
 CARRY = ROOT / ".carry"
-
-
-def set_parameter(pbtxt: str, key: str, value: str) -> str:
-    pat = re.compile(r'parameters \{ key: "' + re.escape(key) + r'" value: \{ string_value: "[^"]*" \} \}')
-    line = f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}'
-    return pat.sub(line, pbtxt) if pat.search(pbtxt) else pbtxt.rstrip() + "\n" + line + "\n"
 
 
 def server_folder(work: Path) -> tuple[Path, Path]:
@@ -99,22 +92,17 @@ def python_overlay(work: Path, force: bool = False) -> Path:
     return venv / "bin"
 
 
-def model_repository(work: Path, params: dict[str, str], quant: str | None = None) -> Path:
-    """The model repository for the run: the production model.py and config.pbtxt with `params` set."""
+def model_repository(work: Path, params: dict[str, str], quant: str | None = None, instances: int = 1) -> Path:
+    """The model repository for the run: the production model.py and config.pbtxt with `params` set and
+    `instances` model instances, serving random weights with SmolLM2's tokenizer."""
+    from llmserve.server import derive_repository
+
     repo = work / "repo"
     shutil.rmtree(repo, ignore_errors=True)
-    model = repo / "llm"
-    (model / "1").mkdir(parents=True)
-    src = ROOT / "model_repository" / "llm"
-    shutil.copy2(src / "1" / "model.py", model / "1" / "model.py")
-    pbtxt = (src / "config.pbtxt").read_text()
-    for k, v in params.items():
-        pbtxt = set_parameter(pbtxt, k, v)
-    (model / "config.pbtxt").write_text(pbtxt)
-    tok = CARRY / "tokenizer" if (CARRY / "tokenizer").is_dir() else src / "checkpoint"
-    ckpt = write_random_checkpoint(model / "checkpoint", vocab=49152, quant=quant, tokenizer_dir=tok)
+    tok = CARRY / "tokenizer" if (CARRY / "tokenizer").is_dir() else ROOT / "model_repository" / "llm" / "checkpoint"
+    ckpt = write_random_checkpoint(work / f"ckpt-{quant or 'bf16'}", vocab=49152, quant=quant, tokenizer_dir=tok)
     _check_tokenizer(ckpt)
-    return repo
+    return derive_repository(repo, ckpt, ROOT / "model_repository", instances=instances, **params)
 
 
 def _check_tokenizer(ckpt: Path) -> None:
