@@ -82,6 +82,7 @@ def tokenize_request(tokenizer: Tokenizer, request: GenerateRequest, max_prompt_
 
 
 _DRAINING = "the server is shutting down (draining): send the request to another replica"
+_SHUTTING_DOWN = "the server is shutting down"
 
 
 @dataclass
@@ -186,7 +187,7 @@ class LLMService:
                     self._deliver(out)
                 self._update_stats()
         finally:
-            self._fail_all(EngineError("the server is shutting down", status="UNAVAILABLE"))
+            self._fail_all(EngineError(_SHUTTING_DOWN, status="UNAVAILABLE"))
             self._update_stats()
 
     def _update_stats(self) -> None:

@@ -52,13 +52,12 @@ from pathlib import Path
 from llmserve.config import ServingConfig
 from llmserve.engine_api import EngineError, EngineStats
 from llmserve.metrics import MetricsSink, NullSink, resident_memory_bytes
-from llmserve.service import _DRAINING, Callback, Delta, GenerateRequest, take_deltas, tokenize_request
+from llmserve.service import _DRAINING, _SHUTTING_DOWN, Callback, Delta, GenerateRequest, take_deltas, tokenize_request
 from llmserve.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
 ADDRESS_TAKEN = 3  # the engine process's exit code when another engine already serves its share key
-_SHUTTING_DOWN = "the server is shutting down"
 _RSS_PERIOD_S = 1.0  # how often the engine re-reads the resident memory of itself and its clients
 
 
@@ -374,7 +373,10 @@ class _EngineServer:
                         self.service.abort(engine_id)
                         out[cid].append(Delta(rid, "", [], 0, "error", error=EngineError(_SHUTTING_DOWN,
                                                                                           "UNAVAILABLE")))
-                last = bool(leaving) and not self.clients
+                if clients:
+                    idle_since = now
+                # the last client has left, or none came since we were ready (whoever started us is gone)
+                last = not self.clients and (bool(leaving) or now - idle_since > self.IDLE_EXIT_S)
                 if last:
                     self.closing = True
             if now - rss_at >= _RSS_PERIOD_S:
@@ -403,15 +405,6 @@ class _EngineServer:
                     pass
             if last:
                 return
-            if clients:
-                idle_since = now
-            elif now - idle_since > self.IDLE_EXIT_S:
-                with self.lock:
-                    if not self.clients:
-                        self.closing = True
-                        self.listener.close()
-                        self.service.shutdown()
-                        return
 
 
 def freeze_heap() -> None:
