@@ -28,10 +28,18 @@ def metric(url: str, name: str, **labels) -> float:
 
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.1) -> bool:
+    """True once `predicate()` is. An endpoint not listening yet counts as not yet: tritonserver 2.51 opens its
+    metrics port ~40 ms after HTTP reports ready (a test scraping in between failed once, 2026-11-30)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():
-            return True
+        try:
+            if predicate():
+                return True
+        except ConnectionRefusedError:
+            pass
+        except OSError as exc:  # urllib wraps the refusal in URLError
+            if not isinstance(getattr(exc, "reason", None), ConnectionRefusedError):
+                raise
         time.sleep(interval)
     return predicate()
 

@@ -154,25 +154,32 @@ def test_shutdown_with_requests_in_flight_gives_each_a_final_error(checkpoint, t
         def stop():
             proc.send_signal(signal.SIGTERM)
             return proc.wait(30)
-    stream = Stream(srv.grpc_url)
-    ids = {"s0", "s1", "s2"}
-    for rid in sorted(ids):
-        stream.send(rid, text_input="Tell me a very long story.", stream=True,
-                    sampling_parameters={"max_tokens": 4000, "ignore_eos": True})
-    assert wait_for(lambda: metric(srv.metrics_url, "llm_requests_running") == 3, 30)
-    t0 = time.monotonic()
-    result = {}
-    stopper = threading.Thread(target=lambda: result.update(code=stop()))
-    stopper.start()
-    got = stream.collect(ids, timeout=15, linger=0.2)
-    stream.close()
-    stopper.join()
-    code, elapsed = result["code"], time.monotonic() - t0
-    # One final error each (gRPC stream errors carry no request id); after them, the stream itself ends.
-    errors = [r[1] for r in got.get("?", []) if "shutting down" in r[1] and "drain period" in r[1]]
-    assert len(errors) == len(ids), got
-    assert all(not any(r[2] for r in got[rid]) for rid in ids)  # and no other final
-    assert code == 0 and elapsed < 15, (code, elapsed)
+    try:
+        stream = Stream(srv.grpc_url)
+        ids = {"s0", "s1", "s2"}
+        for rid in sorted(ids):
+            stream.send(rid, text_input="Tell me a very long story.", stream=True,
+                        sampling_parameters={"max_tokens": 4000, "ignore_eos": True})
+        assert wait_for(lambda: metric(srv.metrics_url, "llm_requests_running") == 3, 30)
+        t0 = time.monotonic()
+        result = {}
+        stopper = threading.Thread(target=lambda: result.update(code=stop()))
+        stopper.start()
+        got = stream.collect(ids, timeout=15, linger=0.2)
+        stream.close()
+        stopper.join()
+        code, elapsed = result["code"], time.monotonic() - t0
+        # One final error each (gRPC stream errors carry no request id); after them, the stream itself ends.
+        errors = [r[1] for r in got.get("?", []) if "shutting down" in r[1] and "drain period" in r[1]]
+        assert len(errors) == len(ids), got
+        assert all(not any(r[2] for r in got[rid]) for rid in ids)  # and no other final
+        assert code == 0 and elapsed < 15, (code, elapsed)
+    finally:  # a failed assertion must not leave the server serving its 4000-token requests
+        if how == "stop":
+            srv.stop(timeout=20)
+        elif proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
 
 
 def test_drain_lets_running_requests_finish_and_refuses_new_ones(checkpoint, tmp_path):
