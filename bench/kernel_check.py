@@ -21,14 +21,15 @@ from pathlib import Path
 
 import torch
 
-from bench.common import LLAMA2_7B, environment, graph_time_ms, write_random_checkpoint
+from bench.common import LLAMA2_7B, environment, graph_time_ms, replay_median_ms, write_random_checkpoint
 
 RESULTS: dict = {}
 SUMMARY: list[str] = []
 SHAPES = {"qkv": (12288, 4096), "o": (4096, 4096), "gate_up": (22016, 4096), "down": (4096, 11008),
           "lm_head": (32000, 4096)}
 CONFIGS_16 = [(16, 16, 256, 4, 4), (16, 32, 256, 4, 4), (16, 32, 512, 4, 3), (16, 64, 256, 4, 4),
-              (16, 64, 128, 4, 5), (16, 32, 128, 4, 6), (16, 64, 512, 8, 3)]
+              (16, 64, 128, 4, 5), (16, 32, 128, 4, 6), (16, 64, 512, 8, 3), (16, 16, 512, 4, 3),
+              (16, 16, 256, 2, 6), (16, 32, 256, 4, 6), (16, 128, 128, 4, 4), (16, 128, 256, 8, 3)]
 CONFIGS_BIG = {32: [(32, 64, 128, 4, 4), (32, 64, 256, 4, 3), (32, 32, 256, 4, 4)],
                64: [(64, 64, 128, 4, 4), (64, 128, 128, 8, 3), (64, 32, 256, 4, 4)]}
 
@@ -246,32 +247,43 @@ def s_floor(args):
 
 @section("attn")
 def s_attn(args):
-    from llmserve.kernels.attention import decode_attention, decode_partition
+    """Decode attention launch configs (partitions, BLOCK_N, warps, stages) at the graphs' launch shape (max
+    context 4096), Llama-2-7B heads, bf16 and fp8 KV: the best per case against `decode_config`."""
+    from llmserve.kernels.attention import decode_attention, decode_config
 
     res = {}
-    H, D, page = 32, 128, 16
-    for B, ctx in ((1, 128), (1, 256), (1, 2048), (8, 256), (8, 2048), (32, 2048), (64, 256), (256, 256)):
+    H, D, page, top = 32, 128, 16, 4096
+    cases = ((1, 170, "bf16"), (1, 2048, "bf16"), (8, 170, "bf16"), (8, 1100, "bf16"), (32, 2048, "bf16"),
+             (64, 170, "bf16"), (256, 170, "bf16"), (8, 170, "fp8"), (64, 256, "fp8"), (256, 192, "fp8"))
+    for B, ctx, kv in cases:
         blocks_per = -(-ctx // page)
         nblocks = B * blocks_per + 1
-        cache = torch.randn(2, nblocks, page, H, D, device="cuda", dtype=torch.bfloat16)
+        dtype = torch.float8_e4m3fn if kv == "fp8" else torch.bfloat16
+        cache = torch.randn(2, nblocks, page, H, D, device="cuda", dtype=torch.bfloat16).to(dtype)
         bt = torch.randperm(nblocks - 1, device="cuda")[:B * blocks_per].view(B, blocks_per).to(torch.int32)
-        bt = torch.cat([bt, torch.zeros(B, 256 - blocks_per, dtype=torch.int32, device="cuda")], 1)
+        bt = torch.cat([bt, torch.zeros(B, top // page - blocks_per, dtype=torch.int32, device="cuda")], 1)
         ctxs = torch.full((B,), ctx, dtype=torch.int32, device="cuda")
         q = torch.randn(B, H, D, device="cuda", dtype=torch.bfloat16)
-        nbytes = 2 * B * ctx * H * D * 2
+        nbytes = 2 * B * ctx * H * D * cache.element_size()
+        cur = decode_config(top, B, H, kv == "fp8")
+        cands = {cur} | {(n, bn, 4, 2) for n in (1, 2, 4, 8, 16, 32) for bn in (32, 64) if B * H * n <= 8192}
+        cands |= {(n, bn, w, st) for n in ({1, cur[0]}) for bn in (32, 64, 128) for w in (4, 8) for st in (2, 3, 4)}
         times = {}
-        for part in (32, 64, 128, 256, 512, 1024):
-            if B * H * 4096 // part > 600_000:
-                continue
-            times[part] = graph_time_ms(lambda q=q, cache=cache, bt=bt, ctxs=ctxs, part=part: [
-                decode_attention(q, cache, bt, ctxs, D ** -0.5, 4096, partition=part) for _ in range(32)],
-                reps=10) * 1000 / 32
+        for c in sorted(cands):
+            try:
+                times["/".join(map(str, c))] = graph_time_ms(
+                    lambda q=q, cache=cache, bt=bt, ctxs=ctxs, c=c: [
+                        decode_attention(q, cache, bt, ctxs, D ** -0.5, top, config=c) for _ in range(32)],
+                    reps=10) * 1000 / 32
+            except Exception as exc:  # noqa: BLE001 - e.g. a block shape over the shared-memory limit
+                print("skip", c, str(exc)[:100])
         best = min(times, key=times.get)
-        cur = decode_partition(4096, B, H)
-        res[f"B{B}_ctx{ctx}"] = {"us_per_layer": times, "best": best, "current": cur,
-                                 "best_TBps": nbytes / times[best] / 1e6}
-        SUMMARY.append(f"decode attn B={B} ctx={ctx}: " + " ".join(f"{p}:{t:.1f}" for p, t in times.items())
-                       + f" us/layer; best {best} ({nbytes / times[best] / 1e6:.2f} TB/s), heuristic {cur}")
+        key = "/".join(map(str, cur))
+        res[f"B{B}_ctx{ctx}_{kv}"] = {"us_per_layer": times, "best": best, "default": key,
+                                      "best_TBps": nbytes / times[best] / 1e6}
+        SUMMARY.append(f"decode attn {kv} KV B={B} ctx={ctx}: best {best} {times[best]:.1f} us "
+                       f"({nbytes / times[best] / 1e6:.2f} TB/s); default {key} {times[key]:.1f} us/layer")
+        print(SUMMARY[-1], flush=True)
         del cache
     RESULTS["attn"] = res
 
@@ -354,7 +366,7 @@ def s_mm16(args):
     from llmserve.kernels.linear import quant_fp8_per_token, wmm
 
     res = {}
-    for kind in ("bf16", "int8", "fp8"):
+    for kind in os.environ.get("MM_KINDS", "bf16,int8,fp8").split(","):
         W = _weights(kind)
         for M in (8, 16):
             tot_t, tot_lib = 0.0, 0.0
@@ -372,6 +384,8 @@ def s_mm16(args):
                             wmm(x, w, s, gated=gated, config=cfg) for w, s in layers], reps=10)
                     except Exception as exc:  # noqa: BLE001 - e.g. a block shape over the shared-memory limit
                         print("skip", cfg, str(exc)[:100])
+                times["default"] = graph_time_ms(lambda x=x, layers=layers, gated=gated: [
+                    wmm(x, w, s, gated=gated) for w, s in layers], reps=10)
                 best = min(times, key=times.get)
                 if kind == "bf16":
                     lib = graph_time_ms(lambda x=x, layers=layers, gated=gated, K=K: [torch.nn.functional.linear(
@@ -385,7 +399,11 @@ def s_mm16(args):
                 res[f"{kind}/M{M}/{name}"] = {"times_ms": times, "best": best, "lib_ms": lib}
                 tot_t += times[best]
                 tot_lib += lib if lib is not None else times[best]
-            SUMMARY.append(f"mm M={M} {kind}: triton best total {tot_t:.3f} ms, library {tot_lib:.3f} ms")
+            tot_def = sum(r["times_ms"]["default"] for k, r in res.items() if k.startswith(f"{kind}/M{M}/"))
+            SUMMARY.append(f"mm M={M} {kind}: triton best total {tot_t:.3f} ms, default configs {tot_def:.3f} ms, "
+                           f"library {tot_lib:.3f} ms; best per matrix: " + ", ".join(
+                               f"{k.split('/')[-1]} {r['best']}" for k, r in res.items()
+                               if k.startswith(f"{kind}/M{M}/")))
             print(SUMMARY[-1], flush=True)
         del W
         torch.cuda.empty_cache()
@@ -403,6 +421,77 @@ def _replay_ms(graph, n: int) -> float:
         ev[1].synchronize()
         times.append(ev[0].elapsed_time(ev[1]))
     return sorted(times)[n // 2]
+
+
+def _kernel_table(prof) -> dict[str, float]:
+    """Device microseconds per kernel name over a torch.profiler run (kernels inside graph replays included)."""
+    out: dict[str, float] = {}
+    for e in prof.key_averages():
+        us = getattr(e, "self_device_time_total", None)
+        if us is None:
+            us = getattr(e, "self_cuda_time_total", 0.0)
+        if us and e.key and not e.key.startswith(("cudaGraph", "cuda", "aten::", "ProfilerStep")):
+            out[e.key] = out.get(e.key, 0.0) + us
+    return out
+
+
+@section("profile")
+def s_profile(args):
+    """Where a decode step's GPU time goes, per kernel: graph replays of the engine at batch 1 / 8 (bf16) and 256
+    (fp8 weights, with and without the fp8 KV cache), after 128-token prompts and a few decode steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from llmserve.config import ServingConfig
+    from llmserve.engine import TorchEngine
+    from llmserve.engine_api import EngineRequest
+    from llmserve.sampling_params import SamplingParams
+
+    res = RESULTS.setdefault("profile", {})
+    cases = os.environ.get("PROFILE_CASES", "bf16:1,bf16:8,fp8:256,fp8+kv8:256").split(",")
+    by_mode: dict[str, list[int]] = {}
+    for c in cases:
+        m, b = c.split(":")
+        by_mode.setdefault(m, []).append(int(b))
+    for mode, batches in by_mode.items():
+        quant = None if mode.startswith("bf16") else "fp8"
+        with tempfile.TemporaryDirectory() as d:
+            ckpt = write_random_checkpoint(Path(d), 32000, quant)
+            # PDL off: with it a kernel's time includes its wait for the one before (overlap, not work)
+            cfg = ServingConfig(dtype="bfloat16", max_batch_size=256, max_num_tokens=1024, pdl="off",
+                                kv_cache_free_mem_fraction=0.9, kv_cache_dtype="fp8" if "kv8" in mode else "auto")
+            eng = TorchEngine(cfg, ckpt)
+            g = torch.Generator().manual_seed(0)
+            for B in batches:
+                for i in range(B):
+                    ids = torch.randint(3, 32000, (128,), generator=g).tolist()
+                    eng.add_request(EngineRequest(f"{B}-{i}", ids, SamplingParams(
+                        temperature=0.0, max_tokens=200, ignore_eos=True)))
+                while any(s.num_computed_tokens < s.num_prompt_tokens for s in eng.seqs.values()):
+                    eng.step()
+                for _ in range(40):  # ~170 tokens of context, about the middle of a 128/128 request
+                    eng.step()
+                S = next(s for s in eng.runner._sizes if s >= B)
+                graph = eng.runner._graphs[S][0]
+                torch.cuda.synchronize()
+                replay = replay_median_ms(graph, 20)
+                with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                    for _ in range(10):
+                        graph.replay()
+                    torch.cuda.synchronize()
+                table = {k: v / 10 for k, v in sorted(_kernel_table(prof).items(), key=lambda kv: -kv[1])}
+                total = sum(table.values())
+                res[f"{mode}:{B}"] = {"graph_ms": replay, "kernel_us_total": total, "kernels_us": table}
+                top = "; ".join(f"{k[:40]} {v:.0f}" for k, v in list(table.items())[:8])
+                SUMMARY.append(f"profile {mode} batch {B}: graph {replay:.3f} ms, kernels {total / 1000:.3f} ms: {top}")
+                print(SUMMARY[-1], flush=True)
+                save(args.out)
+                for sid in list(eng.seqs):
+                    eng.abort(sid)
+                while eng.has_work():
+                    eng.step()
+            eng.shutdown()
+            del eng
+            torch.cuda.empty_cache()
 
 
 @section("engine7b")
@@ -579,7 +668,7 @@ def s_triton(args):
 
 SECTIONS = {"env": s_env, "tests": s_tests, "engine_small": s_engine_small, "engine7b": s_engine7b, "pdl": s_pdl,
             "floor": s_floor, "attn": s_attn, "attn_kv": s_attn_kv, "gemv": s_gemv, "gemv1": s_gemv1, "mm16": s_mm16,
-            "host": s_host, "triton": s_triton}
+            "host": s_host, "triton": s_triton, "profile": s_profile}
 
 
 def main() -> int:

@@ -15,6 +15,8 @@ step N+1's inputs never races the copy of step N's.
 from __future__ import annotations
 
 import logging
+import mmap
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,13 +54,18 @@ def _pinned_int32(n: int):
     CUDA directly, else from torch's pinned allocator. Returns (tensor, numpy view)."""
     import numpy as np
 
-    arr = np.zeros(n, dtype=np.int32)
+    # Pages of its own (anonymous mmap, zeroed): registration is per page, so a heap buffer sharing a page
+    # with another registered one would fail, and the failure resurfaces at the next kernel launch.
+    arr = np.frombuffer(mmap.mmap(-1, max(4 * n, 1)), dtype=np.int32, count=n)
     try:
-        rc = torch.cuda.cudart().cudaHostRegister(arr.ctypes.data, arr.nbytes, 0)
+        cudart = torch.cuda.cudart()
+        rc = cudart.cudaHostRegister(arr.ctypes.data, arr.nbytes, 0)
         ok = int(getattr(rc, "value", rc)) == 0
     except (RuntimeError, AttributeError, TypeError):
         ok = False
     if ok:
+        # Unregistered before the pages go: a later runner in the process (benchmarks) may map the same range.
+        weakref.finalize(arr, cudart.cudaHostUnregister, arr.ctypes.data)
         return torch.from_numpy(arr), arr
     t = torch.empty(n, dtype=torch.int32, pin_memory=True)
     return t, t.numpy()

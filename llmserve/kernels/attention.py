@@ -1,10 +1,10 @@
 """Paged attention in Triton over the cache layout [2, num_blocks, block_size, kv_heads, head_dim] (one layer).
 
 - `decode_attention`: one query token per sequence (the CUDA-graph path). Split-K ("flash decoding"): a
-  program per (sequence, kv head, partition of PART tokens) handles all query heads of its GQA group at
-  once (rows padded to 16 for the tensor cores), then a second kernel merges the partitions. The number of
-  partitions is fixed by the largest context, so one launch shape serves every step of a captured graph;
-  programs past a sequence's length return at once.
+  program per (sequence, kv head, partition) handles all query heads of its GQA group at once (rows padded
+  to 16 for the tensor cores), then a second kernel merges the partitions. The launch shape is fixed (one
+  graph serves every step), but each sequence's span per partition follows its own context length: its
+  context split evenly over the partitions, in steps of 16 tokens; programs past the end return.
 - `varlen_attention`: any number of new tokens per sequence (prefill, chunked prefill, mixed steps). A
   program per (block of query rows, kv head); rows are (query, head-of-group) pairs, so GQA groups share
   each K/V tile; causal within the new tokens, full over the cached prefix.
@@ -18,17 +18,24 @@ import triton.language as tl
 
 
 @triton.jit
+def _span(ctx, NUM_PARTS: tl.constexpr):
+    """Tokens per partition for a context of ctx tokens: an even split, in steps of 16."""
+    return tl.cdiv(tl.cdiv(ctx, NUM_PARTS), 16) * 16
+
+
+@triton.jit
 def _decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, po_ptr, pml_ptr, scale,
                    stride_qb, stride_qh, stride_bt, stride_blk, stride_tok, stride_ob, stride_oh,
                    G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr,
-                   BLOCK_N: tl.constexpr, PART: tl.constexpr, NUM_PARTS: tl.constexpr, KV_FP8: tl.constexpr):
+                   BLOCK_N: tl.constexpr, NUM_PARTS: tl.constexpr, KV_FP8: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     kvh = tl.program_id(1)
     part = tl.program_id(2)
     ctx = tl.load(ctx_ptr + b)
-    start = part * PART
+    span = _span(ctx, NUM_PARTS)
+    start = part * span
     if start < ctx:
-        end = tl.minimum(start + PART, ctx)
+        end = tl.minimum(start + span, ctx)
         rows = tl.arange(0, G_PAD)
         rmask = rows < G
         heads = kvh * G + rows
@@ -72,12 +79,12 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, po_ptr, pml_pt
 
 @triton.jit
 def _merge_kernel(po_ptr, pml_ptr, ctx_ptr, out_ptr, stride_ob, stride_oh,
-                  D: tl.constexpr, PART: tl.constexpr, NUM_PARTS: tl.constexpr, P_PAD: tl.constexpr):
+                  D: tl.constexpr, NUM_PARTS: tl.constexpr, P_PAD: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     H = tl.num_programs(1)
     ctx = tl.load(ctx_ptr + b)
-    n_parts = tl.cdiv(ctx, PART)
+    n_parts = tl.cdiv(ctx, _span(ctx, NUM_PARTS))
     p = tl.arange(0, P_PAD)
     pmask = p < n_parts
     base = (b * H + h) * NUM_PARTS + p
@@ -91,26 +98,30 @@ def _merge_kernel(po_ptr, pml_ptr, ctx_ptr, out_ptr, stride_ob, stride_oh,
     tl.store(out_ptr + b * stride_ob + h * stride_oh + d, o.to(out_ptr.dtype.element_ty))
 
 
-def decode_partition(max_context: int, batch: int, num_kv_heads: int) -> int:
-    """Tokens per split-K partition: small batches split long contexts over more SMs."""
-    # H100 sweep (bench/kernel_check.py attn): batch 1 (32 programs) is best at 32-128 tokens per partition
-    # (6.4 vs 9.9 us per layer at 256 tokens of context), batch >= 8 (256+ programs) at 1024.
+def decode_config(max_context: int, batch: int, num_kv_heads: int, kv_fp8: bool) -> tuple[int, int, int, int]:
+    """(partitions, BLOCK_N, num_warps, num_stages) for a launch shape that serves contexts up to max_context.
+    Any split covers every context (a sequence's span is its context / partitions); the split decides how many
+    programs share one context. From the H200 sweep (bench/kernel_check.py attn, max context 4096, us per
+    layer, against the fixed 1024/256/64-token partitions used before):
+    - 32 programs (batch 1, MHA): 16 partitions, 6.0 / 11.6 at 170 / 2,048 tokens (before 6.9 / 14.6);
+    - 256 programs (batch 8): one partition, 8.6 / 39.6 at 170 / 1,100 tokens (before 12.5 / 50.6);
+    - 1,024+ programs: one partition; batch 256 at 170 tokens 173 (before 210); an fp8 cache prefers
+      BLOCK_N 32 and 3 stages (batch 64: 68.8 vs 72.3; batch 256: 199 vs 201)."""
     programs = batch * num_kv_heads
+    if programs >= 1024:
+        return (1, 32, 4, 3) if kv_fp8 else (1, 64, 4, 2)
     if programs >= 256:
-        part = 1024
-    elif programs >= 64:
-        part = 256
-    else:
-        part = 64
-    return min(part, max(triton.next_power_of_2(max_context), 64))
+        return 1, 128, 4, 3
+    return min(16, 512 // programs, triton.cdiv(max_context, 16)), 32 if programs <= 32 else 64, 4, 2
 
 
 def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
                      context_lens: torch.Tensor, scale: float, max_context: int,
-                     out: torch.Tensor | None = None, partition: int | None = None) -> torch.Tensor:
+                     out: torch.Tensor | None = None, config: tuple[int, int, int, int] | None = None
+                     ) -> torch.Tensor:
     """q: [B, H, D] (any row/head strides, unit last stride); kv_cache: [2, blocks, page, KVH, D].
-    block_tables: [B, W] int; context_lens: [B] int32 (>= 1). `max_context` bounds every context_len: it fixes
-    the partition count (and so the launch shape, for CUDA graphs). Returns [B, H, D]."""
+    block_tables: [B, W] int; context_lens: [B] int32 (>= 1), each <= max_context. `config` (default
+    `decode_config`) fixes the launch shape. Returns [B, H, D]."""
     B, H, D = q.shape
     _, _, page, KVH, _ = kv_cache.shape
     G = H // KVH
@@ -118,11 +129,9 @@ def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
         out = torch.empty(B, H, D, dtype=q.dtype, device=q.device)
     if B == 0:
         return out
-    part = partition or decode_partition(max_context, B, KVH)
-    num_parts = triton.cdiv(max_context, part)
-    block_n = min(64, part)
-    k, v = kv_cache[0], kv_cache[1]
     kv_fp8 = kv_cache.dtype == torch.float8_e4m3fn
+    num_parts, block_n, warps, stages = config or decode_config(max_context, B, KVH, kv_fp8)
+    k, v = kv_cache[0], kv_cache[1]
     if num_parts > 1:
         po = torch.empty(B, H, num_parts, D, dtype=torch.float32, device=q.device)
         pml = torch.empty(B, H, num_parts, 2, dtype=torch.float32, device=q.device)
@@ -131,10 +140,10 @@ def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
     _decode_kernel[(B, KVH, num_parts)](
         q, k, v, block_tables, context_lens, out, po, pml, scale,
         q.stride(0), q.stride(1), block_tables.stride(0), k.stride(0), k.stride(1), out.stride(0), out.stride(1),
-        G=G, G_PAD=max(16, triton.next_power_of_2(G)), D=D, PAGE=page, BLOCK_N=block_n, PART=part,
-        NUM_PARTS=num_parts, KV_FP8=kv_fp8, num_warps=4, num_stages=2)
+        G=G, G_PAD=max(16, triton.next_power_of_2(G)), D=D, PAGE=page, BLOCK_N=block_n,
+        NUM_PARTS=num_parts, KV_FP8=kv_fp8, num_warps=warps, num_stages=stages)
     if num_parts > 1:
-        _merge_kernel[(B, H)](po, pml, context_lens, out, out.stride(0), out.stride(1), D=D, PART=part,
+        _merge_kernel[(B, H)](po, pml, context_lens, out, out.stride(0), out.stride(1), D=D,
                               NUM_PARTS=num_parts, P_PAD=max(2, triton.next_power_of_2(num_parts)), num_warps=4)
     return out
 
