@@ -206,7 +206,9 @@ def phase_engine(args) -> dict:
             prompts = prompt_source[wname][str(c)]
         else:
             prompts = _random_prompts(c, in_len, args.vocab, seed=c * 7 + in_len)
+        seen = trace.stat().st_size if trace.is_file() else 0
         records, wall = drive_engine(eng, prompts, out_len, c)
+        eager = _eager_steps(trace, seen)
         if (wname, c) == ("128x128", 1):  # the graph alone, right after a batch-1 run (context ~256)
             res["graph_step_ms_bs1"] = _graph_step_ms(eng, 1)
         if (wname, c) == ("128x128", 8):
@@ -214,12 +216,31 @@ def phase_engine(args) -> dict:
         s = summarize(records, wall, c, in_len, out_len)
         s["workload"] = wname
         s["preemptions"] = eng.stats().preemptions
+        s["eager_steps"] = eager
         res["runs"].append(s)
         print(json.dumps(s), flush=True)
     res["kv_blocks"] = eng.stats().kv_blocks_total
     eng.shutdown()
     res["gc_trace"] = [line for line in trace.read_text().splitlines() if " gc " in line]
     return res
+
+
+def _eager_steps(trace: Path, offset: int) -> dict:
+    """The point's prefill/mixed steps from the step trace: how many, their total and median wall time, and the
+    median host time to enqueue one (launch_ms; near ms when the host sets the pace)."""
+    if not trace.is_file():
+        return {}
+    with open(trace) as f:
+        f.seek(offset)
+        lines = [ln for ln in f.read().splitlines() if " eager " in ln]
+    fields = [dict(kv.split("=") for kv in ln.split()[2:]) for ln in lines]
+    if not fields:
+        return {"count": 0}
+    ms = sorted(float(x["ms"]) for x in fields)
+    launch = sorted(float(x.get("launch_ms", "nan")) for x in fields)
+    return {"count": len(ms), "total_ms": round(sum(ms), 1), "median_ms": ms[len(ms) // 2],
+            "median_launch_ms": launch[len(launch) // 2],
+            "tokens": sum(int(x["tokens"]) for x in fields)}
 
 
 def phase_hf(args) -> dict:

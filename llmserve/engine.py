@@ -171,7 +171,8 @@ class TorchEngine:
         now = time.monotonic()
         waited = max(t0 - s.request.arrival_time for s in batch.seqs)
         self._trace.write(f"{now:.4f} eager seqs={len(batch.seqs)} tokens={sum(batch.num_tokens)} "
-                          f"ms={(now - t0) * 1e3:.1f} oldest_wait_ms={waited * 1e3:.1f} "
+                          f"ms={(now - t0) * 1e3:.1f} launch_ms={self.runner.last_launch_s * 1e3:.1f} "
+                          f"oldest_wait_ms={waited * 1e3:.1f} "
                           f"running={len(self.scheduler.running)} waiting={len(self.scheduler.waiting)}\n")
 
     # -- async scheduling -------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import mmap
+import time
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,6 +126,7 @@ class ModelRunner:
                                     args.num_kv_heads, args.head_dim, dtype=self.kv_dtype, device=self.device)
         self.group = args.num_heads // args.num_kv_heads
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+        self.last_launch_s = 0.0
         if self.fast and self.device.type == "cuda":
             self._warmup()
         if self.fast and cfg.cuda_graphs:
@@ -194,9 +196,13 @@ class ModelRunner:
                 return self.launch(batch, [-1] * len(batch.seqs), None).tokens(), [None] * len(batch.seqs)
             _, logits = self._replay(batch, [-1] * len(batch.seqs))
             return sample(logits[:len(batch.seqs)], sampling)
+        t0 = time.perf_counter()
         input_ids, positions, meta, sample_rows = self._prepare(batch)
         logits = self.model(input_ids, positions, self.kv_cache, meta,
                             torch.tensor(sample_rows, dtype=torch.long, device=self.device))
+        # Host time to enqueue the step (the step trace's launch_ms): near the step's wall time when the host,
+        # not the GPU, sets the pace.
+        self.last_launch_s = time.perf_counter() - t0
         if not sample_rows:
             return [], []
         assert sampling is not None

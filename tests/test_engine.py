@@ -203,3 +203,5 @@ def test_step_trace_writes_one_line_per_eager_step(checkpoint, chat_ids, tmp_pat
     lines = trace.read_text().splitlines()
     assert len(lines) >= -(-len(chat_ids) // 16)
     assert all(" eager seqs=1 tokens=" in line and " oldest_wait_ms=" in line for line in lines)
+    fields = [dict(kv.split("=") for kv in line.split()[2:]) for line in lines]
+    assert all(0 < float(f["launch_ms"]) <= float(f["ms"]) for f in fields)
