@@ -230,8 +230,14 @@ class ModelRunner:
             ids = torch.zeros(n, dtype=torch.int32, device=dev)
             pos = torch.arange(n, dtype=torch.int32, device=dev)
             self.model(ids, pos, self.kv_cache, meta, torch.tensor([n - 1], device=dev))
-        if not self.cfg.cuda_graphs:  # eager decode steps: one variant per split-K partition size
-            for b in sorted({1, 2, 8, 64, self.cfg.max_batch_size}):
+        if not self.cfg.cuda_graphs:  # eager decode steps: the linear kernels' M classes, each attention config
+            from llmserve.kernels.attention import decode_config
+
+            firsts: dict[tuple, int] = {}
+            for b in range(1, self.cfg.max_batch_size + 1):
+                firsts.setdefault(decode_config(self.max_model_len, b, self.model.args.num_kv_heads,
+                                                self.kv_dtype == torch.float8_e4m3fn), b)
+            for b in sorted({1, 2, 8, 64, self.cfg.max_batch_size, *firsts.values()}):
                 meta = AttentionMetadata(
                     slot_mapping=torch.full((b,), -1, dtype=torch.int32, device=dev),
                     block_tables=torch.full((b, 1), scratch, dtype=torch.int32, device=dev),

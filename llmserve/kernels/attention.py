@@ -112,7 +112,9 @@ def decode_config(max_context: int, batch: int, num_kv_heads: int, kv_fp8: bool)
         return (1, 32, 4, 3) if kv_fp8 else (1, 64, 4, 2)
     if programs >= 256:
         return 1, 128, 4, 3
-    return min(16, 512 // programs, triton.cdiv(max_context, 16)), 32 if programs <= 32 else 64, 4, 2
+    # A power of two (each count is a kernel variant to compile), at most one partition per 16 tokens
+    parts = min(16, 1 << ((512 // programs).bit_length() - 1), triton.cdiv(max_context, 16))
+    return parts, 32 if programs <= 32 else 64, 4, 2
 
 
 def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
