@@ -10,6 +10,7 @@ SYSTEMS = [("engine", "engine bf16"), ("engine_sync", "engine bf16, async schedu
            ("engine_nopdl", "engine bf16, programmatic dependent launch off"),
            ("engine_kv8", "engine bf16, fp8 KV cache"), ("engine_fp8", "engine fp8"),
            ("engine_fp8_kv8", "engine fp8, fp8 KV cache"), ("engine_int8", "engine int8_wo"),
+           ("engine_t2048", "engine bf16, 2048 tokens a step"), ("engine_fp8_t2048", "engine fp8, 2048 tokens a step"),
            ("hf", "HF generate bf16"), ("engine_v49152", "engine bf16 (vocab 49152)"),
            ("triton", "Triton + engine bf16 (vocab 49152)"),
            ("triton_x2", "Triton, 2 instances sharing the engine (vocab 49152)"),

@@ -49,6 +49,9 @@ ENGINE_VARIANTS = {
     "engine_nopdl": ("bf16", ["pdl=false"]),  # plain kernel launches
     "engine_kv8": ("bf16", ["kv_cache_dtype=fp8"]),  # e4m3 KV cache
     "engine_fp8_kv8": ("fp8", ["kv_cache_dtype=fp8"]),
+    # Twice the tokens per step: half the eager prefill steps, which are host-bound at 256 streams
+    "engine_t2048": ("bf16", ["max_num_tokens=2048"]),
+    "engine_fp8_t2048": ("fp8", ["max_num_tokens=2048"]),
 }
 # The Triton phase with other knobs or instance counts, side by side with `triton` (same engine-direct twin):
 # (knobs, model instances, PLAN entry).
@@ -375,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
                     "engine_int8,hf",
                     help="floor, engine (bf16), engine_sync (bf16, async scheduling off), engine_kv8 (bf16, fp8 KV "
                     "cache), engine_fp8, engine_fp8_kv8, engine_int8, hf, triton (+ its engine-direct twin); also "
-                    "engine_nopdl (programmatic dependent launch off), triton_inproc (the engine inside the stub), "
+                    "engine_nopdl (programmatic dependent launch off), engine_t2048 / engine_fp8_t2048 (2048 "
+                    "tokens a step), triton_inproc (the engine inside the stub), "
                     "triton_x2 / triton_x4 (2 / 4 Triton model instances sharing the engine process)")
     ap.add_argument("--quick", action="store_true", help="a smoke run: two concurrencies, one workload")
     ap.add_argument("--phase-timeout", type=float, default=420)
