@@ -410,17 +410,9 @@ def s_mm16(args):
     RESULTS["mm16"] = res
 
 
-def _replay_ms(graph, n: int) -> float:
-    """Median of n timed replays of a captured CUDA graph, in ms."""
-    ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
-    times = []
-    for _ in range(n):
-        ev[0].record()
-        graph.replay()
-        ev[1].record()
-        ev[1].synchronize()
-        times.append(ev[0].elapsed_time(ev[1]))
-    return sorted(times)[n // 2]
+def _prefilling(eng) -> bool:
+    """Whether a sequence of the engine still has prompt tokens to compute (the eager ramp of a burst)."""
+    return any(s.num_computed_tokens < s.num_prompt_tokens for s in eng.seqs.values())
 
 
 def _kernel_table(prof) -> dict[str, float]:
@@ -466,7 +458,7 @@ def s_profile(args):
                     ids = torch.randint(3, 32000, (128,), generator=g).tolist()
                     eng.add_request(EngineRequest(f"{B}-{i}", ids, SamplingParams(
                         temperature=0.0, max_tokens=200, ignore_eos=True)))
-                while any(s.num_computed_tokens < s.num_prompt_tokens for s in eng.seqs.values()):
+                while _prefilling(eng):
                     eng.step()
                 for _ in range(40):  # ~170 tokens of context, about the middle of a 128/128 request
                     eng.step()
@@ -520,7 +512,7 @@ def s_engine7b(args):
                 times.append(time.perf_counter() - t)
             dec = sorted(times[1:])
             step_ms = dec[len(dec) // 2] * 1000
-            t_graph = _replay_ms(eng.runner._graphs[1][0], 20)
+            t_graph = replay_median_ms(eng.runner._graphs[1][0], 20)
             # batch 8 too
             for i in range(8):
                 eng.add_request(EngineRequest(f"b{i}", ids, SamplingParams(temperature=0.0, max_tokens=64,
@@ -571,7 +563,7 @@ def s_pdl(args):
             runner._capture_graphs()
             row = {}
             for S in sizes:
-                row[f"bs{S}_ms"] = _replay_ms(runner._graphs[S][0], 30)
+                row[f"bs{S}_ms"] = replay_median_ms(runner._graphs[S][0], 30)
             key = "+".join(mask) or "none"
             res[key] = row
             SUMMARY.append(f"pdl on {key}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()))
@@ -617,7 +609,7 @@ def s_host(args):
             prof = cProfile.Profile()
             walls = []
             while len(walls) < 40 and eng.has_work():
-                ramp = any(s.num_computed_tokens < s.num_prompt_tokens for s in eng.seqs.values())
+                ramp = _prefilling(eng)
                 if ramp != (phase == "eager"):
                     if phase == "eager":
                         break
