@@ -240,7 +240,7 @@ def _eager_steps(trace: Path, offset: int) -> dict:
     if not fields:
         return {"count": 0}
     ms = sorted(float(x["ms"]) for x in fields)
-    launch = sorted(float(x.get("launch_ms", "nan")) for x in fields)
+    launch = sorted(float(x["launch_ms"]) for x in fields)
     return {"count": len(ms), "total_ms": round(sum(ms), 1), "median_ms": ms[len(ms) // 2],
             "median_launch_ms": launch[len(launch) // 2],
             "tokens": sum(int(x["tokens"]) for x in fields)}
