@@ -605,6 +605,19 @@ def s_host(args):
             eng.add_request(EngineRequest(str(i), ids, SamplingParams(temperature=0.0, max_tokens=100,
                                                                         ignore_eos=True)))
         out = RESULTS.setdefault("host", {})
+        # GPU time of the first eager steps (kernel time summed by torch.profiler), against their wall time
+        from torch.profiler import ProfilerActivity, profile
+
+        walls = []
+        with profile(activities=[ProfilerActivity.CUDA]) as tprof:
+            for _ in range(4):
+                t = time.perf_counter()
+                eng.step()
+                walls.append((time.perf_counter() - t) * 1000)
+        gpu_ms = sum(_kernel_table(tprof).values()) / 1000 / len(walls)
+        out[f"{mode}/eager_gpu"] = {"steps": len(walls), "kernel_ms_per_step": gpu_ms, "wall_ms": walls}
+        SUMMARY.append(f"host {mode} eager: kernel time {gpu_ms:.2f} ms per step, walls "
+                       + ", ".join(f"{w:.1f}" for w in walls) + " ms (under torch.profiler)")
         for phase in ("eager", "decode"):
             prof = cProfile.Profile()
             walls = []

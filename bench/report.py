@@ -11,13 +11,16 @@ SYSTEMS = [("engine", "engine bf16"), ("engine_sync", "engine bf16, async schedu
            ("engine_kv8", "engine bf16, fp8 KV cache"), ("engine_fp8", "engine fp8"),
            ("engine_fp8_kv8", "engine fp8, fp8 KV cache"), ("engine_int8", "engine int8_wo"),
            ("engine_t2048", "engine bf16, 2048 tokens a step"), ("engine_fp8_t2048", "engine fp8, 2048 tokens a step"),
+           ("engine_eager_prefill", "engine bf16, eager prefill steps"),
+           ("engine_fp8_eager_prefill", "engine fp8, eager prefill steps"),
            ("hf", "HF generate bf16"), ("engine_v49152", "engine bf16 (vocab 49152)"),
            ("triton", "Triton + engine bf16 (vocab 49152)"),
            ("triton_x2", "Triton, 2 instances sharing the engine (vocab 49152)"),
            ("triton_x4", "Triton, 4 instances sharing the engine (vocab 49152)"),
-           ("triton_inproc", "Triton, engine inside the stub process (vocab 49152)")]
+           ("triton_inproc", "Triton, engine inside the stub process (vocab 49152)"),
+           ("triton_gil1ms", "Triton, GIL switch interval 1 ms (vocab 49152)")]
 TRITON_SYSTEMS = [("triton", "Triton"), ("triton_x2", "Triton x2"), ("triton_x4", "Triton x4"),
-                  ("triton_inproc", "engine in the stub")]
+                  ("triton_inproc", "engine in the stub"), ("triton_gil1ms", "Triton, GIL 1 ms")]
 # Issue 4's absolute goals are figures for one H100. Batch 8's as a ratio, to read results of other GPUs against:
 # 1,400 tok/s is a 5.714 ms step, 1.091 x the H100's torch.sum read of the bf16 weights (5.235 ms, 2026-11-25).
 BATCH8_STEP_OVER_READ = 8 / 1400 * 1000 / 5.235

@@ -52,6 +52,9 @@ ENGINE_VARIANTS = {
     # Twice the tokens per step: half the eager prefill steps, which are host-bound at 256 streams
     "engine_t2048": ("bf16", ["max_num_tokens=2048"]),
     "engine_fp8_t2048": ("fp8", ["max_num_tokens=2048"]),
+    # Prefill and mixed steps launched kernel by kernel, as before their CUDA graphs
+    "engine_eager_prefill": ("bf16", ["prefill_graph_max_tokens=0"]),
+    "engine_fp8_eager_prefill": ("fp8", ["prefill_graph_max_tokens=0"]),
 }
 # The Triton phase with other knobs or instance counts, side by side with `triton` (same engine-direct twin):
 # (knobs, model instances, PLAN entry).
@@ -59,12 +62,14 @@ TRITON_VARIANTS = {
     "triton_inproc": (["engine_process=false"], 1, "triton_variant"),  # the engine inside the stub process
     "triton_x2": ([], 2, "triton"),  # two stubs sharing one engine process
     "triton_x4": ([], 4, "triton"),
+    "triton_gil1ms": (["gil_switch_interval_us=1000"], 1, "triton"),  # the GIL handed over within 1 ms, not 5
 }
 # The serving knobs of every engine in the run (engine-direct and behind Triton alike). The queue delay lets
 # requests that reach the server one by one (Triton delivers them ~1 ms apart) share a prefill step: it ends
 # 2 ms after the newest arrival, when the waiting prompts fill a step, or at 20 ms.
 SERVING = {"max_batch_size": 256, "max_num_tokens": 1024, "kv_cache_free_mem_fraction": 0.9, "dtype": "bfloat16",
-           "kv_block_size": 16, "enable_prefix_caching": True, "cuda_graphs": True, "async_scheduling": "auto",
+           "kv_block_size": 16, "enable_prefix_caching": True, "cuda_graphs": True, "prefill_graph_max_tokens": 2048,
+           "async_scheduling": "auto",
            "max_queue_delay_us": 20000, "queue_delay_gap_us": 2000, "engine_process": "auto"}
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from llmserve.graph_inputs import StepInputs
+
 
 @dataclass
 class AttentionMetadata:
@@ -52,14 +54,28 @@ class AttentionMetadata:
         meta.add_varlen(group, head_dim)
         return meta
 
+    @classmethod
+    def for_step(cls, step: StepInputs, device: torch.device, index: torch.dtype, context_bound: int, group: int,
+                 head_dim: int) -> AttentionMetadata:
+        """An eager step's metadata; `index`: the dtype of slots and block tables (int32 for the kernels)."""
+        width = max(len(t) for t in step.tables)
+        meta = cls(slot_mapping=torch.tensor(step.slots, dtype=index, device=device),
+                   block_tables=torch.tensor([t + [0] * (width - len(t)) for t in step.tables], dtype=index,
+                                             device=device),
+                   context_lens=torch.tensor(step.context_lens, dtype=torch.int32, device=device),
+                   query_lens=step.query_lens, context_lens_host=step.context_lens,
+                   decode_only=all(n == 1 for n in step.query_lens), max_context_len=max(step.context_lens),
+                   context_bound=context_bound)
+        if not meta.decode_only:
+            meta.add_varlen(group, head_dim)
+        return meta
+
     def add_varlen(self, group: int, head_dim: int) -> None:
         """Fills the CUDA path's query-block work list from query_lens (host side)."""
         from llmserve import kernels
 
         if not kernels.enabled(self.slot_mapping):
             return
-        from llmserve.kernels.attention import varlen_query_blocks
-
         dev = self.slot_mapping.device
         starts = [0]
         for n in self.query_lens:
@@ -68,6 +84,21 @@ class AttentionMetadata:
         self.query_start = torch.tensor(starts, dtype=torch.int32, device=dev)
         self.qb_seq = torch.tensor(seqs, dtype=torch.int32, device=dev)
         self.qb_start = torch.tensor(firsts, dtype=torch.int32, device=dev)
+
+
+def varlen_block_m(group: int, head_dim: int) -> int:
+    return 64 if head_dim > 64 or group > 8 else 128
+
+
+def varlen_query_blocks(query_lens: list[int], group: int, head_dim: int) -> tuple[list[int], list[int]]:
+    """Host-side work list for `varlen_attention`: (sequence index, first query) per program row."""
+    qpb = varlen_block_m(group, head_dim) // group
+    seqs, starts = [], []
+    for i, n in enumerate(query_lens):
+        for s in range(0, n, qpb):
+            seqs.append(i)
+            starts.append(s)
+    return seqs, starts
 
 
 def paged_attention_cached(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata,

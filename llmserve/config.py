@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -47,6 +48,9 @@ class ServingConfig:
     max_model_len: int = 0  # 0: the model's max_position_embeddings
     max_input_bytes: int = 1_000_000  # size limit on text_input / messages
     cuda_graphs: bool = True
+    # Prefill and mixed steps of up to this many tokens replay a CUDA graph per padded token count (up to
+    # max_num_tokens; with cuda_graphs only); 0: they run eagerly
+    prefill_graph_max_tokens: int = 2048
     synthetic_step_ms: float = 15.0  # engine "synthetic": the stand-in for one GPU step
     # KV cache storage: "auto" (the model's dtype) or "fp8" (e4m3, unscaled: half the bytes to read per decode
     # step and twice the tokens in the same memory, at some accuracy cost)
@@ -60,6 +64,10 @@ class ServingConfig:
     # Run the engine in a child process (its own GIL: in Triton's Python backend the stub's GIL is shared with
     # Triton's execute calls and the response sends): "auto" (on for the pytorch engine on CUDA), "true", "false".
     engine_process: str = "auto"
+    # Python's thread switch interval (sys.setswitchinterval) in the stub and the engine process: how long a
+    # thread that waits for the GIL may wait while another runs Python (a new request's intake behind the
+    # response sends, the engine's reader behind a step's launches); 0 keeps Python's 5000
+    gil_switch_interval_us: int = 0
     cancellation_check_period_ms: int = 20
     exclude_input_in_output: bool = True  # when the request does not say (vllm_backend echoes the prompt)
     log_prompts: bool = False  # prompt text stays out of logs unless asked for
@@ -94,6 +102,10 @@ class ServingConfig:
         for name in ("max_batch_size", "max_num_tokens", "kv_block_size", "max_queue_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.gil_switch_interval_us < 0:
+            raise ConfigError(f"gil_switch_interval_us: must be >= 0, got {self.gil_switch_interval_us}")
+        if self.prefill_graph_max_tokens < 0:
+            raise ConfigError(f"prefill_graph_max_tokens: must be >= 0, got {self.prefill_graph_max_tokens}")
         if not 0.0 < self.kv_cache_free_mem_fraction <= 1.0:
             raise ConfigError("kv_cache_free_mem_fraction: must be in (0, 1]")
         if self.kv_cache_dtype not in ("auto", "fp8"):
@@ -106,6 +118,11 @@ class ServingConfig:
 
     def replace(self, **changes: Any) -> ServingConfig:
         return dataclasses.replace(self, **changes)
+
+
+def apply_switch_interval(cfg: ServingConfig) -> None:
+    if cfg.gil_switch_interval_us:
+        sys.setswitchinterval(cfg.gil_switch_interval_us / 1e6)
 
 
 def _coerce(key: str, type_name: Any, value: Any) -> Any:

@@ -222,6 +222,11 @@ class LlamaModel(nn.Module):
                 meta: AttentionMetadata, logits_indices: torch.Tensor | None = None) -> torch.Tensor:
         """Returns logits (float32) only for the rows in `logits_indices` (all rows when None): the lm_head is
         the largest matmul."""
+        return self.logits(*self.decode_layers(input_ids, positions, kv_cache, meta), logits_indices)
+
+    def decode_layers(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache: torch.Tensor,
+                      meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder stack: returns (hidden state, residual stream) of every row, before the final norm."""
         x = self.embed_tokens(input_ids)
         rope = Rope(positions, self.rope_cos, self.rope_sin)
         if not _fast(x):
@@ -229,8 +234,11 @@ class LlamaModel(nn.Module):
         residual = None
         for layer in self.layers:
             x, residual = layer(x, residual, rope, kv_cache, meta)
-        if logits_indices is not None:
-            x, residual = x[logits_indices], residual[logits_indices]
+        return x, residual
+
+    def logits(self, x: torch.Tensor, residual: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        if rows is not None:
+            x, residual = x.index_select(0, rows), residual.index_select(0, rows)
         x, _ = self.norm(x, residual)
         return self.lm_head(x).float()
 

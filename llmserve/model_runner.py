@@ -4,7 +4,8 @@ On CUDA with a 16-bit model, decode steps replay CUDA graphs captured per padded
 256): the step's inputs go through a pinned host buffer and one copy into the graphs' static inputs, the
 graph computes logits and their argmax, and the one host sync of the step is reading the token ids back.
 Padding rows of a graph write their K/V into a scratch block the block manager never hands out.
-Prefill and mixed steps run eagerly through the same Triton kernels (varlen attention).
+Prefill and mixed steps of up to `prefill_graph_max_tokens` tokens replay a graph per padded token count
+(llmserve/prefill_graphs.py); larger ones, and every step on a CPU, run eagerly (varlen attention).
 
 `launch` starts a greedy decode step without waiting for it: a row may take its input token from the
 previous launched step's output on the device (`src_rows`), so the engine can queue step N+1 before it has
@@ -15,9 +16,7 @@ step N+1's inputs never races the copy of step N's.
 from __future__ import annotations
 
 import logging
-import mmap
 import time
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +26,9 @@ from llmserve import kernels
 from llmserve.attention import AttentionMetadata
 from llmserve.config import ConfigError, ServingConfig, switch
 from llmserve.engine_api import TokenLogprob
+from llmserve.graph_inputs import StepInputs, TableRows, pinned_int32
 from llmserve.llama import load_model
+from llmserve.prefill_graphs import PrefillGraphs
 from llmserve.sampler import SamplingBatch, is_plain_greedy, sample
 from llmserve.scheduler import ScheduledBatch
 from llmserve.sequence import Sequence
@@ -48,28 +49,6 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
         # float32 on CPU: bf16 matmuls there are slow and would drift from HF's float32 reference.
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
-
-
-def _pinned_int32(n: int):
-    """An int32 host buffer in page-locked memory, so the step's input copy is asynchronous: registered with
-    CUDA directly, else from torch's pinned allocator. Returns (tensor, numpy view)."""
-    import numpy as np
-
-    # Pages of its own (anonymous mmap, zeroed): registration is per page, so a heap buffer sharing a page
-    # with another registered one would fail, and the failure resurfaces at the next kernel launch.
-    arr = np.frombuffer(mmap.mmap(-1, max(4 * n, 1)), dtype=np.int32, count=n)
-    try:
-        cudart = torch.cuda.cudart()
-        rc = cudart.cudaHostRegister(arr.ctypes.data, arr.nbytes, 0)
-        ok = int(getattr(rc, "value", rc)) == 0
-    except (RuntimeError, AttributeError, TypeError):
-        ok = False
-    if ok:
-        # Unregistered before the pages go: a later runner in the process (benchmarks) may map the same range.
-        weakref.finalize(arr, cudart.cudaHostUnregister, arr.ctypes.data)
-        return torch.from_numpy(arr), arr
-    t = torch.empty(n, dtype=torch.int32, pin_memory=True)
-    return t, t.numpy()
 
 
 @dataclass
@@ -126,6 +105,7 @@ class ModelRunner:
                                     args.num_kv_heads, args.head_dim, dtype=self.kv_dtype, device=self.device)
         self.group = args.num_heads // args.num_kv_heads
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+        self._prefill_graphs: PrefillGraphs | None = None
         self.last_launch_s = 0.0
         if self.fast and self.device.type == "cuda":
             self._warmup()
@@ -157,36 +137,12 @@ class ModelRunner:
         return int(blocks)
 
     # -- eager steps (CPU, prefill, mixed) ---------------------------------------------------------------------
-    def _prepare(self, batch: ScheduledBatch) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
-        ids, positions, slots, ctx_lens, sample_rows = [], [], [], [], []
-        bs = self.block_size
-        for seq, n in zip(batch.seqs, batch.num_tokens):
-            start = seq.num_computed_tokens
-            ids.extend(seq.tokens[start:start + n])
-            positions.extend(range(start, start + n))
-            table = seq.block_table
-            slots.extend(table[p // bs] * bs + p % bs for p in range(start, start + n))
-            ctx_lens.append(start + n)
-            if start + n == len(seq.tokens):
-                sample_rows.append(len(ids) - 1)
-        max_blocks = max(len(s.block_table) for s in batch.seqs)
-        tables = [s.block_table + [0] * (max_blocks - len(s.block_table)) for s in batch.seqs]
-        dev = self.device
+    def _prepare(self, step: StepInputs) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
         index = torch.int32 if self.fast else torch.long
-        meta = AttentionMetadata(
-            slot_mapping=torch.tensor(slots, dtype=index, device=dev),
-            block_tables=torch.tensor(tables, dtype=torch.int32 if self.fast else torch.long, device=dev),
-            context_lens=torch.tensor(ctx_lens, dtype=torch.int32, device=dev),
-            query_lens=list(batch.num_tokens),
-            context_lens_host=ctx_lens,
-            decode_only=all(n == 1 for n in batch.num_tokens),
-            max_context_len=max(ctx_lens),
-            context_bound=self.max_model_len,
-        )
-        if self.fast and not meta.decode_only:
-            meta.add_varlen(self.group, self.model.args.head_dim)
-        return (torch.tensor(ids, dtype=index, device=dev), torch.tensor(positions, dtype=index, device=dev),
-                meta, sample_rows)
+        meta = AttentionMetadata.for_step(step, self.device, index, self.max_model_len, self.group,
+                                          self.model.args.head_dim)
+        return (torch.tensor(step.ids, dtype=index, device=self.device),
+                torch.tensor(step.positions, dtype=index, device=self.device), meta)
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch, sampling: SamplingBatch | None) -> tuple[list[int], list[TokenLogprob | None]]:
@@ -197,13 +153,17 @@ class ModelRunner:
             _, logits = self._replay(batch, [-1] * len(batch.seqs))
             return sample(logits[:len(batch.seqs)], sampling)
         t0 = time.perf_counter()
-        input_ids, positions, meta, sample_rows = self._prepare(batch)
-        logits = self.model(input_ids, positions, self.kv_cache, meta,
-                            torch.tensor(sample_rows, dtype=torch.long, device=self.device))
+        step = StepInputs.of(batch.seqs, batch.num_tokens, self.block_size)
+        if self._prefill_graphs is not None and self._prefill_graphs.fits(len(step.ids), len(batch.seqs)):
+            logits = self._prefill_graphs.run(step)
+        else:
+            input_ids, positions, meta = self._prepare(step)
+            logits = self.model(input_ids, positions, self.kv_cache, meta,
+                                torch.tensor(step.sample_rows, dtype=torch.long, device=self.device))
         # Host time to enqueue the step (the step trace's launch_ms): near the step's wall time when the host,
         # not the GPU, sets the pace.
         self.last_launch_s = time.perf_counter() - t0
-        if not sample_rows:
+        if not step.sample_rows:
             return [], []
         assert sampling is not None
         return sample(logits, sampling)
@@ -282,6 +242,11 @@ class ModelRunner:
                 logits, tokens = self._decode_forward(ids[:S], pos[:S], src[:S], meta)
             self._graphs[S] = (graph, logits, tokens)
         kernels.PDL = False
+        top = min(self.cfg.prefill_graph_max_tokens, self.cfg.max_num_tokens)
+        if top > 0:
+            self._prefill_graphs = PrefillGraphs(self.model, self.kv_cache, top, self.cfg.max_batch_size, W,
+                                                 self.max_model_len)
+            self._prefill_graphs.capture_all(pool)
         torch.cuda.synchronize(self.device)
         self._sizes = sorted(sizes)
         log.info("captured CUDA graphs for decode batch sizes %s", self._sizes)
@@ -309,7 +274,7 @@ class ModelRunner:
             event = torch.cuda.Event()
             event.record()
             return Launched(list(batch.seqs), self._last_tokens, out, event)
-        input_ids, positions, meta, _ = self._prepare(batch)
+        input_ids, positions, meta = self._prepare(StepInputs.of(batch.seqs, batch.num_tokens, self.block_size))
         if prev is not None and any(r >= 0 for r in src_rows):
             src = torch.tensor(src_rows, dtype=torch.long, device=self.device)
             carried = prev.device_tokens[src.clamp(min=0)].to(input_ids.dtype)
@@ -338,16 +303,14 @@ class ModelRunner:
 
 
 class _HostInputs:
-    """One pinned host copy of the graphs' inputs. A row keeps its last block table, rewritten only when a
-    different sequence (or a grown table) takes the row."""
+    """One pinned host copy of the decode graphs' inputs."""
 
     def __init__(self, n: int, max_b: int, width: int, scratch_block: int, block_size: int):
-        self.tensor, h = _pinned_int32(n)
+        self.tensor, h = pinned_int32(n)
         self.ids, self.pos, self.slot, self.ctx, self.src = (h[i * max_b:(i + 1) * max_b] for i in range(5))
-        self.bt = h[5 * max_b:].reshape(max_b, width)
+        self.tables = TableRows(h[5 * max_b:].reshape(max_b, width))
         self.scratch_block, self.block_size = scratch_block, block_size
         h[:] = 0
-        self.rows: list[list[int] | None] = [[]] * max_b
         for i in range(max_b):
             self._pad(i)
 
@@ -357,8 +320,8 @@ class _HostInputs:
         self.slot[i] = self.scratch_block * self.block_size
         self.ctx[i] = 1
         self.src[i] = -1
-        self.bt[i, 0] = self.scratch_block
-        self.rows[i] = None
+        self.tables.bt[i, 0] = self.scratch_block
+        self.tables.forget(i)
 
     def fill(self, seqs: list[Sequence], src_rows: list[int], S: int) -> None:
         B, bs = len(seqs), self.block_size
@@ -369,12 +332,8 @@ class _HostInputs:
         self.ids[:B] = [s.tokens[p] for s, p in zip(seqs, p_list)]
         self.src[:B] = src_rows
         self.slot[:B] = [s.block_table[p // bs] * bs + p % bs for s, p in zip(seqs, p_list)]
-        rows = self.rows
         for i, seq in enumerate(seqs):
-            table = seq.block_table
-            if rows[i] != table:
-                self.bt[i, :len(table)] = table
-                rows[i] = list(table)
+            self.tables.write(i, seq.block_table)
         for i in range(B, S):
-            if rows[i] is not None:
+            if self.tables.rows[i] is not None:
                 self._pad(i)

@@ -49,7 +49,7 @@ import uuid
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from llmserve.config import ServingConfig
+from llmserve.config import ServingConfig, apply_switch_interval
 from llmserve.engine_api import EngineError, EngineStats
 from llmserve.metrics import MetricsSink, NullSink, resident_memory_bytes
 from llmserve.service import _DRAINING, _SHUTTING_DOWN, Callback, Delta, GenerateRequest, take_deltas, tokenize_request
@@ -432,6 +432,7 @@ def _engine_main(name: str, cfg_json: str, model_dir: str) -> int:
     sink = _RecordingSink()
     try:
         cfg = ServingConfig(**json.loads(cfg_json))
+        apply_switch_interval(cfg)
         service = build_service(cfg.replace(engine_process="false"), model_dir, sink)
     except BaseException:  # noqa: BLE001 - whoever is waiting for us is told why
         reason = traceback.format_exc()

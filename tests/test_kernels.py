@@ -14,7 +14,7 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 from llmserve import kernels, quantize  # noqa: E402
-from llmserve.attention import AttentionMetadata, paged_attention  # noqa: E402
+from llmserve.attention import AttentionMetadata, paged_attention, varlen_query_blocks  # noqa: E402
 from llmserve.kernels import attention as kattn  # noqa: E402
 from llmserve.kernels import fused, linear  # noqa: E402
 from llmserve.llama import apply_rope  # noqa: E402
@@ -172,7 +172,7 @@ def test_varlen_attention_matches_torch_path(nh, nkv, hd, fp8_cache):
         ctx_lens, dtype=torch.int32, device=DEV), query_lens=query_lens, context_lens_host=ctx_lens,
         decode_only=False, max_context_len=max(ctx_lens))
     ref = paged_attention(q.float(), k_new.float(), v_new.float(), cache.float().clone(), meta, hd ** -0.5)
-    seqs, firsts = kattn.varlen_query_blocks(query_lens, nh // nkv, hd)
+    seqs, firsts = varlen_query_blocks(query_lens, nh // nkv, hd)
     starts = torch.tensor([0, 5, 6, 76, 79], dtype=torch.int32, device=DEV)
     out = kattn.varlen_attention(q, cache, bt, meta.context_lens, starts,
                                  torch.tensor(seqs, dtype=torch.int32, device=DEV),
@@ -237,6 +237,51 @@ def test_model_fast_path_matches_torch_path(tmp_path, monkeypatch, quant, seed):
         results[mode] = (prefill, dec, single)
     for a, b in zip(results["fast"], results["torch"]):
         assert rel(a, b) < 2e-2
+
+
+@pytest.mark.parametrize("quant", [None, "int8_wo"])
+def test_prefill_graphs_match_eager_steps(tmp_path, monkeypatch, quant):
+    """Prefill and mixed steps through PrefillGraphs (tokens padded to a bucket, sequence rows and attention work
+    list padded; real CUDA graphs on a GPU, the same padded inputs run eagerly under the interpreter) against
+    the eager model on a cache of its own: logits of the sampled rows, and the caches after the steps."""
+    from types import SimpleNamespace
+
+    from llmserve.graph_inputs import StepInputs
+    from llmserve.prefill_graphs import PrefillGraphs
+
+    if DEV == "cpu":
+        monkeypatch.setenv("LLMSERVE_TRITON_KERNELS", "interpret")
+    model = _tiny_model(tmp_path, monkeypatch, **({"quantization": {"mode": quant}} if quant else {}))
+    page, prompt_lens = 4, [9, 14, 20]
+    g = torch.Generator().manual_seed(0)
+    full = [torch.randint(0, 300, (n + 2,), generator=g).tolist() for n in prompt_lens]
+    tables = [[0, 1, 2], [3, 4, 5, 6], [7, 8, 9, 10, 11, 12]]
+    steps = [[(1, 0, 6)],  # a first chunk alone: nothing to sample
+             [(0, 0, 9), (1, 6, 8)],  # a prompt, the rest of the chunked one
+             [(2, 0, 20), (0, 9, 1), (1, 14, 1)],  # a prompt and two decodes
+             [(2, 20, 1)]]  # one decode: fewer sequences than the step before
+    caches = {k: torch.zeros(2, 2, 16, page, 2, 32, device=DEV, dtype=DT) for k in ("eager", "graph")}
+    graphs = PrefillGraphs(model, caches["graph"], max_tokens=48, max_seqs=4, width=8, max_model_len=256,
+                           capture=DEV == "cuda")
+    assert graphs.buckets == [16, 32, 48]
+    with torch.inference_mode():
+        if DEV == "cuda":
+            graphs.capture_all(torch.cuda.graph_pool_handle())
+        for spec in steps:
+            seqs = [SimpleNamespace(tokens=full[i][:max(prompt_lens[i], start + n)], num_computed_tokens=start,
+                                    block_table=tables[i]) for i, start, n in spec]
+            step = StepInputs.of(seqs, [n for _, _, n in spec], page)
+            meta = AttentionMetadata.for_step(step, torch.device(DEV), torch.int32, 256, group=3, head_dim=32)
+            ref = model(torch.tensor(step.ids, device=DEV), torch.tensor(step.positions, device=DEV),
+                        caches["eager"], meta, torch.tensor(step.sample_rows, dtype=torch.long, device=DEV))
+            out = graphs.run(step)
+            if not step.sample_rows:
+                assert out is None
+                continue
+            assert out.shape == ref.shape == (len(step.sample_rows), 300)
+            assert rel(out, ref) < 1e-2
+    assert rel(caches["graph"], caches["eager"]) < 1e-2
+    assert caches["graph"][:, :, 13:].abs().sum() == 0  # padding rows wrote nothing (slot -1)
 
 
 @pytest.mark.parametrize("kind", ["16bit", "int8", "int8_magic", "fp8", "fp8_bits"])

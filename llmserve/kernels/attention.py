@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from llmserve.attention import varlen_block_m
+
 
 @triton.jit
 def _span(ctx, NUM_PARTS: tl.constexpr):
@@ -198,21 +200,6 @@ def _varlen_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, qstart_ptr, qb_seq_ptr,
     o = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     tl.store(out_ptr + tok[:, None] * stride_ot + heads[:, None] * stride_oh + d[None, :],
              o.to(out_ptr.dtype.element_ty), mask=rmask[:, None])
-
-
-def varlen_block_m(group: int, head_dim: int) -> int:
-    return 64 if head_dim > 64 or group > 8 else 128
-
-
-def varlen_query_blocks(query_lens: list[int], group: int, head_dim: int) -> tuple[list[int], list[int]]:
-    """Host-side work list for `varlen_attention`: (sequence index, first query) per program row."""
-    qpb = varlen_block_m(group, head_dim) // group
-    seqs, starts = [], []
-    for i, n in enumerate(query_lens):
-        for s in range(0, n, qpb):
-            seqs.append(i)
-            starts.append(s)
-    return seqs, starts
 
 
 def varlen_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor, context_lens: torch.Tensor,

@@ -75,7 +75,7 @@ def _rope_cache_kernel(qkv_ptr, pos_ptr, cos_ptr, sin_ptr, slot_ptr, k_cache_ptr
     tl.store(p + HALF, (x2 * c + x1 * s).to(qkv_ptr.dtype.element_ty), mask=hm)
     # k heads: rotated into the cache slot; v heads: copied
     g = tl.arange(0, BLOCK_KV)[:, None]
-    gm = (g < NKV) & (slot >= 0)
+    gm = (g < NKV) & ((g * 0 + slot) >= 0)  # the slot test as a tensor: Triton's interpreter rejects a scalar mask
     p = base + NH * D + g * D + d[None, :]
     k1 = tl.load(p, mask=gm, other=0.0).to(tl.float32)
     k2 = tl.load(p + HALF, mask=gm, other=0.0).to(tl.float32)

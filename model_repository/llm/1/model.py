@@ -25,7 +25,7 @@ try:
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
-from llmserve.config import ServingConfig
+from llmserve.config import ServingConfig, apply_switch_interval
 from llmserve.drain import DrainWatch, control_dir
 from llmserve.engine_api import EngineError
 from llmserve.factory import build_service
@@ -132,6 +132,7 @@ class TritonPythonModel:
         if args.get("model_instance_kind") == "GPU" and self.cfg.device in ("auto", "cuda"):
             # instance_group { kind: KIND_GPU, gpus: [...] }: one engine replica per listed GPU.
             self.cfg = self.cfg.replace(device=f"cuda:{args['model_instance_device_id']}")
+        apply_switch_interval(self.cfg)
         model_dir = Path(args["model_repository"])
         try:
             self.metrics = TritonMetrics(args["model_name"], args["model_version"])

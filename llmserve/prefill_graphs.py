@@ -1,0 +1,144 @@
+"""CUDA graphs for prefill and mixed steps, one per padded token count.
+
+An eager step of a 7B model is about 400 kernel launches, and on the lent H200 enqueueing them took the host
+17-21 ms whether the step carried 128 tokens or 1,024 (the bench's step trace: launch_ms within 0.5 ms of the
+step's wall time): several times the GPU work of a small step, and the pace of the ramp when 256 requests
+arrive at once. A graph replay launches all of them in one call.
+
+Everything that varies within a token bucket lives in device buffers of fixed shape:
+- the step's tokens (ids, positions, cache slots), padded to the bucket with slot -1, which the fused rotary
+  kernel does not write;
+- per sequence, for up to max_batch_size sequences: context length, query offset and block table; rows past
+  the step's sequences have no new tokens and an empty context;
+- the varlen attention's work list, padded to the most query blocks a step of the bucket can have with
+  blocks of an empty row (their programs return at once).
+Padded token rows compute garbage that stays in their rows: every layer but attention is row by row, and
+attention reads only the cache and the real rows' queries. The graph runs the decoder stack; the final norm,
+lm_head over the sampled rows and the sampling stay eager (a few launches), since those rows vary.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from llmserve.attention import AttentionMetadata, varlen_block_m, varlen_query_blocks
+from llmserve.graph_inputs import StepInputs, TableRows, pinned_int32
+
+
+def token_buckets(max_tokens: int) -> list[int]:
+    """Padded step sizes: powers of two from 16 and, from 128 up, the midpoints (192, 384, ...), so a step
+    computes at most 1.5x its tokens once it is large enough for the padding to cost GPU time; then max_tokens."""
+    sizes, n = [], 16
+    while n < max_tokens:
+        sizes.append(n)
+        if n >= 128 and n * 3 // 2 < max_tokens:
+            sizes.append(n * 3 // 2)
+        n *= 2
+    return sizes + [max_tokens]
+
+
+class PrefillGraphs:
+    def __init__(self, model, kv_cache: torch.Tensor, max_tokens: int, max_seqs: int, width: int,
+                 max_model_len: int, capture: bool = True):
+        """capture=False runs the same padded inputs eagerly (the tests check the padding on CPU that way)."""
+        args = model.args
+        self.model, self.kv_cache, self.max_model_len = model, kv_cache, max_model_len
+        self.group, self.head_dim = args.num_heads // args.num_kv_heads, args.head_dim
+        self.qpb = varlen_block_m(self.group, self.head_dim) // self.group
+        self.buckets = token_buckets(max_tokens)
+        self.max_seqs, self.width = B, W = max_seqs, width
+        T, QB = max_tokens, self._work_rows(max_tokens)
+        # Sections of one int32 buffer (block tables last: a step copies only the rows it uses). Row B of the
+        # per-sequence sections is the empty sequence that padded work-list entries point to.
+        sizes = {"ids": T, "pos": T, "slot": T, "rows": B, "ctx": B + 1, "qstart": B + 2, "qb_seq": QB,
+                 "qb_start": QB, "bt": (B + 1) * W}
+        self._offsets, n = {}, 0
+        for name, size in sizes.items():
+            self._offsets[name] = (n, n + size)
+            n += size
+        self._hosts = [self._host_views(*pinned_int32(n)) for _ in range(2)]
+        self._copied: list[torch.cuda.Event | None] = [None, None]
+        self._turn = 0
+        self._dev = torch.zeros(n, dtype=torch.int32, device=kv_cache.device)
+        self._d = {k: self._dev[a:b] for k, (a, b) in self._offsets.items()}
+        self._d["bt"] = self._d["bt"].view(B + 1, W)
+        for h in self._hosts:  # every entry an idle one until a step says otherwise
+            h["slot"][:] = -1
+            h["qb_seq"][:] = B
+            self._dev.copy_(h["tensor"])
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph | None, torch.Tensor | None, torch.Tensor | None]] = {}
+        self.capture = capture
+
+    def _work_rows(self, tokens: int) -> int:
+        """Most query blocks a step of `tokens` tokens can need: each sequence rounds up by one block at most."""
+        return tokens // self.qpb + min(self.max_seqs, tokens) + 1
+
+    def _host_views(self, tensor: torch.Tensor, arr) -> dict:
+        views = {k: arr[a:b] for k, (a, b) in self._offsets.items()}
+        views["bt"] = views["bt"].reshape(self.max_seqs + 1, self.width)
+        views["tensor"], views["tables"] = tensor, TableRows(views["bt"])
+        return views
+
+    def _meta(self, tokens: int) -> AttentionMetadata:
+        d, qb = self._d, self._work_rows(tokens)
+        return AttentionMetadata(slot_mapping=d["slot"][:tokens], block_tables=d["bt"], context_lens=d["ctx"],
+                                 query_lens=[], context_lens_host=[], decode_only=False,
+                                 max_context_len=self.max_model_len, context_bound=self.max_model_len,
+                                 query_start=d["qstart"], qb_seq=d["qb_seq"][:qb], qb_start=d["qb_start"][:qb])
+
+    def _layers(self, tokens: int):
+        return self.model.decode_layers(self._d["ids"][:tokens], self._d["pos"][:tokens], self.kv_cache,
+                                        self._meta(tokens))
+
+    def capture_all(self, pool) -> None:
+        for T in sorted(self.buckets, reverse=True):
+            for _ in range(2):  # compiles what the capture would otherwise meet
+                self._layers(T)
+            torch.cuda.synchronize(self.kv_cache.device)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                hidden, residual = self._layers(T)
+            self.graphs[T] = (graph, hidden, residual)
+
+    def fits(self, num_tokens: int, num_seqs: int) -> bool:
+        return num_tokens <= self.buckets[-1] and num_seqs <= self.max_seqs
+
+    def run(self, step: StepInputs) -> torch.Tensor | None:
+        """Runs the decoder stack on the step; returns the logits of its sample rows (None if it has none)."""
+        n, B = len(step.ids), len(step.query_lens)
+        T = next(b for b in self.buckets if b >= n)
+        self._turn ^= 1
+        if self._copied[self._turn] is not None:  # this buffer's copy two steps ago must be done
+            self._copied[self._turn].synchronize()
+        h = self._hosts[self._turn]
+        self._fill(h, step, T)
+        end = self._offsets["bt"][0] + B * self.width
+        self._dev[:end].copy_(h["tensor"][:end], non_blocking=True)
+        if self._dev.is_cuda:
+            self._copied[self._turn] = torch.cuda.Event()
+            self._copied[self._turn].record()
+        if self.capture:
+            graph, hidden, residual = self.graphs[T]
+            graph.replay()
+        else:
+            hidden, residual = self._layers(T)
+        if not step.sample_rows:
+            return None
+        return self.model.logits(hidden, residual, self._d["rows"][:len(step.sample_rows)])
+
+    def _fill(self, h: dict, step: StepInputs, T: int) -> None:
+        n, B = len(step.ids), len(step.query_lens)
+        h["ids"][:n], h["pos"][:n], h["slot"][:n] = step.ids, step.positions, step.slots
+        h["ids"][n:T], h["pos"][n:T], h["slot"][n:T] = 0, 0, -1
+        h["rows"][:len(step.sample_rows)] = step.sample_rows
+        h["ctx"][:B], h["ctx"][B:] = step.context_lens, 0
+        h["qstart"][0] = 0
+        h["qstart"][1:B + 1] = np.cumsum(step.query_lens)
+        h["qstart"][B + 1:] = n
+        seqs, firsts = varlen_query_blocks(step.query_lens, self.group, self.head_dim)
+        k, qb = len(seqs), self._work_rows(T)
+        h["qb_seq"][:k], h["qb_start"][:k] = seqs, firsts
+        h["qb_seq"][k:qb], h["qb_start"][k:qb] = self.max_seqs, 0
+        for i, table in enumerate(step.tables):
+            h["tables"].write(i, table)

@@ -1,0 +1,75 @@
+"""The host side of the prefill/mixed-step CUDA graphs: token buckets and the padded inputs a step writes.
+
+The graphs themselves, and the padded inputs run through the model, are checked against eager steps in
+tests/test_kernels.py (on a GPU, or under Triton's interpreter)."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from llmserve.config import ConfigError, ServingConfig
+from llmserve.graph_inputs import StepInputs
+from llmserve.prefill_graphs import PrefillGraphs, token_buckets
+
+
+def test_token_buckets_pad_by_at_most_half_from_128_tokens():
+    assert token_buckets(1024) == [16, 32, 64, 128, 192, 256, 384, 512, 768, 1024]
+    assert token_buckets(100) == [16, 32, 64, 100]
+    buckets = token_buckets(8192)
+    for n in range(129, 8193, 37):
+        assert next(b for b in buckets if b >= n) <= 1.5 * n
+
+
+def _graphs(max_tokens=48, max_seqs=4, width=8):
+    args = SimpleNamespace(num_heads=4, num_kv_heads=4, head_dim=64)  # 64 query rows per work-list block
+    return PrefillGraphs(SimpleNamespace(args=args), torch.zeros(1), max_tokens, max_seqs, width, 256,
+                         capture=False)
+
+
+def _step(spec, page=4):
+    """spec: (tokens, computed, new, block table) per sequence."""
+    seqs = [SimpleNamespace(tokens=t, num_computed_tokens=c, block_table=b) for t, c, _, b in spec]
+    return StepInputs.of(seqs, [n for _, _, n, _ in spec], page)
+
+
+def test_step_inputs_flatten_the_batch():
+    step = _step([(list(range(10, 19)), 0, 9, [5, 6, 7]), (list(range(20, 34)), 6, 4, [1, 2, 3, 4])])
+    assert step.ids == list(range(10, 19)) + list(range(26, 30))
+    assert step.positions == list(range(9)) + [6, 7, 8, 9]
+    assert step.slots[:5] == [20, 21, 22, 23, 24] and step.slots[9:] == [10, 11, 12, 13]
+    assert step.query_lens == [9, 4] and step.context_lens == [9, 10]
+    assert step.sample_rows == [8]  # the chunked prompt has tokens left: nothing to sample for it
+
+
+def test_a_step_pads_tokens_sequences_and_work_list_to_its_bucket():
+    g = _graphs()
+    # the first chunk of a 70-token prompt, and a decode
+    step = _step([(list(range(70)), 0, 10, [0, 1, 2]), (list(range(9)), 8, 1, [3, 4, 5])])
+    h = g._hosts[0]
+    g._fill(h, step, 16)
+    n = len(step.ids)  # 11 tokens in the 16 bucket
+    assert list(h["slot"][n:16]) == [-1] * 5  # padding tokens write no cache slot
+    assert list(h["ctx"]) == [10, 9, 0, 0, 0]  # rows past the step and the idle row 4: no context
+    assert list(h["qstart"]) == [0, 10, 11, 11, 11, 11]  # rows past the step: no tokens
+    qb = g._work_rows(16)
+    assert qb == 16 // 64 + 4 + 1
+    assert list(h["qb_seq"][:qb]) == [0, 1, 4, 4, 4]  # padded work goes to the idle row (no tokens, no context)
+    assert list(h["bt"][1, :3]) == [3, 4, 5]
+
+
+def test_a_smaller_step_after_a_larger_one_leaves_no_stale_work():
+    g = _graphs()
+    h = g._hosts[0]
+    big = _step([(list(range(20)), 0, 20, [0, 1, 2, 3, 4]), (list(range(20)), 0, 20, [5, 6, 7, 8, 9])])
+    g._fill(h, big, 48)
+    g._fill(h, _step([(list(range(21)), 20, 1, [0, 1, 2, 3, 4, 5])]), 16)
+    assert list(h["qb_seq"][:g._work_rows(16)]) == [0, 4, 4, 4, 4]
+    assert list(h["qstart"][:3]) == [0, 1, 1] and h["ctx"][1] == 0
+    assert list(h["bt"][0, :6]) == [0, 1, 2, 3, 4, 5]  # the grown table is written again
+
+
+@pytest.mark.parametrize("knob", ["prefill_graph_max_tokens", "gil_switch_interval_us"])
+def test_negative_knobs_are_refused_by_name(knob):
+    with pytest.raises(ConfigError, match=knob):
+        ServingConfig.from_parameters({knob: {"string_value": "-1"}})
