@@ -534,6 +534,38 @@ def s_engine7b(args):
             torch.cuda.empty_cache()
 
 
+@section("graphs_bs1")
+def s_graphs_bs1(args):
+    """The batch-1 decode graph's replay time with and without the prefill graphs beside it (bench runs found it
+    ~1% slower with them): GRAPH_CASES, each prefill_graph_max_tokens, "own" = the prefill graphs in a memory
+    pool of their own instead of the decode graphs' pool. One engine at a time, the first case again last."""
+    from llmserve.config import ServingConfig
+    from llmserve.engine import TorchEngine
+    from llmserve.prefill_graphs import PrefillGraphs
+
+    res = RESULTS.setdefault("graphs_bs1", {})
+    capture_all = PrefillGraphs.capture_all
+    with tempfile.TemporaryDirectory() as d:
+        ckpt = write_random_checkpoint(Path(d), 32000, None)
+        for i, case in enumerate(os.environ.get("GRAPH_CASES", "0,2048,2048own,256,0").split(",")):
+            own = case.endswith("own")
+            PrefillGraphs.capture_all = (lambda self, pool: capture_all(self, torch.cuda.graph_pool_handle())) \
+                if own else capture_all
+            eng = TorchEngine(ServingConfig(dtype="bfloat16", max_batch_size=256, max_num_tokens=1024,
+                                            kv_cache_free_mem_fraction=0.9,
+                                            prefill_graph_max_tokens=int(case.removesuffix("own"))), ckpt)
+            graph = eng.runner._graphs[1][0]
+            times = [replay_median_ms(graph, 50) for _ in range(3)]
+            res[f"{i}:{case}"] = times
+            SUMMARY.append(f"graphs_bs1 {case}: bs1 decode graph replay " + ", ".join(f"{t:.3f}" for t in times)
+                           + " ms")
+            print(SUMMARY[-1], flush=True)
+            eng.shutdown()
+            del eng, graph
+            torch.cuda.empty_cache()
+    PrefillGraphs.capture_all = capture_all
+
+
 @section("pdl")
 def s_pdl(args):
     """Programmatic dependent launch per kernel module in the decode graphs: which kernels gain. (The attention
@@ -684,7 +716,7 @@ def s_triton(args):
 
 SECTIONS = {"env": s_env, "tests": s_tests, "engine_small": s_engine_small, "engine7b": s_engine7b, "pdl": s_pdl,
             "floor": s_floor, "attn": s_attn, "attn_kv": s_attn_kv, "gemv": s_gemv, "gemv1": s_gemv1, "mm16": s_mm16,
-            "host": s_host, "triton": s_triton, "profile": s_profile}
+            "host": s_host, "triton": s_triton, "profile": s_profile, "graphs_bs1": s_graphs_bs1}
 
 
 def main() -> int:

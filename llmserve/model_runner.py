@@ -160,8 +160,9 @@ class ModelRunner:
             input_ids, positions, meta = self._prepare(step)
             logits = self.model(input_ids, positions, self.kv_cache, meta,
                                 torch.tensor(step.sample_rows, dtype=torch.long, device=self.device))
-        # Host time to enqueue the step (the step trace's launch_ms): near the step's wall time when the host,
-        # not the GPU, sets the pace.
+        # Host time to enqueue the step (the step trace's launch_ms). Near the step's wall time when the host sets
+        # the pace, but also when the host was held up inside the launch while the GPU worked: at 256 streams on
+        # the H200 it was so with graph replays too, whose steps took their GPU time (docs/performance.md).
         self.last_launch_s = time.perf_counter() - t0
         if not step.sample_rows:
             return [], []
