@@ -66,8 +66,8 @@ class PrefillGraphs:
         for h in self._hosts:  # every entry an idle one until a step says otherwise
             h["slot"][:] = -1
             h["qb_seq"][:] = B
-            self._dev.copy_(h["tensor"])
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph | None, torch.Tensor | None, torch.Tensor | None]] = {}
+        self._dev.copy_(self._hosts[0]["tensor"])
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
         self.capture = capture
 
     def _work_rows(self, tokens: int) -> int:
