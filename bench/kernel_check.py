@@ -538,7 +538,8 @@ def s_engine7b(args):
 def s_graphs_bs1(args):
     """The batch-1 decode graph's replay time with and without the prefill graphs beside it (bench runs found it
     ~1% slower with them): GRAPH_CASES, each prefill_graph_max_tokens, "own" = the prefill graphs in a memory
-    pool of their own instead of the decode graphs' pool. One engine at a time, the first case again last."""
+    pool of their own instead of the decode graphs' pool, "warm" = their eager warm-up runs without the capture.
+    One engine at a time, the first case again last."""
     from llmserve.config import ServingConfig
     from llmserve.engine import TorchEngine
     from llmserve.prefill_graphs import PrefillGraphs
@@ -548,12 +549,15 @@ def s_graphs_bs1(args):
     with tempfile.TemporaryDirectory() as d:
         ckpt = write_random_checkpoint(Path(d), 32000, None)
         for i, case in enumerate(os.environ.get("GRAPH_CASES", "0,2048,2048own,256,0").split(",")):
-            own = case.endswith("own")
-            PrefillGraphs.capture_all = (lambda self, pool: capture_all(self, torch.cuda.graph_pool_handle())) \
-                if own else capture_all
+            if case.endswith("own"):
+                PrefillGraphs.capture_all = lambda self, pool: capture_all(self, torch.cuda.graph_pool_handle())
+            elif case.endswith("warm"):
+                PrefillGraphs.capture_all = lambda self, pool: [self._layers(T) for T in self.buckets for _ in "ab"]
+            else:
+                PrefillGraphs.capture_all = capture_all
+            tokens = int("".join(c for c in case if c.isdigit()))
             eng = TorchEngine(ServingConfig(dtype="bfloat16", max_batch_size=256, max_num_tokens=1024,
-                                            kv_cache_free_mem_fraction=0.9,
-                                            prefill_graph_max_tokens=int(case.removesuffix("own"))), ckpt)
+                                            kv_cache_free_mem_fraction=0.9, prefill_graph_max_tokens=tokens), ckpt)
             graph = eng.runner._graphs[1][0]
             times = [replay_median_ms(graph, 50) for _ in range(3)]
             res[f"{i}:{case}"] = times
