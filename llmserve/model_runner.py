@@ -227,6 +227,14 @@ class ModelRunner:
         self._out_host = [torch.zeros(max_b, dtype=torch.long).pin_memory() for _ in range(2)]
         self._dev.copy_(self._hosts[0].tensor)
         pool = torch.cuda.graph_pool_handle()
+        # Prefill graphs first: captured after the decode graphs (or after mere eager forwards at their padded
+        # sizes), they left the batch-1 decode graph ~1% slower from the start; captured first, not (H200,
+        # bench.kernel_check graphs_bs1). After serving it is ~1% slower all the same (docs/performance.md).
+        top = min(self.cfg.prefill_graph_max_tokens, self.cfg.max_num_tokens)
+        if top > 0:
+            self._prefill_graphs = PrefillGraphs(self.model, self.kv_cache, top, self.cfg.max_batch_size, W,
+                                                 self.max_model_len)
+            self._prefill_graphs.capture_all(pool)
         for S in sorted(sizes, reverse=True):
             # Programmatic dependent launch in the graphs of up to 16 rows (where our GEMV/GEMM kernels do the
             # linear layers). Eager prefill steps measured slower with it, and 128/128 at 256 streams lower in both
@@ -243,11 +251,6 @@ class ModelRunner:
                 logits, tokens = self._decode_forward(ids[:S], pos[:S], src[:S], meta)
             self._graphs[S] = (graph, logits, tokens)
         kernels.PDL = False
-        top = min(self.cfg.prefill_graph_max_tokens, self.cfg.max_num_tokens)
-        if top > 0:
-            self._prefill_graphs = PrefillGraphs(self.model, self.kv_cache, top, self.cfg.max_batch_size, W,
-                                                 self.max_model_len)
-            self._prefill_graphs.capture_all(pool)
         torch.cuda.synchronize(self.device)
         self._sizes = sorted(sizes)
         log.info("captured CUDA graphs for decode batch sizes %s", self._sizes)
