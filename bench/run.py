@@ -246,9 +246,12 @@ def _eager_steps(trace: Path, offset: int) -> dict:
         return {"count": 0}
     ms = sorted(float(x["ms"]) for x in fields)
     launch = sorted(float(x["launch_ms"]) for x in fields)
-    return {"count": len(ms), "total_ms": round(sum(ms), 1), "median_ms": ms[len(ms) // 2],
-            "median_launch_ms": launch[len(launch) // 2],
-            "tokens": sum(int(x["tokens"]) for x in fields)}
+    out = {"count": len(ms), "total_ms": round(sum(ms), 1), "median_ms": ms[len(ms) // 2],
+           "median_launch_ms": launch[len(launch) // 2], "tokens": sum(int(x["tokens"]) for x in fields)}
+    parts = [[float(v) for v in x["graph_parts_ms"].split("/")] for x in fields if "graph_parts_ms" in x]
+    if parts:  # graph steps: host ms of inputs / replay / logits, each part's median
+        out["median_graph_parts_ms"] = [sorted(col)[len(col) // 2] for col in zip(*parts)]
+    return out
 
 
 def phase_hf(args) -> dict:

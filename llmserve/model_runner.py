@@ -107,6 +107,7 @@ class ModelRunner:
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
         self._prefill_graphs: PrefillGraphs | None = None
         self.last_launch_s = 0.0
+        self.last_launch_split_ms: tuple[float, float, float] | None = None  # a graph step's inputs/replay/logits
         if self.fast and self.device.type == "cuda":
             self._warmup()
         if self.fast and cfg.cuda_graphs:
@@ -154,8 +155,10 @@ class ModelRunner:
             return sample(logits[:len(batch.seqs)], sampling)
         t0 = time.perf_counter()
         step = StepInputs.of(batch.seqs, batch.num_tokens, self.block_size)
+        self.last_launch_split_ms = None
         if self._prefill_graphs is not None and self._prefill_graphs.fits(len(step.ids), len(batch.seqs)):
             logits = self._prefill_graphs.run(step)
+            self.last_launch_split_ms = self._prefill_graphs.last_split_ms
         else:
             input_ids, positions, meta = self._prepare(step)
             logits = self.model(input_ids, positions, self.kv_cache, meta,

@@ -19,6 +19,8 @@ lm_head over the sampled rows and the sampling stay eager (a few launches), sinc
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
@@ -69,6 +71,7 @@ class PrefillGraphs:
         self._dev.copy_(self._hosts[0]["tensor"])
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
         self.capture = capture
+        self.last_split_ms = (0.0, 0.0, 0.0)
 
     def _work_rows(self, tokens: int) -> int:
         """Most query blocks a step of `tokens` tokens can need: each sequence rounds up by one block at most."""
@@ -106,6 +109,7 @@ class PrefillGraphs:
 
     def run(self, step: StepInputs) -> torch.Tensor | None:
         """Runs the decoder stack on the step; returns the logits of its sample rows (None if it has none)."""
+        t0 = time.perf_counter()
         n, B = len(step.ids), len(step.query_lens)
         T = next(b for b in self.buckets if b >= n)
         self._turn ^= 1
@@ -118,14 +122,18 @@ class PrefillGraphs:
         if self._dev.is_cuda:
             self._copied[self._turn] = torch.cuda.Event()
             self._copied[self._turn].record()
+        t1 = time.perf_counter()
         if self.capture:
             graph, hidden, residual = self.graphs[T]
             graph.replay()
         else:
             hidden, residual = self._layers(T)
-        if not step.sample_rows:
-            return None
-        return self.model.logits(hidden, residual, self._d["rows"][:len(step.sample_rows)])
+        t2 = time.perf_counter()
+        logits = self.model.logits(hidden, residual, self._d["rows"][:len(step.sample_rows)]) \
+            if step.sample_rows else None
+        # Host ms of the step's parts (inputs, replay, logits), for the step trace: where a launch is held up
+        self.last_split_ms = ((t1 - t0) * 1e3, (t2 - t1) * 1e3, (time.perf_counter() - t2) * 1e3)
+        return logits
 
     def _fill(self, h: dict, step: StepInputs, T: int) -> None:
         n, B = len(step.ids), len(step.query_lens)

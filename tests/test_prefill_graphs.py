@@ -73,3 +73,23 @@ def test_a_smaller_step_after_a_larger_one_leaves_no_stale_work():
 def test_negative_knobs_are_refused_by_name(knob):
     with pytest.raises(ConfigError, match=knob):
         ServingConfig.from_parameters({knob: {"string_value": "-1"}})
+
+
+def test_run_returns_the_sample_rows_and_times_its_parts():
+    """run() through the padded buffers with a stand-in decoder (capture=False): the logits come from the
+    step's sample rows, and the step trace's host split is filled."""
+    class Model:
+        args = SimpleNamespace(num_heads=4, num_kv_heads=4, head_dim=64)
+
+        def decode_layers(self, ids, positions, kv_cache, meta):
+            h = ids.float()[:, None]
+            return h, torch.zeros_like(h)
+
+        def logits(self, x, residual, rows):
+            return x.index_select(0, rows)
+
+    g = PrefillGraphs(Model(), torch.zeros(1), 48, 4, 8, 256, capture=False)
+    step = _step([([7] * 9, 0, 9, [0, 1, 2]), ([5, 6, 8], 2, 1, [3])])
+    assert g.run(step).flatten().tolist() == [7.0, 8.0]
+    assert len(g.last_split_ms) == 3 and all(x >= 0 for x in g.last_split_ms)
+    assert g.run(_step([([1] * 20, 0, 6, [0, 1, 2, 3, 4])])) is None  # a chunk with nothing to sample
