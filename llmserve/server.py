@@ -133,7 +133,10 @@ class TritonServer:
         raise ServerError(f"model {self.model!r} not ready after {timeout:.0f} s")
 
     def ready(self) -> bool:
-        return _get(f"http://localhost:{self.http_port}/v2/models/{self.model}/ready") == 200
+        """The model answers ready and the metrics port listens (tritonserver 2.51 opens it ~40 ms after HTTP
+        reports ready: a scrape right after start() was refused once in a fresh-clone run, 2026-11-30)."""
+        return (_get(f"http://localhost:{self.http_port}/v2/models/{self.model}/ready") == 200
+                and _port_open(self.metrics_port))
 
     def stop(self, timeout: float = 30.0, drain_s: float = 0.0) -> int | None:
         """Drains the model (running requests get `drain_s` seconds, then a final error), then stops."""
