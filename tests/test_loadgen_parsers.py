@@ -303,3 +303,35 @@ def test_target_schema_errors(mutate, msg):
     mutate(doc)
     with pytest.raises(tg.TargetError, match=msg):
         tg.parse_target_set(doc)
+
+
+@pytest.mark.parametrize("second", ["ok", "empty again"])
+def test_measure_tries_once_more_when_perf_analyzer_left_no_data(tmp_path, monkeypatch, second):
+    """genai-perf failing over an empty profile_export.json gets one more run; a second failure is the error."""
+    from types import SimpleNamespace
+
+    from llm_client import validate
+
+    runs = []
+
+    def fake_run(argv, env, stdout, stderr, timeout):
+        runs.append(argv)
+        d = tmp_path / "genai_c4" / "llm-triton-vllm-concurrency4"
+        d.mkdir(parents=True, exist_ok=True)
+        if len(runs) == 1 or second != "ok":
+            (d / "profile_export.json").write_text("")
+            return SimpleNamespace(returncode=1)
+        (d / "profile_export_genai_perf.json").write_text((FIX / "genai_perf_concurrency4.json").read_text())
+        return SimpleNamespace(returncode=0)
+
+    monkeypatch.setattr(validate.subprocess, "run", fake_run)
+    monkeypatch.setattr(validate.loadgen, "genai_perf_cmd", lambda *a, **k: (["genai-perf"], {}))
+    workload = SimpleNamespace(input_tokens=32, output_tokens=16)
+    if second == "ok":
+        m = validate.measure("localhost:1", Path("/tok"), workload, 4, tmp_path, 8, 60)
+        assert m["concurrency"] == 4 and m["request_count"] > 0
+        assert (tmp_path / "genai_c4.attempt1.log").is_file() and (tmp_path / "genai_c4.log").is_file()
+    else:
+        with pytest.raises(RuntimeError, match="genai-perf failed at concurrency 4"):
+            validate.measure("localhost:1", Path("/tok"), workload, 4, tmp_path, 8, 60)
+    assert len(runs) == 2
