@@ -42,8 +42,8 @@ def token_buckets(max_tokens: int) -> list[int]:
 
 class PrefillGraphs:
     def __init__(self, model, kv_cache: torch.Tensor, max_tokens: int, max_seqs: int, width: int,
-                 max_model_len: int, capture: bool = True):
-        """capture=False runs the same padded inputs eagerly (the tests check the padding on CPU that way)."""
+                 max_model_len: int):
+        """Until `capture_all`, steps run the same padded inputs eagerly (the tests check the padding on CPU so)."""
         args = model.args
         self.model, self.kv_cache, self.max_model_len = model, kv_cache, max_model_len
         self.group, self.head_dim = args.num_heads // args.num_kv_heads, args.head_dim
@@ -70,7 +70,6 @@ class PrefillGraphs:
             h["qb_seq"][:] = B
         self._dev.copy_(self._hosts[0]["tensor"])
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
-        self.capture = capture
         self.last_split_ms = (0.0, 0.0, 0.0)
 
     def _work_rows(self, tokens: int) -> int:
@@ -123,7 +122,7 @@ class PrefillGraphs:
             self._copied[self._turn] = torch.cuda.Event()
             self._copied[self._turn].record()
         t1 = time.perf_counter()
-        if self.capture:
+        if self.graphs:
             graph, hidden, residual = self.graphs[T]
             graph.replay()
         else:

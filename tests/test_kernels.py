@@ -261,8 +261,7 @@ def test_prefill_graphs_match_eager_steps(tmp_path, monkeypatch, quant):
              [(2, 0, 20), (0, 9, 1), (1, 14, 1)],  # a prompt and two decodes
              [(2, 20, 1)]]  # one decode: fewer sequences than the step before
     caches = {k: torch.zeros(2, 2, 16, page, 2, 32, device=DEV, dtype=DT) for k in ("eager", "graph")}
-    graphs = PrefillGraphs(model, caches["graph"], max_tokens=48, max_seqs=4, width=8, max_model_len=256,
-                           capture=DEV == "cuda")
+    graphs = PrefillGraphs(model, caches["graph"], max_tokens=48, max_seqs=4, width=8, max_model_len=256)
     assert graphs.buckets == [16, 32, 48]
     with torch.inference_mode():
         if DEV == "cuda":

@@ -23,8 +23,7 @@ def test_token_buckets_pad_by_at_most_half_from_128_tokens():
 
 def _graphs(max_tokens=48, max_seqs=4, width=8):
     args = SimpleNamespace(num_heads=4, num_kv_heads=4, head_dim=64)  # 64 query rows per work-list block
-    return PrefillGraphs(SimpleNamespace(args=args), torch.zeros(1), max_tokens, max_seqs, width, 256,
-                         capture=False)
+    return PrefillGraphs(SimpleNamespace(args=args), torch.zeros(1), max_tokens, max_seqs, width, 256)
 
 
 def _step(spec, page=4):
@@ -76,7 +75,7 @@ def test_negative_knobs_are_refused_by_name(knob):
 
 
 def test_run_returns_the_sample_rows_and_times_its_parts():
-    """run() through the padded buffers with a stand-in decoder (capture=False): the logits come from the
+    """run() through the padded buffers with a stand-in decoder (nothing captured): the logits come from the
     step's sample rows, and the step trace's host split is filled."""
     class Model:
         args = SimpleNamespace(num_heads=4, num_kv_heads=4, head_dim=64)
@@ -88,7 +87,7 @@ def test_run_returns_the_sample_rows_and_times_its_parts():
         def logits(self, x, residual, rows):
             return x.index_select(0, rows)
 
-    g = PrefillGraphs(Model(), torch.zeros(1), 48, 4, 8, 256, capture=False)
+    g = PrefillGraphs(Model(), torch.zeros(1), 48, 4, 8, 256)
     step = _step([([7] * 9, 0, 9, [0, 1, 2]), ([5, 6, 8], 2, 1, [3])])
     assert g.run(step).flatten().tolist() == [7.0, 8.0]
     assert len(g.last_split_ms) == 3 and all(x >= 0 for x in g.last_split_ms)
