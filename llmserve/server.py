@@ -121,22 +121,22 @@ class TritonServer:
         # Its own session: a terminal's Ctrl-C reaches only us, and we drain before the server hears of it.
         self.process = subprocess.Popen(self.command(), env=env, stdout=out, stderr=subprocess.STDOUT
                                         if out else None, start_new_session=True)
+        metrics = "--allow-metrics=false" not in self.extra_args
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise ServerError(f"tritonserver exited with code {self.process.returncode} during start-up"
                                   + (f"; see {self.log_path}" if self.log_path else ""))
-            if self.ready():
+            # The metrics port too: tritonserver 2.51 opens it ~40 ms after HTTP reports ready, and a scrape right
+            # after start() was refused once in a fresh-clone run (2026-11-30).
+            if self.ready() and (not metrics or _port_open(self.metrics_port)):
                 return self
             time.sleep(0.5)
         self.stop()
         raise ServerError(f"model {self.model!r} not ready after {timeout:.0f} s")
 
     def ready(self) -> bool:
-        """The model answers ready and the metrics port listens (tritonserver 2.51 opens it ~40 ms after HTTP
-        reports ready: a scrape right after start() was refused once in a fresh-clone run, 2026-11-30)."""
-        return (_get(f"http://localhost:{self.http_port}/v2/models/{self.model}/ready") == 200
-                and _port_open(self.metrics_port))
+        return _get(f"http://localhost:{self.http_port}/v2/models/{self.model}/ready") == 200
 
     def stop(self, timeout: float = 30.0, drain_s: float = 0.0) -> int | None:
         """Drains the model (running requests get `drain_s` seconds, then a final error), then stops."""
