@@ -611,10 +611,10 @@ def s_pdl(args):
 
 @section("host")
 def s_host(args):
-    """Where the steps of 256 concurrent 128-token requests spend host time (cProfile of engine.step): the
-    eager prefill/mixed steps of the ramp (the bench found them host-bound: launch_ms ~ ms, 17-28 ms each)
-    and the graph decode steps after it, next to the decode graph's GPU time. HOST_MODE: bf16 (default) or
-    fp8 weights."""
+    """Where the steps of 256 concurrent 128-token requests spend their time: the kernel time of the first
+    prefill steps (torch.profiler) against their wall time, then cProfile of engine.step over the ramp's
+    prefill/mixed steps and the graph decode steps after it, next to the decode graph's GPU time. HOST_MODE:
+    bf16 (default) or fp8 weights."""
     import cProfile
     import io
     import pstats

@@ -24,6 +24,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+from statistics import median_high
 
 from bench.common import LLAMA2_7B, ROOT, environment, write_random_checkpoint
 
@@ -49,7 +50,7 @@ ENGINE_VARIANTS = {
     "engine_nopdl": ("bf16", ["pdl=false"]),  # plain kernel launches
     "engine_kv8": ("bf16", ["kv_cache_dtype=fp8"]),  # e4m3 KV cache
     "engine_fp8_kv8": ("fp8", ["kv_cache_dtype=fp8"]),
-    # Twice the tokens per step: half the eager prefill steps, which are host-bound at 256 streams
+    # Twice the tokens per step: half as many prefill steps in a 256-stream ramp
     "engine_t2048": ("bf16", ["max_num_tokens=2048"]),
     "engine_fp8_t2048": ("fp8", ["max_num_tokens=2048"]),
     # Prefill and mixed steps launched kernel by kernel, as before their CUDA graphs
@@ -244,13 +245,13 @@ def _eager_steps(trace: Path, offset: int) -> dict:
     fields = [dict(kv.split("=") for kv in ln.split()[2:]) for ln in lines]
     if not fields:
         return {"count": 0}
-    ms = sorted(float(x["ms"]) for x in fields)
-    launch = sorted(float(x["launch_ms"]) for x in fields)
-    out = {"count": len(ms), "total_ms": round(sum(ms), 1), "median_ms": ms[len(ms) // 2],
-           "median_launch_ms": launch[len(launch) // 2], "tokens": sum(int(x["tokens"]) for x in fields)}
+    ms = [float(x["ms"]) for x in fields]
+    out = {"count": len(ms), "total_ms": round(sum(ms), 1), "median_ms": median_high(ms),
+           "median_launch_ms": median_high(float(x["launch_ms"]) for x in fields),
+           "tokens": sum(int(x["tokens"]) for x in fields)}
     parts = [[float(v) for v in x["graph_parts_ms"].split("/")] for x in fields if "graph_parts_ms" in x]
     if parts:  # graph steps: host ms of inputs / replay / logits, each part's median
-        out["median_graph_parts_ms"] = [sorted(col)[len(col) // 2] for col in zip(*parts)]
+        out["median_graph_parts_ms"] = [median_high(col) for col in zip(*parts)]
     return out
 
 
@@ -387,8 +388,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="floor, engine (bf16), engine_sync (bf16, async scheduling off), engine_kv8 (bf16, fp8 KV "
                     "cache), engine_fp8, engine_fp8_kv8, engine_int8, hf, triton (+ its engine-direct twin); also "
                     "engine_nopdl (programmatic dependent launch off), engine_t2048 / engine_fp8_t2048 (2048 "
-                    "tokens a step), triton_inproc (the engine inside the stub), "
-                    "triton_x2 / triton_x4 (2 / 4 Triton model instances sharing the engine process)")
+                    "tokens a step), engine_eager_prefill / engine_fp8_eager_prefill (no prefill CUDA graphs), "
+                    "triton_inproc (the engine inside the stub), triton_x2 / triton_x4 (2 / 4 Triton model "
+                    "instances sharing the engine process), triton_gil1ms (GIL switch interval 1 ms)")
     ap.add_argument("--quick", action="store_true", help="a smoke run: two concurrencies, one workload")
     ap.add_argument("--phase-timeout", type=float, default=420)
     ap.add_argument("--budget", type=float, default=0, help="start no phase after this many seconds (0: no limit)")

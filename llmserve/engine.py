@@ -170,7 +170,7 @@ class TorchEngine:
     def _trace_step(self, batch: ScheduledBatch, t0: float) -> None:
         now = time.monotonic()
         waited = max(t0 - s.request.arrival_time for s in batch.seqs)
-        split = getattr(self.runner, "last_launch_split_ms", None)
+        split = self.runner.last_launch_split_ms
         parts = "" if split is None else " graph_parts_ms=" + "/".join(f"{x:.1f}" for x in split)
         self._trace.write(f"{now:.4f} eager seqs={len(batch.seqs)} tokens={sum(batch.num_tokens)} "
                           f"ms={(now - t0) * 1e3:.1f} launch_ms={self.runner.last_launch_s * 1e3:.1f}{parts} "
