@@ -121,7 +121,13 @@ def write_report(results: dict, out: Path) -> None:
              f"- command: `{results.get('command')}`",
              f"- model: random Llama-2-7B shape {results.get('model')}; engine knobs {results.get('serving')}",
              "- vocab 32000 everywhere except the Triton path and its engine-direct twin (vocab 49152: SmolLM2's "
-             "tokenizer turns text into ids on the server)", ""]
+             "tokenizer turns text into ids on the server)"]
+    reps = sorted({len(r["repeats_tok_s"]) for ph in results.get("phases", {}).values() if isinstance(ph, dict)
+                   for r in ph.get("runs", []) if "repeats_tok_s" in r})
+    if reps:
+        lines.append(f"- the Triton phases and their engine-direct twin: each 128/128 point is the median of "
+                     f"{reps[-1]} repetitions on new prompts (all of them: `repeats_tok_s` in results.json)")
+    lines.append("")
     if results.get("quick"):
         lines += ["**quick (smoke) run: not a measurement of record**", ""]
     lines += ["## Targets", "", "| target | measured | goal | met |", "|---|---|---|---|"]

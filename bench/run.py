@@ -39,6 +39,10 @@ PLAN = {
     "triton": {"128x128": [1, 8, 32, 64, 256], "2048x128": [1, 8, 32], "128x2048": [1, 8]},
     "triton_variant": {"128x128": [8, 64, 256], "2048x128": [32]},  # TRITON_VARIANTS: the points that were short
 }
+# The Triton phases and their engine-direct twin run each 128/128 point this many times, on new prompts each
+# time, and report the repetition of median throughput: a point is one wave of `concurrency` requests, a second
+# or two, and single waves of the same code moved the Triton / direct ratio by +-3% from run to run.
+REPEATS = {"128x128": 3}
 QUICK = {
     "engine": {"128x128": [1, 8]}, "engine_quant": {"128x128": [1, 8]}, "variant": {"128x128": [1, 8]},
     "hf": {"128x128": [1]},
@@ -211,27 +215,38 @@ def phase_engine(args) -> dict:
     jobs = [(w, c) for w, cs in plan.items() for c in cs]
     for wname, c in _progress(jobs, desc=f"engine {args.mode}"):
         in_len, out_len = WORKLOADS[wname]
-        if prompt_source:
-            prompts = prompt_source[wname][str(c)]
-        else:
-            prompts = _random_prompts(c, in_len, args.vocab, seed=c * 7 + in_len)
-        seen = trace.stat().st_size if trace.is_file() else 0
-        records, wall = drive_engine(eng, prompts, out_len, c)
-        eager = _eager_steps(trace, seen)
+        reps = []
+        for rep in range(REPEATS.get(wname, 1) if prompt_source else 1):
+            if prompt_source:
+                prompts = prompt_source[wname][str(c)][rep * c:(rep + 1) * c]
+            else:
+                prompts = _random_prompts(c, in_len, args.vocab, seed=c * 7 + in_len)
+            seen = trace.stat().st_size if trace.is_file() else 0
+            records, wall = drive_engine(eng, prompts, out_len, c)
+            s = summarize(records, wall, c, in_len, out_len)
+            s["workload"] = wname
+            s["preemptions"] = eng.stats().preemptions
+            s["eager_steps"] = _eager_steps(trace, seen)
+            reps.append(s)
         if (wname, c) == ("128x128", 1):  # the graph alone, right after a batch-1 run (context ~256)
             res["graph_step_ms_bs1"] = _graph_step_ms(eng, 1)
         if (wname, c) == ("128x128", 8):
             res["graph_step_ms_bs8"] = _graph_step_ms(eng, 8)
-        s = summarize(records, wall, c, in_len, out_len)
-        s["workload"] = wname
-        s["preemptions"] = eng.stats().preemptions
-        s["eager_steps"] = eager
+        s = _median_repeat(reps)
         res["runs"].append(s)
         print(json.dumps(s), flush=True)
     res["kv_blocks"] = eng.stats().kv_blocks_total
     eng.shutdown()
     res["gc_trace"] = [line for line in trace.read_text().splitlines() if " gc " in line]
     return res
+
+
+def _median_repeat(reps: list[dict]) -> dict:
+    """The repetition of median throughput (the upper one of an even count), with every repetition's."""
+    s = sorted(reps, key=lambda r: r["throughput_tok_s"])[len(reps) // 2]
+    if len(reps) > 1:
+        s["repeats_tok_s"] = [r["throughput_tok_s"] for r in reps]
+    return s
 
 
 def _eager_steps(trace: Path, offset: int) -> dict:
@@ -316,26 +331,66 @@ def phase_triton(args) -> dict:
         jobs = [(w, c) for w, cs in plan.items() for c in cs]
         for wname, c in _progress(jobs, desc="triton"):
             in_len, out_len = WORKLOADS[wname]
-            with open(trace, "a") as f:
-                f.write(f"{time.monotonic():.4f} point {wname} c={c}\n")
-            records, wall = drive_triton(server.port, texts[wname][str(c)], out_len, c)
-            sent, first = [r.submit for r in records], [r.token_times[0] for r in records if r.token_times]
-            with open(trace, "a") as f:  # the client's side of the same clock (perf_counter is CLOCK_MONOTONIC)
-                f.write(f"client sent {min(sent):.4f}..{max(sent):.4f} first tokens "
-                        f"{min(first, default=0):.4f}..{max(first, default=0):.4f}\n")
-            s = summarize(records, wall, c, in_len, out_len)
-            s["workload"] = wname
-            errs = [r.error for r in records if r.error]
-            if errs:
-                s["first_error"] = errs[0]
+            reps = []
+            for rep in range(REPEATS.get(wname, 1)):
+                with open(trace, "a") as f:
+                    f.write(f"{time.monotonic():.4f} point {wname} c={c}\n")
+                seen = trace.stat().st_size
+                records, wall = drive_triton(server.port, texts[wname][str(c)][rep * c:(rep + 1) * c], out_len, c)
+                sent, first = [r.submit for r in records], [r.token_times[0] for r in records if r.token_times]
+                with open(trace, "a") as f:  # the client's side of the same clock (perf_counter is CLOCK_MONOTONIC)
+                    f.write(f"client sent {min(sent):.4f}..{max(sent):.4f} first tokens "
+                            f"{min(first, default=0):.4f}..{max(first, default=0):.4f}\n")
+                s = summarize(records, wall, c, in_len, out_len)
+                s["workload"] = wname
+                s["intake"] = _intake(trace, seen, min(sent))
+                s["intake"]["last_end_to_client_ms"] = _tail_ms(trace, seen, records)
+                errs = [r.error for r in records if r.error]
+                if errs:
+                    s["first_error"] = errs[0]
+                reps.append(s)
+            s = _median_repeat(reps)
             res["runs"].append(s)
             print(json.dumps(s), flush=True)
         assert len(prompts["128x128"]["1"][0]) == 128
     finally:
         server.stop()
         res["server_log_tail"] = server.tail(3000)
-        res["step_trace"] = trace.read_text().splitlines() if trace.is_file() else []
+        res["step_trace"] = [ln for ln in trace.read_text().splitlines() if " add " not in ln and " end" not in ln] \
+            if trace.is_file() else []
     return res
+
+
+def _tail_ms(trace: Path, offset: int, records: list) -> float | None:
+    """From the engine thread's last `end` (the final delta handed to the response path) to the client's last
+    token: how far the response path (engine process -> stub -> Triton -> HTTP) trails at the end of a point."""
+    with open(trace) as f:
+        f.seek(offset)
+        ends = [float(ln.split()[0]) for ln in f.read().splitlines() if ln.endswith(" end")]
+    last = max((r.token_times[-1] for r in records if r.token_times), default=None)
+    return round((last - max(ends)) * 1e3, 1) if ends and last is not None else None
+
+
+def _intake(trace: Path, offset: int, first_send: float) -> dict:
+    """Where a point's requests spent the time between the client's first send and the engine thread, from the
+    service's `add` lines (ms; `*_ms` ranges are first..last request, relative to the client's first send):
+    Triton's hand-over to execute() (arrival), the stub's intake up to the pipe (hop0), the engine process's
+    reader (hop1, after the pipe and its wait for the GIL), and the engine thread taking it (the line's time)."""
+    with open(trace) as f:
+        f.seek(offset)
+        lines = [ln.split() for ln in f.read().splitlines() if " add " in ln]
+    if not lines:
+        return {}
+    stamps = [[float(ln[0])] + [float(kv.split("=")[1]) for kv in ln[2:]] for ln in lines]
+    names = ["arrival", "stub_sent", "engine_read"][:min(len(x) for x in stamps) - 1] + ["engine_took"]
+    cols = {name: [x[i + 1] if name != "engine_took" else x[0] for x in stamps] for i, name in enumerate(names)}
+    out = {"requests": len(lines)}
+    for name, col in cols.items():
+        out[f"{name}_ms"] = [round((min(col) - first_send) * 1e3, 1), round((max(col) - first_send) * 1e3, 1)]
+    for a, b in zip(names, names[1:]):  # per request, how long each stage held it
+        lags = [(y - x) * 1e3 for x, y in zip(cols[a], cols[b])]
+        out[f"{a}_to_{b}_ms"] = {"median": round(median_high(lags), 2), "max": round(max(lags), 2)}
+    return out
 
 
 def make_prompt_files(work: Path, quick: bool) -> str:
@@ -351,7 +406,7 @@ def make_prompt_files(work: Path, quick: bool) -> str:
     for wname, cs in plan.items():
         in_len, _ = WORKLOADS[wname]
         for c in cs:
-            t, i = exact_length_prompts(tok, c, in_len, seed=in_len * 1000 + c)
+            t, i = exact_length_prompts(tok, c * REPEATS.get(wname, 1), in_len, seed=in_len * 1000 + c)
             texts.setdefault(wname, {})[str(c)], ids.setdefault(wname, {})[str(c)] = t, i
     # like the engine phases' warm-up: two 64-token prompts, then 16 of 20 to 185 tokens
     texts["warmup"] = exact_length_prompts(tok, 2, 64, seed=99)[0] + [

@@ -68,6 +68,7 @@ class TorchEngine:
         trace = os.environ.get("LLMSERVE_STEP_TRACE")
         self._trace = open(trace, "a", buffering=1) if trace else None  # noqa: SIM115 - lives with the engine
         self._gc_start = 0.0
+        self._mallocs = 0  # cudaMalloc + cudaFree calls so far, for the trace
         if self._trace is not None:  # and one per full garbage collection: it stops every thread of the process
             gc.callbacks.append(self._trace_gc)
 
@@ -172,6 +173,11 @@ class TorchEngine:
         waited = max(t0 - s.request.arrival_time for s in batch.seqs)
         split = self.runner.last_launch_split_ms
         parts = "" if split is None else " graph_parts_ms=" + "/".join(f"{x:.1f}" for x in split)
+        if self.runner.device.type == "cuda":  # cudaMalloc/cudaFree by torch's allocator (a free syncs the device)
+            stats = torch.cuda.memory_stats(self.runner.device)
+            mallocs = stats.get("num_device_alloc", 0) + stats.get("num_device_free", 0)
+            parts += f" cuda_mallocs={mallocs - self._mallocs}"
+            self._mallocs = mallocs
         self._trace.write(f"{now:.4f} eager seqs={len(batch.seqs)} tokens={sum(batch.num_tokens)} "
                           f"ms={(now - t0) * 1e3:.1f} launch_ms={self.runner.last_launch_s * 1e3:.1f}{parts} "
                           f"oldest_wait_ms={waited * 1e3:.1f} "

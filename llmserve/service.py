@@ -8,6 +8,7 @@ callback must not block: the adapter's just puts the delta on its response queue
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -30,6 +31,12 @@ class GenerateRequest:
     prompt: str | None = None
     messages: list | None = None
     prompt_token_ids: list[int] | None = None
+    # When the server took the request (the adapter stamps Triton's hand-over): the time-to-first-token and
+    # request-latency metrics count from here. CLOCK_MONOTONIC, shared by the stub and the engine process.
+    arrival_time: float = field(default_factory=time.monotonic)
+    # With LLMSERVE_STEP_TRACE: the times each hop passed it on (the stub to the engine process's pipe, that
+    # process's reader to the engine thread), so the trace splits a burst's intake by stage.
+    hops: tuple[float, ...] = ()
 
 
 @dataclass
@@ -107,6 +114,8 @@ class LLMService:
         self._active: dict[str, _Active] = {}
         self._stats = EngineStats()
         self._thread = threading.Thread(target=self._run, name="llm-engine", daemon=True)
+        trace = os.environ.get("LLMSERVE_STEP_TRACE")  # a line per request taken, and one at its end
+        self._trace = open(trace, "a", buffering=1) if trace else None  # noqa: SIM115 - lives with the service
         self._stopping = threading.Event()
         self._draining = False
         self._drain_deadline: float | None = None  # engine thread only
@@ -149,6 +158,8 @@ class LLMService:
         """stop, then free the engine (GPU memory, worker processes)."""
         self.stop()
         self.engine.shutdown()
+        if self._trace is not None:
+            self._trace.close()
 
     def resident_memory_bytes(self) -> int:
         """This process's resident memory: the engine runs here."""
@@ -233,8 +244,12 @@ class LLMService:
     def _add(self, req: GenerateRequest, callback: Callback) -> None:
         p = req.params
         active = _Active(req, callback, self.tokenizer.detokenizer(p.skip_special_tokens), StopMatcher(p.stop),
-                         len(req.prompt_token_ids), RequestTiming(time.monotonic()))
+                         len(req.prompt_token_ids), RequestTiming(req.arrival_time))
+        if self._trace is not None:
+            hops = "".join(f" hop{i}={t:.4f}" for i, t in enumerate(req.hops))
+            self._trace.write(f"{time.monotonic():.4f} add arrival={req.arrival_time:.4f}{hops}\n")
         try:
+            # The engine's own arrival stamp (now): its queue delay batches what reaches it close together.
             self.engine.add_request(EngineRequest(req.request_id, req.prompt_token_ids, p,
                                                   self.tokenizer.eos_token_ids))
         except (InvalidRequest, EngineError) as exc:
@@ -277,6 +292,8 @@ class LLMService:
         if delta.finished:
             self._active.pop(delta.request_id, None)
             self._record_end(active, delta)
+            if self._trace is not None:
+                self._trace.write(f"{time.monotonic():.4f} end\n")
         try:
             active.callback(delta)
         except Exception:  # noqa: BLE001 - a broken callback must not stop the engine thread

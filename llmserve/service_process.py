@@ -105,6 +105,7 @@ class ServiceProcess:
         self._callbacks: dict[str, Callback] = {}
         self._lock = threading.Lock()  # the connection's send side and the callback table
         self.process: subprocess.Popen | None = None  # the engine, where this object started it
+        self._tracing = bool(os.environ.get("LLMSERVE_STEP_TRACE"))
         self._conn = self._connect_or_start(cfg, Path(model_dir), share_key or uuid.uuid4().hex, start_timeout)
         try:
             ready = self._conn.recv()  # loading and compiling can take minutes on a GPU
@@ -156,7 +157,9 @@ class ServiceProcess:
             request.prompt_token_ids = tokenize_request(self.tokenizer, request, self.max_prompt_chars)
         with self._lock:
             self._callbacks[request.request_id] = callback
-            self._send(("add", dataclasses.replace(request, prompt=None, messages=None)))  # ids are enough
+            hops = request.hops + (time.monotonic(),) if self._tracing else request.hops
+            # the ids are enough
+            self._send(("add", dataclasses.replace(request, prompt=None, messages=None, hops=hops)))
 
     def abort(self, request_id: str) -> None:
         with self._lock:
@@ -331,6 +334,8 @@ class _EngineServer:
             kind = command[0]
             if kind == "add":
                 request: GenerateRequest = command[1]
+                if request.hops:  # tracing: when this reader got it (after the pipe and a wait for the GIL)
+                    request.hops += (time.monotonic(),)
                 engine_id = prefix + request.request_id
                 with self.lock:
                     self.owner[engine_id] = (client.cid, request.request_id)

@@ -1,7 +1,7 @@
 """Triton adapter: requests in, responses out. Lifecycle and wiring only; the engine lives in `llmserve`.
 
-Threads: Triton calls `execute` (take the tensors and hand over, never block); the intake thread parses,
-tokenizes and submits; the service's engine thread steps the engine and puts deltas on a queue; the response
+Threads: Triton calls `execute` (queue the requests, never block); the intake thread reads, parses,
+tokenizes and submits them; the service's engine thread steps the engine and puts deltas on a queue; the response
 thread here sends them; a housekeeping thread polls cancelled requests, drains, and exports engine gauges.
 """
 
@@ -168,19 +168,15 @@ class TritonPythonModel:
         self.intake_thread.start()
 
     def execute(self, requests):
-        # Triton hands this instance its next request only once execute() returns: take the tensors and go.
-        # Parsing and tokenizing happen on the intake thread.
+        # Triton hands this instance its next request only once execute() returns, and a burst of requests waits
+        # in line here (about 1 ms each through the Python backend on the H200): take the requests and go.
+        # Reading them, parsing and tokenizing happen on the intake thread (a decoupled model may keep its
+        # requests past execute(), as vllm_backend does).
+        arrival = time.monotonic()
+        with self.sender_lock:
+            self.unaccepted += len(requests)  # a drain waits for these too
         for request in requests:
-            sender = request.get_response_sender()
-            rid = f"{request.request_id() or 'req'}#{next(self.ids)}"  # client ids may repeat or be empty
-            try:
-                inputs = {t.name(): t.as_numpy() for t in request.inputs()}
-                with self.sender_lock:
-                    self.unaccepted += 1  # a drain waits for these too
-                self.intake.put((rid, sender, inputs, request.parameters()))
-            except Exception as exc:  # noqa: BLE001 - every request gets exactly one final response
-                log.exception("request %s could not be read", rid)
-                self._fail(rid, sender, f"internal error: {type(exc).__name__}: {exc}", "INTERNAL")
+            self.intake.put((request, arrival))
         return None
 
     def _intake_loop(self) -> None:
@@ -188,13 +184,25 @@ class TritonPythonModel:
             item = self.intake.get()
             if item is None:
                 return
+            request, arrival = item
             try:
-                self._accept(*item)
+                sender = request.get_response_sender()
+                rid = f"{request.request_id() or 'req'}#{next(self.ids)}"  # client ids may repeat or be empty
+                try:
+                    inputs = {t.name(): t.as_numpy() for t in request.inputs()}
+                    raw_parameters = request.parameters()
+                except Exception as exc:  # noqa: BLE001 - every request gets exactly one final response
+                    log.exception("request %s could not be read", rid)
+                    self._fail(rid, sender, f"internal error: {type(exc).__name__}: {exc}", "INTERNAL")
+                    continue
+                self._accept(rid, sender, inputs, raw_parameters, arrival)
+            except Exception:  # noqa: BLE001 - without its sender a request cannot be answered at all
+                log.exception("a request could not be taken")
             finally:
                 with self.sender_lock:
                     self.unaccepted -= 1
 
-    def _accept(self, rid: str, sender, inputs: dict, raw_parameters: str | None) -> None:
+    def _accept(self, rid: str, sender, inputs: dict, raw_parameters: str | None, arrival: float) -> None:
         try:
             try:
                 parameters = json.loads(raw_parameters or "{}")
@@ -204,6 +212,7 @@ class TritonPythonModel:
             parsed: ParsedRequest = parse_request(rid, inputs, parameters, self.defaults, self.cfg.max_input_bytes,
                                                   self.cfg.exclude_input_in_output, service.vocab_size,
                                                   service.max_model_len)
+            parsed.request.arrival_time = arrival  # Triton's hand-over: TTFT includes our intake
             self.inflight[rid] = _InFlight(sender, ResponseBuilder(parsed, self.service.tokenizer.decode))
             self.service.submit(parsed.request, self.responses.put)
         except InvalidRequest as exc:
