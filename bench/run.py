@@ -341,10 +341,13 @@ def phase_triton(args) -> dict:
                 with open(trace, "a") as f:  # the client's side of the same clock (perf_counter is CLOCK_MONOTONIC)
                     f.write(f"client sent {min(sent):.4f}..{max(sent):.4f} first tokens "
                             f"{min(first, default=0):.4f}..{max(first, default=0):.4f}\n")
+                with open(trace) as f:  # the point's trace lines, read once for both summaries
+                    f.seek(seen)
+                    lines = [ln.split() for ln in f.read().splitlines()]
                 s = summarize(records, wall, c, in_len, out_len)
                 s["workload"] = wname
-                s["intake"] = _intake(trace, seen, min(sent))
-                s["intake"]["last_end_to_client_ms"] = _tail_ms(trace, seen, records)
+                s["intake"] = _intake(lines, min(sent))
+                s["intake"]["last_end_to_client_ms"] = _tail_ms(lines, records)
                 errs = [r.error for r in records if r.error]
                 if errs:
                     s["first_error"] = errs[0]
@@ -356,29 +359,26 @@ def phase_triton(args) -> dict:
     finally:
         server.stop()
         res["server_log_tail"] = server.tail(3000)
-        res["step_trace"] = [ln for ln in trace.read_text().splitlines() if " add " not in ln and " end" not in ln] \
+        res["step_trace"] = [ln for ln in trace.read_text().splitlines() if ln.split()[1:2] not in (["add"], ["end"])] \
             if trace.is_file() else []
     return res
 
 
-def _tail_ms(trace: Path, offset: int, records: list) -> float | None:
+def _tail_ms(lines: list[list[str]], records: list) -> float | None:
     """From the engine thread's last `end` (the final delta handed to the response path) to the client's last
-    token: how far the response path (engine process -> stub -> Triton -> HTTP) trails at the end of a point."""
-    with open(trace) as f:
-        f.seek(offset)
-        ends = [float(ln.split()[0]) for ln in f.read().splitlines() if ln.endswith(" end")]
+    token: how far the response path (engine process -> stub -> Triton -> HTTP) trails at the end of a point.
+    `lines`: the point's step-trace lines, split into words."""
+    ends = [float(ln[0]) for ln in lines if ln[1:2] == ["end"]]
     last = max((r.token_times[-1] for r in records if r.token_times), default=None)
     return round((last - max(ends)) * 1e3, 1) if ends and last is not None else None
 
 
-def _intake(trace: Path, offset: int, first_send: float) -> dict:
+def _intake(lines: list[list[str]], first_send: float) -> dict:
     """Where a point's requests spent the time between the client's first send and the engine thread, from the
     service's `add` lines (ms; `*_ms` ranges are first..last request, relative to the client's first send):
     Triton's hand-over to execute() (arrival), the stub's intake up to the pipe (hop0), the engine process's
     reader (hop1, after the pipe and its wait for the GIL), and the engine thread taking it (the line's time)."""
-    with open(trace) as f:
-        f.seek(offset)
-        lines = [ln.split() for ln in f.read().splitlines() if " add " in ln]
+    lines = [ln for ln in lines if ln[1:2] == ["add"]]
     if not lines:
         return {}
     stamps = [[float(ln[0])] + [float(kv.split("=")[1]) for kv in ln[2:]] for ln in lines]
