@@ -17,7 +17,7 @@ import tarfile
 from pathlib import Path
 
 from bench.common import ROOT, TOKENIZER_FILES
-from llmserve.server import _site_packages
+from llmserve.launch.tritonserver import _site_packages
 
 CARRY = ROOT / ".carry"
 STUB_PYTHON = "3.12"

@@ -73,9 +73,9 @@ def s_tests(args):
 
 def _small_engine_tokens(ckpt: Path, mode: str, graphs: bool, sampling: bool = False):
     from llmserve.config import ServingConfig
-    from llmserve.engine import TorchEngine
-    from llmserve.engine_api import EngineRequest
-    from llmserve.sampling_params import SamplingParams
+    from llmserve.engine.api import EngineRequest
+    from llmserve.engine.sampling_params import SamplingParams
+    from llmserve.engine.torch_engine import TorchEngine
 
     os.environ["LLMSERVE_TRITON_KERNELS"] = mode
     eng = TorchEngine(ServingConfig(dtype="bfloat16", cuda_graphs=graphs, max_batch_size=16, max_num_tokens=64,
@@ -135,7 +135,7 @@ def s_engine_small(args):
 
 def _weights(kind: str):
     """32 layers of each Llama-2-7B matrix (+ one lm_head), as bf16, int8 or fp8 with per-row scales."""
-    from llmserve.quantize import quantize_weight
+    from llmserve.model.linear import quantize_weight
 
     g = torch.Generator(device="cuda").manual_seed(0)
     out = {}
@@ -434,9 +434,9 @@ def s_profile(args):
     from torch.profiler import ProfilerActivity, profile
 
     from llmserve.config import ServingConfig
-    from llmserve.engine import TorchEngine
-    from llmserve.engine_api import EngineRequest
-    from llmserve.sampling_params import SamplingParams
+    from llmserve.engine.api import EngineRequest
+    from llmserve.engine.sampling_params import SamplingParams
+    from llmserve.engine.torch_engine import TorchEngine
 
     res = RESULTS.setdefault("profile", {})
     cases = os.environ.get("PROFILE_CASES", "bf16:1,bf16:8,fp8:256,fp8+kv8:256").split(",")
@@ -489,9 +489,9 @@ def s_profile(args):
 @section("engine7b")
 def s_engine7b(args):
     from llmserve.config import ServingConfig
-    from llmserve.engine import TorchEngine
-    from llmserve.engine_api import EngineRequest
-    from llmserve.sampling_params import SamplingParams
+    from llmserve.engine.api import EngineRequest
+    from llmserve.engine.sampling_params import SamplingParams
+    from llmserve.engine.torch_engine import TorchEngine
 
     res = RESULTS.setdefault("engine7b", {})
     modes = os.environ.get("BENCH_MODES", "bf16,fp8,int8_wo").split(",")
@@ -541,8 +541,8 @@ def s_graphs_bs1(args):
     pool of their own instead of the decode graphs' pool, "warm" = their eager warm-up runs without the capture.
     One engine at a time, the first case again last."""
     from llmserve.config import ServingConfig
-    from llmserve.engine import TorchEngine
-    from llmserve.prefill_graphs import PrefillGraphs
+    from llmserve.engine.prefill_graphs import PrefillGraphs
+    from llmserve.engine.torch_engine import TorchEngine
 
     res = RESULTS.setdefault("graphs_bs1", {})
     capture_all = PrefillGraphs.capture_all
@@ -576,7 +576,7 @@ def s_pdl(args):
     module had a PDL switch for the run in bench/results/2026-11-25-h100-pdl; it lost, and was taken out.)"""
     from llmserve import kernels
     from llmserve.config import ServingConfig
-    from llmserve.engine import TorchEngine
+    from llmserve.engine.torch_engine import TorchEngine
     from llmserve.kernels import fused, linear
 
     res = RESULTS.setdefault("pdl", {})
@@ -620,9 +620,9 @@ def s_host(args):
     import pstats
 
     from llmserve.config import ServingConfig
-    from llmserve.engine import TorchEngine
-    from llmserve.engine_api import EngineRequest
-    from llmserve.sampling_params import SamplingParams
+    from llmserve.engine.api import EngineRequest
+    from llmserve.engine.sampling_params import SamplingParams
+    from llmserve.engine.torch_engine import TorchEngine
 
     mode = os.environ.get("HOST_MODE", "bf16")
     with tempfile.TemporaryDirectory() as d:
@@ -706,7 +706,7 @@ def s_triton(args):
                                                                        "UNAVAILABLE"))]
         print("\n".join(bad[-60:]), flush=True)
         py = python_overlay(work) / "python3"
-        chk = subprocess.run([str(py), "-c", "import numpy, torch, transformers, llmserve.factory; "
+        chk = subprocess.run([str(py), "-c", "import numpy, torch, transformers, llmserve.serving.factory; "
                               "from transformers import AutoTokenizer; "
                               "print(numpy.__version__, torch.__version__, torch.cuda.is_available())"],
                              capture_output=True, text=True)

@@ -23,9 +23,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from llmserve.attention import AttentionMetadata
-from llmserve.llama import load_model
-from llmserve.quantize import Fp8Linear, quantize_checkpoint
+from llmserve.model.attention import AttentionMetadata
+from llmserve.model.linear import Fp8Linear
+from llmserve.model.llama import load_model
+from llmserve.model.quantize import quantize_checkpoint
 
 TEXT = Path(__file__).resolve().parent / "data" / "declaration_of_independence.txt"
 # (mode, keep_attention_fp16, fp8 activations quantized)
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
-    from llmserve.tokenizer import Tokenizer
+    from llmserve.serving.tokenizer import Tokenizer
 
     src = Path(a.checkpoint)
     device, dtype = torch.device(a.device), getattr(torch, a.dtype)

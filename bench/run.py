@@ -100,7 +100,7 @@ def _floor_one(mode: str, g) -> dict:
 
     from bench.common import graph_time_ms
     from llmserve.kernels.linear import gemv, quant_fp8_per_token
-    from llmserve.quantize import quantize_weight
+    from llmserve.model.linear import quantize_weight
 
     hid, inter, vocab = LLAMA2_7B["hidden_size"], LLAMA2_7B["intermediate_size"], LLAMA2_7B["vocab_size"]
     shapes = {"qkv": (3 * hid, hid), "o": (hid, hid), "gate_up": (2 * inter, hid), "down": (hid, inter)}
@@ -154,7 +154,7 @@ def phase_floor(args) -> dict:
 
 def _engine(vocab: int, mode: str, work: Path, tokenizer_dir: Path | None = None):
     from llmserve.config import ServingConfig
-    from llmserve.engine import TorchEngine
+    from llmserve.engine.torch_engine import TorchEngine
 
     ckpt = write_random_checkpoint(work / f"ckpt-{mode}-{vocab}", vocab, None if mode == "bf16" else mode,
                                    tokenizer_dir=tokenizer_dir)
@@ -174,11 +174,11 @@ def _graph_step_ms(eng, batch: int = 1) -> float | None:
 
 
 def _freeze_heap_timed() -> dict:
-    """What engine processes do once the engine is up (llmserve.service_process.freeze_heap), with the pause of one full
+    """What engine processes do once the engine is up (the bridge server's freeze_heap), with the pause of one full
     garbage collection before and after it: what a collection costs in the middle of serving."""
     import gc
 
-    from llmserve.service_process import freeze_heap
+    from llmserve.serving.engine_process import freeze_heap
 
     t0 = time.perf_counter()
     gc.collect()

@@ -4,7 +4,7 @@ On the lent H100 (toolchain-facts.md, "The real Triton server on the lent H100")
 carried tar (`.carry/tritonserver.tar.xz`: bin, backends with the 3.12 stub, caches, lib = nvidia_pytriton.libs)
 and the Python backend needs numpy < 2: a venv overlay holding the carried numpy 1.26.4 wheel, whose .pth
 adds the image's site-packages (torch) and this checkout (llmserve). Where nvidia-pytriton is installed
-(the CPU machines), llmserve.server.prepare_server_dir() provides the same folder.
+(the CPU machines), llmserve.launch.tritonserver.prepare_server_dir() provides the same folder.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def server_folder(work: Path) -> tuple[Path, Path]:
             with tarfile.open(tar) as t:
                 t.extractall(work, filter="tar") if sys.version_info >= (3, 12) else t.extractall(work)
         return dest, dest / "lib"
-    from llmserve.server import _site_packages, prepare_server_dir
+    from llmserve.launch.tritonserver import _site_packages, prepare_server_dir
 
     return prepare_server_dir(), _site_packages() / "nvidia_pytriton.libs"
 
@@ -95,7 +95,7 @@ def python_overlay(work: Path, force: bool = False) -> Path:
 def model_repository(work: Path, params: dict[str, str], quant: str | None = None, instances: int = 1) -> Path:
     """The model repository for the run: the production model.py and config.pbtxt with `params` set and
     `instances` model instances, serving random weights with SmolLM2's tokenizer."""
-    from llmserve.server import derive_repository
+    from llmserve.launch.tritonserver import derive_repository
 
     repo = work / "repo"
     shutil.rmtree(repo, ignore_errors=True)
@@ -107,7 +107,7 @@ def model_repository(work: Path, params: dict[str, str], quant: str | None = Non
 
 def _check_tokenizer(ckpt: Path) -> None:
     """transformers releases name the fast tokenizer class differently: fall back to the older name."""
-    from llmserve.tokenizer import Tokenizer
+    from llmserve.serving.tokenizer import Tokenizer
 
     try:
         Tokenizer(ckpt)
@@ -178,7 +178,7 @@ class Server:
 
 def exact_length_prompts(tokenizer_dir: Path, n: int, length: int, seed: int) -> tuple[list[str], list[list[int]]]:
     """`n` texts of random words that our tokenizer encodes to exactly `length` tokens (and their ids)."""
-    from llmserve.tokenizer import Tokenizer
+    from llmserve.serving.tokenizer import Tokenizer
 
     tok = Tokenizer(tokenizer_dir)
     vocab = tok.backend.get_vocab()

@@ -42,8 +42,8 @@ def summarize(records: list[Record], wall: float, concurrency: int, in_len: int,
 def drive_engine(engine, prompts: list[list[int]], out_len: int, concurrency: int) -> tuple[list[Record], float]:
     """Keeps `concurrency` requests in flight on a TorchEngine until every prompt is answered. Generation
     ignores EOS, so every request produces exactly `out_len` tokens."""
-    from llmserve.engine_api import EngineRequest
-    from llmserve.sampling_params import SamplingParams
+    from llmserve.engine.api import EngineRequest
+    from llmserve.engine.sampling_params import SamplingParams
 
     params = SamplingParams(temperature=0.0, max_tokens=out_len, ignore_eos=True)
     records: dict[str, Record] = {}
@@ -78,8 +78,8 @@ def drive_engine(engine, prompts: list[list[int]], out_len: int, concurrency: in
 
 def engine_tokens(engine, prompts: list[list[int]], lengths: list[int]) -> dict[str, list[int]]:
     """Greedy answers (EOS ignored) of all prompts submitted at once."""
-    from llmserve.engine_api import EngineRequest
-    from llmserve.sampling_params import SamplingParams
+    from llmserve.engine.api import EngineRequest
+    from llmserve.engine.sampling_params import SamplingParams
 
     out: dict[str, list[int]] = {}
     for i, (ids, n) in enumerate(zip(prompts, lengths)):

@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from build_engines.checks import HardwareFacts, ModelShape, kv_bytes_per_token
-from build_engines.manifest import Manifest, engine_file_hashes, running_versions, write_manifest
 from build_engines.recipe import Recipe
+from llmserve.engine.manifest import Manifest, engine_file_hashes, running_versions, write_manifest
 
 EXAMPLES_ENV = "TRTLLM_EXAMPLES_DIR"
 # A checkout of the v1.2.x tag: the engine-build examples were removed from main in mid 2026.

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Sets up, starts the real Triton server on model_repository/, streams an answer, and stops the server.
-# To keep serving instead: .venv/bin/python -m llmserve.server serve
+# To keep serving instead: .venv/bin/python -m llmserve.launch serve
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 PROMPT=${1:-"What is the capital of France?"}
 .venv/bin/python - "$PROMPT" <<'PY'
 import sys
-from llmserve.server import TritonServer
+from llmserve.launch.tritonserver import TritonServer
 from llm_client.cli import main as llm
 
 with TritonServer("model_repository", log_path=".cache/tritonserver.log") as server:

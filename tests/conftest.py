@@ -28,7 +28,7 @@ def checkpoint() -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer(checkpoint):
-    from llmserve.tokenizer import Tokenizer
+    from llmserve.serving.tokenizer import Tokenizer
 
     return Tokenizer(checkpoint)
 
@@ -40,7 +40,7 @@ def chat_ids(tokenizer):
 
 @pytest.fixture(scope="session")
 def server(checkpoint, tmp_path_factory):
-    from llmserve.server import TritonServer
+    from llmserve.launch.tritonserver import TritonServer
 
     log = tmp_path_factory.mktemp("server") / "tritonserver.log"
     srv = TritonServer(ROOT / "model_repository", free_port(), free_port(), free_port(), log_path=log)

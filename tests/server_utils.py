@@ -114,6 +114,6 @@ class Stream:
 
 
 def make_repository(root, checkpoint, **overrides) -> Path:
-    from llmserve.server import derive_repository
+    from llmserve.launch.tritonserver import derive_repository
 
     return derive_repository(root, checkpoint, Path(__file__).resolve().parents[1] / "model_repository", **overrides)

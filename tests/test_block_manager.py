@@ -1,7 +1,7 @@
-from llmserve.block_manager import BlockManager
-from llmserve.engine_api import EngineRequest
-from llmserve.sampling_params import SamplingParams
-from llmserve.sequence import Sequence
+from llmserve.engine.api import EngineRequest
+from llmserve.engine.block_manager import BlockManager
+from llmserve.engine.sampling_params import SamplingParams
+from llmserve.engine.sequence import Sequence
 
 
 def seq(tokens, rid="r"):

@@ -15,8 +15,8 @@ from build_engines import modelopt_selective
 from build_engines.build import BuildError, plan_build, run_plan
 from build_engines.checks import HardwareFacts, ModelShape, estimate_weight_bytes
 from build_engines.cli import main
-from build_engines.manifest import MANIFEST_NAME, read_manifest
 from build_engines.recipe import load_recipe
+from llmserve.engine.manifest import MANIFEST_NAME, read_manifest
 
 LLAMA_7B = {"architectures": ["LlamaForCausalLM"], "hidden_size": 4096, "num_hidden_layers": 32,
             "num_attention_heads": 32, "num_key_value_heads": 32, "intermediate_size": 11008, "vocab_size": 32000,

@@ -127,9 +127,9 @@ def test_compose_services(tools):
         assert svc[name]["environment"]["RECIPE"] == recipe
     assert svc["engine-build-tp2"]["environment"]["TP"] == "2"
     assert len(svc["triton-tp2"]["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"]) == 2
-    # CPU: our PyTorch engine on the embedded model, started by llmserve.server
+    # CPU: our PyTorch engine on the embedded model, started by llmserve.launch.tritonserver
     cpu = svc["llm-cpu"]
-    assert cpu["command"][1:4] == ["-m", "llmserve.server", "serve"]
+    assert cpu["command"][1:4] == ["-m", "llmserve.launch", "serve"]
     assert "/repo/model_repository" in cpu["command"]
     assert cpu["build"]["dockerfile"] == "deploy/cpu/Dockerfile"
     # monitoring and the balancer are always on
@@ -200,7 +200,7 @@ def test_start_script_sets_the_instance_count_on_the_real_config(tmp_path):
     assert run(["sed", "-i", "-E", expr.replace("$INSTANCES", "3"), str(config)]).returncode == 0
     sys.path.insert(0, str(ROOT))
     try:
-        from llmserve.server import set_instance_count
+        from llmserve.launch.tritonserver import set_instance_count
     finally:
         sys.path.pop(0)
     assert config.read_text() == set_instance_count(src, 3) != src

@@ -1,6 +1,6 @@
 import pytest
 
-from llmserve.stop_strings import StopMatcher
+from llmserve.serving.stop_strings import StopMatcher
 
 TEXTS = ["Grüße, 世界! 🎉 naïve café — ok", "  leading spaces and\ttabs\nnew lines", "日本語のテキストです。",
          "emoji 👩‍👩‍👧‍👦 family, flags 🇫🇷🇩🇪", "Ελληνικά και русский"]

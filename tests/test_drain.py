@@ -1,8 +1,8 @@
-"""The drain handshake between whoever stops the server and each model instance (llmserve/drain.py)."""
+"""The drain handshake between whoever stops the server and each model instance (llmserve/serving/drain.py)."""
 
 import threading
 
-from llmserve.drain import DrainWatch, request_drain, wait_drained
+from llmserve.serving.drain import DrainWatch, request_drain, wait_drained
 
 
 def test_wait_drained_waits_for_every_registered_instance(tmp_path):

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from llmserve.config import ConfigError, ServingConfig
-from llmserve.engine import TorchEngine
-from llmserve.engine_api import EngineRequest
-from llmserve.sampling_params import InvalidRequest, SamplingParams
+from llmserve.engine.api import EngineRequest
+from llmserve.engine.sampling_params import InvalidRequest, SamplingParams
+from llmserve.engine.torch_engine import TorchEngine
 
 PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.", "List three prime numbers.",
            "Explain gravity to a child in one sentence."]

@@ -13,11 +13,13 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
-from llmserve import kernels, quantize  # noqa: E402
-from llmserve.attention import AttentionMetadata, paged_attention, varlen_query_blocks  # noqa: E402
+from llmserve import kernels  # noqa: E402
 from llmserve.kernels import attention as kattn  # noqa: E402
 from llmserve.kernels import fused, linear  # noqa: E402
-from llmserve.llama import apply_rope  # noqa: E402
+from llmserve.kernels.shapes import varlen_query_blocks  # noqa: E402
+from llmserve.model import linear as qlinear  # noqa: E402
+from llmserve.model.attention import AttentionMetadata, paged_attention  # noqa: E402
+from llmserve.model.llama import apply_rope  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 DT = torch.bfloat16 if DEV == "cuda" else torch.float16  # the interpreter has no bf16
@@ -27,7 +29,7 @@ DT = torch.bfloat16 if DEV == "cuda" else torch.float16  # the interpreter has n
 def launch_mode(request):
     """On a GPU every kernel test runs twice: plain launches, and programmatic dependent launch where the GPU
     has it (what the engine uses on an H100)."""
-    from llmserve.model_runner import use_pdl
+    from llmserve.engine.model_runner import use_pdl
 
     if request.param == "pdl" and not use_pdl("auto", torch.device(DEV)):
         pytest.skip("programmatic dependent launch needs compute capability 9.0+")
@@ -96,8 +98,8 @@ def test_wmm(M, kind):
         scale, wq, bias = None, w, torch.randn(N, device=DEV).to(DT)
         ref_w = w
     else:
-        wq, scale = quantize.quantize_weight(w, "int8_wo")
-        ref_w = quantize.dequantize(wq, scale, torch.float32)
+        wq, scale = qlinear.quantize_weight(w, "int8_wo")
+        ref_w = qlinear.dequantize(wq, scale, torch.float32)
     xin = x
     if gated:
         g, u = x.chunk(2, -1)
@@ -183,7 +185,7 @@ def test_varlen_attention_matches_torch_path(nh, nkv, hd, fp8_cache):
 def _tiny_model(tmp_path, monkeypatch, **extra):
     import json
 
-    from llmserve.llama import load_model
+    from llmserve.model.llama import load_model
 
     cfg = {"vocab_size": 300, "hidden_size": 192, "intermediate_size": 320, "num_hidden_layers": 2,
            "num_attention_heads": 6, "num_key_value_heads": 2, "max_position_embeddings": 256,
@@ -246,8 +248,8 @@ def test_prefill_graphs_match_eager_steps(tmp_path, monkeypatch, quant):
     the eager model on a cache of its own: logits of the sampled rows, and the caches after the steps."""
     from types import SimpleNamespace
 
-    from llmserve.graph_inputs import StepInputs
-    from llmserve.prefill_graphs import PrefillGraphs
+    from llmserve.engine.graph_inputs import StepInputs
+    from llmserve.engine.prefill_graphs import PrefillGraphs
 
     if DEV == "cpu":
         monkeypatch.setenv("LLMSERVE_TRITON_KERNELS", "interpret")
@@ -294,8 +296,8 @@ def test_gemv_one_row(kind, gated):
     if kind == "16bit":
         wq, scale, ref_w, w_kind = w, None, w.float(), 0
     else:
-        wq, scale = quantize.quantize_weight(w, "int8_wo" if kind.startswith("int8") else "fp8")
-        ref_w = quantize.dequantize(wq, scale)
+        wq, scale = qlinear.quantize_weight(w, "int8_wo" if kind.startswith("int8") else "fp8")
+        ref_w = qlinear.dequantize(wq, scale)
         w_kind = {"int8": 0, "int8_magic": 1, "fp8": 0, "fp8_bits": 2}[kind]
     xin = x
     if gated:

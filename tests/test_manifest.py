@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from build_engines.manifest import (
+from llmserve.engine.manifest import (
     MANIFEST_NAME,
     Manifest,
     ManifestError,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmserve.mpi_launch import LaunchSpec, build_launch_command
+from llmserve.launch.mpi import LaunchSpec, build_launch_command
 
 TS = "/opt/tritonserver/bin/tritonserver"
 COMMON = ["--model-repository=/models", "--grpc-port=8001", "--http-port=8000", "--metrics-port=8002"]

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from llmserve.config import ConfigError, ServingConfig
-from llmserve.graph_inputs import StepInputs
-from llmserve.prefill_graphs import PrefillGraphs, token_buckets
+from llmserve.engine.graph_inputs import StepInputs
+from llmserve.engine.prefill_graphs import PrefillGraphs, token_buckets
 
 
 def test_token_buckets_pad_by_at_most_half_from_128_tokens():

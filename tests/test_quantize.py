@@ -1,4 +1,4 @@
-"""Offline quantization (llmserve/quantize.py) and loading quantized checkpoints, on CPU."""
+"""Offline quantization (llmserve/model/quantize.py) and loading quantized checkpoints, on CPU."""
 
 import json
 
@@ -6,9 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llmserve.attention import AttentionMetadata
-from llmserve.llama import load_model
-from llmserve.quantize import FP8, dequantize, main, quantize_checkpoint, quantize_weight
+from llmserve.model.attention import AttentionMetadata
+from llmserve.model.linear import FP8, dequantize, quantize_weight
+from llmserve.model.llama import load_model
+from llmserve.model.quantize import main, quantize_checkpoint
 
 
 def test_int8_round_trip_within_half_a_step_per_channel():

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from llm_client import LLMClient, RequestError
-from llmserve.server import ServerError, TritonServer
+from llmserve.launch.tritonserver import ServerError, TritonServer
 from tests.conftest import free_port
 from tests.server_utils import Stream, make_repository, metric, wait_for
 
@@ -135,7 +135,7 @@ def test_shutdown_with_requests_in_flight_gives_each_a_final_error(checkpoint, t
     import subprocess
     import sys
 
-    from llmserve.server import server_env
+    from llmserve.launch.tritonserver import server_env
 
     repo = make_repository(tmp_path / "repo", checkpoint)
     srv = TritonServer(repo, free_port(), free_port(), free_port(), log_path=tmp_path / "server.log",
@@ -147,7 +147,7 @@ def test_shutdown_with_requests_in_flight_gives_each_a_final_error(checkpoint, t
             return srv.stop(timeout=20, drain_s=0)
     else:
         log = open(tmp_path / "server.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "llmserve.server", "wrap", "--drain-seconds", "0", "--",
+        proc = subprocess.Popen([sys.executable, "-m", "llmserve.launch", "wrap", "--drain-seconds", "0", "--",
                                  *srv.command()], env=server_env(), stdout=log, stderr=subprocess.STDOUT)
         assert wait_for(srv.ready, 120)
 
@@ -183,7 +183,7 @@ def test_shutdown_with_requests_in_flight_gives_each_a_final_error(checkpoint, t
 
 
 def test_drain_lets_running_requests_finish_and_refuses_new_ones(checkpoint, tmp_path):
-    """The preStop path: `python -m llmserve.server drain --drain-seconds N` on a running server. Requests already
+    """The preStop path: `python -m llmserve.launch drain --drain-seconds N` on a running server. Requests already
     running finish normally inside the grace period; a new one gets UNAVAILABLE so a client or load balancer
     goes elsewhere; the command returns once the model has drained."""
     import subprocess
@@ -199,7 +199,7 @@ def test_drain_lets_running_requests_finish_and_refuses_new_ones(checkpoint, tmp
             stream.send(rid, text_input="Count to twenty.", stream=True,
                         sampling_parameters={"max_tokens": 24, "ignore_eos": True, "temperature": 0})
         assert wait_for(lambda: metric(srv.metrics_url, "llm_requests_running") == 2, 30)
-        drain = subprocess.Popen([sys.executable, "-m", "llmserve.server", "drain", "--drain-seconds", "120",
+        drain = subprocess.Popen([sys.executable, "-m", "llmserve.launch", "drain", "--drain-seconds", "120",
                                   "--control-dir", str(srv.control_dir)], stdout=subprocess.PIPE, text=True)
         got = stream.collect(ids, timeout=120, linger=0.2)
         assert all(got[rid] and got[rid][-1][0] == "data" and got[rid][-1][2] for rid in ids), got

@@ -1,7 +1,7 @@
 import torch
 
-from llmserve.sampler import SamplingBatch, apply_penalties, sample, top_k_top_p_min_p_mask
-from llmserve.sampling_params import SamplingParams
+from llmserve.engine.sampler import SamplingBatch, apply_penalties, sample, top_k_top_p_min_p_mask
+from llmserve.engine.sampling_params import SamplingParams
 
 
 def _mask(logits, k=0, p=1.0, min_p=0.0):

@@ -1,6 +1,6 @@
 import pytest
 
-from llmserve.sampling_params import (
+from llmserve.engine.sampling_params import (
     InvalidRequest,
     SamplingParams,
     defaults_from_generation_config,

@@ -1,10 +1,10 @@
 import time
 
-from llmserve.block_manager import BlockManager
-from llmserve.engine_api import EngineRequest
-from llmserve.sampling_params import SamplingParams
-from llmserve.scheduler import Scheduler, SchedulerConfig
-from llmserve.sequence import Sequence, Status
+from llmserve.engine.api import EngineRequest
+from llmserve.engine.block_manager import BlockManager
+from llmserve.engine.sampling_params import SamplingParams
+from llmserve.engine.scheduler import Scheduler, SchedulerConfig
+from llmserve.engine.sequence import Sequence, Status
 
 
 def seq(n, rid):

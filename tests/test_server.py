@@ -138,7 +138,7 @@ def test_asyncio_client(server):
 
 
 def test_unreachable_server_message():
-    with pytest.raises(ServerUnreachable, match="llmserve.server serve"):
+    with pytest.raises(ServerUnreachable, match="llmserve.launch serve"):
         LLMClient("localhost:9", protocol="http").generate("hi")
     with pytest.raises(ServerUnreachable, match="Is it running"):
         LLMClient("localhost:9").generate("hi")
@@ -175,7 +175,7 @@ def test_metrics_move_under_load(server):
         assert after[n] > before[n], n
     assert max(running_seen) >= 1 and max(kv_used_seen) > 0
     exposed = metrics(url)
-    from llmserve.metrics import COUNTERS, GAUGES, HISTOGRAMS
+    from llmserve.serving.metrics import COUNTERS, GAUGES, HISTOGRAMS
 
     for family in list(COUNTERS) + list(GAUGES) + [h + "_count" for h in HISTOGRAMS]:
         if family in ("llm_request_failures_total", "llm_request_cancellations_total"):

@@ -1,6 +1,6 @@
 """The server start command: the plain tritonserver line, and the MPI world for TP/PP > 1."""
 
-from llmserve.server import main
+from llmserve.launch.tritonserver import main
 
 
 def test_plain_command(capsys, checkpoint):

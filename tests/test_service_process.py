@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from llmserve.config import ServingConfig
-from llmserve.engine_api import EngineError, Overloaded
-from llmserve.factory import build_service, use_engine_process
-from llmserve.metrics import resident_memory_bytes
-from llmserve.sampling_params import InvalidRequest, SamplingParams
-from llmserve.service import GenerateRequest
-from llmserve.service_process import ServiceProcess
+from llmserve.engine.api import EngineError, Overloaded
+from llmserve.engine.sampling_params import InvalidRequest, SamplingParams
+from llmserve.serving.engine_process import ServiceProcess
+from llmserve.serving.factory import build_service, use_engine_process
+from llmserve.serving.metrics import resident_memory_bytes
+from llmserve.serving.service import GenerateRequest
 from tests.conftest import MODEL_DIR
 from tests.server_utils import wait_for
 
@@ -171,7 +171,7 @@ def test_through_tritonserver_with_more_streams_than_one_cancellation_poll_cover
     """100 streams on the real server (synthetic engine in a child process): the adapter polls at most 64
     requests for cancellation per period, in turn, so a cancelled request among 100 is still found; the
     abort crosses into the child, and the others keep streaming."""
-    from llmserve.server import TritonServer
+    from llmserve.launch.tritonserver import TritonServer
     from tests.conftest import free_port
     from tests.server_utils import Stream, make_repository, metric, wait_for
 
@@ -199,7 +199,7 @@ def test_through_tritonserver_with_more_streams_than_one_cancellation_poll_cover
 
 
 def test_take_deltas_takes_what_is_queued_and_sees_the_end_marker():
-    from llmserve.service import Delta, take_deltas
+    from llmserve.serving.service import Delta, take_deltas
 
     q: queue.SimpleQueue = queue.SimpleQueue()
     assert take_deltas(q, timeout=0.01) == ([], False)
@@ -309,7 +309,7 @@ def _descendants(pid: int) -> list[tuple[int, str]]:
 def test_two_triton_instances_share_one_engine_process(checkpoint, tmp_path):
     """instance_group count 2 with engine_process on: two stubs, one engine; every request is answered once,
     and the engine's metric calls are counted once whichever stub reports them."""
-    from llmserve.server import TritonServer
+    from llmserve.launch.tritonserver import TritonServer
     from tests.conftest import free_port
     from tests.server_utils import Stream, make_repository, metric, wait_for
 
@@ -320,7 +320,7 @@ def test_two_triton_instances_share_one_engine_process(checkpoint, tmp_path):
     try:
         tree = _descendants(srv.process.pid)
         assert sum("triton_python_backend_stub" in cmd for _, cmd in tree) == 2
-        assert sum("llmserve.service_process" in cmd for _, cmd in tree) == 1
+        assert sum("llmserve.serving.engine_process" in cmd for _, cmd in tree) == 1
         before = metric(srv.metrics_url, "llm_request_success_total")
         tokens_before = metric(srv.metrics_url, "llm_generation_tokens_total")
         stream = Stream(srv.grpc_url)
@@ -337,4 +337,4 @@ def test_two_triton_instances_share_one_engine_process(checkpoint, tmp_path):
         assert metric(srv.metrics_url, "llm_generation_tokens_total") == tokens_before + 24 * 5
     finally:
         assert srv.stop() == 0
-    assert not any("llmserve.service_process" in cmd for _, cmd in _descendants(os.getpid()))
+    assert not any("llmserve.serving.engine_process" in cmd for _, cmd in _descendants(os.getpid()))

@@ -5,11 +5,11 @@ import queue
 import pytest
 
 from llmserve.config import ConfigError, ServingConfig
-from llmserve.engine_api import EngineRequest, Overloaded
-from llmserve.engines.synthetic import SyntheticEngine
-from llmserve.factory import build_service
-from llmserve.sampling_params import SamplingParams
-from llmserve.service import GenerateRequest
+from llmserve.engine.api import EngineRequest, Overloaded
+from llmserve.engine.sampling_params import SamplingParams
+from llmserve.engine.synthetic import SyntheticEngine
+from llmserve.serving.factory import build_service
+from llmserve.serving.service import GenerateRequest
 from tests.conftest import MODEL_DIR
 
 

@@ -9,8 +9,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from llmserve.config import ServingConfig
-from llmserve.engine_api import EngineRequest
-from llmserve.sampling_params import SamplingParams
+from llmserve.engine.api import EngineRequest
+from llmserve.engine.sampling_params import SamplingParams
 
 PROMPTS = [[5, 17, 99, 3, 42, 7, 8], [11, 12, 13], list(range(20, 60))]
 
@@ -31,9 +31,9 @@ def tiny_checkpoint(path):
 
 
 def generate(checkpoint, rank=0, world=1):
-    import llmserve.model_runner as runner_mod
-    from llmserve.engine import TorchEngine
-    from llmserve.tensor_parallel import shard_model
+    import llmserve.engine.model_runner as runner_mod
+    from llmserve.engine.torch_engine import TorchEngine
+    from llmserve.model.tensor_parallel import shard_model
 
     load = runner_mod.load_model
     runner_mod.load_model = lambda *a, **k: shard_model(load(*a, **k), rank, world)
@@ -76,8 +76,8 @@ def test_tp2_greedy_equals_single_process(tmp_path):
 
 
 def test_indivisible_heads_refused():
-    from llmserve.llama import ModelArgs
-    from llmserve.tensor_parallel import check_shardable
+    from llmserve.model.llama import ModelArgs
+    from llmserve.model.tensor_parallel import check_shardable
 
     args = ModelArgs(49152, 576, 1536, 30, 9, 3, 64, 1e-5, 1e5, 8192, True, False)  # SmolLM2-135M
     with pytest.raises(ValueError, match="num_attention_heads"):

@@ -6,11 +6,11 @@ import datetime
 
 import pytest
 
-from build_engines.manifest import Manifest, write_manifest
 from llmserve.config import ServingConfig
-from llmserve.engine_api import EngineError, EngineRequest
-from llmserve.engines.trtllm import RuntimeInfo, TrtllmEngine, create_trtllm_engine
-from llmserve.sampling_params import SamplingParams
+from llmserve.engine.api import EngineError, EngineRequest
+from llmserve.engine.manifest import Manifest, write_manifest
+from llmserve.engine.sampling_params import SamplingParams
+from llmserve.engine.trtllm import RuntimeInfo, TrtllmEngine, create_trtllm_engine
 
 try:
     from tests.doubles import trtllm_executor_double as tle

@@ -54,7 +54,7 @@ class Result:
 
 def _unreachable(url: str, exc: Exception) -> ServerUnreachable:
     return ServerUnreachable(f"cannot reach the Triton server at {url} ({exc}). Is it running? Start it with "
-                             "`python -m llmserve.server serve`, or pass --url.")
+                             "`python -m llmserve.launch serve`, or pass --url.")
 
 
 def build_inputs(prompt: str | None, messages: list | None, stream: bool, params: dict) -> dict[str, np.ndarray]:

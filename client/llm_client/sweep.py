@@ -44,7 +44,7 @@ def sweep(grid: dict[str, list[str]], concurrencies: list[int], workload: Worklo
           out=sys.stdout) -> dict[str, Any]:
     from tqdm import tqdm
 
-    from llmserve.server import TritonServer, derive_repository
+    from llmserve.launch.tritonserver import TritonServer, derive_repository
 
     out_dir.mkdir(parents=True, exist_ok=True)
     tok = default_tokenizer_dir()

@@ -47,11 +47,11 @@ fi
 sed -i -E "s/^instance_group \[ \{ count: [0-9]+,/instance_group [ { count: $INSTANCES,/" "$MODELS/llm/config.pbtxt"
 
 # Under `wrap`, SIGTERM (docker stop, a pod's deletion) drains the model before tritonserver stops: every
-# request in flight gets its final response (llmserve/drain.py). The preStop hook drains through the same
+# request in flight gets its final response (llmserve/serving/drain.py). The preStop hook drains through the same
 # control folder.
 export LLMSERVE_CONTROL_DIR=${LLMSERVE_CONTROL_DIR:-/tmp/llmserve-control}
 # shellcheck disable=SC2086
-exec python3 -m llmserve.server wrap --drain-seconds "${DRAIN_SECONDS:-15}" -- tritonserver --model-repository="$MODELS" \
+exec python3 -m llmserve.launch wrap --drain-seconds "${DRAIN_SECONDS:-15}" -- tritonserver --model-repository="$MODELS" \
     --http-port=8000 --grpc-port=8001 --metrics-port=8002 \
     --allow-metrics=true --allow-gpu-metrics=true --metrics-interval-ms=2000 \
     --exit-timeout-secs=30 ${TRITON_ARGS:-}

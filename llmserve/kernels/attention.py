@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from llmserve.attention import varlen_block_m
+from llmserve.kernels.shapes import varlen_block_m
 
 
 @triton.jit

@@ -1,6 +1,6 @@
 """CONTRACT DOUBLE of `tensorrt_llm.bindings.executor` (TensorRT-LLM 1.2.x). NOT TensorRT-LLM.
 
-Only the API surface llmserve/engines/trtllm.py uses, with class names, constructor keywords (keyword-only
+Only the API surface llmserve/engine/trtllm.py uses, with class names, constructor keywords (keyword-only
 markers and defaults included), method names and result fields as read from the nanobind sources
 cpp/tensorrt_llm/nanobind/executor/{bindings,executor,executorConfig,request}.cpp. Unknown or mistyped
 arguments raise TypeError as the real bindings do, so an adapter that misspells one fails here too.

@@ -26,13 +26,13 @@ except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 from llmserve.config import ServingConfig, apply_switch_interval
-from llmserve.drain import DrainWatch, control_dir
-from llmserve.engine_api import EngineError
-from llmserve.factory import build_service
-from llmserve.metrics import COUNTERS, GAUGES, HISTOGRAMS, NullSink
-from llmserve.protocol import ParsedRequest, ResponseBuilder, parse_request
-from llmserve.sampling_params import InvalidRequest, defaults_from_generation_config
-from llmserve.service import Delta, take_deltas
+from llmserve.engine.api import EngineError
+from llmserve.engine.sampling_params import InvalidRequest, defaults_from_generation_config
+from llmserve.serving.drain import DrainWatch, control_dir
+from llmserve.serving.factory import build_service
+from llmserve.serving.metrics import COUNTERS, GAUGES, HISTOGRAMS, NullSink
+from llmserve.serving.requests import ParsedRequest, ResponseBuilder, parse_request
+from llmserve.serving.service import Delta, take_deltas
 
 log = logging.getLogger("llmserve.triton")
 
@@ -154,7 +154,7 @@ class TritonPythonModel:
         self.sender_lock = threading.Lock()
         self.model_name = args["model_name"]
         self.unloading = False
-        # Shutdown drains first (llmserve/drain.py): tritonserver itself tells a decoupled model too late.
+        # Shutdown drains first (llmserve/serving/drain.py): tritonserver itself tells a decoupled model too late.
         self.drain = DrainWatch(control_dir(), args.get("model_instance_name") or args["model_name"])
         self.draining = self.drained = False
         self.metrics.set("llm_engine_healthy", 1)
@@ -288,7 +288,7 @@ class TritonPythonModel:
         while not self.stopping.wait(period):
             if not self.service.healthy and not self.unloading:
                 # Readiness must tell the truth: a dead engine unloads its model (needs
-                # --model-control-mode=explicit, which llmserve.server uses), so /v2/health/ready goes false.
+                # --model-control-mode=explicit, which llmserve.launch uses), so /v2/health/ready goes false.
                 self.unloading = True
                 self.metrics.set("llm_engine_healthy", 0)
                 log.error("engine unhealthy: unloading model %s", self.model_name)

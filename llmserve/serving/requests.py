@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from llmserve.sampling_params import KNOWN_KEYS, InvalidRequest, SamplingParams, parse_sampling_params
-from llmserve.service import Delta, GenerateRequest
+from llmserve.engine.sampling_params import KNOWN_KEYS, InvalidRequest, SamplingParams, parse_sampling_params
+from llmserve.serving.service import Delta, GenerateRequest
 
 # Scalar tensors that carry a sampling parameter (TensorRT-LLM ensemble names and ours).
 SAMPLING_TENSORS = ("max_tokens", "min_tokens", "min_length", "temperature", "top_k", "top_p", "min_p",

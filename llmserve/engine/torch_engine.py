@@ -18,14 +18,14 @@ from pathlib import Path
 
 import torch
 
-from llmserve.block_manager import BlockManager
 from llmserve.config import ConfigError, ServingConfig, switch
-from llmserve.engine_api import EngineError, EngineOutput, EngineRequest, EngineStats, Overloaded
-from llmserve.model_runner import Launched, ModelRunner
-from llmserve.sampler import SamplingBatch, plain_greedy_params
-from llmserve.sampling_params import InvalidRequest
-from llmserve.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
-from llmserve.sequence import Sequence, Status
+from llmserve.engine.api import EngineError, EngineOutput, EngineRequest, EngineStats, Overloaded
+from llmserve.engine.block_manager import BlockManager
+from llmserve.engine.model_runner import Launched, ModelRunner
+from llmserve.engine.sampler import SamplingBatch, plain_greedy_params
+from llmserve.engine.sampling_params import InvalidRequest
+from llmserve.engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
+from llmserve.engine.sequence import Sequence, Status
 
 log = logging.getLogger(__name__)
 PLACEHOLDER = -1  # a token launched on the GPU, not read back yet

@@ -50,10 +50,18 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from llmserve.config import ServingConfig, apply_switch_interval
-from llmserve.engine_api import EngineError, EngineStats
-from llmserve.metrics import MetricsSink, NullSink, resident_memory_bytes
-from llmserve.service import _DRAINING, _SHUTTING_DOWN, Callback, Delta, GenerateRequest, take_deltas, tokenize_request
-from llmserve.tokenizer import Tokenizer
+from llmserve.engine.api import EngineError, EngineStats
+from llmserve.serving.metrics import MetricsSink, NullSink, resident_memory_bytes
+from llmserve.serving.service import (
+    _DRAINING,
+    _SHUTTING_DOWN,
+    Callback,
+    Delta,
+    GenerateRequest,
+    take_deltas,
+    tokenize_request,
+)
+from llmserve.serving.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +149,7 @@ class ServiceProcess:
                 env = dict(os.environ)
                 env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
                                                                   env.get("PYTHONPATH")]))
-                self.process = subprocess.Popen([_python(), "-m", "llmserve.service_process", name,
+                self.process = subprocess.Popen([_python(), "-m", "llmserve.serving.engine_process", name,
                                                  json.dumps(dataclasses.asdict(cfg)), str(model_dir)], env=env)
             if time.monotonic() > deadline:
                 raise RuntimeError(f"no engine process answered within {timeout:.0f} s")
@@ -323,7 +331,7 @@ class _EngineServer:
                              daemon=True).start()
 
     def _read_loop(self, client: _Client) -> None:
-        from llmserve.sampling_params import InvalidRequest
+        from llmserve.engine.sampling_params import InvalidRequest
 
         prefix = f"{client.cid}/"
         while True:
@@ -432,7 +440,7 @@ def _engine_main(name: str, cfg_json: str, model_dir: str) -> int:
     listener.listen(64)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the group; the clients decide
     logging.basicConfig(level=os.environ.get("LLMSERVE_LOG_LEVEL", "WARNING"))
-    from llmserve.factory import build_service
+    from llmserve.serving.factory import build_service
 
     sink = _RecordingSink()
     try:

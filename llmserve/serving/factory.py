@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from llmserve.config import ConfigError, ServingConfig, resolve_inside, switch
-from llmserve.metrics import MetricsSink
-from llmserve.service import LLMService
-from llmserve.service_process import ServiceProcess
-from llmserve.tokenizer import Tokenizer
+from llmserve.serving.engine_process import ServiceProcess
+from llmserve.serving.metrics import MetricsSink
+from llmserve.serving.service import LLMService
+from llmserve.serving.tokenizer import Tokenizer
 
 
 def build_service(cfg: ServingConfig, model_dir: str | Path, metrics: MetricsSink | None = None,
@@ -24,16 +24,16 @@ def build_service(cfg: ServingConfig, model_dir: str | Path, metrics: MetricsSin
         return ServiceProcess(cfg, model_dir, checkpoint, metrics, share_key)
     tokenizer = Tokenizer(checkpoint)
     if cfg.engine == "tensorrtllm":
-        from llmserve.engines.trtllm import create_trtllm_engine
+        from llmserve.engine.trtllm import create_trtllm_engine
 
         engine = create_trtllm_engine(cfg, resolve_inside(model_dir, cfg.engine_dir, "engine_dir"))
     elif cfg.engine == "synthetic":
-        from llmserve.engines.synthetic import SyntheticEngine
+        from llmserve.engine.synthetic import SyntheticEngine
 
         engine = SyntheticEngine(tokenizer.backend.get_vocab_size(), cfg.max_model_len or 8192, cfg.max_batch_size,
                                  cfg.synthetic_step_ms, cfg.max_queue_size)
     else:
-        from llmserve.engine import TorchEngine
+        from llmserve.engine.torch_engine import TorchEngine
 
         engine = TorchEngine(cfg, checkpoint)
     return LLMService(engine, tokenizer, metrics, max_prompt_chars=cfg.max_input_bytes).start()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 
-from llmserve.sequence import Sequence
+from llmserve.engine.sequence import Sequence
 
 
 def block_hash(parent: bytes, tokens: list[int]) -> bytes:

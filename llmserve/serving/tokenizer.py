@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tokenizers.decoders import DecodeStream
 
-from llmserve.sampling_params import InvalidRequest
+from llmserve.engine.sampling_params import InvalidRequest
 
 MAX_MESSAGES = 256
 

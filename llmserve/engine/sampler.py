@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from llmserve.engine_api import TokenLogprob
-from llmserve.sampling_params import SamplingParams
+from llmserve.engine.api import TokenLogprob
+from llmserve.engine.sampling_params import SamplingParams
 
 
 @dataclass

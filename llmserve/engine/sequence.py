@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from llmserve.engine_api import EngineRequest, TokenLogprob
+from llmserve.engine.api import EngineRequest, TokenLogprob
 
 
 class Status(enum.Enum):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from llmserve.sequence import Sequence
+from llmserve.engine.sequence import Sequence
 
 
 @dataclass

@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from llmserve.model.linear import Linear
+
 
 class AllReduceLinear(nn.Module):
     """A row-parallel linear: local partial product, then the sum across ranks."""
@@ -34,8 +36,6 @@ class AllReduceLinear(nn.Module):
 
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
-    from llmserve.llama import Linear
-
     layer = Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
     layer.weight = nn.Parameter(weight.contiguous(), requires_grad=False)
     if bias is not None:

@@ -5,7 +5,7 @@ On CUDA with a 16-bit model, decode steps replay CUDA graphs captured per padded
 graph computes logits and their argmax, and the one host sync of the step is reading the token ids back.
 Padding rows of a graph write their K/V into a scratch block the block manager never hands out.
 Prefill and mixed steps of up to `prefill_graph_max_tokens` tokens replay a graph per padded token count
-(llmserve/prefill_graphs.py); larger ones, and every step on a CPU, run eagerly (varlen attention).
+(llmserve/engine/prefill_graphs.py); larger ones, and every step on a CPU, run eagerly (varlen attention).
 
 `launch` starts a greedy decode step without waiting for it: a row may take its input token from the
 previous launched step's output on the device (`src_rows`), so the engine can queue step N+1 before it has
@@ -23,15 +23,15 @@ from pathlib import Path
 import torch
 
 from llmserve import kernels
-from llmserve.attention import AttentionMetadata
 from llmserve.config import ConfigError, ServingConfig, switch
-from llmserve.engine_api import TokenLogprob
-from llmserve.graph_inputs import StepInputs, TableRows, pinned_int32
-from llmserve.llama import load_model
-from llmserve.prefill_graphs import PrefillGraphs
-from llmserve.sampler import SamplingBatch, is_plain_greedy, sample
-from llmserve.scheduler import ScheduledBatch
-from llmserve.sequence import Sequence
+from llmserve.engine.api import TokenLogprob
+from llmserve.engine.graph_inputs import StepInputs, TableRows, pinned_int32
+from llmserve.engine.prefill_graphs import PrefillGraphs
+from llmserve.engine.sampler import SamplingBatch, is_plain_greedy, sample
+from llmserve.engine.scheduler import ScheduledBatch
+from llmserve.engine.sequence import Sequence
+from llmserve.model.attention import AttentionMetadata
+from llmserve.model.llama import load_model
 
 log = logging.getLogger(__name__)
 CPU_DEFAULT_KV_BYTES = 256 << 20

@@ -24,8 +24,9 @@ import time
 import numpy as np
 import torch
 
-from llmserve.attention import AttentionMetadata, varlen_block_m, varlen_query_blocks
-from llmserve.graph_inputs import StepInputs, TableRows, pinned_int32
+from llmserve.engine.graph_inputs import StepInputs, TableRows, pinned_int32
+from llmserve.kernels.shapes import varlen_block_m, varlen_query_blocks
+from llmserve.model.attention import AttentionMetadata
 
 
 def token_buckets(max_tokens: int) -> list[int]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from llmserve.engine_api import EngineOutput, EngineRequest, EngineStats, Overloaded
+from llmserve.engine.api import EngineOutput, EngineRequest, EngineStats, Overloaded
 
 
 class SyntheticEngine:

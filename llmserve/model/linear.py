@@ -1,10 +1,5 @@
-"""Weight quantization for the PyTorch engine, in two steps (as gpt-fast): offline, then at load time.
-
-1. `quantize_checkpoint(src_dir, out_dir, mode)` (or `python -m llmserve.quantize SRC OUT --mode fp8`) writes
-   a safetensors checkpoint whose decoder linear weights are quantized per output channel, with their
-   float32 scales beside them as `<name>.weight_scale`, and config.json gains
-   `"quantization": {"mode": ..., "keep_attention_fp16": ...}`.
-2. `llama.load_model` sees that entry and swaps in the modules below before loading.
+"""The linear layers of the model: 16-bit (`Linear`) and quantized per output channel (`Int8Linear`,
+`Fp8Linear`), and the swaps that turn a model's decoder linears into quantized ones.
 
 Modes:
 - "fp8": e4m3 weights, scale = absmax / 448 per output channel. Activations are quantized per token at run
@@ -25,21 +20,52 @@ e4m3 per token first, so CPU perplexity tracks what the GPU's `_scaled_mm` path 
 
 from __future__ import annotations
 
-import argparse
-import json
-import shutil
-import sys
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from llmserve import kernels
+
+# The kernel modules import triton, which CPU wheels of torch lack: they are imported where the fast path runs.
 
 MODES = ("fp8", "int8_wo")
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
+
+
+def use_kernels(x: torch.Tensor) -> bool:
+    """The Triton path: CUDA tensors in 16-bit floats (float32 on a GPU keeps the torch path)."""
+    return x.dtype in (torch.float16, torch.bfloat16) and kernels.enabled(x)
+
+
+class Linear(nn.Module):
+    """y = x W^T (+ b), W in the model dtype. `gated=True`: x is [gate | up] and the layer computes
+    down(silu(gate) * up). On CUDA, few rows go through the Triton weight-streaming kernel (which fuses the
+    gate), many through cuBLAS. Quantized twins are above."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
+        self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
+
+    def forward(self, x: torch.Tensor, gated: bool = False) -> torch.Tensor:
+        if use_kernels(x):
+            from llmserve.kernels import linear as klinear
+
+            if x.shape[0] <= klinear.triton_max_m(self.weight):
+                return klinear.wmm(x, self.weight, None, self.bias, gated=gated)
+            if gated:
+                from llmserve.kernels.fused import silu_mul
+
+                x = silu_mul(x)
+            return F.linear(x, self.weight, self.bias)
+        if gated:
+            gate, up = x.chunk(2, dim=-1)
+            x = F.silu(gate) * up
+        return F.linear(x, self.weight, self.bias)
 
 
 def quantize_weight(w: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,9 +131,7 @@ class Int8Linear(QuantLinear):
         super().__init__(in_features, out_features, bias, torch.int8)
 
     def forward(self, x: torch.Tensor, gated: bool = False) -> torch.Tensor:
-        from llmserve.llama import _fast
-
-        if _fast(x):
+        if use_kernels(x):
             from llmserve.kernels.linear import wmm
 
             return wmm(x, self.weight, self.weight_scale, self.bias, gated=gated)
@@ -124,9 +148,7 @@ class Fp8Linear(QuantLinear):
         super().__init__(in_features, out_features, bias, FP8)
 
     def forward(self, x: torch.Tensor, gated: bool = False) -> torch.Tensor:
-        from llmserve.llama import _fast
-
-        if _fast(x):
+        if use_kernels(x):
             from llmserve.kernels import linear as klinear
 
             if x.shape[0] <= klinear.triton_max_m(self.weight):
@@ -162,7 +184,7 @@ def _targets(model: nn.Module, keep_attention_fp16: bool) -> list[tuple[nn.Modul
 
 def convert_modules_(model: nn.Module, mode: str, keep_attention_fp16: bool = False) -> None:
     """Swaps the decoder's linears for empty quantized modules (before load_state_dict)."""
-    cls = MODULES[_check_mode(mode)]
+    cls = MODULES[check_mode(mode)]
     for parent, name in _targets(model, keep_attention_fp16):
         old = getattr(parent, name)
         setattr(parent, name, cls(old.in_features, old.out_features, bias=old.bias is not None))
@@ -170,76 +192,12 @@ def convert_modules_(model: nn.Module, mode: str, keep_attention_fp16: bool = Fa
 
 def quantize_model_(model: nn.Module, mode: str, keep_attention_fp16: bool = False) -> None:
     """Quantizes a loaded model in place, layer by layer (peak memory: the model plus one layer)."""
-    cls = MODULES[_check_mode(mode)]
+    cls = MODULES[check_mode(mode)]
     for parent, name in _targets(model, keep_attention_fp16):
         setattr(parent, name, cls.from_linear(getattr(parent, name)))
 
 
-def _check_mode(mode: str) -> str:
+def check_mode(mode: str) -> str:
     if mode not in MODES:
         raise ValueError(f"quantization mode: expected one of {MODES}, got {mode!r}")
     return mode
-
-
-def quantize_checkpoint(src_dir: str | Path, out_dir: str | Path, mode: str, keep_attention_fp16: bool = False,
-                        dtype: torch.dtype | None = None) -> Path:
-    """Writes a quantized copy of an HF Llama checkpoint. `dtype` converts the tensors left unquantized
-    (default: keep the source's). Returns out_dir."""
-    from safetensors.torch import save_file
-
-    from llmserve.llama import load_safetensors  # llama imports this module: late import
-
-    _check_mode(mode)
-    src, out = Path(src_dir), Path(out_dir)
-    cfg = json.loads((src / "config.json").read_text())
-    if cfg.get("quantization"):
-        raise ValueError(f"{src}: already quantized ({cfg['quantization']})")
-    state = load_safetensors(src)
-    names = MLP if keep_attention_fp16 else ATTENTION + MLP
-    result: dict[str, torch.Tensor] = {}
-    quantized = 0
-    for key, t in state.items():
-        parts = key.split(".")
-        if key.endswith(".weight") and len(parts) >= 2 and parts[-2] in names and ".layers." in f".{key}":
-            q, s = quantize_weight(t, mode)
-            result[key] = q.contiguous()
-            result[key[: -len("weight")] + "weight_scale"] = s.contiguous()
-            quantized += 1
-        else:
-            result[key] = (t.to(dtype) if dtype is not None and t.is_floating_point() else t).contiguous()
-    if not quantized:
-        raise ValueError(f"{src}: found no decoder linear weights to quantize")
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("*.safetensors*"):
-        old.unlink()
-    for f in src.iterdir():
-        if f.is_file() and not f.name.startswith("model") and f.name != "config.json":
-            shutil.copy2(f, out / f.name)
-    if cfg.get("tie_word_embeddings") and "lm_head.weight" in result:
-        del result["lm_head.weight"]  # safetensors refuses shared storage; the loader re-ties it
-    save_file(result, str(out / "model.safetensors"), metadata={"format": "pt", "llmserve_quantization": mode})
-    cfg.pop("quantization_config", None)
-    cfg["quantization"] = {"mode": mode, "keep_attention_fp16": keep_attention_fp16, "weight_scale": "per_channel",
-                           "activation_scale": "dynamic_per_token" if mode == "fp8" else "none",
-                           "quantized_tensors": quantized}
-    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m llmserve.quantize", description=__doc__.split("\n")[0])
-    ap.add_argument("src", help="HF checkpoint directory (config.json + *.safetensors)")
-    ap.add_argument("out", help="output directory")
-    ap.add_argument("--mode", choices=MODES, required=True)
-    ap.add_argument("--keep-attention-fp16", action="store_true", help="leave q/k/v/o projections unquantized")
-    ap.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=None,
-                    help="convert unquantized tensors (default: keep)")
-    a = ap.parse_args(argv)
-    out = quantize_checkpoint(a.src, a.out, a.mode, a.keep_attention_fp16,
-                              getattr(torch, a.dtype) if a.dtype else None)
-    print(f"wrote {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

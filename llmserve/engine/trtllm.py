@@ -5,7 +5,7 @@ Written against the TRT-LLM source, following NVIDIA's own Triton Python model
 (cpp/tensorrt_llm/nanobind/executor/{executor,executorConfig,request,bindings}.cpp). It has run only
 against tests/doubles/trtllm_executor_double.py, never against a real Executor.
 
-Token-level like every engine: stop *strings* are matched on text by llmserve/service.py, which calls
+Token-level like every engine: stop *strings* are matched on text by llmserve/serving/service.py, which calls
 `finish()` when one matches; here only token ids stop generation (end_id and stop_words).
 """
 
@@ -19,9 +19,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from build_engines.manifest import ManifestError, check_manifest, read_manifest, running_versions, verify_engine_files
 from llmserve.config import ServingConfig
-from llmserve.engine_api import EngineError, EngineOutput, EngineRequest, EngineStats, Overloaded, TokenLogprob
+from llmserve.engine.api import EngineError, EngineOutput, EngineRequest, EngineStats, Overloaded, TokenLogprob
+from llmserve.engine.manifest import ManifestError, check_manifest, read_manifest, running_versions, verify_engine_files
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class _Live:
 
 
 class TrtllmEngine:
-    """Iteration-level adapter; one thread drives it (see llmserve.engine_api.Engine)."""
+    """Iteration-level adapter; one thread drives it (see llmserve.engine.api.Engine)."""
 
     def __init__(self, engine_dir: str | Path, cfg: ServingConfig, bindings: ModuleType | None = None,
                  runtime: RuntimeInfo | None = None, await_timeout_ms: int = 5, verify_checksums: bool = False):
@@ -272,11 +272,11 @@ class TrtllmEngine:
 
 def create_trtllm_engine(cfg: ServingConfig, engine_dir: Path, bindings: ModuleType | None = None, *,
                          runtime: RuntimeInfo | None = None) -> TrtllmEngine:
-    """Chosen when ServingConfig.engine == "tensorrtllm" (llmserve/factory.py).
+    """Chosen when ServingConfig.engine == "tensorrtllm" (llmserve/serving/factory.py).
 
     On a non-leader MPI rank (TP*PP > 1) this blocks until the leader shuts down and then raises, like
     model.py's initialize: the worker's tritonserver must never finish loading, or it would try to open the
-    same ports as rank 0 (see llmserve/mpi_launch.py).
+    same ports as rank 0 (see llmserve/launch/mpi.py).
     """
     engine = TrtllmEngine(engine_dir, cfg, bindings=bindings, runtime=runtime)
     if not engine.is_leader:

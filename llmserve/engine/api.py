@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from llmserve.sampling_params import SamplingParams
+from llmserve.engine.sampling_params import SamplingParams
 
 
 class EngineError(RuntimeError):

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from llmserve import attention, kernels
-from llmserve.attention import AttentionMetadata
+from llmserve.model import attention
+from llmserve.model.attention import AttentionMetadata
+from llmserve.model.linear import Linear, convert_modules_, quantize_model_, use_kernels
+from llmserve.model.weights import cast, hf_to_ours, load_safetensors
 
 
 @dataclass
@@ -86,39 +87,6 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1).to(x.dtype)
 
 
-def _fast(x: torch.Tensor) -> bool:
-    """The Triton path: CUDA tensors in 16-bit floats (float32 on a GPU keeps the torch path)."""
-    return x.dtype in (torch.float16, torch.bfloat16) and kernels.enabled(x)
-
-
-class Linear(nn.Module):
-    """y = x W^T (+ b), W in the model dtype. `gated=True`: x is [gate | up] and the layer computes
-    down(silu(gate) * up). On CUDA, few rows go through the Triton weight-streaming kernel (which fuses the
-    gate), many through cuBLAS. Quantized twins live in llmserve/quantize.py."""
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = False):
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
-        self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
-
-    def forward(self, x: torch.Tensor, gated: bool = False) -> torch.Tensor:
-        if _fast(x):
-            from llmserve.kernels import linear as klinear
-
-            if x.shape[0] <= klinear.triton_max_m(self.weight):
-                return klinear.wmm(x, self.weight, None, self.bias, gated=gated)
-            if gated:
-                from llmserve.kernels.fused import silu_mul
-
-                x = silu_mul(x)
-            return F.linear(x, self.weight, self.bias)
-        if gated:
-            gate, up = x.chunk(2, dim=-1)
-            x = F.silu(gate) * up
-        return F.linear(x, self.weight, self.bias)
-
-
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -128,7 +96,7 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (norm(x + residual), x + residual); without a residual, (norm(x), x). The fused kernel
         updates `residual` in place."""
-        if _fast(x):
+        if use_kernels(x):
             from llmserve.kernels.fused import rmsnorm
 
             return rmsnorm(x, self.weight, self.eps, residual), (x if residual is None else residual)
@@ -160,7 +128,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, rope: Rope, kv_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         T = x.shape[0]
         qkv = self.qkv_proj(x)
-        if _fast(qkv):
+        if use_kernels(qkv):
             from llmserve.kernels.fused import rope_and_cache
 
             layer_cache = kv_cache[self.layer]
@@ -229,7 +197,7 @@ class LlamaModel(nn.Module):
         """The decoder stack: returns (hidden state, residual stream) of every row, before the final norm."""
         x = self.embed_tokens(input_ids)
         rope = Rope(positions, self.rope_cos, self.rope_sin)
-        if not _fast(x):
+        if not use_kernels(x):
             rope.cos, rope.sin = self.rope_cos[positions], self.rope_sin[positions]
         residual = None
         for layer in self.layers:
@@ -241,37 +209,6 @@ class LlamaModel(nn.Module):
             x, residual = x.index_select(0, rows), residual.index_select(0, rows)
         x, _ = self.norm(x, residual)
         return self.lm_head(x).float()
-
-
-def _hf_to_ours(state: dict[str, torch.Tensor], args: ModelArgs) -> dict[str, torch.Tensor]:
-    """Renames HF keys and packs q/k/v and gate/up into single matrices (scales of quantized weights too:
-    they are per output channel, so they stack like the rows they scale)."""
-    out: dict[str, torch.Tensor] = {}
-    for key, t in state.items():
-        if key.endswith("rotary_emb.inv_freq"):
-            continue
-        out[key.removeprefix("model.")] = t
-    for i in range(args.num_layers):
-        p = f"layers.{i}."
-        for kind in ("weight", "bias", "weight_scale"):
-            parts = [out.pop(f"{p}self_attn.{n}_proj.{kind}", None) for n in "qkv"]
-            if all(x is not None for x in parts):
-                out[f"{p}self_attn.qkv_proj.{kind}"] = torch.cat(parts, 0)
-        for kind in ("weight", "weight_scale"):
-            parts = [out.pop(f"{p}mlp.{n}_proj.{kind}", None) for n in ("gate", "up")]
-            if all(x is not None for x in parts):
-                out[f"{p}mlp.gate_up_proj.{kind}"] = torch.cat(parts, 0)
-    if args.tie_word_embeddings or "lm_head.weight" not in out:
-        out["lm_head.weight"] = out["embed_tokens.weight"]
-    return out
-
-
-def _cast(key: str, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    if key.endswith("weight_scale"):
-        return t.float()
-    if t.dtype in (torch.int8, torch.float8_e4m3fn):  # quantized weights keep their storage type
-        return t
-    return t.to(dtype)
 
 
 def random_model(args: ModelArgs, dtype: torch.dtype, device: torch.device, seed: int = 0,
@@ -296,27 +233,12 @@ def random_model(args: ModelArgs, dtype: torch.dtype, device: torch.device, seed
     return model.eval()
 
 
-def load_safetensors(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of the directory's *.safetensors files, on the CPU."""
-    from safetensors.torch import load_file
-
-    files = sorted(Path(checkpoint_dir).glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{checkpoint_dir}: no *.safetensors weights")
-    state: dict[str, torch.Tensor] = {}
-    for f in files:
-        state.update(load_file(f, device="cpu"))
-    return state
-
-
 def load_model(checkpoint_dir: Path, dtype: torch.dtype, device: torch.device) -> LlamaModel:
     """Loads an HF Llama checkpoint. config.json may carry:
-    - "quantization": {"mode": "fp8" | "int8_wo", "keep_attention_fp16": bool} (made by llmserve/quantize.py):
+    - "quantization": {"mode": "fp8" | "int8_wo", "keep_attention_fp16": bool} (made by llmserve/model/quantize.py):
       the matching linear layers become quantized modules;
     - "llmserve_random_init": {"seed": int, "std": float}: no weight files; random weights made on `device`
       (and quantized there when "quantization" is set too). For benchmarks only."""
-    from llmserve import quantize
-
     cfg = json.loads((checkpoint_dir / "config.json").read_text())
     args = ModelArgs.from_hf_config(cfg)
     qcfg = cfg.get("quantization")
@@ -324,19 +246,19 @@ def load_model(checkpoint_dir: Path, dtype: torch.dtype, device: torch.device) -
         r = cfg["llmserve_random_init"]
         model = random_model(args, dtype, device, seed=int(r.get("seed", 0)), std=float(r.get("std", 0.02)))
         if qcfg:
-            quantize.quantize_model_(model, qcfg["mode"], bool(qcfg.get("keep_attention_fp16", False)))
+            quantize_model_(model, qcfg["mode"], bool(qcfg.get("keep_attention_fp16", False)))
         return model
     state = load_safetensors(checkpoint_dir)
     with torch.device("meta"):
         model = LlamaModel(args)
         if qcfg:
-            quantize.convert_modules_(model, qcfg["mode"], bool(qcfg.get("keep_attention_fp16", False)))
-    ours = _hf_to_ours(state, args)
+            convert_modules_(model, qcfg["mode"], bool(qcfg.get("keep_attention_fp16", False)))
+    ours = hf_to_ours(state, args.num_layers, args.tie_word_embeddings)
     expected = model.state_dict()
     missing = set(expected) - set(ours)
     if missing:
         raise ValueError(f"{checkpoint_dir}: checkpoint lacks {sorted(missing)[:4]}...")
-    model.load_state_dict({k: _cast(k, v, dtype) for k, v in ours.items() if k in expected}, assign=True, strict=True)
+    model.load_state_dict({k: cast(k, v, dtype) for k, v in ours.items() if k in expected}, assign=True, strict=True)
     if args.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
     model = model.to(device).eval()

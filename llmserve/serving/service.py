@@ -15,11 +15,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from llmserve.engine_api import Engine, EngineError, EngineOutput, EngineRequest, EngineStats, TokenLogprob
-from llmserve.metrics import MetricsSink, NullSink, RequestTiming, repetition_ratio, resident_memory_bytes
-from llmserve.sampling_params import InvalidRequest, SamplingParams
-from llmserve.stop_strings import StopMatcher
-from llmserve.tokenizer import Detokenizer, Tokenizer
+from llmserve.engine.api import Engine, EngineError, EngineOutput, EngineRequest, EngineStats, TokenLogprob
+from llmserve.engine.sampling_params import InvalidRequest, SamplingParams
+from llmserve.serving.metrics import MetricsSink, NullSink, RequestTiming, repetition_ratio, resident_memory_bytes
+from llmserve.serving.stop_strings import StopMatcher
+from llmserve.serving.tokenizer import Detokenizer, Tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,23 @@ expects this step's K/V already in the cache (written by the fused rotary kernel
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
-from llmserve.graph_inputs import StepInputs
+from llmserve import kernels
+from llmserve.kernels.shapes import varlen_query_blocks
+
+
+class StepLayout(Protocol):
+    """Where an eager step's tokens go: per token a cache slot; per sequence its block table, context length
+    (cached + new) and new tokens. The engine's StepInputs is one."""
+
+    slots: list[int]
+    tables: list[list[int]]
+    context_lens: list[int]
+    query_lens: list[int]
 
 
 @dataclass
@@ -55,7 +67,7 @@ class AttentionMetadata:
         return meta
 
     @classmethod
-    def for_step(cls, step: StepInputs, device: torch.device, index: torch.dtype, context_bound: int, group: int,
+    def for_step(cls, step: StepLayout, device: torch.device, index: torch.dtype, context_bound: int, group: int,
                  head_dim: int) -> AttentionMetadata:
         """An eager step's metadata; `index`: the dtype of slots and block tables (int32 for the kernels)."""
         width = max(len(t) for t in step.tables)
@@ -72,8 +84,6 @@ class AttentionMetadata:
 
     def add_varlen(self, group: int, head_dim: int) -> None:
         """Fills the CUDA path's query-block work list from query_lens (host side)."""
-        from llmserve import kernels
-
         if not kernels.enabled(self.slot_mapping):
             return
         dev = self.slot_mapping.device
@@ -84,21 +94,6 @@ class AttentionMetadata:
         self.query_start = torch.tensor(starts, dtype=torch.int32, device=dev)
         self.qb_seq = torch.tensor(seqs, dtype=torch.int32, device=dev)
         self.qb_start = torch.tensor(firsts, dtype=torch.int32, device=dev)
-
-
-def varlen_block_m(group: int, head_dim: int) -> int:
-    return 64 if head_dim > 64 or group > 8 else 128
-
-
-def varlen_query_blocks(query_lens: list[int], group: int, head_dim: int) -> tuple[list[int], list[int]]:
-    """Host-side work list for `varlen_attention`: (sequence index, first query) per program row."""
-    qpb = varlen_block_m(group, head_dim) // group
-    seqs, starts = [], []
-    for i, n in enumerate(query_lens):
-        for s in range(0, n, qpb):
-            seqs.append(i)
-            starts.append(s)
-    return seqs, starts
 
 
 def paged_attention_cached(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata,

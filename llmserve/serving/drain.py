@@ -2,7 +2,7 @@
 
 tritonserver 2.51 closes its endpoints on SIGINT/SIGTERM and only then waits for decoupled requests; the
 model's finalize() runs after that, so a request in flight can no longer reach its client with an error.
-The fix is to drain first: whoever stops the server (our launcher, `python -m llmserve.server drain` in a
+The fix is to drain first: whoever stops the server (our launcher, `python -m llmserve.launch drain` in a
 Kubernetes preStop hook) writes a drain file into a control folder; each model instance notices it within a
 housekeeping period, refuses new requests with UNAVAILABLE, gives running ones a grace period, ends the rest
 with a final UNAVAILABLE error, and marks itself drained. Then the server may go.

@@ -13,8 +13,8 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from llmserve.block_manager import BlockManager
-from llmserve.sequence import Sequence, Status
+from llmserve.engine.block_manager import BlockManager
+from llmserve.engine.sequence import Sequence, Status
 
 
 @dataclass

@@ -13,7 +13,7 @@ prefix{rank}_`, so the ranks' stubs do not collide in /dev/shm), and ranks != 0 
 
 All ranks get the same ports, as in NVIDIA's script. That works because a worker rank never finishes loading
 its model: the Executor on ranks != 0 blocks in model initialize until the leader shuts down (model.py;
-llmserve.engines.trtllm.create_trtllm_engine does the same), and tritonserver opens its endpoints only after
+llmserve.engine.trtllm.create_trtllm_engine does the same), and tritonserver opens its endpoints only after
 loading. A model that returns from initialize on a worker gets "Socket '0.0.0.0:8001' already in use"
 (tensorrtllm_backend issues #96, #243, #455).
 """

@@ -1,7 +1,7 @@
 """Start the real tritonserver (2.51, shipped inside the PyPI wheel nvidia-pytriton) on a model repository.
 
-`python -m llmserve.server serve` starts it, waits until the model is ready, and on Ctrl-C / SIGTERM drains
-the model (llmserve/drain.py: every request in flight gets its final response, an error at worst) before it
+`python -m llmserve.launch serve` starts it, waits until the model is ready, and on Ctrl-C / SIGTERM drains
+the model (llmserve/serving/drain.py: every request in flight gets its final response, an error at worst) before it
 stops the server. `TritonServer` does the same for tests and benchmarks, as a context manager.
 `wrap -- tritonserver ...` gives any tritonserver command line (the NGC image's) the same drain on SIGTERM;
 `drain` asks a running server to drain, for a Kubernetes preStop hook.
@@ -23,7 +23,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from llmserve.drain import CONTROL_ENV, request_drain, wait_drained
+from llmserve.serving.drain import CONTROL_ENV, request_drain, wait_drained
 
 CACHE = Path(os.environ.get("LLMSERVE_CACHE", Path.home() / ".cache" / "llmserve"))
 
@@ -249,7 +249,7 @@ def _port_open(port: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m llmserve.server", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m llmserve.launch", description=__doc__.split("\n")[0])
     ap.add_argument("command", choices=["serve", "command", "wrap", "drain"],
                     help="serve: run until Ctrl-C or SIGTERM; command: print the tritonserver command line; "
                     "wrap -- CMD...: run a tritonserver command line with drain on SIGTERM; drain: ask a running "
@@ -281,8 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if ok else 1
     server = TritonServer(a.model_repository, a.http_port, a.grpc_port, a.metrics_port)
     if a.tp * a.pp > 1:
-        # One tritonserver per rank under mpirun, as NVIDIA's launch_triton_server.py (llmserve/mpi_launch.py).
-        from llmserve.mpi_launch import LaunchSpec, build_launch_command
+        # One tritonserver per rank under mpirun, as NVIDIA's launch_triton_server.py (llmserve/launch/mpi.py).
+        from llmserve.launch.mpi import LaunchSpec, build_launch_command
 
         spec = LaunchSpec(a.tp, a.pp, str(server.model_repository), tritonserver=server.command()[0],
                           http_port=a.http_port, grpc_port=a.grpc_port, metrics_port=a.metrics_port)

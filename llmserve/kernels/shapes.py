@@ -1,0 +1,19 @@
+"""Host-side launch shapes of the attention kernels: plain Python, importable where triton is absent (the
+engine builds the kernels' work lists on the host)."""
+
+from __future__ import annotations
+
+
+def varlen_block_m(group: int, head_dim: int) -> int:
+    return 64 if head_dim > 64 or group > 8 else 128
+
+
+def varlen_query_blocks(query_lens: list[int], group: int, head_dim: int) -> tuple[list[int], list[int]]:
+    """Host-side work list for `varlen_attention`: (sequence index, first query) per program row."""
+    qpb = varlen_block_m(group, head_dim) // group
+    seqs, starts = [], []
+    for i, n in enumerate(query_lens):
+        for s in range(0, n, qpb):
+            seqs.append(i)
+            starts.append(s)
+    return seqs, starts

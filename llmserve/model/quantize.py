@@ -1,0 +1,83 @@
+"""Quantized checkpoints for the PyTorch engine, in two steps (as gpt-fast): offline, then at load time.
+
+1. `quantize_checkpoint(src_dir, out_dir, mode)` (or `python -m llmserve.model.quantize SRC OUT --mode fp8`)
+   writes a safetensors checkpoint whose decoder linear weights are quantized per output channel, with their
+   float32 scales beside them as `<name>.weight_scale`, and config.json gains
+   `"quantization": {"mode": ..., "keep_attention_fp16": ...}`.
+2. `llama.load_model` sees that entry and swaps in the quantized modules of llmserve/model/linear.py before
+   loading. The modes are described there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from llmserve.model.linear import ATTENTION, MLP, MODES, check_mode, quantize_weight
+from llmserve.model.weights import load_safetensors
+
+
+def quantize_checkpoint(src_dir: str | Path, out_dir: str | Path, mode: str, keep_attention_fp16: bool = False,
+                        dtype: torch.dtype | None = None) -> Path:
+    """Writes a quantized copy of an HF Llama checkpoint. `dtype` converts the tensors left unquantized
+    (default: keep the source's). Returns out_dir."""
+    check_mode(mode)
+    src, out = Path(src_dir), Path(out_dir)
+    cfg = json.loads((src / "config.json").read_text())
+    if cfg.get("quantization"):
+        raise ValueError(f"{src}: already quantized ({cfg['quantization']})")
+    state = load_safetensors(src)
+    names = MLP if keep_attention_fp16 else ATTENTION + MLP
+    result: dict[str, torch.Tensor] = {}
+    quantized = 0
+    for key, t in state.items():
+        parts = key.split(".")
+        if key.endswith(".weight") and len(parts) >= 2 and parts[-2] in names and ".layers." in f".{key}":
+            q, s = quantize_weight(t, mode)
+            result[key] = q.contiguous()
+            result[key[: -len("weight")] + "weight_scale"] = s.contiguous()
+            quantized += 1
+        else:
+            result[key] = (t.to(dtype) if dtype is not None and t.is_floating_point() else t).contiguous()
+    if not quantized:
+        raise ValueError(f"{src}: found no decoder linear weights to quantize")
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.safetensors*"):
+        old.unlink()
+    for f in src.iterdir():
+        if f.is_file() and not f.name.startswith("model") and f.name != "config.json":
+            shutil.copy2(f, out / f.name)
+    if cfg.get("tie_word_embeddings") and "lm_head.weight" in result:
+        del result["lm_head.weight"]  # safetensors refuses shared storage; the loader re-ties it
+    save_file(result, str(out / "model.safetensors"), metadata={"format": "pt", "llmserve_quantization": mode})
+    cfg.pop("quantization_config", None)
+    cfg["quantization"] = {"mode": mode, "keep_attention_fp16": keep_attention_fp16, "weight_scale": "per_channel",
+                           "activation_scale": "dynamic_per_token" if mode == "fp8" else "none",
+                           "quantized_tensors": quantized}
+    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m llmserve.model.quantize", description=__doc__.split("\n")[0])
+    ap.add_argument("src", help="HF checkpoint directory (config.json + *.safetensors)")
+    ap.add_argument("out", help="output directory")
+    ap.add_argument("--mode", choices=MODES, required=True)
+    ap.add_argument("--keep-attention-fp16", action="store_true", help="leave q/k/v/o projections unquantized")
+    ap.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=None,
+                    help="convert unquantized tensors (default: keep)")
+    a = ap.parse_args(argv)
+    out = quantize_checkpoint(a.src, a.out, a.mode, a.keep_attention_fp16,
+                              getattr(torch, a.dtype) if a.dtype else None)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
