@@ -17,7 +17,7 @@ import tarfile
 from pathlib import Path
 
 from bench.common import ROOT, TOKENIZER_FILES
-from llmserve.launch.tritonserver import _site_packages
+from llmserve.launch.tritonserver import site_packages
 
 CARRY = ROOT / ".carry"
 STUB_PYTHON = "3.12"
@@ -25,7 +25,7 @@ NUMPY = "numpy==1.26.4"
 
 
 def pack_server(dest: Path) -> None:
-    site = _site_packages()
+    site = site_packages()
     src = site / "pytriton" / "tritonserver"
     stub = src / "python_backend_stubs" / STUB_PYTHON / "triton_python_backend_stub"
 

@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmarks: the random Llama-2-7B-shaped checkpoint, GPU timing, environment stamp."""
+"""Shared pieces of the benchmarks: the model shapes and their random checkpoint, GPU timing, environment stamp."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Llama-2-7B's shape (meta-llama/Llama-2-7b-hf config.json); weights are random, nothing is downloaded.
+# The models' config.json values (weights are random, nothing is downloaded). Llama-2-7B: meta-llama/Llama-2-7b-hf.
 LLAMA2_7B = {
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008,
     "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32, "head_dim": 128,
@@ -22,18 +22,81 @@ LLAMA2_7B = {
     "tie_word_embeddings": False, "attention_bias": False, "mlp_bias": False, "hidden_act": "silu",
     "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float16", "initializer_range": 0.02,
 }
+# meta-llama/Llama-3.1-8B (the instruct model's eos_token_id is [128001, 128008, 128009]; generation ignores EOS)
+LLAMA31_8B = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336,
+    "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+    "max_position_embeddings": 131072, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+    "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                     "original_max_position_embeddings": 8192},
+    "vocab_size": 128256, "tie_word_embeddings": False, "attention_bias": False, "mlp_bias": False,
+    "hidden_act": "silu", "bos_token_id": 128000, "eos_token_id": 128001, "torch_dtype": "bfloat16",
+    "initializer_range": 0.02,
+}
+# Qwen/Qwen2.5-7B (model_type qwen2: biases on q/k/v, none on o_proj)
+QWEN25_7B = {
+    "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 3584, "intermediate_size": 18944,
+    "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4, "head_dim": 128,
+    "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "vocab_size": 152064,
+    "tie_word_embeddings": False, "use_sliding_window": False, "sliding_window": 131072, "max_window_layers": 28,
+    "hidden_act": "silu", "bos_token_id": 151643, "eos_token_id": 151643, "torch_dtype": "bfloat16",
+    "initializer_range": 0.02,
+}
+# mistralai/Mistral-7B-v0.3
+MISTRAL_7B_V03 = {
+    "architectures": ["MistralForCausalLM"], "model_type": "mistral", "hidden_size": 4096,
+    "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+    "head_dim": 128, "max_position_embeddings": 32768, "rms_norm_eps": 1e-5, "rope_theta": 1000000.0,
+    "sliding_window": None, "vocab_size": 32768, "tie_word_embeddings": False, "hidden_act": "silu",
+    "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "bfloat16", "initializer_range": 0.02,
+}
+# `python -m bench.run --shape NAME`; Llama-3.1-8B is the shape of the runs of record from issue 18 on, Llama-2-7B
+# the one of the earlier runs (kept for history, and still the default).
+SHAPES = {"llama3.1-8b": LLAMA31_8B, "qwen2.5-7b": QWEN25_7B, "mistral-7b-v0.3": MISTRAL_7B_V03,
+          "llama2-7b": LLAMA2_7B}
+DEFAULT_SHAPE = "llama2-7b"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json")
 
 
-def write_random_checkpoint(out: Path, vocab: int = 32000, quant: str | None = None,
+def shape_config(shape: str = DEFAULT_SHAPE) -> dict:
+    """The shape's config.json values, shrunk by LLMSERVE_BENCH_TINY=1 (CPU smoke tests of the plumbing)."""
+    cfg = json.loads(json.dumps(SHAPES[shape]))  # a deep copy
+    if os.environ.get("LLMSERVE_BENCH_TINY") == "1":
+        cfg.update(tiny_dimensions(cfg))
+    return cfg
+
+
+def tiny_dimensions(cfg: dict) -> dict:
+    """Small sizes that keep what picks code paths: the query heads per KV head (a shape without grouping gets 4 / 4,
+    as before shapes, a grouped one 2 KV heads) and head_dim 32, hidden = heads x head_dim as in all four shapes.
+    Vocabulary, rope, biases (model_type) and tied or untied embeddings stay the shape's own."""
+    group = cfg["num_attention_heads"] // cfg["num_key_value_heads"]
+    kv = 4 if group == 1 else 2
+    hidden = kv * group * 32
+    return {"hidden_size": hidden, "intermediate_size": 2 * hidden, "num_hidden_layers": 2,
+            "num_attention_heads": kv * group, "num_key_value_heads": kv, "head_dim": 32}
+
+
+def linear_shapes(cfg: dict) -> dict[str, tuple[int, int]]:
+    """(out, in) of each linear weight of one layer as our model stores it (q/k/v and gate/up fused)."""
+    hid, inter, hd = cfg["hidden_size"], cfg["intermediate_size"], cfg["head_dim"]
+    q, kv = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
+    return {"qkv": (q + 2 * kv, hid), "o": (hid, q), "gate_up": (2 * inter, hid), "down": (hid, inter)}
+
+
+def write_random_checkpoint(out: Path, vocab: int | None = None, quant: str | None = None,
                             keep_attention_fp16: bool = False, tokenizer_dir: Path | None = None,
-                            seed: int = 0) -> Path:
-    """config.json only: llama.load_model makes the weights on the GPU (llmserve_random_init)."""
+                            seed: int = 0, shape: str = DEFAULT_SHAPE) -> Path:
+    """config.json only: llama.load_model makes the weights on the GPU (llmserve_random_init). `vocab` other than the
+    shape's (the Triton phase's tokenizer) keeps every other dimension; token ids it cannot hold become 1 / 2."""
     out.mkdir(parents=True, exist_ok=True)
-    cfg = dict(LLAMA2_7B, vocab_size=vocab, llmserve_random_init={"seed": seed, "std": 0.02})
-    if os.environ.get("LLMSERVE_BENCH_TINY") == "1":  # CPU smoke tests of the benchmark plumbing only
-        cfg.update(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                   num_key_value_heads=4, head_dim=32)
+    cfg = shape_config(shape)
+    if vocab is not None and vocab != cfg["vocab_size"]:
+        cfg["vocab_size"] = vocab
+        for key, fallback in (("bos_token_id", 1), ("eos_token_id", 2)):
+            if cfg.get(key) is not None and cfg[key] >= vocab:
+                cfg[key] = fallback
+    cfg["llmserve_random_init"] = {"seed": seed, "std": 0.02}
     if quant:
         cfg["quantization"] = {"mode": quant, "keep_attention_fp16": keep_attention_fp16}
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
@@ -102,3 +165,34 @@ def environment() -> dict:
         except (OSError, ValueError, subprocess.SubprocessError):
             pass
     return env
+
+
+# The chunked read floor: torch.sum over one flat buffer per storage type in chunks of this many bytes, all in one
+# CUDA graph (about 3.5-4.0 TB/s on an H200; a sum per weight tensor reads slower and flatters a ratio against it).
+CHUNK_BYTES = 256 * 2**20
+
+
+def flat_buffers(tensors: list[torch.Tensor], align: int = 256) -> list[torch.Tensor]:
+    """Copies of `tensors` packed into one flat uint8 buffer per dtype (each tensor at a multiple of `align` bytes,
+    the buffer padded with zeros to a multiple of 4 bytes, so it can be summed as float32)."""
+    groups: dict[torch.dtype, list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault(t.dtype, []).append(t)
+    flats = []
+    for group in groups.values():
+        offsets, end = [], 0
+        for t in group:
+            offsets.append(end)
+            end = -(-(end + t.numel() * t.element_size()) // align) * align
+        flat = torch.zeros(end, dtype=torch.uint8, device=group[0].device)
+        for t, off in zip(group, offsets):
+            flat[off:off + t.numel() * t.element_size()].view(t.dtype).copy_(t.reshape(-1))
+        flats.append(flat)
+    return flats
+
+
+def chunked_sum_ms(flats: list[torch.Tensor], chunk_bytes: int = CHUNK_BYTES) -> float:
+    """GPU time (ms) of reading every byte of `flats` once: torch.sum over float32 views of `chunk_bytes` each,
+    captured in one CUDA graph."""
+    chunks = [c for f in flats for c in f.view(torch.float32).split(chunk_bytes // 4)]
+    return graph_time_ms(lambda: [c.sum() for c in chunks])

@@ -78,7 +78,7 @@ def _small_engine_tokens(ckpt: Path, mode: str, graphs: bool, sampling: bool = F
     from llmserve.engine.torch_engine import TorchEngine
 
     os.environ["LLMSERVE_TRITON_KERNELS"] = mode
-    eng = TorchEngine(ServingConfig(dtype="bfloat16", cuda_graphs=graphs, max_batch_size=16, max_num_tokens=64,
+    eng = TorchEngine(ServingConfig.of(dtype="bfloat16", cuda_graphs=graphs, max_batch_size=16, max_num_tokens=64,
                                     kv_cache_memory_bytes=256 << 20), ckpt)
     g = torch.Generator().manual_seed(0)
     for i in range(12):
@@ -449,7 +449,7 @@ def s_profile(args):
         with tempfile.TemporaryDirectory() as d:
             ckpt = write_random_checkpoint(Path(d), 32000, quant)
             # PDL off: with it a kernel's time includes its wait for the one before (overlap, not work)
-            cfg = ServingConfig(dtype="bfloat16", max_batch_size=256, max_num_tokens=1024, pdl="off",
+            cfg = ServingConfig.of(dtype="bfloat16", max_batch_size=256, max_num_tokens=1024, pdl="off",
                                 kv_cache_free_mem_fraction=0.9, kv_cache_dtype="fp8" if "kv8" in mode else "auto")
             eng = TorchEngine(cfg, ckpt)
             g = torch.Generator().manual_seed(0)
@@ -462,8 +462,7 @@ def s_profile(args):
                     eng.step()
                 for _ in range(40):  # ~170 tokens of context, about the middle of a 128/128 request
                     eng.step()
-                S = next(s for s in eng.runner._sizes if s >= B)
-                graph = eng.runner._graphs[S][0]
+                graph = eng.runner.graph_for(B)
                 torch.cuda.synchronize()
                 replay = replay_median_ms(graph, 20)
                 with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -500,7 +499,8 @@ def s_engine7b(args):
         with tempfile.TemporaryDirectory() as d:
             ckpt = write_random_checkpoint(Path(d), 32000, quant)
             t0 = time.time()
-            eng = TorchEngine(ServingConfig(dtype="bfloat16", max_batch_size=256, kv_cache_free_mem_fraction=0.5), ckpt)
+            cfg = ServingConfig.of(dtype="bfloat16", max_batch_size=256, kv_cache_free_mem_fraction=0.5)
+            eng = TorchEngine(cfg, ckpt)
             t_init = time.time() - t0
             g = torch.Generator().manual_seed(0)
             ids = torch.randint(3, 32000, (128,), generator=g).tolist()
@@ -512,7 +512,7 @@ def s_engine7b(args):
                 times.append(time.perf_counter() - t)
             dec = sorted(times[1:])
             step_ms = dec[len(dec) // 2] * 1000
-            t_graph = replay_median_ms(eng.runner._graphs[1][0], 20)
+            t_graph = replay_median_ms(eng.runner.graph_for(1), 20)
             # batch 8 too
             for i in range(8):
                 eng.add_request(EngineRequest(f"b{i}", ids, SamplingParams(temperature=0.0, max_tokens=64,
@@ -556,9 +556,9 @@ def s_graphs_bs1(args):
             else:
                 PrefillGraphs.capture_all = capture_all
             tokens = int("".join(c for c in case if c.isdigit()))
-            eng = TorchEngine(ServingConfig(dtype="bfloat16", max_batch_size=256, max_num_tokens=1024,
+            eng = TorchEngine(ServingConfig.of(dtype="bfloat16", max_batch_size=256, max_num_tokens=1024,
                                             kv_cache_free_mem_fraction=0.9, prefill_graph_max_tokens=tokens), ckpt)
-            graph = eng.runner._graphs[1][0]
+            graph = eng.runner.graph_for(1)
             times = [replay_median_ms(graph, 50) for _ in range(3)]
             res[f"{i}:{case}"] = times
             SUMMARY.append(f"graphs_bs1 {case}: bs1 decode graph replay " + ", ".join(f"{t:.3f}" for t in times)
@@ -580,32 +580,30 @@ def s_pdl(args):
     from llmserve.kernels import fused, linear
 
     res = RESULTS.setdefault("pdl", {})
-    on, off = (lambda: {"PDL": True, "launch_pdl": True}), (lambda: {"PDL": False})
+    # Each module's launches forced on or off, whatever the model asks (every graph the runner captures)
+    on, off = (lambda pdl: kernels.launch_args(True)), (lambda pdl: kernels.launch_args(False))
     modules = {"linear": linear, "fused": fused}
     masks = [tuple(m.split("+")) if m != "none" else () for m in
              os.environ.get("BENCH_PDL_MASKS", "none,linear+fused,fused,linear").split(",")]
     sizes = [int(x) for x in os.environ.get("BENCH_PDL_SIZES", "1,8").split(",")]
     with tempfile.TemporaryDirectory() as d:
         ckpt = write_random_checkpoint(Path(d), 32000, None)
-        eng = TorchEngine(ServingConfig(dtype="bfloat16", max_batch_size=max(sizes), kv_cache_free_mem_fraction=0.5,
+        eng = TorchEngine(ServingConfig.of(dtype="bfloat16", max_batch_size=max(sizes), kv_cache_free_mem_fraction=0.5,
                                         pdl="false"), ckpt)
         runner = eng.runner
-        keep = []  # the registered host buffers of earlier captures: freed, their memory would be re-registered
         for mask in masks:
-            keep.append(getattr(runner, "_hosts", None))
             for name, mod in modules.items():
-                mod.pdl = on if name in mask else off
-            runner._graphs.clear()
-            runner._capture_graphs()
+                mod.launch_args = on if name in mask else off
+            runner.capture_graphs()  # drops the earlier ones first
             row = {}
             for S in sizes:
-                row[f"bs{S}_ms"] = replay_median_ms(runner._graphs[S][0], 30)
+                row[f"bs{S}_ms"] = replay_median_ms(runner.graph_for(S), 30)
             key = "+".join(mask) or "none"
             res[key] = row
             SUMMARY.append(f"pdl on {key}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()))
             print(SUMMARY[-1], flush=True)
         for mod in modules.values():
-            mod.pdl = kernels.pdl
+            mod.launch_args = kernels.launch_args
         eng.shutdown()
 
 
@@ -627,7 +625,7 @@ def s_host(args):
     mode = os.environ.get("HOST_MODE", "bf16")
     with tempfile.TemporaryDirectory() as d:
         ckpt = write_random_checkpoint(Path(d), 32000, None if mode == "bf16" else mode)
-        eng = TorchEngine(ServingConfig(dtype="bfloat16", max_batch_size=256, max_num_tokens=1024,
+        eng = TorchEngine(ServingConfig.of(dtype="bfloat16", max_batch_size=256, max_num_tokens=1024,
                                         kv_cache_free_mem_fraction=0.9), ckpt)
         g = torch.Generator().manual_seed(0)
         warm = [torch.randint(3, 32000, (128,), generator=g).tolist() for _ in range(16)]
@@ -678,8 +676,8 @@ def s_host(args):
                                       "step_wall_ms_total": sum(walls), "profile": text[-8000:]}
             SUMMARY.append(f"host {mode} {phase}: {len(walls)} steps, wall median {walls[len(walls) // 2]:.2f} ms, "
                            f"total {sum(walls):.0f} ms (under cProfile)")
-        if 256 in eng.runner._graphs:
-            out[f"{mode}/graph_ms"] = replay_median_ms(eng.runner._graphs[256][0], 10)
+        if 256 in eng.runner.decode_graph_sizes:
+            out[f"{mode}/graph_ms"] = replay_median_ms(eng.runner.graph_for(256), 10)
             SUMMARY.append(f"host {mode}: batch-256 decode graph replay {out[f'{mode}/graph_ms']:.2f} ms")
         eng.shutdown()
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from llmserve import kernels
 from llmserve.model.attention import AttentionMetadata
 from llmserve.model.linear import Fp8Linear
 from llmserve.model.llama import load_model
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
     src = Path(a.checkpoint)
     device, dtype = torch.device(a.device), getattr(torch, a.dtype)
+    kernel_mode = kernels.mode_from_env()  # LLMSERVE_TRITON_KERNELS=0: the torch path on a GPU too
     ids = Tokenizer(src).encode(TEXT.read_text())
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             ckpt = src if mode == "none" else Path(tmp) / f"{mode}-{keep}"
             if mode != "none" and not (ckpt / "config.json").is_file():
                 quantize_checkpoint(src, ckpt, mode, keep)
-            model = load_model(ckpt, dtype, device)
+            model = load_model(ckpt, dtype, device, kernel_mode)
             for m in model.modules():
                 if isinstance(m, Fp8Linear):
                     m.quantize_activations = act

@@ -24,6 +24,19 @@ TRITON_SYSTEMS = [("triton", "Triton"), ("triton_x2", "Triton x2"), ("triton_x4"
 # Issue 4's absolute goals are figures for one H100. Batch 8's as a ratio, to read results of other GPUs against:
 # 1,400 tok/s is a 5.714 ms step, 1.091 x the H100's torch.sum read of the bf16 weights (5.235 ms, 2026-11-25).
 BATCH8_STEP_OVER_READ = 8 / 1400 * 1000 / 5.235
+# TensorRT-LLM's published maximum throughput, output tok/s on one H200 at its best concurrency (NVIDIA/TensorRT-LLM
+# docs/source/performance/perf-overview.md; copied in shared/reference/perf-anchors.md, read 2026-12-03), by
+# `bench.run --shape` and workload. Mistral's is published as "Mistral-7B" (version not named); Qwen2.5-7B has none.
+PUBLISHED = {
+    "llama3.1-8b": ("TRT-LLM 0.17, FP8, H200", {"128x128": 29526, "128x2048": 25399, "2048x128": 3794,
+                                                "1000x1000": 17538, "2048x2048": 11969}),
+    "mistral-7b-v0.3": ("TRT-LLM 0.17, FP8, H200", {"128x128": 31938}),
+    "llama2-7b": ("TRT-LLM 0.13, FP8, H200", {"128x128": 19549}),
+}
+TRTLLM_WORKLOADS = ["128x128", "128x2048", "2048x128", "1000x1000", "2048x2048"]
+# Our phases set beside the published figures (which are FP8), in this order
+COMPARED = [("engine_fp8", "engine fp8"), ("engine_fp8_kv8", "engine fp8, fp8 KV cache"), ("engine", "engine bf16"),
+            ("engine_kv8", "engine bf16, fp8 KV cache"), ("engine_int8", "engine int8_wo")]
 
 
 def _runs(results: dict, phase: str) -> dict[tuple[str, int], dict]:
@@ -39,6 +52,23 @@ def _fmt(v, nd=1):
     return f"{v:,}" if isinstance(v, int) else str(v)
 
 
+def read_floor(f: dict) -> tuple[float | None, str]:
+    """The weight-read floor of one storage type: the chunked torch.sum (of record), or the per-tensor one of runs
+    that predate it."""
+    if f.get("sum_chunked_ms"):
+        return f["sum_chunked_ms"], "torch.sum in 256 MB chunks"
+    return f.get("sum_ms"), "torch.sum per tensor"
+
+
+def best_runs(results: dict, phase: str) -> dict[str, tuple[float, int]]:
+    """Per workload, the phase's best output throughput and the concurrency it came at (points without errors)."""
+    best: dict[str, tuple[float, int]] = {}
+    for (w, c), r in _runs(results, phase).items():
+        if not r.get("errors") and r["throughput_tok_s"] > best.get(w, (0.0, 0))[0]:
+            best[w] = (r["throughput_tok_s"], c)
+    return best
+
+
 def batch1(results: dict) -> dict:
     floor = results["phases"].get("floor") or {}
     out = {}
@@ -50,6 +80,7 @@ def batch1(results: dict) -> dict:
             continue
         ms = r["itl_ms_p50"]
         out[mode] = {"ms_per_token": ms, "graph_ms": p.get("graph_step_ms_bs1"), "sum_floor_ms": f.get("sum_ms"),
+                     "chunked_floor_ms": f.get("sum_chunked_ms"), "floor": read_floor(f),
                      "cublas_floor_ms": f.get("cublas_m1_ms"), "our_gemv_ms": f.get("our_gemv_ms"),
                      "scaled_mm_ms": f.get("scaled_mm_m1_ms")}
     hf = _runs(results, "hf").get(("128x128", 1))
@@ -68,18 +99,20 @@ def targets(results: dict) -> list[tuple[str, str, str, bool | None]]:
             rows.append(("batch-1 decode bf16 <= 1.05 x weight read (cuBLAS M=1 over all weights)",
                          f"{r['ms_per_token']:.3f} ms = {r['ms_per_token'] / ref:.3f} x {ref:.3f} ms", "<= 1.05 x",
                          r["ms_per_token"] / ref <= 1.05))
-        if r.get("sum_floor_ms"):
-            rows.append(("  same, against torch.sum over all weights",
-                         f"{r['ms_per_token'] / r['sum_floor_ms']:.3f} x {r['sum_floor_ms']:.3f} ms", "<= 1.05 x",
-                         r["ms_per_token"] / r["sum_floor_ms"] <= 1.05))
+        read, how = r["floor"]
+        if read:
+            rows.append((f"  same, against {how} over all weights",
+                         f"{r['ms_per_token'] / read:.3f} x {read:.3f} ms", "<= 1.05 x",
+                         r["ms_per_token"] / read <= 1.05))
     for mode in ("fp8", "int8_wo"):
         r = b1.get(mode)
-        if r and r.get("sum_floor_ms"):
-            x = r["ms_per_token"] / r["sum_floor_ms"]
-            rows.append((f"batch-1 decode {mode} <= 1.1 x its weight read (torch.sum)",
-                         f"{r['ms_per_token']:.3f} ms = {x:.3f} x {r['sum_floor_ms']:.3f} ms", "<= 1.1 x", x <= 1.1))
+        read, how = r["floor"] if r else (None, "")
+        if read:
+            x = r["ms_per_token"] / read
+            rows.append((f"batch-1 decode {mode} <= 1.1 x its weight read ({how})",
+                         f"{r['ms_per_token']:.3f} ms = {x:.3f} x {read:.3f} ms", "<= 1.1 x", x <= 1.1))
     e = _runs(results, "engine")
-    if ("128x128", 8) in e:
+    if ("128x128", 8) in e and results.get("shape", "llama2-7b") == "llama2-7b":  # issue 4's goals: Llama-2-7B's
         t = e[("128x128", 8)]["throughput_tok_s"]
         rows.append(("batch 8 bf16 output tok/s (128/128)", _fmt(t), ">= 1,400 (H100)", t >= 1400))
         read = (results["phases"].get("floor") or {}).get("bf16", {}).get("sum_ms")
@@ -91,7 +124,7 @@ def targets(results: dict) -> list[tuple[str, str, str, bool | None]]:
                          f"H100 goal as a ratio: {BATCH8_STEP_OVER_READ:.3f} x", None))
     for phase, mode, goal in (("engine", "bf16", 10000), ("engine_kv8", "bf16 + fp8 KV cache", 10000),
                               ("engine_fp8", "fp8", 14000), ("engine_fp8_kv8", "fp8 + fp8 KV cache", 14000)):
-        runs = _runs(results, phase)
+        runs = _runs(results, phase) if results.get("shape", "llama2-7b") == "llama2-7b" else {}
         best = max((r["throughput_tok_s"], c) for (w, c), r in runs.items() if w == "128x128") if runs else None
         if best:
             rows.append((f"128/128 high concurrency {mode} tok/s", f"{best[0]:,.0f} (c={best[1]})",
@@ -112,16 +145,79 @@ def targets(results: dict) -> list[tuple[str, str, str, bool | None]]:
     return rows
 
 
-def write_report(results: dict, out: Path) -> None:
+def published_rows(results: dict) -> list[str]:
+    """Per workload and phase of ours: the best throughput, its concurrency, TensorRT-LLM's figure and the ratio."""
+    source, figures = PUBLISHED.get(results.get("shape", "llama2-7b"), ("", {}))
+    best = {ph: best_runs(results, ph) for ph, _ in COMPARED}
+    workloads = [w for w in TRTLLM_WORKLOADS if any(w in b for b in best.values())]
+    if not workloads:
+        return []
+    gpu = (results.get("env") or {}).get("gpu") or "?"
+    lines = ["", "## Against TensorRT-LLM's published throughput (best concurrency of each)", "",
+             f"Published: {source or 'none for this shape'} (perf-overview.md, as in shared/reference/"
+             f"perf-anchors.md); this run: {gpu}. Output tok/s; the published figures are FP8 weights.", "",
+             "| workload | ours | best tok/s | at streams | published tok/s | ours / published |",
+             "|---|---|---|---|---|---|"]
+    for w in workloads:
+        for ph, label in COMPARED:
+            if w in best[ph]:
+                tok, c = best[ph][w]
+                pub = figures.get(w)
+                lines.append(f"| {w} | {label} | {tok:,.0f} | {c:,} | {_fmt(pub)} | "
+                             f"{f'{tok / pub:.3f}' if pub else '-'} |")
+    return lines
+
+
+def batch1_rows(results: dict) -> list[str]:
+    lines = ["", "## Batch-1 decode (128 in / 128 out, median inter-token gap) beside the weight read", "",
+             "| system | ms/token | graph replay ms | floor ms (torch.sum, 256 MB chunks) | ms/token / floor | "
+             "torch.sum per tensor ms | cuBLAS M=1 ms | our GEMV alone ms |",
+             "|---|---|---|---|---|---|---|---|"]
+    for k, r in batch1(results).items():
+        read = (r.get("floor") or (None, ""))[0]
+        ratio = f"{r['ms_per_token'] / read:.3f}" if read and r.get("ms_per_token") else "-"
+        lines.append(f"| {k} | {_fmt(r.get('ms_per_token'), 3)} | {_fmt(r.get('graph_ms'), 3)} | "
+                     f"{_fmt(r.get('chunked_floor_ms'), 3)} | {ratio} | {_fmt(r.get('sum_floor_ms'), 3)} | "
+                     f"{_fmt(r.get('cublas_floor_ms') or r.get('scaled_mm_ms'), 3)} | "
+                     f"{_fmt(r.get('our_gemv_ms'), 3)} |")
+    return lines
+
+
+def header(results: dict) -> list[str]:
     env = results.get("env", {})
-    lines = [f"# LLM engine benchmark: {env.get('gpu', '?')}", "",
+    shape = results.get("shape", "llama2-7b")
+    model = results.get("model") or {}
+    serving = results.get("serving") or {}
+    lines = [f"# LLM engine benchmark: {env.get('gpu', '?')}, {shape}", "",
              f"- date {results.get('date')}; GPU {env.get('gpu')} (driver {env.get('driver')}, CUDA {env.get('cuda')}, "
              f"{env.get('sms')} SMs); torch {env.get('torch')}, triton {env.get('triton')}, "
              f"transformers {env.get('transformers')}",
              f"- command: `{results.get('command')}`",
-             f"- model: random Llama-2-7B shape {results.get('model')}; engine knobs {results.get('serving')}",
-             "- vocab 32000 everywhere except the Triton path and its engine-direct twin (vocab 49152: SmolLM2's "
-             "tokenizer turns text into ids on the server)"]
+             f"- model: random weights of the {shape} shape (config.json values) {model}; engine knobs {serving}",
+             f"- vocab {model.get('vocab_size', 32000)} everywhere except the Triton path and its engine-direct twin "
+             "(vocab 49152, the shape's other dimensions: SmolLM2's tokenizer turns text into ids on the server)"]
+    if serving.get("max_model_len") and int(serving["max_model_len"]) < model.get("max_position_embeddings", 0):
+        lines.append(f"- served with max_model_len {serving['max_model_len']}, not the shape's "
+                     f"{model['max_position_embeddings']:,}: the longest workload needs no more, and the CUDA graphs "
+                     "and the KV budget follow it")
+    streams = [r["concurrency"] for ph in results.get("phases", {}).values() if isinstance(ph, dict)
+               for r in ph.get("runs", [])]
+    cap = int(serving.get("max_batch_size", 0) or 0)
+    if cap and streams and max(streams) > cap:
+        lines.append(f"- points of more streams than max_batch_size {cap}: every request is submitted at once, those "
+                     "beyond the batch wait in the engine's queue (as trtllm-bench submits them)")
+    return lines
+
+
+def _failure(p: dict) -> str:
+    """Why a phase failed; a phase stopped by --phase-timeout keeps the points it measured before."""
+    why = p.get("error") or f"exit {p.get('_rc')}"
+    return why + (f" (the {len(p.get('runs', []))} points measured before it stopped are kept)" if p.get("partial")
+                  else "")
+
+
+def write_report(results: dict, out: Path) -> None:
+    lines = header(results)
     reps = sorted({len(r["repeats_tok_s"]) for ph in results.get("phases", {}).values() if isinstance(ph, dict)
                    for r in ph.get("runs", []) if "repeats_tok_s" in r})
     if reps:
@@ -133,25 +229,22 @@ def write_report(results: dict, out: Path) -> None:
     lines += ["## Targets", "", "| target | measured | goal | met |", "|---|---|---|---|"]
     for name, measured, goal, ok in targets(results):
         lines.append(f"| {name} | {measured} | {goal} | {'yes' if ok else 'NO' if ok is not None else '-'} |")
-    lines += ["", "## Batch-1 decode (128 in / 128 out, median inter-token gap)", "",
-              "| system | ms/token | graph replay ms | torch.sum floor ms | cuBLAS M=1 ms | our GEMV alone ms |",
-              "|---|---|---|---|---|---|"]
-    for k, r in batch1(results).items():
-        lines.append(f"| {k} | {_fmt(r.get('ms_per_token'), 3)} | {_fmt(r.get('graph_ms'), 3)} | "
-                     f"{_fmt(r.get('sum_floor_ms'), 3)} | {_fmt(r.get('cublas_floor_ms') or r.get('scaled_mm_ms'), 3)}"
-                     f" | {_fmt(r.get('our_gemv_ms'), 3)} |")
+    lines += published_rows(results)
+    lines += batch1_rows(results)
     floor = results["phases"].get("floor") or {}
     if floor:
-        lines += ["", "## Weight-read floor (one CUDA graph over all 7B weights)", "",
-                  "| storage | GB | torch.sum ms (TB/s) | cuBLAS F.linear M=1 ms | _scaled_mm M=1 ms "
-                  "| our GEMV ms (TB/s) |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["", "## Weight-read floor (one CUDA graph over all linear weights and the lm_head)", "",
+                  "| storage | GB | torch.sum 256 MB chunks ms (TB/s) | torch.sum per tensor ms (TB/s) "
+                  "| cuBLAS F.linear M=1 ms | _scaled_mm M=1 ms | our GEMV ms (TB/s) |",
+                  "|---|---|---|---|---|---|---|"]
         for mode, r in floor.items():
-            if not isinstance(r, dict):
+            if not isinstance(r, dict) or "sum_ms" not in r:
                 continue
-            lines.append(f"| {mode} | {r['weight_bytes'] / 1e9:.2f} | {r['sum_ms']:.3f} ({r['sum_TBps']:.2f}) | "
-                         f"{_fmt(r.get('cublas_m1_ms'), 3)} | {_fmt(r.get('scaled_mm_m1_ms'), 3)} | "
-                         f"{r['our_gemv_ms']:.3f} ({r['our_gemv_TBps']:.2f}) |")
+            chunked = (f"{r['sum_chunked_ms']:.3f} ({r['sum_chunked_TBps']:.2f})" if r.get("sum_chunked_ms")
+                       else "-")
+            lines.append(f"| {mode} | {r['weight_bytes'] / 1e9:.2f} | {chunked} | {r['sum_ms']:.3f} "
+                         f"({r['sum_TBps']:.2f}) | {_fmt(r.get('cublas_m1_ms'), 3)} | "
+                         f"{_fmt(r.get('scaled_mm_m1_ms'), 3)} | {r['our_gemv_ms']:.3f} ({r['our_gemv_TBps']:.2f}) |")
     lines += ["", "## Output throughput (tok/s) by workload and concurrency", ""]
     allruns = {ph: _runs(results, ph) for ph, _ in SYSTEMS}
     keys = sorted({k for runs in allruns.values() for k in runs}, key=lambda k: (k[0], k[1]))
@@ -176,7 +269,7 @@ def write_report(results: dict, out: Path) -> None:
                          f" {r.get('preemptions', '-')} |")
     failed = {ph: p.get("error") for ph, p in results["phases"].items() if p.get("error") or p.get("_rc") not in (0,)}
     if failed:
-        lines += ["", "## Phases that failed", ""] + [f"- {ph}: {err}" for ph, err in failed.items()]
+        lines += ["", "## Phases that failed", ""] + [f"- {ph}: {_failure(results['phases'][ph])}" for ph in failed]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     try:
         plot(results, out / "results.png")
@@ -201,9 +294,9 @@ def plot(results: dict, path: Path) -> None:
         ax.text(i, v, f"{v:.2f}", ha="center", va="bottom")
     floor = results["phases"].get("floor") or {}
     for mode, style in (("bf16", "r--"), ("fp8", "g:"), ("int8_wo", "m:")):
-        if mode in floor:
-            ax.axhline(floor[mode]["sum_ms"], color=style[0], linestyle=style[1:],
-                       label=f"{mode} weight read {floor[mode]['sum_ms']:.2f} ms")
+        read = read_floor(floor[mode])[0] if isinstance(floor.get(mode), dict) else None
+        if read:
+            ax.axhline(read, color=style[0], linestyle=style[1:], label=f"{mode} weight read {read:.2f} ms")
     ax.set_yscale("log")
     ax.set_ylabel("ms / token (batch 1)")
     ax.set_title("Batch-1 decode, 128 in / 128 out")
@@ -225,7 +318,7 @@ def plot(results: dict, path: Path) -> None:
     ax.grid(True, alpha=0.3)
     axes[1][2].axis("off")  # the ratio panel's legend goes below it, clear of the points
     axes[1][2].legend(*ax.get_legend_handles_labels(), loc="upper left", fontsize=8, title="Triton / direct")
-    for ax, wname in zip([axes[0][1], axes[1][0], axes[1][1]], ["128x128", "128x2048", "2048x128"]):
+    for ax, wname in zip([axes[0][1], axes[1][0], axes[1][1]], ["128x128", "128x2048", "2048x128"]):  # 3 of 5
         for ph, label in SYSTEMS:
             runs = sorted((c, r["throughput_tok_s"]) for (w, c), r in _runs(results, ph).items() if w == wname)
             if runs:
@@ -238,7 +331,7 @@ def plot(results: dict, path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(f"{env.get('gpu', '')}, driver {env.get('driver', '')}, torch {env.get('torch', '')}, "
-                 f"{results.get('date', '')} (random Llama-2-7B weights)", fontsize=10)
+                 f"{results.get('date', '')} (random {results.get('shape', 'llama2-7b')} weights)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

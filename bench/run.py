@@ -1,14 +1,22 @@
 """The benchmark: our engine directly, the same engine behind the real Triton server, HF transformers, and the
-weight-read floor, on one GPU in one run, on random Llama-2-7B-shaped weights.
+weight-read floor, on one GPU in one run, on random weights of one model shape (--shape: the config.json values
+of Llama-3.1-8B, Qwen2.5-7B, Mistral-7B-v0.3 or Llama-2-7B, the default, kept for history).
 
     python -m bench.run                                                 # everything (about 6-7 minutes on an H200)
     python -m bench.run --phases floor,engine --quick --out /tmp/b     # a smoke run
+    python -m bench.run --shape llama3.1-8b --phases floor,engine_fp8 --plan trtllm \
+        --serving max_batch_size=1024                                   # TensorRT-LLM's workloads, up to 2048 streams
 
 Each phase runs in its own process (GPU memory is freed between them) and writes a JSON file; the parent
 merges them into results.json, results.md and results.png under --out. Weights are made on the GPU (no 13 GB
-checkpoint on disk): vocab 32000 for the engine-direct, HF and floor phases; the Triton phase needs a
-tokenizer, so it uses SmolLM2's (vocab 49152) and measures engine-direct again on that same model.
-Generation ignores EOS, so every request produces exactly the output length.
+checkpoint on disk) with the shape's vocabulary for the engine-direct, HF and floor phases; the Triton phase
+needs a tokenizer, so it uses SmolLM2's (vocab 49152) with the shape's other dimensions and measures
+engine-direct again on that same model. Generation ignores EOS, so every request produces exactly the output
+length. A shape whose context is longer than the workloads need is served with max_model_len 4096 (the longest
+workload, 2048 + 2048), so the CUDA graphs and the KV budget are those of the workloads.
+`--plan trtllm` runs TensorRT-LLM's five workloads (128/128, 128/2048, 2048/128, 1000/1000, 2048/2048) at up to
+1,024 streams (2,048 for 128/128) for the engine phases (not the Triton twin), all of a point's requests
+submitted at once; the report gives each workload's best throughput beside TensorRT-LLM's published figure.
 """
 
 from __future__ import annotations
@@ -26,9 +34,12 @@ import traceback
 from pathlib import Path
 from statistics import median_high
 
-from bench.common import LLAMA2_7B, ROOT, environment, write_random_checkpoint
+from bench.common import DEFAULT_SHAPE, ROOT, SHAPES, environment, linear_shapes, shape_config, write_random_checkpoint
 
-WORKLOADS = {"128x128": (128, 128), "128x2048": (128, 2048), "2048x128": (2048, 128)}
+WORKLOADS = {"128x128": (128, 128), "128x2048": (128, 2048), "2048x128": (2048, 128), "1000x1000": (1000, 1000),
+             "2048x2048": (2048, 2048)}
+# The context a shape is served with when its max_position_embeddings is longer (the longest workload's)
+WORKLOAD_CONTEXT = max(i + o for i, o in WORKLOADS.values())
 # Concurrency per workload; 128/2048 and 2048/128 stop at 32 streams: at 64 x 2176 tokens the KV cache of a 7B
 # model (0.5 MB a token in 16 bits) outgrows the ~58 GB left on an 80 GB card, and device time is rationed.
 PLAN = {
@@ -38,6 +49,14 @@ PLAN = {
     "hf": {"128x128": [1, 8, 64]},
     "triton": {"128x128": [1, 8, 32, 64, 256], "2048x128": [1, 8, 32], "128x2048": [1, 8]},
     "triton_variant": {"128x128": [8, 64, 256], "2048x128": [32]},  # TRITON_VARIANTS: the points that were short
+    # TensorRT-LLM's perf-overview workloads (`--plan trtllm`), swept to the concurrency of best throughput, plus
+    # the batch-1 point; needs --serving max_batch_size=1024 to run 1,024 streams in one batch (more wait in the
+    # queue, as trtllm-bench submits every request at once). Several 10-minute calls: --workloads, --resume.
+    "trtllm": {"128x128": [1, 256, 512, 1024, 2048], "128x2048": [256, 512, 1024], "2048x128": [256, 512, 1024],
+               "1000x1000": [256, 512, 1024], "2048x2048": [256, 512, 1024]},
+    # A first look in one call: four of them at one to three concurrencies (2048/2048 at 256 streams outgrows the
+    # KV cache of an 8B model in 16 bits on an H200)
+    "trtllm_short": {"128x128": [1, 256, 1024], "128x2048": [256], "2048x128": [256], "1000x1000": [256]},
 }
 # The Triton phases and their engine-direct twin run each 128/128 point this many times, on new prompts each
 # time, and report the repetition of median throughput: a point is one wave of `concurrency` requests, a second
@@ -47,6 +66,7 @@ QUICK = {
     "engine": {"128x128": [1, 8]}, "engine_quant": {"128x128": [1, 8]}, "variant": {"128x128": [1, 8]},
     "hf": {"128x128": [1]},
     "triton": {"128x128": [1, 8]}, "triton_variant": {"128x128": [8]},
+    "trtllm": {"128x128": [1, 8], "2048x128": [4]}, "trtllm_short": {"128x128": [1, 8]},
 }
 # Engine phases that differ from `engine` / `engine_fp8` by serving knobs: (weights, knobs).
 ENGINE_VARIANTS = {
@@ -95,18 +115,16 @@ def _random_prompts(n: int, length: int, vocab: int, seed: int) -> list[list[int
 
 
 # -- phases (each in its own process) --------------------------------------------------------------------------------
-def _floor_one(mode: str, g) -> dict:
+def _floor_weights(cfg: dict, mode: str, g) -> list:
+    """Random weights of every linear layer of the shape (stored as `mode` stores them) and the bf16 lm_head:
+    [(tensor, scale, gated)]."""
     import torch
 
-    from bench.common import graph_time_ms
-    from llmserve.kernels.linear import gemv, quant_fp8_per_token
     from llmserve.model.linear import quantize_weight
 
-    hid, inter, vocab = LLAMA2_7B["hidden_size"], LLAMA2_7B["intermediate_size"], LLAMA2_7B["vocab_size"]
-    shapes = {"qkv": (3 * hid, hid), "o": (hid, hid), "gate_up": (2 * inter, hid), "down": (hid, inter)}
-    weights = []  # (tensor, scale, gated)
-    for _ in range(LLAMA2_7B["num_hidden_layers"]):
-        for name, (n, k) in shapes.items():
+    weights = []
+    for _ in range(cfg["num_hidden_layers"]):
+        for name, (n, k) in linear_shapes(cfg).items():
             w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16, generator=g) * 0.02
             if mode != "bf16":
                 q, s = quantize_weight(w, mode)
@@ -114,12 +132,42 @@ def _floor_one(mode: str, g) -> dict:
                 weights.append((q, s, name == "down"))
             else:
                 weights.append((w, None, name == "down"))
-    lm = torch.randn(vocab, hid, device="cuda", dtype=torch.bfloat16, generator=g) * 0.02
+    lm = torch.randn(cfg["vocab_size"], cfg["hidden_size"], device="cuda", dtype=torch.bfloat16, generator=g) * 0.02
     weights.append((lm, None, False))
+    return weights
+
+
+def _chunked_floor(tensors: list) -> dict:
+    """The floor the batch-1 targets use: torch.sum over a flat copy of the same bytes (one buffer per storage type)
+    in 256 MB chunks, in one CUDA graph. The copy is freed before the other measurements."""
+    import torch
+
+    from bench.common import CHUNK_BYTES, chunked_sum_ms, flat_buffers
+
+    flats = flat_buffers(tensors)
+    nbytes = sum(f.numel() for f in flats)
+    ms = chunked_sum_ms(flats)
+    del flats
+    torch.cuda.empty_cache()
+    return {"sum_chunked_ms": ms, "sum_chunked_TBps": nbytes / ms / 1e9, "chunked_bytes": nbytes,
+            "chunk_bytes": CHUNK_BYTES}
+
+
+def _floor_one(cfg: dict, mode: str, g) -> dict:
+    import torch
+
+    from bench.common import graph_time_ms
+    from llmserve.kernels.linear import gemv, quant_fp8_per_token
+
+    hid, inter = cfg["hidden_size"], cfg["intermediate_size"]
+    weights = _floor_weights(cfg, mode, g)
+    lm = weights[-1][0]
     nbytes = sum(w.numel() * w.element_size() for w, _, _ in weights)
+    r = {"weight_bytes": nbytes, **_chunked_floor([w for w, _, _ in weights])}
     views = [w.view(torch.float32) for w, _, _ in weights]
-    r = {"weight_bytes": nbytes, "sum_ms": graph_time_ms(lambda: [v.sum() for v in views])}
-    xs = {k: torch.randn(1, k, device="cuda", dtype=torch.bfloat16) for k in (hid, inter, 2 * inter)}
+    r["sum_ms"] = graph_time_ms(lambda: [v.sum() for v in views])  # per tensor: the floor of the runs before 2026-12
+    q_dim = cfg["num_attention_heads"] * cfg["head_dim"]
+    xs = {k: torch.randn(1, k, device="cuda", dtype=torch.bfloat16) for k in (hid, q_dim, inter, 2 * inter)}
     r["our_gemv_ms"] = graph_time_ms(lambda: [gemv(xs[2 * w.shape[1] if gated else w.shape[1]], w, s, gated=gated)
                                               for w, s, gated in weights])
     if mode == "bf16":
@@ -138,28 +186,32 @@ def _floor_one(mode: str, g) -> dict:
 
 
 def phase_floor(args) -> dict:
-    """Time to read all weights once, in one CUDA graph: torch.sum over every weight tensor (viewed as float32),
-    and for 16-bit weights cuBLAS F.linear at M = 1; plus our GEMV kernels over the same weights (one row), for
-    each storage type (int8/fp8 linears + the bf16 lm_head)."""
+    """Time to read all weights of the shape (linears + lm_head) once, in one CUDA graph: torch.sum over them in
+    256 MB chunks of one flat buffer per storage type (the floor of record) and over every weight tensor (viewed
+    as float32; the floor before), and for 16-bit weights cuBLAS F.linear at M = 1; plus our GEMV kernels over the
+    same weights (one row), for each storage type (int8/fp8 linears + the bf16 lm_head)."""
     import torch
 
+    cfg = shape_config(args.shape)
     g = torch.Generator(device="cuda").manual_seed(0)
     out = {}
     for mode in ("bf16", "fp8", "int8_wo"):
-        out[mode] = _floor_one(mode, g)
+        out[mode] = _floor_one(cfg, mode, g)
         print(mode, out[mode], flush=True)
         torch.cuda.empty_cache()
     return out
 
 
-def _engine(vocab: int, mode: str, work: Path, tokenizer_dir: Path | None = None):
+def _engine(vocab: int, mode: str, work: Path, tokenizer_dir: Path | None = None, trace: Path | None = None,
+            shape: str = DEFAULT_SHAPE):
     from llmserve.config import ServingConfig
+    from llmserve.engine.observer import step_observer
     from llmserve.engine.torch_engine import TorchEngine
 
     ckpt = write_random_checkpoint(work / f"ckpt-{mode}-{vocab}", vocab, None if mode == "bf16" else mode,
-                                   tokenizer_dir=tokenizer_dir)
+                                   tokenizer_dir=tokenizer_dir, shape=shape)
     t0 = time.time()
-    eng = TorchEngine(ServingConfig.from_parameters(SERVING), ckpt)
+    eng = TorchEngine(ServingConfig.from_parameters(SERVING), ckpt, observer=step_observer(trace and str(trace)))
     return eng, time.time() - t0
 
 
@@ -167,10 +219,9 @@ def _graph_step_ms(eng, batch: int = 1) -> float | None:
     """GPU time of one captured decode step (graph replay alone, no host work)."""
     from bench.common import replay_median_ms
 
-    graphs = getattr(eng.runner, "_graphs", {})
-    if batch not in graphs:
+    if batch not in getattr(eng.runner, "decode_graph_sizes", []):
         return None
-    return replay_median_ms(graphs[batch][0], 30)
+    return replay_median_ms(eng.runner.graph_for(batch), 30)
 
 
 def _freeze_heap_timed() -> dict:
@@ -178,7 +229,7 @@ def _freeze_heap_timed() -> dict:
     garbage collection before and after it: what a collection costs in the middle of serving."""
     import gc
 
-    from llmserve.serving.engine_process import freeze_heap
+    from llmserve.serving.bridge.server import freeze_heap
 
     t0 = time.perf_counter()
     gc.collect()
@@ -190,22 +241,49 @@ def _freeze_heap_timed() -> dict:
             "frozen_objects": gc.get_freeze_count()}
 
 
+def _plan(args, default: str) -> dict:
+    """The phase's PLAN entry (QUICK's with --quick), keeping only --workloads when given."""
+    plan = (QUICK if args.quick else PLAN)[args.plan or default]
+    keep = args.workloads.split(",") if args.workloads else list(plan)
+    return {w: cs for w, cs in plan.items() if w in keep}
+
+
+def _admission_knobs(plan: dict) -> dict:
+    """Queue limits that take a plan's largest wave at once (every request of a point is submitted together),
+    where the engine's defaults would refuse it and --serving does not set them."""
+    from llmserve.config import BatchingConfig
+
+    if not plan:
+        return {}
+    need = {"max_queue_size": max(c for cs in plan.values() for c in cs),
+            "max_queued_tokens": max(WORKLOADS[w][0] * c for w, cs in plan.items() for c in cs)}
+    defaults = BatchingConfig()
+    return {k: v for k, v in need.items() if k not in SERVING and v > getattr(defaults, k)}
+
+
+def _shape_knobs(shape: str) -> dict:
+    """max_model_len for a shape whose context is longer than the workloads need (unless --serving sets it)."""
+    if "max_model_len" in SERVING or SHAPES[shape]["max_position_embeddings"] <= WORKLOAD_CONTEXT:
+        return {}
+    return {"max_model_len": WORKLOAD_CONTEXT}
+
+
 def phase_engine(args) -> dict:
     from bench.workload import drive_engine, summarize
 
-    plans = QUICK if args.quick else PLAN
-    plan = plans[args.plan or ("engine" if args.mode == "bf16" else "engine_quant")]
+    plan = _plan(args, "engine" if args.mode == "bf16" else "engine_quant")
+    SERVING.update(_admission_knobs(plan))
     work = Path(tempfile.mkdtemp(prefix="llmbench-"))
     tok_dir = Path(args.tokenizer_dir) if args.tokenizer_dir else None
-    trace = work / "steps.txt"  # eager steps and full garbage collections (LLMSERVE_STEP_TRACE)
-    os.environ["LLMSERVE_STEP_TRACE"] = str(trace)
-    eng, init_s = _engine(args.vocab, args.mode, work, tok_dir)
-    res = {"mode": args.mode, "vocab": args.vocab, "init_s": round(init_s, 1), "serving": dict(SERVING), "runs": []}
+    trace = work / "steps.txt"  # eager steps and full garbage collections (the engine's StepTrace)
+    eng, init_s = _engine(args.vocab, args.mode, work, tok_dir, trace, args.shape)
+    res = {"mode": args.mode, "shape": args.shape, "vocab": args.vocab, "init_s": round(init_s, 1),
+           "serving": dict(SERVING), "runs": []}
     res["gc_full_ms"] = _freeze_heap_timed()
     prompt_source = json.loads(Path(args.prompts).read_text()) if args.prompts else None
     # warm-up: compiles anything left (prefill shapes) outside the measurements
     drive_engine(eng, _random_prompts(2, 64, args.vocab, 99), 8, 2)
-    if eng._async:
+    if eng.async_scheduling:
         from bench.workload import async_matches_sync
 
         lengths = [5 + 3 * i for i in range(16)]
@@ -235,10 +313,17 @@ def phase_engine(args) -> dict:
         s = _median_repeat(reps)
         res["runs"].append(s)
         print(json.dumps(s), flush=True)
+        _save_partial(args, res)
     res["kv_blocks"] = eng.stats().kv_blocks_total
     eng.shutdown()
     res["gc_trace"] = [line for line in trace.read_text().splitlines() if " gc " in line]
     return res
+
+
+def _save_partial(args, res: dict) -> None:
+    """The points measured so far, where the parent reads the phase's result: they survive a --phase-timeout."""
+    if args.phase_out:
+        Path(args.phase_out).write_text(json.dumps(dict(res, partial=True), indent=1))
 
 
 def _median_repeat(reps: list[dict]) -> dict:
@@ -270,26 +355,36 @@ def _eager_steps(trace: Path, offset: int) -> dict:
     return out
 
 
-def phase_hf(args) -> dict:
-    """HF transformers generate() on the same random shape (bf16, vocab 32000), static batches of `concurrency`."""
+def _hf_model(shape: str):
+    """transformers' model of the shape's model_type with random weights, bf16 on the GPU."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    cfg = LlamaConfig(**{k: v for k, v in LLAMA2_7B.items() if k not in ("architectures", "torch_dtype")})
+    values = shape_config(shape)
+    cfg = AutoConfig.for_model(values.pop("model_type"), **{k: v for k, v in values.items()
+                                                            if k not in ("architectures", "torch_dtype")})
     torch.set_default_dtype(torch.bfloat16)
     with torch.device("cuda"):
-        model = LlamaForCausalLM(cfg).eval()
+        model = AutoModelForCausalLM.from_config(cfg).eval()
     torch.set_default_dtype(torch.float32)
-    model = model.to(torch.bfloat16)
-    plan = (QUICK if args.quick else PLAN)["hf"]
+    return model.to(torch.bfloat16)
+
+
+def phase_hf(args) -> dict:
+    """HF transformers generate() on the same random shape (bf16, the shape's vocab), static batches of
+    `concurrency`."""
+    import torch
+
+    model = _hf_model(args.shape)
+    plan = _plan(args, "hf")
     res = {"dtype": "bfloat16", "transformers": __import__("transformers").__version__, "runs": []}
     with torch.inference_mode():
-        warm = torch.randint(100, 31000, (1, 16), device="cuda")
+        warm = torch.randint(100, args.vocab - 100, (1, 16), device="cuda")
         model.generate(warm, max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=0)
         jobs = [(w, c) for w, cs in plan.items() for c in cs]
         for wname, c in _progress(jobs, desc="hf"):
             in_len, out_len = WORKLOADS[wname]
-            ids = torch.tensor(_random_prompts(c, in_len, 32000, seed=c), device="cuda")
+            ids = torch.tensor(_random_prompts(c, in_len, args.vocab, seed=c), device="cuda")
             torch.cuda.synchronize()
             t0 = time.perf_counter()
             out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=out_len,
@@ -306,23 +401,24 @@ def phase_hf(args) -> dict:
 
 
 def phase_triton(args) -> dict:
-    """Starts tritonserver on a model repository holding the random 7B (vocab 49152, SmolLM2's tokenizer),
-    runs the plan over HTTP streaming, then stops it. The engine-direct twin runs in phase `engine` with the
-    same prompts (--prompts)."""
+    """Starts tritonserver on a model repository holding the random model of the shape with vocab 49152 (SmolLM2's
+    tokenizer), runs the plan over HTTP streaming, then stops it. The engine-direct twin runs in phase `engine`
+    with the same prompts (--prompts)."""
     from bench.triton_path import Server, drive_triton, model_repository
     from bench.workload import summarize
 
-    plan = (QUICK if args.quick else PLAN)[args.plan or "triton"]
+    plan = _plan(args, "triton")
     work = Path(args.work)
     prompts = json.loads(Path(args.prompts).read_text())
     texts = json.loads(Path(args.prompts + ".texts").read_text())
     repo = model_repository(work, {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in SERVING.items()},
-                            None if args.mode == "bf16" else args.mode, args.instances)
+                            None if args.mode == "bf16" else args.mode, args.instances, shape=args.shape)
     trace = work / f"steps-{os.getpid()}.txt"  # the engine's eager steps (LLMSERVE_STEP_TRACE), per point
     os.environ["LLMSERVE_STEP_TRACE"] = str(trace)
     server = Server(work, repo)
     t0 = time.time()
-    res = {"mode": args.mode, "vocab": 49152, "serving": dict(SERVING), "instances": args.instances, "runs": []}
+    res = {"mode": args.mode, "shape": args.shape, "vocab": 49152, "serving": dict(SERVING),
+           "instances": args.instances, "runs": []}
     try:
         server.start()
         res["start_s"] = round(time.time() - t0, 1)
@@ -435,6 +531,25 @@ def _run_phase(name: str, out_json: Path, extra: list[str], log, timeout: float)
     return data
 
 
+def _model_stamp(shape: str) -> dict:
+    """The shape's dimensions for the results header (the tiny ones under LLMSERVE_BENCH_TINY=1)."""
+    cfg = shape_config(shape)
+    keys = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "head_dim", "vocab_size", "max_position_embeddings", "rope_theta", "rope_scaling",
+            "tie_word_embeddings")
+    return {k: cfg[k] for k in keys if cfg.get(k) is not None}
+
+
+def _merge_phase(old: dict, new: dict) -> dict:
+    """--resume of a phase measured before: the new call's fields and points, plus the earlier points it did not
+    measure again (as (workload, concurrency))."""
+    if not old.get("runs"):
+        return new
+    measured = {(r["workload"], r["concurrency"]) for r in new.get("runs", [])}
+    kept = [r for r in old["runs"] if (r["workload"], r["concurrency"]) not in measured]
+    return {**new, "runs": kept + new.get("runs", [])}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     ap.add_argument("--out", help="results folder (default: bench/results/<date>-<gpu>)")
@@ -449,16 +564,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="a smoke run: two concurrencies, one workload")
     ap.add_argument("--phase-timeout", type=float, default=420)
     ap.add_argument("--budget", type=float, default=0, help="start no phase after this many seconds (0: no limit)")
-    ap.add_argument("--resume", action="store_true", help="add to --out/results.json instead of starting over")
+    ap.add_argument("--resume", action="store_true", help="add to --out/results.json instead of starting over (a "
+                    "phase run again keeps its earlier points that this call does not measure)")
+    ap.add_argument("--shape", choices=list(SHAPES), default=DEFAULT_SHAPE,
+                    help="the model shape of every phase: config.json values of " + ", ".join(SHAPES) +
+                    f" (default {DEFAULT_SHAPE}; the Triton phases use SmolLM2's vocab 49152 with its other sizes)")
+    ap.add_argument("--plan", choices=list(PLAN),
+                    help="the workloads and concurrencies of the engine phases (engine, engine_fp8, engine_int8 and "
+                    "the variants such as engine_fp8_kv8; default engine / engine_quant / variant); trtllm: "
+                    "TensorRT-LLM's five workloads at up to 1,024 streams (with --serving max_batch_size=1024), "
+                    "trtllm_short: four of them at fewer concurrencies, a first look")
+    ap.add_argument("--workloads", help="comma-separated: run only these workloads of each phase's plan ("
+                    + ", ".join(WORKLOADS) + ")")
     # internal: one phase in this process
     ap.add_argument("--phase", choices=list(PHASES), help=argparse.SUPPRESS)
     ap.add_argument("--phase-out", help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="bf16", help=argparse.SUPPRESS)
-    ap.add_argument("--vocab", type=int, default=32000, help=argparse.SUPPRESS)
+    ap.add_argument("--vocab", type=int, help=argparse.SUPPRESS)  # default: the shape's
     ap.add_argument("--prompts", help=argparse.SUPPRESS)
     ap.add_argument("--tokenizer-dir", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
-    ap.add_argument("--plan", choices=list(PLAN), help=argparse.SUPPRESS)  # a phase's PLAN entry
     ap.add_argument("--instances", type=int, default=1, help=argparse.SUPPRESS)  # Triton model instances
     ap.add_argument("--serving", action="append", default=[], metavar="KEY=VALUE",
                     help="override a serving knob (config.pbtxt parameter) for every phase; repeatable")
@@ -466,6 +591,8 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.serving:
         key, _, value = item.partition("=")
         SERVING[key] = value
+    SERVING.update(_shape_knobs(args.shape))
+    args.vocab = args.vocab or SHAPES[args.shape]["vocab_size"]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -487,31 +614,34 @@ def main(argv: list[str] | None = None) -> int:
         else None
     results = {"env": env, "date": datetime.datetime.now().isoformat(timespec="seconds"),
                "command": "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:]),
-               "serving": SERVING, "model": {k: LLAMA2_7B[k] for k in ("hidden_size", "intermediate_size",
-                                                                         "num_hidden_layers", "num_attention_heads",
-                                                                         "vocab_size")},
+               "serving": SERVING, "shape": args.shape, "model": _model_stamp(args.shape), "plan": args.plan,
                "quick": args.quick, "phases": {}}
+    if previous and previous.get("shape", DEFAULT_SHAPE) != args.shape:
+        ap.error(f"--resume: {out} holds the {previous.get('shape', DEFAULT_SHAPE)} shape, not {args.shape}")
     if previous:  # --resume: keep the phases an earlier call measured on this machine kind
         results["phases"] = previous["phases"]
         results["command"] = previous["command"] + " ; " + results["command"]
-    q = (["--quick"] if args.quick else []) + [f"--serving={item}" for item in args.serving]
+    q = (["--quick"] if args.quick else []) + [f"--serving={item}" for item in args.serving] + ["--shape", args.shape]
+    q += ["--workloads", args.workloads] if args.workloads else []
+    plan_args = ["--plan", args.plan] if args.plan else []  # for the engine phases (not the Triton twin)
     t_start = time.time()
     with open(out / "log.txt", "a") as log:
         for phase in args.phases.split(","):
             if args.budget and time.time() - t_start > args.budget:
                 print(f"skipping {phase}: --budget of {args.budget} s spent", flush=True)
                 continue
+            before = dict(results["phases"])
             if phase == "floor":
                 results["phases"]["floor"] = _run_phase("floor", work / "floor.json", q, log, args.phase_timeout)
             elif phase in ("engine", "engine_fp8", "engine_int8"):
                 mode = {"engine": "bf16", "engine_fp8": "fp8", "engine_int8": "int8_wo"}[phase]
-                results["phases"][phase] = _run_phase("engine", work / f"{phase}.json", q + ["--mode", mode], log,
-                                                      args.phase_timeout)
+                results["phases"][phase] = _run_phase("engine", work / f"{phase}.json",
+                                                      q + ["--mode", mode] + plan_args, log, args.phase_timeout)
             elif phase in ENGINE_VARIANTS:  # one engine with other knobs, side by side with the plain ones
                 mode, knobs = ENGINE_VARIANTS[phase]
                 results["phases"][phase] = _run_phase(
                     "engine", work / f"{phase}.json",
-                    q + ["--mode", mode, "--plan", "variant"] + [f"--serving={k}" for k in knobs],
+                    q + ["--mode", mode, "--plan", args.plan or "variant"] + [f"--serving={k}" for k in knobs],
                     log, args.phase_timeout)
             elif phase == "hf":
                 results["phases"]["hf"] = _run_phase("hf", work / "hf.json", q, log, args.phase_timeout)
@@ -533,6 +663,10 @@ def main(argv: list[str] | None = None) -> int:
                     "engine", work / "engine_v49152.json",
                     q + ["--vocab", "49152", "--prompts", prompts, "--mode", "bf16", *tok_args, "--plan", "triton"],
                     log, args.phase_timeout)
+            if args.resume:
+                for name, data in results["phases"].items():
+                    if name in before and data is not before[name]:
+                        results["phases"][name] = _merge_phase(before[name], data)
             (out / "results.json").write_text(json.dumps(results, indent=1))
     from bench.report import write_report
 

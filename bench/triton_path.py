@@ -24,7 +24,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench.common import ROOT, write_random_checkpoint
+from bench.common import DEFAULT_SHAPE, ROOT, write_random_checkpoint
 from bench.workload import Record
 
 CARRY = ROOT / ".carry"
@@ -42,9 +42,9 @@ def server_folder(work: Path) -> tuple[Path, Path]:
             with tarfile.open(tar) as t:
                 t.extractall(work, filter="tar") if sys.version_info >= (3, 12) else t.extractall(work)
         return dest, dest / "lib"
-    from llmserve.launch.tritonserver import _site_packages, prepare_server_dir
+    from llmserve.launch.tritonserver import prepare_server_dir, site_packages
 
-    return prepare_server_dir(), _site_packages() / "nvidia_pytriton.libs"
+    return prepare_server_dir(), site_packages() / "nvidia_pytriton.libs"
 
 
 # Packages built against numpy 2 that break on numpy 1.x, or that transformers would import if present
@@ -92,15 +92,17 @@ def python_overlay(work: Path, force: bool = False) -> Path:
     return venv / "bin"
 
 
-def model_repository(work: Path, params: dict[str, str], quant: str | None = None, instances: int = 1) -> Path:
+def model_repository(work: Path, params: dict[str, str], quant: str | None = None, instances: int = 1,
+                     shape: str = DEFAULT_SHAPE) -> Path:
     """The model repository for the run: the production model.py and config.pbtxt with `params` set and
-    `instances` model instances, serving random weights with SmolLM2's tokenizer."""
+    `instances` model instances, serving random weights of `shape` with SmolLM2's tokenizer (vocab 49152)."""
     from llmserve.launch.tritonserver import derive_repository
 
     repo = work / "repo"
     shutil.rmtree(repo, ignore_errors=True)
     tok = CARRY / "tokenizer" if (CARRY / "tokenizer").is_dir() else ROOT / "model_repository" / "llm" / "checkpoint"
-    ckpt = write_random_checkpoint(work / f"ckpt-{quant or 'bf16'}", vocab=49152, quant=quant, tokenizer_dir=tok)
+    ckpt = write_random_checkpoint(work / f"ckpt-{quant or 'bf16'}", vocab=49152, quant=quant, tokenizer_dir=tok,
+                                   shape=shape)
     _check_tokenizer(ckpt)
     return derive_repository(repo, ckpt, ROOT / "model_repository", instances=instances, **params)
 

@@ -94,15 +94,15 @@ def engine_tokens(engine, prompts: list[list[int]], lengths: list[int]) -> dict[
 def async_matches_sync(engine, prompts: list[list[int]], lengths: list[int]) -> dict:
     """The same requests with async scheduling off and on, on one engine: the tokens must be identical. A first
     pass fills the prefix cache, so both measured passes reuse the same blocks."""
-    saved = engine._async
+    saved = engine.async_scheduling
     try:
         engine_tokens(engine, prompts, lengths)
-        engine._async = False
+        engine.async_scheduling = False
         sync = engine_tokens(engine, prompts, lengths)
-        engine._async = True
+        engine.async_scheduling = True
         fast = engine_tokens(engine, prompts, lengths)
     finally:
-        engine._async = saved
+        engine.async_scheduling = saved
     differing = sorted(k for k in sync if sync[k] != fast[k])
     return {"requests": len(prompts), "tokens": sum(len(v) for v in sync.values()), "identical": not differing,
             "differing": differing[:10]}

@@ -26,6 +26,7 @@ EXAMPLES_ENV = "TRTLLM_EXAMPLES_DIR"
 # A checkout of the v1.2.x tag: the engine-build examples were removed from main in mid 2026.
 DEFAULT_EXAMPLES = "TensorRT-LLM/examples"
 SELECTIVE_PATTERNS = {"attention": "*self_attn*"}  # HF Llama module names, as ModelOpt sees them
+SELECTIVE_SCRIPT = Path(__file__).resolve().with_name("modelopt_selective.py")
 
 
 class BuildError(RuntimeError):
@@ -76,7 +77,9 @@ def checkpoint_command(plan: BuildPlan, examples: Path, python: str) -> list[str
             return [python, script, *args]
         # quantize.py has no per-layer switch; our wrapper disables the kept layers' quantizers, then runs it.
         keep = [x for part in q.keep_fp16 for x in ("--keep-fp16", part)]
-        return [python, "-m", "build_engines.modelopt_selective", "--quantize-script", script, *keep, "--", *args]
+        # By file path, not `-m build_engines...`: the build may run from any directory (issue 21 item 7);
+        # the wrapper imports only the standard library and tensorrt_llm.
+        return [python, str(SELECTIVE_SCRIPT), "--quantize-script", script, *keep, "--", *args]
     args = [*common] + parallel
     if r.precision == "int8_wo":
         args += ["--use_weight_only", "--weight_only_precision", q.weight_only_precision or "int8"]

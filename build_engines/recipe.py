@@ -143,7 +143,7 @@ def recipe_from_dict(raw: Any, source: str = "<dict>") -> Recipe:
     for k in parallel:
         if k not in ("tp_size", "pp_size"):
             raise RecipeError(name, f"parallel.{k}", "unknown field; known: pp_size, tp_size")
-    cc = str(raw.get("min_compute_capability", "7.0"))
+    cc = str(raw.get("min_compute_capability", "8.0"))
     try:
         major, minor = (int(x) for x in cc.split("."))
     except ValueError:
@@ -201,6 +201,9 @@ def validate(r: Recipe) -> None:
     _validate_selective(r, check)
     if r.precision == "fp8":
         check(r.min_compute_capability >= (8, 9), "min_compute_capability", "FP8 needs compute capability >= 8.9")
+    # TensorRT-LLM 1.x builds no Volta (7.x) engines, and ModelOpt's INT8 SmoothQuant needs Ampere.
+    check(r.min_compute_capability >= (8, 0), "min_compute_capability",
+          f"TensorRT-LLM 1.2 needs compute capability >= 8.0 (Ampere), got {r.min_compute_capability}")
     for name in ("tp_size", "pp_size"):
         v = getattr(r, name)
         check(isinstance(v, int) and v >= 1, f"parallel.{name}", f"must be an integer >= 1, got {v!r}")

@@ -1,7 +1,11 @@
-"""Serving configuration: the knobs that live in config.pbtxt `parameters`, as one dataclass.
+"""Serving configuration: the knobs that live in config.pbtxt `parameters`, grouped by who reads them.
 
-Every field can be set from config.pbtxt as `parameters { key: "<field>" value: { string_value: "..." } }`.
-Unset or `${...}` placeholders (NVIDIA's fill_template convention) keep the default.
+config.pbtxt names every knob flat (`parameters { key: "max_batch_size" value: { string_value: "64" } }`);
+`ServingConfig.from_parameters` puts each into its group, and every group checks its values when it is built,
+so no `ServingConfig` holds a value that was not checked. Unset or `${...}` placeholders (NVIDIA's
+fill_template convention) keep the default; a key no group knows is left for other backends
+(REPORT_CUSTOM_METRICS, say). The defaults in model_repository/llm/config.pbtxt equal these
+(tests/test_config.py).
 """
 
 from __future__ import annotations
@@ -10,12 +14,14 @@ import dataclasses
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-# Knobs that take "auto" | "true" | "false"; `switch` resolves them.
-SWITCHES = ("async_scheduling", "pdl", "engine_process")
+from llmserve.errors import ConfigError
+
+SWITCH_VALUES = ("auto", "true", "false")
+__all__ = ["ConfigError", "ServingConfig", "switch", "resolve_inside", "apply_switch_interval"]
 
 
 def switch(value: str, auto: Callable[[], bool]) -> bool:
@@ -24,118 +30,192 @@ def switch(value: str, auto: Callable[[], bool]) -> bool:
     return auto() if value == "auto" else value == "true"
 
 
-class ConfigError(ValueError):
-    pass
+def _at_least(group: Any, minimum: float, *names: str) -> None:
+    for name in names:
+        value = getattr(group, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
+        if value < minimum:
+            raise ConfigError(f"{name}: must be >= {minimum:g}, got {value}")
 
 
-@dataclass
-class ServingConfig:
-    engine: str = "pytorch"  # "pytorch" | "tensorrtllm" | "synthetic" (no model: measures the serving layers)
-    checkpoint_dir: str = "checkpoint"  # relative to the model directory, confined to it
-    engine_dir: str = "engine"  # TensorRT-LLM engine directory, relative to the model directory
-    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
-    dtype: str = "auto"  # "auto" | "float32" | "float16" | "bfloat16"
-    kv_cache_memory_bytes: int = 0  # 0: derive from kv_cache_free_mem_fraction (GPU) or 256 MiB (CPU)
-    kv_cache_free_mem_fraction: float = 0.9
-    kv_block_size: int = 16
-    enable_prefix_caching: bool = True
+def _one_of(group: Any, name: str, allowed: tuple[str, ...]) -> None:
+    value = getattr(group, name)
+    if not isinstance(value, str) or value.lower() not in allowed:
+        raise ConfigError(f"{name}: expected {'|'.join(allowed)}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """What runs in one engine step and what may wait for one (every engine)."""
+
     max_batch_size: int = 64  # sequences per step
     max_num_tokens: int = 2048  # tokens per step (chunked-prefill budget)
     max_queue_delay_us: int = 0  # wait this long after the first arrival to batch prefills
     queue_delay_gap_us: int = 0  # ... but only until no request arrived for this long (0: the whole delay)
     max_queue_size: int = 1024  # waiting requests beyond which new ones get UNAVAILABLE
     max_queued_tokens: int = 1_000_000  # prompt tokens waiting, likewise
-    max_model_len: int = 0  # 0: the model's max_position_embeddings
-    max_input_bytes: int = 1_000_000  # size limit on text_input / messages
-    cuda_graphs: bool = True
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "max_batch_size", "max_num_tokens", "max_queue_size", "max_queued_tokens")
+        _at_least(self, 0, "max_queue_delay_us", "queue_delay_gap_us")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """The KV cache (our engine; TensorRT-LLM reads the budget and reuse)."""
+
+    kv_cache_memory_bytes: int = 0  # 0: derive from kv_cache_free_mem_fraction (GPU) or 256 MiB (CPU)
+    kv_cache_free_mem_fraction: float = 0.9
+    kv_block_size: int = 16
+    enable_prefix_caching: bool = True
+    # "auto" (the model's dtype) or "fp8" (e4m3, unscaled: twice the tokens in the same memory, some accuracy cost)
+    kv_cache_dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "kv_block_size")
+        _at_least(self, 0, "kv_cache_memory_bytes")
+        if not 0.0 < self.kv_cache_free_mem_fraction <= 1.0:
+            raise ConfigError(f"kv_cache_free_mem_fraction: must be in (0, 1], got {self.kv_cache_free_mem_fraction}")
+        _one_of(self, "kv_cache_dtype", ("auto", "fp8"))
+
+
+@dataclass(frozen=True)
+class PytorchConfig:
+    """Our engine's device work."""
+
+    dtype: str = "auto"  # "auto" (bf16 on a GPU, fp32 on a CPU) | "float32" | "float16" | "bfloat16"
+    cuda_graphs: bool = True  # decode steps replay CUDA graphs per batch size
     # Prefill and mixed steps of up to this many tokens replay a CUDA graph per padded token count (up to
     # max_num_tokens; with cuda_graphs only); 0: they run eagerly
     prefill_graph_max_tokens: int = 2048
-    synthetic_step_ms: float = 15.0  # engine "synthetic": the stand-in for one GPU step
-    # KV cache storage: "auto" (the model's dtype) or "fp8" (e4m3, unscaled: half the bytes to read per decode
-    # step and twice the tokens in the same memory, at some accuracy cost)
-    kv_cache_dtype: str = "auto"
-    # Queue greedy decode step N+1 on the GPU before reading step N's tokens, so host work overlaps the GPU:
-    # "auto" (on for CUDA), "true", "false".
+    # Queue greedy decode step N+1 on the GPU before reading step N's tokens, so host work overlaps the GPU
+    # ("auto": on for CUDA)
     async_scheduling: str = "auto"
-    # Programmatic dependent launch of our linear and fused kernels in the decode graphs of up to 16 rows (each
-    # kernel's launch overlaps the previous one's tail): "auto" (on for compute capability 9.0+), "true", "false".
+    # Programmatic dependent launch of our linear and fused kernels in the decode graphs of up to 16 rows
+    # ("auto": on for compute capability 9.0+)
     pdl: str = "auto"
-    # Run the engine in a child process (its own GIL: in Triton's Python backend the stub's GIL is shared with
-    # Triton's execute calls and the response sends): "auto" (on for the pytorch engine on CUDA), "true", "false".
-    engine_process: str = "auto"
-    # Python's thread switch interval (sys.setswitchinterval) in the stub and the engine process: how long a
-    # thread that waits for the GIL may wait while another runs Python (a new request's intake behind the
-    # response sends, the engine's reader behind a step's launches); 0 keeps Python's 5000
-    gil_switch_interval_us: int = 0
-    cancellation_check_period_ms: int = 20
-    exclude_input_in_output: bool = True  # when the request does not say (vllm_backend echoes the prompt)
-    log_prompts: bool = False  # prompt text stays out of logs unless asked for
-    enable_kv_cache_reuse: bool = True  # TensorRT-LLM KvCacheConfig.enable_block_reuse
-    enable_chunked_context: bool = True  # TensorRT-LLM
-    batch_scheduler_policy: str = "guaranteed_no_evict"  # TensorRT-LLM: or "max_utilization"
     # tests only: "fail_on_token:<id>" fails the sequences that feed that token; "crash_on_token:<id>" breaks
     # the whole engine (an error escapes step, as a CUDA fault would)
     fault_injection: str = ""
 
+    def __post_init__(self) -> None:
+        _one_of(self, "dtype", ("auto", "float32", "float16", "bfloat16"))
+        _at_least(self, 0, "prefill_graph_max_tokens")
+        _one_of(self, "async_scheduling", SWITCH_VALUES)
+        _one_of(self, "pdl", SWITCH_VALUES)
+        kind, _, arg = self.fault_injection.partition(":")
+        if self.fault_injection and (kind not in ("fail_on_token", "crash_on_token") or not arg.isdigit()):
+            raise ConfigError(f"fault_injection: expected fail_on_token:<id> or crash_on_token:<id>, "
+                              f"got {self.fault_injection!r}")
+
+
+@dataclass(frozen=True)
+class TrtllmConfig:
+    """TensorRT-LLM's Executor."""
+
+    engine_dir: str = "engine"  # the engine files, relative to the model directory
+    enable_kv_cache_reuse: bool = True  # KvCacheConfig.enable_block_reuse
+    enable_chunked_context: bool = True
+    batch_scheduler_policy: str = "guaranteed_no_evict"  # or "max_utilization"
+
+    def __post_init__(self) -> None:
+        _one_of(self, "batch_scheduler_policy", ("guaranteed_no_evict", "max_utilization"))
+
+
+@dataclass(frozen=True)
+class FrontConfig:
+    """The Triton adapter and the service in front of the engine."""
+
+    # Run the engine in a child process with its own GIL ("auto": on for the pytorch engine on CUDA)
+    engine_process: str = "auto"
+    # Python's thread switch interval in the stub and the engine process (sys.setswitchinterval); 0 keeps 5000
+    gil_switch_interval_us: int = 0
+    cancellation_check_period_ms: int = 20
+    exclude_input_in_output: bool = True  # when the request does not say (vllm_backend echoes the prompt)
+    log_prompts: bool = False  # prompt text reaches the server log only when asked for
+    max_input_bytes: int = 1_000_000  # size limit on text_input / messages
+
+    def __post_init__(self) -> None:
+        _one_of(self, "engine_process", SWITCH_VALUES)
+        _at_least(self, 0, "gil_switch_interval_us")
+        _at_least(self, 1, "cancellation_check_period_ms", "max_input_bytes")
+
+
+_GROUPS = {"batching": BatchingConfig, "cache": CacheConfig, "pytorch": PytorchConfig, "trtllm": TrtllmConfig,
+           "front": FrontConfig}
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    engine: str = "pytorch"  # "pytorch" | "tensorrtllm" | "synthetic" (no model: measures the serving layers)
+    checkpoint_dir: str = "checkpoint"  # relative to the model directory, confined to it
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    max_model_len: int = 0  # 0: the model's max_position_embeddings
+    synthetic_step_ms: float = 15.0  # engine "synthetic": the stand-in for one GPU step
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    pytorch: PytorchConfig = field(default_factory=PytorchConfig)
+    trtllm: TrtllmConfig = field(default_factory=TrtllmConfig)
+    front: FrontConfig = field(default_factory=FrontConfig)
+
+    def __post_init__(self) -> None:
+        _one_of(self, "engine", ("pytorch", "tensorrtllm", "synthetic"))
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"device: expected auto|cpu|cuda|cuda:N, got {self.device!r}")
+        _at_least(self, 0, "max_model_len", "synthetic_step_ms")
+
+    @classmethod
+    def of(cls, **knobs: Any) -> ServingConfig:
+        """From flat knobs, as config.pbtxt names them (`ServingConfig.of(max_batch_size=4)`)."""
+        top = {f.name for f in fields(cls)} - set(_GROUPS)
+        groups: dict[str, dict[str, Any]] = {name: {} for name in _GROUPS}
+        for key, value in knobs.items():
+            if key in _GROUP_OF:
+                groups[_GROUP_OF[key]][key] = value
+            elif key not in top:
+                raise ConfigError(f"{key}: not a knob of this model")
+        flat = {k: v for k, v in knobs.items() if k in top}
+        return cls(**flat, **{name: _GROUPS[name](**values) for name, values in groups.items()})
+
     @classmethod
     def from_parameters(cls, params: dict[str, Any]) -> ServingConfig:
         """From Triton's model_config["parameters"] ({key: {"string_value": v}}) or a plain dict."""
-        known = {f.name: f for f in fields(cls)}
-        values: dict[str, Any] = {}
+        types = {f.name: f.type for group in (cls, *_GROUPS.values()) for f in fields(group)
+                 if f.name not in _GROUPS}
+        knobs: dict[str, Any] = {}
         for key, raw in params.items():
             value = raw.get("string_value") if isinstance(raw, dict) else raw
             if value is None or value == "" or (isinstance(value, str) and value.startswith("${")):
                 continue
-            if key not in known:
-                continue  # other backends' keys (e.g. REPORT_CUSTOM_METRICS) may share the file
-            values[key] = _coerce(key, known[key].type, value)
-        cfg = cls(**values)
-        cfg.validate()
-        return cfg
+            if key in types:  # other backends' keys may share the file
+                knobs[key] = _coerce(key, types[key], value)
+        return cls.of(**knobs)
 
-    def validate(self) -> None:
-        if self.engine not in ("pytorch", "tensorrtllm", "synthetic"):
-            raise ConfigError(f"engine: expected pytorch, tensorrtllm or synthetic, got {self.engine!r}")
-        if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
-            raise ConfigError(f"dtype: expected auto|float32|float16|bfloat16, got {self.dtype!r}")
-        for name in ("max_batch_size", "max_num_tokens", "kv_block_size", "max_queue_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        if self.gil_switch_interval_us < 0:
-            raise ConfigError(f"gil_switch_interval_us: must be >= 0, got {self.gil_switch_interval_us}")
-        if self.prefill_graph_max_tokens < 0:
-            raise ConfigError(f"prefill_graph_max_tokens: must be >= 0, got {self.prefill_graph_max_tokens}")
-        if not 0.0 < self.kv_cache_free_mem_fraction <= 1.0:
-            raise ConfigError("kv_cache_free_mem_fraction: must be in (0, 1]")
-        if self.kv_cache_dtype not in ("auto", "fp8"):
-            raise ConfigError(f"kv_cache_dtype: expected auto|fp8, got {self.kv_cache_dtype!r}")
-        for name in SWITCHES:
-            if getattr(self, name).lower() not in ("auto", "true", "false"):
-                raise ConfigError(f"{name}: expected auto|true|false, got {getattr(self, name)!r}")
-        if self.batch_scheduler_policy not in ("guaranteed_no_evict", "max_utilization"):
-            raise ConfigError("batch_scheduler_policy: expected guaranteed_no_evict or max_utilization")
+    def knobs(self) -> dict[str, Any]:
+        """Every knob, flat, as config.pbtxt names them (what `of` takes back)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _GROUPS}
+        for name in _GROUPS:
+            out.update(dataclasses.asdict(getattr(self, name)))
+        return out
 
-    def replace(self, **changes: Any) -> ServingConfig:
-        return dataclasses.replace(self, **changes)
+    def replace(self, **knobs: Any) -> ServingConfig:
+        return ServingConfig.of(**{**self.knobs(), **knobs})
+
+
+_GROUP_OF = {f.name: name for name, group in _GROUPS.items() for f in fields(group)}
 
 
 def apply_switch_interval(cfg: ServingConfig) -> None:
-    if cfg.gil_switch_interval_us:
-        sys.setswitchinterval(cfg.gil_switch_interval_us / 1e6)
+    if cfg.front.gil_switch_interval_us:
+        sys.setswitchinterval(cfg.front.gil_switch_interval_us / 1e6)
 
 
 def _coerce(key: str, type_name: Any, value: Any) -> Any:
     t = type_name if isinstance(type_name, str) else getattr(type_name, "__name__", str(type_name))
     try:
         if t == "bool":
-            if isinstance(value, bool):
-                return value
-            if str(value).lower() in ("true", "1", "yes", "on"):
-                return True
-            if str(value).lower() in ("false", "0", "no", "off"):
-                return False
-            raise ValueError(value)
+            return _as_bool(value)
         if t == "int":
             return int(value)
         if t == "float":
@@ -143,6 +223,16 @@ def _coerce(key: str, type_name: Any, value: Any) -> Any:
         return str(value)
     except ValueError:
         raise ConfigError(f"{key}: cannot read {value!r} as {t}") from None
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("true", "1", "yes", "on"):
+        return True
+    if str(value).lower() in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(value)
 
 
 def resolve_inside(model_dir: str | os.PathLike, relative: str, knob: str) -> Path:

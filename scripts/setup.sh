@@ -8,7 +8,7 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import llmserve, tritonclient.grpc, pytriton, pytest" 2>/dev/null; then
+if ! .venv/bin/python -c "import llmserve, tritonclient.grpc, pytriton, pytest, starlette, uvicorn, prometheus_client, openai" 2>/dev/null; then
   .venv/bin/pip install -q --upgrade pip
   # torch first (2.13.0: this machine holds its CPU wheel); then the project with server and test extras.
   .venv/bin/pip install -q "torch==${TORCH_VERSION:-2.13.0}"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from build_engines import modelopt_selective
-from build_engines.build import BuildError, plan_build, run_plan
+from build_engines.build import SELECTIVE_SCRIPT, BuildError, plan_build, run_plan
 from build_engines.checks import HardwareFacts, ModelShape, estimate_weight_bytes
 from build_engines.cli import main
 from build_engines.recipe import load_recipe
@@ -35,7 +35,7 @@ STEP1 = {
     "fp8_selective": f"{CONVERT} {IO} {PAR} --use_fp8_rowwise --use_meta_fp8_rowwise_recipe",
     "fp8": f"{QUANTIZE} {IO} --qformat fp8 --kv_cache_dtype fp8 --calib_size 512 {PAR}",
     "int4_awq": f"{QUANTIZE} {IO} --qformat int4_awq --awq_block_size 128 --calib_size 32 {PAR}",
-    "int8_sq_selective": "python3 -m build_engines.modelopt_selective --quantize-script "
+    "int8_sq_selective": f"python3 {SELECTIVE_SCRIPT} --quantize-script "
                          f"{EX}/quantization/quantize.py --keep-fp16 attention -- "
                          f"{IO} --qformat int8_sq --calib_size 512 {PAR}",
 }
@@ -245,3 +245,9 @@ def test_gpu_checks_come_before_the_slow_gguf_import(capsys, tmp_path, monkeypat
     monkeypatch.setattr(cli, "detect_hardware", lambda: HardwareFacts(1, 80 * 1024**3, (8, 0), "NVIDIA A100"))
     assert main(["build", "--checkpoint", str(gguf), "--recipe", "fp8", "--output", str(tmp_path / "o")]) == 2
     assert "FP8 needs compute capability >= 8.9" in capsys.readouterr().err
+
+
+def test_the_selective_wrapper_runs_from_any_directory(tmp_path):
+    # issue 21 item 7: `python -m build_engines.modelopt_selective` imported only from the project root
+    done = subprocess.run([sys.executable, str(SELECTIVE_SCRIPT)], cwd=tmp_path, capture_output=True, text=True)
+    assert "No module named" not in done.stderr and "usage: modelopt_selective" in done.stderr

@@ -185,7 +185,7 @@ def test_set_params_on_the_real_config(tmp_path):
     finally:
         sys.path.pop(0)
     cfg = ServingConfig.from_parameters(params)
-    assert cfg.engine == "tensorrtllm" and cfg.engine_dir == "engines/fp16-tp1/engine"
+    assert cfg.engine == "tensorrtllm" and cfg.trtllm.engine_dir == "engines/fp16-tp1/engine"
     with pytest.raises(ValueError):
         set_params.set_params(src, {"engine": 'x" }'})
 

@@ -5,6 +5,7 @@ import torch
 
 from llmserve.config import ConfigError, ServingConfig
 from llmserve.engine.api import EngineRequest
+from llmserve.engine.observer import StepTrace
 from llmserve.engine.sampling_params import InvalidRequest, SamplingParams
 from llmserve.engine.torch_engine import TorchEngine
 
@@ -45,7 +46,7 @@ def greedy(rid, ids, n=24, **kw):
 ])
 def test_paged_engine_greedy_equals_hf_greedy(checkpoint, tokenizer, hf_model, knobs):
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}]) for p in PROMPTS]
-    engine = TorchEngine(ServingConfig(**knobs), checkpoint)
+    engine = TorchEngine(ServingConfig.of(**knobs), checkpoint)
     out, reasons = run(engine, [greedy(str(i), p) for i, p in enumerate(prompts)])
     for i, p in enumerate(prompts):
         ref = hf_model.generate(torch.tensor([p]), max_new_tokens=24, do_sample=False)[0, len(p):].tolist()
@@ -58,7 +59,7 @@ def test_paged_engine_greedy_equals_hf_greedy(checkpoint, tokenizer, hf_model, k
 
 
 def test_prefix_cache_reuses_blocks_and_keeps_output(checkpoint, chat_ids):
-    engine = TorchEngine(ServingConfig(kv_block_size=4), checkpoint)
+    engine = TorchEngine(ServingConfig.of(kv_block_size=4), checkpoint)
     first, _ = run(engine, [greedy("a", chat_ids)])
     second, _ = run(engine, [greedy("b", chat_ids)])
     assert first["a"] == second["b"]
@@ -67,7 +68,7 @@ def test_prefix_cache_reuses_blocks_and_keeps_output(checkpoint, chat_ids):
 
 
 def test_seeded_sampling_is_reproducible_in_any_batch(checkpoint, chat_ids):
-    engine = TorchEngine(ServingConfig(), checkpoint)
+    engine = TorchEngine(ServingConfig.of(), checkpoint)
     p = dict(temperature=1.0, top_p=0.95, seed=1234, max_tokens=16)
     alone, _ = run(engine, [EngineRequest("x", chat_ids, SamplingParams(**p))])
     crowd = [EngineRequest("x", chat_ids, SamplingParams(**p))] + [
@@ -80,7 +81,7 @@ def test_seeded_sampling_is_reproducible_in_any_batch(checkpoint, chat_ids):
 
 @pytest.mark.parametrize("mode", ["false", "true"])
 def test_abort_frees_blocks_at_the_next_step(checkpoint, chat_ids, mode):
-    engine = TorchEngine(ServingConfig(async_scheduling=mode), checkpoint)
+    engine = TorchEngine(ServingConfig.of(async_scheduling=mode), checkpoint)
     engine.add_request(greedy("a", chat_ids, n=200, ignore_eos=True))
     for _ in range(3):
         engine.step()
@@ -93,7 +94,7 @@ def test_abort_frees_blocks_at_the_next_step(checkpoint, chat_ids, mode):
 
 
 def test_stop_token_ids_min_tokens_and_length(checkpoint, chat_ids):
-    engine = TorchEngine(ServingConfig(), checkpoint)
+    engine = TorchEngine(ServingConfig.of(), checkpoint)
     out, reasons = run(engine, [greedy("len", chat_ids, n=3), greedy("min", chat_ids, n=40, min_tokens=30)])
     assert len(out["len"]) == 3 and reasons["len"] == "length"
     assert len(out["min"]) >= 30  # EOS is banned until min_tokens
@@ -103,24 +104,24 @@ def test_stop_token_ids_min_tokens_and_length(checkpoint, chat_ids):
 
 
 def test_requests_the_engine_cannot_hold_are_refused(checkpoint):
-    engine = TorchEngine(ServingConfig(max_model_len=64, kv_cache_memory_bytes=8 * 737280), checkpoint)
+    engine = TorchEngine(ServingConfig.of(max_model_len=64, kv_cache_memory_bytes=8 * 737280), checkpoint)
     with pytest.raises(InvalidRequest, match="text_input"):
         engine.add_request(greedy("empty", []))
     with pytest.raises(InvalidRequest, match="context"):
         engine.add_request(greedy("long", list(range(100, 200))))
     with pytest.raises(InvalidRequest, match="KV cache"):
-        TorchEngine(ServingConfig(kv_cache_memory_bytes=3 * 737280), checkpoint).add_request(
+        TorchEngine(ServingConfig.of(kv_cache_memory_bytes=3 * 737280), checkpoint).add_request(
             greedy("big", list(range(100, 160))))
 
 
 def test_kv_budget_too_small_fails_at_start_naming_the_knob(checkpoint):
     with pytest.raises(ConfigError, match="kv_cache_memory_bytes"):
-        TorchEngine(ServingConfig(kv_cache_memory_bytes=1000), checkpoint)
+        TorchEngine(ServingConfig.of(kv_cache_memory_bytes=1000), checkpoint)
 
 
 def test_a_failing_sequence_fails_alone(checkpoint, tokenizer, chat_ids):
     bad_token = 12345
-    engine = TorchEngine(ServingConfig(fault_injection=f"fail_on_token:{bad_token}"), checkpoint)
+    engine = TorchEngine(ServingConfig.of(fault_injection=f"fail_on_token:{bad_token}"), checkpoint)
     good = greedy("good", chat_ids, n=12)
     bad = greedy("bad", chat_ids[:5] + [bad_token] + chat_ids[5:], n=12)
     engine.add_request(good)
@@ -144,7 +145,7 @@ def test_async_scheduling_gives_the_same_tokens_as_synchronous_steps(checkpoint,
     seeded = SamplingParams(temperature=0.8, seed=7, max_tokens=12)
     results = {}
     for mode in ("false", "true"):
-        engine = TorchEngine(ServingConfig(async_scheduling=mode, kv_block_size=4), checkpoint)
+        engine = TorchEngine(ServingConfig.of(async_scheduling=mode, kv_block_size=4), checkpoint)
         out: dict[str, list[int]] = {}
         reasons = {}
         first = [greedy("p0", prompts[0], n=30), greedy("p1", prompts[1], n=5, ignore_eos=True),
@@ -186,18 +187,18 @@ def test_async_scheduling_gives_the_same_tokens_as_synchronous_steps(checkpoint,
 
 def test_fp8_kv_cache_holds_four_times_the_tokens_of_float32_and_still_answers(checkpoint, tokenizer, chat_ids):
     budget = 32 << 20
-    wide = TorchEngine(ServingConfig(kv_cache_memory_bytes=budget), checkpoint)  # float32 on CPU
-    narrow = TorchEngine(ServingConfig(kv_cache_memory_bytes=budget, kv_cache_dtype="fp8"), checkpoint)
+    wide = TorchEngine(ServingConfig.of(kv_cache_memory_bytes=budget), checkpoint)  # float32 on CPU
+    narrow = TorchEngine(ServingConfig.of(kv_cache_memory_bytes=budget, kv_cache_dtype="fp8"), checkpoint)
     assert narrow.runner.kv_cache.dtype == torch.float8_e4m3fn
     assert 4 * wide.blocks.num_blocks <= narrow.blocks.num_blocks < 4 * (wide.blocks.num_blocks + 1)
     out, reasons = run(narrow, [greedy("a", chat_ids)])
     assert "Paris" in tokenizer.decode(out["a"]) and reasons["a"] == "stop"
 
 
-def test_step_trace_writes_one_line_per_eager_step(checkpoint, chat_ids, tmp_path, monkeypatch):
+def test_step_trace_writes_one_line_per_eager_step(checkpoint, chat_ids, tmp_path):
     trace = tmp_path / "steps.txt"
-    monkeypatch.setenv("LLMSERVE_STEP_TRACE", str(trace))
-    engine = TorchEngine(ServingConfig(max_num_tokens=16), checkpoint)  # the prompt takes several chunks
+    # the prompt takes several chunks
+    engine = TorchEngine(ServingConfig.of(max_num_tokens=16), checkpoint, observer=StepTrace(str(trace)))
     run(engine, [greedy("t", chat_ids, n=2)])
     engine.shutdown()
     lines = trace.read_text().splitlines()

@@ -25,17 +25,15 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"
 DT = torch.bfloat16 if DEV == "cuda" else torch.float16  # the interpreter has no bf16
 
 
-@pytest.fixture(autouse=True, params=["plain", "pdl"] if DEV == "cuda" else ["plain"])
-def launch_mode(request):
-    """On a GPU every kernel test runs twice: plain launches, and programmatic dependent launch where the GPU
-    has it (what the engine uses on an H100)."""
+@pytest.fixture(params=["plain", "pdl"] if DEV == "cuda" else ["plain"])
+def pdl(request) -> bool:
+    """On a GPU the linear and fused kernels (and the model) are tested twice: plain launches, and programmatic
+    dependent launch where the GPU has it (what the engine's small decode graphs use on a Hopper GPU)."""
     from llmserve.engine.model_runner import use_pdl
 
     if request.param == "pdl" and not use_pdl("auto", torch.device(DEV)):
         pytest.skip("programmatic dependent launch needs compute capability 9.0+")
-    kernels.PDL = request.param == "pdl"
-    yield
-    kernels.PDL = False
+    return request.param == "pdl"
 
 
 def rel(out, ref):
@@ -45,12 +43,12 @@ def rel(out, ref):
 
 
 @pytest.mark.parametrize("with_residual", [False, True])
-def test_rmsnorm(with_residual):
+def test_rmsnorm(with_residual, pdl):
     x = torch.randn(5, 200, device=DEV).to(DT)
     w = torch.rand(200, device=DEV).to(DT) + 0.5
     r = torch.randn(5, 200, device=DEV).to(DT)
     r_in = r.clone()
-    out = fused.rmsnorm(x, w, 1e-5, r if with_residual else None)
+    out = fused.rmsnorm(x, w, 1e-5, r if with_residual else None, pdl=pdl)
     s = (x.float() + r_in.float()).to(DT) if with_residual else x
     ref = (s.float() * torch.rsqrt(s.float().pow(2).mean(-1, keepdim=True) + 1e-5)).to(DT) * w
     assert rel(out, ref) < 1e-2
@@ -59,7 +57,7 @@ def test_rmsnorm(with_residual):
 
 
 @pytest.mark.parametrize("nh,nkv,hd", [(4, 4, 32), (6, 2, 64)])
-def test_rope_and_cache(nh, nkv, hd):
+def test_rope_and_cache(nh, nkv, hd, pdl):
     T, blocks, page = 7, 6, 4
     qkv = torch.randn(T, (nh + 2 * nkv) * hd, device=DEV).to(DT)
     pos = torch.randint(0, 50, (T,), device=DEV, dtype=torch.int32)
@@ -75,20 +73,20 @@ def test_rope_and_cache(nh, nkv, hd):
     keep = slots >= 0
     ref_cache[0].view(-1, nkv, hd)[slots[keep].long()] = ref_k[keep]
     ref_cache[1].view(-1, nkv, hd)[slots[keep].long()] = v.reshape(T, nkv, hd)[keep]
-    fused.rope_and_cache(qkv, pos, cos, sin, slots, cache, nh, nkv, hd)
+    fused.rope_and_cache(qkv, pos, cos, sin, slots, cache, nh, nkv, hd, pdl=pdl)
     assert rel(qkv[:, :nh * hd].view(T, nh, hd), ref_q) < 1e-2
     assert rel(cache, ref_cache) < 1e-2
 
 
-def test_silu_mul():
+def test_silu_mul(pdl):
     x = torch.randn(3, 2 * 1500, device=DEV).to(DT)
     g, u = x.chunk(2, -1)
-    assert rel(fused.silu_mul(x), torch.nn.functional.silu(g) * u) < 1e-2
+    assert rel(fused.silu_mul(x, pdl=pdl), torch.nn.functional.silu(g) * u) < 1e-2
 
 
 @pytest.mark.parametrize("M", [1, 5, 33])
 @pytest.mark.parametrize("kind", ["16bit", "int8", "int8_gated"])
-def test_wmm(M, kind):
+def test_wmm(M, kind, pdl):
     N, K = 96, 320
     gated = kind.endswith("gated")
     x = torch.randn(M, 2 * K if gated else K, device=DEV).to(DT)
@@ -105,7 +103,7 @@ def test_wmm(M, kind):
         g, u = x.chunk(2, -1)
         xin = torch.nn.functional.silu(g) * u
     ref = xin.float() @ ref_w.float().T + (bias.float() if bias is not None else 0)
-    out = linear.wmm(x, wq, scale, bias, gated=gated)
+    out = linear.wmm(x, wq, scale, bias, gated=gated, pdl=pdl)
     assert out.shape == (M, N)
     assert rel(out, ref) < 1e-2
 
@@ -182,29 +180,37 @@ def test_varlen_attention_matches_torch_path(nh, nkv, hd, fp8_cache):
     assert rel(out, ref) < 1e-2
 
 
-def _tiny_model(tmp_path, monkeypatch, **extra):
-    import json
+FAST = "on" if DEV == "cuda" else "interpret"  # the kernel mode of the Triton path here
 
-    from llmserve.model.llama import load_model
+
+def _tiny_config(path, **extra):
+    import json
 
     cfg = {"vocab_size": 300, "hidden_size": 192, "intermediate_size": 320, "num_hidden_layers": 2,
            "num_attention_heads": 6, "num_key_value_heads": 2, "max_position_embeddings": 256,
            "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "llmserve_random_init": {"seed": 3, "std": 0.1}, **extra}
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
-    model = load_model(tmp_path, DT, torch.device(DEV))
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(cfg))
+    return path
+
+
+def _tiny_model(tmp_path, kernel_mode=FAST, **extra):
+    """Random weights of a fixed seed: the same model for every kernel mode."""
+    from llmserve.model.llama import load_model
+
+    model = load_model(_tiny_config(tmp_path, **extra), DT, torch.device(DEV), kernel_mode)
     model.init_rope(256, torch.device(DEV))
     return model
 
 
 @pytest.mark.parametrize("quant", [None, "int8_wo"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_model_fast_path_matches_torch_path(tmp_path, monkeypatch, quant, seed):
+def test_model_fast_path_matches_torch_path(tmp_path, quant, seed, pdl):
     """The whole decoder (fused norms, rotary + cache write, varlen and decode attention, weight-streaming
     linears) against the torch path on the same random weights: a prefill of three prompts, then a decode."""
-    if DEV == "cpu":
-        monkeypatch.setenv("LLMSERVE_TRITON_KERNELS", "interpret")
     extra = {"quantization": {"mode": quant}} if quant else {}
-    model = _tiny_model(tmp_path, monkeypatch, **extra)
+    models = {"fast": _tiny_model(tmp_path, FAST, **extra), "torch": _tiny_model(tmp_path, "off", **extra)}
+    assert models["fast"].kernels and not models["torch"].kernels
     lens, page = [9, 1, 20], 4
     meta = AttentionMetadata.for_prefill(lens, page, torch.device(DEV), group=3, head_dim=32)
     # Fixed ids, three draws: with fresh ids on every run, bf16 rounding once went over the bound (0.0209,
@@ -212,12 +218,11 @@ def test_model_fast_path_matches_torch_path(tmp_path, monkeypatch, quant, seed):
     ids = torch.randint(0, 300, (sum(lens),), generator=torch.Generator().manual_seed(seed)).to(DEV)
     pos = torch.cat([torch.arange(n, device=DEV) for n in lens])
     results = {}
-    for mode in ("fast", "torch"):
+    for mode, model in models.items():
         if mode == "torch":
-            monkeypatch.setenv("LLMSERVE_TRITON_KERNELS", "0")
             meta.slot_mapping, meta.block_tables = meta.slot_mapping.long(), meta.block_tables.long()
         cache = torch.zeros(2, 2, 16, page, 2, 32, device=DEV, dtype=DT)
-        with torch.inference_mode():
+        with torch.inference_mode(), model.pdl_launches(pdl):
             prefill = model(ids, pos, cache, meta, None)
             # one decode token per sequence
             # positions 9, 1, 20: blocks 2 (of [0, 1, 2]), 3 (of [3]) and a new block 9 after [4..8]
@@ -242,7 +247,7 @@ def test_model_fast_path_matches_torch_path(tmp_path, monkeypatch, quant, seed):
 
 
 @pytest.mark.parametrize("quant", [None, "int8_wo"])
-def test_prefill_graphs_match_eager_steps(tmp_path, monkeypatch, quant):
+def test_prefill_graphs_match_eager_steps(tmp_path, quant):
     """Prefill and mixed steps through PrefillGraphs (tokens padded to a bucket, sequence rows and attention work
     list padded; real CUDA graphs on a GPU, the same padded inputs run eagerly under the interpreter) against
     the eager model on a cache of its own: logits of the sampled rows, and the caches after the steps."""
@@ -251,9 +256,7 @@ def test_prefill_graphs_match_eager_steps(tmp_path, monkeypatch, quant):
     from llmserve.engine.graph_inputs import StepInputs
     from llmserve.engine.prefill_graphs import PrefillGraphs
 
-    if DEV == "cpu":
-        monkeypatch.setenv("LLMSERVE_TRITON_KERNELS", "interpret")
-    model = _tiny_model(tmp_path, monkeypatch, **({"quantization": {"mode": quant}} if quant else {}))
+    model = _tiny_model(tmp_path, **({"quantization": {"mode": quant}} if quant else {}))
     page, prompt_lens = 4, [9, 14, 20]
     g = torch.Generator().manual_seed(0)
     full = [torch.randint(0, 300, (n + 2,), generator=g).tolist() for n in prompt_lens]
@@ -287,7 +290,7 @@ def test_prefill_graphs_match_eager_steps(tmp_path, monkeypatch, quant):
 
 @pytest.mark.parametrize("kind", ["16bit", "int8", "int8_magic", "fp8", "fp8_bits"])
 @pytest.mark.parametrize("gated", [False, True])
-def test_gemv_one_row(kind, gated):
+def test_gemv_one_row(kind, gated, pdl):
     if kind.startswith("fp8") and DEV == "cpu":
         pytest.skip("the interpreter has no float8")
     N, K = 80, 700  # neither divides the blocks
@@ -305,5 +308,120 @@ def test_gemv_one_row(kind, gated):
         xin = torch.nn.functional.silu(g) * u
     ref = xin.float() @ ref_w.T
     for cfg in [(16, 256, 4, 1), (8, 512, 4, 3)]:
-        out = linear.gemv(x, wq, scale, None, gated=gated, config=cfg, w_kind=w_kind)
+        out = linear.gemv(x, wq, scale, None, gated=gated, config=cfg, w_kind=w_kind, pdl=pdl)
         assert rel(out, ref) < 1e-2
+
+
+def test_kernel_mode_is_read_from_the_environment_once():
+    assert kernels.mode_from_env({}) == "on"
+    assert kernels.mode_from_env({"LLMSERVE_TRITON_KERNELS": "1"}) == "on"
+    assert kernels.mode_from_env({"LLMSERVE_TRITON_KERNELS": "0"}) == "off"
+    assert kernels.mode_from_env({"LLMSERVE_TRITON_KERNELS": "interpret"}) == "off"  # no interpreter: off
+    assert kernels.mode_from_env({"LLMSERVE_TRITON_KERNELS": "interpret", "TRITON_INTERPRET": "1"}) == "interpret"
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert kernels.usable("on", cuda, torch.bfloat16) and kernels.usable("interpret", cpu, torch.float16)
+    assert not kernels.usable("on", cpu, torch.bfloat16)  # a CPU tensor needs the interpreter
+    assert not kernels.usable("on", cuda, torch.float32)  # float32 keeps the torch path
+    assert not kernels.usable("off", cuda, torch.bfloat16)
+    with pytest.raises(ValueError):
+        kernels.usable("1", cuda, torch.bfloat16)
+
+
+class _Spy:
+    """Wraps the kernel wrappers that take `pdl`: records (phase, wrapper, pdl) of the model's calls (not those
+    of one wrapper to another); `plain`: launches without PDL (Triton's interpreter has no griddepcontrol)."""
+
+    def __init__(self, monkeypatch, plain: bool = True):
+        self.calls: list[tuple] = []
+        self.phase = None
+        self.depth = 0
+        for mod, name in ((fused, "rmsnorm"), (fused, "rope_and_cache"), (fused, "silu_mul"), (linear, "wmm"),
+                          (linear, "gemv"), (linear, "quant_fp8_per_token")):
+            monkeypatch.setattr(mod, name, self._wrap(name, getattr(mod, name), plain))
+
+    def _wrap(self, name, fn, plain):
+        def spy(*args, pdl=False, **kw):
+            if not self.depth:
+                self.calls.append((self.phase, name, pdl))
+            self.depth += 1
+            try:
+                return fn(*args, pdl=pdl and not plain, **kw)
+            finally:
+                self.depth -= 1
+
+        return spy
+
+
+@pytest.mark.parametrize("quant", [None, "int8_wo"])
+def test_pdl_reaches_the_linear_and_fused_kernels_only_inside_pdl_launches(tmp_path, monkeypatch, quant):
+    model = _tiny_model(tmp_path, **({"quantization": {"mode": quant}} if quant else {}))
+    spy = _Spy(monkeypatch)
+    page = 4
+    meta = AttentionMetadata(slot_mapping=torch.tensor([1, 5, 9], dtype=torch.int32, device=DEV),
+                             block_tables=torch.tensor([[0], [1], [2]], dtype=torch.int32, device=DEV),
+                             context_lens=torch.tensor([2, 2, 2], dtype=torch.int32, device=DEV), query_lens=[1] * 3,
+                             context_lens_host=[2] * 3, decode_only=True, max_context_len=2, context_bound=8)
+    ids = torch.tensor([5, 6, 7], device=DEV)
+    cache = torch.zeros(2, 2, 4, page, 2, 32, device=DEV, dtype=DT)
+    with torch.inference_mode():
+        for phase, on in (("before", False), ("inside", True), ("after", False)):
+            spy.phase = phase
+            if on:
+                with model.pdl_launches():
+                    assert model.launch.pdl
+                    model(ids, ids, cache, meta, None)
+            else:
+                model(ids, ids, cache, meta, None)
+    assert not model.launch.pdl
+    names = {name for _, name, _ in spy.calls}
+    assert {"rmsnorm", "rope_and_cache", "wmm"} <= names
+    for phase, name, pdl in spy.calls:
+        assert pdl == (phase == "inside"), (phase, name)
+    torch_model = _tiny_model(tmp_path / "torch", "off")
+    with torch_model.pdl_launches():  # the torch path has no launches to change
+        assert not torch_model.launch.pdl
+
+
+@pytest.mark.skipif(DEV != "cuda", reason="CUDA graphs need a GPU")
+def test_runner_captures_pdl_only_into_decode_graphs_of_up_to_16_rows(tmp_path, monkeypatch):
+    """Eager warm-up, prefill graphs and decode graphs over 16 rows launch plainly; the decode graphs of up to 16
+    rows with programmatic dependent launch (where the GPU has it). Then the runner's public graph names."""
+    from llmserve.config import ServingConfig
+    from llmserve.engine import model_runner
+    from llmserve.engine.prefill_graphs import PrefillGraphs
+
+    if not model_runner.use_pdl("auto", torch.device(DEV)):
+        pytest.skip("programmatic dependent launch needs compute capability 9.0+")
+    spy = _Spy(monkeypatch, plain=False)
+
+    def phased(phase, fn):
+        def run(self, *args, **kw):
+            before, spy.phase = spy.phase, phase(*args)
+            try:
+                return fn(self, *args, **kw)
+            finally:
+                spy.phase = before
+
+        return run
+
+    runner_cls = model_runner.ModelRunner
+    monkeypatch.setattr(runner_cls, "_warmup", phased(lambda: ("warmup", 0), runner_cls._warmup))
+    monkeypatch.setattr(runner_cls, "_decode_forward",
+                        phased(lambda ids, *a: ("decode", ids.shape[0]), runner_cls._decode_forward))
+    monkeypatch.setattr(PrefillGraphs, "_layers", phased(lambda T: ("prefill", T), PrefillGraphs._layers))
+    cfg = ServingConfig.of(dtype=str(DT).removeprefix("torch."), max_batch_size=32, max_num_tokens=64,
+                        prefill_graph_max_tokens=32, kv_cache_memory_bytes=16 << 20, pdl="auto")
+    runner = model_runner.ModelRunner(cfg, _tiny_config(tmp_path))
+    assert runner.fast and runner.pdl and not runner.model.launch.pdl
+    seen = {}
+    for phase, _, pdl in spy.calls:
+        assert phase is not None
+        assert pdl == (phase[0] == "decode" and phase[1] <= 16), phase
+        seen.setdefault(phase[0], set()).add(pdl)
+    assert seen == {"warmup": {False}, "prefill": {False}, "decode": {True, False}}
+    assert runner.decode_graph_sizes == [1, 2, 4, 8, 16, 32]
+    assert runner.graph_for(3) is runner.graph_for(4) is not runner.graph_for(2)
+    runner.drop_graphs()
+    assert runner.decode_graph_sizes == [] and runner.can_launch(64)
+    runner.capture_graphs()
+    assert runner.decode_graph_sizes == [1, 2, 4, 8, 16, 32] and not runner.model.launch.pdl

@@ -35,8 +35,7 @@ def test_perf_analyzer_streaming(server, tmp_path):
 def test_genai_perf_streaming(server, tmp_path):
     argv, env = loadgen.genai_perf_cmd("llm", server.grpc_url, default_tokenizer_dir(), concurrency=2, num_prompts=6,
                                        input_tokens_mean=32, output_tokens_mean=16, artifact_dir=tmp_path / "gp")
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    loadgen.run_genai_perf(argv, env, tmp_path / "gp", tmp_path / "genai.log", 300)  # raises on a failure
     m = loadgen.parse_genai_perf_json(loadgen.find_genai_perf_json(tmp_path / "gp"))
     assert m["output_token_throughput_tok_s"] > 0 and m["ttft_p99_ms"] > 0 and m["itl_p50_ms"] > 0
     # Deterministic output lengths: min_tokens = max_tokens, so every answer is exactly 16 tokens long.

@@ -324,7 +324,7 @@ def test_measure_tries_once_more_when_perf_analyzer_left_no_data(tmp_path, monke
         (d / "profile_export_genai_perf.json").write_text((FIX / "genai_perf_concurrency4.json").read_text())
         return SimpleNamespace(returncode=0)
 
-    monkeypatch.setattr(validate.subprocess, "run", fake_run)
+    monkeypatch.setattr(validate.loadgen.subprocess, "run", fake_run)
     monkeypatch.setattr(validate.loadgen, "genai_perf_cmd", lambda *a, **k: (["genai-perf"], {}))
     workload = SimpleNamespace(input_tokens=32, output_tokens=16)
     if second == "ok":
@@ -332,6 +332,6 @@ def test_measure_tries_once_more_when_perf_analyzer_left_no_data(tmp_path, monke
         assert m["concurrency"] == 4 and m["request_count"] > 0
         assert (tmp_path / "genai_c4.attempt1.log").is_file() and (tmp_path / "genai_c4.log").is_file()
     else:
-        with pytest.raises(RuntimeError, match="genai-perf failed at concurrency 4"):
+        with pytest.raises(RuntimeError, match="at concurrency 4: genai-perf failed"):
             validate.measure("localhost:1", Path("/tok"), workload, 4, tmp_path, 8, 60)
     assert len(runs) == 2

@@ -145,3 +145,13 @@ def test_unknown_recipe_lists_the_known_ones(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text(yaml.safe_dump({**raw("fp16"), "name": "mine"}))
     assert load_recipe(path).name == "mine"
+
+
+def test_no_recipe_targets_volta():
+    # issue 21 item 5: TensorRT-LLM 1.x dropped Volta; ModelOpt INT8 SmoothQuant needs Ampere
+    for name in ("fp16", "int8_wo", "int8_sq", "int8_sq_selective"):
+        assert load_recipe(name).min_compute_capability == (8, 0)
+    raw = yaml.safe_load((RECIPES_DIR / "fp16.yaml").read_text())
+    raw["min_compute_capability"] = "7.0"
+    with pytest.raises(RecipeError, match="min_compute_capability: TensorRT-LLM 1.2 needs compute capability >= 8.0"):
+        recipe_from_dict(raw)

@@ -24,10 +24,10 @@ def fault_token(tokenizer):
 
 @pytest.fixture(scope="module")
 def small_server(checkpoint, fault_token, tmp_path_factory):
-    """Two sequences at a time, two waiting at most, and a fault that fires on one token."""
+    """Two sequences at a time, two waiting at most, a fault that fires on one token, and prompts logged."""
     root = tmp_path_factory.mktemp("small")
     repo = make_repository(root / "repo", checkpoint, max_batch_size=2, max_queue_size=2,
-                           fault_injection=f"fail_on_token:{fault_token}")
+                           fault_injection=f"fail_on_token:{fault_token}", log_prompts="true")
     srv = TritonServer(repo, free_port(), free_port(), free_port(), log_path=root / "server.log")
     srv.start()
     yield srv
@@ -222,6 +222,12 @@ def test_prompt_text_stays_out_of_the_log(server):
         LLMClient(server.grpc_url).generate(f"{marker}", max_tokens=-1)
     log = server.log_path.read_text(errors="replace")
     assert marker not in log
+
+
+def test_log_prompts_puts_the_prompt_in_the_log(small_server):
+    marker = "ORANGE-GIRAFFE-9023"
+    LLMClient(small_server.grpc_url, retries=12, backoff_s=0.2).generate(f"Repeat {marker}", max_tokens=2)
+    assert wait_for(lambda: marker in small_server.log_path.read_text(errors="replace"))
 
 
 @pytest.mark.parametrize("engine_process", ["false", "true"])

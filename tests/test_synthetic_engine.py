@@ -8,8 +8,8 @@ from llmserve.config import ConfigError, ServingConfig
 from llmserve.engine.api import EngineRequest, Overloaded
 from llmserve.engine.sampling_params import SamplingParams
 from llmserve.engine.synthetic import SyntheticEngine
+from llmserve.serving.api import GenerateRequest
 from llmserve.serving.factory import build_service
-from llmserve.serving.service import GenerateRequest
 from tests.conftest import MODEL_DIR
 
 
@@ -46,7 +46,7 @@ def test_abort_and_a_full_queue():
 
 
 def test_the_service_serves_text_through_it(checkpoint):
-    cfg = ServingConfig(engine="synthetic", synthetic_step_ms=0.0)
+    cfg = ServingConfig.of(engine="synthetic", synthetic_step_ms=0.0)
     service = build_service(cfg, MODEL_DIR)
     try:
         deltas: queue.SimpleQueue = queue.SimpleQueue()
@@ -59,4 +59,4 @@ def test_the_service_serves_text_through_it(checkpoint):
     finally:
         service.stop()
     with pytest.raises(ConfigError):
-        ServingConfig(engine="imaginary").validate()
+        ServingConfig.of(engine="imaginary")

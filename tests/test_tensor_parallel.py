@@ -38,7 +38,7 @@ def generate(checkpoint, rank=0, world=1):
     load = runner_mod.load_model
     runner_mod.load_model = lambda *a, **k: shard_model(load(*a, **k), rank, world)
     try:
-        engine = TorchEngine(ServingConfig(device="cpu", dtype="float32", kv_block_size=4), checkpoint)
+        engine = TorchEngine(ServingConfig.of(device="cpu", dtype="float32", kv_block_size=4), checkpoint)
     finally:
         runner_mod.load_model = load
     out = {}

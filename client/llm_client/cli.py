@@ -1,4 +1,4 @@
-"""`llm generate` and `llm chat`: stream answers from the server to the terminal."""
+"""`llm generate` and `llm chat`: stream answers from the server to the terminal; `llm openai|soak|sweep|validate`."""
 
 from __future__ import annotations
 
@@ -66,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         from llm_client.sweep import main as sweep_main
 
         return sweep_main(argv[1:])
+    if argv and argv[0] == "openai":
+        from llm_client.openai_server.cli import main as openai_main
+
+        return openai_main(argv[1:], prog="llm openai")
     if argv and argv[0] == "validate":
         from llm_client.validate import main as validate_main
 
@@ -74,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="command", required=True)
     sub.add_parser("sweep", help="try config variants on fresh servers, best throughput under a P99 SLO")
     sub.add_parser("validate", help="load a live server with genai-perf and check a targets file (llm validate -h)")
+    sub.add_parser("openai", help="serve an OpenAI-compatible HTTP API in front of Triton (llm openai -h)")
     sub.add_parser("soak", help="rounds of concurrent mixed requests checking nothing is lost (see llm soak -h)")
     g = sub.add_parser("generate", help="one answer, streamed unless --no-stream")
     g.add_argument("prompt")

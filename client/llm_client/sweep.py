@@ -1,21 +1,25 @@
 """`llm sweep`: the guide's tuning loop, like Triton Model Analyzer, on this machine.
 
 For every combination of the given config.pbtxt knobs (max_batch_size, max_num_tokens, dtype, ...) it starts
-the real server on a derived model repository, loads it with genai-perf at each concurrency, and picks the
-configuration with the best output throughput whose P99 latency metric stays under the SLO.
-Needs the server side installed (llmserve) besides the client.
+the real server (`python -m llmserve.launch serve --set KNOB=VALUE ...`, a process of its own), loads it with
+genai-perf at each concurrency, and picks the configuration with the best output throughput whose P99
+latency metric stays under the SLO. Needs the server side installed (llmserve) besides the client.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
-import shutil
+import signal
 import socket
+import subprocess
 import sys
-import tempfile
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +48,6 @@ def sweep(grid: dict[str, list[str]], concurrencies: list[int], workload: Worklo
           out=sys.stdout) -> dict[str, Any]:
     from tqdm import tqdm
 
-    from llmserve.launch.tritonserver import TritonServer, derive_repository
-
     out_dir.mkdir(parents=True, exist_ok=True)
     tok = default_tokenizer_dir()
     results: list[dict[str, Any]] = []
@@ -53,20 +55,14 @@ def sweep(grid: dict[str, list[str]], concurrencies: list[int], workload: Worklo
     bar = tqdm(total=len(combos) * len(concurrencies), desc="sweep", file=out)
     for i, knobs in enumerate(combos):
         name = "_".join(f"{k}-{v}" for k, v in knobs.items()) or "default"
-        work = Path(tempfile.mkdtemp(prefix="llm-sweep-"))
-        try:
-            repo = derive_repository(work / "repo", source=model_repository, **knobs)
-            server = TritonServer(repo, _free_port(), _free_port(), _free_port(), log_path=out_dir / f"{name}.log")
-            with server:
-                for c in concurrencies:
-                    run_dir = out_dir / f"v{i}"
-                    run_dir.mkdir(exist_ok=True)
-                    m = measure(server.grpc_url, tok, workload, c, run_dir, num_prompts or max(8, 2 * c), 900)
-                    results.append({"variant": name, **knobs, **{k: v for k, v in m.items()
-                                                                 if isinstance(v, (int, float))}})
-                    bar.update(1)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        with serving(model_repository, knobs, out_dir / f"{name}.log") as grpc_url:
+            for c in concurrencies:
+                run_dir = out_dir / f"v{i}"
+                run_dir.mkdir(exist_ok=True)
+                m = measure(grpc_url, tok, workload, c, run_dir, num_prompts or max(8, 2 * c), 900)
+                results.append({"variant": name, **knobs, **{k: v for k, v in m.items()
+                                                             if isinstance(v, (int, float))}})
+                bar.update(1)
     bar.close()
     best = best_under_slo(results, slo_metric, slo_ms)
     summary = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "grid": grid, "concurrencies": concurrencies,
@@ -75,6 +71,43 @@ def sweep(grid: dict[str, list[str]], concurrencies: list[int], workload: Worklo
     _write_markdown(out_dir / "sweep.md", summary, slo_metric)
     _plot(results, out_dir / "sweep.png", slo_metric, slo_ms)
     return summary
+
+
+@contextlib.contextmanager
+def serving(model_repository: Path, knobs: dict[str, str], log_path: Path, timeout: float = 300.0) -> Iterator[str]:
+    """A server with `knobs` overridden, started by the launcher's command line (the client imports no server
+    code); yields its gRPC address, and stops it (SIGTERM: the launcher drains, then stops tritonserver)."""
+    http, grpc, metrics = _free_port(), _free_port(), _free_port()
+    cmd = [sys.executable, "-m", "llmserve.launch", "serve", "--model-repository", str(model_repository),
+           "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--drain-seconds", "0"]
+    cmd += [arg for k, v in knobs.items() for arg in ("--set", f"{k}={v}")]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _wait_ready(proc, f"http://127.0.0.1:{http}/v2/health/ready", timeout, log_path)
+            yield f"localhost:{grpc}"
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _wait_ready(proc: subprocess.Popen, url: str, timeout: float, log_path: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode} before it was ready; see {log_path}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the server was not ready within {timeout:.0f} s; see {log_path}")
 
 
 def _write_markdown(path: Path, s: dict[str, Any], slo_metric: str) -> None:

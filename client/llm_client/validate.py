@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -43,19 +42,10 @@ def measure(url: str, tokenizer_dir: Path, workload, concurrency: int, out_dir: 
         model, url, tokenizer_dir, concurrency, num_prompts=num_prompts, input_tokens_mean=workload.input_tokens,
         output_tokens_mean=workload.output_tokens, artifact_dir=artifacts, warmup_request_count=concurrency)
     log = out_dir / f"genai_c{concurrency}.log"
-    for attempt in (1, 2):
-        with open(log, "w") as fh:
-            proc = subprocess.run(argv, env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout_s)
-        if proc.returncode == 0:
-            break
-        # perf_analyzer under genai-perf once left an empty profile_export.json on a loaded 2-core machine (a
-        # fresh-clone test run, 2026-11-30; the same point passed on every rerun): that, and only that, gets
-        # one more try; the first attempt's log stays beside the second's.
-        empty = [f for f in artifacts.rglob("profile_export.json") if f.stat().st_size == 0]
-        if attempt == 2 or not empty:
-            raise RuntimeError(f"genai-perf failed at concurrency {concurrency} (exit {proc.returncode}); see {log}")
-        log.rename(log.with_name(f"{log.stem}.attempt1.log"))
-        shutil.rmtree(artifacts)
+    try:
+        loadgen.run_genai_perf(argv, env, artifacts, log, timeout_s)
+    except RuntimeError as exc:
+        raise RuntimeError(f"at concurrency {concurrency}: {exc}") from None
     metrics = loadgen.parse_genai_perf_json(loadgen.find_genai_perf_json(artifacts))
     metrics["concurrency"] = concurrency
     return metrics

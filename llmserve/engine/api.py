@@ -6,11 +6,24 @@ every engine gets the same text behaviour, and the Triton adapter talks to neith
 
 from __future__ import annotations
 
+import enum
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from llmserve.engine.sampling_params import SamplingParams
+from llmserve.engine.sampling_params import InvalidRequest, SamplingParams
+
+
+class FinishReason(str, enum.Enum):
+    """Why a request ended; the value is what the wire carries (vLLM's and OpenAI's names)."""
+
+    STOP = "stop"  # EOS, a stop token id or a stop string
+    LENGTH = "length"  # max_tokens or the model context
+    ABORT = "abort"  # cancelled
+    ERROR = "error"
+
+    __str__ = str.__str__  # the value, on every Python (3.11 formats a str mixin enum as its name)
+    __format__ = str.__format__
 
 
 class EngineError(RuntimeError):
@@ -56,7 +69,7 @@ class EngineOutput:
 
     request_id: str
     new_token_ids: list[int]
-    finish_reason: str | None = None  # "stop" | "length" | "abort" | "error"
+    finish_reason: FinishReason | None = None
     logprobs: list[TokenLogprob] | None = None
     error: EngineError | None = None
     num_prompt_tokens: int = 0
@@ -76,6 +89,28 @@ class EngineStats:
     steps: int = 0
 
 
+@dataclass(frozen=True)
+class PromptLimits:
+    """What an engine can take as a prompt, in tokens: every engine checks its prompts here."""
+
+    max_model_len: int  # the context: at least one token must remain for the answer
+    max_input_len: int | None = None  # an engine built for shorter prompts (TensorRT-LLM)
+    kv_cache_tokens: int | None = None  # what the whole KV cache holds
+
+    def check(self, n: int) -> None:
+        if n == 0:
+            raise InvalidRequest("text_input", "the prompt is empty")
+        if n >= self.max_model_len:
+            raise InvalidRequest("text_input", f"the prompt has {n} tokens; the model context is "
+                                 f"{self.max_model_len} tokens, and at least one must remain for the answer")
+        if self.max_input_len is not None and n > self.max_input_len:
+            raise InvalidRequest("text_input", f"the prompt has {n} tokens; this engine was built for at most "
+                                 f"{self.max_input_len}")
+        if self.kv_cache_tokens is not None and n + 1 > self.kv_cache_tokens:
+            raise InvalidRequest("text_input", f"the prompt has {n} tokens, more than the KV cache holds "
+                                 f"({self.kv_cache_tokens} tokens); raise kv_cache_memory_bytes")
+
+
 class Engine(Protocol):
     """Iteration-level engine. Not thread-safe: one thread (the service's engine thread) drives it."""
 
@@ -87,7 +122,7 @@ class Engine(Protocol):
     def abort(self, request_id: str) -> None:
         """Stops a request; its final output (finish_reason "abort") comes from a later `step`."""
 
-    def finish(self, request_id: str, reason: str = "stop") -> None:
+    def finish(self, request_id: str) -> None:
         """Ends a request early (a stop string matched on text), freeing its resources; no output follows."""
 
     def has_work(self) -> bool: ...

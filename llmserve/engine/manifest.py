@@ -149,3 +149,19 @@ def verify_engine_files(manifest: Manifest, engine_dir: str | Path) -> None:
     if bad:
         raise ManifestError(f"engine files changed or missing since the build: {', '.join(bad)} in {engine_dir}; "
                             f"rebuild with: {manifest.rebuild_command}")
+
+
+def paged_context_fmha(manifest: Manifest, engine_dir: str | Path) -> bool:
+    """Whether the engine was built with paged context FMHA, which chunked context needs.
+
+    The manifest records the build limits (build_engines/recipe.py Limits.use_paged_context_fmha); manifests
+    without it fall back to trtllm-build's config.json (build_config.plugin_config), and to False when neither
+    says: the executor then runs unchunked, and we must cap prompts accordingly.
+    """
+    if "use_paged_context_fmha" in manifest.limits:
+        return bool(manifest.limits["use_paged_context_fmha"])
+    try:
+        config = json.loads((Path(engine_dir) / "config.json").read_text(encoding="utf-8"))
+        return bool(config["build_config"]["plugin_config"]["use_paged_context_fmha"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False

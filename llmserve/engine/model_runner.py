@@ -11,6 +11,9 @@ Prefill and mixed steps of up to `prefill_graph_max_tokens` tokens replay a grap
 previous launched step's output on the device (`src_rows`), so the engine can queue step N+1 before it has
 read step N's tokens, and its host work overlaps the GPU's. Two host input buffers alternate, so filling
 step N+1's inputs never races the copy of step N's.
+
+The kernel switch (LLMSERVE_TRITON_KERNELS) is read once, here at start, and the loaded model keeps the choice;
+programmatic dependent launch is on only while the small decode graphs are captured (`model.pdl_launches`).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from llmserve.engine.sampler import SamplingBatch, is_plain_greedy, sample
 from llmserve.engine.scheduler import ScheduledBatch
 from llmserve.engine.sequence import Sequence
 from llmserve.model.attention import AttentionMetadata
-from llmserve.model.llama import load_model
+from llmserve.model.llama import check_served_context, load_model
 
 log = logging.getLogger(__name__)
 CPU_DEFAULT_KV_BYTES = 256 << 20
@@ -75,7 +78,7 @@ class Launched:
 
 def use_pdl(choice: str, device: torch.device) -> bool:
     """`pdl` auto: on for Hopper and later (compute capability 9.0+), where programmatic dependent launch exists.
-    It applies to the linear and fused kernels of the decode graphs (see llmserve.kernels.PDL)."""
+    It applies to the linear and fused kernels of the decode graphs of up to 16 rows (capture_graphs)."""
     return switch(choice, lambda: device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0))
 
 
@@ -88,16 +91,17 @@ class ModelRunner:
     def __init__(self, cfg: ServingConfig, checkpoint_dir: Path):
         self.cfg = cfg
         self.device = pick_device(cfg.device)
-        self.dtype = pick_dtype(cfg.dtype, self.device)
-        self.model = load_model(checkpoint_dir, self.dtype, self.device)
+        self.dtype = pick_dtype(cfg.pytorch.dtype, self.device)
+        self.kernel_mode = kernels.mode_from_env()
+        self.model = load_model(checkpoint_dir, self.dtype, self.device, self.kernel_mode)
         args = self.model.args
         self.max_model_len = cfg.max_model_len or args.max_position_embeddings
+        check_served_context(args, self.max_model_len)  # a sliding window must not cut the context
         self.model.init_rope(self.max_model_len, self.device)
-        self.block_size = cfg.kv_block_size
-        self.kv_dtype = torch.float8_e4m3fn if cfg.kv_cache_dtype == "fp8" else self.dtype
-        self.fast = self.dtype in (torch.float16, torch.bfloat16) and kernels.enabled(
-            torch.empty(0, device=self.device))
-        self.pdl = self.fast and cfg.cuda_graphs and use_pdl(cfg.pdl, self.device)
+        self.block_size = cfg.cache.kv_block_size
+        self.kv_dtype = torch.float8_e4m3fn if cfg.cache.kv_cache_dtype == "fp8" else self.dtype
+        self.fast = self.model.kernels  # the Triton path (16-bit, CUDA, triton, not switched off)
+        self.pdl = self.fast and cfg.pytorch.cuda_graphs and use_pdl(cfg.pytorch.pdl, self.device)
         # One extra block on the fast path: the scratch block for padding rows of a CUDA graph.
         self._extra_blocks = 1 if self.fast else 0
         self.num_blocks = self._num_kv_blocks()
@@ -105,24 +109,25 @@ class ModelRunner:
                                     args.num_kv_heads, args.head_dim, dtype=self.kv_dtype, device=self.device)
         self.group = args.num_heads // args.num_kv_heads
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+        self._sizes: list[int] = []
         self._prefill_graphs: PrefillGraphs | None = None
         self.last_launch_s = 0.0
         self.last_launch_split_ms: tuple[float, float, float] | None = None  # a graph step's inputs/replay/logits
         if self.fast and self.device.type == "cuda":
             self._warmup()
-        if self.fast and cfg.cuda_graphs:
-            self._capture_graphs()
+        if self.fast and cfg.pytorch.cuda_graphs:
+            self.capture_graphs()
 
     def _kv_block_bytes(self) -> int:
         a = self.model.args
         return 2 * a.num_layers * self.block_size * a.num_kv_heads * a.head_dim * self.kv_dtype.itemsize
 
     def _num_kv_blocks(self) -> int:
-        budget = self.cfg.kv_cache_memory_bytes
+        budget = self.cfg.cache.kv_cache_memory_bytes
         if not budget:
             if self.device.type == "cuda":
                 free, _ = torch.cuda.mem_get_info(self.device)
-                budget = int(free * self.cfg.kv_cache_free_mem_fraction) - (1 << 30)  # headroom for activations
+                budget = int(free * self.cfg.cache.kv_cache_free_mem_fraction) - (1 << 30)  # headroom for activations
             else:
                 budget = CPU_DEFAULT_KV_BYTES
         blocks = budget // self._kv_block_bytes() - self._extra_blocks
@@ -141,7 +146,7 @@ class ModelRunner:
     def _prepare(self, step: StepInputs) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
         index = torch.int32 if self.fast else torch.long
         meta = AttentionMetadata.for_step(step, self.device, index, self.max_model_len, self.group,
-                                          self.model.args.head_dim)
+                                          self.model.args.head_dim, work_list=self.fast)
         return (torch.tensor(step.ids, dtype=index, device=self.device),
                 torch.tensor(step.positions, dtype=index, device=self.device), meta)
 
@@ -163,9 +168,8 @@ class ModelRunner:
             input_ids, positions, meta = self._prepare(step)
             logits = self.model(input_ids, positions, self.kv_cache, meta,
                                 torch.tensor(step.sample_rows, dtype=torch.long, device=self.device))
-        # Host time to enqueue the step (the step trace's launch_ms). Near the step's wall time when the host sets
-        # the pace, but also when the host was held up inside the launch while the GPU worked: at 256 streams on
-        # the H200 it was so with graph replays too, whose steps took their GPU time (docs/performance.md).
+        # Host time to enqueue the step (the step trace's launch_ms): near the step's wall time when the host sets
+        # the pace, or when it was held up inside the launch while the GPU worked (docs/performance.md).
         self.last_launch_s = time.perf_counter() - t0
         if not step.sample_rows:
             return [], []
@@ -180,7 +184,7 @@ class ModelRunner:
         """Compiles the Triton kernels for every shape class an eager step can meet (Triton specializes on
         M == 1 and M % 16 == 0, our kernels on M buckets), so no request waits for a compilation."""
         scratch = self.num_blocks
-        top = min(self.cfg.max_num_tokens, self.max_model_len)
+        top = min(self.cfg.batching.max_num_tokens, self.max_model_len)
         sizes = sorted({n for n in (2, 3, 16, 17, 32, 33, 64, 65, 128, 129, 1000, top - 1, top) if 2 <= n <= top})
         dev = self.device
         for n in sizes:
@@ -194,14 +198,14 @@ class ModelRunner:
             ids = torch.zeros(n, dtype=torch.int32, device=dev)
             pos = torch.arange(n, dtype=torch.int32, device=dev)
             self.model(ids, pos, self.kv_cache, meta, torch.tensor([n - 1], device=dev))
-        if not self.cfg.cuda_graphs:  # eager decode steps: the linear kernels' M classes, each attention config
+        if not self.cfg.pytorch.cuda_graphs:  # eager decode steps: the linear kernels' M classes, each attention config
             from llmserve.kernels.attention import decode_config
 
             firsts: dict[tuple, int] = {}
-            for b in range(1, self.cfg.max_batch_size + 1):
+            for b in range(1, self.cfg.batching.max_batch_size + 1):
                 firsts.setdefault(decode_config(self.max_model_len, b, self.model.args.num_kv_heads,
                                                 self.kv_dtype == torch.float8_e4m3fn), b)
-            for b in sorted({1, 2, 8, 64, self.cfg.max_batch_size, *firsts.values()}):
+            for b in sorted({1, 2, 8, 64, self.cfg.batching.max_batch_size, *firsts.values()}):
                 meta = AttentionMetadata(
                     slot_mapping=torch.full((b,), -1, dtype=torch.int32, device=dev),
                     block_tables=torch.full((b, 1), scratch, dtype=torch.int32, device=dev),
@@ -212,8 +216,31 @@ class ModelRunner:
         torch.cuda.synchronize(self.device)
 
     # -- CUDA graphs for decode ----------------------------------------------------------------------------------
-    def _capture_graphs(self) -> None:
-        sizes = graph_batch_sizes(self.cfg.max_batch_size)
+    @property
+    def decode_graph_sizes(self) -> list[int]:
+        """The padded batch sizes of the captured decode graphs, ascending (empty: none captured)."""
+        return list(self._sizes)
+
+    def graph_for(self, batch_size: int) -> torch.cuda.CUDAGraph:
+        """The captured decode graph that a step of `batch_size` rows replays (its padded size's)."""
+        size = next((s for s in self._sizes if s >= batch_size), None)
+        if size is None:
+            raise KeyError(f"no decode graph takes {batch_size} rows (captured: {self._sizes})")
+        return self._graphs[size][0]
+
+    def drop_graphs(self) -> None:
+        """Forgets the captured graphs, decode and prefill: steps run eagerly until `capture_graphs` again."""
+        if self._graphs:
+            torch.cuda.synchronize(self.device)  # no replay or input copy of theirs still in flight
+        self._graphs.clear()
+        self._sizes = []
+        self._prefill_graphs = None
+
+    def capture_graphs(self) -> None:
+        """Captures the prefill graphs, then a decode graph per padded batch size (with the model's kernels)."""
+        if self._graphs:
+            self.drop_graphs()
+        sizes = graph_batch_sizes(self.cfg.batching.max_batch_size)
         self._graph_max = max_b = max(sizes)
         W = self._width = -(-self.max_model_len // self.block_size)
         n = 5 * max_b + max_b * W
@@ -230,30 +257,26 @@ class ModelRunner:
         self._out_host = [torch.zeros(max_b, dtype=torch.long).pin_memory() for _ in range(2)]
         self._dev.copy_(self._hosts[0].tensor)
         pool = torch.cuda.graph_pool_handle()
-        # Prefill graphs first: captured after the decode graphs (or after mere eager forwards at their padded
-        # sizes), they left the batch-1 decode graph ~1% slower from the start; captured first, not (H200,
-        # bench.kernel_check graphs_bs1). After serving it is ~1% slower all the same (docs/performance.md).
-        top = min(self.cfg.prefill_graph_max_tokens, self.cfg.max_num_tokens)
+        # Prefill graphs first: captured after, they left the batch-1 decode graph slower (docs/performance.md).
+        top = min(self.cfg.pytorch.prefill_graph_max_tokens, self.cfg.batching.max_num_tokens)
         if top > 0:
-            self._prefill_graphs = PrefillGraphs(self.model, self.kv_cache, top, self.cfg.max_batch_size, W,
+            self._prefill_graphs = PrefillGraphs(self.model, self.kv_cache, top, self.cfg.batching.max_batch_size, W,
                                                  self.max_model_len)
             self._prefill_graphs.capture_all(pool)
         for S in sorted(sizes, reverse=True):
-            # Programmatic dependent launch in the graphs of up to 16 rows (where our GEMV/GEMM kernels do the
-            # linear layers). Eager prefill steps measured slower with it, and 128/128 at 256 streams lower in both
-            # runs that had it in the large graphs too (bench/results/2026-11-25-h100-pdl).
-            kernels.PDL = self.pdl and S <= 16
             meta = AttentionMetadata(slot_mapping=slot[:S], block_tables=bt[:S], context_lens=ctx[:S],
                                      query_lens=[1] * S, context_lens_host=[1] * S, decode_only=True,
                                      max_context_len=self.max_model_len, context_bound=self.max_model_len)
-            for _ in range(2):  # compiles the Triton kernels outside the capture
-                self._decode_forward(ids[:S], pos[:S], src[:S], meta)
-            torch.cuda.synchronize(self.device)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                logits, tokens = self._decode_forward(ids[:S], pos[:S], src[:S], meta)
+            # PDL only up to 16 rows, where our GEMV/GEMM kernels do the linear layers: eager steps and larger
+            # graphs were slower with it (docs/performance.md).
+            with self.model.pdl_launches(self.pdl and S <= 16):
+                for _ in range(2):  # compiles the Triton kernels outside the capture
+                    self._decode_forward(ids[:S], pos[:S], src[:S], meta)
+                torch.cuda.synchronize(self.device)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    logits, tokens = self._decode_forward(ids[:S], pos[:S], src[:S], meta)
             self._graphs[S] = (graph, logits, tokens)
-        kernels.PDL = False
         torch.cuda.synchronize(self.device)
         self._sizes = sorted(sizes)
         log.info("captured CUDA graphs for decode batch sizes %s", self._sizes)

@@ -1,9 +1,8 @@
 """CUDA graphs for prefill and mixed steps, one per padded token count.
 
-An eager step of a 7B model is about 400 kernel launches, and on the lent H200 enqueueing them took the host
-17-21 ms whether the step carried 128 tokens or 1,024 (the bench's step trace: launch_ms within 0.5 ms of the
-step's wall time): several times the GPU work of a small step, and the pace of the ramp when 256 requests
-arrive at once. A graph replay launches all of them in one call.
+An eager step of a 7B model is about 400 kernel launches, and enqueueing them costs the host more than the GPU
+work of a small step, whatever its token count (docs/performance.md). A graph replay launches all of them in
+one call. The graphs are captured with plain launches (no programmatic dependent launch).
 
 Everything that varies within a token bucket lives in device buffers of fixed shape:
 - the step's tokens (ids, positions, cache slots), padded to the bucket with slot -1, which the fused rotary

@@ -19,8 +19,8 @@ from llmserve.engine.sequence import Sequence, Status
 
 @dataclass
 class SchedulerConfig:
-    max_batch_size: int = 64
-    max_num_tokens: int = 2048
+    max_batch_size: int
+    max_num_tokens: int
     max_queue_delay_s: float = 0.0
     queue_delay_gap_s: float = 0.0  # end the delay early once no request arrived for this long (0: never)
 
@@ -70,8 +70,8 @@ class Scheduler:
         """Seconds until `schedule` would admit the oldest waiting request (for the queue delay).
 
         The delay gathers a burst into one prefill step: behind Triton a burst reaches the engine one request
-        at a time (~1 ms apart on the H100 box), and each eager step costs ~20 ms of launches however few
-        tokens it has. It ends at `max_queue_delay_s` after the oldest arrival, once the waiting prompts fill
+        at a time, and each eager step costs its launches however few tokens it has (docs/performance.md has
+        the figures). It ends at `max_queue_delay_s` after the oldest arrival, once the waiting prompts fill
         a step, or `queue_delay_gap_s` after the newest arrival (the burst is over)."""
         cfg = self.config
         if self.running or not self.waiting or cfg.max_queue_delay_s <= 0:
@@ -83,6 +83,24 @@ class Scheduler:
         if cfg.queue_delay_gap_s > 0:
             deadline = min(deadline, self.waiting[-1].request.arrival_time + cfg.queue_delay_gap_s)
         return max(0.0, deadline - now)
+
+    def plain_decode_next(self) -> int:
+        """How many sequences the next `schedule` would give exactly one decode token each, when that is all it
+        would do (nothing to admit, no prefill left, nothing to preempt, every one argmax-only); else 0. The
+        engine asks before scheduling, which cannot be undone, whether it may queue that step behind the one
+        on the GPU (async scheduling)."""
+        if self.waiting and len(self.running) < self.config.max_batch_size:
+            return 0
+        count = new_blocks = 0
+        for seq in self.running:
+            if seq.at_limit:
+                continue
+            if seq.num_uncomputed != 1 or not seq.plain_greedy:
+                return 0
+            count += 1
+            new_blocks += self.blocks.blocks_needed(seq.num_computed_tokens + 1) - len(seq.block_table)
+        fits = count <= self.config.max_num_tokens and new_blocks <= self.blocks.num_free
+        return count if fits else 0
 
     def schedule(self, now: float | None = None) -> ScheduledBatch:
         cfg = self.config

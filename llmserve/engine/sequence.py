@@ -10,7 +10,7 @@ import torch
 from llmserve.engine.api import EngineRequest, TokenLogprob
 
 
-class Status(enum.Enum):
+class Status(str, enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
     FINISHED = "finished"

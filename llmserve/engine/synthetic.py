@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from llmserve.engine.api import EngineOutput, EngineRequest, EngineStats, Overloaded
+from llmserve.engine.api import EngineOutput, EngineRequest, EngineStats, FinishReason, Overloaded
 
 
 class SyntheticEngine:
@@ -35,7 +35,7 @@ class SyntheticEngine:
             self.finish(request_id)
             self.aborted.append(request)
 
-    def finish(self, request_id: str, reason: str = "stop") -> None:
+    def finish(self, request_id: str) -> None:
         self.running.pop(request_id, None)
         self.waiting = [r for r in self.waiting if r.request_id != request_id]
 
@@ -48,7 +48,8 @@ class SyntheticEngine:
             self.running[r.request_id] = [r, 0]
         time.sleep(self.step_s)
         self.steps += 1
-        outputs = [EngineOutput(r.request_id, [], "abort", None, None, len(r.prompt_token_ids)) for r in self.aborted]
+        outputs = [EngineOutput(r.request_id, [], FinishReason.ABORT, None, None, len(r.prompt_token_ids))
+                   for r in self.aborted]
         self.aborted.clear()
         for rid, state in list(self.running.items()):
             request, n = state
@@ -58,7 +59,7 @@ class SyntheticEngine:
             done = n >= request.params.max_tokens
             if done:
                 del self.running[rid]
-            outputs.append(EngineOutput(rid, [token], "length" if done else None, None, None, len(prompt)))
+            outputs.append(EngineOutput(rid, [token], FinishReason.LENGTH if done else None, None, None, len(prompt)))
         return outputs
 
     def stats(self) -> EngineStats:

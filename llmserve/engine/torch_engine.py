@@ -10,18 +10,25 @@ queue) first reads the launched step and runs synchronously.
 
 from __future__ import annotations
 
-import gc
 import logging
-import os
 import time
 from pathlib import Path
 
 import torch
 
 from llmserve.config import ConfigError, ServingConfig, switch
-from llmserve.engine.api import EngineError, EngineOutput, EngineRequest, EngineStats, Overloaded
+from llmserve.engine.api import (
+    EngineError,
+    EngineOutput,
+    EngineRequest,
+    EngineStats,
+    FinishReason,
+    Overloaded,
+    PromptLimits,
+)
 from llmserve.engine.block_manager import BlockManager
 from llmserve.engine.model_runner import Launched, ModelRunner
+from llmserve.engine.observer import NoObserver, StepObserver
 from llmserve.engine.sampler import SamplingBatch, plain_greedy_params
 from llmserve.engine.sampling_params import InvalidRequest
 from llmserve.engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
@@ -33,66 +40,54 @@ PLACEHOLDER = -1  # a token launched on the GPU, not read back yet
 
 def _check_host_memory(cfg: ServingConfig) -> None:
     """A CPU KV cache larger than free RAM would be OOM-killed mid-serving; refuse it at start instead."""
-    if cfg.device not in ("cpu", "auto") or torch.cuda.is_available() or not cfg.kv_cache_memory_bytes:
+    if cfg.device not in ("cpu", "auto") or torch.cuda.is_available() or not cfg.cache.kv_cache_memory_bytes:
         return
     try:
         with open("/proc/meminfo") as f:
             avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
     except (OSError, StopIteration):
         return
-    if cfg.kv_cache_memory_bytes > avail:
-        raise ConfigError(f"kv_cache_memory_bytes: {cfg.kv_cache_memory_bytes} bytes do not fit the {avail} bytes "
-                          "of memory available; lower kv_cache_memory_bytes in config.pbtxt")
+    if cfg.cache.kv_cache_memory_bytes > avail:
+        raise ConfigError(f"kv_cache_memory_bytes: {cfg.cache.kv_cache_memory_bytes} bytes do not fit the {avail} "
+                          "bytes of memory available; lower kv_cache_memory_bytes in config.pbtxt")
 
 
 class TorchEngine:
-    def __init__(self, cfg: ServingConfig, checkpoint_dir: Path):
+    def __init__(self, cfg: ServingConfig, checkpoint_dir: Path, observer: StepObserver | None = None):
         self.cfg = cfg
         _check_host_memory(cfg)
         self.runner = ModelRunner(cfg, checkpoint_dir)
         self.vocab_size = self.runner.model.args.vocab_size
         self.max_model_len = self.runner.max_model_len
-        self.blocks = BlockManager(self.runner.num_blocks, cfg.kv_block_size, cfg.enable_prefix_caching)
-        self.scheduler = Scheduler(
-            SchedulerConfig(cfg.max_batch_size, cfg.max_num_tokens, cfg.max_queue_delay_us / 1e6,
-                            cfg.queue_delay_gap_us / 1e6), self.blocks)
+        self.blocks = BlockManager(self.runner.num_blocks, cfg.cache.kv_block_size, cfg.cache.enable_prefix_caching)
+        b = cfg.batching
+        self.scheduler = Scheduler(SchedulerConfig(b.max_batch_size, b.max_num_tokens, b.max_queue_delay_us / 1e6,
+                                                   b.queue_delay_gap_us / 1e6), self.blocks)
         self.seqs: dict[str, Sequence] = {}
         self._aborted: list[Sequence] = []
         self._steps = 0
         self._launched: Launched | None = None
-        self._async = switch(cfg.async_scheduling, lambda: self.runner.device.type == "cuda")
-        kind, _, arg = cfg.fault_injection.partition(":")
+        self.async_scheduling = switch(cfg.pytorch.async_scheduling, lambda: self.runner.device.type == "cuda")
+        kind, _, arg = cfg.pytorch.fault_injection.partition(":")
         self._fail_token = int(arg) if kind == "fail_on_token" else None
         self._crash_token = int(arg) if kind == "crash_on_token" else None
-        # Diagnostics: one line per eager (prefill or mixed) step, to see where time to first token goes.
-        trace = os.environ.get("LLMSERVE_STEP_TRACE")
-        self._trace = open(trace, "a", buffering=1) if trace else None  # noqa: SIM115 - lives with the engine
-        self._gc_start = 0.0
-        self._mallocs = 0  # cudaMalloc + cudaFree calls so far, for the trace
-        if self._trace is not None:  # and one per full garbage collection: it stops every thread of the process
-            gc.callbacks.append(self._trace_gc)
+        self.observer = observer or NoObserver()
+        self.prompt_limits = PromptLimits(self.max_model_len,
+                                          kv_cache_tokens=self.blocks.num_blocks * self.blocks.block_size)
 
     # -- requests -------------------------------------------------------------------------------------
     def add_request(self, request: EngineRequest) -> None:
         n = len(request.prompt_token_ids)
-        if n == 0:
-            raise InvalidRequest("text_input", "the prompt is empty")
-        if n >= self.max_model_len:
-            raise InvalidRequest("text_input", f"the prompt has {n} tokens; the model context is "
-                                 f"{self.max_model_len} tokens, and at least one must remain for the answer")
-        if self.blocks.blocks_needed(n + 1) > self.blocks.num_blocks:
-            raise InvalidRequest("text_input", f"the prompt has {n} tokens, more than the KV cache holds "
-                                 f"({self.blocks.num_blocks * self.blocks.block_size} tokens); "
-                                 "raise kv_cache_memory_bytes")
+        self.prompt_limits.check(n)
         if request.request_id in self.seqs:
             raise InvalidRequest("request_id", f"{request.request_id!r} is already in flight")
-        if len(self.scheduler.waiting) >= self.cfg.max_queue_size:
+        if len(self.scheduler.waiting) >= self.cfg.batching.max_queue_size:
             raise Overloaded(f"the queue holds {len(self.scheduler.waiting)} waiting requests "
-                             f"(max_queue_size {self.cfg.max_queue_size}); retry later")
+                             f"(max_queue_size {self.cfg.batching.max_queue_size}); retry later")
         queued_tokens = sum(len(s.tokens) for s in self.scheduler.waiting)
-        if queued_tokens + n > self.cfg.max_queued_tokens:
+        if queued_tokens + n > self.cfg.batching.max_queued_tokens:
             raise Overloaded(f"{queued_tokens} prompt tokens are waiting (max_queued_tokens "
-                             f"{self.cfg.max_queued_tokens}); retry later")
+                             f"{self.cfg.batching.max_queued_tokens}); retry later")
         p = request.params
         generator = None
         if p.seed is not None and not p.greedy:
@@ -109,7 +104,7 @@ class TorchEngine:
         if seq is not None and seq not in self._aborted:
             self._aborted.append(seq)
 
-    def finish(self, request_id: str, reason: str = "stop") -> None:
+    def finish(self, request_id: str) -> None:
         seq = self.seqs.pop(request_id, None)
         if seq is not None:
             self.scheduler.remove(seq)
@@ -122,7 +117,7 @@ class TorchEngine:
 
     # -- the step ----------------------------------------------------------------------------------------
     def step(self) -> list[EngineOutput]:
-        outputs = [self._end(seq, "abort") for seq in self._aborted if self.seqs.get(seq.request_id) is seq]
+        outputs = [self._end(seq, FinishReason.ABORT) for seq in self._aborted if self.seqs.get(seq.request_id) is seq]
         self._aborted.clear()
         launched, self._launched = self._launched, None
         if launched is not None and self._can_chain():
@@ -145,8 +140,7 @@ class TorchEngine:
         t0 = time.monotonic()
         try:
             tokens, logprobs = self._run(batch, sampling)
-            if self._trace is not None:
-                self._trace_step(batch, t0)
+            self.observer.eager_step(batch, t0, self.scheduler, self.runner)
         except Exception:  # noqa: BLE001 - find the culprits, fail only them; the engine keeps serving
             log.exception("engine step failed; re-running its %d sequences one by one", len(batch.seqs))
             return outputs + self._isolate_failure(batch)
@@ -159,51 +153,16 @@ class TorchEngine:
                 self.blocks.register_full_blocks(seq)
         return [o for o in outputs if o is not None]
 
-    def _trace_gc(self, phase: str, info: dict) -> None:
-        if info.get("generation") != 2 or self._trace is None:
-            return
-        if phase == "start":
-            self._gc_start = time.perf_counter()
-        else:
-            self._trace.write(f"{time.monotonic():.4f} gc gen=2 ms={(time.perf_counter() - self._gc_start) * 1e3:.1f} "
-                              f"collected={info.get('collected')}\n")
-
-    def _trace_step(self, batch: ScheduledBatch, t0: float) -> None:
-        now = time.monotonic()
-        waited = max(t0 - s.request.arrival_time for s in batch.seqs)
-        split = self.runner.last_launch_split_ms
-        parts = "" if split is None else " graph_parts_ms=" + "/".join(f"{x:.1f}" for x in split)
-        if self.runner.device.type == "cuda":  # cudaMalloc/cudaFree by torch's allocator (a free syncs the device)
-            stats = torch.cuda.memory_stats(self.runner.device)
-            mallocs = stats.get("num_device_alloc", 0) + stats.get("num_device_free", 0)
-            parts += f" cuda_mallocs={mallocs - self._mallocs}"
-            self._mallocs = mallocs
-        self._trace.write(f"{now:.4f} eager seqs={len(batch.seqs)} tokens={sum(batch.num_tokens)} "
-                          f"ms={(now - t0) * 1e3:.1f} launch_ms={self.runner.last_launch_s * 1e3:.1f}{parts} "
-                          f"oldest_wait_ms={waited * 1e3:.1f} "
-                          f"running={len(self.scheduler.running)} waiting={len(self.scheduler.waiting)}\n")
-
     # -- async scheduling -------------------------------------------------------------------------------
     def _launchable(self, batch: ScheduledBatch) -> bool:
-        return (self._async and self._fail_token is None and all(n == 1 for n in batch.num_tokens)
+        return (self.async_scheduling and self._fail_token is None and all(n == 1 for n in batch.num_tokens)
                 and all(s.plain_greedy for s in batch.seqs) and self.runner.can_launch(len(batch.seqs)))
 
     def _can_chain(self) -> bool:
-        """Whether the next schedule is exactly "every running sequence decodes one token": nothing to admit,
-        no prefill left, nothing to preempt. Checked before scheduling, which cannot be undone."""
-        sched = self.scheduler
-        if sched.waiting and len(sched.running) < self.cfg.max_batch_size:
-            return False
-        count = new_blocks = 0
-        for seq in sched.running:
-            if seq.at_limit:
-                continue
-            if seq.num_uncomputed != 1 or not seq.plain_greedy:
-                return False
-            count += 1
-            new_blocks += self.blocks.blocks_needed(seq.num_computed_tokens + 1) - len(seq.block_table)
-        return (0 < count <= self.cfg.max_num_tokens and new_blocks <= self.blocks.num_free
-                and self.runner.can_launch(count))
+        """Whether the next step may be queued behind the launched one: the scheduler's decision, and room for
+        it in the runner's graphs."""
+        count = self.scheduler.plain_decode_next()
+        return count > 0 and self.runner.can_launch(count)
 
     def _launch(self, batch: ScheduledBatch, prev: Launched | None) -> Launched:
         src = [prev.row(s) if prev is not None and s.num_pending else -1 for s in batch.seqs]
@@ -244,7 +203,8 @@ class TorchEngine:
             try:
                 tokens, logprobs = self._run(single, self._sampling_batch(rows) if rows else None)
             except Exception as exc:  # noqa: BLE001
-                outputs.append(self._end(seq, "error", EngineError(f"engine failure: {type(exc).__name__}: {exc}")))
+                error = EngineError(f"engine failure: {type(exc).__name__}: {exc}")
+                outputs.append(self._end(seq, FinishReason.ERROR, error))
                 continue
             seq.num_computed_tokens += n
             if rows:
@@ -272,11 +232,11 @@ class TorchEngine:
             seq.tokens.append(token)
         if (not p.ignore_eos and token in seq.request.eos_token_ids) or token in p.stop_token_ids:
             self._drop_from(seq, index)  # the stop token itself is not part of the answer
-            return self._end(seq, "stop")
+            return self._end(seq, FinishReason.STOP)
         if logprob is not None:
             seq.pending_logprobs.append(logprob)
         if index + 1 >= seq.max_total_tokens:
-            return self._end(seq, "length")
+            return self._end(seq, FinishReason.LENGTH)
         return self._emit(seq, None)
 
     @staticmethod
@@ -284,7 +244,8 @@ class TorchEngine:
         del seq.tokens[index:]
         seq.num_pending = 0
 
-    def _emit(self, seq: Sequence, finish_reason: str | None, error: EngineError | None = None) -> EngineOutput:
+    def _emit(self, seq: Sequence, finish_reason: FinishReason | None,
+              error: EngineError | None = None) -> EngineOutput:
         start = seq.num_prompt_tokens + seq.num_emitted
         new = seq.tokens[start:len(seq.tokens) - seq.num_pending]
         seq.num_emitted += len(new)
@@ -292,7 +253,7 @@ class TorchEngine:
         return EngineOutput(seq.request_id, new, finish_reason, lps if seq.request.params.logprobs is not None
                             else None, error, seq.num_prompt_tokens, seq.num_cached_tokens)
 
-    def _end(self, seq: Sequence, reason: str, error: EngineError | None = None) -> EngineOutput:
+    def _end(self, seq: Sequence, reason: FinishReason, error: EngineError | None = None) -> EngineOutput:
         if seq.num_pending:  # tokens still on their way are not part of the answer
             self._drop_from(seq, len(seq.tokens) - seq.num_pending)
         out = self._emit(seq, reason, error)
@@ -309,8 +270,5 @@ class TorchEngine:
             steps=self._steps)
 
     def shutdown(self) -> None:
-        if self._trace is not None:
-            gc.callbacks.remove(self._trace_gc)
-            self._trace.close()
-            self._trace = None
+        self.observer.close()
         self.runner.kv_cache = None

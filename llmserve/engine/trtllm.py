@@ -20,8 +20,25 @@ from types import ModuleType
 from typing import Any
 
 from llmserve.config import ServingConfig
-from llmserve.engine.api import EngineError, EngineOutput, EngineRequest, EngineStats, Overloaded, TokenLogprob
-from llmserve.engine.manifest import ManifestError, check_manifest, read_manifest, running_versions, verify_engine_files
+from llmserve.engine.api import (
+    EngineError,
+    EngineOutput,
+    EngineRequest,
+    EngineStats,
+    FinishReason,
+    Overloaded,
+    PromptLimits,
+    TokenLogprob,
+)
+from llmserve.engine.manifest import (
+    ManifestError,
+    check_manifest,
+    paged_context_fmha,
+    read_manifest,
+    running_versions,
+    verify_engine_files,
+)
+from llmserve.engine.sampling_params import InvalidRequest
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +68,24 @@ class _Live:
     end_id: int
     silent: bool = False  # finish() was called: drop whatever still arrives
     pending: list[int] = field(default_factory=list)
+    min_tokens: int = 0
+    own_stops: frozenset[int] = frozenset()  # stop ids we watch ourselves (min_tokens > 0), see _stop_plan
+    n_out: int = 0  # tokens returned so far
+
+
+# Words in the bindings' assertion texts (requestImpl.h validate, samplingConfig.cpp check*) -> our field names.
+_FIELDS = (("mInputTokenIds", "text_input"), ("mMaxNewTokens", "max_tokens"), ("beamWidth", "beam_width"),
+           ("topK", "top_k"), ("topPMin", "top_p"), ("topP", "top_p"), ("temperature", "temperature"),
+           ("minTokens", "min_tokens"), ("repetitionpenalty", "repetition_penalty"), ("minP", "min_p"),
+           ("numReturnSequences", "n"), ("endId", "stop_token_ids"))
+
+
+def _invalid_from_bindings(e: Exception) -> InvalidRequest:
+    """The bindings raise RuntimeError (TllmException) or TypeError (nanobind) while a request is built; it is
+    that request's fault, so it becomes its INVALID_ARGUMENT instead of ending the engine thread."""
+    text = str(e).split("\n", 1)[0]  # TllmException appends the C++ stack after the first line
+    name = next((ours for word, ours in _FIELDS if word in text), "sampling_parameters")
+    return InvalidRequest(name, f"refused by TensorRT-LLM: {text}")
 
 
 class TrtllmEngine:
@@ -71,11 +106,20 @@ class TrtllmEngine:
         limits = self.manifest.limits
         self.vocab_size: int = int(self.manifest.model["vocab_size"])
         self.max_model_len: int = min(cfg.max_model_len or limits["max_seq_len"], limits["max_seq_len"])
-        self._max_input_len: int = limits["max_input_len"]
+        self.max_num_tokens: int = min(cfg.batching.max_num_tokens, limits["max_num_tokens"])
+        self.chunked_context: bool = self._chunking(cfg)
+        # Without chunking a prompt is one context step, capped by the runtime max_num_tokens
+        # (trtGptModelInflightBatching.cpp: maxContextLength = maxNumTokens with context FMHA).
+        cap = limits["max_input_len"] if self.chunked_context else min(limits["max_input_len"], self.max_num_tokens)
+        self.prompt_limits = PromptLimits(self.max_model_len, max_input_len=cap)
         self._timeout = datetime.timedelta(milliseconds=await_timeout_ms)
         # model.py: Executor(gpt_model_path, trtllm.ModelType.DECODER_ONLY, executor_config)
-        self.executor = self._tle.Executor(self.engine_dir, self._tle.ModelType.DECODER_ONLY,
-                                           self._executor_config(cfg, limits))
+        try:
+            self.executor = self._tle.Executor(self.engine_dir, self._tle.ModelType.DECODER_ONLY,
+                                               self._executor_config(cfg, limits))
+        except RuntimeError as e:  # e.g. MPI world size != tp*pp (executorImpl.cpp initializeWorkers)
+            raise EngineError(f"TensorRT-LLM could not start the engine in {self.engine_dir}: "
+                              f"{str(e).splitlines()[0]}") from None
         # model.py: with TP/PP > 1 under MPI (leader mode) only rank 0 can enqueue; the others serve as workers.
         self.is_leader: bool = bool(self.executor.can_enqueue_requests())
         self._live: dict[int, _Live] = {}  # executor id -> state
@@ -84,19 +128,31 @@ class TrtllmEngine:
 
     def _executor_config(self, cfg: ServingConfig, limits: dict[str, Any]) -> Any:
         tle = self._tle
-        kv: dict[str, Any] = {"enable_block_reuse": cfg.enable_kv_cache_reuse,
-                              "free_gpu_memory_fraction": cfg.kv_cache_free_mem_fraction}
+        kv: dict[str, Any] = {"enable_block_reuse": cfg.trtllm.enable_kv_cache_reuse,
+                              "free_gpu_memory_fraction": cfg.cache.kv_cache_free_mem_fraction}
         per_token = self.manifest.model.get("kv_bytes_per_token")
-        if cfg.kv_cache_memory_bytes and per_token:
-            kv["max_tokens"] = int(cfg.kv_cache_memory_bytes // per_token)  # KvCacheConfig caps tokens, not bytes
-        policy = {"max_utilization": tle.CapacitySchedulerPolicy.MAX_UTILIZATION,
-                  "guaranteed_no_evict": tle.CapacitySchedulerPolicy.GUARANTEED_NO_EVICT}[cfg.batch_scheduler_policy]
+        if cfg.cache.kv_cache_memory_bytes and per_token:
+            kv["max_tokens"] = int(cfg.cache.kv_cache_memory_bytes // per_token)  # KvCacheConfig caps tokens, not bytes
+        policies = {"max_utilization": tle.CapacitySchedulerPolicy.MAX_UTILIZATION,
+                    "guaranteed_no_evict": tle.CapacitySchedulerPolicy.GUARANTEED_NO_EVICT}
+        policy = policies[cfg.trtllm.batch_scheduler_policy]
+        b = cfg.batching
         # model.py get_executor_config; runtime batch/token caps may only shrink the engine's build limits.
         return tle.ExecutorConfig(
             max_beam_width=1, scheduler_config=tle.SchedulerConfig(capacity_scheduler_policy=policy),
-            kv_cache_config=tle.KvCacheConfig(**kv), enable_chunked_context=cfg.enable_chunked_context,
-            max_batch_size=min(cfg.max_batch_size, limits["max_batch_size"]),
-            max_num_tokens=min(cfg.max_num_tokens, limits["max_num_tokens"]), max_queue_size=cfg.max_queue_size)
+            kv_cache_config=tle.KvCacheConfig(**kv), enable_chunked_context=self.chunked_context,
+            max_batch_size=min(b.max_batch_size, limits["max_batch_size"]),
+            max_num_tokens=self.max_num_tokens, max_queue_size=b.max_queue_size)
+
+    def _chunking(self, cfg: ServingConfig) -> bool:
+        """Chunked context only where the engine has paged context FMHA: the executor would otherwise switch it
+        off itself with a warning (executorImpl.cpp fixExecutorConfig), and our prompt cap would be wrong."""
+        paged = paged_context_fmha(self.manifest, self.engine_dir)
+        if cfg.trtllm.enable_chunked_context and not paged:
+            log.warning("enable_chunked_context ignored: engine %s was built without paged context FMHA; prompts "
+                        "are capped at max_num_tokens (rebuild with --use-paged-context-fmha to chunk)",
+                        self.engine_dir)
+        return bool(cfg.trtllm.enable_chunked_context and paged)
 
     def wait_as_worker(self) -> None:
         """Non-leader MPI ranks: block until the leader shuts down (model.py initialize does the same)."""
@@ -115,18 +171,20 @@ class TrtllmEngine:
             # than answer top-n requests with nothing.
             raise EngineError("logprobs > 0 (top alternatives) is not available on the TensorRT-LLM engine; "
                               "use logprobs=0", status="INVALID_ARGUMENT")
-        if n_prompt > self._max_input_len or n_prompt >= self.max_model_len:
-            raise EngineError(f"prompt has {n_prompt} tokens; this engine was built for at most "
-                              f"{min(self._max_input_len, self.max_model_len - 1)}", status="INVALID_ARGUMENT")
+        self.prompt_limits.check(n_prompt)
         end_id, stop_words = self._end_and_stop_ids(request)
-        trt_request = self._tle.Request(
-            input_token_ids=list(request.prompt_token_ids),
-            max_tokens=min(p.max_tokens, self.max_model_len - n_prompt),  # LLM API _deduce_max_tokens clamps too
-            streaming=True, sampling_config=self._sampling_config(p),
-            # exclude_input_from_output as model.py sets it; logprobs only for the sampled token
-            output_config=self._tle.OutputConfig(return_log_probs=p.logprobs is not None,
-                                                 exclude_input_from_output=True),
-            end_id=end_id, stop_words=[[t] for t in stop_words] or None)
+        sent_stops, own_stops = self._stop_plan(p.min_tokens, stop_words)
+        try:
+            trt_request = self._tle.Request(
+                input_token_ids=list(request.prompt_token_ids),
+                max_tokens=min(p.max_tokens, self.max_model_len - n_prompt),  # LLM API _deduce_max_tokens clamps too
+                streaming=True, sampling_config=self._sampling_config(p, end_id),
+                # exclude_input_from_output as model.py sets it; logprobs only for the sampled token
+                output_config=self._tle.OutputConfig(return_log_probs=p.logprobs is not None,
+                                                     exclude_input_from_output=True),
+                end_id=end_id, stop_words=[[t] for t in sent_stops] or None)
+        except (RuntimeError, TypeError, ValueError) as e:
+            raise _invalid_from_bindings(e) from None
         try:
             trt_id = self.executor.enqueue_request(trt_request)
         except RuntimeError as e:  # the executor throws when ExecutorConfig.max_queue_size is reached
@@ -135,7 +193,15 @@ class TrtllmEngine:
             raise EngineError(f"TensorRT-LLM refused the request: {e}") from None
         self._ids[request.request_id] = trt_id
         self._live[trt_id] = _Live(request.request_id, n_prompt, p.logprobs is not None,
-                                   frozenset(stop_words) | {end_id}, end_id)
+                                   frozenset(stop_words) | {end_id}, end_id, min_tokens=p.min_tokens,
+                                   own_stops=frozenset(own_stops))
+
+    @staticmethod
+    def _stop_plan(min_tokens: int, stop_ids: list[int]) -> tuple[list[int], list[int]]:
+        """(stop ids sent as stop_words, stop ids we watch). The executor's min_tokens masks only end_id
+        (penaltyKernels.cu), so with min_tokens a stop word could end the answer early: we watch those ourselves
+        and stop the request once min_tokens are out."""
+        return ([], list(stop_ids)) if min_tokens > 0 else (list(stop_ids), [])
 
     @staticmethod
     def _end_and_stop_ids(request: EngineRequest) -> tuple[int, list[int]]:
@@ -149,7 +215,7 @@ class TrtllmEngine:
         stop = sorted((set(eos[1:]) | set(p.stop_token_ids)) - {end_id})
         return end_id, stop
 
-    def _sampling_config(self, p: Any) -> Any:
+    def _sampling_config(self, p: Any, end_id: int) -> Any:
         # Like model.py get_sampling_config_from_request: pass only what is set, the rest keeps the
         # executor's defaults. Greedy is sent as top_k=1, not temperature=0: the bindings we read do not say
         # how the sampler treats a zero temperature, top-1 is unambiguous.
@@ -166,7 +232,8 @@ class TrtllmEngine:
             kw["frequency_penalty"] = p.frequency_penalty
         if p.seed is not None:
             kw["seed"] = p.seed
-        if p.min_tokens > 0:
+        if p.min_tokens > 0 and end_id >= 0:
+            # With end_id -1 (ignore_eos) the penalty kernel would mask logits[-1]; there is no EOS to hold back.
             kw["min_tokens"] = p.min_tokens
         return self._tle.SamplingConfig(beam_width=1, **kw)
 
@@ -175,7 +242,7 @@ class TrtllmEngine:
         if trt_id is not None:
             self.executor.cancel_request(trt_id)  # the final response (CANCELLED) comes from a later step
 
-    def finish(self, request_id: str, reason: str = "stop") -> None:
+    def finish(self, request_id: str) -> None:
         trt_id = self._ids.pop(request_id, None)
         if trt_id is not None and trt_id in self._live:
             self._live[trt_id].silent = True
@@ -211,7 +278,7 @@ class TrtllmEngine:
             self._forget(response.request_id)
             if state.silent:
                 return None
-            return EngineOutput(state.request_id, [], "error", error=EngineError(response.error_msg),
+            return EngineOutput(state.request_id, [], FinishReason.ERROR, error=EngineError(response.error_msg),
                                 num_prompt_tokens=state.prompt_len)
         result = response.result
         tokens = list(result.output_token_ids[0])  # beam 0; streaming: only the new tokens
@@ -223,22 +290,36 @@ class TrtllmEngine:
             return None
         logprobs = None
         if state.want_logprobs and result.log_probs:
-            # Take the tail: whether log_probs holds only the new tokens or all so far is not pinned down by
-            # the bindings; the last len(tokens) entries are the new ones either way.
+            # llmRequest.cpp createResult: log_probs hold every token generated so far, tokens only the new
+            # ones; the new tokens' values are the tail.
             lps = list(result.log_probs[0])[-len(tokens):] if tokens else []
             logprobs = [TokenLogprob(t, float(lp)) for t, lp in zip(tokens, lps, strict=False)]
-        if reason == "stop" and tokens and tokens[-1] in state.stop_ids:
+        if reason is None and state.own_stops:
+            tokens, logprobs, reason = self._own_stop(response.request_id, state, tokens, logprobs)
+        state.n_out += len(tokens)
+        if reason is FinishReason.STOP and tokens and tokens[-1] in state.stop_ids:
             tokens = tokens[:-1]  # like our PyTorch engine, the stop token itself is not part of the answer
             logprobs = logprobs[:-1] if logprobs else logprobs
         return EngineOutput(state.request_id, tokens, reason, logprobs, num_prompt_tokens=state.prompt_len)
 
-    def _finish_reason(self, reason: Any) -> str:
+    def _own_stop(self, trt_id: int, state: _Live, tokens: list[int],
+                  logprobs: list[TokenLogprob] | None) -> tuple[list[int], list[TokenLogprob] | None, Any]:
+        """A watched stop id at or after min_tokens ends the answer here (stop id kept, stripped by the caller)."""
+        for i, t in enumerate(tokens):
+            if t in state.own_stops and state.n_out + i >= state.min_tokens:
+                state.silent = True  # the executor's CANCELLED final is swallowed, as after finish()
+                self._ids.pop(state.request_id, None)
+                self.executor.cancel_request(trt_id)
+                return tokens[:i + 1], logprobs[:i + 1] if logprobs else logprobs, FinishReason.STOP
+        return tokens, logprobs, None
+
+    def _finish_reason(self, reason: Any) -> FinishReason:
         fr = self._tle.FinishReason
         if reason == fr.LENGTH:
-            return "length"
+            return FinishReason.LENGTH
         if reason in (fr.CANCELLED, fr.TIMED_OUT):
-            return "abort"
-        return "stop"  # END_ID, STOP_WORDS (and NOT_FINISHED on a final result, which should not happen)
+            return FinishReason.ABORT
+        return FinishReason.STOP  # END_ID, STOP_WORDS (and NOT_FINISHED on a final result, which should not happen)
 
     def _forget(self, trt_id: int) -> None:
         state = self._live.pop(trt_id, None)

@@ -1,13 +1,21 @@
 """Triton kernels for the CUDA fast path of the PyTorch engine.
 
-Each kernel has a plain torch twin (the CPU path, and the reference in tests/test_kernels.py). The model
-calls `enabled(t)` to pick: Triton on a CUDA tensor when triton imports and LLMSERVE_TRITON_KERNELS is not
-"0", torch otherwise. Kernels can also run on CPU tensors under TRITON_INTERPRET=1 (tests only).
+Each kernel has a plain torch twin (the CPU path, and the reference in tests/test_kernels.py). The choice is
+made once, when a model is loaded: `mode_from_env()` reads LLMSERVE_TRITON_KERNELS at start, and
+`usable(mode, device, dtype)` says whether a model of that dtype on that device takes the Triton path (a
+16-bit model on a CUDA device where triton imports, unless switched off). Kernels can also run on CPU tensors
+under TRITON_INTERPRET=1 (tests only, mode "interpret").
+
+Programmatic dependent launch (Hopper and later): the linear and fused kernels' wrappers take `pdl=True` to
+launch with `launch_pdl` and wait for the previous grid (`gdc_wait`) before touching memory, so the next
+kernel's launch overlaps this one's tail. The caller decides (the model, from what the runner set around a
+capture); the default is a plain launch, which Triton's CPU interpreter needs (it has no griddepcontrol).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import torch
 
@@ -18,26 +26,28 @@ try:  # triton ships with CUDA builds of torch; CPU wheels lack it
 except ImportError:  # pragma: no cover - depends on the machine
     HAS_TRITON = False
 
-
-def enabled(t: torch.Tensor) -> bool:
-    mode = os.environ.get("LLMSERVE_TRITON_KERNELS", "1")
-    if mode == "interpret":  # tests: every tensor, through Triton's CPU interpreter
-        return HAS_TRITON and os.environ.get("TRITON_INTERPRET") == "1"
-    return HAS_TRITON and t.is_cuda and mode != "0"
+ENV = "LLMSERVE_TRITON_KERNELS"  # "1" (default): on; "0": off; "interpret": every tensor, under TRITON_INTERPRET=1
+MODES = ("on", "off", "interpret")
 
 
-# Programmatic dependent launch (Hopper and later): the linear and fused kernels are launched with `launch_pdl`
-# and start by waiting for the previous grid (`gdc_wait`, before touching any memory), then let the next one
-# launch (`gdc_launch_dependents`). The next kernel's launch and CTA placement then overlap this one's run and
-# tail instead of following its end: a decode step is ~300 small kernels. Measured on the H100 (graph replay,
-# bench/results/2026-11-25-h100-pdl): batch 1 / 8 / 64 / 256 take 5.03 / 5.45 / 6.50 / 10.00 ms against
-# 5.19 / 5.53 / 6.66 / 10.12 ms plain; with the attention kernels launched this way too, batch 8 got slower
-# (5.68 ms), so they launch plainly. The model runner sets this while it captures the decode graphs of up to
-# 16 rows (ServingConfig.pdl; see _capture_graphs for why not larger ones); False keeps plain launches (and
-# Triton's CPU interpreter, which has no griddepcontrol).
-PDL = False
+def mode_from_env(env: Mapping[str, str] | None = None) -> str:
+    """The kernel switch from the environment ("on", "off" or "interpret"): read once, at start."""
+    env = os.environ if env is None else env
+    value = env.get(ENV, "1")
+    if value == "interpret":  # tests: through Triton's CPU interpreter, which only TRITON_INTERPRET=1 turns on
+        return "interpret" if env.get("TRITON_INTERPRET") == "1" else "off"
+    return "off" if value == "0" else "on"
 
 
-def pdl() -> dict:
-    """Keyword arguments for a kernel launch: the kernel's PDL constexpr and, when on, Triton's launch option."""
-    return {"PDL": True, "launch_pdl": True} if PDL else {"PDL": False}
+def usable(mode: str, device: torch.device | str, dtype: torch.dtype) -> bool:
+    """Whether a model of `dtype` on `device` takes the Triton path under `mode` (float32 keeps the torch path)."""
+    if mode not in MODES:
+        raise ValueError(f"kernel mode: expected one of {MODES}, got {mode!r}")
+    if not HAS_TRITON or mode == "off" or dtype not in (torch.float16, torch.bfloat16):
+        return False
+    return mode == "interpret" or torch.device(device).type == "cuda"
+
+
+def launch_args(pdl: bool) -> dict:
+    """Keyword arguments for a linear or fused kernel's launch: its PDL constexpr and, when on, Triton's option."""
+    return {"PDL": True, "launch_pdl": True} if pdl else {"PDL": False}

@@ -55,8 +55,7 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, po_ptr, pml_pt
             blk = tl.load(bt_ptr + b * stride_bt + toks // PAGE, mask=tmask, other=0).to(tl.int64)
             off = blk * stride_blk + (toks % PAGE) * stride_tok + kvh * D
             k = tl.load(k_ptr + off[:, None] + d[None, :], mask=tmask[:, None], other=0.0).to(q.dtype)  # fp8 KV
-            # MHA pads the dot to 16 query rows; a CUDA-core product for one row measured 1.7-2x slower
-            # (bench/results/2026-11-25-h100-kv8/kernel_check-attn_kv-cuda-cores.json).
+            # MHA pads the dot to 16 query rows: a CUDA-core product for one row was slower (docs/performance.md).
             s = tl.dot(q, tl.trans(k)) * qk_scale
             s = tl.where(tmask[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -103,12 +102,8 @@ def _merge_kernel(po_ptr, pml_ptr, ctx_ptr, out_ptr, stride_ob, stride_oh,
 def decode_config(max_context: int, batch: int, num_kv_heads: int, kv_fp8: bool) -> tuple[int, int, int, int]:
     """(partitions, BLOCK_N, num_warps, num_stages) for a launch shape that serves contexts up to max_context.
     Any split covers every context (a sequence's span is its context / partitions); the split decides how many
-    programs share one context. From the H200 sweep (bench/kernel_check.py attn, max context 4096, us per
-    layer, against the fixed 1024/256/64-token partitions used before):
-    - 32 programs (batch 1, MHA): 16 partitions, 6.0 / 11.6 at 170 / 2,048 tokens (before 6.9 / 14.6);
-    - 256 programs (batch 8): one partition, 8.6 / 39.6 at 170 / 1,100 tokens (before 12.5 / 50.6);
-    - 1,024+ programs: one partition; batch 256 at 170 tokens 173 (before 210); an fp8 cache prefers
-      BLOCK_N 32 and 3 stages (batch 64: 68.8 vs 72.3; batch 256: 199 vs 201)."""
+    programs share one context: few programs split it so the SMs fill, 256 or more take it whole; an fp8 cache
+    prefers BLOCK_N 32 and 3 stages. From bench/kernel_check.py attn on the H200 (numbers in docs/performance.md)."""
     programs = batch * num_kv_heads
     if programs >= 1024:
         return (1, 32, 4, 3) if kv_fp8 else (1, 64, 4, 2)

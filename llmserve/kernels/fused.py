@@ -11,13 +11,13 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from llmserve.kernels import pdl
+from llmserve.kernels import launch_args
 
 
 @triton.jit
 def _rmsnorm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, stride_x, stride_res, stride_out, N, eps,
                     HAS_RES: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    if PDL:  # see llmserve.kernels.PDL
+    if PDL:  # programmatic dependent launch: wait for the previous grid first (llmserve.kernels)
         gdc_wait()
         gdc_launch_dependents()
     row = tl.program_id(0).to(tl.int64)
@@ -36,8 +36,10 @@ def _rmsnorm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, stride_x, stride_res, stride
              mask=mask)
 
 
-def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None) -> torch.Tensor:
-    """Returns norm(x) (or, with `residual`, norm(x + residual) and writes x + residual into `residual`)."""
+def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None,
+            pdl: bool = False) -> torch.Tensor:
+    """Returns norm(x) (or, with `residual`, norm(x + residual) and writes x + residual into `residual`).
+    `pdl`: programmatic dependent launch (here and in the other wrappers; see llmserve.kernels)."""
     T, N = x.shape
     out = torch.empty_like(x)
     if T == 0:
@@ -45,7 +47,7 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.T
     res = residual if residual is not None else x
     _rmsnorm_kernel[(T,)](x, res, weight, out, x.stride(0), res.stride(0), out.stride(0), N, eps,
                           HAS_RES=residual is not None, BLOCK=triton.next_power_of_2(N), num_warps=4,
-                          **pdl())
+                          **launch_args(pdl))
     return out
 
 
@@ -54,7 +56,7 @@ def _rope_cache_kernel(qkv_ptr, pos_ptr, cos_ptr, sin_ptr, slot_ptr, k_cache_ptr
                        stride_t, stride_cos, stride_slot,
                        NH: tl.constexpr, NKV: tl.constexpr, HALF: tl.constexpr,
                        BLOCK_H: tl.constexpr, BLOCK_KV: tl.constexpr, PDL: tl.constexpr):
-    if PDL:  # see llmserve.kernels.PDL
+    if PDL:  # programmatic dependent launch: wait for the previous grid first (llmserve.kernels)
         gdc_wait()
         gdc_launch_dependents()
     t = tl.program_id(0).to(tl.int64)
@@ -90,7 +92,7 @@ def _rope_cache_kernel(qkv_ptr, pos_ptr, cos_ptr, sin_ptr, slot_ptr, k_cache_ptr
 
 def rope_and_cache(qkv: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                    slot_mapping: torch.Tensor, kv_cache: torch.Tensor, num_heads: int, num_kv_heads: int,
-                   head_dim: int) -> None:
+                   head_dim: int, pdl: bool = False) -> None:
     """qkv: [T, (H + 2 KVH) * D]; rotates q in place, writes rotated k and v to `kv_cache` [2, blocks, bs, KVH, D]
     at `slot_mapping` (slots < 0 are skipped). cos/sin: [max_pos, D/2] float32."""
     T = qkv.shape[0]
@@ -102,12 +104,12 @@ def rope_and_cache(qkv: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor
                              qkv.stride(0), cos.stride(0), stride_slot,
                              NH=num_heads, NKV=num_kv_heads, HALF=head_dim // 2,
                              BLOCK_H=triton.next_power_of_2(num_heads), BLOCK_KV=triton.next_power_of_2(num_kv_heads),
-                             num_warps=4, **pdl())
+                             num_warps=4, **launch_args(pdl))
 
 
 @triton.jit
 def _silu_mul_kernel(x_ptr, out_ptr, stride_x, stride_out, N, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    if PDL:  # see llmserve.kernels.PDL
+    if PDL:  # programmatic dependent launch: wait for the previous grid first (llmserve.kernels)
         gdc_wait()
         gdc_launch_dependents()
     row = tl.program_id(0).to(tl.int64)
@@ -120,7 +122,7 @@ def _silu_mul_kernel(x_ptr, out_ptr, stride_x, stride_out, N, BLOCK: tl.constexp
     tl.store(out_ptr + row * stride_out + cols, (act.to(tl.float32) * u.to(tl.float32)).to(g.dtype), mask=mask)
 
 
-def silu_mul(x: torch.Tensor) -> torch.Tensor:
+def silu_mul(x: torch.Tensor, pdl: bool = False) -> torch.Tensor:
     """x: [T, 2N] = [gate | up] -> silu(gate) * up, [T, N]."""
     T, N2 = x.shape
     N = N2 // 2
@@ -129,5 +131,5 @@ def silu_mul(x: torch.Tensor) -> torch.Tensor:
         return out
     BLOCK = 1024
     _silu_mul_kernel[(T, triton.cdiv(N, BLOCK))](x, out, x.stride(0), out.stride(0), N, BLOCK=BLOCK, num_warps=4,
-                                                 **pdl())
+                                                 **launch_args(pdl))
     return out

@@ -3,13 +3,14 @@
 Decode reads every weight once per step, so at small M the whole game is memory bandwidth.
 - `gemv` (M = 1, batch-1 decode): CUDA-core FMAs over [BLOCK_N, BLOCK_K] weight tiles, int8/fp8 converted in
   registers (int8 through a float bit trick, no I2F), the per-output-channel scale applied once at the end,
-  and `gated=True` computing the MLP's silu(gate) * up while loading x. 2.8 TB/s on Llama-2-7B's bf16 weights
-  on the H100, where cuBLAS F.linear at M = 1 gets 2.6 TB/s and torch.sum over the same bytes 2.5 TB/s.
+  and `gated=True` computing the MLP's silu(gate) * up while loading x. Faster than cuBLAS at M = 1 on
+  Llama-2-7B's weights (docs/performance.md, "Measurements behind the code").
 - `wmm` (M > 1): tensor cores, with W as the wide operand (`W_tile [BN, BK] @ x_tile^T [BK, BM]`, BM >= 16),
   int8/fp8 converted to the activation dtype before the product. The model uses it for 16-bit weights up to
   M = 16 (cuBLAS above) and for int8 at every M; fp8 uses torch._scaled_mm from M = 2 (faster there).
 - `quant_fp8_per_token`: dynamic per-token e4m3 activation scales for torch._scaled_mm.
-Block shapes come from the sweeps in bench/kernel_check.py on the lent H100 (docs/performance.md).
+Block shapes come from the sweeps in bench/kernel_check.py (docs/performance.md).
+`pdl=True` on the wrappers: programmatic dependent launch (see llmserve.kernels).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from llmserve.kernels import pdl
+from llmserve.kernels import launch_args
 
 
 @triton.jit
@@ -28,7 +29,7 @@ def _wmm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, M, N, K,
                 HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr,
                 EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
-    if PDL:  # see llmserve.kernels.PDL
+    if PDL:  # programmatic dependent launch: wait for the previous grid first (llmserve.kernels)
         gdc_wait()
         gdc_launch_dependents()
     pid_m = tl.program_id(0)  # M fastest: neighbouring programs share the W tile (large M) in L2
@@ -88,7 +89,7 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, N, K, stride_wn,
                  EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, W_KIND: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr):
     """One row of x (decode at batch 1): CUDA-core FMAs, each weight element read once, converted in registers."""
-    if PDL:  # see llmserve.kernels.PDL
+    if PDL:  # programmatic dependent launch: wait for the previous grid first (llmserve.kernels)
         gdc_wait()
         gdc_launch_dependents()
     pid = tl.program_id(0)
@@ -128,8 +129,7 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, N, K, stride_wn,
 
 
 # How int8 / fp8 weights become float32 in the GEMV: 0 = Triton's conversion, 1 / 2 = the bit tricks above.
-# Measured on the H100 (bench/kernel_check.py gemv1, 2026-11-25): int8 trick 2.67 vs 2.87 ms for all layers;
-# fp8 native 2.58 vs trick 2.82 ms.
+# Each the faster one in bench/kernel_check.py gemv1 (docs/performance.md).
 GEMV_W_KIND = {"int8": 1, "fp8": 0}
 
 
@@ -137,13 +137,13 @@ def gemv_config(key: str, N: int, K: int) -> tuple[int, int, int, int]:
     """(BLOCK_N, BLOCK_K, num_warps, stages), from the same sweep (Llama-2-7B shapes, one row)."""
     if key == "16bit":
         if K > 8192:
-            return 16, 1024, 8, 3  # down_proj: 1.11 ms for 32 layers (2.60 TB/s)
+            return 16, 1024, 8, 3  # down_proj
         if N > 8192:
-            return 16, 1024, 8, 1  # qkv 2.85, gate_up 2.98, lm_head 2.79 TB/s
-        return 16, 512, 4, 3  # o_proj 2.45 TB/s
+            return 16, 1024, 8, 1  # qkv, gate_up, lm_head
+        return 16, 512, 4, 3  # o_proj
     if K > 8192:
-        return 8, 1024, 4, 1  # int8 2.17, fp8 2.33 TB/s
-    return 16, 512, 4, 3  # int8 qkv/o/gate_up 2.40/1.89/2.70, fp8 2.51/1.96/2.76 TB/s
+        return 8, 1024, 4, 1  # down_proj
+    return 16, 512, 4, 3  # qkv, o_proj, gate_up
 
 
 def _storage(w: torch.Tensor) -> str:
@@ -156,8 +156,8 @@ def triton_max_m(w: torch.Tensor) -> int:
 
 
 def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bias: torch.Tensor | None = None,
-         gated: bool = False, config: tuple[int, int, int, int] | None = None, w_kind: int | None = None
-         ) -> torch.Tensor:
+         gated: bool = False, config: tuple[int, int, int, int] | None = None, w_kind: int | None = None,
+         pdl: bool = False) -> torch.Tensor:
     """x: [1, K] (or [1, 2K] gated) -> [1, N]."""
     N, K = w.shape
     assert x.shape == (1, 2 * K if gated else K) and x.stride(-1) == 1 and w.stride(1) == 1
@@ -170,7 +170,8 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
     _gemv_kernel[(triton.cdiv(N, bn),)](x, w, scale if scale is not None else w, bias if bias is not None else w, out,
                                         N, K, w.stride(0), HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
                                         GATED=gated, EVEN_K=K % bk == 0, EVEN_N=N % bn == 0, W_KIND=kind,
-                                        BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, num_warps=warps, **pdl())
+                                        BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, num_warps=warps,
+                                        **launch_args(pdl))
     return out
 
 
@@ -180,11 +181,10 @@ CONFIGS: dict[str, dict[int, tuple[int, int, int, int]]] = {
     "8bit": {16: (32, 256, 4, 4), 32: (32, 256, 4, 4), 64: (64, 128, 4, 4), 128: (128, 128, 8, 3)},
 }
 NUM_SMS = 132
-# The gate's SiLU inside the tensor-core kernel's x load costs more than a separate launch (measured: down_proj
-# at M = 16 took 1.6-2.2 ms for 32 layers fused vs 1.2 ms with silu_mul first).
+# The gate's SiLU inside the tensor-core kernel's x load costs more than a separate launch (docs/performance.md).
 FUSE_GATE_IN_MM = False
 # Largest M that goes through `wmm` for 16-bit weights (cuBLAS above) and for fp8 (torch._scaled_mm above).
-# fp8: from 2 rows on, torch._scaled_mm (per-token activation scales) beat the Triton kernel (3.9 vs 5.4 ms).
+# fp8: from 2 rows on, torch._scaled_mm (per-token activation scales) beats the Triton kernel.
 SKINNY_MAX_M = {"16bit": 16, "fp8": 1}
 
 
@@ -192,25 +192,25 @@ def _config(M: int, N: int, w_dtype: torch.dtype) -> tuple[int, int, int, int, i
     table = CONFIGS["8bit" if w_dtype.itemsize == 1 else "16bit"]
     bm = 16 if M <= 16 else 32 if M <= 32 else 64 if M <= 64 else 128
     bn, bk, warps, stages = table[bm]
-    # Small N (a 135M model's 576 rows): keep a quarter of the SMs busy. Not more: on the H200 a 4096-row
-    # matrix at M = 8 took 0.367 ms at 64 programs against 0.432 at 256 (bench/kernel_check.py mm16).
+    # Small N (a 135M model's 576 rows): keep a quarter of the SMs busy; not more, which was slower (mm16).
     while bn > 16 and triton.cdiv(N, bn) * triton.cdiv(M, bm) < NUM_SMS // 4:
         bn //= 2
     return bm, bn, bk, warps, stages
 
 
 def wmm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bias: torch.Tensor | None = None,
-        gated: bool = False, config: tuple[int, int, int, int, int] | None = None) -> torch.Tensor:
+        gated: bool = False, config: tuple[int, int, int, int, int] | None = None, pdl: bool = False
+        ) -> torch.Tensor:
     """x: [M, K] (or [M, 2K] with gated), w: [N, K] (bf16/fp16/int8/fp8), scale: [N] float32. Returns [M, N]."""
     M = x.shape[0]
     N, K = w.shape
     assert x.shape[1] == (2 * K if gated else K), (x.shape, w.shape, gated)
     if M == 1 and config is None:
-        return gemv(x, w, scale, bias, gated)
+        return gemv(x, w, scale, bias, gated, pdl=pdl)
     if gated and not FUSE_GATE_IN_MM:
         from llmserve.kernels.fused import silu_mul
 
-        x, gated = silu_mul(x), False
+        x, gated = silu_mul(x, pdl=pdl), False
     assert x.stride(1) == 1 and w.stride(1) == 1
     out = torch.empty(M, N, dtype=x.dtype, device=x.device)
     if M == 0:
@@ -221,13 +221,14 @@ def wmm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bia
                       x.stride(0), w.stride(0), out.stride(0),
                       HAS_SCALE=scale is not None, HAS_BIAS=bias is not None, GATED=gated,
                       EVEN_K=K % bk == 0, EVEN_N=N % bn == 0,
-                      BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages, **pdl())
+                      BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages,
+                      **launch_args(pdl))
     return out
 
 
 @triton.jit
 def _quant_fp8_kernel(x_ptr, q_ptr, s_ptr, stride_x, stride_q, K, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    if PDL:  # see llmserve.kernels.PDL
+    if PDL:  # programmatic dependent launch: wait for the previous grid first (llmserve.kernels)
         gdc_wait()
         gdc_launch_dependents()
     row = tl.program_id(0).to(tl.int64)
@@ -245,11 +246,12 @@ def _quant_fp8_kernel(x_ptr, q_ptr, s_ptr, stride_x, stride_q, K, BLOCK: tl.cons
     tl.store(s_ptr + row, scale)
 
 
-def quant_fp8_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def quant_fp8_per_token(x: torch.Tensor, pdl: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Dynamic per-token e4m3 quantization: returns (x_fp8 [M, K], scale [M, 1] float32), x ~ x_fp8 * scale."""
     M, K = x.shape
     q = torch.empty(M, K, dtype=torch.float8_e4m3fn, device=x.device)
     s = torch.empty(M, 1, dtype=torch.float32, device=x.device)
     if M:
-        _quant_fp8_kernel[(M,)](x, q, s, x.stride(0), q.stride(0), K, BLOCK=1024, num_warps=4, **pdl())
+        _quant_fp8_kernel[(M,)](x, q, s, x.stride(0), q.stride(0), K, BLOCK=1024, num_warps=4,
+                                **launch_args(pdl))
     return q, s

@@ -12,8 +12,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -23,6 +25,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from llmserve.launch.mpi import LaunchError, LaunchSpec, build_launch_command, resolve_world
 from llmserve.serving.drain import CONTROL_ENV, request_drain, wait_drained
 
 CACHE = Path(os.environ.get("LLMSERVE_CACHE", Path.home() / ".cache" / "llmserve"))
@@ -32,7 +35,7 @@ class ServerError(RuntimeError):
     pass
 
 
-def _site_packages() -> Path:
+def site_packages() -> Path:
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
         raise ServerError("tritonserver comes from the PyPI wheel nvidia-pytriton: pip install nvidia-pytriton==0.7.0")
@@ -44,7 +47,7 @@ def prepare_server_dir() -> Path:
 
     The folder is not named `triton`: on sys.path that would shadow the `triton` package torch imports.
     """
-    site = _site_packages()
+    site = site_packages()
     src = site / "pytriton" / "tritonserver"
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     dest = CACHE / f"tritonserver-2.51-py{version}"
@@ -62,7 +65,7 @@ def prepare_server_dir() -> Path:
 
 
 def server_env(venv_bin: Path | None = None) -> dict[str, str]:
-    site = _site_packages()
+    site = site_packages()
     env = dict(os.environ)
     libdir = sysconfig.get_config_var("LIBDIR") or ""
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(site / "nvidia_pytriton.libs"), libdir,
@@ -192,8 +195,6 @@ def wrap(command: list[str], drain_s: float, timeout: float) -> int:
 
 def set_instance_count(config: str, count: int) -> str:
     """config.pbtxt text with `count` model instances (Triton stubs; with engine_process they share one engine)."""
-    import re
-
     config, n = re.subn(r"instance_group \[ \{ count: \d+,", f"instance_group [ {{ count: {count},", config)
     if n != 1:
         raise ValueError("config.pbtxt: expected one `instance_group [ { count: N, ...` line")
@@ -207,8 +208,6 @@ def derive_repository(dest: str | Path, checkpoint: str | Path | None = None, so
 
     For sweeps and tests that need another configuration. The checkpoint is hard-linked (no copy, and it
     stays inside the model directory, where checkpoint_dir must resolve)."""
-    import re
-
     src = Path(source) / model
     dst = Path(dest) / model
     (dst / "1").mkdir(parents=True)
@@ -241,8 +240,6 @@ def _get(url: str) -> int | None:
 
 
 def _port_open(port: int) -> bool:
-    import socket
-
     with socket.socket() as s:
         s.settimeout(0.2)
         return s.connect_ex(("127.0.0.1", port)) == 0
@@ -259,12 +256,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grpc-port", type=int, default=8001)
     ap.add_argument("--metrics-port", type=int, default=8002)
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for readiness")
-    ap.add_argument("--tp", type=int, default=1, help="TensorRT-LLM tensor parallelism: launches the MPI world")
-    ap.add_argument("--pp", type=int, default=1, help="TensorRT-LLM pipeline parallelism, likewise")
+    ap.add_argument("--tp", type=int, default=None, help="TensorRT-LLM tensor parallelism (default: the engine's "
+                    "build manifest, when engine=tensorrtllm); must match the engine; TP*PP > 1 launches the MPI world")
+    ap.add_argument("--pp", type=int, default=None, help="TensorRT-LLM pipeline parallelism, likewise")
     ap.add_argument("--drain-seconds", type=float, default=20.0,
                     help="on shutdown, how long running requests may go on before they end with an error")
     ap.add_argument("--control-dir", default=os.environ.get(CONTROL_ENV),
                     help=f"drain: the control folder of the server (default ${CONTROL_ENV})")
+    ap.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE",
+                    help="serve: override a config.pbtxt parameter of model llm (repeatable); the server then runs "
+                    "on a copy of the repository in a temporary folder, the checkpoint hard-linked")
     argv = sys.argv[1:] if argv is None else list(argv)
     wrapped = argv[argv.index("--") + 1:] if "--" in argv else []
     a = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
@@ -279,13 +280,38 @@ def main(argv: list[str] | None = None) -> int:
         ok = wait_drained(a.control_dir, a.drain_seconds + 10.0)
         print("drained" if ok else "not drained in time", flush=True)
         return 0 if ok else 1
-    server = TritonServer(a.model_repository, a.http_port, a.grpc_port, a.metrics_port)
-    if a.tp * a.pp > 1:
-        # One tritonserver per rank under mpirun, as NVIDIA's launch_triton_server.py (llmserve/launch/mpi.py).
-        from llmserve.launch.mpi import LaunchSpec, build_launch_command
+    with tempfile.TemporaryDirectory(prefix="llmserve-repo-") as work:
+        repo = _with_overrides(a.model_repository, a.set, work) if a.set else a.model_repository
+        return _launch(a, TritonServer(repo, a.http_port, a.grpc_port, a.metrics_port))
 
-        spec = LaunchSpec(a.tp, a.pp, str(server.model_repository), tritonserver=server.command()[0],
-                          http_port=a.http_port, grpc_port=a.grpc_port, metrics_port=a.metrics_port)
+
+def _with_overrides(source: str, items: list[str], work: str) -> Path:
+    knobs = dict(item.partition("=")[::2] for item in items)
+    return derive_repository(Path(work) / "repo", source=source, **knobs)
+
+
+def _world(a: argparse.Namespace, repo: Path) -> tuple[int, int]:
+    """tp/pp: the TensorRT-LLM engine's (refusing a command line that disagrees); 1/1 for the PyTorch engine."""
+    config = (repo / "llm" / "config.pbtxt").read_text(encoding="utf-8")
+    trtllm = re.search(r'key: "engine" value: \{ string_value: "tensorrtllm" \}', config) is not None
+    if not trtllm and (a.tp or 1) * (a.pp or 1) == 1:
+        return 1, 1
+    return resolve_world(repo, a.tp, a.pp)
+
+
+def _launch(a: argparse.Namespace, server: TritonServer) -> int:
+    try:
+        tp, pp = _world(a, server.model_repository)
+    except LaunchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if tp * pp > 1:
+        # One tritonserver per rank under mpirun, as NVIDIA's launch_triton_server.py (llmserve/launch/mpi.py),
+        # each with the bundled server's backend and cache directories, as TritonServer.command() passes them.
+        d = prepare_server_dir()
+        spec = LaunchSpec(tp, pp, str(server.model_repository), tritonserver=str(d / "bin" / "tritonserver"),
+                          http_port=a.http_port, grpc_port=a.grpc_port, metrics_port=a.metrics_port,
+                          backend_directory=str(d / "backends"), cache_directory=str(d / "caches"))
         argv_mpi = build_launch_command(spec)
         print(" ".join(argv_mpi), flush=True)
         if a.command == "command":

@@ -17,7 +17,6 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from llmserve import kernels
 from llmserve.kernels.shapes import varlen_query_blocks
 
 
@@ -48,8 +47,9 @@ class AttentionMetadata:
 
     @classmethod
     def for_prefill(cls, seq_lens: list[int], block_size: int, device: torch.device, group: int = 1,
-                    head_dim: int = 128) -> AttentionMetadata:
-        """Fresh prompts in consecutive cache blocks, sequence i starting at block sum(blocks of i' < i)."""
+                    head_dim: int = 128, work_list: bool = True) -> AttentionMetadata:
+        """Fresh prompts in consecutive cache blocks, sequence i starting at block sum(blocks of i' < i).
+        work_list: fill the Triton path's query-block work list (`add_varlen`; the torch path ignores it)."""
         slots, tables, first = [], [], 0
         for n in seq_lens:
             nb = -(-n // block_size)
@@ -63,13 +63,15 @@ class AttentionMetadata:
                    context_lens=torch.tensor(seq_lens, dtype=torch.int32, device=device),
                    query_lens=list(seq_lens), context_lens_host=list(seq_lens),
                    decode_only=all(n == 1 for n in seq_lens), max_context_len=max(seq_lens))
-        meta.add_varlen(group, head_dim)
+        if work_list:
+            meta.add_varlen(group, head_dim)
         return meta
 
     @classmethod
     def for_step(cls, step: StepLayout, device: torch.device, index: torch.dtype, context_bound: int, group: int,
-                 head_dim: int) -> AttentionMetadata:
-        """An eager step's metadata; `index`: the dtype of slots and block tables (int32 for the kernels)."""
+                 head_dim: int, work_list: bool = True) -> AttentionMetadata:
+        """An eager step's metadata; `index`: the dtype of slots and block tables (int32 for the kernels);
+        work_list: as in for_prefill (the runner: whether its model takes the Triton path)."""
         width = max(len(t) for t in step.tables)
         meta = cls(slot_mapping=torch.tensor(step.slots, dtype=index, device=device),
                    block_tables=torch.tensor([t + [0] * (width - len(t)) for t in step.tables], dtype=index,
@@ -78,14 +80,12 @@ class AttentionMetadata:
                    query_lens=step.query_lens, context_lens_host=step.context_lens,
                    decode_only=all(n == 1 for n in step.query_lens), max_context_len=max(step.context_lens),
                    context_bound=context_bound)
-        if not meta.decode_only:
+        if work_list and not meta.decode_only:
             meta.add_varlen(group, head_dim)
         return meta
 
     def add_varlen(self, group: int, head_dim: int) -> None:
-        """Fills the CUDA path's query-block work list from query_lens (host side)."""
-        if not kernels.enabled(self.slot_mapping):
-            return
+        """Fills the Triton path's query-block work list from query_lens (host side)."""
         dev = self.slot_mapping.device
         starts = [0]
         for n in self.query_lens:

@@ -16,15 +16,18 @@ The embedding and the lm_head always stay in the model dtype.
 
 On CPU (no Triton) both modes dequantize the weight and run F.linear; fp8 also rounds activations through
 e4m3 per token first, so CPU perplexity tracks what the GPU's `_scaled_mm` path computes.
+
+Which path a layer takes is the model's choice, made at load: every layer with a Triton path holds the model's
+`Launch` (`KernelLayer.launch`), and the swaps below hand it on to the layers they put in.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from llmserve import kernels
 
 # The kernel modules import triton, which CPU wheels of torch lack: they are imported where the fast path runs.
 
@@ -35,12 +38,32 @@ ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
 
 
-def use_kernels(x: torch.Tensor) -> bool:
-    """The Triton path: CUDA tensors in 16-bit floats (float32 on a GPU keeps the torch path)."""
-    return x.dtype in (torch.float16, torch.bfloat16) and kernels.enabled(x)
+@dataclass
+class Launch:
+    """How a model's layers run; one object, owned by the model and shared by its layers.
+    kernels: the Triton path (chosen at load: llmserve.kernels.usable); pdl: programmatic dependent launch of
+    the linear and fused kernels, on only while the runner captures a small decode graph (LlamaModel.pdl_launches)."""
+
+    kernels: bool = False
+    pdl: bool = False
 
 
-class Linear(nn.Module):
+class KernelLayer(nn.Module):
+    """A layer with a Triton path. Alone it has a Launch of its own (the torch path); in a model, the model's."""
+
+    def __init__(self):
+        super().__init__()
+        self.launch = Launch()
+
+
+def share_launch(model: nn.Module, launch: Launch) -> None:
+    """Hands `launch` to `model` and every layer in it that has a Triton path."""
+    for m in model.modules():
+        if isinstance(m, KernelLayer):
+            m.launch = launch
+
+
+class Linear(KernelLayer):
     """y = x W^T (+ b), W in the model dtype. `gated=True`: x is [gate | up] and the layer computes
     down(silu(gate) * up). On CUDA, few rows go through the Triton weight-streaming kernel (which fuses the
     gate), many through cuBLAS. Quantized twins are above."""
@@ -52,15 +75,16 @@ class Linear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
 
     def forward(self, x: torch.Tensor, gated: bool = False) -> torch.Tensor:
-        if use_kernels(x):
+        if self.launch.kernels:
             from llmserve.kernels import linear as klinear
 
+            pdl = self.launch.pdl
             if x.shape[0] <= klinear.triton_max_m(self.weight):
-                return klinear.wmm(x, self.weight, None, self.bias, gated=gated)
+                return klinear.wmm(x, self.weight, None, self.bias, gated=gated, pdl=pdl)
             if gated:
                 from llmserve.kernels.fused import silu_mul
 
-                x = silu_mul(x)
+                x = silu_mul(x, pdl=pdl)
             return F.linear(x, self.weight, self.bias)
         if gated:
             gate, up = x.chunk(2, dim=-1)
@@ -94,7 +118,7 @@ def fake_quant_fp8_per_token(x: torch.Tensor) -> torch.Tensor:
     return ((xf / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8).float() * scale).to(x.dtype)
 
 
-class QuantLinear(nn.Module):
+class QuantLinear(KernelLayer):
     """Shared state of the quantized linears: weight [N, K] (int8/e4m3) and weight_scale [N] as buffers."""
 
     mode = ""
@@ -113,6 +137,7 @@ class QuantLinear(nn.Module):
             m = cls(w.shape[1], w.shape[0], bias=linear.bias is not None)
         q, s = quantize_weight(w, cls.mode)
         m.weight, m.weight_scale = q, s
+        m.launch = linear.launch
         if linear.bias is not None:
             m.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
         return m
@@ -131,10 +156,10 @@ class Int8Linear(QuantLinear):
         super().__init__(in_features, out_features, bias, torch.int8)
 
     def forward(self, x: torch.Tensor, gated: bool = False) -> torch.Tensor:
-        if use_kernels(x):
+        if self.launch.kernels:
             from llmserve.kernels.linear import wmm
 
-            return wmm(x, self.weight, self.weight_scale, self.bias, gated=gated)
+            return wmm(x, self.weight, self.weight_scale, self.bias, gated=gated, pdl=self.launch.pdl)
         return self._fallback(x, gated)
 
 
@@ -148,16 +173,17 @@ class Fp8Linear(QuantLinear):
         super().__init__(in_features, out_features, bias, FP8)
 
     def forward(self, x: torch.Tensor, gated: bool = False) -> torch.Tensor:
-        if use_kernels(x):
+        if self.launch.kernels:
             from llmserve.kernels import linear as klinear
 
+            pdl = self.launch.pdl
             if x.shape[0] <= klinear.triton_max_m(self.weight):
-                return klinear.wmm(x, self.weight, self.weight_scale, self.bias, gated=gated)
+                return klinear.wmm(x, self.weight, self.weight_scale, self.bias, gated=gated, pdl=pdl)
             if gated:
                 from llmserve.kernels.fused import silu_mul
 
-                x = silu_mul(x)
-            xq, xs = klinear.quant_fp8_per_token(x)
+                x = silu_mul(x, pdl=pdl)
+            xq, xs = klinear.quant_fp8_per_token(x, pdl=pdl)
             y = torch._scaled_mm(xq, self.weight.t(), scale_a=xs, scale_b=self.weight_scale[None, :],
                                  out_dtype=torch.bfloat16)
             y = y.to(x.dtype)
@@ -187,7 +213,9 @@ def convert_modules_(model: nn.Module, mode: str, keep_attention_fp16: bool = Fa
     cls = MODULES[check_mode(mode)]
     for parent, name in _targets(model, keep_attention_fp16):
         old = getattr(parent, name)
-        setattr(parent, name, cls(old.in_features, old.out_features, bias=old.bias is not None))
+        new = cls(old.in_features, old.out_features, bias=old.bias is not None)
+        new.launch = old.launch
+        setattr(parent, name, new)
 
 
 def quantize_model_(model: nn.Module, mode: str, keep_attention_fp16: bool = False) -> None:

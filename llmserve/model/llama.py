@@ -3,22 +3,33 @@
 One file, read top to bottom: config, rotary embedding, attention, MLP, the stack, and the weight loader.
 All tokens of a step (prefills and decodes of many sequences) run as one flat [T] batch; attention is the
 only layer that needs to know which token belongs to which sequence, through `AttentionMetadata`.
+Whether the layers take the Triton path is chosen when the model is loaded (`kernel_mode`) and kept on the
+model (`LlamaModel.launch`, shared by its layers).
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from llmserve import kernels
+from llmserve.errors import ConfigError
 from llmserve.model import attention
 from llmserve.model.attention import AttentionMetadata
-from llmserve.model.linear import Linear, convert_modules_, quantize_model_, use_kernels
+from llmserve.model.linear import KernelLayer, Launch, Linear, convert_modules_, quantize_model_, share_launch
 from llmserve.model.weights import cast, hf_to_ours, load_safetensors
+
+MODEL_TYPES = ("llama", "mistral", "qwen2")  # a config.json without model_type (benchmarks, kernel tests) is Llama
+# What rope_cos_sin computes, with the rope_parameters keys each type reads (transformers' modeling_rope_utils).
+ROPE_KEYS = {"default": (), "linear": ("factor",),
+             "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
 
 
 @dataclass
@@ -36,13 +47,16 @@ class ModelArgs:
     tie_word_embeddings: bool
     qkv_bias: bool
     rope_scaling: dict | None = None
+    sliding_window: int | None = None  # the window of the layers that slide; None: every layer attends fully
+    sliding_field: str = "sliding_window"  # the config.json field that turned it on, for the refusal
 
     @classmethod
     def from_hf_config(cls, cfg: dict) -> ModelArgs:
-        # transformers 5 moved rope_theta/rope_scaling into rope_parameters; older checkpoints have both flat.
-        rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
-        theta = cfg.get("rope_theta") or rope.get("rope_theta") or 10000.0
-        scaling = rope if rope.get("rope_type", rope.get("type", "default")) not in ("default", None) else None
+        """Refuses (ConfigError, naming the field) what the model would compute differently from transformers."""
+        kind = cfg.get("model_type") or "llama"
+        _refuse_unsupported(cfg, kind)
+        theta, scaling = _rope(cfg)
+        window, window_field = _sliding_window(cfg, kind)
         heads = cfg["num_attention_heads"]
         return cls(
             vocab_size=cfg["vocab_size"],
@@ -53,28 +67,106 @@ class ModelArgs:
             num_kv_heads=cfg.get("num_key_value_heads") or heads,
             head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
             rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
-            rope_theta=float(theta),
+            rope_theta=theta,
             max_position_embeddings=cfg.get("max_position_embeddings", 4096),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            qkv_bias=cfg.get("model_type") == "qwen2" or bool(cfg.get("attention_bias", False)),
+            qkv_bias=kind == "qwen2",  # Qwen2Attention: q/k/v biases always, o_proj none
             rope_scaling=scaling,
+            sliding_window=window,
+            sliding_field=window_field,
         )
+
+
+def _refuse_unsupported(cfg: dict, kind: str) -> None:
+    """Fields of config.json that change what transformers computes and that this model does not implement."""
+    if kind not in MODEL_TYPES:
+        raise ConfigError(f"model_type: {kind!r} is not a Llama-family model we implement ({', '.join(MODEL_TYPES)})")
+    if cfg.get("hidden_act", "silu") not in ("silu", "swish"):  # both are SiLU in transformers' ACT2FN
+        raise ConfigError(f"hidden_act: {cfg['hidden_act']!r} is not implemented; our MLP is silu(gate) * up")
+    # modeling_llama.py: attention_bias biases o_proj as well as q/k/v, mlp_bias all three MLP projections; our
+    # model has neither (Mistral and Qwen2 ignore both fields).
+    for name, where in (("attention_bias", "o_proj"), ("mlp_bias", "gate/up/down_proj")):
+        if kind == "llama" and cfg.get(name):
+            raise ConfigError(f"{name}: true puts a bias on {where}, which our model does not implement; refusing "
+                              "the checkpoint rather than dropping its biases")
+    if cfg.get("quantization_config"):
+        raise ConfigError("quantization_config: checkpoints quantized for transformers are not loaded; import the "
+                          "unquantized checkpoint (llmserve quantizes it itself: llmserve/model/quantize.py)")
+
+
+def _rope(cfg: dict) -> tuple[float, dict | None]:
+    """(rope_theta, scaling parameters or None), resolved as transformers' convert_rope_params_to_dict and
+    standardize_rope_params do: a legacy rope_scaling wins over rope_parameters, the dict's rope_theta over
+    the flat one, and llama3's original_max_position_embeddings defaults to max_position_embeddings."""
+    field = "rope_scaling" if cfg.get("rope_scaling") else "rope_parameters"
+    rope = dict(cfg.get(field) or {})
+    theta = float(rope.get("rope_theta") or cfg.get("rope_theta") or 10000.0)
+    kind = rope.get("rope_type") or rope.get("type") or "default"
+    if any(isinstance(v, dict) for v in rope.values()):
+        raise ConfigError(f"{field}: rope parameters per layer type are not implemented")
+    if kind not in ROPE_KEYS:
+        raise ConfigError(f"{field}: rope type {kind!r} is not implemented (we compute {', '.join(ROPE_KEYS)}); "
+                          "another rope would silently change every answer")
+    if kind == "default":
+        return theta, None  # transformers' default rope of these models ignores partial_rotary_factor
+    if cfg.get("original_max_position_embeddings"):
+        rope["original_max_position_embeddings"] = cfg["original_max_position_embeddings"]
+    rope.setdefault("original_max_position_embeddings", cfg.get("max_position_embeddings"))
+    missing = [k for k in ROPE_KEYS[kind] if rope.get(k) is None]
+    if missing:
+        raise ConfigError(f"{field}: rope type {kind!r} needs {', '.join(missing)}")
+    if rope.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0)) != 1.0:
+        raise ConfigError(f"{field}: partial_rotary_factor != 1 is not implemented")
+    return theta, {**rope, "rope_type": kind}
+
+
+def _sliding_window(cfg: dict, kind: str) -> tuple[int | None, str]:
+    """The attention window as transformers applies it (None: none), and the field that turned it on."""
+    if kind == "mistral":
+        # configuration_mistral.py: sliding_window defaults to 4096 when absent; modeling_mistral.py applies it
+        # to every layer (create_sliding_window_causal_mask unless config.sliding_window is None).
+        return cfg.get("sliding_window", 4096), "sliding_window"
+    if kind == "qwen2" and cfg.get("use_sliding_window"):
+        # configuration_qwen2.py __post_init__: sliding_window counts only with use_sliding_window, and then on
+        # the layers layer_types marks "sliding_attention" (by default those >= max_window_layers, 28).
+        window = cfg.get("sliding_window", 4096)
+        first = cfg.get("max_window_layers", 28)
+        types = cfg.get("layer_types") or ["sliding_attention" if i >= first else "full_attention"
+                                           for i in range(cfg["num_hidden_layers"])]
+        if window is not None and "sliding_attention" in types:
+            return window, "use_sliding_window"
+    return None, "sliding_window"
+
+
+def check_served_context(args: ModelArgs, max_model_len: int) -> None:
+    """Our paged attention attends to the whole context. A sliding window of W tokens (transformers'
+    sliding_window_overlay: key > query - W) cuts nothing while no sequence is longer than W, so a served
+    context of at most W tokens is exact; a longer one is refused."""
+    w = args.sliding_window
+    if w is not None and max_model_len > w:
+        setting = ("use_sliding_window=true, " if args.sliding_field == "use_sliding_window" else "") + \
+            f"sliding_window={w}"
+        raise ConfigError(f"{args.sliding_field}: this checkpoint's sliding-window layers attend only to the last "
+                          f"{w} tokens ({setting}), which our paged attention does not implement, and the served "
+                          f"context is {max_model_len} tokens (max_model_len, or max_position_embeddings when it is "
+                          f"unset): answers past token {w} would differ from the model's. Set max_model_len to {w} "
+                          "or less to serve it exactly.")
 
 
 def rope_cos_sin(args: ModelArgs, max_pos: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     dim = args.head_dim
     inv_freq = 1.0 / (args.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float64, device=device) / dim))
-    s = args.rope_scaling
-    if s and s.get("rope_type", s.get("type")) == "llama3":
+    s = args.rope_scaling  # from _rope: rope_type set and the keys of ROPE_KEYS present
+    if s and s["rope_type"] == "llama3":
         # Llama 3.1's frequency-dependent scaling (as in HF's _compute_llama3_parameters).
-        factor, low, high = s["factor"], s.get("low_freq_factor", 1.0), s.get("high_freq_factor", 4.0)
-        old_len = s.get("original_max_position_embeddings", 8192)
+        factor, low, high = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+        old_len = s["original_max_position_embeddings"]
         wavelen = 2 * math.pi / inv_freq
         smooth = (old_len / wavelen - low) / (high - low)
         scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
         mid = (wavelen <= old_len / low) & (wavelen >= old_len / high)
         inv_freq = torch.where(mid, (1 - smooth) * inv_freq / factor + smooth * inv_freq, scaled)
-    elif s and s.get("rope_type", s.get("type")) == "linear":
+    elif s and s["rope_type"] == "linear":
         inv_freq = inv_freq / s["factor"]
     freqs = torch.outer(torch.arange(max_pos, dtype=torch.float64, device=device), inv_freq)
     return freqs.cos().float(), freqs.sin().float()
@@ -87,7 +179,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1).to(x.dtype)
 
 
-class RMSNorm(nn.Module):
+class RMSNorm(KernelLayer):
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim), requires_grad=False)
@@ -96,10 +188,11 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (norm(x + residual), x + residual); without a residual, (norm(x), x). The fused kernel
         updates `residual` in place."""
-        if use_kernels(x):
+        if self.launch.kernels:
             from llmserve.kernels.fused import rmsnorm
 
-            return rmsnorm(x, self.weight, self.eps, residual), (x if residual is None else residual)
+            return (rmsnorm(x, self.weight, self.eps, residual, pdl=self.launch.pdl),
+                    x if residual is None else residual)
         if residual is not None:
             x = x + residual
         xf = x.float()
@@ -115,7 +208,7 @@ class Rope:
     sin: torch.Tensor | None = None
 
 
-class Attention(nn.Module):
+class Attention(KernelLayer):
     def __init__(self, args: ModelArgs, layer: int):
         super().__init__()
         self.layer = layer
@@ -128,12 +221,13 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, rope: Rope, kv_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         T = x.shape[0]
         qkv = self.qkv_proj(x)
-        if use_kernels(qkv):
+        if self.launch.kernels:
             from llmserve.kernels.fused import rope_and_cache
 
             layer_cache = kv_cache[self.layer]
             rope_and_cache(qkv, rope.positions, rope.table_cos, rope.table_sin, meta.slot_mapping, layer_cache,
-                           self.nh, self.nkv, self.hd)
+                           self.nh, self.nkv, self.hd, pdl=self.launch.pdl)
+            # The attention kernels launch plainly, PDL or not (slower with it: docs/performance.md).
             q = qkv.view(T, self.nh + 2 * self.nkv, self.hd)[:, :self.nh]
             out = attention.paged_attention_cached(q, layer_cache, meta, self.scale)
             return self.o_proj(out.view(T, self.nh * self.hd))
@@ -171,8 +265,9 @@ class DecoderLayer(nn.Module):
         return self.mlp(h), residual
 
 
-class LlamaModel(nn.Module):
-    def __init__(self, args: ModelArgs):
+class LlamaModel(KernelLayer):
+    def __init__(self, args: ModelArgs, use_kernels: bool = False):
+        """use_kernels: the Triton path (see llmserve.kernels.usable; load_model and random_model decide it)."""
         super().__init__()
         self.args = args
         self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
@@ -182,6 +277,23 @@ class LlamaModel(nn.Module):
         self.lm_head = Linear(args.hidden_size, args.vocab_size, bias=False)
         self.rope_cos: torch.Tensor | None = None
         self.rope_sin: torch.Tensor | None = None
+        share_launch(self, Launch(kernels=use_kernels))  # quantizing and sharding hand it on to the layers they swap in
+
+    @property
+    def kernels(self) -> bool:
+        """Whether the model's layers take the Triton path."""
+        return self.launch.kernels
+
+    @contextmanager
+    def pdl_launches(self, on: bool = True) -> Iterator[None]:
+        """Programmatic dependent launch of the linear and fused kernels inside the block (the runner: around
+        the capture of a decode graph of up to 16 rows); elsewhere, and for the attention kernels, plain."""
+        before = self.launch.pdl
+        self.launch.pdl = on and self.launch.kernels
+        try:
+            yield
+        finally:
+            self.launch.pdl = before
 
     def init_rope(self, max_pos: int, device: torch.device) -> None:
         self.rope_cos, self.rope_sin = rope_cos_sin(self.args, max_pos, device)
@@ -197,7 +309,7 @@ class LlamaModel(nn.Module):
         """The decoder stack: returns (hidden state, residual stream) of every row, before the final norm."""
         x = self.embed_tokens(input_ids)
         rope = Rope(positions, self.rope_cos, self.rope_sin)
-        if not use_kernels(x):
+        if not self.launch.kernels:
             rope.cos, rope.sin = self.rope_cos[positions], self.rope_sin[positions]
         residual = None
         for layer in self.layers:
@@ -212,13 +324,15 @@ class LlamaModel(nn.Module):
 
 
 def random_model(args: ModelArgs, dtype: torch.dtype, device: torch.device, seed: int = 0,
-                 std: float = 0.02) -> LlamaModel:
-    """A model with random N(0, std) weights built directly on `device` (benchmarks: no 13 GB checkpoint)."""
+                 std: float = 0.02, kernel_mode: str = "on") -> LlamaModel:
+    """A model with random N(0, std) weights built directly on `device` (benchmarks: no 13 GB checkpoint).
+    kernel_mode: as in load_model."""
+    use = kernels.usable(kernel_mode, device, dtype)
     prev = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            model = LlamaModel(args)
+            model = LlamaModel(args, use_kernels=use)
     finally:
         torch.set_default_dtype(prev)
     gen = torch.Generator(device=device)
@@ -233,8 +347,11 @@ def random_model(args: ModelArgs, dtype: torch.dtype, device: torch.device, seed
     return model.eval()
 
 
-def load_model(checkpoint_dir: Path, dtype: torch.dtype, device: torch.device) -> LlamaModel:
-    """Loads an HF Llama checkpoint. config.json may carry:
+def load_model(checkpoint_dir: Path, dtype: torch.dtype, device: torch.device, kernel_mode: str = "on"
+               ) -> LlamaModel:
+    """Loads an HF Llama checkpoint. kernel_mode ("on", "off", "interpret": llmserve.kernels.mode_from_env):
+    "on" takes the Triton path where it runs (a 16-bit model on a CUDA device, triton importable); the model
+    keeps the choice. config.json may carry:
     - "quantization": {"mode": "fp8" | "int8_wo", "keep_attention_fp16": bool} (made by llmserve/model/quantize.py):
       the matching linear layers become quantized modules;
     - "llmserve_random_init": {"seed": int, "std": float}: no weight files; random weights made on `device`
@@ -244,13 +361,14 @@ def load_model(checkpoint_dir: Path, dtype: torch.dtype, device: torch.device) -
     qcfg = cfg.get("quantization")
     if cfg.get("llmserve_random_init") is not None:
         r = cfg["llmserve_random_init"]
-        model = random_model(args, dtype, device, seed=int(r.get("seed", 0)), std=float(r.get("std", 0.02)))
+        model = random_model(args, dtype, device, seed=int(r.get("seed", 0)), std=float(r.get("std", 0.02)),
+                             kernel_mode=kernel_mode)
         if qcfg:
             quantize_model_(model, qcfg["mode"], bool(qcfg.get("keep_attention_fp16", False)))
         return model
     state = load_safetensors(checkpoint_dir)
     with torch.device("meta"):
-        model = LlamaModel(args)
+        model = LlamaModel(args, use_kernels=kernels.usable(kernel_mode, device, dtype))
         if qcfg:
             convert_modules_(model, qcfg["mode"], bool(qcfg.get("keep_attention_fp16", False)))
     ours = hf_to_ours(state, args.num_layers, args.tie_word_embeddings)
@@ -258,7 +376,10 @@ def load_model(checkpoint_dir: Path, dtype: torch.dtype, device: torch.device) -
     missing = set(expected) - set(ours)
     if missing:
         raise ValueError(f"{checkpoint_dir}: checkpoint lacks {sorted(missing)[:4]}...")
-    model.load_state_dict({k: cast(k, v, dtype) for k, v in ours.items() if k in expected}, assign=True, strict=True)
+    unused = set(ours) - set(expected)
+    if unused:  # a tensor we would drop (a bias, a scale) is computation this model would silently skip
+        raise ValueError(f"{checkpoint_dir}: checkpoint has tensors this model does not use: {sorted(unused)[:4]}...")
+    model.load_state_dict({k: cast(k, v, dtype) for k, v in ours.items()}, assign=True, strict=True)
     if args.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
     model = model.to(device).eval()

@@ -35,8 +35,10 @@ class AllReduceLinear(nn.Module):
         return out
 
 
-def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None, like: nn.Module) -> nn.Module:
+    """A Linear over this rank's slice, on the path (Triton or torch) of the layer it replaces, `like`."""
     layer = Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    layer.launch = like.launch
     layer.weight = nn.Parameter(weight.contiguous(), requires_grad=False)
     if bias is not None:
         layer.bias = nn.Parameter(bias.contiguous(), requires_grad=False)
@@ -68,16 +70,17 @@ def shard_model(model: nn.Module, rank: int, world: int, group=None) -> nn.Modul
     for layer in model.layers:
         attn = layer.self_attn
         w, b = attn.qkv_proj.weight, attn.qkv_proj.bias
-        attn.qkv_proj = _linear(take(w), take(b) if b is not None else None)
+        attn.qkv_proj = _linear(take(w), take(b) if b is not None else None, attn.qkv_proj)
         attn.nh, attn.nkv = nh, nkv
         o = attn.o_proj.weight
-        attn.o_proj = AllReduceLinear(_linear(o[:, rank * nh * hd:(rank + 1) * nh * hd], None), group)
+        attn.o_proj = AllReduceLinear(_linear(o[:, rank * nh * hd:(rank + 1) * nh * hd], None, attn.o_proj), group)
         mlp = layer.mlp
         part = inter // world
         gate, up = mlp.gate_up_proj.weight.split(inter, dim=0)
         mlp.gate_up_proj = _linear(torch.cat([gate[rank * part:(rank + 1) * part],
-                                              up[rank * part:(rank + 1) * part]], dim=0), None)
-        mlp.down_proj = AllReduceLinear(_linear(mlp.down_proj.weight[:, rank * part:(rank + 1) * part], None), group)
+                                              up[rank * part:(rank + 1) * part]], dim=0), None, mlp.gate_up_proj)
+        mlp.down_proj = AllReduceLinear(_linear(mlp.down_proj.weight[:, rank * part:(rank + 1) * part], None,
+                                                mlp.down_proj), group)
     # The KV cache and anything else sized from args now see this rank's share.
     model.args = dataclasses.replace(args, num_heads=nh, num_kv_heads=nkv, intermediate_size=inter // world)
     return model

@@ -2,41 +2,72 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from llmserve.config import ConfigError, ServingConfig, resolve_inside, switch
-from llmserve.serving.engine_process import ServiceProcess
+from llmserve.engine.api import Engine
+from llmserve.engine.synthetic import SyntheticEngine
+from llmserve.engine.trtllm import create_trtllm_engine
+from llmserve.serving.api import Service
+from llmserve.serving.bridge.client import ServiceProcess
 from llmserve.serving.metrics import MetricsSink
+from llmserve.serving.observer import TRACE_ENV, request_observer
 from llmserve.serving.service import LLMService
 from llmserve.serving.tokenizer import Tokenizer
 
 
 def build_service(cfg: ServingConfig, model_dir: str | Path, metrics: MetricsSink | None = None,
-                  share_key: str | None = None) -> LLMService | ServiceProcess:
+                  share_key: str | None = None) -> Service:
     """`share_key`: callers with the same key share one engine process (where `engine_process` is on); the
     Triton adapter passes one per tritonserver, model version, config and device, so a model's instances on
     one GPU serve from one engine."""
+    checkpoint = _checkpoint(cfg, model_dir)
+    if use_engine_process(cfg):
+        return ServiceProcess(cfg, model_dir, checkpoint, metrics, share_key, tracing=bool(_trace_path()))
+    return _in_process(cfg, model_dir, checkpoint, metrics)
+
+
+def build_in_process(cfg: ServingConfig, model_dir: str | Path, metrics: MetricsSink | None = None) -> LLMService:
+    """The service with its engine in this process, whatever `engine_process` says: what an engine process runs."""
+    return _in_process(cfg, model_dir, _checkpoint(cfg, model_dir), metrics)
+
+
+def _checkpoint(cfg: ServingConfig, model_dir: str | Path) -> Path:
     checkpoint = resolve_inside(model_dir, cfg.checkpoint_dir, "checkpoint_dir")
     if not (checkpoint / "config.json").is_file():
         raise ConfigError(f"checkpoint_dir: {checkpoint} holds no HF checkpoint (config.json); import one with "
                           "`python -m build_engines import --output <model_dir>/checkpoint`")
-    if use_engine_process(cfg):
-        return ServiceProcess(cfg, model_dir, checkpoint, metrics, share_key)
+    return checkpoint
+
+
+def _trace_path() -> str | None:
+    """The diagnostics trace file (bench): the environment is read here, once per service built."""
+    return os.environ.get(TRACE_ENV) or None
+
+
+def _in_process(cfg: ServingConfig, model_dir: str | Path, checkpoint: Path,
+                metrics: MetricsSink | None) -> LLMService:
     tokenizer = Tokenizer(checkpoint)
+    trace = _trace_path()
+    engine = _engine(cfg, model_dir, checkpoint, tokenizer, trace)
+    return LLMService(engine, tokenizer, metrics, max_prompt_chars=cfg.front.max_input_bytes,
+                      observer=request_observer(trace)).start()
+
+
+def _engine(cfg: ServingConfig, model_dir: str | Path, checkpoint: Path, tokenizer: Tokenizer,
+            trace: str | None) -> Engine:
     if cfg.engine == "tensorrtllm":
-        from llmserve.engine.trtllm import create_trtllm_engine
+        return create_trtllm_engine(cfg, resolve_inside(model_dir, cfg.trtllm.engine_dir, "engine_dir"))
+    if cfg.engine == "synthetic":
+        b = cfg.batching
+        return SyntheticEngine(tokenizer.backend.get_vocab_size(), cfg.max_model_len or 8192, b.max_batch_size,
+                               cfg.synthetic_step_ms, b.max_queue_size)
+    # torch: a process that forwards to an engine process, or runs another engine, never loads it
+    from llmserve.engine.observer import step_observer
+    from llmserve.engine.torch_engine import TorchEngine
 
-        engine = create_trtllm_engine(cfg, resolve_inside(model_dir, cfg.engine_dir, "engine_dir"))
-    elif cfg.engine == "synthetic":
-        from llmserve.engine.synthetic import SyntheticEngine
-
-        engine = SyntheticEngine(tokenizer.backend.get_vocab_size(), cfg.max_model_len or 8192, cfg.max_batch_size,
-                                 cfg.synthetic_step_ms, cfg.max_queue_size)
-    else:
-        from llmserve.engine.torch_engine import TorchEngine
-
-        engine = TorchEngine(cfg, checkpoint)
-    return LLMService(engine, tokenizer, metrics, max_prompt_chars=cfg.max_input_bytes).start()
+    return TorchEngine(cfg, checkpoint, observer=step_observer(trace))
 
 
 def use_engine_process(cfg: ServingConfig) -> bool:
@@ -47,8 +78,8 @@ def use_engine_process(cfg: ServingConfig) -> bool:
             return False
         if cfg.device.startswith("cuda"):
             return True
-        import torch
+        import torch  # heavy: only asked for where the device is left to torch to find
 
         return torch.cuda.is_available()
 
-    return switch(cfg.engine_process, auto)
+    return switch(cfg.front.engine_process, auto)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from llmserve.engine.sampling_params import KNOWN_KEYS, InvalidRequest, SamplingParams, parse_sampling_params
-from llmserve.serving.service import Delta, GenerateRequest
+from llmserve.serving.api import Delta, GenerateRequest
 
 # Scalar tensors that carry a sampling parameter (TensorRT-LLM ensemble names and ours).
 SAMPLING_TENSORS = ("max_tokens", "min_tokens", "min_length", "temperature", "top_k", "top_p", "min_p",
@@ -88,8 +88,6 @@ def parse_request(request_id: str, inputs: dict[str, np.ndarray], parameters: di
             raise InvalidRequest("messages", f"not valid JSON: {exc.msg}") from None
     if (prompt is None) == (messages is None):
         raise InvalidRequest("text_input", "send exactly one of text_input and messages")
-    if prompt is not None and not prompt.strip():
-        raise InvalidRequest("text_input", "the prompt is empty")
 
     raw: dict[str, Any] = {}
     if "sampling_parameters" in inputs:

@@ -8,88 +8,29 @@ callback must not block: the adapter's just puts the delta on its response queue
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from llmserve.engine.api import Engine, EngineError, EngineOutput, EngineRequest, EngineStats, TokenLogprob
-from llmserve.engine.sampling_params import InvalidRequest, SamplingParams
+from llmserve.engine.api import Engine, EngineError, EngineOutput, EngineRequest, EngineStats, FinishReason
+from llmserve.engine.sampling_params import InvalidRequest
+from llmserve.serving.api import (
+    DRAINING_MESSAGE,
+    NOT_SERVING_MESSAGE,
+    SHUTTING_DOWN_MESSAGE,
+    Callback,
+    Delta,
+    GenerateRequest,
+    Service,
+    tokenize_request,
+)
 from llmserve.serving.metrics import MetricsSink, NullSink, RequestTiming, repetition_ratio, resident_memory_bytes
+from llmserve.serving.observer import NoRequestObserver, RequestObserver
 from llmserve.serving.stop_strings import StopMatcher
 from llmserve.serving.tokenizer import Detokenizer, Tokenizer
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class GenerateRequest:
-    request_id: str
-    params: SamplingParams
-    prompt: str | None = None
-    messages: list | None = None
-    prompt_token_ids: list[int] | None = None
-    # When the server took the request (the adapter stamps Triton's hand-over): the time-to-first-token and
-    # request-latency metrics count from here. CLOCK_MONOTONIC, shared by the stub and the engine process.
-    arrival_time: float = field(default_factory=time.monotonic)
-    # With LLMSERVE_STEP_TRACE: the times each hop passed it on (the stub to the engine process's pipe, that
-    # process's reader to the engine thread), so the trace splits a burst's intake by stage.
-    hops: tuple[float, ...] = ()
-
-
-@dataclass
-class Delta:
-    """New text of one request. Exactly one delta per request has `finished` True: the last."""
-
-    request_id: str
-    text: str
-    token_ids: list[int]
-    num_input_tokens: int
-    finish_reason: str | None = None  # stop | length | abort | error
-    logprobs: list[TokenLogprob] | None = None
-    error: Exception | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.finish_reason is not None
-
-
-Callback = Callable[[Delta], None]
-
-
-def take_deltas(q: queue.SimpleQueue, timeout: float | None = None) -> tuple[list[Delta], bool]:
-    """Everything queued by the callbacks now, waiting up to `timeout` (None: forever) for the first; and whether
-    the end marker (None) came. Whoever sends them sends a batch at a time: when the engine outruns the
-    sends, a batch holds several deltas of one request."""
-    try:
-        item = q.get(timeout=timeout)
-    except queue.Empty:
-        return [], False
-    deltas: list[Delta] = []
-    while item is not None:
-        deltas.append(item)
-        try:
-            item = q.get_nowait()
-        except queue.Empty:
-            return deltas, False
-    return deltas, True
-
-
-def tokenize_request(tokenizer: Tokenizer, request: GenerateRequest, max_prompt_chars: int) -> list[int]:
-    if request.messages is not None:
-        return tokenizer.apply_chat_template(request.messages)
-    if not isinstance(request.prompt, str) or not request.prompt:
-        raise InvalidRequest("text_input", "the prompt is empty")
-    if len(request.prompt) > max_prompt_chars:
-        raise InvalidRequest("text_input", f"the prompt has {len(request.prompt)} characters; "
-                             f"the limit is {max_prompt_chars} (max_input_bytes)")
-    return tokenizer.encode(request.prompt)
-
-
-_DRAINING = "the server is shutting down (draining): send the request to another replica"
-_SHUTTING_DOWN = "the server is shutting down"
 
 
 @dataclass
@@ -103,9 +44,11 @@ class _Active:
     output_ids: list[int] = field(default_factory=list)
 
 
-class LLMService:
+class LLMService(Service):
+    """The `Service` with the engine in this process."""
+
     def __init__(self, engine: Engine, tokenizer: Tokenizer, metrics: MetricsSink | None = None,
-                 max_prompt_chars: int = 1_000_000):
+                 max_prompt_chars: int = 1_000_000, observer: RequestObserver | None = None):
         self.engine = engine
         self.tokenizer = tokenizer
         self.metrics = metrics or NullSink()
@@ -114,8 +57,7 @@ class LLMService:
         self._active: dict[str, _Active] = {}
         self._stats = EngineStats()
         self._thread = threading.Thread(target=self._run, name="llm-engine", daemon=True)
-        trace = os.environ.get("LLMSERVE_STEP_TRACE")  # a line per request taken, and one at its end
-        self._trace = open(trace, "a", buffering=1) if trace else None  # noqa: SIM115 - lives with the service
+        self.observer = observer or NoRequestObserver()
         self._stopping = threading.Event()
         self._draining = False
         self._drain_deadline: float | None = None  # engine thread only
@@ -130,9 +72,9 @@ class LLMService:
         """Tokenizes and queues a request. Raises InvalidRequest for a bad prompt; every later problem
         arrives through the callback as the request's final delta."""
         if self._draining:
-            raise EngineError(_DRAINING, status="UNAVAILABLE")
+            raise EngineError(DRAINING_MESSAGE, status="UNAVAILABLE")
         if self._stopping.is_set() or not self.healthy:
-            raise EngineError("the engine is not serving (shutting down or failed)", status="UNAVAILABLE")
+            raise EngineError(NOT_SERVING_MESSAGE, status="UNAVAILABLE")
         if request.prompt_token_ids is None:
             request.prompt_token_ids = tokenize_request(self.tokenizer, request, self.max_prompt_chars)
         self._commands.put(("add", request, callback))
@@ -158,8 +100,7 @@ class LLMService:
         """stop, then free the engine (GPU memory, worker processes)."""
         self.stop()
         self.engine.shutdown()
-        if self._trace is not None:
-            self._trace.close()
+        self.observer.close()
 
     def resident_memory_bytes(self) -> int:
         """This process's resident memory: the engine runs here."""
@@ -198,7 +139,7 @@ class LLMService:
                     self._deliver(out)
                 self._update_stats()
         finally:
-            self._fail_all(EngineError(_SHUTTING_DOWN, status="UNAVAILABLE"))
+            self._fail_all(EngineError(SHUTTING_DOWN_MESSAGE, status="UNAVAILABLE"))
             self._update_stats()
 
     def _update_stats(self) -> None:
@@ -230,11 +171,12 @@ class LLMService:
 
     def _handle(self, kind: str, arg, callback: Callback | None) -> None:
         if kind == "add" and self._draining:
-            callback(Delta(arg.request_id, "", [], 0, "error", error=EngineError(_DRAINING, "UNAVAILABLE")))
+            callback(Delta(arg.request_id, "", [], 0, FinishReason.ERROR,
+                           error=EngineError(DRAINING_MESSAGE, "UNAVAILABLE")))
         elif kind == "drain":
             self._drain_deadline = arg
         elif kind == "add" and not self.healthy:
-            callback(Delta(arg.request_id, "", [], 0, "error",
+            callback(Delta(arg.request_id, "", [], 0, FinishReason.ERROR,
                            error=EngineError("the engine is not serving (failed)", "UNAVAILABLE")))
         elif kind == "add":
             self._add(arg, callback)
@@ -245,15 +187,13 @@ class LLMService:
         p = req.params
         active = _Active(req, callback, self.tokenizer.detokenizer(p.skip_special_tokens), StopMatcher(p.stop),
                          len(req.prompt_token_ids), RequestTiming(req.arrival_time))
-        if self._trace is not None:
-            hops = "".join(f" hop{i}={t:.4f}" for i, t in enumerate(req.hops))
-            self._trace.write(f"{time.monotonic():.4f} add arrival={req.arrival_time:.4f}{hops}\n")
+        self.observer.taken(req)
         try:
             # The engine's own arrival stamp (now): its queue delay batches what reaches it close together.
             self.engine.add_request(EngineRequest(req.request_id, req.prompt_token_ids, p,
                                                   self.tokenizer.eos_token_ids))
         except (InvalidRequest, EngineError) as exc:
-            self._send(active, Delta(req.request_id, "", [], active.num_input_tokens, "error", error=exc))
+            self._send(active, Delta(req.request_id, "", [], active.num_input_tokens, FinishReason.ERROR, error=exc))
             return
         self._active[req.request_id] = active
         self.metrics.increment("llm_prompt_tokens_total", active.num_input_tokens)
@@ -270,7 +210,7 @@ class LLMService:
         reason = out.finish_reason
         if active.stop.matched is not None and reason is None:
             self.engine.finish(out.request_id)
-            reason = "stop"
+            reason = FinishReason.STOP
         if reason is not None:
             text += active.stop.flush()
         self._send(active, Delta(out.request_id, text, out.new_token_ids,
@@ -292,8 +232,7 @@ class LLMService:
         if delta.finished:
             self._active.pop(delta.request_id, None)
             self._record_end(active, delta)
-            if self._trace is not None:
-                self._trace.write(f"{time.monotonic():.4f} end\n")
+            self.observer.ended(delta.request_id)
         try:
             active.callback(delta)
         except Exception:  # noqa: BLE001 - a broken callback must not stop the engine thread
@@ -304,9 +243,9 @@ class LLMService:
         m.observe("llm_e2e_request_latency_seconds", time.monotonic() - active.timing.arrival)
         m.observe("llm_request_prompt_tokens", active.num_input_tokens)
         m.observe("llm_request_generation_tokens", len(active.output_ids))
-        if delta.finish_reason == "abort":
+        if delta.finish_reason == FinishReason.ABORT:
             m.increment("llm_request_cancellations_total")
-        elif delta.finish_reason == "error":
+        elif delta.finish_reason == FinishReason.ERROR:
             reason = "invalid_argument" if isinstance(delta.error, InvalidRequest) else (
                 getattr(delta.error, "status", "internal").lower())
             m.increment("llm_request_failures_total", labels={"reason": reason})
@@ -321,4 +260,4 @@ class LLMService:
                 self.engine.finish(rid)
             except Exception:  # noqa: BLE001
                 log.exception("engine.finish failed for %s", rid)
-            self._send(active, Delta(rid, "", [], active.num_input_tokens, "error", error=error))
+            self._send(active, Delta(rid, "", [], active.num_input_tokens, FinishReason.ERROR, error=error))

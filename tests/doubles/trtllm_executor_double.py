@@ -10,16 +10,52 @@ active request one token from `token_fn(prompt, generated)`. It honours max_toke
 end token left out; masked before min_tokens), stop_words (STOP_WORDS; stop tokens kept), cancel_request
 (CANCELLED), streaming vs. one final response, and OutputConfig.return_log_probs. Batching, KV blocks,
 log-prob values and timing of the real executor are out of scope.
+
+Behaviours taken from the C++ source (NVIDIA/TensorRT-LLM; commit = the search index's stored version, none
+verified to be the v1.2.x tag; see docs/tensorrt-llm.md):
+- Errors are TllmException (a std::runtime_error, so RuntimeError here) with the text
+  "<msg> (<file>:<line>)\n<stack>" (cpp/tensorrt_llm/common/tllmException.cpp @015884d6); TLLM_CHECK prefixes
+  "[TensorRT-LLM][ERROR] Assertion failed: " (cpp/include/tensorrt_llm/common/tllmException.h @0c6a62a1).
+- Request() rejects an empty prompt and max_tokens < 1 (requestImpl.h validate() @04fa274f);
+  SamplingConfig() range-checks its values (cpp/tensorrt_llm/executor/samplingConfig.cpp @3585984b).
+- Executor() reads <engine>/config.json (GptJsonConfig::parse), throws when the MPI world size is not
+  tp*pp*cp in leader mode, and turns chunked context off with a warning on an engine without paged context
+  FMHA (cpp/tensorrt_llm/executor/executorImpl.cpp @b35ac1b6 fixExecutorConfig/initializeWorkers).
+- max_queue_size counts only requests not yet scheduled, <= 0 is unlimited, and the message is
+  "Maximum queue size of N has been reached, please try again later" (executorImpl.cpp @036a60f7 enqueueRequests).
+- Streamed results: output_token_ids hold the new tokens, log_probs everything generated so far
+  (cpp/tensorrt_llm/batch_manager/llmRequest.cpp @119c6e60 createResult).
+- min_tokens masks only end_id's logit (logits[end_id], so end_id -1 indexes out of bounds: the double raises
+  ContractViolation) (cpp/tensorrt_llm/kernels/penaltyKernels.cu @249d93d5 batchApplyPenalty).
 """
 from __future__ import annotations
 
 import datetime
 import enum
+import json
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 __version__ = "1.2.1"  # nanobind bindings.cpp: m.attr("__version__") = tle::version()
+log = logging.getLogger(__name__)
+MAX_BEAM_WIDTH = 1024  # kernels/beamSearchKernels.h kMaxBeamWidth, as samplingConfig.cpp checkBeamWidth uses it
+
+
+class ContractViolation(AssertionError):
+    """The adapter did something the real executor does not survive (undefined behaviour, not an exception)."""
+
+
+def _tllm_error(msg: str, file: str) -> RuntimeError:
+    """TllmException's text: message, (file:line), stack. The line is not mirrored (0)."""
+    return RuntimeError(f"{msg} ({file}:0)\n<stack trace>")
+
+
+def _check(ok: bool, expr: str, file: str) -> None:
+    """TLLM_CHECK(expr): throwRuntimeError(__FILE__, __LINE__, #expr)."""
+    if not ok:
+        raise _tllm_error(f"[TensorRT-LLM][ERROR] Assertion failed: {expr}", file)
 
 
 # Enums with the value names of bindings.cpp / request.cpp / executorConfig.cpp
@@ -94,6 +130,24 @@ class SamplingConfig:  # request.cpp: beam_width positional, everything else key
             _expect(name, locals()[name], int)
         for name in ("top_p", "temperature", "repetition_penalty", "presence_penalty", "frequency_penalty", "min_p"):
             _expect(name, locals()[name], float, int)
+        self._range_checks()
+
+    def _range_checks(self) -> None:
+        """samplingConfig.cpp check* functions, with the C++ expressions as the messages name them."""
+        f = "cpp/tensorrt_llm/executor/samplingConfig.cpp"
+        _check(0 < self.beam_width <= MAX_BEAM_WIDTH, "beamWidth > 0 && beamWidth <= kMaxBeamWidth", f)
+        for name, cxx, ok in (
+                ("top_k", "topK.value() >= 0", lambda v: v >= 0),
+                ("top_p", "topP.value() > 0.f && topP.value() <= 1.f", lambda v: 0 < v <= 1),
+                ("temperature", "temperature.value() >= 0.f", lambda v: v >= 0),
+                ("min_tokens", "minTokens.value() >= 0", lambda v: v >= 0),
+                ("repetition_penalty", "repetitionpenalty.value() > 0.f", lambda v: v > 0),
+                ("length_penalty", "lengthPenalty.value() >= 0.f", lambda v: v >= 0),
+                ("num_return_sequences", "numReturnSequences.value() > 0", lambda v: v > 0),
+                ("min_p", "minP.value() >= 0.f && minP.value() <= 1.0f", lambda v: 0 <= v <= 1)):
+            value = getattr(self, name)
+            if value is not None:
+                _check(ok(value), cxx, f)
 
 
 class OutputConfig:  # request.cpp: all positional-or-keyword
@@ -123,6 +177,9 @@ class Request:  # request.cpp: input_token_ids, max_tokens positional; the rest 
             raise TypeError(f"incompatible function arguments: stop_words={stop_words!r} (list[list[int]])")
         self.sampling_config = sampling_config or SamplingConfig()
         self.output_config = output_config or OutputConfig()
+        # requestImpl.h Request::Impl::validate(), run by the constructor
+        _check(bool(input_token_ids), "!mInputTokenIds.empty()", "cpp/tensorrt_llm/executor/requestImpl.h")
+        _check(max_tokens > 0, "mMaxNewTokens > 0", "cpp/tensorrt_llm/executor/requestImpl.h")
 
 
 @dataclass
@@ -190,6 +247,17 @@ def default_token_fn(prompt: list[int], generated: list[int], vocab_size: int = 
     return (sum(prompt) + 31 * len(generated) + 7) % vocab_size
 
 
+def write_engine_config(engine_dir: str | os.PathLike, tp_size: int = 1, pp_size: int = 1,
+                        use_paged_context_fmha: bool = True, max_num_tokens: int = 4096) -> None:
+    """The parts of trtllm-build's config.json that GptJsonConfig::parse reads and the double uses."""
+    config = {"pretrained_config": {"mapping": {"world_size": tp_size * pp_size, "tp_size": tp_size,
+                                                "pp_size": pp_size, "cp_size": 1}},
+              "build_config": {"max_num_tokens": max_num_tokens,
+                               "plugin_config": {"use_paged_context_fmha": use_paged_context_fmha}}}
+    with open(os.path.join(engine_dir, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f)
+
+
 @dataclass
 class _Active:
     request: Request
@@ -199,43 +267,79 @@ class _Active:
 
 class Executor:  # executor.cpp (the model_path constructor only)
     default_leader = True  # tests flip this to play a non-leader MPI rank
+    IMPL = "cpp/tensorrt_llm/executor/executorImpl.cpp"
 
     def __init__(self, model_path, model_type, executor_config):
         _expect("model_path", model_path, str, os.PathLike, optional=False)
         _expect("model_type", model_type, ModelType, optional=False)
         _expect("executor_config", executor_config, ExecutorConfig, optional=False)
-        if not os.path.isdir(model_path):
-            raise RuntimeError(f"[TensorRT-LLM][ERROR] engine directory not found: {model_path}")
         self.model_path, self.model_type, self.config = model_path, model_type, executor_config
+        self.engine_config = self._parse_engine_config(model_path)
+        self._check_world_size()
+        self.chunked_context = self._fix_chunked_context()
         self.leader = Executor.default_leader
         self.token_fn: Callable[[list[int], list[int]], int] = default_token_fn
         self.requests: dict[int, Request] = {}  # everything enqueued, for assertions
         self.await_timeouts: list[datetime.timedelta | None] = []
         self.shut_down = False
+        self._queued: dict[int, _Active] = {}  # enqueued, not yet scheduled: what max_queue_size counts
         self._active: dict[int, _Active] = {}
         self._next_id, self._iter = 1, 0
         self._stats: list[IterationStats] = []
+
+    @staticmethod
+    def _parse_engine_config(model_path) -> dict:
+        """Executor::Impl(modelPath, ...): GptJsonConfig::parse(modelPath / "config.json") throws without it."""
+        path = os.path.join(model_path, "config.json")
+        if not os.path.isfile(path):
+            raise _tllm_error(f"[TensorRT-LLM][ERROR] Cannot open {path}", "cpp/tensorrt_llm/runtime/gptJsonConfig.cpp")
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+
+    def _check_world_size(self) -> None:
+        """initializeWorkers, leader mode without participant ids: MPI world size must be tp*pp*cp."""
+        m = self.engine_config["pretrained_config"]["mapping"]
+        tp, pp, cp = m.get("tp_size", 1), m.get("pp_size", 1), m.get("cp_size", 1)
+        world = int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1"))  # what mpirun tells each rank
+        if world != tp * pp * cp:
+            raise _tllm_error("[TensorRT-LLM][ERROR] Assertion failed: With communicationMode kLEADER, MPI worldSize "
+                              "is expected to be equal to tp*pp*cp when participantIds are not specified", self.IMPL)
+
+    def _fix_chunked_context(self) -> bool:
+        """createModel -> fixExecutorConfig: no exception; chunking is switched off with a warning."""
+        paged = self.engine_config["build_config"]["plugin_config"].get("use_paged_context_fmha", False)
+        if self.config.enable_chunked_context and not paged:
+            log.warning("[TensorRT-LLM][WARNING] Chunked context is not supported for this configuration and will "
+                        "be disabled. Related configs: RNNBased: 0, KVCacheEnabled: 1, PagedContextFMHA: 0")
+            return False
+        return bool(self.config.enable_chunked_context)
 
     def can_enqueue_requests(self) -> bool:
         return self.leader and not self.shut_down
 
     def enqueue_request(self, request: Request) -> int:
         _expect("request", request, Request, optional=False)
-        if not self.can_enqueue_requests():
-            raise RuntimeError("[TensorRT-LLM][ERROR] cannot enqueue requests on this executor")
-        if self.config.max_queue_size is not None and len(self._active) >= self.config.max_queue_size:
-            raise RuntimeError(f"Maximum queue size of {self.config.max_queue_size} has been reached, please try again")
+        if self.shut_down:
+            raise _tllm_error("[TensorRT-LLM][ERROR] Assertion failed: Shutdown called, cannot enqueue requests",
+                              self.IMPL)
+        if not self.leader:
+            raise _tllm_error("[TensorRT-LLM][ERROR] Assertion failed: Cannot enqueue requests on a non-leader rank",
+                              self.IMPL)
+        limit = self.config.max_queue_size
+        if limit is not None and limit > 0 and len(self._queued) + 1 > limit:
+            raise _tllm_error(f"Maximum queue size of {limit} has been reached, please try again later", self.IMPL)
         rid, self._next_id = self._next_id, self._next_id + 1
         self.requests[rid] = request
-        self._active[rid] = _Active(request)
+        self._queued[rid] = _Active(request)
         return rid
 
     def enqueue_requests(self, requests: list[Request]) -> list[int]:
         return [self.enqueue_request(r) for r in requests]
 
     def cancel_request(self, id: int) -> None:  # noqa: A002 - the binding's keyword is `id`
-        if id in self._active:
-            self._active[id].cancelled = True
+        state = self._active.get(id) or self._queued.get(id)
+        if state is not None:
+            state.cancelled = True
 
     def get_latest_iteration_stats(self) -> list[IterationStats]:
         out, self._stats = self._stats, []
@@ -249,26 +353,28 @@ class Executor:  # executor.cpp (the model_path constructor only)
             raise TypeError(f"incompatible function arguments: timeout={timeout!r} (datetime.timedelta)")
         self.await_timeouts.append(timeout)
         self._iter += 1
+        self._schedule()
         responses = [r for rid in sorted(self._active) if (r := self._advance(rid)) is not None]
         n = len(self._active)
         kv = KvCacheStats(max_num_blocks=1000, free_num_blocks=1000 - 2 * n, used_num_blocks=2 * n,
                           tokens_per_block=32, reused_blocks=0, missed_blocks=2 * len(self.requests))
         self._stats.append(IterationStats(iter=self._iter, num_active_requests=n, kv_cache_stats=kv,
+                                          num_queued_requests=len(self._queued),
                                           inflight_batching_stats=InflightBatchingStats(num_scheduled_requests=n)))
         return responses
+
+    def _schedule(self) -> None:
+        """fetchNewRequests: queued requests become active up to max_batch_size."""
+        room = (self.config.max_batch_size or 1 << 30) - len(self._active)
+        for rid in sorted(self._queued)[:max(room, 0)]:
+            self._active[rid] = self._queued.pop(rid)
 
     def _advance(self, rid: int) -> Response | None:
         state = self._active[rid]
         req, gen = state.request, state.generated
-        if not req.input_token_ids or req.max_tokens < 1 or req.sampling_config.beam_width != 1:
-            del self._active[rid]
-            return Response(rid, "[TensorRT-LLM][ERROR] invalid request (empty input, max_tokens < 1 or beams)")
         if state.cancelled:
             return self._finish(rid, [], FinishReason.CANCELLED)
-        token = self.token_fn(req.input_token_ids, gen)
-        min_tokens = req.sampling_config.min_tokens or 0
-        if token == req.end_id and len(gen) < min_tokens:
-            token = (token + 1) % 32000  # the real sampler masks end_id's logit until min_tokens
+        token = self._sample(req, gen)
         if token == req.end_id:
             return self._finish(rid, [], FinishReason.END_ID)
         gen.append(token)
@@ -278,7 +384,18 @@ class Executor:  # executor.cpp (the model_path constructor only)
             return self._finish(rid, [token], FinishReason.LENGTH)
         if not req.streaming:
             return None
-        return Response(rid, self._result(req, [token], False, []), req.client_id)
+        return Response(rid, self._result(req, [token], gen, False, []), req.client_id)
+
+    def _sample(self, req: Request, gen: list[int]) -> int:
+        token = self.token_fn(req.input_token_ids, gen)
+        min_tokens = req.sampling_config.min_tokens or 0
+        if min_tokens > 0 and len(gen) < min_tokens:
+            if req.end_id is None or req.end_id < 0:
+                raise ContractViolation("min_tokens with end_id -1: penaltyKernels.cu writes outLogitsPtr[endIds[slot]]"
+                                        " = outLogitsPtr[-1], out of bounds")
+            if token == req.end_id:
+                token = (token + 1) % 32000  # only end_id's logit is masked; stop words are not
+        return token
 
     def _finish(self, rid: int, new: list[int], reason: FinishReason) -> Response:
         state = self._active.pop(rid)
@@ -288,11 +405,14 @@ class Executor:  # executor.cpp (the model_path constructor only)
         else:  # one response with everything; the prompt too unless exclude_input_from_output
             prompt = [] if req.output_config.exclude_input_from_output else list(req.input_token_ids)
             tokens = prompt + state.generated
-        return Response(rid, self._result(req, tokens, True, [reason]), req.client_id)
+        return Response(rid, self._result(req, tokens, state.generated, True, [reason]), req.client_id)
 
     @staticmethod
-    def _result(req: Request, tokens: list[int], final: bool, reasons: list[FinishReason]) -> Result:
-        lps = [[-0.25] * len(tokens)] if req.output_config.return_log_probs else None
+    def _result(req: Request, tokens: list[int], generated: list[int], final: bool,
+                reasons: list[FinishReason]) -> Result:
+        # llmRequest.cpp createResult: outputTokenIds from the last sent position, logProbs = getLogProbs(), i.e.
+        # one value per token generated so far, streamed or not.
+        lps = [[-0.25 - 0.01 * i for i in range(len(generated))]] if req.output_config.return_log_probs else None
         return Result(is_final=final, output_token_ids=[tokens], log_probs=lps,
                       cum_log_probs=[sum(lps[0])] if lps else None, finish_reasons=reasons or
                       [FinishReason.NOT_FINISHED], is_sequence_final=final)

@@ -28,11 +28,11 @@ except ImportError:  # running from a checkout without `pip install -e .`
 from llmserve.config import ServingConfig, apply_switch_interval
 from llmserve.engine.api import EngineError
 from llmserve.engine.sampling_params import InvalidRequest, defaults_from_generation_config
+from llmserve.serving.api import Delta, Service, take_deltas
 from llmserve.serving.drain import DrainWatch, control_dir
 from llmserve.serving.factory import build_service
 from llmserve.serving.metrics import COUNTERS, GAUGES, HISTOGRAMS, NullSink
 from llmserve.serving.requests import ParsedRequest, ResponseBuilder, parse_request
-from llmserve.serving.service import Delta, take_deltas
 
 log = logging.getLogger("llmserve.triton")
 
@@ -142,7 +142,7 @@ class TritonPythonModel:
         # Instances of this model version on one device (instance_group count > 1) share one engine process:
         # each instance is a stub process of its own, so intake, response sends and metric calls spread over them.
         share_key = f"{os.getppid()}|{model_dir.resolve()}|{args['model_version']}|{self.cfg}"
-        self.service = build_service(self.cfg, model_dir, self.metrics, share_key)
+        self.service: Service = build_service(self.cfg, model_dir, self.metrics, share_key)
         gen_path = model_dir / self.cfg.checkpoint_dir / "generation_config.json"
         self.defaults = defaults_from_generation_config(json.loads(gen_path.read_text()) if gen_path.is_file() else {})
         self.inflight: dict[str, _InFlight] = {}
@@ -169,7 +169,7 @@ class TritonPythonModel:
 
     def execute(self, requests):
         # Triton hands this instance its next request only once execute() returns, and a burst of requests waits
-        # in line here (about 1 ms each through the Python backend on the H200): take the requests and go.
+        # in line here (one execute() at a time per instance; docs/performance.md): take the requests and go.
         # Reading them, parsing and tokenizing happen on the intake thread (a decoupled model may keep its
         # requests past execute(), as vllm_backend does).
         arrival = time.monotonic()
@@ -209,10 +209,13 @@ class TritonPythonModel:
             except json.JSONDecodeError:
                 parameters = {}
             service = self.service
-            parsed: ParsedRequest = parse_request(rid, inputs, parameters, self.defaults, self.cfg.max_input_bytes,
-                                                  self.cfg.exclude_input_in_output, service.vocab_size,
+            front = self.cfg.front
+            parsed: ParsedRequest = parse_request(rid, inputs, parameters, self.defaults, front.max_input_bytes,
+                                                  front.exclude_input_in_output, service.vocab_size,
                                                   service.max_model_len)
             parsed.request.arrival_time = arrival  # Triton's hand-over: TTFT includes our intake
+            if self.cfg.front.log_prompts:  # off by default: prompt text stays out of the logs
+                pb_utils.Logger.log_info(f"request {rid}: {parsed.request.prompt or parsed.request.messages!r}")
             self.inflight[rid] = _InFlight(sender, ResponseBuilder(parsed, self.service.tokenizer.decode))
             self.service.submit(parsed.request, self.responses.put)
         except InvalidRequest as exc:
@@ -283,7 +286,7 @@ class TritonPythonModel:
         state.sender.send(response, flags=final if delta.finished else 0)
 
     def _housekeeping(self) -> None:
-        period = self.cfg.cancellation_check_period_ms / 1000
+        period = self.cfg.front.cancellation_check_period_ms / 1000
         next_metrics = next_rss = 0.0
         while not self.stopping.wait(period):
             if not self.service.healthy and not self.unloading:

@@ -13,10 +13,10 @@ import pytest
 from llmserve.config import ServingConfig
 from llmserve.engine.api import EngineError, Overloaded
 from llmserve.engine.sampling_params import InvalidRequest, SamplingParams
-from llmserve.serving.engine_process import ServiceProcess
+from llmserve.serving.api import Delta, GenerateRequest, take_deltas
+from llmserve.serving.bridge.client import ServiceProcess
 from llmserve.serving.factory import build_service, use_engine_process
 from llmserve.serving.metrics import resident_memory_bytes
-from llmserve.serving.service import GenerateRequest
 from tests.conftest import MODEL_DIR
 from tests.server_utils import wait_for
 
@@ -53,7 +53,7 @@ def text_of(deltas) -> str:
 @pytest.fixture
 def synthetic(checkpoint):
     def make(**knobs):
-        cfg = ServingConfig(engine="synthetic", engine_process="true", **knobs)
+        cfg = ServingConfig.of(engine="synthetic", engine_process="true", **knobs)
         return build_service(cfg, MODEL_DIR, sink)
 
     sink = Recorder()
@@ -137,7 +137,7 @@ def test_a_child_that_dies_fails_what_is_in_flight_and_turns_unhealthy(synthetic
 
 
 def test_a_child_that_cannot_start_says_why(checkpoint):
-    cfg = ServingConfig(device="cpu", engine_process="true", kv_cache_memory_bytes=1)
+    cfg = ServingConfig.of(device="cpu", engine_process="true", kv_cache_memory_bytes=1)
     with pytest.raises(RuntimeError, match="failed to start") as failed:
         build_service(cfg, MODEL_DIR)
     assert "Traceback" in str(failed.value)
@@ -147,7 +147,7 @@ def test_the_torch_engine_gives_the_same_greedy_text_in_a_child(checkpoint):
     prompt = "The capital of France is"
     texts = []
     for where in ("false", "true"):
-        service = build_service(ServingConfig(device="cpu", engine_process=where), MODEL_DIR)
+        service = build_service(ServingConfig.of(device="cpu", engine_process=where), MODEL_DIR)
         try:
             q: queue.SimpleQueue = queue.SimpleQueue()
             service.submit(GenerateRequest("g", SamplingParams(max_tokens=12, temperature=0.0), prompt=prompt),
@@ -159,11 +159,11 @@ def test_the_torch_engine_gives_the_same_greedy_text_in_a_child(checkpoint):
 
 
 def test_auto_means_a_child_for_the_torch_engine_on_cuda_only():
-    assert not use_engine_process(ServingConfig(device="cpu"))
-    assert use_engine_process(ServingConfig(device="cuda:0"))
-    assert not use_engine_process(ServingConfig(engine="synthetic", device="cuda:0"))
-    assert use_engine_process(ServingConfig(engine="synthetic", engine_process="true"))
-    assert not use_engine_process(ServingConfig(device="cuda", engine_process="false"))
+    assert not use_engine_process(ServingConfig.of(device="cpu"))
+    assert use_engine_process(ServingConfig.of(device="cuda:0"))
+    assert not use_engine_process(ServingConfig.of(engine="synthetic", device="cuda:0"))
+    assert use_engine_process(ServingConfig.of(engine="synthetic", engine_process="true"))
+    assert not use_engine_process(ServingConfig.of(device="cuda", engine_process="false"))
 
 
 @pytest.mark.server
@@ -199,8 +199,6 @@ def test_through_tritonserver_with_more_streams_than_one_cancellation_poll_cover
 
 
 def test_take_deltas_takes_what_is_queued_and_sees_the_end_marker():
-    from llmserve.serving.service import Delta, take_deltas
-
     q: queue.SimpleQueue = queue.SimpleQueue()
     assert take_deltas(q, timeout=0.01) == ([], False)
     a, b = Delta("a", "x", [1], 1), Delta("b", "y", [2], 1)
@@ -215,7 +213,7 @@ def test_take_deltas_takes_what_is_queued_and_sees_the_end_marker():
 
 # -- one engine process shared by several clients (a model's instances on one device) ---------------------------
 def _shared(n: int, **knobs) -> list[ServiceProcess]:
-    cfg = ServingConfig(engine="synthetic", engine_process="true", **knobs)
+    cfg = ServingConfig.of(engine="synthetic", engine_process="true", **knobs)
     key = f"test-{uuid.uuid4().hex}"
     return [build_service(cfg, MODEL_DIR, share_key=key) for _ in range(n)]
 
@@ -250,7 +248,7 @@ def test_clients_with_one_share_key_use_one_engine_and_keep_their_own_request_id
 
 
 def test_clients_that_start_at_once_still_share_one_engine(checkpoint):
-    cfg = ServingConfig(engine="synthetic", engine_process="true")
+    cfg = ServingConfig.of(engine="synthetic", engine_process="true")
     key = f"test-{uuid.uuid4().hex}"
     made: list = []
     threads = [threading.Thread(target=lambda: made.append(build_service(cfg, MODEL_DIR, share_key=key)))
@@ -320,7 +318,7 @@ def test_two_triton_instances_share_one_engine_process(checkpoint, tmp_path):
     try:
         tree = _descendants(srv.process.pid)
         assert sum("triton_python_backend_stub" in cmd for _, cmd in tree) == 2
-        assert sum("llmserve.serving.engine_process" in cmd for _, cmd in tree) == 1
+        assert sum("llmserve.serving.bridge.server" in cmd for _, cmd in tree) == 1
         before = metric(srv.metrics_url, "llm_request_success_total")
         tokens_before = metric(srv.metrics_url, "llm_generation_tokens_total")
         stream = Stream(srv.grpc_url)
@@ -337,4 +335,4 @@ def test_two_triton_instances_share_one_engine_process(checkpoint, tmp_path):
         assert metric(srv.metrics_url, "llm_generation_tokens_total") == tokens_before + 24 * 5
     finally:
         assert srv.stop() == 0
-    assert not any("llmserve.serving.engine_process" in cmd for _, cmd in _descendants(os.getpid()))
+    assert not any("llmserve.serving.bridge.server" in cmd for _, cmd in _descendants(os.getpid()))

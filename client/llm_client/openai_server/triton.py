@@ -1,0 +1,139 @@
+"""The Triton side: one gRPC stream per OpenAI request, over one shared asyncio channel.
+
+Triton stays the serving core: the request goes to the decoupled `llm` model with its vllm_backend-style inputs, and
+every answer comes back over gRPC streaming. Cancelling the call (a client that went away) makes Triton cancel the
+request, and the model frees its KV blocks at the next engine step.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+import tritonclient.grpc.aio as aioclient
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+from llm_client.openai_server.errors import OpenAIError, from_triton, unreachable
+from llm_client.openai_server.schema import GenerationCall
+
+FLAGS = ("return_finish_reason", "return_num_input_tokens", "return_num_output_tokens")
+
+
+@dataclass
+class Piece:
+    """One response of the model: new text (the whole text when not streaming) and what came with it."""
+
+    text: str
+    final: bool = False
+    finish_reason: str | None = None
+    num_input_tokens: int | None = None
+    num_output_tokens: int = 0
+    logprobs: list[dict] = field(default_factory=list)  # per token: {token_id: {logprob, decoded_token}}, sampled first
+
+
+def _tensor(name: str, value: np.ndarray) -> aioclient.InferInput:
+    t = aioclient.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
+    t.set_data_from_numpy(value)
+    return t
+
+
+def _string(value: str) -> np.ndarray:
+    # surrogatepass: a lone surrogate reaches the model, which refuses it naming the field (a 400, not a 500)
+    return np.array([value.encode("utf-8", "surrogatepass")], dtype=np.object_)
+
+
+def build_tensors(call: GenerationCall) -> list[aioclient.InferInput]:
+    tensors = [_tensor("messages", _string(json.dumps(call.messages)))] if call.messages is not None else [
+        _tensor("text_input", _string(call.prompt or ""))]
+    tensors.append(_tensor("stream", np.array([call.stream])))
+    tensors.append(_tensor("exclude_input_in_output", np.array([True])))
+    tensors.append(_tensor("sampling_parameters", _string(json.dumps(call.params))))
+    flags = FLAGS + (("return_logprobs",) if call.logprobs is not None else ())
+    tensors.extend(_tensor(flag, np.array([True])) for flag in flags)
+    return tensors
+
+
+def _first(result, name: str):
+    value = result.as_numpy(name)
+    return None if value is None or value.size == 0 else value.reshape(-1)[0]
+
+
+def _decode(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def piece_from(result, final: bool) -> Piece:
+    text = _first(result, "text_output")
+    reason = _first(result, "finish_reason")
+    n_in, n_out = _first(result, "num_input_tokens"), _first(result, "num_output_tokens")
+    logprobs = _first(result, "logprobs")
+    return Piece(_decode(text) if text is not None else "", final,
+                 _decode(reason) if reason is not None else None,
+                 int(n_in) if n_in is not None else None, int(n_out) if n_out is not None else 0,
+                 json.loads(_decode(logprobs)) if logprobs is not None else [])
+
+
+class TritonBackend:
+    """The shared channel to Triton. `generate` yields the model's responses for one request."""
+
+    def __init__(self, url: str, model: str = "llm"):
+        self.url, self.model = url, model
+        self._client: aioclient.InferenceServerClient | None = None
+
+    @property
+    def client(self) -> aioclient.InferenceServerClient:
+        if self._client is None:  # made lazily, inside the serving event loop
+            self._client = aioclient.InferenceServerClient(self.url)
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    async def ready(self) -> bool:
+        try:
+            return bool(await self.client.is_model_ready(self.model))
+        except (InferenceServerException, grpc.RpcError):
+            return False
+
+    async def generate(self, call: GenerationCall, request_id: str) -> AsyncGenerator[Piece, None]:
+        tensors = build_tensors(call)
+
+        async def requests():
+            yield {"model_name": self.model, "inputs": tensors, "request_id": request_id,
+                   "enable_empty_final_response": True}
+
+        stream = self.client.stream_infer(inputs_iterator=requests())
+        finished = False
+        try:
+            async for result, error in stream:
+                if error is not None:
+                    finished = True  # the model already answered this request
+                    raise from_triton(str(error), call.renames)
+                response = result.get_response()
+                final = response.parameters["triton_final_response"].bool_param
+                if response.outputs:
+                    yield piece_from(result, final)
+                if final:
+                    finished = True
+                    return
+            raise OpenAIError("Triton closed the stream without a final response", 502, "server_error")
+        except InferenceServerException as exc:
+            raise from_triton(str(exc), call.renames) from None
+        except grpc.RpcError as exc:
+            raise _rpc_error(self.url, exc) from None
+        finally:
+            if not finished:  # the client went away, or Triton failed: Triton cancels the request
+                stream.cancel()
+
+
+def _rpc_error(url: str, exc: grpc.RpcError) -> OpenAIError:
+    code = exc.code() if hasattr(exc, "code") else None
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return unreachable(url, details or "unavailable")
+    return from_triton(f"[{code}] {details}")

@@ -1,0 +1,236 @@
+"""The OpenAI-compatible service in front of the real tritonserver 2.51 and SmolLM2, driven by the official SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import openai
+import pytest
+
+from tests.conftest import ROOT, free_port
+from tests.server_utils import make_repository, metric, wait_for
+
+pytestmark = pytest.mark.server
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+GREEDY = {"temperature": 0, "max_tokens": 32}
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+@contextlib.contextmanager
+def serve_openai(grpc_url: str):
+    """`python -m llm_client.openai_server` on a free port, in front of the tritonserver at `grpc_url`."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "llm_client.openai_server", "--triton", grpc_url,
+                             "--port", str(port), "--log-level", "warning"], cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_for(lambda: _get(f"{url}/health")[0] == 200, 30), "the OpenAI service did not come up"
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
+@pytest.fixture(scope="module")
+def api(server):
+    with serve_openai(server.grpc_url) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(api):
+    return openai.OpenAI(base_url=f"{api}/v1", api_key="unused", max_retries=0)
+
+
+def test_sdk_sync_chat_answers_paris_with_usage(client):
+    out = client.chat.completions.create(model="llm", messages=QUESTION, **GREEDY)
+    choice = out.choices[0]
+    assert "Paris" in choice.message.content and choice.message.role == "assistant"
+    assert choice.finish_reason == "stop" and out.object == "chat.completion" and out.id.startswith("chatcmpl-")
+    u = out.usage
+    assert u.prompt_tokens > 5 and 0 < u.completion_tokens <= 32
+    assert u.total_tokens == u.prompt_tokens + u.completion_tokens
+
+
+def test_sdk_streaming_equals_non_streamed_and_ends_with_usage(client):
+    whole = client.chat.completions.create(model="llm", messages=QUESTION, **GREEDY)
+    chunks = list(client.chat.completions.create(model="llm", messages=QUESTION, stream=True,
+                                                 stream_options={"include_usage": True}, **GREEDY))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content and "Paris" in text
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 3  # really streamed
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert all(c.usage is None for c in chunks[:-1])
+    assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage
+
+
+def test_sdk_async_chat_and_stream(api):
+    async def main():
+        aclient = openai.AsyncOpenAI(base_url=f"{api}/v1", api_key="unused", max_retries=0)
+        whole = await aclient.chat.completions.create(model="llm", messages=QUESTION, **GREEDY)
+        stream = await aclient.chat.completions.create(model="llm", messages=QUESTION, stream=True, **GREEDY)
+        parts = [c.choices[0].delta.content or "" async for c in stream if c.choices]
+        await aclient.close()
+        return whole.choices[0].message.content, "".join(parts)
+
+    whole, streamed = asyncio.run(main())
+    assert "Paris" in whole and streamed == whole
+
+
+def test_completions_stream_equals_whole_and_logprobs(client):
+    kwargs = {"model": "llm", "prompt": "The capital of France is", "max_tokens": 6, "temperature": 0}
+    whole = client.completions.create(logprobs=2, **kwargs)
+    streamed = "".join(c.choices[0].text for c in client.completions.create(stream=True, **kwargs))
+    assert "Paris" in whole.choices[0].text and streamed == whole.choices[0].text
+    lp = whole.choices[0].logprobs
+    assert "".join(lp.tokens) == whole.choices[0].text and len(lp.token_logprobs) == whole.usage.completion_tokens
+    assert all(len(top) <= 2 and max(top.values()) <= 0 for top in lp.top_logprobs)
+    echoed = client.completions.create(echo=True, **kwargs)
+    assert echoed.choices[0].text == kwargs["prompt"] + whole.choices[0].text
+
+
+BAD = [
+    ("chat", {"temperature": 5}, "temperature"),
+    ("chat", {"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
+    ("chat", {"n": 2}, "n"),
+    ("chat", {"stop": 5}, "stop"),
+    ("chat", {"top_logprobs": 3}, "top_logprobs"),
+    ("chat", {"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ("chat", {"extra_body": {"frobnicate": 1}}, "frobnicate"),
+    ("chat", {"extra_body": {"top_k": -5}}, "top_k"),  # checked by the model: its INVALID_ARGUMENT names it
+    ("chat", {"stream": True, "extra_body": {"top_k": -5}}, "top_k"),  # before the stream starts: a real 400
+    ("chat", {"max_completion_tokens": 0}, "max_completion_tokens"),
+    ("completion", {"best_of": 2}, "best_of"),
+    ("completion", {"prompt": ["a", "b"]}, "prompt"),
+]
+
+
+@pytest.mark.parametrize("kind,bad,param", BAD, ids=[f"{k}-{p}" for k, _, p in BAD])
+def test_bad_input_gets_400_naming_the_param(client, kind, bad, param):
+    if kind == "chat":
+        call, kwargs = client.chat.completions.create, {"model": "llm", "messages": QUESTION, "max_tokens": 4}
+    else:
+        call, kwargs = client.completions.create, {"model": "llm", "prompt": "Hello", "max_tokens": 4}
+    with pytest.raises(openai.BadRequestError) as info:  # with stream=True too: a status, not an event
+        call(**{**kwargs, **bad})
+    err = info.value
+    assert err.status_code == 400 and err.param == param, err.body
+    assert err.type == "invalid_request_error" and err.message
+
+
+def test_unknown_model_is_404_and_models_lists_llm(client, api):
+    assert [m.id for m in client.models.list()] == ["llm"]
+    with pytest.raises(openai.NotFoundError) as info:
+        client.chat.completions.create(model="gpt-nope", messages=QUESTION)
+    assert info.value.param == "model" and info.value.code == "model_not_found"
+    status, body = _get(f"{api}/v1/nothing")
+    assert status == 404 and json.loads(body)["error"]["message"].startswith("Invalid URL")
+
+
+def test_metrics_count_requests_by_route_and_status(client, api):
+    client.chat.completions.create(model="llm", messages=QUESTION, max_tokens=2)
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="llm", messages=QUESTION, n=3)
+    url = f"{api}/metrics"
+    assert metric(url, "openai_requests_total", route="/v1/chat/completions", status="200") >= 1
+    assert metric(url, "openai_requests_total", route="/v1/chat/completions", status="400") >= 1
+    assert metric(url, "openai_request_duration_seconds_count", route="/v1/chat/completions") >= 2
+    assert metric(url, "openai_tokens_total", route="/v1/chat/completions", kind="completion") >= 2
+
+
+def test_disconnect_mid_stream_cancels_and_frees_kv_blocks(client, api, server):
+    before = metric(server.metrics_url, "llm_request_cancellations_total")
+    stream = client.chat.completions.create(model="llm", messages=QUESTION, stream=True, max_tokens=2000,
+                                            temperature=0, extra_body={"ignore_eos": True})
+    got = 0
+    for chunk in stream:
+        got += bool(chunk.choices and chunk.choices[0].delta.content)
+        if got == 3:
+            break
+    assert metric(server.metrics_url, "llm_kv_cache_blocks", state="used") > 0  # still generating
+    stream.close()
+    t0 = time.monotonic()
+    assert wait_for(lambda: metric(server.metrics_url, "llm_request_cancellations_total") == before + 1, 10)
+    assert wait_for(lambda: metric(server.metrics_url, "llm_kv_cache_blocks", state="used") == 0, 10)
+    assert time.monotonic() - t0 < 10
+    assert wait_for(lambda: metric(f"{api}/metrics", "openai_client_disconnects_total") >= 1, 5)
+
+
+def test_overload_maps_to_503_with_retry_after():
+    from llm_client.openai_server.errors import from_triton
+
+    err = from_triton("server overloaded: 1024 requests waiting (max_queue_size)")
+    response = err.response()
+    assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+    bad = from_triton("top_p: must be in (0, 1], got 1.5")
+    assert bad.status == 400 and bad.param == "top_p"
+    assert from_triton("text_input: the prompt is empty", {"text_input": "prompt"}).param == "prompt"
+    assert from_triton("something broke").status == 500
+
+
+def test_disconnect_while_waiting_for_a_whole_answer_cancels_it(api, server):
+    before = metric(server.metrics_url, "llm_request_cancellations_total")
+    body = json.dumps({"model": "llm", "messages": QUESTION, "max_tokens": 2000, "ignore_eos": True}).encode()
+    host, port = api.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        assert wait_for(lambda: metric(server.metrics_url, "llm_kv_cache_blocks", state="used") > 0, 10)
+    assert wait_for(lambda: metric(server.metrics_url, "llm_request_cancellations_total") == before + 1, 10)
+    assert wait_for(lambda: metric(server.metrics_url, "llm_kv_cache_blocks", state="used") == 0, 10)
+
+
+@pytest.fixture(scope="module")
+def small_api(checkpoint, tmp_path_factory):
+    """One sequence at a time and one waiting at most, so a third concurrent request finds the queue full."""
+    from llmserve.launch.tritonserver import TritonServer
+
+    root = tmp_path_factory.mktemp("openai_small")
+    repo = make_repository(root / "repo", checkpoint, max_batch_size=1, max_queue_size=1)
+    srv = TritonServer(repo, free_port(), free_port(), free_port(), log_path=root / "server.log")
+    srv.start()
+    try:
+        with serve_openai(srv.grpc_url) as url:
+            yield url
+    finally:
+        srv.stop()
+
+
+def test_full_queue_gets_503_with_retry_after(small_api):
+    client = openai.OpenAI(base_url=f"{small_api}/v1", api_key="unused", max_retries=0)
+    refused, served = [], []
+
+    def go():
+        try:
+            stream = client.chat.completions.create(model="llm", messages=QUESTION, stream=True, max_tokens=64,
+                                                    extra_body={"ignore_eos": True})
+            served.append(sum(1 for _ in stream))
+        except openai.APIStatusError as exc:
+            refused.append(exc)
+
+    threads = [threading.Thread(target=go) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert refused and served and len(refused) + len(served) == 5
+    for exc in refused:
+        assert exc.status_code == 503 and exc.response.headers["retry-after"] == "1", exc.body
+        assert exc.code == "server_overloaded" and exc.type == "server_error"
