@@ -201,8 +201,8 @@ def test_step_trace_writes_one_line_per_eager_step(checkpoint, chat_ids, tmp_pat
     engine = TorchEngine(ServingConfig.of(max_num_tokens=16), checkpoint, observer=StepTrace(str(trace)))
     run(engine, [greedy("t", chat_ids, n=2)])
     engine.shutdown()
-    lines = trace.read_text().splitlines()
-    assert len(lines) >= -(-len(chat_ids) // 16)
+    lines = [line for line in trace.read_text().splitlines() if " gc gen=2 " not in line]  # a full collection
+    assert len(lines) >= -(-len(chat_ids) // 16)                                             # may come any time
     assert all(" eager seqs=1 tokens=" in line and " oldest_wait_ms=" in line for line in lines)
     fields = [dict(kv.split("=") for kv in line.split()[2:]) for line in lines]
     assert all(0 < float(f["launch_ms"]) <= float(f["ms"]) for f in fields)

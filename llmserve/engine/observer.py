@@ -25,12 +25,18 @@ class Launches(Protocol):
 
 
 class StepObserver(Protocol):
+    def started(self) -> None:
+        """The engine has loaded: what follows is serving."""
+
     def eager_step(self, batch: ScheduledBatch, started: float, sched: Scheduler, runner: Launches) -> None: ...
 
     def close(self) -> None: ...
 
 
 class NoObserver:
+    def started(self) -> None:
+        pass
+
     def eager_step(self, batch: ScheduledBatch, started: float, sched: Scheduler, runner: Launches) -> None:
         pass
 
@@ -45,7 +51,9 @@ class StepTrace:
         self.file = open(path, "a", buffering=1)  # noqa: SIM115 - lives with the engine
         self.gc_start = 0.0
         self.mallocs = 0  # cudaMalloc + cudaFree calls so far
-        gc.callbacks.append(self.on_gc)
+
+    def started(self) -> None:
+        gc.callbacks.append(self.on_gc)  # collections while loading are not serving pauses
 
     def on_gc(self, phase: str, info: dict) -> None:
         if info.get("generation") != 2:
@@ -75,7 +83,8 @@ class StepTrace:
         return new
 
     def close(self) -> None:
-        gc.callbacks.remove(self.on_gc)
+        if self.on_gc in gc.callbacks:
+            gc.callbacks.remove(self.on_gc)
         self.file.close()
 
 

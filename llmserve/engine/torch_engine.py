@@ -72,6 +72,7 @@ class TorchEngine:
         self._fail_token = int(arg) if kind == "fail_on_token" else None
         self._crash_token = int(arg) if kind == "crash_on_token" else None
         self.observer = observer or NoObserver()
+        self.observer.started()
         self.prompt_limits = PromptLimits(self.max_model_len,
                                           kv_cache_tokens=self.blocks.num_blocks * self.blocks.block_size)
 
