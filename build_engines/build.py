@@ -11,6 +11,7 @@ Commands follow NVIDIA/TensorRT-LLM (read from source, see docs/tensorrt-llm.md 
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -27,10 +28,19 @@ EXAMPLES_ENV = "TRTLLM_EXAMPLES_DIR"
 DEFAULT_EXAMPLES = "TensorRT-LLM/examples"
 SELECTIVE_PATTERNS = {"attention": "*self_attn*"}  # HF Llama module names, as ModelOpt sees them
 SELECTIVE_SCRIPT = Path(__file__).resolve().with_name("modelopt_selective.py")
+# TensorRT-LLM's converter per architecture (examples/models/core/<family>/convert_checkpoint.py), and the flags
+# we pass that a converter lacks: the Qwen one (@0df9aaf) has no fp8 rowwise, no --calib_size, no fp8 KV cache.
+CONVERTERS = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "Qwen2ForCausalLM": "qwen"}
+UNSUPPORTED_FLAGS = {"llama": set(), "qwen": {"--use_fp8_rowwise", "--use_meta_fp8_rowwise_recipe", "--calib_size",
+                                              "--fp8_kv_cache"}}
 
 
 class BuildError(RuntimeError):
     pass
+
+
+class ConversionError(BuildError, ValueError):
+    """The checkpoint's converter cannot do what the recipe asks: refused before any work (exit code 2)."""
 
 
 @dataclass
@@ -93,7 +103,22 @@ def checkpoint_command(plan: BuildPlan, examples: Path, python: str) -> list[str
         args += ["--use_meta_fp8_rowwise_recipe"] if q.keep_fp16 else []
     if q.kv_cache_dtype:
         args += [f"--{q.kv_cache_dtype}_kv_cache"]
-    return [python, str(examples / "models" / "core" / "llama" / "convert_checkpoint.py"), *args]
+    family = converter_family(plan.hf_checkpoint)
+    missing = sorted(UNSUPPORTED_FLAGS[family] & set(args))
+    if missing:
+        raise ConversionError(f"recipe {r.name}: TensorRT-LLM's {family} converter has no {', '.join(missing)}; "
+                         "use a ModelOpt recipe (fp8, int8_sq_selective, int4_awq) for this model")
+    return [python, str(examples / "models" / "core" / family / "convert_checkpoint.py"), *args]
+
+
+def converter_family(hf_checkpoint: Path) -> str:
+    """Which converter takes the checkpoint, from its config.json (a GGUF not imported yet: llama's)."""
+    config = hf_checkpoint / "config.json"
+    archs = json.loads(config.read_text()).get("architectures") or [] if config.is_file() else ["LlamaForCausalLM"]
+    family = next((CONVERTERS[a] for a in archs if a in CONVERTERS), None)
+    if family is None:
+        raise ConversionError(f"architectures {archs}: TensorRT-LLM's converters here take {sorted(CONVERTERS)}")
+    return family
 
 
 def _calibration(size: int | None, dataset: str | None) -> list[str]:

@@ -153,6 +153,32 @@ def test_refusals_happen_before_any_work(capsys, ck, tmp_path, args, message):
     assert message in err
 
 
+QWEN2 = dict(LLAMA_7B, architectures=["Qwen2ForCausalLM"], model_type="qwen2")
+
+
+@pytest.mark.parametrize("recipe", ["fp16", "int8_wo", "int8_sq", "fp8"])
+def test_qwen2_goes_through_the_qwen_converter(capsys, ck, tmp_path, recipe):
+    (ck / "config.json").write_text(json.dumps(QWEN2))
+    out = tmp_path / "o"
+    rc, lines, err = dry_run(capsys, "--recipe", recipe, "--checkpoint", str(ck), "--output", str(out), *NODE)
+    assert rc == 0, err
+    expected = STEP1[recipe].format(ck=ck, out=out, tp=1, pp=1)
+    assert lines[0] == expected.replace("/models/core/llama/", "/models/core/qwen/")
+
+
+def test_qwen2_refuses_what_its_converter_lacks(capsys, ck, tmp_path):
+    (ck / "config.json").write_text(json.dumps(QWEN2))
+    rc, _, err = dry_run(capsys, "--recipe", "fp8_selective", "--checkpoint", str(ck), "--output", str(tmp_path), *NODE)
+    assert rc == 2
+    assert "recipe fp8_selective: TensorRT-LLM's qwen converter has no --use_fp8_rowwise" in err
+
+
+def test_an_architecture_without_a_converter_is_refused(capsys, ck, tmp_path):
+    (ck / "config.json").write_text(json.dumps(dict(LLAMA_7B, architectures=["GemmaForCausalLM"])))
+    rc, _, err = dry_run(capsys, "--recipe", "fp16", "--checkpoint", str(ck), "--output", str(tmp_path), *NODE)
+    assert rc == 2 and "architectures ['GemmaForCausalLM']" in err
+
+
 def test_memory_estimate_follows_precision_and_selective_layers():
     shape = ModelShape.from_config(LLAMA_7B)
     fp16 = estimate_weight_bytes(shape, load_recipe("fp16"))
