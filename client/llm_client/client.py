@@ -57,16 +57,24 @@ def _unreachable(url: str, exc: Exception) -> ServerUnreachable:
                              "`python -m llmserve.launch serve`, or pass --url.")
 
 
-def build_inputs(prompt: str | None, messages: list | None, stream: bool, params: dict) -> dict[str, np.ndarray]:
+FLAGS = ("return_finish_reason", "return_num_input_tokens", "return_num_output_tokens")
+
+
+def build_inputs(prompt: str | None, messages: list | None, stream: bool, params: dict, flags: tuple[str, ...] = FLAGS,
+                 errors: str = "strict") -> dict[str, np.ndarray]:
+    """The model's input arrays; `errors`: how text is encoded to UTF-8 (str.encode's argument)."""
+    def text(value: str) -> np.ndarray:
+        return np.array([value.encode("utf-8", errors)], dtype=np.object_)
+
     inputs: dict[str, np.ndarray] = {}
     if messages is not None:
-        inputs["messages"] = np.array([json.dumps(messages).encode()], dtype=np.object_)
+        inputs["messages"] = text(json.dumps(messages))
     else:
-        inputs["text_input"] = np.array([(prompt or "").encode()], dtype=np.object_)
+        inputs["text_input"] = text(prompt or "")
     inputs["stream"] = np.array([stream])
     inputs["exclude_input_in_output"] = np.array([True])
-    inputs["sampling_parameters"] = np.array([json.dumps(params).encode()], dtype=np.object_)
-    for flag in ("return_finish_reason", "return_num_input_tokens", "return_num_output_tokens"):
+    inputs["sampling_parameters"] = text(json.dumps(params))
+    for flag in flags:
         inputs[flag] = np.array([True])
     return inputs
 

@@ -16,10 +16,9 @@ import numpy as np
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from llm_client.client import FLAGS, build_inputs
 from llm_client.openai_server.errors import OpenAIError, from_triton, unreachable
 from llm_client.openai_server.schema import GenerationCall
-
-FLAGS = ("return_finish_reason", "return_num_input_tokens", "return_num_output_tokens")
 
 
 @dataclass
@@ -40,20 +39,11 @@ def _tensor(name: str, value: np.ndarray) -> aioclient.InferInput:
     return t
 
 
-def _string(value: str) -> np.ndarray:
-    # surrogatepass: a lone surrogate reaches the model, which refuses it naming the field (a 400, not a 500)
-    return np.array([value.encode("utf-8", "surrogatepass")], dtype=np.object_)
-
-
 def build_tensors(call: GenerationCall) -> list[aioclient.InferInput]:
-    tensors = [_tensor("messages", _string(json.dumps(call.messages)))] if call.messages is not None else [
-        _tensor("text_input", _string(call.prompt or ""))]
-    tensors.append(_tensor("stream", np.array([call.stream])))
-    tensors.append(_tensor("exclude_input_in_output", np.array([True])))
-    tensors.append(_tensor("sampling_parameters", _string(json.dumps(call.params))))
     flags = FLAGS + (("return_logprobs",) if call.logprobs is not None else ())
-    tensors.extend(_tensor(flag, np.array([True])) for flag in flags)
-    return tensors
+    # surrogatepass: a lone surrogate reaches the model, which refuses it naming the field (a 400, not a 500)
+    inputs = build_inputs(call.prompt, call.messages, call.stream, call.params, flags, errors="surrogatepass")
+    return [_tensor(name, value) for name, value in inputs.items()]
 
 
 def _first(result, name: str):
