@@ -245,6 +245,83 @@ def s_floor(args):
     RESULTS["floor"] = res
 
 
+def _varlen_case(B: int, L: int) -> dict:
+    from llmserve.kernels.attention import varlen_attention
+    from llmserve.kernels.shapes import varlen_query_blocks
+
+    H, KVH, D, page = 32, 8, 128, 16
+    blocks = B * (-(-L // page))
+    cache = torch.randn(2, blocks + 1, page, KVH, D, device="cuda", dtype=torch.bfloat16)
+    bt = torch.arange(blocks, device="cuda", dtype=torch.int32).view(B, -1)
+    ctx = torch.full((B,), L, dtype=torch.int32, device="cuda")
+    qstart = torch.arange(0, (B + 1) * L, L, dtype=torch.int32, device="cuda")
+    seqs, starts = varlen_query_blocks([L] * B, H // KVH, D)
+    qb = (torch.tensor(seqs, dtype=torch.int32, device="cuda"), torch.tensor(starts, dtype=torch.int32, device="cuda"))
+    q = torch.randn(B * L, H, D, device="cuda", dtype=torch.bfloat16)
+    ours = graph_time_ms(lambda: [varlen_attention(q, cache, bt, ctx, qstart, *qb, D ** -0.5)
+                                  for _ in range(32)], reps=10) * 1000 / 32
+    qd = q.view(B, L, H, D).transpose(1, 2)
+    kd = torch.randn(B, KVH, L, D, device="cuda", dtype=torch.bfloat16)
+    sdpa = graph_time_ms(lambda: [torch.nn.functional.scaled_dot_product_attention(
+        qd, kd, kd, is_causal=True, enable_gqa=True) for _ in range(32)], reps=10) * 1000 / 32
+    flops = 4 * B * H * D * L * L / 2
+    return {"ours_us": ours, "sdpa_us": sdpa, "ours_TFLOPs": flops / ours / 1e6, "sdpa_TFLOPs": flops / sdpa / 1e6}
+
+
+@section("varlen")
+def s_varlen(args):
+    """Prefill attention over the paged cache for B prompts of L tokens (Llama-3.1-8B heads: 32 query, 8 KV, dim
+    128): our varlen kernel per layer, with the engine's query-block tiling, against torch's SDPA over the same
+    tokens laid out densely (causal, GQA)."""
+    res = RESULTS.setdefault("varlen", {})
+    for B, L in ((8, 128), (32, 128), (2, 2048), (4, 1000)):
+        r = res[f"B{B}_L{L}"] = _varlen_case(B, L)
+        SUMMARY.append(f"varlen B={B} L={L}: ours {r['ours_us']:.1f} us/layer ({r['ours_TFLOPs']:.0f} TFLOP/s), "
+                       f"SDPA dense {r['sdpa_us']:.1f} us ({r['sdpa_TFLOPs']:.0f})")
+        print(SUMMARY[-1], flush=True)
+
+
+@section("int4")
+def s_int4(args):
+    """W4A16 (int4 g128, symmetric and asymmetric) over all linears of the Llama-3.1-8B shape in one CUDA graph, at
+    M = 1, 8, 64: our kernels against bf16 cuBLAS over the same shapes and the chunked torch.sum of the int4 bytes
+    (weights + scales); the lm_head is left out (it stays 16-bit)."""
+    from bench.common import SHAPES, chunked_sum_ms, flat_buffers, linear_shapes
+    from llmserve.kernels.int4 import w4mm
+    from llmserve.model.int4 import quantize_int4
+
+    cfg = SHAPES["llama3.1-8b"]
+    res = RESULTS.setdefault("int4", {})
+    for sym in (True, False):
+        layers = []
+        for _ in range(cfg["num_hidden_layers"]):
+            for name, (n, k) in linear_shapes(cfg).items():
+                q = quantize_int4(torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02, 128, sym)
+                layers.append((q, name == "down", k))
+        tensors = [t for q, _, _ in layers for t in q.values()]
+        nbytes = sum(t.numel() * t.element_size() for t in tensors)
+        floor = chunked_sum_ms(flat_buffers(tensors))
+        tag = "sym" if sym else "asym"
+        res[f"{tag}/floor_ms"] = floor
+        for M in (1, 8, 64):
+            xs = {k: torch.randn(M, 2 * k if g else k, device="cuda", dtype=torch.bfloat16) for _, g, k in layers}
+            ms = graph_time_ms(lambda xs=xs, ls=layers: [w4mm(xs[k], q["weight"], q["weight_scale"],
+                                                               q.get("weight_min"), gated=g) for q, g, k in ls])
+            res[f"{tag}/M{M}_ms"] = ms
+            SUMMARY.append(f"int4 {tag} g128 M={M}: {ms:.3f} ms over all linears, floor {floor:.3f} ms "
+                           f"({nbytes / 1e9:.2f} GB, {ms / floor:.2f}x)")
+            print(SUMMARY[-1], flush=True)
+        del layers, tensors
+        torch.cuda.empty_cache()
+    ws = [(torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02, k) for _ in range(cfg["num_hidden_layers"])
+          for n, k in linear_shapes(cfg).values()]
+    for M in (1, 8, 64):
+        xs = {k: torch.randn(M, k, device="cuda", dtype=torch.bfloat16) for _, k in ws}
+        res[f"bf16/M{M}_ms"] = graph_time_ms(lambda xs=xs: [torch.nn.functional.linear(xs[k], w) for w, k in ws])
+        SUMMARY.append(f"bf16 cuBLAS M={M}: {res[f'bf16/M{M}_ms']:.3f} ms over all linears")
+        print(SUMMARY[-1], flush=True)
+
+
 @section("attn")
 def s_attn(args):
     """Decode attention launch configs (partitions, BLOCK_N, warps, stages) at the graphs' launch shape (max
@@ -427,59 +504,87 @@ def _kernel_table(prof) -> dict[str, float]:
     return out
 
 
-@section("profile")
-def s_profile(args):
-    """Where a decode step's GPU time goes, per kernel: graph replays of the engine at batch 1 / 8 (bf16) and 256
-    (fp8 weights, with and without the fp8 KV cache), after 128-token prompts and a few decode steps."""
+def _profiled(fn, reps: int) -> tuple[dict[str, float], float]:
+    """Per-kernel device us per call of fn over `reps` calls, and the wall ms per call."""
     from torch.profiler import ProfilerActivity, profile
 
-    from llmserve.config import ServingConfig
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    wall = (time.perf_counter() - t0) * 1e3 / reps
+    return {k: v / reps for k, v in sorted(_kernel_table(prof).items(), key=lambda kv: -kv[1])}, wall
+
+
+def _record_profile(res: dict, key: str, table: dict[str, float], ms: float) -> None:
+    total = sum(table.values())
+    res[key] = {"ms": ms, "kernel_us_total": total, "kernels_us": table}
+    top = "; ".join(f"{k[:40]} {v:.0f}" for k, v in list(table.items())[:8])
+    SUMMARY.append(f"profile {key}: {ms:.3f} ms, kernels {total / 1000:.3f} ms: {top}")
+    print(SUMMARY[-1], flush=True)
+
+
+def _profile_batch(eng, res: dict, mode: str, B: int, prompt: int, vocab: int) -> None:
+    """The first prefill step of a burst of B prompts, then the decode step ~40 tokens later: its graph replay
+    when one takes B rows, else 5 eager steps (host time included in ms)."""
     from llmserve.engine.api import EngineRequest
     from llmserve.engine.sampling_params import SamplingParams
+
+    g = torch.Generator().manual_seed(0)
+    for i in range(B):
+        ids = torch.randint(3, vocab - 3, (prompt,), generator=g).tolist()
+        eng.add_request(EngineRequest(f"{B}-{i}", ids, SamplingParams(temperature=0.0, max_tokens=200,
+                                                                      ignore_eos=True)))
+    _record_profile(res, f"{mode}:{B}:first_prefill_step", *_profiled(eng.step, 1))
+    while _prefilling(eng):
+        eng.step()
+    for _ in range(40):  # ~40 tokens past the prompt
+        eng.step()
+    if B in eng.runner.decode_graph_sizes:
+        graph = eng.runner.graph_for(B)
+        table, _ = _profiled(graph.replay, 10)
+        _record_profile(res, f"{mode}:{B}:decode_graph", table, replay_median_ms(graph, 20))
+    else:
+        _record_profile(res, f"{mode}:{B}:decode_eager", *_profiled(eng.step, 5))
+    for sid in list(eng.seqs):
+        eng.abort(sid)
+    while eng.has_work():
+        eng.step()
+
+
+@section("profile")
+def s_profile(args):
+    """Where a step's GPU time goes, per kernel, on random weights of PROFILE_SHAPE (default llama2-7b): for each
+    mode:batch of PROFILE_CASES, the first prefill step of a burst of PROFILE_PROMPT-token prompts and a decode step
+    40 tokens later. PROFILE_SERVING adds knobs (k=v,k=v), e.g. max_num_tokens=4096."""
+    from bench.common import SHAPES
+    from llmserve.config import ServingConfig
     from llmserve.engine.torch_engine import TorchEngine
 
     res = RESULTS.setdefault("profile", {})
+    shape = os.environ.get("PROFILE_SHAPE", "llama2-7b")
+    vocab = SHAPES[shape]["vocab_size"]
+    prompt = int(os.environ.get("PROFILE_PROMPT", "128"))
+    extra = dict(kv.split("=") for kv in os.environ.get("PROFILE_SERVING", "").split(",") if kv)
     cases = os.environ.get("PROFILE_CASES", "bf16:1,bf16:8,fp8:256,fp8+kv8:256").split(",")
     by_mode: dict[str, list[int]] = {}
     for c in cases:
         m, b = c.split(":")
         by_mode.setdefault(m, []).append(int(b))
     for mode, batches in by_mode.items():
-        quant = None if mode.startswith("bf16") else "fp8"
         with tempfile.TemporaryDirectory() as d:
-            ckpt = write_random_checkpoint(Path(d), 32000, quant)
+            ckpt = write_random_checkpoint(Path(d), vocab, None if mode.startswith("bf16") else "fp8", shape=shape)
             # PDL off: with it a kernel's time includes its wait for the one before (overlap, not work)
-            cfg = ServingConfig.of(dtype="bfloat16", max_batch_size=256, max_num_tokens=1024, pdl="off",
-                                kv_cache_free_mem_fraction=0.9, kv_cache_dtype="fp8" if "kv8" in mode else "auto")
-            eng = TorchEngine(cfg, ckpt)
-            g = torch.Generator().manual_seed(0)
+            knobs = {"dtype": "bfloat16", "max_batch_size": max(256, *batches), "max_num_tokens": 1024, "pdl": "false",
+                     "kv_cache_free_mem_fraction": 0.9, "kv_cache_dtype": "fp8" if "kv8" in mode else "auto",
+                     "max_model_len": min(4096, SHAPES[shape]["max_position_embeddings"]), "max_queue_size": 4096,
+                     "max_queued_tokens": 1 << 22, **extra}
+            eng = TorchEngine(ServingConfig.from_parameters(knobs), ckpt)
             for B in batches:
-                for i in range(B):
-                    ids = torch.randint(3, 32000, (128,), generator=g).tolist()
-                    eng.add_request(EngineRequest(f"{B}-{i}", ids, SamplingParams(
-                        temperature=0.0, max_tokens=200, ignore_eos=True)))
-                while _prefilling(eng):
-                    eng.step()
-                for _ in range(40):  # ~170 tokens of context, about the middle of a 128/128 request
-                    eng.step()
-                graph = eng.runner.graph_for(B)
-                torch.cuda.synchronize()
-                replay = replay_median_ms(graph, 20)
-                with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                    for _ in range(10):
-                        graph.replay()
-                    torch.cuda.synchronize()
-                table = {k: v / 10 for k, v in sorted(_kernel_table(prof).items(), key=lambda kv: -kv[1])}
-                total = sum(table.values())
-                res[f"{mode}:{B}"] = {"graph_ms": replay, "kernel_us_total": total, "kernels_us": table}
-                top = "; ".join(f"{k[:40]} {v:.0f}" for k, v in list(table.items())[:8])
-                SUMMARY.append(f"profile {mode} batch {B}: graph {replay:.3f} ms, kernels {total / 1000:.3f} ms: {top}")
-                print(SUMMARY[-1], flush=True)
+                _profile_batch(eng, res, mode, B, prompt, vocab)
                 save(args.out)
-                for sid in list(eng.seqs):
-                    eng.abort(sid)
-                while eng.has_work():
-                    eng.step()
             eng.shutdown()
             del eng
             torch.cuda.empty_cache()
@@ -682,6 +787,98 @@ def s_host(args):
         eng.shutdown()
 
 
+class _ClosedLoop:
+    """`streams` requests of PROMPT/OUT tokens kept in flight on an engine: one replaces each that finishes."""
+
+    def __init__(self, eng, streams: int, prompt: int, out: int, vocab: int):
+        self.eng, self.prompt, self.out, self.vocab = eng, prompt, out, vocab
+        self.g = torch.Generator().manual_seed(0)
+        self.n = 0
+        for _ in range(streams):
+            self.submit()
+
+    def submit(self) -> None:
+        from llmserve.engine.api import EngineRequest
+        from llmserve.engine.sampling_params import SamplingParams
+
+        ids = torch.randint(3, self.vocab - 3, (self.prompt,), generator=self.g).tolist()
+        self.eng.add_request(EngineRequest(f"s{self.n}", ids, SamplingParams(
+            temperature=0.0, max_tokens=self.out, ignore_eos=True)))
+        self.n += 1
+
+    def step(self) -> int:
+        """One engine step; returns the tokens it produced."""
+        outs = self.eng.step()
+        for o in outs:
+            if o.finish_reason is not None:
+                self.submit()
+        return sum(len(o.new_token_ids) for o in outs)
+
+
+def _busy(loop: _ClosedLoop, steps: int) -> dict:
+    """GPU kernel time against wall time over `steps` steady steps (torch.profiler, CUDA activity only)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    t0, tokens = time.perf_counter(), 0
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            tokens += loop.step()
+        torch.cuda.synchronize()
+    wall = (time.perf_counter() - t0) * 1e3
+    table = _kernel_table(prof)
+    top = dict(sorted(table.items(), key=lambda kv: -kv[1])[:12])
+    return {"steps": steps, "wall_ms": wall, "kernel_ms": sum(table.values()) / 1e3, "tokens": tokens,
+            "top_kernels_us": top}
+
+
+@section("steady")
+def s_steady(args):
+    """A closed loop of STEADY_STREAMS streams of STEADY_LEN (in/out, e.g. 128/128) tokens on random weights of
+    STEADY_SHAPE (STEADY_MODE fp8|bf16, STEADY_SERVING k=v,...): after a warm-up of two answer lengths, the GPU's
+    kernel time against the wall over 60 steps, then cProfile of the host over 60 more."""
+    import cProfile
+    import io
+    import pstats
+
+    from bench.common import SHAPES
+    from llmserve.config import ServingConfig
+    from llmserve.engine.torch_engine import TorchEngine
+
+    shape = os.environ.get("STEADY_SHAPE", "llama3.1-8b")
+    mode = os.environ.get("STEADY_MODE", "fp8")
+    streams = int(os.environ.get("STEADY_STREAMS", "1024"))
+    prompt, out = (int(x) for x in os.environ.get("STEADY_LEN", "128/128").split("/"))
+    vocab = SHAPES[shape]["vocab_size"]
+    extra = dict(kv.split("=") for kv in os.environ.get("STEADY_SERVING", "").split(",") if kv)
+    knobs = {"dtype": "bfloat16", "max_batch_size": streams, "max_num_tokens": 4096, "kv_cache_free_mem_fraction": 0.9,
+             "max_model_len": 4096, "max_queue_size": 1 << 16, "max_queued_tokens": 1 << 26, **extra}
+    key = f"{shape}/{mode}/{streams}/{prompt}x{out}/" + ",".join(f"{k}={v}" for k, v in extra.items())
+    with tempfile.TemporaryDirectory() as d:
+        ckpt = write_random_checkpoint(Path(d), vocab, None if mode == "bf16" else mode, shape=shape)
+        eng = TorchEngine(ServingConfig.from_parameters(knobs), ckpt)
+        loop = _ClosedLoop(eng, streams, prompt, out, vocab)
+        t0, tokens = time.perf_counter(), 0
+        while loop.n < 3 * streams:  # two answer lengths: past the first burst's ramp
+            tokens += loop.step()
+        r = {"warmup_tok_s": tokens / (time.perf_counter() - t0), "busy": _busy(loop, 60)}
+        prof, t0, tokens = cProfile.Profile(), time.perf_counter(), 0
+        prof.enable()
+        for _ in range(60):
+            tokens += loop.step()
+        prof.disable()
+        r["cprofile_tok_s"] = tokens / (time.perf_counter() - t0)
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(25)
+        r["cprofile"] = buf.getvalue()[-7000:]
+        eng.shutdown()
+    RESULTS.setdefault("steady", {})[key] = r
+    b = r["busy"]
+    SUMMARY.append(f"steady {key}: warm-up {r['warmup_tok_s']:,.0f} tok/s; 60 steps wall {b['wall_ms']:.0f} ms, "
+                   f"kernels {b['kernel_ms']:.0f} ms ({b['kernel_ms'] / b['wall_ms']:.0%}), {b['tokens']} tokens")
+    print(SUMMARY[-1], "\n", r["cprofile"][-3500:], flush=True)
+
+
 @section("triton")
 def s_triton(args):
     """Starts the real tritonserver on the random 7B (quick), prints what fails, keeps the server log."""
@@ -718,7 +915,8 @@ def s_triton(args):
 
 SECTIONS = {"env": s_env, "tests": s_tests, "engine_small": s_engine_small, "engine7b": s_engine7b, "pdl": s_pdl,
             "floor": s_floor, "attn": s_attn, "attn_kv": s_attn_kv, "gemv": s_gemv, "gemv1": s_gemv1, "mm16": s_mm16,
-            "host": s_host, "triton": s_triton, "profile": s_profile, "graphs_bs1": s_graphs_bs1}
+            "host": s_host, "triton": s_triton, "profile": s_profile, "steady": s_steady, "varlen": s_varlen,
+            "int4": s_int4, "graphs_bs1": s_graphs_bs1}
 
 
 def main() -> int:

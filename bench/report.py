@@ -156,15 +156,18 @@ def published_rows(results: dict) -> list[str]:
     lines = ["", "## Against TensorRT-LLM's published throughput (best concurrency of each)", "",
              f"Published: {source or 'none for this shape'} (perf-overview.md, as in shared/reference/"
              f"perf-anchors.md); this run: {gpu}. Output tok/s; the published figures are FP8 weights.", "",
-             "| workload | ours | best tok/s | at streams | published tok/s | ours / published |",
-             "|---|---|---|---|---|---|"]
+             "The whole run of a point counts (ramp and tail included), as trtllm-bench reports it; `steady` is the "
+             "stretch between the first answer's end and the last submission.", "",
+             "| workload | ours | best tok/s | at streams | requests | steady tok/s | published tok/s | "
+             "ours / published |", "|---|---|---|---|---|---|---|---|"]
     for w in workloads:
         for ph, label in COMPARED:
             if w in best[ph]:
                 tok, c = best[ph][w]
+                r = _runs(results, ph)[(w, c)]
                 pub = figures.get(w)
-                lines.append(f"| {w} | {label} | {tok:,.0f} | {c:,} | {_fmt(pub)} | "
-                             f"{f'{tok / pub:.3f}' if pub else '-'} |")
+                lines.append(f"| {w} | {label} | {tok:,.0f} | {c:,} | {r['requests']:,} | "
+                             f"{_fmt(r.get('steady_tok_s'), 0)} | {_fmt(pub)} | {f'{tok / pub:.3f}' if pub else '-'} |")
     return lines
 
 

@@ -58,6 +58,10 @@ PLAN = {
     # KV cache of an 8B model in 16 bits on an H200)
     "trtllm_short": {"128x128": [1, 256, 1024], "128x2048": [256], "2048x128": [256], "1000x1000": [256]},
 }
+# Requests per point of the trtllm plans, in units of the point's concurrency (from 64 streams up): trtllm-bench
+# queues thousands of requests (30,000 for 128/128, 3,000 or 1,500 for the others) and reports the whole run, so the
+# ramp of one wave weighs little there. --waves overrides it.
+PLAN_WAVES = {"trtllm": 8, "trtllm_short": 8}
 # The Triton phases and their engine-direct twin run each 128/128 point this many times, on new prompts each
 # time, and report the repetition of median throughput: a point is one wave of `concurrency` requests, a second
 # or two, and single waves of the same code moved the Triton / direct ratio by +-3% from run to run.
@@ -68,6 +72,8 @@ QUICK = {
     "triton": {"128x128": [1, 8]}, "triton_variant": {"128x128": [8]},
     "trtllm": {"128x128": [1, 8], "2048x128": [4]}, "trtllm_short": {"128x128": [1, 8]},
 }
+# The engine phases by weight storage (int4: symmetric, groups of 128, the guide's recipe)
+ENGINE_MODES = {"engine": "bf16", "engine_fp8": "fp8", "engine_int8": "int8_wo", "engine_int4": "int4_sym"}
 # Engine phases that differ from `engine` / `engine_fp8` by serving knobs: (weights, knobs).
 ENGINE_VARIANTS = {
     "engine_sync": ("bf16", ["async_scheduling=false"]),  # stepping synchronously
@@ -77,6 +83,8 @@ ENGINE_VARIANTS = {
     # Twice the tokens per step: half as many prefill steps in a 256-stream ramp
     "engine_t2048": ("bf16", ["max_num_tokens=2048"]),
     "engine_fp8_t2048": ("fp8", ["max_num_tokens=2048"]),
+    "engine_fp8_t4096": ("fp8", ["max_num_tokens=4096"]),  # trtllm-bench's budgets are larger still (8,192)
+    "engine_fp8_t8192": ("fp8", ["max_num_tokens=8192"]),
     # Prefill and mixed steps launched kernel by kernel, as before their CUDA graphs
     "engine_eager_prefill": ("bf16", ["prefill_graph_max_tokens=0"]),
     "engine_fp8_eager_prefill": ("fp8", ["prefill_graph_max_tokens=0"]),
@@ -298,7 +306,7 @@ def phase_engine(args) -> dict:
             if prompt_source:
                 prompts = prompt_source[wname][str(c)][rep * c:(rep + 1) * c]
             else:
-                prompts = _random_prompts(c, in_len, args.vocab, seed=c * 7 + in_len)
+                prompts = _random_prompts(c * _waves(args, c), in_len, args.vocab, seed=c * 7 + in_len)
             seen = trace.stat().st_size if trace.is_file() else 0
             records, wall = drive_engine(eng, prompts, out_len, c)
             s = summarize(records, wall, c, in_len, out_len)
@@ -318,6 +326,13 @@ def phase_engine(args) -> dict:
     eng.shutdown()
     res["gc_trace"] = [line for line in trace.read_text().splitlines() if " gc " in line]
     return res
+
+
+def _waves(args, concurrency: int) -> int:
+    """How many times `concurrency` requests a point submits (closed loop: one replaces each that finishes)."""
+    if concurrency < 64:
+        return 1
+    return args.waves or PLAN_WAVES.get(args.plan, 1)
 
 
 def _save_partial(args, res: dict) -> None:
@@ -556,7 +571,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--phases", default="floor,engine,engine_sync,triton,engine_fp8,engine_fp8_kv8,engine_kv8,"
                     "engine_int8,hf",
                     help="floor, engine (bf16), engine_sync (bf16, async scheduling off), engine_kv8 (bf16, fp8 KV "
-                    "cache), engine_fp8, engine_fp8_kv8, engine_int8, hf, triton (+ its engine-direct twin); also "
+                    "cache), engine_fp8, engine_fp8_kv8, engine_int8, engine_int4 (int4 g128), hf, triton (+ its "
+                    "engine-direct twin); also "
                     "engine_nopdl (programmatic dependent launch off), engine_t2048 / engine_fp8_t2048 (2048 "
                     "tokens a step), engine_eager_prefill / engine_fp8_eager_prefill (no prefill CUDA graphs), "
                     "triton_inproc (the engine inside the stub), triton_x2 / triton_x4 (2 / 4 Triton model "
@@ -574,6 +590,9 @@ def main(argv: list[str] | None = None) -> int:
                     "the variants such as engine_fp8_kv8; default engine / engine_quant / variant); trtllm: "
                     "TensorRT-LLM's five workloads at up to 1,024 streams (with --serving max_batch_size=1024), "
                     "trtllm_short: four of them at fewer concurrencies, a first look")
+    ap.add_argument("--waves", type=int, default=0, help="requests per point of 64+ streams, in units of its "
+                    "concurrency (default 8 for the trtllm plans, else 1); the point reports the whole run's "
+                    "throughput and the steady stretch's (steady_tok_s)")
     ap.add_argument("--workloads", help="comma-separated: run only these workloads of each phase's plan ("
                     + ", ".join(WORKLOADS) + ")")
     # internal: one phase in this process
@@ -623,6 +642,7 @@ def main(argv: list[str] | None = None) -> int:
         results["command"] = previous["command"] + " ; " + results["command"]
     q = (["--quick"] if args.quick else []) + [f"--serving={item}" for item in args.serving] + ["--shape", args.shape]
     q += ["--workloads", args.workloads] if args.workloads else []
+    q += ["--waves", str(args.waves)] if args.waves else []
     plan_args = ["--plan", args.plan] if args.plan else []  # for the engine phases (not the Triton twin)
     t_start = time.time()
     with open(out / "log.txt", "a") as log:
@@ -633,8 +653,8 @@ def main(argv: list[str] | None = None) -> int:
             before = dict(results["phases"])
             if phase == "floor":
                 results["phases"]["floor"] = _run_phase("floor", work / "floor.json", q, log, args.phase_timeout)
-            elif phase in ("engine", "engine_fp8", "engine_int8"):
-                mode = {"engine": "bf16", "engine_fp8": "fp8", "engine_int8": "int8_wo"}[phase]
+            elif phase in ENGINE_MODES:
+                mode = ENGINE_MODES[phase]
                 results["phases"][phase] = _run_phase("engine", work / f"{phase}.json",
                                                       q + ["--mode", mode] + plan_args, log, args.phase_timeout)
             elif phase in ENGINE_VARIANTS:  # one engine with other knobs, side by side with the plain ones

@@ -23,6 +23,17 @@ def percentile(values: list[float], q: float) -> float | None:
     return values[lo] + (values[hi] - values[lo]) * (k - lo)
 
 
+def steady_throughput(records: list[Record]) -> float | None:
+    """Output tok/s between the first answer's end and the last submission: the stretch in which finished requests
+    are replaced at once, as in trtllm-bench's runs of thousands of requests (None for a single wave)."""
+    start = min((r.token_times[-1] for r in records if r.token_times), default=None)
+    end = max(r.submit for r in records) if records else None
+    if start is None or end is None or end - start < 0.05:
+        return None
+    tokens = sum(start < t <= end for r in records for t in r.token_times)
+    return tokens / (end - start)
+
+
 def summarize(records: list[Record], wall: float, concurrency: int, in_len: int, out_len: int) -> dict:
     tokens = sum(len(r.token_times) for r in records)
     ttft = [(r.token_times[0] - r.submit) * 1000 for r in records if r.token_times]
@@ -33,6 +44,7 @@ def summarize(records: list[Record], wall: float, concurrency: int, in_len: int,
         "errors": sum(r.error is not None for r in records),
         "short_responses": sum(len(r.token_times) != out_len for r in records),
         "output_tokens": tokens, "wall_s": round(wall, 3), "throughput_tok_s": round(tokens / wall, 1),
+        "steady_tok_s": ms(steady_throughput(records)),
         "ttft_ms_p50": ms(percentile(ttft, 50)), "ttft_ms_p99": ms(percentile(ttft, 99)),
         "itl_ms_p50": ms(percentile(itl, 50)), "itl_ms_p99": ms(percentile(itl, 99)),
         "itl_ms_mean": ms(statistics.fmean(itl)) if itl else None,

@@ -17,10 +17,13 @@ def _import(argv: list[str]) -> int:
     ap.add_argument("source", nargs="?", default=None,
                     help="a .gguf file or an HF checkpoint directory (default: the embedded SmolLM2-135M-Instruct)")
     ap.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    ap.add_argument("--dequantize", action="store_true",
+                    help="GGUF: dequantize every tensor to float32 (default: keep Q4_0/Q4_1 decoder weights in 4 bits, "
+                         "refusing a file with other types)")
     a = ap.parse_args(argv)
     try:
         source = Path(a.source) if a.source else embedded_gguf()
-        out = import_checkpoint(source, a.output)
+        out = import_checkpoint(source, a.output, dequantize=a.dequantize)
     except ImportError_ as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

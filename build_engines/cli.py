@@ -20,6 +20,7 @@ from build_engines.checks import (
     validate_plan,
 )
 from build_engines.recipe import RecipeError, load_recipe
+from llmserve.engine.manifest import ManifestError, check_supported_runtime, running_versions
 
 LIMIT_FLAGS = ("max_batch_size", "max_input_len", "max_seq_len", "max_num_tokens")
 
@@ -105,6 +106,10 @@ def build(args: argparse.Namespace) -> int:
         print("\n".join(format_commands(plan)))
         return 0
     assert shape is not None and detected is not None  # a real run refused both above
+    try:
+        check_supported_runtime(running_versions()[1])
+    except ManifestError as e:  # the build may work, but the server refuses the engine at load: say so now
+        print(f"# warning: {e}; the server will refuse this engine", file=sys.stderr)
     manifest = run_plan(plan, shape, detected, rebuild_command(args, recipe.tp_size, recipe.pp_size))
     print(f"engines: {plan.engine_dir} (TensorRT {manifest.tensorrt_version}, TensorRT-LLM "
           f"{manifest.tensorrt_llm_version}, {manifest.gpu_name} sm{manifest.compute_capability})")

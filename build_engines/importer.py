@@ -1,7 +1,9 @@
 """Import a checkpoint (GGUF file, or HF directory) into an HF-format directory, once, cached.
 
 The output holds model.safetensors, config.json, generation_config.json, tokenizer files and the chat
-template: everything the engines need, with no pickle and no remote code.
+template: everything the engines need, with no pickle and no remote code. A GGUF file is dequantized to
+float32 (`dequantize=True`, the default here: TensorRT-LLM's converter reads 16/32-bit weights), or keeps its
+4-bit decoder weights (`dequantize=False`, the `python -m build_engines import` default: build_engines/gguf_native.py).
 """
 
 from __future__ import annotations
@@ -48,8 +50,10 @@ def _fingerprint(path: Path) -> str:
     return h.hexdigest()
 
 
-def import_checkpoint(source: str | os.PathLike, output_dir: str | os.PathLike, gguf_file: str | None = None) -> Path:
-    """Imports `source` into `output_dir` unless an import of the same source bytes is already there."""
+def import_checkpoint(source: str | os.PathLike, output_dir: str | os.PathLike, gguf_file: str | None = None,
+                      dequantize: bool = True) -> Path:
+    """Imports `source` into `output_dir` unless an import of the same source bytes (and, for GGUF, the same
+    `dequantize` choice) is already there."""
     src = Path(source)
     out = Path(output_dir)
     if gguf_file:
@@ -57,24 +61,35 @@ def import_checkpoint(source: str | os.PathLike, output_dir: str | os.PathLike, 
     if not src.exists():
         raise ImportError_(f"checkpoint not found: {src}")
     fingerprint = _fingerprint(src)
+    is_gguf = src.is_file() and src.suffix == ".gguf"
+    weights = None if not is_gguf else "dequantized" if dequantize else "native"
     manifest_path = out / MANIFEST
     if manifest_path.is_file():
         try:
-            if json.loads(manifest_path.read_text()).get("source_sha256") == fingerprint:
+            old = json.loads(manifest_path.read_text())
+            if old.get("source_sha256") == fingerprint and old.get("gguf_weights", "dequantized") == (
+                    weights or "dequantized"):
                 return out
         except json.JSONDecodeError:
             pass
+    if weights == "native":
+        _check_native(src)  # before the slow import: a type we cannot keep is refused at once
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    if src.is_file() and src.suffix == ".gguf":
+    if is_gguf:
         _import_gguf(src, tmp)
+        if weights == "native":
+            _keep_quantized(src, tmp)
     elif src.is_file():
         raise ImportError_(f"{src}: expected a .gguf file or an HF checkpoint directory")
     else:
         _import_hf_dir(src, tmp)
     _check_architecture(tmp / "config.json")
-    (tmp / MANIFEST).write_text(json.dumps({"source": str(src), "source_sha256": fingerprint}, indent=1))
+    manifest = {"source": str(src), "source_sha256": fingerprint}
+    if weights:
+        manifest["gguf_weights"] = weights
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
@@ -109,6 +124,26 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
+
+
+def _check_native(src: Path) -> None:
+    from gguf import GGUFReader
+
+    from build_engines.gguf_native import NativeImportError, native_mode
+
+    try:
+        native_mode(GGUFReader(src))
+    except NativeImportError as e:
+        raise ImportError_(f"{src.name}: {e}") from None
+
+
+def _keep_quantized(src: Path, out: Path) -> None:
+    from build_engines.gguf_native import NativeImportError, keep_quantized
+
+    try:
+        keep_quantized(src, out)
+    except NativeImportError as e:
+        raise ImportError_(f"{src.name}: {e}") from None
 
 
 def _import_gguf(src: Path, out: Path) -> None:

@@ -95,6 +95,9 @@ class PytorchConfig:
     # Programmatic dependent launch of our linear and fused kernels in the decode graphs of up to 16 rows
     # ("auto": on for compute capability 9.0+)
     pdl: str = "auto"
+    # Ranks that each hold a slice of every layer's heads and MLP rows (llmserve/engine/parallel): rank 0 is this
+    # process, the others are worker processes it starts; all-reduces over NCCL on GPUs, gloo on the CPU
+    tensor_parallel_size: int = 1
     # tests only: "fail_on_token:<id>" fails the sequences that feed that token; "crash_on_token:<id>" breaks
     # the whole engine (an error escapes step, as a CUDA fault would)
     fault_injection: str = ""
@@ -104,6 +107,7 @@ class PytorchConfig:
         _at_least(self, 0, "prefill_graph_max_tokens")
         _one_of(self, "async_scheduling", SWITCH_VALUES)
         _one_of(self, "pdl", SWITCH_VALUES)
+        _at_least(self, 1, "tensor_parallel_size")
         kind, _, arg = self.fault_injection.partition(":")
         if self.fault_injection and (kind not in ("fail_on_token", "crash_on_token") or not arg.isdigit()):
             raise ConfigError(f"fault_injection: expected fail_on_token:<id> or crash_on_token:<id>, "
@@ -135,11 +139,18 @@ class FrontConfig:
     exclude_input_in_output: bool = True  # when the request does not say (vllm_backend echoes the prompt)
     log_prompts: bool = False  # prompt text reaches the server log only when asked for
     max_input_bytes: int = 1_000_000  # size limit on text_input / messages
+    # The response cache (llmserve/serving/response_cache.py): repeated greedy or seeded requests answered from
+    # memory; 0 entries: off. Least recently used out first past either bound; an answer expires after the TTL
+    response_cache_max_entries: int = 0
+    response_cache_max_bytes: int = 64 << 20
+    response_cache_ttl_s: float = 300.0
 
     def __post_init__(self) -> None:
         _one_of(self, "engine_process", SWITCH_VALUES)
-        _at_least(self, 0, "gil_switch_interval_us")
-        _at_least(self, 1, "cancellation_check_period_ms", "max_input_bytes")
+        _at_least(self, 0, "gil_switch_interval_us", "response_cache_max_entries", "response_cache_ttl_s")
+        _at_least(self, 1, "cancellation_check_period_ms", "max_input_bytes", "response_cache_max_bytes")
+        if self.response_cache_ttl_s == 0:
+            raise ConfigError("response_cache_ttl_s: must be > 0, got 0")
 
 
 _GROUPS = {"batching": BatchingConfig, "cache": CacheConfig, "pytorch": PytorchConfig, "trtllm": TrtllmConfig,

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from llmserve.engine.manifest import DEFAULT_TRITON_IMAGE, TRITON_TRTLLM_IMAGES, check_supported_runtime
+
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 DEPLOY = ROOT / "deploy"
@@ -101,7 +103,7 @@ def test_compose_services(tools):
     svc = cfg["services"]
     # the engine build: one-shot, TRT-LLM Triton image (overridable), our builder, output in the engines volume
     eb = svc["engine-build"]
-    assert eb["image"] == "nvcr.io/nvidia/tritonserver:25.12-trtllm-python-py3"
+    assert eb["image"] == DEFAULT_TRITON_IMAGE  # the supported-version table's default (issue 21 item 8)
     # `config` prints $$ (compose's escape); the container's bash sees $RECIPE, $out
     cmd = " ".join(eb["command"])
     assert "python3 -m build_engines build --checkpoint /checkpoint --recipe $${RECIPE} --tp $${TP}" in cmd
@@ -149,9 +151,19 @@ def test_compose_image_is_a_variable(tools):
     assert cfg["services"]["triton"]["environment"]["ENGINE_NAME"] == "fp8-tp1"
 
 
-def test_compose_comment_names_trtllm_pairing():
-    head = COMPOSE.read_text()
-    assert "25.12" in head and "1.1.0" in head and "1.2.x" in head
+def test_every_image_default_is_the_supported_tables_default():
+    """docker-compose.yml and deploy/triton/Dockerfile cannot drift from llmserve/engine/manifest.py (issue 21 item 8):
+    each default names DEFAULT_TRITON_IMAGE, whose TensorRT-LLM passes the load-time check."""
+    compose = COMPOSE.read_text()
+    defaults = re.findall(r"\$\{TRITON_IMAGE:-([^}]+)\}", compose)
+    dockerfile = (DEPLOY / "triton" / "Dockerfile").read_text()
+    defaults += re.findall(r"^ARG TRITON_IMAGE=(\S+)$", dockerfile, re.M)
+    defaults += re.findall(r"--build-arg TRITON_IMAGE=(\S+)", dockerfile)
+    assert len(defaults) >= 3 and set(defaults) == {DEFAULT_TRITON_IMAGE}
+    trt, trtllm = TRITON_TRTLLM_IMAGES[DEFAULT_TRITON_IMAGE]
+    check_supported_runtime(trtllm)
+    assert f"TensorRT-LLM {trtllm}" in compose and f"TensorRT {trt}" in compose  # the comment says the pair
+    assert f"TensorRT-LLM {trtllm}" in dockerfile
 
 
 def test_mounted_files_exist():

@@ -78,6 +78,30 @@ def test_rope_and_cache(nh, nkv, hd, pdl):
     assert rel(cache, ref_cache) < 1e-2
 
 
+@pytest.mark.skipif(DEV != "cuda", reason="e4m3 needs a GPU (the interpreter has none)")
+@pytest.mark.parametrize("with_residual", [False, True])
+@pytest.mark.parametrize("rows,n", [(1, 4096), (37, 4096), (64, 3584), (5, 5120)])
+def test_rmsnorm_quant_fp8_is_rmsnorm_then_quant_bit_for_bit(with_residual, rows, n, pdl):
+    x = torch.randn(rows, n, device=DEV, dtype=DT) * 3
+    w = torch.randn(n, device=DEV, dtype=DT)
+    res = torch.randn(rows, n, device=DEV, dtype=DT)
+    r1, r2 = (res.clone(), res.clone()) if with_residual else (None, None)
+    q, s = fused.rmsnorm_quant_fp8(x, w, 1e-5, r1, pdl=pdl)
+    q2, s2 = linear.quant_fp8_per_token(fused.rmsnorm(x, w, 1e-5, r2, pdl=pdl), pdl=pdl)
+    assert torch.equal(s, s2) and torch.equal(q.view(torch.uint8), q2.view(torch.uint8))
+    if with_residual:
+        assert torch.equal(r1, r2)
+
+
+@pytest.mark.skipif(DEV != "cuda", reason="e4m3 needs a GPU (the interpreter has none)")
+@pytest.mark.parametrize("rows,n", [(1, 14336), (33, 14336), (64, 18944), (8, 320)])
+def test_silu_mul_quant_fp8_is_silu_mul_then_quant_bit_for_bit(rows, n, pdl):
+    x = torch.randn(rows, 2 * n, device=DEV, dtype=DT) * 2
+    q, s = fused.silu_mul_quant_fp8(x, pdl=pdl)
+    q2, s2 = linear.quant_fp8_per_token(fused.silu_mul(x, pdl=pdl), pdl=pdl)
+    assert torch.equal(s, s2) and torch.equal(q.view(torch.uint8), q2.view(torch.uint8))
+
+
 def test_silu_mul(pdl):
     x = torch.randn(3, 2 * 1500, device=DEV).to(DT)
     g, u = x.chunk(2, -1)
@@ -203,7 +227,10 @@ def _tiny_model(tmp_path, kernel_mode=FAST, **extra):
     return model
 
 
-@pytest.mark.parametrize("quant", [None, "int8_wo"])
+FP8_ON_GPU = pytest.param("fp8", marks=pytest.mark.skipif(DEV != "cuda", reason="e4m3 needs a GPU"))
+
+
+@pytest.mark.parametrize("quant", [None, "int8_wo", FP8_ON_GPU])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_model_fast_path_matches_torch_path(tmp_path, quant, seed, pdl):
     """The whole decoder (fused norms, rotary + cache write, varlen and decode attention, weight-streaming
@@ -425,3 +452,71 @@ def test_runner_captures_pdl_only_into_decode_graphs_of_up_to_16_rows(tmp_path, 
     assert runner.decode_graph_sizes == [] and runner.can_launch(64)
     runner.capture_graphs()
     assert runner.decode_graph_sizes == [1, 2, 4, 8, 16, 32] and not runner.model.launch.pdl
+
+
+# --- 4-bit group weights (llmserve/kernels/int4.py) against their torch twin, Int4Linear's reference path ---
+
+def _int4_case(M, N, K, group, symmetric, gated, seed=0):
+    from torch.nn import functional as F
+
+    from llmserve.model.int4 import dequantize_int4, quantize_int4
+
+    gen = torch.Generator().manual_seed(seed)
+    t = {k: v.to(DEV) for k, v in quantize_int4(torch.randn(N, K, generator=gen), group, symmetric).items()}
+    x = torch.randn(M, 2 * K if gated else K, generator=gen).to(DEV, DT)
+    bias = torch.randn(N, generator=gen).to(DEV, DT)
+    h = F.silu(x[:, :K]) * x[:, K:] if gated else x
+    ref = F.linear(h, dequantize_int4(t["weight"], t["weight_scale"], t.get("weight_min"), DT), bias)
+    return x, t, bias, ref
+
+
+def _int4_check(M, N, K, group, symmetric, gated, pdl=False):
+    from llmserve.kernels.int4 import w4mm
+
+    x, t, bias, ref = _int4_case(M, N, K, group, symmetric, gated)
+    out = w4mm(x, t["weight"], t["weight_scale"], t.get("weight_min"), bias, gated=gated, pdl=pdl)
+    assert out.shape == (M, N) and out.dtype == DT
+    assert rel(out, ref) < 1e-2, (M, N, K, group, symmetric, gated)
+
+
+@pytest.mark.skipif(DEV != "cuda", reason="the full matrix needs a GPU (a small case runs under the interpreter below)")
+@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("M", [1, 3, 16, 64])
+@pytest.mark.parametrize("gated", [False, True])
+def test_int4_kernels_match_the_torch_twin(group, symmetric, M, gated, pdl):
+    """K an odd multiple of every group and tile (7 * 128), N not a multiple of any BLOCK_N, and Llama-3-8B's
+    o_proj / down_proj shapes at M = 1 and 16."""
+    _int4_check(M, 200, 7 * 128, group, symmetric, gated, pdl)
+    if M in (1, 16):
+        _int4_check(M, 4096, 14336 if gated else 4096, group, symmetric, gated, pdl)
+
+
+@pytest.mark.parametrize("group,symmetric", [(32, False), (128, True)])
+@pytest.mark.parametrize("M", [1, 3])
+def test_int4_kernels_small_case(group, symmetric, M):
+    """A small shape everywhere the kernels run (GPU, or the CPU interpreter where triton is installed)."""
+    _int4_check(M, 40, 3 * 128, group, symmetric, gated=M == 1)
+
+
+@pytest.mark.skipif(DEV != "cuda", reason="a model-sized check needs a GPU")
+@pytest.mark.parametrize("mode", ["int4_sym", "int4_asym"])
+def test_int4_linear_takes_the_kernels_when_the_model_does(mode):
+    from llmserve.model.int4 import Int4AsymLinear, Int4SymLinear
+    from llmserve.model.linear import Linear
+
+    lin = Linear(1024, 768).to(DEV, DT)
+    lin.weight.data.normal_()
+    cls = Int4SymLinear if mode == "int4_sym" else Int4AsymLinear
+    fast, slow = cls.from_linear(lin, group_size=64), cls.from_linear(lin, group_size=64)
+    fast.launch = qlinear.Launch(kernels=True)
+    for M in (1, 5, 40):
+        x = torch.randn(M, 2048, device=DEV, dtype=DT)
+        assert rel(fast(x, gated=True), slow(x, gated=True)) < 1e-2
+
+
+@pytest.mark.parametrize("quant", ["int4_sym", "int4_asym"])
+def test_model_fast_path_matches_torch_path_int4(tmp_path, quant, pdl):
+    """The whole decoder on 4-bit weights (random, quantized at load in groups of 64: the tiny model's K are
+    192 and 320), fast path against torch path, as test_model_fast_path_matches_torch_path does."""
+    test_model_fast_path_matches_torch_path(tmp_path, quant, 0, pdl)

@@ -7,10 +7,14 @@ import json
 import pytest
 
 from llmserve.engine.manifest import (
+    DEFAULT_TRITON_IMAGE,
     MANIFEST_NAME,
+    SUPPORTED_TRTLLM_LINE,
+    TRITON_TRTLLM_IMAGES,
     Manifest,
     ManifestError,
     check_manifest,
+    check_supported_runtime,
     engine_file_hashes,
     read_manifest,
     sha256_file,
@@ -94,3 +98,31 @@ def test_verify_engine_files_catches_a_changed_engine(tmp_path):
     (tmp_path / "rank0.engine").unlink()
     with pytest.raises(ManifestError, match="rank0.engine, rank1.engine"):
         verify_engine_files(m, tmp_path)
+
+
+# -- issue 21 item 8: the image default and the supported TensorRT-LLM line are one table ----------------------
+
+@pytest.mark.parametrize("image", sorted(TRITON_TRTLLM_IMAGES))
+def test_an_engine_built_and_served_in_a_listed_image_passes_every_load_check(tmp_path, image):
+    trt, trtllm = TRITON_TRTLLM_IMAGES[image]
+    check_supported_runtime(trtllm)
+    check_manifest(make(tmp_path, tensorrt_version=trt, tensorrt_llm_version=trtllm), trt, trtllm, (9, 0))
+
+
+def test_the_default_image_is_listed_and_ships_the_newest_supported_release():
+    assert DEFAULT_TRITON_IMAGE in TRITON_TRTLLM_IMAGES
+    newest = max((tuple(map(int, v.split("."))) for _, v in TRITON_TRTLLM_IMAGES.values()))
+    assert tuple(map(int, TRITON_TRTLLM_IMAGES[DEFAULT_TRITON_IMAGE][1].split("."))) == newest
+    assert newest[:2] == SUPPORTED_TRTLLM_LINE
+
+
+@pytest.mark.parametrize("version", ["1.1.0", "1.0.3.2510", "0.21.0", "1.20.0", "2.2.0", "not installed"])
+def test_other_tensorrt_llm_releases_are_refused_naming_the_default_image(version):
+    with pytest.raises(ManifestError, match=f"TensorRT-LLM {version} here; .* 1.2.x only. Run it in "
+                       f"{DEFAULT_TRITON_IMAGE}"):
+        check_supported_runtime(version)
+
+
+@pytest.mark.parametrize("version", ["1.2.0", "1.2.1", "1.2.0rc2", "1.2.2.post1"])
+def test_every_release_of_the_supported_line_passes(version):
+    check_supported_runtime(version)

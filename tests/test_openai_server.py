@@ -106,10 +106,29 @@ def test_completions_stream_equals_whole_and_logprobs(client):
     assert echoed.choices[0].text == kwargs["prompt"] + whole.choices[0].text
 
 
+def test_sdk_n3_with_a_seed_is_reproducible_and_streams_per_choice(client):
+    kwargs = {"model": "llm", "messages": QUESTION, "n": 3, "seed": 42, "temperature": 1.0, "max_tokens": 12}
+    first = client.chat.completions.create(**kwargs)
+    again = client.chat.completions.create(**kwargs)
+    texts = [c.message.content for c in first.choices]
+    assert [c.index for c in first.choices] == [0, 1, 2] and len(set(texts)) > 1
+    assert [c.message.content for c in again.choices] == texts
+    assert all(c.finish_reason in ("stop", "length") for c in first.choices)
+    assert first.usage.completion_tokens <= 36 and first.usage.completion_tokens > 12  # counted over the choices
+    chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs))
+    streamed = ["".join(c.choices[0].delta.content or "" for c in chunks if c.choices and c.choices[0].index == i)
+                for i in range(3)]
+    assert streamed == texts and chunks[-1].usage == first.usage
+    ends = [c.choices[0] for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert sorted(e.index for e in ends) == [0, 1, 2]  # one finish chunk per choice
+    whole = client.completions.create(model="llm", prompt="The sea is", n=2, seed=3, temperature=1.0, max_tokens=6)
+    assert [c.index for c in whole.choices] == [0, 1] and whole.choices[0].text != whole.choices[1].text
+
+
 BAD = [
     ("chat", {"temperature": 5}, "temperature"),
     ("chat", {"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
-    ("chat", {"n": 2}, "n"),
+    ("chat", {"n": 0}, "n"),
     ("chat", {"stop": 5}, "stop"),
     ("chat", {"top_logprobs": 3}, "top_logprobs"),
     ("chat", {"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
@@ -147,7 +166,7 @@ def test_unknown_model_is_404_and_models_lists_llm(client, api):
 def test_metrics_count_requests_by_route_and_status(client, api):
     client.chat.completions.create(model="llm", messages=QUESTION, max_tokens=2)
     with pytest.raises(openai.BadRequestError):
-        client.chat.completions.create(model="llm", messages=QUESTION, n=3)
+        client.chat.completions.create(model="llm", messages=QUESTION, n=0)
     url = f"{api}/metrics"
     assert metric(url, "openai_requests_total", route="/v1/chat/completions", status="200") >= 1
     assert metric(url, "openai_requests_total", route="/v1/chat/completions", status="400") >= 1

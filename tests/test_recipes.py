@@ -155,3 +155,38 @@ def test_no_recipe_targets_volta():
     raw["min_compute_capability"] = "7.0"
     with pytest.raises(RecipeError, match="min_compute_capability: TensorRT-LLM 1.2 needs compute capability >= 8.0"):
         recipe_from_dict(raw)
+
+
+# issue 21 item 5, checked against TensorRT-LLM's support matrix (Ampere is the oldest architecture listed; FP8 from
+# Ada SM89) and ModelOpt's (INT8 SmoothQuant and INT4 AWQ: Ampere and later): see docs/tensorrt-llm.md
+MIN_CC = {"fp16": (8, 0), "bf16": (8, 0), "int8_wo": (8, 0), "int8_sq": (8, 0), "int8_sq_selective": (8, 0),
+          "int4_awq": (8, 0), "fp8": (8, 9), "fp8_selective": (8, 9)}
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_minimum_compute_capability_per_recipe_follows_the_support_matrices(name):
+    assert load_recipe(name).min_compute_capability == MIN_CC[name]
+
+
+def test_a_real_build_under_another_tensorrt_llm_warns_that_the_server_will_refuse_it(tmp_path, monkeypatch, capsys):
+    import json
+    import types
+
+    from build_engines import cli
+    from build_engines.checks import HardwareFacts
+
+    ck = tmp_path / "hf"
+    ck.mkdir()
+    (ck / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "hidden_size": 512, "num_hidden_layers": 2, "num_attention_heads": 8,
+        "num_key_value_heads": 8, "intermediate_size": 1024, "vocab_size": 1000, "max_position_embeddings": 4096}))
+    monkeypatch.setattr(cli, "detect_hardware", lambda: HardwareFacts(1, 80 * 1024**3, (9, 0), "NVIDIA H100"))
+    monkeypatch.setattr(cli, "run_plan", lambda *a, **k: types.SimpleNamespace(
+        tensorrt_version="10.13.3.9", tensorrt_llm_version="1.1.0", gpu_name="H100", compute_capability="9.0"))
+    for version, warned in (("1.1.0", True), ("1.2.1", False)):
+        monkeypatch.setattr(cli, "running_versions", lambda v=version: ("10.14.1.48", v))
+        assert cli.main(["build", "--checkpoint", str(ck), "--recipe", "fp16", "--output", str(tmp_path / "o"),
+                         "--trtllm-examples", "/opt/TensorRT-LLM/examples"]) == 0
+        err = capsys.readouterr().err
+        assert ("# warning: TensorRT-LLM 1.1.0 here; llmserve's TensorRT-LLM path is written for 1.2.x only" in err
+                ) is warned and ("the server will refuse this engine" in err) is warned

@@ -83,3 +83,20 @@ def test_indivisible_heads_refused():
     with pytest.raises(ValueError, match="num_attention_heads"):
         check_shardable(args, 2)
     check_shardable(args, 3)
+
+
+def test_the_step_channel_packs_what_the_workers_rebuild():
+    """Workers rebuild rank 0's step from the packed buffer: the same tokens, cache slots and block tables
+    (padded with 0 as rank 0's attention metadata pads them), so they address their caches only through rank 0's
+    block manager."""
+    from llmserve.engine.graph_inputs import StepInputs
+    from llmserve.engine.parallel.step_broadcast import HEADER, StepChannel
+
+    step = StepInputs(ids=[5, 6, 7, 8], positions=[0, 1, 2, 9], slots=[40, 41, 42, 13], query_lens=[3, 1],
+                      context_lens=[3, 10], tables=[[10], [2, 3, 7]], sample_rows=[2, 3])
+    channel = StepChannel(None, max_tokens=8, max_seqs=4, max_width=4)
+    kind, T, B, S, W, n, number, _ = HEADER.unpack(channel.pack(step))
+    assert (T, B, S, W, number) == (4, 2, 2, 3, 1) and n == 3 * T + 2 * B + S + B * W
+    got = channel.unpack(T, B, S, W)
+    assert got == StepInputs(step.ids, step.positions, step.slots, step.query_lens, step.context_lens,
+                             [[10, 0, 0], [2, 3, 7]], step.sample_rows)

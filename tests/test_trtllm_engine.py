@@ -76,16 +76,15 @@ def test_executor_is_built_like_nvidias_model_py(engine_dir):
 def test_every_sampling_field_is_mapped(engine_dir):
     e = make(engine_dir)
     e.add_request(req("a", temperature=0.7, top_k=40, top_p=0.9, min_p=0.05, repetition_penalty=1.1,
-                      presence_penalty=0.5, frequency_penalty=0.25, seed=1234, min_tokens=3, stop_token_ids=[13],
-                      logprobs=0, max_tokens=20))
+                      presence_penalty=0.5, frequency_penalty=0.25, seed=1234, min_tokens=3, logprobs=0,
+                      max_tokens=20, eos=frozenset({2})))
     r = e.executor.requests[1]
     s = r.sampling_config
     assert (s.beam_width, s.temperature, s.top_k, s.top_p, s.min_p) == (1, 0.7, 40, 0.9, 0.05)
     assert (s.repetition_penalty, s.presence_penalty, s.frequency_penalty) == (1.1, 0.5, 0.25)
     assert (s.seed, s.min_tokens, s.length_penalty) == (1234, 3, None)
     assert (r.input_token_ids, r.max_tokens, r.streaming) == ([5, 6, 7], 20, True)
-    # one end_id; with min_tokens the other EOS ids and stop ids are watched by the adapter (see item 6 tests)
-    assert r.end_id == 2 and r.stop_words is None
+    assert r.end_id == 2 and r.stop_words is None  # min_tokens holds back end_id only: see the item 6 tests
     assert r.output_config.return_log_probs is True and r.output_config.exclude_input_from_output is True
 
 
@@ -139,7 +138,7 @@ def test_stop_token_id_stops_and_is_stripped_like_the_pytorch_engine(engine_dir)
 
 def test_min_tokens_reaches_the_executor(engine_dir):
     e = make(engine_dir)
-    e.add_request(req("a", min_tokens=3, max_tokens=10))
+    e.add_request(req("a", min_tokens=3, max_tokens=10, eos=frozenset({2})))
     e.executor.token_fn = lambda prompt, gen: 2  # always EOS: only min_tokens holds it back
     seen = run(e)
     assert sum(len(o.new_token_ids) for o in seen["a"]) == 3 and seen["a"][-1].finish_reason == "stop"
@@ -256,6 +255,12 @@ def test_manifest_mismatch_refuses_to_load_and_names_the_rebuild_command(engine_
     assert problem in str(exc.value) and str(exc.value).endswith(REBUILD)
 
 
+def test_a_tensorrt_llm_outside_the_supported_line_is_refused_before_the_manifest(engine_dir):
+    with pytest.raises(EngineError, match=r"TensorRT-LLM 1\.1\.0 here; .* written for 1\.2\.x only. Run it in "
+                       r"nvcr.io/nvidia/tritonserver:26\.07-trtllm-python-py3"):
+        make(engine_dir, runtime=RuntimeInfo("10.13.3.9", "1.1.0", (9, 0)))  # what 25.12's image ships
+
+
 def test_no_manifest_no_engine(tmp_path):
     with pytest.raises(EngineError, match="no build_manifest.json .*python -m build_engines build"):
         make(tmp_path)
@@ -368,7 +373,7 @@ def test_world_size_mismatch_is_refused_at_construction(tmp_path, monkeypatch):
     assert make(tmp_path).is_leader
 
 
-# -- issue 21 item 6: min_tokens with ignore_eos, and stop ids held back until min_tokens --------------------------
+# -- issue 21 item 6: min_tokens with ignore_eos (more in tests/test_trtllm_min_tokens.py) -------------------------
 
 def test_min_tokens_with_ignore_eos_does_not_reach_the_penalty_kernel(engine_dir):
     e = make(engine_dir)
@@ -381,18 +386,6 @@ def test_min_tokens_with_ignore_eos_does_not_reach_the_penalty_kernel(engine_dir
         ex.enqueue_request(tle.Request([1], 5, streaming=True, end_id=-1, sampling_config=tle.SamplingConfig(
             min_tokens=2)))
         ex.await_responses(timeout=datetime.timedelta(milliseconds=1))
-
-
-def test_extra_eos_and_stop_ids_do_not_end_the_answer_before_min_tokens(engine_dir):
-    e = make(engine_dir)
-    e.add_request(req("a", min_tokens=3, stop_token_ids=[13], max_tokens=10))
-    r = e.executor.requests[1]
-    assert r.end_id == 2 and r.stop_words is None and r.sampling_config.min_tokens == 3
-    e.executor.token_fn = lambda prompt, gen: [128009, 13, 100, 13, 100][len(gen)]  # 2nd EOS, stop id early
-    seen = run(e)
-    out = [t for o in seen["a"] for t in o.new_token_ids]
-    assert out == [128009, 13, 100] and seen["a"][-1].finish_reason == "stop"  # stopped at the 2nd 13, stripped
-    assert not e.has_work() and e.step() == [] and e.executor._active == {}
 
 
 def test_without_min_tokens_stop_ids_stay_with_the_executor(engine_dir):

@@ -65,7 +65,8 @@ class TokenLogprob:
 
 @dataclass
 class EngineOutput:
-    """New tokens of one request since the last output. `finish_reason` set means this is its last."""
+    """New tokens of one choice of a request (`index`, below `params.n`) since its last output. `finish_reason`
+    set means this is that choice's last."""
 
     request_id: str
     new_token_ids: list[int]
@@ -74,6 +75,7 @@ class EngineOutput:
     error: EngineError | None = None
     num_prompt_tokens: int = 0
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
+    index: int = 0  # the choice
 
 
 @dataclass
@@ -120,10 +122,11 @@ class Engine(Protocol):
     def add_request(self, request: EngineRequest) -> None: ...
 
     def abort(self, request_id: str) -> None:
-        """Stops a request; its final output (finish_reason "abort") comes from a later `step`."""
+        """Stops every choice of a request; a final output (finish_reason "abort") comes from a later `step`."""
 
-    def finish(self, request_id: str) -> None:
-        """Ends a request early (a stop string matched on text), freeing its resources; no output follows."""
+    def finish(self, request_id: str, index: int | None = None) -> None:
+        """Ends a request's choice `index` (None: all of them) early, say on a stop string matched on text,
+        freeing its resources; no output of it follows."""
 
     def has_work(self) -> bool: ...
 

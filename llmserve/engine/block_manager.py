@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 
-from llmserve.engine.sequence import Sequence
+from llmserve.engine.sequence import Sequence, Status
 
 
 def block_hash(parent: bytes, tokens: list[int]) -> bytes:
@@ -61,8 +61,10 @@ class BlockManager:
         from. Returns False (allocating nothing) when the free blocks do not suffice.
         """
         assert not seq.block_table
-        reusable: list[int] = []
-        if self.enable_prefix_caching:
+        reusable = self.leader_blocks(seq)
+        shared = bool(reusable)  # its group's blocks: no cache lookup, and no cache hit counted
+        chain = self._chain(seq, len(reusable)) if shared and self.enable_prefix_caching else []
+        if not shared and self.enable_prefix_caching:
             full = (len(seq.tokens) - 1) // self.block_size
             self.query_blocks += full
             chain = self._chain(seq, full)
@@ -81,13 +83,30 @@ class BlockManager:
             if self.ref_count[block] == 0:
                 del self.free[block]
             self.ref_count[block] += 1
-        self.hit_blocks += len(reusable)
+        if not shared:
+            self.hit_blocks += len(reusable)
         seq.block_table = reusable + [self._take_free() for _ in range(new_needed)]
         seq.num_computed_tokens = cached_tokens
         seq.num_cached_tokens = cached_tokens
         seq.num_hashed_blocks = len(reusable)
         seq.block_hashes = chain[:len(reusable)] if reusable else []
         return True
+
+    def shared_prompt_blocks(self, seq: Sequence) -> int:
+        """The full blocks of a prompt that its n choices share: all but the block holding the last prompt token,
+        which each choice computes itself (it is where each one's own tokens go next)."""
+        return (seq.num_prompt_tokens - 1) // self.block_size
+
+    def leader_blocks(self, seq: Sequence) -> list[int]:
+        """The computed prompt blocks of the choice `seq` follows (n > 1), whether or not prefix caching is on;
+        none when that choice does not hold them now (preempted or ended: `seq` then computes its prompt)."""
+        leader = seq.leader
+        if leader is None or leader.status is not Status.RUNNING:
+            return []
+        shared = self.shared_prompt_blocks(leader)
+        if leader.num_computed_tokens < shared * self.block_size:
+            return []
+        return leader.block_table[:shared]
 
     def can_grow(self, seq: Sequence, num_tokens: int) -> bool:
         return self.blocks_needed(num_tokens) - len(seq.block_table) <= self.num_free

@@ -20,6 +20,20 @@ from typing import Any
 MANIFEST_NAME = "build_manifest.json"
 FORMAT_VERSION = 1
 
+# The one place that says which TensorRT-LLM this project is written against (recipes, engine adapter, contract
+# double) and which NGC images ship it; docker-compose.yml and deploy/triton/Dockerfile default to
+# DEFAULT_TRITON_IMAGE (tests/test_deploy_files.py keeps them equal). Read from the trtllm-python-py3 table of
+# triton-inference-server/server docs/introduction/compatibility.md @0f963c9a8c6913aa4cd9b57ee04f9c2b76ee8d2a.
+SUPPORTED_TRTLLM_LINE = (1, 2)
+TRITON_TRTLLM_IMAGES: dict[str, tuple[str, str]] = {  # image -> (TensorRT, TensorRT-LLM) it ships
+    "nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3": ("10.14.1.48", "1.2.1"),
+    "nvcr.io/nvidia/tritonserver:26.06-trtllm-python-py3": ("10.14.1.48", "1.2.1"),
+    "nvcr.io/nvidia/tritonserver:26.05-trtllm-python-py3": ("10.14.1.48", "1.2.1"),
+    "nvcr.io/nvidia/tritonserver:26.04-trtllm-python-py3": ("10.14.1.48", "1.2.1"),
+    "nvcr.io/nvidia/tritonserver:26.03-trtllm-python-py3": ("10.14.1.48", "1.2.0"),
+}
+DEFAULT_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3"
+
 
 class ManifestError(RuntimeError):
     """The engine cannot be used as built. The message names the rebuild command."""
@@ -114,6 +128,22 @@ def running_versions() -> tuple[str, str]:
     """
     trt = _version("tensorrt", ("tensorrt", "tensorrt-cu13", "tensorrt-cu12"), import_first=True)
     return trt, _version("tensorrt_llm", ("tensorrt_llm", "tensorrt-llm"), import_first=False)
+
+
+def _release_line(version: str) -> tuple[int, ...] | None:
+    parts = version.split(".")[:2]
+    return tuple(int(p) for p in parts) if len(parts) == 2 and all(p.isdigit() for p in parts) else None
+
+
+def check_supported_runtime(running_trtllm_version: str) -> None:
+    """Refuses a TensorRT-LLM outside SUPPORTED_TRTLLM_LINE: the adapter's calls and the recipes' script flags
+    were read from that line's source only, and another release changes both."""
+    if _release_line(running_trtllm_version) != SUPPORTED_TRTLLM_LINE:
+        line = ".".join(map(str, SUPPORTED_TRTLLM_LINE))
+        raise ManifestError(f"TensorRT-LLM {running_trtllm_version} here; llmserve's TensorRT-LLM path is written "
+                            f"for {line}.x only. Run it in {DEFAULT_TRITON_IMAGE} (TensorRT-LLM "
+                            f"{TRITON_TRTLLM_IMAGES[DEFAULT_TRITON_IMAGE][1]}), or another image of "
+                            f"llmserve.engine.manifest.TRITON_TRTLLM_IMAGES")
 
 
 def _cc_str(cc: str | tuple[int, int] | list[int]) -> str:

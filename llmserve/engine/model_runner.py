@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from llmserve import kernels
 from llmserve.config import ConfigError, ServingConfig, switch
 from llmserve.engine.api import TokenLogprob
 from llmserve.engine.graph_inputs import StepInputs, TableRows, pinned_int32
+from llmserve.engine.parallel.group import RankGroup
 from llmserve.engine.prefill_graphs import PrefillGraphs
 from llmserve.engine.sampler import SamplingBatch, is_plain_greedy, sample
 from llmserve.engine.scheduler import ScheduledBatch
@@ -88,14 +90,21 @@ def graph_batch_sizes(max_batch_size: int) -> list[int]:
 
 
 class ModelRunner:
-    def __init__(self, cfg: ServingConfig, checkpoint_dir: Path):
+    def __init__(self, cfg: ServingConfig, checkpoint_dir: Path, tp: RankGroup | None = None):
+        """tp: this process's rank of a tensor-parallel group (llmserve/engine/parallel): the model is its shard,
+        the KV cache holds its heads, and rank 0 sends each eager step to the other ranks. CUDA graphs and
+        async launches are off there for now (every rank would need to replay and chain in step)."""
         self.cfg = cfg
-        self.device = pick_device(cfg.device)
+        self.tp = tp
+        self.device = tp.device if tp is not None else pick_device(cfg.device)
         self.dtype = pick_dtype(cfg.pytorch.dtype, self.device)
         self.kernel_mode = kernels.mode_from_env()
-        self.model = load_model(checkpoint_dir, self.dtype, self.device, self.kernel_mode)
+        self.model = load_model(checkpoint_dir, self.dtype, self.device, self.kernel_mode,
+                                prepare=tp.shard if tp is not None else None)
         args = self.model.args
         self.max_model_len = cfg.max_model_len or args.max_position_embeddings
+        if tp is not None:
+            tp.open(self.max_model_len)
         check_served_context(args, self.max_model_len)  # a sliding window must not cut the context
         self.model.init_rope(self.max_model_len, self.device)
         self.block_size = cfg.cache.kv_block_size
@@ -104,7 +113,7 @@ class ModelRunner:
         self.pdl = self.fast and cfg.pytorch.cuda_graphs and use_pdl(cfg.pytorch.pdl, self.device)
         # One extra block on the fast path: the scratch block for padding rows of a CUDA graph.
         self._extra_blocks = 1 if self.fast else 0
-        self.num_blocks = self._num_kv_blocks()
+        self.num_blocks = self._num_kv_blocks() if tp is None else tp.agree_blocks(self._num_kv_blocks())
         self.kv_cache = torch.zeros(args.num_layers, 2, self.num_blocks + self._extra_blocks, self.block_size,
                                     args.num_kv_heads, args.head_dim, dtype=self.kv_dtype, device=self.device)
         self.group = args.num_heads // args.num_kv_heads
@@ -115,7 +124,7 @@ class ModelRunner:
         self.last_launch_split_ms: tuple[float, float, float] | None = None  # a graph step's inputs/replay/logits
         if self.fast and self.device.type == "cuda":
             self._warmup()
-        if self.fast and cfg.pytorch.cuda_graphs:
+        if self.fast and cfg.pytorch.cuda_graphs and tp is None:
             self.capture_graphs()
 
     def _kv_block_bytes(self) -> int:
@@ -165,9 +174,8 @@ class ModelRunner:
             logits = self._prefill_graphs.run(step)
             self.last_launch_split_ms = self._prefill_graphs.last_split_ms
         else:
-            input_ids, positions, meta = self._prepare(step)
-            logits = self.model(input_ids, positions, self.kv_cache, meta,
-                                torch.tensor(step.sample_rows, dtype=torch.long, device=self.device))
+            with self.tp.step(step) if self.tp is not None else nullcontext():
+                logits = self.forward(step)
         # Host time to enqueue the step (the step trace's launch_ms): near the step's wall time when the host sets
         # the pace, or when it was held up inside the launch while the GPU worked (docs/performance.md).
         self.last_launch_s = time.perf_counter() - t0
@@ -175,6 +183,23 @@ class ModelRunner:
             return [], []
         assert sampling is not None
         return sample(logits, sampling)
+
+    @torch.inference_mode()
+    def forward(self, step: StepInputs, logits: bool = True) -> torch.Tensor | None:
+        """An eager step: the logits of its sampled rows; logits=False (a tensor-parallel worker) runs the layers
+        only, since rank 0 computes the logits from the same all-reduced hidden state."""
+        input_ids, positions, meta = self._prepare(step)
+        if not logits:
+            self.model.decode_layers(input_ids, positions, self.kv_cache, meta)
+            return None
+        return self.model(input_ids, positions, self.kv_cache, meta,
+                          torch.tensor(step.sample_rows, dtype=torch.long, device=self.device))
+
+    def close(self) -> None:
+        """Frees the KV cache and stops the tensor-parallel workers (if any)."""
+        self.kv_cache = None
+        if self.tp is not None:
+            self.tp.close()
 
     def sampling_rows(self, batch: ScheduledBatch) -> list[Sequence]:
         return [s for s, n in zip(batch.seqs, batch.num_tokens) if s.num_computed_tokens + n == len(s.tokens)]
@@ -290,6 +315,8 @@ class ModelRunner:
 
     def can_launch(self, batch_size: int) -> bool:
         """Whether `launch` takes a decode step of this many rows (CUDA graphs cover it, or no graphs at all)."""
+        if self.tp is not None:
+            return False  # the workers run only the eager steps rank 0 sends them
         return batch_size <= self._graph_max if self._graphs else True
 
     @torch.inference_mode()

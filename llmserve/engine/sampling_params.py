@@ -17,6 +17,7 @@ MAX_STOP_STRINGS = 16
 MAX_STOP_STRING_CHARS = 256
 MAX_LOGPROBS = 20
 MAX_SEED = 2**63 - 1
+MAX_N = 128  # OpenAI's limit on `n`
 
 
 class InvalidRequest(ValueError):
@@ -48,6 +49,7 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None  # None: off; 0: sampled token only; n: plus top-n alternatives
     skip_special_tokens: bool = True
+    n: int = 1  # choices: sequences sampled from one prompt, which is computed once
 
     @property
     def greedy(self) -> bool:
@@ -146,10 +148,11 @@ ALIASES = {
     "max_new_tokens": "max_tokens",
     "runtime_top_k": "top_k",
     "runtime_top_p": "top_p",
+    "num_return_sequences": "n",  # TensorRT-LLM's name
 }
 # Keys that clients send that do not change generation for a single sequence.
-IGNORED_KEYS = {"n", "best_of", "lora_name", "beam_width", "num_return_sequences", "end_id", "pad_id",
-                "use_beam_search", "length_penalty", "detokenize"}
+IGNORED_KEYS = {"best_of", "lora_name", "beam_width", "end_id", "pad_id", "use_beam_search", "length_penalty",
+                "detokenize"}
 
 _CONVERTERS = {
     "max_tokens": _as_int,
@@ -167,6 +170,7 @@ _CONVERTERS = {
     "ignore_eos": _as_bool,
     "logprobs": _as_int,
     "skip_special_tokens": _as_bool,
+    "n": _as_int,
 }
 KNOWN_KEYS = set(_CONVERTERS) | set(ALIASES) | IGNORED_KEYS
 
@@ -200,10 +204,12 @@ def parse_sampling_params(raw: dict[str, Any], defaults: SamplingParams | None =
 
 
 def _check_ignored(name: str, value: Any) -> None:
-    # Refuse what we would otherwise get wrong silently: several sequences or beams per request.
-    if name in ("n", "best_of", "beam_width", "num_return_sequences") and value is not None:
-        if _as_int(name, value) != 1:
-            raise InvalidRequest(name, "only 1 is supported (one sequence per request, no beam search)")
+    # Refuse what we would otherwise get wrong silently: server-side ranking of candidates, or beams.
+    if name == "best_of" and value is not None and _as_int(name, value) != 1:
+        raise InvalidRequest(name, "only 1 is supported (no server-side ranking of candidates); use n for "
+                             "several answers")
+    if name == "beam_width" and value is not None and _as_int(name, value) != 1:
+        raise InvalidRequest(name, "only 1 is supported (beam search is not supported)")
     if name == "use_beam_search" and value is not None and _as_bool(name, value):
         raise InvalidRequest(name, "beam search is not supported")
 
@@ -213,6 +219,7 @@ def validate(p: SamplingParams, vocab_size: int | None = None, max_model_len: in
         if not ok:
             raise InvalidRequest(name, reason)
 
+    check(1 <= p.n <= MAX_N, "n", f"must be in [1, {MAX_N}], got {p.n}")
     check(p.max_tokens >= 1, "max_tokens", f"must be >= 1, got {p.max_tokens}")
     if max_model_len is not None:
         check(p.max_tokens <= max_model_len, "max_tokens", f"must be <= {max_model_len} (the model context)")

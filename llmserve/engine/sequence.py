@@ -36,6 +36,9 @@ class Sequence:
     # scheduling): they count as computed inputs of the next step, never as output.
     num_pending: int = 0
     plain_greedy: bool = False  # argmax alone picks its tokens: it may run in a launched (async) step
+    index: int = 0  # the choice of its request (params.n > 1)
+    # Choices 1..n-1: the choice 0 whose computed prompt blocks they share (block_manager.allocate_prompt).
+    leader: Sequence | None = None
 
     @property
     def at_limit(self) -> bool:
@@ -45,6 +48,11 @@ class Sequence:
     @property
     def request_id(self) -> str:
         return self.request.request_id
+
+    @property
+    def key(self) -> str | tuple[str, int]:
+        """Its key among the engine's sequences: choice 0 keeps the request id (what n = 1 callers look up)."""
+        return self.request.request_id if self.index == 0 else (self.request.request_id, self.index)
 
     @property
     def num_output_tokens(self) -> int:

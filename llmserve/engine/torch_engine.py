@@ -27,8 +27,10 @@ from llmserve.engine.api import (
     PromptLimits,
 )
 from llmserve.engine.block_manager import BlockManager
-from llmserve.engine.model_runner import Launched, ModelRunner
+from llmserve.engine.model_runner import Launched
 from llmserve.engine.observer import NoObserver, StepObserver
+from llmserve.engine.parallel.group import RankLost
+from llmserve.engine.parallel.workers import build_runner
 from llmserve.engine.sampler import SamplingBatch, plain_greedy_params
 from llmserve.engine.sampling_params import InvalidRequest
 from llmserve.engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
@@ -56,14 +58,16 @@ class TorchEngine:
     def __init__(self, cfg: ServingConfig, checkpoint_dir: Path, observer: StepObserver | None = None):
         self.cfg = cfg
         _check_host_memory(cfg)
-        self.runner = ModelRunner(cfg, checkpoint_dir)
+        self.runner = build_runner(cfg, checkpoint_dir)  # with tensor_parallel_size > 1: rank 0, workers started
         self.vocab_size = self.runner.model.args.vocab_size
         self.max_model_len = self.runner.max_model_len
         self.blocks = BlockManager(self.runner.num_blocks, cfg.cache.kv_block_size, cfg.cache.enable_prefix_caching)
         b = cfg.batching
         self.scheduler = Scheduler(SchedulerConfig(b.max_batch_size, b.max_num_tokens, b.max_queue_delay_us / 1e6,
                                                    b.queue_delay_gap_us / 1e6), self.blocks)
-        self.seqs: dict[str, Sequence] = {}
+        self.seqs: dict[str | tuple[str, int], Sequence] = {}  # Sequence.key -> the sequence
+        self.groups: dict[str, list[Sequence]] = {}  # request id -> its choices still running
+        self._held: list[Sequence] = []  # choices 1..n-1 waiting for choice 0 to compute the shared prompt
         self._aborted: list[Sequence] = []
         self._steps = 0
         self._launched: Launched | None = None
@@ -80,7 +84,7 @@ class TorchEngine:
     def add_request(self, request: EngineRequest) -> None:
         n = len(request.prompt_token_ids)
         self.prompt_limits.check(n)
-        if request.request_id in self.seqs:
+        if request.request_id in self.groups:
             raise InvalidRequest("request_id", f"{request.request_id!r} is already in flight")
         if len(self.scheduler.waiting) >= self.cfg.batching.max_queue_size:
             raise Overloaded(f"the queue holds {len(self.scheduler.waiting)} waiting requests "
@@ -89,37 +93,80 @@ class TorchEngine:
         if queued_tokens + n > self.cfg.batching.max_queued_tokens:
             raise Overloaded(f"{queued_tokens} prompt tokens are waiting (max_queued_tokens "
                              f"{self.cfg.batching.max_queued_tokens}); retry later")
-        p = request.params
+        leader = self._new_sequence(request, 0, None)
+        group = [leader] + [self._new_sequence(request, i, leader) for i in range(1, request.params.n)]
+        self.groups[request.request_id] = group
+        for seq in group:
+            self.seqs[seq.key] = seq
+        # Choices 1..n-1 wait until choice 0 has computed the prompt's full blocks, then share them (n > 1).
+        shares = self.blocks.shared_prompt_blocks(leader) > 0
+        for seq in group:
+            if seq is leader or not shares:
+                self.scheduler.add(seq)
+            else:
+                self._held.append(seq)
+
+    def _new_sequence(self, request: EngineRequest, index: int, leader: Sequence | None) -> Sequence:
+        p, n = request.params, len(request.prompt_token_ids)
         generator = None
         if p.seed is not None and not p.greedy:
+            # Choice i draws from seed + i, as vLLM's n does (vllm/v1/engine/parallel_sampling.py).
             generator = torch.Generator(device=self.runner.device)
-            generator.manual_seed(p.seed)
-        seq = Sequence(request=request, tokens=list(request.prompt_token_ids), num_prompt_tokens=n,
-                       max_total_tokens=min(n + p.max_tokens, self.max_model_len), generator=generator,
-                       plain_greedy=plain_greedy_params(p) and p.min_tokens == 0)
-        self.seqs[request.request_id] = seq
-        self.scheduler.add(seq)
+            generator.manual_seed(p.seed + index)
+        return Sequence(request=request, tokens=list(request.prompt_token_ids), num_prompt_tokens=n,
+                        max_total_tokens=min(n + p.max_tokens, self.max_model_len), generator=generator,
+                        plain_greedy=plain_greedy_params(p) and p.min_tokens == 0, index=index, leader=leader)
 
     def abort(self, request_id: str) -> None:
-        seq = self.seqs.get(request_id)
-        if seq is not None and seq not in self._aborted:
-            self._aborted.append(seq)
+        for seq in self.groups.get(request_id, ()):
+            if seq not in self._aborted:
+                self._aborted.append(seq)
 
-    def finish(self, request_id: str) -> None:
-        seq = self.seqs.pop(request_id, None)
-        if seq is not None:
-            self.scheduler.remove(seq)
+    def finish(self, request_id: str, index: int | None = None) -> None:
+        for seq in list(self.groups.get(request_id, ())):
+            if index is None or seq.index == index:
+                self._forget(seq)
+
+    def _forget(self, seq: Sequence) -> None:
+        """Drops a sequence that ends, freeing its blocks (shared prompt blocks stay while a sibling holds them)."""
+        self.seqs.pop(seq.key, None)
+        group = self.groups.get(seq.request_id, [])
+        if seq in group:
+            group.remove(seq)
+        if not group:
+            self.groups.pop(seq.request_id, None)
+        if seq in self._held:
+            self._held.remove(seq)
+        self.scheduler.remove(seq)
+
+    def _release_followers(self) -> None:
+        """Queues, at the front, the held choices whose choice 0 has computed the shared prompt blocks (or ended)."""
+        ready = [s for s in self._held if s.leader.status is Status.FINISHED
+                 or s.leader.num_computed_tokens >= self.blocks.shared_prompt_blocks(s) * self.blocks.block_size]
+        if ready:
+            self._held = [s for s in self._held if s not in ready]
+            self.scheduler.waiting.extendleft(reversed(ready))
 
     def has_work(self) -> bool:
-        return bool(self._aborted) or self._launched is not None or self.scheduler.has_work()
+        return (bool(self._aborted) or bool(self._held) or self._launched is not None
+                or self.scheduler.has_work() or self._ranks_lost())
+
+    def _ranks_lost(self) -> bool:
+        """A lost tensor-parallel rank counts as work: the next step raises it, so the service fails every request
+        and reports the engine unhealthy even while idle."""
+        return self.runner.tp is not None and self.runner.tp.lost is not None
 
     def next_wakeup(self) -> float:
         return self.scheduler.next_wakeup()
 
     # -- the step ----------------------------------------------------------------------------------------
     def step(self) -> list[EngineOutput]:
-        outputs = [self._end(seq, FinishReason.ABORT) for seq in self._aborted if self.seqs.get(seq.request_id) is seq]
+        if self.runner.tp is not None:
+            self.runner.tp.check()  # RankLost escapes: no request can be served any more
+        outputs = [self._end(seq, FinishReason.ABORT) for seq in self._aborted if self.seqs.get(seq.key) is seq]
         self._aborted.clear()
+        if self._held:
+            self._release_followers()
         launched, self._launched = self._launched, None
         if launched is not None and self._can_chain():
             # Queue the next step first, then read this one: the GPU never waits for the host.
@@ -142,6 +189,8 @@ class TorchEngine:
         try:
             tokens, logprobs = self._run(batch, sampling)
             self.observer.eager_step(batch, t0, self.scheduler, self.runner)
+        except RankLost:
+            raise  # not one sequence's fault: the service fails them all and marks the engine unhealthy
         except Exception:  # noqa: BLE001 - find the culprits, fail only them; the engine keeps serving
             log.exception("engine step failed; re-running its %d sequences one by one", len(batch.seqs))
             return outputs + self._isolate_failure(batch)
@@ -178,7 +227,7 @@ class TorchEngine:
     def _complete(self, launched: Launched) -> list[EngineOutput]:
         outputs = []
         for seq, token in zip(launched.seqs, launched.tokens()):
-            if self.seqs.get(seq.request_id) is not seq:  # ended meanwhile: its token is thrown away
+            if self.seqs.get(seq.key) is not seq:  # ended meanwhile: its token is thrown away
                 continue
             out = self._accept(seq, token, None)
             if out is not None:
@@ -252,14 +301,13 @@ class TorchEngine:
         seq.num_emitted += len(new)
         lps, seq.pending_logprobs = seq.pending_logprobs, []
         return EngineOutput(seq.request_id, new, finish_reason, lps if seq.request.params.logprobs is not None
-                            else None, error, seq.num_prompt_tokens, seq.num_cached_tokens)
+                            else None, error, seq.num_prompt_tokens, seq.num_cached_tokens, seq.index)
 
     def _end(self, seq: Sequence, reason: FinishReason, error: EngineError | None = None) -> EngineOutput:
         if seq.num_pending:  # tokens still on their way are not part of the answer
             self._drop_from(seq, len(seq.tokens) - seq.num_pending)
         out = self._emit(seq, reason, error)
-        self.seqs.pop(seq.request_id, None)
-        self.scheduler.remove(seq)
+        self._forget(seq)
         return out
 
     def stats(self) -> EngineStats:
@@ -272,4 +320,4 @@ class TorchEngine:
 
     def shutdown(self) -> None:
         self.observer.close()
-        self.runner.kv_cache = None
+        self.runner.close()

@@ -33,6 +33,7 @@ from llmserve.engine.api import (
 from llmserve.engine.manifest import (
     ManifestError,
     check_manifest,
+    check_supported_runtime,
     paged_context_fmha,
     read_manifest,
     running_versions,
@@ -68,9 +69,6 @@ class _Live:
     end_id: int
     silent: bool = False  # finish() was called: drop whatever still arrives
     pending: list[int] = field(default_factory=list)
-    min_tokens: int = 0
-    own_stops: frozenset[int] = frozenset()  # stop ids we watch ourselves (min_tokens > 0), see _stop_plan
-    n_out: int = 0  # tokens returned so far
 
 
 # Words in the bindings' assertion texts (requestImpl.h validate, samplingConfig.cpp check*) -> our field names.
@@ -78,6 +76,24 @@ _FIELDS = (("mInputTokenIds", "text_input"), ("mMaxNewTokens", "max_tokens"), ("
            ("topK", "top_k"), ("topPMin", "top_p"), ("topP", "top_p"), ("temperature", "temperature"),
            ("minTokens", "min_tokens"), ("repetitionpenalty", "repetition_penalty"), ("minP", "min_p"),
            ("numReturnSequences", "n"), ("endId", "stop_token_ids"))
+
+
+def _held_back_end_id(eos: list[int], stop_token_ids: Any) -> int:
+    """The one id min_tokens can hold back, sent as end_id; -1 when there is none to hold back.
+
+    The executor's min-length penalty masks only logits[end_id] (penaltyKernels.cu batchApplyPenalty), a
+    single-token stop word ends the request whatever min_tokens says (stopCriteriaKernels.cu
+    stopWordsCriterion), and a single-token bad word is banned for the whole answer (banBadWords.cu): none
+    holds a second id back until min_tokens only, so two or more are refused rather than answered differently.
+    """
+    held = sorted(set(eos) | set(stop_token_ids))
+    if len(held) > 1:
+        raise InvalidRequest("min_tokens", f"min_tokens > 0 needs every stop id held back until min_tokens, and "
+                             f"the TensorRT-LLM engine can hold back only one; this request has {len(held)} "
+                             f"({held}: the tokenizer's EOS ids {eos} and stop_token_ids "
+                             f"{sorted(stop_token_ids)}). Send min_tokens=0, or at most one EOS/stop id "
+                             f"(ignore_eos with one stop_token_id), or use the pytorch engine")
+    return held[0] if held else -1
 
 
 def _invalid_from_bindings(e: Exception) -> InvalidRequest:
@@ -98,6 +114,7 @@ class TrtllmEngine:
         try:
             self.manifest = read_manifest(self.engine_dir)
             rt = runtime or detect_runtime()
+            check_supported_runtime(rt.tensorrt_llm_version)
             check_manifest(self.manifest, rt.tensorrt_version, rt.tensorrt_llm_version, rt.compute_capability)
             if verify_checksums:
                 verify_engine_files(self.manifest, self.engine_dir)
@@ -166,6 +183,11 @@ class TrtllmEngine:
         if request.request_id in self._ids:
             raise EngineError(f"request id {request.request_id!r} is already running", status="INVALID_ARGUMENT")
         p, n_prompt = request.params, len(request.prompt_token_ids)
+        if p.n > 1:
+            # The executor has numReturnSequences, but finish() (a stop string on one choice) could only cancel
+            # all of them (Executor.cancel_request), and nothing here has run against a real Executor.
+            raise InvalidRequest("n", "only 1 is supported on the TensorRT-LLM engine (engine: tensorrtllm); "
+                                 "the pytorch engine serves n > 1")
         if p.logprobs:
             # The executor returns only the sampled token's log-probability (Result.log_probs); refuse rather
             # than answer top-n requests with nothing.
@@ -173,7 +195,6 @@ class TrtllmEngine:
                               "use logprobs=0", status="INVALID_ARGUMENT")
         self.prompt_limits.check(n_prompt)
         end_id, stop_words = self._end_and_stop_ids(request)
-        sent_stops, own_stops = self._stop_plan(p.min_tokens, stop_words)
         try:
             trt_request = self._tle.Request(
                 input_token_ids=list(request.prompt_token_ids),
@@ -182,7 +203,7 @@ class TrtllmEngine:
                 # exclude_input_from_output as model.py sets it; logprobs only for the sampled token
                 output_config=self._tle.OutputConfig(return_log_probs=p.logprobs is not None,
                                                      exclude_input_from_output=True),
-                end_id=end_id, stop_words=[[t] for t in sent_stops] or None)
+                end_id=end_id, stop_words=[[t] for t in stop_words] or None)
         except (RuntimeError, TypeError, ValueError) as e:
             raise _invalid_from_bindings(e) from None
         try:
@@ -193,24 +214,20 @@ class TrtllmEngine:
             raise EngineError(f"TensorRT-LLM refused the request: {e}") from None
         self._ids[request.request_id] = trt_id
         self._live[trt_id] = _Live(request.request_id, n_prompt, p.logprobs is not None,
-                                   frozenset(stop_words) | {end_id}, end_id, min_tokens=p.min_tokens,
-                                   own_stops=frozenset(own_stops))
-
-    @staticmethod
-    def _stop_plan(min_tokens: int, stop_ids: list[int]) -> tuple[list[int], list[int]]:
-        """(stop ids sent as stop_words, stop ids we watch). The executor's min_tokens masks only end_id
-        (penaltyKernels.cu), so with min_tokens a stop word could end the answer early: we watch those ourselves
-        and stop the request once min_tokens are out."""
-        return ([], list(stop_ids)) if min_tokens > 0 else (list(stop_ids), [])
+                                   frozenset(stop_words) | {end_id}, end_id)
 
     @staticmethod
     def _end_and_stop_ids(request: EngineRequest) -> tuple[int, list[int]]:
         """Request takes one end_id; other EOS ids and stop_token_ids become single-token stop_words.
 
-        ignore_eos: end_id -1, as tensorrt_llm/executor/base_worker.py does for the LLM API.
+        ignore_eos: end_id -1, as tensorrt_llm/executor/base_worker.py does for the LLM API. With min_tokens
+        every stop id must be held back until min_tokens (our PyTorch engine bans them all), and the executor
+        holds back only end_id: see _held_back_end_id.
         """
         p = request.params
         eos = [] if p.ignore_eos else sorted(request.eos_token_ids)
+        if p.min_tokens > 0:
+            return _held_back_end_id(eos, p.stop_token_ids), []
         end_id = eos[0] if eos else -1
         stop = sorted((set(eos[1:]) | set(p.stop_token_ids)) - {end_id})
         return end_id, stop
@@ -242,7 +259,7 @@ class TrtllmEngine:
         if trt_id is not None:
             self.executor.cancel_request(trt_id)  # the final response (CANCELLED) comes from a later step
 
-    def finish(self, request_id: str) -> None:
+    def finish(self, request_id: str, index: int | None = None) -> None:  # one choice per request here
         trt_id = self._ids.pop(request_id, None)
         if trt_id is not None and trt_id in self._live:
             self._live[trt_id].silent = True
@@ -294,24 +311,10 @@ class TrtllmEngine:
             # ones; the new tokens' values are the tail.
             lps = list(result.log_probs[0])[-len(tokens):] if tokens else []
             logprobs = [TokenLogprob(t, float(lp)) for t, lp in zip(tokens, lps, strict=False)]
-        if reason is None and state.own_stops:
-            tokens, logprobs, reason = self._own_stop(response.request_id, state, tokens, logprobs)
-        state.n_out += len(tokens)
         if reason is FinishReason.STOP and tokens and tokens[-1] in state.stop_ids:
             tokens = tokens[:-1]  # like our PyTorch engine, the stop token itself is not part of the answer
             logprobs = logprobs[:-1] if logprobs else logprobs
         return EngineOutput(state.request_id, tokens, reason, logprobs, num_prompt_tokens=state.prompt_len)
-
-    def _own_stop(self, trt_id: int, state: _Live, tokens: list[int],
-                  logprobs: list[TokenLogprob] | None) -> tuple[list[int], list[TokenLogprob] | None, Any]:
-        """A watched stop id at or after min_tokens ends the answer here (stop id kept, stripped by the caller)."""
-        for i, t in enumerate(tokens):
-            if t in state.own_stops and state.n_out + i >= state.min_tokens:
-                state.silent = True  # the executor's CANCELLED final is swallowed, as after finish()
-                self._ids.pop(state.request_id, None)
-                self.executor.cancel_request(trt_id)
-                return tokens[:i + 1], logprobs[:i + 1] if logprobs else logprobs, FinishReason.STOP
-        return tokens, logprobs, None
 
     def _finish_reason(self, reason: Any) -> FinishReason:
         fr = self._tle.FinishReason

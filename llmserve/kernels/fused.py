@@ -133,3 +133,95 @@ def silu_mul(x: torch.Tensor, pdl: bool = False) -> torch.Tensor:
     _silu_mul_kernel[(T, triton.cdiv(N, BLOCK))](x, out, x.stride(0), out.stride(0), N, BLOCK=BLOCK, num_warps=4,
                                                  **launch_args(pdl))
     return out
+
+
+# -- the same with the per-token e4m3 quantization of the fp8 linears fused in -------------------------------------
+# Each returns what quant_fp8_per_token (kernels/linear.py) returns for the 16-bit output of the unfused kernel,
+# bit for bit: the row's values are rounded to 16 bits exactly as the unfused kernel stores them, then scaled by
+# the row's amax / 448 with the same float32 operations. One program holds a whole row, so the 16-bit row never
+# goes through memory.
+FP8_MAX = 448.0
+
+
+@triton.jit
+def _store_fp8_row(v, mask, q_ptr, s_ptr, row, stride_q, cols):
+    """v: a row's 16-bit-rounded values in float32 -> e4m3 at q_ptr[row], its scale at s_ptr[row]."""
+    scale = tl.maximum(tl.max(tl.where(mask, tl.abs(v), 0.0), 0), 1e-12) / 448.0
+    q = tl.clamp(v / scale, -448.0, 448.0)
+    tl.store(q_ptr + row * stride_q + cols, q.to(q_ptr.dtype.element_ty), mask=mask)
+    tl.store(s_ptr + row, scale)
+
+
+@triton.jit
+def _rmsnorm_fp8_kernel(x_ptr, res_ptr, w_ptr, q_ptr, s_ptr, stride_x, stride_res, stride_q, N, eps,
+                        HAS_RES: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < N
+    x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
+    if HAS_RES:
+        r = tl.load(res_ptr + row * stride_res + cols, mask=mask, other=0.0)
+        x = (x.to(tl.float32) + r.to(tl.float32)).to(r.dtype)
+        tl.store(res_ptr + row * stride_res + cols, x, mask=mask)
+    xf = x.to(tl.float32)
+    var = tl.sum(xf * xf, axis=0) / N
+    y = (xf * tl.rsqrt(var + eps)).to(x.dtype)
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0)
+    v = (y.to(tl.float32) * w.to(tl.float32)).to(x.dtype).to(tl.float32)
+    _store_fp8_row(v, mask, q_ptr, s_ptr, row, stride_q, cols)
+
+
+def _fp8_out(T: int, N: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.empty(T, N, dtype=torch.float8_e4m3fn, device=device),
+            torch.empty(T, 1, dtype=torch.float32, device=device))
+
+
+def _row_warps(block: int) -> int:
+    return 4 if block <= 4096 else 8 if block <= 8192 else 16
+
+
+def rmsnorm_quant_fp8(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None,
+                      pdl: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """quant_fp8_per_token(rmsnorm(x, weight, eps, residual)) in one launch (`residual` updated alike)."""
+    T, N = x.shape
+    q, s = _fp8_out(T, N, x.device)
+    if T == 0:
+        return q, s
+    res = residual if residual is not None else x
+    block = triton.next_power_of_2(N)
+    _rmsnorm_fp8_kernel[(T,)](x, res, weight, q, s, x.stride(0), res.stride(0), q.stride(0), N, eps,
+                              # rmsnorm's warps: the row's sum of squares then adds up in the same order
+                              HAS_RES=residual is not None, BLOCK=block, num_warps=4, **launch_args(pdl))
+    return q, s
+
+
+@triton.jit
+def _silu_mul_fp8_kernel(x_ptr, q_ptr, s_ptr, stride_x, stride_q, N, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < N
+    g = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
+    u = tl.load(x_ptr + row * stride_x + N + cols, mask=mask, other=0.0)
+    gf = g.to(tl.float32)
+    act = (gf / (1.0 + tl.exp(-gf))).to(g.dtype)
+    v = (act.to(tl.float32) * u.to(tl.float32)).to(g.dtype).to(tl.float32)
+    _store_fp8_row(v, mask, q_ptr, s_ptr, row, stride_q, cols)
+
+
+def silu_mul_quant_fp8(x: torch.Tensor, pdl: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """quant_fp8_per_token(silu_mul(x)) in one launch: x [T, 2N] = [gate | up] -> (e4m3 [T, N], scale [T, 1])."""
+    T, N2 = x.shape
+    N = N2 // 2
+    q, s = _fp8_out(T, N, x.device)
+    if T == 0:
+        return q, s
+    block = triton.next_power_of_2(N)
+    _silu_mul_fp8_kernel[(T,)](x, q, s, x.stride(0), q.stride(0), N, BLOCK=block, num_warps=_row_warps(block),
+                               **launch_args(pdl))
+    return q, s

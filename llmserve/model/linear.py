@@ -10,11 +10,13 @@ Modes:
 - "int8_wo": int8 weights, scale = absmax / 127 per output channel, activations stay bf16/fp16 (weight-only).
   The Triton kernel in llmserve/kernels/linear.py does every M (torch._weight_int8pack_mm is ~10x too slow
   on CUDA).
+- "int4_sym" / "int4_asym": 4-bit weight-only in groups of 32/64/128 along K (llmserve/model/int4.py has the
+  format and `Int4Linear`; the Triton kernels are llmserve/kernels/int4.py).
 - keep_attention_fp16: q/k/v/o projections stay in the model dtype (selective quantization); only the MLP,
   about two thirds of the weights, is quantized.
 The embedding and the lm_head always stay in the model dtype.
 
-On CPU (no Triton) both modes dequantize the weight and run F.linear; fp8 also rounds activations through
+On CPU (no Triton) every mode dequantizes the weight and runs F.linear; fp8 also rounds activations through
 e4m3 per token first, so CPU perplexity tracks what the GPU's `_scaled_mm` path computes.
 
 Which path a layer takes is the model's choice, made at load: every layer with a Triton path holds the model's
@@ -29,38 +31,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmserve.model.int4 import INT4_MODES, Int4AsymLinear, Int4Linear, Int4SymLinear
+from llmserve.model.launch import KernelLayer, Launch, share_launch  # noqa: F401 - Launch, share_launch: re-exported
+
 # The kernel modules import triton, which CPU wheels of torch lack: they are imported where the fast path runs.
 
-MODES = ("fp8", "int8_wo")
+MODES = ("fp8", "int8_wo") + INT4_MODES
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
-
-
-@dataclass
-class Launch:
-    """How a model's layers run; one object, owned by the model and shared by its layers.
-    kernels: the Triton path (chosen at load: llmserve.kernels.usable); pdl: programmatic dependent launch of
-    the linear and fused kernels, on only while the runner captures a small decode graph (LlamaModel.pdl_launches)."""
-
-    kernels: bool = False
-    pdl: bool = False
-
-
-class KernelLayer(nn.Module):
-    """A layer with a Triton path. Alone it has a Launch of its own (the torch path); in a model, the model's."""
-
-    def __init__(self):
-        super().__init__()
-        self.launch = Launch()
-
-
-def share_launch(model: nn.Module, launch: Launch) -> None:
-    """Hands `launch` to `model` and every layer in it that has a Triton path."""
-    for m in model.modules():
-        if isinstance(m, KernelLayer):
-            m.launch = launch
 
 
 class Linear(KernelLayer):
@@ -103,7 +83,7 @@ def quantize_weight(w: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Ten
         scale = amax / FP8_MAX
         q = (wf / scale[:, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8)
     else:
-        raise ValueError(f"quantization mode: expected one of {MODES}, got {mode!r}")
+        raise ValueError(f"per-channel quantization mode: expected int8_wo or fp8, got {mode!r}")
     return q, scale
 
 
@@ -163,6 +143,20 @@ class Int8Linear(QuantLinear):
         return self._fallback(x, gated)
 
 
+@dataclass(frozen=True)
+class Fp8Rows:
+    """Activations already in e4m3 with per-row scales, made by a fused kernel (norm or SiLU-mul) for the
+    Fp8Linear that reads them, so their 16-bit form never goes through memory."""
+
+    q: torch.Tensor  # [M, K] e4m3
+    scale: torch.Tensor  # [M, 1] float32
+    dtype: torch.dtype  # of the 16-bit activations they stand for, and of the linear's output
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.q.shape
+
+
 class Fp8Linear(QuantLinear):
     mode = "fp8"
     # Activations through e4m3 as well (the _scaled_mm path); the batch-1 GEMV keeps them in 16 bits. The CPU
@@ -172,7 +166,18 @@ class Fp8Linear(QuantLinear):
     def __init__(self, in_features: int, out_features: int, bias: bool = False):
         super().__init__(in_features, out_features, bias, FP8)
 
-    def forward(self, x: torch.Tensor, gated: bool = False) -> torch.Tensor:
+    def takes_fp8_rows(self, rows: int) -> bool:
+        """Whether a step of `rows` rows reads its input in e4m3 (the _scaled_mm path): the norm before it may
+        then hand it `Fp8Rows`."""
+        if not self.launch.kernels:
+            return False
+        from llmserve.kernels import linear as klinear
+
+        return rows > klinear.triton_max_m(self.weight)
+
+    def forward(self, x: torch.Tensor | Fp8Rows, gated: bool = False) -> torch.Tensor:
+        if isinstance(x, Fp8Rows):
+            return self._scaled_mm(x.q, x.scale, x.dtype)
         if self.launch.kernels:
             from llmserve.kernels import linear as klinear
 
@@ -180,14 +185,10 @@ class Fp8Linear(QuantLinear):
             if x.shape[0] <= klinear.triton_max_m(self.weight):
                 return klinear.wmm(x, self.weight, self.weight_scale, self.bias, gated=gated, pdl=pdl)
             if gated:
-                from llmserve.kernels.fused import silu_mul
+                from llmserve.kernels.fused import silu_mul_quant_fp8
 
-                x = silu_mul(x, pdl=pdl)
-            xq, xs = klinear.quant_fp8_per_token(x, pdl=pdl)
-            y = torch._scaled_mm(xq, self.weight.t(), scale_a=xs, scale_b=self.weight_scale[None, :],
-                                 out_dtype=torch.bfloat16)
-            y = y.to(x.dtype)
-            return y + self.bias if self.bias is not None else y
+                return self._scaled_mm(*silu_mul_quant_fp8(x, pdl=pdl), x.dtype)
+            return self._scaled_mm(*klinear.quant_fp8_per_token(x, pdl=pdl), x.dtype)
         if gated:
             gate, up = x.chunk(2, dim=-1)
             x = F.silu(gate) * up
@@ -195,8 +196,13 @@ class Fp8Linear(QuantLinear):
             x = fake_quant_fp8_per_token(x)
         return F.linear(x, dequantize(self.weight, self.weight_scale, x.dtype), self.bias)
 
+    def _scaled_mm(self, xq: torch.Tensor, xs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        y = torch._scaled_mm(xq, self.weight.t(), scale_a=xs, scale_b=self.weight_scale[None, :],
+                             out_dtype=torch.bfloat16).to(dtype)
+        return y + self.bias if self.bias is not None else y
 
-MODULES = {"int8_wo": Int8Linear, "fp8": Fp8Linear}
+
+MODULES = {"int8_wo": Int8Linear, "fp8": Fp8Linear, "int4_sym": Int4SymLinear, "int4_asym": Int4AsymLinear}
 
 
 def _targets(model: nn.Module, keep_attention_fp16: bool) -> list[tuple[nn.Module, str]]:
@@ -209,7 +215,8 @@ def _targets(model: nn.Module, keep_attention_fp16: bool) -> list[tuple[nn.Modul
 
 
 def convert_modules_(model: nn.Module, mode: str, keep_attention_fp16: bool = False) -> None:
-    """Swaps the decoder's linears for empty quantized modules (before load_state_dict)."""
+    """Swaps the decoder's linears for empty quantized modules (before load_state_dict; int4 layers take their
+    group size from the scales they load)."""
     cls = MODULES[check_mode(mode)]
     for parent, name in _targets(model, keep_attention_fp16):
         old = getattr(parent, name)
@@ -218,11 +225,19 @@ def convert_modules_(model: nn.Module, mode: str, keep_attention_fp16: bool = Fa
         setattr(parent, name, new)
 
 
-def quantize_model_(model: nn.Module, mode: str, keep_attention_fp16: bool = False) -> None:
-    """Quantizes a loaded model in place, layer by layer (peak memory: the model plus one layer)."""
+def quantize_model_(model: nn.Module, mode: str, keep_attention_fp16: bool = False,
+                    group_size: int | None = None) -> None:
+    """Quantizes a loaded model in place, layer by layer (peak memory: the model plus one layer). group_size:
+    int4 modes only; None: per layer the largest of 128, 64, 32 that divides its inputs (random-weight
+    benchmarks and tests, whose config names no group)."""
     cls = MODULES[check_mode(mode)]
     for parent, name in _targets(model, keep_attention_fp16):
-        setattr(parent, name, cls.from_linear(getattr(parent, name)))
+        old = getattr(parent, name)
+        if issubclass(cls, Int4Linear):
+            group = group_size or next((g for g in (128, 64, 32) if old.in_features % g == 0), 128)
+            setattr(parent, name, cls.from_linear(old, group))
+        else:
+            setattr(parent, name, cls.from_linear(old))
 
 
 def check_mode(mode: str) -> str:

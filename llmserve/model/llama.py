@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +22,10 @@ from torch import nn
 from llmserve import kernels
 from llmserve.errors import ConfigError
 from llmserve.model import attention
+from llmserve.model import linear as qlinear
 from llmserve.model.attention import AttentionMetadata
 from llmserve.model.linear import KernelLayer, Launch, Linear, convert_modules_, quantize_model_, share_launch
-from llmserve.model.weights import cast, hf_to_ours, load_safetensors
+from llmserve.model.weights import cast, check_quantization, hf_to_ours, load_safetensors
 
 MODEL_TYPES = ("llama", "mistral", "qwen2")  # a config.json without model_type (benchmarks, kernel tests) is Llama
 # What rope_cos_sin computes, with the rope_parameters keys each type reads (transformers' modeling_rope_utils).
@@ -185,14 +186,19 @@ class RMSNorm(KernelLayer):
         self.weight = nn.Parameter(torch.ones(dim), requires_grad=False)
         self.eps = eps
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, consumer: nn.Module | None = None
+                ) -> tuple[torch.Tensor | qlinear.Fp8Rows, torch.Tensor]:
         """Returns (norm(x + residual), x + residual); without a residual, (norm(x), x). The fused kernel
-        updates `residual` in place."""
+        updates `residual` in place. When `consumer` (the linear that reads the norm) takes e4m3 rows at this
+        step's size, the norm comes quantized for it (`Fp8Rows`, the same values as quantizing it after)."""
         if self.launch.kernels:
-            from llmserve.kernels.fused import rmsnorm
+            from llmserve.kernels import fused
 
-            return (rmsnorm(x, self.weight, self.eps, residual, pdl=self.launch.pdl),
-                    x if residual is None else residual)
+            kept = x if residual is None else residual
+            if isinstance(consumer, qlinear.Fp8Linear) and consumer.takes_fp8_rows(x.shape[0]):
+                q, scale = fused.rmsnorm_quant_fp8(x, self.weight, self.eps, residual, pdl=self.launch.pdl)
+                return qlinear.Fp8Rows(q, scale, x.dtype), kept
+            return fused.rmsnorm(x, self.weight, self.eps, residual, pdl=self.launch.pdl), kept
         if residual is not None:
             x = x + residual
         xf = x.float()
@@ -259,9 +265,9 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x, residual, rope, kv_cache, meta):
         """The residual stream travels beside the hidden state so each add fuses into the next norm."""
-        h, residual = self.input_layernorm(x, residual)
+        h, residual = self.input_layernorm(x, residual, self.self_attn.qkv_proj)
         h = self.self_attn(h, rope, kv_cache, meta)
-        h, residual = self.post_attention_layernorm(h, residual)
+        h, residual = self.post_attention_layernorm(h, residual, self.mlp.gate_up_proj)
         return self.mlp(h), residual
 
 
@@ -347,15 +353,17 @@ def random_model(args: ModelArgs, dtype: torch.dtype, device: torch.device, seed
     return model.eval()
 
 
-def load_model(checkpoint_dir: Path, dtype: torch.dtype, device: torch.device, kernel_mode: str = "on"
-               ) -> LlamaModel:
+def load_model(checkpoint_dir: Path, dtype: torch.dtype, device: torch.device, kernel_mode: str = "on",
+               prepare: Callable[[LlamaModel], LlamaModel] | None = None) -> LlamaModel:
     """Loads an HF Llama checkpoint. kernel_mode ("on", "off", "interpret": llmserve.kernels.mode_from_env):
     "on" takes the Triton path where it runs (a 16-bit model on a CUDA device, triton importable); the model
     keeps the choice. config.json may carry:
     - "quantization": {"mode": "fp8" | "int8_wo", "keep_attention_fp16": bool} (made by llmserve/model/quantize.py):
       the matching linear layers become quantized modules;
     - "llmserve_random_init": {"seed": int, "std": float}: no weight files; random weights made on `device`
-      (and quantized there when "quantization" is set too). For benchmarks only."""
+      (and quantized there when "quantization" is set too). For benchmarks only.
+    prepare: applied to the loaded model before it moves to `device` (tensor parallelism keeps its shard there,
+    so the device never holds the whole model)."""
     cfg = json.loads((checkpoint_dir / "config.json").read_text())
     args = ModelArgs.from_hf_config(cfg)
     qcfg = cfg.get("quantization")
@@ -364,9 +372,12 @@ def load_model(checkpoint_dir: Path, dtype: torch.dtype, device: torch.device, k
         model = random_model(args, dtype, device, seed=int(r.get("seed", 0)), std=float(r.get("std", 0.02)),
                              kernel_mode=kernel_mode)
         if qcfg:
-            quantize_model_(model, qcfg["mode"], bool(qcfg.get("keep_attention_fp16", False)))
-        return model
+            quantize_model_(model, qcfg["mode"], bool(qcfg.get("keep_attention_fp16", False)),
+                            int(qcfg.get("group_size", 128)))
+        return prepare(model) if prepare is not None else model
     state = load_safetensors(checkpoint_dir)
+    if qcfg:
+        check_quantization(qcfg, state, f"{checkpoint_dir / 'config.json'}: quantization")
     with torch.device("meta"):
         model = LlamaModel(args, use_kernels=kernels.usable(kernel_mode, device, dtype))
         if qcfg:
@@ -382,5 +393,7 @@ def load_model(checkpoint_dir: Path, dtype: torch.dtype, device: torch.device, k
     model.load_state_dict({k: cast(k, v, dtype) for k, v in ours.items()}, assign=True, strict=True)
     if args.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
+    if prepare is not None:
+        model = prepare(model)
     model = model.to(device).eval()
     return model

@@ -3,7 +3,9 @@
 1. `quantize_checkpoint(src_dir, out_dir, mode)` (or `python -m llmserve.model.quantize SRC OUT --mode fp8`)
    writes a safetensors checkpoint whose decoder linear weights are quantized per output channel, with their
    float32 scales beside them as `<name>.weight_scale`, and config.json gains
-   `"quantization": {"mode": ..., "keep_attention_fp16": ...}`.
+   `"quantization": {"mode": ..., "keep_attention_fp16": ...}`. The int4 modes (`--mode int4_sym|int4_asym
+   --group-size 32|64|128`, round to nearest) store packed uint8 weights with float16 `<name>.weight_scale`
+   (and `<name>.weight_min`) per row and group, and `"group_size"` in the entry (format: llmserve/model/int4.py).
 2. `llama.load_model` sees that entry and swaps in the quantized modules of llmserve/model/linear.py before
    loading. The modes are described there.
 """
@@ -19,15 +21,26 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from llmserve.model.int4 import GROUP_SIZES, INT4_MODES, quantize_int4
 from llmserve.model.linear import ATTENTION, MLP, MODES, check_mode, quantize_weight
 from llmserve.model.weights import load_safetensors
 
 
+def _quantized(t: torch.Tensor, mode: str, group_size: int) -> dict[str, torch.Tensor]:
+    """One weight's tensors, by suffix of its name ("weight", "weight_scale"[, "weight_min"])."""
+    if mode in INT4_MODES:
+        return quantize_int4(t, group_size, symmetric=mode == "int4_sym")
+    q, s = quantize_weight(t, mode)
+    return {"weight": q, "weight_scale": s}
+
+
 def quantize_checkpoint(src_dir: str | Path, out_dir: str | Path, mode: str, keep_attention_fp16: bool = False,
-                        dtype: torch.dtype | None = None) -> Path:
+                        dtype: torch.dtype | None = None, group_size: int = 128) -> Path:
     """Writes a quantized copy of an HF Llama checkpoint. `dtype` converts the tensors left unquantized
-    (default: keep the source's). Returns out_dir."""
+    (default: keep the source's); group_size: int4 modes only. Returns out_dir."""
     check_mode(mode)
+    if mode in INT4_MODES and group_size not in GROUP_SIZES:
+        raise ValueError(f"group_size: expected one of {GROUP_SIZES}, got {group_size!r}")
     src, out = Path(src_dir), Path(out_dir)
     cfg = json.loads((src / "config.json").read_text())
     if cfg.get("quantization"):
@@ -39,9 +52,8 @@ def quantize_checkpoint(src_dir: str | Path, out_dir: str | Path, mode: str, kee
     for key, t in state.items():
         parts = key.split(".")
         if key.endswith(".weight") and len(parts) >= 2 and parts[-2] in names and ".layers." in f".{key}":
-            q, s = quantize_weight(t, mode)
-            result[key] = q.contiguous()
-            result[key[: -len("weight")] + "weight_scale"] = s.contiguous()
+            for suffix, q in _quantized(t, mode, group_size).items():
+                result[key[: -len("weight")] + suffix] = q.contiguous()
             quantized += 1
         else:
             result[key] = (t.to(dtype) if dtype is not None and t.is_floating_point() else t).contiguous()
@@ -57,9 +69,12 @@ def quantize_checkpoint(src_dir: str | Path, out_dir: str | Path, mode: str, kee
         del result["lm_head.weight"]  # safetensors refuses shared storage; the loader re-ties it
     save_file(result, str(out / "model.safetensors"), metadata={"format": "pt", "llmserve_quantization": mode})
     cfg.pop("quantization_config", None)
-    cfg["quantization"] = {"mode": mode, "keep_attention_fp16": keep_attention_fp16, "weight_scale": "per_channel",
+    cfg["quantization"] = {"mode": mode, "keep_attention_fp16": keep_attention_fp16,
+                           "weight_scale": "per_group" if mode in INT4_MODES else "per_channel",
                            "activation_scale": "dynamic_per_token" if mode == "fp8" else "none",
                            "quantized_tensors": quantized}
+    if mode in INT4_MODES:
+        cfg["quantization"]["group_size"] = group_size
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     return out
 
@@ -69,12 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("src", help="HF checkpoint directory (config.json + *.safetensors)")
     ap.add_argument("out", help="output directory")
     ap.add_argument("--mode", choices=MODES, required=True)
+    ap.add_argument("--group-size", type=int, choices=GROUP_SIZES, default=128,
+                    help="int4 modes: inputs per scale (default 128)")
     ap.add_argument("--keep-attention-fp16", action="store_true", help="leave q/k/v/o projections unquantized")
     ap.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=None,
                     help="convert unquantized tensors (default: keep)")
     a = ap.parse_args(argv)
     out = quantize_checkpoint(a.src, a.out, a.mode, a.keep_attention_fp16,
-                              getattr(torch, a.dtype) if a.dtype else None)
+                              getattr(torch, a.dtype) if a.dtype else None, a.group_size)
     print(f"wrote {out}")
     return 0
 

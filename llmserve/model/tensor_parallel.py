@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from llmserve.errors import ConfigError
 from llmserve.model.linear import Linear
 
 
@@ -49,7 +50,15 @@ def check_shardable(args, world: int) -> None:
     for name, value in (("num_attention_heads", args.num_heads), ("num_key_value_heads", args.num_kv_heads),
                         ("intermediate_size", args.intermediate_size)):
         if value % world:
-            raise ValueError(f"tensor_parallel_size {world} does not divide {name} ({value})")
+            raise ConfigError(f"tensor_parallel_size: {world} does not divide the checkpoint's {name} ({value})")
+
+
+def _check_plain(layer: nn.Module) -> None:
+    """Only 16/32-bit linears are sliced: a quantized one's scales would need slicing too (not done yet)."""
+    for name in ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"):
+        if type(layer.get_submodule(name)) is not Linear:
+            raise ConfigError(f"tensor_parallel_size: the {type(layer.get_submodule(name)).__name__} layers of a "
+                              "quantized checkpoint are not sharded yet; serve it with tensor_parallel_size 1")
 
 
 @torch.no_grad()
@@ -68,6 +77,7 @@ def shard_model(model: nn.Module, rank: int, world: int, group=None) -> nn.Modul
         return torch.cat([p[rank * n:(rank + 1) * n] for p, n in zip(parts, local)], dim=0)
 
     for layer in model.layers:
+        _check_plain(layer)
         attn = layer.self_attn
         w, b = attn.qkv_proj.weight, attn.qkv_proj.bias
         attn.qkv_proj = _linear(take(w), take(b) if b is not None else None, attn.qkv_proj)

@@ -40,7 +40,8 @@ class GenerateRequest:
 
 @dataclass
 class Delta:
-    """New text of one request. Exactly one delta per request has `finished` True: the last."""
+    """New text of one choice (`index`) of a request. `finish_reason` set ends that choice; exactly one delta per
+    request has `finished` True: the last (an error or an abort ends every choice at once)."""
 
     request_id: str
     text: str
@@ -49,10 +50,12 @@ class Delta:
     finish_reason: FinishReason | None = None
     logprobs: list[TokenLogprob] | None = None
     error: Exception | None = None
+    index: int = 0  # the choice (params.n > 1)
+    choices_left: int = 0  # choices of the request still running after this delta
 
     @property
     def finished(self) -> bool:
-        return self.finish_reason is not None
+        return self.finish_reason is not None and not self.choices_left
 
 
 Callback = Callable[[Delta], None]

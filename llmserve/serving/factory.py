@@ -13,6 +13,7 @@ from llmserve.serving.api import Service
 from llmserve.serving.bridge.client import ServiceProcess
 from llmserve.serving.metrics import MetricsSink
 from llmserve.serving.observer import TRACE_ENV, request_observer
+from llmserve.serving.response_cache import CachingService, ResponseStore, cache_identity
 from llmserve.serving.service import LLMService
 from llmserve.serving.tokenizer import Tokenizer
 
@@ -24,8 +25,25 @@ def build_service(cfg: ServingConfig, model_dir: str | Path, metrics: MetricsSin
     one GPU serve from one engine."""
     checkpoint = _checkpoint(cfg, model_dir)
     if use_engine_process(cfg):
-        return ServiceProcess(cfg, model_dir, checkpoint, metrics, share_key, tracing=bool(_trace_path()))
-    return _in_process(cfg, model_dir, checkpoint, metrics)
+        service: Service = ServiceProcess(cfg, model_dir, checkpoint, metrics, share_key,
+                                          tracing=bool(_trace_path()))
+    else:
+        service = _in_process(cfg, model_dir, checkpoint, metrics)
+    return _with_response_cache(cfg, model_dir, checkpoint, service, metrics)
+
+
+def _with_response_cache(cfg: ServingConfig, model_dir: str | Path, checkpoint: Path, service: Service,
+                         metrics: MetricsSink | None) -> Service:
+    """The response cache in front, where it is on: in the caller's process (the Triton stub), so a hit never
+    crosses to an engine process."""
+    front = cfg.front
+    if front.response_cache_max_entries == 0:
+        return service
+    dirs = [checkpoint]
+    if cfg.engine == "tensorrtllm":
+        dirs.append(resolve_inside(model_dir, cfg.trtllm.engine_dir, "engine_dir"))
+    store = ResponseStore(front.response_cache_max_entries, front.response_cache_max_bytes, front.response_cache_ttl_s)
+    return CachingService(service, store, cache_identity(cfg, dirs), metrics, front.max_input_bytes)
 
 
 def build_in_process(cfg: ServingConfig, model_dir: str | Path, metrics: MetricsSink | None = None) -> LLMService:

@@ -29,6 +29,9 @@ COUNTERS = {
     "llm_request_cancellations_total": "Requests cancelled by the client",
     "llm_request_failures_total": "Requests that ended with an error, by reason",
     "llm_request_success_total": "Requests that finished normally, by finish reason",
+    # The response cache (response_cache.py) counts deterministic requests only; a hit never reaches the engine
+    "llm_response_cache_hits_total": "Deterministic requests answered from the response cache",
+    "llm_response_cache_misses_total": "Deterministic requests not in the response cache (sent to the engine)",
 }
 GAUGES = {
     "llm_requests_running": "Requests in the running batch",

@@ -134,34 +134,54 @@ def _request_params(parameters: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+@dataclass
+class _ChoiceOut:
+    """What one choice has produced and not yet sent (streaming), or all of it (unary)."""
+
+    text: list[str] = field(default_factory=list)
+    num_output_tokens: int = 0
+    cumulative_logprob: float = 0.0
+    logprobs: list[dict] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
 class ResponseBuilder:
-    """Turns a request's deltas into output tensors: one response per delta when streaming, else one at the end."""
+    """Turns a request's deltas into output tensors: when streaming, one response per batch of deltas with news,
+    else one at the end. Every output holds one entry per choice (params.n), as vllm_backend's does: the text
+    (streaming: new since the last response, possibly empty), the finish reason ("None" while that choice runs:
+    vllm_backend's str(None); sent once some choice has ended), output tokens, logprobs; num_input_tokens once."""
 
     def __init__(self, parsed: ParsedRequest, tokenizer_decode=None):
         self.parsed = parsed
         self.decode = tokenizer_decode
-        self.text: list[str] = []
-        self.num_output_tokens = 0
-        self.cumulative_logprob = 0.0
-        self.logprobs: list[dict] = []
+        self.choices = [_ChoiceOut() for _ in range(parsed.request.params.n)]
+        self.num_input_tokens = 0
+        self.news = False  # streaming: something to send since the last response
 
-    def add(self, delta: Delta) -> dict[str, np.ndarray] | None:
-        p = self.parsed
-        step_logprobs = [self._logprob_entry(lp) for lp in delta.logprobs or []]
-        self.cumulative_logprob += sum(lp.logprob for lp in delta.logprobs or [])
-        if p.stream:
-            if not delta.text and not delta.token_ids and not delta.finished:
-                return None
-            return self._tensors(delta.text, len(delta.token_ids), delta, step_logprobs)
-        self.text.append(delta.text)
-        self.num_output_tokens += len(delta.token_ids)
-        self.logprobs.extend(step_logprobs)
-        if not delta.finished:
+    def add(self, deltas: list[Delta]) -> dict[str, np.ndarray] | None:
+        """Takes the deltas of one batch (in order); returns the tensors of the response now due, if any."""
+        for delta in deltas:
+            self._take(delta)
+        finished = bool(deltas) and deltas[-1].finished
+        if not (finished or (self.parsed.stream and self.news)):
             return None
-        text = "".join(self.text)
-        if not p.exclude_input_in_output and p.prompt_text is not None:
-            text = p.prompt_text + text
-        return self._tensors(text, self.num_output_tokens, delta, self.logprobs)
+        tensors = self._tensors()
+        if self.parsed.stream:
+            self.news = False
+            for c in self.choices:
+                c.text, c.num_output_tokens, c.logprobs = [], 0, []
+        return tensors
+
+    def _take(self, delta: Delta) -> None:
+        c = self.choices[delta.index]
+        c.text.append(delta.text)
+        c.num_output_tokens += len(delta.token_ids)
+        c.logprobs.extend(self._logprob_entry(lp) for lp in delta.logprobs or [])
+        c.cumulative_logprob += sum(lp.logprob for lp in delta.logprobs or [])
+        if delta.finish_reason is not None:
+            c.finish_reason = str(delta.finish_reason)
+        self.num_input_tokens = delta.num_input_tokens
+        self.news = self.news or bool(delta.text or delta.token_ids or delta.finish_reason is not None)
 
     def _logprob_entry(self, lp) -> dict:
         entry = {str(lp.token_id): {"logprob": lp.logprob, "rank": None,
@@ -171,17 +191,22 @@ class ResponseBuilder:
                                         "decoded_token": self.decode([tid]) if self.decode else None})
         return entry
 
-    def _tensors(self, text: str, n_out: int, delta: Delta, logprobs: list[dict]) -> dict[str, np.ndarray]:
-        want = self.parsed.want
-        out = {"text_output": np.array([text.encode("utf-8")], dtype=np.object_)}
-        if want.get("return_finish_reason") and delta.finished:
-            out["finish_reason"] = np.array([delta.finish_reason.encode()], dtype=np.object_)
+    def _texts(self) -> list[bytes]:
+        p = self.parsed
+        prefix = p.prompt_text if not p.exclude_input_in_output and p.prompt_text is not None else ""
+        return [(prefix + "".join(c.text)).encode("utf-8") for c in self.choices]
+
+    def _tensors(self) -> dict[str, np.ndarray]:
+        want, choices = self.parsed.want, self.choices
+        out = {"text_output": np.array(self._texts(), dtype=np.object_)}
+        if want.get("return_finish_reason") and any(c.finish_reason is not None for c in choices):
+            out["finish_reason"] = np.array([str(c.finish_reason).encode() for c in choices], dtype=np.object_)
         if want.get("return_num_input_tokens"):
-            out["num_input_tokens"] = np.array([delta.num_input_tokens], dtype=np.uint32)
+            out["num_input_tokens"] = np.array([self.num_input_tokens], dtype=np.uint32)
         if want.get("return_num_output_tokens"):
-            out["num_output_tokens"] = np.array([n_out], dtype=np.uint32)
+            out["num_output_tokens"] = np.array([c.num_output_tokens for c in choices], dtype=np.uint32)
         if want.get("return_cumulative_logprob"):
-            out["cumulative_logprob"] = np.array([self.cumulative_logprob], dtype=np.float32)
+            out["cumulative_logprob"] = np.array([c.cumulative_logprob for c in choices], dtype=np.float32)
         if want.get("return_logprobs"):
-            out["logprobs"] = np.array([json.dumps(logprobs).encode()], dtype=np.object_)
+            out["logprobs"] = np.array([json.dumps(c.logprobs).encode() for c in choices], dtype=np.object_)
         return out

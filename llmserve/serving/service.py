@@ -34,14 +34,27 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class _Choice:
+    """One of a request's n answers: its own text state, stop strings and token timing."""
+
+    detok: Detokenizer
+    stop: StopMatcher
+    output_ids: list[int] = field(default_factory=list)
+    last_token: float | None = None
+    done: bool = False
+
+
+@dataclass
 class _Active:
     request: GenerateRequest
     callback: Callback
-    detok: Detokenizer
-    stop: StopMatcher
+    choices: list[_Choice]
     num_input_tokens: int
-    timing: RequestTiming
-    output_ids: list[int] = field(default_factory=list)
+    timing: RequestTiming  # the request's: arrival and its first token of any choice
+
+    @property
+    def running(self) -> int:
+        return sum(not c.done for c in self.choices)
 
 
 class LLMService(Service):
@@ -185,8 +198,8 @@ class LLMService(Service):
 
     def _add(self, req: GenerateRequest, callback: Callback) -> None:
         p = req.params
-        active = _Active(req, callback, self.tokenizer.detokenizer(p.skip_special_tokens), StopMatcher(p.stop),
-                         len(req.prompt_token_ids), RequestTiming(req.arrival_time))
+        choices = [_Choice(self.tokenizer.detokenizer(p.skip_special_tokens), StopMatcher(p.stop)) for _ in range(p.n)]
+        active = _Active(req, callback, choices, len(req.prompt_token_ids), RequestTiming(req.arrival_time))
         self.observer.taken(req)
         try:
             # The engine's own arrival stamp (now): its queue delay batches what reaches it close together.
@@ -200,32 +213,38 @@ class LLMService(Service):
 
     def _deliver(self, out: EngineOutput) -> None:
         active = self._active.get(out.request_id)
-        if active is None:
+        if active is None or active.choices[out.index].done:
             return
-        now = time.monotonic()
+        choice = active.choices[out.index]
         if out.new_token_ids:
-            self._observe_tokens(active, len(out.new_token_ids), now)
-        active.output_ids.extend(out.new_token_ids)
-        text = active.stop.feed(active.detok.add(out.new_token_ids))
+            self._observe_tokens(active, choice, len(out.new_token_ids), time.monotonic())
+        choice.output_ids.extend(out.new_token_ids)
+        text = choice.stop.feed(choice.detok.add(out.new_token_ids))
         reason = out.finish_reason
-        if active.stop.matched is not None and reason is None:
-            self.engine.finish(out.request_id)
+        if choice.stop.matched is not None and reason is None:
+            self.engine.finish(out.request_id, out.index)
             reason = FinishReason.STOP
         if reason is not None:
-            text += active.stop.flush()
+            text += choice.stop.flush()
+            choice.done = True
+        if reason in (FinishReason.ABORT, FinishReason.ERROR) and active.running:
+            self.engine.finish(out.request_id)  # one choice failing or cancelled ends the request: one final
+            for c in active.choices:
+                c.done = True
         self._send(active, Delta(out.request_id, text, out.new_token_ids,
-                                 out.num_prompt_tokens or active.num_input_tokens, reason, out.logprobs, out.error))
+                                 out.num_prompt_tokens or active.num_input_tokens, reason, out.logprobs, out.error,
+                                 out.index, active.running))
 
-    def _observe_tokens(self, active: _Active, n: int, now: float) -> None:
+    def _observe_tokens(self, active: _Active, choice: _Choice, n: int, now: float) -> None:
         t = active.timing
         if t.first_token is None:
             self.metrics.observe("llm_time_to_first_token_seconds", now - t.arrival)
-        else:
-            # Tokens that arrive together share the gap since the last delivery.
+            t.first_token = now
+        elif choice.last_token is not None:
+            # Tokens of one choice that arrive together share the gap since its last delivery.
             for _ in range(n):
-                self.metrics.observe("llm_time_per_output_token_seconds", (now - t.last_token) / n)
-        t.first_token = t.first_token or now
-        t.last_token = now
+                self.metrics.observe("llm_time_per_output_token_seconds", (now - choice.last_token) / n)
+        choice.last_token = t.last_token = now
         self.metrics.increment("llm_generation_tokens_total", n)
 
     def _send(self, active: _Active, delta: Delta) -> None:
@@ -242,7 +261,7 @@ class LLMService(Service):
         m = self.metrics
         m.observe("llm_e2e_request_latency_seconds", time.monotonic() - active.timing.arrival)
         m.observe("llm_request_prompt_tokens", active.num_input_tokens)
-        m.observe("llm_request_generation_tokens", len(active.output_ids))
+        m.observe("llm_request_generation_tokens", sum(len(c.output_ids) for c in active.choices))
         if delta.finish_reason == FinishReason.ABORT:
             m.increment("llm_request_cancellations_total")
         elif delta.finish_reason == FinishReason.ERROR:
@@ -251,7 +270,8 @@ class LLMService(Service):
             m.increment("llm_request_failures_total", labels={"reason": reason})
         else:
             m.increment("llm_request_success_total", labels={"finish_reason": delta.finish_reason})
-            m.observe("llm_response_repetition_ratio", repetition_ratio(active.output_ids))
+            for c in active.choices:
+                m.observe("llm_response_repetition_ratio", repetition_ratio(c.output_ids))
 
     def _fail_all(self, error: EngineError) -> None:
         for rid in list(self._active):

@@ -7,12 +7,12 @@ arguments raise TypeError as the real bindings do, so an adapter that misspells 
 
 Behaviour is a deterministic toy: each `await_responses(timeout=timedelta)` is one iteration giving every
 active request one token from `token_fn(prompt, generated)`. It honours max_tokens (LENGTH), end_id (END_ID;
-end token left out; masked before min_tokens), stop_words (STOP_WORDS; stop tokens kept), cancel_request
-(CANCELLED), streaming vs. one final response, and OutputConfig.return_log_probs. Batching, KV blocks,
-log-prob values and timing of the real executor are out of scope.
+end token left out; masked before min_tokens), stop_words (STOP_WORDS; stop tokens kept), bad_words (masked),
+cancel_request (CANCELLED), streaming vs. one final response, and OutputConfig.return_log_probs. Batching, KV
+blocks, log-prob values and timing of the real executor are out of scope.
 
-Behaviours taken from the C++ source (NVIDIA/TensorRT-LLM; commit = the search index's stored version, none
-verified to be the v1.2.x tag; see docs/tensorrt-llm.md):
+Behaviours taken from the C++ source (NVIDIA/TensorRT-LLM; commit = the search index's stored version of each
+file; only executorImpl.cpp @b35ac1b6 is shown to be of the 1.2 line (1.2.0rc2): see docs/tensorrt-llm.md):
 - Errors are TllmException (a std::runtime_error, so RuntimeError here) with the text
   "<msg> (<file>:<line>)\n<stack>" (cpp/tensorrt_llm/common/tllmException.cpp @015884d6); TLLM_CHECK prefixes
   "[TensorRT-LLM][ERROR] Assertion failed: " (cpp/include/tensorrt_llm/common/tllmException.h @0c6a62a1).
@@ -26,7 +26,10 @@ verified to be the v1.2.x tag; see docs/tensorrt-llm.md):
 - Streamed results: output_token_ids hold the new tokens, log_probs everything generated so far
   (cpp/tensorrt_llm/batch_manager/llmRequest.cpp @119c6e60 createResult).
 - min_tokens masks only end_id's logit (logits[end_id], so end_id -1 indexes out of bounds: the double raises
-  ContractViolation) (cpp/tensorrt_llm/kernels/penaltyKernels.cu @249d93d5 batchApplyPenalty).
+  ContractViolation) (cpp/tensorrt_llm/kernels/penaltyKernels.cu @249d93d5 batchApplyPenalty); a stop word ends
+  the request whatever min_tokens says (cpp/tensorrt_llm/kernels/stopCriteriaKernels.cu @9b931c0f
+  stopWordsCriterion); a single-token bad word is banned at every step (cpp/tensorrt_llm/kernels/banBadWords.cu
+  @829d3e2c ban_bad_words, a 0.18 dev version: the only one stored).
 """
 from __future__ import annotations
 
@@ -37,6 +40,11 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+try:
+    from tests.doubles.trtllm_executor_stats import InflightBatchingStats, IterationStats, KvCacheStats
+except ModuleNotFoundError:  # plain `pytest`: tests/ itself is on sys.path
+    from doubles.trtllm_executor_stats import InflightBatchingStats, IterationStats, KvCacheStats
 
 __version__ = "1.2.1"  # nanobind bindings.cpp: m.attr("__version__") = tle::version()
 log = logging.getLogger(__name__)
@@ -171,10 +179,11 @@ class Request:  # request.cpp: input_token_ids, max_tokens positional; the rest 
         _expect("sampling_config", sampling_config, SamplingConfig)
         _expect("output_config", output_config, OutputConfig)
         _expect("end_id", end_id, int)
-        _expect("stop_words", stop_words, list)
-        if stop_words is not None and not all(isinstance(w, list) and all(isinstance(t, int) for t in w)
-                                              for w in stop_words):
-            raise TypeError(f"incompatible function arguments: stop_words={stop_words!r} (list[list[int]])")
+        for name, words in (("stop_words", stop_words), ("bad_words", bad_words)):
+            _expect(name, words, list)
+            if words is not None and not all(isinstance(w, list) and all(isinstance(t, int) for t in w)
+                                             for w in words):
+                raise TypeError(f"incompatible function arguments: {name}={words!r} (list[list[int]])")
         self.sampling_config = sampling_config or SamplingConfig()
         self.output_config = output_config or OutputConfig()
         # requestImpl.h Request::Impl::validate(), run by the constructor
@@ -212,35 +221,6 @@ class Response:  # request.cpp: Response(request_id, error_msg | result, client_
         if self.has_error():
             raise RuntimeError(f"Cannot get the result for a response with an error ({self._payload})")
         return self._payload  # type: ignore[return-value]
-
-
-@dataclass
-class KvCacheStats:  # bindings.cpp
-    max_num_blocks: int = 0
-    free_num_blocks: int = 0
-    used_num_blocks: int = 0
-    tokens_per_block: int = 0
-    reused_blocks: int = 0
-    missed_blocks: int = 0
-
-
-@dataclass
-class InflightBatchingStats:  # bindings.cpp (subset)
-    num_scheduled_requests: int = 0
-    num_context_requests: int = 0
-    num_gen_requests: int = 0
-    num_paused_requests: int = 0
-
-
-@dataclass
-class IterationStats:  # bindings.cpp (subset)
-    iter: int = 0
-    num_active_requests: int = 0
-    num_queued_requests: int = 0
-    max_num_active_requests: int = 0
-    kv_cache_stats: KvCacheStats | None = None
-    static_batching_stats: object = None
-    inflight_batching_stats: InflightBatchingStats | None = None
 
 
 def default_token_fn(prompt: list[int], generated: list[int], vocab_size: int = 32000) -> int:
@@ -333,9 +313,6 @@ class Executor:  # executor.cpp (the model_path constructor only)
         self._queued[rid] = _Active(request)
         return rid
 
-    def enqueue_requests(self, requests: list[Request]) -> list[int]:
-        return [self.enqueue_request(r) for r in requests]
-
     def cancel_request(self, id: int) -> None:  # noqa: A002 - the binding's keyword is `id`
         state = self._active.get(id) or self._queued.get(id)
         if state is not None:
@@ -387,14 +364,17 @@ class Executor:  # executor.cpp (the model_path constructor only)
         return Response(rid, self._result(req, [token], gen, False, []), req.client_id)
 
     def _sample(self, req: Request, gen: list[int]) -> int:
+        """A masked logit (-inf) moves the toy's pick to the next id that is not masked."""
         token = self.token_fn(req.input_token_ids, gen)
+        masked = {w[0] for w in req.bad_words or [] if len(w) == 1}  # banBadWords.cu: at every step
         min_tokens = req.sampling_config.min_tokens or 0
         if min_tokens > 0 and len(gen) < min_tokens:
             if req.end_id is None or req.end_id < 0:
                 raise ContractViolation("min_tokens with end_id -1: penaltyKernels.cu writes outLogitsPtr[endIds[slot]]"
                                         " = outLogitsPtr[-1], out of bounds")
-            if token == req.end_id:
-                token = (token + 1) % 32000  # only end_id's logit is masked; stop words are not
+            masked.add(req.end_id)  # penaltyKernels.cu: only end_id's logit; stop words are not held back
+        while token in masked:
+            token = (token + 1) % 32000
         return token
 
     def _finish(self, rid: int, new: list[int], reason: FinishReason) -> Response:

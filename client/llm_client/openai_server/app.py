@@ -26,7 +26,7 @@ from llm_client.openai_server.streaming import DONE, ClientGone, EventStream, ra
 from llm_client.openai_server.translate import (
     Answer,
     finish_chunk,
-    first_chunk,
+    first_chunks,
     new_id,
     response,
     text_chunk,
@@ -71,17 +71,14 @@ class Service:
 
     async def _events(self, answer: Answer, first: Piece | None, pieces: AsyncGenerator[Piece, None],
                       route: str) -> AsyncIterator[str]:
-        head = first_chunk(answer)
-        if head is not None:
+        for head in first_chunks(answer):
             yield sse(head)
-        offset = len(answer.call.prompt or "") if answer.call.echo else 0
+        offsets = [len(answer.call.prompt or "") if answer.call.echo else 0] * answer.call.n
+        closed: set[int] = set()  # choices whose finish chunk is out
         piece = first
         try:
             while piece is not None:
-                answer.add(piece)
-                chunk = text_chunk(answer, piece, offset)
-                offset += len(piece.text)
-                if chunk is not None:
+                for chunk in _piece_chunks(answer, piece, offsets, closed):
                     yield sse(chunk)
                 piece = await anext(pieces, None)
         except OpenAIError as exc:  # the status line is gone: the error travels as an event, as OpenAI's does
@@ -90,7 +87,9 @@ class Service:
         finally:
             with contextlib.suppress(Exception):
                 await pieces.aclose()
-        yield sse(finish_chunk(answer))
+        for i in range(answer.call.n):
+            if i not in closed:
+                yield sse(finish_chunk(answer, i))
         if answer.call.include_usage:
             yield sse(usage_chunk(answer))
         self._count_tokens(route, answer)
@@ -132,6 +131,21 @@ class Service:
 
     async def live(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
+
+
+def _piece_chunks(answer: Answer, piece: Piece, offsets: list[int], closed: set[int]) -> list[dict[str, Any]]:
+    """The chunks of one model response: each choice's new text, then its finish chunk if it ended here."""
+    ended = answer.add(piece)
+    chunks = []
+    for i in range(answer.call.n):
+        chunk = text_chunk(answer, piece, i, offsets[i])
+        offsets[i] += len(piece.texts[i]) if i < len(piece.texts) else 0
+        if chunk is not None:
+            chunks.append(chunk)
+        if i in ended:
+            chunks.append(finish_chunk(answer, i))
+            closed.add(i)
+    return chunks
 
 
 async def _json_body(request: Request) -> Any:

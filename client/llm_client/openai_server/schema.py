@@ -3,7 +3,7 @@
 Each bad field becomes a 400 in OpenAI's error body with `param` naming it. Fields the model checks itself (ranges
 of top_k, min_p, seed, the stop-string limits, ...) are passed on: its INVALID_ARGUMENT names the field and
 errors.from_triton turns it into the same 400. Fields that would change the answer but that we cannot honour
-(tools, response_format json, logit_bias, n > 1, ...) are refused rather than dropped.
+(tools, response_format json, logit_bias, best_of > 1, ...) are refused rather than dropped.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 from llm_client.openai_server.errors import OpenAIError, invalid, unsupported
 
 MAX_TOP_LOGPROBS = 20
+MAX_N = 128  # OpenAI's limit on `n`
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 # Accepted and ignored: they do not change the answer (user: "a stable identifier for your end-users").
 IGNORED = {"user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key",
@@ -46,6 +47,7 @@ class GenerationCall:
     include_usage: bool = False
     logprobs: int | None = None  # None: off; else how many alternatives per token
     echo: bool = False
+    n: int = 1  # choices, each with its own seeded stream; the prompt is computed once
     renames: dict[str, str] = field(default_factory=dict)  # the model's field name -> the param the client sent
 
 
@@ -123,9 +125,18 @@ def _stream_flags(body: dict) -> tuple[bool, bool]:
     return stream, bool(_boolean(options, "include_usage"))
 
 
-def _one_sequence(body: dict, key: str) -> None:
-    if _integer(body, key, 1) not in (None, 1):
-        raise invalid(key, f"only 1 is supported for now, got {body[key]} (one sequence per request)")
+def _choices(body: dict, params: dict[str, Any]) -> int:
+    """`n`, forwarded to the model (which samples choice i from seed + i)."""
+    n = _integer(body, "n", 1, MAX_N) or 1
+    if n > 1:
+        params["n"] = n
+    return n
+
+
+def _no_best_of(body: dict) -> None:
+    if _integer(body, "best_of", 1) not in (None, 1):
+        raise invalid("best_of", f"only 1 is supported, got {body['best_of']} (no server-side ranking of "
+                      "candidates); use n for several answers")
 
 
 def _sampling(body: dict) -> dict[str, Any]:
@@ -188,9 +199,9 @@ def parse_chat(body: Any) -> GenerationCall:
     if not isinstance(messages, list) or not messages:
         raise invalid("messages", "a non-empty array of messages is required", "missing_required_parameter")
     parsed = [_message(m, i) for i, m in enumerate(messages)]
-    _one_sequence(body, "n")
     stream, include_usage = _stream_flags(body)
     params = _sampling(body)
+    n = _choices(body, params)
     max_tokens, source = _max_tokens(body, ("max_completion_tokens", "max_tokens"))
     if max_tokens is not None:
         params["max_tokens"] = max_tokens
@@ -203,7 +214,7 @@ def parse_chat(body: Any) -> GenerationCall:
         params["logprobs"] = logprobs
     renames = {"max_tokens": source, "logprobs": "top_logprobs"}
     return GenerationCall("chat", model, params, messages=parsed, stream=stream, include_usage=include_usage,
-                          logprobs=logprobs, renames=renames)
+                          logprobs=logprobs, n=n, renames=renames)
 
 
 # -- completions -----------------------------------------------------------------------------------------------
@@ -226,10 +237,10 @@ def parse_completion(body: Any) -> GenerationCall:
     _check_fields(body, COMPLETION_FIELDS)
     model = _model(body)
     prompt = _prompt(body)
-    _one_sequence(body, "n")
-    _one_sequence(body, "best_of")
+    _no_best_of(body)
     stream, include_usage = _stream_flags(body)
     params = _sampling(body)
+    n = _choices(body, params)
     max_tokens, _ = _max_tokens(body, ("max_tokens",))
     if max_tokens is not None:
         params["max_tokens"] = max_tokens
@@ -237,4 +248,4 @@ def parse_completion(body: Any) -> GenerationCall:
     if logprobs is not None:
         params["logprobs"] = logprobs
     return GenerationCall("completion", model, params, prompt=prompt, stream=stream, include_usage=include_usage,
-                          logprobs=logprobs, echo=bool(_boolean(body, "echo")), renames={"text_input": "prompt"})
+                          logprobs=logprobs, echo=bool(_boolean(body, "echo")), n=n, renames={"text_input": "prompt"})

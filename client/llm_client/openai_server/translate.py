@@ -18,26 +18,42 @@ def new_id(kind: str) -> str:
 
 
 @dataclass
+class Choice:
+    """One of the n answers, accumulated over the model's responses."""
+
+    text: list[str] = field(default_factory=list)
+    finish_reason: str | None = None
+    logprobs: list[dict] = field(default_factory=list)
+
+
+@dataclass
 class Answer:
     """Everything the model said for one request, accumulated over its responses."""
 
     call: GenerationCall
     id: str
     created: int = field(default_factory=lambda: int(time.time()))
-    text: list[str] = field(default_factory=list)
-    finish_reason: str | None = None
+    choices: list[Choice] = field(default_factory=list)
     prompt_tokens: int = 0
-    completion_tokens: int = 0
-    logprobs: list[dict] = field(default_factory=list)
+    completion_tokens: int = 0  # over all choices, as OpenAI counts them
 
-    def add(self, piece: Piece) -> None:
-        self.text.append(piece.text)
-        self.completion_tokens += piece.num_output_tokens
+    def __post_init__(self) -> None:
+        self.choices = self.choices or [Choice() for _ in range(self.call.n)]
+
+    def add(self, piece: Piece) -> list[int]:
+        """Takes a response; returns the choices it ended."""
         if piece.num_input_tokens is not None:
             self.prompt_tokens = piece.num_input_tokens
-        if piece.finish_reason is not None:
-            self.finish_reason = FINISH_REASONS.get(piece.finish_reason, piece.finish_reason)
-        self.logprobs.extend(piece.logprobs)
+        self.completion_tokens += sum(piece.num_output_tokens)
+        ended = []
+        for i, (choice, text) in enumerate(zip(self.choices, piece.texts)):
+            choice.text.append(text)
+            choice.logprobs.extend(piece.logprobs[i] if i < len(piece.logprobs) else [])
+            reason = piece.finish_reasons[i] if i < len(piece.finish_reasons) else None
+            if reason is not None and choice.finish_reason is None:
+                choice.finish_reason = FINISH_REASONS.get(reason, reason)
+                ended.append(i)
+        return ended
 
     def usage(self) -> dict[str, int]:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
@@ -85,21 +101,22 @@ def _logprobs(call: GenerationCall, entries: list[dict], offset: int = 0) -> dic
 
 
 # -- whole responses -------------------------------------------------------------------------------------------
+def _whole_choice(call: GenerationCall, index: int, c: Choice) -> dict[str, Any]:
+    text = "".join(c.text)
+    if call.kind == "chat":
+        return {"index": index, "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": _logprobs(call, c.logprobs), "finish_reason": c.finish_reason}
+    prefix = (call.prompt or "") if call.echo else ""
+    return {"index": index, "text": prefix + text, "logprobs": _logprobs(call, c.logprobs, len(prefix)),
+            "finish_reason": c.finish_reason}
+
+
 def response(answer: Answer) -> dict[str, Any]:
     call = answer.call
-    text = "".join(answer.text)
-    if call.kind == "chat":
-        choice = {"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
-                  "logprobs": _logprobs(call, answer.logprobs), "finish_reason": answer.finish_reason}
-        obj = "chat.completion"
-    else:
-        prefix = call.prompt if call.echo else ""
-        choice = {"index": 0, "text": (prefix or "") + text,
-                  "logprobs": _logprobs(call, answer.logprobs, len(prefix or "")),
-                  "finish_reason": answer.finish_reason}
-        obj = "text_completion"
+    obj = "chat.completion" if call.kind == "chat" else "text_completion"
+    choices = [_whole_choice(call, i, c) for i, c in enumerate(answer.choices)]
     return {"id": answer.id, "object": obj, "created": answer.created, "model": call.model,
-            "system_fingerprint": None, "choices": [choice], "usage": answer.usage()}
+            "system_fingerprint": None, "choices": choices, "usage": answer.usage()}
 
 
 # -- stream chunks ---------------------------------------------------------------------------------------------
@@ -113,34 +130,39 @@ def _chunk(answer: Answer, choices: list[dict]) -> dict[str, Any]:
     return chunk
 
 
-def first_chunk(answer: Answer) -> dict[str, Any] | None:
-    """Chat opens with the role; an echoed completion opens with the prompt."""
+def first_chunks(answer: Answer) -> list[dict[str, Any]]:
+    """Chat opens each choice with the role; an echoed completion opens each with the prompt."""
     call = answer.call
     if call.kind == "chat":
         delta = {"role": "assistant", "content": ""}
-        return _chunk(answer, [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
+        return [_chunk(answer, [{"index": i, "delta": delta, "logprobs": None, "finish_reason": None}])
+                for i in range(call.n)]
     if call.echo and call.prompt:
-        return _chunk(answer, [{"index": 0, "text": call.prompt, "logprobs": None, "finish_reason": None}])
-    return None
+        return [_chunk(answer, [{"index": i, "text": call.prompt, "logprobs": None, "finish_reason": None}])
+                for i in range(call.n)]
+    return []
 
 
-def text_chunk(answer: Answer, piece: Piece, offset: int) -> dict[str, Any] | None:
-    """A chunk for the new text of `piece` (None when it has neither text nor logprobs)."""
-    if not piece.text and not (piece.logprobs and answer.call.logprobs is not None):
+def text_chunk(answer: Answer, piece: Piece, index: int, offset: int) -> dict[str, Any] | None:
+    """A chunk for the new text of choice `index` in `piece` (None when it has neither text nor logprobs)."""
+    text = piece.texts[index] if index < len(piece.texts) else ""
+    entries = piece.logprobs[index] if index < len(piece.logprobs) else []
+    if not text and not (entries and answer.call.logprobs is not None):
         return None
-    logprobs = _logprobs(answer.call, piece.logprobs, offset)
+    logprobs = _logprobs(answer.call, entries, offset)
     if answer.call.kind == "chat":
-        choice = {"index": 0, "delta": {"content": piece.text}, "logprobs": logprobs, "finish_reason": None}
+        choice = {"index": index, "delta": {"content": text}, "logprobs": logprobs, "finish_reason": None}
     else:
-        choice = {"index": 0, "text": piece.text, "logprobs": logprobs, "finish_reason": None}
+        choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": None}
     return _chunk(answer, [choice])
 
 
-def finish_chunk(answer: Answer) -> dict[str, Any]:
+def finish_chunk(answer: Answer, index: int) -> dict[str, Any]:
+    reason = answer.choices[index].finish_reason
     if answer.call.kind == "chat":
-        choice = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": answer.finish_reason}
+        choice = {"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}
     else:
-        choice = {"index": 0, "text": "", "logprobs": None, "finish_reason": answer.finish_reason}
+        choice = {"index": index, "text": "", "logprobs": None, "finish_reason": reason}
     return _chunk(answer, [choice])
 
 

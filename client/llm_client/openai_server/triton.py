@@ -23,14 +23,15 @@ from llm_client.openai_server.schema import GenerationCall
 
 @dataclass
 class Piece:
-    """One response of the model: new text (the whole text when not streaming) and what came with it."""
+    """One response of the model, per choice (its `text_output` holds one entry per choice, as vllm_backend's
+    does): new text (the whole text when not streaming) and what came with it."""
 
-    text: str
+    texts: list[str]
     final: bool = False
-    finish_reason: str | None = None
+    finish_reasons: list[str | None] = field(default_factory=list)  # None: that choice still runs
     num_input_tokens: int | None = None
-    num_output_tokens: int = 0
-    logprobs: list[dict] = field(default_factory=list)  # per token: {token_id: {logprob, decoded_token}}, sampled first
+    num_output_tokens: list[int] = field(default_factory=list)
+    logprobs: list[list[dict]] = field(default_factory=list)  # per token: {token_id: {logprob, decoded_token}}
 
 
 def _tensor(name: str, value: np.ndarray) -> aioclient.InferInput:
@@ -46,9 +47,9 @@ def build_tensors(call: GenerationCall) -> list[aioclient.InferInput]:
     return [_tensor(name, value) for name, value in inputs.items()]
 
 
-def _first(result, name: str):
+def _all(result, name: str) -> list:
     value = result.as_numpy(name)
-    return None if value is None or value.size == 0 else value.reshape(-1)[0]
+    return [] if value is None else list(value.reshape(-1))
 
 
 def _decode(value) -> str:
@@ -56,14 +57,14 @@ def _decode(value) -> str:
 
 
 def piece_from(result, final: bool) -> Piece:
-    text = _first(result, "text_output")
-    reason = _first(result, "finish_reason")
-    n_in, n_out = _first(result, "num_input_tokens"), _first(result, "num_output_tokens")
-    logprobs = _first(result, "logprobs")
-    return Piece(_decode(text) if text is not None else "", final,
-                 _decode(reason) if reason is not None else None,
-                 int(n_in) if n_in is not None else None, int(n_out) if n_out is not None else 0,
-                 json.loads(_decode(logprobs)) if logprobs is not None else [])
+    texts = [_decode(t) for t in _all(result, "text_output")]
+    n = len(texts)
+    # vllm_backend writes str(None) for a choice that has not finished
+    reasons = [None if r == "None" else r for r in map(_decode, _all(result, "finish_reason"))] or [None] * n
+    n_in = _all(result, "num_input_tokens")
+    n_out = [int(v) for v in _all(result, "num_output_tokens")] or [0] * n
+    logprobs = [json.loads(_decode(v)) or [] for v in _all(result, "logprobs")] or [[] for _ in range(n)]
+    return Piece(texts, final, reasons, int(n_in[0]) if n_in else None, n_out, logprobs)
 
 
 class TritonBackend:

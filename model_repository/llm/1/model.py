@@ -57,13 +57,6 @@ class _InFlight:
     done: bool = False  # FINAL sent: the sender's response factory is gone, never touch it again
 
 
-def _merge(a: Delta, b: Delta) -> Delta:
-    """Two consecutive deltas of one request as one (the first is never final: a request ends once)."""
-    logprobs = (a.logprobs or []) + (b.logprobs or []) if (a.logprobs or b.logprobs) else None
-    return Delta(a.request_id, a.text + b.text, a.token_ids + b.token_ids, b.num_input_tokens, b.finish_reason,
-                 logprobs, b.error or a.error)
-
-
 class TritonMetrics:
     """MetricsSink over pb_utils.MetricFamily, labelled {model, version}."""
 
@@ -239,36 +232,38 @@ class TritonPythonModel:
         # client gets several tokens in one message instead of a growing backlog.
         while True:
             deltas, stop = take_deltas(self.responses)
-            pending: dict[str, Delta] = {}
+            pending: dict[str, list[Delta]] = {}
             for delta in deltas:
-                prev = pending.get(delta.request_id)
-                pending[delta.request_id] = _merge(prev, delta) if prev is not None else delta
-            for delta in pending.values():
-                state = self.inflight.get(delta.request_id)
+                pending.setdefault(delta.request_id, []).append(delta)
+            for rid, batch in pending.items():
+                state = self.inflight.get(rid)
                 if state is None:
                     continue
                 try:
-                    self._send(delta, state)
+                    self._send(batch, state)
                 except Exception:  # noqa: BLE001 - one broken response must not stop the others
-                    log.exception("sending a response for %s failed", delta.request_id)
-                    if delta.finished:
-                        self.inflight.pop(delta.request_id, None)
+                    log.exception("sending a response for %s failed", rid)
+                    if batch[-1].finished:
+                        self.inflight.pop(rid, None)
             if stop:
                 return
 
-    def _send(self, delta: Delta, state: _InFlight) -> None:
+    def _send(self, deltas: list[Delta], state: _InFlight) -> None:
+        """One request's deltas of this batch, as one response (the last delta may be its final one)."""
+        delta = deltas[-1]
         if delta.finished:
             # is_cancelled() on a sender after its FINAL crashes tritonserver 2.51 (a freed response
             # factory), so the housekeeping thread must see `done` before the final send happens.
             with self.sender_lock:
                 state.done = True
                 self.inflight.pop(delta.request_id, None)
-                self._send_now(delta, state)
+                self._send_now(deltas, state)
         else:
-            self._send_now(delta, state)
+            self._send_now(deltas, state)
 
-    def _send_now(self, delta: Delta, state: _InFlight) -> None:
+    def _send_now(self, deltas: list[Delta], state: _InFlight) -> None:
         final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        delta = deltas[-1]
         if delta.finish_reason == "abort":
             state.sender.send(_error("request cancelled", "CANCELLED"), flags=final)
             return
@@ -277,7 +272,7 @@ class TritonPythonModel:
                 delta.error, "status", "INTERNAL")
             state.sender.send(_error(str(delta.error), status), flags=final)
             return
-        tensors = state.builder.add(delta)
+        tensors = state.builder.add(deltas)
         if tensors is None:
             return
         response = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in tensors.items()])

@@ -1,0 +1,130 @@
+"""One rank's membership of a tensor-parallel group: joining it, its device, its shard of the model, and the
+agreement on the KV cache's block count.
+
+Two groups over the same ranks: the default one on the device's backend (NCCL on GPUs, gloo on the CPU) for the
+model's all-reduces, and a gloo one for each step's inputs, which every rank needs on the host anyway (the
+attention metadata's work lists are built there). Both have a timeout, so a rank that hangs fails the others'
+collectives instead of stalling them forever.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import AbstractContextManager
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from llmserve.config import ConfigError, ServingConfig
+from llmserve.engine.api import EngineError
+from llmserve.engine.graph_inputs import StepInputs
+from llmserve.engine.parallel.step_broadcast import StepChannel
+from llmserve.model.tensor_parallel import shard_model
+
+# A collective waits at most this long for the slowest rank: each one spans a layer's half, not a whole step,
+# so this is far above any healthy wait and low enough that a hung rank fails its requests within seconds.
+COLLECTIVE_TIMEOUT_S = 10.0
+JOIN_TIMEOUT_S = 600.0  # every worker must start, and every rank load its shard, within this
+
+
+class RankLost(EngineError):
+    """A rank died, hung past the collective timeout, or fell out of step: no request can be served."""
+
+    def __init__(self, message: str):
+        super().__init__(f"tensor-parallel group lost: {message}", status="UNAVAILABLE")
+
+
+def rank_device(device: str, rank: int) -> torch.device:
+    """Rank r's device: cuda:(N + r) for a base of cuda:N (auto and cuda: N = 0); the CPU for every rank."""
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    base = torch.device(device if device != "auto" else "cuda")
+    return torch.device("cuda", (base.index or 0) + rank)
+
+
+def join_store(port: int, world: int, rank: int) -> dist.TCPStore:
+    """The rendezvous: rank 0 serves it (port 0: any free one, read back from `.port`), the workers connect."""
+    return dist.TCPStore("127.0.0.1", port, world, is_master=rank == 0, timeout=timedelta(seconds=JOIN_TIMEOUT_S),
+                         wait_for_workers=False)
+
+
+def refuse_second_group() -> None:
+    """torch.distributed has one default group per process, so one tensor-parallel engine per process."""
+    if dist.is_initialized():
+        raise ConfigError("tensor_parallel_size: this process already belongs to a torch.distributed group "
+                          "(one tensor-parallel engine per process)")
+
+
+def check_devices(cfg: ServingConfig) -> None:
+    world = cfg.pytorch.tensor_parallel_size
+    last = rank_device(cfg.device, world - 1)
+    if last.type == "cuda" and last.index >= torch.cuda.device_count():
+        raise ConfigError(f"tensor_parallel_size: {world} ranks from device {cfg.device} need {last}, but "
+                          f"{torch.cuda.device_count()} GPUs are visible")
+
+
+class RankGroup:
+    """This process's rank in the group. Joining blocks until every rank has joined (or JOIN_TIMEOUT_S)."""
+
+    lost: str | None = None  # why the group cannot serve (rank 0 sets it; a worker just exits)
+
+    def __init__(self, cfg: ServingConfig, rank: int, store: dist.Store):
+        refuse_second_group()
+        self.cfg, self.rank, self.world = cfg, rank, cfg.pytorch.tensor_parallel_size
+        self.device = rank_device(cfg.device, rank)
+        self.backend = "nccl" if self.device.type == "cuda" else "gloo"
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.store = store
+        self.meet("started")
+        timeout = timedelta(seconds=COLLECTIVE_TIMEOUT_S)
+        dist.init_process_group(self.backend, store=store, rank=rank, world_size=self.world, timeout=timeout)
+        self.joined = True
+        self.host_group = dist.new_group(backend="gloo", timeout=timeout)
+        self.channel: StepChannel | None = None
+
+    def check(self) -> None:
+        if self.lost is not None:
+            raise RankLost(self.lost)
+
+    def step(self, step: StepInputs) -> AbstractContextManager[None]:
+        """Rank 0 sends each step (RankZero); a worker receives them on its pipe instead."""
+        raise RuntimeError(f"rank {self.rank} does not send steps")
+
+    def meet(self, name: str) -> None:
+        """Waits (up to JOIN_TIMEOUT_S) until every rank got here, through the store: the slow phases (starting
+        Python, loading a shard from disk) vary by far more than the collectives' timeout. Rank 0 checks in
+        between whether a worker died, so a failed start ends at once instead of at the timeout."""
+        self.store.set(f"{name}/{self.rank}", "1")
+        keys = [f"{name}/{r}" for r in range(self.world)]
+        deadline = time.monotonic() + JOIN_TIMEOUT_S
+        while not self.store.check(keys):
+            self.check()
+            if time.monotonic() > deadline:
+                raise RankLost(f"not every rank reached {name!r} within {JOIN_TIMEOUT_S:g} s")
+            time.sleep(0.05)
+
+    def shard(self, model: nn.Module) -> nn.Module:
+        """Keeps this rank's slice of the model (before it moves to the device: the full weights stay on the host)."""
+        return shard_model(model, self.rank, self.world)
+
+    def agree_blocks(self, num_blocks: int) -> int:
+        """The KV block count every rank can hold (the smallest): rank 0's block manager hands out block ids that
+        every rank's cache must have."""
+        self.meet("loaded")
+        t = torch.tensor([num_blocks], dtype=torch.long)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.host_group)
+        return int(t.item())
+
+    def open(self, max_model_len: int) -> None:
+        """Allocates the step channel's buffer for the largest step the configuration allows."""
+        b = self.cfg.batching
+        width = -(-max_model_len // self.cfg.cache.kv_block_size)
+        self.channel = StepChannel(self.host_group, b.max_num_tokens, b.max_batch_size, width)
+
+    def close(self) -> None:
+        if getattr(self, "joined", False):
+            self.joined = False
+            dist.destroy_process_group()

@@ -1,0 +1,206 @@
+"""`y = x @ W^T` for 4-bit group weights (W4A16), in Triton; the torch twin is Int4Linear's reference path
+(llmserve/model/int4.py: dequantize, then F.linear), which the tests compare against.
+
+Weights: uint8 [N, K / 2] in the group-halves layout (byte i of a group of g holds element i in its low nibble
+and element i + g/2 in its high one), scales (and minimums) 16-bit [N, K / g]; "sym" w = s * (q - 8), "asym"
+w = s * q + m. A tile of BLOCK_K inputs (whole groups) is one [BLOCK_N, BLOCK_K / 2] byte load; `& 15` gives the
+low half-tile and `>> 4` the high one, and x is loaded twice at the matching offsets (k0 + j*g + i and + g/2),
+so nothing is interleaved in registers.
+- `w4gemv` (M = 1, batch-1 decode): CUDA-core FMAs; per element acc += s * (q_lo * x_lo + q_hi * x_hi) (sym:
+  q - 8; asym adds m * (x_lo + x_hi)), codes to float by a bit trick (no I2F); `gated=True` computes the
+  MLP's silu(gate) * up while loading x, as the 16/8-bit GEMV does.
+- `w4mm` (M > 1): tensor cores; each half-tile is dequantized to the activation dtype (the value the torch
+  twin rounds to) and multiplied as `W_half [BN, BK/2] @ x_half^T [BK/2, BM]`, W the wide operand (BM >= 16).
+  The gate is applied first by llmserve.kernels.fused.silu_mul (as linear.wmm does by default).
+Block shapes are first guesses from linear.py's int8 sweep; bench/kernel_check.py should sweep them on the H200.
+`pdl=True`: programmatic dependent launch (see llmserve.kernels).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+from llmserve.kernels import launch_args
+
+
+@triton.jit
+def _halves(k0, K, GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Packed columns of one K tile: (their byte offsets from k0 / 2, low-nibble input index, group index,
+    mask of whole groups inside K). The high-nibble input is the low one + GROUP // 2."""
+    c = tl.arange(0, BLOCK_K // 2)
+    j = c // (GROUP // 2)
+    lo = k0 + j * GROUP + c % (GROUP // 2)
+    return c, lo, k0 // GROUP + j, (k0 + j * GROUP) < K
+
+
+@triton.jit
+def _codes(p, ASYM: tl.constexpr):
+    """Low and high nibbles of int32 bytes `p` as float32 (sym: minus 8), without an I2F: bits(2**23) | q is
+    the float 2**23 + q (linear.py's int8 trick)."""
+    lo = ((p & 15) | 0x4B000000).to(tl.float32, bitcast=True)
+    hi = ((p >> 4) | 0x4B000000).to(tl.float32, bitcast=True)
+    if ASYM:  # if/else both returning, as linear.py's _to_f32 does
+        return lo - 8388608.0, hi - 8388608.0
+    else:
+        return lo - 8388616.0, hi - 8388616.0
+
+
+@triton.jit
+def _load_x(x_ptr, idx, mask, K, GATED: tl.constexpr):
+    """x (or silu(gate) * up, rounded like the eager ops) at `idx`, in float32."""
+    x = tl.load(x_ptr + idx, mask=mask, other=0.0)
+    if GATED:
+        u = tl.load(x_ptr + K + idx, mask=mask, other=0.0)
+        g = x.to(tl.float32)
+        x = (g / (1.0 + tl.exp(-g))).to(u.dtype)
+        x = (x.to(tl.float32) * u.to(tl.float32)).to(u.dtype)
+    return x.to(tl.float32)
+
+
+@triton.jit
+def _w4gemv_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, K, stride_wn, stride_sn,
+                   ASYM: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr, GROUP: tl.constexpr,
+                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr):
+    """One row of x: each weight byte read once, both nibbles used, the group's scale applied per element."""
+    if PDL:  # programmatic dependent launch: wait for the previous grid first (llmserve.kernels)
+        gdc_wait()
+        gdc_launch_dependents()
+    pid = tl.program_id(0)
+    offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    rows_w = offs_n[:, None].to(tl.int64) * stride_wn
+    rows_s = offs_n[:, None].to(tl.int64) * stride_sn
+    acc = tl.zeros((BLOCK_N, BLOCK_K // 2), dtype=tl.float32)
+    for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
+        c, lo, grp, k_mask = _halves(k0, K, GROUP, BLOCK_K)
+        mask = n_mask[:, None] & k_mask[None, :]
+        p = tl.load(w_ptr + rows_w + (k0 // 2 + c)[None, :], mask=mask, other=0).to(tl.int32)
+        s = tl.load(s_ptr + rows_s + grp[None, :], mask=mask, other=0.0).to(tl.float32)
+        x_lo = _load_x(x_ptr, lo, k_mask, K, GATED)
+        x_hi = _load_x(x_ptr, lo + GROUP // 2, k_mask, K, GATED)
+        q_lo, q_hi = _codes(p, ASYM)
+        acc += s * (q_lo * x_lo[None, :] + q_hi * x_hi[None, :])
+        if ASYM:
+            m = tl.load(m_ptr + rows_s + grp[None, :], mask=mask, other=0.0).to(tl.float32)
+            acc += m * (x_lo + x_hi)[None, :]
+    y = tl.sum(acc, axis=1)
+    if HAS_BIAS:
+        y = y + tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + offs_n, y.to(out_ptr.dtype.element_ty), mask=n_mask)
+
+
+@triton.jit
+def _w4mm_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, M, N, K, stride_xm, stride_wn, stride_sn, stride_om,
+                 ASYM: tl.constexpr, HAS_BIAS: tl.constexpr, GROUP: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+    if PDL:  # programmatic dependent launch: wait for the previous grid first (llmserve.kernels)
+        gdc_wait()
+        gdc_launch_dependents()
+    pid_m = tl.program_id(0)  # M fastest: neighbouring programs share the W tile (large M) in L2
+    pid_n = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    rows_w = offs_n[:, None].to(tl.int64) * stride_wn
+    rows_s = offs_n[:, None].to(tl.int64) * stride_sn
+    rows_x = offs_m[:, None].to(tl.int64) * stride_xm
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        c, lo, grp, k_mask = _halves(k0, K, GROUP, BLOCK_K)
+        mask = n_mask[:, None] & k_mask[None, :]
+        p = tl.load(w_ptr + rows_w + (k0 // 2 + c)[None, :], mask=mask, other=0).to(tl.int32)
+        s = tl.load(s_ptr + rows_s + grp[None, :], mask=mask, other=0.0).to(tl.float32)
+        x_mask = m_mask[:, None] & k_mask[None, :]
+        x_lo = tl.load(x_ptr + rows_x + lo[None, :], mask=x_mask, other=0.0)
+        x_hi = tl.load(x_ptr + rows_x + (lo + GROUP // 2)[None, :], mask=x_mask, other=0.0)
+        q_lo, q_hi = _codes(p, ASYM)
+        w_lo = s * q_lo  # s * (q - 8), or s * q + m: the twin's float32 values, rounded to x's dtype below
+        w_hi = s * q_hi
+        if ASYM:
+            m = tl.load(m_ptr + rows_s + grp[None, :], mask=mask, other=0.0).to(tl.float32)
+            w_lo += m
+            w_hi += m
+        acc = tl.dot(w_lo.to(x_lo.dtype), tl.trans(x_lo), acc)
+        acc = tl.dot(w_hi.to(x_hi.dtype), tl.trans(x_hi), acc)
+    if HAS_BIAS:
+        acc = acc + tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[:, None]
+    out_ptrs = out_ptr + offs_m[None, :].to(tl.int64) * stride_om + offs_n[:, None]
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_mask[None, :] & n_mask[:, None])
+
+
+def _check(w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None) -> tuple[int, int, int]:
+    """(N, K, group size) of a packed weight, checked against its scales."""
+    N, half = w.shape
+    K = 2 * half
+    group = K // scale.shape[1]
+    assert w.dtype == torch.uint8 and group * scale.shape[1] == K, (w.shape, scale.shape)
+    assert group in (32, 64, 128) and w.stride(1) == 1 and scale.stride(1) == 1
+    assert minimum is None or (minimum.shape == scale.shape and minimum.stride(1) == 1)
+    return N, K, group
+
+
+def gemv_config(N: int, K: int, group: int) -> tuple[int, int, int, int]:
+    """(BLOCK_N, BLOCK_K, num_warps, stages): a tile of 256 bytes per row (512 inputs), whole groups."""
+    bk = max(group, min(512, triton.next_power_of_2(K)))
+    return (8 if K > 8192 else 16), bk, 4, 3
+
+
+def w4gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None = None,
+           bias: torch.Tensor | None = None, gated: bool = False, config: tuple[int, int, int, int] | None = None,
+           pdl: bool = False) -> torch.Tensor:
+    """x: [1, K] (or [1, 2K] gated) -> [1, N]."""
+    N, K, group = _check(w, scale, minimum)
+    assert x.shape == (1, 2 * K if gated else K) and x.stride(-1) == 1
+    bn, bk, warps, stages = config or gemv_config(N, K, group)
+    assert bk % group == 0, (bk, group)
+    out = torch.empty(1, N, dtype=x.dtype, device=x.device)
+    _w4gemv_kernel[(triton.cdiv(N, bn),)](
+        x, w, scale, minimum if minimum is not None else scale, bias if bias is not None else scale, out,
+        N, K, w.stride(0), scale.stride(0), ASYM=minimum is not None, HAS_BIAS=bias is not None, GATED=gated,
+        GROUP=group, BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, num_warps=warps, **launch_args(pdl))
+    return out
+
+
+# (BLOCK_N, BLOCK_K, num_warps, num_stages) per M bucket: linear.py's 8-bit table, BLOCK_K at least a group.
+CONFIGS: dict[int, tuple[int, int, int, int]] = {16: (32, 256, 4, 4), 32: (32, 256, 4, 4), 64: (64, 128, 4, 4),
+                                                128: (128, 128, 8, 3)}
+NUM_SMS = 132
+
+
+def mm_config(M: int, N: int, group: int) -> tuple[int, int, int, int, int]:
+    bm = 16 if M <= 16 else 32 if M <= 32 else 64 if M <= 64 else 128
+    bn, bk, warps, stages = CONFIGS[bm]
+    while bn > 16 and triton.cdiv(N, bn) * triton.cdiv(M, bm) < NUM_SMS // 4:  # small N: keep SMs busy
+        bn //= 2
+    return bm, bn, max(bk, group), warps, stages
+
+
+def w4mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None = None,
+         bias: torch.Tensor | None = None, gated: bool = False, config: tuple[int, int, int, int, int] | None = None,
+         pdl: bool = False) -> torch.Tensor:
+    """x: [M, K] (or [M, 2K] gated), w: packed [N, K / 2], scale (and minimum): [N, K / g]. Returns [M, N]."""
+    M = x.shape[0]
+    N, K, group = _check(w, scale, minimum)
+    assert x.shape[1] == (2 * K if gated else K), (x.shape, w.shape, gated)
+    if M == 1 and config is None:
+        return w4gemv(x, w, scale, minimum, bias, gated, pdl=pdl)
+    if gated:
+        from llmserve.kernels.fused import silu_mul
+
+        x = silu_mul(x, pdl=pdl)
+    assert x.stride(1) == 1
+    out = torch.empty(M, N, dtype=x.dtype, device=x.device)
+    if M == 0:
+        return out
+    bm, bn, bk, warps, stages = config or mm_config(M, N, group)
+    assert bk % group == 0, (bk, group)
+    _w4mm_kernel[(triton.cdiv(M, bm), triton.cdiv(N, bn))](
+        x, w, scale, minimum if minimum is not None else scale, bias if bias is not None else scale, out,
+        M, N, K, x.stride(0), w.stride(0), scale.stride(0), out.stride(0), ASYM=minimum is not None,
+        HAS_BIAS=bias is not None, GROUP=group, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
+        num_stages=stages, **launch_args(pdl))
+    return out

@@ -1,0 +1,161 @@
+"""4-bit weights in groups along K (W4A16): the format, round-to-nearest quantization, and `Int4Linear`.
+
+Format, per weight W [N, K], groups of g = 32, 64 or 128 consecutive inputs of one output row:
+- weight: uint8 [N, K / 2], two 4-bit codes q (0..15) per byte. Within each group, byte i holds element i in
+  its low nibble and element i + g/2 in its high nibble ("group halves"). Why: a Triton tile of whole groups
+  unpacks with one mask and one shift into two half-tiles, each a dense operand for tl.dot against x loaded at
+  two offsets; the adjacent-pairs layout would need a register interleave, which Triton has no cheap op for.
+  For g = 32 it is also byte for byte GGUF's Q4_0 / Q4_1 block layout, so those repack by copying.
+- weight_scale: float16 [N, K / g] (what GGUF, AWQ and GPTQ store); bf16 is accepted too. Kept in its 16 bits.
+- "int4_sym": w = s * (q - 8) (GGUF Q4_0; RTN scale = group absmax / 7, TensorRT-LLM / ModelOpt's int4 recipe).
+- "int4_asym": w = s * q + m, weight_min m float16 [N, K / g] (GGUF Q4_1 and Q4_K's sub-blocks; RTN: s =
+  (max - min) / 15, m = min). A minimum rather than an integer zero point: it holds Q4_1/Q4_K exactly; AWQ /
+  GPTQ zero points (w = s * (q - z)) would need a third variant to stay bit-exact (left for their loaders).
+Dequantization is float32 in that operation order, as ggml's reference dequantizers compute it, so a GGUF
+tensor repacked here dequantizes bit for bit like the file.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmserve.model.launch import KernelLayer
+
+GROUP_SIZES = (32, 64, 128)
+INT4_MODES = ("int4_sym", "int4_asym")
+SCALE_DTYPES = (torch.float16, torch.bfloat16)
+TINY = 2.0 ** -24  # smallest float16 subnormal: an all-zero group keeps a non-zero scale
+
+
+def check_group_size(group_size: int, in_features: int) -> int:
+    if group_size not in GROUP_SIZES:
+        raise ValueError(f"group_size: expected one of {GROUP_SIZES}, got {group_size!r}")
+    if in_features % group_size:
+        raise ValueError(f"group_size: {group_size} does not divide in_features {in_features}")
+    return group_size
+
+
+def pack(q: torch.Tensor, group_size: int) -> torch.Tensor:
+    """codes [N, K] (0..15) -> uint8 [N, K / 2] in the group-halves layout."""
+    n, k = q.shape
+    h = q.to(torch.uint8).reshape(n, k // group_size, 2, group_size // 2)
+    return (h[:, :, 0] | (h[:, :, 1] << 4)).reshape(n, k // 2)
+
+
+def unpack(packed: torch.Tensor, group_size: int) -> torch.Tensor:
+    """uint8 [N, K / 2] -> codes [N, K] (uint8, 0..15)."""
+    n, half = packed.shape
+    p = packed.reshape(n, 2 * half // group_size, group_size // 2)
+    return torch.stack((p & 15, p >> 4), dim=2).reshape(n, 2 * half)
+
+
+def quantize_int4(w: torch.Tensor, group_size: int, symmetric: bool) -> dict[str, torch.Tensor]:
+    """Round-to-nearest: w [N, K] float -> {"weight", "weight_scale"[, "weight_min"]} (see the module doc).
+    Codes are rounded against the float16-rounded scale and minimum, the values the format stores."""
+    n, k = w.shape
+    wg = w.float().reshape(n, k // check_group_size(group_size, k), group_size)
+    if symmetric:
+        s = (wg.abs().amax(-1) / 7.0).to(torch.float16).clamp(min=TINY)
+        q = torch.round(wg / s.float()[..., None]).clamp(-8, 7) + 8
+        out = {"weight_scale": s}
+    else:
+        lo, hi = wg.amin(-1), wg.amax(-1)
+        m = lo.to(torch.float16)
+        s = ((hi - m.float()) / 15.0).to(torch.float16).clamp(min=TINY)
+        q = torch.round((wg - m.float()[..., None]) / s.float()[..., None]).clamp(0, 15)
+        out = {"weight_scale": s, "weight_min": m}
+    out["weight"] = pack(q.reshape(n, k), group_size)
+    return out
+
+
+def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The reference: [N, K] in `dtype`, computed in float32 (s * (q - 8), or s * q + m)."""
+    n, groups = scale.shape
+    p = packed.reshape(n, groups, 1, -1)
+    # [N, groups, g] unpacked; through int32 (uint8 -> float is slow on CPU). No fused multiply-add below:
+    # ggml rounds the product and the sum separately, and so must we to stay bit-exact.
+    q = torch.cat((p & 15, p >> 4), dim=2).reshape(n, groups, -1).to(torch.int32).float()
+    if minimum is None:
+        w = scale.float()[..., None] * (q - 8.0)
+    else:
+        w = scale.float()[..., None] * q + minimum.float()[..., None]
+    return w.reshape(n, -1).to(dtype)
+
+
+class Int4Linear(KernelLayer):
+    """y = x W^T (+ b) with W in the 4-bit group format. The group size is taken from the loaded scales (one
+    model may hold groups of 32 from a GGUF file or of 128 from our quantizer). On CUDA the Triton kernels of
+    llmserve/kernels/int4.py run; elsewhere the weight is dequantized and F.linear runs (the reference)."""
+
+    mode = ""
+    symmetric = True
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, group_size: int = 128):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("weight", torch.empty(out_features, in_features // 2, dtype=torch.uint8))
+        self._set_groups(group_size if in_features % group_size == 0 else GROUP_SIZES[0], torch.float16)
+        self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
+
+    def _set_groups(self, group_size: int, dtype: torch.dtype) -> None:
+        self.group_size = group_size
+        shape = (self.out_features, self.in_features // group_size)
+        device = self.weight.device
+        self.register_buffer("weight_scale", torch.empty(shape, dtype=dtype, device=device))
+        if not self.symmetric:
+            self.register_buffer("weight_min", torch.empty(shape, dtype=dtype, device=device))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Groups come from the checkpoint: resize the placeholders so the stock shape check agrees.
+        scale = state_dict.get(prefix + "weight_scale")
+        if scale is not None:
+            if scale.dim() != 2 or scale.dtype not in SCALE_DTYPES or not scale.shape[1]:
+                raise ValueError(f"{prefix}weight_scale: expected float16/bfloat16 [N, K / group_size], "
+                                 f"got {scale.dtype} {tuple(scale.shape)}")
+            group = self.in_features // scale.shape[1]
+            check_group_size(group, self.in_features)
+            self._set_groups(group, scale.dtype)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Module, group_size: int = 128) -> Int4Linear:
+        w = linear.weight.detach()
+        with torch.device("meta"):
+            m = cls(w.shape[1], w.shape[0], bias=linear.bias is not None, group_size=group_size)
+        for name, t in quantize_int4(w, group_size, cls.symmetric).items():
+            setattr(m, name, t.to(w.device))
+        m.launch = linear.launch
+        if linear.bias is not None:
+            m.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        return m
+
+    @property
+    def minimum(self) -> torch.Tensor | None:
+        return None if self.symmetric else self.weight_min
+
+    def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return dequantize_int4(self.weight, self.weight_scale, self.minimum, dtype)
+
+    def forward(self, x: torch.Tensor, gated: bool = False) -> torch.Tensor:
+        if self.launch.kernels:
+            from llmserve.kernels.int4 import w4mm
+
+            return w4mm(x, self.weight, self.weight_scale, self.minimum, self.bias, gated=gated,
+                        pdl=self.launch.pdl)
+        if gated:
+            gate, up = x.chunk(2, dim=-1)
+            x = F.silu(gate) * up
+        return F.linear(x, self.dequantized(x.dtype), self.bias)
+
+
+class Int4SymLinear(Int4Linear):
+    mode = "int4_sym"
+    symmetric = True
+
+
+class Int4AsymLinear(Int4Linear):
+    mode = "int4_asym"
+    symmetric = False

@@ -1,0 +1,33 @@
+"""How a model's layers run (the Triton path or the torch one), shared by every layer that has both. Its own
+module so that the 16-bit, 8-bit (linear.py) and 4-bit (int4.py) layers all build on it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+
+@dataclass
+class Launch:
+    """How a model's layers run; one object, owned by the model and shared by its layers.
+    kernels: the Triton path (chosen at load: llmserve.kernels.usable); pdl: programmatic dependent launch of
+    the linear and fused kernels, on only while the runner captures a small decode graph (LlamaModel.pdl_launches)."""
+
+    kernels: bool = False
+    pdl: bool = False
+
+
+class KernelLayer(nn.Module):
+    """A layer with a Triton path. Alone it has a Launch of its own (the torch path); in a model, the model's."""
+
+    def __init__(self):
+        super().__init__()
+        self.launch = Launch()
+
+
+def share_launch(model: nn.Module, launch: Launch) -> None:
+    """Hands `launch` to `model` and every layer in it that has a Triton path."""
+    for m in model.modules():
+        if isinstance(m, KernelLayer):
+            m.launch = launch
