@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import shutil
@@ -105,6 +106,74 @@ def write_random_checkpoint(out: Path, vocab: int | None = None, quant: str | No
             if (tokenizer_dir / name).is_file():
                 shutil.copy2(tokenizer_dir / name, out / name)
     return out
+
+
+def hf_tensor_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
+    """The checkpoint tensors of a shape as transformers names and saves them (q/k/v and gate/up separate)."""
+    hid, inter, hd = cfg["hidden_size"], cfg["intermediate_size"], cfg["head_dim"]
+    q, kv = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
+    out: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (cfg["vocab_size"], hid)}
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        out.update({p + "input_layernorm.weight": (hid,), p + "self_attn.q_proj.weight": (q, hid),
+                    p + "self_attn.k_proj.weight": (kv, hid), p + "self_attn.v_proj.weight": (kv, hid)})
+        if cfg.get("model_type") == "qwen2":
+            out.update({p + "self_attn.q_proj.bias": (q,), p + "self_attn.k_proj.bias": (kv,),
+                        p + "self_attn.v_proj.bias": (kv,)})
+        out.update({p + "self_attn.o_proj.weight": (hid, q), p + "post_attention_layernorm.weight": (hid,),
+                    p + "mlp.gate_proj.weight": (inter, hid), p + "mlp.up_proj.weight": (inter, hid),
+                    p + "mlp.down_proj.weight": (hid, inter)})
+    out["model.norm.weight"] = (hid,)
+    if not cfg.get("tie_word_embeddings"):
+        out["lm_head.weight"] = (cfg["vocab_size"], hid)
+    return out
+
+
+def write_sharded_checkpoint(out: Path, shape: str = DEFAULT_SHAPE, shards: int = 4, seed: int = 0) -> dict:
+    """A real checkpoint on disk: the shape's config.json and bf16 N(0, 0.02) weights (norms 1) in `shards`
+    safetensors files with transformers' names, file names and index (Llama-3.1-8B: 16 GB in four files of up to
+    5 GB, as published). Made on the GPU when there is one; the host holds one shard at a time. Each file is
+    flushed and dropped from the page cache, so a load that follows reads the disk. Returns its sizes."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = shape_config(shape)
+    cfg["torch_dtype"] = "bfloat16"
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    shapes = hf_tensor_shapes(cfg)
+    nbytes = {k: 2 * math.prod(s) for k, s in shapes.items()}
+    per_shard = -(-sum(nbytes.values()) // shards)
+    groups: list[list[str]] = [[]]
+    for k in shapes:  # transformers' sharding: in order, a new file once the current one would pass the size
+        if groups[-1] and sum(nbytes[x] for x in groups[-1]) + nbytes[k] > per_shard:
+            groups.append([])
+        groups[-1].append(k)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    gen = torch.Generator(device=device).manual_seed(seed)
+    weight_map = {}
+    for i, keys in enumerate(groups):
+        name = f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
+        tensors = {k: (torch.ones(shapes[k], dtype=torch.bfloat16) if "norm" in k else
+                       (0.02 * torch.randn(shapes[k], generator=gen, device=device)).to(torch.bfloat16).cpu())
+                   for k in keys}
+        save_file(tensors, out / name, metadata={"format": "pt"})
+        del tensors
+        _drop_from_page_cache(out / name)
+        weight_map.update(dict.fromkeys(keys, name))
+    total = sum(nbytes.values())
+    (out / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    sizes = [(out / f).stat().st_size for f in sorted(set(weight_map.values()))]
+    return {"total_bytes": total, "shards": len(sizes), "largest_shard_bytes": max(sizes)}
+
+
+def _drop_from_page_cache(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
 
 
 def graph_time_ms(fn, reps: int = 20, warmup: int = 2) -> float:

@@ -6,6 +6,8 @@ of Llama-3.1-8B, Qwen2.5-7B, Mistral-7B-v0.3 or Llama-2-7B, the default, kept fo
     python -m bench.run --phases floor,engine --quick --out /tmp/b     # a smoke run
     python -m bench.run --shape llama3.1-8b --phases floor,engine_fp8 --plan trtllm \
         --serving max_batch_size=1024                                   # TensorRT-LLM's workloads, up to 2048 streams
+    python -m bench.run --shape llama3.1-8b --phases load               # start from a 16 GB checkpoint on disk
+    python -m bench.run --shape llama3.1-8b --phases engine,engine_fp8 --plan long   # 8k/16k/32k-token prompts
 
 Each phase runs in its own process (GPU memory is freed between them) and writes a JSON file; the parent
 merges them into results.json, results.md and results.png under --out. Weights are made on the GPU (no 13 GB
@@ -40,6 +42,11 @@ WORKLOADS = {"128x128": (128, 128), "128x2048": (128, 2048), "2048x128": (2048, 
              "2048x2048": (2048, 2048)}
 # The context a shape is served with when its max_position_embeddings is longer (the longest workload's)
 WORKLOAD_CONTEXT = max(i + o for i, o in WORKLOADS.values())
+# Long prompts (`--plan long`, issue 18 item 5): TTFT and inter-token latency at 8k, 16k and 32k tokens, served with
+# the context they need and LONG_KNOBS (unless --serving sets them)
+LONG_WORKLOADS = {"8192x128": (8192, 128), "16384x128": (16384, 128), "32768x128": (32768, 128)}
+WORKLOADS.update(LONG_WORKLOADS)
+LONG_KNOBS = {"max_model_len": max(i + o for i, o in LONG_WORKLOADS.values()), "max_num_tokens": 8192}
 # Concurrency per workload; 128/2048 and 2048/128 stop at 32 streams: at 64 x 2176 tokens the KV cache of a 7B
 # model (0.5 MB a token in 16 bits) outgrows the ~58 GB left on an 80 GB card, and device time is rationed.
 PLAN = {
@@ -57,6 +64,8 @@ PLAN = {
     # A first look in one call: four of them at one to three concurrencies (2048/2048 at 256 streams outgrows the
     # KV cache of an 8B model in 16 bits on an H200)
     "trtllm_short": {"128x128": [1, 256, 1024], "128x2048": [256], "2048x128": [256], "1000x1000": [256]},
+    # batch 1 and a few streams per prompt length (the 4 x 32k point needs ~17 GB of 16-bit KV for Llama-3.1-8B)
+    "long": {"8192x128": [1, 4], "16384x128": [1, 4], "32768x128": [1, 2, 4]},
 }
 # Requests per point of the trtllm plans, in units of the point's concurrency (from 64 streams up): trtllm-bench
 # queues thousands of requests (30,000 for 128/128, 3,000 or 1,500 for the others) and reports the whole run, so the
@@ -71,6 +80,7 @@ QUICK = {
     "hf": {"128x128": [1]},
     "triton": {"128x128": [1, 8]}, "triton_variant": {"128x128": [8]},
     "trtllm": {"128x128": [1, 8], "2048x128": [4]}, "trtllm_short": {"128x128": [1, 8]},
+    "long": {"8192x128": [1]},
 }
 # The engine phases by weight storage (int4: symmetric, groups of 128, the guide's recipe)
 ENGINE_MODES = {"engine": "bf16", "engine_fp8": "fp8", "engine_int8": "int8_wo", "engine_int4": "int4_sym"}
@@ -269,9 +279,12 @@ def _admission_knobs(plan: dict) -> dict:
     return {k: v for k, v in need.items() if k not in SERVING and v > getattr(defaults, k)}
 
 
-def _shape_knobs(shape: str) -> dict:
-    """max_model_len for a shape whose context is longer than the workloads need (unless --serving sets it)."""
-    if "max_model_len" in SERVING or SHAPES[shape]["max_position_embeddings"] <= WORKLOAD_CONTEXT:
+def _shape_knobs(shape: str, plan: str | None = None, given: frozenset[str] = frozenset()) -> dict:
+    """max_model_len for a shape whose context is longer than the workloads need; the long plan's context and step
+    budget (LONG_KNOBS). `given`: the knobs --serving sets, which win."""
+    if plan == "long":
+        return {k: v for k, v in LONG_KNOBS.items() if k not in given}
+    if "max_model_len" in given or SHAPES[shape]["max_position_embeddings"] <= WORKLOAD_CONTEXT:
         return {}
     return {"max_model_len": WORKLOAD_CONTEXT}
 
@@ -325,6 +338,52 @@ def phase_engine(args) -> dict:
     res["kv_blocks"] = eng.stats().kv_blocks_total
     eng.shutdown()
     res["gc_trace"] = [line for line in trace.read_text().splitlines() if " gc " in line]
+    return res
+
+
+def _rss_bytes(key: str) -> int:
+    return next(int(line.split()[1]) * 1024 for line in Path("/proc/self/status").read_text().splitlines()
+                if line.startswith(key + ":"))
+
+
+def phase_load(args) -> dict:
+    """Engine start from a real sharded checkpoint on disk (issue 18 item 4): writes the shape's bf16 checkpoint
+    with random values in a child process (16 GB in four files for Llama-3.1-8B), starts the engine from it with
+    the run's serving knobs, and reports the start split (load, KV allocation, warm-up, graph capture) and this
+    process's peak host RSS during the start above its RSS before it, in bytes and in shards."""
+    import multiprocessing
+    import shutil
+
+    from bench.common import write_sharded_checkpoint
+    from bench.workload import drive_engine
+    from llmserve.config import ServingConfig
+    from llmserve.engine.torch_engine import TorchEngine
+
+    work = Path(tempfile.mkdtemp(prefix="llmbench-load-"))
+    t0 = time.perf_counter()
+    with multiprocessing.get_context("spawn").Pool(1) as pool:  # its memory is not this process's peak
+        sizes = pool.apply(write_sharded_checkpoint, (work / "ckpt", args.shape))
+    res = {"shape": args.shape, **sizes, "write_s": round(time.perf_counter() - t0, 1), "serving": dict(SERVING)}
+    print("checkpoint", res, flush=True)
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM from here on (Linux)
+    before = _rss_bytes("VmRSS")
+    t0 = time.perf_counter()
+    eng = TorchEngine(ServingConfig.from_parameters(SERVING), work / "ckpt")
+    res["start_s"] = round(time.perf_counter() - t0, 2)
+    peak = _rss_bytes("VmHWM") - before
+    res["split_s"] = {k: round(v, 2) for k, v in eng.startup.items()}
+    res["other_s"] = round(res["start_s"] - sum(eng.startup.values()), 2)  # KV sizing, the engine's own setup
+    res.update(host_peak_rss_bytes=peak, host_peak_in_shards=round(peak / sizes["largest_shard_bytes"], 3),
+               max_model_len=eng.max_model_len, kv_blocks=eng.stats().kv_blocks_total)
+    # On the CPU (the LLMSERVE_BENCH_TINY=1 smoke) the weights and the KV cache are host memory: no shard bound.
+    on_gpu = eng.runner.device.type == "cuda"
+    res["target"] = {"start_s<=60": res["start_s"] <= 60,
+                     "host_peak<2_shards": res["host_peak_in_shards"] < 2 if on_gpu else None}
+    records, _ = drive_engine(eng, _random_prompts(2, 32, args.vocab, 3), 8, 2)  # it serves
+    res["served_tokens"] = sum(len(r.token_times) for r in records)
+    eng.shutdown()
+    shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(res), flush=True)
     return res
 
 
@@ -528,7 +587,7 @@ def make_prompt_files(work: Path, quick: bool) -> str:
     return str(path)
 
 
-PHASES = {"floor": phase_floor, "engine": phase_engine, "hf": phase_hf, "triton": phase_triton}
+PHASES = {"floor": phase_floor, "engine": phase_engine, "hf": phase_hf, "triton": phase_triton, "load": phase_load}
 
 
 def _run_phase(name: str, out_json: Path, extra: list[str], log, timeout: float) -> dict:
@@ -576,7 +635,9 @@ def main(argv: list[str] | None = None) -> int:
                     "engine_nopdl (programmatic dependent launch off), engine_t2048 / engine_fp8_t2048 (2048 "
                     "tokens a step), engine_eager_prefill / engine_fp8_eager_prefill (no prefill CUDA graphs), "
                     "triton_inproc (the engine inside the stub), triton_x2 / triton_x4 (2 / 4 Triton model "
-                    "instances sharing the engine process), triton_gil1ms (GIL switch interval 1 ms)")
+                    "instances sharing the engine process), triton_gil1ms (GIL switch interval 1 ms), load (engine "
+                    "start from a sharded bf16 checkpoint written to disk: load / KV allocation / warm-up / graph "
+                    "capture seconds and the host's peak RSS)")
     ap.add_argument("--quick", action="store_true", help="a smoke run: two concurrencies, one workload")
     ap.add_argument("--phase-timeout", type=float, default=420)
     ap.add_argument("--budget", type=float, default=0, help="start no phase after this many seconds (0: no limit)")
@@ -589,7 +650,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="the workloads and concurrencies of the engine phases (engine, engine_fp8, engine_int8 and "
                     "the variants such as engine_fp8_kv8; default engine / engine_quant / variant); trtllm: "
                     "TensorRT-LLM's five workloads at up to 1,024 streams (with --serving max_batch_size=1024), "
-                    "trtllm_short: four of them at fewer concurrencies, a first look")
+                    "trtllm_short: four of them at fewer concurrencies, a first look; long: 8k, 16k and 32k-token "
+                    "prompts at 1 to 4 streams (TTFT and inter-token latency), served with max_model_len 32896 and "
+                    "8,192 tokens a step unless --serving sets them")
     ap.add_argument("--waves", type=int, default=0, help="requests per point of 64+ streams, in units of its "
                     "concurrency (default 8 for the trtllm plans, else 1); the point reports the whole run's "
                     "throughput and the steady stretch's (steady_tok_s)")
@@ -610,7 +673,7 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.serving:
         key, _, value = item.partition("=")
         SERVING[key] = value
-    SERVING.update(_shape_knobs(args.shape))
+    SERVING.update(_shape_knobs(args.shape, args.plan, frozenset(i.partition("=")[0] for i in args.serving)))
     args.vocab = args.vocab or SHAPES[args.shape]["vocab_size"]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -663,8 +726,8 @@ def main(argv: list[str] | None = None) -> int:
                     "engine", work / f"{phase}.json",
                     q + ["--mode", mode, "--plan", args.plan or "variant"] + [f"--serving={k}" for k in knobs],
                     log, args.phase_timeout)
-            elif phase == "hf":
-                results["phases"]["hf"] = _run_phase("hf", work / "hf.json", q, log, args.phase_timeout)
+            elif phase in ("hf", "load"):
+                results["phases"][phase] = _run_phase(phase, work / f"{phase}.json", q, log, args.phase_timeout)
             elif phase in TRITON_VARIANTS:
                 prompts = make_prompt_files(work, args.quick)
                 knobs, instances, plan = TRITON_VARIANTS[phase]

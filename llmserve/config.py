@@ -162,7 +162,7 @@ class ServingConfig:
     engine: str = "pytorch"  # "pytorch" | "tensorrtllm" | "synthetic" (no model: measures the serving layers)
     checkpoint_dir: str = "checkpoint"  # relative to the model directory, confined to it
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
-    max_model_len: int = 0  # 0: the model's max_position_embeddings
+    max_model_len: int = 0  # 0: the smaller of max_position_embeddings and what the KV cache holds (our engine)
     synthetic_step_ms: float = 15.0  # engine "synthetic": the stand-in for one GPU step
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)

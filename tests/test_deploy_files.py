@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from llm_client.openai_server import cli as openai_cli
+from llm_client.openai_server import create_app
 from llmserve.engine.manifest import DEFAULT_TRITON_IMAGE, TRITON_TRTLLM_IMAGES, check_supported_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +30,8 @@ VENV = Path(os.environ.get("DEPLOYCHECK_VENV", ROOT / ".venv-deploycheck"))
 if not VENV.is_absolute():
     VENV = ROOT / VENV
 VALIDATE = DEPLOY / "tools" / "validate_deploy.py"
-PROFILES = ["fp16", "replica2", "fp8", "int8_sq", "int4_awq", "tp2", "cpu"]
+PROFILES = ["fp16", "replica2", "fp8", "int8_sq", "int4_awq", "tp2", "cpu", "openai", "torch_1gpu", "torch_dp2",
+            "torch_tp2", "torch_dp2_tp2"]
 OUR_METRICS = ["llm_time_to_first_token_seconds", "llm_time_per_output_token_seconds",
                "llm_e2e_request_latency_seconds", "llm_prompt_tokens_total", "llm_generation_tokens_total",
                "llm_requests_running", "llm_requests_waiting", "llm_kv_cache_blocks", "llm_prefix_cache_hits_total",
@@ -150,6 +153,30 @@ def test_compose_image_is_a_variable(tools):
     assert cfg["services"]["engine-build"]["environment"]["RECIPE"] == "fp8"
     assert cfg["services"]["triton"]["environment"]["ENGINE_NAME"] == "fp8-tp1"
 
+
+def test_compose_openai_front(tools):
+    """The OpenAI front (issue 20): opt-in, the CPU image, its command parses with the real CLI and reaches Triton
+    through the LB's gRPC port; Prometheus scrapes it through its alias on the port it listens on."""
+    svc = compose_config(tools, "--profile", "cpu", "--profile", "openai")["services"]
+    front = svc["openai"]
+    assert front["profiles"] == ["openai"]  # `config` lists every service; `up` starts this one only when asked
+    assert front["image"] == svc["llm-cpu"]["image"] and front["build"] == svc["llm-cpu"]["build"]
+    assert front["command"][:3] == [".venv/bin/python", "-m", "llm_client.openai_server"]
+    args = openai_cli.parser().parse_args(front["command"][3:])
+    assert args.host == "0.0.0.0" and args.served_names == ["llm"]
+    host, port = args.triton.split(":")
+    assert host == "lb" and re.search(rf"^\s*listen {port} http2;", (DEPLOY / "lb" / "nginx.conf").read_text(), re.M)
+    assert [str(p["target"]) for p in front["ports"]] == [str(args.port)]
+    assert "/health/live" in " ".join(front["healthcheck"]["test"])
+    assert "/health/live" in {r.path for r in create_app().routes}
+    alias = front["networks"]["llm"]["aliases"]
+    scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]
+    job = next(j for j in scrape if j["job_name"] == "openai")
+    assert job["metrics_path"] == "/metrics" and "/metrics" in {r.path for r in create_app().routes}
+    assert job["dns_sd_configs"][0]["names"] == alias and job["dns_sd_configs"][0]["port"] == args.port
+    env = compose_config(tools, "--profile", "openai", env={"OPENAI_PORT": "18080", "OPENAI_MODEL_NAME": "m"})
+    front = env["services"]["openai"]
+    assert front["ports"][0]["published"] in (18080, "18080") and "m" in front["command"]
 
 def test_every_image_default_is_the_supported_tables_default():
     """docker-compose.yml and deploy/triton/Dockerfile cannot drift from llmserve/engine/manifest.py (issue 21 item 8):
@@ -380,3 +407,75 @@ def test_dockerfiles_hadolint(tools):
     hadolint = need(tools, "hadolint")
     p = run([hadolint, str(DEPLOY / "triton" / "Dockerfile"), str(DEPLOY / "cpu" / "Dockerfile")])
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+# ---- our engine's layouts (issue 19 item 3) ---
+
+TORCH_LAYOUTS = {"torch_1gpu": [1], "torch_dp2": [1, 1], "torch_tp2": [2], "torch_dp2_tp2": [2, 2]}
+
+
+def _start_sh_config(env: dict[str, str]) -> tuple[object, list]:
+    """The config.pbtxt start.sh writes for a service's environment, read back as the launcher reads it."""
+    sys.path.insert(0, str(DEPLOY / "triton"))
+    try:
+        import set_params
+    finally:
+        sys.path.pop(0)
+    from llmserve.launch.layout import read_model_config
+
+    params = dict(p.split("=", 1) for p in env["LLM_PARAMS"].split())
+    text = set_params.set_params((ROOT / "model_repository" / "llm" / "config.pbtxt").read_text(),
+                                 {"engine": env["LLM_ENGINE"], "device": "cuda", **params})
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"config-{os.getpid()}.pbtxt"
+    path.write_text(text)
+    try:
+        return read_model_config(path)
+    finally:
+        path.unlink()
+
+
+@pytest.mark.parametrize("profile", TORCH_LAYOUTS)
+def test_compose_torch_layouts_fit_their_gpus(tools, profile):
+    """Each profile's replicas (containers behind the LB) hold tensor_parallel_size GPUs each; the launcher's check
+    (which `wrap` runs in the container) accepts each container's GPUs and refuses one GPU fewer."""
+    from llmserve.engine.parallel.layout import LayoutError
+    from llmserve.launch.layout import plan_replicas
+
+    svc = compose_config(tools, "--profile", profile)["services"]
+    mine = {n: s for n, s in svc.items() if profile in s.get("profiles", [])}
+    tps = []
+    for name, s in sorted(mine.items()):
+        gpus = s["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"]
+        cfg, groups = _start_sh_config(s["environment"])
+        assert cfg.engine == "pytorch" and "llm-backend" in s["networks"]["llm"]["aliases"], name
+        assert plan_replicas(cfg, groups, len(gpus)) == [tuple(range(len(gpus)))], name
+        with pytest.raises(LayoutError, match="tensor_parallel_size: 2 ranks|device: cuda needs a GPU"):
+            plan_replicas(cfg, groups, len(gpus) - 1)
+        tps.append(cfg.pytorch.tensor_parallel_size)
+    assert tps == TORCH_LAYOUTS[profile]
+    used = [g for s in mine.values() for g in s["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"]]
+    assert len(set(used)) == len(used) == sum(tps)  # no GPU serves two replicas
+
+
+def test_k8s_torch_layouts():
+    """A pod per replica: its GPU limit equals its tensor_parallel_size; the Service selects both layouts' pods and
+    the TensorRT-LLM Deployment's selector none of them."""
+    docs = {}
+    for f in (DEPLOY / "k8s").glob("*.yaml"):
+        for d in yaml.safe_load_all(f.read_text()):
+            if d:
+                docs[(d["kind"], d["metadata"]["name"])] = d
+    service = docs[("Service", "llm-torch")]["spec"]["selector"]
+    trtllm = docs[("Deployment", "llm-triton")]["spec"]["selector"]["matchLabels"]
+    for tp in (1, 2):
+        dep = docs[("Deployment", f"llm-torch-tp{tp}")]
+        pod = dep["spec"]["template"]
+        c = pod["spec"]["containers"][0]
+        env = {e["name"]: e["value"] for e in c["env"]}
+        cfg, groups = _start_sh_config(env)
+        assert cfg.pytorch.tensor_parallel_size == tp == c["resources"]["limits"]["nvidia.com/gpu"]
+        assert len(groups) == 1 and groups[0].kind == "KIND_MODEL"
+        labels = pod["metadata"]["labels"]
+        assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        assert service.items() <= labels.items() and not trtllm.items() <= labels.items()
+        assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"

@@ -7,6 +7,7 @@ from llmserve.config import ConfigError, ServingConfig
 from llmserve.engine.api import EngineRequest
 from llmserve.engine.observer import StepTrace
 from llmserve.engine.sampling_params import InvalidRequest, SamplingParams
+from llmserve.engine.startup import served_context
 from llmserve.engine.torch_engine import TorchEngine
 
 PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.", "List three prime numbers.",
@@ -206,3 +207,35 @@ def test_step_trace_writes_one_line_per_eager_step(checkpoint, chat_ids, tmp_pat
     assert all(" eager seqs=1 tokens=" in line and " oldest_wait_ms=" in line for line in lines)
     fields = [dict(kv.split("=") for kv in line.split()[2:]) for line in lines]
     assert all(0 < float(f["launch_ms"]) <= float(f["ms"]) for f in fields)
+
+
+def test_max_model_len_defaults_to_the_smaller_of_the_model_and_the_kv_budget(checkpoint, chat_ids, caplog):
+    blocks = 8  # 128 tokens, below SmolLM2's max_position_embeddings
+    with caplog.at_level("WARNING", logger="llmserve.engine.startup"):
+        engine = TorchEngine(ServingConfig.of(kv_cache_memory_bytes=blocks * 737280), checkpoint)
+    model_len = engine.runner.model.args.max_position_embeddings
+    assert engine.max_model_len == blocks * 16 < model_len
+    assert "what the KV cache holds for one sequence" in caplog.text
+    assert set(engine.startup) == {"load", "kv_allocation"} and all(s >= 0 for s in engine.startup.values())
+    with pytest.raises(InvalidRequest, match=rf"model context is 128 tokens \(max_model_len; the model's "
+                                             rf"max_position_embeddings is {model_len} and the KV cache holds 128"):
+        engine.add_request(greedy("long", chat_ids * 4))
+    out, reasons = run(engine, [greedy("fits", chat_ids, n=200, ignore_eos=True)])
+    assert len(chat_ids) + len(out["fits"]) == 128 and reasons["fits"] == "length"  # ends at the served context
+
+
+def test_max_model_len_above_either_limit_is_refused_naming_both(checkpoint):
+    with pytest.raises(ConfigError, match=r"^max_model_len: 129 tokens .* max_position_embeddings is \d+ and the KV "
+                                          r"cache holds 128 tokens for one sequence"):
+        TorchEngine(ServingConfig.of(max_model_len=129, kv_cache_memory_bytes=8 * 737280), checkpoint)
+
+
+def test_served_context_takes_the_model_limit_when_the_kv_cache_holds_more(caplog):
+    with caplog.at_level("INFO", logger="llmserve.engine.startup"):
+        assert served_context(0, 4096, 10_000) == 4096
+    assert "max_model_len 4096: the model's max_position_embeddings" in caplog.text
+    assert served_context(0, 4096, 1000) == 1000
+    assert served_context(2048, 4096, 10_000) == 2048
+    with pytest.raises(ConfigError, match=r"^max_model_len: 8192 tokens .*max_position_embeddings is 4096 and the "
+                                          r"KV cache holds 10000 tokens"):
+        served_context(8192, 4096, 10_000)

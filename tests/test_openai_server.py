@@ -16,6 +16,8 @@ import urllib.request
 import openai
 import pytest
 
+from llm_client import AsyncLLMClient, LLMClient
+from llm_client.cli import main as llm_cli
 from tests.conftest import ROOT, free_port
 from tests.server_utils import make_repository, metric, wait_for
 
@@ -124,6 +126,30 @@ def test_sdk_n3_with_a_seed_is_reproducible_and_streams_per_choice(client):
     whole = client.completions.create(model="llm", prompt="The sea is", n=2, seed=3, temperature=1.0, max_tokens=6)
     assert [c.index for c in whole.choices] == [0, 1] and whole.choices[0].text != whole.choices[1].text
 
+
+
+def test_llm_client_and_cli_expose_every_choice_like_the_sdk(client, server, capsys):
+    """LLMClient (gRPC and HTTP, streamed and unary, sync and async) returns all n choices with per-choice finish
+    reasons, the same ones the OpenAI front gives for that seed; `llm generate --n` prints them."""
+    kwargs = {"n": 3, "seed": 42, "temperature": 1.0, "max_tokens": 12}
+    sdk = client.chat.completions.create(model="llm", messages=QUESTION, **kwargs)
+    want = [(c.index, c.message.content, c.finish_reason) for c in sdk.choices]
+    grpc_client, http_client = LLMClient(server.grpc_url), LLMClient(server.http_url, protocol="http")
+    results = [grpc_client.generate(messages=QUESTION, stream=s, **kwargs) for s in (False, True)]
+    results += [http_client.generate(messages=QUESTION, stream=s, **kwargs) for s in (False, True)]
+    results.append(asyncio.run(AsyncLLMClient(server.grpc_url).generate(messages=QUESTION, stream=True, **kwargs)))
+    for r in results:
+        assert [(c.index, c.text, c.finish_reason) for c in r.choices] == want
+        assert sum(c.num_output_tokens for c in r.choices) == sdk.usage.completion_tokens
+        assert (r.text, r.finish_reason, r.num_input_tokens) == (want[0][1], want[0][2], sdk.usage.prompt_tokens)
+    assert len(results[1].chunks) > 3 and all(len(c.texts) == 3 for c in results[1].chunks)
+    one = grpc_client.generate(messages=QUESTION, max_tokens=4, temperature=0)
+    assert len(one.choices) == 1 and one.choices[0].text == one.text and one.finish_reason == "length"
+    assert llm_cli(["generate", "--chat", "--url", server.grpc_url, "--n", "3", "--seed", "42", "--temperature",
+                    "1.0", "--max-tokens", "12", QUESTION[0]["content"]]) == 0
+    out = capsys.readouterr().out
+    for index, text, reason in want:
+        assert f"--- choice {index} (finish_reason: {reason}, " in out and text in out
 
 BAD = [
     ("chat", {"temperature": 5}, "temperature"),

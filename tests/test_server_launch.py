@@ -1,5 +1,7 @@
 """The server start command: the plain tritonserver line, and the MPI world for TP/PP > 1."""
 
+import pytest
+
 from llmserve.launch.tritonserver import main
 
 
@@ -33,3 +35,50 @@ def test_a_mismatched_world_is_refused_before_launching(capsys, checkpoint, tmp_
     assert main(["command", "--model-repository", str(repo), "--tp", "4"]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and "--tp 2 --pp 1" in captured.err and "would start 4 ranks" in captured.err
+
+
+def test_a_layout_the_gpus_cannot_hold_is_refused_before_any_server_starts(capsys, checkpoint, monkeypatch):
+    """2 replicas x TP2 listed on GPUs 0 and 1 overlap; on GPUs 0 and 3 of 4 the second needs a fifth. `serve` and
+    `command` refuse both, naming the knobs and the GPUs seen, and never reach tritonserver."""
+    from llmserve.launch.tritonserver import TritonServer
+
+    def no_start(*_a, **_k):
+        raise AssertionError("tritonserver must not start")
+
+    monkeypatch.setattr(TritonServer, "start", no_start)
+    monkeypatch.setattr(TritonServer, "command", no_start)
+    for gpus, words in (("0,1", ["instance_group gpus with tensor_parallel_size 2", "GPU 1 uses GPUs 1-2"]),
+                        ("0,3", ["tensor_parallel_size: 2 ranks", "need GPUs 3-4", "4 GPUs are visible"])):
+        for command in ("serve", "command"):
+            argv = [command, "--instance-gpus", gpus, "--set", "tensor_parallel_size=2", "--assume-gpus", "4"]
+            assert main(argv) == 2
+            out = capsys.readouterr()
+            assert out.out == "" and all(w in out.err for w in ["error: ", "gpus: [0, 2]", *words]), out.err
+
+
+def test_a_layout_that_fits_prints_its_replicas_and_the_command(capsys, checkpoint):
+    argv = ["command", "--instance-gpus", "0,2", "--set", "tensor_parallel_size=2", "--assume-gpus", "4"]
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    assert "tritonserver" in out.out
+    assert "layout: llm: 2 replica(s) x tensor_parallel_size 2 on GPUs 0-1, GPUs 2-3 of 4 visible" in out.err
+
+
+def test_wrap_refuses_before_running_the_command(capsys, checkpoint, tmp_path):
+    """The GPU containers start tritonserver through `wrap`: its repository is checked first."""
+    from llmserve.launch.tritonserver import derive_repository
+
+    repo = derive_repository(tmp_path / "repo", instance_gpus=[0, 1], tensor_parallel_size=2)
+    marker = tmp_path / "ran"
+    assert main(["wrap", "--assume-gpus", "4", "--", "touch", str(marker), f"--model-repository={repo}"]) == 2
+    assert not marker.exists() and "GPU 1 uses GPUs 1-2" in capsys.readouterr().err
+
+
+def test_the_gpu_count_is_torchs_when_not_given(capsys, checkpoint):
+    import torch
+
+    if torch.cuda.device_count():
+        pytest.skip("checks the refusal on a machine without GPUs")
+    assert main(["command", "--instance-gpus", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "instance_group kind: KIND_GPU needs a GPU, but 0 GPUs are visible (torch.cuda.device_count() = 0" in err

@@ -239,3 +239,44 @@ def test_through_tritonserver_16_streams_each_get_one_final_and_a_killed_worker_
     finally:
         srv.stop()
     assert wait_for(lambda: not worker_procs(marker), 5)
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_two_replicas_of_tp2_in_one_tritonserver_serve_side_by_side(tiny, tmp_path):
+    """Item 3 on the CPU: two model instances (each a stub with its own engine here, as a KIND_GPU instance per
+    GPU is on a GPU machine), each rank 0 of its own TP2 group. Both groups are up at once, every request gets one
+    final, the same greedy prompt gets the same text from whichever replica, and stopping leaves no worker."""
+    from llmserve.launch.layout import check_repository
+    from llmserve.launch.tritonserver import TritonServer
+    from tests.conftest import free_port
+    from tests.server_utils import Stream, make_repository
+
+    repo = make_repository(tmp_path / "repo", tiny, instances=2, tensor_parallel_size=2, device="cpu",
+                           kv_block_size=4)
+    assert check_repository(repo, 0) == ["llm: engine pytorch, no GPU layout to check"]
+    srv = TritonServer(repo, free_port(), free_port(), free_port(), log_path=tmp_path / "server.log")
+    marker = str(repo)
+    srv.start(timeout=240)
+    try:
+        workers = worker_procs(marker)
+        assert len(workers) == 2 and len({w.ppid() for w in workers}) == 2  # one group per replica
+        stream = Stream(srv.grpc_url)
+        ids = {f"r{i}" for i in range(12)}
+        for rid in sorted(ids):
+            stream.send(rid, text_input=f"Tell me about the number {int(rid[1:]) % 3}.", stream=True,
+                        sampling_parameters={"max_tokens": 12, "ignore_eos": True, "temperature": 0})
+        got = stream.collect(ids, timeout=180)
+        stream.close()
+        texts: dict[int, set[str]] = {}
+        for rid in ids:
+            assert [r for r in got[rid] if r[0] == "error"] == [], got[rid]
+            assert sum(final for _, _, final in got[rid]) == 1
+            texts.setdefault(int(rid[1:]) % 3, set()).add("".join(piece or "" for _, piece, _ in got[rid]))
+        assert all(len(t) == 1 and next(iter(t)) for t in texts.values()), texts
+    finally:
+        srv.stop()
+    deadline = time.monotonic() + 5
+    while worker_procs(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not worker_procs(marker)

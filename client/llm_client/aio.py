@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from llm_client.client import Chunk, Result, _chunk_from_outputs, _grpc_error, build_inputs
+from llm_client.client import Chunk, Result, _chunk_from_outputs, _grpc_error, build_inputs, collect
 
 
 class AsyncLLMClient:
@@ -43,7 +43,4 @@ class AsyncLLMClient:
 
     async def generate(self, prompt: str | None = None, messages: list | None = None, stream: bool = False,
                        **params) -> Result:
-        chunks = [c async for c in self.stream(prompt, messages, stream=stream, **params)]
-        last = chunks[-1] if chunks else Chunk("")
-        return Result("".join(c.text for c in chunks), last.finish_reason, last.num_input_tokens,
-                      sum(c.num_output_tokens or 0 for c in chunks), chunks)
+        return collect([c async for c in self.stream(prompt, messages, stream=stream, **params)])

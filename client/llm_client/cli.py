@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from llm_client.client import LLMClient, RequestError, ServerUnreachable
+from llm_client.client import LLMClient, RequestError, Result, ServerUnreachable
 
 # The deployment guide's "stable output" preset (section 6.2): temperature 0.5-0.7, top_k 20-50,
 # repetition_penalty > 1.0. Kept here as data so `llm chat --preset stable` needs no server change.
@@ -17,8 +17,8 @@ PRESETS = {
 
 def _params(a: argparse.Namespace) -> dict:
     params = dict(PRESETS.get(a.preset, {})) if a.preset else {}
-    for key in ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed"):
-        value = getattr(a, key)
+    for key in ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed", "n"):
+        value = getattr(a, key, None)
         if value is not None:
             params[key] = value
     if a.stop:
@@ -56,6 +56,13 @@ def _stream_out(client: LLMClient, out, **kwargs) -> str:
     return "".join(parts)
 
 
+def _print_choices(result: Result, out) -> None:
+    for c in result.choices:
+        out.write(f"--- choice {c.index} (finish_reason: {c.finish_reason}, {c.num_output_tokens} tokens) ---\n")
+        out.write(c.text + "\n")
+    out.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "soak":
@@ -84,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("prompt")
     g.add_argument("--chat", action="store_true", help="wrap the prompt as a user message (chat template)")
     g.add_argument("--no-stream", action="store_true")
+    g.add_argument("--n", type=int, default=None,
+                   help="answers to sample for the prompt (each with its own seeded stream: seed, seed+1, ...); "
+                        "n > 1 prints every choice with its finish reason")
     _common(g)
     c = sub.add_parser("chat", help="interactive chat; history is kept and sent with each turn")
     c.add_argument("--system", default=None)
@@ -93,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.command == "generate":
             kwargs = {"messages": [{"role": "user", "content": a.prompt}]} if a.chat else {"prompt": a.prompt}
-            if a.no_stream:
+            if (a.n or 1) > 1:
+                _print_choices(client.generate(**kwargs, stream=not a.no_stream, **_params(a)), sys.stdout)
+            elif a.no_stream:
                 print(client.generate(**kwargs, **_params(a)).text)
             else:
                 _stream_out(client, sys.stdout, **kwargs, **_params(a))

@@ -36,20 +36,56 @@ class RequestError(RuntimeError):
 
 @dataclass
 class Chunk:
+    """One response of the model. `text`, `finish_reason` and `num_output_tokens` are choice 0's; with the `n`
+    sampling parameter the lists hold every choice's (one entry per choice, as vllm_backend returns them)."""
+
     text: str
     final: bool = False
     finish_reason: str | None = None
     num_input_tokens: int | None = None
     num_output_tokens: int | None = None
+    texts: list[str] = field(default_factory=list)
+    finish_reasons: list[str | None] = field(default_factory=list)  # None: that choice still runs
+    output_token_counts: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Choice:
+    """One of the n answers to a request: its whole text, why it ended and its generated tokens."""
+
+    index: int
+    text: str = ""
+    finish_reason: str | None = None
+    num_output_tokens: int = 0
 
 
 @dataclass
 class Result:
+    """`text`, `finish_reason` and `num_output_tokens` are choice 0's; `choices` holds all n."""
+
     text: str
     finish_reason: str | None = None
     num_input_tokens: int | None = None
     num_output_tokens: int = 0
     chunks: list[Chunk] = field(default_factory=list)
+    choices: list[Choice] = field(default_factory=list)
+
+
+def collect(chunks: list[Chunk]) -> Result:
+    """The whole answer from a request's chunks (streamed: each choice's pieces joined; unary: one chunk)."""
+    choices: list[Choice] = []
+    for chunk in chunks:
+        for i, text in enumerate(chunk.texts):
+            if i == len(choices):
+                choices.append(Choice(i))
+            c = choices[i]
+            c.text += text
+            c.num_output_tokens += chunk.output_token_counts[i] if i < len(chunk.output_token_counts) else 0
+            if i < len(chunk.finish_reasons) and chunk.finish_reasons[i] is not None:
+                c.finish_reason = chunk.finish_reasons[i]
+    first = choices[0] if choices else Choice(0)
+    n_in = next((c.num_input_tokens for c in chunks if c.num_input_tokens is not None), None)
+    return Result(first.text, first.finish_reason, n_in, first.num_output_tokens, chunks, choices)
 
 
 def _unreachable(url: str, exc: Exception) -> ServerUnreachable:
@@ -79,14 +115,23 @@ def build_inputs(prompt: str | None, messages: list | None, stream: bool, params
     return inputs
 
 
-def _chunk_from_outputs(get) -> Chunk:
-    def first(name, cast):
-        value = get(name)
-        return None if value is None or len(value) == 0 else cast(value.reshape(-1)[0])
+def _decode(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
-    text = first("text_output", lambda b: b.decode("utf-8") if isinstance(b, bytes) else str(b)) or ""
-    return Chunk(text, finish_reason=first("finish_reason", lambda b: b.decode() if isinstance(b, bytes) else str(b)),
-                 num_input_tokens=first("num_input_tokens", int), num_output_tokens=first("num_output_tokens", int))
+
+def _chunk_from_outputs(get) -> Chunk:
+    def every(name, cast) -> list:
+        value = get(name)
+        return [] if value is None else [cast(v) for v in value.reshape(-1)]
+
+    texts = every("text_output", _decode) or [""]
+    # vllm_backend writes str(None) for a choice that is still running
+    reasons = [None if r == "None" else r for r in every("finish_reason", _decode)]
+    counts = every("num_output_tokens", int)
+    n_in = every("num_input_tokens", int)
+    return Chunk(texts[0], finish_reason=reasons[0] if reasons else None, num_input_tokens=n_in[0] if n_in else None,
+                 num_output_tokens=counts[0] if counts else None, texts=texts, finish_reasons=reasons,
+                 output_token_counts=counts)
 
 
 class LLMClient:
@@ -122,10 +167,8 @@ class LLMClient:
 
     def generate(self, prompt: str | None = None, messages: list | None = None, stream: bool = False,
                  **params) -> Result:
-        chunks = list(self._with_retries(prompt, messages, params, stream=stream))
-        last = chunks[-1] if chunks else Chunk("")
-        return Result("".join(c.text for c in chunks), last.finish_reason, last.num_input_tokens,
-                      sum(c.num_output_tokens or 0 for c in chunks), chunks)
+        """The whole answer; with `n=...` among the params, `Result.choices` holds every choice."""
+        return collect(list(self._with_retries(prompt, messages, params, stream=stream)))
 
     # -- gRPC ------------------------------------------------------------------------------------------------
     def _grpc(self, prompt, messages, params, stream: bool) -> Iterator[Chunk]:
@@ -214,7 +257,7 @@ def _json_chunk(obj: dict, final: bool) -> Chunk:
         return None if name not in obj else np.array([obj[name]]).reshape(-1)
 
     chunk = _chunk_from_outputs(get)
-    chunk.final = final or chunk.finish_reason is not None
+    chunk.final = final or bool(chunk.finish_reasons) and None not in chunk.finish_reasons  # every choice ended
     return chunk
 
 

@@ -98,13 +98,18 @@ class PromptLimits:
     max_model_len: int  # the context: at least one token must remain for the answer
     max_input_len: int | None = None  # an engine built for shorter prompts (TensorRT-LLM)
     kv_cache_tokens: int | None = None  # what the whole KV cache holds
+    max_position_embeddings: int | None = None  # the model's own context, named beside max_model_len in refusals
 
     def check(self, n: int) -> None:
         if n == 0:
             raise InvalidRequest("text_input", "the prompt is empty")
         if n >= self.max_model_len:
+            limits = "" if self.max_position_embeddings is None else (
+                f"; the model's max_position_embeddings is {self.max_position_embeddings} and the KV cache holds "
+                f"{self.kv_cache_tokens} tokens")
             raise InvalidRequest("text_input", f"the prompt has {n} tokens; the model context is "
-                                 f"{self.max_model_len} tokens, and at least one must remain for the answer")
+                                 f"{self.max_model_len} tokens (max_model_len{limits}), and at least one must "
+                                 "remain for the answer")
         if self.max_input_len is not None and n > self.max_input_len:
             raise InvalidRequest("text_input", f"the prompt has {n} tokens; this engine was built for at most "
                                  f"{self.max_input_len}")

@@ -35,6 +35,7 @@ from llmserve.engine.prefill_graphs import PrefillGraphs
 from llmserve.engine.sampler import SamplingBatch, is_plain_greedy, sample
 from llmserve.engine.scheduler import ScheduledBatch
 from llmserve.engine.sequence import Sequence
+from llmserve.engine.startup import StartupTimes, served_context
 from llmserve.model.attention import AttentionMetadata
 from llmserve.model.llama import check_served_context, load_model
 
@@ -99,14 +100,10 @@ class ModelRunner:
         self.device = tp.device if tp is not None else pick_device(cfg.device)
         self.dtype = pick_dtype(cfg.pytorch.dtype, self.device)
         self.kernel_mode = kernels.mode_from_env()
-        self.model = load_model(checkpoint_dir, self.dtype, self.device, self.kernel_mode,
-                                prepare=tp.shard if tp is not None else None)
+        self.startup = StartupTimes(self.device)  # seconds per start phase (bench: --phases load)
+        self.model = self.startup.timed("load", load_model, checkpoint_dir, self.dtype, self.device, self.kernel_mode,
+                                        prepare=tp.shard if tp is not None else None)
         args = self.model.args
-        self.max_model_len = cfg.max_model_len or args.max_position_embeddings
-        if tp is not None:
-            tp.open(self.max_model_len)
-        check_served_context(args, self.max_model_len)  # a sliding window must not cut the context
-        self.model.init_rope(self.max_model_len, self.device)
         self.block_size = cfg.cache.kv_block_size
         self.kv_dtype = torch.float8_e4m3fn if cfg.cache.kv_cache_dtype == "fp8" else self.dtype
         self.fast = self.model.kernels  # the Triton path (16-bit, CUDA, triton, not switched off)
@@ -114,8 +111,15 @@ class ModelRunner:
         # One extra block on the fast path: the scratch block for padding rows of a CUDA graph.
         self._extra_blocks = 1 if self.fast else 0
         self.num_blocks = self._num_kv_blocks() if tp is None else tp.agree_blocks(self._num_kv_blocks())
-        self.kv_cache = torch.zeros(args.num_layers, 2, self.num_blocks + self._extra_blocks, self.block_size,
-                                    args.num_kv_heads, args.head_dim, dtype=self.kv_dtype, device=self.device)
+        self.max_model_len = served_context(cfg.max_model_len, args.max_position_embeddings,
+                                            self.num_blocks * self.block_size)
+        if tp is not None:
+            tp.open(self.max_model_len)
+        check_served_context(args, self.max_model_len)  # a sliding window must not cut the context
+        self.model.init_rope(self.max_model_len, self.device)
+        self.kv_cache = self.startup.timed("kv_allocation", torch.zeros, args.num_layers, 2,
+                                           self.num_blocks + self._extra_blocks, self.block_size, args.num_kv_heads,
+                                           args.head_dim, dtype=self.kv_dtype, device=self.device)
         self.group = args.num_heads // args.num_kv_heads
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
         self._sizes: list[int] = []
@@ -123,9 +127,9 @@ class ModelRunner:
         self.last_launch_s = 0.0
         self.last_launch_split_ms: tuple[float, float, float] | None = None  # a graph step's inputs/replay/logits
         if self.fast and self.device.type == "cuda":
-            self._warmup()
+            self.startup.timed("warmup", self._warmup)
         if self.fast and cfg.pytorch.cuda_graphs and tp is None:
-            self.capture_graphs()
+            self.startup.timed("graph_capture", self.capture_graphs)
 
     def _kv_block_bytes(self) -> int:
         a = self.model.args

@@ -78,7 +78,9 @@ class TorchEngine:
         self.observer = observer or NoObserver()
         self.observer.started()
         self.prompt_limits = PromptLimits(self.max_model_len,
-                                          kv_cache_tokens=self.blocks.num_blocks * self.blocks.block_size)
+                                          kv_cache_tokens=self.blocks.num_blocks * self.blocks.block_size,
+                                          max_position_embeddings=self.runner.model.args.max_position_embeddings)
+        self.startup = self.runner.startup.seconds  # load, kv_allocation, warmup, graph_capture (where they ran)
 
     # -- requests -------------------------------------------------------------------------------------
     def add_request(self, request: EngineRequest) -> None:

@@ -25,6 +25,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from llmserve.launch.layout import gpu_list, layout_fits, repository_of, set_instance_gpus
 from llmserve.launch.mpi import LaunchError, LaunchSpec, build_launch_command, resolve_world
 from llmserve.serving.drain import CONTROL_ENV, request_drain, wait_drained
 
@@ -202,9 +203,10 @@ def set_instance_count(config: str, count: int) -> str:
 
 
 def derive_repository(dest: str | Path, checkpoint: str | Path | None = None, source: str | Path = "model_repository",
-                      model: str = "llm", instances: int | None = None, **overrides: object) -> Path:
+                      model: str = "llm", instances: int | None = None, instance_gpus: list[int] | None = None,
+                      **overrides: object) -> Path:
     """A model repository at `dest` holding `model` with some config.pbtxt parameters (and the instance count)
-    overridden.
+    overridden, or one KIND_GPU replica on each of `instance_gpus`.
 
     For sweeps and tests that need another configuration. The checkpoint is hard-linked (no copy, and it
     stays inside the model directory, where checkpoint_dir must resolve)."""
@@ -220,6 +222,8 @@ def derive_repository(dest: str | Path, checkpoint: str | Path | None = None, so
             config += f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n'
     if instances is not None:
         config = set_instance_count(config, instances)
+    if instance_gpus:
+        config = set_instance_gpus(config, instance_gpus, instances or 1)
     (dst / "config.pbtxt").write_text(config)
     ckpt = Path(checkpoint) if checkpoint else src / "checkpoint"
     (dst / "checkpoint").mkdir()
@@ -246,6 +250,7 @@ def _port_open(port: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; the layout of our engine's replicas is checked before any tritonserver starts."""
     ap = argparse.ArgumentParser(prog="python -m llmserve.launch", description=__doc__.split("\n")[0])
     ap.add_argument("command", choices=["serve", "command", "wrap", "drain"],
                     help="serve: run until Ctrl-C or SIGTERM; command: print the tritonserver command line; "
@@ -263,6 +268,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="on shutdown, how long running requests may go on before they end with an error")
     ap.add_argument("--control-dir", default=os.environ.get(CONTROL_ENV),
                     help=f"drain: the control folder of the server (default ${CONTROL_ENV})")
+    ap.add_argument("--instance-gpus", type=gpu_list, default=None, metavar="G,G,...",
+                    help="serve: one replica of model llm per listed GPU (instance_group KIND_GPU gpus); with "
+                    "tensor_parallel_size T each replica also takes the T-1 GPUs after its own: 2 x TP2 on 4 GPUs is "
+                    "--instance-gpus 0,2 --set tensor_parallel_size=2")
+    ap.add_argument("--assume-gpus", type=int, default=None, metavar="N",
+                    help="check the layout as if N GPUs were visible instead of torch.cuda.device_count() (to check "
+                    "a layout for another machine: `command --assume-gpus 4`)")
     ap.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE",
                     help="serve: override a config.pbtxt parameter of model llm (repeatable); the server then runs "
                     "on a copy of the repository in a temporary folder, the checkpoint hard-linked")
@@ -272,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.command == "wrap":
         if not wrapped:
             ap.error("wrap needs a command line after --")
+        repo = repository_of(wrapped)
+        if repo is not None and not layout_fits(repo, a.assume_gpus):
+            return 2
         return wrap(wrapped, a.drain_seconds, timeout=60.0)
     if a.command == "drain":
         if not a.control_dir:
@@ -281,13 +296,13 @@ def main(argv: list[str] | None = None) -> int:
         print("drained" if ok else "not drained in time", flush=True)
         return 0 if ok else 1
     with tempfile.TemporaryDirectory(prefix="llmserve-repo-") as work:
-        repo = _with_overrides(a.model_repository, a.set, work) if a.set else a.model_repository
+        repo = _with_overrides(a, work) if a.set or a.instance_gpus else a.model_repository
         return _launch(a, TritonServer(repo, a.http_port, a.grpc_port, a.metrics_port))
 
 
-def _with_overrides(source: str, items: list[str], work: str) -> Path:
-    knobs = dict(item.partition("=")[::2] for item in items)
-    return derive_repository(Path(work) / "repo", source=source, **knobs)
+def _with_overrides(a: argparse.Namespace, work: str) -> Path:
+    knobs = dict(item.partition("=")[::2] for item in a.set)
+    return derive_repository(Path(work) / "repo", source=a.model_repository, instance_gpus=a.instance_gpus, **knobs)
 
 
 def _world(a: argparse.Namespace, repo: Path) -> tuple[int, int]:
@@ -304,6 +319,8 @@ def _launch(a: argparse.Namespace, server: TritonServer) -> int:
         tp, pp = _world(a, server.model_repository)
     except LaunchError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if tp * pp == 1 and not layout_fits(server.model_repository, a.assume_gpus):
         return 2
     if tp * pp > 1:
         # One tritonserver per rank under mpirun, as NVIDIA's launch_triton_server.py (llmserve/launch/mpi.py),

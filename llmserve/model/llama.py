@@ -25,7 +25,8 @@ from llmserve.model import attention
 from llmserve.model import linear as qlinear
 from llmserve.model.attention import AttentionMetadata
 from llmserve.model.linear import KernelLayer, Launch, Linear, convert_modules_, quantize_model_, share_launch
-from llmserve.model.weights import cast, check_quantization, hf_to_ours, load_safetensors
+from llmserve.model.loading import check_names, load_checkpoint_, meta_state, read_index
+from llmserve.model.weights import check_quantization
 
 MODEL_TYPES = ("llama", "mistral", "qwen2")  # a config.json without model_type (benchmarks, kernel tests) is Llama
 # What rope_cos_sin computes, with the rope_parameters keys each type reads (transformers' modeling_rope_utils).
@@ -149,7 +150,7 @@ def check_served_context(args: ModelArgs, max_model_len: int) -> None:
             f"sliding_window={w}"
         raise ConfigError(f"{args.sliding_field}: this checkpoint's sliding-window layers attend only to the last "
                           f"{w} tokens ({setting}), which our paged attention does not implement, and the served "
-                          f"context is {max_model_len} tokens (max_model_len, or max_position_embeddings when it is "
+                          f"context is {max_model_len} tokens (max_model_len, or its default when it is "
                           f"unset): answers past token {w} would differ from the model's. Set max_model_len to {w} "
                           "or less to serve it exactly.")
 
@@ -362,8 +363,9 @@ def load_model(checkpoint_dir: Path, dtype: torch.dtype, device: torch.device, k
       the matching linear layers become quantized modules;
     - "llmserve_random_init": {"seed": int, "std": float}: no weight files; random weights made on `device`
       (and quantized there when "quantization" is set too). For benchmarks only.
-    prepare: applied to the loaded model before it moves to `device` (tensor parallelism keeps its shard there,
-    so the device never holds the whole model)."""
+    The weights stream shard by shard to `device` (llmserve/model/loading.py). prepare: applied to the loaded
+    model before it moves to `device` (tensor parallelism keeps its slice there, so the device never holds the
+    whole model; the host does, for now: a rank reading only its slice through get_slice is not done yet)."""
     cfg = json.loads((checkpoint_dir / "config.json").read_text())
     args = ModelArgs.from_hf_config(cfg)
     qcfg = cfg.get("quantization")
@@ -373,26 +375,19 @@ def load_model(checkpoint_dir: Path, dtype: torch.dtype, device: torch.device, k
                              kernel_mode=kernel_mode)
         if qcfg:
             quantize_model_(model, qcfg["mode"], bool(qcfg.get("keep_attention_fp16", False)),
-                            int(qcfg.get("group_size", 128)))
+                            qcfg.get("group_size"))
         return prepare(model) if prepare is not None else model
-    state = load_safetensors(checkpoint_dir)
+    index = read_index(checkpoint_dir)
     if qcfg:
-        check_quantization(qcfg, state, f"{checkpoint_dir / 'config.json'}: quantization")
+        check_quantization(qcfg, meta_state(index), f"{checkpoint_dir / 'config.json'}: quantization")
     with torch.device("meta"):
         model = LlamaModel(args, use_kernels=kernels.usable(kernel_mode, device, dtype))
         if qcfg:
             convert_modules_(model, qcfg["mode"], bool(qcfg.get("keep_attention_fp16", False)))
-    ours = hf_to_ours(state, args.num_layers, args.tie_word_embeddings)
-    expected = model.state_dict()
-    missing = set(expected) - set(ours)
-    if missing:
-        raise ValueError(f"{checkpoint_dir}: checkpoint lacks {sorted(missing)[:4]}...")
-    unused = set(ours) - set(expected)
-    if unused:  # a tensor we would drop (a bias, a scale) is computation this model would silently skip
-        raise ValueError(f"{checkpoint_dir}: checkpoint has tensors this model does not use: {sorted(unused)[:4]}...")
-    model.load_state_dict({k: cast(k, v, dtype) for k, v in ours.items()}, assign=True, strict=True)
-    if args.tie_word_embeddings:
-        model.lm_head.weight = model.embed_tokens.weight
+    check_names(model, index, args.tie_word_embeddings, checkpoint_dir)
+    # Shard by shard to the device; a model to `prepare` (tensor parallelism slices it) is built on the host.
+    load_checkpoint_(model, index, dtype, device if prepare is None else torch.device("cpu"),
+                     args.tie_word_embeddings)
     if prepare is not None:
         model = prepare(model)
     model = model.to(device).eval()

@@ -5,7 +5,8 @@
    float32 scales beside them as `<name>.weight_scale`, and config.json gains
    `"quantization": {"mode": ..., "keep_attention_fp16": ...}`. The int4 modes (`--mode int4_sym|int4_asym
    --group-size 32|64|128`, round to nearest) store packed uint8 weights with float16 `<name>.weight_scale`
-   (and `<name>.weight_min`) per row and group, and `"group_size"` in the entry (format: llmserve/model/int4.py).
+   (and `<name>.weight_min`) per row and group, and `"group_size"` in the entry (format: llmserve/model/int4.py);
+   `--awq` first searches activation-aware per-channel scales and folds them into the norms (llmserve/model/awq.py).
 2. `llama.load_model` sees that entry and swaps in the quantized modules of llmserve/model/linear.py before
    loading. The modes are described there.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from llmserve.model.awq import apply_awq_
 from llmserve.model.int4 import GROUP_SIZES, INT4_MODES, quantize_int4
 from llmserve.model.linear import ATTENTION, MLP, MODES, check_mode, quantize_weight
 from llmserve.model.weights import load_safetensors
@@ -35,17 +37,22 @@ def _quantized(t: torch.Tensor, mode: str, group_size: int) -> dict[str, torch.T
 
 
 def quantize_checkpoint(src_dir: str | Path, out_dir: str | Path, mode: str, keep_attention_fp16: bool = False,
-                        dtype: torch.dtype | None = None, group_size: int = 128) -> Path:
+                        dtype: torch.dtype | None = None, group_size: int = 128, awq: bool = False) -> Path:
     """Writes a quantized copy of an HF Llama checkpoint. `dtype` converts the tensors left unquantized
-    (default: keep the source's); group_size: int4 modes only. Returns out_dir."""
+    (default: keep the source's); group_size: int4 modes only; awq: int4 modes only, activation-aware scales
+    (llmserve/model/awq.py) before rounding. Returns out_dir."""
     check_mode(mode)
     if mode in INT4_MODES and group_size not in GROUP_SIZES:
         raise ValueError(f"group_size: expected one of {GROUP_SIZES}, got {group_size!r}")
+    if awq and mode not in INT4_MODES:
+        raise ValueError(f"awq: only for the int4 modes {INT4_MODES}, got mode {mode!r}")
     src, out = Path(src_dir), Path(out_dir)
     cfg = json.loads((src / "config.json").read_text())
     if cfg.get("quantization"):
         raise ValueError(f"{src}: already quantized ({cfg['quantization']})")
     state = load_safetensors(src)
+    if awq:
+        apply_awq_(state, src, group_size, mode == "int4_sym", keep_attention_fp16)
     names = MLP if keep_attention_fp16 else ATTENTION + MLP
     result: dict[str, torch.Tensor] = {}
     quantized = 0
@@ -67,7 +74,8 @@ def quantize_checkpoint(src_dir: str | Path, out_dir: str | Path, mode: str, kee
             shutil.copy2(f, out / f.name)
     if cfg.get("tie_word_embeddings") and "lm_head.weight" in result:
         del result["lm_head.weight"]  # safetensors refuses shared storage; the loader re-ties it
-    save_file(result, str(out / "model.safetensors"), metadata={"format": "pt", "llmserve_quantization": mode})
+    save_file(result, str(out / "model.safetensors"), metadata={"format": "pt", "llmserve_quantization": mode,
+                                                         "llmserve_awq": "on" if awq else "off"})
     cfg.pop("quantization_config", None)
     cfg["quantization"] = {"mode": mode, "keep_attention_fp16": keep_attention_fp16,
                            "weight_scale": "per_group" if mode in INT4_MODES else "per_channel",
@@ -86,12 +94,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mode", choices=MODES, required=True)
     ap.add_argument("--group-size", type=int, choices=GROUP_SIZES, default=128,
                     help="int4 modes: inputs per scale (default 128)")
+    ap.add_argument("--awq", action="store_true",
+                    help="int4 modes: activation-aware per-channel scales searched on a calibration text first")
     ap.add_argument("--keep-attention-fp16", action="store_true", help="leave q/k/v/o projections unquantized")
     ap.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=None,
                     help="convert unquantized tensors (default: keep)")
     a = ap.parse_args(argv)
     out = quantize_checkpoint(a.src, a.out, a.mode, a.keep_attention_fp16,
-                              getattr(torch, a.dtype) if a.dtype else None, a.group_size)
+                              getattr(torch, a.dtype) if a.dtype else None, a.group_size, a.awq)
     print(f"wrote {out}")
     return 0
 

@@ -1,4 +1,5 @@
-"""Weights from an HF safetensors checkpoint into our module layout (q/k/v and gate/up packed)."""
+"""Weights from an HF safetensors checkpoint into our module layout (q/k/v and gate/up packed), all in memory:
+the quantizer's path and the reference of llmserve/model/loading.py, which load_model streams shard by shard."""
 
 from __future__ import annotations
 

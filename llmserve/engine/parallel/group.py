@@ -20,6 +20,7 @@ from torch import nn
 from llmserve.config import ConfigError, ServingConfig
 from llmserve.engine.api import EngineError
 from llmserve.engine.graph_inputs import StepInputs
+from llmserve.engine.parallel.layout import check_replica, replica_gpus, visible_gpus_text
 from llmserve.engine.parallel.step_broadcast import StepChannel
 from llmserve.model.tensor_parallel import shard_model
 
@@ -37,11 +38,12 @@ class RankLost(EngineError):
 
 
 def rank_device(device: str, rank: int) -> torch.device:
-    """Rank r's device: cuda:(N + r) for a base of cuda:N (auto and cuda: N = 0); the CPU for every rank."""
+    """Rank r's device: cuda:(N + r) for a base of cuda:N (auto and cuda: N = 0; a KIND_GPU instance on GPU g
+    gets device cuda:g from the adapter), as layout.replica_gpus numbers them; the CPU for every rank."""
     if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     base = torch.device(device if device != "auto" else "cuda")
-    return torch.device("cuda", (base.index or 0) + rank)
+    return torch.device("cuda", replica_gpus(base.index or 0, rank + 1)[rank])
 
 
 def join_store(port: int, world: int, rank: int) -> dist.TCPStore:
@@ -58,11 +60,11 @@ def refuse_second_group() -> None:
 
 
 def check_devices(cfg: ServingConfig) -> None:
-    world = cfg.pytorch.tensor_parallel_size
-    last = rank_device(cfg.device, world - 1)
-    if last.type == "cuda" and last.index >= torch.cuda.device_count():
-        raise ConfigError(f"tensor_parallel_size: {world} ranks from device {cfg.device} need {last}, but "
-                          f"{torch.cuda.device_count()} GPUs are visible")
+    """This replica's GPUs exist (the launcher checked the whole layout; this covers any other start)."""
+    first = rank_device(cfg.device, 0)
+    if first.type == "cuda":
+        count = torch.cuda.device_count()
+        check_replica(first.index, cfg.pytorch.tensor_parallel_size, count, visible_gpus_text(count))
 
 
 class RankGroup:

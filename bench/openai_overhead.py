@@ -1,0 +1,261 @@
+"""What the OpenAI-compatible front costs: the same streams through it and directly to Triton over gRPC.
+
+    python -m bench.openai_overhead --concurrency 64,256 --tokens 64 --step-ms 15 --out bench/results/DIR
+
+One real tritonserver serves `engine: synthetic` (no model: each step sleeps --step-ms, then every running request
+gets a token), so the serving path is all that is measured. For each concurrency both paths run --repeats times,
+alternating, with the same requests (--tokens tokens each, ignore_eos, the prompt as text):
+  direct   tritonclient.grpc.aio streaming to the `llm` model (one gRPC stream per request, as the front does)
+  openai   aiohttp to `python -m llm_client.openai_server` (/v1/completions, stream, include_usage), which
+           forwards each request to the same Triton over gRPC
+Reported per point: output tokens/s of each path and their ratio (target >= 0.95), median time to first token
+of each and the difference (target <= 1 ms). results.json and results.md go to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from bench.common import ROOT
+from bench.triton_path import Server
+from bench.workload import Record, summarize
+from llm_client.client import build_inputs
+from llmserve.launch.tritonserver import derive_repository
+
+TARGET_RATIO, TARGET_TTFT_MS = 0.95, 1.0
+
+
+def _params(tokens: int) -> dict:
+    return {"max_tokens": tokens, "ignore_eos": True, "temperature": 0.0}
+
+
+def _prompt(i: int) -> str:
+    # A plain prompt (no chat template): the synthetic engine echoes prompt tokens, and a template's special tokens
+    # would make the first tokens empty text, which an OpenAI client sees later than a token count says.
+    return f"Tell me story number {i}."
+
+
+async def _direct_one(client, i: int, tokens: int, rec: Record) -> None:
+    import tritonclient.grpc.aio as aioclient
+    from tritonclient.utils import np_to_triton_dtype
+
+    tensors = []
+    for name, value in build_inputs(_prompt(i), None, True, _params(tokens)).items():
+        t = aioclient.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
+        t.set_data_from_numpy(value)
+        tensors.append(t)
+
+    async def requests():
+        yield {"model_name": "llm", "inputs": tensors, "request_id": f"d{i}", "enable_empty_final_response": True}
+
+    async for result, error in client.stream_infer(inputs_iterator=requests()):
+        if error is not None:
+            rec.error = str(error)[:200]
+            return
+        response = result.get_response()
+        if response.outputs:
+            n = result.as_numpy("num_output_tokens")
+            rec.token_times.extend([time.perf_counter()] * (int(n.reshape(-1)[0]) if n is not None else 1))
+        if response.parameters["triton_final_response"].bool_param:
+            return
+
+
+async def _openai_one(session, url: str, i: int, tokens: int, rec: Record) -> None:
+    body = {"model": "llm", "prompt": _prompt(i), "stream": True, "stream_options": {"include_usage": True},
+            **_params(tokens)}
+    used = None
+    async with session.post(f"{url}/v1/completions", json=body) as resp:
+        if resp.status != 200:
+            rec.error = f"HTTP {resp.status}: {(await resp.text())[:200]}"
+            return
+        async for line in resp.content:
+            if not line.startswith(b"data: {"):
+                continue
+            now, msg = time.perf_counter(), json.loads(line[6:])
+            if msg.get("usage"):
+                used = msg["usage"]["completion_tokens"]
+            if msg.get("choices") and msg["choices"][0].get("text"):
+                rec.token_times.append(now)
+    # a chunk may carry more than one token: the ones not seen are counted at the end (exact token totals)
+    if used is not None and used > len(rec.token_times):
+        rec.token_times.extend([rec.token_times[-1] if rec.token_times else time.perf_counter()]
+                               * (used - len(rec.token_times)))
+
+
+async def _drive(path: str, target: str, concurrency: int, requests: int, tokens: int) -> tuple[list[Record], float]:
+    """Keeps `concurrency` streams in flight until `requests` are answered (closed loop)."""
+    import aiohttp
+    import tritonclient.grpc.aio as aioclient
+
+    todo, records = list(range(requests)), []
+    if path == "direct":
+        client = aioclient.InferenceServerClient(target)
+        one = lambda i, rec: _direct_one(client, i, tokens, rec)  # noqa: E731
+    else:
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                        timeout=aiohttp.ClientTimeout(total=None))
+        one = lambda i, rec: _openai_one(session, target, i, tokens, rec)  # noqa: E731
+
+    async def worker():
+        while todo:
+            rec = Record(time.perf_counter())
+            records.append(rec)
+            await one(todo.pop(), rec)
+
+    start = time.perf_counter()
+    try:
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    finally:
+        await (client.close() if path == "direct" else session.close())
+    return records, time.perf_counter() - start
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc/<pid>/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(path: str, target: str, concurrency: int, waves: int, tokens: int, front_pid: int) -> dict:
+    cpu0 = _cpu_s(front_pid)
+    records, wall = asyncio.run(_drive(path, target, concurrency, concurrency * waves, tokens))
+    s = summarize(records, wall, concurrency, 0, tokens)
+    s["path"] = path
+    # The front's own CPU per streamed token: its cost whatever the machine's core count (0 on the direct path)
+    s["front_cpu_us_per_token"] = round((_cpu_s(front_pid) - cpu0) / max(1, s["output_tokens"]) * 1e6, 1)
+    return s
+
+
+def _wait(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready after {timeout} s")
+
+
+def point(runs: list[dict], concurrency: int) -> dict:
+    """Medians over the repeats of each path, and the two targets."""
+    def med(path: str, key: str) -> float:
+        return statistics.median(r[key] for r in runs if r["path"] == path and r["concurrency"] == concurrency)
+
+    d_tps, o_tps = med("direct", "throughput_tok_s"), med("openai", "throughput_tok_s")
+    d_ttft, o_ttft = med("direct", "ttft_ms_p50"), med("openai", "ttft_ms_p50")
+    ratio, added = round(o_tps / d_tps, 3), round(o_ttft - d_ttft, 2)
+    return {"concurrency": concurrency, "front_cpu_us_per_token": med("openai", "front_cpu_us_per_token"),
+            "direct_tok_s": d_tps, "openai_tok_s": o_tps, "throughput_ratio": ratio,
+            "direct_ttft_p50_ms": d_ttft, "openai_ttft_p50_ms": o_ttft, "ttft_added_p50_ms": added,
+            "ratio_target_met": ratio >= TARGET_RATIO, "ttft_target_met": added <= TARGET_TTFT_MS}
+
+
+def versions() -> dict:
+    from importlib.metadata import version
+
+    out = {"python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
+           "cores": len(os.sched_getaffinity(0))}
+    for pkg in ("nvidia-pytriton", "tritonclient", "starlette", "uvicorn", "aiohttp", "grpcio", "torch"):
+        try:
+            out[pkg] = version(pkg)
+        except Exception:  # noqa: BLE001 - a missing package is reported as such
+            out[pkg] = None
+    try:
+        out["cpu_model"] = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if "model name" in ln)
+    except (OSError, StopIteration):
+        pass
+    return out
+
+
+def write_md(res: dict, out: Path) -> None:
+    a = res["args"]
+    lines = [f"# OpenAI front overhead, `engine: synthetic` ({res['date']})", "",
+             f"Command: `{res['command']}`", "",
+             f"Machine: {res['versions'].get('cpu_model', '?')}, {res['versions']['cores']} cores; "
+             f"versions: {', '.join(f'{k} {v}' for k, v in res['versions'].items() if k not in ('cpu_model',))}", "",
+             f"Each point: {a['waves']} waves of `concurrency` /v1/completions streams of {a['tokens']} tokens, step "
+             f"{a['step_ms']} ms; median of {a['repeats']} repeats per path (paths alternate). Load average "
+             f"(1, 5, 15 min) at the start {res['loadavg_start_end'][0]}, at the end {res['loadavg_start_end'][1]}.",
+             "",
+             "| streams | direct tok/s | OpenAI tok/s | ratio (>= 0.95) | direct TTFT p50 ms | OpenAI TTFT p50 ms "
+             "| added (<= 1 ms) | front CPU µs/token |", "|---|---|---|---|---|---|---|---|"]
+    for p in res["points"]:
+        lines.append(f"| {p['concurrency']} | {p['direct_tok_s']} | {p['openai_tok_s']} | {p['throughput_ratio']} "
+                     f"{'met' if p['ratio_target_met'] else 'MISSED'} | {p['direct_ttft_p50_ms']} | "
+                     f"{p['openai_ttft_p50_ms']} | {p['ttft_added_p50_ms']} "
+                     f"{'met' if p['ttft_target_met'] else 'MISSED'} | {p['front_cpu_us_per_token']} |")
+    lines += ["", "Every run (errors and short answers must be 0):", "",
+              "| path | streams | tok/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | wall s | errors | short |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['path']} | {r['concurrency']} | {r['throughput_tok_s']} | {r['ttft_ms_p50']} | "
+              f"{r['ttft_ms_p99']} | {r['itl_ms_p50']} | {r['wall_s']} | {r['errors']} | {r['short_responses']} |"
+              for r in res["runs"]]
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.openai_overhead", description=__doc__.split("\n")[0])
+    ap.add_argument("--concurrency", default="64,256")
+    ap.add_argument("--tokens", type=int, default=64, help="output tokens per request")
+    ap.add_argument("--waves", type=int, default=2, help="requests per point = waves x concurrency")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--step-ms", type=float, default=15.0)
+    ap.add_argument("--port", type=int, default=18200, help="Triton HTTP port (gRPC +1, metrics +2); front +3")
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args(argv)
+    conc = [int(c) for c in a.concurrency.split(",")]
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="llm-openai-overhead-"))
+    repo = derive_repository(work / "repo", ROOT / "model_repository" / "llm" / "checkpoint",
+                             ROOT / "model_repository", engine="synthetic", synthetic_step_ms=str(a.step_ms),
+                             max_batch_size=str(max(conc)), max_queue_size=str(4 * max(conc)))
+    server = Server(work, repo, a.port)
+    print(f"starting tritonserver (synthetic engine, step {a.step_ms} ms) ...", flush=True)
+    server.start()
+    front_url = f"http://127.0.0.1:{a.port + 3}"
+    front = subprocess.Popen([sys.executable, "-m", "llm_client.openai_server", "--triton", f"localhost:{a.port + 1}",
+                              "--port", str(a.port + 3), "--log-level", "warning"], cwd=ROOT)
+    runs: list[dict] = []
+    load_start = os.getloadavg()  # other work on the machine shows here: these paths share its cores
+    try:
+        _wait(f"{front_url}/health")
+        targets = {"direct": f"localhost:{a.port + 1}", "openai": front_url}
+        for path in ("direct", "openai"):  # warm both paths
+            measure(path, targets[path], 4, 1, 4, front.pid)
+        for c in conc:
+            for rep in range(a.repeats):
+                for path in (("direct", "openai") if rep % 2 == 0 else ("openai", "direct")):
+                    s = measure(path, targets[path], c, a.waves, a.tokens, front.pid)
+                    runs.append(s)
+                    print(f"[{len(runs)}/{len(conc) * a.repeats * 2}] {path:6s} c={c} rep={rep}: "
+                          f"{s['throughput_tok_s']} tok/s, TTFT p50 {s['ttft_ms_p50']} ms, errors {s['errors']}",
+                          flush=True)
+    finally:
+        front.terminate()
+        front.wait(15)
+        server.stop()
+    res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+           "command": "python -m bench.openai_overhead " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "args": vars(a), "versions": versions(), "loadavg_start_end": [load_start, os.getloadavg()],
+           "points": [point(runs, c) for c in conc], "runs": runs}
+    (out / "results.json").write_text(json.dumps(res, indent=1))
+    write_md(res, out)
+    print((out / "results.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

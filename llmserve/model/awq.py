@@ -1,0 +1,138 @@
+"""Activation-aware scales for the int4 modes (AWQ, Lin et al. 2023), applied to an HF state dict before
+round-to-nearest quantization.
+
+For each group of linears that read the same input x, AWQ searches one scale s per input channel: the
+weights become W * s (the salient channels, those with large mean |x|, get finer 4-bit steps) and s is folded
+into whatever makes x (divided out), so the 16-bit model computes the same function. As llm-awq's
+awq/quantize/auto_scale.py (`auto_scale_block`, `scale_ln_fcs`, `scale_fc_fc`):
+- s = mean|x| ** r / sqrt(max * min) over r = 0, 1/20, ..., 19/20; the r with the least squared error after
+  quantization wins (r = 0 is plain RTN, so the search never does worse than RTN on its own loss);
+- q/k/v read input_layernorm (folded into its weight), gate/up read post_attention_layernorm, down reads
+  silu(gate) * up (folded into up_proj's rows); o_proj is scaled only when v_proj has its shape (no GQA), as
+  llm-awq does, and folded into v_proj's rows.
+Two simplifications, for a CPU run in seconds: the error is measured on the group's own outputs (llm-awq runs
+the whole attention / MLP block for q/k/v and gate/up), and the weight clipping search (`auto_clip`) is not done.
+All searches use the activations of the unquantized model on CALIBRATION (one prefill, float32), as llm-awq
+takes every layer's inputs before scaling it; all scales of a layer come from its unscaled weights, then apply.
+Deterministic: fixed text, float32, no sampling.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+
+from llmserve.model.attention import AttentionMetadata
+from llmserve.model.int4 import quantize_int4
+from llmserve.model.llama import LlamaModel, load_model
+
+# A few KB of public-domain English (the Gettysburg Address, the opening of Pride and Prejudice), distinct from
+# bench/data's evaluation text.
+CALIBRATION = Path(__file__).resolve().parent / "data" / "awq_calibration.txt"
+N_GRID = 20
+
+
+def fake_quant(w: torch.Tensor, group_size: int, symmetric: bool) -> torch.Tensor:
+    """w -> its int4 round-to-nearest value (float32): quantize_int4 then dequantize_int4's arithmetic, without
+    packing the codes (4x faster; tests check it equals the round trip)."""
+    n, k = w.shape
+    q = quantize_int4(w, group_size, symmetric)
+    wg = w.float().reshape(n, k // group_size, group_size)
+    s = q["weight_scale"].float()[..., None]
+    if symmetric:
+        out = s * torch.round(wg / s).clamp(-8, 7)
+    else:
+        m = q["weight_min"].float()[..., None]
+        out = s * torch.round((wg - m) / s).clamp(0, 15) + m
+    return out.reshape(n, k)
+
+
+def search_scale(x: torch.Tensor, w: torch.Tensor, group_size: int, symmetric: bool) -> torch.Tensor:
+    """x [T, K] inputs, w [N, K] the group's weights stacked: the best per-input-channel scale [K]."""
+    x, w = x.float(), w.float()
+    ref = x @ w.t()
+    x_mean = x.abs().mean(0)
+    best, best_loss = torch.ones_like(x_mean), float("inf")
+    for i in range(N_GRID):
+        s = x_mean.pow(i / N_GRID).clamp(min=1e-4)
+        s = s / (s.max() * s.min()).sqrt()
+        loss = (ref - (x / s) @ fake_quant(w * s, group_size, symmetric).t()).pow(2).mean().item()
+        if loss < best_loss:
+            best, best_loss = s, loss
+    return best
+
+
+def calibration_inputs(model: LlamaModel, ids: list[int]) -> list[dict[str, torch.Tensor]]:
+    """One prefill of `ids`; per layer the inputs of qkv_proj ("attn"), o_proj ("o"), gate_up_proj ("mlp")
+    and down_proj ("down", after silu(gate) * up)."""
+    feats: list[dict[str, torch.Tensor]] = [{} for _ in model.layers]
+    hooks = []
+    for i, layer in enumerate(model.layers):
+        for key, mod in (("attn", layer.self_attn.qkv_proj), ("o", layer.self_attn.o_proj),
+                         ("mlp", layer.mlp.gate_up_proj), ("down", layer.mlp.down_proj)):
+            hooks.append(mod.register_forward_pre_hook(_recorder(feats[i], key), with_kwargs=True))
+    try:
+        _prefill(model, ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    return feats
+
+
+def _recorder(store: dict[str, torch.Tensor], key: str):
+    def hook(module, args, kwargs):
+        x = args[0]
+        if kwargs.get("gated", args[1] if len(args) > 1 else False):
+            gate, up = x.chunk(2, dim=-1)
+            x = F.silu(gate) * up
+        store[key] = x.detach().float().reshape(-1, x.shape[-1])
+    return hook
+
+
+@torch.inference_mode()
+def _prefill(model: LlamaModel, ids: list[int], block_size: int = 16) -> None:
+    a, T = model.args, len(ids)
+    model.init_rope(max(T, 16), torch.device("cpu"))
+    meta = AttentionMetadata.for_prefill([T], block_size, torch.device("cpu"), a.num_heads // a.num_kv_heads,
+                                         a.head_dim)
+    cache = torch.zeros(a.num_layers, 2, -(-T // block_size), block_size, a.num_kv_heads, a.head_dim)
+    model(torch.tensor(ids), torch.arange(T), cache, meta, None)
+
+
+def apply_awq_(state: dict[str, torch.Tensor], src: Path, group_size: int, symmetric: bool,
+               keep_attention_fp16: bool = False) -> int:
+    """Scales the HF float `state` of checkpoint `src` in place (the 16-bit function is unchanged up to
+    rounding). Returns how many linear groups were scaled."""
+    model = load_model(src, torch.float32, torch.device("cpu"), kernel_mode="off")
+    ids = Tokenizer.from_file(str(src / "tokenizer.json")).encode(CALIBRATION.read_text()).ids
+    feats = calibration_inputs(model, ids)
+    mha = model.args.num_heads == model.args.num_kv_heads
+    done = 0
+    for i, f in enumerate(feats):
+        p = f"model.layers.{i}."
+        plans = [(f["mlp"], p + "post_attention_layernorm.weight", [p + "mlp.gate_proj", p + "mlp.up_proj"]),
+                 (f["down"], p + "mlp.up_proj", [p + "mlp.down_proj"])]
+        if not keep_attention_fp16:
+            plans.append((f["attn"], p + "input_layernorm.weight", [p + f"self_attn.{n}_proj" for n in "qkv"]))
+            if mha:
+                plans.append((f["o"], p + "self_attn.v_proj", [p + "self_attn.o_proj"]))
+        scales = [search_scale(x, torch.cat([state[n + ".weight"] for n in names]), group_size, symmetric)
+                  for x, _, names in plans]
+        for (_, prev, names), s in zip(plans, scales):
+            _fold(state, prev, names, s)
+            done += 1
+    return done
+
+
+def _fold(state: dict[str, torch.Tensor], prev: str, names: list[str], s: torch.Tensor) -> None:
+    """W[:, c] *= s[c] for the consumers; the producer divides: a norm's weight, or a linear's output rows."""
+    for n in names:
+        w = state[n + ".weight"]
+        state[n + ".weight"] = (w.float() * s).to(w.dtype)
+    keys = [prev] if prev.endswith(".weight") else [prev + ".weight", prev + ".bias"]
+    for key in (k for k in keys if k in state):
+        t = state[key]
+        state[key] = (t.float() / (s if t.dim() == 1 else s[:, None])).to(t.dtype)
