@@ -1,5 +1,5 @@
 """The GPU-count axis (issue 19 item 4): the same workloads through the real tritonserver for every layout of
-replicas x tensor_parallel_size (x pipeline_parallel_size once it exists) that the visible GPUs hold.
+replicas x tensor_parallel_size x pipeline_parallel_size that the visible GPUs hold.
 
     python -m bench.scaling --dry-run --assume-gpus 8            # the layouts and their checks, no GPU needed
     python -m bench.scaling --out /tmp/scale --shape llama3.1-8b  # on a multi-GPU machine: 1, 2, 4, ... GPUs
@@ -46,7 +46,7 @@ ALLREDUCE_LATENCY_US = 10.0  # a small NCCL all-reduce within one NVLink node (a
 class Layout:
     replicas: int
     tp: int
-    pp: int = 1  # pipeline parallelism is not built yet: always 1
+    pp: int = 1
 
     @property
     def gpus(self) -> int:
@@ -60,9 +60,10 @@ class Layout:
         return list(range(0, self.gpus, self.tp * self.pp))
 
 
-def layouts(visible: int, sizes: tuple[int, ...] = SIZES) -> list[Layout]:
-    """Every replicas x TP split of each GPU count up to `visible`, fewest GPUs first."""
-    return [Layout(n // tp, tp) for n in sizes if n <= visible for tp in sizes if tp <= n and n % tp == 0]
+def layouts(visible: int, sizes: tuple[int, ...] = SIZES, pp_sizes: tuple[int, ...] = (1,)) -> list[Layout]:
+    """Every replicas x TP x PP split of each GPU count up to `visible`, fewest GPUs first (PP: `--pp 1,2`)."""
+    return [Layout(n // (tp * pp), tp, pp) for n in sizes if n <= visible for pp in pp_sizes for tp in sizes
+            if tp * pp <= n and n % (tp * pp) == 0]
 
 
 def allreduce_prediction(shape: str, tokens: int, tp: int, dtype_bytes: int = 2) -> dict:
@@ -80,7 +81,8 @@ def allreduce_prediction(shape: str, tokens: int, tp: int, dtype_bytes: int = 2)
 
 def _repository(work: Path, layout: Layout, shape: str, visible: int, cpu_smoke: bool = False) -> Path:
     params = {k: str(v) for k, v in (SERVING | (CPU_SMOKE if cpu_smoke else {})).items()}
-    repo = model_repository(work, params | {"tensor_parallel_size": str(layout.tp)}, shape=shape)
+    repo = model_repository(work, params | {"tensor_parallel_size": str(layout.tp),
+                                          "pipeline_parallel_size": str(layout.pp)}, shape=shape)
     config = repo / "llm" / "config.pbtxt"
     text = config.read_text()
     config.write_text(set_instance_count(text, layout.replicas) if cpu_smoke
@@ -129,9 +131,10 @@ def report(results: list[dict]) -> str:
 
 def _dry_run(args: argparse.Namespace) -> int:
     """The layouts this machine (or --assume-gpus) holds, each through the launcher's check."""
-    for layout in layouts(args.visible):
+    for layout in layouts(args.visible, pp_sizes=args.pp):
         groups = [InstanceGroup("KIND_GPU", 1, tuple(layout.instance_gpus()))]
-        replicas = plan_replicas(ServingConfig.of(tensor_parallel_size=layout.tp), groups, args.visible)
+        cfg = ServingConfig.of(tensor_parallel_size=layout.tp, pipeline_parallel_size=layout.pp)
+        replicas = plan_replicas(cfg, groups, args.visible)
         print(f"{layout.name:>10}: {layout.gpus} GPU(s), instance_group gpus {layout.instance_gpus()}, "
               f"ranks on {[list(r) for r in replicas]}")
     return 0
@@ -144,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workloads", type=lambda s: s.split(","), default=["128x128", "2048x128"])
     ap.add_argument("--concurrency", type=lambda s: [int(c) for c in s.split(",")], default=[1, 64, 256])
     ap.add_argument("--assume-gpus", type=int, default=None, help="with --dry-run: plan for this many GPUs")
+    ap.add_argument("--pp", type=lambda s: tuple(int(p) for p in s.split(",")), default=(1,),
+                    help="pipeline_parallel_size values on the axis (default 1; `--pp 1,2` adds the PP layouts)")
     ap.add_argument("--dry-run", action="store_true", help="list the layouts and their checks; start nothing")
     ap.add_argument("--cpu-smoke", action="store_true", help="no GPU: every layout's plumbing on the CPU with a tiny "
                     "model (sets LLMSERVE_BENCH_TINY=1; use with --assume-gpus N --workloads smoke --concurrency 2)")
@@ -167,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
-    for layout in layouts(args.visible):
+    for layout in layouts(args.visible, pp_sizes=args.pp):
         try:
             results.append(run_layout(out / "work", layout, args))
         except Exception as exc:  # noqa: BLE001 - one failed layout must not lose the others' figures

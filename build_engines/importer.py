@@ -4,6 +4,8 @@ The output holds model.safetensors, config.json, generation_config.json, tokeniz
 template: everything the engines need, with no pickle and no remote code. A GGUF file is dequantized to
 float32 (`dequantize=True`, the default here: TensorRT-LLM's converter reads 16/32-bit weights), or keeps its
 4-bit decoder weights (`dequantize=False`, the `python -m build_engines import` default: build_engines/gguf_native.py).
+An HF directory with a quantization_config (AutoAWQ GEMM or GPTQ, 4-bit) is repacked into our int4 format
+(build_engines/hf_int4.py); a quantization it cannot repack exactly is refused, naming the field.
 """
 
 from __future__ import annotations
@@ -114,9 +116,25 @@ def _import_hf_dir(src: Path, out: Path) -> None:
             raise ImportError_(f"{src}: only pickle weights ({', '.join(pickles)}); pickle can run code on load, "
                                "so we accept safetensors only. Convert them with a trusted tool first.")
         raise ImportError_(f"{src}: no *.safetensors weights")
-    for f in tensors + [src / n for n in COPIED_FILES] + list(src.glob("*.safetensors.index.json")):
+    config = json.loads((src / "config.json").read_text())
+    if config.get("quantization_config"):
+        _repack_4bit(src, out, config)  # writes the shards, their index and config.json
+        files = [src / n for n in COPIED_FILES if n != "config.json"]
+    else:
+        files = tensors + [src / n for n in COPIED_FILES] + list(src.glob("*.safetensors.index.json"))
+    for f in files:
         if f.is_file():
             _link_or_copy(f, out / f.name)
+
+
+def _repack_4bit(src: Path, out: Path, config: dict) -> None:
+    """AutoAWQ GEMM / GPTQ 4-bit weights -> our int4 format (build_engines/hf_int4.py); anything else refused."""
+    from build_engines.hf_int4 import HfQuantError, convert_checkpoint
+
+    try:
+        convert_checkpoint(src, out, config)
+    except HfQuantError as e:
+        raise ImportError_(f"{src.name}: {e}") from None
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -98,16 +98,29 @@ class PytorchConfig:
     # Ranks that each hold a slice of every layer's heads and MLP rows (llmserve/engine/parallel): rank 0 is this
     # process, the others are worker processes it starts; all-reduces over NCCL on GPUs, gloo on the CPU
     tensor_parallel_size: int = 1
+    # Stages that each hold a contiguous slice of the layers (rank 0 also the embedding, the last stage also the
+    # norm and lm_head), each with the KV cache of its own layers; a step's micro-batches flow stage to stage.
+    # tensor_parallel_size x pipeline_parallel_size ranks in all (llmserve/engine/parallel/pipeline.py)
+    pipeline_parallel_size: int = 1
+    # Micro-batches a pipelined step's sequences are cut into (at most one per sequence); 0: one per stage for
+    # steps of 64 tokens or more, else one (llmserve/engine/parallel/pipeline.py AUTO_SPLIT_TOKENS)
+    pipeline_micro_batches: int = 0
     # tests only: "fail_on_token:<id>" fails the sequences that feed that token; "crash_on_token:<id>" breaks
     # the whole engine (an error escapes step, as a CUDA fault would)
     fault_injection: str = ""
+
+    @property
+    def world_size(self) -> int:
+        """The engine's ranks: rank = stage * tensor_parallel_size + tensor-parallel rank."""
+        return self.tensor_parallel_size * self.pipeline_parallel_size
 
     def __post_init__(self) -> None:
         _one_of(self, "dtype", ("auto", "float32", "float16", "bfloat16"))
         _at_least(self, 0, "prefill_graph_max_tokens")
         _one_of(self, "async_scheduling", SWITCH_VALUES)
         _one_of(self, "pdl", SWITCH_VALUES)
-        _at_least(self, 1, "tensor_parallel_size")
+        _at_least(self, 1, "tensor_parallel_size", "pipeline_parallel_size")
+        _at_least(self, 0, "pipeline_micro_batches")
         kind, _, arg = self.fault_injection.partition(":")
         if self.fault_injection and (kind not in ("fail_on_token", "crash_on_token") or not arg.isdigit()):
             raise ConfigError(f"fault_injection: expected fail_on_token:<id> or crash_on_token:<id>, "

@@ -98,9 +98,12 @@ def test_the_bench_scaling_axis_plans_every_split_that_fits():
 
     plan = layouts(4)
     assert {(lay.replicas, lay.tp) for lay in plan} == {(1, 1), (2, 1), (1, 2), (4, 1), (2, 2), (1, 4)}
-    for lay in plan:
+    with_pp = layouts(4, pp_sizes=(1, 2))
+    assert {(lay.replicas, lay.tp, lay.pp) for lay in with_pp if lay.pp == 2} == {(1, 1, 2), (2, 1, 2), (1, 2, 2)}
+    for lay in with_pp:
         groups = gpu(*lay.instance_gpus())
-        replicas = plan_replicas(ServingConfig.of(tensor_parallel_size=lay.tp), groups, 4)
+        cfg = ServingConfig.of(tensor_parallel_size=lay.tp, pipeline_parallel_size=lay.pp)
+        replicas = plan_replicas(cfg, groups, 4)
         assert sorted(g for r in replicas for g in r) == list(range(lay.gpus))
     cfg = shape_config("llama3.1-8b")
     one = allreduce_prediction("llama3.1-8b", 64, 2)

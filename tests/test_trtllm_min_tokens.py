@@ -1,6 +1,6 @@
 """Issue 21 item 6: min_tokens on the TensorRT-LLM path answers exactly as the PyTorch engine, or is refused.
 
-The PyTorch engine bans every EOS id and stop_token_id until min_tokens (torch_engine._sampling_batch). The
+The PyTorch engine bans every EOS id and stop_token_id until min_tokens (torch_engine.sampling_batch). The
 executor holds back only end_id (penaltyKernels.cu), ends on a stop word whatever min_tokens says
 (stopCriteriaKernels.cu) and bans a single-token bad word at every step (banBadWords.cu); the contract double
 does the same, and these tests show why the adapter sends the one held-back id as end_id and refuses more.

@@ -92,9 +92,8 @@ def graph_batch_sizes(max_batch_size: int) -> list[int]:
 
 class ModelRunner:
     def __init__(self, cfg: ServingConfig, checkpoint_dir: Path, tp: RankGroup | None = None):
-        """tp: this process's rank of a tensor-parallel group (llmserve/engine/parallel): the model is its shard,
-        the KV cache holds its heads, and rank 0 sends each eager step to the other ranks. CUDA graphs and
-        async launches are off there for now (every rank would need to replay and chain in step)."""
+        """tp: this process's rank of a tensor/pipeline-parallel group (llmserve/engine/parallel): its shard, its
+        heads of its layers' KV; rank 0 sends each eager step to the others (no CUDA graphs or async there yet)."""
         self.cfg = cfg
         self.tp = tp
         self.device = tp.device if tp is not None else pick_device(cfg.device)
@@ -114,7 +113,7 @@ class ModelRunner:
         self.max_model_len = served_context(cfg.max_model_len, args.max_position_embeddings,
                                             self.num_blocks * self.block_size)
         if tp is not None:
-            tp.open(self.max_model_len)
+            tp.open(self.max_model_len, args, self.dtype)
         check_served_context(args, self.max_model_len)  # a sliding window must not cut the context
         self.model.init_rope(self.max_model_len, self.device)
         self.kv_cache = self.startup.timed("kv_allocation", torch.zeros, args.num_layers, 2,
@@ -126,7 +125,7 @@ class ModelRunner:
         self._prefill_graphs: PrefillGraphs | None = None
         self.last_launch_s = 0.0
         self.last_launch_split_ms: tuple[float, float, float] | None = None  # a graph step's inputs/replay/logits
-        if self.fast and self.device.type == "cuda":
+        if self.fast and self.device.type == "cuda" and getattr(tp, "pipeline", None) is None:  # stages: not yet
             self.startup.timed("warmup", self._warmup)
         if self.fast and cfg.pytorch.cuda_graphs and tp is None:
             self.startup.timed("graph_capture", self.capture_graphs)
@@ -190,8 +189,9 @@ class ModelRunner:
 
     @torch.inference_mode()
     def forward(self, step: StepInputs, logits: bool = True) -> torch.Tensor | None:
-        """An eager step: the logits of its sampled rows; logits=False (a tensor-parallel worker) runs the layers
-        only, since rank 0 computes the logits from the same all-reduced hidden state."""
+        """An eager step's sampled rows' logits; logits=False: a TP worker's layers only; stages: pipeline.py."""
+        if self.tp is not None and self.tp.pipeline is not None:
+            return self.tp.pipeline.run(self.model, self.kv_cache, step, self._prepare)
         input_ids, positions, meta = self._prepare(step)
         if not logits:
             self.model.decode_layers(input_ids, positions, self.kv_cache, meta)

@@ -186,7 +186,7 @@ class TorchEngine:
             return outputs
         self._steps += 1
         rows = self.runner.sampling_rows(batch)
-        sampling = self._sampling_batch(rows) if rows else None
+        sampling = self.sampling_batch(rows) if rows else None
         t0 = time.monotonic()
         try:
             tokens, logprobs = self._run(batch, sampling)
@@ -253,7 +253,7 @@ class TorchEngine:
             single = ScheduledBatch([seq], [n])
             rows = self.runner.sampling_rows(single)
             try:
-                tokens, logprobs = self._run(single, self._sampling_batch(rows) if rows else None)
+                tokens, logprobs = self._run(single, self.sampling_batch(rows) if rows else None)
             except Exception as exc:  # noqa: BLE001
                 error = EngineError(f"engine failure: {type(exc).__name__}: {exc}")
                 outputs.append(self._end(seq, FinishReason.ERROR, error))
@@ -263,7 +263,8 @@ class TorchEngine:
                 outputs.append(self._accept(seq, tokens[0], logprobs[0]))
         return outputs
 
-    def _sampling_batch(self, rows: list[Sequence]) -> SamplingBatch:
+    def sampling_batch(self, rows: list[Sequence]) -> SamplingBatch:
+        """The sampling tensors of a step's rows (EOS and stop ids banned before min_tokens)."""
         banned = []
         for s in rows:
             p = s.request.params

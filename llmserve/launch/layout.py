@@ -25,6 +25,7 @@ from llmserve.engine.parallel.layout import (
     LayoutError,
     check_disjoint,
     check_replica,
+    ranks_knob,
     span,
     visible_gpus_text,
 )
@@ -84,7 +85,8 @@ def plan_replicas(cfg: ServingConfig, groups: list[InstanceGroup], visible: int,
     if cfg.engine != "pytorch":  # TensorRT-LLM's world comes from its manifest (mpi.py); synthetic has no device
         return []
     bases = sorted({b for g in groups for b in _group_bases(g, cfg, visible, text)})
-    replicas = [check_replica(b, cfg.pytorch.tensor_parallel_size, visible, text) for b in bases]
+    knob = ranks_knob(cfg.pytorch.pipeline_parallel_size)
+    replicas = [check_replica(b, cfg.pytorch.world_size, visible, text, knob) for b in bases]
     check_disjoint(replicas, visible)
     return replicas
 
@@ -118,9 +120,10 @@ def check_repository(repo: Path, visible: int | None = None,
 def _summary(model: str, cfg: ServingConfig, replicas: list[tuple[int, ...]], visible: int) -> str:
     if not replicas:
         return f"{model}: engine {cfg.engine}, no GPU layout to check"
-    tp = cfg.pytorch.tensor_parallel_size
+    tp, pp = cfg.pytorch.tensor_parallel_size, cfg.pytorch.pipeline_parallel_size
+    ranks = f"tensor_parallel_size {tp}" + (f" x pipeline_parallel_size {pp}" if pp > 1 else "")
     where = ", ".join(span(r) for r in replicas)
-    return f"{model}: {len(replicas)} replica(s) x tensor_parallel_size {tp} on {where} of {visible} visible"
+    return f"{model}: {len(replicas)} replica(s) x {ranks} on {where} of {visible} visible"
 
 
 def set_instance_gpus(config: str, gpus: list[int], count: int = 1) -> str:

@@ -10,7 +10,8 @@ Format, per weight W [N, K], groups of g = 32, 64 or 128 consecutive inputs of o
 - "int4_sym": w = s * (q - 8) (GGUF Q4_0; RTN scale = group absmax / 7, TensorRT-LLM / ModelOpt's int4 recipe).
 - "int4_asym": w = s * q + m, weight_min m float16 [N, K / g] (GGUF Q4_1 and Q4_K's sub-blocks; RTN: s =
   (max - min) / 15, m = min). A minimum rather than an integer zero point: it holds Q4_1/Q4_K exactly; AWQ /
-  GPTQ zero points (w = s * (q - z)) would need a third variant to stay bit-exact (left for their loaders).
+  GPTQ zero points (w = s * (q - z)) would need a third variant to stay bit-exact; build_engines/hf_int4.py
+  stores them as m = -s * z rounded to float16 (at most half an fp16 ulp of s * z) and says so.
 Dequantization is float32 in that operation order, as ggml's reference dequantizers compute it, so a GGUF
 tensor repacked here dequantizes bit for bit like the file.
 """

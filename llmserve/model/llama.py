@@ -92,8 +92,9 @@ def _refuse_unsupported(cfg: dict, kind: str) -> None:
             raise ConfigError(f"{name}: true puts a bias on {where}, which our model does not implement; refusing "
                               "the checkpoint rather than dropping its biases")
     if cfg.get("quantization_config"):
-        raise ConfigError("quantization_config: checkpoints quantized for transformers are not loaded; import the "
-                          "unquantized checkpoint (llmserve quantizes it itself: llmserve/model/quantize.py)")
+        raise ConfigError("quantization_config: checkpoints quantized for transformers are not loaded as they are; "
+                          "`python -m build_engines import` repacks AutoAWQ GEMM / GPTQ 4-bit ones into our int4 "
+                          "format, or import the unquantized checkpoint (llmserve/model/quantize.py quantizes it)")
 
 
 def _rope(cfg: dict) -> tuple[float, dict | None]:
@@ -312,13 +313,15 @@ class LlamaModel(KernelLayer):
         return self.logits(*self.decode_layers(input_ids, positions, kv_cache, meta), logits_indices)
 
     def decode_layers(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache: torch.Tensor,
-                      meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
-        """The decoder stack: returns (hidden state, residual stream) of every row, before the final norm."""
-        x = self.embed_tokens(input_ids)
+                      meta: AttentionMetadata, carried: tuple[torch.Tensor, torch.Tensor] | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder stack: returns (hidden state, residual stream) of every row, before the final norm.
+        carried: a later pipeline stage's input, the previous stage's (hidden state, residual) instead of the
+        embedding (llmserve/model/pipeline_parallel.py)."""
+        x, residual = (self.embed_tokens(input_ids), None) if carried is None else carried
         rope = Rope(positions, self.rope_cos, self.rope_sin)
         if not self.launch.kernels:
             rope.cos, rope.sin = self.rope_cos[positions], self.rope_sin[positions]
-        residual = None
         for layer in self.layers:
             x, residual = layer(x, residual, rope, kv_cache, meta)
         return x, residual

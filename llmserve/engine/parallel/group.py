@@ -1,5 +1,9 @@
-"""One rank's membership of a tensor-parallel group: joining it, its device, its shard of the model, and the
-agreement on the KV cache's block count.
+"""One rank's membership of a tensor- and/or pipeline-parallel group: joining it, its device, its shard of the
+model, and the agreement on the KV cache's block count.
+
+The ranks form a grid: rank = stage * tensor_parallel_size + tensor-parallel rank (rank 0, the engine's, is the
+first stage's first). With both kinds, each stage's ranks get a subgroup of their own for the model's
+all-reduces; the stages pass hidden states point to point (llmserve/engine/parallel/pipeline.py).
 
 Two groups over the same ranks: the default one on the device's backend (NCCL on GPUs, gloo on the CPU) for the
 model's all-reduces, and a gloo one for each step's inputs, which every rank needs on the host anyway (the
@@ -20,8 +24,11 @@ from torch import nn
 from llmserve.config import ConfigError, ServingConfig
 from llmserve.engine.api import EngineError
 from llmserve.engine.graph_inputs import StepInputs
-from llmserve.engine.parallel.layout import check_replica, replica_gpus, visible_gpus_text
+from llmserve.engine.parallel.layout import check_replica, ranks_knob, replica_gpus, visible_gpus_text
+from llmserve.engine.parallel.pipeline import Pipeline, StageRole
 from llmserve.engine.parallel.step_broadcast import StepChannel
+from llmserve.model.llama import ModelArgs
+from llmserve.model.pipeline_parallel import keep_stage
 from llmserve.model.tensor_parallel import shard_model
 
 # A collective waits at most this long for the slowest rank: each one spans a layer's half, not a whole step,
@@ -64,7 +71,8 @@ def check_devices(cfg: ServingConfig) -> None:
     first = rank_device(cfg.device, 0)
     if first.type == "cuda":
         count = torch.cuda.device_count()
-        check_replica(first.index, cfg.pytorch.tensor_parallel_size, count, visible_gpus_text(count))
+        check_replica(first.index, cfg.pytorch.world_size, count, visible_gpus_text(count),
+                      ranks_knob(cfg.pytorch.pipeline_parallel_size))
 
 
 class RankGroup:
@@ -74,7 +82,8 @@ class RankGroup:
 
     def __init__(self, cfg: ServingConfig, rank: int, store: dist.Store):
         refuse_second_group()
-        self.cfg, self.rank, self.world = cfg, rank, cfg.pytorch.tensor_parallel_size
+        self.cfg, self.rank, self.world = cfg, rank, cfg.pytorch.world_size
+        self.role = StageRole(rank, cfg.pytorch.tensor_parallel_size, cfg.pytorch.pipeline_parallel_size)
         self.device = rank_device(cfg.device, rank)
         self.backend = "nccl" if self.device.type == "cuda" else "gloo"
         if self.device.type == "cuda":
@@ -85,7 +94,18 @@ class RankGroup:
         dist.init_process_group(self.backend, store=store, rank=rank, world_size=self.world, timeout=timeout)
         self.joined = True
         self.host_group = dist.new_group(backend="gloo", timeout=timeout)
+        self.tp_group = self._stage_group(timeout)
         self.channel: StepChannel | None = None
+        self.pipeline: Pipeline | None = None
+
+    def _stage_group(self, timeout: timedelta) -> dist.ProcessGroup | None:
+        """This stage's tensor-parallel ranks (None: the default group, when that is all of them). Every rank
+        creates every stage's group, in the same order, as torch.distributed requires."""
+        role = self.role
+        if role.stages == 1 or role.tp == 1:
+            return None
+        groups = [dist.new_group(role.tp_ranks(s), backend=self.backend, timeout=timeout) for s in range(role.stages)]
+        return groups[role.stage]
 
     def check(self) -> None:
         if self.lost is not None:
@@ -109,8 +129,10 @@ class RankGroup:
             time.sleep(0.05)
 
     def shard(self, model: nn.Module) -> nn.Module:
-        """Keeps this rank's slice of the model (before it moves to the device: the full weights stay on the host)."""
-        return shard_model(model, self.rank, self.world)
+        """Keeps this rank's slice of the model: its stage's layers, then its share of their heads and MLP rows
+        (before it moves to the device: the full weights stay on the host)."""
+        model = keep_stage(model, self.role.stage, self.role.stages)
+        return shard_model(model, self.role.tp_rank, self.role.tp, self.tp_group)
 
     def agree_blocks(self, num_blocks: int) -> int:
         """The KV block count every rank can hold (the smallest): rank 0's block manager hands out block ids that
@@ -120,11 +142,15 @@ class RankGroup:
         dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.host_group)
         return int(t.item())
 
-    def open(self, max_model_len: int) -> None:
-        """Allocates the step channel's buffer for the largest step the configuration allows."""
+    def open(self, max_model_len: int, args: ModelArgs, dtype: torch.dtype) -> None:
+        """Allocates the step channel's buffer for the largest step the configuration allows, and with more than
+        one stage the pipeline that runs this rank's part of each step."""
         b = self.cfg.batching
         width = -(-max_model_len // self.cfg.cache.kv_block_size)
         self.channel = StepChannel(self.host_group, b.max_num_tokens, b.max_batch_size, width)
+        if self.role.stages > 1:
+            self.pipeline = Pipeline(self.role, args.hidden_size, args.vocab_size, dtype, self.device,
+                                     self.cfg.pytorch.pipeline_micro_batches)
 
     def close(self) -> None:
         if getattr(self, "joined", False):

@@ -40,13 +40,20 @@ def suggested_gpus(tensor_parallel_size: int, visible: int) -> str:
     return "[" + ", ".join(str(g) for g in range(0, visible - tensor_parallel_size + 1, tensor_parallel_size)) + "]"
 
 
-def check_replica(base: int, tensor_parallel_size: int, visible: int, visible_text: str) -> tuple[int, ...]:
-    """The replica's GPUs, or a LayoutError naming tensor_parallel_size, the instance's GPU and the visible ones."""
+def ranks_knob(pipeline_parallel_size: int) -> str:
+    """The knob(s) a replica's rank count comes from, as a refusal names them."""
+    return "tensor_parallel_size" if pipeline_parallel_size == 1 else "tensor_parallel_size x pipeline_parallel_size"
+
+
+def check_replica(base: int, tensor_parallel_size: int, visible: int, visible_text: str,
+                  knob: str = "tensor_parallel_size") -> tuple[int, ...]:
+    """The replica's GPUs, or a LayoutError naming the knob, the instance's GPU and the visible ones.
+    tensor_parallel_size: the replica's ranks (times pipeline_parallel_size, `knob` then names both)."""
     gpus = replica_gpus(base, tensor_parallel_size)
     if gpus[-1] >= visible:
-        hint = (f"; with tensor_parallel_size {tensor_parallel_size} these GPUs hold replicas at instance_group "
+        hint = (f"; with {knob} {tensor_parallel_size} these GPUs hold replicas at instance_group "
                 f"gpus: {suggested_gpus(tensor_parallel_size, visible)}" if tensor_parallel_size <= visible else "")
-        raise LayoutError(f"tensor_parallel_size: {tensor_parallel_size} ranks of the replica on GPU {base} "
+        raise LayoutError(f"{knob}: {tensor_parallel_size} ranks of the replica on GPU {base} "
                           f"(instance_group gpus / device) need {span(gpus)}, but {visible_text}{hint}")
     return gpus
 

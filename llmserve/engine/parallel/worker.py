@@ -54,7 +54,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format=f"tp-rank{rank} %(levelname)s %(name)s: %(message)s")
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     conn = Connection(fd)
-    group = RankGroup(cfg, rank, join_store(port, cfg.pytorch.tensor_parallel_size, rank))
+    group = RankGroup(cfg, rank, join_store(port, cfg.pytorch.world_size, rank))
     if group.device.type == "cpu":  # the ranks share the cores
         torch.set_num_threads(max(1, torch.get_num_threads() // group.world))
     runner = ModelRunner(cfg, Path(argv[4]), group)

@@ -31,6 +31,7 @@ from llmserve.engine.model_runner import ModelRunner
 from llmserve.engine.parallel.group import RankGroup, RankLost, check_devices, join_store, refuse_second_group
 from llmserve.engine.parallel.step_broadcast import stop_header
 from llmserve.model.llama import ModelArgs
+from llmserve.model.pipeline_parallel import check_stageable
 from llmserve.model.tensor_parallel import check_shardable
 
 log = logging.getLogger(__name__)
@@ -40,14 +41,16 @@ _CHECKOUT = Path(__file__).resolve().parents[3]  # the directory holding the llm
 
 
 def build_runner(cfg: ServingConfig, checkpoint_dir: Path) -> ModelRunner:
-    """The engine's model runner: a plain one, or rank 0 of a tensor-parallel group (workers started here)."""
-    if cfg.pytorch.tensor_parallel_size == 1:
+    """The engine's model runner: a plain one, or rank 0 of a tensor- and/or pipeline-parallel group (workers
+    started here)."""
+    if cfg.pytorch.world_size == 1:
         return ModelRunner(cfg, checkpoint_dir)
     check_devices(cfg)
     refuse_second_group()
-    # Before any process starts: a checkpoint whose heads do not split is refused naming the knob.
-    check_shardable(ModelArgs.from_hf_config(json.loads((checkpoint_dir / "config.json").read_text())),
-                    cfg.pytorch.tensor_parallel_size)
+    # Before any process starts: a checkpoint whose heads or layers do not split is refused naming the knob.
+    args = ModelArgs.from_hf_config(json.loads((checkpoint_dir / "config.json").read_text()))
+    check_shardable(args, cfg.pytorch.tensor_parallel_size)
+    check_stageable(args.num_layers, cfg.pytorch.pipeline_parallel_size)
     tp = RankZero(cfg, checkpoint_dir)
     try:
         return ModelRunner(cfg, checkpoint_dir, tp)
@@ -73,7 +76,7 @@ class RankZero(RankGroup):
     """The engine's rank: starts the workers, joins the group with them, and sends each step."""
 
     def __init__(self, cfg: ServingConfig, checkpoint_dir: Path):
-        world = cfg.pytorch.tensor_parallel_size
+        world = cfg.pytorch.world_size
         store = join_store(0, world, 0)
         self.procs: list[subprocess.Popen] = []
         self.conns: list[Connection] = []
