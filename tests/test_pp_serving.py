@@ -8,14 +8,12 @@ for a different summation order to flip.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import threading
 import time
 from collections import OrderedDict
 
 import pytest
-import torch
 
 from llmserve.config import ConfigError, ServingConfig
 from llmserve.engine.api import FinishReason
@@ -27,27 +25,12 @@ from llmserve.model.pipeline_parallel import stage_layers
 from llmserve.serving.api import GenerateRequest
 from llmserve.serving.service import LLMService
 from llmserve.serving.tokenizer import Tokenizer
-from tests.test_tp_serving import KNOBS, PROMPTS, greedy, run, wait_until, worker_procs
+from tests.test_tp_serving import KNOBS, PROMPTS, greedy, run, tiny_llama, wait_until, worker_procs
 
 
 @pytest.fixture(scope="module")
 def tiny3(checkpoint, tmp_path_factory):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    path = tmp_path_factory.mktemp("pp") / "tiny3"
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                      tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
-    model = LlamaForCausalLM(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.5)
-    model.save_pretrained(path)
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        if (checkpoint / name).exists():
-            shutil.copy(checkpoint / name, path / name)
-    return path
+    return tiny_llama(checkpoint, tmp_path_factory.mktemp("pp") / "tiny3", 3)
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import textwrap
 import threading
 import time
 from collections import OrderedDict
+from pathlib import Path
 
 import psutil
 import pytest
@@ -34,14 +35,12 @@ KNOBS = dict(device="cpu", dtype="float32", kv_block_size=4, max_num_tokens=16, 
 WORKER_MODULE = "llmserve.engine.parallel.worker"
 
 
-@pytest.fixture(scope="module")
-def tiny(checkpoint, tmp_path_factory):
-    """A random 2-layer Llama (4 heads, 2 KV heads) beside SmolLM2's tokenizer files."""
+def tiny_llama(checkpoint: Path, path: Path, layers: int) -> Path:
+    """A random Llama of `layers` layers (4 heads, 2 KV heads) beside SmolLM2's tokenizer files."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    path = tmp_path_factory.mktemp("tp") / "tiny"
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
                       tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
     model = LlamaForCausalLM(cfg)
@@ -53,6 +52,11 @@ def tiny(checkpoint, tmp_path_factory):
         if (checkpoint / name).exists():
             shutil.copy(checkpoint / name, path / name)
     return path
+
+
+@pytest.fixture(scope="module")
+def tiny(checkpoint, tmp_path_factory):
+    return tiny_llama(checkpoint, tmp_path_factory.mktemp("tp") / "tiny", 2)
 
 
 def greedy(rid: str, ids: list[int], n: int = 12) -> EngineRequest:
