@@ -26,6 +26,42 @@ def checkpoint() -> Path:
     return import_checkpoint(embedded_gguf(), MODEL_DIR / "checkpoint")
 
 
+def write_tiny_llama(out: Path, num_key_value_heads: int = 2, std: float = 0.15) -> Path:
+    """A random 2-layer HF Llama checkpoint (transformers, CPU) with a byte-level tokenizer.json (ids 0..255 =
+    the bytes), so code that tokenizes text (AWQ's calibration) runs on it too."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=num_key_value_heads, max_position_embeddings=128,
+                      tie_word_embeddings=True)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():  # HF's init (std 0.02) leaves logits nearly flat; spread them so errors show
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, std)
+    model.save_pretrained(out)
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.save(str(out / "tokenizer.json"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_checkpoint(tmp_path_factory) -> Path:
+    """Grouped-query attention (4 heads, 2 KV heads), as most served models."""
+    return write_tiny_llama(tmp_path_factory.mktemp("hf"))
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_checkpoint_mha(tmp_path_factory) -> Path:
+    """As many KV heads as heads: AWQ then also scales o_proj (folded into v_proj)."""
+    return write_tiny_llama(tmp_path_factory.mktemp("hf_mha"), num_key_value_heads=4)
+
+
 @pytest.fixture(scope="session")
 def tokenizer(checkpoint):
     from llmserve.serving.tokenizer import Tokenizer

@@ -82,24 +82,6 @@ def test_int4_linear_torch_path_is_the_dequantized_matmul(cls, gated):
     assert ((w - lin.weight).norm() / lin.weight.norm()) < 0.15  # 4 bits: about 10% of the weights' norm
 
 
-@pytest.fixture(scope="module")
-def tiny_hf_checkpoint(tmp_path_factory):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      tie_word_embeddings=True)
-    model = LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():  # HF's init (std 0.02) leaves logits nearly flat; spread them so errors show
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.15)
-    out = tmp_path_factory.mktemp("hf")
-    model.save_pretrained(out)
-    return out
-
-
 def _logits(ckpt, ids):
     model = load_model(ckpt, torch.float32, torch.device("cpu"))
     model.init_rope(64, torch.device("cpu"))

@@ -37,24 +37,6 @@ def test_unknown_mode_is_refused():
         quantize_weight(torch.randn(4, 4), "int4")
 
 
-@pytest.fixture(scope="module")
-def tiny_hf_checkpoint(tmp_path_factory):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      tie_word_embeddings=True)
-    model = LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():  # HF's init (std 0.02) leaves logits nearly flat; spread them so errors show
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.2)
-    out = tmp_path_factory.mktemp("hf")
-    model.save_pretrained(out)
-    return out
-
-
 def _logits(ckpt, ids):
     model = load_model(ckpt, torch.float32, torch.device("cpu"))
     model.init_rope(64, torch.device("cpu"))
@@ -88,3 +70,35 @@ def test_quantize_cli_and_double_quantization_refused(tiny_hf_checkpoint, tmp_pa
     assert (tmp_path / "q" / "model.safetensors").is_file()
     with pytest.raises(ValueError, match="already quantized"):
         quantize_checkpoint(tmp_path / "q", tmp_path / "qq", "fp8")
+
+
+def test_fp8_weight_only_computes_hf_fake_quant(tiny_hf_checkpoint, tmp_path):
+    """Our fp8 checkpoint with 16-bit activations (the batch-1 GEMV path) is, in float32, exactly transformers'
+    model with its q/k/v/o/gate/up/down weights fake-quantized to e4m3 per row (scale = row amax / 448) and the
+    tied embedding / lm_head untouched: the reference of issue 22 item 5 (bench/hf_fake_quant.py)."""
+    from transformers import LlamaForCausalLM
+
+    from bench.hf_fake_quant import ATTENTION as HF_ATTENTION
+    from bench.hf_fake_quant import MLP as HF_MLP
+    from bench.hf_fake_quant import fake_fp8
+    from llmserve.model.linear import Fp8Linear
+
+    hf = LlamaForCausalLM.from_pretrained(tiny_hf_checkpoint, local_files_only=True, dtype=torch.float32).eval()
+    with torch.no_grad():
+        for name, mod in hf.named_modules():
+            if isinstance(mod, torch.nn.Linear) and name.split(".")[-1] in HF_ATTENTION + HF_MLP:
+                mod.weight.copy_(fake_fp8(mod.weight, torch.float32, "row"))
+    ids = list(range(3, 40))
+    with torch.inference_mode():
+        ref = hf(torch.tensor([ids])).logits[0]
+    out = quantize_checkpoint(tiny_hf_checkpoint, tmp_path / "q", "fp8")
+    model = load_model(out, torch.float32, torch.device("cpu"))
+    for m in model.modules():
+        if isinstance(m, Fp8Linear):
+            m.quantize_activations = False
+    model.init_rope(64, torch.device("cpu"))
+    meta = AttentionMetadata.for_prefill([len(ids)], 4, torch.device("cpu"))
+    cache = torch.zeros(2, 2, -(-len(ids) // 4), 4, model.args.num_kv_heads, model.args.head_dim)
+    with torch.inference_mode():
+        got = model(torch.tensor(ids), torch.arange(len(ids)), cache, meta, None)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)

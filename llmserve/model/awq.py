@@ -33,6 +33,9 @@ from llmserve.model.llama import LlamaModel, load_model
 # bench/data's evaluation text.
 CALIBRATION = Path(__file__).resolve().parent / "data" / "awq_calibration.txt"
 N_GRID = 20
+# One prefill of at most this many calibration tokens (llm-awq: samples of 512): the search is linear in it and
+# the prefill quadratic; a byte-level tokenizer (the tests') would otherwise give one token per character.
+MAX_TOKENS = 1024
 
 
 def fake_quant(w: torch.Tensor, group_size: int, symmetric: bool) -> torch.Tensor:
@@ -105,34 +108,45 @@ def _prefill(model: LlamaModel, ids: list[int], block_size: int = 16) -> None:
 def apply_awq_(state: dict[str, torch.Tensor], src: Path, group_size: int, symmetric: bool,
                keep_attention_fp16: bool = False) -> int:
     """Scales the HF float `state` of checkpoint `src` in place (the 16-bit function is unchanged up to
-    rounding). Returns how many linear groups were scaled."""
+    rounding). The weights it scales come back float32 (they are quantized next: rounding them to 16 bits
+    first would add an error of its own); the norms keep their dtype. Returns how many linear groups were
+    scaled."""
     model = load_model(src, torch.float32, torch.device("cpu"), kernel_mode="off")
-    ids = Tokenizer.from_file(str(src / "tokenizer.json")).encode(CALIBRATION.read_text()).ids
+    ids = Tokenizer.from_file(str(src / "tokenizer.json")).encode(CALIBRATION.read_text()).ids[:MAX_TOKENS]
     feats = calibration_inputs(model, ids)
     mha = model.args.num_heads == model.args.num_kv_heads
     done = 0
     for i, f in enumerate(feats):
-        p = f"model.layers.{i}."
-        plans = [(f["mlp"], p + "post_attention_layernorm.weight", [p + "mlp.gate_proj", p + "mlp.up_proj"]),
-                 (f["down"], p + "mlp.up_proj", [p + "mlp.down_proj"])]
-        if not keep_attention_fp16:
-            plans.append((f["attn"], p + "input_layernorm.weight", [p + f"self_attn.{n}_proj" for n in "qkv"]))
-            if mha:
-                plans.append((f["o"], p + "self_attn.v_proj", [p + "self_attn.o_proj"]))
+        groups = plans(f, i, keep_attention_fp16, mha)
         scales = [search_scale(x, torch.cat([state[n + ".weight"] for n in names]), group_size, symmetric)
-                  for x, _, names in plans]
-        for (_, prev, names), s in zip(plans, scales):
+                  for x, _, names in groups]
+        for (_, prev, names), s in zip(groups, scales):
             _fold(state, prev, names, s)
             done += 1
     return done
 
 
+def plans(feats: dict[str, torch.Tensor], layer: int, keep_attention_fp16: bool, mha: bool
+          ) -> list[tuple[torch.Tensor, str, list[str]]]:
+    """Layer `layer`'s groups: (their input, the tensor that makes it, the linears that read it)."""
+    p = f"model.layers.{layer}."
+    out = [(feats["mlp"], p + "post_attention_layernorm.weight", [p + "mlp.gate_proj", p + "mlp.up_proj"]),
+           (feats["down"], p + "mlp.up_proj", [p + "mlp.down_proj"])]
+    if not keep_attention_fp16:
+        out.append((feats["attn"], p + "input_layernorm.weight", [p + f"self_attn.{n}_proj" for n in "qkv"]))
+        if mha:
+            out.append((feats["o"], p + "self_attn.v_proj", [p + "self_attn.o_proj"]))
+    return out
+
+
 def _fold(state: dict[str, torch.Tensor], prev: str, names: list[str], s: torch.Tensor) -> None:
-    """W[:, c] *= s[c] for the consumers; the producer divides: a norm's weight, or a linear's output rows."""
+    """W[:, c] *= s[c] for the consumers; the producer divides: a norm's weight, or a linear's output rows
+    (and bias). Weights stay float32 (all of them are quantized afterwards); norms and biases, which stay
+    unquantized, return to their dtype."""
     for n in names:
-        w = state[n + ".weight"]
-        state[n + ".weight"] = (w.float() * s).to(w.dtype)
+        state[n + ".weight"] = state[n + ".weight"].float() * s
     keys = [prev] if prev.endswith(".weight") else [prev + ".weight", prev + ".bias"]
     for key in (k for k in keys if k in state):
         t = state[key]
-        state[key] = (t.float() / (s if t.dim() == 1 else s[:, None])).to(t.dtype)
+        out = t.float() / (s if t.dim() == 1 else s[:, None])
+        state[key] = out.to(t.dtype) if t.dim() == 1 else out
