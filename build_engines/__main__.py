@@ -18,8 +18,8 @@ def _import(argv: list[str]) -> int:
                     help="a .gguf file or an HF checkpoint directory (default: the embedded SmolLM2-135M-Instruct)")
     ap.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     ap.add_argument("--dequantize", action="store_true",
-                    help="GGUF: dequantize every tensor to float32 (default: keep Q4_0/Q4_1 decoder weights in 4 bits, "
-                         "refusing a file with other types)")
+                    help="GGUF: dequantize every tensor to float32 (default: keep Q4_0/Q4_1/Q4_K decoder weights in "
+                         "4 bits and Q8_0/Q5_K/Q6_K ones in 8-bit groups, refusing a file with other types)")
     a = ap.parse_args(argv)
     try:
         source = Path(a.source) if a.source else embedded_gguf()

@@ -1,30 +1,35 @@
-"""GGUF decoder weights kept quantized: Q4_0 and Q4_1 blocks repacked, bit for bit, into llmserve's int4 group
-format (llmserve/model/int4.py), so an imported 4-bit model stays 4-bit on disk and in memory.
+"""GGUF decoder weights kept quantized: Q4_0, Q4_1, Q4_K, Q5_K, Q6_K and Q8_0 blocks repacked, bit for bit, into
+llmserve's group formats (build_engines/gguf_blocks.py decodes them), so an imported quantized model stays
+quantized on disk and in memory.
 
-- Q4_0 (block of 32: float16 d, 16 bytes of codes): w = d * (q - 8) -> "int4_sym", groups of 32.
-- Q4_1 (block of 32: float16 d, float16 m, 16 bytes): w = d * q + m -> "int4_asym", groups of 32.
-Both blocks keep their codes in our group-halves order (element i in the low nibble of byte i, element i + 16 in
-the high one), so the codes are copied, not re-coded. Every other part of the checkpoint (embedding, norms,
-lm_head, config, tokenizer) comes from the dequantized import, and every repacked tensor is checked against it:
-its dequantization must equal transformers' (ggml's) dequantization exactly, or the import fails.
-Not yet native (refused by name; `--dequantize` imports them as today): Q8_0 (needs 8-bit groups of 32), the
-K-quants (Q4_K's 6-bit sub-block scales multiply a float16 d: not exact in 16 bits), and the rest.
+- 4-bit blocks (Q4_0, Q4_1, Q4_K) -> "int4_sym" / "int4_asym", groups of 32 (Q4_K's sub-blocks: float32 scales
+  and minimums, as ggml computes d * sc in float32; Q4_0 / Q4_1 keep their float16 ones).
+- wider codes (Q8_0, Q6_K, Q5_K) -> "int8_group_sym" / "int8_group_asym", groups of 32 (Q6_K: 16).
+Files mix types per tensor (Q4_K_M: Q4_K mostly, Q6_K for some attn_v / ffn_down), and our q/k/v and gate/up
+are one packed module each, whose parts must share a format. So each module takes the narrowest format that
+holds all its parts exactly: int4 when all are 4-bit blocks of one kind (symmetric or with a minimum), else int8
+groups of the smallest group (16 divides 32: scales repeat) with a -0.0 minimum for parts that have none. The
+config's "quantization" names the commonest mode and, under "modules", every module that differs, so a Q4_K_M
+model stays mostly 4-bit. Every other part of the checkpoint (embedding, norms, lm_head, config, tokenizer)
+comes from the dequantized import, and every repacked tensor is checked against it: its dequantization must
+equal transformers' (ggml's) exactly, or the import fails. Other types (Q2_K, Q3_K, IQ*, F16 linears ...) are
+refused by name; `--dequantize` imports them as today.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import torch
-from gguf import GGMLQuantizationType, GGUFReader
+from gguf import GGUFReader, ReaderTensor
 from safetensors.torch import load_file, save_file
 
+from build_engines.gguf_blocks import DECODERS, Groups, decode
 from llmserve.model.int4 import dequantize_int4
+from llmserve.model.int8_group import dequantize_int8_group
 
-# GGUF type -> (our mode, bytes per block of 32, whether a float16 minimum follows the scale)
-NATIVE = {GGMLQuantizationType.Q4_0: ("int4_sym", 18, False), GGMLQuantizationType.Q4_1: ("int4_asym", 20, True)}
 GROUP = 32
 LINEARS = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
            "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
@@ -44,36 +49,44 @@ def _hf_name(gguf_name: str) -> str | None:
     return None
 
 
-def native_mode(reader: GGUFReader) -> tuple[str, str]:
-    """(our mode, GGUF type name) of the file's decoder linears, or NativeImportError naming what is missing."""
+def check_native(reader: GGUFReader) -> list[str]:
+    """The GGUF type names of the file's decoder linears, or NativeImportError naming what is not supported."""
     arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
     if arch not in ARCHITECTURES:
-        raise NativeImportError(f"general.architecture {arch!r}: native 4-bit import knows {ARCHITECTURES}; "
+        raise NativeImportError(f"general.architecture {arch!r}: native import knows {ARCHITECTURES}; "
                                 "use --dequantize")
     types = {t.tensor_type for t in reader.tensors if _hf_name(t.name)}
-    unsupported = sorted(t.name for t in types if t not in NATIVE)
+    unsupported = sorted(t.name for t in types if t not in DECODERS)
     if unsupported:
         example = next(t.name for t in reader.tensors if _hf_name(t.name) and t.tensor_type.name == unsupported[0])
-        raise NativeImportError(f"tensor type {', '.join(unsupported)} (e.g. {example}) is not kept quantized yet "
-                                f"(natively: {', '.join(t.name for t in NATIVE)}); use --dequantize")
-    if len(types) != 1:
-        raise NativeImportError(f"decoder weights mix tensor types {sorted(t.name for t in types)}; one model "
-                                "holds one 4-bit mode for now; use --dequantize")
-    qtype = types.pop()
-    return NATIVE[qtype][0], qtype.name
+        raise NativeImportError(f"tensor type {', '.join(unsupported)} (e.g. {example}) is not kept quantized "
+                                f"(natively: {', '.join(t.name for t in DECODERS)}); use --dequantize")
+    return sorted(t.name for t in types)
 
 
-def repack(blocks: np.ndarray, qtype: GGMLQuantizationType) -> dict[str, torch.Tensor]:
-    """Raw GGUF rows (uint8 [N, bytes]) -> {"weight", "weight_scale"[, "weight_min"]} in our format."""
-    _, size, has_min = NATIVE[qtype]
-    n = blocks.shape[0]
-    b = torch.from_numpy(np.array(blocks, dtype=np.uint8)).reshape(n, -1, size)  # a copy: the file is mapped read-only
-    nb = b.shape[1]
-    out = {"weight_scale": b[:, :, 0:2].contiguous().view(torch.float16).reshape(n, nb)}
-    if has_min:
-        out["weight_min"] = b[:, :, 2:4].contiguous().view(torch.float16).reshape(n, nb)
-    out["weight"] = b[:, :, size - GROUP // 2:].reshape(n, nb * GROUP // 2).contiguous()
-    return out
+def _module(key: str) -> str:
+    """model.layers.3.self_attn.k_proj.weight -> layers.3.self_attn.qkv_proj (the module it is packed into)."""
+    name = key.removeprefix("model.").removesuffix(".weight")
+    for parts, packed in (("qkv", "qkv_proj"), (("gate", "up"), "gate_up_proj")):
+        for p in parts:
+            if name.endswith(f".{p}_proj"):
+                return name.removesuffix(f"{p}_proj") + packed
+    return name
+
+
+def store(parts: list[Groups]) -> tuple[str, list[dict[str, torch.Tensor]]]:
+    """(mode, tensors of each part) of one module: the narrowest format holding every part exactly."""
+    sym = all(p.minimum is None for p in parts)
+    dtype = parts[0].scale.dtype if len({p.scale.dtype for p in parts}) == 1 else torch.float32
+    if all(p.four_bit for p in parts) and (sym or all(p.minimum is not None for p in parts)):
+        return ("int4_sym" if sym else "int4_asym"), [p.as_int4(dtype) for p in parts]
+    group = min(p.group for p in parts)  # 16 or 32
+    return ("int8_group_sym" if sym else "int8_group_asym"), [p.as_int8(group, dtype, not sym) for p in parts]
+
+
+def dequantized(mode: str, t: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    f = dequantize_int4 if mode.startswith("int4") else dequantize_int8_group
+    return f(t["weight"], t["weight_scale"], t.get("weight_min"), dtype)
 
 
 def _unpermute_rows(n_rows: int, n_head: int) -> torch.Tensor:
@@ -93,29 +106,43 @@ def keep_quantized(src: Path, out: Path) -> dict:
     """Replaces the decoder linears of the dequantized import in `out` by the file's own blocks, repacked;
     returns the config's "quantization" entry. Fails if any repacked tensor dequantizes differently."""
     reader = GGUFReader(src)
-    mode, type_name = native_mode(reader)
+    type_names = check_native(reader)
     arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
     cfg = json.loads((out / "config.json").read_text())
     state = load_file(out / "model.safetensors")
-    count = 0
+    modules: dict[str, dict[str, ReaderTensor]] = {}  # our module -> HF key -> its GGUF tensor (mapped, not read)
     for t in reader.tensors:
         key = _hf_name(t.name)
-        if key is None:
-            continue
-        packed = repack(t.data, t.tensor_type)
-        order = _row_order(t.name, packed["weight"].shape[0], arch, cfg)
-        if order is not None:
-            packed = {k: v[order].contiguous() for k, v in packed.items()}
-        ref = state[key]
-        if not torch.equal(dequantize_int4(packed["weight"], packed["weight_scale"], packed.get("weight_min"),
-                                           ref.dtype), ref):
-            raise NativeImportError(f"{t.name}: repacked {type_name} does not dequantize to the imported values")
-        base = key.removesuffix("weight")
-        state.update({base + k: v for k, v in packed.items()})
-        count += 1
+        if key is not None:
+            modules.setdefault(_module(key), {})[key] = t
+    # Module by module: only one module's decoded codes are in memory at a time.
+    modes = {name: _replace(parts, state, arch, cfg) for name, parts in modules.items()}
+    mode = Counter(modes.values()).most_common(1)[0][0]
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt", "llmserve_quantization": mode})
-    entry = {"mode": mode, "group_size": GROUP, "keep_attention_fp16": False, "weight_scale": "per_group",
-             "activation_scale": "none", "quantized_tensors": count, "source": f"gguf:{type_name}"}
+    entry = {"mode": mode, "keep_attention_fp16": False, "weight_scale": "per_group", "activation_scale": "none",
+             "quantized_tensors": sum(map(len, modules.values())), "source": "gguf:" + "+".join(type_names)}
+    if any(m.startswith("int4") for m in modes.values()):
+        entry["group_size"] = GROUP
+    if any(m != mode for m in modes.values()):
+        entry["modules"] = {name: m for name, m in sorted(modes.items()) if m != mode}
     cfg["quantization"] = entry
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     return entry
+
+
+def _decode(t: ReaderTensor, arch: str, cfg: dict) -> Groups:
+    g = decode(t.data, t.tensor_type)
+    order = _row_order(t.name, g.codes.shape[0], arch, cfg)
+    return g if order is None else g.rows(order)
+
+
+def _replace(parts: dict[str, ReaderTensor], state: dict[str, torch.Tensor], arch: str, cfg: dict) -> str:
+    """Puts one module's repacked parts into `state` (under their HF names) after checking each against the
+    dequantized import; returns the module's mode."""
+    mode, stored = store([_decode(t, arch, cfg) for t in parts.values()])
+    for (key, t), tensors in zip(parts.items(), stored):
+        ref = state[key]
+        if not torch.equal(dequantized(mode, tensors, ref.dtype), ref):
+            raise NativeImportError(f"{t.name}: repacked as {mode}, it does not dequantize to the imported values")
+        state.update({key.removesuffix("weight") + k: v for k, v in tensors.items()})
+    return mode

@@ -3,7 +3,8 @@
 The output holds model.safetensors, config.json, generation_config.json, tokenizer files and the chat
 template: everything the engines need, with no pickle and no remote code. A GGUF file is dequantized to
 float32 (`dequantize=True`, the default here: TensorRT-LLM's converter reads 16/32-bit weights), or keeps its
-4-bit decoder weights (`dequantize=False`, the `python -m build_engines import` default: build_engines/gguf_native.py).
+quantized decoder weights (`dequantize=False`, the `python -m build_engines import` default: Q4_0/Q4_1/Q4_K in 4
+bits, Q8_0/Q5_K/Q6_K in 8-bit groups, mixed per module: build_engines/gguf_native.py).
 An HF directory with a quantization_config (AutoAWQ GEMM or GPTQ, 4-bit) is repacked into our int4 format
 (build_engines/hf_int4.py); a quantization it cannot repack exactly is refused, naming the field.
 """
@@ -147,10 +148,10 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 def _check_native(src: Path) -> None:
     from gguf import GGUFReader
 
-    from build_engines.gguf_native import NativeImportError, native_mode
+    from build_engines.gguf_native import NativeImportError, check_native
 
     try:
-        native_mode(GGUFReader(src))
+        check_native(GGUFReader(src))
     except NativeImportError as e:
         raise ImportError_(f"{src.name}: {e}") from None
 

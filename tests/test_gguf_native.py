@@ -1,6 +1,7 @@
 """GGUF kept quantized (build_engines/gguf_native.py): Q4_0/Q4_1 blocks repacked bit-exactly into the int4
-group format, unsupported types refused by name, and the embedded SmolLM2 (Q4_1) served from its own 4-bit
-weights giving the dequantized import's greedy tokens (torch path, CPU)."""
+group format (the K-quants and Q8_0: tests/test_gguf_kquants.py), unsupported types refused by name, and the
+embedded SmolLM2 (Q4_1) served from its own 4-bit weights giving the dequantized import's greedy tokens (torch
+path, CPU)."""
 
 import json
 import shutil
@@ -14,7 +15,8 @@ from gguf import quants as ggml
 
 from build_engines import importer
 from build_engines.__main__ import main as cli_main
-from build_engines.gguf_native import _unpermute_rows, keep_quantized, repack
+from build_engines.gguf_blocks import decode
+from build_engines.gguf_native import _unpermute_rows, keep_quantized, store
 from build_engines.importer import ImportError_, import_checkpoint
 from llmserve.config import ServingConfig
 from llmserve.engine.api import EngineRequest
@@ -29,8 +31,10 @@ def test_repack_dequantizes_exactly_like_ggml(qtype):
     w = (rng.standard_normal((6, 160)) * rng.uniform(0.01, 3, (6, 1))).astype(np.float32)
     w[0, :32] = 0.0  # an all-zero block
     blocks = ggml.quantize(w, qtype)
-    t = repack(blocks, qtype)
+    _, [t] = store([decode(blocks, qtype)])
     assert t["weight"].shape == (6, 80) and t["weight_scale"].shape == (6, 5)
+    codes = blocks.reshape(6, 5, -1)[:, :, -16:].reshape(6, 80)  # the file's code bytes are already our layout
+    assert torch.equal(t["weight"], torch.from_numpy(np.ascontiguousarray(codes)))
     assert ("weight_min" in t) == (qtype == T.Q4_1)
     ours = dequantize_int4(t["weight"], t["weight_scale"], t.get("weight_min"))
     assert torch.equal(ours, torch.from_numpy(ggml.dequantize(blocks, qtype)))
@@ -62,10 +66,8 @@ def _gguf(path, types, arch="llama"):
 
 
 @pytest.mark.parametrize("types,arch,message", [
-    ({"blk.0.attn_q.weight": T.Q4_1, "blk.0.ffn_down.weight": T.Q8_0}, "llama",
-     r"tensor type Q8_0 \(e.g. blk.0.ffn_down.weight\) is not kept quantized.*--dequantize"),
-    ({"blk.0.attn_q.weight": T.Q4_K}, "llama", r"tensor type Q4_K .*--dequantize"),
-    ({"blk.0.attn_q.weight": T.Q4_0, "blk.0.attn_k.weight": T.Q4_1}, "llama", r"mix tensor types \['Q4_0', 'Q4_1'\]"),
+    ({"blk.0.attn_q.weight": T.Q4_1, "blk.0.ffn_down.weight": T.F16}, "llama",
+     r"tensor type F16 \(e.g. blk.0.ffn_down.weight\) is not kept quantized.*--dequantize"),
     ({"blk.0.attn_q.weight": T.Q4_0}, "gpt2", r"general.architecture 'gpt2'"),
 ])
 def test_native_import_refuses_what_it_cannot_keep_before_any_work(tmp_path, monkeypatch, types, arch, message):

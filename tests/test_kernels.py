@@ -474,13 +474,15 @@ def test_runner_captures_pdl_only_into_decode_graphs_of_up_to_16_rows(tmp_path, 
 
 # --- 4-bit group weights (llmserve/kernels/int4.py) against their torch twin, Int4Linear's reference path ---
 
-def _int4_case(M, N, K, group, symmetric, gated, seed=0):
+def _int4_case(M, N, K, group, symmetric, gated, seed=0, wide_scales=False):
     from torch.nn import functional as F
 
     from llmserve.model.int4 import dequantize_int4, quantize_int4
 
     gen = torch.Generator().manual_seed(seed)
     t = {k: v.to(DEV) for k, v in quantize_int4(torch.randn(N, K, generator=gen), group, symmetric).items()}
+    if wide_scales:  # float32 values no float16 holds, as GGUF Q4_K's d * sc and dmin * m
+        t.update({k: t[k].float() * (1 + 2.0 ** -13) for k in ("weight_scale", "weight_min") if k in t})
     x = torch.randn(M, 2 * K if gated else K, generator=gen).to(DEV, DT)
     bias = torch.randn(N, generator=gen).to(DEV, DT)
     h = F.silu(x[:, :K]) * x[:, K:] if gated else x
@@ -488,10 +490,10 @@ def _int4_case(M, N, K, group, symmetric, gated, seed=0):
     return x, t, bias, ref
 
 
-def _int4_check(M, N, K, group, symmetric, gated, pdl=False):
+def _int4_check(M, N, K, group, symmetric, gated, pdl=False, wide_scales=False):
     from llmserve.kernels.int4 import w4mm
 
-    x, t, bias, ref = _int4_case(M, N, K, group, symmetric, gated)
+    x, t, bias, ref = _int4_case(M, N, K, group, symmetric, gated, wide_scales=wide_scales)
     out = w4mm(x, t["weight"], t["weight_scale"], t.get("weight_min"), bias, gated=gated, pdl=pdl)
     assert out.shape == (M, N) and out.dtype == DT
     assert rel(out, ref) < 1e-2, (M, N, K, group, symmetric, gated)
@@ -515,6 +517,14 @@ def test_int4_kernels_match_the_torch_twin(group, symmetric, M, gated, pdl):
 def test_int4_kernels_small_case(group, symmetric, M):
     """A small shape everywhere the kernels run (GPU, or the CPU interpreter where triton is installed)."""
     _int4_check(M, 40, 3 * 128, group, symmetric, gated=M == 1)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("M", [1, 3, 64])
+def test_int4_kernels_take_float32_scales(symmetric, M):
+    """GGUF Q4_K repacks with float32 scales and minimums (llmserve/model/int4.py): the kernels load them as they
+    are and convert to float32, as they do 16-bit ones."""
+    _int4_check(M, 40, 3 * 128, 32, symmetric, gated=M == 1, wide_scales=True)
 
 
 @pytest.mark.skipif(DEV != "cuda", reason="a model-sized check needs a GPU")

@@ -2,7 +2,8 @@
 (llmserve/model/int4.py: dequantize, then F.linear), which the tests compare against.
 
 Weights: uint8 [N, K / 2] in the group-halves layout (byte i of a group of g holds element i in its low nibble
-and element i + g/2 in its high one), scales (and minimums) 16-bit [N, K / g]; "sym" w = s * (q - 8), "asym"
+and element i + g/2 in its high one), scales (and minimums) [N, K / g] in 16 bits, or 32 (GGUF Q4_K: every load
+below converts them to float32, so either works unchanged); "sym" w = s * (q - 8), "asym"
 w = s * q + m. A tile of BLOCK_K inputs (whole groups) is one [BLOCK_N, BLOCK_K / 2] byte load; `& 15` gives the
 low half-tile and `>> 4` the high one, and x is loaded twice at the matching offsets (k0 + j*g + i and + g/2),
 so nothing is interleaved in registers.

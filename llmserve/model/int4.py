@@ -5,13 +5,16 @@ Format, per weight W [N, K], groups of g = 32, 64 or 128 consecutive inputs of o
   its low nibble and element i + g/2 in its high nibble ("group halves"). Why: a Triton tile of whole groups
   unpacks with one mask and one shift into two half-tiles, each a dense operand for tl.dot against x loaded at
   two offsets; the adjacent-pairs layout would need a register interleave, which Triton has no cheap op for.
-  For g = 32 it is also byte for byte GGUF's Q4_0 / Q4_1 block layout, so those repack by copying.
-- weight_scale: float16 [N, K / g] (what GGUF, AWQ and GPTQ store); bf16 is accepted too. Kept in its 16 bits.
+  For g = 32 it is also byte for byte GGUF's Q4_0 / Q4_1 block layout, so their code bytes carry over unchanged
+  (Q4_K's do not: 32 of its bytes hold two sub-blocks, one in the low nibbles, the next in the high ones).
+- weight_scale: float16 [N, K / g] (what GGUF, AWQ and GPTQ store); bf16 is accepted too, and float32 for GGUF's
+  Q4_K, whose sub-block scale d * sc (float16 d times a 6-bit integer) needs up to 17 significant bits: ggml
+  computes it in float32, and so must the format to stay exact. Kept in its own type, the minimum in the same.
 - "int4_sym": w = s * (q - 8) (GGUF Q4_0; RTN scale = group absmax / 7, TensorRT-LLM / ModelOpt's int4 recipe).
-- "int4_asym": w = s * q + m, weight_min m float16 [N, K / g] (GGUF Q4_1 and Q4_K's sub-blocks; RTN: s =
-  (max - min) / 15, m = min). A minimum rather than an integer zero point: it holds Q4_1/Q4_K exactly; AWQ /
-  GPTQ zero points (w = s * (q - z)) would need a third variant to stay bit-exact; build_engines/hf_int4.py
-  stores them as m = -s * z rounded to float16 (at most half an fp16 ulp of s * z) and says so.
+- "int4_asym": w = s * q + m, weight_min m [N, K / g] (GGUF Q4_1; Q4_K's sub-blocks, m = -(dmin * m_sub) in
+  float32; RTN: s = (max - min) / 15, m = min). A minimum rather than an integer zero point: it holds Q4_1/Q4_K
+  exactly; AWQ / GPTQ zero points (w = s * (q - z)) would need a third variant to stay bit-exact;
+  build_engines/hf_int4.py stores them as m = -s * z rounded to float16 (at most half an fp16 ulp of s * z) and says so.
 Dequantization is float32 in that operation order, as ggml's reference dequantizers compute it, so a GGUF
 tensor repacked here dequantizes bit for bit like the file.
 """
@@ -26,13 +29,13 @@ from llmserve.model.launch import KernelLayer
 
 GROUP_SIZES = (32, 64, 128)
 INT4_MODES = ("int4_sym", "int4_asym")
-SCALE_DTYPES = (torch.float16, torch.bfloat16)
+SCALE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 TINY = 2.0 ** -24  # smallest float16 subnormal: an all-zero group keeps a non-zero scale
 
 
-def check_group_size(group_size: int, in_features: int) -> int:
-    if group_size not in GROUP_SIZES:
-        raise ValueError(f"group_size: expected one of {GROUP_SIZES}, got {group_size!r}")
+def check_group_size(group_size: int, in_features: int, sizes: tuple[int, ...] = GROUP_SIZES) -> int:
+    if group_size not in sizes:
+        raise ValueError(f"group_size: expected one of {sizes}, got {group_size!r}")
     if in_features % group_size:
         raise ValueError(f"group_size: {group_size} does not divide in_features {in_features}")
     return group_size
@@ -93,12 +96,15 @@ class Int4Linear(KernelLayer):
 
     mode = ""
     symmetric = True
+    # Storage of the codes; llmserve/model/int8_group.py's twin keeps one int8 code per element instead.
+    storage, codes_per_byte, group_sizes = torch.uint8, 2, GROUP_SIZES
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, group_size: int = 128):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.register_buffer("weight", torch.empty(out_features, in_features // 2, dtype=torch.uint8))
-        self._set_groups(group_size if in_features % group_size == 0 else GROUP_SIZES[0], torch.float16)
+        self.register_buffer("weight", torch.empty(out_features, in_features // self.codes_per_byte,
+                                                   dtype=self.storage))
+        self._set_groups(group_size if in_features % group_size == 0 else self.group_sizes[0], torch.float16)
         self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
 
     def _set_groups(self, group_size: int, dtype: torch.dtype) -> None:
@@ -114,10 +120,10 @@ class Int4Linear(KernelLayer):
         scale = state_dict.get(prefix + "weight_scale")
         if scale is not None:
             if scale.dim() != 2 or scale.dtype not in SCALE_DTYPES or not scale.shape[1]:
-                raise ValueError(f"{prefix}weight_scale: expected float16/bfloat16 [N, K / group_size], "
+                raise ValueError(f"{prefix}weight_scale: expected float16/bfloat16/float32 [N, K / group_size], "
                                  f"got {scale.dtype} {tuple(scale.shape)}")
             group = self.in_features // scale.shape[1]
-            check_group_size(group, self.in_features)
+            check_group_size(group, self.in_features, self.group_sizes)
             self._set_groups(group, scale.dtype)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 

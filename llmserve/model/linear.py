@@ -12,6 +12,10 @@ Modes:
   on CUDA).
 - "int4_sym" / "int4_asym": 4-bit weight-only in groups of 32/64/128 along K (llmserve/model/int4.py has the
   format and `Int4Linear`; the Triton kernels are llmserve/kernels/int4.py).
+- "int8_group_sym" / "int8_group_asym": int8 codes in groups of 16..128 with float scales (and minimums), made
+  only by the GGUF import (Q8_0, Q6_K, Q5_K); torch path only (llmserve/model/int8_group.py).
+- modules: per-module modes overriding `mode` ({"layers.3.self_attn.qkv_proj": "int8_group_sym"}), for GGUF
+  files that mix block types per tensor (Q4_K_M: Q4_K mostly, Q6_K for some v / down projections).
 - keep_attention_fp16: q/k/v/o projections stay in the model dtype (selective quantization); only the MLP,
   about two thirds of the weights, is quantized.
 The embedding and the lm_head always stay in the model dtype.
@@ -32,11 +36,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmserve.model.int4 import INT4_MODES, Int4AsymLinear, Int4Linear, Int4SymLinear
+from llmserve.model.int8_group import INT8_GROUP_MODES, Int8GroupAsymLinear, Int8GroupSymLinear
 from llmserve.model.launch import KernelLayer, Launch, share_launch  # noqa: F401 - Launch, share_launch: re-exported
 
 # The kernel modules import triton, which CPU wheels of torch lack: they are imported where the fast path runs.
 
-MODES = ("fp8", "int8_wo") + INT4_MODES
+MODES = ("fp8", "int8_wo") + INT4_MODES + INT8_GROUP_MODES
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -202,34 +207,49 @@ class Fp8Linear(QuantLinear):
         return y + self.bias if self.bias is not None else y
 
 
-MODULES = {"int8_wo": Int8Linear, "fp8": Fp8Linear, "int4_sym": Int4SymLinear, "int4_asym": Int4AsymLinear}
+MODULES = {"int8_wo": Int8Linear, "fp8": Fp8Linear, "int4_sym": Int4SymLinear, "int4_asym": Int4AsymLinear,
+           "int8_group_sym": Int8GroupSymLinear, "int8_group_asym": Int8GroupAsymLinear}
 
 
 def _targets(model: nn.Module, keep_attention_fp16: bool) -> list[tuple[nn.Module, str]]:
+    return [(parent, name) for _, parent, name in _named_targets(model, keep_attention_fp16)]
+
+
+def _named_targets(model: nn.Module, keep_attention_fp16: bool) -> list[tuple[str, nn.Module, str]]:
+    """(module path as in the state dict, its parent, its attribute) of each linear a mode quantizes."""
     out = []
-    for layer in model.layers:
-        if not keep_attention_fp16:
-            out += [(layer.self_attn, "qkv_proj"), (layer.self_attn, "o_proj")]
-        out += [(layer.mlp, "gate_up_proj"), (layer.mlp, "down_proj")]
+    for i, layer in enumerate(model.layers):
+        names = [("self_attn", "qkv_proj"), ("self_attn", "o_proj")] if not keep_attention_fp16 else []
+        names += [("mlp", "gate_up_proj"), ("mlp", "down_proj")]
+        out += [(f"layers.{i}.{p}.{n}", getattr(layer, p), n) for p, n in names]
     return out
 
 
-def convert_modules_(model: nn.Module, mode: str, keep_attention_fp16: bool = False) -> None:
-    """Swaps the decoder's linears for empty quantized modules (before load_state_dict; int4 layers take their
-    group size from the scales they load)."""
-    cls = MODULES[check_mode(mode)]
-    for parent, name in _targets(model, keep_attention_fp16):
+def convert_modules_(model: nn.Module, mode: str, keep_attention_fp16: bool = False,
+                     modules: dict[str, str] | None = None) -> None:
+    """Swaps the decoder's linears for empty quantized modules (before load_state_dict; group formats take
+    their group size from the scales they load). modules: per-module modes overriding `mode`; a name that is
+    not one of the swapped linears is refused (a typo would otherwise load the wrong format)."""
+    modules = dict(modules or {})
+    for path, parent, name in _named_targets(model, keep_attention_fp16):
+        cls = MODULES[check_mode(modules.pop(path, mode))]
         old = getattr(parent, name)
         new = cls(old.in_features, old.out_features, bias=old.bias is not None)
         new.launch = old.launch
         setattr(parent, name, new)
+    if modules:
+        raise ValueError(f"quantization.modules: {sorted(modules)[0]!r} is not a quantized linear of this model")
 
 
 def quantize_model_(model: nn.Module, mode: str, keep_attention_fp16: bool = False,
-                    group_size: int | None = None) -> None:
+                    group_size: int | None = None, modules: dict[str, str] | None = None) -> None:
     """Quantizes a loaded model in place, layer by layer (peak memory: the model plus one layer). group_size:
     int4 modes only; None: per layer the largest of 128, 64, 32 that divides its inputs (random-weight
-    benchmarks and tests, whose config names no group)."""
+    benchmarks and tests, whose config names no group). Per-module modes are refused, not ignored: only the
+    GGUF import makes them, from a file's own blocks."""
+    if modules:
+        raise ValueError("quantization.modules: per-module modes come only with imported weights, not from "
+                         "quantizing a model at load")
     cls = MODULES[check_mode(mode)]
     for parent, name in _targets(model, keep_attention_fp16):
         old = getattr(parent, name)

@@ -378,7 +378,7 @@ def load_model(checkpoint_dir: Path, dtype: torch.dtype, device: torch.device, k
                              kernel_mode=kernel_mode)
         if qcfg:
             quantize_model_(model, qcfg["mode"], bool(qcfg.get("keep_attention_fp16", False)),
-                            qcfg.get("group_size"))
+                            qcfg.get("group_size"), qcfg.get("modules"))
         return prepare(model) if prepare is not None else model
     index = read_index(checkpoint_dir)
     if qcfg:
@@ -386,7 +386,7 @@ def load_model(checkpoint_dir: Path, dtype: torch.dtype, device: torch.device, k
     with torch.device("meta"):
         model = LlamaModel(args, use_kernels=kernels.usable(kernel_mode, device, dtype))
         if qcfg:
-            convert_modules_(model, qcfg["mode"], bool(qcfg.get("keep_attention_fp16", False)))
+            convert_modules_(model, qcfg["mode"], bool(qcfg.get("keep_attention_fp16", False)), qcfg.get("modules"))
     check_names(model, index, args.tie_word_embeddings, checkpoint_dir)
     # Shard by shard to the device; a model to `prepare` (tensor parallelism slices it) is built on the host.
     load_checkpoint_(model, index, dtype, device if prepare is None else torch.device("cpu"),

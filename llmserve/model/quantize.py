@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 
 from llmserve.model.awq import apply_awq_
 from llmserve.model.int4 import GROUP_SIZES, INT4_MODES, quantize_int4
+from llmserve.model.int8_group import INT8_GROUP_MODES
 from llmserve.model.linear import ATTENTION, MLP, MODES, check_mode, quantize_weight
 from llmserve.model.weights import load_safetensors
 
@@ -41,7 +42,9 @@ def quantize_checkpoint(src_dir: str | Path, out_dir: str | Path, mode: str, kee
     """Writes a quantized copy of an HF Llama checkpoint. `dtype` converts the tensors left unquantized
     (default: keep the source's); group_size: int4 modes only; awq: int4 modes only, activation-aware scales
     (llmserve/model/awq.py) before rounding. Returns out_dir."""
-    check_mode(mode)
+    if check_mode(mode) in INT8_GROUP_MODES:
+        raise ValueError(f"mode {mode!r}: made only by the GGUF import (build_engines/gguf_native.py), which keeps "
+                         "a file's own blocks; this quantizer has no rounding for it")
     if mode in INT4_MODES and group_size not in GROUP_SIZES:
         raise ValueError(f"group_size: expected one of {GROUP_SIZES}, got {group_size!r}")
     if awq and mode not in INT4_MODES:
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m llmserve.model.quantize", description=__doc__.split("\n")[0])
     ap.add_argument("src", help="HF checkpoint directory (config.json + *.safetensors)")
     ap.add_argument("out", help="output directory")
-    ap.add_argument("--mode", choices=MODES, required=True)
+    ap.add_argument("--mode", choices=[m for m in MODES if m not in INT8_GROUP_MODES], required=True)
     ap.add_argument("--group-size", type=int, choices=GROUP_SIZES, default=128,
                     help="int4 modes: inputs per scale (default 128)")
     ap.add_argument("--awq", action="store_true",
