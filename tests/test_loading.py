@@ -141,3 +141,51 @@ def test_missing_and_unused_tensors_are_refused_before_reading(sharded, tmp_path
     with pytest.raises(ValueError, match="lacks"):
         load_model(tmp_path, torch.float32, torch.device("cpu"))
 
+
+
+def test_a_pipeline_stage_reads_only_its_own_tensors(tiny_hf_checkpoint, monkeypatch):
+    """select (keep_stage on the empty model) gives each stage exactly the weights of loading everything and then
+    slicing, reads none of the other stage's tensors, and the last stage's tied head (no embedding there) loads
+    the embedding's tensor as its own."""
+    import llmserve.model.loading as loading
+    from llmserve.model.pipeline_parallel import keep_stage, stage_layers
+
+    read: list[str] = []
+    real_open = loading.safe_open
+
+    class Recording:  # safe_open, noting every tensor read
+        def __init__(self, *a, **k):
+            self.f = real_open(*a, **k)
+
+        def __enter__(self):
+            self.f.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.f.__exit__(*exc)
+
+        def keys(self):
+            return self.f.keys()
+
+        def get_slice(self, key):
+            return self.f.get_slice(key)
+
+        def get_tensor(self, key):
+            read.append(key)
+            return self.f.get_tensor(key)
+
+    def load(**kwargs):
+        return load_model(tiny_hf_checkpoint, torch.float32, torch.device("cpu"), kernel_mode="off", **kwargs)
+
+    full = load()
+    spans = stage_layers(full.args.num_layers, 2)
+    wants = [keep_stage(load(), stage, 2).state_dict() for stage in range(2)]  # load everything, then slice
+    monkeypatch.setattr(loading, "safe_open", Recording)
+    for stage, (span, want) in enumerate(zip(spans, wants)):
+        read.clear()
+        got = load(select=lambda m, s=stage: keep_stage(m, s, 2)).state_dict()
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+        assert {int(k.split(".")[2]) for k in read if k.startswith("model.layers.")} == set(span)
+        assert ("model.norm.weight" in read) == (stage == 1) == ("lm_head.weight" in got)
+        assert read.count("model.embed_tokens.weight") == 1  # stage 0's embedding, stage 1's tied head
+    assert torch.equal(got["lm_head.weight"], full.embed_tokens.weight)

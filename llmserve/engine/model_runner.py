@@ -101,7 +101,7 @@ class ModelRunner:
         self.kernel_mode = kernels.mode_from_env()
         self.startup = StartupTimes(self.device)  # seconds per start phase (bench: --phases load)
         self.model = self.startup.timed("load", load_model, checkpoint_dir, self.dtype, self.device, self.kernel_mode,
-                                        prepare=tp.shard if tp is not None else None)
+                                        prepare=tp and tp.shard, select=tp and tp.select)
         args = self.model.args
         self.block_size = cfg.cache.kv_block_size
         self.kv_dtype = torch.float8_e4m3fn if cfg.cache.kv_cache_dtype == "fp8" else self.dtype

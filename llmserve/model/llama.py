@@ -25,7 +25,7 @@ from llmserve.model import attention
 from llmserve.model import linear as qlinear
 from llmserve.model.attention import AttentionMetadata
 from llmserve.model.linear import KernelLayer, Launch, Linear, convert_modules_, quantize_model_, share_launch
-from llmserve.model.loading import check_names, load_checkpoint_, meta_state, read_index
+from llmserve.model.loading import check_names, load_checkpoint_, meta_state, read_index, stage_rename
 from llmserve.model.weights import check_quantization
 
 MODEL_TYPES = ("llama", "mistral", "qwen2")  # a config.json without model_type (benchmarks, kernel tests) is Llama
@@ -358,17 +358,15 @@ def random_model(args: ModelArgs, dtype: torch.dtype, device: torch.device, seed
 
 
 def load_model(checkpoint_dir: Path, dtype: torch.dtype, device: torch.device, kernel_mode: str = "on",
-               prepare: Callable[[LlamaModel], LlamaModel] | None = None) -> LlamaModel:
-    """Loads an HF Llama checkpoint. kernel_mode ("on", "off", "interpret": llmserve.kernels.mode_from_env):
-    "on" takes the Triton path where it runs (a 16-bit model on a CUDA device, triton importable); the model
-    keeps the choice. config.json may carry:
-    - "quantization": {"mode": "fp8" | "int8_wo", "keep_attention_fp16": bool} (made by llmserve/model/quantize.py):
-      the matching linear layers become quantized modules;
-    - "llmserve_random_init": {"seed": int, "std": float}: no weight files; random weights made on `device`
-      (and quantized there when "quantization" is set too). For benchmarks only.
-    The weights stream shard by shard to `device` (llmserve/model/loading.py). prepare: applied to the loaded
-    model before it moves to `device` (tensor parallelism keeps its slice there, so the device never holds the
-    whole model; the host does, for now: a rank reading only its slice through get_slice is not done yet)."""
+               prepare: Callable[[LlamaModel], LlamaModel] | None = None,
+               select: Callable[[LlamaModel], LlamaModel] | None = None) -> LlamaModel:
+    """Loads an HF Llama checkpoint. kernel_mode ("on", "off", "interpret": llmserve.kernels.mode_from_env): "on"
+    takes the Triton path where it runs (16 bits, CUDA, triton importable). config.json may carry "quantization"
+    (llmserve/model/quantize.py, build_engines' imports: the linears become quantized modules) and
+    "llmserve_random_init": {"seed", "std"} (benchmarks: random weights made on `device`, no files).
+    The weights stream shard by shard to `device` (llmserve/model/loading.py). select: applied to the empty model
+    (a pipeline stage keeps its layers, and reads only their tensors). prepare: applied to the loaded model on the
+    host (tensor parallelism keeps its slice; reading only a slice through get_slice is not done yet)."""
     cfg = json.loads((checkpoint_dir / "config.json").read_text())
     args = ModelArgs.from_hf_config(cfg)
     qcfg = cfg.get("quantization")
@@ -379,6 +377,7 @@ def load_model(checkpoint_dir: Path, dtype: torch.dtype, device: torch.device, k
         if qcfg:
             quantize_model_(model, qcfg["mode"], bool(qcfg.get("keep_attention_fp16", False)),
                             qcfg.get("group_size"), qcfg.get("modules"))
+        model = select(model) if select is not None else model
         return prepare(model) if prepare is not None else model
     index = read_index(checkpoint_dir)
     if qcfg:
@@ -387,10 +386,14 @@ def load_model(checkpoint_dir: Path, dtype: torch.dtype, device: torch.device, k
         model = LlamaModel(args, use_kernels=kernels.usable(kernel_mode, device, dtype))
         if qcfg:
             convert_modules_(model, qcfg["mode"], bool(qcfg.get("keep_attention_fp16", False)), qcfg.get("modules"))
-    check_names(model, index, args.tie_word_embeddings, checkpoint_dir)
+    if select is not None:
+        model = select(model)
+    # A stage's tied head has no embedding to share: it loads the embedding's tensor as its own.
+    tied = args.tie_word_embeddings and model.embed_tokens is not None and model.lm_head is not None
+    rename = stage_rename(model, args.tie_word_embeddings)
+    check_names(model, index, tied, checkpoint_dir, rename)
     # Shard by shard to the device; a model to `prepare` (tensor parallelism slices it) is built on the host.
-    load_checkpoint_(model, index, dtype, device if prepare is None else torch.device("cpu"),
-                     args.tie_word_embeddings)
+    load_checkpoint_(model, index, dtype, device if prepare is None else torch.device("cpu"), tied, rename)
     if prepare is not None:
         model = prepare(model)
     model = model.to(device).eval()

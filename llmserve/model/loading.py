@@ -10,6 +10,7 @@ never the whole checkpoint: a 16 GB Llama-3.1-8B loads within two shards' worth 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -27,6 +28,33 @@ PACKED = re.compile(r"^(layers\.\d+\.)(self_attn\.(q|k|v)|mlp\.(gate|up))_proj\.
 PARTS = {"q": ("self_attn.qkv_proj", 0, 3), "k": ("self_attn.qkv_proj", 1, 3), "v": ("self_attn.qkv_proj", 2, 3),
          "gate": ("mlp.gate_up_proj", 0, 2), "up": ("mlp.gate_up_proj", 1, 2)}
 Index = dict[Path, dict[str, torch.Tensor]]  # shard file -> its tensors' names and meta-device stand-ins
+Rename = Callable[[str], "str | None"]  # our full-model name -> the name in the model being filled (None: not kept)
+
+
+def _same(key: str) -> str:
+    return key
+
+
+def stage_rename(model: nn.Module, tied: bool) -> Rename:
+    """Our names for a model that keeps only some layers (a pipeline stage: layers first_layer.. renumbered from
+    0, maybe no embedding or head), so a stage reads only its own tensors. A tied head without the embedding
+    (the last stage) takes the embedding's tensor as lm_head.weight."""
+    first, count = getattr(model, "first_layer", 0), len(model.layers)
+    embed, head = model.embed_tokens is not None, model.lm_head is not None
+    if first == 0 and embed and head:  # the whole model (a stage keeps at most one of the two ends)
+        return _same
+
+    def rename(key: str) -> str | None:
+        if key.startswith("layers."):
+            index, _, rest = key.removeprefix("layers.").partition(".")
+            local = int(index) - first
+            return f"layers.{local}.{rest}" if 0 <= local < count else None
+        if key.startswith("embed_tokens."):
+            return key if embed else ("lm_head.weight" if tied and head and key == "embed_tokens.weight" else None)
+        if key.startswith(("norm.", "lm_head.")):
+            return key if head else None
+        return key
+    return rename
 
 
 def our_key(hf_key: str) -> tuple[str, int, int] | None:
@@ -64,12 +92,12 @@ def meta_state(index: Index) -> dict[str, torch.Tensor]:
     return {k: t for tensors in index.values() for k, t in tensors.items()}
 
 
-def check_names(model: nn.Module, index: Index, tied: bool, where: Path) -> None:
+def check_names(model: nn.Module, index: Index, tied: bool, where: Path, rename: Rename = _same) -> None:
     """Refuses, before any data is read, a checkpoint lacking a tensor of the model or holding one it would not
-    use (a bias, a scale: computation this model would silently skip)."""
+    use (a bias, a scale: computation this model would silently skip). rename: stage_rename's, for a stage."""
     parts: dict[str, set[int]] = {}
     counts: dict[str, int] = {}
-    for name in filter(None, map(our_key, meta_state(index))):
+    for name in filter(None, (_renamed(our_key(k), rename) for k in meta_state(index))):
         parts.setdefault(name[0], set()).add(name[1])
         counts[name[0]] = name[2]
     have = {k for k, p in parts.items() if len(p) == counts[k]}
@@ -84,7 +112,8 @@ def check_names(model: nn.Module, index: Index, tied: bool, where: Path) -> None
         raise ValueError(f"{where}: checkpoint has tensors this model does not use: {sorted(unused)[:4]}...")
 
 
-def load_checkpoint_(model: nn.Module, index: Index, dtype: torch.dtype, device: torch.device, tied: bool) -> None:
+def load_checkpoint_(model: nn.Module, index: Index, dtype: torch.dtype, device: torch.device, tied: bool,
+                     rename: Rename = _same) -> None:
     """Fills the meta-device `model` from the shards of `index`, on `device` (check_names first)."""
     wanted: dict[str, set[str]] = {}  # module -> the names of its tensors still to come
     for key in model.state_dict():
@@ -96,7 +125,7 @@ def load_checkpoint_(model: nn.Module, index: Index, dtype: torch.dtype, device:
     for path, tensors in index.items():
         with safe_open(path, framework="pt") as f:
             for hf_key in tensors:
-                name = our_key(hf_key)
+                name = _renamed(our_key(hf_key), rename)
                 if name is None or not _wanted(wanted, name[0]):
                     continue  # the rotary table, or lm_head when tied
                 key, part, parts = name
@@ -112,6 +141,13 @@ def load_checkpoint_(model: nn.Module, index: Index, dtype: torch.dtype, device:
         raise ValueError(f"incomplete checkpoint: {sorted(wanted)[:4]} {sorted(pending)[:4]}")
     if tied:
         model.lm_head.weight = model.embed_tokens.weight
+
+
+def _renamed(name: tuple[str, int, int] | None, rename: Rename) -> tuple[str, int, int] | None:
+    if name is None:
+        return None
+    key = rename(name[0])
+    return None if key is None else (key, name[1], name[2])
 
 
 def _wanted(wanted: dict[str, set[str]], key: str) -> bool:

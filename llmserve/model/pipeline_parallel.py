@@ -33,12 +33,14 @@ def check_stageable(num_layers: int, stages: int) -> None:
 
 def keep_stage(model: nn.Module, stage: int, stages: int) -> nn.Module:
     """Keeps stage `stage`'s layers (renumbered from 0: they index this stage's KV cache) and, on the first and
-    last stage, the embedding and the head; returns the model with args.num_layers its layer count."""
+    last stage, the embedding and the head; returns the model with args.num_layers its layer count. Applied to
+    the meta-device model before loading, so a stage reads only its own tensors (loading.stage_rename)."""
     check_stageable(model.args.num_layers, stages)
     if stages == 1:
         return model
     span = stage_layers(model.args.num_layers, stages)[stage]
     model.layers = nn.ModuleList(model.layers[i] for i in span)
+    model.first_layer = span.start  # the checkpoint's number of this stage's layer 0 (loading.stage_rename)
     for local, layer in enumerate(model.layers):
         layer.self_attn.layer = local
     if stage > 0:

@@ -128,10 +128,13 @@ class RankGroup:
                 raise RankLost(f"not every rank reached {name!r} within {JOIN_TIMEOUT_S:g} s")
             time.sleep(0.05)
 
+    def select(self, model: nn.Module) -> nn.Module:
+        """Keeps this rank's stage's layers (on the empty model, before loading: the stage reads only those)."""
+        return keep_stage(model, self.role.stage, self.role.stages)
+
     def shard(self, model: nn.Module) -> nn.Module:
-        """Keeps this rank's slice of the model: its stage's layers, then its share of their heads and MLP rows
-        (before it moves to the device: the full weights stay on the host)."""
-        model = keep_stage(model, self.role.stage, self.role.stages)
+        """Keeps this rank's share of its layers' heads and MLP rows (before the model moves to the device: the
+        stage's full weights stay on the host)."""
         return shard_model(model, self.role.tp_rank, self.role.tp, self.tp_group)
 
     def agree_blocks(self, num_blocks: int) -> int:
