@@ -75,6 +75,44 @@ def test_tp2_greedy_equals_single_process(tmp_path):
         assert kv_shape[-2] == full_kv[-2] // 2  # each rank caches its own KV heads
 
 
+def _spawn_tp2(checkpoint) -> dict:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_worker, args=(2, port, checkpoint, results), nprocs=2, join=True)
+    return dict(results)
+
+
+@pytest.mark.parametrize("mode", ["int8_wo", "int4_sym", "int4_asym"])
+def test_tp2_serves_quantized_checkpoints_with_the_single_process_tokens(tmp_path, mode):
+    """Every rank keeps its rows (column parallel) or its inputs (row parallel) of the quantized weights with
+    their scales: per-row scales follow the rows, int4 group scales and minimums the groups (groups of 32 here:
+    o_proj's 32 inputs a rank, down_proj's 64)."""
+    from llmserve.model.quantize import quantize_checkpoint
+
+    checkpoint = quantize_checkpoint(tiny_checkpoint(tmp_path / "tiny"), tmp_path / mode, mode, group_size=32)
+    single, _ = generate(checkpoint)
+    for rank, (tokens, _) in _spawn_tp2(checkpoint).items():
+        assert tokens == single, (mode, rank)
+
+
+@pytest.mark.parametrize("mode, group, refusal", [
+    ("int4_sym", 64, r"a rank's 32 inputs of a Int4SymLinear do not fall on its groups of 64 \(group_size\)"),
+    ("fp8", 128, r"fp8 checkpoints quantize activations per token, and a rank holds only part")])
+def test_what_a_rank_cannot_hold_exactly_is_refused(tmp_path, mode, group, refusal):
+    """int4 groups of 64 over o_proj's 64 inputs (each of 2 ranks would hold half a group); fp8, whose per-token
+    activation scales would be taken over a rank's half of o_proj's inputs. Both refused naming the reason."""
+    from llmserve.model.llama import load_model
+    from llmserve.model.quantize import quantize_checkpoint
+    from llmserve.model.tensor_parallel import shard_model
+
+    checkpoint = quantize_checkpoint(tiny_checkpoint(tmp_path / "tiny"), tmp_path / mode, mode, group_size=group)
+    model = load_model(checkpoint, torch.float32, torch.device("cpu"), kernel_mode="off")
+    with pytest.raises(ValueError, match="^tensor_parallel_size: " + refusal):
+        shard_model(model, 0, 2)
+
+
 def test_indivisible_heads_refused():
     from llmserve.model.llama import ModelArgs
     from llmserve.model.tensor_parallel import check_shardable

@@ -2,20 +2,23 @@
 
 Column-parallel: q/k/v (by whole heads, GQA groups kept together) and gate/up (by intermediate rows).
 Row-parallel: o_proj and down_proj take the matching input slice and all-reduce their outputs, so each
-layer costs two all-reduces. Embedding, norms and lm_head stay replicated: for a 7B model they are under
-4% of the weights, and a replicated lm_head keeps sampling on one rank without a gather.
+layer costs two all-reduces. Quantized weights are sliced with their scales (int8_wo per row; int4 and int8 groups
+per group, refused where a rank would split a group); fp8 is refused (activation scales would be per slice).
+Embedding, norms and lm_head stay replicated: for a 7B model they are under 4% of the weights, and a replicated
+lm_head keeps sampling on one rank without a gather.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from llmserve.errors import ConfigError
-from llmserve.model.linear import Linear
+from llmserve.model.linear import Fp8Linear, Linear
 
 
 class AllReduceLinear(nn.Module):
@@ -46,19 +49,70 @@ def _linear(weight: torch.Tensor, bias: torch.Tensor | None, like: nn.Module) ->
     return layer
 
 
+def _halves(t: torch.Tensor, inter: int, start: int, part: int) -> torch.Tensor:
+    """Rows start..start+part of both the gate and the up half of a packed gate_up tensor."""
+    return torch.cat([h[start:start + part] for h in t.split(inter, dim=0)], dim=0)
+
+
+def _tensors(m: nn.Module) -> dict[str, torch.Tensor]:
+    names = ("weight", "weight_scale", "weight_min", "bias")
+    return {n: getattr(m, n) for n in names if getattr(m, n, None) is not None}
+
+
+def _by_rows(m: nn.Module, take) -> nn.Module:
+    """Column parallel: this rank's output rows of every tensor (weight, per-row or per-group scales, bias)."""
+    return _rebuilt(m, {n: take(t) for n, t in _tensors(m).items()})
+
+
+def _by_inputs(m: nn.Module, a: int, b: int) -> nn.Module:
+    """Row parallel: inputs a..b-1. Packed int4 codes hold 2 inputs a byte (within a group, so a slice on group
+    boundaries is a slice of bytes); per-group scales follow the groups, per-row scales stay whole. No bias: every
+    rank would add it before the all-reduce (Llama and Qwen2 have none on o_proj and down_proj)."""
+    if getattr(m, "bias", None) is not None:
+        raise ConfigError(f"tensor_parallel_size: a row-parallel {type(m).__name__} with a bias is not sharded")
+    if isinstance(m, Fp8Linear):
+        raise ConfigError("tensor_parallel_size: fp8 checkpoints quantize activations per token, and a rank holds "
+                          "only part of o_proj's and down_proj's inputs, so its scales (and answers) would differ "
+                          "from one GPU's; serve fp8 with tensor_parallel_size 1, or int8_wo / int4 under TP")
+    out = {}
+    per_byte = getattr(m, "codes_per_byte", 1)
+    group = getattr(m, "group_size", None)
+    if group is not None and (a % group or b % group):
+        raise ConfigError(f"tensor_parallel_size: a rank's {b - a} inputs of a {type(m).__name__} do not fall on "
+                          f"its groups of {group} (group_size); serve it with a smaller tensor_parallel_size")
+    for n, t in _tensors(m).items():
+        if n == "weight":
+            out[n] = t[:, a // per_byte:b // per_byte]
+        elif t.dim() == 2:
+            out[n] = t[:, a // group:b // group]
+        else:
+            out[n] = t
+    return _rebuilt(m, out)
+
+
+def _rebuilt(m: nn.Module, tensors: dict[str, torch.Tensor]) -> nn.Module:
+    """A module of m's kind over `tensors` (a plain Linear, or an empty quantized one whose buffers they fill)."""
+    bias = tensors.pop("bias", None)
+    if type(m) is Linear:
+        return _linear(tensors["weight"], bias, m)
+    rows, cols = tensors["weight"].shape
+    with torch.device("meta"):
+        new = type(m)(cols * getattr(m, "codes_per_byte", 1), rows, bias=bias is not None)
+    if "weight_scale" in tensors and tensors["weight_scale"].dim() == 2:  # group formats: size from the scales
+        new._set_groups(new.in_features // tensors["weight_scale"].shape[1], tensors["weight_scale"].dtype)
+    for n, t in tensors.items():
+        setattr(new, n, t.contiguous())
+    if bias is not None:
+        new.bias = nn.Parameter(bias.contiguous(), requires_grad=False)
+    new.launch = m.launch
+    return new
+
+
 def check_shardable(args, world: int) -> None:
     for name, value in (("num_attention_heads", args.num_heads), ("num_key_value_heads", args.num_kv_heads),
                         ("intermediate_size", args.intermediate_size)):
         if value % world:
             raise ConfigError(f"tensor_parallel_size: {world} does not divide the checkpoint's {name} ({value})")
-
-
-def _check_plain(layer: nn.Module) -> None:
-    """Only 16/32-bit linears are sliced: a quantized one's scales would need slicing too (not done yet)."""
-    for name in ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"):
-        if type(layer.get_submodule(name)) is not Linear:
-            raise ConfigError(f"tensor_parallel_size: the {type(layer.get_submodule(name)).__name__} layers of a "
-                              "quantized checkpoint are not sharded yet; serve it with tensor_parallel_size 1")
 
 
 @torch.no_grad()
@@ -77,20 +131,14 @@ def shard_model(model: nn.Module, rank: int, world: int, group=None) -> nn.Modul
         return torch.cat([p[rank * n:(rank + 1) * n] for p, n in zip(parts, local)], dim=0)
 
     for layer in model.layers:
-        _check_plain(layer)
         attn = layer.self_attn
-        w, b = attn.qkv_proj.weight, attn.qkv_proj.bias
-        attn.qkv_proj = _linear(take(w), take(b) if b is not None else None, attn.qkv_proj)
+        attn.qkv_proj = _by_rows(attn.qkv_proj, take)
         attn.nh, attn.nkv = nh, nkv
-        o = attn.o_proj.weight
-        attn.o_proj = AllReduceLinear(_linear(o[:, rank * nh * hd:(rank + 1) * nh * hd], None, attn.o_proj), group)
+        attn.o_proj = AllReduceLinear(_by_inputs(attn.o_proj, rank * nh * hd, (rank + 1) * nh * hd), group)
         mlp = layer.mlp
         part = inter // world
-        gate, up = mlp.gate_up_proj.weight.split(inter, dim=0)
-        mlp.gate_up_proj = _linear(torch.cat([gate[rank * part:(rank + 1) * part],
-                                              up[rank * part:(rank + 1) * part]], dim=0), None, mlp.gate_up_proj)
-        mlp.down_proj = AllReduceLinear(_linear(mlp.down_proj.weight[:, rank * part:(rank + 1) * part], None,
-                                                mlp.down_proj), group)
+        mlp.gate_up_proj = _by_rows(mlp.gate_up_proj, partial(_halves, inter=inter, start=rank * part, part=part))
+        mlp.down_proj = AllReduceLinear(_by_inputs(mlp.down_proj, rank * part, (rank + 1) * part), group)
     # The KV cache and anything else sized from args now see this rank's share.
     model.args = dataclasses.replace(args, num_heads=nh, num_kv_heads=nkv, intermediate_size=inter // world)
     return model
