@@ -225,3 +225,22 @@ def test_smollm2_pp2_greedy_tokens_equal_the_single_process_engine(checkpoint, t
             engine.shutdown()
     assert out["pp2"] == out["single"]
     assert len(chat_ids) > 16 and all(len(t) == 16 for t in out["single"].values())
+
+
+def test_an_int4_checkpoint_over_tp2_x_pp2_gives_the_single_process_tokens(tiny3, tmp_path):
+    """Quantized weights through both kinds of parallelism: each stage reads its layers' packed codes and group
+    scales, each TP rank slices them (groups of 32: o_proj's 32 inputs a rank)."""
+    from llmserve.model.quantize import quantize_checkpoint
+
+    ckpt = quantize_checkpoint(tiny3, tmp_path / "int4", "int4_asym", group_size=32)
+    single = TorchEngine(ServingConfig.of(**KNOBS), ckpt)
+    try:
+        expected = run(single, requests())
+    finally:
+        single.shutdown()
+    engine = TorchEngine(ServingConfig.of(**KNOBS, pipeline_parallel_size=2, tensor_parallel_size=2), ckpt)
+    try:
+        assert run(engine, requests()) == expected
+    finally:
+        engine.shutdown()
+    assert not worker_procs(str(ckpt))
