@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from build_engines.gguf_blocks import DECODERS, Groups, decode
 from llmserve.model.int4 import dequantize_int4
 from llmserve.model.int8_group import dequantize_int8_group
+from llmserve.model.loading import our_key
 
 GROUP = 32
 LINEARS = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
@@ -66,12 +67,7 @@ def check_native(reader: GGUFReader) -> list[str]:
 
 def _module(key: str) -> str:
     """model.layers.3.self_attn.k_proj.weight -> layers.3.self_attn.qkv_proj (the module it is packed into)."""
-    name = key.removeprefix("model.").removesuffix(".weight")
-    for parts, packed in (("qkv", "qkv_proj"), (("gate", "up"), "gate_up_proj")):
-        for p in parts:
-            if name.endswith(f".{p}_proj"):
-                return name.removesuffix(f"{p}_proj") + packed
-    return name
+    return our_key(key)[0].removesuffix(".weight")
 
 
 def store(parts: list[Groups]) -> tuple[str, list[dict[str, torch.Tensor]]]:

@@ -50,6 +50,22 @@ def write_tiny_llama(out: Path, num_key_value_heads: int = 2, std: float = 0.15)
     return out
 
 
+def prefill_logits(ckpt: Path, ids: list[int]):
+    """(logits of every position of one float32 CPU prefill of `ids`, the model) for a checkpoint folder."""
+    import torch
+
+    from llmserve.model.attention import AttentionMetadata
+    from llmserve.model.llama import load_model
+
+    model = load_model(ckpt, torch.float32, torch.device("cpu"))
+    model.init_rope(64, torch.device("cpu"))
+    a = model.args
+    meta = AttentionMetadata.for_prefill([len(ids)], 4, torch.device("cpu"))
+    cache = torch.zeros(a.num_layers, 2, -(-len(ids) // 4), 4, a.num_kv_heads, a.head_dim)
+    with torch.inference_mode():
+        return model(torch.tensor(ids), torch.arange(len(ids)), cache, meta, None), model
+
+
 @pytest.fixture(scope="session")
 def tiny_hf_checkpoint(tmp_path_factory) -> Path:
     """Grouped-query attention (4 heads, 2 KV heads), as most served models."""

@@ -16,10 +16,10 @@ from safetensors.torch import load_file, save_file
 from build_engines.gguf_blocks import decode
 from build_engines.gguf_native import NativeImportError, dequantized, keep_quantized, store
 from build_engines.importer import ImportError_, import_checkpoint
-from llmserve.model.attention import AttentionMetadata
 from llmserve.model.int4 import Int4AsymLinear
 from llmserve.model.int8_group import Int8GroupAsymLinear, Int8GroupSymLinear
 from llmserve.model.llama import load_model
+from tests.conftest import prefill_logits
 
 NATIVE = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.IQ4_NL, T.Q4_K, T.Q5_K, T.Q6_K]
 # Where each type keeps its float16 fields (d, and dmin / m), and how large d may be: any other bytes are valid.
@@ -141,16 +141,6 @@ def tiny_gguf(tmp_path_factory):
     return _write_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf", tensors), ref
 
 
-def _logits(ckpt, ids):
-    model = load_model(ckpt, torch.float32, torch.device("cpu"))
-    model.init_rope(64, torch.device("cpu"))
-    a = model.args
-    meta = AttentionMetadata.for_prefill([len(ids)], 4, torch.device("cpu"))
-    cache = torch.zeros(a.num_layers, 2, -(-len(ids) // 4), 4, a.num_kv_heads, a.head_dim)
-    with torch.inference_mode():
-        return model(torch.tensor(ids), torch.arange(len(ids)), cache, meta, None), model
-
-
 def _copy(ref, out):
     out.mkdir()
     for f in ref.iterdir():
@@ -170,7 +160,7 @@ def test_mixed_file_served_from_its_own_blocks_gives_the_dequantized_logits(tiny
                                  "layers.1.self_attn.o_proj": "int8_group_sym"}}
     assert json.loads((out / "config.json").read_text())["quantization"] == entry
     ids = [3, 17, 42, 5, 9, 60, 1]
-    (got, ours), (want, theirs) = _logits(out, ids), _logits(ref, ids)
+    (got, ours), (want, theirs) = prefill_logits(out, ids), prefill_logits(ref, ids)
     assert torch.equal(got, want) and torch.equal(got.argmax(-1), want.argmax(-1))
     kinds = [(type(layer.self_attn.qkv_proj), type(layer.self_attn.o_proj), type(layer.mlp.gate_up_proj),
               type(layer.mlp.down_proj)) for layer in ours.layers]
@@ -257,7 +247,7 @@ def test_cli_import_keeps_a_mixed_smollm2_quantized_and_serves_the_dequantized_l
         **{f"layers.{i}.mlp.gate_up_proj": "int8_group_asym" for i in range(30)},
         **{f"layers.{i}.mlp.down_proj": "int4_asym" for i in range(0, 30, 2)}}
     ids = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}])
-    (got, ours), (want, _) = _logits(native, ids), _logits(plain, ids)
+    (got, ours), (want, _) = prefill_logits(native, ids), prefill_logits(plain, ids)
     assert torch.equal(got, want)
     assert isinstance(ours.layers[0].mlp.down_proj, Int4AsymLinear)
     assert isinstance(ours.layers[1].mlp.down_proj, Int8GroupSymLinear)

@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from llmserve.model.attention import AttentionMetadata
 from llmserve.model.int4 import Int4AsymLinear, Int4SymLinear, dequantize_int4, pack, quantize_int4, unpack
 from llmserve.model.linear import Linear
 from llmserve.model.llama import load_model
 from llmserve.model.quantize import main, quantize_checkpoint
+from tests.conftest import prefill_logits
 
 GROUPS = [32, 64, 128]
 
@@ -82,16 +82,6 @@ def test_int4_linear_torch_path_is_the_dequantized_matmul(cls, gated):
     assert ((w - lin.weight).norm() / lin.weight.norm()) < 0.15  # 4 bits: about 10% of the weights' norm
 
 
-def _logits(ckpt, ids):
-    model = load_model(ckpt, torch.float32, torch.device("cpu"))
-    model.init_rope(64, torch.device("cpu"))
-    a = model.args
-    meta = AttentionMetadata.for_prefill([len(ids)], 4, torch.device("cpu"))
-    cache = torch.zeros(a.num_layers, 2, -(-len(ids) // 4), 4, a.num_kv_heads, a.head_dim)
-    with torch.inference_mode():
-        return model(torch.tensor(ids), torch.arange(len(ids)), cache, meta, None), model
-
-
 @pytest.mark.parametrize("mode,group,keep", [("int4_sym", 128, False), ("int4_asym", 32, False),
                                              ("int4_sym", 64, True)])
 def test_int4_checkpoint_loads_and_tracks_the_original(tiny_hf_checkpoint, tmp_path, mode, group, keep):
@@ -107,7 +97,8 @@ def test_int4_checkpoint_loads_and_tracks_the_original(tiny_hf_checkpoint, tmp_p
     q_proj = state["model.layers.1.self_attn.q_proj.weight"].dtype
     assert q_proj == (torch.float32 if keep else torch.uint8)
     ids = list(range(3, 40))
-    (ref, _), (got, model) = _logits(_fake_quantized(tiny_hf_checkpoint, out, tmp_path / "fq"), ids), _logits(out, ids)
+    (ref, _), (got, model) = prefill_logits(_fake_quantized(tiny_hf_checkpoint, out, tmp_path / "fq"), ids), \
+        prefill_logits(out, ids)
     mlp = model.layers[0].mlp.gate_up_proj
     assert type(mlp).mode == mode and mlp.group_size == group and mlp.weight_scale.dtype == torch.float16
     # the int4 model computes what the 16-bit model holding its dequantized weights computes

@@ -25,7 +25,16 @@ from llmserve.model.pipeline_parallel import stage_layers
 from llmserve.serving.api import GenerateRequest
 from llmserve.serving.service import LLMService
 from llmserve.serving.tokenizer import Tokenizer
-from tests.test_tp_serving import KNOBS, PROMPTS, greedy, run, tiny_llama, wait_until, worker_procs
+from tests.test_tp_serving import (
+    KNOBS,
+    PROMPTS,
+    check_cancel_frees_kv_on_every_rank,
+    greedy,
+    run,
+    tiny_llama,
+    wait_until,
+    worker_procs,
+)
 
 
 @pytest.fixture(scope="module")
@@ -85,19 +94,7 @@ class TestTwoStages:
         assert all(len(t) == 12 for t in expected.values())
 
     def test_a_cancelled_stream_frees_its_kv_and_its_blocks_serve_the_next_request(self, single, pp2):
-        prompt = list(range(100, 140))
-        pp2.add_request(greedy("long", prompt, n=500))
-        got = []
-        while len(got) < 5:
-            got += [t for o in pp2.step() for t in o.new_token_ids]
-        pp2.abort("long")
-        ends = [o for o in pp2.step() if o.request_id == "long"]
-        assert ends and ends[-1].finish_reason == FinishReason.ABORT
-        assert not pp2.has_work() and pp2.blocks.num_free == pp2.blocks.num_blocks
-        # Its blocks, reused: the same prompt hits the prefix cache of every stage, another overwrites them.
-        after = [greedy("again", prompt), greedy("other", list(range(300, 345)))]
-        assert run(pp2, after) == run(single, [greedy("again", prompt), greedy("other", list(range(300, 345)))])
-        assert pp2.blocks.hit_blocks > 0
+        check_cancel_frees_kv_on_every_rank(single, pp2)
 
     def test_last_16_concurrent_streams_each_get_one_final_then_a_killed_stage_fails_them_unavailable(
             self, tiny3, pp2):

@@ -10,6 +10,7 @@ from llmserve.model.attention import AttentionMetadata
 from llmserve.model.linear import FP8, dequantize, quantize_weight
 from llmserve.model.llama import load_model
 from llmserve.model.quantize import main, quantize_checkpoint
+from tests.conftest import prefill_logits
 
 
 def test_int8_round_trip_within_half_a_step_per_channel():
@@ -37,16 +38,6 @@ def test_unknown_mode_is_refused():
         quantize_weight(torch.randn(4, 4), "int4")
 
 
-def _logits(ckpt, ids):
-    model = load_model(ckpt, torch.float32, torch.device("cpu"))
-    model.init_rope(64, torch.device("cpu"))
-    a = model.args
-    meta = AttentionMetadata.for_prefill([len(ids)], 4, torch.device("cpu"))
-    cache = torch.zeros(a.num_layers, 2, -(-len(ids) // 4), 4, a.num_kv_heads, a.head_dim)
-    with torch.inference_mode():
-        return model(torch.tensor(ids), torch.arange(len(ids)), cache, meta, None)
-
-
 @pytest.mark.parametrize("mode,keep,tol", [("int8_wo", False, 0.05), ("fp8", False, 0.25), ("fp8", True, 0.2)])
 def test_quantized_checkpoint_loads_and_tracks_the_original(tiny_hf_checkpoint, tmp_path, mode, keep, tol):
     out = quantize_checkpoint(tiny_hf_checkpoint, tmp_path / "q", mode, keep_attention_fp16=keep)
@@ -60,7 +51,7 @@ def test_quantized_checkpoint_loads_and_tracks_the_original(tiny_hf_checkpoint, 
     assert (attn == torch.float32) if keep else (attn == storage)
     assert state["model.embed_tokens.weight"].dtype == torch.float32  # embedding / lm_head stay unquantized
     ids = list(range(3, 40))
-    ref, got = _logits(tiny_hf_checkpoint, ids), _logits(out, ids)
+    (ref, _), (got, _) = prefill_logits(tiny_hf_checkpoint, ids), prefill_logits(out, ids)
     assert ((got - ref).norm() / ref.norm()).item() < tol
     assert (got.argmax(-1) == ref.argmax(-1)).float().mean() > 0.7
 

@@ -54,6 +54,24 @@ def tiny_llama(checkpoint: Path, path: Path, layers: int) -> Path:
     return path
 
 
+def check_cancel_frees_kv_on_every_rank(single: TorchEngine, engine: TorchEngine) -> None:
+    """A cancelled stream's blocks all return; the same prompt again takes its prefix from the freed blocks'
+    cached K/V on every rank, and another prompt takes blocks that held the cancelled K/V and must overwrite
+    them on every rank: both answer as the single-process engine does."""
+    prompt = list(range(100, 140))
+    engine.add_request(greedy("long", prompt, n=500))
+    got = []
+    while len(got) < 5:
+        got += [t for o in engine.step() for t in o.new_token_ids]
+    engine.abort("long")
+    ends = [o for o in engine.step() if o.request_id == "long"]
+    assert ends and ends[-1].finish_reason == FinishReason.ABORT
+    assert not engine.has_work() and engine.blocks.num_free == engine.blocks.num_blocks
+    after = [greedy("again", prompt), greedy("other", list(range(300, 345)))]
+    assert run(engine, after) == run(single, [greedy("again", prompt), greedy("other", list(range(300, 345)))])
+    assert engine.blocks.hit_blocks > 0
+
+
 @pytest.fixture(scope="module")
 def tiny(checkpoint, tmp_path_factory):
     return tiny_llama(checkpoint, tmp_path_factory.mktemp("tp") / "tiny", 2)
@@ -120,20 +138,7 @@ class TestTwoRanks:
 
 
     def test_a_cancelled_stream_frees_its_kv_and_its_blocks_serve_the_next_request(self, single, tp2):
-        prompt = list(range(100, 140))
-        tp2.add_request(greedy("long", prompt, n=500))
-        got = []
-        while len(got) < 5:
-            got += [t for o in tp2.step() for t in o.new_token_ids]
-        tp2.abort("long")
-        ends = [o for o in tp2.step() if o.request_id == "long"]
-        assert ends and ends[-1].finish_reason == FinishReason.ABORT
-        assert not tp2.has_work() and tp2.blocks.num_free == tp2.blocks.num_blocks
-        # The same prompt again: its prefix comes from the freed blocks' cached K/V on every rank; another prompt
-        # takes blocks that held the cancelled stream's K/V and must overwrite them on every rank.
-        after = [greedy("again", prompt), greedy("other", list(range(300, 345)))]
-        assert run(tp2, after) == run(single, [greedy("again", prompt), greedy("other", list(range(300, 345)))])
-        assert tp2.blocks.hit_blocks > 0
+        check_cancel_frees_kv_on_every_rank(single, tp2)
 
     def test_last_an_idle_engine_whose_worker_dies_turns_unhealthy(self, tiny, tp2):
         """Last in the class: it ends the class's engine. No request runs, yet the service learns of it."""

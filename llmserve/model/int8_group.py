@@ -16,7 +16,6 @@ and F.linear runs (cuBLAS on CUDA), which reads it about three times per step in
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from llmserve.model.int4 import Int4Linear
@@ -41,6 +40,7 @@ class Int8GroupLinear(Int4Linear):
     Int4Linear, whose loading it shares. Torch path only (see the module doc)."""
 
     storage, codes_per_byte, group_sizes = torch.int8, 1, INT8_GROUP_SIZES
+    has_kernel = False  # Int4Linear.forward then takes its torch path
 
     @classmethod
     def from_linear(cls, linear: nn.Module, group_size: int = 128) -> Int8GroupLinear:
@@ -49,12 +49,6 @@ class Int8GroupLinear(Int4Linear):
 
     def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return dequantize_int8_group(self.weight, self.weight_scale, self.minimum, dtype)
-
-    def forward(self, x: torch.Tensor, gated: bool = False) -> torch.Tensor:
-        if gated:
-            gate, up = x.chunk(2, dim=-1)
-            x = F.silu(gate) * up
-        return F.linear(x, self.dequantized(x.dtype), self.bias)
 
 
 class Int8GroupSymLinear(Int8GroupLinear):
