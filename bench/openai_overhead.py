@@ -167,7 +167,8 @@ def versions() -> dict:
 
     out = {"python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
            "cores": len(os.sched_getaffinity(0))}
-    for pkg in ("nvidia-pytriton", "tritonclient", "starlette", "uvicorn", "aiohttp", "grpcio", "torch"):
+    for pkg in ("nvidia-pytriton", "tritonclient", "starlette", "uvicorn", "uvloop", "httptools", "aiohttp", "grpcio",
+                "torch"):
         try:
             out[pkg] = version(pkg)
         except Exception:  # noqa: BLE001 - a missing package is reported as such

@@ -8,6 +8,7 @@ handed out again (least recently freed first), which lets a later request with t
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections import OrderedDict
 
 from llmserve.engine.sequence import Sequence, Status
@@ -15,7 +16,9 @@ from llmserve.engine.sequence import Sequence, Status
 
 def block_hash(parent: bytes, tokens: list[int]) -> bytes:
     h = hashlib.blake2b(parent, digest_size=16)
-    h.update(b"".join(t.to_bytes(4, "little", signed=False) for t in tokens))
+    # Each id as 4 little-endian unsigned bytes, in one call rather than a bytes object per token (out of range:
+    # struct.error, as int.to_bytes raised OverflowError).
+    h.update(struct.pack(f"<{len(tokens)}I", *tokens))
     return h.digest()
 
 

@@ -68,16 +68,68 @@ def pinned_int32(n: int) -> tuple[torch.Tensor, np.ndarray]:
 class TableRows:
     """Block tables in a [rows, width] host array. A row keeps its last table and is rewritten only when a
     different sequence (or a grown table) takes it: from one step to the next most rows hold the same table,
-    and writing 256 rows of up to 256 blocks each step would cost the host about a millisecond."""
+    and writing 256 rows of up to 256 blocks each step would cost the host about a millisecond.
+
+    A row remembers the table list it holds and that list's length then: a sequence's table only grows in place
+    while it holds its blocks, and is replaced by a new list otherwise (Sequence.block_table), so the same list
+    at the same length is the same table, and the same list grown needs only its new tail written. Holding the
+    list keeps its id from being reused by another."""
 
     def __init__(self, bt: np.ndarray):
         self.bt = bt
-        self.rows: list[list[int] | None] = [None] * bt.shape[0]
+        self.rows: list[tuple[list[int], int] | None] = [None] * bt.shape[0]
 
     def write(self, i: int, table: list[int]) -> None:
-        if self.rows[i] != table:
-            self.bt[i, :len(table)] = table
-            self.rows[i] = list(table)
+        held = self.rows[i]
+        n = len(table)
+        if held is not None and held[0] is table:
+            if held[1] == n:
+                return
+            self.bt[i, held[1]:n] = table[held[1]:]  # grown: the new blocks only
+        else:
+            self.bt[i, :n] = table
+        self.rows[i] = (table, n)
 
     def forget(self, i: int) -> None:
         self.rows[i] = None
+
+
+class DecodeInputs:
+    """One pinned host copy of the decode graphs' inputs (ModelRunner.capture_graphs keeps two, used in turn)."""
+
+    def __init__(self, n: int, max_b: int, width: int, scratch_block: int, block_size: int):
+        self.tensor, h = pinned_int32(n)
+        self.ids, self.pos, self.slot, self.ctx, self.src = (h[i * max_b:(i + 1) * max_b] for i in range(5))
+        self.tables = TableRows(h[5 * max_b:].reshape(max_b, width))
+        self.scratch_block, self.block_size = scratch_block, block_size
+        h[:] = 0
+        for i in range(max_b):
+            self._pad(i)
+
+    def _pad(self, i: int) -> None:
+        """Padding rows: the scratch slot, a one-token context, no source row."""
+        self.ids[i] = self.pos[i] = 0
+        self.slot[i] = self.scratch_block * self.block_size
+        self.ctx[i] = 1
+        self.src[i] = -1
+        self.tables.bt[i, 0] = self.scratch_block
+        self.tables.forget(i)
+
+    def fill(self, seqs: list[Sequence], src_rows: list[int], S: int) -> None:
+        B, bs = len(seqs), self.block_size
+        p_list = [s.num_computed_tokens for s in seqs]
+        pos = self.pos[:B]
+        pos[:] = p_list
+        np.add(pos, 1, out=self.ctx[:B])
+        # Where the token is still on the device the list holds a placeholder; the graph takes src's instead.
+        self.ids[:B] = [s.tokens[p] for s, p in zip(seqs, p_list)]
+        self.src[:B] = src_rows
+        write = self.tables.write
+        for i, seq in enumerate(seqs):
+            write(i, seq.block_table)
+        # Slots from the tables just written, in one vectorized gather rather than a Python index per sequence.
+        np.add(self.tables.bt[np.arange(B), pos // bs] * bs, pos % bs, out=self.slot[:B])
+        rows = self.tables.rows
+        for i in range(B, S):
+            if rows[i] is not None:
+                self._pad(i)

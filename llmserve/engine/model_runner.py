@@ -29,7 +29,7 @@ import torch
 from llmserve import kernels
 from llmserve.config import ConfigError, ServingConfig, switch
 from llmserve.engine.api import TokenLogprob
-from llmserve.engine.graph_inputs import StepInputs, TableRows, pinned_int32
+from llmserve.engine.graph_inputs import DecodeInputs, StepInputs
 from llmserve.engine.parallel.group import RankGroup
 from llmserve.engine.prefill_graphs import PrefillGraphs
 from llmserve.engine.sampler import SamplingBatch, is_plain_greedy, sample
@@ -65,13 +65,12 @@ class Launched:
     device_tokens: torch.Tensor  # [>= B] on the device: what the next launch's src_rows index
     host: torch.Tensor  # [>= B] int64, filled by an asynchronous copy
     event: torch.cuda.Event | None
-    rows: dict[int, int] = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.rows = {id(s): i for i, s in enumerate(self.seqs)}
+    _rows: dict[int, int] | None = field(default=None, init=False, repr=False)
 
     def row(self, seq: Sequence) -> int:
-        return self.rows.get(id(seq), -1)
+        if self._rows is None:  # built on first use: a steady decode step never asks (TorchEngine._launch)
+            self._rows = {id(s): i for i, s in enumerate(self.seqs)}
+        return self._rows.get(id(seq), -1)
 
     def tokens(self) -> list[int]:
         if self.event is not None:
@@ -275,7 +274,7 @@ class ModelRunner:
         n = 5 * max_b + max_b * W
         self._scratch_block = self.num_blocks  # the extra block
         # Sections: token ids, positions, cache slots, context lengths, source rows; then block tables.
-        self._hosts = [_HostInputs(n, max_b, W, self._scratch_block, self.block_size) for _ in range(2)]
+        self._hosts = [DecodeInputs(n, max_b, W, self._scratch_block, self.block_size) for _ in range(2)]
         self._turn = 0
         self._dev = torch.empty(n, dtype=torch.int32, device=self.device)
         d = self._dev
@@ -362,39 +361,3 @@ class ModelRunner:
         graph.replay()
         return tokens, logits
 
-
-class _HostInputs:
-    """One pinned host copy of the decode graphs' inputs."""
-
-    def __init__(self, n: int, max_b: int, width: int, scratch_block: int, block_size: int):
-        self.tensor, h = pinned_int32(n)
-        self.ids, self.pos, self.slot, self.ctx, self.src = (h[i * max_b:(i + 1) * max_b] for i in range(5))
-        self.tables = TableRows(h[5 * max_b:].reshape(max_b, width))
-        self.scratch_block, self.block_size = scratch_block, block_size
-        h[:] = 0
-        for i in range(max_b):
-            self._pad(i)
-
-    def _pad(self, i: int) -> None:
-        """Padding rows: the scratch slot, a one-token context, no source row."""
-        self.ids[i] = self.pos[i] = 0
-        self.slot[i] = self.scratch_block * self.block_size
-        self.ctx[i] = 1
-        self.src[i] = -1
-        self.tables.bt[i, 0] = self.scratch_block
-        self.tables.forget(i)
-
-    def fill(self, seqs: list[Sequence], src_rows: list[int], S: int) -> None:
-        B, bs = len(seqs), self.block_size
-        p_list = [s.num_computed_tokens for s in seqs]
-        self.pos[:B] = p_list
-        self.ctx[:B] = [p + 1 for p in p_list]
-        # Where the token is still on the device the list holds a placeholder; the graph takes src's instead.
-        self.ids[:B] = [s.tokens[p] for s, p in zip(seqs, p_list)]
-        self.src[:B] = src_rows
-        self.slot[:B] = [s.block_table[p // bs] * bs + p % bs for s, p in zip(seqs, p_list)]
-        for i, seq in enumerate(seqs):
-            self.tables.write(i, seq.block_table)
-        for i in range(B, S):
-            if self.tables.rows[i] is not None:
-                self._pad(i)

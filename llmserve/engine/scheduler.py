@@ -91,14 +91,17 @@ class Scheduler:
         on the GPU (async scheduling)."""
         if self.waiting and len(self.running) < self.config.max_batch_size:
             return 0
+        # Called for every step at every batch size: attributes read directly, no properties or calls per sequence.
+        bs = self.blocks.block_size
         count = new_blocks = 0
         for seq in self.running:
-            if seq.at_limit:
+            n_tokens = len(seq.tokens)
+            if n_tokens >= seq.max_total_tokens:  # at_limit
                 continue
-            if seq.num_uncomputed != 1 or not seq.plain_greedy:
+            if n_tokens - seq.num_computed_tokens != 1 or not seq.plain_greedy:
                 return 0
             count += 1
-            new_blocks += self.blocks.blocks_needed(seq.num_computed_tokens + 1) - len(seq.block_table)
+            new_blocks += -(-(seq.num_computed_tokens + 1) // bs) - len(seq.block_table)
         fits = count <= self.config.max_num_tokens and new_blocks <= self.blocks.num_free
         return count if fits else 0
 
@@ -107,20 +110,25 @@ class Scheduler:
         budget = cfg.max_num_tokens
         seqs: list[Sequence] = []
         counts: list[int] = []
+        blocks, bs = self.blocks, self.blocks.block_size
         for seq in list(self.running):
             if seq.status is not Status.RUNNING:  # preempted below to make room for an older one
                 continue
-            n = min(seq.num_uncomputed, budget)
-            if n <= 0 or seq.at_limit:  # at_limit: its last token is on its way (async scheduling)
+            n_tokens = len(seq.tokens)
+            n = min(n_tokens - seq.num_computed_tokens, budget)
+            if n <= 0 or n_tokens >= seq.max_total_tokens:  # at_limit: its last token is on its way (async)
                 continue
-            while not self.blocks.can_grow(seq, seq.num_computed_tokens + n):
-                victim = self.running[-1]
-                self._preempt(victim)
-                if victim is seq:
-                    break
-            if seq.status is not Status.RUNNING:
-                continue
-            self.blocks.grow(seq, seq.num_computed_tokens + n)
+            upto = seq.num_computed_tokens + n
+            # Most steps a sequence's blocks already hold its next token: no block manager call at all.
+            if -(-upto // bs) > len(seq.block_table):
+                while not blocks.can_grow(seq, upto):
+                    victim = self.running[-1]
+                    self._preempt(victim)
+                    if victim is seq:
+                        break
+                if seq.status is not Status.RUNNING:
+                    continue
+                blocks.grow(seq, upto)
             seqs.append(seq)
             counts.append(n)
             budget -= n

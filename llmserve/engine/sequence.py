@@ -25,6 +25,8 @@ class Sequence:
     status: Status = Status.WAITING
     num_computed_tokens: int = 0  # tokens whose K/V are in the cache
     num_cached_tokens: int = 0  # of those, served by the prefix cache at admission
+    # Grows in place (append) while held, replaced by a new list otherwise: graph_inputs.TableRows relies on it to
+    # rewrite only a table's new tail.
     block_table: list[int] = field(default_factory=list)
     num_hashed_blocks: int = 0  # leading full blocks registered in the prefix cache
     block_hashes: list[bytes] = field(default_factory=list)  # their chained hashes, extended incrementally
@@ -39,6 +41,16 @@ class Sequence:
     index: int = 0  # the choice of its request (params.n > 1)
     # Choices 1..n-1: the choice 0 whose computed prompt blocks they share (block_manager.allocate_prompt).
     leader: Sequence | None = None
+    # Derived once from the request: the engine reads them for every sequence at every step.
+    key: str | tuple[str, int] = field(init=False, default="")  # among the engine's sequences (see __post_init__)
+    stop_ids: frozenset[int] = field(init=False, default=frozenset())  # ids that end it: stop ids, EOS unless ignored
+
+    def __post_init__(self) -> None:
+        # Choice 0 keeps the request id as its key (what n = 1 callers look up).
+        self.key = self.request.request_id if self.index == 0 else (self.request.request_id, self.index)
+        p = self.request.params
+        self.stop_ids = frozenset(p.stop_token_ids) | (frozenset() if p.ignore_eos else
+                                                       frozenset(self.request.eos_token_ids))
 
     @property
     def at_limit(self) -> bool:
@@ -48,11 +60,6 @@ class Sequence:
     @property
     def request_id(self) -> str:
         return self.request.request_id
-
-    @property
-    def key(self) -> str | tuple[str, int]:
-        """Its key among the engine's sequences: choice 0 keeps the request id (what n = 1 callers look up)."""
-        return self.request.request_id if self.index == 0 else (self.request.request_id, self.index)
 
     @property
     def num_output_tokens(self) -> int:

@@ -217,10 +217,14 @@ class TorchEngine:
         return count > 0 and self.runner.can_launch(count)
 
     def _launch(self, batch: ScheduledBatch, prev: Launched | None) -> Launched:
-        src = [prev.row(s) if prev is not None and s.num_pending else -1 for s in batch.seqs]
+        seqs = batch.seqs
+        if prev is not None and prev.seqs == seqs:  # the same rows as the launched step (steady decode): no lookups
+            src = [i if s.num_pending else -1 for i, s in enumerate(seqs)]
+        else:
+            src = [prev.row(s) if prev is not None and s.num_pending else -1 for s in seqs]
         launched = self.runner.launch(batch, src, prev)
         self._steps += 1
-        for seq in batch.seqs:
+        for seq in seqs:
             seq.num_computed_tokens += 1
             seq.tokens.append(PLACEHOLDER)
             seq.num_pending += 1
@@ -228,13 +232,17 @@ class TorchEngine:
 
     def _complete(self, launched: Launched) -> list[EngineOutput]:
         outputs = []
+        live, accept = self.seqs, self._accept
+        caching, bs = self.blocks.enable_prefix_caching, self.blocks.block_size
         for seq, token in zip(launched.seqs, launched.tokens()):
-            if self.seqs.get(seq.key) is not seq:  # ended meanwhile: its token is thrown away
+            if live.get(seq.key) is not seq:  # ended meanwhile: its token is thrown away
                 continue
-            out = self._accept(seq, token, None)
+            out = accept(seq, token, None)
             if out is not None:
                 outputs.append(out)
-            if seq.status is Status.RUNNING:
+            # register_full_blocks only once a block has filled (1 step in block_size): skips a call per sequence.
+            if (caching and seq.status is Status.RUNNING
+                    and seq.num_computed_tokens >= (seq.num_hashed_blocks + 1) * bs):
                 self.blocks.register_full_blocks(seq)
         return outputs
 
@@ -276,14 +284,14 @@ class TorchEngine:
 
     def _accept(self, seq: Sequence, token: int, logprob) -> EngineOutput | None:
         """A sampled token: it fills the sequence's oldest placeholder (async) or is appended."""
-        p = seq.request.params
-        index = len(seq.tokens) - seq.num_pending
-        if seq.num_pending:
-            seq.tokens[index] = token
-            seq.num_pending -= 1
+        tokens, pending = seq.tokens, seq.num_pending
+        index = len(tokens) - pending
+        if pending:
+            tokens[index] = token
+            seq.num_pending = pending - 1
         else:
-            seq.tokens.append(token)
-        if (not p.ignore_eos and token in seq.request.eos_token_ids) or token in p.stop_token_ids:
+            tokens.append(token)
+        if token in seq.stop_ids:  # EOS (unless ignore_eos) or a stop token id
             self._drop_from(seq, index)  # the stop token itself is not part of the answer
             return self._end(seq, FinishReason.STOP)
         if logprob is not None:
@@ -302,8 +310,11 @@ class TorchEngine:
         start = seq.num_prompt_tokens + seq.num_emitted
         new = seq.tokens[start:len(seq.tokens) - seq.num_pending]
         seq.num_emitted += len(new)
-        lps, seq.pending_logprobs = seq.pending_logprobs, []
-        return EngineOutput(seq.request_id, new, finish_reason, lps if seq.request.params.logprobs is not None
+        request = seq.request
+        lps = None
+        if request.params.logprobs is not None or seq.pending_logprobs:  # no new empty list per token otherwise
+            lps, seq.pending_logprobs = seq.pending_logprobs, []
+        return EngineOutput(request.request_id, new, finish_reason, lps if request.params.logprobs is not None
                             else None, error, seq.num_prompt_tokens, seq.num_cached_tokens, seq.index)
 
     def _end(self, seq: Sequence, reason: FinishReason, error: EngineError | None = None) -> EngineOutput:

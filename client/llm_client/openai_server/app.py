@@ -71,15 +71,18 @@ class Service:
 
     async def _events(self, answer: Answer, first: Piece | None, pieces: AsyncGenerator[Piece, None],
                       route: str) -> AsyncIterator[str]:
-        for head in first_chunks(answer):
-            yield sse(head)
+        """The events of each model response joined into one string (one write to the socket, not one per
+        event); the opening chunks go with the first response's, the closing ones and [DONE] together."""
+        head = "".join(sse(chunk) for chunk in first_chunks(answer))
         offsets = [len(answer.call.prompt or "") if answer.call.echo else 0] * answer.call.n
         closed: set[int] = set()  # choices whose finish chunk is out
         piece = first
         try:
             while piece is not None:
-                for chunk in _piece_chunks(answer, piece, offsets, closed):
-                    yield sse(chunk)
+                events = head + "".join(sse(chunk) for chunk in _piece_chunks(answer, piece, offsets, closed))
+                if events:
+                    yield events
+                head = ""
                 piece = await anext(pieces, None)
         except OpenAIError as exc:  # the status line is gone: the error travels as an event, as OpenAI's does
             yield sse(exc.body())
@@ -87,13 +90,11 @@ class Service:
         finally:
             with contextlib.suppress(Exception):
                 await pieces.aclose()
-        for i in range(answer.call.n):
-            if i not in closed:
-                yield sse(finish_chunk(answer, i))
+        tail = [sse(finish_chunk(answer, i)) for i in range(answer.call.n) if i not in closed]
         if answer.call.include_usage:
-            yield sse(usage_chunk(answer))
+            tail.append(sse(usage_chunk(answer)))
         self._count_tokens(route, answer)
-        yield DONE
+        yield head + "".join(tail) + DONE
 
     def _first_token(self, route: str, started: float) -> None:
         self.metrics.ttft.labels(self.metrics.route(route)).observe(time.perf_counter() - started)

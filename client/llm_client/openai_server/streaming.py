@@ -24,8 +24,11 @@ class ClientGone(Exception):
     """The HTTP client disconnected before its answer was complete."""
 
 
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode  # json.dumps makes one per call
+
+
 def sse(obj: dict[str, Any]) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
+    return f"data: {_encode(obj)}\n\n"
 
 
 async def until_disconnect(receive: Receive) -> None:

@@ -8,13 +8,14 @@ request, and the model frees its KV blocks at the next engine step.
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
 import tritonclient.grpc.aio as aioclient
-from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype, triton_to_np_dtype
 
 from llm_client.client import FLAGS, build_inputs
 from llm_client.openai_server.errors import OpenAIError, from_triton, unreachable
@@ -47,9 +48,38 @@ def build_tensors(call: GenerationCall) -> list[aioclient.InferInput]:
     return [_tensor(name, value) for name, value in inputs.items()]
 
 
-def _all(result, name: str) -> list:
-    value = result.as_numpy(name)
-    return [] if value is None else list(value.reshape(-1))
+_LENGTH = struct.Struct("<I")
+_INTS = {"INT32": "i", "UINT32": "I", "INT64": "q", "UINT64": "Q"}  # memoryview formats (native order, as numpy's)
+
+
+def _strings(raw: bytes) -> list[bytes]:
+    """A BYTES tensor's elements: each is a 4-byte little-endian length, then that many bytes."""
+    out, offset, end = [], 0, len(raw)
+    while offset < end:
+        (size,) = _LENGTH.unpack_from(raw, offset)
+        offset += 4
+        out.append(raw[offset:offset + size])
+        offset += size
+    return out
+
+
+def _outputs(result) -> dict[str, list]:
+    """Every output tensor of a response, flattened, in one pass over the raw contents (what `as_numpy` per name
+    gives, without a scan of the outputs and a numpy array per tensor on every streamed token)."""
+    response = result.get_response()
+    outputs, raws = list(response.outputs), list(response.raw_output_contents)
+    if len(raws) < len(outputs):  # not all sent as raw contents: tritonclient's own conversion
+        return {o.name: [] if (v := result.as_numpy(o.name)) is None else list(v.reshape(-1)) for o in outputs}
+    out: dict[str, list] = {}
+    for output, raw in zip(outputs, raws):
+        datatype = output.datatype
+        if datatype == "BYTES":
+            out[output.name] = _strings(raw)
+        elif datatype in _INTS:
+            out[output.name] = memoryview(raw).cast(_INTS[datatype]).tolist()
+        else:
+            out[output.name] = np.frombuffer(raw, dtype=triton_to_np_dtype(datatype)).tolist()
+    return out
 
 
 def _decode(value) -> str:
@@ -57,13 +87,14 @@ def _decode(value) -> str:
 
 
 def piece_from(result, final: bool) -> Piece:
-    texts = [_decode(t) for t in _all(result, "text_output")]
+    outputs = _outputs(result)
+    texts = [_decode(t) for t in outputs.get("text_output", ())]
     n = len(texts)
     # vllm_backend writes str(None) for a choice that has not finished
-    reasons = [None if r == "None" else r for r in map(_decode, _all(result, "finish_reason"))] or [None] * n
-    n_in = _all(result, "num_input_tokens")
-    n_out = [int(v) for v in _all(result, "num_output_tokens")] or [0] * n
-    logprobs = [json.loads(_decode(v)) or [] for v in _all(result, "logprobs")] or [[] for _ in range(n)]
+    reasons = [None if r == "None" else r for r in map(_decode, outputs.get("finish_reason", ()))] or [None] * n
+    n_in = outputs.get("num_input_tokens")
+    n_out = [int(v) for v in outputs.get("num_output_tokens", ())] or [0] * n
+    logprobs = [json.loads(_decode(v)) or [] for v in outputs.get("logprobs", ())] or [[] for _ in range(n)]
     return Piece(texts, final, reasons, int(n_in[0]) if n_in else None, n_out, logprobs)
 
 
