@@ -8,7 +8,7 @@ event are stand-ins. Every decode step is then chained (async scheduling), as on
 
 Phases of one `step()` in thread CPU time (public methods wrapped from outside; nothing is added to the engine);
 `total` is the whole step's CPU time, `wall` its wall time, `gc` the cyclic collector's share of any phase:
-  schedule   Scheduler.plain_decode_next (the chain check) + Scheduler.schedule
+  schedule   Scheduler.chain_next (the chain check; plain_decode_next in older trees) + Scheduler.schedule
   prepare    ModelRunner.launch (graph inputs: positions, slots, block tables; the host-to-device copy, here a
              CPU memcpy of S x width int32)
   complete   from Launched.tokens() to the step's end: the engine's completion of the launched step (accept,
@@ -132,12 +132,16 @@ class Phases:
     collector's time, wherever it struck."""
 
     def __init__(self, engine) -> None:
-        from llmserve.engine.model_runner import Launched
+        try:
+            from llmserve.engine.launcher import Launched
+        except ImportError:  # --compare: a tree from before launcher.py
+            from llmserve.engine.model_runner import Launched
 
         self.now: dict[str, float] = {}
         self.gc_start = 0.0
         gc.callbacks.append(self.on_gc)
-        self.wrap(engine.scheduler, "plain_decode_next", "schedule")
+        check = "chain_next" if hasattr(engine.scheduler, "chain_next") else "plain_decode_next"  # --compare: older
+        self.wrap(engine.scheduler, check, "schedule")
         self.wrap(engine.scheduler, "schedule", "schedule")
         self.wrap(engine.runner, "launch", "prepare")
         tokens = Launched.tokens

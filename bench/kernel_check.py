@@ -322,6 +322,51 @@ def s_int4(args):
         print(SUMMARY[-1], flush=True)
 
 
+@section("int4_sweep")
+def s_int4_sweep(args):
+    """Launch configs of the int4 kernels (g128, symmetric) per Llama-3.1-8B linear shape, 32 layers' worth of weights
+    (past the L2), one CUDA graph each: GEMV (BLOCK_N, BLOCK_K, warps, stages) at M = 1, w4mm (BLOCK_M, BLOCK_N,
+    BLOCK_K, warps, stages, split-K) at M = 8 and 64, each against the default config and the shape's int4 read
+    floor."""
+    import itertools
+
+    from bench.common import SHAPES, chunked_sum_ms, flat_buffers, linear_shapes
+    from llmserve.kernels.int4 import gemv_config, mm_config, w4gemv, w4mm
+    from llmserve.model.int4 import quantize_int4
+
+    cfg = SHAPES["llama3.1-8b"]
+    res = RESULTS.setdefault("int4_sweep", {})
+    gemv = [(bn, bk, w, s) for bn, bk, w, s in itertools.product((4, 8, 16, 32), (256, 512, 1024), (2, 4, 8), (3,))
+            if bn * bk <= 16384 and not (bn >= 16 and w == 2)]
+    tiles = list(itertools.product((32, 64, 128), (128, 256), (4, 8), (1, 2, 4, 8)))
+    mm = {M: [(16 if M <= 16 else 64, bn, bk, w, 3, sk) for bn, bk, w, sk in tiles] for M in (8, 64)}
+    for name, (n, k) in linear_shapes(cfg).items():
+        gated = name == "down"
+        layers = [quantize_int4(torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02, 128, True)
+                  for _ in range(cfg["num_hidden_layers"])]
+        floor = chunked_sum_ms(flat_buffers([t for q in layers for t in q.values()]))
+        for M, configs in ((1, gemv), (8, mm[8]), (64, mm[64])):
+            x = torch.randn(M, 2 * k if gated else k, device="cuda", dtype=torch.bfloat16)
+            default = gemv_config(n, k, 128) if M == 1 else mm_config(M, n, k, 128)
+            times = {}
+            for c in [default] + [c for c in configs if c != default]:
+                try:
+                    times[str(c)] = graph_time_ms(lambda c=c, x=x, g=gated, ls=layers, f=w4gemv if M == 1 else w4mm: [
+                        f(x, q["weight"], q["weight_scale"], gated=g, config=c) for q in ls], reps=10)
+                except Exception as exc:  # noqa: BLE001
+                    times[str(c)] = f"fail {type(exc).__name__}: {str(exc)[:120]}"
+            numeric = {c: t for c, t in times.items() if isinstance(t, float)}
+            best = min(numeric, key=numeric.get)
+            res[f"{name}/M{M}"] = {"floor_ms": floor, "default": str(default), "default_ms": times[str(default)],
+                                   "best": best, "best_ms": numeric[best], "times_ms": times}
+            SUMMARY.append(f"int4 {name} M={M}: default {default} {times[str(default)]} ms, best {best} "
+                           f"{numeric[best]:.3f} ms, floor {floor:.3f} ms")
+            print(SUMMARY[-1], flush=True)
+            save(args.out)
+        del layers
+        torch.cuda.empty_cache()
+
+
 @section("attn")
 def s_attn(args):
     """Decode attention launch configs (partitions, BLOCK_N, warps, stages) at the graphs' launch shape (max
@@ -916,7 +961,7 @@ def s_triton(args):
 SECTIONS = {"env": s_env, "tests": s_tests, "engine_small": s_engine_small, "engine7b": s_engine7b, "pdl": s_pdl,
             "floor": s_floor, "attn": s_attn, "attn_kv": s_attn_kv, "gemv": s_gemv, "gemv1": s_gemv1, "mm16": s_mm16,
             "host": s_host, "triton": s_triton, "profile": s_profile, "steady": s_steady, "varlen": s_varlen,
-            "int4": s_int4, "graphs_bs1": s_graphs_bs1}
+            "int4": s_int4, "int4_sweep": s_int4_sweep, "graphs_bs1": s_graphs_bs1}
 
 
 def main() -> int:

@@ -9,7 +9,13 @@ alternating, with the same requests (--tokens tokens each, ignore_eos, the promp
   openai   aiohttp to `python -m llm_client.openai_server` (/v1/completions, stream, include_usage), which
            forwards each request to the same Triton over gRPC
 Reported per point: output tokens/s of each path and their ratio (target >= 0.95), median time to first token
-of each and the difference (target <= 1 ms). results.json and results.md go to --out.
+of each and the difference (target <= 1 ms). results.json and results.md go to --out (rewritten after each point).
+
+One asyncio client parses ~10k server-sent events a second at most: with --streams-per-client N the streams of a
+point are spread over ceil(concurrency / N) client processes (both paths alike), so that on a many-core machine the
+load generator does not set the pace. The tokenizer comes from `.carry/tokenizer` where that exists (the GPU
+machine, which has no checkpoint) and tritonserver from `.carry/tritonserver.tar.xz` under Python 3.12 or where
+nvidia-pytriton is not installed (bench/triton_path.py); docs/performance.md "Reproducing" has the GPU command.
 """
 
 from __future__ import annotations
@@ -17,8 +23,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
+import multiprocessing
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -28,7 +37,7 @@ import urllib.request
 from pathlib import Path
 
 from bench.common import ROOT
-from bench.triton_path import Server
+from bench.triton_path import Server, random_checkpoint
 from bench.workload import Record, summarize
 from llm_client.client import build_inputs
 from llmserve.launch.tritonserver import derive_repository
@@ -93,12 +102,14 @@ async def _openai_one(session, url: str, i: int, tokens: int, rec: Record) -> No
                                * (used - len(rec.token_times)))
 
 
-async def _drive(path: str, target: str, concurrency: int, requests: int, tokens: int) -> tuple[list[Record], float]:
-    """Keeps `concurrency` streams in flight until `requests` are answered (closed loop)."""
+async def _drive(path: str, target: str, concurrency: int, ids: list[int], tokens: int,
+                 start_at: float | None = None) -> tuple[list[Record], float, float]:
+    """Keeps `concurrency` streams in flight until the requests `ids` are answered (closed loop); returns the
+    records, start and end (perf_counter: CLOCK_MONOTONIC, shared by the client processes)."""
     import aiohttp
     import tritonclient.grpc.aio as aioclient
 
-    todo, records = list(range(requests)), []
+    todo, records = list(ids), []
     if path == "direct":
         client = aioclient.InferenceServerClient(target)
         one = lambda i, rec: _direct_one(client, i, tokens, rec)  # noqa: E731
@@ -113,12 +124,52 @@ async def _drive(path: str, target: str, concurrency: int, requests: int, tokens
             records.append(rec)
             await one(todo.pop(), rec)
 
+    if start_at is not None:  # the client processes of one point start together
+        await asyncio.sleep(max(0.0, start_at - time.perf_counter()))
     start = time.perf_counter()
     try:
         await asyncio.gather(*(worker() for _ in range(concurrency)))
+        end = time.perf_counter()
     finally:
         await (client.close() if path == "direct" else session.close())
-    return records, time.perf_counter() - start
+    return records, start, end
+
+
+def _drive_process(job: tuple) -> tuple[list[Record], float, float]:
+    return asyncio.run(_drive(*job))
+
+
+def _ready(_: int) -> int:
+    """Pool warm-up: every worker process up, with the client libraries imported."""
+    import aiohttp  # noqa: F401
+    import tritonclient.grpc.aio  # noqa: F401
+
+    time.sleep(0.5)
+    return os.getpid()
+
+
+def client_pool(processes: int):
+    """`processes` spawned client processes, started and warm (None for 1: the bench's own process drives)."""
+    if processes <= 1:
+        return None
+    pool = multiprocessing.get_context("spawn").Pool(processes)
+    pool.map(_ready, range(processes), chunksize=1)
+    return pool
+
+
+def drive(path: str, target: str, concurrency: int, requests: int, tokens: int, per_client: int = 0,
+          pool=None) -> tuple[list[Record], float]:
+    """`requests` requests, `concurrency` in flight, over ceil(concurrency / per_client) client processes of
+    `pool` (one process, this one, when per_client is 0 or the streams fit one); returns the records and wall."""
+    procs = math.ceil(concurrency / per_client) if per_client > 0 and pool is not None else 1
+    if procs <= 1:
+        records, start, end = asyncio.run(_drive(path, target, concurrency, list(range(requests)), tokens))
+        return records, end - start
+    start_at = time.perf_counter() + 0.3  # the pool's processes are up already
+    jobs = [(path, target, len(range(i, concurrency, procs)), list(range(i, requests, procs)), tokens, start_at)
+            for i in range(procs)]
+    parts = pool.map(_drive_process, jobs, chunksize=1)
+    return [r for part, _, _ in parts for r in part], max(e for _, _, e in parts) - min(s for _, s, _ in parts)
 
 
 def _cpu_s(pid: int) -> float:
@@ -127,11 +178,14 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(path: str, target: str, concurrency: int, waves: int, tokens: int, front_pid: int) -> dict:
+def measure(path: str, target: str, concurrency: int, waves: int, tokens: int, front_pid: int,
+            per_client: int = 0, pool=None) -> dict:
     cpu0 = _cpu_s(front_pid)
-    records, wall = asyncio.run(_drive(path, target, concurrency, concurrency * waves, tokens))
+    records, wall = drive(path, target, concurrency, concurrency * waves, tokens, per_client, pool)
     s = summarize(records, wall, concurrency, 0, tokens)
     s["path"] = path
+    if per_client > 0 and pool is not None:
+        s["client_processes"] = max(1, math.ceil(concurrency / per_client))
     # The front's own CPU per streamed token: its cost whatever the machine's core count (0 on the direct path)
     s["front_cpu_us_per_token"] = round((_cpu_s(front_pid) - cpu0) / max(1, s["output_tokens"]) * 1e6, 1)
     return s
@@ -168,7 +222,7 @@ def versions() -> dict:
     out = {"python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
            "cores": len(os.sched_getaffinity(0))}
     for pkg in ("nvidia-pytriton", "tritonclient", "starlette", "uvicorn", "uvloop", "httptools", "aiohttp", "grpcio",
-                "torch"):
+                "protobuf", "numpy", "torch"):
         try:
             out[pkg] = version(pkg)
         except Exception:  # noqa: BLE001 - a missing package is reported as such
@@ -187,7 +241,9 @@ def write_md(res: dict, out: Path) -> None:
              f"Machine: {res['versions'].get('cpu_model', '?')}, {res['versions']['cores']} cores; "
              f"versions: {', '.join(f'{k} {v}' for k, v in res['versions'].items() if k not in ('cpu_model',))}", "",
              f"Each point: {a['waves']} waves of `concurrency` /v1/completions streams of {a['tokens']} tokens, step "
-             f"{a['step_ms']} ms; median of {a['repeats']} repeats per path (paths alternate). Load average "
+             f"{a['step_ms']} ms; median of {a['repeats']} repeats per path (paths alternate); "
+             + (f"client processes of up to {a['streams_per_client']} streams each. "
+                if a.get("streams_per_client") else "one client process. ") + "Load average "
              f"(1, 5, 15 min) at the start {res['loadavg_start_end'][0]}, at the end {res['loadavg_start_end'][1]}.",
              "",
              "| streams | direct tok/s | OpenAI tok/s | ratio (>= 0.95) | direct TTFT p50 ms | OpenAI TTFT p50 ms "
@@ -214,14 +270,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--step-ms", type=float, default=15.0)
     ap.add_argument("--port", type=int, default=18200, help="Triton HTTP port (gRPC +1, metrics +2); front +3")
+    ap.add_argument("--streams-per-client", type=int, default=0,
+                    help="spread each point's streams over client processes of at most this many streams (0: all "
+                         "in this process, as on the 2-core VM; 64 on the GPU machine's 16 host cores)")
+    ap.add_argument("--work", default=None, help="scratch folder (tritonserver unpacked, stub venv, model "
+                    "repository, tritonserver.log); default a new temporary one")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     conc = [int(c) for c in a.concurrency.split(",")]
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="llm-openai-overhead-"))
-    repo = derive_repository(work / "repo", ROOT / "model_repository" / "llm" / "checkpoint",
-                             ROOT / "model_repository", engine="synthetic", synthetic_step_ms=str(a.step_ms),
+    work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="llm-openai-overhead-"))
+    work.mkdir(parents=True, exist_ok=True)
+    for old in ("repo", "ckpt"):
+        shutil.rmtree(work / old, ignore_errors=True)
+    repo = derive_repository(work / "repo", random_checkpoint(work / "ckpt"), ROOT / "model_repository",
+                             engine="synthetic", synthetic_step_ms=str(a.step_ms),
                              max_batch_size=str(max(conc)), max_queue_size=str(4 * max(conc)))
     server = Server(work, repo, a.port)
     print(f"starting tritonserver (synthetic engine, step {a.step_ms} ms) ...", flush=True)
@@ -231,29 +295,45 @@ def main(argv: list[str] | None = None) -> int:
                               "--port", str(a.port + 3), "--log-level", "warning"], cwd=ROOT)
     runs: list[dict] = []
     load_start = os.getloadavg()  # other work on the machine shows here: these paths share its cores
+    command = "python -m bench.openai_overhead " + " ".join(argv if argv is not None else sys.argv[1:])
+    pool = None
+    done: list[int] = []
+
+    def save() -> None:  # after each point, so that a run cut short still leaves the points it finished
+        res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": command, "args": vars(a),
+               "versions": versions(), "loadavg_start_end": [load_start, os.getloadavg()],
+               "points": [point(runs, c) for c in done], "runs": runs}
+        (out / "results.json").write_text(json.dumps(res, indent=1))
+        write_md(res, out)
+
     try:
         _wait(f"{front_url}/health")
         targets = {"direct": f"localhost:{a.port + 1}", "openai": front_url}
-        for path in ("direct", "openai"):  # warm both paths
+        if a.streams_per_client > 0:
+            pool = client_pool(math.ceil(max(conc) / a.streams_per_client))
+        for path in ("direct", "openai"):  # warm both paths (and every client process)
             measure(path, targets[path], 4, 1, 4, front.pid)
+            if pool is not None:
+                measure(path, targets[path], max(conc), 1, 4, front.pid, a.streams_per_client, pool)
         for c in conc:
             for rep in range(a.repeats):
                 for path in (("direct", "openai") if rep % 2 == 0 else ("openai", "direct")):
-                    s = measure(path, targets[path], c, a.waves, a.tokens, front.pid)
+                    s = measure(path, targets[path], c, a.waves, a.tokens, front.pid, a.streams_per_client, pool)
                     runs.append(s)
                     print(f"[{len(runs)}/{len(conc) * a.repeats * 2}] {path:6s} c={c} rep={rep}: "
                           f"{s['throughput_tok_s']} tok/s, TTFT p50 {s['ttft_ms_p50']} ms, errors {s['errors']}",
                           flush=True)
+            done.append(c)
+            save()
     finally:
+        if pool is not None:
+            pool.terminate()
         front.terminate()
         front.wait(15)
         server.stop()
-    res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-           "command": "python -m bench.openai_overhead " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "args": vars(a), "versions": versions(), "loadavg_start_end": [load_start, os.getloadavg()],
-           "points": [point(runs, c) for c in conc], "runs": runs}
-    (out / "results.json").write_text(json.dumps(res, indent=1))
-    write_md(res, out)
+        if len(done) < len(conc):  # cut short: what tritonserver said
+            print(server.tail(3000), flush=True)
+    save()
     print((out / "results.md").read_text())
     return 0
 

@@ -19,6 +19,16 @@ SYSTEMS = [("engine", "engine bf16"), ("engine_sync", "engine bf16, async schedu
            ("triton_x4", "Triton, 4 instances sharing the engine (vocab 49152)"),
            ("triton_inproc", "Triton, engine inside the stub process (vocab 49152)"),
            ("triton_gil1ms", "Triton, GIL switch interval 1 ms (vocab 49152)")]
+
+
+def systems(results: dict) -> list[tuple[str, str]]:
+    """SYSTEMS, then any other phase with runs (a variant such as engine_fp8_t8192) under its own name."""
+    known = {ph for ph, _ in SYSTEMS}
+    extra = [(ph, ph.replace("_", " ")) for ph, p in results["phases"].items()
+             if ph not in known and isinstance(p, dict) and p.get("runs")]
+    return SYSTEMS + extra
+
+
 TRITON_SYSTEMS = [("triton", "Triton"), ("triton_x2", "Triton x2"), ("triton_x4", "Triton x4"),
                   ("triton_inproc", "engine in the stub"), ("triton_gil1ms", "Triton, GIL 1 ms")]
 # Issue 4's absolute goals are figures for one H100. Batch 8's as a ratio, to read results of other GPUs against:
@@ -249,9 +259,10 @@ def write_report(results: dict, out: Path) -> None:
                          f"({r['sum_TBps']:.2f}) | {_fmt(r.get('cublas_m1_ms'), 3)} | "
                          f"{_fmt(r.get('scaled_mm_m1_ms'), 3)} | {r['our_gemv_ms']:.3f} ({r['our_gemv_TBps']:.2f}) |")
     lines += ["", "## Output throughput (tok/s) by workload and concurrency", ""]
-    allruns = {ph: _runs(results, ph) for ph, _ in SYSTEMS}
+    shown = systems(results)
+    allruns = {ph: _runs(results, ph) for ph, _ in shown}
     keys = sorted({k for runs in allruns.values() for k in runs}, key=lambda k: (k[0], k[1]))
-    present = [(ph, label) for ph, label in SYSTEMS if allruns[ph]]
+    present = [(ph, label) for ph, label in shown if allruns[ph]]
     lines.append("| workload | conc. | " + " | ".join(label for _, label in present) + " | Triton / direct |")
     lines.append("|---|---|" + "---|" * (len(present) + 1))
     for k in keys:
@@ -263,7 +274,7 @@ def write_report(results: dict, out: Path) -> None:
     lines += ["", "## Latency (ms): TTFT P50 / P99, inter-token P50 / P99", "",
               "| system | workload | conc. | TTFT P50 | TTFT P99 | ITL P50 | ITL P99 | errors | preemptions |",
               "|---|---|---|---|---|---|---|---|---|"]
-    for ph, label in SYSTEMS:
+    for ph, label in shown:
         if ph == "hf":
             continue
         for k, r in sorted(allruns[ph].items()):
@@ -322,7 +333,7 @@ def plot(results: dict, path: Path) -> None:
     axes[1][2].axis("off")  # the ratio panel's legend goes below it, clear of the points
     axes[1][2].legend(*ax.get_legend_handles_labels(), loc="upper left", fontsize=8, title="Triton / direct")
     for ax, wname in zip([axes[0][1], axes[1][0], axes[1][1]], ["128x128", "128x2048", "2048x128"]):  # 3 of 5
-        for ph, label in SYSTEMS:
+        for ph, label in systems(results):
             runs = sorted((c, r["throughput_tok_s"]) for (w, c), r in _runs(results, ph).items() if w == wname)
             if runs:
                 ax.plot([c for c, _ in runs], [t for _, t in runs], marker="o", label=label)

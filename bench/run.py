@@ -95,6 +95,8 @@ ENGINE_VARIANTS = {
     "engine_fp8_t2048": ("fp8", ["max_num_tokens=2048"]),
     "engine_fp8_t4096": ("fp8", ["max_num_tokens=4096"]),  # trtllm-bench's budgets are larger still (8,192)
     "engine_fp8_t8192": ("fp8", ["max_num_tokens=8192"]),
+    # mixed steps of up to 4,096 tokens in prefill graphs, launched behind the previous step like decode steps
+    "engine_fp8_t8192_pg4096": ("fp8", ["max_num_tokens=8192", "prefill_graph_max_tokens=4096"]),
     # Prefill and mixed steps launched kernel by kernel, as before their CUDA graphs
     "engine_eager_prefill": ("bf16", ["prefill_graph_max_tokens=0"]),
     "engine_fp8_eager_prefill": ("fp8", ["prefill_graph_max_tokens=0"]),

@@ -92,6 +92,20 @@ def python_overlay(work: Path, force: bool = False) -> Path:
     return venv / "bin"
 
 
+def tokenizer_dir() -> Path:
+    """SmolLM2's tokenizer files: the carried copy (the GPU machine has no checkpoint), else the embedded model's."""
+    tok = CARRY / "tokenizer"
+    return tok if tok.is_dir() else ROOT / "model_repository" / "llm" / "checkpoint"
+
+
+def random_checkpoint(dest: Path, quant: str | None = None, shape: str = DEFAULT_SHAPE) -> Path:
+    """config.json of `shape` with vocab 49152 (random weights, made on load) and SmolLM2's tokenizer
+    (tokenizer_dir()): the Triton phases' model; `engine: synthetic` reads only its tokenizer."""
+    ckpt = write_random_checkpoint(dest, vocab=49152, quant=quant, tokenizer_dir=tokenizer_dir(), shape=shape)
+    _check_tokenizer(ckpt)
+    return ckpt
+
+
 def model_repository(work: Path, params: dict[str, str], quant: str | None = None, instances: int = 1,
                      shape: str = DEFAULT_SHAPE) -> Path:
     """The model repository for the run: the production model.py and config.pbtxt with `params` set and
@@ -100,10 +114,7 @@ def model_repository(work: Path, params: dict[str, str], quant: str | None = Non
 
     repo = work / "repo"
     shutil.rmtree(repo, ignore_errors=True)
-    tok = CARRY / "tokenizer" if (CARRY / "tokenizer").is_dir() else ROOT / "model_repository" / "llm" / "checkpoint"
-    ckpt = write_random_checkpoint(work / f"ckpt-{quant or 'bf16'}", vocab=49152, quant=quant, tokenizer_dir=tok,
-                                   shape=shape)
-    _check_tokenizer(ckpt)
+    ckpt = random_checkpoint(work / f"ckpt-{quant or 'bf16'}", quant, shape)
     return derive_repository(repo, ckpt, ROOT / "model_repository", instances=instances, **params)
 
 

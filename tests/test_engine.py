@@ -239,3 +239,78 @@ def test_served_context_takes_the_model_limit_when_the_kv_cache_holds_more(caplo
     with pytest.raises(ConfigError, match=r"^max_model_len: 8192 tokens .*max_position_embeddings is 4096 and the "
                                           r"KV cache holds 10000 tokens"):
         served_context(8192, 4096, 10_000)
+
+
+def _stepped(checkpoint, mode, knobs, arrivals, aborts):
+    """Runs requests arriving at given steps (and aborts at given steps); returns (tokens, finish reasons,
+    engine, launches): per launched step (more tokens than rows, a token carried on the device, the Launched)."""
+    engine = TorchEngine(ServingConfig.of(async_scheduling=mode, **knobs), checkpoint)
+    launches = []
+    launch = engine.runner.launch
+
+    def counted(batch, src_rows, prev):
+        launched = launch(batch, src_rows, prev)
+        launches.append((batch.total_tokens > len(batch.seqs), any(r >= 0 for r in src_rows), launched))
+        return launched
+    engine.runner.launch = counted
+    out, reasons, step = {}, {}, 0
+    while engine.has_work() or step <= max(arrivals):
+        for r in arrivals.get(step, ()):
+            engine.add_request(r)
+        if step in aborts:
+            engine.abort(aborts[step])
+        for o in engine.step():
+            out.setdefault(o.request_id, []).extend(o.new_token_ids)
+            if o.finish_reason:
+                reasons[o.request_id] = o.finish_reason
+        step += 1
+    assert engine.stats().kv_blocks_free == engine.stats().kv_blocks_total
+    assert not engine.seqs and not engine.scheduler.running
+    return out, reasons, engine, launches
+
+
+@pytest.mark.parametrize("case", ["staggered", "chunked", "prefix", "small_kv"])
+def test_async_mixed_steps_give_the_same_tokens_as_synchronous_steps(checkpoint, tokenizer, chat_ids, case):
+    """Mixed steps (prefill chunks next to decode rows whose tokens are still on the device) launched behind the
+    step on the GPU, against synchronous steps: prompts arriving while others decode, EOS and max_tokens ends
+    and an abort mid-chain; prompts chunked over several steps; prefix-cache hits; a KV cache so small that the
+    chain falls back to synchronous steps, which preempt."""
+    p = [tokenizer.apply_chat_template([{"role": "user", "content": q}]) for q in PROMPTS]
+    knobs: dict = {"kv_block_size": 4}
+    aborts = {}
+    if case == "staggered":
+        arrivals = {0: [greedy("p0", p[0], n=20), greedy("p1", p[1], n=6, ignore_eos=True)],
+                    2: [greedy("p2", p[2], n=12, ignore_eos=True)], 5: [greedy("p3", p[3], n=10)],
+                    7: [greedy("abort", chat_ids, n=40, ignore_eos=True)]}
+        aborts = {11: "abort"}
+    elif case == "chunked":
+        knobs["max_num_tokens"] = 7
+        arrivals = {0: [greedy("p0", p[0], n=10)], 3: [greedy("p1", p[1], n=8, ignore_eos=True)],
+                    6: [greedy("p2", p[2], n=6, ignore_eos=True)]}
+    elif case == "prefix":
+        arrivals = {0: [greedy("a", chat_ids, n=8, ignore_eos=True)], 4: [greedy("b", chat_ids, n=8)],
+                    6: [greedy("c", chat_ids[:-2] + p[1][-6:], n=8, ignore_eos=True)]}
+    else:
+        knobs.update(kv_block_size=16, kv_cache_memory_bytes=8 * 737280, max_batch_size=4)
+        arrivals = {0: [greedy("p0", p[0], n=24, ignore_eos=True), greedy("p1", p[1], n=24, ignore_eos=True)],
+                    2: [greedy("p2", p[2], n=24, ignore_eos=True)], 4: [greedy("p3", p[3], n=24, ignore_eos=True)]}
+    sync = _stepped(checkpoint, "false", knobs, arrivals, aborts)
+    fast = _stepped(checkpoint, "true", knobs, arrivals, aborts)
+    assert not sync[3]
+    for rid in sync[1]:
+        if rid not in aborts.values():
+            assert fast[0][rid] == sync[0][rid], rid
+            assert fast[1][rid] == sync[1][rid], rid
+    for rid in aborts.values():  # ended at a step boundary one launched step apart: a prefix of the same answer
+        a, b = sync[0].get(rid, []), fast[0].get(rid, [])
+        assert fast[1][rid] == "abort" and a[:len(b)] == b[:len(a)], rid
+    mixed = [(carried, launched) for is_mixed, carried, launched in fast[3] if is_mixed]
+    assert any(carried for carried, _ in mixed)  # a launched mixed step took a decode row's token on the device
+    if case == "chunked":
+        assert any(launched.chunks for _, launched in mixed)  # a launched prompt chunk with more to come
+    if case == "prefix":
+        assert fast[2].stats().prefix_cache_hit_blocks >= (len(chat_ids) - 1) // 4
+    if case == "small_kv":
+        assert sync[2].stats().preemptions > 0 and fast[2].stats().preemptions > 0
+    if case == "staggered":
+        assert sync[1]["p1"] == "length" and len(sync[0]["p1"]) == 6

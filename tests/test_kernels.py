@@ -102,6 +102,21 @@ def test_silu_mul_quant_fp8_is_silu_mul_then_quant_bit_for_bit(rows, n, pdl):
     assert torch.equal(s, s2) and torch.equal(q.view(torch.uint8), q2.view(torch.uint8))
 
 
+@pytest.mark.skipif(DEV != "cuda", reason="e4m3 needs a GPU (the interpreter has none)")
+@pytest.mark.parametrize("parts", [2, 4])
+def test_quant_fp8_with_the_rows_amax_gives_a_ranks_columns_bit_for_bit(parts, pdl):
+    """A row-parallel rank quantizes its slice of x with the whole row's amax (the MAX all-reduce over ranks):
+    codes and scales equal those columns of quantizing the whole row (tensor parallelism stays exact in fp8)."""
+    x = torch.randn(37, 14336, device=DEV, dtype=DT) * 2
+    q, s = linear.quant_fp8_per_token(x, pdl=pdl)
+    amax = x.abs().amax(-1, keepdim=True).float()
+    width = x.shape[1] // parts
+    for r in range(parts):
+        qr, sr = linear.quant_fp8_per_token(x[:, r * width:(r + 1) * width].contiguous(), pdl=pdl, amax=amax)
+        assert torch.equal(sr, s)
+        assert torch.equal(qr.view(torch.uint8), q[:, r * width:(r + 1) * width].view(torch.uint8))
+
+
 def test_silu_mul(pdl):
     x = torch.randn(3, 2 * 1500, device=DEV).to(DT)
     g, u = x.chunk(2, -1)
@@ -510,6 +525,17 @@ def test_int4_kernels_match_the_torch_twin(group, symmetric, M, gated, pdl):
     _int4_check(M, 200, 7 * 128, group, symmetric, gated, pdl)
     if M in (1, 16):
         _int4_check(M, 4096, 14336 if gated else 4096, group, symmetric, gated, pdl)
+
+
+@pytest.mark.parametrize("split", [2, 4])
+def test_int4_split_k_sums_the_partials(split):
+    """Split-K (a float32 partial per K slice, the last one short, the bias added once) equals the torch twin."""
+    from llmserve.kernels.int4 import w4mm
+
+    x, t, bias, ref = _int4_case(3, 40, 7 * 128, 128, False, False)
+    out = w4mm(x, t["weight"], t["weight_scale"], t["weight_min"], bias, config=(16, 32, 128, 4, 3, split))
+    assert out.shape == (3, 40) and out.dtype == DT
+    assert rel(out, ref) < 1e-2
 
 
 @pytest.mark.parametrize("group,symmetric", [(32, False), (128, True)])

@@ -39,18 +39,23 @@ def test_genai_perf_chat_load_through_the_front(server, tmp_path):
 
 def test_overhead_bench_runs_both_paths_and_writes_its_report(tmp_path):
     """bench/openai_overhead.py end to end at a toy size: both paths answer every stream in full through the real
-    tritonserver (engine: synthetic) and the report holds the targets' columns."""
+    tritonserver (engine: synthetic), at 1 stream from this process and at 4 from two client processes, and the
+    report holds the targets' columns."""
     from bench import openai_overhead
 
     out = tmp_path / "res"
     port = free_port() // 4 * 4  # the bench takes port .. port + 3
-    assert openai_overhead.main(["--concurrency", "4", "--tokens", "8", "--waves", "1", "--repeats", "1",
-                                 "--port", str(port), "--out", str(out)]) == 0
+    assert openai_overhead.main(["--concurrency", "1,4", "--tokens", "8", "--waves", "1", "--repeats", "1",
+                                 "--streams-per-client", "2", "--port", str(port), "--work", str(tmp_path / "w"),
+                                 "--out", str(out)]) == 0
     res = json.loads((out / "results.json").read_text())
-    assert sorted(r["path"] for r in res["runs"]) == ["direct", "openai"]
+    assert sorted((r["concurrency"], r["path"]) for r in res["runs"]) == [
+        (1, "direct"), (1, "openai"), (4, "direct"), (4, "openai")]
     for r in res["runs"]:
-        assert r["requests"] == 4 and r["errors"] == 0 and r["short_responses"] == 0 and r["output_tokens"] == 32
-    p = res["points"][0]
+        c = r["concurrency"]
+        assert r["requests"] == c and r["errors"] == 0 and r["short_responses"] == 0 and r["output_tokens"] == 8 * c
+        assert r.get("client_processes", 1) == (2 if c == 4 else 1)
+    p = res["points"][1]
     assert p["concurrency"] == 4 and p["throughput_ratio"] == round(p["openai_tok_s"] / p["direct_tok_s"], 3)
     assert p["front_cpu_us_per_token"] > 0 and res["versions"]["cores"] >= 1
-    assert "| 4 |" in (out / "results.md").read_text()
+    assert "| 4 |" in (out / "results.md").read_text() and (tmp_path / "w" / "tritonserver.log").is_file()

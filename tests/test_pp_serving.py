@@ -224,19 +224,25 @@ def test_smollm2_pp2_greedy_tokens_equal_the_single_process_engine(checkpoint, t
     assert len(chat_ids) > 16 and all(len(t) == 16 for t in out["single"].values())
 
 
-def test_an_int4_checkpoint_over_tp2_x_pp2_gives_the_single_process_tokens(tiny3, tmp_path):
-    """Quantized weights through both kinds of parallelism: each stage reads its layers' packed codes and group
-    scales, each TP rank slices them (groups of 32: o_proj's 32 inputs a rank)."""
+@pytest.mark.parametrize("mode, knobs", [
+    ("int4_asym", dict(pipeline_parallel_size=2, tensor_parallel_size=2)),
+    ("fp8", dict(pipeline_parallel_size=2, tensor_parallel_size=2)),
+    ("fp8", dict(tensor_parallel_size=2))], ids=["int4-tp2xpp2", "fp8-tp2xpp2", "fp8-tp2"])
+def test_a_quantized_checkpoint_over_tp_and_pp_gives_the_single_process_tokens(tiny3, tmp_path, mode, knobs):
+    """Quantized weights through both kinds of parallelism: each stage reads its layers' tensors, each TP rank
+    only its slices of them (int4: packed codes and group scales, groups of 32: o_proj's 32 inputs a rank; fp8:
+    codes and per-row scales, its row-parallel layers scaling each token by the max of the ranks' amax)."""
     from llmserve.model.quantize import quantize_checkpoint
 
-    ckpt = quantize_checkpoint(tiny3, tmp_path / "int4", "int4_asym", group_size=32)
+    ckpt = quantize_checkpoint(tiny3, tmp_path / mode, mode, group_size=32)
     single = TorchEngine(ServingConfig.of(**KNOBS), ckpt)
     try:
         expected = run(single, requests())
     finally:
         single.shutdown()
-    engine = TorchEngine(ServingConfig.of(**KNOBS, pipeline_parallel_size=2, tensor_parallel_size=2), ckpt)
+    engine = TorchEngine(ServingConfig.of(**KNOBS, **knobs), ckpt)
     try:
+        assert engine.runner.model.slice_of is not None  # rank 0 read its slices (tensor_parallel.shard_empty)
         assert run(engine, requests()) == expected
     finally:
         engine.shutdown()

@@ -10,6 +10,7 @@ import torch
 
 from llmserve.config import ConfigError, ServingConfig
 from llmserve.engine.graph_inputs import StepInputs
+from llmserve.engine.launcher import carried_rows
 from llmserve.engine.prefill_graphs import PrefillGraphs, token_buckets
 
 
@@ -74,21 +75,40 @@ def test_negative_knobs_are_refused_by_name(knob):
         ServingConfig.from_parameters({knob: {"string_value": "-1"}})
 
 
+class IdsModel:
+    """A stand-in decoder whose hidden state, and logits, are the input ids."""
+
+    args = SimpleNamespace(num_heads=4, num_kv_heads=4, head_dim=64)
+
+    def decode_layers(self, ids, positions, kv_cache, meta):
+        h = ids.float()[:, None]
+        return h, torch.zeros_like(h)
+
+    def logits(self, x, residual, rows):
+        return x.index_select(0, rows)
+
+
 def test_run_returns_the_sample_rows_and_times_its_parts():
     """run() through the padded buffers with a stand-in decoder (nothing captured): the logits come from the
     step's sample rows, and the step trace's host split is filled."""
-    class Model:
-        args = SimpleNamespace(num_heads=4, num_kv_heads=4, head_dim=64)
-
-        def decode_layers(self, ids, positions, kv_cache, meta):
-            h = ids.float()[:, None]
-            return h, torch.zeros_like(h)
-
-        def logits(self, x, residual, rows):
-            return x.index_select(0, rows)
-
-    g = PrefillGraphs(Model(), torch.zeros(1), 48, 4, 8, 256)
+    g = PrefillGraphs(IdsModel(), torch.zeros(1), 48, 4, 8, 256)
     step = _step([([7] * 9, 0, 9, [0, 1, 2]), ([5, 6, 8], 2, 1, [3])])
     assert g.run(step).flatten().tolist() == [7.0, 8.0]
     assert len(g.last_split_ms) == 3 and all(x >= 0 for x in g.last_split_ms)
     assert g.run(_step([([1] * 20, 0, 6, [0, 1, 2, 3, 4])])) is None  # a chunk with nothing to sample
+
+
+def test_a_carried_token_is_taken_from_the_last_launched_step_on_the_device():
+    """A launched mixed step: the decode row's input id is a placeholder (-1) and its source row names the
+    previous step's argmax in `last_tokens`; the step (the same padded inputs as the graph) gives the logits of
+    the step with the real id, and the next step without carried tokens is not left a stale source row."""
+    last = torch.tensor([0, 0, 42, 0], dtype=torch.int32)
+    g = PrefillGraphs(IdsModel(), torch.zeros(1), 48, 4, 8, 256, last_tokens=last)
+    prompt = ([7] * 9, 0, 9, [0, 1, 2])
+    real, held = _step([prompt, ([5, 6, 42], 2, 1, [3])]), _step([prompt, ([5, 6, -1], 2, 1, [3])])
+    carried = carried_rows(held.query_lens, [-1, 2])
+    assert carried.tolist() == [-1] * 9 + [2]  # the decode row's one token, from row 2
+    assert carried_rows(held.query_lens, [-1, -1]) is None
+    assert torch.equal(g.run(held, carried), g.run(real))
+    assert g.run(real).flatten().tolist() == [7.0, 42.0]
+    assert g.run(held).flatten().tolist() == [7.0, -1.0]  # without its source row the placeholder stays

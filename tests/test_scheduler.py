@@ -90,3 +90,35 @@ def test_queue_delay_ends_when_a_burst_pauses_or_fills_a_step():
     sched.add(c)  # 12 prompt tokens waiting fill the step's budget: no reason to wait longer
     assert sched.next_wakeup(t0 + 0.014) == 0.0
     assert sched.schedule(now=t0 + 0.014).seqs == [a, b, c]
+
+
+def test_chain_next_says_whether_the_next_schedule_may_run_behind_a_launched_step():
+    """Safe: every sequence it may run argmax-only, one token for a sequence whose token is on its way, and the
+    free blocks hold every running sequence's uncomputed tokens (so nothing is preempted)."""
+    blocks = BlockManager(12, 4, False)
+    sched = Scheduler(SchedulerConfig(max_batch_size=2, max_num_tokens=64), blocks)
+    a, b = seq(6, 1), seq(10, 2)
+    for s in (a, b):
+        s.plain_greedy = True
+        sched.add(s)
+    assert sched.chain_next() == (0, 0, True)  # nothing running: a mixed step that admits both
+    sched.schedule(max_tokens=8)  # a takes 6 tokens, b a chunk of 2 (the budget capped)
+    a.num_computed_tokens, b.num_computed_tokens = 6, 2
+    a.tokens.append(-1)
+    a.num_pending = 1  # a's first token is on its way
+    check = sched.chain_next()
+    assert check == (2, 9, False) and not check.plain_decode  # a decodes one token, b's prompt has 8 left
+    b.num_computed_tokens = 10
+    b.tokens.append(-1)
+    assert sched.chain_next().plain_decode
+    a.num_computed_tokens = 5  # a sequence whose token is on its way needs exactly that one token
+    assert sched.chain_next() is None
+    a.num_computed_tokens, a.num_pending, a.tokens[-1] = 6, 0, 7
+    a.tokens += [7, 7]  # a has 3 tokens to compute (a third block), b 1 (a third block too)
+    assert sched.chain_next() == (2, 4, False)
+    blocks.grow(seq(4 * blocks.num_free, 9), 4 * blocks.num_free)  # no block free: schedule would preempt
+    assert sched.chain_next() is None
+    sampled = seq(4, 3)
+    sched.remove(b)
+    sched.add(sampled)  # a waiting sequence that could be admitted and samples: synchronous
+    assert sched.chain_next() is None

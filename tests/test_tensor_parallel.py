@@ -84,11 +84,12 @@ def _spawn_tp2(checkpoint) -> dict:
     return dict(results)
 
 
-@pytest.mark.parametrize("mode", ["int8_wo", "int4_sym", "int4_asym"])
+@pytest.mark.parametrize("mode", ["int8_wo", "int4_sym", "int4_asym", "fp8"])
 def test_tp2_serves_quantized_checkpoints_with_the_single_process_tokens(tmp_path, mode):
     """Every rank keeps its rows (column parallel) or its inputs (row parallel) of the quantized weights with
     their scales: per-row scales follow the rows, int4 group scales and minimums the groups (groups of 32 here:
-    o_proj's 32 inputs a rank, down_proj's 64)."""
+    o_proj's 32 inputs a rank, down_proj's 64). fp8's row-parallel layers scale each token's activations by the
+    max of the ranks' amax, the whole row's."""
     from llmserve.model.quantize import quantize_checkpoint
 
     checkpoint = quantize_checkpoint(tiny_checkpoint(tmp_path / "tiny"), tmp_path / mode, mode, group_size=32)
@@ -97,20 +98,21 @@ def test_tp2_serves_quantized_checkpoints_with_the_single_process_tokens(tmp_pat
         assert tokens == single, (mode, rank)
 
 
-@pytest.mark.parametrize("mode, group, refusal", [
-    ("int4_sym", 64, r"a rank's 32 inputs of a Int4SymLinear do not fall on its groups of 64 \(group_size\)"),
-    ("fp8", 128, r"fp8 checkpoints quantize activations per token, and a rank holds only part")])
-def test_what_a_rank_cannot_hold_exactly_is_refused(tmp_path, mode, group, refusal):
-    """int4 groups of 64 over o_proj's 64 inputs (each of 2 ranks would hold half a group); fp8, whose per-token
-    activation scales would be taken over a rank's half of o_proj's inputs. Both refused naming the reason."""
+def test_what_a_rank_cannot_hold_exactly_is_refused(tmp_path):
+    """int4 groups of 64 over o_proj's 64 inputs (each of 2 ranks would hold half a group): refused naming the
+    reason, whether the rank slices a loaded model or reads its slices (then before reading any data)."""
     from llmserve.model.llama import load_model
     from llmserve.model.quantize import quantize_checkpoint
-    from llmserve.model.tensor_parallel import shard_model
+    from llmserve.model.tensor_parallel import shard_empty, shard_model
 
-    checkpoint = quantize_checkpoint(tiny_checkpoint(tmp_path / "tiny"), tmp_path / mode, mode, group_size=group)
+    checkpoint = quantize_checkpoint(tiny_checkpoint(tmp_path / "tiny"), tmp_path / "q", "int4_sym", group_size=64)
+    refusal = r"^tensor_parallel_size: a rank's 32 inputs of a Int4SymLinear do not fall on its groups of 64 \("
     model = load_model(checkpoint, torch.float32, torch.device("cpu"), kernel_mode="off")
-    with pytest.raises(ValueError, match="^tensor_parallel_size: " + refusal):
+    with pytest.raises(ValueError, match=refusal):
         shard_model(model, 0, 2)
+    with pytest.raises(ValueError, match=refusal):
+        load_model(checkpoint, torch.float32, torch.device("cpu"), kernel_mode="off",
+                   select=lambda m: shard_empty(m, 0, 2))
 
 
 def test_indivisible_heads_refused():

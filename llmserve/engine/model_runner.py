@@ -3,14 +3,13 @@
 On CUDA with a 16-bit model, decode steps replay CUDA graphs captured per padded batch size (1, 2, 4, ...,
 256): the step's inputs go through a pinned host buffer and one copy into the graphs' static inputs, the
 graph computes logits and their argmax, and the one host sync of the step is reading the token ids back.
-Padding rows of a graph write their K/V into a scratch block the block manager never hands out.
 Prefill and mixed steps of up to `prefill_graph_max_tokens` tokens replay a graph per padded token count
 (llmserve/engine/prefill_graphs.py); larger ones, and every step on a CPU, run eagerly (varlen attention).
 
-`launch` starts a greedy decode step without waiting for it: a row may take its input token from the
-previous launched step's output on the device (`src_rows`), so the engine can queue step N+1 before it has
-read step N's tokens, and its host work overlaps the GPU's. Two host input buffers alternate, so filling
-step N+1's inputs never races the copy of step N's.
+`launch` (llmserve/engine/launcher.py, with the decode graphs) starts a greedy step, decode or mixed, without
+waiting for it: a decode row may take its input token from the previous launched step's output on the device
+(`src_rows`), so the engine can queue step N+1 before it has read step N's tokens, and its host work overlaps
+the GPU's.
 
 The kernel switch (LLMSERVE_TRITON_KERNELS) is read once, here at start, and the loaded model keeps the choice;
 programmatic dependent launch is on only while the small decode graphs are captured (`model.pdl_launches`).
@@ -21,7 +20,6 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,7 +27,8 @@ import torch
 from llmserve import kernels
 from llmserve.config import ConfigError, ServingConfig, switch
 from llmserve.engine.api import TokenLogprob
-from llmserve.engine.graph_inputs import DecodeInputs, StepInputs
+from llmserve.engine.graph_inputs import StepInputs
+from llmserve.engine.launcher import Launcher
 from llmserve.engine.parallel.group import RankGroup
 from llmserve.engine.prefill_graphs import PrefillGraphs
 from llmserve.engine.sampler import SamplingBatch, is_plain_greedy, sample
@@ -41,7 +40,6 @@ from llmserve.model.llama import check_served_context, load_model
 
 log = logging.getLogger(__name__)
 CPU_DEFAULT_KV_BYTES = 256 << 20
-GRAPH_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 def pick_device(name: str) -> torch.device:
@@ -57,39 +55,13 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
-@dataclass
-class Launched:
-    """A decode step on its way: its sequences in row order and, once `tokens()` returns, their argmax."""
-
-    seqs: list[Sequence]
-    device_tokens: torch.Tensor  # [>= B] on the device: what the next launch's src_rows index
-    host: torch.Tensor  # [>= B] int64, filled by an asynchronous copy
-    event: torch.cuda.Event | None
-    _rows: dict[int, int] | None = field(default=None, init=False, repr=False)
-
-    def row(self, seq: Sequence) -> int:
-        if self._rows is None:  # built on first use: a steady decode step never asks (TorchEngine._launch)
-            self._rows = {id(s): i for i, s in enumerate(self.seqs)}
-        return self._rows.get(id(seq), -1)
-
-    def tokens(self) -> list[int]:
-        if self.event is not None:
-            self.event.synchronize()  # the step's one host sync
-        return self.host[:len(self.seqs)].tolist()
-
-
 def use_pdl(choice: str, device: torch.device) -> bool:
     """`pdl` auto: on for Hopper and later (compute capability 9.0+), where programmatic dependent launch exists.
     It applies to the linear and fused kernels of the decode graphs of up to 16 rows (capture_graphs)."""
     return switch(choice, lambda: device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0))
 
 
-def graph_batch_sizes(max_batch_size: int) -> list[int]:
-    sizes = [s for s in GRAPH_BATCH_SIZES if s < max_batch_size]
-    return sizes + [max_batch_size]
-
-
-class ModelRunner:
+class ModelRunner(Launcher):
     def __init__(self, cfg: ServingConfig, checkpoint_dir: Path, tp: RankGroup | None = None):
         """tp: this process's rank of a tensor/pipeline-parallel group (llmserve/engine/parallel): its shard, its
         heads of its layers' KV; rank 0 sends each eager step to the others (no CUDA graphs or async there yet)."""
@@ -242,122 +214,3 @@ class ModelRunner:
                 ids = torch.zeros(b, dtype=torch.int32, device=dev)
                 self.model(ids, ids, self.kv_cache, meta, None)
         torch.cuda.synchronize(self.device)
-
-    # -- CUDA graphs for decode ----------------------------------------------------------------------------------
-    @property
-    def decode_graph_sizes(self) -> list[int]:
-        """The padded batch sizes of the captured decode graphs, ascending (empty: none captured)."""
-        return list(self._sizes)
-
-    def graph_for(self, batch_size: int) -> torch.cuda.CUDAGraph:
-        """The captured decode graph that a step of `batch_size` rows replays (its padded size's)."""
-        size = next((s for s in self._sizes if s >= batch_size), None)
-        if size is None:
-            raise KeyError(f"no decode graph takes {batch_size} rows (captured: {self._sizes})")
-        return self._graphs[size][0]
-
-    def drop_graphs(self) -> None:
-        """Forgets the captured graphs, decode and prefill: steps run eagerly until `capture_graphs` again."""
-        if self._graphs:
-            torch.cuda.synchronize(self.device)  # no replay or input copy of theirs still in flight
-        self._graphs.clear()
-        self._sizes = []
-        self._prefill_graphs = None
-
-    def capture_graphs(self) -> None:
-        """Captures the prefill graphs, then a decode graph per padded batch size (with the model's kernels)."""
-        if self._graphs:
-            self.drop_graphs()
-        sizes = graph_batch_sizes(self.cfg.batching.max_batch_size)
-        self._graph_max = max_b = max(sizes)
-        W = self._width = -(-self.max_model_len // self.block_size)
-        n = 5 * max_b + max_b * W
-        self._scratch_block = self.num_blocks  # the extra block
-        # Sections: token ids, positions, cache slots, context lengths, source rows; then block tables.
-        self._hosts = [DecodeInputs(n, max_b, W, self._scratch_block, self.block_size) for _ in range(2)]
-        self._turn = 0
-        self._dev = torch.empty(n, dtype=torch.int32, device=self.device)
-        d = self._dev
-        ids, pos, slot, ctx, src = (d[i * max_b:(i + 1) * max_b] for i in range(5))
-        bt = d[5 * max_b:].view(max_b, W)
-        # The previous graph's argmax, for rows whose input token is still on the device (src >= 0).
-        self._last_tokens = torch.zeros(max_b, dtype=torch.int32, device=self.device)
-        self._out_host = [torch.zeros(max_b, dtype=torch.long).pin_memory() for _ in range(2)]
-        self._dev.copy_(self._hosts[0].tensor)
-        pool = torch.cuda.graph_pool_handle()
-        # Prefill graphs first: captured after, they left the batch-1 decode graph slower (docs/performance.md).
-        top = min(self.cfg.pytorch.prefill_graph_max_tokens, self.cfg.batching.max_num_tokens)
-        if top > 0:
-            self._prefill_graphs = PrefillGraphs(self.model, self.kv_cache, top, self.cfg.batching.max_batch_size, W,
-                                                 self.max_model_len)
-            self._prefill_graphs.capture_all(pool)
-        for S in sorted(sizes, reverse=True):
-            meta = AttentionMetadata(slot_mapping=slot[:S], block_tables=bt[:S], context_lens=ctx[:S],
-                                     query_lens=[1] * S, context_lens_host=[1] * S, decode_only=True,
-                                     max_context_len=self.max_model_len, context_bound=self.max_model_len)
-            # PDL only up to 16 rows, where our GEMV/GEMM kernels do the linear layers: eager steps and larger
-            # graphs were slower with it (docs/performance.md).
-            with self.model.pdl_launches(self.pdl and S <= 16):
-                for _ in range(2):  # compiles the Triton kernels outside the capture
-                    self._decode_forward(ids[:S], pos[:S], src[:S], meta)
-                torch.cuda.synchronize(self.device)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool):
-                    logits, tokens = self._decode_forward(ids[:S], pos[:S], src[:S], meta)
-            self._graphs[S] = (graph, logits, tokens)
-        torch.cuda.synchronize(self.device)
-        self._sizes = sorted(sizes)
-        log.info("captured CUDA graphs for decode batch sizes %s", self._sizes)
-
-    def _decode_forward(self, ids: torch.Tensor, pos: torch.Tensor, src: torch.Tensor, meta: AttentionMetadata):
-        ids = torch.where(src >= 0, self._last_tokens[src.clamp(min=0)], ids)
-        logits = self.model(ids, pos, self.kv_cache, meta, None)
-        tokens = logits.argmax(dim=-1)
-        self._last_tokens[:tokens.shape[0]].copy_(tokens)
-        return logits, tokens
-
-    def can_launch(self, batch_size: int) -> bool:
-        """Whether `launch` takes a decode step of this many rows (CUDA graphs cover it, or no graphs at all)."""
-        if self.tp is not None:
-            return False  # the workers run only the eager steps rank 0 sends them
-        return batch_size <= self._graph_max if self._graphs else True
-
-    @torch.inference_mode()
-    def launch(self, batch: ScheduledBatch, src_rows: list[int], prev: Launched | None) -> Launched:
-        """Starts a greedy decode step (one token per sequence) and returns without waiting for it. A row with
-        src_rows[i] >= 0 takes its input token from row src_rows[i] of `prev`'s output, on the device."""
-        if self._graphs:
-            tokens, _ = self._replay(batch, src_rows)
-            out = self._out_host[self._turn]
-            B = len(batch.seqs)
-            out[:B].copy_(tokens[:B], non_blocking=True)
-            event = torch.cuda.Event()
-            event.record()
-            return Launched(list(batch.seqs), self._last_tokens, out, event)
-        input_ids, positions, meta = self._prepare(StepInputs.of(batch.seqs, batch.num_tokens, self.block_size))
-        if prev is not None and any(r >= 0 for r in src_rows):
-            src = torch.tensor(src_rows, dtype=torch.long, device=self.device)
-            carried = prev.device_tokens[src.clamp(min=0)].to(input_ids.dtype)
-            input_ids = torch.where(src >= 0, carried, input_ids)
-        tokens = self.model(input_ids, positions, self.kv_cache, meta, None).argmax(dim=-1)
-        if self.device.type != "cuda":
-            return Launched(list(batch.seqs), tokens, tokens, None)
-        host = torch.empty(tokens.shape, dtype=torch.long, pin_memory=True)
-        host.copy_(tokens, non_blocking=True)
-        event = torch.cuda.Event()
-        event.record()
-        return Launched(list(batch.seqs), tokens, host, event)
-
-    def _replay(self, batch: ScheduledBatch, src_rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fills this turn's host inputs, copies them and replays the graph; returns (tokens, logits)."""
-        B = len(batch.seqs)
-        S = next(s for s in self._sizes if s >= B)
-        self._turn ^= 1
-        h = self._hosts[self._turn]
-        h.fill(batch.seqs, src_rows, S)
-        n = 5 * self._graph_max + S * self._width
-        self._dev[:n].copy_(h.tensor[:n], non_blocking=True)
-        graph, logits, tokens = self._graphs[S]
-        graph.replay()
-        return tokens, logits
-

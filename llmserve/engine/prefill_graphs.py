@@ -5,8 +5,8 @@ work of a small step, whatever its token count (docs/performance.md). A graph re
 one call. The graphs are captured with plain launches (no programmatic dependent launch).
 
 Everything that varies within a token bucket lives in device buffers of fixed shape:
-- the step's tokens (ids, positions, cache slots), padded to the bucket with slot -1, which the fused rotary
-  kernel does not write;
+- the step's tokens (ids, positions, cache slots, source rows), padded to the bucket with slot -1, which the
+  fused rotary kernel does not write;
 - per sequence, for up to max_batch_size sequences: context length, query offset and block table; rows past
   the step's sequences have no new tokens and an empty context;
 - the varlen attention's work list, padded to the most query blocks a step of the bucket can have with
@@ -14,6 +14,10 @@ Everything that varies within a token bucket lives in device buffers of fixed sh
 Padded token rows compute garbage that stays in their rows: every layer but attention is row by row, and
 attention reads only the cache and the real rows' queries. The graph runs the decoder stack; the final norm,
 lm_head over the sampled rows and the sampling stay eager (a few launches), since those rows vary.
+
+A launched step (async scheduling, llmserve/engine/launcher.py) may have decode rows whose input token is still
+on the device: their source row (>= 0) names it in `last_tokens`, the previous launched step's argmax, and the
+graph takes it from there (a torch.where at its start, as the decode graphs do): no host sync, no extra launch.
 """
 
 from __future__ import annotations
@@ -42,8 +46,9 @@ def token_buckets(max_tokens: int) -> list[int]:
 
 class PrefillGraphs:
     def __init__(self, model, kv_cache: torch.Tensor, max_tokens: int, max_seqs: int, width: int,
-                 max_model_len: int):
-        """Until `capture_all`, steps run the same padded inputs eagerly (the tests check the padding on CPU so)."""
+                 max_model_len: int, last_tokens: torch.Tensor | None = None):
+        """Until `capture_all`, steps run the same padded inputs eagerly (the tests check the padding on CPU so).
+        last_tokens: the int32 device buffer carried tokens come from (the runner's; else one of max_seqs)."""
         args = model.args
         self.model, self.kv_cache, self.max_model_len = model, kv_cache, max_model_len
         self.group, self.head_dim = args.num_heads // args.num_kv_heads, args.head_dim
@@ -53,7 +58,7 @@ class PrefillGraphs:
         T, QB = max_tokens, self._work_rows(max_tokens)
         # Sections of one int32 buffer (block tables last: a step copies only the rows it uses). Row B of the
         # per-sequence sections is the empty sequence that padded work-list entries point to.
-        sizes = {"ids": T, "pos": T, "slot": T, "rows": B, "ctx": B + 1, "qstart": B + 2, "qb_seq": QB,
+        sizes = {"ids": T, "pos": T, "slot": T, "src": T, "rows": B, "ctx": B + 1, "qstart": B + 2, "qb_seq": QB,
                  "qb_start": QB, "bt": (B + 1) * W}
         self._offsets, n = {}, 0
         for name, size in sizes.items():
@@ -66,9 +71,11 @@ class PrefillGraphs:
         self._d = {k: self._dev[a:b] for k, (a, b) in self._offsets.items()}
         self._d["bt"] = self._d["bt"].view(B + 1, W)
         for h in self._hosts:  # every entry an idle one until a step says otherwise
-            h["slot"][:] = -1
+            h["slot"][:] = h["src"][:] = -1
             h["qb_seq"][:] = B
         self._dev.copy_(self._hosts[0]["tensor"])
+        self.last_tokens = last_tokens if last_tokens is not None else \
+            torch.zeros(max_seqs, dtype=torch.int32, device=kv_cache.device)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
         self.last_split_ms = (0.0, 0.0, 0.0)
 
@@ -90,8 +97,11 @@ class PrefillGraphs:
                                  query_start=d["qstart"], qb_seq=d["qb_seq"][:qb], qb_start=d["qb_start"][:qb])
 
     def _layers(self, tokens: int):
-        return self.model.decode_layers(self._d["ids"][:tokens], self._d["pos"][:tokens], self.kv_cache,
-                                        self._meta(tokens))
+        d = self._d
+        src = d["src"][:tokens]
+        # A carried token (src >= 0) comes from the previous launched step's argmax, on the device.
+        ids = torch.where(src >= 0, self.last_tokens[src.clamp(min=0)], d["ids"][:tokens])
+        return self.model.decode_layers(ids, d["pos"][:tokens], self.kv_cache, self._meta(tokens))
 
     def capture_all(self, pool) -> None:
         for T in sorted(self.buckets, reverse=True):
@@ -106,8 +116,9 @@ class PrefillGraphs:
     def fits(self, num_tokens: int, num_seqs: int) -> bool:
         return num_tokens <= self.buckets[-1] and num_seqs <= self.max_seqs
 
-    def run(self, step: StepInputs) -> torch.Tensor | None:
-        """Runs the decoder stack on the step; returns the logits of its sample rows (None if it has none)."""
+    def run(self, step: StepInputs, carried: np.ndarray | None = None) -> torch.Tensor | None:
+        """Runs the decoder stack on the step; returns the logits of its sample rows (None if it has none).
+        carried: per token, the row of `last_tokens` its id comes from (-1: its own); None: none carried."""
         t0 = time.perf_counter()
         n, B = len(step.ids), len(step.query_lens)
         T = next(b for b in self.buckets if b >= n)
@@ -115,7 +126,7 @@ class PrefillGraphs:
         if self._copied[self._turn] is not None:  # this buffer's copy two steps ago must be done
             self._copied[self._turn].synchronize()
         h = self._hosts[self._turn]
-        self._fill(h, step, T)
+        self._fill(h, step, T, carried)
         end = self._offsets["bt"][0] + B * self.width
         self._dev[:end].copy_(h["tensor"][:end], non_blocking=True)
         if self._dev.is_cuda:
@@ -134,10 +145,13 @@ class PrefillGraphs:
         self.last_split_ms = ((t1 - t0) * 1e3, (t2 - t1) * 1e3, (time.perf_counter() - t2) * 1e3)
         return logits
 
-    def _fill(self, h: dict, step: StepInputs, T: int) -> None:
+    def _fill(self, h: dict, step: StepInputs, T: int, carried: np.ndarray | None = None) -> None:
         n, B = len(step.ids), len(step.query_lens)
         h["ids"][:n], h["pos"][:n], h["slot"][:n] = step.ids, step.positions, step.slots
         h["ids"][n:T], h["pos"][n:T], h["slot"][n:T] = 0, 0, -1
+        h["src"][:T] = -1
+        if carried is not None:
+            h["src"][:n] = carried
         h["rows"][:len(step.sample_rows)] = step.sample_rows
         h["ctx"][:B], h["ctx"][B:] = step.context_lens, 0
         h["qstart"][0] = 0

@@ -12,6 +12,8 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass
+from itertools import islice
+from typing import NamedTuple
 
 from llmserve.engine.block_manager import BlockManager
 from llmserve.engine.sequence import Sequence, Status
@@ -33,6 +35,18 @@ class ScheduledBatch:
     @property
     def total_tokens(self) -> int:
         return sum(self.num_tokens)
+
+
+class ChainCheck(NamedTuple):
+    """What the next `schedule` would run, as Scheduler.chain_next sees it before scheduling."""
+
+    rows: int  # running sequences it continues
+    tokens: int  # their tokens (one each: plain decode)
+    admits: bool  # whether it may admit waiting sequences
+
+    @property
+    def plain_decode(self) -> bool:
+        return self.tokens == self.rows and not self.admits
 
 
 class Scheduler:
@@ -84,30 +98,37 @@ class Scheduler:
             deadline = min(deadline, self.waiting[-1].request.arrival_time + cfg.queue_delay_gap_s)
         return max(0.0, deadline - now)
 
-    def plain_decode_next(self) -> int:
-        """How many sequences the next `schedule` would give exactly one decode token each, when that is all it
-        would do (nothing to admit, no prefill left, nothing to preempt, every one argmax-only); else 0. The
-        engine asks before scheduling, which cannot be undone, whether it may queue that step behind the one
-        on the GPU (async scheduling)."""
-        if self.waiting and len(self.running) < self.config.max_batch_size:
-            return 0
+    def chain_next(self) -> ChainCheck | None:
+        """Whether the next `schedule` may be launched behind the step on the GPU (async scheduling); None when it
+        may not. The engine asks before scheduling, which cannot be undone. Safe: every sequence it may run is
+        argmax-only (the running ones and the waiting ones it may admit), a sequence whose token is still on its
+        way needs that one token only, and the free blocks hold every running sequence's uncomputed tokens, so
+        it preempts none (a preempted sequence would keep its placeholder)."""
+        admits = bool(self.waiting) and len(self.running) < self.config.max_batch_size
+        if admits and not all(s.plain_greedy for s in islice(self.waiting, self.config.max_batch_size
+                                                             - len(self.running))):
+            return None
         # Called for every step at every batch size: attributes read directly, no properties or calls per sequence.
         bs = self.blocks.block_size
-        count = new_blocks = 0
+        rows = tokens = new_blocks = 0
         for seq in self.running:
             n_tokens = len(seq.tokens)
             if n_tokens >= seq.max_total_tokens:  # at_limit
                 continue
-            if n_tokens - seq.num_computed_tokens != 1 or not seq.plain_greedy:
-                return 0
-            count += 1
-            new_blocks += -(-(seq.num_computed_tokens + 1) // bs) - len(seq.block_table)
-        fits = count <= self.config.max_num_tokens and new_blocks <= self.blocks.num_free
-        return count if fits else 0
+            n = n_tokens - seq.num_computed_tokens
+            if not seq.plain_greedy or (n != 1 and seq.num_pending):
+                return None
+            rows += 1
+            tokens += n
+            new_blocks += -(-n_tokens // bs) - len(seq.block_table)
+        if new_blocks > self.blocks.num_free:
+            return None
+        return ChainCheck(rows, tokens, admits)
 
-    def schedule(self, now: float | None = None) -> ScheduledBatch:
+    def schedule(self, now: float | None = None, max_tokens: int | None = None) -> ScheduledBatch:
+        """max_tokens: a lower token budget for this step than max_num_tokens (what a launched step may hold)."""
         cfg = self.config
-        budget = cfg.max_num_tokens
+        budget = cfg.max_num_tokens if max_tokens is None else min(cfg.max_num_tokens, max_tokens)
         seqs: list[Sequence] = []
         counts: list[int] = []
         blocks, bs = self.blocks, self.blocks.block_size

@@ -1,11 +1,14 @@
 """Our PyTorch engine: scheduler -> model runner -> sampler, one `step` per iteration.
 
-Async scheduling (ServingConfig.async_scheduling): a greedy decode step is launched and left running; the
-next `step` schedules and launches step N+1 (its input tokens taken from step N's output on the device),
-and only then reads step N's tokens. The engine's and its caller's host work thus overlap the GPU. Each
-sequence carries placeholders for tokens launched but not read (Sequence.num_pending); a sequence that
-stops at step N has its step N+1 token thrown away. Anything else (prefill, sampling, preemption, a full
-queue) first reads the launched step and runs synchronously.
+Async scheduling (ServingConfig.async_scheduling): a step whose sequences are all plain greedy (decode rows,
+prefill chunks, or both: a mixed step) is launched and left running; the next `step` schedules and launches
+step N+1 (a decode row's input token taken from step N's output on the device), and only then reads step N's
+tokens. The engine's and its caller's host work thus overlap the GPU. Each sequence that samples in a launched
+step carries a placeholder for its token until it is read (Sequence.num_pending); a sequence that stops at
+step N has its step N+1 token thrown away. Step N+1 is chained only when Scheduler.chain_next finds it safe
+(nothing to preempt, every sequence argmax-only) and it fits the runner's graphs (its token budget capped to
+them); anything else (sampling, logprobs, preemption, fault injection) first reads the launched step and runs
+synchronously.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from llmserve.engine.api import (
     PromptLimits,
 )
 from llmserve.engine.block_manager import BlockManager
-from llmserve.engine.model_runner import Launched
+from llmserve.engine.launcher import Launched
 from llmserve.engine.observer import NoObserver, StepObserver
 from llmserve.engine.parallel.group import RankLost
 from llmserve.engine.parallel.workers import build_runner
@@ -170,13 +173,20 @@ class TorchEngine:
         if self._held:
             self._release_followers()
         launched, self._launched = self._launched, None
-        if launched is not None and self._can_chain():
-            # Queue the next step first, then read this one: the GPU never waits for the host.
-            self._launched = self._launch(self.scheduler.schedule(), launched)
-            return outputs + self._complete(launched)
+        batch = None
         if launched is not None:
+            budget = self._chain_budget()
+            if budget is not None:
+                # Queue the next step first, then read this one: the GPU never waits for the host.
+                batch = self.scheduler.schedule(max_tokens=budget)
+                if batch.seqs and self._fits(batch):
+                    self._launched = self._launch(batch, launched)
+                    return outputs + self._complete(launched)
             outputs += self._complete(launched)
-        batch = self.scheduler.schedule()
+            if batch is not None:  # scheduled but not launchable after all: runs once the launched step is read
+                batch = self._still_running(batch) if batch.seqs else None
+        if batch is None:
+            batch = self.scheduler.schedule()
         if not batch.seqs:
             return outputs
         if self._crash_token is not None and any(self._crash_token in s.tokens for s in batch.seqs):
@@ -207,14 +217,32 @@ class TorchEngine:
 
     # -- async scheduling -------------------------------------------------------------------------------
     def _launchable(self, batch: ScheduledBatch) -> bool:
-        return (self.async_scheduling and self._fail_token is None and all(n == 1 for n in batch.num_tokens)
-                and all(s.plain_greedy for s in batch.seqs) and self.runner.can_launch(len(batch.seqs)))
+        """Whether the step may be launched: every sequence argmax-only, no fault injected, and the runner
+        takes it (a decode step in its graphs; a mixed one in its prefill graphs, or anything on a CPU)."""
+        if not self.async_scheduling or self._fail_token is not None or not all(s.plain_greedy for s in batch.seqs):
+            return False
+        return self._fits(batch)
 
-    def _can_chain(self) -> bool:
-        """Whether the next step may be queued behind the launched one: the scheduler's decision, and room for
-        it in the runner's graphs."""
-        count = self.scheduler.plain_decode_next()
-        return count > 0 and self.runner.can_launch(count)
+    def _fits(self, batch: ScheduledBatch) -> bool:
+        """Whether the runner launches the step (a chained one is argmax-only already: Scheduler.chain_next)."""
+        total, rows = batch.total_tokens, len(batch.seqs)
+        if total == rows:
+            return self.runner.can_launch(rows)
+        return self._crash_token is None and self.runner.can_launch_mixed(total, rows)
+
+    def _chain_budget(self) -> int | None:
+        """The token budget of the next step when it may be queued behind the launched one (None: it may not):
+        the scheduler finds it safe and the runner takes it. A mixed step's budget is capped to what the runner
+        launches, and only when its running sequences fit under the cap (new prompts take what is left)."""
+        check = self.scheduler.chain_next()
+        if check is None:
+            return None
+        if check.plain_decode:
+            return self.cfg.batching.max_num_tokens if check.rows and self.runner.can_launch(check.rows) else None
+        cap = self.runner.mixed_token_cap
+        if self._crash_token is not None or not cap or check.tokens > cap or not (check.rows or check.admits):
+            return None
+        return cap
 
     def _launch(self, batch: ScheduledBatch, prev: Launched | None) -> Launched:
         seqs = batch.seqs
@@ -224,16 +252,36 @@ class TorchEngine:
             src = [prev.row(s) if prev is not None and s.num_pending else -1 for s in seqs]
         launched = self.runner.launch(batch, src, prev)
         self._steps += 1
-        for seq in seqs:
-            seq.num_computed_tokens += 1
-            seq.tokens.append(PLACEHOLDER)
-            seq.num_pending += 1
+        if len(seqs) == batch.total_tokens:  # plain decode, the steady state: every row one token, sampled
+            for seq in seqs:
+                seq.num_computed_tokens += 1
+                seq.tokens.append(PLACEHOLDER)
+                seq.num_pending += 1
+            return launched
+        chunks = launched.chunks
+        for seq, n in zip(seqs, batch.num_tokens):
+            done = seq.num_computed_tokens + n
+            seq.num_computed_tokens = done
+            if done == len(seq.tokens):  # it samples (a row of launched.seqs): its token is on its way
+                seq.tokens.append(PLACEHOLDER)
+                seq.num_pending += 1
+            else:  # a prompt chunk with more to come: nothing sampled
+                chunks.append(seq)
         return launched
+
+    def _still_running(self, batch: ScheduledBatch) -> ScheduledBatch:
+        """A batch scheduled behind a launched step, without the sequences that ended when it was read."""
+        live = self.seqs
+        keep = [i for i, s in enumerate(batch.seqs) if live.get(s.key) is s and s.status is Status.RUNNING]
+        return ScheduledBatch([batch.seqs[i] for i in keep], [batch.num_tokens[i] for i in keep])
 
     def _complete(self, launched: Launched) -> list[EngineOutput]:
         outputs = []
         live, accept = self.seqs, self._accept
         caching, bs = self.blocks.enable_prefix_caching, self.blocks.block_size
+        for seq in launched.chunks:  # prompt chunks: their full blocks published as a synchronous step would
+            if caching and live.get(seq.key) is seq and seq.status is Status.RUNNING:
+                self.blocks.register_full_blocks(seq)
         for seq, token in zip(launched.seqs, launched.tokens()):
             if live.get(seq.key) is not seq:  # ended meanwhile: its token is thrown away
                 continue

@@ -13,7 +13,8 @@ so nothing is interleaved in registers.
 - `w4mm` (M > 1): tensor cores; each half-tile is dequantized to the activation dtype (the value the torch
   twin rounds to) and multiplied as `W_half [BN, BK/2] @ x_half^T [BK/2, BM]`, W the wide operand (BM >= 16).
   The gate is applied first by llmserve.kernels.fused.silu_mul (as linear.wmm does by default).
-Block shapes are first guesses from linear.py's int8 sweep; bench/kernel_check.py should sweep them on the H200.
+Launch shapes: bench/kernel_check.py's `int4_sweep` on the H200 (docs/performance.md has the figures); w4mm splits K
+for small M (float32 partials summed in order).
 `pdl=True`: programmatic dependent launch (see llmserve.kernels).
 """
 
@@ -28,13 +29,14 @@ from llmserve.kernels import launch_args
 
 
 @triton.jit
-def _halves(k0, K, GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Packed columns of one K tile: (their byte offsets from k0 / 2, low-nibble input index, group index,
-    mask of whole groups inside K). The high-nibble input is the low one + GROUP // 2."""
-    c = tl.arange(0, BLOCK_K // 2)
-    j = c // (GROUP // 2)
-    lo = k0 + j * GROUP + c % (GROUP // 2)
-    return c, lo, k0 // GROUP + j, (k0 + j * GROUP) < K
+def _tile(k0, K, GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
+    """One K tile as [groups, half a group]: (byte offsets from k0 / 2, low-nibble input index, group index per
+    group, mask of the groups inside K). Byte i of a group holds input i (low nibble) and i + GROUP // 2 (high)."""
+    j = tl.arange(0, BLOCK_K // GROUP)
+    i = tl.arange(0, GROUP // 2)
+    byte = j[:, None] * (GROUP // 2) + i[None, :]
+    lo = k0 + j[:, None] * GROUP + i[None, :]
+    return byte, lo, k0 // GROUP + j, (k0 + j * GROUP) < K
 
 
 @triton.jit
@@ -65,28 +67,30 @@ def _load_x(x_ptr, idx, mask, K, GATED: tl.constexpr):
 def _w4gemv_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, K, stride_wn, stride_sn,
                    ASYM: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr, GROUP: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr):
-    """One row of x: each weight byte read once, both nibbles used, the group's scale applied per element."""
+    """One row of x: each weight byte read once, both nibbles used; a group's products are summed first and
+    its scale applied once (a scale per element cost as many loads as the weight bytes)."""
     if PDL:  # programmatic dependent launch: wait for the previous grid first (llmserve.kernels)
         gdc_wait()
         gdc_launch_dependents()
     pid = tl.program_id(0)
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
-    rows_w = offs_n[:, None].to(tl.int64) * stride_wn
+    rows_w = offs_n[:, None, None].to(tl.int64) * stride_wn
     rows_s = offs_n[:, None].to(tl.int64) * stride_sn
-    acc = tl.zeros((BLOCK_N, BLOCK_K // 2), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_N, BLOCK_K // GROUP), dtype=tl.float32)
     for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
-        c, lo, grp, k_mask = _halves(k0, K, GROUP, BLOCK_K)
-        mask = n_mask[:, None] & k_mask[None, :]
-        p = tl.load(w_ptr + rows_w + (k0 // 2 + c)[None, :], mask=mask, other=0).to(tl.int32)
-        s = tl.load(s_ptr + rows_s + grp[None, :], mask=mask, other=0.0).to(tl.float32)
-        x_lo = _load_x(x_ptr, lo, k_mask, K, GATED)
-        x_hi = _load_x(x_ptr, lo + GROUP // 2, k_mask, K, GATED)
+        byte, lo, grp, k_mask = _tile(k0, K, GROUP, BLOCK_K)
+        p = tl.load(w_ptr + rows_w + (k0 // 2 + byte)[None, :, :],
+                    mask=n_mask[:, None, None] & k_mask[None, :, None], other=0).to(tl.int32)
+        s_mask = n_mask[:, None] & k_mask[None, :]
+        s = tl.load(s_ptr + rows_s + grp[None, :], mask=s_mask, other=0.0).to(tl.float32)
+        x_lo = _load_x(x_ptr, lo, k_mask[:, None], K, GATED)
+        x_hi = _load_x(x_ptr, lo + GROUP // 2, k_mask[:, None], K, GATED)
         q_lo, q_hi = _codes(p, ASYM)
-        acc += s * (q_lo * x_lo[None, :] + q_hi * x_hi[None, :])
+        acc += s * tl.sum(q_lo * x_lo[None, :, :] + q_hi * x_hi[None, :, :], axis=2)
         if ASYM:
-            m = tl.load(m_ptr + rows_s + grp[None, :], mask=mask, other=0.0).to(tl.float32)
-            acc += m * (x_lo + x_hi)[None, :]
+            m = tl.load(m_ptr + rows_s + grp[None, :], mask=s_mask, other=0.0).to(tl.float32)
+            acc += m * tl.sum(x_lo + x_hi, axis=1)[None, :]
     y = tl.sum(acc, axis=1)
     if HAS_BIAS:
         y = y + tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
@@ -94,42 +98,47 @@ def _w4gemv_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, K, stride_wn, 
 
 
 @triton.jit
-def _w4mm_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, M, N, K, stride_xm, stride_wn, stride_sn, stride_om,
-                 ASYM: tl.constexpr, HAS_BIAS: tl.constexpr, GROUP: tl.constexpr,
+def _w4mm_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, M, N, K, K_SPLIT, stride_xm, stride_wn, stride_sn,
+                 stride_om, ASYM: tl.constexpr, HAS_BIAS: tl.constexpr, GROUP: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     if PDL:  # programmatic dependent launch: wait for the previous grid first (llmserve.kernels)
         gdc_wait()
         gdc_launch_dependents()
     pid_m = tl.program_id(0)  # M fastest: neighbouring programs share the W tile (large M) in L2
     pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)  # split-K: this program's K_SPLIT inputs, a float32 partial in its own out slice
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_mask = offs_m < M
     n_mask = offs_n < N
-    rows_w = offs_n[:, None].to(tl.int64) * stride_wn
+    rows_w = offs_n[:, None, None].to(tl.int64) * stride_wn
     rows_s = offs_n[:, None].to(tl.int64) * stride_sn
     rows_x = offs_m[:, None].to(tl.int64) * stride_xm
+    HALF: tl.constexpr = BLOCK_K // 2
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        c, lo, grp, k_mask = _halves(k0, K, GROUP, BLOCK_K)
-        mask = n_mask[:, None] & k_mask[None, :]
-        p = tl.load(w_ptr + rows_w + (k0 // 2 + c)[None, :], mask=mask, other=0).to(tl.int32)
-        s = tl.load(s_ptr + rows_s + grp[None, :], mask=mask, other=0.0).to(tl.float32)
-        x_mask = m_mask[:, None] & k_mask[None, :]
-        x_lo = tl.load(x_ptr + rows_x + lo[None, :], mask=x_mask, other=0.0)
-        x_hi = tl.load(x_ptr + rows_x + (lo + GROUP // 2)[None, :], mask=x_mask, other=0.0)
+    k_end = tl.minimum(K, (pid_k + 1) * K_SPLIT)
+    for k0 in range(pid_k * K_SPLIT, k_end, BLOCK_K):
+        byte, lo, grp, k_mask = _tile(k0, k_end, GROUP, BLOCK_K)
+        p = tl.load(w_ptr + rows_w + (k0 // 2 + byte)[None, :, :],
+                    mask=n_mask[:, None, None] & k_mask[None, :, None], other=0).to(tl.int32)
+        s_mask = n_mask[:, None] & k_mask[None, :]
+        s = tl.load(s_ptr + rows_s + grp[None, :], mask=s_mask, other=0.0).to(tl.float32)[:, :, None]
         q_lo, q_hi = _codes(p, ASYM)
         w_lo = s * q_lo  # s * (q - 8), or s * q + m: the twin's float32 values, rounded to x's dtype below
         w_hi = s * q_hi
         if ASYM:
-            m = tl.load(m_ptr + rows_s + grp[None, :], mask=mask, other=0.0).to(tl.float32)
+            m = tl.load(m_ptr + rows_s + grp[None, :], mask=s_mask, other=0.0).to(tl.float32)[:, :, None]
             w_lo += m
             w_hi += m
-        acc = tl.dot(w_lo.to(x_lo.dtype), tl.trans(x_lo), acc)
-        acc = tl.dot(w_hi.to(x_hi.dtype), tl.trans(x_hi), acc)
-    if HAS_BIAS:
+        x_mask = m_mask[:, None] & tl.reshape(tl.broadcast_to(k_mask[:, None], (BLOCK_K // GROUP, GROUP // 2)),
+                                              (HALF,))[None, :]
+        x_lo = tl.load(x_ptr + rows_x + tl.reshape(lo, (HALF,))[None, :], mask=x_mask, other=0.0)
+        x_hi = tl.load(x_ptr + rows_x + tl.reshape(lo + GROUP // 2, (HALF,))[None, :], mask=x_mask, other=0.0)
+        acc = tl.dot(tl.reshape(w_lo, (BLOCK_N, HALF)).to(x_lo.dtype), tl.trans(x_lo), acc)
+        acc = tl.dot(tl.reshape(w_hi, (BLOCK_N, HALF)).to(x_hi.dtype), tl.trans(x_hi), acc)
+    if HAS_BIAS and pid_k == 0:
         acc = acc + tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[:, None]
-    out_ptrs = out_ptr + offs_m[None, :].to(tl.int64) * stride_om + offs_n[:, None]
+    out_ptrs = out_ptr + pid_k.to(tl.int64) * M * stride_om + offs_m[None, :].to(tl.int64) * stride_om + offs_n[:, None]
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_mask[None, :] & n_mask[:, None])
 
 
@@ -145,9 +154,12 @@ def _check(w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None) -
 
 
 def gemv_config(N: int, K: int, group: int) -> tuple[int, int, int, int]:
-    """(BLOCK_N, BLOCK_K, num_warps, stages): a tile of 256 bytes per row (512 inputs), whole groups."""
+    """(BLOCK_N, BLOCK_K, num_warps, stages): 256 bytes per row a tile (512 inputs, whole groups); the widest
+    matrices (the MLP's gate_up, its down) took more rows or warps a program in bench/kernel_check.py's sweep."""
     bk = max(group, min(512, triton.next_power_of_2(K)))
-    return (8 if K > 8192 else 16), bk, 4, 3
+    if K > 8192:
+        return 8, bk, 8, 3
+    return (32 if N > 8192 else 16), bk, 4, 3
 
 
 def w4gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None = None,
@@ -166,23 +178,34 @@ def w4gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch
     return out
 
 
-# (BLOCK_N, BLOCK_K, num_warps, num_stages) per M bucket: linear.py's 8-bit table, BLOCK_K at least a group.
-CONFIGS: dict[int, tuple[int, int, int, int]] = {16: (32, 256, 4, 4), 32: (32, 256, 4, 4), 64: (64, 128, 4, 4),
-                                                128: (128, 128, 8, 3)}
+# (BLOCK_N, BLOCK_K, num_warps, num_stages) per M bucket above 16 rows: linear.py's 8-bit table, BLOCK_K at
+# least a group.
+CONFIGS: dict[int, tuple[int, int, int, int]] = {32: (32, 256, 4, 4), 64: (64, 128, 4, 4), 128: (128, 128, 8, 3)}
 NUM_SMS = 132
 
 
-def mm_config(M: int, N: int, group: int) -> tuple[int, int, int, int, int]:
-    bm = 16 if M <= 16 else 32 if M <= 32 else 64 if M <= 64 else 128
-    bn, bk, warps, stages = CONFIGS[bm]
-    while bn > 16 and triton.cdiv(N, bn) * triton.cdiv(M, bm) < NUM_SMS // 4:  # small N: keep SMs busy
-        bn //= 2
-    return bm, bn, max(bk, group), warps, stages
+def mm_config(M: int, N: int, K: int, group: int) -> tuple[int, int, int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, split-K). Up to 16 rows, bench/kernel_check.py's sweep on the H200
+    chose 128 outputs and 8 warps a program and K split until about a thousand programs (at most 8 ways, two
+    tiles or more each): a program per SM or two cannot keep the weight reads busy. Above 16 rows K is split
+    only while there are fewer than two programs per SM."""
+    if M <= 16:
+        bm, bn, bk, warps, stages = 16, 128, max(256 if N <= 4096 else 128, group), 8, 3
+        limit, min_tiles = 512, 2
+    else:
+        bm = 32 if M <= 32 else 64 if M <= 64 else 128
+        bn, bk, warps, stages = CONFIGS[bm]
+        bk = max(bk, group)
+        limit, min_tiles = 2 * NUM_SMS - 1, 4
+    split, tiles = 1, triton.cdiv(N, bn) * triton.cdiv(M, bm)
+    while split < 8 and tiles * split <= limit and K // (2 * split) >= min_tiles * bk:
+        split *= 2
+    return bm, bn, bk, warps, stages, split
 
 
 def w4mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None = None,
-         bias: torch.Tensor | None = None, gated: bool = False, config: tuple[int, int, int, int, int] | None = None,
-         pdl: bool = False) -> torch.Tensor:
+         bias: torch.Tensor | None = None, gated: bool = False,
+         config: tuple[int, int, int, int, int, int] | None = None, pdl: bool = False) -> torch.Tensor:
     """x: [M, K] (or [M, 2K] gated), w: packed [N, K / 2], scale (and minimum): [N, K / g]. Returns [M, N]."""
     M = x.shape[0]
     N, K, group = _check(w, scale, minimum)
@@ -194,9 +217,20 @@ def w4mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.T
 
         x = silu_mul(x, pdl=pdl)
     assert x.stride(1) == 1
-    out = torch.empty(M, N, dtype=x.dtype, device=x.device)
     if M == 0:
-        return out
+        return torch.empty(M, N, dtype=x.dtype, device=x.device)
+    bm, bn, bk, warps, stages, split = config or mm_config(M, N, K, group)
+    assert bk % group == 0, (bk, group)
+    k_split = triton.cdiv(triton.cdiv(K, split), bk) * bk
+    split = triton.cdiv(K, k_split)
+    # split > 1: float32 partials summed in a fixed order (no atomics: the same tokens every run)
+    out = torch.empty(split, M, N, dtype=x.dtype if split == 1 else torch.float32, device=x.device)
+    _w4mm_kernel[(triton.cdiv(M, bm), triton.cdiv(N, bn), split)](
+        x, w, scale, minimum if minimum is not None else scale, bias if bias is not None else scale, out,
+        M, N, K, k_split, x.stride(0), w.stride(0), scale.stride(0), out.stride(1), ASYM=minimum is not None,
+        HAS_BIAS=bias is not None, GROUP=group, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
+        num_stages=stages, **launch_args(pdl))
+    return out[0] if split == 1 else out.sum(0).to(x.dtype)
     bm, bn, bk, warps, stages = config or mm_config(M, N, group)
     assert bk % group == 0, (bk, group)
     _w4mm_kernel[(triton.cdiv(M, bm), triton.cdiv(N, bn))](

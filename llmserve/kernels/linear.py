@@ -227,17 +227,22 @@ def wmm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bia
 
 
 @triton.jit
-def _quant_fp8_kernel(x_ptr, q_ptr, s_ptr, stride_x, stride_q, K, BLOCK: tl.constexpr, PDL: tl.constexpr):
+def _quant_fp8_kernel(x_ptr, q_ptr, s_ptr, a_ptr, stride_x, stride_q, K, BLOCK: tl.constexpr, HAS_AMAX: tl.constexpr,
+                      PDL: tl.constexpr):
     if PDL:  # programmatic dependent launch: wait for the previous grid first (llmserve.kernels)
         gdc_wait()
         gdc_launch_dependents()
     row = tl.program_id(0).to(tl.int64)
-    amax = tl.zeros((BLOCK,), tl.float32)
-    for k0 in range(0, K, BLOCK):
-        cols = k0 + tl.arange(0, BLOCK)
-        x = tl.load(x_ptr + row * stride_x + cols, mask=cols < K, other=0.0).to(tl.float32)
-        amax = tl.maximum(amax, tl.abs(x))
-    scale = tl.maximum(tl.max(amax, 0), 1e-12) / 448.0
+    if HAS_AMAX:  # the whole row's, given (a row-parallel rank holds part of the row)
+        row_max = tl.load(a_ptr + row)
+    else:
+        amax = tl.zeros((BLOCK,), tl.float32)
+        for k0 in range(0, K, BLOCK):
+            cols = k0 + tl.arange(0, BLOCK)
+            x = tl.load(x_ptr + row * stride_x + cols, mask=cols < K, other=0.0).to(tl.float32)
+            amax = tl.maximum(amax, tl.abs(x))
+        row_max = tl.max(amax, 0)
+    scale = tl.maximum(row_max, 1e-12) / 448.0
     for k0 in range(0, K, BLOCK):
         cols = k0 + tl.arange(0, BLOCK)
         x = tl.load(x_ptr + row * stride_x + cols, mask=cols < K, other=0.0).to(tl.float32)
@@ -246,12 +251,16 @@ def _quant_fp8_kernel(x_ptr, q_ptr, s_ptr, stride_x, stride_q, K, BLOCK: tl.cons
     tl.store(s_ptr + row, scale)
 
 
-def quant_fp8_per_token(x: torch.Tensor, pdl: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dynamic per-token e4m3 quantization: returns (x_fp8 [M, K], scale [M, 1] float32), x ~ x_fp8 * scale."""
+def quant_fp8_per_token(x: torch.Tensor, pdl: bool = False, amax: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic per-token e4m3 quantization: returns (x_fp8 [M, K], scale [M, 1] float32), x ~ x_fp8 * scale.
+    amax: each row's absolute maximum (float32 [M, 1]) to scale by instead of x's own (a row-parallel rank's x
+    is part of the row; the max over the ranks is the whole row's, exactly)."""
     M, K = x.shape
     q = torch.empty(M, K, dtype=torch.float8_e4m3fn, device=x.device)
     s = torch.empty(M, 1, dtype=torch.float32, device=x.device)
     if M:
-        _quant_fp8_kernel[(M,)](x, q, s, x.stride(0), q.stride(0), K, BLOCK=1024, num_warps=4,
-                                **launch_args(pdl))
+        a = amax.contiguous() if amax is not None else s
+        _quant_fp8_kernel[(M,)](x, q, s, a, x.stride(0), q.stride(0), K, BLOCK=1024, HAS_AMAX=amax is not None,
+                                num_warps=4, **launch_args(pdl))
     return q, s

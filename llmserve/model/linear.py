@@ -29,6 +29,7 @@ Which path a layer takes is the model's choice, made at load: every layer with a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -96,10 +97,16 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.
     return (q.float() * scale.float()[:, None]).to(dtype)
 
 
-def fake_quant_fp8_per_token(x: torch.Tensor) -> torch.Tensor:
-    """x rounded through e4m3 with a per-row scale (what `_scaled_mm`'s inputs hold), back in x.dtype."""
+def fake_quant_fp8_per_token(x: torch.Tensor, reduce_amax: Callable[[torch.Tensor], object] | None = None
+                             ) -> torch.Tensor:
+    """x rounded through e4m3 with a per-row scale (what `_scaled_mm`'s inputs hold), back in x.dtype.
+    reduce_amax: makes each row's amax (float32 [M, 1], in place) that of the whole row when x holds only part of
+    its columns (a row-parallel rank's: the max over the ranks), so the scale is the whole row's."""
     xf = x.float()
-    scale = xf.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / FP8_MAX
+    amax = xf.abs().amax(dim=-1, keepdim=True)
+    if reduce_amax is not None:
+        reduce_amax(amax)
+    scale = amax.clamp(min=1e-12) / FP8_MAX
     return ((xf / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8).float() * scale).to(x.dtype)
 
 
@@ -167,6 +174,8 @@ class Fp8Linear(QuantLinear):
     # Activations through e4m3 as well (the _scaled_mm path); the batch-1 GEMV keeps them in 16 bits. The CPU
     # fallback follows this flag (bench/perplexity.py measures both).
     quantize_activations = True
+    # Row parallel (tensor_parallel.AllReduceLinear sets it): each token's amax over every rank's inputs, in place.
+    reduce_amax: Callable[[torch.Tensor], object] | None = None
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False):
         super().__init__(in_features, out_features, bias, FP8)
@@ -189,6 +198,8 @@ class Fp8Linear(QuantLinear):
             pdl = self.launch.pdl
             if x.shape[0] <= klinear.triton_max_m(self.weight):
                 return klinear.wmm(x, self.weight, self.weight_scale, self.bias, gated=gated, pdl=pdl)
+            if self.reduce_amax is not None:  # the 16-bit rows first (fused.silu_mul_quant_fp8 quantizes them alike)
+                return self._scaled_mm(*self._quant_row_parallel(x, gated), x.dtype)
             if gated:
                 from llmserve.kernels.fused import silu_mul_quant_fp8
 
@@ -198,8 +209,19 @@ class Fp8Linear(QuantLinear):
             gate, up = x.chunk(2, dim=-1)
             x = F.silu(gate) * up
         if self.quantize_activations:
-            x = fake_quant_fp8_per_token(x)
+            x = fake_quant_fp8_per_token(x, self.reduce_amax)
         return F.linear(x, dequantize(self.weight, self.weight_scale, x.dtype), self.bias)
+
+    def _quant_row_parallel(self, x: torch.Tensor, gated: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """quant_fp8_per_token over this rank's columns with the whole row's amax (exact: a max of the ranks')."""
+        from llmserve.kernels import fused
+        from llmserve.kernels import linear as klinear
+
+        if gated:
+            x = fused.silu_mul(x, pdl=self.launch.pdl)
+        amax = x.abs().amax(dim=-1, keepdim=True).float()
+        self.reduce_amax(amax)
+        return klinear.quant_fp8_per_token(x, pdl=self.launch.pdl, amax=amax)
 
     def _scaled_mm(self, xq: torch.Tensor, xs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         y = torch._scaled_mm(xq, self.weight.t(), scale_a=xs, scale_b=self.weight_scale[None, :],

@@ -365,8 +365,8 @@ def load_model(checkpoint_dir: Path, dtype: torch.dtype, device: torch.device, k
     (llmserve/model/quantize.py, build_engines' imports: the linears become quantized modules) and
     "llmserve_random_init": {"seed", "std"} (benchmarks: random weights made on `device`, no files).
     The weights stream shard by shard to `device` (llmserve/model/loading.py). select: applied to the empty model
-    (a pipeline stage keeps its layers, and reads only their tensors). prepare: applied to the loaded model on the
-    host (tensor parallelism keeps its slice; reading only a slice through get_slice is not done yet)."""
+    (a pipeline stage keeps its layers, a tensor-parallel rank its sizes and `slice_of`: each reads only its part
+    of the tensors). prepare: applied to the loaded model (tensor parallelism adds its all-reduces)."""
     cfg = json.loads((checkpoint_dir / "config.json").read_text())
     args = ModelArgs.from_hf_config(cfg)
     qcfg = cfg.get("quantization")
@@ -392,8 +392,8 @@ def load_model(checkpoint_dir: Path, dtype: torch.dtype, device: torch.device, k
     tied = args.tie_word_embeddings and model.embed_tokens is not None and model.lm_head is not None
     rename = stage_rename(model, args.tie_word_embeddings)
     check_names(model, index, tied, checkpoint_dir, rename)
-    # Shard by shard to the device; a model to `prepare` (tensor parallelism slices it) is built on the host.
-    load_checkpoint_(model, index, dtype, device if prepare is None else torch.device("cpu"), tied, rename)
+    # Shard by shard to the device, a tensor-parallel rank's slices only (tensor_parallel.shard_empty).
+    load_checkpoint_(model, index, dtype, device, tied, rename, getattr(model, "slice_of", None))
     if prepare is not None:
         model = prepare(model)
     model = model.to(device).eval()

@@ -5,6 +5,9 @@ one). A tensor is cast and moved to the device as soon as it is read; a module's
 once all of them have arrived (q/k/v and gate/up are packed there, and may sit in different shards, so only their
 pending parts wait, on the device). The host thus holds one tensor at a time plus the pages of the open shard,
 never the whole checkpoint: a 16 GB Llama-3.1-8B loads within two shards' worth of host memory.
+
+A tensor-parallel rank reads only its slice of each parallel layer's tensors (safetensors' get_slice; a `Slicer`
+from llmserve/model/tensor_parallel.py says which rows or columns), into a model already shaped to its sizes.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ PARTS = {"q": ("self_attn.qkv_proj", 0, 3), "k": ("self_attn.qkv_proj", 1, 3), "
          "gate": ("mlp.gate_up_proj", 0, 2), "up": ("mlp.gate_up_proj", 1, 2)}
 Index = dict[Path, dict[str, torch.Tensor]]  # shard file -> its tensors' names and meta-device stand-ins
 Rename = Callable[[str], "str | None"]  # our full-model name -> the name in the model being filled (None: not kept)
+# (our name, part, parts, shape) -> the pieces of the tensor to read: (dim, [(start, stop), ...]), None: all of it
+Slicer = Callable[[str, int, int, tuple[int, ...]], "tuple[int, list[tuple[int, int]]] | None"]
 
 
 def _same(key: str) -> str:
@@ -113,23 +118,24 @@ def check_names(model: nn.Module, index: Index, tied: bool, where: Path, rename:
 
 
 def load_checkpoint_(model: nn.Module, index: Index, dtype: torch.dtype, device: torch.device, tied: bool,
-                     rename: Rename = _same) -> None:
-    """Fills the meta-device `model` from the shards of `index`, on `device` (check_names first)."""
+                     rename: Rename = _same, slicer: Slicer | None = None) -> None:
+    """Fills the meta-device `model` from the shards of `index`, on `device` (check_names first). slicer: the
+    pieces of each tensor to read (a tensor-parallel rank's), all asked before any data is read, so a refusal
+    (a rank's inputs splitting a group) reads nothing."""
     wanted: dict[str, set[str]] = {}  # module -> the names of its tensors still to come
     for key in model.state_dict():
         if not (tied and key == "lm_head.weight"):
             owner, _, name = key.rpartition(".")
             wanted.setdefault(owner, set()).add(name)
+    plan = {path: [(hf_key, name, slicer and slicer(*name, tuple(t.shape))) for hf_key, t in tensors.items()
+                   if (name := _renamed(our_key(hf_key), rename)) is not None and _wanted(wanted, name[0])]
+            for path, tensors in index.items()}  # the rotary table, lm_head when tied, other stages': skipped
     ready: dict[str, dict[str, torch.Tensor]] = {}  # module -> its tensors on the device
     pending: dict[str, list[torch.Tensor | None]] = {}  # packed key -> its parts on the device
-    for path, tensors in index.items():
+    for path, todo in plan.items():
         with safe_open(path, framework="pt") as f:
-            for hf_key in tensors:
-                name = _renamed(our_key(hf_key), rename)
-                if name is None or not _wanted(wanted, name[0]):
-                    continue  # the rotary table, or lm_head when tied
-                key, part, parts = name
-                t = cast(key, f.get_tensor(hf_key), dtype).to(device)
+            for hf_key, (key, part, parts), pieces in todo:
+                t = cast(key, _read(f, hf_key, pieces), dtype).to(device)
                 if parts > 1:
                     slots = pending.setdefault(key, [None] * parts)
                     slots[part] = t
@@ -141,6 +147,16 @@ def load_checkpoint_(model: nn.Module, index: Index, dtype: torch.dtype, device:
         raise ValueError(f"incomplete checkpoint: {sorted(wanted)[:4]} {sorted(pending)[:4]}")
     if tied:
         model.lm_head.weight = model.embed_tokens.weight
+
+
+def _read(f, hf_key: str, pieces: tuple[int, list[tuple[int, int]]] | None) -> torch.Tensor:
+    """The tensor, or only its pieces (rows, or columns of a 2-D one) off the memory map."""
+    if pieces is None:
+        return f.get_tensor(hf_key)
+    dim, spans = pieces
+    sl = f.get_slice(hf_key)
+    read = [sl[a:b] if dim == 0 else sl[:, a:b] for a, b in spans]
+    return read[0] if len(read) == 1 else torch.cat(read, dim)
 
 
 def _renamed(name: tuple[str, int, int] | None, rename: Rename) -> tuple[str, int, int] | None:

@@ -2,15 +2,22 @@
 
 Column-parallel: q/k/v (by whole heads, GQA groups kept together) and gate/up (by intermediate rows).
 Row-parallel: o_proj and down_proj take the matching input slice and all-reduce their outputs, so each
-layer costs two all-reduces. Quantized weights are sliced with their scales (int8_wo per row; int4 and int8 groups
-per group, refused where a rank would split a group); fp8 is refused (activation scales would be per slice).
+layer costs two all-reduces. Quantized weights are sliced with their scales (int8_wo / fp8 per row; int4 and int8
+groups per group, refused where a rank would split a group). A row-parallel fp8 layer takes the max of each
+token's activation amax over the ranks before quantizing, so every rank scales by what one GPU would.
 Embedding, norms and lm_head stay replicated: for a 7B model they are under 4% of the weights, and a replicated
 lm_head keeps sampling on one rank without a gather.
+
+A rank reads only its slice of the checkpoint: `shard_empty` shapes the empty (meta) model to the rank's sizes and
+gives the loader `rank_slicer`'s answer for each tensor (llmserve/model/loading.py reads it with safetensors'
+get_slice); `shard_model` then adds the all-reduces. A model made whole in memory (random weights) is sliced by
+`shard_model` with the same slicer.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -18,16 +25,25 @@ import torch.distributed as dist
 from torch import nn
 
 from llmserve.errors import ConfigError
-from llmserve.model.linear import Fp8Linear, Linear
+from llmserve.model.linear import Fp8Linear
+
+# The pieces of a tensor a rank keeps: (dim, [(start, stop), ...]), concatenated along dim; None: all of it.
+Pieces = tuple[int, list[tuple[int, int]]]
+Slicer = Callable[[str, int, int, tuple[int, ...]], "Pieces | None"]
+COLUMN = ("self_attn.qkv_proj", "mlp.gate_up_proj")
+ROW = ("self_attn.o_proj", "mlp.down_proj")
 
 
 class AllReduceLinear(nn.Module):
-    """A row-parallel linear: local partial product, then the sum across ranks."""
+    """A row-parallel linear: local partial product, then the sum across ranks. An fp8 one also takes each
+    token's activation amax over the ranks (the max), so its activations quantize as one GPU's would."""
 
     def __init__(self, linear: nn.Module, group=None):
         super().__init__()
         self.linear = linear
         self.group = group
+        if isinstance(linear, Fp8Linear):
+            linear.reduce_amax = partial(dist.all_reduce, op=dist.ReduceOp.MAX, group=group)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -39,73 +55,46 @@ class AllReduceLinear(nn.Module):
         return out
 
 
-def _linear(weight: torch.Tensor, bias: torch.Tensor | None, like: nn.Module) -> nn.Module:
-    """A Linear over this rank's slice, on the path (Triton or torch) of the layer it replaces, `like`."""
-    layer = Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-    layer.launch = like.launch
-    layer.weight = nn.Parameter(weight.contiguous(), requires_grad=False)
-    if bias is not None:
-        layer.bias = nn.Parameter(bias.contiguous(), requires_grad=False)
-    return layer
+def rank_slicer(model: nn.Module, rank: int, world: int) -> Slicer:
+    """What rank `rank` keeps of a tensor of the whole-sized `model`, by our (stage-local) name, its part among
+    those packed into it (q/k/v, gate/up: separate checkpoint tensors) and its shape. Column-parallel tensors
+    (weights, per-row or per-group scales, biases): the rank's rows of each part. Row-parallel 2-D tensors: its
+    inputs' columns (int4 codes hold 2 inputs a byte, group scales one group a column: a slice on group boundaries
+    is a slice of columns); their per-row scales whole."""
+    args = model.args
+    hd = args.head_dim
+    packed = {COLUMN[0]: [args.num_heads * hd, args.num_kv_heads * hd, args.num_kv_heads * hd],
+              COLUMN[1]: [args.intermediate_size] * 2}
+    inputs = {ROW[0]: args.num_heads * hd, ROW[1]: args.intermediate_size}
+
+    def pieces(key: str, part: int, parts: int, shape: tuple[int, ...]) -> Pieces | None:
+        owner = key.rpartition(".")[0]
+        kind = owner.split(".", 2)[-1] if owner.startswith("layers.") else ""
+        if kind in packed:
+            spans, start = [], 0
+            for size in packed[kind] if parts == 1 else [shape[0]]:  # a packed tensor, or one part of it
+                n = size // world
+                spans.append((start + rank * n, start + (rank + 1) * n))
+                start += size
+            return 0, spans
+        if kind in inputs and len(shape) == 2:
+            full = inputs[kind]
+            step, a, b = full // shape[1], rank * full // world, (rank + 1) * full // world
+            if a % step or b % step:
+                name = type(model.get_submodule(owner)).__name__
+                raise ConfigError(f"tensor_parallel_size: a rank's {b - a} inputs of a {name} do not fall on its "
+                                  f"groups of {step} (group_size); serve it with a smaller tensor_parallel_size")
+            return 1, [(a // step, b // step)]
+        return None
+    return pieces
 
 
-def _halves(t: torch.Tensor, inter: int, start: int, part: int) -> torch.Tensor:
-    """Rows start..start+part of both the gate and the up half of a packed gate_up tensor."""
-    return torch.cat([h[start:start + part] for h in t.split(inter, dim=0)], dim=0)
-
-
-def _tensors(m: nn.Module) -> dict[str, torch.Tensor]:
-    names = ("weight", "weight_scale", "weight_min", "bias")
-    return {n: getattr(m, n) for n in names if getattr(m, n, None) is not None}
-
-
-def _by_rows(m: nn.Module, take) -> nn.Module:
-    """Column parallel: this rank's output rows of every tensor (weight, per-row or per-group scales, bias)."""
-    return _rebuilt(m, {n: take(t) for n, t in _tensors(m).items()})
-
-
-def _by_inputs(m: nn.Module, a: int, b: int) -> nn.Module:
-    """Row parallel: inputs a..b-1. Packed int4 codes hold 2 inputs a byte (within a group, so a slice on group
-    boundaries is a slice of bytes); per-group scales follow the groups, per-row scales stay whole. No bias: every
-    rank would add it before the all-reduce (Llama and Qwen2 have none on o_proj and down_proj)."""
-    if getattr(m, "bias", None) is not None:
-        raise ConfigError(f"tensor_parallel_size: a row-parallel {type(m).__name__} with a bias is not sharded")
-    if isinstance(m, Fp8Linear):
-        raise ConfigError("tensor_parallel_size: fp8 checkpoints quantize activations per token, and a rank holds "
-                          "only part of o_proj's and down_proj's inputs, so its scales (and answers) would differ "
-                          "from one GPU's; serve fp8 with tensor_parallel_size 1, or int8_wo / int4 under TP")
-    out = {}
-    per_byte = getattr(m, "codes_per_byte", 1)
-    group = getattr(m, "group_size", None)
-    if group is not None and (a % group or b % group):
-        raise ConfigError(f"tensor_parallel_size: a rank's {b - a} inputs of a {type(m).__name__} do not fall on "
-                          f"its groups of {group} (group_size); serve it with a smaller tensor_parallel_size")
-    for n, t in _tensors(m).items():
-        if n == "weight":
-            out[n] = t[:, a // per_byte:b // per_byte]
-        elif t.dim() == 2:
-            out[n] = t[:, a // group:b // group]
-        else:
-            out[n] = t
-    return _rebuilt(m, out)
-
-
-def _rebuilt(m: nn.Module, tensors: dict[str, torch.Tensor]) -> nn.Module:
-    """A module of m's kind over `tensors` (a plain Linear, or an empty quantized one whose buffers they fill)."""
-    bias = tensors.pop("bias", None)
-    if type(m) is Linear:
-        return _linear(tensors["weight"], bias, m)
-    rows, cols = tensors["weight"].shape
-    with torch.device("meta"):
-        new = type(m)(cols * getattr(m, "codes_per_byte", 1), rows, bias=bias is not None)
-    if "weight_scale" in tensors and tensors["weight_scale"].dim() == 2:  # group formats: size from the scales
-        new._set_groups(new.in_features // tensors["weight_scale"].shape[1], tensors["weight_scale"].dtype)
-    for n, t in tensors.items():
-        setattr(new, n, t.contiguous())
-    if bias is not None:
-        new.bias = nn.Parameter(bias.contiguous(), requires_grad=False)
-    new.launch = m.launch
-    return new
+def take(t: torch.Tensor, pieces: Pieces | None) -> torch.Tensor:
+    """The pieces of an in-memory tensor (what loading.py reads with get_slice from a file)."""
+    if pieces is None:
+        return t
+    dim, spans = pieces
+    return torch.cat([t.narrow(dim, a, b - a) for a, b in spans], dim).contiguous()
 
 
 def check_shardable(args, world: int) -> None:
@@ -115,30 +104,60 @@ def check_shardable(args, world: int) -> None:
             raise ConfigError(f"tensor_parallel_size: {world} does not divide the checkpoint's {name} ({value})")
 
 
-@torch.no_grad()
-def shard_model(model: nn.Module, rank: int, world: int, group=None) -> nn.Module:
-    """Keeps this rank's slice of every parallel layer (in place) and returns the model."""
+def _empty(m: nn.Module, inputs: int, outputs: int, row: bool) -> nn.Module:
+    """An empty (meta) module of m's kind and path at this rank's size (group formats size their groups from the
+    scales they load). No bias on a row-parallel one: every rank would add it before the all-reduce (Llama and
+    Qwen2 have none on o_proj and down_proj)."""
+    if row and getattr(m, "bias", None) is not None:
+        raise ConfigError(f"tensor_parallel_size: a row-parallel {type(m).__name__} with a bias is not sharded")
+    with torch.device("meta"):
+        new = type(m)(inputs, outputs, bias=getattr(m, "bias", None) is not None)
+    new.launch = m.launch
+    return new
+
+
+def shard_empty(model: nn.Module, rank: int, world: int) -> nn.Module:
+    """Before loading: replaces every parallel layer by an empty one of this rank's size, and leaves on the model
+    (`slice_of`) what the loader reads of each tensor. The KV cache and anything else sized from args see this
+    rank's share of the heads and MLP rows."""
     args = model.args
     check_shardable(args, world)
     if world == 1:
         return model
+    model.slice_of = rank_slicer(model, rank, world)
     nh, nkv, hd, inter = args.num_heads // world, args.num_kv_heads // world, args.head_dim, args.intermediate_size
-    sizes = [args.num_heads * hd, args.num_kv_heads * hd, args.num_kv_heads * hd]
-    local = [nh * hd, nkv * hd, nkv * hd]
-
-    def take(t: torch.Tensor) -> torch.Tensor:
-        parts = t.split(sizes, dim=0)
-        return torch.cat([p[rank * n:(rank + 1) * n] for p, n in zip(parts, local)], dim=0)
-
     for layer in model.layers:
-        attn = layer.self_attn
-        attn.qkv_proj = _by_rows(attn.qkv_proj, take)
+        attn, mlp = layer.self_attn, layer.mlp
+        attn.qkv_proj = _empty(attn.qkv_proj, args.hidden_size, (nh + 2 * nkv) * hd, row=False)
+        attn.o_proj = _empty(attn.o_proj, nh * hd, args.hidden_size, row=True)
         attn.nh, attn.nkv = nh, nkv
-        attn.o_proj = AllReduceLinear(_by_inputs(attn.o_proj, rank * nh * hd, (rank + 1) * nh * hd), group)
-        mlp = layer.mlp
-        part = inter // world
-        mlp.gate_up_proj = _by_rows(mlp.gate_up_proj, partial(_halves, inter=inter, start=rank * part, part=part))
-        mlp.down_proj = AllReduceLinear(_by_inputs(mlp.down_proj, rank * part, (rank + 1) * part), group)
-    # The KV cache and anything else sized from args now see this rank's share.
+        mlp.gate_up_proj = _empty(mlp.gate_up_proj, args.hidden_size, 2 * inter // world, row=False)
+        mlp.down_proj = _empty(mlp.down_proj, inter // world, args.hidden_size, row=True)
     model.args = dataclasses.replace(args, num_heads=nh, num_kv_heads=nkv, intermediate_size=inter // world)
+    return model
+
+
+@torch.no_grad()
+def shard_model(model: nn.Module, rank: int, world: int, group=None) -> nn.Module:
+    """Keeps this rank's slice of every parallel layer (in place) and returns the model, its row-parallel layers
+    summing over `group`. A model that shard_empty shaped before loading already holds only its slice."""
+    if world == 1:
+        check_shardable(model.args, world)
+        return model
+    if getattr(model, "slice_of", None) is None:  # loaded whole: slice in memory, as the loader would have read
+        state = {}
+        for i, layer in enumerate(model.layers):
+            for kind in COLUMN + ROW:
+                m = layer.get_submodule(kind)
+                names = ("weight", "weight_scale", "weight_min", "bias")
+                state[f"layers.{i}.{kind}"] = {n: getattr(m, n) for n in names if getattr(m, n, None) is not None}
+        slicer = rank_slicer(model, rank, world)
+        for owner, tensors in state.items():  # every slice first: a refusal leaves the model as it was
+            tensors.update({n: take(t, slicer(f"{owner}.{n}", 0, 1, tuple(t.shape))) for n, t in tensors.items()})
+        shard_empty(model, rank, world)
+        for owner, tensors in state.items():
+            model.get_submodule(owner).load_state_dict(tensors, strict=True, assign=True)
+    for layer in model.layers:
+        layer.self_attn.o_proj = AllReduceLinear(layer.self_attn.o_proj, group)
+        layer.mlp.down_proj = AllReduceLinear(layer.mlp.down_proj, group)
     return model

@@ -29,7 +29,7 @@ from llmserve.engine.parallel.pipeline import Pipeline, StageRole
 from llmserve.engine.parallel.step_broadcast import StepChannel
 from llmserve.model.llama import ModelArgs
 from llmserve.model.pipeline_parallel import keep_stage
-from llmserve.model.tensor_parallel import shard_model
+from llmserve.model.tensor_parallel import shard_empty, shard_model
 
 # A collective waits at most this long for the slowest rank: each one spans a layer's half, not a whole step,
 # so this is far above any healthy wait and low enough that a hung rank fails its requests within seconds.
@@ -129,12 +129,14 @@ class RankGroup:
             time.sleep(0.05)
 
     def select(self, model: nn.Module) -> nn.Module:
-        """Keeps this rank's stage's layers (on the empty model, before loading: the stage reads only those)."""
-        return keep_stage(model, self.role.stage, self.role.stages)
+        """Keeps this rank's stage's layers and its share of their heads and MLP rows, on the empty model before
+        loading: the rank reads only those slices. A model of random weights (made whole) is sliced by `shard`."""
+        model = keep_stage(model, self.role.stage, self.role.stages)
+        empty = model.layers[0].input_layernorm.weight.is_meta
+        return shard_empty(model, self.role.tp_rank, self.role.tp) if empty else model
 
     def shard(self, model: nn.Module) -> nn.Module:
-        """Keeps this rank's share of its layers' heads and MLP rows (before the model moves to the device: the
-        stage's full weights stay on the host)."""
+        """The loaded model's row-parallel layers sum over this stage's ranks (a whole one is sliced first)."""
         return shard_model(model, self.role.tp_rank, self.role.tp, self.tp_group)
 
     def agree_blocks(self, num_blocks: int) -> int:
