@@ -322,6 +322,28 @@ def s_int4(args):
         print(SUMMARY[-1], flush=True)
 
 
+@section("int8_group")
+def s_int8_group(args):
+    """W8A16 in groups of 32 (GGUF Q8_0 repacked: int8 codes, float16 scales) over all linears of the Llama-3.1-8B
+    shape in one CUDA graph, at M = 1, 8, 64, against the chunked torch.sum of the same bytes."""
+    from bench.common import SHAPES, chunked_sum_ms, flat_buffers, linear_shapes
+    from llmserve.kernels.int8_group import w8gmm
+
+    cfg = SHAPES["llama3.1-8b"]
+    res = RESULTS.setdefault("int8_group", {})
+    layers = []
+    for _ in range(cfg["num_hidden_layers"]):
+        for name, (n, k) in linear_shapes(cfg).items():
+            q = torch.randint(-128, 128, (n, k), device="cuda", dtype=torch.int8)
+            layers.append((q, torch.rand(n, k // 32, device="cuda", dtype=torch.float16) * 0.01, name == "down", k))
+    floor = res["floor_ms"] = chunked_sum_ms(flat_buffers([t for q, s, _, _ in layers for t in (q, s)]))
+    for M in (1, 8, 64):
+        xs = {k: torch.randn(M, 2 * k if g else k, device="cuda", dtype=torch.bfloat16) for _, _, g, k in layers}
+        ms = res[f"M{M}_ms"] = graph_time_ms(lambda xs=xs: [w8gmm(xs[k], q, s, gated=g) for q, s, g, k in layers])
+        SUMMARY.append(f"int8_group g32 M={M}: {ms:.3f} ms over all linears, floor {floor:.3f} ms ({ms / floor:.2f}x)")
+        print(SUMMARY[-1], flush=True)
+
+
 @section("int4_sweep")
 def s_int4_sweep(args):
     """Launch configs of the int4 kernels (g128, symmetric) per Llama-3.1-8B linear shape, 32 layers' worth of weights
@@ -961,7 +983,7 @@ def s_triton(args):
 SECTIONS = {"env": s_env, "tests": s_tests, "engine_small": s_engine_small, "engine7b": s_engine7b, "pdl": s_pdl,
             "floor": s_floor, "attn": s_attn, "attn_kv": s_attn_kv, "gemv": s_gemv, "gemv1": s_gemv1, "mm16": s_mm16,
             "host": s_host, "triton": s_triton, "profile": s_profile, "steady": s_steady, "varlen": s_varlen,
-            "int4": s_int4, "int4_sweep": s_int4_sweep, "graphs_bs1": s_graphs_bs1}
+            "int4": s_int4, "int8_group": s_int8_group, "int4_sweep": s_int4_sweep, "graphs_bs1": s_graphs_bs1}
 
 
 def main() -> int:

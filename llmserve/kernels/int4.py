@@ -52,7 +52,7 @@ def _codes(p, ASYM: tl.constexpr):
 
 
 @triton.jit
-def _load_x(x_ptr, idx, mask, K, GATED: tl.constexpr):
+def load_x(x_ptr, idx, mask, K, GATED: tl.constexpr):
     """x (or silu(gate) * up, rounded like the eager ops) at `idx`, in float32."""
     x = tl.load(x_ptr + idx, mask=mask, other=0.0)
     if GATED:
@@ -84,8 +84,8 @@ def _w4gemv_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, K, stride_wn, 
                     mask=n_mask[:, None, None] & k_mask[None, :, None], other=0).to(tl.int32)
         s_mask = n_mask[:, None] & k_mask[None, :]
         s = tl.load(s_ptr + rows_s + grp[None, :], mask=s_mask, other=0.0).to(tl.float32)
-        x_lo = _load_x(x_ptr, lo, k_mask[:, None], K, GATED)
-        x_hi = _load_x(x_ptr, lo + GROUP // 2, k_mask[:, None], K, GATED)
+        x_lo = load_x(x_ptr, lo, k_mask[:, None], K, GATED)
+        x_hi = load_x(x_ptr, lo + GROUP // 2, k_mask[:, None], K, GATED)
         q_lo, q_hi = _codes(p, ASYM)
         acc += s * tl.sum(q_lo * x_lo[None, :, :] + q_hi * x_hi[None, :, :], axis=2)
         if ASYM:
@@ -166,12 +166,19 @@ def w4gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch
            bias: torch.Tensor | None = None, gated: bool = False, config: tuple[int, int, int, int] | None = None,
            pdl: bool = False) -> torch.Tensor:
     """x: [1, K] (or [1, 2K] gated) -> [1, N]."""
-    N, K, group = _check(w, scale, minimum)
+    return launch_gemv(_w4gemv_kernel, x, w, scale, minimum, bias, gated, config, pdl, _check(w, scale, minimum))
+
+
+def launch_gemv(kernel, x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None,
+                bias: torch.Tensor | None, gated: bool, config: tuple[int, int, int, int] | None, pdl: bool,
+                sizes: tuple[int, int, int]) -> torch.Tensor:
+    """One program per BLOCK_N outputs; `kernel` takes _w4gemv_kernel's arguments (as the 8-bit groups' does)."""
+    N, K, group = sizes
     assert x.shape == (1, 2 * K if gated else K) and x.stride(-1) == 1
     bn, bk, warps, stages = config or gemv_config(N, K, group)
     assert bk % group == 0, (bk, group)
     out = torch.empty(1, N, dtype=x.dtype, device=x.device)
-    _w4gemv_kernel[(triton.cdiv(N, bn),)](
+    kernel[(triton.cdiv(N, bn),)](
         x, w, scale, minimum if minimum is not None else scale, bias if bias is not None else scale, out,
         N, K, w.stride(0), scale.stride(0), ASYM=minimum is not None, HAS_BIAS=bias is not None, GATED=gated,
         GROUP=group, BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, num_warps=warps, **launch_args(pdl))
@@ -207,11 +214,19 @@ def w4mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.T
          bias: torch.Tensor | None = None, gated: bool = False,
          config: tuple[int, int, int, int, int, int] | None = None, pdl: bool = False) -> torch.Tensor:
     """x: [M, K] (or [M, 2K] gated), w: packed [N, K / 2], scale (and minimum): [N, K / g]. Returns [M, N]."""
-    M = x.shape[0]
-    N, K, group = _check(w, scale, minimum)
-    assert x.shape[1] == (2 * K if gated else K), (x.shape, w.shape, gated)
-    if M == 1 and config is None:
+    sizes = _check(w, scale, minimum)
+    if x.shape[0] == 1 and config is None:
         return w4gemv(x, w, scale, minimum, bias, gated, pdl=pdl)
+    return launch_mm(_w4mm_kernel, x, w, scale, minimum, bias, gated, config, pdl, sizes)
+
+
+def launch_mm(kernel, x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None,
+              bias: torch.Tensor | None, gated: bool, config: tuple[int, int, int, int, int, int] | None, pdl: bool,
+              sizes: tuple[int, int, int]) -> torch.Tensor:
+    """(M, N, split-K) programs; `kernel` takes _w4mm_kernel's arguments (as the 8-bit groups' does)."""
+    M = x.shape[0]
+    N, K, group = sizes
+    assert x.shape[1] == (2 * K if gated else K), (x.shape, w.shape, gated)
     if gated:
         from llmserve.kernels.fused import silu_mul
 
@@ -225,17 +240,9 @@ def w4mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.T
     split = triton.cdiv(K, k_split)
     # split > 1: float32 partials summed in a fixed order (no atomics: the same tokens every run)
     out = torch.empty(split, M, N, dtype=x.dtype if split == 1 else torch.float32, device=x.device)
-    _w4mm_kernel[(triton.cdiv(M, bm), triton.cdiv(N, bn), split)](
+    kernel[(triton.cdiv(M, bm), triton.cdiv(N, bn), split)](
         x, w, scale, minimum if minimum is not None else scale, bias if bias is not None else scale, out,
         M, N, K, k_split, x.stride(0), w.stride(0), scale.stride(0), out.stride(1), ASYM=minimum is not None,
         HAS_BIAS=bias is not None, GROUP=group, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
         num_stages=stages, **launch_args(pdl))
     return out[0] if split == 1 else out.sum(0).to(x.dtype)
-    bm, bn, bk, warps, stages = config or mm_config(M, N, group)
-    assert bk % group == 0, (bk, group)
-    _w4mm_kernel[(triton.cdiv(M, bm), triton.cdiv(N, bn))](
-        x, w, scale, minimum if minimum is not None else scale, bias if bias is not None else scale, out,
-        M, N, K, x.stride(0), w.stride(0), scale.stride(0), out.stride(0), ASYM=minimum is not None,
-        HAS_BIAS=bias is not None, GROUP=group, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
-        num_stages=stages, **launch_args(pdl))
-    return out

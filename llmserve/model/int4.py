@@ -98,7 +98,6 @@ class Int4Linear(KernelLayer):
     symmetric = True
     # Storage of the codes; llmserve/model/int8_group.py's twin keeps one int8 code per element instead.
     storage, codes_per_byte, group_sizes = torch.uint8, 2, GROUP_SIZES
-    has_kernel = True  # llmserve/kernels/int4.py; otherwise (and off CUDA) the dequantized matmul
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, group_size: int = 128):
         super().__init__()
@@ -147,12 +146,17 @@ class Int4Linear(KernelLayer):
     def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return dequantize_int4(self.weight, self.weight_scale, self.minimum, dtype)
 
-    def forward(self, x: torch.Tensor, gated: bool = False) -> torch.Tensor:
-        if self.launch.kernels and self.has_kernel:
-            from llmserve.kernels.int4 import w4mm
+    @staticmethod
+    def kernel():
+        """The Triton matmul of this format (imported late: triton is there only where kernels run)."""
+        from llmserve.kernels.int4 import w4mm
 
-            return w4mm(x, self.weight, self.weight_scale, self.minimum, self.bias, gated=gated,
-                        pdl=self.launch.pdl)
+        return w4mm
+
+    def forward(self, x: torch.Tensor, gated: bool = False) -> torch.Tensor:
+        if self.launch.kernels:
+            return self.kernel()(x, self.weight, self.weight_scale, self.minimum, self.bias, gated=gated,
+                                 pdl=self.launch.pdl)
         if gated:
             gate, up = x.chunk(2, dim=-1)
             x = F.silu(gate) * up

@@ -8,9 +8,8 @@ Format, per weight W [N, K], groups of g = 16, 32, 64 or 128 consecutive inputs 
   than 16 bits: see llmserve/model/int4.py).
 - "int8_group_sym": w = s * q. "int8_group_asym": w = s * q + m, weight_min m [N, K / g] of the scale's type.
 Dequantization is float32 in that operation order, as ggml's reference dequantizers compute it, so a repacked
-GGUF tensor dequantizes bit for bit like the file. Unlike "int8_wo" (one scale per output channel, a Triton
-kernel), these groups have no kernel yet: on every device the weight is dequantized to the activation dtype
-and F.linear runs (cuBLAS on CUDA), which reads it about three times per step instead of once.
+GGUF tensor dequantizes bit for bit like the file. On CUDA llmserve/kernels/int8_group.py runs (the codes read
+once a step); elsewhere the weight is dequantized to the activation dtype and F.linear runs.
 """
 
 from __future__ import annotations
@@ -37,10 +36,15 @@ def dequantize_int8_group(q: torch.Tensor, scale: torch.Tensor, minimum: torch.T
 
 class Int8GroupLinear(Int4Linear):
     """y = x W^T (+ b) with W in the 8-bit group format; the group size comes from the loaded scales, as for
-    Int4Linear, whose loading it shares. Torch path only (see the module doc)."""
+    Int4Linear, whose loading and forward it shares."""
 
     storage, codes_per_byte, group_sizes = torch.int8, 1, INT8_GROUP_SIZES
-    has_kernel = False  # Int4Linear.forward then takes its torch path
+
+    @staticmethod
+    def kernel():
+        from llmserve.kernels.int8_group import w8gmm
+
+        return w8gmm
 
     @classmethod
     def from_linear(cls, linear: nn.Module, group_size: int = 128) -> Int8GroupLinear:
