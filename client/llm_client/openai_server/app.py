@@ -78,10 +78,8 @@ class Service:
         closed: set[int] = set()  # choices whose finish chunk is out
         piece = first
         try:
-            while piece is not None:
-                events = head + "".join(sse(chunk) for chunk in _piece_chunks(answer, piece, offsets, closed))
-                if events:
-                    yield events
+            while piece is not None:  # the first yield comes at once (EventStream writes it before racing)
+                yield head + "".join(sse(chunk) for chunk in _piece_chunks(answer, piece, offsets, closed))
                 head = ""
                 piece = await anext(pieces, None)
         except OpenAIError as exc:  # the status line is gone: the error travels as an event, as OpenAI's does

@@ -54,7 +54,8 @@ async def race(receive: Receive, work: Awaitable[T]) -> T:
 
 
 class EventStream(Response):
-    """`text/event-stream` of the events `events` yields; closes `events` on the client's disconnect."""
+    """`text/event-stream` of the events `events` yields (an empty one writes nothing); closes `events` on the
+    client's disconnect. Its first event must come without waiting (it is not raced against a disconnect)."""
 
     media_type = "text/event-stream"
 
@@ -64,14 +65,21 @@ class EventStream(Response):
         self.events = events
         self.on_disconnect = on_disconnect
 
+    async def _body(self, send: Send, event: str) -> None:
+        if event:
+            await send({"type": "http.response.body", "body": event.encode("utf-8"), "more_body": True})
+
     async def _pump(self, send: Send) -> None:
         async for event in self.events:
-            await send({"type": "http.response.body", "body": event.encode("utf-8"), "more_body": True})
+            await self._body(send, event)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         try:
+            # `events` opens with what is already in hand (no wait on Triton): written at once, before the
+            # disconnect watch's tasks are made, which would cost the first token a turn of the event loop
+            await self._body(send, await anext(self.events, ""))
             await race(receive, self._pump(send))
         except (ClientGone, OSError):
             if self.on_disconnect is not None:
