@@ -173,9 +173,12 @@ def drive(path: str, target: str, concurrency: int, requests: int, tokens: int, 
 
 
 def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far (/proc/<pid>/stat fields 14 and 15)."""
+    """User + system CPU seconds so far of a process and its children (the front's --workers processes):
+    /proc/<pid>/stat fields 14 and 15."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children = [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+                for c in (task / "children").read_text().split()]
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") + sum(_cpu_s(c) for c in children)
 
 
 def measure(path: str, target: str, concurrency: int, waves: int, tokens: int, front_pid: int,
@@ -269,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--waves", type=int, default=2, help="requests per point = waves x concurrency")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--step-ms", type=float, default=15.0)
+    ap.add_argument("--front-workers", type=int, default=1, help="the front's --workers (its processes)")
     ap.add_argument("--port", type=int, default=18200, help="Triton HTTP port (gRPC +1, metrics +2); front +3")
     ap.add_argument("--streams-per-client", type=int, default=0,
                     help="spread each point's streams over client processes of at most this many streams (0: all "
@@ -292,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     server.start()
     front_url = f"http://127.0.0.1:{a.port + 3}"
     front = subprocess.Popen([sys.executable, "-m", "llm_client.openai_server", "--triton", f"localhost:{a.port + 1}",
-                              "--port", str(a.port + 3), "--log-level", "warning"], cwd=ROOT)
+                              "--port", str(a.port + 3), "--log-level", "warning", "--workers", str(a.front_workers)],
+                             cwd=ROOT)
     runs: list[dict] = []
     load_start = os.getloadavg()  # other work on the machine shows here: these paths share its cores
     command = "python -m bench.openai_overhead " + " ".join(argv if argv is not None else sys.argv[1:])

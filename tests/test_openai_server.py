@@ -35,11 +35,11 @@ def _get(url: str) -> tuple[int, str]:
 
 
 @contextlib.contextmanager
-def serve_openai(grpc_url: str):
+def serve_openai(grpc_url: str, workers: int = 1):
     """`python -m llm_client.openai_server` on a free port, in front of the tritonserver at `grpc_url`."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "llm_client.openai_server", "--triton", grpc_url,
-                             "--port", str(port), "--log-level", "warning"], cwd=ROOT)
+                             "--port", str(port), "--log-level", "warning", "--workers", str(workers)], cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     try:
         assert wait_for(lambda: _get(f"{url}/health")[0] == 200, 30), "the OpenAI service did not come up"
@@ -198,6 +198,18 @@ def test_metrics_count_requests_by_route_and_status(client, api):
     assert metric(url, "openai_requests_total", route="/v1/chat/completions", status="400") >= 1
     assert metric(url, "openai_request_duration_seconds_count", route="/v1/chat/completions") >= 2
     assert metric(url, "openai_tokens_total", route="/v1/chat/completions", kind="completion") >= 2
+
+
+def test_two_worker_processes_answer_and_metrics_add_up_across_them(server):
+    """--workers 2: both processes serve the port, and /metrics (answered by either) counts every request once."""
+    with serve_openai(server.grpc_url, workers=2) as url:
+        two = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        texts = [two.completions.create(model="llm", prompt="The capital of France is", max_tokens=3,
+                                        temperature=0).choices[0].text for _ in range(6)]
+        assert len(set(texts)) == 1 and texts[0]
+        for _ in range(3):  # whichever process answers the scrape
+            assert metric(f"{url}/metrics", "openai_requests_total", route="/v1/completions", status="200") == 6
+            assert metric(f"{url}/metrics", "openai_requests_in_flight", route="/v1/completions") == 0
 
 
 def test_disconnect_mid_stream_cancels_and_frees_kv_blocks(client, api, server):

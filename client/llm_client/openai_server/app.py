@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
@@ -34,6 +35,7 @@ from llm_client.openai_server.translate import (
 )
 from llm_client.openai_server.triton import Piece, TritonBackend
 
+ARGS_ENV = "LLM_OPENAI_SERVER_ARGS"  # create_app's arguments as JSON, for worker processes (cli.py --workers)
 CLIENT_CLOSED = 499  # nginx's "client closed request": what the metrics count for a disconnect
 
 
@@ -196,3 +198,8 @@ def create_app(triton_url: str = "localhost:8001", model: str = "llm",
                                         Exception: _server_error})
     app.state.service = service
     return app
+
+
+def app_from_env() -> Starlette:
+    """The app of one worker process of `--workers N`: create_app with the arguments cli.py put in ARGS_ENV."""
+    return create_app(**json.loads(os.environ[ARGS_ENV]))

@@ -3,9 +3,11 @@ latency and time-to-first-token histograms, requests in flight, client disconnec
 
 from __future__ import annotations
 
+import os
 import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,7 +26,9 @@ class Metrics:
                                  ["route"], buckets=LATENCY_BUCKETS, registry=r)
         self.ttft = Histogram("openai_time_to_first_token_seconds", "Request start to the first text (streams)",
                               ["route"], buckets=LATENCY_BUCKETS, registry=r)
-        self.in_flight = Gauge("openai_requests_in_flight", "Requests being answered", ["route"], registry=r)
+        # livesum: with several worker processes, the sum over the live ones (ignored in one process)
+        self.in_flight = Gauge("openai_requests_in_flight", "Requests being answered", ["route"], registry=r,
+                               multiprocess_mode="livesum")
         self.disconnects = Counter("openai_client_disconnects", "Streams the client left before the end "
                                    "(their Triton requests were cancelled)", ["route"], registry=r)
         self.tokens = Counter("openai_tokens", "Tokens in answered requests", ["route", "kind"], registry=r)
@@ -35,7 +39,11 @@ class Metrics:
         return path if path in ROUTES else "other"
 
     def endpoint(self, request: Request) -> Response:
-        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+        registry = self.registry
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # worker processes (cli.py --workers): all of them
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
 class MetricsMiddleware:
