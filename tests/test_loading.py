@@ -24,6 +24,7 @@ from llmserve.engine.torch_engine import TorchEngine
 from llmserve.model.llama import load_model
 from llmserve.model.loading import our_key, read_index
 from llmserve.model.weights import hf_to_ours, load_safetensors
+from tests.safetensors_spy import SpyFile
 
 # ~230 MB in float32 over ~12 shards of <= 20 MB: one decoder layer (16.8 MB) straddles two shards most times.
 SHAPE = dict(vocab_size=8192, hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8,
@@ -153,34 +154,13 @@ def test_a_pipeline_stage_reads_only_its_own_tensors(tiny_hf_checkpoint, monkeyp
     read: list[str] = []
     real_open = loading.safe_open
 
-    class Recording:  # safe_open, noting every tensor read
-        def __init__(self, *a, **k):
-            self.f = real_open(*a, **k)
-
-        def __enter__(self):
-            self.f.__enter__()
-            return self
-
-        def __exit__(self, *exc):
-            return self.f.__exit__(*exc)
-
-        def keys(self):
-            return self.f.keys()
-
-        def get_slice(self, key):
-            return self.f.get_slice(key)
-
-        def get_tensor(self, key):
-            read.append(key)
-            return self.f.get_tensor(key)
-
     def load(**kwargs):
         return load_model(tiny_hf_checkpoint, torch.float32, torch.device("cpu"), kernel_mode="off", **kwargs)
 
     full = load()
     spans = stage_layers(full.args.num_layers, 2)
     wants = [keep_stage(load(), stage, 2).state_dict() for stage in range(2)]  # load everything, then slice
-    monkeypatch.setattr(loading, "safe_open", Recording)
+    monkeypatch.setattr(loading, "safe_open", lambda *a, **k: SpyFile(real_open(*a, **k), keys=read))
     for stage, (span, want) in enumerate(zip(spans, wants)):
         read.clear()
         got = load(select=lambda m, s=stage: keep_stage(m, s, 2)).state_dict()

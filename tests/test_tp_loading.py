@@ -21,6 +21,7 @@ from llmserve.model.llama import load_model
 from llmserve.model.pipeline_parallel import keep_stage
 from llmserve.model.quantize import quantize_checkpoint
 from llmserve.model.tensor_parallel import shard_empty, shard_model
+from tests.safetensors_spy import SpyFile
 from tests.test_tensor_parallel import tiny_checkpoint
 
 PROJ = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -79,50 +80,12 @@ def test_a_rank_reads_the_tensors_it_would_cut_from_the_whole_model(tiny, tmp_pa
         assert read.layers[0].self_attn.nh == 2 and read.layers[0].mlp.down_proj.linear.in_features == 64
 
 
-class CountingFile:
-    """safe_open's file, counting the bytes of the tensors read from it (headers and shapes are free)."""
-
-    def __init__(self, f, counts: list[int]):
-        self.f, self.counts = f, counts
-
-    def __enter__(self):
-        self.f.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.f.__exit__(*exc)
-
-    def keys(self):
-        return self.f.keys()
-
-    def get_tensor(self, key):
-        t = self.f.get_tensor(key)
-        self.counts.append(t.nbytes)
-        return t
-
-    def get_slice(self, key):
-        return CountingSlice(self.f.get_slice(key), self.counts)
-
-
-class CountingSlice:
-    def __init__(self, sl, counts: list[int]):
-        self.sl, self.counts = sl, counts
-
-    def __getattr__(self, name):
-        return getattr(self.sl, name)
-
-    def __getitem__(self, index):
-        t = self.sl[index]
-        self.counts.append(t.nbytes)
-        return t
-
-
 @pytest.mark.parametrize("mode", [None, "int4_asym"])
 def test_a_rank_reads_the_replicated_tensors_and_half_of_the_layers(tiny, tmp_path, monkeypatch, mode):
     ckpt = checkpoint_of(tiny, tmp_path, mode)
     real = loading.safe_open
     counts: list[int] = []
-    monkeypatch.setattr(loading, "safe_open", lambda path, framework: CountingFile(real(path, framework), counts))
+    monkeypatch.setattr(loading, "safe_open", lambda path, framework: SpyFile(real(path, framework), counts=counts))
     load_model(ckpt, torch.float32, torch.device("cpu"), "off")
     whole = sum(counts)
     state = load_file(next(ckpt.glob("*.safetensors")))

@@ -64,6 +64,24 @@ def load_x(x_ptr, idx, mask, K, GATED: tl.constexpr):
 
 
 @triton.jit
+def store_rows(acc, b_ptr, out_ptr, offs_n, n_mask, HAS_BIAS: tl.constexpr):
+    """A GEMV program's end: its [BLOCK_N, groups] sums added up per output, plus the bias."""
+    y = tl.sum(acc, axis=1)
+    if HAS_BIAS:
+        y = y + tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + offs_n, y.to(out_ptr.dtype.element_ty), mask=n_mask)
+
+
+@triton.jit
+def store_tile(acc, b_ptr, out_ptr, offs_m, offs_n, m_mask, n_mask, M, stride_om, pid_k, HAS_BIAS: tl.constexpr):
+    """A matmul program's end: acc [BLOCK_N, BLOCK_M] (W-major) into out's K-split slice, the bias in slice 0."""
+    if HAS_BIAS and pid_k == 0:
+        acc = acc + tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[:, None]
+    out_ptrs = out_ptr + pid_k.to(tl.int64) * M * stride_om + offs_m[None, :].to(tl.int64) * stride_om + offs_n[:, None]
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_mask[None, :] & n_mask[:, None])
+
+
+@triton.jit
 def _w4gemv_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, K, stride_wn, stride_sn,
                    ASYM: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr, GROUP: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr):
@@ -91,10 +109,7 @@ def _w4gemv_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, K, stride_wn, 
         if ASYM:
             m = tl.load(m_ptr + rows_s + grp[None, :], mask=s_mask, other=0.0).to(tl.float32)
             acc += m * tl.sum(x_lo + x_hi, axis=1)[None, :]
-    y = tl.sum(acc, axis=1)
-    if HAS_BIAS:
-        y = y + tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + offs_n, y.to(out_ptr.dtype.element_ty), mask=n_mask)
+    store_rows(acc, b_ptr, out_ptr, offs_n, n_mask, HAS_BIAS)
 
 
 @triton.jit
@@ -136,10 +151,7 @@ def _w4mm_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, M, N, K, K_SPLIT, s
         x_hi = tl.load(x_ptr + rows_x + tl.reshape(lo + GROUP // 2, (HALF,))[None, :], mask=x_mask, other=0.0)
         acc = tl.dot(tl.reshape(w_lo, (BLOCK_N, HALF)).to(x_lo.dtype), tl.trans(x_lo), acc)
         acc = tl.dot(tl.reshape(w_hi, (BLOCK_N, HALF)).to(x_hi.dtype), tl.trans(x_hi), acc)
-    if HAS_BIAS and pid_k == 0:
-        acc = acc + tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[:, None]
-    out_ptrs = out_ptr + pid_k.to(tl.int64) * M * stride_om + offs_m[None, :].to(tl.int64) * stride_om + offs_n[:, None]
-    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_mask[None, :] & n_mask[:, None])
+    store_tile(acc, b_ptr, out_ptr, offs_m, offs_n, m_mask, n_mask, M, stride_om, pid_k, HAS_BIAS)
 
 
 def _check(w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None) -> tuple[int, int, int]:

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from llmserve.kernels.int4 import launch_gemv, launch_mm, load_x
+from llmserve.kernels.int4 import launch_gemv, launch_mm, load_x, store_rows, store_tile
 
 GROUP_SIZES = (16, 32, 64, 128)
 
@@ -55,10 +55,7 @@ def _w8g_gemv_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, K, stride_wn
         if ASYM:
             m = tl.load(m_ptr + rows_s + grp[None, :], mask=s_mask, other=0.0).to(tl.float32)
             acc += m * tl.sum(x, axis=1)[None, :]
-    y = tl.sum(acc, axis=1)
-    if HAS_BIAS:
-        y = y + tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + offs_n, y.to(out_ptr.dtype.element_ty), mask=n_mask)
+    store_rows(acc, b_ptr, out_ptr, offs_n, n_mask, HAS_BIAS)
 
 
 @triton.jit
@@ -89,10 +86,7 @@ def _w8g_mm_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, M, N, K, K_SPLIT,
         offs_k = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(x_ptr + rows_x + offs_k[None, :], mask=m_mask[:, None] & (offs_k < k_end)[None, :], other=0.0)
         acc = tl.dot(tl.reshape(w, (BLOCK_N, BLOCK_K)).to(x.dtype), tl.trans(x), acc)
-    if HAS_BIAS and pid_k == 0:
-        acc = acc + tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[:, None]
-    out_ptrs = out_ptr + pid_k.to(tl.int64) * M * stride_om + offs_m[None, :].to(tl.int64) * stride_om + offs_n[:, None]
-    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_mask[None, :] & n_mask[:, None])
+    store_tile(acc, b_ptr, out_ptr, offs_m, offs_n, m_mask, n_mask, M, stride_om, pid_k, HAS_BIAS)
 
 
 def _check(w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None) -> tuple[int, int, int]:
