@@ -230,6 +230,25 @@ def test_disconnect_mid_stream_cancels_and_frees_kv_blocks(client, api, server):
     assert wait_for(lambda: metric(f"{api}/metrics", "openai_client_disconnects_total") >= 1, 5)
 
 
+@pytest.mark.parametrize("kind", ["chat", "completion"])
+def test_a_text_event_is_its_chunk_encoded_byte_for_byte(kind):
+    """The per-choice template the front streams text with gives the bytes encoding the whole chunk gives."""
+    from llm_client.openai_server.schema import parse_chat, parse_completion
+    from llm_client.openai_server.streaming import sse
+    from llm_client.openai_server.translate import Answer, new_id, text_chunk, text_event
+    from llm_client.openai_server.triton import Piece
+
+    body = {"model": "llm", "n": 2, "stream": True, "stream_options": {"include_usage": kind == "chat"}}
+    body.update({"messages": QUESTION} if kind == "chat" else {"prompt": "The capital of France is"})
+    call = (parse_chat if kind == "chat" else parse_completion)(body)
+    answer = Answer(call, new_id(call.kind))
+    for texts in (["Par", 'is "\n'], ["\x01\\ \u2028 é\ud83d", ""], ["\u0000", "x"]):
+        piece = Piece(texts)
+        for i in range(2):
+            chunk = text_chunk(answer, piece, i, 0)
+            assert text_event(answer, piece, i, 0) == (sse(chunk) if chunk is not None else "")
+
+
 def test_overload_maps_to_503_with_retry_after():
     from llm_client.openai_server.errors import from_triton
 

@@ -30,7 +30,7 @@ from llm_client.openai_server.translate import (
     first_chunks,
     new_id,
     response,
-    text_chunk,
+    text_event,
     usage_chunk,
 )
 from llm_client.openai_server.triton import Piece, TritonBackend
@@ -81,7 +81,7 @@ class Service:
         piece = first
         try:
             while piece is not None:  # the first yield comes at once (EventStream writes it before racing)
-                yield head + "".join(sse(chunk) for chunk in _piece_chunks(answer, piece, offsets, closed))
+                yield head + _piece_events(answer, piece, offsets, closed)
                 head = ""
                 piece = await anext(pieces, None)
         except OpenAIError as exc:  # the status line is gone: the error travels as an event, as OpenAI's does
@@ -134,19 +134,17 @@ class Service:
         return JSONResponse({"status": "ok"})
 
 
-def _piece_chunks(answer: Answer, piece: Piece, offsets: list[int], closed: set[int]) -> list[dict[str, Any]]:
-    """The chunks of one model response: each choice's new text, then its finish chunk if it ended here."""
+def _piece_events(answer: Answer, piece: Piece, offsets: list[int], closed: set[int]) -> str:
+    """The events of one model response: each choice's new text, then its finish chunk if it ended here."""
     ended = answer.add(piece)
-    chunks = []
+    events = []
     for i in range(answer.call.n):
-        chunk = text_chunk(answer, piece, i, offsets[i])
+        events.append(text_event(answer, piece, i, offsets[i]))
         offsets[i] += len(piece.texts[i]) if i < len(piece.texts) else 0
-        if chunk is not None:
-            chunks.append(chunk)
         if i in ended:
-            chunks.append(finish_chunk(answer, i))
+            events.append(sse(finish_chunk(answer, i)))
             closed.add(i)
-    return chunks
+    return "".join(events)
 
 
 async def _json_body(request: Request) -> Any:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring  # what the events' encoder (ensure_ascii=False) does to a str
 from typing import Any
 
 from llm_client.openai_server.schema import GenerationCall
+from llm_client.openai_server.streaming import sse
 from llm_client.openai_server.triton import Piece
 
 FINISH_REASONS = {"stop": "stop", "length": "length"}
@@ -36,6 +38,7 @@ class Answer:
     choices: list[Choice] = field(default_factory=list)
     prompt_tokens: int = 0
     completion_tokens: int = 0  # over all choices, as OpenAI counts them
+    templates: dict[int, tuple[str, str]] = field(default_factory=dict)  # text_event's, per choice
 
     def __post_init__(self) -> None:
         self.choices = self.choices or [Choice() for _ in range(self.call.n)]
@@ -155,6 +158,23 @@ def text_chunk(answer: Answer, piece: Piece, index: int, offset: int) -> dict[st
     else:
         choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": None}
     return _chunk(answer, [choice])
+
+
+def text_event(answer: Answer, piece: Piece, index: int, offset: int) -> str:
+    """text_chunk as a server-sent event ("" for no chunk). Without logprobs only the text changes from token to
+    token: the choice's event is encoded once around a placeholder, then each token costs one string encode."""
+    if answer.call.logprobs is not None:
+        chunk = text_chunk(answer, piece, index, offset)
+        return sse(chunk) if chunk is not None else ""
+    text = piece.texts[index] if index < len(piece.texts) else ""
+    if not text:
+        return ""
+    if index not in answer.templates:
+        event = sse(text_chunk(answer, Piece(["\0"] * (index + 1)), index, offset))
+        head, _, tail = event.rpartition(encode_basestring("\0"))  # the text is the event's last string
+        answer.templates[index] = head, tail
+    head, tail = answer.templates[index]
+    return head + encode_basestring(text) + tail
 
 
 def finish_chunk(answer: Answer, index: int) -> dict[str, Any]:
