@@ -7,6 +7,7 @@ request, and the model frees its KV blocks at the next engine step.
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 from collections.abc import AsyncGenerator
@@ -41,11 +42,18 @@ def _tensor(name: str, value: np.ndarray) -> aioclient.InferInput:
     return t
 
 
+@functools.cache
+def _flag(name: str, value: bool) -> aioclient.InferInput:
+    """A one-element BOOL input, made once: tritonclient only reads an InferInput when it builds a request."""
+    return _tensor(name, np.array([value]))
+
+
 def build_tensors(call: GenerationCall) -> list[aioclient.InferInput]:
     flags = FLAGS + (("return_logprobs",) if call.logprobs is not None else ())
     # surrogatepass: a lone surrogate reaches the model, which refuses it naming the field (a 400, not a 500)
     inputs = build_inputs(call.prompt, call.messages, call.stream, call.params, flags, errors="surrogatepass")
-    return [_tensor(name, value) for name, value in inputs.items()]
+    return [_flag(name, bool(value[0])) if value.dtype == np.bool_ else _tensor(name, value)
+            for name, value in inputs.items()]
 
 
 _LENGTH = struct.Struct("<I")
