@@ -262,10 +262,12 @@ def _freeze_heap_timed() -> dict:
 
 
 def _plan(args, default: str) -> dict:
-    """The phase's PLAN entry (QUICK's with --quick), keeping only --workloads when given."""
+    """The phase's PLAN entry (QUICK's with --quick), keeping only --workloads and --concurrency when given."""
     plan = (QUICK if args.quick else PLAN)[args.plan or default]
     keep = args.workloads.split(",") if args.workloads else list(plan)
-    return {w: cs for w, cs in plan.items() if w in keep}
+    streams = {int(c) for c in args.concurrency.split(",")} if args.concurrency else None
+    plan = {w: [c for c in cs if streams is None or c in streams] for w, cs in plan.items() if w in keep}
+    return {w: cs for w, cs in plan.items() if cs}
 
 
 def _admission_knobs(plan: dict) -> dict:
@@ -658,6 +660,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--waves", type=int, default=0, help="requests per point of 64+ streams, in units of its "
                     "concurrency (default 8 for the trtllm plans, else 1); the point reports the whole run's "
                     "throughput and the steady stretch's (steady_tok_s)")
+    ap.add_argument("--concurrency", help="comma-separated: run only these concurrencies of each phase's plan "
+                    "(e.g. 1024 of trtllm_short's 1, 256, 1024)")
     ap.add_argument("--workloads", help="comma-separated: run only these workloads of each phase's plan ("
                     + ", ".join(WORKLOADS) + ")")
     # internal: one phase in this process
@@ -707,6 +711,7 @@ def main(argv: list[str] | None = None) -> int:
         results["command"] = previous["command"] + " ; " + results["command"]
     q = (["--quick"] if args.quick else []) + [f"--serving={item}" for item in args.serving] + ["--shape", args.shape]
     q += ["--workloads", args.workloads] if args.workloads else []
+    q += ["--concurrency", args.concurrency] if args.concurrency else []
     q += ["--waves", str(args.waves)] if args.waves else []
     plan_args = ["--plan", args.plan] if args.plan else []  # for the engine phases (not the Triton twin)
     t_start = time.time()
