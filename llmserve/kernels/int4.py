@@ -4,9 +4,9 @@
 Weights: uint8 [N, K / 2] in the group-halves layout (byte i of a group of g holds element i in its low nibble
 and element i + g/2 in its high one), scales (and minimums) [N, K / g] in 16 bits, or 32 (GGUF Q4_K: every load
 below converts them to float32, so either works unchanged); "sym" w = s * (q - 8), "asym"
-w = s * q + m. A tile of BLOCK_K inputs (whole groups) is one [BLOCK_N, BLOCK_K / 2] byte load; `& 15` gives the
-low half-tile and `>> 4` the high one, and x is loaded twice at the matching offsets (k0 + j*g + i and + g/2),
-so nothing is interleaved in registers.
+w = s * q + m. A tile of BLOCK_K inputs (whole groups) is one byte load shaped [BLOCK_N, groups, g / 2], so a
+group's scale is one load broadcast over it; `& 15` gives the low halves and `>> 4` the high ones, and x is loaded
+twice at the matching offsets (k0 + j*g + i and + g/2), so nothing is interleaved in registers.
 - `w4gemv` (M = 1, batch-1 decode): CUDA-core FMAs; per element acc += s * (q_lo * x_lo + q_hi * x_hi) (sym:
   q - 8; asym adds m * (x_lo + x_hi)), codes to float by a bit trick (no I2F); `gated=True` computes the
   MLP's silu(gate) * up while loading x, as the 16/8-bit GEMV does.
