@@ -76,7 +76,7 @@ def test_folding_the_scales_keeps_the_16bit_logits(request, tmp_path, which, kee
     src = request.getfixturevalue(which)
     state = load_safetensors(src)
     before = {k: v.clone() for k, v in state.items()}
-    assert awq.apply_awq_(state, src, 128, True, keep_attention_fp16=keep) == groups
+    assert awq.apply_awq_(state, src, 128, True, keep_attention_fp16=keep, clip=False) == groups
     changed = {k for k in state if not torch.equal(state[k].float(), before[k].float())}
     assert "model.layers.0.mlp.down_proj.weight" in changed and "model.layers.1.mlp.up_proj.weight" in changed
     assert ("model.layers.0.self_attn.q_proj.weight" in changed) != keep
@@ -106,6 +106,25 @@ def test_awq_loss_is_at_most_rtn_per_group(tiny_hf_checkpoint_mha, group, symmet
             assert found <= rtn, names
             gains.append(found < rtn)
     assert len(gains) == 8 and any(gains)  # the search does move off r = 0 somewhere
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_clipping_search_lowers_the_output_error_where_a_group_has_an_outlier(symmetric):
+    """Per row and group, the chosen bound's error is at most no clipping's; symmetric steps span +-amax, so a lone
+    large weight there gets clipped (an asymmetric group's range may keep it: its steps already follow min and max)."""
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(300, 256, generator=gen), torch.randn(16, 256, generator=gen) * 0.02
+    w[3, 70] = 0.5  # an outlier in row 3, group 1 (of 64)
+    bound = awq.search_clip(x, w, 64, symmetric)
+    amax = w.reshape(16, 4, 64).abs().amax(-1, keepdim=True)
+    assert bound.shape == (16, 4, 1) and bool((bound <= amax).all())
+    if symmetric:
+        assert bound[3, 1, 0] < amax[3, 1, 0]
+
+    def err(b):
+        c = torch.maximum(torch.minimum(w.reshape(16, 4, 64), b), -b).reshape(16, 256)
+        return (x @ (awq.fake_quant(c, 64, symmetric) - w).t()).pow(2).mean().item()
+    assert err(bound) < err(amax) if symmetric else err(bound) <= err(amax)
 
 
 def test_awq_checkpoint_loads_and_tracks_the_original(tiny_hf_checkpoint, tmp_path):

@@ -10,8 +10,11 @@ awq/quantize/auto_scale.py (`auto_scale_block`, `scale_ln_fcs`, `scale_fc_fc`):
 - q/k/v read input_layernorm (folded into its weight), gate/up read post_attention_layernorm, down reads
   silu(gate) * up (folded into up_proj's rows); o_proj is scaled only when v_proj has its shape (no GQA), as
   llm-awq does, and folded into v_proj's rows.
-Two simplifications, for a CPU run in seconds: the error is measured on the group's own outputs (llm-awq runs
-the whole attention / MLP block for q/k/v and gate/up), and the weight clipping search (`auto_clip`) is not done.
+Then, as llm-awq's auto_clip.py (`auto_clip_layer`), each scaled linear but q and k gets a clipping search: per
+output row and group, the largest |w| allowed is cut to 1, 0.95, ..., 0.55 of its own, the one with the least
+squared error of that group's share of the output kept (a finer step for most weights against a few clipped).
+One simplification, for a CPU run in seconds: the scale search measures the error on the group's own outputs
+(llm-awq runs the whole attention / MLP block for q/k/v and gate/up).
 All searches use the activations of the unquantized model on CALIBRATION (one prefill, float32), as llm-awq
 takes every layer's inputs before scaling it; all scales of a layer come from its unscaled weights, then apply.
 Deterministic: fixed text, float32, no sampling.
@@ -68,6 +71,35 @@ def search_scale(x: torch.Tensor, w: torch.Tensor, group_size: int, symmetric: b
     return best
 
 
+CLIP_STEPS, CLIP_TOKENS = 10, 512  # llm-awq: max_shrink 0.5 over a grid of 20; 512 tokens sampled
+
+
+def search_clip(x: torch.Tensor, w: torch.Tensor, group_size: int, symmetric: bool) -> torch.Tensor:
+    """x [T, K] inputs, w [N, K]: the clipping bound per output row and group [N, K / g, 1] (1.0 x its amax: none)."""
+    x = x.float()[:: max(1, x.shape[0] // CLIP_TOKENS)]
+    n, k = w.shape
+    wg = w.float().reshape(n, k // group_size, group_size)
+    xg = x.reshape(x.shape[0], k // group_size, group_size).transpose(0, 1)  # [G, T, g]
+    amax = wg.abs().amax(-1, keepdim=True)
+    best, best_err = amax.clone(), torch.full(amax.shape[:2], float("inf"))
+    for i in range(CLIP_STEPS):
+        bound = amax * (1 - i / (2 * CLIP_STEPS))
+        clipped = torch.maximum(torch.minimum(wg, bound), -bound)
+        diff = fake_quant(clipped.reshape(n, k), group_size, symmetric).reshape(wg.shape) - wg
+        err = torch.bmm(xg, diff.transpose(0, 1).transpose(1, 2)).pow(2).mean(1).t()  # [N, G]
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best = torch.where(better[..., None], bound, best)
+    return best
+
+
+def clip_(state: dict[str, torch.Tensor], name: str, x: torch.Tensor, group_size: int, symmetric: bool) -> None:
+    w = state[name + ".weight"].float()
+    bound = search_clip(x, w, group_size, symmetric)
+    wg = w.reshape(*bound.shape[:2], group_size)
+    state[name + ".weight"] = torch.maximum(torch.minimum(wg, bound), -bound).reshape(w.shape)
+
+
 def calibration_inputs(model: LlamaModel, ids: list[int]) -> list[dict[str, torch.Tensor]]:
     """One prefill of `ids`; per layer the inputs of qkv_proj ("attn"), o_proj ("o"), gate_up_proj ("mlp")
     and down_proj ("down", after silu(gate) * up)."""
@@ -106,11 +138,11 @@ def _prefill(model: LlamaModel, ids: list[int], block_size: int = 16) -> None:
 
 
 def apply_awq_(state: dict[str, torch.Tensor], src: Path, group_size: int, symmetric: bool,
-               keep_attention_fp16: bool = False) -> int:
+               keep_attention_fp16: bool = False, clip: bool = True) -> int:
     """Scales the HF float `state` of checkpoint `src` in place (the 16-bit function is unchanged up to
     rounding). The weights it scales come back float32 (they are quantized next: rounding them to 16 bits
-    first would add an error of its own); the norms keep their dtype. Returns how many linear groups were
-    scaled."""
+    first would add an error of its own); the norms keep their dtype. `clip`: then the clipping search (which,
+    unlike the scales, changes the 16-bit function). Returns how many linear groups were scaled."""
     model = load_model(src, torch.float32, torch.device("cpu"), kernel_mode="off")
     ids = Tokenizer.from_file(str(src / "tokenizer.json")).encode(CALIBRATION.read_text()).ids[:MAX_TOKENS]
     feats = calibration_inputs(model, ids)
@@ -120,9 +152,12 @@ def apply_awq_(state: dict[str, torch.Tensor], src: Path, group_size: int, symme
         groups = plans(f, i, keep_attention_fp16, mha)
         scales = [search_scale(x, torch.cat([state[n + ".weight"] for n in names]), group_size, symmetric)
                   for x, _, names in groups]
-        for (_, prev, names), s in zip(groups, scales):
+        for (x, prev, names), s in zip(groups, scales):
             _fold(state, prev, names, s)
             done += 1
+            for name in names if clip else ():
+                if not name.endswith(("q_proj", "k_proj")):  # llm-awq leaves q and k unclipped
+                    clip_(state, name, x / s, group_size, symmetric)
     return done
 
 
