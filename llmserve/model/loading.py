@@ -32,8 +32,9 @@ PARTS = {"q": ("self_attn.qkv_proj", 0, 3), "k": ("self_attn.qkv_proj", 1, 3), "
          "gate": ("mlp.gate_up_proj", 0, 2), "up": ("mlp.gate_up_proj", 1, 2)}
 Index = dict[Path, dict[str, torch.Tensor]]  # shard file -> its tensors' names and meta-device stand-ins
 Rename = Callable[[str], "str | None"]  # our full-model name -> the name in the model being filled (None: not kept)
-# (our name, part, parts, shape) -> the pieces of the tensor to read: (dim, [(start, stop), ...]), None: all of it
-Slicer = Callable[[str, int, int, tuple[int, ...]], "tuple[int, list[tuple[int, int]]] | None"]
+# The pieces of a tensor to read: (dim, [(start, stop), ...]), concatenated along dim; None: all of it
+Pieces = tuple[int, list[tuple[int, int]]]
+Slicer = Callable[[str, int, int, tuple[int, ...]], "Pieces | None"]  # (our name, part, parts, shape) -> Pieces
 
 
 def _same(key: str) -> str:
@@ -149,7 +150,7 @@ def load_checkpoint_(model: nn.Module, index: Index, dtype: torch.dtype, device:
         model.lm_head.weight = model.embed_tokens.weight
 
 
-def _read(f, hf_key: str, pieces: tuple[int, list[tuple[int, int]]] | None) -> torch.Tensor:
+def _read(f, hf_key: str, pieces: Pieces | None) -> torch.Tensor:
     """The tensor, or only its pieces (rows, or columns of a 2-D one) off the memory map."""
     if pieces is None:
         return f.get_tensor(hf_key)

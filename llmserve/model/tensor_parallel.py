@@ -17,7 +17,6 @@ get_slice); `shard_model` then adds the all-reduces. A model made whole in memor
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -26,10 +25,8 @@ from torch import nn
 
 from llmserve.errors import ConfigError
 from llmserve.model.linear import Fp8Linear
+from llmserve.model.loading import Pieces, Slicer  # what a rank keeps of each tensor
 
-# The pieces of a tensor a rank keeps: (dim, [(start, stop), ...]), concatenated along dim; None: all of it.
-Pieces = tuple[int, list[tuple[int, int]]]
-Slicer = Callable[[str, int, int, tuple[int, ...]], "Pieces | None"]
 COLUMN = ("self_attn.qkv_proj", "mlp.gate_up_proj")
 ROW = ("self_attn.o_proj", "mlp.down_proj")
 
