@@ -154,13 +154,15 @@ def _w4mm_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, M, N, K, K_SPLIT, s
     store_tile(acc, b_ptr, out_ptr, offs_m, offs_n, m_mask, n_mask, M, stride_om, pid_k, HAS_BIAS)
 
 
-def _check(w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None) -> tuple[int, int, int]:
-    """(N, K, group size) of a packed weight, checked against its scales."""
-    N, half = w.shape
-    K = 2 * half
+def check_codes(w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None, storage: torch.dtype = torch.uint8,
+                per_byte: int = 2, groups: tuple[int, ...] = (32, 64, 128)) -> tuple[int, int, int]:
+    """(N, K, group size) of a weight of codes (`per_byte` a `storage` element: int4's 2 a uint8, int8 groups' 1
+    an int8), checked against its scales."""
+    N, width = w.shape
+    K = per_byte * width
     group = K // scale.shape[1]
-    assert w.dtype == torch.uint8 and group * scale.shape[1] == K, (w.shape, scale.shape)
-    assert group in (32, 64, 128) and w.stride(1) == 1 and scale.stride(1) == 1
+    assert w.dtype == storage and group * scale.shape[1] == K, (w.shape, scale.shape)
+    assert group in groups and w.stride(1) == 1 and scale.stride(1) == 1
     assert minimum is None or (minimum.shape == scale.shape and minimum.stride(1) == 1)
     return N, K, group
 
@@ -178,7 +180,7 @@ def w4gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch
            bias: torch.Tensor | None = None, gated: bool = False, config: tuple[int, int, int, int] | None = None,
            pdl: bool = False) -> torch.Tensor:
     """x: [1, K] (or [1, 2K] gated) -> [1, N]."""
-    return launch_gemv(_w4gemv_kernel, x, w, scale, minimum, bias, gated, config, pdl, _check(w, scale, minimum))
+    return launch_gemv(_w4gemv_kernel, x, w, scale, minimum, bias, gated, config, pdl, check_codes(w, scale, minimum))
 
 
 def launch_gemv(kernel, x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None,
@@ -226,7 +228,7 @@ def w4mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.T
          bias: torch.Tensor | None = None, gated: bool = False,
          config: tuple[int, int, int, int, int, int] | None = None, pdl: bool = False) -> torch.Tensor:
     """x: [M, K] (or [M, 2K] gated), w: packed [N, K / 2], scale (and minimum): [N, K / g]. Returns [M, N]."""
-    sizes = _check(w, scale, minimum)
+    sizes = check_codes(w, scale, minimum)
     if x.shape[0] == 1 and config is None:
         return w4gemv(x, w, scale, minimum, bias, gated, pdl=pdl)
     return launch_mm(_w4mm_kernel, x, w, scale, minimum, bias, gated, config, pdl, sizes)

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from llmserve.kernels.int4 import launch_gemv, launch_mm, load_x, store_rows, store_tile
+from llmserve.kernels.int4 import check_codes, launch_gemv, launch_mm, load_x, store_rows, store_tile
 
 GROUP_SIZES = (16, 32, 64, 128)
 
@@ -89,22 +89,12 @@ def _w8g_mm_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, M, N, K, K_SPLIT,
     store_tile(acc, b_ptr, out_ptr, offs_m, offs_n, m_mask, n_mask, M, stride_om, pid_k, HAS_BIAS)
 
 
-def _check(w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None) -> tuple[int, int, int]:
-    """(N, K, group size) of an 8-bit group weight, checked against its scales."""
-    N, K = w.shape
-    group = K // scale.shape[1]
-    assert w.dtype == torch.int8 and group * scale.shape[1] == K, (w.shape, scale.shape)
-    assert group in GROUP_SIZES and w.stride(1) == 1 and scale.stride(1) == 1
-    assert minimum is None or (minimum.shape == scale.shape and minimum.stride(1) == 1)
-    return N, K, group
-
-
 def w8gmm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None = None,
           bias: torch.Tensor | None = None, gated: bool = False, config: tuple[int, ...] | None = None,
           pdl: bool = False) -> torch.Tensor:
     """x: [M, K] (or [M, 2K] gated), w: int8 [N, K], scale (and minimum): [N, K / g]. Returns [M, N]. `config`:
     (BLOCK_N, BLOCK_K, warps, stages) for the one-row GEMV, (BLOCK_M, ..., split-K) for more rows."""
-    sizes = _check(w, scale, minimum)
+    sizes = check_codes(w, scale, minimum, torch.int8, 1, GROUP_SIZES)
     if x.shape[0] == 1 and (config is None or len(config) == 4):
         return launch_gemv(_w8g_gemv_kernel, x, w, scale, minimum, bias, gated, config, pdl, sizes)
     return launch_mm(_w8g_mm_kernel, x, w, scale, minimum, bias, gated, config, pdl, sizes)
