@@ -43,6 +43,7 @@ class ChainCheck(NamedTuple):
     rows: int  # running sequences it continues
     tokens: int  # their tokens (one each: plain decode)
     admits: bool  # whether it may admit waiting sequences
+    waiting_tokens: int = 0  # the uncomputed tokens of the waiting sequences it may admit
 
     @property
     def plain_decode(self) -> bool:
@@ -105,9 +106,12 @@ class Scheduler:
         way needs that one token only, and the free blocks hold every running sequence's uncomputed tokens, so
         it preempts none (a preempted sequence would keep its placeholder)."""
         admits = bool(self.waiting) and len(self.running) < self.config.max_batch_size
-        if admits and not all(s.plain_greedy for s in islice(self.waiting, self.config.max_batch_size
-                                                             - len(self.running))):
-            return None
+        waiting_tokens = 0
+        if admits:
+            for s in islice(self.waiting, self.config.max_batch_size - len(self.running)):
+                if not s.plain_greedy:
+                    return None
+                waiting_tokens += len(s.tokens) - s.num_computed_tokens
         # Called for every step at every batch size: attributes read directly, no properties or calls per sequence.
         bs = self.blocks.block_size
         rows = tokens = new_blocks = 0
@@ -123,7 +127,7 @@ class Scheduler:
             new_blocks += -(-n_tokens // bs) - len(seq.block_table)
         if new_blocks > self.blocks.num_free:
             return None
-        return ChainCheck(rows, tokens, admits)
+        return ChainCheck(rows, tokens, admits, waiting_tokens)
 
     def schedule(self, now: float | None = None, max_tokens: int | None = None) -> ScheduledBatch:
         """max_tokens: a lower token budget for this step than max_num_tokens (what a launched step may hold)."""
