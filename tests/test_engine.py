@@ -314,14 +314,3 @@ def test_async_mixed_steps_give_the_same_tokens_as_synchronous_steps(checkpoint,
         assert sync[2].stats().preemptions > 0 and fast[2].stats().preemptions > 0
     if case == "staggered":
         assert sync[1]["p1"] == "length" and len(sync[0]["p1"]) == 6
-
-
-def test_a_burst_of_prompts_past_the_launch_cap_runs_synchronously(checkpoint, chat_ids, monkeypatch):
-    """A mixed step is queued behind the launched one only when its running rows and every prompt it may admit fit
-    the runner's cap (on CUDA the prefill graphs'); a burst past it runs synchronously, in a full-size step."""
-    engine = TorchEngine(ServingConfig.of(max_num_tokens=64, async_scheduling="true"), checkpoint)
-    monkeypatch.setattr(type(engine.runner), "mixed_token_cap", property(lambda self: 16))
-    engine.add_request(greedy("short", chat_ids[:10], n=4))
-    assert engine._chain_budget() == 16  # 10 prompt tokens fit the cap: launched behind, capped
-    engine.add_request(greedy("long", chat_ids[:12], n=4))
-    assert engine._chain_budget() is None  # 22 waiting tokens: a synchronous step takes them all

@@ -101,13 +101,13 @@ def test_chain_next_says_whether_the_next_schedule_may_run_behind_a_launched_ste
     for s in (a, b):
         s.plain_greedy = True
         sched.add(s)
-    assert sched.chain_next() == (0, 0, True, 16)  # nothing running: a mixed step that admits both (16 tokens)
+    assert sched.chain_next() == (0, 0, True)  # nothing running: a mixed step that admits both
     sched.schedule(max_tokens=8)  # a takes 6 tokens, b a chunk of 2 (the budget capped)
     a.num_computed_tokens, b.num_computed_tokens = 6, 2
     a.tokens.append(-1)
     a.num_pending = 1  # a's first token is on its way
     check = sched.chain_next()
-    assert check == (2, 9, False, 0) and not check.plain_decode  # a decodes one token, b's prompt has 8 left
+    assert check == (2, 9, False) and not check.plain_decode  # a decodes one token, b's prompt has 8 left
     b.num_computed_tokens = 10
     b.tokens.append(-1)
     assert sched.chain_next().plain_decode
@@ -115,7 +115,7 @@ def test_chain_next_says_whether_the_next_schedule_may_run_behind_a_launched_ste
     assert sched.chain_next() is None
     a.num_computed_tokens, a.num_pending, a.tokens[-1] = 6, 0, 7
     a.tokens += [7, 7]  # a has 3 tokens to compute (a third block), b 1 (a third block too)
-    assert sched.chain_next() == (2, 4, False, 0)
+    assert sched.chain_next() == (2, 4, False)
     blocks.grow(seq(4 * blocks.num_free, 9), 4 * blocks.num_free)  # no block free: schedule would preempt
     assert sched.chain_next() is None
     sampled = seq(4, 3)

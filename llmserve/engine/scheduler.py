@@ -43,7 +43,6 @@ class ChainCheck(NamedTuple):
     rows: int  # running sequences it continues
     tokens: int  # their tokens (one each: plain decode)
     admits: bool  # whether it may admit waiting sequences
-    waiting_tokens: int = 0  # the uncomputed tokens of the waiting sequences it may admit
 
     @property
     def plain_decode(self) -> bool:
@@ -106,12 +105,9 @@ class Scheduler:
         way needs that one token only, and the free blocks hold every running sequence's uncomputed tokens, so
         it preempts none (a preempted sequence would keep its placeholder)."""
         admits = bool(self.waiting) and len(self.running) < self.config.max_batch_size
-        waiting_tokens = 0
-        if admits:
-            for s in islice(self.waiting, self.config.max_batch_size - len(self.running)):
-                if not s.plain_greedy:
-                    return None
-                waiting_tokens += len(s.tokens) - s.num_computed_tokens
+        if admits and not all(s.plain_greedy for s in islice(self.waiting, self.config.max_batch_size
+                                                             - len(self.running))):
+            return None
         # Called for every step at every batch size: attributes read directly, no properties or calls per sequence.
         bs = self.blocks.block_size
         rows = tokens = new_blocks = 0
@@ -127,7 +123,7 @@ class Scheduler:
             new_blocks += -(-n_tokens // bs) - len(seq.block_table)
         if new_blocks > self.blocks.num_free:
             return None
-        return ChainCheck(rows, tokens, admits, waiting_tokens)
+        return ChainCheck(rows, tokens, admits)
 
     def schedule(self, now: float | None = None, max_tokens: int | None = None) -> ScheduledBatch:
         """max_tokens: a lower token budget for this step than max_num_tokens (what a launched step may hold)."""

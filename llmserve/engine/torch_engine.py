@@ -233,8 +233,7 @@ class TorchEngine:
     def _chain_budget(self) -> int | None:
         """The token budget of the next step when it may be queued behind the launched one (None: it may not):
         the scheduler finds it safe and the runner takes it. A mixed step's budget is capped to what the runner
-        launches, and only when its running sequences and the prompts it may admit all fit under the cap: a burst of
-        arrivals runs synchronously, in a step as large as max_num_tokens."""
+        launches, and only when its running sequences fit under the cap (new prompts take what is left)."""
         check = self.scheduler.chain_next()
         if check is None:
             return None
@@ -243,8 +242,6 @@ class TorchEngine:
         cap = self.runner.mixed_token_cap
         if self._crash_token is not None or not cap or check.tokens > cap or not (check.rows or check.admits):
             return None
-        if check.tokens + check.waiting_tokens > cap and self.cfg.batching.max_num_tokens > cap:
-            return None  # a synchronous step admits what the cap would leave waiting (a burst of arrivals)
         return cap
 
     def _launch(self, batch: ScheduledBatch, prev: Launched | None) -> Launched:
