@@ -9,6 +9,7 @@ prints a short table at the end (the device tool returns only the tail of the ou
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -245,22 +246,25 @@ def s_floor(args):
     RESULTS["floor"] = res
 
 
-def _varlen_case(B: int, L: int) -> dict:
+def _varlen_case(B: int, L: int, config: tuple | None = None, decode_rows: int = 0, decode_ctx: int = 0) -> dict:
+    """B prompts of L tokens (and decode_rows sequences of one new token at decode_ctx, first in the step, as the
+    engine lays out a mixed step): our varlen kernel per layer with `config`, and SDPA dense over the prompts."""
     from llmserve.kernels.attention import varlen_attention
     from llmserve.kernels.shapes import varlen_query_blocks
 
     H, KVH, D, page = 32, 8, 128, 16
-    blocks = B * (-(-L // page))
-    cache = torch.randn(2, blocks + 1, page, KVH, D, device="cuda", dtype=torch.bfloat16)
-    bt = torch.arange(blocks, device="cuda", dtype=torch.int32).view(B, -1)
-    ctx = torch.full((B,), L, dtype=torch.int32, device="cuda")
-    qstart = torch.arange(0, (B + 1) * L, L, dtype=torch.int32, device="cuda")
-    seqs, starts = varlen_query_blocks([L] * B, H // KVH, D)
+    qlens, ctxs = [1] * decode_rows + [L] * B, [decode_ctx] * decode_rows + [L] * B
+    width = -(-max(ctxs) // page)
+    cache = torch.randn(2, len(ctxs) * width + 1, page, KVH, D, device="cuda", dtype=torch.bfloat16)
+    bt = torch.arange(len(ctxs) * width, device="cuda", dtype=torch.int32).view(len(ctxs), width)
+    ctx = torch.tensor(ctxs, dtype=torch.int32, device="cuda")
+    qstart = torch.tensor([0] + list(itertools.accumulate(qlens)), dtype=torch.int32, device="cuda")
+    seqs, starts = varlen_query_blocks(qlens, H // KVH, D, config[0] if config else 0)
     qb = (torch.tensor(seqs, dtype=torch.int32, device="cuda"), torch.tensor(starts, dtype=torch.int32, device="cuda"))
-    q = torch.randn(B * L, H, D, device="cuda", dtype=torch.bfloat16)
-    ours = graph_time_ms(lambda: [varlen_attention(q, cache, bt, ctx, qstart, *qb, D ** -0.5)
+    q = torch.randn(sum(qlens), H, D, device="cuda", dtype=torch.bfloat16)
+    ours = graph_time_ms(lambda: [varlen_attention(q, cache, bt, ctx, qstart, *qb, D ** -0.5, config=config)
                                   for _ in range(32)], reps=10) * 1000 / 32
-    qd = q.view(B, L, H, D).transpose(1, 2)
+    qd = q[decode_rows:].view(B, L, H, D).transpose(1, 2)
     kd = torch.randn(B, KVH, L, D, device="cuda", dtype=torch.bfloat16)
     sdpa = graph_time_ms(lambda: [torch.nn.functional.scaled_dot_product_attention(
         qd, kd, kd, is_causal=True, enable_gqa=True) for _ in range(32)], reps=10) * 1000 / 32
@@ -279,6 +283,30 @@ def s_varlen(args):
         SUMMARY.append(f"varlen B={B} L={L}: ours {r['ours_us']:.1f} us/layer ({r['ours_TFLOPs']:.0f} TFLOP/s), "
                        f"SDPA dense {r['sdpa_us']:.1f} us ({r['sdpa_TFLOPs']:.0f})")
         print(SUMMARY[-1], flush=True)
+
+
+VARLEN_CONFIGS = [(64, 64, 4, 2), (64, 64, 4, 3), (64, 128, 4, 2), (64, 128, 8, 3), (128, 64, 8, 2),
+                  (128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3), (128, 32, 4, 3)]
+
+
+@section("varlen_sweep")
+def s_varlen_sweep(args):
+    """The varlen kernel's launch configs (BLOCK_M, BLOCK_N, warps, stages) over prompts of 128-2,048 tokens and a
+    mixed step's shape (256 decode rows at 2,048 tokens of context beside 3 prompts of 2,048): us per layer."""
+    res = RESULTS.setdefault("varlen_sweep", {})
+    cases = [(32, 128, 0), (2, 2048, 0), (4, 1000, 0), (3, 2048, 256)]
+    for cfg in VARLEN_CONFIGS:
+        for B, L, rows in cases:
+            key = f"{cfg}:B{B}_L{L}_dec{rows}"
+            try:
+                r = res[key] = _varlen_case(B, L, cfg, rows, 2048)
+            except Exception as exc:  # a config past the SM's shared memory
+                res[key] = f"failed: {type(exc).__name__}"
+                continue
+            SUMMARY.append(f"varlen {key}: {r['ours_us']:.1f} us ({r['ours_TFLOPs']:.0f} TFLOP/s of the prompts), "
+                           f"SDPA {r['sdpa_us']:.1f}")
+            print(SUMMARY[-1], flush=True)
+        save(args.out)
 
 
 @section("int4")
@@ -593,6 +621,20 @@ def _record_profile(res: dict, key: str, table: dict[str, float], ms: float) -> 
     print(SUMMARY[-1], flush=True)
 
 
+def _profile_mixed(eng, res: dict, key: str, reps: int = 2) -> None:
+    """Steps as the engine runs them (host work included: wall ms a step, no profiler), then as many under the
+    profiler for the kernels: the gap between the two is the GPU's idle time in a step."""
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        eng.step()
+    torch.cuda.synchronize()
+    wall = (time.perf_counter() - t0) * 1e3 / reps
+    rows = sum(s.num_computed_tokens >= s.num_prompt_tokens for s in eng.seqs.values())
+    table, _ = _profiled(eng.step, reps)
+    _record_profile(res, f"{key}({rows}_decoding)", table, wall)
+
+
 def _profile_batch(eng, res: dict, mode: str, B: int, prompt: int, vocab: int) -> None:
     """The first prefill step of a burst of B prompts, then the decode step ~40 tokens later: its graph replay
     when one takes B rows, else 5 eager steps (host time included in ms)."""
@@ -605,6 +647,11 @@ def _profile_batch(eng, res: dict, mode: str, B: int, prompt: int, vocab: int) -
         eng.add_request(EngineRequest(f"{B}-{i}", ids, SamplingParams(temperature=0.0, max_tokens=200,
                                                                       ignore_eos=True)))
     _record_profile(res, f"{mode}:{B}:first_prefill_step", *_profiled(eng.step, 1))
+    mid = B * prompt // (2 * eng.cfg.batching.max_num_tokens)
+    if mid >= 4:  # a burst long enough to have steps of decode rows plus a prefill chunk: profile two of them
+        for _ in range(mid - 4):
+            eng.step()
+        _profile_mixed(eng, res, f"{mode}:{B}:mixed_step")
     while _prefilling(eng):
         eng.step()
     for _ in range(40):  # ~40 tokens past the prompt
@@ -983,7 +1030,8 @@ def s_triton(args):
 SECTIONS = {"env": s_env, "tests": s_tests, "engine_small": s_engine_small, "engine7b": s_engine7b, "pdl": s_pdl,
             "floor": s_floor, "attn": s_attn, "attn_kv": s_attn_kv, "gemv": s_gemv, "gemv1": s_gemv1, "mm16": s_mm16,
             "host": s_host, "triton": s_triton, "profile": s_profile, "steady": s_steady, "varlen": s_varlen,
-            "int4": s_int4, "int8_group": s_int8_group, "int4_sweep": s_int4_sweep, "graphs_bs1": s_graphs_bs1}
+            "int4": s_int4, "int8_group": s_int8_group, "varlen_sweep": s_varlen_sweep,
+            "int4_sweep": s_int4_sweep, "graphs_bs1": s_graphs_bs1}
 
 
 def main() -> int:

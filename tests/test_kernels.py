@@ -189,11 +189,14 @@ def test_decode_attention(nh, nkv, hd, config, fp8_cache):
 
 @pytest.mark.parametrize("nh,nkv,hd", [(4, 4, 64), (6, 2, 32)])
 @pytest.mark.parametrize("fp8_cache", [False, True])
-def test_varlen_attention_matches_torch_path(nh, nkv, hd, fp8_cache):
+@pytest.mark.parametrize("config", [None, (128, 64, 8, 2), (64, 128, 4, 3), (128, 32, 4, 3)])
+def test_varlen_attention_matches_torch_path(nh, nkv, hd, fp8_cache, config):
+    """Every launch config (tiles wholly visible, the diagonal ones, past the context) gives the torch path's."""
     if fp8_cache and DEV != "cuda":
         pytest.skip("fp8 loads need a GPU (the interpreter has no e4m3)")
     page = 4
-    query_lens, ctx_lens = [5, 1, 70, 3], [9, 17, 70, 3]  # prefix + chunk, decode, fresh prompt, fresh short
+    # prefix + chunk, decode, fresh prompt, fresh short, a long chunk after a long prefix (several whole tiles)
+    query_lens, ctx_lens = [5, 1, 70, 3, 150], [9, 17, 70, 3, 330]
     B, bt, cache = _paged_setup(ctx_lens, nh, nkv, hd, page)
     if fp8_cache:
         cache = cache.to(torch.float8_e4m3fn)
@@ -211,11 +214,11 @@ def test_varlen_attention_matches_torch_path(nh, nkv, hd, fp8_cache):
         ctx_lens, dtype=torch.int32, device=DEV), query_lens=query_lens, context_lens_host=ctx_lens,
         decode_only=False, max_context_len=max(ctx_lens))
     ref = paged_attention(q.float(), k_new.float(), v_new.float(), cache.float().clone(), meta, hd ** -0.5)
-    seqs, firsts = varlen_query_blocks(query_lens, nh // nkv, hd)
-    starts = torch.tensor([0, 5, 6, 76, 79], dtype=torch.int32, device=DEV)
+    seqs, firsts = varlen_query_blocks(query_lens, nh // nkv, hd, config[0] if config else 0)
+    starts = torch.tensor([0, 5, 6, 76, 79, 229], dtype=torch.int32, device=DEV)
     out = kattn.varlen_attention(q, cache, bt, meta.context_lens, starts,
                                  torch.tensor(seqs, dtype=torch.int32, device=DEV),
-                                 torch.tensor(firsts, dtype=torch.int32, device=DEV), hd ** -0.5)
+                                 torch.tensor(firsts, dtype=torch.int32, device=DEV), hd ** -0.5, config=config)
     assert rel(out, ref) < 1e-2
 
 

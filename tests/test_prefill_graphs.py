@@ -112,3 +112,27 @@ def test_a_carried_token_is_taken_from_the_last_launched_step_on_the_device():
     assert torch.equal(g.run(held, carried), g.run(real))
     assert g.run(real).flatten().tolist() == [7.0, 42.0]
     assert g.run(held).flatten().tolist() == [7.0, -1.0]  # without its source row the placeholder stays
+
+
+class ShapeModel(IdsModel):
+    """IdsModel that records the token count each decoder pass ran on (the padded bucket, or the step unpadded)."""
+
+    def __init__(self):
+        self.ran: list[int] = []
+
+    def decode_layers(self, ids, positions, kv_cache, meta):
+        self.ran.append(ids.shape[0])
+        return super().decode_layers(ids, positions, kv_cache, meta)
+
+
+def test_a_step_past_the_captured_buckets_runs_unpadded_on_the_same_inputs():
+    """graph_tokens below max_tokens: steps up to graph_tokens pad to a bucket, larger ones (up to max_tokens)
+    run on exactly their tokens, with the carried tokens taken on the device as in a graph."""
+    model, last = ShapeModel(), torch.tensor([0, 0, 42, 0], dtype=torch.int32)
+    g = PrefillGraphs(model, torch.zeros(1), 64, 4, 16, 256, last_tokens=last, graph_tokens=32)
+    assert g.buckets == [16, 32] and g.fits(64, 4) and not g.fits(65, 4)
+    big = _step([([7] * 50, 0, 50, list(range(13))), ([5, 6, -1], 2, 1, [13])])
+    logits = g.run(big, carried_rows(big.query_lens, [-1, 2]))
+    assert model.ran == [51] and logits.flatten().tolist() == [7.0, 42.0]
+    g.run(_step([([3] * 20, 0, 20, list(range(5)))]))
+    assert model.ran == [51, 32]  # back within the buckets: padded

@@ -12,7 +12,8 @@ engine completes step N before it launches step N+2, so a buffer is free again b
   tokens, computes logits and their argmax and writes it to `_last_tokens`.
 - Mixed steps on CUDA replay a prefill graph (prefill_graphs.py), which takes the carried tokens from
   `_last_tokens` itself; the sampled rows' logits and argmax follow eagerly and overwrite `_last_tokens[:R]`.
-  A mixed step larger than the prefill graphs is not launched on CUDA (its eager inputs would sync the host).
+  A mixed step larger than the prefill graphs (up to max_num_tokens) runs eagerly on the same pinned inputs,
+  so that it too is queued without a host sync.
 - Without graphs (a CPU, graphs off) the same runs eagerly.
 Padding rows of a decode graph write their K/V into a scratch block the block manager never hands out.
 """
@@ -126,8 +127,9 @@ class Launcher:
         # Prefill graphs first: captured after, they left the batch-1 decode graph slower (docs/performance.md).
         top = min(self.cfg.pytorch.prefill_graph_max_tokens, self.cfg.batching.max_num_tokens)
         if top > 0:
-            self._prefill_graphs = PrefillGraphs(self.model, self.kv_cache, top, self.cfg.batching.max_batch_size, W,
-                                                 self.max_model_len, last_tokens=self._last_tokens)
+            self._prefill_graphs = PrefillGraphs(self.model, self.kv_cache, self.cfg.batching.max_num_tokens,
+                                                 self.cfg.batching.max_batch_size, W, self.max_model_len,
+                                                 last_tokens=self._last_tokens, graph_tokens=top)
             self._prefill_graphs.capture_all(pool)
         for S in sorted(sizes, reverse=True):
             meta = AttentionMetadata(slot_mapping=slot[:S], block_tables=bt[:S], context_lens=ctx[:S],
@@ -176,12 +178,13 @@ class Launcher:
 
     @property
     def mixed_token_cap(self) -> int:
-        """The most tokens a launched mixed step may have (0: none is launched): on CUDA, the prefill graphs'."""
+        """The most tokens a launched mixed step may have (0: none is launched): on CUDA, the prefill graphs'
+        inputs' (max_num_tokens; past the captured graphs the step runs eagerly on them)."""
         if self.tp is not None:
             return 0
         if self.device.type != "cuda":
             return self.cfg.batching.max_num_tokens
-        return self._prefill_graphs.buckets[-1] if self._prefill_graphs is not None else 0
+        return self._prefill_graphs.max_tokens if self._prefill_graphs is not None else 0
 
     def can_launch_mixed(self, num_tokens: int, num_seqs: int) -> bool:
         """Whether `launch` takes a mixed step of this size (a CPU: any; CUDA: one the prefill graphs take)."""

@@ -46,14 +46,17 @@ def token_buckets(max_tokens: int) -> list[int]:
 
 class PrefillGraphs:
     def __init__(self, model, kv_cache: torch.Tensor, max_tokens: int, max_seqs: int, width: int,
-                 max_model_len: int, last_tokens: torch.Tensor | None = None):
+                 max_model_len: int, last_tokens: torch.Tensor | None = None, graph_tokens: int = 0):
         """Until `capture_all`, steps run the same padded inputs eagerly (the tests check the padding on CPU so).
-        last_tokens: the int32 device buffer carried tokens come from (the runner's; else one of max_seqs)."""
+        last_tokens: the int32 device buffer carried tokens come from (the runner's; else one of max_seqs).
+        graph_tokens: the largest step captured (default max_tokens); a larger one, up to max_tokens, runs the
+        same inputs eagerly, unpadded: its host work still overlaps the GPU's (no host sync for its inputs)."""
         args = model.args
         self.model, self.kv_cache, self.max_model_len = model, kv_cache, max_model_len
         self.group, self.head_dim = args.num_heads // args.num_kv_heads, args.head_dim
         self.qpb = varlen_block_m(self.group, self.head_dim) // self.group
-        self.buckets = token_buckets(max_tokens)
+        self.max_tokens = max_tokens
+        self.buckets = token_buckets(min(graph_tokens or max_tokens, max_tokens))
         self.max_seqs, self.width = B, W = max_seqs, width
         T, QB = max_tokens, self._work_rows(max_tokens)
         # Sections of one int32 buffer (block tables last: a step copies only the rows it uses). Row B of the
@@ -114,14 +117,14 @@ class PrefillGraphs:
             self.graphs[T] = (graph, hidden, residual)
 
     def fits(self, num_tokens: int, num_seqs: int) -> bool:
-        return num_tokens <= self.buckets[-1] and num_seqs <= self.max_seqs
+        return num_tokens <= self.max_tokens and num_seqs <= self.max_seqs
 
     def run(self, step: StepInputs, carried: np.ndarray | None = None) -> torch.Tensor | None:
         """Runs the decoder stack on the step; returns the logits of its sample rows (None if it has none).
         carried: per token, the row of `last_tokens` its id comes from (-1: its own); None: none carried."""
         t0 = time.perf_counter()
         n, B = len(step.ids), len(step.query_lens)
-        T = next(b for b in self.buckets if b >= n)
+        T = next((b for b in self.buckets if b >= n), n)  # past the buckets: eager, unpadded
         self._turn ^= 1
         if self._copied[self._turn] is not None:  # this buffer's copy two steps ago must be done
             self._copied[self._turn].synchronize()
@@ -133,7 +136,7 @@ class PrefillGraphs:
             self._copied[self._turn] = torch.cuda.Event()
             self._copied[self._turn].record()
         t1 = time.perf_counter()
-        if self.graphs:
+        if T in self.graphs:
             graph, hidden, residual = self.graphs[T]
             graph.replay()
         else:

@@ -148,6 +148,39 @@ def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
 
 
 @triton.jit
+def _varlen_tile(q, m_i, l_i, acc, k_ptr, v_ptr, bt_ptr, seq, kvh, n0, kv_end, pos, qk_scale, d, stride_bt,
+                 stride_blk, stride_tok, D: tl.constexpr, PAGE: tl.constexpr, BLOCK_N: tl.constexpr,
+                 MASKED: tl.constexpr):
+    """One K/V tile of the online softmax. MASKED: the tile may hold keys past kv_end or after a row's position
+    (the causal diagonal); tiles every row sees whole skip the masks."""
+    toks = n0 + tl.arange(0, BLOCK_N)
+    tmask = toks < kv_end
+    if MASKED:
+        blk = tl.load(bt_ptr + seq * stride_bt + toks // PAGE, mask=tmask, other=0).to(tl.int64)
+    else:
+        blk = tl.load(bt_ptr + seq * stride_bt + toks // PAGE).to(tl.int64)
+    off = blk * stride_blk + (toks % PAGE) * stride_tok + kvh * D
+    if MASKED:
+        k = tl.load(k_ptr + off[:, None] + d[None, :], mask=tmask[:, None], other=0.0).to(q.dtype)  # fp8 KV
+    else:
+        k = tl.load(k_ptr + off[:, None] + d[None, :]).to(q.dtype)
+    s = tl.dot(q, tl.trans(k)) * qk_scale
+    if MASKED:
+        s = tl.where((toks[None, :] <= pos[:, None]) & tmask[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet (padding rows)
+    p = tl.math.exp2(s - m_safe[:, None])
+    alpha = tl.math.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    if MASKED:
+        v = tl.load(v_ptr + off[:, None] + d[None, :], mask=tmask[:, None], other=0.0).to(q.dtype)
+    else:
+        v = tl.load(v_ptr + off[:, None] + d[None, :]).to(q.dtype)
+    acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _varlen_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, qstart_ptr, qb_seq_ptr, qb_start_ptr, out_ptr, scale,
                    stride_qt, stride_qh, stride_bt, stride_blk, stride_tok, stride_ot, stride_oh,
                    G: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr,
@@ -172,36 +205,36 @@ def _varlen_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, qstart_ptr, qb_seq_ptr,
         q = q.to(tl.float16)
     pos = ctx - ql + qi  # absolute position of each query row
     kv_end = tl.minimum(ctx, ctx - ql + q0 + QPB)
+    # Tiles wholly at or before the block's first query position are seen whole by every row
+    full_end = (ctx - ql + q0 + 1) // BLOCK_N * BLOCK_N
     qk_scale = scale * 1.4426950408889634
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_M,), tl.float32)
     acc = tl.zeros((BLOCK_M, D), tl.float32)
-    for n0 in range(0, kv_end, BLOCK_N):
-        toks = n0 + tl.arange(0, BLOCK_N)
-        tmask = toks < kv_end
-        blk = tl.load(bt_ptr + seq * stride_bt + toks // PAGE, mask=tmask, other=0).to(tl.int64)
-        off = blk * stride_blk + (toks % PAGE) * stride_tok + kvh * D
-        k = tl.load(k_ptr + off[:, None] + d[None, :], mask=tmask[:, None], other=0.0).to(q.dtype)  # fp8 KV
-        s = tl.dot(q, tl.trans(k)) * qk_scale
-        s = tl.where((toks[None, :] <= pos[:, None]) & tmask[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet (padding rows)
-        p = tl.math.exp2(s - m_safe[:, None])
-        alpha = tl.math.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_ptr + off[:, None] + d[None, :], mask=tmask[:, None], other=0.0).to(q.dtype)
-        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v)
-        m_i = m_new
+    for n0 in range(0, full_end, BLOCK_N):
+        m_i, l_i, acc = _varlen_tile(q, m_i, l_i, acc, k_ptr, v_ptr, bt_ptr, seq, kvh, n0, kv_end, pos, qk_scale,
+                                     d, stride_bt, stride_blk, stride_tok, D, PAGE, BLOCK_N, False)
+    for n0 in range(full_end, kv_end, BLOCK_N):
+        m_i, l_i, acc = _varlen_tile(q, m_i, l_i, acc, k_ptr, v_ptr, bt_ptr, seq, kvh, n0, kv_end, pos, qk_scale,
+                                     d, stride_bt, stride_blk, stride_tok, D, PAGE, BLOCK_N, True)
     o = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     tl.store(out_ptr + tok[:, None] * stride_ot + heads[:, None] * stride_oh + d[None, :],
              o.to(out_ptr.dtype.element_ty), mask=rmask[:, None])
 
 
+def varlen_config(group: int, head_dim: int) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the varlen kernel."""
+    bm = varlen_block_m(group, head_dim)
+    return (bm, 64, 4, 2) if bm == 64 else (bm, 64, 8, 2)
+
+
 def varlen_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor, context_lens: torch.Tensor,
                      query_start: torch.Tensor, qb_seq: torch.Tensor, qb_start: torch.Tensor, scale: float,
-                     out: torch.Tensor | None = None) -> torch.Tensor:
+                     out: torch.Tensor | None = None, config: tuple[int, int, int, int] | None = None
+                     ) -> torch.Tensor:
     """q: [T, H, D] for all new tokens, sequence after sequence (query_start: [B+1] int32 offsets);
-    context_lens: [B] tokens in the cache including the new ones (already written). Returns [T, H, D]."""
+    context_lens: [B] tokens in the cache including the new ones (already written). `config`: (BLOCK_M,
+    BLOCK_N, num_warps, num_stages), BLOCK_M that of the work list (default: `varlen_config`). Returns [T, H, D]."""
     T, H, D = q.shape
     _, _, page, KVH, _ = kv_cache.shape
     G = H // KVH
@@ -211,10 +244,10 @@ def varlen_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
     if T == 0 or n_qb == 0:
         return out
     k, v = kv_cache[0], kv_cache[1]
-    bm = varlen_block_m(G, D)
+    bm, block_n, warps, stages = config or varlen_config(G, D)
     _varlen_kernel[(n_qb, KVH)](
         q, k, v, block_tables, context_lens, query_start, qb_seq, qb_start, out, scale,
         q.stride(0), q.stride(1), block_tables.stride(0), k.stride(0), k.stride(1), out.stride(0), out.stride(1),
-        G=G, D=D, PAGE=page, BLOCK_M=bm, BLOCK_N=64, KV_FP8=kv_cache.dtype == torch.float8_e4m3fn,
-        num_warps=4 if bm == 64 else 8, num_stages=2)
+        G=G, D=D, PAGE=page, BLOCK_M=bm, BLOCK_N=block_n, KV_FP8=kv_cache.dtype == torch.float8_e4m3fn,
+        num_warps=warps, num_stages=stages)
     return out

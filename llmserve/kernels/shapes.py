@@ -8,9 +8,11 @@ def varlen_block_m(group: int, head_dim: int) -> int:
     return 64 if head_dim > 64 or group > 8 else 128
 
 
-def varlen_query_blocks(query_lens: list[int], group: int, head_dim: int) -> tuple[list[int], list[int]]:
-    """Host-side work list for `varlen_attention`: (sequence index, first query) per program row."""
-    qpb = varlen_block_m(group, head_dim) // group
+def varlen_query_blocks(query_lens: list[int], group: int, head_dim: int, block_m: int = 0
+                        ) -> tuple[list[int], list[int]]:
+    """Host-side work list for `varlen_attention`: (sequence index, first query) per program row (block_m: the
+    kernel's rows, default `varlen_block_m`)."""
+    qpb = (block_m or varlen_block_m(group, head_dim)) // group
     seqs, starts = [], []
     for i, n in enumerate(query_lens):
         for s in range(0, n, qpb):
