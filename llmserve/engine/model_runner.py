@@ -4,7 +4,8 @@ On CUDA with a 16-bit model, decode steps replay CUDA graphs captured per padded
 256): the step's inputs go through a pinned host buffer and one copy into the graphs' static inputs, the
 graph computes logits and their argmax, and the one host sync of the step is reading the token ids back.
 Prefill and mixed steps of up to `prefill_graph_max_tokens` tokens replay a graph per padded token count
-(llmserve/engine/prefill_graphs.py); larger ones, and every step on a CPU, run eagerly (varlen attention).
+(llmserve/engine/prefill_graphs.py); larger ones, and every step on a CPU, run eagerly (varlen attention), a
+greedy one larger than the graphs on their pinned inputs, so that it too is launched without a host sync.
 
 `launch` (llmserve/engine/launcher.py, with the decode graphs) starts a greedy step, decode or mixed, without
 waiting for it: a decode row may take its input token from the previous launched step's output on the device

@@ -225,7 +225,7 @@ def _varlen_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, qstart_ptr, qb_seq_ptr,
 def varlen_config(group: int, head_dim: int) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the varlen kernel."""
     bm = varlen_block_m(group, head_dim)
-    return (bm, 64, 4, 2) if bm == 64 else (bm, 64, 8, 2)
+    return bm, 64, 4 if bm == 64 else 8, 2
 
 
 def varlen_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor, context_lens: torch.Tensor,
