@@ -134,13 +134,24 @@ def s_engine_small(args):
     RESULTS["engine_small"] = res
 
 
+def _mm_shapes() -> dict[str, tuple[int, int]]:
+    """Each linear's (N, K): Llama-2-7B's, or MM_SHAPE's (a bench.common shape, e.g. llama3.1-8b)."""
+    from bench.common import linear_shapes, shape_config
+
+    name = os.environ.get("MM_SHAPE")
+    if not name:
+        return SHAPES
+    cfg = shape_config(name)
+    return {**linear_shapes(cfg), "lm_head": (cfg["vocab_size"], cfg["hidden_size"])}
+
+
 def _weights(kind: str):
-    """32 layers of each Llama-2-7B matrix (+ one lm_head), as bf16, int8 or fp8 with per-row scales."""
+    """32 layers of each matrix (+ one lm_head) of `_mm_shapes`, as bf16, int8 or fp8 with per-row scales."""
     from llmserve.model.linear import quantize_weight
 
     g = torch.Generator(device="cuda").manual_seed(0)
     out = {}
-    for name, (N, K) in SHAPES.items():
+    for name, (N, K) in _mm_shapes().items():
         layers = []
         for _ in range(1 if name == "lm_head" else 32):
             w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16, generator=g) * 0.02
@@ -170,7 +181,7 @@ def s_gemv(args):
             configs = CONFIGS_16 if M <= 16 else CONFIGS_BIG[M]
             tot_best, tot_lib = 0.0, 0.0
             for name, layers in W.items():
-                N, K = SHAPES[name]
+                N, K = _mm_shapes()[name]
                 gated = name == "down"
                 x = torch.randn(M, 2 * K if gated else K, device="cuda", dtype=torch.bfloat16)
                 xg = torch.nn.functional.silu(x[:, :K]) * x[:, K:] if gated else x
@@ -246,7 +257,8 @@ def s_floor(args):
     RESULTS["floor"] = res
 
 
-def _varlen_case(B: int, L: int, config: tuple | None = None, decode_rows: int = 0, decode_ctx: int = 0) -> dict:
+def _varlen_case(B: int, L: int, config: tuple | None = None, decode_rows: int = 0, decode_ctx: int = 0,
+                 kv_fp8: bool = False, fp8_convert: int = 1) -> dict:
     """B prompts of L tokens (and decode_rows sequences of one new token at decode_ctx, first in the step, as the
     engine lays out a mixed step): our varlen kernel per layer with `config`, and SDPA dense over the prompts."""
     from llmserve.kernels.attention import varlen_attention
@@ -256,14 +268,16 @@ def _varlen_case(B: int, L: int, config: tuple | None = None, decode_rows: int =
     qlens, ctxs = [1] * decode_rows + [L] * B, [decode_ctx] * decode_rows + [L] * B
     width = -(-max(ctxs) // page)
     cache = torch.randn(2, len(ctxs) * width + 1, page, KVH, D, device="cuda", dtype=torch.bfloat16)
+    if kv_fp8:
+        cache = cache.to(torch.float8_e4m3fn)
     bt = torch.arange(len(ctxs) * width, device="cuda", dtype=torch.int32).view(len(ctxs), width)
     ctx = torch.tensor(ctxs, dtype=torch.int32, device="cuda")
     qstart = torch.tensor([0] + list(itertools.accumulate(qlens)), dtype=torch.int32, device="cuda")
     seqs, starts = varlen_query_blocks(qlens, H // KVH, D, config[0] if config else 0)
     qb = (torch.tensor(seqs, dtype=torch.int32, device="cuda"), torch.tensor(starts, dtype=torch.int32, device="cuda"))
     q = torch.randn(sum(qlens), H, D, device="cuda", dtype=torch.bfloat16)
-    ours = graph_time_ms(lambda: [varlen_attention(q, cache, bt, ctx, qstart, *qb, D ** -0.5, config=config)
-                                  for _ in range(32)], reps=10) * 1000 / 32
+    ours = graph_time_ms(lambda: [varlen_attention(q, cache, bt, ctx, qstart, *qb, D ** -0.5, config=config,
+                                                   fp8_convert=fp8_convert) for _ in range(32)], reps=10) * 1000 / 32
     qd = q[decode_rows:].view(B, L, H, D).transpose(1, 2)
     kd = torch.randn(B, KVH, L, D, device="cuda", dtype=torch.bfloat16)
     sdpa = graph_time_ms(lambda: [torch.nn.functional.scaled_dot_product_attention(
@@ -285,8 +299,9 @@ def s_varlen(args):
         print(SUMMARY[-1], flush=True)
 
 
-VARLEN_CONFIGS = [(64, 64, 4, 2), (64, 64, 4, 3), (64, 128, 4, 2), (64, 128, 8, 3), (128, 64, 8, 2),
-                  (128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3), (128, 32, 4, 3)]
+# stages 1: the K/V loads not software-pipelined (how the kernel ran before its loops asked for stages)
+VARLEN_CONFIGS = [(64, 64, 4, 1), (64, 64, 4, 2), (64, 64, 4, 3), (64, 128, 4, 2), (64, 128, 8, 3), (128, 64, 8, 1),
+                  (128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3), (128, 32, 4, 3)]
 
 
 @section("varlen_sweep")
@@ -294,12 +309,15 @@ def s_varlen_sweep(args):
     """The varlen kernel's launch configs (BLOCK_M, BLOCK_N, warps, stages) over prompts of 128-2,048 tokens and a
     mixed step's shape (256 decode rows at 2,048 tokens of context beside 3 prompts of 2,048): us per layer."""
     res = RESULTS.setdefault("varlen_sweep", {})
-    cases = [(32, 128, 0), (2, 2048, 0), (4, 1000, 0), (3, 2048, 256)]
-    for cfg in VARLEN_CONFIGS:
-        for B, L, rows in cases:
-            key = f"{cfg}:B{B}_L{L}_dec{rows}"
+    cases = [(32, 128, 0, 0), (2, 2048, 0, 0), (4, 1000, 0, 0), (3, 2048, 256, 0), (2, 2048, 0, 1),
+             (3, 2048, 256, 1), (2, 2048, 0, 2), (3, 2048, 256, 2)]  # the last four: an fp8 cache, converted as mode
+    configs = [tuple(int(x) for x in c.split("/")) for c in os.environ["VARLEN_CONFIGS"].split(",")] \
+        if os.environ.get("VARLEN_CONFIGS") else VARLEN_CONFIGS
+    for cfg in configs:
+        for B, L, rows, mode in cases:
+            key = f"{cfg}:B{B}_L{L}_dec{rows}" + (f"_kv8m{mode}" if mode else "")
             try:
-                r = res[key] = _varlen_case(B, L, cfg, rows, 2048)
+                r = res[key] = _varlen_case(B, L, cfg, rows, 2048, mode > 0, mode or 1)
             except Exception as exc:  # a config past the SM's shared memory
                 res[key] = f"failed: {type(exc).__name__}"
                 continue
@@ -420,44 +438,55 @@ def s_int4_sweep(args):
 @section("attn")
 def s_attn(args):
     """Decode attention launch configs (partitions, BLOCK_N, warps, stages) at the graphs' launch shape (max
-    context 4096), Llama-2-7B heads, bf16 and fp8 KV: the best per case against `decode_config`."""
+    context 4096), bf16 and fp8 KV: the best per case against `decode_config`. Llama-2-7B heads by default;
+    ATTN_HEADS=32,8 (query, kv heads) and ATTN_CASES=256:2100:fp8,... (batch:context:kv) for other shapes."""
     from llmserve.kernels.attention import decode_attention, decode_config
 
     res = {}
-    H, D, page, top = 32, 128, 16, 4096
-    cases = ((1, 170, "bf16"), (1, 2048, "bf16"), (8, 170, "bf16"), (8, 1100, "bf16"), (32, 2048, "bf16"),
-             (64, 170, "bf16"), (256, 170, "bf16"), (8, 170, "fp8"), (64, 256, "fp8"), (256, 192, "fp8"))
+    H, KVH = (int(x) for x in os.environ.get("ATTN_HEADS", "32,32").split(","))
+    D, page, top = 128, 16, 4096
+    cases = [(int(b), int(c), kv) for b, c, kv in (x.split(":") for x in os.environ.get("ATTN_CASES", (
+        "1:170:bf16,1:2048:bf16,8:170:bf16,8:1100:bf16,32:2048:bf16,64:170:bf16,256:170:bf16,8:170:fp8,"
+        "64:256:fp8,256:192:fp8")).split(","))]
     for B, ctx, kv in cases:
         blocks_per = -(-ctx // page)
         nblocks = B * blocks_per + 1
         dtype = torch.float8_e4m3fn if kv == "fp8" else torch.bfloat16
-        cache = torch.randn(2, nblocks, page, H, D, device="cuda", dtype=torch.bfloat16).to(dtype)
+        cache = torch.randn(2, nblocks, page, KVH, D, device="cuda", dtype=torch.bfloat16).to(dtype)
         bt = torch.randperm(nblocks - 1, device="cuda")[:B * blocks_per].view(B, blocks_per).to(torch.int32)
         bt = torch.cat([bt, torch.zeros(B, top // page - blocks_per, dtype=torch.int32, device="cuda")], 1)
         ctxs = torch.full((B,), ctx, dtype=torch.int32, device="cuda")
         q = torch.randn(B, H, D, device="cuda", dtype=torch.bfloat16)
-        nbytes = 2 * B * ctx * H * D * cache.element_size()
-        cur = decode_config(top, B, H, kv == "fp8")
-        cands = {cur} | {(n, bn, 4, 2) for n in (1, 2, 4, 8, 16, 32) for bn in (32, 64) if B * H * n <= 8192}
-        cands |= {(n, bn, w, st) for n in ({1, cur[0]}) for bn in (32, 64, 128) for w in (4, 8) for st in (2, 3, 4)}
-        times = {}
-        for c in sorted(cands):
+        nbytes = 2 * B * ctx * KVH * D * cache.element_size()
+        cur = decode_config(top, B, KVH, kv == "fp8")
+        cands = {cur} | {(n, bn, 4, 2) for n in (1, 2, 4, 8, 16, 32) for bn in (32, 64) if B * KVH * n <= 8192}
+        cands |= {(n, bn, w, st) for n in ({1, cur[0]}) for bn in (32, 64, 128) for w in (4, 8)
+                  for st in (1, 2, 3, 4)}  # stages 1: loads not software-pipelined
+        ref = decode_attention(q, cache, bt, ctxs, D ** -0.5, top, config=cur).float()
+        modes = [int(m) for m in os.environ.get("ATTN_FP8_MODES", "1,2").split(",")] if kv == "fp8" else [0]
+        times, err = {}, {}
+        for c, mode in itertools.product(sorted(cands), modes):
+            name = "/".join(map(str, c)) + (f"/m{mode}" if mode else "")
             try:
-                times["/".join(map(str, c))] = graph_time_ms(
-                    lambda q=q, cache=cache, bt=bt, ctxs=ctxs, c=c: [
-                        decode_attention(q, cache, bt, ctxs, D ** -0.5, top, config=c) for _ in range(32)],
-                    reps=10) * 1000 / 32
+                out = decode_attention(q, cache, bt, ctxs, D ** -0.5, top, config=c, fp8_convert=mode or 1)
+                err[name] = (out.float() - ref).abs().max().item()
+                times[name] = graph_time_ms(
+                    lambda q=q, cache=cache, bt=bt, ctxs=ctxs, c=c, mode=mode: [
+                        decode_attention(q, cache, bt, ctxs, D ** -0.5, top, config=c, fp8_convert=mode or 1)
+                        for _ in range(32)], reps=10) * 1000 / 32
             except Exception as exc:  # noqa: BLE001 - e.g. a block shape over the shared-memory limit
                 print("skip", c, str(exc)[:100])
         best = min(times, key=times.get)
-        key = "/".join(map(str, cur))
+        key = "/".join(map(str, cur)) + (f"/m{modes[0]}" if kv == "fp8" else "")
         res[f"B{B}_ctx{ctx}_{kv}"] = {"us_per_layer": times, "best": best, "default": key,
-                                      "best_TBps": nbytes / times[best] / 1e6}
-        SUMMARY.append(f"decode attn {kv} KV B={B} ctx={ctx}: best {best} {times[best]:.1f} us "
-                       f"({nbytes / times[best] / 1e6:.2f} TB/s); default {key} {times[key]:.1f} us/layer")
+                                      "best_TBps": nbytes / times[best] / 1e6, "max_abs_diff": err}
+        SUMMARY.append(f"decode attn {kv} KV H={H}/{KVH} B={B} ctx={ctx}: best {best} {times[best]:.1f} us "
+                       f"({nbytes / times[best] / 1e6:.2f} TB/s); default {key} {times[key]:.1f} us/layer "
+                       f"({nbytes / times[key] / 1e6:.2f} TB/s); max diff {max(err.values()):.2e}")
         print(SUMMARY[-1], flush=True)
         del cache
-    RESULTS["attn"] = res
+        RESULTS.setdefault("attn", {}).update(res)
+        save(args.out)
 
 
 @section("attn_kv")
@@ -505,7 +534,7 @@ def s_gemv1(args):
             for name, layers in W.items():
                 if name == "lm_head" and kind != "bf16":
                     continue
-                N, K = SHAPES[name]
+                N, K = _mm_shapes()[name]
                 gated = name == "down"
                 x = torch.randn(1, 2 * K if gated else K, device="cuda", dtype=torch.bfloat16)
                 times = {}
@@ -540,17 +569,17 @@ def s_mm16(args):
     res = {}
     for kind in os.environ.get("MM_KINDS", "bf16,int8,fp8").split(","):
         W = _weights(kind)
-        for M in (8, 16):
+        for M in (int(m) for m in os.environ.get("MM_MS", "8,16").split(",")):
             tot_t, tot_lib = 0.0, 0.0
             for name, layers in W.items():
                 if name == "lm_head" and kind != "bf16":
                     continue
-                N, K = SHAPES[name]
+                N, K = _mm_shapes()[name]
                 gated = name == "down"
                 x = torch.randn(M, 2 * K if gated else K, device="cuda", dtype=torch.bfloat16)
                 xg = torch.nn.functional.silu(x[:, :K]) * x[:, K:] if gated else x
                 times = {}
-                for cfg in CONFIGS_16:
+                for cfg in CONFIGS_16 if M <= 16 else CONFIGS_BIG[M]:
                     try:
                         times[str(cfg)] = graph_time_ms(lambda cfg=cfg, x=x, layers=layers, gated=gated: [
                             wmm(x, w, s, gated=gated, config=cfg) for w, s in layers], reps=10)

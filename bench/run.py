@@ -94,6 +94,7 @@ ENGINE_VARIANTS = {
     "engine_t2048": ("bf16", ["max_num_tokens=2048"]),
     "engine_fp8_t2048": ("fp8", ["max_num_tokens=2048"]),
     "engine_fp8_t4096": ("fp8", ["max_num_tokens=4096"]),  # trtllm-bench's budgets are larger still (8,192)
+    "engine_t8192": ("bf16", ["max_num_tokens=8192"]),
     "engine_fp8_t8192": ("fp8", ["max_num_tokens=8192"]),
     "engine_fp8_kv8_t8192": ("fp8", ["max_num_tokens=8192", "kv_cache_dtype=fp8"]),  # decode reads half the KV bytes
     # mixed steps of up to 4,096 tokens in prefill graphs, launched behind the previous step like decode steps

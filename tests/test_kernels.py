@@ -15,7 +15,7 @@ pytest.importorskip("triton")
 
 from llmserve import kernels  # noqa: E402
 from llmserve.kernels import attention as kattn  # noqa: E402
-from llmserve.kernels import fused, linear  # noqa: E402
+from llmserve.kernels import convert, fused, linear  # noqa: E402
 from llmserve.kernels.shapes import varlen_query_blocks  # noqa: E402
 from llmserve.model import linear as qlinear  # noqa: E402
 from llmserve.model.attention import AttentionMetadata, paged_attention  # noqa: E402
@@ -124,8 +124,10 @@ def test_silu_mul(pdl):
 
 
 @pytest.mark.parametrize("M", [1, 5, 33])
-@pytest.mark.parametrize("kind", ["16bit", "int8", "int8_gated"])
+@pytest.mark.parametrize("kind", ["16bit", "int8", "int8_gated", "fp8", "fp8_gated"])
 def test_wmm(M, kind, pdl):
+    if kind.startswith("fp8") and DEV == "cpu":
+        pytest.skip("the interpreter has no float8")
     N, K = 96, 320
     gated = kind.endswith("gated")
     x = torch.randn(M, 2 * K if gated else K, device=DEV).to(DT)
@@ -135,7 +137,7 @@ def test_wmm(M, kind, pdl):
         scale, wq, bias = None, w, torch.randn(N, device=DEV).to(DT)
         ref_w = w
     else:
-        wq, scale = qlinear.quantize_weight(w, "int8_wo")
+        wq, scale = qlinear.quantize_weight(w, "fp8" if kind.startswith("fp8") else "int8_wo")
         ref_w = qlinear.dequantize(wq, scale, torch.float32)
     xin = x
     if gated:
@@ -145,6 +147,24 @@ def test_wmm(M, kind, pdl):
     out = linear.wmm(x, wq, scale, bias, gated=gated, pdl=pdl)
     assert out.shape == (M, N)
     assert rel(out, ref) < 1e-2
+
+
+@pytest.mark.skipif(DEV != "cuda", reason="inline PTX")
+def test_e4m3_to_bf16_is_exact_for_every_code():
+    """The bit-moving conversion `wmm` uses for fp8 weights equals torch's for all 254 finite e4m3 codes."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def to_bf16(w_ptr, out_ptr, BLOCK: tl.constexpr):
+        offs = tl.arange(0, BLOCK)
+        tl.store(out_ptr + offs, convert.e4m3_to_bf16(tl.load(w_ptr + offs)))
+
+    codes = torch.tensor([c for c in range(256) if c & 0x7F != 0x7F] + [0, 0x80], dtype=torch.uint8, device=DEV)
+    w = codes.view(torch.float8_e4m3fn)
+    out = torch.empty(256, dtype=torch.bfloat16, device=DEV)
+    to_bf16[(1,)](w, out, BLOCK=256)
+    assert torch.equal(out.view(torch.int16), w.to(torch.bfloat16).view(torch.int16))
 
 
 def _paged_setup(ctx_lens, nh, nkv, hd, page=4):
@@ -164,7 +184,7 @@ def _paged_setup(ctx_lens, nh, nkv, hd, page=4):
 
 @pytest.mark.parametrize("nh,nkv,hd", [(4, 4, 64), (6, 2, 32)])
 @pytest.mark.parametrize("config", [None, (1, 64, 4, 2), (3, 32, 4, 2), (4, 64, 8, 3), (2, 128, 4, 2)])
-@pytest.mark.parametrize("fp8_cache", [False, True])
+@pytest.mark.parametrize("fp8_cache", [0, 1, 2])  # a 16-bit cache, or e4m3 converted as that mode
 def test_decode_attention(nh, nkv, hd, config, fp8_cache):
     if fp8_cache and DEV != "cuda":
         pytest.skip("fp8 loads need a GPU (the interpreter has no e4m3)")
@@ -174,7 +194,8 @@ def test_decode_attention(nh, nkv, hd, config, fp8_cache):
         cache = cache.to(torch.float8_e4m3fn)
     q = torch.randn(B, nh, hd, device=DEV).to(DT)
     ctx = torch.tensor(ctx_lens, dtype=torch.int32, device=DEV)
-    out = kattn.decode_attention(q, cache, bt, ctx, hd ** -0.5, max_context=64, config=config)
+    out = kattn.decode_attention(q, cache, bt, ctx, hd ** -0.5, max_context=64, config=config,
+                                 fp8_convert=fp8_cache or 1)
     # reference: the torch path, with this step's K/V being the last cached token
     ref = torch.empty_like(out, dtype=torch.float32)
     for b, c in enumerate(ctx_lens):
@@ -188,7 +209,7 @@ def test_decode_attention(nh, nkv, hd, config, fp8_cache):
 
 
 @pytest.mark.parametrize("nh,nkv,hd", [(4, 4, 64), (6, 2, 32)])
-@pytest.mark.parametrize("fp8_cache", [False, True])
+@pytest.mark.parametrize("fp8_cache", [0, 1, 2])
 @pytest.mark.parametrize("config", [None, (128, 64, 8, 2), (64, 128, 4, 3), (128, 32, 4, 3)])
 def test_varlen_attention_matches_torch_path(nh, nkv, hd, fp8_cache, config):
     """Every launch config (tiles wholly visible, the diagonal ones, past the context) gives the torch path's."""
@@ -218,7 +239,8 @@ def test_varlen_attention_matches_torch_path(nh, nkv, hd, fp8_cache, config):
     starts = torch.tensor([0, 5, 6, 76, 79, 229], dtype=torch.int32, device=DEV)
     out = kattn.varlen_attention(q, cache, bt, meta.context_lens, starts,
                                  torch.tensor(seqs, dtype=torch.int32, device=DEV),
-                                 torch.tensor(firsts, dtype=torch.int32, device=DEV), hd ** -0.5, config=config)
+                                 torch.tensor(firsts, dtype=torch.int32, device=DEV), hd ** -0.5, config=config,
+                                 fp8_convert=fp8_cache or 1)
     assert rel(out, ref) < 1e-2
 
 

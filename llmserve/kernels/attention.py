@@ -16,6 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
+from llmserve.kernels.convert import e4m3_to_bf16_pinned
 from llmserve.kernels.shapes import varlen_block_m
 
 
@@ -26,10 +27,19 @@ def _span(ctx, NUM_PARTS: tl.constexpr):
 
 
 @triton.jit
+def _kv(x, dtype, KV_FP8: tl.constexpr):
+    """A loaded K/V tile in the dots' dtype. KV_FP8: 0 a 16-bit cache; e4m3: 1 Triton's conversion (to fp16, the
+    dots in fp16), 2 `e4m3_to_bf16_pinned` (converted in registers, to shared memory as bf16)."""
+    if KV_FP8 == 2:
+        return e4m3_to_bf16_pinned(x)
+    return x.to(dtype)
+
+
+@triton.jit
 def _decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, po_ptr, pml_ptr, scale,
                    stride_qb, stride_qh, stride_bt, stride_blk, stride_tok, stride_ob, stride_oh,
                    G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr,
-                   BLOCK_N: tl.constexpr, NUM_PARTS: tl.constexpr, KV_FP8: tl.constexpr):
+                   BLOCK_N: tl.constexpr, NUM_PARTS: tl.constexpr, KV_FP8: tl.constexpr, STAGES: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     kvh = tl.program_id(1)
     part = tl.program_id(2)
@@ -43,18 +53,19 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, po_ptr, pml_pt
         heads = kvh * G + rows
         d = tl.arange(0, D)
         q = tl.load(q_ptr + b * stride_qb + heads[:, None] * stride_qh + d[None, :], mask=rmask[:, None], other=0.0)
-        if KV_FP8:  # e4m3 -> fp16 is one native conversion (bf16 is not): the dots run in fp16
+        if KV_FP8 == 1:  # e4m3 -> fp16 is one native conversion (bf16 is not): the dots run in fp16
             q = q.to(tl.float16)
         qk_scale = scale * 1.4426950408889634
         m_i = tl.full((G_PAD,), float("-inf"), tl.float32)
         l_i = tl.zeros((G_PAD,), tl.float32)
         acc = tl.zeros((G_PAD, D), tl.float32)
-        for n0 in range(start, end, BLOCK_N):
+        # The launch's num_stages does not reach this loop (Triton 3.6 pipelines it only when asked here)
+        for n0 in tl.range(start, end, BLOCK_N, num_stages=STAGES):
             toks = n0 + tl.arange(0, BLOCK_N)
             tmask = toks < end
             blk = tl.load(bt_ptr + b * stride_bt + toks // PAGE, mask=tmask, other=0).to(tl.int64)
             off = blk * stride_blk + (toks % PAGE) * stride_tok + kvh * D
-            k = tl.load(k_ptr + off[:, None] + d[None, :], mask=tmask[:, None], other=0.0).to(q.dtype)  # fp8 KV
+            k = _kv(tl.load(k_ptr + off[:, None] + d[None, :], mask=tmask[:, None], other=0.0), q.dtype, KV_FP8)
             # MHA pads the dot to 16 query rows: a CUDA-core product for one row was slower (docs/performance.md).
             s = tl.dot(q, tl.trans(k)) * qk_scale
             s = tl.where(tmask[None, :], s, float("-inf"))
@@ -62,7 +73,7 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, po_ptr, pml_pt
             p = tl.math.exp2(s - m_new[:, None])
             alpha = tl.math.exp2(m_i - m_new)
             l_i = l_i * alpha + tl.sum(p, 1)
-            v = tl.load(v_ptr + off[:, None] + d[None, :], mask=tmask[:, None], other=0.0).to(q.dtype)
+            v = _kv(tl.load(v_ptr + off[:, None] + d[None, :], mask=tmask[:, None], other=0.0), q.dtype, KV_FP8)
             acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v)
             m_i = m_new
         if NUM_PARTS == 1:
@@ -99,25 +110,38 @@ def _merge_kernel(po_ptr, pml_ptr, ctx_ptr, out_ptr, stride_ob, stride_oh,
     tl.store(out_ptr + b * stride_ob + h * stride_oh + d, o.to(out_ptr.dtype.element_ty))
 
 
+# How an e4m3 cache reaches the dots (`_kv`'s KV_FP8, for bf16 models on CUDA), the faster per kernel
+DECODE_FP8_CONVERT, VARLEN_FP8_CONVERT = 1, 2
+
+
+def _kv_mode(kv_cache: torch.Tensor, q: torch.Tensor, fp8_convert: int) -> int:
+    """The kernels' KV_FP8: 0 for a 16-bit cache; an e4m3 one converts as asked, through Triton's conversion where
+    the inline PTX cannot run (fp16 models, the CPU interpreter)."""
+    if kv_cache.dtype != torch.float8_e4m3fn:
+        return 0
+    return fp8_convert if q.dtype == torch.bfloat16 and q.is_cuda else 1
+
+
 def decode_config(max_context: int, batch: int, num_kv_heads: int, kv_fp8: bool) -> tuple[int, int, int, int]:
     """(partitions, BLOCK_N, num_warps, num_stages) for a launch shape that serves contexts up to max_context.
     Any split covers every context (a sequence's span is its context / partitions); the split decides how many
-    programs share one context: few programs split it so the SMs fill, 256 or more take it whole; an fp8 cache
-    prefers BLOCK_N 32 and 3 stages. From bench/kernel_check.py attn on the H200 (numbers in docs/performance.md)."""
+    programs share one context: few programs split it so the SMs fill, 256 or more take it whole. Stages 3 from
+    1,024 programs: 8% faster at 2,100 tokens of context, 6% slower at 170. From bench/kernel_check.py attn on
+    the H200 (numbers in docs/performance.md)."""
     programs = batch * num_kv_heads
     if programs >= 1024:
-        return (1, 32, 4, 3) if kv_fp8 else (1, 64, 4, 2)
+        return (1, 128, 4, 3) if kv_fp8 else (1, 64, 4, 3)
     if programs >= 256:
         return 1, 128, 4, 3
     # A power of two (each count is a kernel variant to compile), at most one partition per 16 tokens
     parts = min(16, 1 << ((512 // programs).bit_length() - 1), triton.cdiv(max_context, 16))
-    return parts, 32 if programs <= 32 else 64, 4, 2
+    return parts, 32, 4, 1 if kv_fp8 else 2
 
 
 def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
                      context_lens: torch.Tensor, scale: float, max_context: int,
-                     out: torch.Tensor | None = None, config: tuple[int, int, int, int] | None = None
-                     ) -> torch.Tensor:
+                     out: torch.Tensor | None = None, config: tuple[int, int, int, int] | None = None,
+                     fp8_convert: int = DECODE_FP8_CONVERT) -> torch.Tensor:
     """q: [B, H, D] (any row/head strides, unit last stride); kv_cache: [2, blocks, page, KVH, D].
     block_tables: [B, W] int; context_lens: [B] int32 (>= 1), each <= max_context. `config` (default
     `decode_config`) fixes the launch shape. Returns [B, H, D]."""
@@ -140,7 +164,8 @@ def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
         q, k, v, block_tables, context_lens, out, po, pml, scale,
         q.stride(0), q.stride(1), block_tables.stride(0), k.stride(0), k.stride(1), out.stride(0), out.stride(1),
         G=G, G_PAD=max(16, triton.next_power_of_2(G)), D=D, PAGE=page, BLOCK_N=block_n,
-        NUM_PARTS=num_parts, KV_FP8=kv_fp8, num_warps=warps, num_stages=stages)
+        NUM_PARTS=num_parts, KV_FP8=_kv_mode(kv_cache, q, fp8_convert), STAGES=stages, num_warps=warps,
+        num_stages=stages)
     if num_parts > 1:
         _merge_kernel[(B, H)](po, pml, context_lens, out, out.stride(0), out.stride(1), D=D,
                               NUM_PARTS=num_parts, P_PAD=max(2, triton.next_power_of_2(num_parts)), num_warps=4)
@@ -150,7 +175,7 @@ def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
 @triton.jit
 def _varlen_tile(q, m_i, l_i, acc, k_ptr, v_ptr, bt_ptr, seq, kvh, n0, kv_end, pos, qk_scale, d, stride_bt,
                  stride_blk, stride_tok, D: tl.constexpr, PAGE: tl.constexpr, BLOCK_N: tl.constexpr,
-                 MASKED: tl.constexpr):
+                 MASKED: tl.constexpr, KV_FP8: tl.constexpr):
     """One K/V tile of the online softmax. MASKED: the tile may hold keys past kv_end or after a row's position
     (the causal diagonal); tiles every row sees whole skip the masks."""
     toks = n0 + tl.arange(0, BLOCK_N)
@@ -161,9 +186,9 @@ def _varlen_tile(q, m_i, l_i, acc, k_ptr, v_ptr, bt_ptr, seq, kvh, n0, kv_end, p
         blk = tl.load(bt_ptr + seq * stride_bt + toks // PAGE).to(tl.int64)
     off = blk * stride_blk + (toks % PAGE) * stride_tok + kvh * D
     if MASKED:
-        k = tl.load(k_ptr + off[:, None] + d[None, :], mask=tmask[:, None], other=0.0).to(q.dtype)  # fp8 KV
+        k = _kv(tl.load(k_ptr + off[:, None] + d[None, :], mask=tmask[:, None], other=0.0), q.dtype, KV_FP8)
     else:
-        k = tl.load(k_ptr + off[:, None] + d[None, :]).to(q.dtype)
+        k = _kv(tl.load(k_ptr + off[:, None] + d[None, :]), q.dtype, KV_FP8)
     s = tl.dot(q, tl.trans(k)) * qk_scale
     if MASKED:
         s = tl.where((toks[None, :] <= pos[:, None]) & tmask[None, :], s, float("-inf"))
@@ -173,9 +198,9 @@ def _varlen_tile(q, m_i, l_i, acc, k_ptr, v_ptr, bt_ptr, seq, kvh, n0, kv_end, p
     alpha = tl.math.exp2(m_i - m_safe)
     l_i = l_i * alpha + tl.sum(p, 1)
     if MASKED:
-        v = tl.load(v_ptr + off[:, None] + d[None, :], mask=tmask[:, None], other=0.0).to(q.dtype)
+        v = _kv(tl.load(v_ptr + off[:, None] + d[None, :], mask=tmask[:, None], other=0.0), q.dtype, KV_FP8)
     else:
-        v = tl.load(v_ptr + off[:, None] + d[None, :]).to(q.dtype)
+        v = _kv(tl.load(v_ptr + off[:, None] + d[None, :]), q.dtype, KV_FP8)
     acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v)
     return m_new, l_i, acc
 
@@ -184,7 +209,7 @@ def _varlen_tile(q, m_i, l_i, acc, k_ptr, v_ptr, bt_ptr, seq, kvh, n0, kv_end, p
 def _varlen_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, qstart_ptr, qb_seq_ptr, qb_start_ptr, out_ptr, scale,
                    stride_qt, stride_qh, stride_bt, stride_blk, stride_tok, stride_ot, stride_oh,
                    G: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KV_FP8: tl.constexpr):
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KV_FP8: tl.constexpr, STAGES: tl.constexpr):
     qb = tl.program_id(0)
     kvh = tl.program_id(1)
     seq = tl.load(qb_seq_ptr + qb).to(tl.int64)
@@ -201,7 +226,7 @@ def _varlen_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, qstart_ptr, qb_seq_ptr,
     tok = (qs + qi).to(tl.int64)
     q = tl.load(q_ptr + tok[:, None] * stride_qt + heads[:, None] * stride_qh + d[None, :],
                 mask=rmask[:, None], other=0.0)
-    if KV_FP8:
+    if KV_FP8 == 1:
         q = q.to(tl.float16)
     pos = ctx - ql + qi  # absolute position of each query row
     kv_end = tl.minimum(ctx, ctx - ql + q0 + QPB)
@@ -211,12 +236,13 @@ def _varlen_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, qstart_ptr, qb_seq_ptr,
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_M,), tl.float32)
     acc = tl.zeros((BLOCK_M, D), tl.float32)
-    for n0 in range(0, full_end, BLOCK_N):
+    # K/V loads are software-pipelined only when the loop asks (the launch's num_stages does not reach it)
+    for n0 in tl.range(0, full_end, BLOCK_N, num_stages=STAGES):
         m_i, l_i, acc = _varlen_tile(q, m_i, l_i, acc, k_ptr, v_ptr, bt_ptr, seq, kvh, n0, kv_end, pos, qk_scale,
-                                     d, stride_bt, stride_blk, stride_tok, D, PAGE, BLOCK_N, False)
-    for n0 in range(full_end, kv_end, BLOCK_N):
+                                     d, stride_bt, stride_blk, stride_tok, D, PAGE, BLOCK_N, False, KV_FP8)
+    for n0 in tl.range(full_end, kv_end, BLOCK_N, num_stages=STAGES):
         m_i, l_i, acc = _varlen_tile(q, m_i, l_i, acc, k_ptr, v_ptr, bt_ptr, seq, kvh, n0, kv_end, pos, qk_scale,
-                                     d, stride_bt, stride_blk, stride_tok, D, PAGE, BLOCK_N, True)
+                                     d, stride_bt, stride_blk, stride_tok, D, PAGE, BLOCK_N, True, KV_FP8)
     o = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     tl.store(out_ptr + tok[:, None] * stride_ot + heads[:, None] * stride_oh + d[None, :],
              o.to(out_ptr.dtype.element_ty), mask=rmask[:, None])
@@ -230,8 +256,8 @@ def varlen_config(group: int, head_dim: int) -> tuple[int, int, int, int]:
 
 def varlen_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor, context_lens: torch.Tensor,
                      query_start: torch.Tensor, qb_seq: torch.Tensor, qb_start: torch.Tensor, scale: float,
-                     out: torch.Tensor | None = None, config: tuple[int, int, int, int] | None = None
-                     ) -> torch.Tensor:
+                     out: torch.Tensor | None = None, config: tuple[int, int, int, int] | None = None,
+                     fp8_convert: int = VARLEN_FP8_CONVERT) -> torch.Tensor:
     """q: [T, H, D] for all new tokens, sequence after sequence (query_start: [B+1] int32 offsets);
     context_lens: [B] tokens in the cache including the new ones (already written). `config`: (BLOCK_M,
     BLOCK_N, num_warps, num_stages), BLOCK_M that of the work list (default: `varlen_config`). Returns [T, H, D]."""
@@ -248,6 +274,6 @@ def varlen_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
     _varlen_kernel[(n_qb, KVH)](
         q, k, v, block_tables, context_lens, query_start, qb_seq, qb_start, out, scale,
         q.stride(0), q.stride(1), block_tables.stride(0), k.stride(0), k.stride(1), out.stride(0), out.stride(1),
-        G=G, D=D, PAGE=page, BLOCK_M=bm, BLOCK_N=block_n, KV_FP8=kv_cache.dtype == torch.float8_e4m3fn,
-        num_warps=warps, num_stages=stages)
+        G=G, D=D, PAGE=page, BLOCK_M=bm, BLOCK_N=block_n, KV_FP8=_kv_mode(kv_cache, q, fp8_convert),
+        STAGES=stages, num_warps=warps, num_stages=stages)
     return out

@@ -7,7 +7,8 @@ Decode reads every weight once per step, so at small M the whole game is memory 
   Llama-2-7B's weights (docs/performance.md, "Measurements behind the code").
 - `wmm` (M > 1): tensor cores, with W as the wide operand (`W_tile [BN, BK] @ x_tile^T [BK, BM]`, BM >= 16),
   int8/fp8 converted to the activation dtype before the product. The model uses it for 16-bit weights up to
-  M = 16 (cuBLAS above) and for int8 at every M; fp8 uses torch._scaled_mm from M = 2 (faster there).
+  M = 16 (cuBLAS above), for fp8 up to M = 32 (e4m3 converted by `convert.e4m3_to_bf16`; torch._scaled_mm with
+  per-token activation scales above) and for int8 at every M.
 - `quant_fp8_per_token`: dynamic per-token e4m3 activation scales for torch._scaled_mm.
 Block shapes come from the sweeps in bench/kernel_check.py (docs/performance.md).
 `pdl=True` on the wrappers: programmatic dependent launch (see llmserve.kernels).
@@ -21,13 +22,14 @@ import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from llmserve.kernels import launch_args
+from llmserve.kernels.convert import e4m3_to_bf16
 
 
 @triton.jit
 def _wmm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, M, N, K,
                 stride_xm, stride_wn, stride_om,
                 HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr,
-                EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
+                EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, FP8_ASM: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     if PDL:  # programmatic dependent launch: wait for the previous grid first (llmserve.kernels)
         gdc_wait()
@@ -61,6 +63,8 @@ def _wmm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, M, N, K,
             gf = x.to(tl.float32)
             x = (gf / (1.0 + tl.exp(-gf))).to(x.dtype)
             x = (x.to(tl.float32) * u.to(tl.float32)).to(u.dtype)
+        if FP8_ASM:
+            w = e4m3_to_bf16(w)
         acc = tl.dot(w.to(x.dtype), tl.trans(x), acc)
         w_ptrs += BLOCK_K
         x_ptrs += BLOCK_K
@@ -183,9 +187,9 @@ CONFIGS: dict[str, dict[int, tuple[int, int, int, int]]] = {
 NUM_SMS = 132
 # The gate's SiLU inside the tensor-core kernel's x load costs more than a separate launch (docs/performance.md).
 FUSE_GATE_IN_MM = False
-# Largest M that goes through `wmm` for 16-bit weights (cuBLAS above) and for fp8 (torch._scaled_mm above).
-# fp8: from 2 rows on, torch._scaled_mm (per-token activation scales) beats the Triton kernel.
-SKINNY_MAX_M = {"16bit": 16, "fp8": 1}
+# Largest M that goes through `wmm` for 16-bit weights (cuBLAS above) and for fp8 (torch._scaled_mm above, with
+# per-token activation scales): with `e4m3_to_bf16`, fp8 `wmm` is faster up to 32 rows (docs/performance.md).
+SKINNY_MAX_M = {"16bit": 16, "fp8": 32}
 
 
 def _config(M: int, N: int, w_dtype: torch.dtype) -> tuple[int, int, int, int, int]:
@@ -196,6 +200,11 @@ def _config(M: int, N: int, w_dtype: torch.dtype) -> tuple[int, int, int, int, i
     while bn > 16 and triton.cdiv(N, bn) * triton.cdiv(M, bm) < NUM_SMS // 4:
         bn //= 2
     return bm, bn, bk, warps, stages
+
+
+def fp8_asm(w: torch.Tensor, x: torch.Tensor) -> bool:
+    """Whether e4m3 weights convert through `e4m3_to_bf16` (bf16 activations on CUDA: not Triton's interpreter)."""
+    return w.dtype == torch.float8_e4m3fn and x.dtype == torch.bfloat16 and x.is_cuda
 
 
 def wmm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bias: torch.Tensor | None = None,
@@ -217,10 +226,12 @@ def wmm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bia
         return out
     bm, bn, bk, warps, stages = config or _config(M, N, w.dtype)
     grid = (triton.cdiv(M, bm), triton.cdiv(N, bn))
+    asm = fp8_asm(w, x)
+    pdl = pdl and not asm  # launched early (PDL), the fp8 kernel ran slower at batch 8 (docs/performance.md)
     _wmm_kernel[grid](x, w, scale if scale is not None else w, bias if bias is not None else w, out, M, N, K,
                       x.stride(0), w.stride(0), out.stride(0),
                       HAS_SCALE=scale is not None, HAS_BIAS=bias is not None, GATED=gated,
-                      EVEN_K=K % bk == 0, EVEN_N=N % bn == 0,
+                      EVEN_K=K % bk == 0, EVEN_N=N % bn == 0, FP8_ASM=asm,
                       BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages,
                       **launch_args(pdl))
     return out

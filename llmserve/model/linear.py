@@ -3,10 +3,10 @@
 
 Modes:
 - "fp8": e4m3 weights, scale = absmax / 448 per output channel. Activations are quantized per token at run
-  time (dynamic scales) and multiplied with `torch._scaled_mm` (tensor cores, fp8 x fp8). For few rows
-  (decode at small batch) the Triton kernel streams the fp8 weights and multiplies bf16 activations
-  instead: the step is bound by reading weights, and skipping activation quantization saves a launch per
-  layer and some error.
+  time (dynamic scales) and multiplied with `torch._scaled_mm` (tensor cores, fp8 x fp8). For up to 32 rows
+  (decode at small batch, `kernels.linear.SKINNY_MAX_M`) the Triton kernel streams the fp8 weights and
+  multiplies bf16 activations instead: the step is bound by reading weights, and skipping activation
+  quantization saves a launch per layer and some error.
 - "int8_wo": int8 weights, scale = absmax / 127 per output channel, activations stay bf16/fp16 (weight-only).
   The Triton kernel in llmserve/kernels/linear.py does every M (torch._weight_int8pack_mm is ~10x too slow
   on CUDA).

@@ -1,0 +1,40 @@
+"""Element conversions the Triton kernels share."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+# e4m3 -> bf16, four at a time, with integer ops instead of Triton's three conversions per pair (which made fp8
+# weights slower than bf16 in `wmm`): the bits moved into bf16's fields give value * 2**-120 exactly (subnormals
+# included), then one packed multiply by 2**120 (an fma with -0).
+_E4M3_BF16_ASM = tl.constexpr("""{
+.reg .b32 a0, a1, b0, b1, e, z;
+prmt.b32 a0, $2, 0, 0x1404;
+prmt.b32 a1, $2, 0, 0x3424;
+and.b32 b0, a0, 0x7F007F00;
+and.b32 b1, a1, 0x7F007F00;
+shr.b32 b0, b0, 4;
+shr.b32 b1, b1, 4;
+lop3.b32 b0, b0, a0, 0x80008000, 0xF8;
+lop3.b32 b1, b1, a1, 0x80008000, 0xF8;
+mov.b32 e, 0x7B807B80;
+mov.b32 z, 0x80008000;
+fma.rn.bf16x2 $0, b0, e, z;
+fma.rn.bf16x2 $1, b1, e, z;
+}""")
+
+
+@triton.jit
+def e4m3_to_bf16_pinned(w):
+    """`e4m3_to_bf16` kept where it stands: Triton does not move an impure op into the dot's operand layout, so
+    the tile is converted in registers and reaches shared memory as bf16 (for ldmatrix), not as bytes."""
+    return tl.inline_asm_elementwise(_E4M3_BF16_ASM, "=r,=r,r", [w.to(tl.uint8, bitcast=True)],
+                                     dtype=tl.bfloat16, is_pure=False, pack=4)
+
+
+@triton.jit
+def e4m3_to_bf16(w):
+    """An e4m3 tensor as bf16 (exact), on CUDA only (inline PTX)."""
+    return tl.inline_asm_elementwise(_E4M3_BF16_ASM, "=r,=r,r", [w.to(tl.uint8, bitcast=True)],
+                                     dtype=tl.bfloat16, is_pure=True, pack=4)
