@@ -249,6 +249,37 @@ def test_a_text_event_is_its_chunk_encoded_byte_for_byte(kind):
             assert text_event(answer, piece, i, 0) == (sse(chunk) if chunk is not None else "")
 
 
+@pytest.mark.parametrize("body", [
+    {"prompt": "The capital of France is", "max_tokens": 8, "stream": True, "logprobs": 2, "n": 2, "seed": 3},
+    {"messages": QUESTION, "temperature": 0.5, "stop": ["\n"], "user": "u"},
+    {"messages": [{"role": "user", "content": "\ud83d lone surrogate, \u00e9"}], "max_completion_tokens": 4},
+])
+def test_the_request_message_is_the_one_tritonclient_builds(body):
+    """The front builds its gRPC request straight into protobuf: byte for byte what tritonclient's InferInputs and
+    request builder give for the same inputs."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    from tritonclient.grpc._utils import _get_inference_request
+    from tritonclient.utils import np_to_triton_dtype
+
+    from llm_client.client import FLAGS, build_inputs
+    from llm_client.openai_server.schema import parse_chat, parse_completion
+    from llm_client.openai_server.triton import build_request
+
+    call = (parse_chat if "messages" in body else parse_completion)({"model": "llm", **body})
+    flags = FLAGS + (("return_logprobs",) if call.logprobs is not None else ())
+    tensors = []
+    for name, value in build_inputs(call.prompt, call.messages, call.stream, call.params, flags,
+                                    errors="surrogatepass").items():
+        tensors.append(grpcclient.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype)))
+        tensors[-1].set_data_from_numpy(value)
+    assert all(v.dtype in (np.bool_, np.object_) for v in build_inputs("x", None, True, {}).values())
+    expected = _get_inference_request(model_name="llm", inputs=tensors, model_version="", request_id="cmpl-7",
+                                      outputs=None, sequence_id=0, sequence_start=False, sequence_end=False,
+                                      priority=0, timeout=None, parameters=None)
+    assert build_request(call, "cmpl-7", "llm").SerializeToString() == expected.SerializeToString()
+
+
 def test_overload_maps_to_503_with_retry_after():
     from llm_client.openai_server.errors import from_triton
 

@@ -7,7 +7,6 @@ request, and the model frees its KV blocks at the next engine step.
 
 from __future__ import annotations
 
-import functools
 import json
 import struct
 from collections.abc import AsyncGenerator
@@ -16,7 +15,8 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 import tritonclient.grpc.aio as aioclient
-from tritonclient.utils import InferenceServerException, np_to_triton_dtype, triton_to_np_dtype
+from tritonclient.grpc import InferResult, service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
 from llm_client.client import FLAGS, build_inputs
 from llm_client.openai_server.errors import OpenAIError, from_triton, unreachable
@@ -36,27 +36,31 @@ class Piece:
     logprobs: list[list[dict]] = field(default_factory=list)  # per token: {token_id: {logprob, decoded_token}}
 
 
-def _tensor(name: str, value: np.ndarray) -> aioclient.InferInput:
-    t = aioclient.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
-    t.set_data_from_numpy(value)
-    return t
+_DATATYPES = {np.dtype(np.bool_): "BOOL", np.dtype(np.object_): "BYTES"}
+_LENGTH = struct.Struct("<I")
 
 
-@functools.cache
-def _flag(name: str, value: bool) -> aioclient.InferInput:
-    """A one-element BOOL input, made once: tritonclient only reads an InferInput when it builds a request."""
-    return _tensor(name, np.array([value]))
+def _raw(value: np.ndarray) -> bytes:
+    """A tensor's raw contents as Triton's gRPC protocol carries them (BYTES: each element's 4-byte little-endian
+    length, then its bytes)."""
+    if value.dtype == np.object_:
+        return b"".join(_LENGTH.pack(len(v)) + v for v in value.reshape(-1))
+    return value.tobytes()
 
 
-def build_tensors(call: GenerationCall) -> list[aioclient.InferInput]:
+def build_request(call: GenerationCall, request_id: str, model: str) -> service_pb2.ModelInferRequest:
+    """The model's request, built straight into the protobuf message (the bytes tritonclient's InferInput and
+    request builder give, without their per-tensor objects: this is on every request's path)."""
     flags = FLAGS + (("return_logprobs",) if call.logprobs is not None else ())
     # surrogatepass: a lone surrogate reaches the model, which refuses it naming the field (a 400, not a 500)
     inputs = build_inputs(call.prompt, call.messages, call.stream, call.params, flags, errors="surrogatepass")
-    return [_flag(name, bool(value[0])) if value.dtype == np.bool_ else _tensor(name, value)
-            for name, value in inputs.items()]
+    request = service_pb2.ModelInferRequest(model_name=model, id=request_id)
+    for name, value in inputs.items():
+        request.inputs.add(name=name, datatype=_DATATYPES[value.dtype], shape=value.shape)
+        request.raw_input_contents.append(_raw(value))
+    return request
 
 
-_LENGTH = struct.Struct("<I")
 _INTS = {"INT32": "i", "UINT32": "I", "INT64": "q", "UINT64": "Q"}  # memoryview formats (native order, as numpy's)
 
 
@@ -71,12 +75,12 @@ def _strings(raw: bytes) -> list[bytes]:
     return out
 
 
-def _outputs(result) -> dict[str, list]:
+def _outputs(response: service_pb2.ModelInferResponse) -> dict[str, list]:
     """Every output tensor of a response, flattened, in one pass over the raw contents (what `as_numpy` per name
     gives, without a scan of the outputs and a numpy array per tensor on every streamed token)."""
-    response = result.get_response()
     outputs, raws = list(response.outputs), list(response.raw_output_contents)
     if len(raws) < len(outputs):  # not all sent as raw contents: tritonclient's own conversion
+        result = InferResult(response)
         return {o.name: [] if (v := result.as_numpy(o.name)) is None else list(v.reshape(-1)) for o in outputs}
     out: dict[str, list] = {}
     for output, raw in zip(outputs, raws):
@@ -94,8 +98,8 @@ def _decode(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def piece_from(result, final: bool) -> Piece:
-    outputs = _outputs(result)
+def piece_from(response: service_pb2.ModelInferResponse, final: bool) -> Piece:
+    outputs = _outputs(response)
     texts = [_decode(t) for t in outputs.get("text_output", ())]
     n = len(texts)
     # vllm_backend writes str(None) for a choice that has not finished
@@ -112,6 +116,7 @@ class TritonBackend:
     def __init__(self, url: str, model: str = "llm"):
         self.url, self.model = url, model
         self._client: aioclient.InferenceServerClient | None = None
+        self._stub: service_pb2_grpc.GRPCInferenceServiceStub | None = None
 
     @property
     def client(self) -> aioclient.InferenceServerClient:
@@ -119,10 +124,18 @@ class TritonBackend:
             self._client = aioclient.InferenceServerClient(self.url)
         return self._client
 
+    @property
+    def stub(self) -> service_pb2_grpc.GRPCInferenceServiceStub:
+        """The gRPC stub on the client's channel: the generation streams skip tritonclient's per-call wrappers
+        (a task to consume a request iterator, the result objects), which every request paid for in the front."""
+        if self._stub is None:
+            self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self.client._channel)
+        return self._stub
+
     async def close(self) -> None:
         if self._client is not None:
             await self._client.close()
-            self._client = None
+            self._client = self._stub = None
 
     async def ready(self) -> bool:
         try:
@@ -131,29 +144,24 @@ class TritonBackend:
             return False
 
     async def generate(self, call: GenerationCall, request_id: str) -> AsyncGenerator[Piece, None]:
-        tensors = build_tensors(call)
-
-        async def requests():
-            yield {"model_name": self.model, "inputs": tensors, "request_id": request_id,
-                   "enable_empty_final_response": True}
-
-        stream = self.client.stream_infer(inputs_iterator=requests())
+        request = build_request(call, request_id, self.model)
+        stream = self.stub.ModelStreamInfer()
         finished = False
         try:
-            async for result, error in stream:
-                if error is not None:
+            await stream.write(request)
+            await stream.done_writing()
+            async for message in stream:
+                if message.error_message:
                     finished = True  # the model already answered this request
-                    raise from_triton(str(error), call.renames)
-                response = result.get_response()
+                    raise from_triton(message.error_message, call.renames)
+                response = message.infer_response
                 final = response.parameters["triton_final_response"].bool_param
                 if response.outputs:
-                    yield piece_from(result, final)
+                    yield piece_from(response, final)
                 if final:
                     finished = True
                     return
             raise OpenAIError("Triton closed the stream without a final response", 502, "server_error")
-        except InferenceServerException as exc:
-            raise from_triton(str(exc), call.renames) from None
         except grpc.RpcError as exc:
             raise _rpc_error(self.url, exc) from None
         finally:
