@@ -181,7 +181,7 @@ def s_gemv(args):
             configs = CONFIGS_16 if M <= 16 else CONFIGS_BIG[M]
             tot_best, tot_lib = 0.0, 0.0
             for name, layers in W.items():
-                N, K = _mm_shapes()[name]
+                N, K = layers[0][0].shape
                 gated = name == "down"
                 x = torch.randn(M, 2 * K if gated else K, device="cuda", dtype=torch.bfloat16)
                 xg = torch.nn.functional.silu(x[:, :K]) * x[:, K:] if gated else x
@@ -534,7 +534,7 @@ def s_gemv1(args):
             for name, layers in W.items():
                 if name == "lm_head" and kind != "bf16":
                     continue
-                N, K = _mm_shapes()[name]
+                N, K = layers[0][0].shape
                 gated = name == "down"
                 x = torch.randn(1, 2 * K if gated else K, device="cuda", dtype=torch.bfloat16)
                 times = {}
@@ -574,7 +574,7 @@ def s_mm16(args):
             for name, layers in W.items():
                 if name == "lm_head" and kind != "bf16":
                     continue
-                N, K = _mm_shapes()[name]
+                N, K = layers[0][0].shape
                 gated = name == "down"
                 x = torch.randn(M, 2 * K if gated else K, device="cuda", dtype=torch.bfloat16)
                 xg = torch.nn.functional.silu(x[:, :K]) * x[:, K:] if gated else x

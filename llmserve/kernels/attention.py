@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from llmserve.kernels.convert import e4m3_to_bf16_pinned
+from llmserve.kernels.convert import e4m3_to_bf16, ptx_converts
 from llmserve.kernels.shapes import varlen_block_m
 
 
@@ -29,9 +29,9 @@ def _span(ctx, NUM_PARTS: tl.constexpr):
 @triton.jit
 def _kv(x, dtype, KV_FP8: tl.constexpr):
     """A loaded K/V tile in the dots' dtype. KV_FP8: 0 a 16-bit cache; e4m3: 1 Triton's conversion (to fp16, the
-    dots in fp16), 2 `e4m3_to_bf16_pinned` (converted in registers, to shared memory as bf16)."""
+    dots in fp16), 2 `e4m3_to_bf16` kept in place (converted in registers, to shared memory as bf16)."""
     if KV_FP8 == 2:
-        return e4m3_to_bf16_pinned(x)
+        return e4m3_to_bf16(x, False)
     return x.to(dtype)
 
 
@@ -116,10 +116,10 @@ DECODE_FP8_CONVERT, VARLEN_FP8_CONVERT = 1, 2
 
 def _kv_mode(kv_cache: torch.Tensor, q: torch.Tensor, fp8_convert: int) -> int:
     """The kernels' KV_FP8: 0 for a 16-bit cache; an e4m3 one converts as asked, through Triton's conversion where
-    the inline PTX cannot run (fp16 models, the CPU interpreter)."""
+    the inline PTX cannot run."""
     if kv_cache.dtype != torch.float8_e4m3fn:
         return 0
-    return fp8_convert if q.dtype == torch.bfloat16 and q.is_cuda else 1
+    return fp8_convert if ptx_converts(q) else 1
 
 
 def decode_config(max_context: int, batch: int, num_kv_heads: int, kv_fp8: bool) -> tuple[int, int, int, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
@@ -26,15 +27,15 @@ fma.rn.bf16x2 $1, b1, e, z;
 
 
 @triton.jit
-def e4m3_to_bf16_pinned(w):
-    """`e4m3_to_bf16` kept where it stands: Triton does not move an impure op into the dot's operand layout, so
-    the tile is converted in registers and reaches shared memory as bf16 (for ldmatrix), not as bytes."""
+def e4m3_to_bf16(w, PURE: tl.constexpr = True):
+    """An e4m3 tensor as bf16 (exact), on CUDA only (inline PTX: see `ptx_converts`). PURE=False keeps the
+    conversion where it stands: Triton does not move an impure op into a dot's operand layout, so a K/V tile is
+    converted in registers and reaches shared memory as bf16 (for ldmatrix), not as bytes read one at a time."""
     return tl.inline_asm_elementwise(_E4M3_BF16_ASM, "=r,=r,r", [w.to(tl.uint8, bitcast=True)],
-                                     dtype=tl.bfloat16, is_pure=False, pack=4)
+                                     dtype=tl.bfloat16, is_pure=PURE, pack=4)
 
 
-@triton.jit
-def e4m3_to_bf16(w):
-    """An e4m3 tensor as bf16 (exact), on CUDA only (inline PTX)."""
-    return tl.inline_asm_elementwise(_E4M3_BF16_ASM, "=r,=r,r", [w.to(tl.uint8, bitcast=True)],
-                                     dtype=tl.bfloat16, is_pure=True, pack=4)
+def ptx_converts(x: torch.Tensor) -> bool:
+    """Whether a kernel with activations `x` may convert e4m3 through `e4m3_to_bf16`: bf16 on CUDA (not fp16 models,
+    not Triton's CPU interpreter, which runs no PTX)."""
+    return x.dtype == torch.bfloat16 and x.is_cuda

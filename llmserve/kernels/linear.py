@@ -22,7 +22,7 @@ import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from llmserve.kernels import launch_args
-from llmserve.kernels.convert import e4m3_to_bf16
+from llmserve.kernels.convert import e4m3_to_bf16, ptx_converts
 
 
 @triton.jit
@@ -202,11 +202,6 @@ def _config(M: int, N: int, w_dtype: torch.dtype) -> tuple[int, int, int, int, i
     return bm, bn, bk, warps, stages
 
 
-def fp8_asm(w: torch.Tensor, x: torch.Tensor) -> bool:
-    """Whether e4m3 weights convert through `e4m3_to_bf16` (bf16 activations on CUDA: not Triton's interpreter)."""
-    return w.dtype == torch.float8_e4m3fn and x.dtype == torch.bfloat16 and x.is_cuda
-
-
 def wmm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bias: torch.Tensor | None = None,
         gated: bool = False, config: tuple[int, int, int, int, int] | None = None, pdl: bool = False
         ) -> torch.Tensor:
@@ -226,7 +221,7 @@ def wmm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bia
         return out
     bm, bn, bk, warps, stages = config or _config(M, N, w.dtype)
     grid = (triton.cdiv(M, bm), triton.cdiv(N, bn))
-    asm = fp8_asm(w, x)
+    asm = w.dtype == torch.float8_e4m3fn and ptx_converts(x)  # e4m3 weights through `e4m3_to_bf16`
     pdl = pdl and not asm  # launched early (PDL), the fp8 kernel ran slower at batch 8 (docs/performance.md)
     _wmm_kernel[grid](x, w, scale if scale is not None else w, bias if bias is not None else w, out, M, N, K,
                       x.stride(0), w.stride(0), out.stride(0),

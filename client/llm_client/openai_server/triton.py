@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 import tritonclient.grpc.aio as aioclient
 from tritonclient.grpc import InferResult, service_pb2, service_pb2_grpc
-from tritonclient.utils import InferenceServerException, triton_to_np_dtype
+from tritonclient.utils import InferenceServerException, serialize_byte_tensor, triton_to_np_dtype
 
 from llm_client.client import FLAGS, build_inputs
 from llm_client.openai_server.errors import OpenAIError, from_triton, unreachable
@@ -37,15 +37,11 @@ class Piece:
 
 
 _DATATYPES = {np.dtype(np.bool_): "BOOL", np.dtype(np.object_): "BYTES"}
-_LENGTH = struct.Struct("<I")
 
 
 def _raw(value: np.ndarray) -> bytes:
-    """A tensor's raw contents as Triton's gRPC protocol carries them (BYTES: each element's 4-byte little-endian
-    length, then its bytes)."""
-    if value.dtype == np.object_:
-        return b"".join(_LENGTH.pack(len(v)) + v for v in value.reshape(-1))
-    return value.tobytes()
+    """A tensor's raw contents as Triton's gRPC protocol carries them (BYTES: tritonclient's serialization)."""
+    return serialize_byte_tensor(value).item() if value.dtype == np.object_ else value.tobytes()
 
 
 def build_request(call: GenerationCall, request_id: str, model: str) -> service_pb2.ModelInferRequest:
@@ -61,6 +57,7 @@ def build_request(call: GenerationCall, request_id: str, model: str) -> service_
     return request
 
 
+_LENGTH = struct.Struct("<I")
 _INTS = {"INT32": "i", "UINT32": "I", "INT64": "q", "UINT64": "Q"}  # memoryview formats (native order, as numpy's)
 
 
