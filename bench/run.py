@@ -102,6 +102,8 @@ ENGINE_VARIANTS = {
     # Prefill and mixed steps launched kernel by kernel, as before their CUDA graphs
     "engine_eager_prefill": ("bf16", ["prefill_graph_max_tokens=0"]),
     "engine_fp8_eager_prefill": ("fp8", ["prefill_graph_max_tokens=0"]),
+    # Through the tensor-parallel rank group with one rank (NCCL all-reduces, step messages): the group's cost
+    "engine_group1": ("bf16", ["distributed=always"]),
 }
 # The Triton phase with other knobs or instance counts, side by side with `triton` (same engine-direct twin):
 # (knobs, model instances, PLAN entry).

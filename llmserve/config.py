@@ -105,6 +105,9 @@ class PytorchConfig:
     # Micro-batches a pipelined step's sequences are cut into (at most one per sequence); 0: one per stage for
     # steps of 64 tokens or more, else one (llmserve/engine/parallel/pipeline.py AUTO_SPLIT_TOKENS)
     pipeline_micro_batches: int = 0
+    # "always": run through the rank group (its step messages, its all-reduces) even with one rank, to measure
+    # what the group costs (bench/run.py's engine_group1 variant); "auto": only with more than one rank
+    distributed: str = "auto"
     # tests only: "fail_on_token:<id>" fails the sequences that feed that token; "crash_on_token:<id>" breaks
     # the whole engine (an error escapes step, as a CUDA fault would)
     fault_injection: str = ""
@@ -121,6 +124,7 @@ class PytorchConfig:
         _one_of(self, "pdl", SWITCH_VALUES)
         _at_least(self, 1, "tensor_parallel_size", "pipeline_parallel_size")
         _at_least(self, 0, "pipeline_micro_batches")
+        _one_of(self, "distributed", ("auto", "always"))
         kind, _, arg = self.fault_injection.partition(":")
         if self.fault_injection and (kind not in ("fail_on_token", "crash_on_token") or not arg.isdigit()):
             raise ConfigError(f"fault_injection: expected fail_on_token:<id> or crash_on_token:<id>, "

@@ -140,3 +140,27 @@ def test_the_step_channel_packs_what_the_workers_rebuild():
     got = channel.unpack(T, B, S, W)
     assert got == StepInputs(step.ids, step.positions, step.slots, step.query_lens, step.context_lens,
                              [[10, 0, 0], [2, 3, 7]], step.sample_rows)
+
+
+def test_the_step_channel_carries_source_rows_and_decode_inputs():
+    """A launched step's per-token source rows come back as sent, with its flag; a decode graph's inputs travel
+    as they are, announced with its padded rows; messages are numbered so a worker out of step stops."""
+    import numpy as np
+
+    from llmserve.engine.graph_inputs import StepInputs
+    from llmserve.engine.parallel.step_broadcast import DECODE, HEADER, STEP, StepChannel
+
+    step = StepInputs(ids=[5, 6, 7], positions=[0, 1, 4], slots=[40, 41, 20], query_lens=[2, 1],
+                      context_lens=[2, 5], tables=[[10], [5, 6]], sample_rows=[1, 2])
+    sender = StepChannel(None, max_tokens=8, max_seqs=4, max_width=4)
+    worker = StepChannel(None, max_tokens=8, max_seqs=4, max_width=4)
+    header = sender.pack(step, carried=np.array([-1, -1, 3]), launched=True)
+    fields = worker.open(header)
+    assert fields[0] == STEP and fields[5] == 3 * 3 + 2 * 2 + 2 + 2 * 2 + 3
+    worker.buffer.copy_(sender.buffer)  # what the broadcast does
+    _, T, B, S, W, n, _, _ = fields
+    assert worker.view[n - T:n].tolist() == [-1, -1, 3] and worker.unpack(T, B, S, W).ids == [5, 6, 7]
+    decode = HEADER.pack(DECODE, 0, 8, 0, 0, 100, 2, 0)
+    assert worker.open(decode)[:3] == (DECODE, 0, 8)
+    with pytest.raises(RuntimeError, match="out of step"):
+        worker.open(HEADER.pack(DECODE, 0, 8, 0, 0, 100, 5, 0))

@@ -16,11 +16,16 @@ engine completes step N before it launches step N+2, so a buffer is free again b
   so that it too is queued without a host sync.
 - Without graphs (a CPU, graphs off) the same runs eagerly.
 Padding rows of a decode graph write their K/V into a scratch block the block manager never hands out.
+With tensor-parallel workers each step goes to them first (llmserve/engine/parallel/step_broadcast.py: a decode
+graph's filled inputs as they are, a mixed step as StepInputs) and they replay the same graphs, computing the
+same argmax into their own `_last_tokens` (lm_head is replicated), so carried tokens need no extra message.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -113,6 +118,7 @@ class Launcher:
         # Sections: token ids, positions, cache slots, context lengths, source rows; then block tables.
         self._hosts = [DecodeInputs(n, max_b, W, self._scratch_block, self.block_size) for _ in range(2)]
         self._turn = 0
+        self._follow_copied: list[torch.cuda.Event | None] = [None, None]  # a worker's (follow_decode)
         self._dev = torch.empty(n, dtype=torch.int32, device=self.device)
         d = self._dev
         ids, pos, slot, ctx, src = (d[i * max_b:(i + 1) * max_b] for i in range(5))
@@ -163,35 +169,50 @@ class Launcher:
         self._turn ^= 1
         h = self._hosts[self._turn]
         h.fill(batch.seqs, src_rows, S)
-        n = 5 * self._graph_max + S * self._width
-        self._dev[:n].copy_(h.tensor[:n], non_blocking=True)
+        inputs = h.tensor[:5 * self._graph_max + S * self._width]
+        with self.tp.decode(S, inputs) if self.tp is not None else nullcontext():
+            return self._replay_inputs(S, inputs)
+
+    def _replay_inputs(self, S: int, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._dev[:len(inputs)].copy_(inputs, non_blocking=True)
         graph, logits, tokens = self._graphs[S]
         graph.replay()
         return tokens, logits
 
+    def follow_decode(self, S: int, n: int, receive: Callable[[torch.Tensor], None]) -> None:
+        """A tensor-parallel worker's decode step: rank 0's filled inputs for the graph of S rows, received into
+        this rank's host buffers in turn (the copy from a buffer two steps ago must be done before it is
+        refilled), then the same replay."""
+        self._turn ^= 1
+        copied = self._follow_copied[self._turn]
+        if copied is not None:
+            copied.synchronize()
+        inputs = self._hosts[self._turn].tensor[:n]
+        receive(inputs)
+        self._replay_inputs(S, inputs)
+        self._follow_copied[self._turn] = torch.cuda.Event()
+        self._follow_copied[self._turn].record()
+
     # -- launched steps ------------------------------------------------------------------------------------------
     def can_launch(self, batch_size: int) -> bool:
-        """Whether `launch` takes a decode step of this many rows (CUDA graphs cover it, or no graphs at all)."""
-        if self.tp is not None:
-            return False  # the workers run only the eager steps rank 0 sends them
-        return batch_size <= self._graph_max if self._graphs else True
+        """Whether `launch` takes a decode step of this many rows (CUDA graphs cover it, or no graphs at all; with
+        tensor-parallel workers, graphs only: an eager launch's carried tokens are rank 0's alone)."""
+        if self._graphs:
+            return batch_size <= self._graph_max
+        return self.tp is None
 
     @property
     def mixed_token_cap(self) -> int:
         """The most tokens a launched mixed step may have (0: none is launched): on CUDA, the prefill graphs'
         inputs' (max_num_tokens; past the captured graphs the step runs eagerly on them)."""
-        if self.tp is not None:
-            return 0
         if self.device.type != "cuda":
-            return self.cfg.batching.max_num_tokens
+            return self.cfg.batching.max_num_tokens if self.tp is None else 0
         return self._prefill_graphs.max_tokens if self._prefill_graphs is not None else 0
 
     def can_launch_mixed(self, num_tokens: int, num_seqs: int) -> bool:
         """Whether `launch` takes a mixed step of this size (a CPU: any; CUDA: one the prefill graphs take)."""
-        if self.tp is not None:
-            return False
         if self.device.type != "cuda":
-            return True
+            return self.tp is None
         return self._prefill_graphs is not None and self._prefill_graphs.fits(num_tokens, num_seqs)
 
     @torch.inference_mode()
@@ -208,13 +229,21 @@ class Launcher:
         carried = carried_rows(batch.num_tokens, src_rows)
         graphs = self._prefill_graphs
         if not decode and graphs is not None and graphs.fits(len(step.ids), len(seqs)):
-            logits = graphs.run(step, carried)  # the graph takes the carried tokens from _last_tokens
-            tokens = logits.argmax(dim=-1) if logits is not None else None
-            if tokens is not None:
-                self._last_tokens[:len(rows)].copy_(tokens)
+            with self.tp.step(step, carried, launched=True) if self.tp is not None else nullcontext():
+                tokens = self._mixed_tokens(step, carried)
             return self._launched(rows, self._last_tokens, tokens)
         tokens = self._eager_tokens(step, carried, prev)
         return self._launched(rows, tokens, tokens)
+
+    def _mixed_tokens(self, step: StepInputs, carried: np.ndarray | None) -> torch.Tensor | None:
+        """A mixed step in the prefill graphs (which take the carried tokens from _last_tokens): its sampled rows'
+        argmax, also left in _last_tokens for the next launch. Every tensor-parallel rank runs it (replicated
+        lm_head, identical hidden states after the all-reduce), so every rank's _last_tokens agree."""
+        logits = self._prefill_graphs.run(step, carried)
+        tokens = logits.argmax(dim=-1) if logits is not None else None
+        if tokens is not None:
+            self._last_tokens[:len(tokens)].copy_(tokens)
+        return tokens
 
     def _eager_tokens(self, step: StepInputs, carried: np.ndarray | None, prev: Launched | None) -> torch.Tensor:
         """An eager step's sampled rows' argmax (the same logits as `forward`), carried ids from `prev`'s output."""

@@ -23,6 +23,7 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from llmserve import kernels
@@ -65,7 +66,8 @@ def use_pdl(choice: str, device: torch.device) -> bool:
 class ModelRunner(Launcher):
     def __init__(self, cfg: ServingConfig, checkpoint_dir: Path, tp: RankGroup | None = None):
         """tp: this process's rank of a tensor/pipeline-parallel group (llmserve/engine/parallel): its shard, its
-        heads of its layers' KV; rank 0 sends each eager step to the others (no CUDA graphs or async there yet)."""
+        heads of its layers' KV; rank 0 sends each step to the others, which replay the same CUDA graphs (tensor
+        parallel only: pipeline stages run eagerly)."""
         self.cfg = cfg
         self.tp = tp
         self.device = tp.device if tp is not None else pick_device(cfg.device)
@@ -99,8 +101,8 @@ class ModelRunner(Launcher):
         self.last_launch_split_ms: tuple[float, float, float] | None = None  # a graph step's inputs/replay/logits
         if self.fast and self.device.type == "cuda" and getattr(tp, "pipeline", None) is None:  # stages: not yet
             self.startup.timed("warmup", self._warmup)
-        if self.fast and cfg.pytorch.cuda_graphs and tp is None:
-            self.startup.timed("graph_capture", self.capture_graphs)
+        if self.fast and cfg.pytorch.cuda_graphs and getattr(tp, "pipeline", None) is None:
+            self.startup.timed("graph_capture", self.capture_graphs)  # every rank, in the same order
 
     def _kv_block_bytes(self) -> int:
         a = self.model.args
@@ -145,11 +147,11 @@ class ModelRunner(Launcher):
         t0 = time.perf_counter()
         step = StepInputs.of(batch.seqs, batch.num_tokens, self.block_size)
         self.last_launch_split_ms = None
-        if self._prefill_graphs is not None and self._prefill_graphs.fits(len(step.ids), len(batch.seqs)):
-            logits = self._prefill_graphs.run(step)
-            self.last_launch_split_ms = self._prefill_graphs.last_split_ms
-        else:
-            with self.tp.step(step) if self.tp is not None else nullcontext():
+        with self.tp.step(step) if self.tp is not None else nullcontext():
+            if self._prefill_graphs is not None and self._prefill_graphs.fits(len(step.ids), len(batch.seqs)):
+                logits = self._prefill_graphs.run(step)
+                self.last_launch_split_ms = self._prefill_graphs.last_split_ms
+            else:
                 logits = self.forward(step)
         # Host time to enqueue the step (the step trace's launch_ms): near the step's wall time when the host sets
         # the pace, or when it was held up inside the launch while the GPU worked (docs/performance.md).
@@ -170,6 +172,17 @@ class ModelRunner(Launcher):
             return None
         return self.model(input_ids, positions, self.kv_cache, meta,
                           torch.tensor(step.sample_rows, dtype=torch.long, device=self.device))
+
+    def follow(self, step: StepInputs, carried: np.ndarray | None, launched: bool) -> None:
+        """A tensor-parallel worker's shard of a step rank 0 sent: run as rank 0 ran it (`run`, or `launch` for a
+        launched one), so that both take the same graphs, hence the same collectives."""
+        graphs = self._prefill_graphs
+        if launched:
+            self._mixed_tokens(step, carried)
+        elif graphs is not None and graphs.fits(len(step.ids), len(step.query_lens)):
+            graphs.run(step, logits=False)
+        else:
+            self.forward(step, logits=False)
 
     def close(self) -> None:
         """Frees the KV cache and stops the tensor-parallel workers (if any)."""

@@ -119,9 +119,10 @@ class PrefillGraphs:
     def fits(self, num_tokens: int, num_seqs: int) -> bool:
         return num_tokens <= self.max_tokens and num_seqs <= self.max_seqs
 
-    def run(self, step: StepInputs, carried: np.ndarray | None = None) -> torch.Tensor | None:
-        """Runs the decoder stack on the step; returns the logits of its sample rows (None if it has none).
-        carried: per token, the row of `last_tokens` its id comes from (-1: its own); None: none carried."""
+    def run(self, step: StepInputs, carried: np.ndarray | None = None, logits: bool = True) -> torch.Tensor | None:
+        """Runs the decoder stack on the step; returns the logits of its sample rows (None if it has none, or with
+        logits=False: a tensor-parallel worker's step). carried: per token, the row of `last_tokens` its id comes
+        from (-1: its own); None: none carried."""
         t0 = time.perf_counter()
         n, B = len(step.ids), len(step.query_lens)
         T = next((b for b in self.buckets if b >= n), n)  # past the buckets: eager, unpadded
@@ -142,11 +143,11 @@ class PrefillGraphs:
         else:
             hidden, residual = self._layers(T)
         t2 = time.perf_counter()
-        logits = self.model.logits(hidden, residual, self._d["rows"][:len(step.sample_rows)]) \
-            if step.sample_rows else None
+        out = self.model.logits(hidden, residual, self._d["rows"][:len(step.sample_rows)]) \
+            if step.sample_rows and logits else None
         # Host ms of the step's parts (inputs, replay, logits), for the step trace: where a launch is held up
         self.last_split_ms = ((t1 - t0) * 1e3, (t2 - t1) * 1e3, (time.perf_counter() - t2) * 1e3)
-        return logits
+        return out
 
     def _fill(self, h: dict, step: StepInputs, T: int, carried: np.ndarray | None = None) -> None:
         n, B = len(step.ids), len(step.query_lens)

@@ -17,6 +17,7 @@ import time
 from contextlib import AbstractContextManager
 from datetime import timedelta
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -111,8 +112,13 @@ class RankGroup:
         if self.lost is not None:
             raise RankLost(self.lost)
 
-    def step(self, step: StepInputs) -> AbstractContextManager[None]:
+    def step(self, step: StepInputs, carried: np.ndarray | None = None,
+             launched: bool = False) -> AbstractContextManager[None]:
         """Rank 0 sends each step (RankZero); a worker receives them on its pipe instead."""
+        raise RuntimeError(f"rank {self.rank} does not send steps")
+
+    def decode(self, rows: int, inputs: torch.Tensor) -> AbstractContextManager[None]:
+        """Rank 0 sends each decode graph's inputs (RankZero)."""
         raise RuntimeError(f"rank {self.rank} does not send steps")
 
     def meet(self, name: str) -> None:

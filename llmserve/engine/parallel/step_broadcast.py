@@ -5,33 +5,47 @@ The header travels over the pipe, not a collective, so an idle worker waits on i
 an end of file) and enters a collective only when a step is there: no collective ever waits through idle time.
 Workers rebuild the same `StepInputs` rank 0 ran, so every rank addresses its cache through rank 0's block
 tables: workers allocate nothing.
+
+Three kinds of message:
+- STEP: a step as `StepInputs`, which a worker runs as rank 0 does (a prefill graph or eagerly). Flags: CARRIED
+  (per-token source rows follow: decode rows whose input token is the previous launched step's argmax, on the
+  device) and LAUNCHED (rank 0 launched it: every rank takes the sampled rows' argmax into its own copy of it).
+- DECODE: a decode graph's step: its padded rows and rank 0's filled graph inputs, broadcast as they are, which
+  the worker copies into its own graph's inputs (llmserve/engine/launcher.py).
+- STOP.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from llmserve.engine.graph_inputs import StepInputs
 
-HEADER = struct.Struct("<8q")  # kind, tokens, sequences, sampled rows, table width, payload length, step, spare
-STEP, STOP = 1, 2
+HEADER = struct.Struct("<8q")  # kind, tokens, sequences, sampled rows, table width, payload length, step, flags
+STEP, STOP, DECODE = 1, 2, 3
+CARRIED, LAUNCHED = 1, 2  # a STEP's flags
+
+Header = tuple[int, int, int, int, int, int, int, int]
 
 
 class StepChannel:
     """The packed layout: ids, positions, slots (per token); query lengths, context lengths (per sequence);
-    sampled rows; then the block tables as a [sequences, width] array padded with 0 (as AttentionMetadata pads)."""
+    sampled rows; then the block tables as a [sequences, width] array padded with 0 (as AttentionMetadata pads);
+    then, with CARRIED, the source rows (per token)."""
 
     def __init__(self, group, max_tokens: int, max_seqs: int, max_width: int):
         self.group = group
-        self.buffer = torch.zeros(3 * max_tokens + 3 * max_seqs + max_seqs * max_width, dtype=torch.int64)
+        self.buffer = torch.zeros(4 * max_tokens + 3 * max_seqs + max_seqs * max_width, dtype=torch.int64)
         self.view = self.buffer.numpy()
         self.steps = 0
 
-    def pack(self, step: StepInputs) -> bytes:
+    def pack(self, step: StepInputs, carried: np.ndarray | None = None, launched: bool = False) -> bytes:
         """Fills the buffer with `step`; returns the header that tells the workers its sizes."""
         T, B, S = len(step.ids), len(step.query_lens), len(step.sample_rows)
         W = max(len(t) for t in step.tables)
@@ -43,26 +57,51 @@ class StepChannel:
         tables[:] = 0
         for i, t in enumerate(step.tables):
             tables[i, :len(t)] = t
-        self.steps += 1
-        return HEADER.pack(STEP, T, B, S, W, o + B * W, self.steps, 0)
+        o += B * W
+        if carried is not None:
+            buf[o:o + T] = carried
+            o += T
+        flags = (CARRIED if carried is not None else 0) | (LAUNCHED if launched else 0)
+        return HEADER.pack(STEP, T, B, S, W, o, self._next(), flags)
 
-    def send(self, step: StepInputs, conns: list[Connection]) -> None:
+    def _next(self) -> int:
+        self.steps += 1
+        return self.steps
+
+    def send(self, step: StepInputs, conns: list[Connection], carried: np.ndarray | None = None,
+             launched: bool = False) -> None:
         """Rank 0: the header to each worker, then the one broadcast."""
-        header = self.pack(step)
+        header = self.pack(step, carried, launched)
+        self._announce(header, conns, self.buffer[:HEADER.unpack(header)[5]])
+
+    def send_decode(self, rows: int, inputs: torch.Tensor, conns: list[Connection]) -> None:
+        """Rank 0: a decode graph's padded rows, then its filled host inputs (int32) as they are."""
+        self._announce(HEADER.pack(DECODE, 0, rows, 0, 0, len(inputs), self._next(), 0), conns, inputs)
+
+    def _announce(self, header: bytes, conns: list[Connection], payload: torch.Tensor) -> None:
         for conn in conns:
             conn.send_bytes(header)
-        dist.broadcast(self.buffer[:HEADER.unpack(header)[5]], src=0, group=self.group)
+        dist.broadcast(payload, src=0, group=self.group)
 
-    def receive(self, header: bytes) -> StepInputs | None:
-        """A worker: the step the header announces (None: stop)."""
-        kind, T, B, S, W, n, number, _ = HEADER.unpack(header)
-        if kind == STOP:
-            return None
-        self.steps += 1
-        if number != self.steps:
-            raise RuntimeError(f"step {number} announced, {self.steps} expected: out of step with rank 0")
+    def open(self, header: bytes) -> Header:
+        """A worker: the announced message's fields, once checked to be the next one rank 0 sent."""
+        fields = HEADER.unpack(header)
+        if fields[0] != STOP:
+            number = fields[6]
+            if number != self._next():
+                raise RuntimeError(f"step {number} announced, {self.steps} expected: out of step with rank 0")
+        return fields
+
+    def receive(self, fields: Header) -> tuple[StepInputs, np.ndarray | None, bool]:
+        """A worker: a STEP's inputs, its carried source rows (None: none) and whether it was launched."""
+        _, T, B, S, W, n, _, flags = fields
         dist.broadcast(self.buffer[:n], src=0, group=self.group)
-        return self.unpack(T, B, S, W)
+        carried = self.view[n - T:n].astype(np.int32) if flags & CARRIED else None
+        return self.unpack(T, B, S, W), carried, bool(flags & LAUNCHED)
+
+    def receiver(self) -> Callable[[torch.Tensor], None]:
+        """A worker: what fills a DECODE message's inputs into the worker's own host buffer."""
+        return lambda inputs: dist.broadcast(inputs, src=0, group=self.group)
 
     def unpack(self, T: int, B: int, S: int, W: int) -> StepInputs:
         parts, o = [], 0
@@ -76,4 +115,3 @@ class StepChannel:
 
 def stop_header() -> bytes:
     return HEADER.pack(STOP, 0, 0, 0, 0, 0, 0, 0)
-

@@ -1,9 +1,10 @@
 """A tensor-parallel worker: `python -m llmserve.engine.parallel.worker RANK PORT FD KNOBS CHECKPOINT`.
 
 It joins rank 0's group, loads its shard and builds its KV cache (its heads only, as many blocks as every rank
-holds), then runs its shard of each step rank 0 announces on the control pipe (file descriptor FD) until told to
-stop. It owns no scheduling state: rank 0's block tables arrive with every step. It exits when the pipe closes,
-when its parent changes (rank 0 died), or on any error, which rank 0 sees as a closed connection.
+holds) and, on a GPU, the same CUDA graphs as rank 0, then runs its shard of each step rank 0 announces on the
+control pipe (file descriptor FD) until told to stop. It owns no scheduling state: rank 0's block tables arrive
+with every step. It exits when the pipe closes, when its parent changes (rank 0 died), or on any error, which
+rank 0 sees as a closed connection.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from llmserve.config import ServingConfig
 from llmserve.engine.model_runner import ModelRunner
 from llmserve.engine.parallel.group import RankGroup, join_store
-from llmserve.engine.parallel.step_broadcast import StepChannel
+from llmserve.engine.parallel.step_broadcast import DECODE, STOP, StepChannel
 
 log = logging.getLogger("llmserve.engine.parallel.worker")
 PARENT_POLL_S = 0.5
@@ -37,15 +38,20 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def serve(conn: Connection, channel: StepChannel, runner: ModelRunner) -> None:
+    """Runs each message rank 0 sends, the way rank 0 runs it (the same graphs, so the same collectives)."""
+    receive_decode = channel.receiver()
     while True:
         try:
             header = conn.recv_bytes()
         except (EOFError, OSError):
             return  # rank 0 closed the pipe
-        step = channel.receive(header)
-        if step is None:
+        fields = channel.open(header)
+        if fields[0] == STOP:
             return
-        runner.forward(step, logits=False)
+        if fields[0] == DECODE:
+            runner.follow_decode(fields[2], fields[5], receive_decode)
+        else:
+            runner.follow(*channel.receive(fields))
 
 
 def main(argv: list[str]) -> int:

@@ -17,11 +17,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -43,7 +44,7 @@ _CHECKOUT = Path(__file__).resolve().parents[3]  # the directory holding the llm
 def build_runner(cfg: ServingConfig, checkpoint_dir: Path) -> ModelRunner:
     """The engine's model runner: a plain one, or rank 0 of a tensor- and/or pipeline-parallel group (workers
     started here)."""
-    if cfg.pytorch.world_size == 1:
+    if cfg.pytorch.world_size == 1 and cfg.pytorch.distributed == "auto":
         return ModelRunner(cfg, checkpoint_dir)
     check_devices(cfg)
     refuse_second_group()
@@ -119,14 +120,23 @@ class RankZero(RankGroup):
             if abort is not None:
                 abort()
 
+    def step(self, step: StepInputs, carried: np.ndarray | None = None,
+             launched: bool = False) -> AbstractContextManager[None]:
+        """Sends `step` to the workers; the body runs rank 0's shard."""
+        return self._sent(lambda: self.channel.send(step, self.conns, carried, launched))
+
+    def decode(self, rows: int, inputs: torch.Tensor) -> AbstractContextManager[None]:
+        """Sends a decode graph's filled inputs to the workers; the body replays rank 0's graph."""
+        return self._sent(lambda: self.channel.send_decode(rows, inputs, self.conns))
+
     @contextmanager
-    def step(self, step: StepInputs) -> Iterator[None]:
-        """Sends `step` to the workers; the body runs rank 0's shard. Any failure once the step is sent leaves the
-        ranks out of step: it loses the group (RankLost) rather than letting a retry desynchronize them."""
+    def _sent(self, send: Callable[[], None]) -> Iterator[None]:
+        """Any failure once a message is sent leaves the ranks out of step: it loses the group (RankLost) rather
+        than letting a retry desynchronize them."""
         self.check()
         assert self.channel is not None
         try:
-            self.channel.send(step, self.conns)
+            send()
             yield
         except Exception as exc:
             self.lost = self.lost or f"{type(exc).__name__}: {exc}"
