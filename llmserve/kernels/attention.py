@@ -125,14 +125,15 @@ def _kv_mode(kv_cache: torch.Tensor, q: torch.Tensor, fp8_convert: int) -> int:
 def decode_config(max_context: int, batch: int, num_kv_heads: int, kv_fp8: bool) -> tuple[int, int, int, int]:
     """(partitions, BLOCK_N, num_warps, num_stages) for a launch shape that serves contexts up to max_context.
     Any split covers every context (a sequence's span is its context / partitions); the split decides how many
-    programs share one context: few programs split it so the SMs fill, 256 or more take it whole. Stages 3 from
-    1,024 programs: 8% faster at 2,100 tokens of context, 6% slower at 170. From bench/kernel_check.py attn on
-    the H200 (numbers in docs/performance.md)."""
+    programs share one context: few programs split it so the SMs fill, 256 or more take it whole. With 1,024
+    programs or more, one warp a program on 32-token tiles: no cross-warp reductions or barriers in the online
+    softmax, and more programs in flight (an fp8 cache 15-23% faster than with 4 warps, 16-bit equal or faster).
+    From bench/kernel_check.py attn on the H200 (numbers in docs/performance.md)."""
     programs = batch * num_kv_heads
     if programs >= 1024:
-        return (1, 128, 4, 3) if kv_fp8 else (1, 64, 4, 3)
+        return 1, 32, 1, 2
     if programs >= 256:
-        return 1, 128, 4, 3
+        return (1, 64, 2, 2) if kv_fp8 else (1, 64, 2, 3)
     # A power of two (each count is a kernel variant to compile), at most one partition per 16 tokens
     parts = min(16, 1 << ((512 // programs).bit_length() - 1), triton.cdiv(max_context, 16))
     return parts, 32, 4, 1 if kv_fp8 else 2

@@ -1,0 +1,13 @@
+#!/bin/bash
+# Session 16 call 6: decode-attention tests on the GPU with the new launch shapes; fp8-KV 1000/1000 A/B against HEAD (_prev/).
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+mkdir -p $OUT/r
+nvidia-smi --query-gpu=name,driver_version --format=csv > $OUT/r/gpu.txt
+timeout 100 python3 -m pytest -q tests/test_kernels.py -k "decode or attention or varlen" 2>&1 | tail -8 > $OUT/r/tests.txt
+B="--shape llama3.1-8b --plan trtllm_short --serving max_batch_size=1024 --waves 2 --phase-timeout 150"
+run() {  # name dir phase workload streams
+  (cd $2 && timeout 160 python3 -m bench.run $B --phases $3 --workloads $4 --concurrency $5 --out $OUT/r/$1 > $OUT/r/$1.log 2>&1)
+}
+run kv8-1000-new . engine_fp8_kv8_t8192 1000x1000 256
+run kv8-1000-prev _prev engine_fp8_kv8_t8192 1000x1000 256
+cd $OUT && tar czf r.tgz r && rm -rf r
