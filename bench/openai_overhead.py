@@ -11,6 +11,11 @@ alternating, with the same requests (--tokens tokens each, ignore_eos, the promp
 Reported per point: output tokens/s of each path and their ratio (target >= 0.95), median time to first token
 of each and the difference (target <= 1 ms). results.json and results.md go to --out (rewritten after each point).
 
+With equal lengths the streams of a closed loop finish together, so each wave reaches the front as one burst and
+the median request waits for half the burst's front CPU. --tokens-spread F gives request i a length drawn from
+tokens x [1 - F, 1 + F] (seeded by i: both paths get the same lengths), so after the first wave the streams
+drift apart as served traffic does.
+
 One asyncio client parses ~10k server-sent events a second at most: with --streams-per-client N the streams of a
 point are spread over ceil(concurrency / N) client processes (both paths alike), so that on a many-core machine the
 load generator does not set the pace. The tokenizer comes from `.carry/tokenizer` where that exists (the GPU
@@ -27,6 +32,7 @@ import math
 import multiprocessing
 import os
 import platform
+import random
 import shutil
 import statistics
 import subprocess
@@ -47,6 +53,13 @@ TARGET_RATIO, TARGET_TTFT_MS = 0.95, 1.0
 
 def _params(tokens: int) -> dict:
     return {"max_tokens": tokens, "ignore_eos": True, "temperature": 0.0}
+
+
+def request_tokens(i: int, tokens: int, spread: float) -> int:
+    """Request i's output length: `tokens`, or with spread > 0 a length seeded by i within tokens x [1 -+ spread]."""
+    if spread <= 0:
+        return tokens
+    return max(1, round(tokens * (1 + spread * (2 * random.Random(i).random() - 1))))
 
 
 def _prompt(i: int) -> str:
@@ -102,27 +115,29 @@ async def _openai_one(session, url: str, i: int, tokens: int, rec: Record) -> No
                                * (used - len(rec.token_times)))
 
 
-async def _drive(path: str, target: str, concurrency: int, ids: list[int], tokens: int,
+async def _drive(path: str, target: str, concurrency: int, ids: list[int], tokens: int, spread: float = 0.0,
                  start_at: float | None = None) -> tuple[list[Record], float, float]:
     """Keeps `concurrency` streams in flight until the requests `ids` are answered (closed loop); returns the
-    records, start and end (perf_counter: CLOCK_MONOTONIC, shared by the client processes)."""
+    records (each with the length it asked for as `.wanted`), start and end (perf_counter: CLOCK_MONOTONIC,
+    shared by the client processes)."""
     import aiohttp
     import tritonclient.grpc.aio as aioclient
 
     todo, records = list(ids), []
     if path == "direct":
         client = aioclient.InferenceServerClient(target)
-        one = lambda i, rec: _direct_one(client, i, tokens, rec)  # noqa: E731
+        one = lambda i, rec: _direct_one(client, i, request_tokens(i, tokens, spread), rec)  # noqa: E731
     else:
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
                                         timeout=aiohttp.ClientTimeout(total=None))
-        one = lambda i, rec: _openai_one(session, target, i, tokens, rec)  # noqa: E731
+        one = lambda i, rec: _openai_one(session, target, i, request_tokens(i, tokens, spread), rec)  # noqa: E731
 
     async def worker():
         while todo:
-            rec = Record(time.perf_counter())
+            i = todo.pop()
+            rec = Record(time.perf_counter(), wanted=request_tokens(i, tokens, spread))
             records.append(rec)
-            await one(todo.pop(), rec)
+            await one(i, rec)
 
     if start_at is not None:  # the client processes of one point start together
         await asyncio.sleep(max(0.0, start_at - time.perf_counter()))
@@ -158,15 +173,16 @@ def client_pool(processes: int):
 
 
 def drive(path: str, target: str, concurrency: int, requests: int, tokens: int, per_client: int = 0,
-          pool=None) -> tuple[list[Record], float]:
+          pool=None, spread: float = 0.0) -> tuple[list[Record], float]:
     """`requests` requests, `concurrency` in flight, over ceil(concurrency / per_client) client processes of
     `pool` (one process, this one, when per_client is 0 or the streams fit one); returns the records and wall."""
     procs = math.ceil(concurrency / per_client) if per_client > 0 and pool is not None else 1
     if procs <= 1:
-        records, start, end = asyncio.run(_drive(path, target, concurrency, list(range(requests)), tokens))
+        records, start, end = asyncio.run(_drive(path, target, concurrency, list(range(requests)), tokens, spread))
         return records, end - start
     start_at = time.perf_counter() + 0.3  # the pool's processes are up already
-    jobs = [(path, target, len(range(i, concurrency, procs)), list(range(i, requests, procs)), tokens, start_at)
+    jobs = [(path, target, len(range(i, concurrency, procs)), list(range(i, requests, procs)), tokens, spread,
+             start_at)
             for i in range(procs)]
     parts = pool.map(_drive_process, jobs, chunksize=1)
     return [r for part, _, _ in parts for r in part], max(e for _, _, e in parts) - min(s for _, s, _ in parts)
@@ -182,10 +198,11 @@ def _cpu_s(pid: int) -> float:
 
 
 def measure(path: str, target: str, concurrency: int, waves: int, tokens: int, front_pid: int,
-            per_client: int = 0, pool=None) -> dict:
+            per_client: int = 0, pool=None, spread: float = 0.0) -> dict:
     cpu0 = _cpu_s(front_pid)
-    records, wall = drive(path, target, concurrency, concurrency * waves, tokens, per_client, pool)
+    records, wall = drive(path, target, concurrency, concurrency * waves, tokens, per_client, pool, spread)
     s = summarize(records, wall, concurrency, 0, tokens)
+    s["short_responses"] = sum(len(r.token_times) != r.wanted for r in records)
     s["path"] = path
     if per_client > 0 and pool is not None:
         s["client_processes"] = max(1, math.ceil(concurrency / per_client))
@@ -243,8 +260,9 @@ def write_md(res: dict, out: Path) -> None:
              f"Command: `{res['command']}`", "",
              f"Machine: {res['versions'].get('cpu_model', '?')}, {res['versions']['cores']} cores; "
              f"versions: {', '.join(f'{k} {v}' for k, v in res['versions'].items() if k not in ('cpu_model',))}", "",
-             f"Each point: {a['waves']} waves of `concurrency` /v1/completions streams of {a['tokens']} tokens, step "
-             f"{a['step_ms']} ms; median of {a['repeats']} repeats per path (paths alternate); "
+             f"Each point: {a['waves']} waves of `concurrency` /v1/completions streams of {a['tokens']} tokens"
+             + (f" x [1 -+ {a['tokens_spread']}] (seeded per request)" if a.get("tokens_spread") else "")
+             + f", step {a['step_ms']} ms; median of {a['repeats']} repeats per path (paths alternate); "
              + (f"client processes of up to {a['streams_per_client']} streams each. "
                 if a.get("streams_per_client") else "one client process. ") + "Load average "
              f"(1, 5, 15 min) at the start {res['loadavg_start_end'][0]}, at the end {res['loadavg_start_end'][1]}.",
@@ -269,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.openai_overhead", description=__doc__.split("\n")[0])
     ap.add_argument("--concurrency", default="64,256")
     ap.add_argument("--tokens", type=int, default=64, help="output tokens per request")
+    ap.add_argument("--tokens-spread", type=float, default=0.0,
+                    help="request i asks for tokens x (1 + F u_i), u_i in [-1, 1] seeded by i (0: all equal, and "
+                    "every wave of the closed loop reaches the front as one burst)")
     ap.add_argument("--waves", type=int, default=2, help="requests per point = waves x concurrency")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--step-ms", type=float, default=15.0)
@@ -323,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
         for c in conc:
             for rep in range(a.repeats):
                 for path in (("direct", "openai") if rep % 2 == 0 else ("openai", "direct")):
-                    s = measure(path, targets[path], c, a.waves, a.tokens, front.pid, a.streams_per_client, pool)
+                    s = measure(path, targets[path], c, a.waves, a.tokens, front.pid, a.streams_per_client, pool,
+                                a.tokens_spread)
                     runs.append(s)
                     print(f"[{len(runs)}/{len(conc) * a.repeats * 2}] {path:6s} c={c} rep={rep}: "
                           f"{s['throughput_tok_s']} tok/s, TTFT p50 {s['ttft_ms_p50']} ms, errors {s['errors']}",

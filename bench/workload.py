@@ -12,6 +12,7 @@ class Record:
     submit: float
     token_times: list[float] = field(default_factory=list)
     error: str | None = None
+    wanted: int | None = None  # the output length asked for, where requests differ in it
 
 
 def percentile(values: list[float], q: float) -> float | None:

@@ -39,21 +39,24 @@ def test_genai_perf_chat_load_through_the_front(server, tmp_path):
 
 def test_overhead_bench_runs_both_paths_and_writes_its_report(tmp_path):
     """bench/openai_overhead.py end to end at a toy size: both paths answer every stream in full through the real
-    tritonserver (engine: synthetic), at 1 stream from this process and at 4 from two client processes, and the
-    report holds the targets' columns."""
+    tritonserver (engine: synthetic), at 1 stream from this process and at 4 from two client processes, with
+    lengths spread per request (the same on both paths), and the report holds the targets' columns."""
     from bench import openai_overhead
 
     out = tmp_path / "res"
     port = free_port() // 4 * 4  # the bench takes port .. port + 3
-    assert openai_overhead.main(["--concurrency", "1,4", "--tokens", "8", "--waves", "1", "--repeats", "1",
-                                 "--streams-per-client", "2", "--port", str(port), "--work", str(tmp_path / "w"),
-                                 "--out", str(out)]) == 0
+    assert openai_overhead.main(["--concurrency", "1,4", "--tokens", "8", "--tokens-spread", "0.5", "--waves", "1",
+                                 "--repeats", "1", "--streams-per-client", "2", "--port", str(port),
+                                 "--work", str(tmp_path / "w"), "--out", str(out)]) == 0
+    lengths = {c: [openai_overhead.request_tokens(i, 8, 0.5) for i in range(c)] for c in (1, 4)}
+    assert len(set(lengths[4])) > 1 and all(4 <= n <= 12 for n in lengths[4])
     res = json.loads((out / "results.json").read_text())
     assert sorted((r["concurrency"], r["path"]) for r in res["runs"]) == [
         (1, "direct"), (1, "openai"), (4, "direct"), (4, "openai")]
     for r in res["runs"]:
         c = r["concurrency"]
-        assert r["requests"] == c and r["errors"] == 0 and r["short_responses"] == 0 and r["output_tokens"] == 8 * c
+        assert r["requests"] == c and r["errors"] == 0 and r["short_responses"] == 0
+        assert r["output_tokens"] == sum(lengths[c])
         assert r.get("client_processes", 1) == (2 if c == 4 else 1)
     p = res["points"][1]
     assert p["concurrency"] == 4 and p["throughput_ratio"] == round(p["openai_tok_s"] / p["direct_tok_s"], 3)
