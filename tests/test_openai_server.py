@@ -341,3 +341,19 @@ def test_full_queue_gets_503_with_retry_after(small_api):
     for exc in refused:
         assert exc.status_code == 503 and exc.response.headers["retry-after"] == "1", exc.body
         assert exc.code == "server_overloaded" and exc.type == "server_error"
+
+
+def test_workers_auto_is_one_per_four_usable_cores(tmp_path):
+    from llm_client.openai_server.cli import auto_workers, cgroup_cpus, workers
+
+    assert [auto_workers(c, None) for c in (1, 2, 7, 8, 16, 64)] == [1, 1, 1, 2, 4, 8]
+    assert auto_workers(16, 2.0) == 1 and auto_workers(16, 8.5) == 2  # a container's CPU limit counts
+    limit = tmp_path / "cpu.max"
+    limit.write_text("200000 100000\n")
+    assert cgroup_cpus(limit) == 2.0
+    limit.write_text("max 100000\n")
+    assert cgroup_cpus(limit) is None and cgroup_cpus(tmp_path / "absent") is None
+    assert workers("3") == 3 and workers("auto") >= 1
+    for bad in ("0", "-1", "many"):
+        with pytest.raises(ValueError, match="--workers must be 'auto' or at least 1"):
+            workers(bad)
