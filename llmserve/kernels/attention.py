@@ -128,7 +128,7 @@ def decode_config(max_context: int, batch: int, num_kv_heads: int, kv_fp8: bool)
     programs share one context: few programs split it so the SMs fill, 256 or more take it whole. With 1,024
     programs or more, one warp a program on 32-token tiles: no cross-warp reductions or barriers in the online
     softmax, and more programs in flight (an fp8 cache 15-23% faster than with 4 warps, 16-bit equal or faster).
-    From bench/kernel_check.py attn on the H200 (numbers in docs/performance.md)."""
+    From bench/kernel_check attn on the H200 (numbers in docs/performance.md)."""
     programs = batch * num_kv_heads
     if programs >= 1024:
         return 1, 32, 1, 2

@@ -13,7 +13,7 @@ twice at the matching offsets (k0 + j*g + i and + g/2), so nothing is interleave
 - `w4mm` (M > 1): tensor cores; each half-tile is dequantized to the activation dtype (the value the torch
   twin rounds to) and multiplied as `W_half [BN, BK/2] @ x_half^T [BK/2, BM]`, W the wide operand (BM >= 16).
   The gate is applied first by llmserve.kernels.fused.silu_mul (as linear.wmm does by default).
-Launch shapes: bench/kernel_check.py's `int4_sweep` on the H200 (docs/performance.md has the figures); w4mm splits K
+Launch shapes: bench/kernel_check's `int4_sweep` on the H200 (docs/performance.md has the figures); w4mm splits K
 for small M (float32 partials summed in order).
 `pdl=True`: programmatic dependent launch (see llmserve.kernels).
 """
@@ -169,7 +169,7 @@ def check_codes(w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | No
 
 def gemv_config(N: int, K: int, group: int) -> tuple[int, int, int, int]:
     """(BLOCK_N, BLOCK_K, num_warps, stages): 256 bytes per row a tile (512 inputs, whole groups); the widest
-    matrices (the MLP's gate_up, its down) took more rows or warps a program in bench/kernel_check.py's sweep."""
+    matrices (the MLP's gate_up, its down) took more rows or warps a program in bench/kernel_check's sweep."""
     bk = max(group, min(512, triton.next_power_of_2(K)))
     if K > 8192:
         return 8, bk, 8, 3
@@ -206,7 +206,7 @@ NUM_SMS = 132
 
 
 def mm_config(M: int, N: int, K: int, group: int) -> tuple[int, int, int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, split-K). Up to 16 rows, bench/kernel_check.py's sweep on the H200
+    """(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, split-K). Up to 16 rows, bench/kernel_check's sweep on the H200
     chose 128 outputs and 8 warps a program and K split until about a thousand programs (at most 8 ways, two
     tiles or more each): a program per SM or two cannot keep the weight reads busy. Above 16 rows K is split
     only while there are fewer than two programs per SM."""

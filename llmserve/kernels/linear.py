@@ -10,7 +10,7 @@ Decode reads every weight once per step, so at small M the whole game is memory 
   M = 16 (cuBLAS above), for fp8 up to M = 32 (e4m3 converted by `convert.e4m3_to_bf16`; torch._scaled_mm with
   per-token activation scales above) and for int8 at every M.
 - `quant_fp8_per_token`: dynamic per-token e4m3 activation scales for torch._scaled_mm.
-Block shapes come from the sweeps in bench/kernel_check.py (docs/performance.md).
+Block shapes come from the sweeps in bench/kernel_check (docs/performance.md).
 `pdl=True` on the wrappers: programmatic dependent launch (see llmserve.kernels).
 """
 
@@ -133,7 +133,7 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, N, K, stride_wn,
 
 
 # How int8 / fp8 weights become float32 in the GEMV: 0 = Triton's conversion, 1 / 2 = the bit tricks above.
-# Each the faster one in bench/kernel_check.py gemv1 (docs/performance.md).
+# Each the faster one in bench/kernel_check gemv1 (docs/performance.md).
 GEMV_W_KIND = {"int8": 1, "fp8": 0}
 
 
@@ -179,7 +179,7 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
     return out
 
 
-# (BLOCK_N, BLOCK_K, num_warps, num_stages) per M bucket; overridable (bench/kernel_check.py sweeps them).
+# (BLOCK_N, BLOCK_K, num_warps, num_stages) per M bucket; overridable (bench/kernel_check sweeps them).
 CONFIGS: dict[str, dict[int, tuple[int, int, int, int]]] = {
     "16bit": {16: (64, 256, 4, 4), 32: (64, 128, 4, 4), 64: (64, 128, 4, 4), 128: (128, 64, 8, 3)},
     "8bit": {16: (32, 256, 4, 4), 32: (32, 256, 4, 4), 64: (64, 128, 4, 4), 128: (128, 128, 8, 3)},

@@ -1,0 +1,171 @@
+"""Sections on the attention kernels: varlen prefill (timing and launch-config sweep) and paged decode (launch
+shapes per case, fp8 KV cache)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import torch
+
+from bench.common import graph_time_ms
+from bench.kernel_check.report import section
+
+
+def _varlen_case(B: int, L: int, config: tuple | None = None, decode_rows: int = 0, decode_ctx: int = 0,
+                 kv_fp8: bool = False, fp8_convert: int = 1) -> dict:
+    """B prompts of L tokens (and decode_rows sequences of one new token at decode_ctx, first in the step, as the
+    engine lays out a mixed step): our varlen kernel per layer with `config`, and SDPA dense over the prompts."""
+    from llmserve.kernels.attention import varlen_attention
+    from llmserve.kernels.shapes import varlen_query_blocks
+
+    H, KVH, D, page = 32, 8, 128, 16
+    qlens, ctxs = [1] * decode_rows + [L] * B, [decode_ctx] * decode_rows + [L] * B
+    width = -(-max(ctxs) // page)
+    cache = torch.randn(2, len(ctxs) * width + 1, page, KVH, D, device="cuda", dtype=torch.bfloat16)
+    if kv_fp8:
+        cache = cache.to(torch.float8_e4m3fn)
+    bt = torch.arange(len(ctxs) * width, device="cuda", dtype=torch.int32).view(len(ctxs), width)
+    ctx = torch.tensor(ctxs, dtype=torch.int32, device="cuda")
+    qstart = torch.tensor([0] + list(itertools.accumulate(qlens)), dtype=torch.int32, device="cuda")
+    seqs, starts = varlen_query_blocks(qlens, H // KVH, D, config[0] if config else 0)
+    qb = (torch.tensor(seqs, dtype=torch.int32, device="cuda"), torch.tensor(starts, dtype=torch.int32, device="cuda"))
+    q = torch.randn(sum(qlens), H, D, device="cuda", dtype=torch.bfloat16)
+    ours = graph_time_ms(lambda: [varlen_attention(q, cache, bt, ctx, qstart, *qb, D ** -0.5, config=config,
+                                                   fp8_convert=fp8_convert) for _ in range(32)], reps=10) * 1000 / 32
+    qd = q[decode_rows:].view(B, L, H, D).transpose(1, 2)
+    kd = torch.randn(B, KVH, L, D, device="cuda", dtype=torch.bfloat16)
+    sdpa = graph_time_ms(lambda: [torch.nn.functional.scaled_dot_product_attention(
+        qd, kd, kd, is_causal=True, enable_gqa=True) for _ in range(32)], reps=10) * 1000 / 32
+    flops = 4 * B * H * D * L * L / 2
+    return {"ours_us": ours, "sdpa_us": sdpa, "ours_TFLOPs": flops / ours / 1e6, "sdpa_TFLOPs": flops / sdpa / 1e6}
+
+
+@section("varlen")
+def s_varlen(args):
+    """Prefill attention over the paged cache for B prompts of L tokens (Llama-3.1-8B heads: 32 query, 8 KV, dim
+    128): our varlen kernel per layer, with the engine's query-block tiling, against torch's SDPA over the same
+    tokens laid out densely (causal, GQA)."""
+    res = args.report.results.setdefault("varlen", {})
+    for B, L in ((8, 128), (32, 128), (2, 2048), (4, 1000)):
+        r = res[f"B{B}_L{L}"] = _varlen_case(B, L)
+        args.report.say(f"varlen B={B} L={L}: ours {r['ours_us']:.1f} us/layer ({r['ours_TFLOPs']:.0f} TFLOP/s), "
+                       f"SDPA dense {r['sdpa_us']:.1f} us ({r['sdpa_TFLOPs']:.0f})")
+        print(args.report.summary[-1], flush=True)
+
+
+# stages 1: the K/V loads not software-pipelined (how the kernel ran before its loops asked for stages)
+VARLEN_CONFIGS = [(64, 64, 4, 1), (64, 64, 4, 2), (64, 64, 4, 3), (64, 128, 4, 2), (64, 128, 8, 3), (128, 64, 8, 1),
+                  (128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3), (128, 32, 4, 3)]
+
+
+@section("varlen_sweep")
+def s_varlen_sweep(args):
+    """The varlen kernel's launch configs (BLOCK_M, BLOCK_N, warps, stages) over prompts of 128-2,048 tokens and a
+    mixed step's shape (256 decode rows at 2,048 tokens of context beside 3 prompts of 2,048): us per layer."""
+    res = args.report.results.setdefault("varlen_sweep", {})
+    cases = [(32, 128, 0, 0), (2, 2048, 0, 0), (4, 1000, 0, 0), (3, 2048, 256, 0), (2, 2048, 0, 1),
+             (3, 2048, 256, 1), (2, 2048, 0, 2), (3, 2048, 256, 2)]  # the last four: an fp8 cache, converted as mode
+    configs = [tuple(int(x) for x in c.split("/")) for c in os.environ["VARLEN_CONFIGS"].split(",")] \
+        if os.environ.get("VARLEN_CONFIGS") else VARLEN_CONFIGS
+    for cfg in configs:
+        for B, L, rows, mode in cases:
+            key = f"{cfg}:B{B}_L{L}_dec{rows}" + (f"_kv8m{mode}" if mode else "")
+            try:
+                r = res[key] = _varlen_case(B, L, cfg, rows, 2048, mode > 0, mode or 1)
+            except Exception as exc:  # a config past the SM's shared memory
+                res[key] = f"failed: {type(exc).__name__}"
+                continue
+            args.report.say(f"varlen {key}: {r['ours_us']:.1f} us ({r['ours_TFLOPs']:.0f} TFLOP/s of the prompts), "
+                           f"SDPA {r['sdpa_us']:.1f}")
+            print(args.report.summary[-1], flush=True)
+        args.report.save()
+
+
+def _ints(name: str, default: str) -> list[int]:
+    return [int(x) for x in os.environ.get(name, default).split(",")]
+
+
+@section("attn")
+def s_attn(args):
+    """Decode attention launch configs (partitions, BLOCK_N, warps, stages) at the graphs' launch shape (max
+    context 4096), bf16 and fp8 KV: the best per case against `decode_config`. Llama-2-7B heads by default;
+    ATTN_HEADS=32,8 (query, kv heads) and ATTN_CASES=256:2100:fp8,... (batch:context:kv) for other shapes;
+    ATTN_BLOCKS, ATTN_WARPS, ATTN_STAGES (comma-separated) widen or narrow the sweep."""
+    from llmserve.kernels.attention import decode_attention, decode_config
+
+    res = {}
+    H, KVH = (int(x) for x in os.environ.get("ATTN_HEADS", "32,32").split(","))
+    D, page, top = 128, 16, 4096
+    cases = [(int(b), int(c), kv) for b, c, kv in (x.split(":") for x in os.environ.get("ATTN_CASES", (
+        "1:170:bf16,1:2048:bf16,8:170:bf16,8:1100:bf16,32:2048:bf16,64:170:bf16,256:170:bf16,8:170:fp8,"
+        "64:256:fp8,256:192:fp8")).split(","))]
+    for B, ctx, kv in cases:
+        blocks_per = -(-ctx // page)
+        nblocks = B * blocks_per + 1
+        dtype = torch.float8_e4m3fn if kv == "fp8" else torch.bfloat16
+        cache = torch.randn(2, nblocks, page, KVH, D, device="cuda", dtype=torch.bfloat16).to(dtype)
+        bt = torch.randperm(nblocks - 1, device="cuda")[:B * blocks_per].view(B, blocks_per).to(torch.int32)
+        bt = torch.cat([bt, torch.zeros(B, top // page - blocks_per, dtype=torch.int32, device="cuda")], 1)
+        ctxs = torch.full((B,), ctx, dtype=torch.int32, device="cuda")
+        q = torch.randn(B, H, D, device="cuda", dtype=torch.bfloat16)
+        nbytes = 2 * B * ctx * KVH * D * cache.element_size()
+        cur = decode_config(top, B, KVH, kv == "fp8")
+        cands = {cur} | {(n, bn, 4, 2) for n in (1, 2, 4, 8, 16, 32) for bn in (32, 64) if B * KVH * n <= 8192}
+        cands |= {(n, bn, w, st) for n in ({1, cur[0]}) for bn in _ints("ATTN_BLOCKS", "32,64,128")
+                  for w in _ints("ATTN_WARPS", "4,8")
+                  for st in _ints("ATTN_STAGES", "1,2,3,4")}  # stages 1: loads not software-pipelined
+        ref = decode_attention(q, cache, bt, ctxs, D ** -0.5, top, config=cur).float()
+        modes = [int(m) for m in os.environ.get("ATTN_FP8_MODES", "1,2").split(",")] if kv == "fp8" else [0]
+        times, err = {}, {}
+        for c, mode in itertools.product(sorted(cands), modes):
+            name = "/".join(map(str, c)) + (f"/m{mode}" if mode else "")
+            try:
+                out = decode_attention(q, cache, bt, ctxs, D ** -0.5, top, config=c, fp8_convert=mode or 1)
+                err[name] = (out.float() - ref).abs().max().item()
+                times[name] = graph_time_ms(
+                    lambda q=q, cache=cache, bt=bt, ctxs=ctxs, c=c, mode=mode: [
+                        decode_attention(q, cache, bt, ctxs, D ** -0.5, top, config=c, fp8_convert=mode or 1)
+                        for _ in range(32)], reps=10) * 1000 / 32
+            except Exception as exc:  # noqa: BLE001 - e.g. a block shape over the shared-memory limit
+                print("skip", c, str(exc)[:100])
+        best = min(times, key=times.get)
+        key = "/".join(map(str, cur)) + (f"/m{modes[0]}" if kv == "fp8" else "")
+        res[f"B{B}_ctx{ctx}_{kv}"] = {"us_per_layer": times, "best": best, "default": key,
+                                      "best_TBps": nbytes / times[best] / 1e6, "max_abs_diff": err}
+        args.report.say(f"decode attn {kv} KV H={H}/{KVH} B={B} ctx={ctx}: best {best} {times[best]:.1f} us "
+                       f"({nbytes / times[best] / 1e6:.2f} TB/s); default {key} {times[key]:.1f} us/layer "
+                       f"({nbytes / times[key] / 1e6:.2f} TB/s); max diff {max(err.values()):.2e}")
+        print(args.report.summary[-1], flush=True)
+        del cache
+        args.report.results.setdefault("attn", {}).update(res)
+        args.report.save()
+
+
+@section("attn_kv")
+def s_attn_kv(args):
+    """Decode attention with a 16-bit and an fp8 (e4m3) KV cache, at the heuristic partition, Llama-2-7B heads."""
+    from llmserve.kernels.attention import decode_attention
+
+    res = {}
+    H, D, page = 32, 128, 16
+    for B, ctx in ((8, 256), (64, 256), (256, 192), (256, 256), (32, 2048)):
+        blocks_per = -(-ctx // page)
+        nblocks = B * blocks_per + 1
+        bt = torch.randperm(nblocks - 1, device="cuda")[:B * blocks_per].view(B, blocks_per).to(torch.int32)
+        bt = torch.cat([bt, torch.zeros(B, 256 - blocks_per, dtype=torch.int32, device="cuda")], 1)
+        ctxs = torch.full((B,), ctx, dtype=torch.int32, device="cuda")
+        q = torch.randn(B, H, D, device="cuda", dtype=torch.bfloat16)
+        row = {}
+        for name, dtype in (("bf16", torch.bfloat16), ("fp8", torch.float8_e4m3fn)):
+            cache = torch.randn(2, nblocks, page, H, D, device="cuda", dtype=torch.bfloat16).to(dtype)
+            us = graph_time_ms(lambda q=q, cache=cache, bt=bt, ctxs=ctxs: [
+                decode_attention(q, cache, bt, ctxs, D ** -0.5, 4096) for _ in range(32)], reps=10) * 1000 / 32
+            nbytes = 2 * B * ctx * H * D * cache.element_size()
+            row[name] = {"us_per_layer": us, "TBps": nbytes / us / 1e6}
+            del cache
+        res[f"B{B}_ctx{ctx}"] = row
+        args.report.say(f"decode attn B={B} ctx={ctx}: " + ", ".join(
+            f"{k} {v['us_per_layer']:.1f} us ({v['TBps']:.2f} TB/s)" for k, v in row.items()))
+    args.report.results["attn_kv"] = res
+
