@@ -106,7 +106,7 @@ class PytorchConfig:
     # steps of 64 tokens or more, else one (llmserve/engine/parallel/pipeline.py AUTO_SPLIT_TOKENS)
     pipeline_micro_batches: int = 0
     # "always": run through the rank group (its step messages, its all-reduces) even with one rank, to measure
-    # what the group costs (bench/run.py's engine_group1 variant); "auto": only with more than one rank
+    # what the group costs (bench.run's engine_group1 variant); "auto": only with more than one rank
     distributed: str = "auto"
     # tests only: "fail_on_token:<id>" fails the sequences that feed that token; "crash_on_token:<id>" breaks
     # the whole engine (an error escapes step, as a CUDA fault would)

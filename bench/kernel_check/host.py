@@ -186,11 +186,11 @@ def s_steady(args):
 @section("triton")
 def s_triton(args):
     """Starts the real tritonserver on the random 7B (quick), prints what fails, keeps the server log."""
-    from bench.run import SERVING
+    from bench.run.plans import SERVING_DEFAULTS
     from bench.triton_path import Server, drive_triton, exact_length_prompts, model_repository, python_overlay
 
     work = Path(tempfile.mkdtemp(prefix="tri-"))
-    params = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in SERVING.items()}
+    params = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in SERVING_DEFAULTS.items()}
     repo = model_repository(work, params)
     server = Server(work, repo)
     try:
