@@ -324,7 +324,7 @@ def test_measure_tries_once_more_when_perf_analyzer_left_no_data(tmp_path, monke
         (d / "profile_export_genai_perf.json").write_text((FIX / "genai_perf_concurrency4.json").read_text())
         return SimpleNamespace(returncode=0)
 
-    monkeypatch.setattr(validate.loadgen.subprocess, "run", fake_run)
+    monkeypatch.setattr(validate.loadgen.commands.subprocess, "run", fake_run)
     monkeypatch.setattr(validate.loadgen, "genai_perf_cmd", lambda *a, **k: (["genai-perf"], {}))
     workload = SimpleNamespace(input_tokens=32, output_tokens=16)
     if second == "ok":

@@ -1,0 +1,96 @@
+"""`python -m llm_client.loadgen {tools,sweep,parse}`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+from typing import Any
+
+from llm_client.loadgen.commands import genai_perf_cmd
+from llm_client.loadgen.parsers import (
+    find_genai_perf_json,
+    parse_aiperf_json,
+    parse_genai_perf_json,
+    parse_perf_analyzer_csv,
+    parse_perf_analyzer_profile_export,
+)
+from llm_client.loadgen.sweeps import expand_sweep, load_sweeps
+from llm_client.loadgen.tools import find_tools
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    """``python -m llm_client.loadgen {tools,sweep,parse}``: print tool paths, sweep commands, or parsed results."""
+    import argparse
+    import shlex
+
+    ap = argparse.ArgumentParser(prog="python -m llm_client.loadgen")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("tools")
+    sw = sub.add_parser("sweep", help="run (or --dry-run print) a genai-perf sweep from sweeps.yaml")
+    sw.add_argument("name")
+    sw.add_argument("--sweeps", default=None)
+    sw.add_argument("--model", default=None)
+    sw.add_argument("--url", default=None)
+    sw.add_argument("--tokenizer", required=True)
+    sw.add_argument("--artifact-dir", default="artifacts/genai-perf")
+    sw.add_argument("--dry-run", action="store_true")
+    sw.add_argument("--summary", default=None, help="write a JSON list of parsed results here")
+    pp = sub.add_parser("parse", help="parse a perf_analyzer CSV / profile export, genai-perf or aiperf JSON")
+    pp.add_argument("path")
+    args = ap.parse_args(argv)
+
+    if args.cmd == "tools":
+        t = find_tools()
+        for name in ("perf_analyzer", "perf_analyzer_lib", "genai_perf", "aiperf"):
+            p = getattr(t, name)
+            print(f"{name}={p}{'' if p.exists() else '  (missing)'}")
+        return 0
+    if args.cmd == "parse":
+        p = args.path
+        if p.endswith(".csv"):
+            res: Any = parse_perf_analyzer_csv(p)
+        else:
+            with open(p) as fh:
+                head = json.load(fh)
+            if "experiments" in head:
+                res = parse_perf_analyzer_profile_export(p)
+            elif "aiperf_version" in head:
+                res = parse_aiperf_json(p)
+            else:
+                res = parse_genai_perf_json(p)
+        print(json.dumps(res, indent=2))
+        return 0
+
+    doc = load_sweeps(args.sweeps)
+    if not args.dry_run:
+        find_tools().require("genai_perf")
+    results = []
+    for spec in expand_sweep(doc, args.name):
+        run_dir = os.path.join(args.artifact_dir, spec["run_name"])
+        argv_, env = genai_perf_cmd(
+            args.model or spec.get("model", "llm"), args.url or spec.get("url", "localhost:8001"), args.tokenizer,
+            spec["concurrency"], int(spec.get("num_prompts", 100)), spec["input_tokens_mean"],
+            spec["output_tokens_mean"], run_dir, bool(spec.get("streaming", True)),
+            request_rate=spec["request_rate"], request_count=spec.get("request_count"),
+            warmup_request_count=int(spec.get("warmup_request_count", 0)),
+            server_metrics_url=spec.get("server_metrics_url"))
+        print(shlex.join(argv_), flush=True)
+        if args.dry_run:
+            continue
+        if os.path.isdir(run_dir):
+            shutil.rmtree(run_dir)
+        subprocess.run(argv_, env=env, check=True)
+        res = parse_genai_perf_json(find_genai_perf_json(run_dir))
+        res["run_name"] = spec["run_name"]
+        results.append(res)
+    if args.summary and results:
+        with open(args.summary, "w") as fh:
+            json.dump(results, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
