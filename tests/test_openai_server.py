@@ -217,12 +217,15 @@ def test_disconnect_mid_stream_cancels_and_frees_kv_blocks(client, api, server):
     stream = client.chat.completions.create(model="llm", messages=QUESTION, stream=True, max_tokens=2000,
                                             temperature=0, extra_body={"ignore_eos": True})
     got = 0
-    for chunk in stream:
-        got += bool(chunk.choices and chunk.choices[0].delta.content)
-        if got == 3:
-            break
-    assert metric(server.metrics_url, "llm_kv_cache_blocks", state="used") > 0  # still generating
-    stream.close()
+    try:
+        for chunk in stream:
+            got += bool(chunk.choices and chunk.choices[0].delta.content)
+            if got == 3:
+                break
+        # still generating (the gauge is exported every 0.1 s, later on a loaded machine)
+        assert wait_for(lambda: metric(server.metrics_url, "llm_kv_cache_blocks", state="used") > 0, 10)
+    finally:
+        stream.close()  # a failure above must not leave a 2,000-token stream running into the next tests
     t0 = time.monotonic()
     assert wait_for(lambda: metric(server.metrics_url, "llm_request_cancellations_total") == before + 1, 10)
     assert wait_for(lambda: metric(server.metrics_url, "llm_kv_cache_blocks", state="used") == 0, 10)
