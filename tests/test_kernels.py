@@ -184,7 +184,9 @@ def _paged_setup(ctx_lens, nh, nkv, hd, page=4):
 
 
 @pytest.mark.parametrize("nh,nkv,hd", [(4, 4, 64), (6, 2, 32)])
-@pytest.mark.parametrize("config", [None, (1, 64, 4, 2), (3, 32, 4, 2), (4, 64, 8, 3), (2, 128, 4, 2)])
+# (1, 32, 1, 2) and (1, 64, 2, 2/3): decode_config's shapes from 1,024 and from 256 programs (one and two warps)
+@pytest.mark.parametrize("config", [None, (1, 64, 4, 2), (3, 32, 4, 2), (4, 64, 8, 3), (2, 128, 4, 2), (1, 32, 1, 2),
+                                    (1, 64, 2, 2), (1, 64, 2, 3)])
 @pytest.mark.parametrize("fp8_cache", [0, 1, 2])  # a 16-bit cache, or e4m3 converted as that mode
 def test_decode_attention(nh, nkv, hd, config, fp8_cache):
     if fp8_cache and DEV != "cuda":
