@@ -7,10 +7,15 @@ import socket
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = ROOT / "model_repository" / "llm"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if not torch.cuda.is_available():
+    # The kernel tests run under Triton's CPU interpreter, which takes effect only for kernels defined after this
+    # is set: before any test module imports llmserve.kernels (serving on the CPU never takes the Triton path)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def free_port() -> int:

@@ -1,8 +1,8 @@
 """Triton kernels against their torch twins: ||out - ref|| / ||ref|| on fresh random inputs.
 
-Runs on a GPU, or on CPU under Triton's interpreter when triton is installed (TRITON_INTERPRET=1, set here
-before the kernels are defined): scripts/test.sh installs triton (the `kernels` extra) where torch's CPU wheel
-lacks it. Skipped where triton is missing.
+Runs on a GPU, or on CPU under Triton's interpreter when triton is installed (TRITON_INTERPRET=1, which
+tests/conftest.py sets before any test module defines the kernels; scripts/test.sh installs triton, the `kernels`
+extra, where torch's CPU wheel lacks it). Skipped where triton is missing.
 """
 
 import os
