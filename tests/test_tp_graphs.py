@@ -13,25 +13,7 @@ from llmserve.config import ServingConfig
 from llmserve.engine.api import EngineRequest
 from llmserve.engine.sampling_params import SamplingParams
 from llmserve.engine.torch_engine import TorchEngine
-
-PROMPTS = [[5, 17, 99, 3, 42, 7, 8], [11, 12, 13], list(range(20, 60)), list(range(20, 50)) + [7, 7]]
-
-
-def wide_llama(path: Path) -> Path:
-    """A random 2-layer Llama with 64-wide heads (the Triton kernels' shapes); its weights spread wide, so greedy
-    decoding has no near-ties. The engine takes token ids: no tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                      tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
-    model = LlamaForCausalLM(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.5)
-    model.save_pretrained(path)
-    return path
+from tests.test_tp_serving import PROMPTS, tiny_llama
 
 
 def requests() -> list[EngineRequest]:
@@ -55,7 +37,8 @@ def run(engine: TorchEngine) -> dict[str, list[int]]:
 
 @pytest.fixture(scope="module")
 def wide(tmp_path_factory):
-    return wide_llama(tmp_path_factory.mktemp("group") / "wide")
+    """2 layers of 64-wide heads (the Triton kernels' shapes); the engine takes token ids: no tokenizer."""
+    return tiny_llama(None, tmp_path_factory.mktemp("group") / "wide", 2, hidden=256)
 
 
 def tokens_of(cfg: ServingConfig, checkpoint: Path) -> tuple[dict[str, list[int]], int]:

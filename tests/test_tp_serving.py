@@ -35,12 +35,13 @@ KNOBS = dict(device="cpu", dtype="float32", kv_block_size=4, max_num_tokens=16, 
 WORKER_MODULE = "llmserve.engine.parallel.worker"
 
 
-def tiny_llama(checkpoint: Path, path: Path, layers: int) -> Path:
-    """A random Llama of `layers` layers (4 heads, 2 KV heads) beside SmolLM2's tokenizer files."""
+def tiny_llama(checkpoint: Path | None, path: Path, layers: int, hidden: int = 64) -> Path:
+    """A random Llama of `layers` layers (4 heads, 2 KV heads), its weights spread wide so that greedy decoding has
+    no near-ties, beside the tokenizer files of `checkpoint` (SmolLM2's; None: none, for engines fed token ids)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
                       tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
     model = LlamaForCausalLM(cfg)
@@ -48,7 +49,7 @@ def tiny_llama(checkpoint: Path, path: Path, layers: int) -> Path:
         for p in model.parameters():
             p.normal_(0, 0.5)
     model.save_pretrained(path)
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja") if checkpoint else ():
         if (checkpoint / name).exists():
             shutil.copy(checkpoint / name, path / name)
     return path
