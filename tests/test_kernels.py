@@ -184,23 +184,29 @@ def _paged_setup(ctx_lens, nh, nkv, hd, page=4):
 
 
 @pytest.mark.parametrize("nh,nkv,hd", [(4, 4, 64), (6, 2, 32)])
-# (1, 32, 1, 2) and (1, 64, 2, 2/3): decode_config's shapes from 1,024 and from 256 programs (one and two warps)
-@pytest.mark.parametrize("config", [None, (1, 64, 4, 2), (3, 32, 4, 2), (4, 64, 8, 3), (2, 128, 4, 2), (1, 32, 1, 2),
-                                    (1, 64, 2, 2), (1, 64, 2, 3)])
+# (1, 32, 1, 2/3) and (32, 32, 1, 2): decode_config's shapes (one warp, whole or split); tiles of one block (16)
+@pytest.mark.parametrize("config", [None, (1, 64, 4, 2), (3, 32, 4, 2), (4, 64, 8, 3), (2, 16, 4, 2), (1, 32, 1, 2),
+                                    (1, 32, 1, 3), (32, 32, 1, 2), (1, 16, 2, 3)])
 @pytest.mark.parametrize("fp8_cache", [0, 1, 2])  # a 16-bit cache, or e4m3 converted as that mode
 def test_decode_attention(nh, nkv, hd, config, fp8_cache):
     if fp8_cache and DEV != "cuda":
         pytest.skip("fp8 loads need a GPU (the interpreter has no e4m3)")
-    ctx_lens = [1, 13, 40, 7]
-    B, bt, cache = _paged_setup(ctx_lens, nh, nkv, hd)
+    ctx_lens = [1, 13, 40, 7, 64, 33]  # within a block, whole tiles, a tile and a block
+    B, bt, cache = _paged_setup(ctx_lens, nh, nkv, hd, page=16)
     if fp8_cache:  # the reference reads the same rounded values
         cache = cache.to(torch.float8_e4m3fn)
     q = torch.randn(B, nh, hd, device=DEV).to(DT)
     ctx = torch.tensor(ctx_lens, dtype=torch.int32, device=DEV)
     out = kattn.decode_attention(q, cache, bt, ctx, hd ** -0.5, max_context=64, config=config,
                                  fp8_convert=fp8_cache or 1)
-    # reference: the torch path, with this step's K/V being the last cached token
-    ref = torch.empty_like(out, dtype=torch.float32)
+    assert rel(out, _decode_reference(q, cache, bt, ctx_lens)) < 1e-2
+
+
+def _decode_reference(q, cache, bt, ctx_lens):
+    """Decode attention in float32 torch, this step's K/V being the last cached token."""
+    _, nh, hd = q.shape
+    nkv = cache.shape[3]
+    ref = torch.empty(q.shape, dtype=torch.float32, device=q.device)
     for b, c in enumerate(ctx_lens):
         keys = cache[0][bt[b].long()].flatten(0, 1)[:c].float().transpose(0, 1)  # [kvh, c, hd]
         vals = cache[1][bt[b].long()].flatten(0, 1)[:c].float().transpose(0, 1)
@@ -208,7 +214,36 @@ def test_decode_attention(nh, nkv, hd, config, fp8_cache):
         vals = vals.repeat_interleave(nh // nkv, 0)
         att = (q[b].float()[:, None, :] @ keys.transpose(1, 2)).squeeze(1) * hd ** -0.5
         ref[b] = (att.softmax(-1)[:, None, :] @ vals).squeeze(1)
-    assert rel(out, ref) < 1e-2
+    return ref
+
+
+@pytest.mark.parametrize("page", [16, 32])
+@pytest.mark.parametrize("config", [None, (1, 32, 1, 3), (1, 64, 2, 2), (4, 32, 4, 2)])
+def test_decode_attention_blocks_and_stale_nan(page, config):
+    """Blocks of 16 and 32 tokens, tiles of one or two blocks: the reference's answer, and a NaN in the slots past a
+    sequence's context (whole tiles are read unmasked, the last one masked) or in block 0 never reaches it."""
+    nh, nkv, hd = 8, 2, 32
+    ctx_lens = [1, 16, 47, 70, 96]
+    B, bt, cache = _paged_setup(ctx_lens, nh, nkv, hd, page)
+    ref_cache = cache.clone()
+    owned = set()
+    for b, c in enumerate(ctx_lens):
+        owned |= set(bt[b, :-(-c // page)].tolist())
+        cache[:, bt[b, (c - 1) // page].item(), (c - 1) % page + 1:] = float("nan")
+    if 0 not in owned:  # where a masked tile's block past the end points
+        cache[:, 0] = float("nan")
+    q = torch.randn(B, nh, hd, device=DEV).to(DT)
+    ctx = torch.tensor(ctx_lens, dtype=torch.int32, device=DEV)
+    out = kattn.decode_attention(q, cache, bt, ctx, hd ** -0.5, max_context=128, config=config)
+    assert rel(out, _decode_reference(q, ref_cache, bt, ctx_lens)) < 1e-2
+
+
+@pytest.mark.parametrize("page", [4, 12])
+def test_decode_attention_refuses_blocks_it_cannot_read_whole(page):
+    B, bt, cache = _paged_setup([5], 4, 4, 32, page)
+    with pytest.raises(ValueError, match="blocks of"):
+        kattn.decode_attention(torch.randn(B, 4, 32, device=DEV).to(DT), cache, bt,
+                               torch.tensor([5], dtype=torch.int32, device=DEV), 1.0, max_context=16)
 
 
 @pytest.mark.parametrize("nh,nkv,hd", [(4, 4, 64), (6, 2, 32)])
@@ -278,7 +313,7 @@ def test_model_fast_path_matches_torch_path(tmp_path, quant, seed, pdl):
     extra = {"quantization": {"mode": quant}} if quant else {}
     models = {"fast": _tiny_model(tmp_path, FAST, **extra), "torch": _tiny_model(tmp_path, "off", **extra)}
     assert models["fast"].kernels and not models["torch"].kernels
-    lens, page = [9, 1, 20], 4
+    lens, page = [9, 1, 20], 16
     meta = AttentionMetadata.for_prefill(lens, page, torch.device(DEV), group=3, head_dim=32)
     # Fixed ids, three draws: with fresh ids on every run, bf16 rounding once went over the bound (0.0209,
     # int8_wo, H200); fixed draws make a failure here one of the kernels, not of the draw.
@@ -292,19 +327,18 @@ def test_model_fast_path_matches_torch_path(tmp_path, quant, seed, pdl):
         with torch.inference_mode(), model.pdl_launches(pdl):
             prefill = model(ids, pos, cache, meta, None)
             # one decode token per sequence
-            # positions 9, 1, 20: blocks 2 (of [0, 1, 2]), 3 (of [3]) and a new block 9 after [4..8]
+            # positions 9, 1, 20: blocks 0 (of [0]), 1 (of [1]) and 3 (of [2, 3])
             dmeta = AttentionMetadata(
-                slot_mapping=torch.tensor([2 * page + 1, 3 * page + 1, 9 * page], device=DEV,
+                slot_mapping=torch.tensor([9, page + 1, 3 * page + 4], device=DEV,
                                           dtype=torch.int32 if mode == "fast" else torch.long),
-                block_tables=torch.tensor([[0, 1, 2, 0, 0, 0], [3, 0, 0, 0, 0, 0], [4, 5, 6, 7, 8, 9]], device=DEV,
-                                          dtype=meta.block_tables.dtype),
+                block_tables=torch.tensor([[0, 0], [1, 0], [2, 3]], device=DEV, dtype=meta.block_tables.dtype),
                 context_lens=torch.tensor([10, 2, 21], dtype=torch.int32, device=DEV),
                 query_lens=[1, 1, 1], context_lens_host=[10, 2, 21], decode_only=True, max_context_len=21,
                 context_bound=64)
             dec = model(torch.tensor([5, 6, 7], device=DEV), torch.tensor([9, 1, 20], device=DEV), cache, dmeta, None)
             # one sequence alone (one row: the batch-1 GEMV), position 10 of sequence 0
             one = AttentionMetadata(
-                slot_mapping=torch.tensor([2 * page + 2], device=DEV, dtype=dmeta.slot_mapping.dtype),
+                slot_mapping=torch.tensor([10], device=DEV, dtype=dmeta.slot_mapping.dtype),
                 block_tables=dmeta.block_tables[:1], context_lens=torch.tensor([11], dtype=torch.int32, device=DEV),
                 query_lens=[1], context_lens_host=[11], decode_only=True, max_context_len=11, context_bound=64)
             single = model(torch.tensor([8], device=DEV), torch.tensor([10], device=DEV), cache, one, None)
@@ -345,10 +379,10 @@ def test_prefill_graphs_match_eager_steps(tmp_path, quant):
     from llmserve.engine.prefill_graphs import PrefillGraphs
 
     model = _tiny_model(tmp_path, **({"quantization": {"mode": quant}} if quant else {}))
-    page, prompt_lens = 4, [9, 14, 20]
+    page, prompt_lens = 16, [9, 14, 20]  # decode steps: the decode kernel reads blocks of 16 or more
     g = torch.Generator().manual_seed(0)
     full = [torch.randint(0, 300, (n + 2,), generator=g).tolist() for n in prompt_lens]
-    tables = [[0, 1, 2], [3, 4, 5, 6], [7, 8, 9, 10, 11, 12]]
+    tables = [[0], [1], [2, 3]]
     steps = [[(1, 0, 6)],  # a first chunk alone: nothing to sample
              [(0, 0, 9), (1, 6, 8)],  # a prompt, the rest of the chunked one
              [(2, 0, 20), (0, 9, 1), (1, 14, 1)],  # a prompt and two decodes
@@ -373,7 +407,7 @@ def test_prefill_graphs_match_eager_steps(tmp_path, quant):
             assert out.shape == ref.shape == (len(step.sample_rows), 300)
             assert rel(out, ref) < 1e-2
     assert rel(caches["graph"], caches["eager"]) < 1e-2
-    assert caches["graph"][:, :, 13:].abs().sum() == 0  # padding rows wrote nothing (slot -1)
+    assert caches["graph"][:, :, 4:].abs().sum() == 0  # padding rows wrote nothing (slot -1)
 
 
 @pytest.mark.parametrize("kind", ["16bit", "int8", "int8_magic", "fp8", "fp8_bits"])
@@ -444,8 +478,8 @@ class _Spy:
 def test_pdl_reaches_the_linear_and_fused_kernels_only_inside_pdl_launches(tmp_path, monkeypatch, quant):
     model = _tiny_model(tmp_path, **({"quantization": {"mode": quant}} if quant else {}))
     spy = _Spy(monkeypatch)
-    page = 4
-    meta = AttentionMetadata(slot_mapping=torch.tensor([1, 5, 9], dtype=torch.int32, device=DEV),
+    page = 16
+    meta = AttentionMetadata(slot_mapping=torch.tensor([1, 17, 33], dtype=torch.int32, device=DEV),
                              block_tables=torch.tensor([[0], [1], [2]], dtype=torch.int32, device=DEV),
                              context_lens=torch.tensor([2, 2, 2], dtype=torch.int32, device=DEV), query_lens=[1] * 3,
                              context_lens_host=[2] * 3, decode_only=True, max_context_len=2, context_bound=8)

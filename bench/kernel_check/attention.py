@@ -83,7 +83,7 @@ def s_varlen_sweep(args):
 
 
 def _ints(name: str, default: str) -> list[int]:
-    return [int(x) for x in os.environ.get(name, default).split(",")]
+    return [int(x) for x in os.environ.get(name, default).split(",") if x]
 
 
 @section("attn")
@@ -91,7 +91,7 @@ def s_attn(args):
     """Decode attention launch configs (partitions, BLOCK_N, warps, stages) at the graphs' launch shape (max
     context 4096), bf16 and fp8 KV: the best per case against `decode_config`. Llama-2-7B heads by default;
     ATTN_HEADS=32,8 (query, kv heads) and ATTN_CASES=256:2100:fp8,... (batch:context:kv) for other shapes;
-    ATTN_BLOCKS, ATTN_WARPS, ATTN_STAGES (comma-separated) widen or narrow the sweep."""
+    ATTN_BLOCKS, ATTN_WARPS, ATTN_STAGES, ATTN_PARTS (comma-separated) widen or narrow the sweep."""
     from llmserve.kernels.attention import decode_attention, decode_config
 
     res = {}
@@ -112,7 +112,8 @@ def s_attn(args):
         nbytes = 2 * B * ctx * KVH * D * cache.element_size()
         cur = decode_config(top, B, KVH, kv == "fp8")
         cands = {cur} | {(n, bn, 4, 2) for n in (1, 2, 4, 8, 16, 32) for bn in (32, 64) if B * KVH * n <= 8192}
-        cands |= {(n, bn, w, st) for n in ({1, cur[0]}) for bn in _ints("ATTN_BLOCKS", "32,64,128")
+        parts = {1, cur[0], *_ints("ATTN_PARTS", "")}
+        cands |= {(n, bn, w, st) for n in parts for bn in _ints("ATTN_BLOCKS", "32,64,128")
                   for w in _ints("ATTN_WARPS", "4,8")
                   for st in _ints("ATTN_STAGES", "1,2,3,4")}  # stages 1: loads not software-pipelined
         ref = decode_attention(q, cache, bt, ctxs, D ** -0.5, top, config=cur).float()

@@ -37,6 +37,7 @@ from llmserve.engine.sampler import SamplingBatch, is_plain_greedy, sample
 from llmserve.engine.scheduler import ScheduledBatch
 from llmserve.engine.sequence import Sequence
 from llmserve.engine.startup import StartupTimes, served_context
+from llmserve.kernels.shapes import decode_page_ok
 from llmserve.model.attention import AttentionMetadata
 from llmserve.model.llama import check_served_context, load_model
 
@@ -80,6 +81,9 @@ class ModelRunner(Launcher):
         self.block_size = cfg.cache.kv_block_size
         self.kv_dtype = torch.float8_e4m3fn if cfg.cache.kv_cache_dtype == "fp8" else self.dtype
         self.fast = self.model.kernels  # the Triton path (16-bit, CUDA, triton, not switched off)
+        if self.fast and not decode_page_ok(self.block_size):
+            raise ConfigError(f"kv_block_size: {self.block_size} tokens; the CUDA attention kernels read whole blocks "
+                              "of a power of two from 16 tokens (16, 32, 64, ...)")
         self.pdl = self.fast and cfg.pytorch.cuda_graphs and use_pdl(cfg.pytorch.pdl, self.device)
         # One extra block on the fast path: the scratch block for padding rows of a CUDA graph.
         self._extra_blocks = 1 if self.fast else 0

@@ -4,7 +4,8 @@
   program per (sequence, kv head, partition) handles all query heads of its GQA group at once (rows padded
   to 16 for the tensor cores), then a second kernel merges the partitions. The launch shape is fixed (one
   graph serves every step), but each sequence's span per partition follows its own context length: its
-  context split evenly over the partitions, in steps of 16 tokens; programs past the end return.
+  context split evenly over the partitions, in whole tiles of one or two cache blocks; programs past the end
+  return. Blocks must be a power of two from 16 tokens (`decode_page_ok`).
 - `varlen_attention`: any number of new tokens per sequence (prefill, chunked prefill, mixed steps). A
   program per (block of query rows, kv head); rows are (query, head-of-group) pairs, so GQA groups share
   each K/V tile; causal within the new tokens, full over the cached prefix.
@@ -17,13 +18,13 @@ import triton
 import triton.language as tl
 
 from llmserve.kernels.convert import e4m3_to_bf16, ptx_converts
-from llmserve.kernels.shapes import varlen_block_m
+from llmserve.kernels.shapes import decode_page_ok, varlen_block_m
 
 
 @triton.jit
-def _span(ctx, NUM_PARTS: tl.constexpr):
-    """Tokens per partition for a context of ctx tokens: an even split, in steps of 16."""
-    return tl.cdiv(tl.cdiv(ctx, NUM_PARTS), 16) * 16
+def _span(ctx, NUM_PARTS: tl.constexpr, TILE: tl.constexpr):
+    """Tokens per partition for a context of ctx tokens: an even split, in whole tiles."""
+    return tl.cdiv(tl.cdiv(ctx, NUM_PARTS), TILE) * TILE
 
 
 @triton.jit
@@ -36,15 +37,64 @@ def _kv(x, dtype, KV_FP8: tl.constexpr):
 
 
 @triton.jit
+def _page(q, k_ptr, v_ptr, bt_ptr, bt_row, pg, kvh, t, d, end, qk_scale, stride_blk, stride_tok, D: tl.constexpr,
+          PAGE: tl.constexpr, MASKED: tl.constexpr, KV_FP8: tl.constexpr):
+    """Scores and V of one cache block (tokens pg * PAGE + t): one block-table read and a scalar base address, so
+    the loads' addresses are that base plus constants (per-token offsets made a 1-warp program instruction-bound).
+    MASKED: tokens at or past `end` score -inf and load as zeros (a stale NaN there stays out of the dots)."""
+    toks = pg * PAGE + t
+    if MASKED:
+        live = toks < end
+        blk = tl.load(bt_ptr + bt_row + pg, mask=pg * PAGE < end, other=0).to(tl.int64)
+        off = blk * stride_blk + kvh * D + t[:, None] * stride_tok + d[None, :]
+        k = _kv(tl.load(k_ptr + off, mask=live[:, None], other=0.0), q.dtype, KV_FP8)
+        v = _kv(tl.load(v_ptr + off, mask=live[:, None], other=0.0), q.dtype, KV_FP8)
+        s = tl.where(live[None, :], tl.dot(q, tl.trans(k)) * qk_scale, float("-inf"))
+    else:
+        blk = tl.load(bt_ptr + bt_row + pg).to(tl.int64)
+        off = blk * stride_blk + kvh * D + t[:, None] * stride_tok + d[None, :]
+        k = _kv(tl.load(k_ptr + off), q.dtype, KV_FP8)
+        v = _kv(tl.load(v_ptr + off), q.dtype, KV_FP8)
+        s = tl.dot(q, tl.trans(k)) * qk_scale
+    return s, v
+
+
+@triton.jit
+def _decode_tile(q, m_i, l_i, acc, k_ptr, v_ptr, bt_ptr, bt_row, n0, kvh, t, d, end, qk_scale, stride_blk, stride_tok,
+                 D: tl.constexpr, PAGE: tl.constexpr, PAGES: tl.constexpr, MASKED: tl.constexpr,
+                 KV_FP8: tl.constexpr):
+    """The online softmax over PAGES (1 or 2) blocks from token n0: one rescale of the accumulator for both."""
+    pg = n0 // PAGE
+    s, v = _page(q, k_ptr, v_ptr, bt_ptr, bt_row, pg, kvh, t, d, end, qk_scale, stride_blk, stride_tok, D, PAGE,
+                 MASKED, KV_FP8)
+    if PAGES == 2:
+        s2, v2 = _page(q, k_ptr, v_ptr, bt_ptr, bt_row, pg + 1, kvh, t, d, end, qk_scale, stride_blk, stride_tok, D,
+                       PAGE, MASKED, KV_FP8)
+        m_new = tl.maximum(m_i, tl.maximum(tl.max(s, 1), tl.max(s2, 1)))
+        p2 = tl.math.exp2(s2 - m_new[:, None])
+    else:
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+    p = tl.math.exp2(s - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v)
+    if PAGES == 2:
+        l_i += tl.sum(p2, 1)
+        acc += tl.dot(p2.to(q.dtype), v2)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, po_ptr, pml_ptr, scale,
                    stride_qb, stride_qh, stride_bt, stride_blk, stride_tok, stride_ob, stride_oh,
                    G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr,
-                   BLOCK_N: tl.constexpr, NUM_PARTS: tl.constexpr, KV_FP8: tl.constexpr, STAGES: tl.constexpr):
+                   PAGES: tl.constexpr, NUM_PARTS: tl.constexpr, KV_FP8: tl.constexpr, STAGES: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     kvh = tl.program_id(1)
     part = tl.program_id(2)
     ctx = tl.load(ctx_ptr + b)
-    span = _span(ctx, NUM_PARTS)
+    TILE: tl.constexpr = PAGE * PAGES
+    span = _span(ctx, NUM_PARTS, TILE)
     start = part * span
     if start < ctx:
         end = tl.minimum(start + span, ctx)
@@ -52,6 +102,7 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, po_ptr, pml_pt
         rmask = rows < G
         heads = kvh * G + rows
         d = tl.arange(0, D)
+        t = tl.arange(0, PAGE)
         q = tl.load(q_ptr + b * stride_qb + heads[:, None] * stride_qh + d[None, :], mask=rmask[:, None], other=0.0)
         if KV_FP8 == 1:  # e4m3 -> fp16 is one native conversion (bf16 is not): the dots run in fp16
             q = q.to(tl.float16)
@@ -59,23 +110,16 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, po_ptr, pml_pt
         m_i = tl.full((G_PAD,), float("-inf"), tl.float32)
         l_i = tl.zeros((G_PAD,), tl.float32)
         acc = tl.zeros((G_PAD, D), tl.float32)
-        # The launch's num_stages does not reach this loop (Triton 3.6 pipelines it only when asked here)
-        for n0 in tl.range(start, end, BLOCK_N, num_stages=STAGES):
-            toks = n0 + tl.arange(0, BLOCK_N)
-            tmask = toks < end
-            blk = tl.load(bt_ptr + b * stride_bt + toks // PAGE, mask=tmask, other=0).to(tl.int64)
-            off = blk * stride_blk + (toks % PAGE) * stride_tok + kvh * D
-            k = _kv(tl.load(k_ptr + off[:, None] + d[None, :], mask=tmask[:, None], other=0.0), q.dtype, KV_FP8)
-            # MHA pads the dot to 16 query rows: a CUDA-core product for one row was slower (docs/performance.md).
-            s = tl.dot(q, tl.trans(k)) * qk_scale
-            s = tl.where(tmask[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            p = tl.math.exp2(s - m_new[:, None])
-            alpha = tl.math.exp2(m_i - m_new)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            v = _kv(tl.load(v_ptr + off[:, None] + d[None, :], mask=tmask[:, None], other=0.0), q.dtype, KV_FP8)
-            acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v)
-            m_i = m_new
+        # MHA pads the dots to 16 query rows: a CUDA-core product for one row was slower (docs/performance.md).
+        # Whole tiles skip the masks. The launch's num_stages does not reach these loops (Triton 3.6 pipelines them
+        # only when asked here).
+        full_end = start + (end - start) // TILE * TILE
+        for n0 in tl.range(start, full_end, TILE, num_stages=STAGES):
+            m_i, l_i, acc = _decode_tile(q, m_i, l_i, acc, k_ptr, v_ptr, bt_ptr, b * stride_bt, n0, kvh, t, d, end,
+                                         qk_scale, stride_blk, stride_tok, D, PAGE, PAGES, False, KV_FP8)
+        for n0 in tl.range(full_end, end, TILE, num_stages=1):  # at most one tile
+            m_i, l_i, acc = _decode_tile(q, m_i, l_i, acc, k_ptr, v_ptr, bt_ptr, b * stride_bt, n0, kvh, t, d, end,
+                                         qk_scale, stride_blk, stride_tok, D, PAGE, PAGES, True, KV_FP8)
         if NUM_PARTS == 1:
             o = acc / l_i[:, None]
             tl.store(out_ptr + b * stride_ob + heads[:, None] * stride_oh + d[None, :],
@@ -91,12 +135,12 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, po_ptr, pml_pt
 
 @triton.jit
 def _merge_kernel(po_ptr, pml_ptr, ctx_ptr, out_ptr, stride_ob, stride_oh,
-                  D: tl.constexpr, NUM_PARTS: tl.constexpr, P_PAD: tl.constexpr):
+                  D: tl.constexpr, NUM_PARTS: tl.constexpr, P_PAD: tl.constexpr, TILE: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     H = tl.num_programs(1)
     ctx = tl.load(ctx_ptr + b)
-    n_parts = tl.cdiv(ctx, _span(ctx, NUM_PARTS))
+    n_parts = tl.cdiv(ctx, _span(ctx, NUM_PARTS, TILE))
     p = tl.arange(0, P_PAD)
     pmask = p < n_parts
     base = (b * H + h) * NUM_PARTS + p
@@ -123,20 +167,15 @@ def _kv_mode(kv_cache: torch.Tensor, q: torch.Tensor, fp8_convert: int) -> int:
 
 
 def decode_config(max_context: int, batch: int, num_kv_heads: int, kv_fp8: bool) -> tuple[int, int, int, int]:
-    """(partitions, BLOCK_N, num_warps, num_stages) for a launch shape that serves contexts up to max_context.
-    Any split covers every context (a sequence's span is its context / partitions); the split decides how many
-    programs share one context: few programs split it so the SMs fill, 256 or more take it whole. With 1,024
-    programs or more, one warp a program on 32-token tiles: no cross-warp reductions or barriers in the online
-    softmax, and more programs in flight (an fp8 cache 15-23% faster than with 4 warps, 16-bit equal or faster).
-    From bench/kernel_check attn on the H200 (numbers in docs/performance.md)."""
+    """(partitions, BLOCK_N, num_warps, num_stages) for a launch shape that serves contexts up to max_context
+    (the same for a 16-bit and an fp8 cache). Any split covers every context (a sequence's span is its context /
+    partitions); the split decides how many programs share one context: below 1,024 programs it splits toward
+    1,024 so the SMs fill. One warp a program on 32-token tiles: no cross-warp reductions or barriers in the
+    online softmax, more programs in flight. From bench/kernel_check attn on the H200 (docs/performance.md)."""
     programs = batch * num_kv_heads
-    if programs >= 1024:
-        return 1, 32, 1, 2
-    if programs >= 256:
-        return (1, 64, 2, 2) if kv_fp8 else (1, 64, 2, 3)
-    # A power of two (each count is a kernel variant to compile), at most one partition per 16 tokens
-    parts = min(16, 1 << ((512 // programs).bit_length() - 1), triton.cdiv(max_context, 16))
-    return parts, 32, 4, 1 if kv_fp8 else 2
+    # A power of two (each count is a kernel variant to compile), at most one partition per 32-token tile
+    parts = min(32, 1 << max(0, (1024 // programs).bit_length() - 1), triton.cdiv(max_context, 32))
+    return parts, 32, 1, 3
 
 
 def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
@@ -148,6 +187,9 @@ def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
     `decode_config`) fixes the launch shape. Returns [B, H, D]."""
     B, H, D = q.shape
     _, _, page, KVH, _ = kv_cache.shape
+    if not decode_page_ok(page):
+        raise ValueError(f"decode_attention: cache blocks of {page} tokens; the kernel reads whole blocks of a power "
+                         "of two from 16 tokens")
     G = H // KVH
     if out is None:
         out = torch.empty(B, H, D, dtype=q.dtype, device=q.device)
@@ -155,6 +197,7 @@ def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
         return out
     kv_fp8 = kv_cache.dtype == torch.float8_e4m3fn
     num_parts, block_n, warps, stages = config or decode_config(max_context, B, KVH, kv_fp8)
+    pages = 2 if block_n >= 2 * page else 1  # a tile of BLOCK_N tokens, in whole blocks (one or two)
     k, v = kv_cache[0], kv_cache[1]
     if num_parts > 1:
         po = torch.empty(B, H, num_parts, D, dtype=torch.float32, device=q.device)
@@ -164,12 +207,12 @@ def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
     _decode_kernel[(B, KVH, num_parts)](
         q, k, v, block_tables, context_lens, out, po, pml, scale,
         q.stride(0), q.stride(1), block_tables.stride(0), k.stride(0), k.stride(1), out.stride(0), out.stride(1),
-        G=G, G_PAD=max(16, triton.next_power_of_2(G)), D=D, PAGE=page, BLOCK_N=block_n,
+        G=G, G_PAD=max(16, triton.next_power_of_2(G)), D=D, PAGE=page, PAGES=pages,
         NUM_PARTS=num_parts, KV_FP8=_kv_mode(kv_cache, q, fp8_convert), STAGES=stages, num_warps=warps,
         num_stages=stages)
     if num_parts > 1:
-        _merge_kernel[(B, H)](po, pml, context_lens, out, out.stride(0), out.stride(1), D=D,
-                              NUM_PARTS=num_parts, P_PAD=max(2, triton.next_power_of_2(num_parts)), num_warps=4)
+        _merge_kernel[(B, H)](po, pml, context_lens, out, out.stride(0), out.stride(1), D=D, NUM_PARTS=num_parts,
+                              P_PAD=max(2, triton.next_power_of_2(num_parts)), TILE=page * pages, num_warps=4)
     return out
 
 

@@ -4,6 +4,12 @@ engine builds the kernels' work lists on the host)."""
 from __future__ import annotations
 
 
+def decode_page_ok(page: int) -> bool:
+    """Whether the decode kernel can read cache blocks of `page` tokens: whole blocks, a power of two from 16 (a
+    block is one operand of the tensor-core dots)."""
+    return page >= 16 and page & (page - 1) == 0
+
+
 def varlen_block_m(group: int, head_dim: int) -> int:
     return 64 if head_dim > 64 or group > 8 else 128
 

@@ -1,0 +1,12 @@
+#!/bin/bash
+# Session 17 call 4: V tile loaded [D, tokens] then transposed (B); B without zeroing masked V tiles (_v2); HEAD (_prev).
+export PYTHONUNBUFFERED=1
+mkdir -p $OUT/r
+timeout 120 python3 -m pytest -q tests/test_kernels.py -k "decode or attention or varlen or rope" 2>&1 | tail -3 > $OUT/r/tests.txt
+PYTHONPATH=$PWD timeout 100 python3 _gpu/attn_ab.py $OUT/r/ab-new.json > $OUT/r/ab-new.log 2>&1
+(cd _v2 && PYTHONPATH=$PWD timeout 100 python3 ../_gpu/attn_ab.py $OUT/r/ab-v2.json > $OUT/r/ab-v2.log 2>&1)
+(cd _prev && PYTHONPATH=$PWD timeout 100 python3 ../_gpu/attn_ab.py $OUT/r/ab-prev.json > $OUT/r/ab-prev.log 2>&1)
+export ATTN_HEADS=32,8 ATTN_WARPS=1,2 ATTN_BLOCKS=32,64 ATTN_STAGES=2,3 ATTN_FP8_MODES=1,2
+ATTN_CASES=256:2100:fp8,1024:600:fp8,64:2100:fp8,256:2100:bf16,1024:600:bf16 PYTHONPATH=$PWD \
+  timeout 200 python3 -m bench.kernel_check --sections attn --out $OUT/r/sweep > $OUT/r/sweep.log 2>&1
+cd $OUT && tar czf r.tgz r && rm -rf r
