@@ -549,6 +549,18 @@ def test_runner_captures_pdl_only_into_decode_graphs_of_up_to_16_rows(tmp_path, 
     assert runner.decode_graph_sizes == [1, 2, 4, 8, 16, 32] and not runner.model.launch.pdl
 
 
+
+@pytest.mark.parametrize("block", [8, 24])
+def test_engine_refuses_cache_blocks_the_kernels_cannot_read(tmp_path, monkeypatch, block):
+    """On the Triton path the engine stops at start, naming kv_block_size, before it allocates the cache."""
+    from llmserve.config import ConfigError, ServingConfig
+    from llmserve.engine import model_runner
+
+    monkeypatch.setenv(kernels.ENV, FAST)
+    cfg = ServingConfig.of(dtype=str(DT).removeprefix("torch."), kv_block_size=block, kv_cache_memory_bytes=16 << 20)
+    with pytest.raises(ConfigError, match=f"kv_block_size: {block} tokens"):
+        model_runner.ModelRunner(cfg, _tiny_config(tmp_path))
+
 # --- 4-bit group weights (llmserve/kernels/int4.py) against their torch twin, Int4Linear's reference path ---
 
 def _int4_case(M, N, K, group, symmetric, gated, seed=0, wide_scales=False):
