@@ -18,6 +18,17 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+
+@pytest.fixture(params=["plain", "pdl"] if torch.cuda.is_available() else ["plain"])
+def pdl(request) -> bool:
+    """On a GPU the linear and fused kernels (and the model) are tested twice: plain launches, and programmatic
+    dependent launch where the GPU has it (what the engine's small decode graphs use on a Hopper GPU)."""
+    from llmserve.engine.model_runner import use_pdl
+
+    if request.param == "pdl" and not use_pdl("auto", torch.device("cuda")):
+        pytest.skip("programmatic dependent launch needs compute capability 9.0+")
+    return request.param == "pdl"
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,7 +1,7 @@
 """The host side of the prefill/mixed-step CUDA graphs: token buckets and the padded inputs a step writes.
 
 The graphs themselves, and the padded inputs run through the model, are checked against eager steps in
-tests/test_kernels.py (on a GPU, or under Triton's interpreter)."""
+tests/test_kernels_model.py (on a GPU, or under Triton's interpreter)."""
 
 from types import SimpleNamespace
 

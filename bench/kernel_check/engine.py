@@ -25,12 +25,13 @@ def s_env(args):
 
 @section("tests")
 def s_tests(args):
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_kernels.py"],
+    files = sorted(str(p) for p in Path("tests").glob("test_kernels*.py"))
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files],
                        capture_output=True, text=True, timeout=300)
     tail = (r.stdout + r.stderr)[-3000:]
     print(tail, flush=True)
     args.report.results["tests"] = {"rc": r.returncode, "tail": tail[-600:]}
-    args.report.say(f"test_kernels.py rc={r.returncode}: {tail.strip().splitlines()[-1] if tail.strip() else ''}")
+    args.report.say(f"test_kernels*.py rc={r.returncode}: {tail.strip().splitlines()[-1] if tail.strip() else ''}")
 
 
 def _small_engine_tokens(ckpt: Path, mode: str, graphs: bool, sampling: bool = False):

@@ -1,0 +1,132 @@
+"""The paged attention kernels (llmserve/kernels/attention.py) against torch: decode (split-K, one or two cache
+blocks a tile, an fp8 cache) and varlen (prefill, chunked prefill, mixed steps). On a GPU, or under Triton's
+interpreter on the CPU where triton is installed (see test_kernels.py)."""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+pytest.importorskip("triton")
+
+from test_kernels import DEV, DT, rel  # noqa: E402
+
+from llmserve.kernels import attention as kattn  # noqa: E402
+from llmserve.kernels.shapes import varlen_query_blocks  # noqa: E402
+from llmserve.model.attention import AttentionMetadata, paged_attention  # noqa: E402
+
+
+def _paged_setup(ctx_lens, nh, nkv, hd, page=4):
+    B = len(ctx_lens)
+    need = [-(-c // page) for c in ctx_lens]
+    total = sum(need) + 3
+    perm = torch.randperm(total).tolist()
+    tables, i = [], 0
+    for n in need:
+        tables.append(perm[i:i + n])
+        i += n
+    width = max(need)
+    bt = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32, device=DEV)
+    cache = torch.randn(2, total, page, nkv, hd, device=DEV).to(DT)
+    return B, bt, cache
+
+
+@pytest.mark.parametrize("nh,nkv,hd", [(4, 4, 64), (6, 2, 32)])
+# (1, 32, 1, 2/3) and (32, 32, 1, 2): decode_config's shapes (one warp, whole or split); tiles of one block (16)
+@pytest.mark.parametrize("config", [None, (1, 64, 4, 2), (3, 32, 4, 2), (4, 64, 8, 3), (2, 16, 4, 2), (1, 32, 1, 2),
+                                    (1, 32, 1, 3), (32, 32, 1, 2), (1, 16, 2, 3)])
+@pytest.mark.parametrize("fp8_cache", [0, 1, 2])  # a 16-bit cache, or e4m3 converted as that mode
+def test_decode_attention(nh, nkv, hd, config, fp8_cache):
+    if fp8_cache and DEV != "cuda":
+        pytest.skip("fp8 loads need a GPU (the interpreter has no e4m3)")
+    ctx_lens = [1, 13, 40, 7, 64, 33]  # within a block, whole tiles, a tile and a block
+    B, bt, cache = _paged_setup(ctx_lens, nh, nkv, hd, page=16)
+    if fp8_cache:  # the reference reads the same rounded values
+        cache = cache.to(torch.float8_e4m3fn)
+    q = torch.randn(B, nh, hd, device=DEV).to(DT)
+    ctx = torch.tensor(ctx_lens, dtype=torch.int32, device=DEV)
+    out = kattn.decode_attention(q, cache, bt, ctx, hd ** -0.5, max_context=64, config=config,
+                                 fp8_convert=fp8_cache or 1)
+    assert rel(out, _decode_reference(q, cache, bt, ctx_lens)) < 1e-2
+
+
+def _decode_reference(q, cache, bt, ctx_lens):
+    """Decode attention in float32 torch, this step's K/V being the last cached token."""
+    _, nh, hd = q.shape
+    nkv = cache.shape[3]
+    ref = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+    for b, c in enumerate(ctx_lens):
+        keys = cache[0][bt[b].long()].flatten(0, 1)[:c].float().transpose(0, 1)  # [kvh, c, hd]
+        vals = cache[1][bt[b].long()].flatten(0, 1)[:c].float().transpose(0, 1)
+        keys = keys.repeat_interleave(nh // nkv, 0)
+        vals = vals.repeat_interleave(nh // nkv, 0)
+        att = (q[b].float()[:, None, :] @ keys.transpose(1, 2)).squeeze(1) * hd ** -0.5
+        ref[b] = (att.softmax(-1)[:, None, :] @ vals).squeeze(1)
+    return ref
+
+
+@pytest.mark.parametrize("page", [16, 32])
+@pytest.mark.parametrize("config", [None, (1, 32, 1, 3), (1, 64, 2, 2), (4, 32, 4, 2)])
+def test_decode_attention_blocks_and_stale_nan(page, config):
+    """Blocks of 16 and 32 tokens, tiles of one or two blocks: the reference's answer, and a NaN in the slots past a
+    sequence's context (whole tiles are read unmasked, the last one masked) or in block 0 never reaches it."""
+    nh, nkv, hd = 8, 2, 32
+    ctx_lens = [1, 16, 47, 70, 96]
+    B, bt, cache = _paged_setup(ctx_lens, nh, nkv, hd, page)
+    ref_cache = cache.clone()
+    owned = set()
+    for b, c in enumerate(ctx_lens):
+        owned |= set(bt[b, :-(-c // page)].tolist())
+        cache[:, bt[b, (c - 1) // page].item(), (c - 1) % page + 1:] = float("nan")
+    if 0 not in owned:  # where a masked tile's block past the end points
+        cache[:, 0] = float("nan")
+    q = torch.randn(B, nh, hd, device=DEV).to(DT)
+    ctx = torch.tensor(ctx_lens, dtype=torch.int32, device=DEV)
+    out = kattn.decode_attention(q, cache, bt, ctx, hd ** -0.5, max_context=128, config=config)
+    assert rel(out, _decode_reference(q, ref_cache, bt, ctx_lens)) < 1e-2
+
+
+@pytest.mark.parametrize("page", [4, 12])
+def test_decode_attention_refuses_blocks_it_cannot_read_whole(page):
+    B, bt, cache = _paged_setup([5], 4, 4, 32, page)
+    with pytest.raises(ValueError, match="blocks of"):
+        kattn.decode_attention(torch.randn(B, 4, 32, device=DEV).to(DT), cache, bt,
+                               torch.tensor([5], dtype=torch.int32, device=DEV), 1.0, max_context=16)
+
+
+@pytest.mark.parametrize("nh,nkv,hd", [(4, 4, 64), (6, 2, 32)])
+@pytest.mark.parametrize("fp8_cache", [0, 1, 2])
+@pytest.mark.parametrize("config", [None, (128, 64, 8, 2), (64, 128, 4, 3), (128, 32, 4, 3)])
+def test_varlen_attention_matches_torch_path(nh, nkv, hd, fp8_cache, config):
+    """Every launch config (tiles wholly visible, the diagonal ones, past the context) gives the torch path's."""
+    if fp8_cache and DEV != "cuda":
+        pytest.skip("fp8 loads need a GPU (the interpreter has no e4m3)")
+    page = 4
+    # prefix + chunk, decode, fresh prompt, fresh short, a long chunk after a long prefix (several whole tiles)
+    query_lens, ctx_lens = [5, 1, 70, 3, 150], [9, 17, 70, 3, 330]
+    B, bt, cache = _paged_setup(ctx_lens, nh, nkv, hd, page)
+    if fp8_cache:
+        cache = cache.to(torch.float8_e4m3fn)
+    T = sum(query_lens)
+    q = torch.randn(T, nh, hd, device=DEV).to(DT)
+    # the torch path writes this step's K/V itself: hand it the ones already in the cache
+    slots = []
+    for b, (ql, cl) in enumerate(zip(query_lens, ctx_lens)):
+        for p in range(cl - ql, cl):
+            slots.append(bt[b, p // page].item() * page + p % page)
+    slots_t = torch.tensor(slots, dtype=torch.long, device=DEV)
+    k_new = cache[0].view(-1, nkv, hd)[slots_t].clone()
+    v_new = cache[1].view(-1, nkv, hd)[slots_t].clone()
+    meta = AttentionMetadata(slot_mapping=slots_t, block_tables=bt.long(), context_lens=torch.tensor(
+        ctx_lens, dtype=torch.int32, device=DEV), query_lens=query_lens, context_lens_host=ctx_lens,
+        decode_only=False, max_context_len=max(ctx_lens))
+    ref = paged_attention(q.float(), k_new.float(), v_new.float(), cache.float().clone(), meta, hd ** -0.5)
+    seqs, firsts = varlen_query_blocks(query_lens, nh // nkv, hd, config[0] if config else 0)
+    starts = torch.tensor([0, 5, 6, 76, 79, 229], dtype=torch.int32, device=DEV)
+    out = kattn.varlen_attention(q, cache, bt, meta.context_lens, starts,
+                                 torch.tensor(seqs, dtype=torch.int32, device=DEV),
+                                 torch.tensor(firsts, dtype=torch.int32, device=DEV), hd ** -0.5, config=config,
+                                 fp8_convert=fp8_cache or 1)
+    assert rel(out, ref) < 1e-2

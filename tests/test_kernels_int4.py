@@ -1,0 +1,95 @@
+"""4-bit group weights (llmserve/kernels/int4.py) against their torch twin, Int4Linear's reference path. On a GPU,
+or under Triton's interpreter on the CPU where triton is installed (see test_kernels.py)."""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+pytest.importorskip("triton")
+
+from test_kernels import DEV, DT, rel  # noqa: E402
+
+from llmserve.model import linear as qlinear  # noqa: E402
+
+
+def _int4_case(M, N, K, group, symmetric, gated, seed=0, wide_scales=False):
+    from torch.nn import functional as F
+
+    from llmserve.model.int4 import dequantize_int4, quantize_int4
+
+    gen = torch.Generator().manual_seed(seed)
+    t = {k: v.to(DEV) for k, v in quantize_int4(torch.randn(N, K, generator=gen), group, symmetric).items()}
+    if wide_scales:  # float32 values no float16 holds, as GGUF Q4_K's d * sc and dmin * m
+        t.update({k: t[k].float() * (1 + 2.0 ** -13) for k in ("weight_scale", "weight_min") if k in t})
+    x = torch.randn(M, 2 * K if gated else K, generator=gen).to(DEV, DT)
+    bias = torch.randn(N, generator=gen).to(DEV, DT)
+    h = F.silu(x[:, :K]) * x[:, K:] if gated else x
+    ref = F.linear(h, dequantize_int4(t["weight"], t["weight_scale"], t.get("weight_min"), DT), bias)
+    return x, t, bias, ref
+
+
+def _int4_check(M, N, K, group, symmetric, gated, pdl=False, wide_scales=False):
+    from llmserve.kernels.int4 import w4mm
+
+    x, t, bias, ref = _int4_case(M, N, K, group, symmetric, gated, wide_scales=wide_scales)
+    out = w4mm(x, t["weight"], t["weight_scale"], t.get("weight_min"), bias, gated=gated, pdl=pdl)
+    assert out.shape == (M, N) and out.dtype == DT
+    assert rel(out, ref) < 1e-2, (M, N, K, group, symmetric, gated)
+
+
+@pytest.mark.skipif(DEV != "cuda", reason="the full matrix needs a GPU (a small case runs under the interpreter below)")
+@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("M", [1, 3, 16, 64])
+@pytest.mark.parametrize("gated", [False, True])
+def test_int4_kernels_match_the_torch_twin(group, symmetric, M, gated, pdl):
+    """K an odd multiple of every group and tile (7 * 128), N not a multiple of any BLOCK_N, and Llama-3-8B's
+    o_proj / down_proj shapes at M = 1 and 16."""
+    _int4_check(M, 200, 7 * 128, group, symmetric, gated, pdl)
+    if M in (1, 16):
+        _int4_check(M, 4096, 14336 if gated else 4096, group, symmetric, gated, pdl)
+
+
+@pytest.mark.parametrize("split", [2, 4])
+def test_int4_split_k_sums_the_partials(split):
+    """Split-K (a float32 partial per K slice, the last one short, the bias added once) equals the torch twin."""
+    from llmserve.kernels.int4 import w4mm
+
+    x, t, bias, ref = _int4_case(3, 40, 7 * 128, 128, False, False)
+    out = w4mm(x, t["weight"], t["weight_scale"], t["weight_min"], bias, config=(16, 32, 128, 4, 3, split))
+    assert out.shape == (3, 40) and out.dtype == DT
+    assert rel(out, ref) < 1e-2
+
+
+@pytest.mark.parametrize("group,symmetric", [(32, False), (128, True)])
+@pytest.mark.parametrize("M", [1, 3])
+def test_int4_kernels_small_case(group, symmetric, M):
+    """A small shape everywhere the kernels run (GPU, or the CPU interpreter where triton is installed)."""
+    _int4_check(M, 40, 3 * 128, group, symmetric, gated=M == 1)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("M", [1, 3, 64])
+def test_int4_kernels_take_float32_scales(symmetric, M):
+    """GGUF Q4_K repacks with float32 scales and minimums (llmserve/model/int4.py): the kernels load them as they
+    are and convert to float32, as they do 16-bit ones."""
+    _int4_check(M, 40, 3 * 128, 32, symmetric, gated=M == 1, wide_scales=True)
+
+
+@pytest.mark.skipif(DEV != "cuda", reason="a model-sized check needs a GPU")
+@pytest.mark.parametrize("mode", ["int4_sym", "int4_asym"])
+def test_int4_linear_takes_the_kernels_when_the_model_does(mode):
+    from llmserve.model.int4 import Int4AsymLinear, Int4SymLinear
+    from llmserve.model.linear import Linear
+
+    lin = Linear(1024, 768).to(DEV, DT)
+    lin.weight.data.normal_()
+    cls = Int4SymLinear if mode == "int4_sym" else Int4AsymLinear
+    fast, slow = cls.from_linear(lin, group_size=64), cls.from_linear(lin, group_size=64)
+    fast.launch = qlinear.Launch(kernels=True)
+    for M in (1, 5, 40):
+        x = torch.randn(M, 2048, device=DEV, dtype=DT)
+        assert rel(fast(x, gated=True), slow(x, gated=True)) < 1e-2
