@@ -1,0 +1,178 @@
+"""What our Triton kernels compile to on a Hopper GPU, without one: each case calls a kernel wrapper on CPU
+tensors of the real shapes, the launch is caught and compiled for sm_90 instead of run, and the PTX is counted
+(instructions; global, async-copy, shared-memory and ldmatrix accesses; tensor-core ops; conversions) with
+ptxas's registers and spills. Shared-memory reads of single bytes (`ld.shared.b8`), per-token address
+arithmetic and register spills showed up this way before any device time was spent (docs/performance.md,
+seventeenth session). Counts are static (a loop body counts once), so compare variants of one kernel.
+
+    python -m bench.ptx_stats decode:256x2100:fp8 varlen:3x2048+256:bf16 gemv:fp8:14336x4096
+    python -m bench.ptx_stats decode:256x2100:fp8 --compare /tmp/base,.    # the same cases in two trees
+
+Cases: decode:BxCTX:KV, varlen:BxL[+DECODE_ROWS]:KV (KV bf16 or fp8), gemv:KIND:NxK and wmm:KIND:MxNxK (KIND bf16,
+int8, fp8), w4:MxNxK:GROUP (symmetric int4; M = 1 is the GEMV). Llama-3.1-8B heads (32 query, 8 KV, dim 128).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+# Kernels defined under Triton's CPU interpreter cannot be compiled: this tool wants them as a GPU would see them
+os.environ.pop("TRITON_INTERPRET", None)
+H, KVH, D, PAGE = 32, 8, 128, 16
+KINDS = {"bf16": torch.bfloat16, "int8": torch.int8, "fp8": torch.float8_e4m3fn}
+WATCH = ("ld.global", "cp.async.cg", "cp.async.ca", "ld.shared", "st.shared", "ldmatrix", "mma", "wgmma", "cvt")
+
+
+def compile_launches(call) -> list:
+    """Runs `call()` with every Triton launch compiled for sm_90 instead of run: the compiled kernels, in order."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, compile, make_backend
+    from triton.runtime import jit
+
+    target = GPUTarget("cuda", 90, 32)
+    backend = make_backend(target)
+    kernels = []
+
+    def run(self, *args, grid, warmup, **kwargs):
+        kwargs.setdefault("debug", False)
+        binder = jit.create_function_from_signature(self.signature, self.params, backend)
+        bound, spec, options = binder(*args, **kwargs)
+        options, signature, constexprs, attrs = self._pack_args(backend, kwargs, bound, spec, options)
+        kernels.append(compile(ASTSource(self, signature, constexprs, attrs), target=target, options=options.__dict__))
+
+    original = jit.JITFunction.run
+    jit.JITFunction.run = run
+    try:
+        call()
+    finally:
+        jit.JITFunction.run = original
+    return kernels
+
+
+def ptx_counts(ptx: str) -> dict:
+    ops = re.findall(r"^\s+(?:@%p\d+\s+)?([a-z][\w.]*)", ptx, re.M)
+    ops = [o for o in ops if not o.startswith(("mov", ".reg", "ret"))] if ops else []
+    counts = {w: sum(1 for o in ops if o.startswith(w)) for w in WATCH}
+    counts["ld.shared bytes"] = sum(1 for o in ops if o.startswith("ld.shared") and o.endswith(("b8", "u8", "s8")))
+    counts["instructions"] = len(ops)
+    return counts
+
+
+def ptxas_usage(ptx: str) -> dict:
+    """Registers and spill bytes from ptxas -v (the PTX Triton compiled, for sm_90a)."""
+    import triton
+
+    exe = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "k.ptx"
+        src.write_text(ptx)
+        out = subprocess.run([str(exe), "-arch=sm_90a", "-v", str(src), "-o", str(Path(tmp) / "k.cubin")],
+                             capture_output=True, text=True).stderr
+    regs = re.search(r"Used (\d+) registers", out)
+    spills = re.search(r"(\d+) bytes spill stores", out)
+    return {"registers": int(regs.group(1)) if regs else -1, "spill bytes": int(spills.group(1)) if spills else -1}
+
+
+def _cuda_like() -> None:
+    """The wrappers pick inline-PTX conversions only for CUDA tensors; these cases compile what a GPU would run."""
+    from llmserve.kernels import attention, convert, linear
+
+    for mod in (attention, convert, linear):
+        mod.ptx_converts = lambda x: x.dtype == torch.bfloat16
+
+
+def _decode(shape: str, kv: str):
+    from llmserve.kernels.attention import decode_attention
+
+    B, ctx = (int(v) for v in shape.split("x"))
+    blocks = -(-ctx // PAGE)
+    cache = torch.zeros(2, B * blocks + 1, PAGE, KVH, D, dtype=KINDS[kv])
+    bt = torch.arange(B * blocks, dtype=torch.int32).view(B, blocks)
+    ctxs = torch.full((B,), ctx, dtype=torch.int32)
+    q = torch.zeros(B, H, D, dtype=torch.bfloat16)
+    return lambda: decode_attention(q, cache, bt, ctxs, D ** -0.5, 4096)
+
+
+def _varlen(shape: str, kv: str):
+    from llmserve.kernels.attention import varlen_attention
+    from llmserve.kernels.shapes import varlen_query_blocks
+
+    sizes, _, rows = shape.partition("+")
+    B, L = (int(v) for v in sizes.split("x"))
+    rows = int(rows or 0)
+    qlens, ctxs = [1] * rows + [L] * B, [2048] * rows + [L] * B
+    width = -(-max(ctxs) // PAGE)
+    cache = torch.zeros(2, len(ctxs) * width + 1, PAGE, KVH, D, dtype=KINDS[kv])
+    bt = torch.arange(len(ctxs) * width, dtype=torch.int32).view(len(ctxs), width)
+    starts = torch.tensor([0] + [sum(qlens[:i + 1]) for i in range(len(qlens))], dtype=torch.int32)
+    seqs, firsts = (torch.tensor(v, dtype=torch.int32) for v in varlen_query_blocks(qlens, H // KVH, D))
+    q = torch.zeros(sum(qlens), H, D, dtype=torch.bfloat16)
+    return lambda: varlen_attention(q, cache, bt, torch.tensor(ctxs, dtype=torch.int32), starts, seqs, firsts,
+                                    D ** -0.5)
+
+
+def _linear(kind: str, shape: str, M: int | None = None):
+    from llmserve.kernels import linear
+
+    dims = [int(v) for v in shape.split("x")]
+    M, N, K = (1, *dims) if M is not None else dims
+    w = torch.zeros(N, K, dtype=KINDS[kind])
+    scale = None if kind == "bf16" else torch.ones(N, dtype=torch.float32)
+    x = torch.zeros(M, K, dtype=torch.bfloat16)
+    return lambda: linear.gemv(x, w, scale) if M == 1 else linear.wmm(x, w, scale)
+
+
+def _w4(shape: str, group: str):
+    from llmserve.kernels.int4 import w4mm
+
+    M, N, K = (int(v) for v in shape.split("x"))
+    w = torch.zeros(N, K // 2, dtype=torch.uint8)
+    scale = torch.ones(N, K // int(group), dtype=torch.float16)
+    x = torch.zeros(M, K, dtype=torch.bfloat16)
+    return lambda: w4mm(x, w, scale)
+
+
+def case_call(case: str):
+    kind, *rest = case.split(":")
+    makers = {"decode": lambda: _decode(rest[0], rest[1]), "varlen": lambda: _varlen(rest[0], rest[1]),
+              "gemv": lambda: _linear(rest[0], rest[1], M=1), "wmm": lambda: _linear(rest[0], rest[1]),
+              "w4": lambda: _w4(rest[0], rest[1])}
+    if kind not in makers:
+        raise SystemExit(f"unknown case {case!r}: decode, varlen, gemv, wmm or w4 (see --help)")
+    return makers[kind]()
+
+
+def report(cases: list[str]) -> None:
+    _cuda_like()
+    for case in cases:
+        for k in compile_launches(case_call(case)):
+            meta = k.metadata
+            row = {**ptx_counts(k.asm["ptx"]), **ptxas_usage(k.asm["ptx"]), "shared": meta.shared}
+            print(f"{case} {k.name} warps={meta.num_warps} stages={meta.num_stages} " +
+                  " ".join(f"{key}={val}" for key, val in row.items() if val), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("cases", nargs="+")
+    ap.add_argument("--compare", help="comma-separated trees (directories with llmserve/): one process each")
+    args = ap.parse_args()
+    if not args.compare:
+        return report(args.cases)
+    for tree in args.compare.split(","):
+        print(f"== {tree}", flush=True)
+        env = {**os.environ, "PYTHONPATH": str(Path(tree).resolve())}
+        subprocess.run([sys.executable, "-m", "bench.ptx_stats", *args.cases], env=env, check=True,
+                       cwd=Path(__file__).resolve().parents[1])
+
+
+if __name__ == "__main__":
+    main()

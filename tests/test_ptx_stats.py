@@ -1,0 +1,29 @@
+"""bench.ptx_stats compiles our kernels for sm_90 on the CPU and counts their PTX (needs triton, not a GPU)."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _stats(*cases: str) -> list[dict]:
+    out = subprocess.run([sys.executable, "-m", "bench.ptx_stats", *cases], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600, check=True).stdout
+    return [dict(re.findall(r"(\S[\w. ]*?)=(\d+)", line.split(" ", 2)[2]), case=line.split()[0], kernel=line.split()[1])
+            for line in out.splitlines() if line.strip()]
+
+
+def test_decode_kernels_compile_for_hopper_and_are_counted():
+    rows = _stats("decode:8x1100:bf16", "decode:256x300:fp8")
+    assert [(r["case"], r["kernel"]) for r in rows] == [
+        ("decode:8x1100:bf16", "_decode_kernel"), ("decode:8x1100:bf16", "_merge_kernel"),
+        ("decode:256x300:fp8", "_decode_kernel")]
+    bf16, _, fp8 = rows
+    assert int(bf16["mma"]) > 0 and int(bf16["ldmatrix"]) > 0 and int(bf16["registers"]) > 0
+    assert "ld.shared bytes" not in bf16  # a 16-bit V tile reaches the tensor cores through ldmatrix
+    assert int(fp8["cvt"]) > int(bf16["cvt"])  # e4m3 converted in the kernel
