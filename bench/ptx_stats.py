@@ -57,12 +57,26 @@ def compile_launches(call) -> list:
     return kernels
 
 
+def _ops(lines: list[str]) -> list[str]:
+    ops = (re.match(r"\s+(?:@!?%p\d+\s+)?([a-z][\w.]*)", line) for line in lines)
+    return [m.group(1) for m in ops if m and not m.group(1).startswith(("mov", "ret"))]
+
+
+def _loop_body(lines: list[str]) -> int:
+    """Instructions in the longest loop: from a label to the last branch back to it."""
+    labels = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(r"(\$L__\w+):", line))}
+    spans = [(labels[m.group(1)], i) for i, line in enumerate(lines)
+             if (m := re.search(r"bra(?:\.uni)?\s+(\$L__\w+);", line)) and labels.get(m.group(1), i) < i]
+    return max((len(_ops(lines[a:b + 1])) for a, b in spans), default=0)
+
+
 def ptx_counts(ptx: str) -> dict:
-    ops = re.findall(r"^\s+(?:@%p\d+\s+)?([a-z][\w.]*)", ptx, re.M)
-    ops = [o for o in ops if not o.startswith(("mov", ".reg", "ret"))] if ops else []
+    lines = ptx.splitlines()
+    ops = _ops(lines)
     counts = {w: sum(1 for o in ops if o.startswith(w)) for w in WATCH}
     counts["ld.shared bytes"] = sum(1 for o in ops if o.startswith("ld.shared") and o.endswith(("b8", "u8", "s8")))
     counts["instructions"] = len(ops)
+    counts["longest loop"] = _loop_body(lines)
     return counts
 
 
