@@ -1,9 +1,10 @@
 """What our Triton kernels compile to on a Hopper GPU, without one: each case calls a kernel wrapper on CPU
 tensors of the real shapes, the launch is caught and compiled for sm_90 instead of run, and the PTX is counted
 (instructions; global, async-copy, shared-memory and ldmatrix accesses; tensor-core ops; conversions) with
-ptxas's registers and spills. Shared-memory reads of single bytes (`ld.shared.b8`), per-token address
-arithmetic and register spills showed up this way before any device time was spent (docs/performance.md,
-seventeenth session). Counts are static (a loop body counts once), so compare variants of one kernel.
+ptxas's registers and spills, and the SASS (what runs: instructions, the longest loop's). Shared-memory reads of
+single bytes (`ld.shared.b8`), per-token address arithmetic and instructions per weight byte showed up this way
+before any device time was spent (docs/performance.md, seventeenth session). Counts are static (a loop body counts
+once), so compare variants of one kernel.
 
     python -m bench.ptx_stats decode:256x2100:fp8 varlen:3x2048+256:bf16 gemv:fp8:14336x4096
     python -m bench.ptx_stats decode:256x2100:fp8 --compare /tmp/base,.    # the same cases in two trees
@@ -78,6 +79,24 @@ def ptx_counts(ptx: str) -> dict:
     counts["instructions"] = len(ops)
     counts["longest loop"] = _loop_body(lines)
     return counts
+
+
+def sass_counts(cubin: bytes) -> dict:
+    """What the GPU runs (nvdisasm of the cubin): instructions, and those of the longest loop (a label to the last
+    branch back to it); ptxas fuses and reorders what the PTX says (an and + or becomes one LOP3, or not)."""
+    import triton
+
+    exe = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        lines = subprocess.run([str(exe), "-c", f.name], capture_output=True, text=True).stdout.splitlines()
+    is_op = [bool(re.search(r"/\*[0-9a-f]{4}\*/\s+\S", line)) for line in lines]
+    labels = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(r"(\.L_x_\d+):", line))}
+    spans = [(labels[m.group(1)], i) for i, line in enumerate(lines)
+             if (m := re.search(r"BRA `\((\.L_x_\d+)\)", line)) and labels.get(m.group(1), i) < i]
+    loop = max((sum(is_op[a:b + 1]) for a, b in spans), default=0)
+    return {"sass": sum(is_op), "sass loop": loop}
 
 
 def ptxas_usage(ptx: str) -> dict:
@@ -169,7 +188,8 @@ def report(cases: list[str]) -> None:
     for case in cases:
         for k in compile_launches(case_call(case)):
             meta = k.metadata
-            row = {**ptx_counts(k.asm["ptx"]), **ptxas_usage(k.asm["ptx"]), "shared": meta.shared}
+            row = {**ptx_counts(k.asm["ptx"]), **sass_counts(k.asm["cubin"]), **ptxas_usage(k.asm["ptx"]),
+                   "shared": meta.shared}
             print(f"{case} {k.name} warps={meta.num_warps} stages={meta.num_stages} " +
                   " ".join(f"{key}={val}" for key, val in row.items() if val), flush=True)
 
