@@ -25,5 +25,6 @@ def test_decode_kernels_compile_for_hopper_and_are_counted():
         ("decode:256x300:fp8", "_decode_kernel")]
     bf16, _, fp8 = rows
     assert int(bf16["mma"]) > 0 and int(bf16["ldmatrix"]) > 0 and int(bf16["registers"]) > 0
+    assert 0 < int(bf16["sass loop"]) < int(bf16["sass"])  # what the GPU runs, its loop inside it
     assert "ld.shared bytes" not in bf16  # a 16-bit V tile reaches the tensor cores through ldmatrix
     assert int(fp8["cvt"]) > int(bf16["cvt"])  # e4m3 converted in the kernel
