@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+import torch
 import tritonclient.grpc as grpcclient
 
 from llmserve.config import ServingConfig
@@ -21,6 +22,8 @@ from llmserve.serving.service import LLMService
 from tests.server_utils import infer_inputs
 
 BLOCK_BYTES = 737280  # one 16-token KV block of SmolLM2-135M in float32
+# Blocks small enough that the test prompt spans several (on a GPU the attention kernels read 16 tokens or more)
+SMALL_BLOCK = 16 if torch.cuda.is_available() else 4
 SAMPLED = {"temperature": 1.0, "top_p": 0.95}
 
 
@@ -88,8 +91,8 @@ def test_seeded_choices_are_reproducible_differ_and_follow_seed_plus_index(engin
 @pytest.mark.parametrize("mode", ["false", "true"])
 def test_prompt_is_computed_once_and_its_blocks_shared(checkpoint, chat_ids, mode):
     # Prefix caching off: the sharing is the group's own, not the cache's. Greedy decode steps run async with "true".
-    engine = TorchEngine(ServingConfig.of(enable_prefix_caching="false", kv_block_size=4, async_scheduling=mode),
-                         checkpoint)
+    engine = TorchEngine(ServingConfig.of(enable_prefix_caching="false", kv_block_size=SMALL_BLOCK,
+                                          async_scheduling=mode), checkpoint)
     counted = prompt_tokens_computed(engine)
     engine.add_request(request("g", chat_ids, max_tokens=3, temperature=0.0, ignore_eos=True))
     out, refs = {}, 0
@@ -97,7 +100,7 @@ def test_prompt_is_computed_once_and_its_blocks_shared(checkpoint, chat_ids, mod
         for o in engine.step():
             out.setdefault(o.index, []).extend(o.new_token_ids)
         refs = max(refs, max(engine.blocks.ref_count))
-    P, shared = len(chat_ids), (len(chat_ids) - 1) // 4 * 4
+    P, shared = len(chat_ids), (len(chat_ids) - 1) // SMALL_BLOCK * SMALL_BLOCK
     # Choice 0 computes the whole prompt; choices 1 and 2 only what follows the shared full blocks.
     assert sum(counted) == P + 2 * (P - shared) < 3 * P
     assert refs == 3  # a prompt block held by all three choices
@@ -105,7 +108,7 @@ def test_prompt_is_computed_once_and_its_blocks_shared(checkpoint, chat_ids, mod
     assert engine.stats().kv_blocks_free == engine.stats().kv_blocks_total
 
 
-@pytest.mark.parametrize("knobs", [{}, {"max_num_tokens": 8, "kv_block_size": 4}])
+@pytest.mark.parametrize("knobs", [{}, {"max_num_tokens": 8, "kv_block_size": SMALL_BLOCK}])
 def test_abort_ends_every_choice_and_frees_every_block(checkpoint, engine, chat_ids, knobs):
     # With max_num_tokens 8 the abort comes while choice 0 still prefills and choices 1, 2 wait for it.
     engine = TorchEngine(ServingConfig.of(**knobs), checkpoint) if knobs else engine
