@@ -5,7 +5,8 @@
     python validate_deploy.py k8s [--kubernetes-version V ...] [FILES ...]
 
 Packages: jsonschema (dashboards), kubernetes-validate (bundled Kubernetes JSON schemas, strict mode).
-scripts/check_deploy.sh creates the environment and runs every check; tests/test_deploy_files.py calls this too.
+scripts/check_deploy.sh creates the environment and runs every check; tests/test_deploy_files.py and
+tests/test_deploy_monitoring.py call this too.
 """
 
 from __future__ import annotations
