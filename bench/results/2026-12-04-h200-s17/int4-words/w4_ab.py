@@ -1,6 +1,7 @@
-"""The batch-1 int4 GEMV: the tree's w4gemv against the word-reading prototype (w4words.py), Llama-3.1-8B's linears
-(int4 symmetric and asymmetric, groups of 128), the same inputs in one process: us a call, weight GB/s, and their
-largest difference. Run from the repository root: python bench/results/2026-12-04-h200-s17/int4-words/w4_ab.py OUT"""
+"""The batch-1 int4 GEMV: the tree's w4gemv against the word-reading prototypes (w4words.py, both kernels) on
+Llama-3.1-8B's linears (int4 symmetric and asymmetric, groups of 128), the same inputs in one process: us a call,
+weight GB/s, and their relative difference from w4gemv. Run from the repository root:
+python bench/results/2026-12-04-h200-s17/int4-words/w4_ab.py OUT"""
 import json
 import sys
 from pathlib import Path
@@ -8,7 +9,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from w4words import w4gemv_words  # noqa: E402
+from w4words import w4gemv_words, w4gemv_words2  # noqa: E402
 
 from bench.common import graph_time_ms  # noqa: E402
 from llmserve.kernels.int4 import w4gemv  # noqa: E402
@@ -22,15 +23,17 @@ for sym in (True, False):
         t = {k: v.cuda() for k, v in quantize_int4(torch.randn(N, K), 128, sym).items()}
         args = (t["weight"], t["weight_scale"], t.get("weight_min"))
         x = torch.randn(1, 2 * K if gated else K, device="cuda", dtype=torch.bfloat16)
-        a, b = w4gemv(x, *args, gated=gated), w4gemv_words(x, *args, gated=gated)
-        diff = ((a.float() - b.float()).norm() / a.float().norm()).item()
+        a = w4gemv(x, *args, gated=gated).float()
+        diff = {f.__name__: ((f(x, *args, gated=gated).float() - a).norm() / a.norm()).item()
+                for f in (w4gemv_words, w4gemv_words2)}
         times = {}
-        for label, fn in (("now", w4gemv), ("words", w4gemv_words), ("now2", w4gemv), ("words2", w4gemv_words)):
+        for label, fn in (("now", w4gemv), ("words", w4gemv_words), ("words2", w4gemv_words2), ("now_again", w4gemv),
+                          ("words_again", w4gemv_words), ("words2_again", w4gemv_words2)):
             times[label] = graph_time_ms(lambda fn=fn, x=x, args=args, gated=gated: [
                 fn(x, *args, gated=gated) for _ in range(20)], reps=10) * 50
         gbs = {k: (N * K / 2 + N * K / 128 * 2) / (v * 1e-6) / 1e9 for k, v in times.items()}
         key = f"{name}_{'sym' if sym else 'asym'}"
         res[key] = {"us": times, "GBps": gbs, "rel_diff": diff}
         print(key, {k: round(v, 2) for k, v in times.items()}, {k: round(v) for k, v in gbs.items()},
-              f"rel diff {diff:.1e}", flush=True)
+              {k: f"{v:.1e}" for k, v in diff.items()}, flush=True)
 json.dump(res, open(sys.argv[1], "w"), indent=1)
