@@ -63,12 +63,20 @@ def _ops(lines: list[str]) -> list[str]:
     return [m.group(1) for m in ops if m and not m.group(1).startswith(("mov", "ret"))]
 
 
-def _loop_body(lines: list[str]) -> int:
-    """Instructions in the longest loop: from a label to the last branch back to it."""
-    labels = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(r"(\$L__\w+):", line))}
+def _longest_loop(lines: list[str], label: str, branch: str, count) -> int:
+    """`count` of the lines of the longest loop: from a label (`label` matches it at a line's start) to a branch
+    back to it (`branch` finds its target)."""
+    labels = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(label, line))}
     spans = [(labels[m.group(1)], i) for i, line in enumerate(lines)
-             if (m := re.search(r"bra(?:\.uni)?\s+(\$L__\w+);", line)) and labels.get(m.group(1), i) < i]
-    return max((len(_ops(lines[a:b + 1])) for a, b in spans), default=0)
+             if (m := re.search(branch, line)) and labels.get(m.group(1), i) < i]
+    return max((count(lines[a:b + 1]) for a, b in spans), default=0)
+
+
+def _tool(name: str) -> str:
+    """A CUDA binary that ships with triton (ptxas, nvdisasm)."""
+    import triton
+
+    return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name)
 
 
 def ptx_counts(ptx: str) -> dict:
@@ -77,37 +85,31 @@ def ptx_counts(ptx: str) -> dict:
     counts = {w: sum(1 for o in ops if o.startswith(w)) for w in WATCH}
     counts["ld.shared bytes"] = sum(1 for o in ops if o.startswith("ld.shared") and o.endswith(("b8", "u8", "s8")))
     counts["instructions"] = len(ops)
-    counts["longest loop"] = _loop_body(lines)
+    counts["longest loop"] = _longest_loop(lines, r"(\$L__\w+):", r"bra(?:\.uni)?\s+(\$L__\w+);",
+                                           lambda body: len(_ops(body)))
     return counts
 
 
 def sass_counts(cubin: bytes) -> dict:
     """What the GPU runs (nvdisasm of the cubin): instructions, and those of the longest loop (a label to the last
     branch back to it); ptxas fuses and reorders what the PTX says (an and + or becomes one LOP3, or not)."""
-    import triton
-
-    exe = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        lines = subprocess.run([str(exe), "-c", f.name], capture_output=True, text=True).stdout.splitlines()
-    is_op = [bool(re.search(r"/\*[0-9a-f]{4}\*/\s+\S", line)) for line in lines]
-    labels = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(r"(\.L_x_\d+):", line))}
-    spans = [(labels[m.group(1)], i) for i, line in enumerate(lines)
-             if (m := re.search(r"BRA `\((\.L_x_\d+)\)", line)) and labels.get(m.group(1), i) < i]
-    loop = max((sum(is_op[a:b + 1]) for a, b in spans), default=0)
-    return {"sass": sum(is_op), "sass loop": loop}
+        lines = subprocess.run([_tool("nvdisasm"), "-c", f.name], capture_output=True, text=True).stdout.splitlines()
+
+    def count(body: list[str]) -> int:
+        return sum(bool(re.search(r"/\*[0-9a-f]{4}\*/\s+\S", line)) for line in body)
+
+    return {"sass": count(lines), "sass loop": _longest_loop(lines, r"(\.L_x_\d+):", r"BRA `\((\.L_x_\d+)\)", count)}
 
 
 def ptxas_usage(ptx: str) -> dict:
     """Registers and spill bytes from ptxas -v (the PTX Triton compiled, for sm_90a)."""
-    import triton
-
-    exe = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "k.ptx"
         src.write_text(ptx)
-        out = subprocess.run([str(exe), "-arch=sm_90a", "-v", str(src), "-o", str(Path(tmp) / "k.cubin")],
+        out = subprocess.run([_tool("ptxas"), "-arch=sm_90a", "-v", str(src), "-o", str(Path(tmp) / "k.cubin")],
                              capture_output=True, text=True).stderr
     regs = re.search(r"Used (\d+) registers", out)
     spills = re.search(r"(\d+) bytes spill stores", out)
