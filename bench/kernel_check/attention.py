@@ -110,7 +110,7 @@ def s_attn(args):
         ctxs = torch.full((B,), ctx, dtype=torch.int32, device="cuda")
         q = torch.randn(B, H, D, device="cuda", dtype=torch.bfloat16)
         nbytes = 2 * B * ctx * KVH * D * cache.element_size()
-        cur = decode_config(top, B, KVH, kv == "fp8")
+        cur = decode_config(top, B, KVH)
         cands = {cur} | {(n, bn, 4, 2) for n in (1, 2, 4, 8, 16, 32) for bn in (32, 64) if B * KVH * n <= 8192}
         parts = {1, cur[0], *_ints("ATTN_PARTS", "")}
         cands |= {(n, bn, w, st) for n in parts for bn in _ints("ATTN_BLOCKS", "32,64,128")

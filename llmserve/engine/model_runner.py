@@ -221,8 +221,7 @@ class ModelRunner(Launcher):
 
             firsts: dict[tuple, int] = {}
             for b in range(1, self.cfg.batching.max_batch_size + 1):
-                firsts.setdefault(decode_config(self.max_model_len, b, self.model.args.num_kv_heads,
-                                                self.kv_dtype == torch.float8_e4m3fn), b)
+                firsts.setdefault(decode_config(self.max_model_len, b, self.model.args.num_kv_heads), b)
             for b in sorted({1, 2, 8, 64, self.cfg.batching.max_batch_size, *firsts.values()}):
                 meta = AttentionMetadata(
                     slot_mapping=torch.full((b,), -1, dtype=torch.int32, device=dev),

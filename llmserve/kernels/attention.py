@@ -166,9 +166,9 @@ def _kv_mode(kv_cache: torch.Tensor, q: torch.Tensor, fp8_convert: int) -> int:
     return fp8_convert if ptx_converts(q) else 1
 
 
-def decode_config(max_context: int, batch: int, num_kv_heads: int, kv_fp8: bool) -> tuple[int, int, int, int]:
-    """(partitions, BLOCK_N, num_warps, num_stages) for a launch shape that serves contexts up to max_context
-    (the same for a 16-bit and an fp8 cache). Any split covers every context (a sequence's span is its context /
+def decode_config(max_context: int, batch: int, num_kv_heads: int) -> tuple[int, int, int, int]:
+    """(partitions, BLOCK_N, num_warps, num_stages) for a launch shape that serves contexts up to max_context,
+    a 16-bit cache or an fp8 one. Any split covers every context (a sequence's span is its context /
     partitions); the split decides how many programs share one context: below 1,024 programs it splits toward
     1,024 so the SMs fill. One warp a program on 32-token tiles: no cross-warp reductions or barriers in the
     online softmax, more programs in flight. From bench/kernel_check attn on the H200 (docs/performance.md)."""
@@ -195,8 +195,7 @@ def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
         out = torch.empty(B, H, D, dtype=q.dtype, device=q.device)
     if B == 0:
         return out
-    kv_fp8 = kv_cache.dtype == torch.float8_e4m3fn
-    num_parts, block_n, warps, stages = config or decode_config(max_context, B, KVH, kv_fp8)
+    num_parts, block_n, warps, stages = config or decode_config(max_context, B, KVH)
     pages = 2 if block_n >= 2 * page else 1  # a tile of BLOCK_N tokens, in whole blocks (one or two)
     k, v = kv_cache[0], kv_cache[1]
     if num_parts > 1:
