@@ -127,29 +127,24 @@ def _w4gemv_words2_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, K, stri
             acc += mn[:, :, None] * (xa0 + xa1 + xa2 + xa3 + xb0 + xb1 + xb2 + xb3)
     store_rows(tl.sum(acc, axis=2), b_ptr, out_ptr, offs_n, n_mask, HAS_BIAS)
 
-def w4gemv_words(x, w, scale, minimum=None, bias=None, gated=False, config=None, pdl=False):
+def _launch(kernel, magics, x, w, scale, minimum, bias, gated, config, pdl):
     N, K, group = check_codes(w, scale, minimum)
     assert x.shape == (1, 2 * K if gated else K) and x.stride(-1) == 1
     bn, bk, warps, stages = config or (16, max(group, 1024), 4, 3)
     out = torch.empty(1, N, dtype=x.dtype, device=x.device)
     words = w.view(torch.int32)
-    _w4gemv_words_kernel[(triton.cdiv(N, bn),)](
+    kernel[(triton.cdiv(N, bn),)](
         x, words, scale, minimum if minimum is not None else scale, bias if bias is not None else scale, out,
-        N, K, words.stride(0), scale.stride(0), 0x4B000000, 0x49000000, 0x47000000, 0x45000000,
+        N, K, words.stride(0), scale.stride(0), *magics,
         ASYM=minimum is not None, HAS_BIAS=bias is not None, GATED=gated, GROUP=group, BLOCK_N=bn, BLOCK_K=bk,
         STAGES=stages, num_warps=warps, **launch_args(pdl))
     return out
+
+
+def w4gemv_words(x, w, scale, minimum=None, bias=None, gated=False, config=None, pdl=False):
+    return _launch(_w4gemv_words_kernel, (0x4B000000, 0x49000000, 0x47000000, 0x45000000), x, w, scale, minimum,
+                   bias, gated, config, pdl)
 
 
 def w4gemv_words2(x, w, scale, minimum=None, bias=None, gated=False, config=None, pdl=False):
-    N, K, group = check_codes(w, scale, minimum)
-    assert x.shape == (1, 2 * K if gated else K) and x.stride(-1) == 1
-    bn, bk, warps, stages = config or (16, max(group, 1024), 4, 3)
-    out = torch.empty(1, N, dtype=x.dtype, device=x.device)
-    words = w.view(torch.int32)
-    _w4gemv_words2_kernel[(triton.cdiv(N, bn),)](
-        x, words, scale, minimum if minimum is not None else scale, bias if bias is not None else scale, out,
-        N, K, words.stride(0), scale.stride(0), 0x45000000, 0x43000000,
-        ASYM=minimum is not None, HAS_BIAS=bias is not None, GATED=gated, GROUP=group, BLOCK_N=bn, BLOCK_K=bk,
-        STAGES=stages, num_warps=warps, **launch_args(pdl))
-    return out
+    return _launch(_w4gemv_words2_kernel, (0x45000000, 0x43000000), x, w, scale, minimum, bias, gated, config, pdl)
