@@ -16,7 +16,9 @@ if not torch.cuda.is_available():
     # The kernel tests run under Triton's CPU interpreter, which takes effect only for kernels defined after this
     # is set: before any test module imports llmserve.kernels (serving on the CPU never takes the Triton path)
     os.environ.setdefault("TRITON_INTERPRET", "1")
-
+# Cache blocks small enough that short test prompts cross several; on a GPU the attention kernels read whole blocks
+# of 16 tokens or more (a smaller kv_block_size is refused there)
+SMALL_BLOCK = 16 if torch.cuda.is_available() else 4
 
 
 @pytest.fixture(params=["plain", "pdl"] if torch.cuda.is_available() else ["plain"])
@@ -36,6 +38,7 @@ def tools() -> dict[str, str | None]:
     from tests.deploy_tools import find_tools
 
     return find_tools()
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -9,10 +9,8 @@ from llmserve.engine.observer import StepTrace
 from llmserve.engine.sampling_params import InvalidRequest, SamplingParams
 from llmserve.engine.startup import served_context
 from llmserve.engine.torch_engine import TorchEngine
+from tests.conftest import SMALL_BLOCK
 
-# Small cache blocks cross block boundaries within short prompts; on a GPU the attention kernels read whole blocks of
-# 16 tokens or more (a smaller kv_block_size is refused there)
-SMALL_BLOCK = 16 if torch.cuda.is_available() else 4
 PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.", "List three prime numbers.",
            "Explain gravity to a child in one sentence."]
 

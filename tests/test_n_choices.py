@@ -8,7 +8,6 @@ from __future__ import annotations
 import threading
 
 import pytest
-import torch
 import tritonclient.grpc as grpcclient
 
 from llmserve.config import ServingConfig
@@ -19,11 +18,10 @@ from llmserve.engine.torch_engine import TorchEngine
 from llmserve.engine.trtllm import TrtllmEngine
 from llmserve.serving.api import GenerateRequest
 from llmserve.serving.service import LLMService
+from tests.conftest import SMALL_BLOCK
 from tests.server_utils import infer_inputs
 
 BLOCK_BYTES = 737280  # one 16-token KV block of SmolLM2-135M in float32
-# Blocks small enough that the test prompt spans several (on a GPU the attention kernels read 16 tokens or more)
-SMALL_BLOCK = 16 if torch.cuda.is_available() else 4
 SAMPLED = {"temperature": 1.0, "top_p": 0.95}
 
 
