@@ -95,6 +95,9 @@ class PytorchConfig:
     # Programmatic dependent launch of our linear and fused kernels in the decode graphs of up to 16 rows
     # ("auto": on for compute capability 9.0+)
     pdl: str = "auto"
+    # fp8 weights: the e4m3 x e4m3 GEMMs accumulate in the tensor cores' own precision over the whole K, as
+    # vLLM's CUTLASS fp8 GEMMs do (FP8FastAccum); false: promote to fp32 every 128 products (cuBLAS's default)
+    fp8_fast_accum: bool = True
     # Ranks that each hold a slice of every layer's heads and MLP rows (llmserve/engine/parallel): rank 0 is this
     # process, the others are worker processes it starts; all-reduces over NCCL on GPUs, gloo on the CPU
     tensor_parallel_size: int = 1

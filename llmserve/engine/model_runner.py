@@ -77,6 +77,7 @@ class ModelRunner(Launcher):
         self.startup = StartupTimes(self.device)  # seconds per start phase (bench: --phases load)
         self.model = self.startup.timed("load", load_model, checkpoint_dir, self.dtype, self.device, self.kernel_mode,
                                         prepare=tp and tp.shard, select=tp and tp.select)
+        self.model.launch.fp8_fast_accum = cfg.pytorch.fp8_fast_accum
         args = self.model.args
         self.block_size = cfg.cache.kv_block_size
         self.kv_dtype = torch.float8_e4m3fn if cfg.cache.kv_cache_dtype == "fp8" else self.dtype

@@ -12,10 +12,12 @@ from torch import nn
 class Launch:
     """How a model's layers run; one object, owned by the model and shared by its layers.
     kernels: the Triton path (chosen at load: llmserve.kernels.usable); pdl: programmatic dependent launch of
-    the linear and fused kernels, on only while the runner captures a small decode graph (LlamaModel.pdl_launches)."""
+    the linear and fused kernels, on only while the runner captures a small decode graph (LlamaModel.pdl_launches);
+    fp8_fast_accum: e4m3 products accumulate in the tensor cores' own precision (the `fp8_fast_accum` knob)."""
 
     kernels: bool = False
     pdl: bool = False
+    fp8_fast_accum: bool = True
 
 
 class KernelLayer(nn.Module):

@@ -224,8 +224,14 @@ class Fp8Linear(QuantLinear):
         return klinear.quant_fp8_per_token(x, pdl=self.launch.pdl, amax=amax)
 
     def _scaled_mm(self, xq: torch.Tensor, xs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        y = torch._scaled_mm(xq, self.weight.t(), scale_a=xs, scale_b=self.weight_scale[None, :],
-                             out_dtype=torch.bfloat16).to(dtype)
+        from llmserve.kernels.fp8_mm import fp8_mm, use_fp8_mm
+
+        fast = self.launch.fp8_fast_accum
+        if xq.is_contiguous() and use_fp8_mm(xq.shape[0], *self.weight.shape, fast):
+            y = fp8_mm(xq, xs, self.weight, self.weight_scale, dtype, fast)
+        else:
+            y = torch._scaled_mm(xq, self.weight.t(), scale_a=xs, scale_b=self.weight_scale[None, :],
+                                 out_dtype=torch.bfloat16, use_fast_accum=fast).to(dtype)
         return y + self.bias if self.bias is not None else y
 
 
