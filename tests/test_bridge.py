@@ -336,3 +336,16 @@ def test_two_triton_instances_share_one_engine_process(checkpoint, tmp_path):
     finally:
         assert srv.stop() == 0
     assert not any("llmserve.serving.bridge.server" in cmd for _, cmd in _descendants(os.getpid()))
+
+
+def test_a_frozen_heap_waits_longer_between_full_collections():
+    """freeze_heap in a fresh interpreter (it changes the whole process's collector): young and middle thresholds
+    kept, full collections every FULL_COLLECTION_SWEEPS middle sweeps, the heap frozen."""
+    import subprocess
+    import sys
+
+    code = ("import gc; from llmserve.serving.bridge.server import FULL_COLLECTION_SWEEPS, freeze_heap; "
+            "before = gc.get_threshold(); freeze_heap(); after = gc.get_threshold(); "
+            "print(before[:2] == after[:2], after[2] == FULL_COLLECTION_SWEEPS > before[2], gc.get_freeze_count() > 0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["True", "True", "True"]

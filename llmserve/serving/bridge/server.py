@@ -266,13 +266,20 @@ class _EngineServer:
                 _post(client.conn, Out(out[cid], mine, stats, self.service.healthy, self.rss))
 
 
+FULL_COLLECTION_SWEEPS = 100  # gen-1 collections between full ones once the heap is frozen (CPython: 10)
+
+
 def freeze_heap() -> None:
     """For a process that runs one engine for the rest of its life: collect once, then move every object alive
     (the model, compiled kernels, captured graphs) out of the garbage collector's sight, so that no full
     collection walks them while serving. Objects still get freed by reference counting; only cycles among
-    them would stay, which a process that ends with its engine does not mind."""
+    them would stay, which a process that ends with its engine does not mind. Full collections then wait for
+    FULL_COLLECTION_SWEEPS middle-generation sweeps: at 512 streams the serving state alone triggered one every few
+    seconds, each a pause of every stream (docs/performance.md, eighteenth session)."""
     gc.collect()
     gc.freeze()
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, FULL_COLLECTION_SWEEPS)
 
 
 def _bind(name: str) -> socket.socket | None:
