@@ -10,7 +10,8 @@ once), so compare variants of one kernel.
     python -m bench.ptx_stats decode:256x2100:fp8 --compare /tmp/base,.    # the same cases in two trees
 
 Cases: decode:BxCTX:KV, varlen:BxL[+DECODE_ROWS]:KV (KV bf16 or fp8), gemv:KIND:NxK and wmm:KIND:MxNxK (KIND bf16,
-int8, fp8), w4:MxNxK:GROUP (symmetric int4; M = 1 is the GEMV). Llama-3.1-8B heads (32 query, 8 KV, dim 128).
+int8, fp8), w4:MxNxK:GROUP (symmetric int4; M = 1 is the GEMV), fp8mm:MxNxK:fast|exact (the fp8 GEMM at 33-256 rows,
+its accumulation). Llama-3.1-8B heads (32 query, 8 KV, dim 128).
 """
 
 from __future__ import annotations
@@ -165,6 +166,15 @@ def _linear(kind: str, shape: str, M: int | None = None):
     return lambda: linear.gemv(x, w, scale) if M == 1 else linear.wmm(x, w, scale)
 
 
+def _fp8mm(shape: str, accumulation: str):
+    from llmserve.kernels.fp8_mm import fp8_mm
+
+    M, N, K = (int(v) for v in shape.split("x"))
+    xq, w = torch.zeros(M, K, dtype=torch.float8_e4m3fn), torch.zeros(N, K, dtype=torch.float8_e4m3fn)
+    xs, ws = torch.ones(M, 1), torch.ones(N)
+    return lambda: fp8_mm(xq, xs, w, ws, torch.bfloat16, fast=accumulation == "fast")
+
+
 def _w4(shape: str, group: str):
     from llmserve.kernels.int4 import w4mm
 
@@ -179,9 +189,9 @@ def case_call(case: str):
     kind, *rest = case.split(":")
     makers = {"decode": lambda: _decode(rest[0], rest[1]), "varlen": lambda: _varlen(rest[0], rest[1]),
               "gemv": lambda: _linear(rest[0], rest[1], M=1), "wmm": lambda: _linear(rest[0], rest[1]),
-              "w4": lambda: _w4(rest[0], rest[1])}
+              "w4": lambda: _w4(rest[0], rest[1]), "fp8mm": lambda: _fp8mm(rest[0], rest[1])}
     if kind not in makers:
-        raise SystemExit(f"unknown case {case!r}: decode, varlen, gemv, wmm or w4 (see --help)")
+        raise SystemExit(f"unknown case {case!r}: decode, varlen, gemv, wmm, w4 or fp8mm (see --help)")
     return makers[kind]()
 
 
