@@ -17,9 +17,10 @@ BLOCK_K = 128
 
 
 @triton.jit
-def _fp8_mm_kernel(a, w, sa, sb, out, M, N, K, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                   FAST: tl.constexpr):
-    """One BM x BN tile of out = (a * sa[:, None]) @ (w * sb[:, None]).T; a [M, K], w [N, K], both row-major."""
+def _tile_mm_kernel(a, w, sa, sb, out, M, N, K, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                    FAST: tl.constexpr, SCALED: tl.constexpr = True):
+    """One BM x BN tile of out = (a * sa[:, None]) @ (w * sb[:, None]).T; a [M, K], w [N, K], both row-major.
+    SCALED=False: out = a @ w.T (16-bit operands, sa and sb unused; bench sweeps for 16-bit weights use it)."""
     pid_m = tl.program_id(0)  # rows fastest: the programs that read one weight tile run together
     pid_n = tl.program_id(1)
     rm = pid_m * BM + tl.arange(0, BM)
@@ -38,7 +39,8 @@ def _fp8_mm_kernel(a, w, sa, sb, out, M, N, K, BM: tl.constexpr, BN: tl.constexp
             acc = tl.dot(x, y, acc, max_num_imprecise_acc=BK)
         a_p += BK
         w_p += BK
-    acc = acc * tl.load(sa + rm, mask=rm < M, other=0.0)[:, None] * tl.load(sb + rn)[None, :]
+    if SCALED:
+        acc = acc * tl.load(sa + rm, mask=rm < M, other=0.0)[:, None] * tl.load(sb + rn)[None, :]
     tl.store(out + rm[:, None] * N + rn[None, :], acc.to(out.dtype.element_ty), mask=in_m)
 
 
@@ -65,6 +67,6 @@ def fp8_mm(xq: torch.Tensor, xs: torch.Tensor, w: torch.Tensor, ws: torch.Tensor
     bn, stages = fp8_mm_config(M, N, K)
     out = torch.empty(M, N, device=xq.device, dtype=out_dtype)
     grid = (triton.cdiv(M, BLOCK_M), N // bn)
-    _fp8_mm_kernel[grid](xq, w, xs.reshape(-1), ws, out, M, N, K, BM=BLOCK_M, BN=bn, BK=BLOCK_K, FAST=fast,
+    _tile_mm_kernel[grid](xq, w, xs.reshape(-1), ws, out, M, N, K, BM=BLOCK_M, BN=bn, BK=BLOCK_K, FAST=fast,
                          num_warps=4, num_stages=stages)
     return out

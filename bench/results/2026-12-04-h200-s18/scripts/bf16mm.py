@@ -1,6 +1,6 @@
 # ruff: noqa: B023, E501  (each lambda runs inside its own loop iteration)
-"""bf16 x bf16 at 17-512 rows: F.linear (cuBLAS, what Linear calls past 16 rows) against a Triton tile sweep like
-fp8mm.py's, on Llama-3.1-8B's linears: does the fp8 finding (cuBLAS's tiles leave SMs idle for N of a few thousand
+"""bf16 x bf16 at 17-512 rows: F.linear (cuBLAS, what Linear calls past 16 rows) against the tile sweep fp8mm.py
+ran (fp8_mm's kernel, unscaled), on Llama-3.1-8B's linears: does the fp8 finding (cuBLAS's tiles leave SMs idle for N of a few thousand
 at up to 256 rows) hold for 16-bit weights too? Prints us a call and the best config per shape; without a GPU it
 checks one small product under Triton's interpreter. python bench/results/2026-12-04-h200-s18/scripts/bf16mm.py OUT.json"""
 import itertools
@@ -14,34 +14,19 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
-
-@triton.jit
-def _mm(a, w, out, M, N, K, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    rm = pid_m * BM + tl.arange(0, BM)
-    rn = pid_n * BN + tl.arange(0, BN)
-    rk = tl.arange(0, BK)
-    a_p = a + rm[:, None] * K + rk[None, :]
-    w_p = w + rn[None, :] * K + rk[:, None]
-    in_m = rm[:, None] < M
-    acc = tl.zeros((BM, BN), dtype=tl.float32)
-    for _ in range(0, K, BK):
-        acc = tl.dot(tl.load(a_p, mask=in_m, other=0.0), tl.load(w_p), acc)
-        a_p += BK
-        w_p += BK
-    tl.store(out + rm[:, None] * N + rn[None, :], acc.to(out.dtype.element_ty), mask=in_m)
+from llmserve.kernels.fp8_mm import _tile_mm_kernel  # noqa: E402
 
 
 def mm(x, w, cfg):
+    """fp8_mm's kernel without its scales, at a given (BM, BN, BK, stages, warps)."""
     BM, BN, BK, stages, warps = cfg
     M, K = x.shape
     N = w.shape[0]
     out = torch.empty(M, N, device=x.device, dtype=x.dtype)
-    _mm[(triton.cdiv(M, BM), N // BN)](x, w, out, M, N, K, BM=BM, BN=BN, BK=BK, num_stages=stages, num_warps=warps)
+    _tile_mm_kernel[(triton.cdiv(M, BM), N // BN)](x, w, x, x, out, M, N, K, BM=BM, BN=BN, BK=BK, FAST=True,
+                                                  SCALED=False, num_stages=stages, num_warps=warps)
     return out
 
 
