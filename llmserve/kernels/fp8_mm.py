@@ -63,10 +63,21 @@ def fp8_mm(xq: torch.Tensor, xs: torch.Tensor, w: torch.Tensor, ws: torch.Tensor
     """xq [M, K] e4m3, xs [M, 1] float32, w [N, K] e4m3, ws [N] float32 -> [M, N] out_dtype."""
     M, K = xq.shape
     N = w.shape[0]
-    assert xq.is_contiguous() and w.is_contiguous() and K % BLOCK_K == 0 and N % 128 == 0
+    assert K % BLOCK_K == 0 and N % 128 == 0
     bn, stages = fp8_mm_config(M, N, K)
-    out = torch.empty(M, N, device=xq.device, dtype=out_dtype)
-    grid = (triton.cdiv(M, BLOCK_M), N // bn)
-    _tile_mm_kernel[grid](xq, w, xs.reshape(-1), ws, out, M, N, K, BM=BLOCK_M, BN=bn, BK=BLOCK_K, FAST=fast,
-                         num_warps=4, num_stages=stages)
+    return tile_mm(xq, w, out_dtype, (BLOCK_M, bn, BLOCK_K, stages, 4), (xs.reshape(-1), ws), fast)
+
+
+def tile_mm(a: torch.Tensor, w: torch.Tensor, out_dtype: torch.dtype, config: tuple[int, int, int, int, int],
+            scales: tuple[torch.Tensor, torch.Tensor] | None = None, fast: bool = True) -> torch.Tensor:
+    """a [M, K] @ w [N, K].T at a given (BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps), times scales (per row
+    of a, per row of w) when given: fp8_mm's launch, and the bench's tile sweeps (16-bit operands unscaled)."""
+    bm, bn, bk, stages, warps = config
+    M, K = a.shape
+    N = w.shape[0]
+    assert a.is_contiguous() and w.is_contiguous() and K % bk == 0 and N % bn == 0
+    out = torch.empty(M, N, device=a.device, dtype=out_dtype)
+    sa, sb = scales if scales is not None else (a, a)
+    _tile_mm_kernel[(triton.cdiv(M, bm), N // bn)](a, w, sa, sb, out, M, N, K, BM=bm, BN=bn, BK=bk, FAST=fast,
+                                                  SCALED=scales is not None, num_warps=warps, num_stages=stages)
     return out

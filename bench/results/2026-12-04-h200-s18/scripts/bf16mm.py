@@ -13,21 +13,14 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import triton  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
-from llmserve.kernels.fp8_mm import _tile_mm_kernel  # noqa: E402
+from llmserve.kernels.fp8_mm import tile_mm  # noqa: E402
 
 
 def mm(x, w, cfg):
     """fp8_mm's kernel without its scales, at a given (BM, BN, BK, stages, warps)."""
-    BM, BN, BK, stages, warps = cfg
-    M, K = x.shape
-    N = w.shape[0]
-    out = torch.empty(M, N, device=x.device, dtype=x.dtype)
-    _tile_mm_kernel[(triton.cdiv(M, BM), N // BN)](x, w, x, x, out, M, N, K, BM=BM, BN=BN, BK=BK, FAST=True,
-                                                  SCALED=False, num_stages=stages, num_warps=warps)
-    return out
+    return tile_mm(x, w, x.dtype, cfg)
 
 
 def main(path):
