@@ -46,7 +46,10 @@ PUBLISHED = {
 TRTLLM_WORKLOADS = ["128x128", "128x2048", "2048x128", "1000x1000", "2048x2048"]
 # Our phases set beside the published figures (which are FP8), in this order
 COMPARED = [("engine_fp8", "engine fp8"), ("engine_fp8_kv8", "engine fp8, fp8 KV cache"), ("engine", "engine bf16"),
-            ("engine_kv8", "engine bf16, fp8 KV cache"), ("engine_int8", "engine int8_wo")]
+            ("engine_kv8", "engine bf16, fp8 KV cache"), ("engine_int8", "engine int8_wo"),
+            ("engine_fp8_t8192", "engine fp8, 8,192 tokens a step"),
+            ("engine_fp8_kv8_t8192", "engine fp8, fp8 KV cache, 8,192 tokens a step"),
+            ("engine_t8192", "engine bf16, 8,192 tokens a step")]
 
 
 def _runs(results: dict, phase: str) -> dict[tuple[str, int], dict]:

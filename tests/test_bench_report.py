@@ -1,0 +1,25 @@
+"""bench/report.py's table against TensorRT-LLM's published figures: every engine phase the trtllm plans run,
+the 8,192-token-step variants included, gets its best point and the ratio."""
+
+from bench.report import published_rows
+
+
+def _run(workload, concurrency, tok_s, errors=0):
+    return {"workload": workload, "concurrency": concurrency, "throughput_tok_s": tok_s, "requests": 2 * concurrency,
+            "steady_tok_s": tok_s * 0.9, "errors": errors}
+
+
+def test_the_best_point_of_each_phase_sits_beside_the_published_figure():
+    results = {"shape": "llama3.1-8b", "env": {"gpu": "NVIDIA H200"}, "phases": {
+        "engine_fp8_kv8_t8192": {"runs": [_run("128x128", 256, 20000.0), _run("128x128", 1024, 27920.0),
+                                          _run("128x128", 2048, 40000.0, errors=3)]},
+        "engine_fp8": {"runs": [_run("2048x128", 256, 3000.0)]}}}
+    rows = [r for r in published_rows(results) if r.startswith("| 128x128") or r.startswith("| 2048x128")]
+    assert rows == [
+        "| 128x128 | engine fp8, fp8 KV cache, 8,192 tokens a step | 27,920 | 1,024 | 2,048 | 25,128 | 29,526 "
+        "| 0.946 |",
+        "| 2048x128 | engine fp8 | 3,000 | 256 | 512 | 2,700 | 3,794 | 0.791 |"]
+
+
+def test_a_shape_without_runs_of_those_workloads_has_no_table():
+    assert published_rows({"shape": "llama3.1-8b", "phases": {"engine": {"runs": [_run("64x64", 8, 1.0)]}}}) == []
