@@ -60,5 +60,6 @@ def test_overhead_bench_runs_both_paths_and_writes_its_report(tmp_path):
         assert r.get("client_processes", 1) == (2 if c == 4 else 1)
     p = res["points"][1]
     assert p["concurrency"] == 4 and p["throughput_ratio"] == round(p["openai_tok_s"] / p["direct_tok_s"], 3)
-    assert p["front_cpu_us_per_token"] > 0 and res["versions"]["cores"] >= 1
+    # the front's CPU time is read in clock ticks (10 ms): a toy run's can be zero ticks
+    assert p["front_cpu_us_per_token"] >= 0 and res["versions"]["cores"] >= 1
     assert "| 4 |" in (out / "results.md").read_text() and (tmp_path / "w" / "tritonserver.log").is_file()
