@@ -108,6 +108,9 @@ class PytorchConfig:
     # Micro-batches a pipelined step's sequences are cut into (at most one per sequence); 0: one per stage for
     # steps of 64 tokens or more, else one (llmserve/engine/parallel/pipeline.py AUTO_SPLIT_TOKENS)
     pipeline_micro_batches: int = 0
+    # Steps the engine keeps in the pipeline at once, each over sequences none of the others has (vLLM's batch
+    # queue), so decode steps overlap the stages too; 0: one per stage; 1: one step at a time
+    pipeline_steps_in_flight: int = 0
     # "always": run through the rank group (its step messages, its all-reduces) even with one rank, to measure
     # what the group costs (bench.run's engine_group1 variant); "auto": only with more than one rank
     distributed: str = "auto"
@@ -126,7 +129,7 @@ class PytorchConfig:
         _one_of(self, "async_scheduling", SWITCH_VALUES)
         _one_of(self, "pdl", SWITCH_VALUES)
         _at_least(self, 1, "tensor_parallel_size", "pipeline_parallel_size")
-        _at_least(self, 0, "pipeline_micro_batches")
+        _at_least(self, 0, "pipeline_micro_batches", "pipeline_steps_in_flight")
         _one_of(self, "distributed", ("auto", "always"))
         kind, _, arg = self.fault_injection.partition(":")
         if self.fault_injection and (kind not in ("fail_on_token", "crash_on_token") or not arg.isdigit()):

@@ -16,7 +16,7 @@ from collections import OrderedDict
 import pytest
 
 from llmserve.config import ConfigError, ServingConfig
-from llmserve.engine.api import FinishReason
+from llmserve.engine.api import EngineRequest, FinishReason
 from llmserve.engine.graph_inputs import StepInputs
 from llmserve.engine.parallel.pipeline import StageRole, micro_batch_count, split_step
 from llmserve.engine.sampling_params import SamplingParams
@@ -47,6 +47,19 @@ def single(tiny3):
     engine = TorchEngine(ServingConfig.of(**KNOBS), tiny3)
     yield engine
     engine.shutdown()
+
+
+def run_choices(engine: TorchEngine, reqs: list[EngineRequest]) -> dict[tuple[str, int], tuple[list, list]]:
+    """Each choice's tokens and logprobs, by (request id, choice)."""
+    out: dict[tuple[str, int], tuple[list, list]] = {}
+    for r in reqs:
+        engine.add_request(r)
+    while engine.has_work():
+        for o in engine.step():
+            tokens, lps = out.setdefault((o.request_id, o.index), ([], []))
+            tokens += o.new_token_ids
+            lps += o.logprobs or []
+    return out
 
 
 def requests() -> list:
@@ -93,6 +106,43 @@ class TestTwoStages:
         assert run(pp2, requests()) == expected
         assert all(len(t) == 12 for t in expected.values())
 
+    def test_two_steps_in_flight_over_disjoint_sequences_decode_as_the_single_process_engine(self, single, pp2):
+        """One step per stage in flight (pipeline_steps_in_flight 0): step N+1 is submitted before step N's tokens
+        are read, over other sequences, and the tokens are still the single-process engine's."""
+        queue = pp2.step_queue
+        assert queue.depth == 2
+        behind, submit = [], queue.submit
+
+        def spy(batch):
+            busy = {s.key for step in queue.queue for s in step.batch.seqs}
+            assert not busy & {s.key for s in batch.seqs}
+            behind.append(bool(busy) and batch.total_tokens == len(batch.seqs))  # a decode step behind another
+            submit(batch)
+
+        queue.submit = spy
+        try:
+            reqs = [greedy(f"d{i}", [5, 6, i + 7], n=10) for i in range(8)]
+            assert run(pp2, reqs) == run(single, [greedy(f"d{i}", [5, 6, i + 7], n=10) for i in range(8)])
+        finally:
+            del queue.submit
+        assert sum(behind) >= 10  # ~9 decode steps for each half of the sequences
+        assert not pp2.has_work() and pp2.blocks.num_free == pp2.blocks.num_blocks
+
+    def test_seeded_choices_with_penalties_and_logprobs_sample_as_the_single_process_engine(self, single, pp2):
+        """Sampled rows are drawn when their step is collected, from the sequences as they were when it was
+        submitted (n > 1 choices share the prompt's blocks; penalties read the tokens so far)."""
+        def requests_n() -> list[EngineRequest]:
+            p = SamplingParams(temperature=0.9, top_p=0.95, seed=11, max_tokens=10, n=3, ignore_eos=True,
+                               presence_penalty=0.5, logprobs=2)
+            return [EngineRequest(f"n{i}", [5, 6, 7, 8, 9, i], p) for i in range(4)]
+
+        got, expected = run_choices(pp2, requests_n()), run_choices(single, requests_n())
+        assert {k: v[0] for k, v in got.items()} == {k: v[0] for k, v in expected.items()}
+        assert len(got) == 12 and all(len(v[0]) == 10 and len(v[1]) == 10 for v in got.values())
+        for key, (_, lps) in got.items():
+            assert [lp.token_id for lp in lps] == got[key][0]
+            assert [lp.logprob for lp in lps] == pytest.approx([lp.logprob for lp in expected[key][1]], abs=1e-4)
+
     def test_a_cancelled_stream_frees_its_kv_and_its_blocks_serve_the_next_request(self, single, pp2):
         check_cancel_frees_kv_on_every_rank(single, pp2)
 
@@ -132,9 +182,10 @@ class TestTwoStages:
 
 
 @pytest.mark.parametrize("knobs", [dict(pipeline_parallel_size=2, pipeline_micro_batches=1),
+                                   dict(pipeline_parallel_size=2, pipeline_steps_in_flight=1),
                                    dict(pipeline_parallel_size=3, pipeline_micro_batches=3),
                                    dict(pipeline_parallel_size=2, tensor_parallel_size=2, pipeline_micro_batches=2)],
-                         ids=["pp2-one-micro-batch", "pp3", "tp2xpp2"])
+                         ids=["pp2-one-micro-batch", "pp2-one-step-in-flight", "pp3", "tp2xpp2"])
 def test_other_layouts_greedy_tokens_equal_the_single_process_engine(single, tiny3, knobs):
     expected = run(single, requests())
     engine = TorchEngine(ServingConfig.of(**KNOBS, **knobs), tiny3)

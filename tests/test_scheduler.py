@@ -122,3 +122,33 @@ def test_chain_next_says_whether_the_next_schedule_may_run_behind_a_launched_ste
     sched.remove(b)
     sched.add(sampled)  # a waiting sequence that could be admitted and samples: synchronous
     assert sched.chain_next() is None
+
+
+def test_steps_in_flight_share_the_running_sequences_and_their_sequences_are_never_preempted():
+    """Pipeline stages with several steps in flight (llmserve/engine/step_queue.py): a sequence whose step is in
+    flight is not scheduled again, max_rows caps a step's sequences, and a preemption passes over in-flight ones."""
+    bm = BlockManager(num_blocks=6, block_size=4, enable_prefix_caching=False)
+    sched = Scheduler(SchedulerConfig(max_batch_size=8, max_num_tokens=64), bm)
+    seqs = [seq(4, i) for i in range(4)]
+    for s in seqs:
+        sched.add(s)
+    first = sched.schedule(max_rows=2)
+    assert first.seqs == seqs[:2] and len(sched.waiting) == 2  # admission stops at the cap too
+    for s in first.seqs:
+        s.in_flight = True
+    second = sched.schedule(max_rows=2)
+    assert second.seqs == seqs[2:]  # the in-flight ones are passed over
+    for s in second.seqs:
+        s.in_flight = True
+    assert not sched.schedule().seqs  # everything is in flight: nothing to run
+    for batch in (first, second):
+        run_step(sched, batch)
+        for s in batch.seqs:
+            s.in_flight = False
+    # Each holds one full block; its 5th token needs a second and 2 blocks are free. The newest sequence (3) is
+    # in flight, so the one preempted to make room is 2, the newest of those that are not.
+    seqs[3].in_flight = True
+    grow = sched.schedule()
+    assert grow.seqs == seqs[:2] and sched.num_preemptions == 1
+    assert seqs[2].preempted == 1 and seqs[2].status is Status.WAITING
+    assert seqs[3].preempted == 0 and seqs[3].status is Status.RUNNING

@@ -32,6 +32,7 @@ from llmserve.engine.api import TokenLogprob
 from llmserve.engine.graph_inputs import StepInputs
 from llmserve.engine.launcher import Launcher
 from llmserve.engine.parallel.group import RankGroup
+from llmserve.engine.parallel.pipeline import InFlight
 from llmserve.engine.prefill_graphs import PrefillGraphs
 from llmserve.engine.sampler import SamplingBatch, is_plain_greedy, sample
 from llmserve.engine.scheduler import ScheduledBatch
@@ -164,6 +165,31 @@ class ModelRunner(Launcher):
         if not step.sample_rows:
             return [], []
         assert sampling is not None
+        return sample(logits, sampling)
+
+    @property
+    def steps_in_flight(self) -> int:
+        """Steps the engine may keep in the pipeline at once (`submit` before `collect`): 1 without stages."""
+        pipeline = self.tp.pipeline if self.tp is not None else None
+        return pipeline.steps_in_flight if pipeline is not None else 1
+
+    @torch.inference_mode()
+    def submit(self, batch: ScheduledBatch) -> InFlight:
+        """Pipeline stages: sends the step and runs rank 0's stage of it, without waiting for the others."""
+        t0 = time.perf_counter()
+        step = StepInputs.of(batch.seqs, batch.num_tokens, self.block_size)
+        with self.tp.step(step, wait=False):
+            flight = self.tp.pipeline.submit(self.model, self.kv_cache, step, self._prepare)
+        self.last_launch_s, self.last_launch_split_ms = time.perf_counter() - t0, None
+        return flight
+
+    @torch.inference_mode()
+    def collect(self, flight: InFlight, sampling: SamplingBatch | None) -> tuple[list[int], list[TokenLogprob | None]]:
+        """A submitted step's sampled tokens, once its logits are back from the last stage."""
+        with self.tp.guard():
+            logits = self.tp.pipeline.collect(flight)
+        if not flight.sample_rows or sampling is None:  # None: the step is dropped (the engine stops)
+            return [], []
         return sample(logits, sampling)
 
     @torch.inference_mode()

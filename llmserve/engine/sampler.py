@@ -12,6 +12,7 @@ import torch
 
 from llmserve.engine.api import TokenLogprob
 from llmserve.engine.sampling_params import SamplingParams
+from llmserve.engine.sequence import Sequence
 
 
 @dataclass
@@ -21,6 +22,17 @@ class SamplingBatch:
     all_tokens: list[list[int]]  # prompt + generated, for the repetition penalty
     generators: list[torch.Generator | None]
     banned: list[list[int]]  # ids masked this step (EOS/stop ids before min_tokens)
+
+    @classmethod
+    def of(cls, rows: list[Sequence]) -> SamplingBatch:
+        """The sampling tensors of a step's rows (EOS and stop ids banned before min_tokens)."""
+        banned = []
+        for s in rows:
+            p = s.request.params
+            stop_ids = list(p.stop_token_ids) + ([] if p.ignore_eos else list(s.request.eos_token_ids))
+            banned.append(stop_ids if s.num_output_tokens < p.min_tokens else [])
+        return cls(params=[s.request.params for s in rows], output_tokens=[s.output_tokens for s in rows],
+                   all_tokens=[s.tokens for s in rows], generators=[s.generator for s in rows], banned=banned)
 
 
 def plain_greedy_params(p: SamplingParams) -> bool:

@@ -5,6 +5,8 @@ Policy, in order:
    most recently admitted sequence is preempted: its blocks are freed and it is recomputed later.
 2. Waiting sequences are admitted, oldest first, while batch slots, the step's token budget and free
    blocks last. A long prompt takes only what remains of the budget (chunked prefill) and continues next step.
+A sequence whose step is still in the pipeline (`in_flight`) is neither scheduled nor preempted; `max_rows`
+caps a step's sequences so that the steps in flight share the running ones.
 """
 
 from __future__ import annotations
@@ -80,6 +82,10 @@ class Scheduler:
         self.num_preemptions += 1
         self.waiting.appendleft(seq)
 
+    def _victim(self) -> Sequence:
+        """The most recently admitted sequence whose step is not in flight (the one growing is such a one)."""
+        return next(s for s in reversed(self.running) if not s.in_flight)
+
     def next_wakeup(self, now: float | None = None) -> float:
         """Seconds until `schedule` would admit the oldest waiting request (for the queue delay).
 
@@ -125,15 +131,20 @@ class Scheduler:
             return None
         return ChainCheck(rows, tokens, admits)
 
-    def schedule(self, now: float | None = None, max_tokens: int | None = None) -> ScheduledBatch:
-        """max_tokens: a lower token budget for this step than max_num_tokens (what a launched step may hold)."""
+    def schedule(self, now: float | None = None, max_tokens: int | None = None,
+                 max_rows: int | None = None) -> ScheduledBatch:
+        """max_tokens: a lower token budget for this step than max_num_tokens (what a launched step may hold);
+        max_rows: fewer sequences than max_batch_size (a pipelined step's share)."""
         cfg = self.config
         budget = cfg.max_num_tokens if max_tokens is None else min(cfg.max_num_tokens, max_tokens)
+        rows = cfg.max_batch_size if max_rows is None else max_rows
         seqs: list[Sequence] = []
         counts: list[int] = []
         blocks, bs = self.blocks, self.blocks.block_size
         for seq in list(self.running):
-            if seq.status is not Status.RUNNING:  # preempted below to make room for an older one
+            if len(seqs) >= rows:
+                break
+            if seq.status is not Status.RUNNING or seq.in_flight:  # preempted below, or its step not read yet
                 continue
             n_tokens = len(seq.tokens)
             n = min(n_tokens - seq.num_computed_tokens, budget)
@@ -143,7 +154,7 @@ class Scheduler:
             # Most steps a sequence's blocks already hold its next token: no block manager call at all.
             if -(-upto // bs) > len(seq.block_table):
                 while not blocks.can_grow(seq, upto):
-                    victim = self.running[-1]
+                    victim = self._victim()
                     self._preempt(victim)
                     if victim is seq:
                         break
@@ -155,7 +166,8 @@ class Scheduler:
             budget -= n
 
         delay_over = self.next_wakeup(now) <= 0
-        while self.waiting and delay_over and budget > 0 and len(self.running) < cfg.max_batch_size:
+        while (self.waiting and delay_over and budget > 0 and len(self.running) < cfg.max_batch_size
+               and len(seqs) < rows):
             seq = self.waiting[0]
             if not self.blocks.allocate_prompt(seq, budget):
                 break

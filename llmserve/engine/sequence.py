@@ -37,6 +37,8 @@ class Sequence:
     # Placeholders at the end of `tokens` for tokens launched on the GPU but not read back yet (async
     # scheduling): they count as computed inputs of the next step, never as output.
     num_pending: int = 0
+    # Its step is in the pipeline (pipeline stages, several steps in flight): not scheduled again until read.
+    in_flight: bool = False
     plain_greedy: bool = False  # argmax alone picks its tokens: it may run in a launched (async) step
     index: int = 0  # the choice of its request (params.n > 1)
     # Choices 1..n-1: the choice 0 whose computed prompt blocks they share (block_manager.allocate_prompt).

@@ -1,5 +1,6 @@
-"""What the model runner decides and measures while the engine starts: the served context (max_model_len) and the
-seconds spent in each phase (checkpoint load, KV cache allocation, kernel warm-up, CUDA graph capture)."""
+"""What the engine checks, decides and measures while it starts: host memory for a CPU KV cache, the served
+context (max_model_len) and the seconds spent in each phase (checkpoint load, KV cache allocation, kernel
+warm-up, CUDA graph capture)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import TypeVar
 
 import torch
 
+from llmserve.config import ServingConfig
 from llmserve.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -52,3 +54,17 @@ def served_context(knob: int, max_position_embeddings: int, kv_cache_tokens: int
                 "raise kv_cache_memory_bytes or kv_cache_free_mem_fraction to serve longer ones",
                 kv_cache_tokens, limits)
     return kv_cache_tokens
+
+
+def check_host_memory(cfg: ServingConfig) -> None:
+    """A CPU KV cache larger than free RAM would be OOM-killed mid-serving; refuse it at start instead."""
+    if cfg.device not in ("cpu", "auto") or torch.cuda.is_available() or not cfg.cache.kv_cache_memory_bytes:
+        return
+    try:
+        with open("/proc/meminfo") as f:
+            avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return
+    if cfg.cache.kv_cache_memory_bytes > avail:
+        raise ConfigError(f"kv_cache_memory_bytes: {cfg.cache.kv_cache_memory_bytes} bytes do not fit the {avail} "
+                          "bytes of memory available; lower kv_cache_memory_bytes in config.pbtxt")

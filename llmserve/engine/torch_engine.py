@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from llmserve.config import ConfigError, ServingConfig, switch
+from llmserve.config import ServingConfig, switch
 from llmserve.engine.api import (
     EngineError,
     EngineOutput,
@@ -38,29 +38,17 @@ from llmserve.engine.sampler import SamplingBatch, plain_greedy_params
 from llmserve.engine.sampling_params import InvalidRequest
 from llmserve.engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
 from llmserve.engine.sequence import Sequence, Status
+from llmserve.engine.startup import check_host_memory
+from llmserve.engine.step_queue import StepQueue
 
 log = logging.getLogger(__name__)
 PLACEHOLDER = -1  # a token launched on the GPU, not read back yet
 
 
-def _check_host_memory(cfg: ServingConfig) -> None:
-    """A CPU KV cache larger than free RAM would be OOM-killed mid-serving; refuse it at start instead."""
-    if cfg.device not in ("cpu", "auto") or torch.cuda.is_available() or not cfg.cache.kv_cache_memory_bytes:
-        return
-    try:
-        with open("/proc/meminfo") as f:
-            avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration):
-        return
-    if cfg.cache.kv_cache_memory_bytes > avail:
-        raise ConfigError(f"kv_cache_memory_bytes: {cfg.cache.kv_cache_memory_bytes} bytes do not fit the {avail} "
-                          "bytes of memory available; lower kv_cache_memory_bytes in config.pbtxt")
-
-
 class TorchEngine:
     def __init__(self, cfg: ServingConfig, checkpoint_dir: Path, observer: StepObserver | None = None):
         self.cfg = cfg
-        _check_host_memory(cfg)
+        check_host_memory(cfg)
         self.runner = build_runner(cfg, checkpoint_dir)  # with tensor_parallel_size > 1: rank 0, workers started
         self.vocab_size = self.runner.model.args.vocab_size
         self.max_model_len = self.runner.max_model_len
@@ -78,6 +66,8 @@ class TorchEngine:
         kind, _, arg = cfg.pytorch.fault_injection.partition(":")
         self._fail_token = int(arg) if kind == "fail_on_token" else None
         self._crash_token = int(arg) if kind == "crash_on_token" else None
+        depth = self.runner.steps_in_flight if self._fail_token is None else 1  # a failing step runs alone
+        self.step_queue = StepQueue(self.runner, self.scheduler, depth) if depth > 1 else None
         self.observer = observer or NoObserver()
         self.observer.started()
         self.prompt_limits = PromptLimits(self.max_model_len,
@@ -153,7 +143,7 @@ class TorchEngine:
             self.scheduler.waiting.extendleft(reversed(ready))
 
     def has_work(self) -> bool:
-        return (bool(self._aborted) or bool(self._held) or self._launched is not None
+        return (bool(self._aborted) or bool(self._held) or self._launched is not None or bool(self.step_queue)
                 or self.scheduler.has_work() or self._ranks_lost())
 
     def _ranks_lost(self) -> bool:
@@ -172,6 +162,8 @@ class TorchEngine:
         self._aborted.clear()
         if self._held:
             self._release_followers()
+        if self.step_queue is not None:
+            return outputs + self._pipelined_step(self.step_queue)
         launched, self._launched = self._launched, None
         batch = None
         if launched is not None:
@@ -189,14 +181,13 @@ class TorchEngine:
             batch = self.scheduler.schedule()
         if not batch.seqs:
             return outputs
-        if self._crash_token is not None and any(self._crash_token in s.tokens for s in batch.seqs):
-            raise RuntimeError(f"injected engine crash: token {self._crash_token}")
+        self._check_crash(batch)
         if self._launchable(batch):
             self._launched = self._launch(batch, None)
             return outputs
         self._steps += 1
         rows = self.runner.sampling_rows(batch)
-        sampling = self.sampling_batch(rows) if rows else None
+        sampling = SamplingBatch.of(rows) if rows else None
         t0 = time.monotonic()
         try:
             tokens, logprobs = self._run(batch, sampling)
@@ -206,14 +197,36 @@ class TorchEngine:
         except Exception:  # noqa: BLE001 - find the culprits, fail only them; the engine keeps serving
             log.exception("engine step failed; re-running its %d sequences one by one", len(batch.seqs))
             return outputs + self._isolate_failure(batch)
+        return outputs + self._apply(batch, rows, tokens, logprobs)
+
+    def _check_crash(self, batch: ScheduledBatch) -> None:
+        if self._crash_token is not None and any(self._crash_token in s.tokens for s in batch.seqs):
+            raise RuntimeError(f"injected engine crash: token {self._crash_token}")
+
+    def _apply(self, batch: ScheduledBatch, rows: list[Sequence], tokens: list[int], logprobs) -> list[EngineOutput]:
+        """A step's results: its tokens computed, its sampled tokens accepted (a sequence that ended while the step
+        was in the pipeline is skipped), full blocks published."""
+        live, outputs = self.seqs, []
         for seq, n in zip(batch.seqs, batch.num_tokens):
-            seq.num_computed_tokens += n
+            if live.get(seq.key) is seq:
+                seq.num_computed_tokens += n
         for seq, token, lp in zip(rows, tokens, logprobs):
-            outputs.append(self._accept(seq, token, lp))
+            if live.get(seq.key) is seq:
+                outputs.append(self._accept(seq, token, lp))
         for seq in batch.seqs:
             if seq.status is Status.RUNNING:
                 self.blocks.register_full_blocks(seq)
         return [o for o in outputs if o is not None]
+
+    def _pipelined_step(self, queue: StepQueue) -> list[EngineOutput]:
+        """Pipeline stages: tops the steps in flight up (step_queue.py), then reads the oldest."""
+        queue.fill(self._check_crash)
+        if not queue:
+            return []
+        done = queue.collect(SamplingBatch.of)
+        self._steps += 1
+        self.observer.eager_step(done.step.batch, done.step.started, self.scheduler, self.runner)
+        return self._apply(done.step.batch, done.step.rows, done.tokens, done.logprobs)
 
     # -- async scheduling -------------------------------------------------------------------------------
     def _launchable(self, batch: ScheduledBatch) -> bool:
@@ -309,7 +322,7 @@ class TorchEngine:
             single = ScheduledBatch([seq], [n])
             rows = self.runner.sampling_rows(single)
             try:
-                tokens, logprobs = self._run(single, self.sampling_batch(rows) if rows else None)
+                tokens, logprobs = self._run(single, SamplingBatch.of(rows) if rows else None)
             except Exception as exc:  # noqa: BLE001
                 error = EngineError(f"engine failure: {type(exc).__name__}: {exc}")
                 outputs.append(self._end(seq, FinishReason.ERROR, error))
@@ -318,17 +331,6 @@ class TorchEngine:
             if rows:
                 outputs.append(self._accept(seq, tokens[0], logprobs[0]))
         return outputs
-
-    def sampling_batch(self, rows: list[Sequence]) -> SamplingBatch:
-        """The sampling tensors of a step's rows (EOS and stop ids banned before min_tokens)."""
-        banned = []
-        for s in rows:
-            p = s.request.params
-            stop_ids = list(p.stop_token_ids) + ([] if p.ignore_eos else list(s.request.eos_token_ids))
-            banned.append(stop_ids if s.num_output_tokens < p.min_tokens else [])
-        return SamplingBatch(params=[s.request.params for s in rows], output_tokens=[s.output_tokens for s in rows],
-                             all_tokens=[s.tokens for s in rows], generators=[s.generator for s in rows],
-                             banned=banned)
 
     def _accept(self, seq: Sequence, token: int, logprob) -> EngineOutput | None:
         """A sampled token: it fills the sequence's oldest placeholder (async) or is appended."""
@@ -381,5 +383,10 @@ class TorchEngine:
             steps=self._steps)
 
     def shutdown(self) -> None:
+        if self.step_queue is not None and not self._ranks_lost():
+            try:
+                self.step_queue.drain()  # the workers finish what they were sent before they are told to stop
+            except RankLost:
+                log.warning("a pipeline stage was lost while the engine stopped")
         self.observer.close()
         self.runner.close()

@@ -26,7 +26,7 @@ from llmserve.config import ConfigError, ServingConfig
 from llmserve.engine.api import EngineError
 from llmserve.engine.graph_inputs import StepInputs
 from llmserve.engine.parallel.layout import check_replica, ranks_knob, replica_gpus, visible_gpus_text
-from llmserve.engine.parallel.pipeline import Pipeline, StageRole
+from llmserve.engine.parallel.pipeline import Pipeline, StageRole, steps_in_flight
 from llmserve.engine.parallel.step_broadcast import StepChannel
 from llmserve.model.llama import ModelArgs
 from llmserve.model.pipeline_parallel import keep_stage
@@ -96,6 +96,7 @@ class RankGroup:
         self.joined = True
         self.host_group = dist.new_group(backend="gloo", timeout=timeout)
         self.tp_group = self._stage_group(timeout)
+        self.logits_group = self._logits_group(timeout)
         self.channel: StepChannel | None = None
         self.pipeline: Pipeline | None = None
 
@@ -108,12 +109,19 @@ class RankGroup:
         groups = [dist.new_group(role.tp_ranks(s), backend=self.backend, timeout=timeout) for s in range(role.stages)]
         return groups[role.stage]
 
+    def _logits_group(self, timeout: timedelta) -> dist.ProcessGroup | None:
+        """Rank 0 and the last stage's first rank, for the logits (pipeline.py says why they have their own)."""
+        role = self.role
+        if role.stages == 1:
+            return None
+        return dist.new_group([0, role.tp_ranks(role.stages - 1)[0]], backend=self.backend, timeout=timeout)
+
     def check(self) -> None:
         if self.lost is not None:
             raise RankLost(self.lost)
 
-    def step(self, step: StepInputs, carried: np.ndarray | None = None,
-             launched: bool = False) -> AbstractContextManager[None]:
+    def step(self, step: StepInputs, carried: np.ndarray | None = None, launched: bool = False,
+             wait: bool = True) -> AbstractContextManager[None]:
         """Rank 0 sends each step (RankZero); a worker receives them on its pipe instead."""
         raise RuntimeError(f"rank {self.rank} does not send steps")
 
@@ -158,10 +166,13 @@ class RankGroup:
         one stage the pipeline that runs this rank's part of each step."""
         b = self.cfg.batching
         width = -(-max_model_len // self.cfg.cache.kv_block_size)
-        self.channel = StepChannel(self.host_group, b.max_num_tokens, b.max_batch_size, width)
+        p = self.cfg.pytorch
+        depth = steps_in_flight(p.pipeline_steps_in_flight, self.role.stages) if self.role.stages > 1 else 1
+        self.channel = StepChannel(self.host_group, b.max_num_tokens, b.max_batch_size, width,
+                                   slots=depth if self.rank == 0 else 1)
         if self.role.stages > 1:
             self.pipeline = Pipeline(self.role, args.hidden_size, args.vocab_size, dtype, self.device,
-                                     self.cfg.pytorch.pipeline_micro_batches)
+                                     p.pipeline_micro_batches, depth, self.logits_group)
 
     def close(self) -> None:
         if getattr(self, "joined", False):

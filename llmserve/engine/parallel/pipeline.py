@@ -6,6 +6,13 @@ micro-batch i and sends its (hidden state, residual) to stage k+1 without waitin
 i+1 while k+1 works on i. The last stage's tensor-parallel rank 0 sends each micro-batch's logits of the sampled
 rows to rank 0, which samples. Rank r = stage * tp + tp_rank sends to the same tp_rank of the next stage: after
 the row-parallel all-reduce every tensor-parallel rank of a stage holds the full hidden state.
+
+Across steps: rank 0 may `submit` several steps before it `collect`s the first (the engine gives each step
+sequences the others do not have), so stage 0 runs step N+1 while the last stage runs step N. Every rank takes
+the steps in the order rank 0 sent them, so a step's K/V are written at every stage before the next step reads.
+The logits travel in a group of their own (rank 0 and the last stage's first rank): NCCL runs a pair's sends and
+receives in order on one stream, and rank 0 sends step N+1's hidden state to stage 1 before it receives step N's
+logits, which with two stages come from that same rank.
 """
 
 from __future__ import annotations
@@ -24,6 +31,11 @@ Prepared = tuple[torch.Tensor, torch.Tensor, AttentionMetadata]
 # smaller step's micro-batches cost more than their overlap saves: each repeats the weight reads and a message's
 # latency (CPU/gloo, bench/pipeline_overlap.py: a 16-row decode step took 139 ms in 2 micro-batches, 57 in one).
 AUTO_SPLIT_TOKENS = 64
+
+
+def steps_in_flight(knob: int, stages: int) -> int:
+    """How many steps rank 0 keeps in the pipeline (the pipeline_steps_in_flight knob; 0: one per stage)."""
+    return knob or stages
 
 
 def micro_batch_count(tokens: int, knob: int, stages: int) -> int:
@@ -97,30 +109,57 @@ def _sub_step(step: StepInputs, a: int, b: int) -> StepInputs:
                       step.context_lens[a:b], step.tables[a:b], rows)
 
 
+@dataclass
+class InFlight:
+    """A step rank 0 submitted: its micro-batches (whose logits it collects) and its sends still pending (a sent
+    tensor must live until its send completes)."""
+
+    parts: list[StepInputs]
+    sends: list[tuple[dist.Work, torch.Tensor]]
+
+    @property
+    def sample_rows(self) -> bool:
+        return any(p.sample_rows for p in self.parts)
+
+
 class Pipeline:
     """This rank's part of each step: receive, run its layers, pass on (or, rank 0, collect the logits)."""
 
     def __init__(self, role: StageRole, hidden_size: int, vocab_size: int, dtype: torch.dtype,
-                 device: torch.device, micro_batches: int):
-        """micro_batches: the pipeline_micro_batches knob (0: auto, micro_batch_count)."""
+                 device: torch.device, micro_batches: int, in_flight: int = 1,
+                 logits_group: dist.ProcessGroup | None = None):
+        """micro_batches: the pipeline_micro_batches knob (0: auto, micro_batch_count); in_flight: the steps rank 0
+        keeps in the pipeline (steps_in_flight); logits_group: rank 0 and the last stage's first rank."""
         self.role, self.hidden, self.vocab = role, hidden_size, vocab_size
+        self.logits_group = logits_group
         self.dtype, self.device = dtype, device
         self.micro_batches = micro_batches
+        self.steps_in_flight = in_flight
 
     def run(self, model, kv_cache: torch.Tensor, step: StepInputs,
             prepare: Callable[[StepInputs], Prepared]) -> torch.Tensor | None:
         """Rank 0: the logits of the step's sampled rows (after the whole pipeline); other ranks: None."""
+        return self.collect(self.submit(model, kv_cache, step, prepare))
+
+    def submit(self, model, kv_cache: torch.Tensor, step: StepInputs,
+               prepare: Callable[[StepInputs], Prepared]) -> InFlight:
+        """Runs this rank's layers on each micro-batch and sends them on, without waiting for the sends."""
         parts = split_step(step, micro_batch_count(len(step.ids), self.micro_batches, self.role.stages))
-        pending: list[tuple[dist.Work, torch.Tensor]] = []  # a sent tensor must live until its send completes
+        sends = []
         for part in parts:
             ids, positions, meta = prepare(part)
             carried = None if self.role.first else self._receive_hidden(len(part.ids))
             x, residual = model.decode_layers(ids, positions, kv_cache, meta, carried)
             out = self._output(model, x, residual, part)
             if out is not None:
-                pending.append((dist.isend(out, self._destination()), out))
-        logits = self._collect_logits(parts) if self.role.rank == 0 else None
-        for work, _ in pending:
+                group = self.logits_group if self.role.last else None
+                sends.append((dist.isend(out, self._destination(), group=group), out))
+        return InFlight(parts, sends)
+
+    def collect(self, flight: InFlight) -> torch.Tensor | None:
+        """Rank 0: the submitted step's sampled rows' logits, once the last stage sends them; others: None."""
+        logits = self._collect_logits(flight.parts) if self.role.rank == 0 else None
+        for work, _ in flight.sends:
             work.wait()
         return logits
 
@@ -148,6 +187,6 @@ class Pipeline:
         for part in parts:
             if part.sample_rows:
                 buf = torch.empty(len(part.sample_rows), self.vocab, dtype=torch.float32, device=self.device)
-                dist.recv(buf, source)
+                dist.recv(buf, source, group=self.logits_group)
                 out.append(buf)
         return torch.cat(out) if out else torch.empty(0, self.vocab, device=self.device)

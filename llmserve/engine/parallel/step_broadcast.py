@@ -13,6 +13,10 @@ Three kinds of message:
 - DECODE: a decode graph's step: its padded rows and rank 0's filled graph inputs, broadcast as they are, which
   the worker copies into its own graph's inputs (llmserve/engine/launcher.py).
 - STOP.
+
+With pipeline stages rank 0 keeps several steps in flight: it sends step N+1 while the last stage still runs
+step N, so its broadcast must not wait for every rank to join it. Rank 0 then sends asynchronously from a ring of
+buffers, one per step in flight, each reused once its broadcast has completed.
 """
 
 from __future__ import annotations
@@ -39,9 +43,14 @@ class StepChannel:
     sampled rows; then the block tables as a [sequences, width] array padded with 0 (as AttentionMetadata pads);
     then, with CARRIED, the source rows (per token)."""
 
-    def __init__(self, group, max_tokens: int, max_seqs: int, max_width: int):
+    def __init__(self, group, max_tokens: int, max_seqs: int, max_width: int, slots: int = 1):
+        """slots: rank 0's buffers, one per step it may send before the first is received everywhere."""
         self.group = group
-        self.buffer = torch.zeros(4 * max_tokens + 3 * max_seqs + max_seqs * max_width, dtype=torch.int64)
+        size = 4 * max_tokens + 3 * max_seqs + max_seqs * max_width
+        self.buffers = [torch.zeros(size, dtype=torch.int64) for _ in range(slots)]
+        self.works: list[dist.Work | None] = [None] * slots  # each slot's asynchronous broadcast
+        self.slot = 0
+        self.buffer = self.buffers[0]
         self.view = self.buffer.numpy()
         self.steps = 0
 
@@ -69,19 +78,34 @@ class StepChannel:
         return self.steps
 
     def send(self, step: StepInputs, conns: list[Connection], carried: np.ndarray | None = None,
-             launched: bool = False) -> None:
-        """Rank 0: the header to each worker, then the one broadcast."""
+             launched: bool = False, wait: bool = True) -> None:
+        """Rank 0: the header to each worker, then the one broadcast (wait=False: returns before the workers
+        have joined it; the buffer is kept until they have)."""
+        self._turn()
         header = self.pack(step, carried, launched)
-        self._announce(header, conns, self.buffer[:HEADER.unpack(header)[5]])
+        self._announce(header, conns, self.buffer[:HEADER.unpack(header)[5]], wait)
+
+    def _turn(self) -> None:
+        """Rank 0: the next buffer of the ring, once its last broadcast has completed."""
+        if len(self.buffers) == 1 and self.works[0] is None:
+            return
+        self.slot = (self.slot + 1) % len(self.buffers)
+        work, self.works[self.slot] = self.works[self.slot], None
+        if work is not None:
+            work.wait()
+        self.buffer = self.buffers[self.slot]
+        self.view = self.buffer.numpy()
 
     def send_decode(self, rows: int, inputs: torch.Tensor, conns: list[Connection]) -> None:
         """Rank 0: a decode graph's padded rows, then its filled host inputs (int32) as they are."""
         self._announce(HEADER.pack(DECODE, 0, rows, 0, 0, len(inputs), self._next(), 0), conns, inputs)
 
-    def _announce(self, header: bytes, conns: list[Connection], payload: torch.Tensor) -> None:
+    def _announce(self, header: bytes, conns: list[Connection], payload: torch.Tensor, wait: bool = True) -> None:
         for conn in conns:
             conn.send_bytes(header)
-        dist.broadcast(payload, src=0, group=self.group)
+        work = dist.broadcast(payload, src=0, group=self.group, async_op=not wait)
+        if not wait:
+            self.works[self.slot] = work
 
     def open(self, header: bytes) -> Header:
         """A worker: the announced message's fields, once checked to be the next one rank 0 sent."""

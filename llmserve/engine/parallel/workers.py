@@ -120,10 +120,15 @@ class RankZero(RankGroup):
             if abort is not None:
                 abort()
 
-    def step(self, step: StepInputs, carried: np.ndarray | None = None,
-             launched: bool = False) -> AbstractContextManager[None]:
-        """Sends `step` to the workers; the body runs rank 0's shard."""
-        return self._sent(lambda: self.channel.send(step, self.conns, carried, launched))
+    def step(self, step: StepInputs, carried: np.ndarray | None = None, launched: bool = False,
+             wait: bool = True) -> AbstractContextManager[None]:
+        """Sends `step` to the workers; the body runs rank 0's shard. wait=False: without waiting for every rank
+        to take it (rank 0 keeps pipelined steps in flight)."""
+        return self._sent(lambda: self.channel.send(step, self.conns, carried, launched, wait))
+
+    def guard(self) -> AbstractContextManager[None]:
+        """For rank 0's later part of a step it sent (collecting a pipelined step): a failure loses the group."""
+        return self._sent(lambda: None)
 
     def decode(self, rows: int, inputs: torch.Tensor) -> AbstractContextManager[None]:
         """Sends a decode graph's filled inputs to the workers; the body replays rank 0's graph."""
