@@ -143,6 +143,29 @@ class TestTwoStages:
             assert [lp.token_id for lp in lps] == got[key][0]
             assert [lp.logprob for lp in lps] == pytest.approx([lp.logprob for lp in expected[key][1]], abs=1e-4)
 
+    def test_a_sequence_aborted_while_its_step_is_in_flight_ends_once_and_leaves_the_others_alone(self, single, pp2):
+        def reqs() -> list[EngineRequest]:
+            return [greedy(f"a{i}", [9, 8, i + 7], n=10) for i in range(6)]
+
+        expected = run(single, reqs())
+        for r in reqs():
+            pp2.add_request(r)
+        out: dict[str, list[int]] = {}
+        finals: dict[str, int] = {}
+        aborted = False
+        while pp2.has_work():
+            seq = pp2.seqs.get("a0")
+            if not aborted and seq is not None and seq.in_flight and len(out.get("a0", [])) >= 3:
+                pp2.abort("a0")  # its step is in the pipeline: its blocks are freed before the step is read
+                aborted = True
+            for o in pp2.step():
+                out.setdefault(o.request_id, []).extend(o.new_token_ids)
+                finals[o.request_id] = finals.get(o.request_id, 0) + (o.finish_reason is not None)
+        assert aborted and finals == {f"a{i}": 1 for i in range(6)}
+        assert 3 <= len(out["a0"]) < 10 and out["a0"] == expected["a0"][:len(out["a0"])]
+        assert {k: v for k, v in out.items() if k != "a0"} == {k: v for k, v in expected.items() if k != "a0"}
+        assert pp2.blocks.num_free == pp2.blocks.num_blocks
+
     def test_a_cancelled_stream_frees_its_kv_and_its_blocks_serve_the_next_request(self, single, pp2):
         check_cancel_frees_kv_on_every_rank(single, pp2)
 
@@ -193,6 +216,23 @@ def test_other_layouts_greedy_tokens_equal_the_single_process_engine(single, tin
         assert run(engine, requests()) == expected
         heads = 2 // knobs.get("tensor_parallel_size", 1)
         assert engine.runner.kv_cache.shape[-2] == heads  # rank 0 caches its KV heads of its layers
+    finally:
+        engine.shutdown()
+    assert not worker_procs(str(tiny3))
+
+
+def test_with_steps_in_flight_a_full_cache_preempts_only_sequences_not_in_flight(single, tiny3):
+    """20 blocks of 4 tokens for 4 sequences of 33: preemptions while the other step is in flight; the tokens are
+    still the single-process engine's."""
+    reqs = [greedy(f"p{i}", [4, 5, 6 + i], n=30) for i in range(4)]
+    expected = run(single, [greedy(f"p{i}", [4, 5, 6 + i], n=30) for i in range(4)])
+    knobs = dict(KNOBS, kv_cache_memory_bytes=40 << 10)
+    engine = TorchEngine(ServingConfig.of(**knobs, pipeline_parallel_size=2), tiny3)
+    try:
+        assert engine.blocks.num_blocks == 20 and engine.step_queue is not None
+        assert run(engine, reqs) == expected
+        assert engine.scheduler.num_preemptions > 0
+        assert engine.blocks.num_free == engine.blocks.num_blocks
     finally:
         engine.shutdown()
     assert not worker_procs(str(tiny3))
