@@ -9,6 +9,9 @@ step N has its step N+1 token thrown away. Step N+1 is chained only when Schedul
 (nothing to preempt, every sequence argmax-only) and it fits the runner's graphs (its token budget capped to
 them); anything else (sampling, logprobs, preemption, fault injection) first reads the launched step and runs
 synchronously.
+
+Pipeline stages (pipeline_steps_in_flight, llmserve/engine/step_queue.py) keep several steps in flight instead,
+each over sequences the others do not have, sampled in full (any parameters) when each is read.
 """
 
 from __future__ import annotations
