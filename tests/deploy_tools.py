@@ -18,7 +18,7 @@ if not VENV.is_absolute():
     VENV = ROOT / VENV
 VALIDATE = DEPLOY / "tools" / "validate_deploy.py"
 PROFILES = ["fp16", "replica2", "fp8", "int8_sq", "int4_awq", "tp2", "cpu", "openai", "torch_1gpu", "torch_dp2",
-            "torch_tp2", "torch_dp2_tp2"]
+            "torch_tp2", "torch_dp2_tp2", "torch_pp2", "torch_dp2_pp2"]
 OUR_METRICS = ["llm_time_to_first_token_seconds", "llm_time_per_output_token_seconds",
                "llm_e2e_request_latency_seconds", "llm_prompt_tokens_total", "llm_generation_tokens_total",
                "llm_requests_running", "llm_requests_waiting", "llm_kv_cache_blocks", "llm_prefix_cache_hits_total",

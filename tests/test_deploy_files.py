@@ -257,7 +257,9 @@ def test_dockerfiles_hadolint(tools):
 
 # ---- our engine's layouts (issue 19 item 3) ---
 
-TORCH_LAYOUTS = {"torch_1gpu": [1], "torch_dp2": [1, 1], "torch_tp2": [2], "torch_dp2_tp2": [2, 2]}
+# Each replica's (tensor_parallel_size, pipeline_parallel_size)
+TORCH_LAYOUTS = {"torch_1gpu": [(1, 1)], "torch_dp2": [(1, 1), (1, 1)], "torch_tp2": [(2, 1)],
+                 "torch_dp2_tp2": [(2, 1), (2, 1)], "torch_pp2": [(1, 2)], "torch_dp2_pp2": [(1, 2), (1, 2)]}
 
 
 def _start_sh_config(env: dict[str, str]) -> tuple[object, list]:
@@ -282,8 +284,9 @@ def _start_sh_config(env: dict[str, str]) -> tuple[object, list]:
 
 @pytest.mark.parametrize("profile", TORCH_LAYOUTS)
 def test_compose_torch_layouts_fit_their_gpus(tools, profile):
-    """Each profile's replicas (containers behind the LB) hold tensor_parallel_size GPUs each; the launcher's check
-    (which `wrap` runs in the container) accepts each container's GPUs and refuses one GPU fewer."""
+    """Each profile's replicas (containers behind the LB) hold tensor_parallel_size x pipeline_parallel_size GPUs
+    each; the launcher's check (which `wrap` runs in the container) accepts each container's GPUs and refuses one
+    GPU fewer."""
     from llmserve.engine.parallel.layout import LayoutError
     from llmserve.launch.layout import plan_replicas
 
@@ -295,17 +298,19 @@ def test_compose_torch_layouts_fit_their_gpus(tools, profile):
         cfg, groups = _start_sh_config(s["environment"])
         assert cfg.engine == "pytorch" and "llm-backend" in s["networks"]["llm"]["aliases"], name
         assert plan_replicas(cfg, groups, len(gpus)) == [tuple(range(len(gpus)))], name
-        with pytest.raises(LayoutError, match="tensor_parallel_size: 2 ranks|device: cuda needs a GPU"):
+        knob = "tensor_parallel_size x pipeline_parallel_size" if cfg.pytorch.pipeline_parallel_size > 1 else \
+            "tensor_parallel_size"
+        with pytest.raises(LayoutError, match=f"{knob}: 2 ranks|device: cuda needs a GPU"):
             plan_replicas(cfg, groups, len(gpus) - 1)
-        tps.append(cfg.pytorch.tensor_parallel_size)
+        tps.append((cfg.pytorch.tensor_parallel_size, cfg.pytorch.pipeline_parallel_size))
     assert tps == TORCH_LAYOUTS[profile]
     used = [g for s in mine.values() for g in s["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"]]
-    assert len(set(used)) == len(used) == sum(tps)  # no GPU serves two replicas
+    assert len(set(used)) == len(used) == sum(tp * pp for tp, pp in tps)  # no GPU serves two replicas
 
 
 def test_k8s_torch_layouts():
-    """A pod per replica: its GPU limit equals its tensor_parallel_size; the Service selects both layouts' pods and
-    the TensorRT-LLM Deployment's selector none of them."""
+    """A pod per replica: its GPU limit equals its tensor_parallel_size x pipeline_parallel_size; the Service
+    selects every layout's pods and the TensorRT-LLM Deployment's selector none of them."""
     docs = {}
     for f in (DEPLOY / "k8s").glob("*.yaml"):
         for d in yaml.safe_load_all(f.read_text()):
@@ -313,13 +318,14 @@ def test_k8s_torch_layouts():
                 docs[(d["kind"], d["metadata"]["name"])] = d
     service = docs[("Service", "llm-torch")]["spec"]["selector"]
     trtllm = docs[("Deployment", "llm-triton")]["spec"]["selector"]["matchLabels"]
-    for tp in (1, 2):
-        dep = docs[("Deployment", f"llm-torch-tp{tp}")]
+    for name, tp, pp in (("llm-torch-tp1", 1, 1), ("llm-torch-tp2", 2, 1), ("llm-torch-pp2", 1, 2)):
+        dep = docs[("Deployment", name)]
         pod = dep["spec"]["template"]
         c = pod["spec"]["containers"][0]
         env = {e["name"]: e["value"] for e in c["env"]}
         cfg, groups = _start_sh_config(env)
-        assert cfg.pytorch.tensor_parallel_size == tp == c["resources"]["limits"]["nvidia.com/gpu"]
+        assert (cfg.pytorch.tensor_parallel_size, cfg.pytorch.pipeline_parallel_size) == (tp, pp)
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == tp * pp
         assert len(groups) == 1 and groups[0].kind == "KIND_MODEL"
         labels = pod["metadata"]["labels"]
         assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()
