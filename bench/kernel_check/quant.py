@@ -9,12 +9,14 @@ import torch
 from bench.common import graph_time_ms
 from bench.kernel_check.report import section
 
+INT4_ROWS = (1, 8, 64, 256)  # batch-1 decode, the batch-8 target, the tensor-core path, 256 streams
+
 
 @section("int4")
 def s_int4(args):
     """W4A16 (int4 g128, symmetric and asymmetric) over all linears of the Llama-3.1-8B shape in one CUDA graph, at
-    M = 1, 8, 64: our kernels against bf16 cuBLAS over the same shapes and the chunked torch.sum of the int4 bytes
-    (weights + scales); the lm_head is left out (it stays 16-bit)."""
+    M = 1, 8, 64, 256: our kernels against bf16 cuBLAS over the same shapes and the chunked torch.sum of the int4
+    bytes (weights + scales); the lm_head is left out (it stays 16-bit)."""
     from bench.common import SHAPES, chunked_sum_ms, flat_buffers, linear_shapes
     from llmserve.kernels.int4 import w4mm
     from llmserve.model.int4 import quantize_int4
@@ -32,7 +34,7 @@ def s_int4(args):
         floor = chunked_sum_ms(flat_buffers(tensors))
         tag = "sym" if sym else "asym"
         res[f"{tag}/floor_ms"] = floor
-        for M in (1, 8, 64):
+        for M in INT4_ROWS:
             xs = {k: torch.randn(M, 2 * k if g else k, device="cuda", dtype=torch.bfloat16) for _, g, k in layers}
             ms = graph_time_ms(lambda xs=xs, ls=layers: [w4mm(xs[k], q["weight"], q["weight_scale"],
                                                                q.get("weight_min"), gated=g) for q, g, k in ls])
@@ -44,7 +46,7 @@ def s_int4(args):
         torch.cuda.empty_cache()
     ws = [(torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02, k) for _ in range(cfg["num_hidden_layers"])
           for n, k in linear_shapes(cfg).values()]
-    for M in (1, 8, 64):
+    for M in INT4_ROWS:
         xs = {k: torch.randn(M, k, device="cuda", dtype=torch.bfloat16) for _, k in ws}
         res[f"bf16/M{M}_ms"] = graph_time_ms(lambda xs=xs: [torch.nn.functional.linear(xs[k], w) for w, k in ws])
         args.report.say(f"bf16 cuBLAS M={M}: {res[f'bf16/M{M}_ms']:.3f} ms over all linears")

@@ -10,8 +10,9 @@ twice at the matching offsets (k0 + j*g + i and + g/2), so nothing is interleave
 - `w4gemv` (M = 1, batch-1 decode): CUDA-core FMAs; per element acc += s * (q_lo * x_lo + q_hi * x_hi) (sym:
   q - 8; asym adds m * (x_lo + x_hi)), codes to float by a bit trick (no I2F); `gated=True` computes the
   MLP's silu(gate) * up while loading x, as the 16/8-bit GEMV does.
-- `w4mm` (M > 1): tensor cores; each half-tile is dequantized to the activation dtype (the value the torch
-  twin rounds to) and multiplied as `W_half [BN, BK/2] @ x_half^T [BK/2, BM]`, W the wide operand (BM >= 16).
+- `w4mm` (M > 1): tensor cores, a K tile one group at a time: the group's low and high halves are dequantized to
+  the activation dtype (the value the torch twin rounds to) and multiplied as `W_half [BN, g/2] @ x_half^T [g/2,
+  BM]`, W the wide operand (BM >= 16); every load is a 2D tile of contiguous columns.
   The gate is applied first by llmserve.kernels.fused.silu_mul (as linear.wmm does by default).
 Launch shapes: bench/kernel_check's `int4_sweep` on the H200 (docs/performance.md has the figures); w4mm splits K
 for small M (float32 partials summed in order).
@@ -116,6 +117,9 @@ def _w4gemv_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, K, stride_wn, 
 def _w4mm_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, M, N, K, K_SPLIT, stride_xm, stride_wn, stride_sn,
                  stride_om, ASYM: tl.constexpr, HAS_BIAS: tl.constexpr, GROUP: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+    """A K tile is taken one group at a time (a static loop), every load a plain 2D tile of contiguous columns: x
+    at offsets reshaped from a [groups, half] grid compiled to one 2-byte load per element, in the loop's critical
+    path (bench.ptx_stats w4), where contiguous ones are vector loads the software pipeliner makes asynchronous."""
     if PDL:  # programmatic dependent launch: wait for the previous grid first (llmserve.kernels)
         gdc_wait()
         gdc_launch_dependents()
@@ -126,31 +130,32 @@ def _w4mm_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, M, N, K, K_SPLIT, s
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_mask = offs_m < M
     n_mask = offs_n < N
-    rows_w = offs_n[:, None, None].to(tl.int64) * stride_wn
-    rows_s = offs_n[:, None].to(tl.int64) * stride_sn
+    HALF: tl.constexpr = GROUP // 2
+    i = tl.arange(0, HALF)
+    rows_w = offs_n[:, None].to(tl.int64) * stride_wn
+    rows_s = offs_n.to(tl.int64) * stride_sn
     rows_x = offs_m[:, None].to(tl.int64) * stride_xm
-    HALF: tl.constexpr = BLOCK_K // 2
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     k_end = tl.minimum(K, (pid_k + 1) * K_SPLIT)
     for k0 in range(pid_k * K_SPLIT, k_end, BLOCK_K):
-        byte, lo, grp, k_mask = _tile(k0, k_end, GROUP, BLOCK_K)
-        p = tl.load(w_ptr + rows_w + (k0 // 2 + byte)[None, :, :],
-                    mask=n_mask[:, None, None] & k_mask[None, :, None], other=0).to(tl.int32)
-        s_mask = n_mask[:, None] & k_mask[None, :]
-        s = tl.load(s_ptr + rows_s + grp[None, :], mask=s_mask, other=0.0).to(tl.float32)[:, :, None]
-        q_lo, q_hi = _codes(p, ASYM)
-        w_lo = s * q_lo  # s * (q - 8), or s * q + m: the twin's float32 values, rounded to x's dtype below
-        w_hi = s * q_hi
-        if ASYM:
-            m = tl.load(m_ptr + rows_s + grp[None, :], mask=s_mask, other=0.0).to(tl.float32)[:, :, None]
-            w_lo += m
-            w_hi += m
-        x_mask = m_mask[:, None] & tl.reshape(tl.broadcast_to(k_mask[:, None], (BLOCK_K // GROUP, GROUP // 2)),
-                                              (HALF,))[None, :]
-        x_lo = tl.load(x_ptr + rows_x + tl.reshape(lo, (HALF,))[None, :], mask=x_mask, other=0.0)
-        x_hi = tl.load(x_ptr + rows_x + tl.reshape(lo + GROUP // 2, (HALF,))[None, :], mask=x_mask, other=0.0)
-        acc = tl.dot(tl.reshape(w_lo, (BLOCK_N, HALF)).to(x_lo.dtype), tl.trans(x_lo), acc)
-        acc = tl.dot(tl.reshape(w_hi, (BLOCK_N, HALF)).to(x_hi.dtype), tl.trans(x_hi), acc)
+        for j in tl.static_range(BLOCK_K // GROUP):
+            kg = k0 + j * GROUP  # the group's first input; its bytes start at kg / 2
+            inside = kg < k_end
+            w_mask = n_mask & inside
+            p = tl.load(w_ptr + rows_w + (kg // 2 + i)[None, :], mask=w_mask[:, None], other=0).to(tl.int32)
+            s = tl.load(s_ptr + rows_s + kg // GROUP, mask=w_mask, other=0.0).to(tl.float32)[:, None]
+            q_lo, q_hi = _codes(p, ASYM)
+            w_lo = s * q_lo  # s * (q - 8), or s * q + m: the twin's float32 values, rounded to x's dtype below
+            w_hi = s * q_hi
+            if ASYM:
+                m = tl.load(m_ptr + rows_s + kg // GROUP, mask=w_mask, other=0.0).to(tl.float32)[:, None]
+                w_lo += m
+                w_hi += m
+            x_mask = m_mask[:, None] & inside
+            x_lo = tl.load(x_ptr + rows_x + (kg + i)[None, :], mask=x_mask, other=0.0)
+            x_hi = tl.load(x_ptr + rows_x + (kg + HALF + i)[None, :], mask=x_mask, other=0.0)
+            acc = tl.dot(w_lo.to(x_lo.dtype), tl.trans(x_lo), acc)
+            acc = tl.dot(w_hi.to(x_hi.dtype), tl.trans(x_hi), acc)
     store_tile(acc, b_ptr, out_ptr, offs_m, offs_n, m_mask, n_mask, M, stride_om, pid_k, HAS_BIAS)
 
 
