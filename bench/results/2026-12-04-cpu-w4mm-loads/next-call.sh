@@ -1,8 +1,8 @@
 #!/bin/bash
 # The int4 tensor-core kernel with contiguous x loads against the commit before it, one call (~4 minutes). Before
-# the call, here: `git archive 4f2c1d0 llmserve bench | tar x -C _prev` in an empty _prev/ (drop _prev/bench/results),
+# the call, here: `git archive b460824 llmserve bench | tar x -C _prev` in an empty _prev/ (drop _prev/bench/results),
 # `ln -s ../.carry _prev/.carry`, and carry .carry (python -m bench.carry).
-# 4f2c1d0 is main before the kernel change (this folder's README).
+# b460824 is main before the kernel change (this folder's README).
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 mkdir -p $OUT/r
 timeout 200 python3 -m pytest -q tests/test_kernels_int4.py > $OUT/r/tests.log 2>&1
