@@ -10,7 +10,8 @@ once), so compare variants of one kernel.
     python -m bench.ptx_stats decode:256x2100:fp8 --compare /tmp/base,.    # the same cases in two trees
 
 Cases: decode:BxCTX:KV, varlen:BxL[+DECODE_ROWS]:KV (KV bf16 or fp8), gemv:KIND:NxK and wmm:KIND:MxNxK (KIND bf16,
-int8, fp8), w4:MxNxK:GROUP (symmetric int4; M = 1 is the GEMV), fp8mm:MxNxK:fast|exact (the fp8 GEMM at 33-256 rows,
+int8, fp8), w4:MxNxK:GROUP (symmetric int4; M = 1 is the GEMV), w8g:MxNxK:GROUP (8-bit codes in groups, as
+w4), fp8mm:MxNxK:fast|exact (the fp8 GEMM at 33-256 rows,
 its accumulation). Llama-3.1-8B heads (32 query, 8 KV, dim 128).
 """
 
@@ -185,13 +186,24 @@ def _w4(shape: str, group: str):
     return lambda: w4mm(x, w, scale)
 
 
+def _w8g(shape: str, group: str):
+    from llmserve.kernels.int8_group import w8gmm
+
+    M, N, K = (int(v) for v in shape.split("x"))
+    w = torch.zeros(N, K, dtype=torch.int8)
+    scale = torch.ones(N, K // int(group), dtype=torch.float16)
+    x = torch.zeros(M, K, dtype=torch.bfloat16)
+    return lambda: w8gmm(x, w, scale)
+
+
 def case_call(case: str):
     kind, *rest = case.split(":")
     makers = {"decode": lambda: _decode(rest[0], rest[1]), "varlen": lambda: _varlen(rest[0], rest[1]),
               "gemv": lambda: _linear(rest[0], rest[1], M=1), "wmm": lambda: _linear(rest[0], rest[1]),
-              "w4": lambda: _w4(rest[0], rest[1]), "fp8mm": lambda: _fp8mm(rest[0], rest[1])}
+              "w4": lambda: _w4(rest[0], rest[1]), "w8g": lambda: _w8g(rest[0], rest[1]),
+              "fp8mm": lambda: _fp8mm(rest[0], rest[1])}
     if kind not in makers:
-        raise SystemExit(f"unknown case {case!r}: decode, varlen, gemv, wmm, w4 or fp8mm (see --help)")
+        raise SystemExit(f"unknown case {case!r}: decode, varlen, gemv, wmm, w4, w8g or fp8mm (see --help)")
     return makers[kind]()
 
 
