@@ -35,3 +35,11 @@ def test_the_fp8_gemm_uses_hopper_tensor_cores_and_exact_accumulation_costs_inst
     assert fast["kernel"] == exact["kernel"] == "_tile_mm_kernel"
     assert int(fast["wgmma"]) > 0 and int(fast["registers"]) > 0
     assert int(exact["sass loop"]) > int(fast["sass loop"])  # the per-slice fp32 additions
+
+
+def test_the_int4_tensor_core_kernel_loads_its_activations_as_asynchronous_vector_copies():
+    """x as contiguous 2D tiles: the software pipeliner copies them (cp.async.cg, 16 bytes) instead of one 2-byte
+    synchronous load per element inside the K loop (66 ld.global before; bench/results/2026-12-04-cpu-w4mm-loads)."""
+    (w4,) = _stats("w4:64x4096x4096:128")
+    assert w4["kernel"] == "_w4mm_kernel" and int(w4["wgmma"]) > 0
+    assert int(w4["ld.global"]) <= 4 and int(w4["cp.async.cg"]) > 0
