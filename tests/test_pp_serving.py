@@ -118,6 +118,7 @@ class TestTwoStages:
             assert not busy & {s.key for s in batch.seqs}
             behind.append(bool(busy) and batch.total_tokens == len(batch.seqs))  # a decode step behind another
             submit(batch)
+            assert queue.queue[-1].flight.argmax  # greedy: the last stage sends token ids, not logits
 
         queue.submit = spy
         try:
@@ -136,7 +137,14 @@ class TestTwoStages:
                                presence_penalty=0.5, logprobs=2)
             return [EngineRequest(f"n{i}", [5, 6, 7, 8, 9, i], p) for i in range(4)]
 
-        got, expected = run_choices(pp2, requests_n()), run_choices(single, requests_n())
+        flights, collect = [], pp2.runner.collect
+        pp2.runner.collect = lambda flight, sampling: flights.append(flight) or collect(flight, sampling)
+        try:
+            got = run_choices(pp2, requests_n())
+        finally:
+            del pp2.runner.collect
+        expected = run_choices(single, requests_n())
+        assert flights and not any(f.argmax for f in flights if f.sample_rows)  # sampled: the logits travel
         assert {k: v[0] for k, v in got.items()} == {k: v[0] for k, v in expected.items()}
         assert len(got) == 12 and all(len(v[0]) == 10 and len(v[1]) == 10 for v in got.values())
         for key, (_, lps) in got.items():

@@ -150,6 +150,8 @@ class ModelRunner(Launcher):
                 return self.launch(batch, [-1] * len(batch.seqs), None).tokens(), [None] * len(batch.seqs)
             _, logits = self._replay(batch, [-1] * len(batch.seqs))
             return sample(logits[:len(batch.seqs)], sampling)
+        if self.tp is not None and self.tp.pipeline is not None:
+            return self.collect(self.submit(batch, sampling is None or is_plain_greedy(sampling)), sampling)
         t0 = time.perf_counter()
         step = StepInputs.of(batch.seqs, batch.num_tokens, self.block_size)
         self.last_launch_split_ms = None
@@ -174,12 +176,13 @@ class ModelRunner(Launcher):
         return pipeline.steps_in_flight if pipeline is not None else 1
 
     @torch.inference_mode()
-    def submit(self, batch: ScheduledBatch) -> InFlight:
-        """Pipeline stages: sends the step and runs rank 0's stage of it, without waiting for the others."""
+    def submit(self, batch: ScheduledBatch, argmax: bool) -> InFlight:
+        """Pipeline stages: sends the step and runs rank 0's stage of it, without waiting for the others. argmax:
+        every sampled row is plain greedy (the last stage then sends token ids, not logits)."""
         t0 = time.perf_counter()
         step = StepInputs.of(batch.seqs, batch.num_tokens, self.block_size)
-        with self.tp.step(step, wait=False):
-            flight = self.tp.pipeline.submit(self.model, self.kv_cache, step, self._prepare)
+        with self.tp.step(step, wait=False, argmax=argmax):
+            flight = self.tp.pipeline.submit(self.model, self.kv_cache, step, self._prepare, argmax)
         self.last_launch_s, self.last_launch_split_ms = time.perf_counter() - t0, None
         return flight
 
@@ -187,16 +190,19 @@ class ModelRunner(Launcher):
     def collect(self, flight: InFlight, sampling: SamplingBatch | None) -> tuple[list[int], list[TokenLogprob | None]]:
         """A submitted step's sampled tokens, once its logits are back from the last stage."""
         with self.tp.guard():
-            logits = self.tp.pipeline.collect(flight)
+            out = self.tp.pipeline.collect(flight)
         if not flight.sample_rows or sampling is None:  # None: the step is dropped (the engine stops)
             return [], []
-        return sample(logits, sampling)
+        if flight.argmax:
+            return out.tolist(), [None] * len(out)
+        return sample(out, sampling)
 
     @torch.inference_mode()
-    def forward(self, step: StepInputs, logits: bool = True) -> torch.Tensor | None:
-        """An eager step's sampled rows' logits; logits=False: a TP worker's layers only; stages: pipeline.py."""
+    def forward(self, step: StepInputs, logits: bool = True, argmax: bool = False) -> torch.Tensor | None:
+        """An eager step's sampled rows' logits; logits=False: a TP worker's layers only; stages: pipeline.py (a
+        worker's part of a step rank 0 submitted, `argmax` as it sent it)."""
         if self.tp is not None and self.tp.pipeline is not None:
-            return self.tp.pipeline.run(self.model, self.kv_cache, step, self._prepare)
+            return self.tp.pipeline.run(self.model, self.kv_cache, step, self._prepare, argmax)
         input_ids, positions, meta = self._prepare(step)
         if not logits:
             self.model.decode_layers(input_ids, positions, self.kv_cache, meta)
@@ -204,7 +210,7 @@ class ModelRunner(Launcher):
         return self.model(input_ids, positions, self.kv_cache, meta,
                           torch.tensor(step.sample_rows, dtype=torch.long, device=self.device))
 
-    def follow(self, step: StepInputs, carried: np.ndarray | None, launched: bool) -> None:
+    def follow(self, step: StepInputs, carried: np.ndarray | None, launched: bool, argmax: bool = False) -> None:
         """A tensor-parallel worker's shard of a step rank 0 sent: run as rank 0 ran it (`run`, or `launch` for a
         launched one), so that both take the same graphs, hence the same collectives."""
         graphs = self._prefill_graphs
@@ -213,7 +219,7 @@ class ModelRunner(Launcher):
         elif graphs is not None and graphs.fits(len(step.ids), len(step.query_lens)):
             graphs.run(step, logits=False)
         else:
-            self.forward(step, logits=False)
+            self.forward(step, logits=False, argmax=argmax)
 
     def close(self) -> None:
         """Frees the KV cache and stops the tensor-parallel workers (if any)."""

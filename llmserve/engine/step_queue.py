@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from llmserve.engine.api import TokenLogprob
 from llmserve.engine.model_runner import ModelRunner
 from llmserve.engine.parallel.pipeline import InFlight
-from llmserve.engine.sampler import SamplingBatch
+from llmserve.engine.sampler import SamplingBatch, is_plain_greedy
 from llmserve.engine.scheduler import ScheduledBatch, Scheduler
 from llmserve.engine.sequence import Sequence
 
@@ -27,6 +27,7 @@ class Submitted:
     batch: ScheduledBatch
     rows: list[Sequence]  # the sequences it samples, in its sampled rows' order
     flight: InFlight
+    sampling: SamplingBatch | None  # built at submission: the sequences do not change while in flight
     started: float  # time.monotonic() at submission
 
 
@@ -64,16 +65,18 @@ class StepQueue:
 
     def submit(self, batch: ScheduledBatch) -> None:
         rows = self.runner.sampling_rows(batch)
+        sampling = SamplingBatch.of(rows) if rows else None
         for seq in batch.seqs:
             seq.in_flight = True
-        self.queue.append(Submitted(batch, rows, self.runner.submit(batch), time.monotonic()))
+        flight = self.runner.submit(batch, sampling is None or is_plain_greedy(sampling))
+        self.queue.append(Submitted(batch, rows, flight, sampling, time.monotonic()))
 
-    def collect(self, sampling: Callable[[list[Sequence]], SamplingBatch]) -> Collected:
-        """The oldest step's sampled tokens (sampling tensors built now: its sequences have not changed since)."""
+    def collect(self) -> Collected:
+        """The oldest step's sampled tokens."""
         step = self.queue.popleft()
         for seq in step.batch.seqs:
             seq.in_flight = False
-        tokens, logprobs = self.runner.collect(step.flight, sampling(step.rows) if step.rows else None)
+        tokens, logprobs = self.runner.collect(step.flight, step.sampling)
         return Collected(step, tokens, logprobs)
 
     def drain(self) -> None:

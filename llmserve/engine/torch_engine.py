@@ -226,7 +226,7 @@ class TorchEngine:
         queue.fill(self._check_crash)
         if not queue:
             return []
-        done = queue.collect(SamplingBatch.of)
+        done = queue.collect()
         self._steps += 1
         self.observer.eager_step(done.step.batch, done.step.started, self.scheduler, self.runner)
         return self._apply(done.step.batch, done.step.rows, done.tokens, done.logprobs)

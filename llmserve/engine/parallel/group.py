@@ -121,7 +121,7 @@ class RankGroup:
             raise RankLost(self.lost)
 
     def step(self, step: StepInputs, carried: np.ndarray | None = None, launched: bool = False,
-             wait: bool = True) -> AbstractContextManager[None]:
+             wait: bool = True, argmax: bool = False) -> AbstractContextManager[None]:
         """Rank 0 sends each step (RankZero); a worker receives them on its pipe instead."""
         raise RuntimeError(f"rank {self.rank} does not send steps")
 

@@ -116,6 +116,7 @@ class InFlight:
 
     parts: list[StepInputs]
     sends: list[tuple[dist.Work, torch.Tensor]]
+    argmax: bool  # the last stage sends the sampled rows' token ids, not their logits
 
     @property
     def sample_rows(self) -> bool:
@@ -136,13 +137,14 @@ class Pipeline:
         self.micro_batches = micro_batches
         self.steps_in_flight = in_flight
 
-    def run(self, model, kv_cache: torch.Tensor, step: StepInputs,
-            prepare: Callable[[StepInputs], Prepared]) -> torch.Tensor | None:
-        """Rank 0: the logits of the step's sampled rows (after the whole pipeline); other ranks: None."""
-        return self.collect(self.submit(model, kv_cache, step, prepare))
+    def run(self, model, kv_cache: torch.Tensor, step: StepInputs, prepare: Callable[[StepInputs], Prepared],
+            argmax: bool = False) -> torch.Tensor | None:
+        """Rank 0: the logits of the step's sampled rows (argmax: their token ids) after the whole pipeline; other
+        ranks: None."""
+        return self.collect(self.submit(model, kv_cache, step, prepare, argmax))
 
-    def submit(self, model, kv_cache: torch.Tensor, step: StepInputs,
-               prepare: Callable[[StepInputs], Prepared]) -> InFlight:
+    def submit(self, model, kv_cache: torch.Tensor, step: StepInputs, prepare: Callable[[StepInputs], Prepared],
+               argmax: bool = False) -> InFlight:
         """Runs this rank's layers on each micro-batch and sends them on, without waiting for the sends."""
         parts = split_step(step, micro_batch_count(len(step.ids), self.micro_batches, self.role.stages))
         sends = []
@@ -150,27 +152,30 @@ class Pipeline:
             ids, positions, meta = prepare(part)
             carried = None if self.role.first else self._receive_hidden(len(part.ids))
             x, residual = model.decode_layers(ids, positions, kv_cache, meta, carried)
-            out = self._output(model, x, residual, part)
+            out = self._output(model, x, residual, part, argmax)
             if out is not None:
                 group = self.logits_group if self.role.last else None
                 sends.append((dist.isend(out, self._destination(), group=group), out))
-        return InFlight(parts, sends)
+        return InFlight(parts, sends, argmax)
 
     def collect(self, flight: InFlight) -> torch.Tensor | None:
         """Rank 0: the submitted step's sampled rows' logits, once the last stage sends them; others: None."""
-        logits = self._collect_logits(flight.parts) if self.role.rank == 0 else None
+        logits = self._collect_logits(flight.parts, flight.argmax) if self.role.rank == 0 else None
         for work, _ in flight.sends:
             work.wait()
         return logits
 
-    def _output(self, model, x: torch.Tensor, residual: torch.Tensor, part: StepInputs) -> torch.Tensor | None:
-        """What this stage passes on for `part`: the hidden state to the next stage, or the logits to rank 0."""
+    def _output(self, model, x: torch.Tensor, residual: torch.Tensor, part: StepInputs,
+                argmax: bool) -> torch.Tensor | None:
+        """What this stage passes on for `part`: the hidden state to the next stage, or the logits (argmax: the
+        token ids) to rank 0."""
         if not self.role.last:
             return torch.stack((x, residual)).contiguous()
         if not self.role.sends_logits or not part.sample_rows:
             return None
         rows = torch.tensor(part.sample_rows, dtype=torch.long, device=self.device)
-        return model.logits(x, residual, rows).contiguous()
+        logits = model.logits(x, residual, rows)
+        return logits.argmax(dim=-1) if argmax else logits.contiguous()
 
     def _destination(self) -> int:
         return 0 if self.role.last else self.role.next
@@ -180,13 +185,14 @@ class Pipeline:
         dist.recv(buf, self.role.previous)
         return buf[0], buf[1]
 
-    def _collect_logits(self, parts: list[StepInputs]) -> torch.Tensor:
-        """Rank 0: each micro-batch's logits from the last stage's first rank, in order."""
+    def _collect_logits(self, parts: list[StepInputs], argmax: bool) -> torch.Tensor:
+        """Rank 0: each micro-batch's logits (argmax: token ids) from the last stage's first rank, in order."""
         source = self.role.tp_ranks(self.role.stages - 1)[0]
+        shape, dtype = ((), torch.long) if argmax else ((self.vocab,), torch.float32)
         out = []
         for part in parts:
             if part.sample_rows:
-                buf = torch.empty(len(part.sample_rows), self.vocab, dtype=torch.float32, device=self.device)
+                buf = torch.empty(len(part.sample_rows), *shape, dtype=dtype, device=self.device)
                 dist.recv(buf, source, group=self.logits_group)
                 out.append(buf)
-        return torch.cat(out) if out else torch.empty(0, self.vocab, device=self.device)
+        return torch.cat(out) if out else torch.empty(0, *shape, dtype=dtype, device=self.device)

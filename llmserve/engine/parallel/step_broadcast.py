@@ -9,7 +9,9 @@ tables: workers allocate nothing.
 Three kinds of message:
 - STEP: a step as `StepInputs`, which a worker runs as rank 0 does (a prefill graph or eagerly). Flags: CARRIED
   (per-token source rows follow: decode rows whose input token is the previous launched step's argmax, on the
-  device) and LAUNCHED (rank 0 launched it: every rank takes the sampled rows' argmax into its own copy of it).
+  device), LAUNCHED (rank 0 launched it: every rank takes the sampled rows' argmax into its own copy of it) and
+  ARGMAX (pipeline stages: every sampled row is plain greedy, so the last stage sends rank 0 the token ids instead
+  of the logits, a few bytes a row instead of 4 x the vocabulary).
 - DECODE: a decode graph's step: its padded rows and rank 0's filled graph inputs, broadcast as they are, which
   the worker copies into its own graph's inputs (llmserve/engine/launcher.py).
 - STOP.
@@ -33,7 +35,7 @@ from llmserve.engine.graph_inputs import StepInputs
 
 HEADER = struct.Struct("<8q")  # kind, tokens, sequences, sampled rows, table width, payload length, step, flags
 STEP, STOP, DECODE = 1, 2, 3
-CARRIED, LAUNCHED = 1, 2  # a STEP's flags
+CARRIED, LAUNCHED, ARGMAX = 1, 2, 4  # a STEP's flags
 
 Header = tuple[int, int, int, int, int, int, int, int]
 
@@ -54,7 +56,8 @@ class StepChannel:
         self.view = self.buffer.numpy()
         self.steps = 0
 
-    def pack(self, step: StepInputs, carried: np.ndarray | None = None, launched: bool = False) -> bytes:
+    def pack(self, step: StepInputs, carried: np.ndarray | None = None, launched: bool = False,
+             argmax: bool = False) -> bytes:
         """Fills the buffer with `step`; returns the header that tells the workers its sizes."""
         T, B, S = len(step.ids), len(step.query_lens), len(step.sample_rows)
         W = max(len(t) for t in step.tables)
@@ -70,7 +73,7 @@ class StepChannel:
         if carried is not None:
             buf[o:o + T] = carried
             o += T
-        flags = (CARRIED if carried is not None else 0) | (LAUNCHED if launched else 0)
+        flags = (CARRIED if carried is not None else 0) | (LAUNCHED if launched else 0) | (ARGMAX if argmax else 0)
         return HEADER.pack(STEP, T, B, S, W, o, self._next(), flags)
 
     def _next(self) -> int:
@@ -78,11 +81,11 @@ class StepChannel:
         return self.steps
 
     def send(self, step: StepInputs, conns: list[Connection], carried: np.ndarray | None = None,
-             launched: bool = False, wait: bool = True) -> None:
+             launched: bool = False, wait: bool = True, argmax: bool = False) -> None:
         """Rank 0: the header to each worker, then the one broadcast (wait=False: returns before the workers
         have joined it; the buffer is kept until they have)."""
         self._turn()
-        header = self.pack(step, carried, launched)
+        header = self.pack(step, carried, launched, argmax)
         self._announce(header, conns, self.buffer[:HEADER.unpack(header)[5]], wait)
 
     def _turn(self) -> None:
@@ -116,12 +119,13 @@ class StepChannel:
                 raise RuntimeError(f"step {number} announced, {self.steps} expected: out of step with rank 0")
         return fields
 
-    def receive(self, fields: Header) -> tuple[StepInputs, np.ndarray | None, bool]:
-        """A worker: a STEP's inputs, its carried source rows (None: none) and whether it was launched."""
+    def receive(self, fields: Header) -> tuple[StepInputs, np.ndarray | None, bool, bool]:
+        """A worker: a STEP's inputs, its carried source rows (None: none), whether it was launched and whether its
+        sampled rows are argmax only."""
         _, T, B, S, W, n, _, flags = fields
         dist.broadcast(self.buffer[:n], src=0, group=self.group)
         carried = self.view[n - T:n].astype(np.int32) if flags & CARRIED else None
-        return self.unpack(T, B, S, W), carried, bool(flags & LAUNCHED)
+        return self.unpack(T, B, S, W), carried, bool(flags & LAUNCHED), bool(flags & ARGMAX)
 
     def receiver(self) -> Callable[[torch.Tensor], None]:
         """A worker: what fills a DECODE message's inputs into the worker's own host buffer."""

@@ -121,10 +121,10 @@ class RankZero(RankGroup):
                 abort()
 
     def step(self, step: StepInputs, carried: np.ndarray | None = None, launched: bool = False,
-             wait: bool = True) -> AbstractContextManager[None]:
+             wait: bool = True, argmax: bool = False) -> AbstractContextManager[None]:
         """Sends `step` to the workers; the body runs rank 0's shard. wait=False: without waiting for every rank
-        to take it (rank 0 keeps pipelined steps in flight)."""
-        return self._sent(lambda: self.channel.send(step, self.conns, carried, launched, wait))
+        to take it (rank 0 keeps pipelined steps in flight); argmax: the step's sampled rows are plain greedy."""
+        return self._sent(lambda: self.channel.send(step, self.conns, carried, launched, wait, argmax))
 
     def guard(self) -> AbstractContextManager[None]:
         """For rank 0's later part of a step it sent (collecting a pipelined step): a failure loses the group."""
