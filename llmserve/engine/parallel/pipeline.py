@@ -111,8 +111,8 @@ def _sub_step(step: StepInputs, a: int, b: int) -> StepInputs:
 
 @dataclass
 class InFlight:
-    """A step rank 0 submitted: its micro-batches (whose logits it collects) and its sends still pending (a sent
-    tensor must live until its send completes)."""
+    """A step rank 0 submitted: its micro-batches (whose logits or token ids it collects) and its sends still
+    pending (a sent tensor must live until its send completes)."""
 
     parts: list[StepInputs]
     sends: list[tuple[dist.Work, torch.Tensor]]
@@ -159,7 +159,8 @@ class Pipeline:
         return InFlight(parts, sends, argmax)
 
     def collect(self, flight: InFlight) -> torch.Tensor | None:
-        """Rank 0: the submitted step's sampled rows' logits, once the last stage sends them; others: None."""
+        """Rank 0: the submitted step's sampled rows' logits (or token ids), once the last stage sends them; others:
+        None."""
         logits = self._collect_logits(flight.parts, flight.argmax) if self.role.rank == 0 else None
         for work, _ in flight.sends:
             work.wait()
