@@ -301,6 +301,11 @@ def test_a_replica_takes_tp_x_pp_gpus_and_a_layout_too_small_names_both_knobs():
     assert plan_replicas(cfg, [InstanceGroup("KIND_GPU", 1, (0, 4))], 8) == [(0, 1, 2, 3), (4, 5, 6, 7)]
     with pytest.raises(LayoutError, match=r"tensor_parallel_size x pipeline_parallel_size: 4 ranks .* GPUs 2-5"):
         plan_replicas(cfg, [InstanceGroup("KIND_GPU", 1, (2,))], 4)
+    pp2 = ServingConfig.of(pipeline_parallel_size=2)  # the guide's data parallel x pipeline parallel on 4 GPUs
+    assert plan_replicas(pp2, [InstanceGroup("KIND_GPU", 1, (0, 2))], 4) == [(0, 1), (2, 3)]
+    overlap = r"gpus with tensor_parallel_size x pipeline_parallel_size 2: .* gpus: \[0, 2\]"
+    with pytest.raises(LayoutError, match=overlap):
+        plan_replicas(pp2, [InstanceGroup("KIND_GPU", 1, (0, 1))], 4)
 
 
 @pytest.mark.slow

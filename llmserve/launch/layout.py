@@ -87,7 +87,7 @@ def plan_replicas(cfg: ServingConfig, groups: list[InstanceGroup], visible: int,
     bases = sorted({b for g in groups for b in _group_bases(g, cfg, visible, text)})
     knob = ranks_knob(cfg.pytorch.pipeline_parallel_size)
     replicas = [check_replica(b, cfg.pytorch.world_size, visible, text, knob) for b in bases]
-    check_disjoint(replicas, visible)
+    check_disjoint(replicas, visible, knob)
     return replicas
 
 

@@ -58,12 +58,13 @@ def check_replica(base: int, tensor_parallel_size: int, visible: int, visible_te
     return gpus
 
 
-def check_disjoint(replicas: list[tuple[int, ...]], visible: int) -> None:
-    """Two replicas on different GPUs must not share a GPU (each would budget its KV cache on the same memory)."""
+def check_disjoint(replicas: list[tuple[int, ...]], visible: int, knob: str = "tensor_parallel_size") -> None:
+    """Two replicas on different GPUs must not share a GPU (each would budget its KV cache on the same memory).
+    knob: where a replica's rank count comes from (ranks_knob), as the refusal names it."""
     ordered = sorted(replicas)
     for a, b in zip(ordered, ordered[1:]):
         if set(a) & set(b):
             tp = len(a)
-            raise LayoutError(f"instance_group gpus with tensor_parallel_size {tp}: the replica on GPU {a[0]} uses "
+            raise LayoutError(f"instance_group gpus with {knob} {tp}: the replica on GPU {a[0]} uses "
                               f"{span(a)} and the one on GPU {b[0]} uses {span(b)}; each replica needs GPUs of its "
                               f"own: list one GPU per replica, {tp} apart, e.g. gpus: {suggested_gpus(tp, visible)}")
