@@ -11,8 +11,8 @@ once), so compare variants of one kernel.
 
 Cases: decode:BxCTX:KV, varlen:BxL[+DECODE_ROWS]:KV (KV bf16 or fp8), gemv:KIND:NxK and wmm:KIND:MxNxK (KIND bf16,
 int8, fp8), w4:MxNxK:GROUP (symmetric int4; M = 1 is the GEMV), w8g:MxNxK:GROUP (8-bit codes in groups, as
-w4), fp8mm:MxNxK:fast|exact (the fp8 GEMM at 33-256 rows,
-its accumulation). Llama-3.1-8B heads (32 query, 8 KV, dim 128).
+w4), fp8mm:MxNxK:fast|exact (the fp8 GEMM at 33-256 rows, its accumulation). Llama-3.1-8B heads (32 query, 8 KV,
+dim 128).
 """
 
 from __future__ import annotations

@@ -151,7 +151,7 @@ class ModelRunner(Launcher):
             _, logits = self._replay(batch, [-1] * len(batch.seqs))
             return sample(logits[:len(batch.seqs)], sampling)
         if self.tp is not None and self.tp.pipeline is not None:
-            return self.collect(self.submit(batch, sampling is None or is_plain_greedy(sampling)), sampling)
+            return self.collect(self.submit(batch, sampling), sampling)
         t0 = time.perf_counter()
         step = StepInputs.of(batch.seqs, batch.num_tokens, self.block_size)
         self.last_launch_split_ms = None
@@ -176,10 +176,11 @@ class ModelRunner(Launcher):
         return pipeline.steps_in_flight if pipeline is not None else 1
 
     @torch.inference_mode()
-    def submit(self, batch: ScheduledBatch, argmax: bool) -> InFlight:
-        """Pipeline stages: sends the step and runs rank 0's stage of it, without waiting for the others. argmax:
-        every sampled row is plain greedy (the last stage then sends token ids, not logits)."""
+    def submit(self, batch: ScheduledBatch, sampling: SamplingBatch | None) -> InFlight:
+        """Pipeline stages: sends the step and runs rank 0's stage of it, without waiting for the others. When
+        every sampled row is plain greedy the last stage sends their token ids, not their logits."""
         t0 = time.perf_counter()
+        argmax = sampling is None or is_plain_greedy(sampling)
         step = StepInputs.of(batch.seqs, batch.num_tokens, self.block_size)
         with self.tp.step(step, wait=False, argmax=argmax):
             flight = self.tp.pipeline.submit(self.model, self.kv_cache, step, self._prepare, argmax)

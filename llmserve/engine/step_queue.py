@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from llmserve.engine.api import TokenLogprob
 from llmserve.engine.model_runner import ModelRunner
 from llmserve.engine.parallel.pipeline import InFlight
-from llmserve.engine.sampler import SamplingBatch, is_plain_greedy
+from llmserve.engine.sampler import SamplingBatch
 from llmserve.engine.scheduler import ScheduledBatch, Scheduler
 from llmserve.engine.sequence import Sequence
 
@@ -68,7 +68,7 @@ class StepQueue:
         sampling = SamplingBatch.of(rows) if rows else None
         for seq in batch.seqs:
             seq.in_flight = True
-        flight = self.runner.submit(batch, sampling is None or is_plain_greedy(sampling))
+        flight = self.runner.submit(batch, sampling)
         self.queue.append(Submitted(batch, rows, flight, sampling, time.monotonic()))
 
     def collect(self) -> Collected:

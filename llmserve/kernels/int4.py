@@ -4,12 +4,12 @@
 Weights: uint8 [N, K / 2] in the group-halves layout (byte i of a group of g holds element i in its low nibble
 and element i + g/2 in its high one), scales (and minimums) [N, K / g] in 16 bits, or 32 (GGUF Q4_K: every load
 below converts them to float32, so either works unchanged); "sym" w = s * (q - 8), "asym"
-w = s * q + m. A tile of BLOCK_K inputs (whole groups) is one byte load shaped [BLOCK_N, groups, g / 2], so a
-group's scale is one load broadcast over it; `& 15` gives the low halves and `>> 4` the high ones, and x is loaded
-twice at the matching offsets (k0 + j*g + i and + g/2), so nothing is interleaved in registers.
-- `w4gemv` (M = 1, batch-1 decode): CUDA-core FMAs; per element acc += s * (q_lo * x_lo + q_hi * x_hi) (sym:
-  q - 8; asym adds m * (x_lo + x_hi)), codes to float by a bit trick (no I2F); `gated=True` computes the
-  MLP's silu(gate) * up while loading x, as the 16/8-bit GEMV does.
+w = s * q + m. `& 15` gives a byte's low half and `>> 4` its high one, and x is loaded twice at the matching
+offsets (+ 0 and + g/2), so nothing is interleaved in registers.
+- `w4gemv` (M = 1, batch-1 decode): a tile of BLOCK_K inputs (whole groups) is one byte load shaped [BLOCK_N,
+  groups, g / 2], so a group's scale is one load broadcast over it; CUDA-core FMAs, per element acc += s * (q_lo *
+  x_lo + q_hi * x_hi) (sym: q - 8; asym adds m * (x_lo + x_hi)), codes to float by a bit trick (no I2F);
+  `gated=True` computes the MLP's silu(gate) * up while loading x, as the 16/8-bit GEMV does.
 - `w4mm` (M > 1): tensor cores, a K tile one group at a time: the group's low and high halves are dequantized to
   the activation dtype (the value the torch twin rounds to) and multiplied as `W_half [BN, g/2] @ x_half^T [g/2,
   BM]`, W the wide operand (BM >= 16); every load is a 2D tile of contiguous columns.
@@ -117,9 +117,9 @@ def _w4gemv_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, K, stride_wn, 
 def _w4mm_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, M, N, K, K_SPLIT, stride_xm, stride_wn, stride_sn,
                  stride_om, ASYM: tl.constexpr, HAS_BIAS: tl.constexpr, GROUP: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
-    """A K tile is taken one group at a time (a static loop), every load a plain 2D tile of contiguous columns: x
-    at offsets reshaped from a [groups, half] grid compiled to one 2-byte load per element, in the loop's critical
-    path (bench.ptx_stats w4), where contiguous ones are vector loads the software pipeliner makes asynchronous."""
+    """A K tile one group at a time (a static loop), so every load is a 2D tile of contiguous columns: the
+    compiler then loads x as vectors the software pipeliner copies ahead (offsets reshaped from a [groups, half]
+    grid hide that contiguity: one synchronous 2-byte load per element)."""
     if PDL:  # programmatic dependent launch: wait for the previous grid first (llmserve.kernels)
         gdc_wait()
         gdc_launch_dependents()

@@ -50,10 +50,10 @@ class StepChannel:
         self.group = group
         size = 4 * max_tokens + 3 * max_seqs + max_seqs * max_width
         self.buffers = [torch.zeros(size, dtype=torch.int64) for _ in range(slots)]
+        self.views = [b.numpy() for b in self.buffers]
         self.works: list[dist.Work | None] = [None] * slots  # each slot's asynchronous broadcast
         self.slot = 0
-        self.buffer = self.buffers[0]
-        self.view = self.buffer.numpy()
+        self.buffer, self.view = self.buffers[0], self.views[0]
         self.steps = 0
 
     def pack(self, step: StepInputs, carried: np.ndarray | None = None, launched: bool = False,
@@ -90,14 +90,11 @@ class StepChannel:
 
     def _turn(self) -> None:
         """Rank 0: the next buffer of the ring, once its last broadcast has completed."""
-        if len(self.buffers) == 1 and self.works[0] is None:
-            return
         self.slot = (self.slot + 1) % len(self.buffers)
         work, self.works[self.slot] = self.works[self.slot], None
         if work is not None:
             work.wait()
-        self.buffer = self.buffers[self.slot]
-        self.view = self.buffer.numpy()
+        self.buffer, self.view = self.buffers[self.slot], self.views[self.slot]
 
     def send_decode(self, rows: int, inputs: torch.Tensor, conns: list[Connection]) -> None:
         """Rank 0: a decode graph's padded rows, then its filled host inputs (int32) as they are."""
