@@ -1,7 +1,7 @@
 """bench/report.py's table against TensorRT-LLM's published figures: every engine phase the trtllm plans run,
-the 8,192-token-step variants included, gets its best point and the ratio."""
+the 8,192-token-step variants included, gets its best point and the ratio; the guide's requests a second too."""
 
-from bench.report import published_rows
+from bench.report import guide_rows, published_rows
 
 
 def _run(workload, concurrency, tok_s, errors=0):
@@ -23,3 +23,12 @@ def test_the_best_point_of_each_phase_sits_beside_the_published_figure():
 
 def test_a_shape_without_runs_of_those_workloads_has_no_table():
     assert published_rows({"shape": "llama3.1-8b", "phases": {"engine": {"runs": [_run("64x64", 8, 1.0)]}}}) == []
+
+
+def test_the_guide_workload_reports_requests_a_second_against_600():
+    fast = dict(_run("128x32", 1024, 20480.0), wall_s=8.0, requests=8192, ttft_ms_p50=512.0)
+    slow = dict(_run("128x32", 256, 6000.0), wall_s=4.0, requests=2048, requests_per_s=512.0)
+    failed = dict(_run("128x32", 2048, 40000.0, errors=1), wall_s=1.0)
+    rows = guide_rows({"phases": {"engine_fp8": {"runs": [slow, fast, failed]}}})
+    assert rows[-1] == "| engine fp8 | 1,024.0 | 1,024 | 8,192 | 512.0 | 1.707 |"  # 8,192 requests in 8 s
+    assert guide_rows({"phases": {"engine_fp8": {"runs": [_run("128x128", 8, 1.0)]}}}) == []

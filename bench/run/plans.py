@@ -10,7 +10,7 @@ from pathlib import Path
 from bench.common import SHAPES
 
 WORKLOADS = {"128x128": (128, 128), "128x2048": (128, 2048), "2048x128": (2048, 128), "1000x1000": (1000, 1000),
-             "2048x2048": (2048, 2048)}
+             "2048x2048": (2048, 2048), "128x32": (128, 32)}
 
 
 # The context a shape is served with when its max_position_embeddings is longer (the longest workload's)
@@ -45,6 +45,8 @@ PLAN = {
     # A first look in one call: four of them at one to three concurrencies (2048/2048 at 256 streams outgrows the
     # KV cache of an 8B model in 16 bits on an H200)
     "trtllm_short": {"128x128": [1, 256, 1024], "128x2048": [256], "2048x128": [256], "1000x1000": [256]},
+    # The guide's "600+ requests/s on one card": 128-token prompts, 32-token answers, requests a second
+    "guide": {"128x32": [256, 512, 1024, 2048]},
     # batch 1 and a few streams per prompt length (the 4 x 32k point needs ~17 GB of 16-bit KV for Llama-3.1-8B)
     "long": {"8192x128": [1, 4], "16384x128": [1, 4], "32768x128": [1, 2, 4]},
 }
@@ -53,7 +55,7 @@ PLAN = {
 # Requests per point of the trtllm plans, in units of the point's concurrency (from 64 streams up): trtllm-bench
 # queues thousands of requests (30,000 for 128/128, 3,000 or 1,500 for the others) and reports the whole run, so the
 # ramp of one wave weighs little there. --waves overrides it.
-PLAN_WAVES = {"trtllm": 8, "trtllm_short": 8}
+PLAN_WAVES = {"trtllm": 8, "trtllm_short": 8, "guide": 8}
 
 
 # The Triton phases and their engine-direct twin run each 128/128 point this many times, on new prompts each
@@ -67,7 +69,7 @@ QUICK = {
     "hf": {"128x128": [1]},
     "triton": {"128x128": [1, 8]}, "triton_variant": {"128x128": [8]},
     "trtllm": {"128x128": [1, 8], "2048x128": [4]}, "trtllm_short": {"128x128": [1, 8]},
-    "long": {"8192x128": [1]},
+    "long": {"8192x128": [1]}, "guide": {"128x32": [8]},
 }
 
 
