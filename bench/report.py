@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from bench.published import fmt, guide_rows, int4_targets, published_rows, runs_of
+
 SYSTEMS = [("engine", "engine bf16"), ("engine_sync", "engine bf16, async scheduling off"),
            ("engine_nopdl", "engine bf16, programmatic dependent launch off"),
            ("engine_kv8", "engine bf16, fp8 KV cache"), ("engine_fp8", "engine fp8"),
@@ -34,37 +36,6 @@ TRITON_SYSTEMS = [("triton", "Triton"), ("triton_x2", "Triton x2"), ("triton_x4"
 # Issue 4's absolute goals are figures for one H100. Batch 8's as a ratio, to read results of other GPUs against:
 # 1,400 tok/s is a 5.714 ms step, 1.091 x the H100's torch.sum read of the bf16 weights (5.235 ms, 2026-11-25).
 BATCH8_STEP_OVER_READ = 8 / 1400 * 1000 / 5.235
-# TensorRT-LLM's published maximum throughput, output tok/s on one H200 at its best concurrency (NVIDIA/TensorRT-LLM
-# docs/source/performance/perf-overview.md; copied in shared/reference/perf-anchors.md, read 2026-12-03), by
-# `bench.run --shape` and workload. Mistral's is published as "Mistral-7B" (version not named); Qwen2.5-7B has none.
-PUBLISHED = {
-    "llama3.1-8b": ("TRT-LLM 0.17, FP8, H200", {"128x128": 29526, "128x2048": 25399, "2048x128": 3794,
-                                                "1000x1000": 17538, "2048x2048": 11969}),
-    "mistral-7b-v0.3": ("TRT-LLM 0.17, FP8, H200", {"128x128": 31938}),
-    "llama2-7b": ("TRT-LLM 0.13, FP8, H200", {"128x128": 19549}),
-}
-TRTLLM_WORKLOADS = ["128x128", "128x2048", "2048x128", "1000x1000", "2048x2048"]
-# The guide's "600+ requests/s on one card" (issue 18: Llama-3.1-8B FP8 on one H200): its workload, `--plan guide`
-GUIDE_WORKLOAD, GUIDE_RPS = "128x32", 600
-# Our phases set beside the published figures (which are FP8), in this order
-COMPARED = [("engine_fp8", "engine fp8"), ("engine_fp8_kv8", "engine fp8, fp8 KV cache"), ("engine", "engine bf16"),
-            ("engine_kv8", "engine bf16, fp8 KV cache"), ("engine_int8", "engine int8_wo"),
-            ("engine_fp8_t8192", "engine fp8, 8,192 tokens a step"),
-            ("engine_fp8_kv8_t8192", "engine fp8, fp8 KV cache, 8,192 tokens a step"),
-            ("engine_t8192", "engine bf16, 8,192 tokens a step")]
-
-
-def _runs(results: dict, phase: str) -> dict[tuple[str, int], dict]:
-    p = results["phases"].get(phase) or {}
-    return {(r["workload"], r["concurrency"]): r for r in p.get("runs", [])}
-
-
-def _fmt(v, nd=1):
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:,.{nd}f}"
-    return f"{v:,}" if isinstance(v, int) else str(v)
 
 
 def read_floor(f: dict) -> tuple[float | None, str]:
@@ -75,20 +46,12 @@ def read_floor(f: dict) -> tuple[float | None, str]:
     return f.get("sum_ms"), "torch.sum per tensor"
 
 
-def best_runs(results: dict, phase: str) -> dict[str, tuple[float, int]]:
-    """Per workload, the phase's best output throughput and the concurrency it came at (points without errors)."""
-    best: dict[str, tuple[float, int]] = {}
-    for (w, c), r in _runs(results, phase).items():
-        if not r.get("errors") and r["throughput_tok_s"] > best.get(w, (0.0, 0))[0]:
-            best[w] = (r["throughput_tok_s"], c)
-    return best
-
-
 def batch1(results: dict) -> dict:
     floor = results["phases"].get("floor") or {}
     out = {}
-    for phase, mode in (("engine", "bf16"), ("engine_fp8", "fp8"), ("engine_int8", "int8_wo")):
-        r = _runs(results, phase).get(("128x128", 1))
+    for phase, mode in (("engine", "bf16"), ("engine_fp8", "fp8"), ("engine_int8", "int8_wo"),
+                        ("engine_int4", "int4_sym")):
+        r = runs_of(results, phase).get(("128x128", 1))
         p = results["phases"].get(phase) or {}
         f = floor.get(mode, {})
         if not r:
@@ -98,7 +61,7 @@ def batch1(results: dict) -> dict:
                      "chunked_floor_ms": f.get("sum_chunked_ms"), "floor": read_floor(f),
                      "cublas_floor_ms": f.get("cublas_m1_ms"), "our_gemv_ms": f.get("our_gemv_ms"),
                      "scaled_mm_ms": f.get("scaled_mm_m1_ms")}
-    hf = _runs(results, "hf").get(("128x128", 1))
+    hf = runs_of(results, "hf").get(("128x128", 1))
     if hf:
         out["hf_bf16"] = {"ms_per_token": hf["ms_per_step"]}
     return out
@@ -119,17 +82,17 @@ def targets(results: dict) -> list[tuple[str, str, str, bool | None]]:
             rows.append((f"  same, against {how} over all weights",
                          f"{r['ms_per_token'] / read:.3f} x {read:.3f} ms", "<= 1.05 x",
                          r["ms_per_token"] / read <= 1.05))
-    for mode in ("fp8", "int8_wo"):
+    for mode in ("fp8", "int8_wo", "int4_sym"):
         r = b1.get(mode)
         read, how = r["floor"] if r else (None, "")
         if read:
             x = r["ms_per_token"] / read
             rows.append((f"batch-1 decode {mode} <= 1.1 x its weight read ({how})",
                          f"{r['ms_per_token']:.3f} ms = {x:.3f} x {read:.3f} ms", "<= 1.1 x", x <= 1.1))
-    e = _runs(results, "engine")
+    e = runs_of(results, "engine")
     if ("128x128", 8) in e and results.get("shape", "llama2-7b") == "llama2-7b":  # issue 4's goals: Llama-2-7B's
         t = e[("128x128", 8)]["throughput_tok_s"]
-        rows.append(("batch 8 bf16 output tok/s (128/128)", _fmt(t), ">= 1,400 (H100)", t >= 1400))
+        rows.append(("batch 8 bf16 output tok/s (128/128)", fmt(t), ">= 1,400 (H100)", t >= 1400))
         read = (results["phases"].get("floor") or {}).get("bf16", {}).get("sum_ms")
         step = e[("128x128", 8)]["itl_ms_p50"]
         if read:
@@ -139,73 +102,26 @@ def targets(results: dict) -> list[tuple[str, str, str, bool | None]]:
                          f"H100 goal as a ratio: {BATCH8_STEP_OVER_READ:.3f} x", None))
     for phase, mode, goal in (("engine", "bf16", 10000), ("engine_kv8", "bf16 + fp8 KV cache", 10000),
                               ("engine_fp8", "fp8", 14000), ("engine_fp8_kv8", "fp8 + fp8 KV cache", 14000)):
-        runs = _runs(results, phase) if results.get("shape", "llama2-7b") == "llama2-7b" else {}
+        runs = runs_of(results, phase) if results.get("shape", "llama2-7b") == "llama2-7b" else {}
         best = max(((r["throughput_tok_s"], c) for (w, c), r in runs.items() if w == "128x128"), default=None)
         if best:
             rows.append((f"128/128 high concurrency {mode} tok/s", f"{best[0]:,.0f} (c={best[1]})",
                          f">= {goal:,} (H100)", best[0] >= goal))
-    eng = _runs(results, "engine_v49152")
+    rows += int4_targets(results)
+    eng = runs_of(results, "engine_v49152")
     for phase, label in TRITON_SYSTEMS:
-        tri = _runs(results, phase)
+        tri = runs_of(results, phase)
         ratios = [(k, tri[k]["throughput_tok_s"] / eng[k]["throughput_tok_s"]) for k in tri if k in eng]
         if ratios:
             worst = min(ratios, key=lambda x: x[1])
             rows.append((f"{label} / engine-direct throughput, every point", f"min {worst[1]:.3f} at {worst[0][0]} "
                          f"c={worst[0][1]}", ">= 0.95", worst[1] >= 0.95))
     for phase, label in [("engine", "engine")] + TRITON_SYSTEMS[:3]:
-        r = _runs(results, phase).get(("128x128", 64))
+        r = runs_of(results, phase).get(("128x128", 64))
         if r and r.get("itl_ms_p99") is not None:
             rows.append((f"P99 inter-token latency at 64 streams ({label}, 128/128)", f"{r['itl_ms_p99']:.1f} ms",
                          "< 50 ms", r["itl_ms_p99"] < 50))
     return rows
-
-
-def published_rows(results: dict) -> list[str]:
-    """Per workload and phase of ours: the best throughput, its concurrency, TensorRT-LLM's figure and the ratio."""
-    source, figures = PUBLISHED.get(results.get("shape", "llama2-7b"), ("", {}))
-    best = {ph: best_runs(results, ph) for ph, _ in COMPARED}
-    workloads = [w for w in TRTLLM_WORKLOADS if any(w in b for b in best.values())]
-    if not workloads:
-        return []
-    gpu = (results.get("env") or {}).get("gpu") or "?"
-    lines = ["", "## Against TensorRT-LLM's published throughput (best concurrency of each)", "",
-             f"Published: {source or 'none for this shape'} (perf-overview.md, as in shared/reference/"
-             f"perf-anchors.md); this run: {gpu}. Output tok/s; the published figures are FP8 weights.", "",
-             "The whole run of a point counts (ramp and tail included), as trtllm-bench reports it; `steady` is the "
-             "stretch between the first answer's end and the last submission.", "",
-             "| workload | ours | best tok/s | at streams | requests | steady tok/s | published tok/s | "
-             "ours / published |", "|---|---|---|---|---|---|---|---|"]
-    for w in workloads:
-        for ph, label in COMPARED:
-            if w in best[ph]:
-                tok, c = best[ph][w]
-                r = _runs(results, ph)[(w, c)]
-                pub = figures.get(w)
-                lines.append(f"| {w} | {label} | {tok:,.0f} | {c:,} | {r['requests']:,} | "
-                             f"{_fmt(r.get('steady_tok_s'), 0)} | {_fmt(pub)} | {f'{tok / pub:.3f}' if pub else '-'} |")
-    return lines
-
-
-def requests_per_s(r: dict) -> float:
-    """A point's requests a second over its whole run (older results lack the field)."""
-    return r.get("requests_per_s") or r["requests"] / r["wall_s"]
-
-
-def guide_rows(results: dict) -> list[str]:
-    """Per phase of ours with the guide's workload: its best requests a second, against the guide's 600."""
-    rows = []
-    for ph, label in COMPARED:
-        runs = [r for (w, _), r in _runs(results, ph).items() if w == GUIDE_WORKLOAD and not r.get("errors")]
-        if runs:
-            r = max(runs, key=requests_per_s)
-            rps = requests_per_s(r)
-            rows.append(f"| {label} | {rps:,.1f} | {r['concurrency']:,} | {r['requests']:,} | "
-                        f"{_fmt(r.get('ttft_ms_p50'))} | {rps / GUIDE_RPS:.3f} |")
-    if not rows:
-        return []
-    return ["", f"## The guide's {GUIDE_RPS}+ requests/s (128-token prompts, 32-token answers)", "",
-            "| ours | requests/s (whole run) | at streams | requests | TTFT P50 ms | / 600 |",
-            "|---|---|---|---|---|---|"] + rows
 
 
 def batch1_rows(results: dict) -> list[str]:
@@ -216,10 +132,10 @@ def batch1_rows(results: dict) -> list[str]:
     for k, r in batch1(results).items():
         read = (r.get("floor") or (None, ""))[0]
         ratio = f"{r['ms_per_token'] / read:.3f}" if read and r.get("ms_per_token") else "-"
-        lines.append(f"| {k} | {_fmt(r.get('ms_per_token'), 3)} | {_fmt(r.get('graph_ms'), 3)} | "
-                     f"{_fmt(r.get('chunked_floor_ms'), 3)} | {ratio} | {_fmt(r.get('sum_floor_ms'), 3)} | "
-                     f"{_fmt(r.get('cublas_floor_ms') or r.get('scaled_mm_ms'), 3)} | "
-                     f"{_fmt(r.get('our_gemv_ms'), 3)} |")
+        lines.append(f"| {k} | {fmt(r.get('ms_per_token'), 3)} | {fmt(r.get('graph_ms'), 3)} | "
+                     f"{fmt(r.get('chunked_floor_ms'), 3)} | {ratio} | {fmt(r.get('sum_floor_ms'), 3)} | "
+                     f"{fmt(r.get('cublas_floor_ms') or r.get('scaled_mm_ms'), 3)} | "
+                     f"{fmt(r.get('our_gemv_ms'), 3)} |")
     return lines
 
 
@@ -284,17 +200,17 @@ def write_report(results: dict, out: Path) -> None:
             chunked = (f"{r['sum_chunked_ms']:.3f} ({r['sum_chunked_TBps']:.2f})" if r.get("sum_chunked_ms")
                        else "-")
             lines.append(f"| {mode} | {r['weight_bytes'] / 1e9:.2f} | {chunked} | {r['sum_ms']:.3f} "
-                         f"({r['sum_TBps']:.2f}) | {_fmt(r.get('cublas_m1_ms'), 3)} | "
-                         f"{_fmt(r.get('scaled_mm_m1_ms'), 3)} | {r['our_gemv_ms']:.3f} ({r['our_gemv_TBps']:.2f}) |")
+                         f"({r['sum_TBps']:.2f}) | {fmt(r.get('cublas_m1_ms'), 3)} | "
+                         f"{fmt(r.get('scaled_mm_m1_ms'), 3)} | {r['our_gemv_ms']:.3f} ({r['our_gemv_TBps']:.2f}) |")
     lines += ["", "## Output throughput (tok/s) by workload and concurrency", ""]
     shown = systems(results)
-    allruns = {ph: _runs(results, ph) for ph, _ in shown}
+    allruns = {ph: runs_of(results, ph) for ph, _ in shown}
     keys = sorted({k for runs in allruns.values() for k in runs}, key=lambda k: (k[0], k[1]))
     present = [(ph, label) for ph, label in shown if allruns[ph]]
     lines.append("| workload | conc. | " + " | ".join(label for _, label in present) + " | Triton / direct |")
     lines.append("|---|---|" + "---|" * (len(present) + 1))
     for k in keys:
-        cells = [_fmt(allruns[ph].get(k, {}).get("throughput_tok_s")) for ph, _ in present]
+        cells = [fmt(allruns[ph].get(k, {}).get("throughput_tok_s")) for ph, _ in present]
         e = allruns["engine_v49152"].get(k)
         ratios = [f"{label} {allruns[ph][k]['throughput_tok_s'] / e['throughput_tok_s']:.3f}"
                   for ph, label in TRITON_SYSTEMS if e and k in allruns[ph]]
@@ -306,8 +222,8 @@ def write_report(results: dict, out: Path) -> None:
         if ph == "hf":
             continue
         for k, r in sorted(allruns[ph].items()):
-            lines.append(f"| {label} | {k[0]} | {k[1]} | {_fmt(r.get('ttft_ms_p50'))} | {_fmt(r.get('ttft_ms_p99'))} |"
-                         f" {_fmt(r.get('itl_ms_p50'), 2)} | {_fmt(r.get('itl_ms_p99'), 2)} | {r.get('errors', 0)} |"
+            lines.append(f"| {label} | {k[0]} | {k[1]} | {fmt(r.get('ttft_ms_p50'))} | {fmt(r.get('ttft_ms_p99'))} |"
+                         f" {fmt(r.get('itl_ms_p50'), 2)} | {fmt(r.get('itl_ms_p99'), 2)} | {r.get('errors', 0)} |"
                          f" {r.get('preemptions', '-')} |")
     failed = {ph: p.get("error") for ph, p in results["phases"].items() if p.get("error") or p.get("_rc") not in (0,)}
     if failed:
@@ -344,9 +260,9 @@ def plot(results: dict, path: Path) -> None:
     ax.set_title("Batch-1 decode, 128 in / 128 out")
     ax.legend(fontsize=8)
     ax = axes[0][2]
-    eng = _runs(results, "engine_v49152")
+    eng = runs_of(results, "engine_v49152")
     for ph, label in TRITON_SYSTEMS:
-        tri = _runs(results, ph)
+        tri = runs_of(results, ph)
         for wname, marker in (("128x128", "o"), ("2048x128", "s"), ("128x2048", "^")):
             pts = sorted((c, r["throughput_tok_s"] / eng[(w, c)]["throughput_tok_s"]) for (w, c), r in tri.items()
                          if w == wname and (w, c) in eng)
@@ -362,7 +278,7 @@ def plot(results: dict, path: Path) -> None:
     axes[1][2].legend(*ax.get_legend_handles_labels(), loc="upper left", fontsize=8, title="Triton / direct")
     for ax, wname in zip([axes[0][1], axes[1][0], axes[1][1]], ["128x128", "128x2048", "2048x128"]):  # 3 of 5
         for ph, label in systems(results):
-            runs = sorted((c, r["throughput_tok_s"]) for (w, c), r in _runs(results, ph).items() if w == wname)
+            runs = sorted((c, r["throughput_tok_s"]) for (w, c), r in runs_of(results, ph).items() if w == wname)
             if runs:
                 ax.plot([c for c, _ in runs], [t for _, t in runs], marker="o", label=label)
         ax.set_xscale("log", base=2)

@@ -1,7 +1,7 @@
-"""bench/report.py's table against TensorRT-LLM's published figures: every engine phase the trtllm plans run,
+"""bench/published.py's table against TensorRT-LLM's published figures: every engine phase the trtllm plans run,
 the 8,192-token-step variants included, gets its best point and the ratio; the guide's requests a second too."""
 
-from bench.report import guide_rows, published_rows
+from bench.published import guide_rows, int4_targets, published_rows
 
 
 def _run(workload, concurrency, tok_s, errors=0):
@@ -32,3 +32,15 @@ def test_the_guide_workload_reports_requests_a_second_against_600():
     rows = guide_rows({"phases": {"engine_fp8": {"runs": [slow, fast, failed]}}})
     assert rows[-1] == "| engine fp8 | 1,024.0 | 1,024 | 8,192 | 512.0 | 1.707 |"  # 8,192 requests in 8 s
     assert guide_rows({"phases": {"engine_fp8": {"runs": [_run("128x128", 8, 1.0)]}}}) == []
+
+
+def test_int4_targets_set_the_engine_runs_beside_bf16_and_nvidias_int4_awq_figure():
+    results = {"phases": {
+        "engine_int4": {"runs": [_run("2048x128", 1, 480.0), _run("128x128", 8, 2600.0), _run("128x128", 256, 9000.0)]},
+        "engine": {"runs": [_run("128x128", 8, 1800.0), _run("128x128", 256, 10000.0)]}}}
+    assert int4_targets(results) == [
+        ("int4 batch 1 at 2048/128, output tokens over the whole request", "480.0",
+         ">= 463.6 (2 x TRT-LLM 0.15 INT4-AWQ, H200)", True),
+        ("int4 / bf16 output tok/s at 8 streams (128/128)", "2,600 / 1,800 = 1.444 x", ">= 1.3 x", True),
+        ("int4 / bf16 output tok/s at 256 streams (128/128)", "9,000 / 10,000 = 0.900 x", ">= 1.0 x", False)]
+    assert int4_targets({"phases": {"engine": {"runs": [_run("128x128", 8, 1.0)]}}}) == []

@@ -45,6 +45,9 @@ PLAN = {
     # A first look in one call: four of them at one to three concurrencies (2048/2048 at 256 streams outgrows the
     # KV cache of an 8B model in 16 bits on an H200)
     "trtllm_short": {"128x128": [1, 256, 1024], "128x2048": [256], "2048x128": [256], "1000x1000": [256]},
+    # Issue 22's targets for int4 g128 (`--phases floor,engine,engine_int4`): batch 1 beside the 4-bit read, batch 8
+    # and 256 streams beside bf16, and 2048/128 at batch 1 as NVIDIA's INT4-AWQ figure is measured
+    "int4": {"128x128": [1, 8, 64, 256], "2048x128": [1, 8]},
     # The guide's "600+ requests/s on one card": 128-token prompts, 32-token answers, requests a second
     "guide": {"128x32": [256, 512, 1024, 2048]},
     # batch 1 and a few streams per prompt length (the 4 x 32k point needs ~17 GB of 16-bit KV for Llama-3.1-8B)
@@ -69,7 +72,7 @@ QUICK = {
     "hf": {"128x128": [1]},
     "triton": {"128x128": [1, 8]}, "triton_variant": {"128x128": [8]},
     "trtllm": {"128x128": [1, 8], "2048x128": [4]}, "trtllm_short": {"128x128": [1, 8]},
-    "long": {"8192x128": [1]}, "guide": {"128x32": [8]},
+    "long": {"8192x128": [1]}, "guide": {"128x32": [8]}, "int4": {"128x128": [1, 8], "2048x128": [1]},
 }
 
 
