@@ -93,3 +93,23 @@ def test_int4_linear_takes_the_kernels_when_the_model_does(mode):
     for M in (1, 5, 40):
         x = torch.randn(M, 2048, device=DEV, dtype=DT)
         assert rel(fast(x, gated=True), slow(x, gated=True)) < 1e-2
+
+
+@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("gated,wide_scales", [(False, False), (True, False), (False, True)])
+def test_int4_many_rows_dequantize_to_the_twins_weight_bit_for_bit(group, symmetric, gated, wide_scales):
+    """From DEQUANT_ROWS rows the weight is dequantized whole and F.linear runs: the torch twin's computation, so
+    the result equals it exactly (K not a multiple of the 256-input tile, N not of the 16-row block; the gate
+    through the fused SiLU-mul kernel, as for fewer rows)."""
+    from torch.nn import functional as F
+
+    from llmserve.kernels.fused import silu_mul
+    from llmserve.kernels.int4 import DEQUANT_ROWS, w4mm
+    from llmserve.model.int4 import dequantize_int4
+
+    x, t, bias, ref = _int4_case(DEQUANT_ROWS, 40, 5 * 128, group, symmetric, gated, wide_scales=wide_scales)
+    out = w4mm(x, t["weight"], t["weight_scale"], t.get("weight_min"), bias, gated=gated)
+    w = dequantize_int4(t["weight"], t["weight_scale"], t.get("weight_min"), DT)
+    assert torch.equal(out, F.linear(silu_mul(x) if gated else x, w, bias))
+    assert rel(out, ref) < 1e-2

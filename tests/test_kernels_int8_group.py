@@ -63,3 +63,15 @@ def test_w8gmm_matches_the_torch_twin(group, symmetric, M, gated, scale_dtype):
     _check(M, 200, 7 * 128, group, symmetric, gated, scale_dtype=scale_dtype)
     if M in (1, 16):
         _check(M, 4096, 14336 if gated else 4096, group, symmetric, gated, scale_dtype=scale_dtype)
+
+
+@pytest.mark.parametrize("group", [16, 32, 64, 128])
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("scale_dtype", [torch.float16, torch.float32])
+def test_w8gmm_many_rows_dequantize_to_the_twins_weight_bit_for_bit(group, symmetric, scale_dtype):
+    """From DEQUANT_ROWS rows: W dequantized whole (ggml's rounding, product and sum apart), then F.linear."""
+    from llmserve.kernels.int4 import DEQUANT_ROWS
+
+    x, (q, scale, minimum), bias, ref = _case(DEQUANT_ROWS, 40, 5 * 128, group, symmetric, False, scale_dtype)
+    out = w8gmm(x, q, scale, minimum, bias)
+    assert torch.equal(out, F.linear(x, dequantize_int8_group(q, scale, minimum, DT), bias))

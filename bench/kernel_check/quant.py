@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import torch
+from torch.nn import functional as F
 
 from bench.common import graph_time_ms
 from bench.kernel_check.report import section
@@ -50,6 +51,56 @@ def s_int4(args):
         xs = {k: torch.randn(M, k, device="cuda", dtype=torch.bfloat16) for _, k in ws}
         res[f"bf16/M{M}_ms"] = graph_time_ms(lambda xs=xs: [torch.nn.functional.linear(xs[k], w) for w, k in ws])
         args.report.say(f"bf16 cuBLAS M={M}: {res[f'bf16/M{M}_ms']:.3f} ms over all linears")
+        print(args.report.summary[-1], flush=True)
+
+
+PATH_ROWS = (64, 256, 1024, 2048)  # where the int4 tensor-core kernel hands over to dequantize + cuBLAS
+
+
+def _int4_path_calls(layers: list, M: int) -> dict[str, list]:
+    """Every layer's matmul at M rows by each int4 path: the tensor-core kernel (its default launch shape) and the
+    weight dequantized whole plus cuBLAS. x is shared by layers of one input width."""
+    from functools import partial
+
+    from llmserve.kernels.int4 import _w4dequant_kernel, dequant_linear, mm_config, w4mm
+
+    xs = {(k, g): torch.randn(M, 2 * k if g else k, device="cuda", dtype=torch.bfloat16) for _, g, k in layers}
+    calls: dict[str, list] = {"tiles_ms": [], "dequant_cublas_ms": []}
+    for q, g, k in layers:
+        n, t = q["weight"].shape[0], (xs[k, g], q["weight"], q["weight_scale"], q.get("weight_min"), None, g)
+        calls["tiles_ms"].append(partial(w4mm, *t, config=mm_config(M, n, k, 128)))
+        calls["dequant_cublas_ms"].append(partial(dequant_linear, _w4dequant_kernel, *t, False, (n, k, 128)))
+    return calls
+
+
+@section("int4_paths")
+def s_int4_paths(args):
+    """Where DEQUANT_ROWS belongs: the two int4 matmul paths over all linears of the Llama-3.1-8B shape (g128, one
+    CUDA graph each) at 64-2,048 rows, with bf16 cuBLAS beside them."""
+    from bench.common import SHAPES, linear_shapes
+    from llmserve.model.int4 import quantize_int4
+
+    cfg = SHAPES["llama3.1-8b"]
+    res = args.report.results.setdefault("int4_paths", {})
+    shapes = [(n, k, name == "down") for _ in range(cfg["num_hidden_layers"])
+              for name, (n, k) in linear_shapes(cfg).items()]
+    for sym in (True, False):
+        layers = [(quantize_int4(torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02, 128, sym), g, k)
+                  for n, k, g in shapes]
+        tag = "sym" if sym else "asym"
+        for M in PATH_ROWS:
+            calls = _int4_path_calls(layers, M)
+            r = res[f"{tag}/M{M}"] = {p: graph_time_ms(lambda fs=fs: [f() for f in fs]) for p, fs in calls.items()}
+            args.report.say(f"int4 {tag} g128 M={M}: tensor-core kernel {r['tiles_ms']:.3f} ms, dequantize + cuBLAS "
+                            f"{r['dequant_cublas_ms']:.3f} ms over all linears")
+            print(args.report.summary[-1], flush=True)
+        del layers
+        torch.cuda.empty_cache()
+    ws = [(torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02, k) for n, k, _ in shapes[:8]]
+    for M in PATH_ROWS:  # two layers' distinct bf16 weights (32 would be 15 GB beside the int4 ones), timed x 16
+        xs = {k: torch.randn(M, k, device="cuda", dtype=torch.bfloat16) for _, k in ws}
+        ms = res[f"bf16/M{M}_ms"] = graph_time_ms(lambda xs=xs: [F.linear(xs[k], w) for w, k in ws]) * 16
+        args.report.say(f"bf16 cuBLAS M={M}: {ms:.3f} ms over all linears (two layers timed, x 16)")
         print(args.report.summary[-1], flush=True)
 
 

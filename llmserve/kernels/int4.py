@@ -14,6 +14,9 @@ offsets (+ 0 and + g/2), so nothing is interleaved in registers.
   the activation dtype (the value the torch twin rounds to) and multiplied as `W_half [BN, g/2] @ x_half^T [g/2,
   BM]`, W the wide operand (BM >= 16); every load is a 2D tile of contiguous columns.
   The gate is applied first by llmserve.kernels.fused.silu_mul (as linear.wmm does by default).
+- From DEQUANT_ROWS rows (prefill-sized steps): W dequantized to the activation dtype by `_w4dequant_kernel`, bit
+  for bit the torch twin's weight, then cuBLAS (as vLLM's AWQ path does from 256 tokens): the dequantization reads
+  half a byte and writes two a weight, a few percent of a GEMM that large.
 Launch shapes: bench/kernel_check's `int4_sweep` on the H200 (docs/performance.md has the figures); w4mm splits K
 for small M (float32 partials summed in order).
 `pdl=True`: programmatic dependent launch (see llmserve.kernels).
@@ -159,6 +162,31 @@ def _w4mm_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, M, N, K, K_SPLIT, s
     store_tile(acc, b_ptr, out_ptr, offs_m, offs_n, m_mask, n_mask, M, stride_om, pid_k, HAS_BIAS)
 
 
+@triton.jit
+def _w4dequant_kernel(w_ptr, s_ptr, m_ptr, out_ptr, N, K, stride_wn, stride_sn, stride_on, ASYM: tl.constexpr,
+                      GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """W [N, K] in out's dtype: float32 s * (q - 8), or s * q + m (launched without fused multiply-adds, as the twin
+    rounds the product and the sum apart), then rounded once."""
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    k0 = tl.program_id(1) * BLOCK_K
+    n_mask = offs_n < N
+    byte, lo, grp, k_mask = _tile(k0, K, GROUP, BLOCK_K)
+    mask = n_mask[:, None, None] & k_mask[None, :, None]
+    p = tl.load(w_ptr + offs_n[:, None, None].to(tl.int64) * stride_wn + (k0 // 2 + byte)[None, :, :], mask=mask,
+                other=0).to(tl.int32)
+    groups = offs_n[:, None].to(tl.int64) * stride_sn + grp[None, :]
+    s_mask = n_mask[:, None] & k_mask[None, :]
+    s = tl.load(s_ptr + groups, mask=s_mask, other=0.0).to(tl.float32)[:, :, None]
+    q_lo, q_hi = _codes(p, ASYM)
+    w_lo, w_hi = s * q_lo, s * q_hi
+    if ASYM:
+        m = tl.load(m_ptr + groups, mask=s_mask, other=0.0).to(tl.float32)[:, :, None]
+        w_lo, w_hi = w_lo + m, w_hi + m
+    out = out_ptr + offs_n[:, None, None].to(tl.int64) * stride_on + lo[None, :, :]
+    tl.store(out, w_lo.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out + GROUP // 2, w_hi.to(out_ptr.dtype.element_ty), mask=mask)
+
+
 def check_codes(w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None, storage: torch.dtype = torch.uint8,
                 per_byte: int = 2, groups: tuple[int, ...] = (32, 64, 128)) -> tuple[int, int, int]:
     """(N, K, group size) of a weight of codes (`per_byte` a `storage` element: int4's 2 a uint8, int8 groups' 1
@@ -229,14 +257,40 @@ def mm_config(M: int, N: int, K: int, group: int) -> tuple[int, int, int, int, i
     return bm, bn, bk, warps, stages, split
 
 
+# Rows from which a matmul dequantizes W and calls cuBLAS (`dequant_linear`): chosen before timing, for steps of
+# prompt tokens; bench/kernel_check's int4 section times both paths at 64-2,048 rows to set it.
+DEQUANT_ROWS = 1024
+
+
 def w4mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None = None,
          bias: torch.Tensor | None = None, gated: bool = False,
          config: tuple[int, int, int, int, int, int] | None = None, pdl: bool = False) -> torch.Tensor:
-    """x: [M, K] (or [M, 2K] gated), w: packed [N, K / 2], scale (and minimum): [N, K / g]. Returns [M, N]."""
+    """x: [M, K] (or [M, 2K] gated), w: packed [N, K / 2], scale (and minimum): [N, K / g]. Returns [M, N].
+    `config` given: the tensor-core kernel with that launch shape, whatever M."""
     sizes = check_codes(w, scale, minimum)
-    if x.shape[0] == 1 and config is None:
+    if config is None and x.shape[0] == 1:
         return w4gemv(x, w, scale, minimum, bias, gated, pdl=pdl)
+    if config is None and x.shape[0] >= DEQUANT_ROWS:
+        return dequant_linear(_w4dequant_kernel, x, w, scale, minimum, bias, gated, pdl, sizes)
     return launch_mm(_w4mm_kernel, x, w, scale, minimum, bias, gated, config, pdl, sizes)
+
+
+def dequant_linear(kernel, x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None,
+                   bias: torch.Tensor | None, gated: bool, pdl: bool, sizes: tuple[int, int, int]) -> torch.Tensor:
+    """Many rows: W in x's dtype made by `kernel` (_w4dequant_kernel's arguments; the 8-bit groups' too), which is
+    the torch twin's weight bit for bit, then F.linear: the twin's own computation."""
+    N, K, group = sizes
+    assert x.shape[1] == (2 * K if gated else K), (x.shape, w.shape, gated)
+    if gated:
+        from llmserve.kernels.fused import silu_mul
+
+        x = silu_mul(x, pdl=pdl)
+    w16 = torch.empty(N, K, dtype=x.dtype, device=x.device)
+    bn, bk = 16, max(256, group)
+    kernel[(triton.cdiv(N, bn), triton.cdiv(K, bk))](
+        w, scale, minimum if minimum is not None else scale, w16, N, K, w.stride(0), scale.stride(0), w16.stride(0),
+        ASYM=minimum is not None, GROUP=group, BLOCK_N=bn, BLOCK_K=bk, num_warps=4, enable_fp_fusion=False)
+    return torch.nn.functional.linear(x, w16, bias)
 
 
 def launch_mm(kernel, x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None,

@@ -8,7 +8,8 @@ Weights: int8 [N, K], one code an element in order; scales (and minimums) [N, K 
 - `w8gmm` with one row: CUDA-core FMAs, a group's products summed before its scale is applied (as the int4 GEMV);
   `gated=True` computes the MLP's silu(gate) * up while loading x.
 - more rows: tensor cores on the tile dequantized to the activation dtype, K split for few rows; the launchers,
-  launch shapes and split-K are llmserve/kernels/int4.py's (not yet swept for 8-bit codes).
+  launch shapes and split-K are llmserve/kernels/int4.py's (not yet swept for 8-bit codes). From int4.DEQUANT_ROWS
+  rows W is dequantized whole (`_w8g_dequant_kernel`, the twin's weight bit for bit) and cuBLAS runs, as for int4.
 `pdl=True`: programmatic dependent launch (see llmserve.kernels).
 """
 
@@ -19,7 +20,16 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from llmserve.kernels.int4 import check_codes, launch_gemv, launch_mm, load_x, store_rows, store_tile
+from llmserve.kernels.int4 import (
+    DEQUANT_ROWS,
+    check_codes,
+    dequant_linear,
+    launch_gemv,
+    launch_mm,
+    load_x,
+    store_rows,
+    store_tile,
+)
 
 GROUP_SIZES = (16, 32, 64, 128)
 
@@ -89,6 +99,25 @@ def _w8g_mm_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, M, N, K, K_SPLIT,
     store_tile(acc, b_ptr, out_ptr, offs_m, offs_n, m_mask, n_mask, M, stride_om, pid_k, HAS_BIAS)
 
 
+@triton.jit
+def _w8g_dequant_kernel(w_ptr, s_ptr, m_ptr, out_ptr, N, K, stride_wn, stride_sn, stride_on, ASYM: tl.constexpr,
+                        GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """W [N, K] in out's dtype: float32 s * q (+ m, added apart, as the twin does), then rounded once."""
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    idx, grp, k_mask = _groups(tl.program_id(1) * BLOCK_K, K, GROUP, BLOCK_K)
+    mask = n_mask[:, None, None] & k_mask[None, :, None]
+    q = tl.load(w_ptr + offs_n[:, None, None].to(tl.int64) * stride_wn + idx[None, :, :], mask=mask,
+                other=0).to(tl.float32)
+    groups = offs_n[:, None].to(tl.int64) * stride_sn + grp[None, :]
+    s_mask = n_mask[:, None] & k_mask[None, :]
+    w = tl.load(s_ptr + groups, mask=s_mask, other=0.0).to(tl.float32)[:, :, None] * q
+    if ASYM:
+        w = w + tl.load(m_ptr + groups, mask=s_mask, other=0.0).to(tl.float32)[:, :, None]
+    tl.store(out_ptr + offs_n[:, None, None].to(tl.int64) * stride_on + idx[None, :, :],
+             w.to(out_ptr.dtype.element_ty), mask=mask)
+
+
 def w8gmm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None = None,
           bias: torch.Tensor | None = None, gated: bool = False, config: tuple[int, ...] | None = None,
           pdl: bool = False) -> torch.Tensor:
@@ -97,4 +126,6 @@ def w8gmm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.
     sizes = check_codes(w, scale, minimum, torch.int8, 1, GROUP_SIZES)
     if x.shape[0] == 1 and (config is None or len(config) == 4):
         return launch_gemv(_w8g_gemv_kernel, x, w, scale, minimum, bias, gated, config, pdl, sizes)
+    if config is None and x.shape[0] >= DEQUANT_ROWS:
+        return dequant_linear(_w8g_dequant_kernel, x, w, scale, minimum, bias, gated, pdl, sizes)
     return launch_mm(_w8g_mm_kernel, x, w, scale, minimum, bias, gated, config, pdl, sizes)
