@@ -113,3 +113,17 @@ def test_int4_many_rows_dequantize_to_the_twins_weight_bit_for_bit(group, symmet
     w = dequantize_int4(t["weight"], t["weight_scale"], t.get("weight_min"), DT)
     assert torch.equal(out, F.linear(silu_mul(x) if gated else x, w, bias))
     assert rel(out, ref) < 1e-2
+
+
+@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("gated", [False, True])
+def test_int4_word_gemv_matches_the_torch_twin(group, symmetric, gated):
+    """The word-reading GEMV (int4_words.py) at a small K, and through w4gemv's own choice past K = 8,192 (a last
+    tile of fewer groups than BLOCK_K holds, N not a multiple of the 16-row block)."""
+    from llmserve.kernels.int4 import w4gemv
+
+    x, t, bias, ref = _int4_case(1, 40, 5 * 128, group, symmetric, gated)
+    out = w4gemv(x, t["weight"], t["weight_scale"], t.get("weight_min"), bias, gated=gated, words=True)
+    assert out.shape == (1, 40) and rel(out, ref) < 1e-2
+    _int4_check(1, 24, 8192 + 3 * 128, group, symmetric, gated)

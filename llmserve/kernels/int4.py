@@ -10,6 +10,7 @@ offsets (+ 0 and + g/2), so nothing is interleaved in registers.
   groups, g / 2], so a group's scale is one load broadcast over it; CUDA-core FMAs, per element acc += s * (q_lo *
   x_lo + q_hi * x_hi) (sym: q - 8; asym adds m * (x_lo + x_hi)), codes to float by a bit trick (no I2F);
   `gated=True` computes the MLP's silu(gate) * up while loading x, as the 16/8-bit GEMV does.
+  From K > 8,192 inputs (down_proj) the word-reading GEMV of llmserve/kernels/int4_words.py runs instead.
 - `w4mm` (M > 1): tensor cores, a K tile one group at a time: the group's low and high halves are dequantized to
   the activation dtype (the value the torch twin rounds to) and multiplied as `W_half [BN, g/2] @ x_half^T [g/2,
   BM]`, W the wide operand (BM >= 16); every load is a 2D tile of contiguous columns.
@@ -211,9 +212,15 @@ def gemv_config(N: int, K: int, group: int) -> tuple[int, int, int, int]:
 
 def w4gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None = None,
            bias: torch.Tensor | None = None, gated: bool = False, config: tuple[int, int, int, int] | None = None,
-           pdl: bool = False) -> torch.Tensor:
-    """x: [1, K] (or [1, 2K] gated) -> [1, N]."""
-    return launch_gemv(_w4gemv_kernel, x, w, scale, minimum, bias, gated, config, pdl, check_codes(w, scale, minimum))
+           pdl: bool = False, words: bool | None = None) -> torch.Tensor:
+    """x: [1, K] (or [1, 2K] gated) -> [1, N]. `words`: the word-reading kernel (llmserve/kernels/int4_words.py);
+    None: from K > 8,192 (the MLP's down_proj, where it measured faster) unless a `config` is given."""
+    sizes = check_codes(w, scale, minimum)
+    if words or (words is None and config is None and sizes[1] > 8192):
+        from llmserve.kernels.int4_words import w4gemv_words
+
+        return w4gemv_words(x, w, scale, minimum, bias, gated, config, pdl, sizes)
+    return launch_gemv(_w4gemv_kernel, x, w, scale, minimum, bias, gated, config, pdl, sizes)
 
 
 def launch_gemv(kernel, x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None,
