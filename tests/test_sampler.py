@@ -79,3 +79,21 @@ def test_logprobs_of_chosen_token_and_top_n():
     assert toks == [1]
     assert abs(lps[0].logprob - float(ref[1])) < 1e-6
     assert set(lps[0].top) == {1, 2}
+
+
+def test_16_bit_logits_sample_as_their_float32_upcast():
+    """The decode graphs hand the sampler the lm_head's bf16 logits (their argmax needs no float32 copy): sampling,
+    penalties, seeds and logprobs are those of the same values in float32, and the caller's tensor is untouched."""
+    logits = torch.randn(4, 300, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16)
+    params = [SamplingParams(temperature=0.0, logprobs=3), SamplingParams(temperature=0.9, seed=5, top_p=0.8),
+              SamplingParams(temperature=0.0, presence_penalty=1.5), SamplingParams(temperature=1.2, seed=9, top_k=20)]
+
+    def run(x):
+        gens = [None, torch.Generator().manual_seed(5), None, torch.Generator().manual_seed(9)]
+        return sample(x, _batch(params, outputs=[[], [], [int(logits[2].float().argmax())], []], generators=gens))
+
+    before = logits.clone()
+    toks, lps = run(logits)
+    assert (toks, lps) == run(logits.float())
+    assert torch.equal(logits, before) and toks[0] == int(logits[0].float().argmax())
+    assert toks[2] != int(logits[2].float().argmax())  # the penalty moved it

@@ -143,7 +143,7 @@ class PrefillGraphs:
         else:
             hidden, residual = self._layers(T)
         t2 = time.perf_counter()
-        out = self.model.logits(hidden, residual, self._d["rows"][:len(step.sample_rows)]) \
+        out = self.model.logits(hidden, residual, self._d["rows"][:len(step.sample_rows)], upcast=False) \
             if step.sample_rows and logits else None
         # Host ms of the step's parts (inputs, replay, logits), for the step trace: where a launch is held up
         self.last_split_ms = ((t1 - t0) * 1e3, (t2 - t1) * 1e3, (time.perf_counter() - t2) * 1e3)

@@ -90,7 +90,9 @@ def top_k_top_p_min_p_mask(logits: torch.Tensor, top_k: torch.Tensor, top_p: tor
 
 
 def sample(logits: torch.Tensor, batch: SamplingBatch) -> tuple[list[int], list[TokenLogprob | None]]:
-    """logits: [B, V] float32. Returns the chosen token per row, and its logprob when asked."""
+    """logits: [B, V], float32 or the model's 16 bits (upcast here; a float32 tensor is changed in place).
+    Returns the chosen token per row, and its logprob when asked."""
+    logits = logits.float()
     B = logits.shape[0]
     params = batch.params
     raw_logprobs = logits.log_softmax(dim=-1) if any(p.logprobs is not None for p in params) else None

@@ -283,8 +283,7 @@ class LlamaModel(KernelLayer):
         self.layers = nn.ModuleList(DecoderLayer(args, i) for i in range(args.num_layers))
         self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.lm_head = Linear(args.hidden_size, args.vocab_size, bias=False)
-        self.rope_cos: torch.Tensor | None = None
-        self.rope_sin: torch.Tensor | None = None
+        self.rope_cos, self.rope_sin = None, None  # float32 [max_pos, rotary dims / 2] once init_rope runs
         share_launch(self, Launch(kernels=use_kernels))  # quantizing and sharding hand it on to the layers they swap in
 
     @property
@@ -326,11 +325,12 @@ class LlamaModel(KernelLayer):
             x, residual = layer(x, residual, rope, kv_cache, meta)
         return x, residual
 
-    def logits(self, x: torch.Tensor, residual: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    def logits(self, x: torch.Tensor, residual: torch.Tensor, rows: torch.Tensor | None = None,
+               upcast: bool = True) -> torch.Tensor:
         if rows is not None:
             x, residual = x.index_select(0, rows), residual.index_select(0, rows)
-        x, _ = self.norm(x, residual)
-        return self.lm_head(x).float()
+        out = self.lm_head(self.norm(x, residual)[0])
+        return out.float() if upcast else out  # not upcast: the lm_head's dtype, all an argmax needs
 
 
 def random_model(args: ModelArgs, dtype: torch.dtype, device: torch.device, seed: int = 0,
