@@ -62,14 +62,14 @@ def _int4_path_calls(layers: list, M: int) -> dict[str, list]:
     weight dequantized whole plus cuBLAS. x is shared by layers of one input width."""
     from functools import partial
 
-    from llmserve.kernels.int4 import _w4dequant_kernel, dequant_linear, mm_config, w4mm
+    from llmserve.kernels.int4 import mm_config, w4mm, w4mm_dequant
 
     xs = {(k, g): torch.randn(M, 2 * k if g else k, device="cuda", dtype=torch.bfloat16) for _, g, k in layers}
     calls: dict[str, list] = {"tiles_ms": [], "dequant_cublas_ms": []}
     for q, g, k in layers:
         n, t = q["weight"].shape[0], (xs[k, g], q["weight"], q["weight_scale"], q.get("weight_min"), None, g)
         calls["tiles_ms"].append(partial(w4mm, *t, config=mm_config(M, n, k, 128)))
-        calls["dequant_cublas_ms"].append(partial(dequant_linear, _w4dequant_kernel, *t, False, (n, k, 128)))
+        calls["dequant_cublas_ms"].append(partial(w4mm_dequant, *t))
     return calls
 
 

@@ -14,7 +14,7 @@ import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from llmserve.kernels import launch_args
-from llmserve.kernels.int4 import load_x, store_rows
+from llmserve.kernels.group_tiles import load_x, store_rows
 
 # Magic floats 2**23, 2**19, 2**15, 2**11: OR'd with the code at bits 4c..4c+3 of a word, the float is magic + code
 MAGICS = (0x4B000000, 0x49000000, 0x47000000, 0x45000000)

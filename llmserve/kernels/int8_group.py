@@ -20,16 +20,8 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from llmserve.kernels.int4 import (
-    DEQUANT_ROWS,
-    check_codes,
-    dequant_linear,
-    launch_gemv,
-    launch_mm,
-    load_x,
-    store_rows,
-    store_tile,
-)
+from llmserve.kernels.group_tiles import load_x, store_rows, store_tile
+from llmserve.kernels.int4 import DEQUANT_ROWS, check_codes, dequant_linear, launch_gemv, launch_mm
 
 GROUP_SIZES = (16, 32, 64, 128)
 

@@ -10,10 +10,72 @@ import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from llmserve.kernels import launch_args
-from llmserve.kernels.int4 import check_codes, store_rows
+from llmserve.kernels.int4 import check_codes, load_x, store_rows
 
-# The first kernel landed (2026-12-05) as llmserve/kernels/int4_words.py, the same code: taken from there
-from llmserve.kernels.int4_words import _w4gemv_words_kernel, _x4  # noqa: E402, F401
+
+@triton.jit
+def _code(v, magic, MASK: tl.constexpr, BIAS: tl.constexpr):
+    """The code at bits MASK of v (bits 4c..4c+3) minus BIAS as float32, exactly: `magic` is the float 2**(23 - 4c),
+    whose last mantissa bit is worth 2**-4c, so magic | (v & MASK) is the float 2**(23 - 4c) + code. It comes in
+    as an argument: held in a register, the and + or is one LOP3 (two immediates are not)."""
+    return ((v & MASK) | magic).to(tl.float32, bitcast=True) - BIAS
+
+
+@triton.jit
+def _x4(x_ptr, idx, mask, K, GATED: tl.constexpr):
+    """x at idx + 0..3 as four tensors shaped like idx (float32), each a strided load (x is small and cached)."""
+    return (load_x(x_ptr, idx, mask, K, GATED), load_x(x_ptr, idx + 1, mask, K, GATED),
+            load_x(x_ptr, idx + 2, mask, K, GATED), load_x(x_ptr, idx + 3, mask, K, GATED))
+
+
+@triton.jit
+def _w4gemv_words_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, K, stride_wn, stride_sn, m0, m1, m2, m3,
+                         ASYM: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr, GROUP: tl.constexpr,
+                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr):
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
+    pid = tl.program_id(0)
+    offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    WG: tl.constexpr = GROUP // 8  # words a group: word m holds inputs 4m..4m+3 (low nibbles), + GROUP/2 (high)
+    GT: tl.constexpr = BLOCK_K // GROUP
+    m = tl.arange(0, WG)
+    j = tl.arange(0, GT)
+    rows_w = offs_n[:, None, None].to(tl.int64) * stride_wn
+    rows_s = offs_n[:, None].to(tl.int64) * stride_sn
+    # sym: w = s * (q - 8): the bias is the magic float plus 8
+    B0: tl.constexpr = 8388608.0 + (0.0 if ASYM else 8.0)  # 2**23
+    B1: tl.constexpr = 524288.0 + (0.0 if ASYM else 8.0)  # 2**19
+    B2: tl.constexpr = 32768.0 + (0.0 if ASYM else 8.0)  # 2**15
+    B3: tl.constexpr = 2048.0 + (0.0 if ASYM else 8.0)  # 2**11
+    acc = tl.zeros((BLOCK_N, GT, WG), dtype=tl.float32)
+    for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
+        grp = k0 // GROUP + j
+        k_mask = (k0 + j * GROUP) < K
+        v = tl.load(w_ptr + rows_w + (grp[:, None] * WG + m[None, :])[None, :, :],
+                    mask=n_mask[:, None, None] & k_mask[None, :, None], other=0).to(tl.uint32, bitcast=True)
+        u = v >> 16
+        base = (k0 + j[:, None] * GROUP + 4 * m[None, :])[None, :, :]
+        xm = k_mask[None, :, None]
+        xa0, xa1, xa2, xa3 = _x4(x_ptr, base, xm, K, GATED)
+        xb0, xb1, xb2, xb3 = _x4(x_ptr, base + GROUP // 2, xm, K, GATED)
+        t = _code(v, m0, 0xF, B0) * xa0
+        t += _code(u, m0, 0xF, B0) * xa2
+        t += _code(v, m1, 0xF0, B1) * xb0
+        t += _code(u, m1, 0xF0, B1) * xb2
+        t += _code(v, m2, 0xF00, B2) * xa1
+        t += _code(u, m2, 0xF00, B2) * xa3
+        t += _code(v, m3, 0xF000, B3) * xb1
+        t += _code(u, m3, 0xF000, B3) * xb3
+        s_mask = n_mask[:, None] & k_mask[None, :]
+        s = tl.load(s_ptr + rows_s + grp[None, :], mask=s_mask, other=0.0).to(tl.float32)
+        acc += s[:, :, None] * t
+        if ASYM:
+            mn = tl.load(m_ptr + rows_s + grp[None, :], mask=s_mask, other=0.0).to(tl.float32)
+            acc += mn[:, :, None] * (xa0 + xa1 + xa2 + xa3 + xb0 + xb1 + xb2 + xb3)
+    store_rows(tl.sum(acc, axis=2), b_ptr, out_ptr, offs_n, n_mask, HAS_BIAS)
+
 
 
 @triton.jit
