@@ -156,6 +156,8 @@ def header(results: dict) -> list[str]:
         lines.append(f"- served with max_model_len {serving['max_model_len']}, not the shape's "
                      f"{model['max_position_embeddings']:,}: the longest workload needs no more, and the CUDA graphs "
                      "and the KV budget follow it")
+    if results.get("sampling"):
+        lines.append(f"- the engine phases' requests sample with {results['sampling']} (not greedy; EOS ignored)")
     streams = [r["concurrency"] for ph in results.get("phases", {}).values() if isinstance(ph, dict)
                for r in ph.get("runs", [])]
     cap = int(serving.get("max_batch_size", 0) or 0)

@@ -53,13 +53,15 @@ def summarize(records: list[Record], wall: float, concurrency: int, in_len: int,
     }
 
 
-def drive_engine(engine, prompts: list[list[int]], out_len: int, concurrency: int) -> tuple[list[Record], float]:
+def drive_engine(engine, prompts: list[list[int]], out_len: int, concurrency: int,
+                 sampling: dict | None = None) -> tuple[list[Record], float]:
     """Keeps `concurrency` requests in flight on a TorchEngine until every prompt is answered. Generation
-    ignores EOS, so every request produces exactly `out_len` tokens."""
+    ignores EOS, so every request produces exactly `out_len` tokens; greedy unless `sampling` (SamplingParams
+    fields, `bench.run --sampling`) says otherwise."""
     from llmserve.engine.api import EngineRequest
     from llmserve.engine.sampling_params import SamplingParams
 
-    params = SamplingParams(temperature=0.0, max_tokens=out_len, ignore_eos=True)
+    params = SamplingParams(**{"temperature": 0.0, **(sampling or {})}, max_tokens=out_len, ignore_eos=True)
     records: dict[str, Record] = {}
     pending = list(enumerate(prompts))
     in_flight = 0

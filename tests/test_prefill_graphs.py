@@ -84,7 +84,7 @@ class IdsModel:
         h = ids.float()[:, None]
         return h, torch.zeros_like(h)
 
-    def logits(self, x, residual, rows):
+    def logits(self, x, residual, rows, upcast=True):
         return x.index_select(0, rows)
 
 

@@ -97,3 +97,58 @@ def test_16_bit_logits_sample_as_their_float32_upcast():
     assert (toks, lps) == run(logits.float())
     assert torch.equal(logits, before) and toks[0] == int(logits[0].float().argmax())
     assert toks[2] != int(logits[2].float().argmax())  # the penalty moved it
+
+
+def test_the_mask_from_the_first_ranks_equals_the_whole_vocabulary_sort():
+    """top_k_top_p_min_p_mask ranks only `candidates` tokens a row (topk, not a sort of the whole vocabulary): rows
+    whose cut falls within them, rows sorted whole because it falls further (flat rows, large top-k, tiny
+    min-p), and rows with no mask in the same batch all equal the whole-vocabulary sort's answer."""
+    from llmserve.engine.sampler import _mask_sorted
+
+    gen = torch.Generator().manual_seed(0)
+    rows = [(0, 0.9, 0.0, 3.0), (40, 1.0, 0.0, 1.0), (0, 1.0, 0.05, 2.0), (5, 0.5, 0.1, 1.0), (0, 0.99, 0.0, 0.1),
+            (300, 1.0, 0.0, 1.0), (0, 1.0, 1e-6, 1.0), (0, 1.0, 0.0, 1.0), (-1, 0.8, 0.0, 4.0)]
+    logits = torch.stack([torch.randn(500, generator=gen) * scale for *_, scale in rows])
+    top_k = torch.tensor([r[0] for r in rows])
+    top_p, min_p = torch.tensor([r[1] for r in rows]), torch.tensor([r[2] for r in rows])
+    ref = _mask_sorted(logits, top_k, top_p, min_p)
+    ref[7] = logits[7]  # a row with no mask keeps its logits
+    for c in (16, 64, 501):
+        assert torch.equal(torch.isfinite(top_k_top_p_min_p_mask(logits, top_k, top_p, min_p, c)), torch.isfinite(ref))
+        out = top_k_top_p_min_p_mask(logits, top_k, top_p, min_p, c)
+        assert torch.equal(out[torch.isfinite(out)], ref[torch.isfinite(ref)])
+
+
+def test_the_candidates_are_one_past_the_largest_top_k_when_every_masked_row_sets_one():
+    from llmserve.engine.sampler import CANDIDATES, candidates
+
+    assert candidates([SamplingParams(top_k=40), SamplingParams(top_k=8, top_p=0.9), SamplingParams()]) == 41
+    assert candidates([SamplingParams(top_k=40), SamplingParams(top_p=0.9)]) == CANDIDATES
+    assert candidates([SamplingParams(temperature=0.7)]) == CANDIDATES
+
+
+def _penalties_row_by_row(logits, batch):
+    """The per-row form apply_penalties replaced (the reference it must equal)."""
+    for i, p in enumerate(batch.params):
+        if p.repetition_penalty != 1.0 and batch.all_tokens[i]:
+            ids = torch.tensor(sorted(set(batch.all_tokens[i])))
+            row = logits[i, ids]
+            logits[i, ids] = torch.where(row > 0, row / p.repetition_penalty, row * p.repetition_penalty)
+        if (p.presence_penalty or p.frequency_penalty) and batch.output_tokens[i]:
+            counts = torch.zeros(logits.shape[1]).index_add_(0, torch.tensor(batch.output_tokens[i]),
+                                                             torch.ones(len(batch.output_tokens[i])))
+            logits[i] -= p.presence_penalty * (counts > 0).float() + p.frequency_penalty * counts
+
+
+def test_penalties_of_every_row_at_once_equal_those_applied_row_by_row():
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(6, 50, generator=gen) * 3
+    params = [SamplingParams(repetition_penalty=1.3), SamplingParams(), SamplingParams(presence_penalty=0.7),
+              SamplingParams(frequency_penalty=-0.4, repetition_penalty=0.8),
+              SamplingParams(presence_penalty=1.0, frequency_penalty=0.5), SamplingParams(repetition_penalty=1.1)]
+    outputs = [[1, 1, 7], [3], [4, 4, 4, 9], [2, 2, 49], [], [0, 5, 5]]
+    batch = SamplingBatch(params, outputs, [[10, 11, 10] + o for o in outputs], [None] * 6, [[]] * 6)
+    ref = logits.clone()
+    _penalties_row_by_row(ref, batch)
+    apply_penalties(logits, batch)
+    assert torch.equal(logits, ref)

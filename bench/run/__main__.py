@@ -66,6 +66,16 @@ def _merge_phase(old: dict, new: dict) -> dict:
     return {**new, "runs": kept + new.get("runs", [])}
 
 
+def sampling_fields(text: str) -> dict:
+    """`temperature=0.7,top_k=40` -> {"temperature": 0.7, "top_k": 40}, checked as SamplingParams fields."""
+    from llmserve.engine.sampling_params import SamplingParams
+
+    fields = {k: (float(v) if "." in v or "e" in v else int(v))
+              for k, _, v in (item.partition("=") for item in text.split(",") if item)}
+    SamplingParams(**fields)  # an unknown field fails here, naming it
+    return fields
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     ap.add_argument("--out", help="results folder (default: bench/results/<date>-<gpu>)")
@@ -113,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--instances", type=int, default=1, help=argparse.SUPPRESS)  # Triton model instances
     ap.add_argument("--serving", action="append", default=[], metavar="KEY=VALUE",
                     help="override a serving knob (config.pbtxt parameter) for every phase; repeatable")
+    ap.add_argument("--sampling", type=sampling_fields, default={}, metavar="KEY=VALUE,...",
+                    help="the engine phases' requests sample with these SamplingParams fields instead of greedy, e.g. "
+                    "temperature=0.7,top_p=0.9,repetition_penalty=1.1 (the sampler's cost at scale)")
     args = ap.parse_args(argv)
     # The serving knobs of this run's engines (a phase may add queue limits for its plan): the defaults, --serving,
     # then what the shape needs unless --serving set it
@@ -144,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {"env": env, "date": datetime.datetime.now().isoformat(timespec="seconds"),
                "command": "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:]),
                "serving": args.knobs, "shape": args.shape, "model": _model_stamp(args.shape), "plan": args.plan,
-               "quick": args.quick, "phases": {}}
+               "quick": args.quick, "sampling": args.sampling, "phases": {}}
     if previous and previous.get("shape", DEFAULT_SHAPE) != args.shape:
         ap.error(f"--resume: {out} holds the {previous.get('shape', DEFAULT_SHAPE)} shape, not {args.shape}")
     if previous:  # --resume: keep the phases an earlier call measured on this machine kind
@@ -154,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     q += ["--workloads", args.workloads] if args.workloads else []
     q += ["--concurrency", args.concurrency] if args.concurrency else []
     q += ["--waves", str(args.waves)] if args.waves else []
+    q += ["--sampling", ",".join(f"{k}={v}" for k, v in args.sampling.items())] if args.sampling else []
     plan_args = ["--plan", args.plan] if args.plan else []  # for the engine phases (not the Triton twin)
     t_start = time.time()
     with open(out / "log.txt", "a") as log:

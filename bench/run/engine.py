@@ -94,7 +94,7 @@ def phase_engine(args) -> dict:
             else:
                 prompts = random_prompts(c * waves_of(args, c), in_len, args.vocab, seed=c * 7 + in_len)
             seen = trace.stat().st_size if trace.is_file() else 0
-            records, wall = drive_engine(eng, prompts, out_len, c)
+            records, wall = drive_engine(eng, prompts, out_len, c, args.sampling)
             s = summarize(records, wall, c, in_len, out_len)
             s["workload"] = wname
             s["preemptions"] = eng.stats().preemptions
