@@ -167,7 +167,7 @@ def sample(logits: torch.Tensor, batch: SamplingBatch) -> tuple[list[int], list[
         noise = torch.empty_like(probs).exponential_()
         for i, g in enumerate(batch.generators):
             if g is not None:
-                noise[i] = torch.empty(probs.shape[1], device=probs.device).exponential_(generator=g)
+                noise[i].exponential_(generator=g)  # in place: the same draws as a fresh row of its size
         drawn = (probs / noise).argmax(dim=-1)
         chosen = torch.where(greedy, chosen, drawn)
 
