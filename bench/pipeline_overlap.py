@@ -22,7 +22,6 @@ import torch
 
 from llmserve.config import ServingConfig
 from llmserve.engine.api import EngineRequest
-from llmserve.engine.sampler import SamplingBatch
 from llmserve.engine.sampling_params import SamplingParams
 from llmserve.engine.scheduler import ScheduledBatch
 from llmserve.engine.torch_engine import TorchEngine
@@ -51,7 +50,7 @@ def step_ms(engine: TorchEngine, seqs: int, tokens: int, repeats: int) -> float:
         engine.add_request(EngineRequest(f"r{i}", [(7 * i + j) % 4000 + 5 for j in range(tokens)], params))
     batch = engine.scheduler.schedule()
     assert len(batch.seqs) == seqs and all(n == tokens for n in batch.num_tokens), batch.num_tokens
-    sampling = SamplingBatch.of(engine.runner.sampling_rows(batch))
+    sampling = engine.runner.sampling_of(batch)[1]
     times = []
     for _ in range(repeats):  # the same step again: it rewrites the same KV slots
         t0 = time.perf_counter()

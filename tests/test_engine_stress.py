@@ -1,5 +1,6 @@
 """The engine under a mixed, seeded workload (SmolLM2, CPU): requests arrive over many steps, share prefixes, ask
-for greedy or seeded sampled answers (n = 2 among them), some are aborted midway; the steps chunk prompts,
+for greedy or seeded sampled answers (n = 2 among them, penalties on some: their tokens kept on the device between
+steps, more of them alive than the history has slots), some are aborted midway; the steps chunk prompts,
 preempt, or run launched ahead. Every choice must get exactly the tokens it gets when its request runs alone, and
 one final; an aborted one a prefix of them; and every KV block must be free at the end."""
 
@@ -16,7 +17,7 @@ QUESTIONS = ["What is the capital of France?", "Name a primary colour.", "Count 
              "Write one word that rhymes with cat.", "What do bees make?", "Say hello in Spanish."]
 SYSTEM = "You are a concise assistant. Answer in one short sentence."  # a prefix most prompts share
 BLOCK = 737280  # bytes of one 16-token KV block of SmolLM2 in float32
-SEEDS = (4, 5)  # workloads whose runs below preempt and abort choices midway under every knob set that can
+SEEDS = (1, 8)  # workloads whose runs below preempt and abort choices midway under every knob set that can
 KNOBS = {
     "chunked": {"max_num_tokens": 16, "max_batch_size": 5},
     "preempting": {"kv_cache_memory_bytes": 8 * BLOCK, "max_batch_size": 6},
@@ -32,10 +33,13 @@ def workload(tokenizer, seed: int) -> list[tuple[int, EngineRequest, int | None]
         messages = [{"role": "user", "content": rng.choice(QUESTIONS)}]
         if rng.random() < 0.7:
             messages.insert(0, {"role": "system", "content": SYSTEM})
-        kind = rng.choice(["greedy", "greedy", "seeded", "seeded_n2"])
-        params = SamplingParams(temperature=0.0, max_tokens=rng.randint(3, 14)) if kind == "greedy" else \
+        kind = rng.choice(["greedy", "greedy", "seeded", "seeded_n2", "penalised", "penalised_greedy"])
+        penalties = dict(repetition_penalty=1.3, presence_penalty=0.4, frequency_penalty=0.2) \
+            if kind.startswith("penalised") else {}
+        params = SamplingParams(temperature=0.0, max_tokens=rng.randint(3, 14), **penalties) \
+            if kind.endswith("greedy") else \
             SamplingParams(temperature=0.8, top_p=0.9, seed=rng.randint(0, 999), max_tokens=rng.randint(3, 14),
-                           n=2 if kind == "seeded_n2" else 1)
+                           n=2 if kind == "seeded_n2" else 1, **penalties)
         request = EngineRequest(f"r{i}", tokenizer.apply_chat_template(messages), params, frozenset({2}))
         arrival = rng.randint(0, 8)
         out.append((arrival, request, arrival + rng.randint(2, 10) if rng.random() < 0.3 else None))

@@ -1,6 +1,6 @@
 import torch
 
-from llmserve.engine.sampler import SamplingBatch, apply_penalties, sample, top_k_top_p_min_p_mask
+from llmserve.engine.sampler import SamplingBatch, sample, top_k_top_p_min_p_mask
 from llmserve.engine.sampling_params import SamplingParams
 
 
@@ -37,16 +37,15 @@ def test_masks_combine_and_never_empty_a_row():
 def _batch(params, outputs=None, generators=None):
     n = len(params)
     outputs = outputs or [[] for _ in range(n)]
-    return SamplingBatch(params, outputs, outputs, generators or [None] * n, [[] for _ in range(n)])
+    return SamplingBatch(params, outputs, [0] * n, generators or [None] * n, [[] for _ in range(n)])
 
 
 def test_penalties():
     logits = torch.tensor([[2.0, -2.0, 1.0, 0.0]])
-    apply_penalties(logits, _batch([SamplingParams(repetition_penalty=2.0)], outputs=[[0, 1]]))
+    _batch([SamplingParams(repetition_penalty=2.0)], outputs=[[0, 1]]).penalise(logits)
     assert logits.tolist() == [[1.0, -4.0, 1.0, 0.0]]
     logits = torch.tensor([[2.0, 2.0, 2.0, 2.0]])
-    apply_penalties(logits, _batch([SamplingParams(presence_penalty=0.5, frequency_penalty=0.25)],
-                                   outputs=[[1, 1, 2]]))
+    _batch([SamplingParams(presence_penalty=0.5, frequency_penalty=0.25)], outputs=[[1, 1, 2]]).penalise(logits)
     assert logits.tolist() == [[2.0, 1.0, 1.25, 2.0]]
 
 
@@ -127,28 +126,68 @@ def test_the_candidates_are_one_past_the_largest_top_k_when_every_masked_row_set
     assert candidates([SamplingParams(temperature=0.7)]) == CANDIDATES
 
 
-def _penalties_row_by_row(logits, batch):
-    """The per-row form apply_penalties replaced (the reference it must equal)."""
-    for i, p in enumerate(batch.params):
-        if p.repetition_penalty != 1.0 and batch.all_tokens[i]:
-            ids = torch.tensor(sorted(set(batch.all_tokens[i])))
+def _penalties_row_by_row(logits, params, outputs, all_tokens):
+    """The per-row form the device-side penalties replaced (the reference they must equal)."""
+    for i, p in enumerate(params):
+        if p.repetition_penalty != 1.0 and all_tokens[i]:
+            ids = torch.tensor(sorted(set(all_tokens[i])))
             row = logits[i, ids]
             logits[i, ids] = torch.where(row > 0, row / p.repetition_penalty, row * p.repetition_penalty)
-        if (p.presence_penalty or p.frequency_penalty) and batch.output_tokens[i]:
-            counts = torch.zeros(logits.shape[1]).index_add_(0, torch.tensor(batch.output_tokens[i]),
-                                                             torch.ones(len(batch.output_tokens[i])))
+        if (p.presence_penalty or p.frequency_penalty) and outputs[i]:
+            counts = torch.zeros(logits.shape[1]).index_add_(0, torch.tensor(outputs[i]), torch.ones(len(outputs[i])))
             logits[i] -= p.presence_penalty * (counts > 0).float() + p.frequency_penalty * counts
+
+
+PENALISED = [SamplingParams(repetition_penalty=1.3), SamplingParams(), SamplingParams(presence_penalty=0.7),
+             SamplingParams(frequency_penalty=-0.4, repetition_penalty=0.8),
+             SamplingParams(presence_penalty=1.0, frequency_penalty=0.5), SamplingParams(repetition_penalty=1.1)]
 
 
 def test_penalties_of_every_row_at_once_equal_those_applied_row_by_row():
     gen = torch.Generator().manual_seed(1)
     logits = torch.randn(6, 50, generator=gen) * 3
-    params = [SamplingParams(repetition_penalty=1.3), SamplingParams(), SamplingParams(presence_penalty=0.7),
-              SamplingParams(frequency_penalty=-0.4, repetition_penalty=0.8),
-              SamplingParams(presence_penalty=1.0, frequency_penalty=0.5), SamplingParams(repetition_penalty=1.1)]
     outputs = [[1, 1, 7], [3], [4, 4, 4, 9], [2, 2, 49], [], [0, 5, 5]]
-    batch = SamplingBatch(params, outputs, [[10, 11, 10] + o for o in outputs], [None] * 6, [[]] * 6)
+    tokens = [[10, 11, 10] + o for o in outputs]
     ref = logits.clone()
-    _penalties_row_by_row(ref, batch)
-    apply_penalties(logits, batch)
+    _penalties_row_by_row(ref, PENALISED, outputs, tokens)
+    SamplingBatch(PENALISED, tokens, [3] * 6, [None] * 6, [[]] * 6).penalise(logits)
     assert torch.equal(logits, ref)
+
+
+class Owner:
+    """A sequence as the token history sees it: a key with a status."""
+
+    def __init__(self):
+        self.status = "running"
+
+
+def test_the_token_history_uploads_only_new_tokens_and_reuses_finished_and_absent_owners_slots():
+    """Steps of growing, penalised rows through one TokenHistory of 3 slots: each step's penalties equal the
+    row-by-row form; a row's tokens go up once, then only its new ones; a finished owner's slot is taken first,
+    then that of one not in the step (whose tokens go up whole again when it comes back)."""
+    from llmserve.engine.penalties import TokenHistory
+
+    gen = torch.Generator().manual_seed(2)
+    history = TokenHistory(3, torch.device("cpu"))
+    owners = [Owner() for _ in range(4)]
+    tokens = [torch.randint(0, 300, (n,), generator=gen).tolist() for n in (40, 7, 300, 12)]
+    penalised = [p for p in PENALISED if p != SamplingParams()]
+    uploaded = []
+    for step, rows in enumerate([[0, 1, 2], [0, 1, 2], [0, 3, 2], [1, 3], [1, 3, 2]]):
+        owners[1].status = "finished" if step == 2 else "running"
+        for r in rows:
+            tokens[r].append(step)
+        before = sum(history.length)
+        logits = torch.randn(len(rows), 320, generator=gen)
+        params = [penalised[(r + step) % len(penalised)] for r in rows]
+        ref = logits.clone()
+        _penalties_row_by_row(ref, params, [tokens[r][5:] for r in rows], [tokens[r] for r in rows])
+        SamplingBatch(params, [tokens[r] for r in rows], [5] * len(rows), [None] * len(rows), [[]] * len(rows),
+                      [len(tokens[r]) for r in rows], [owners[r] for r in rows], history).penalise(logits)
+        assert torch.equal(logits, ref), step
+        uploaded.append(sum(history.length) - before)
+        assert [history.owner.index(owners[r]) for r in rows] == [history.slot_of[owners[r]] for r in rows]
+    # step 2: owner 3 takes finished owner 1's slot (its 13 tokens up, owner 1's 9 gone); step 3: owner 1 comes back
+    # and takes owner 0's, absent from the step (10 up, owner 0's 43 gone); otherwise a token a row
+    assert history.owner == [owners[1], owners[3], owners[2]]
+    assert uploaded == [41 + 8 + 301, 3, 13 - 9 + 2, 10 - 43 + 1, 3]

@@ -33,6 +33,7 @@ from llmserve.engine.graph_inputs import StepInputs
 from llmserve.engine.launcher import Launcher
 from llmserve.engine.parallel.group import RankGroup
 from llmserve.engine.parallel.pipeline import InFlight
+from llmserve.engine.penalties import TokenHistory
 from llmserve.engine.prefill_graphs import PrefillGraphs
 from llmserve.engine.sampler import SamplingBatch, is_plain_greedy, sample
 from llmserve.engine.scheduler import ScheduledBatch
@@ -105,6 +106,7 @@ class ModelRunner(Launcher):
         self._prefill_graphs: PrefillGraphs | None = None
         self.last_launch_s = 0.0
         self.last_launch_split_ms: tuple[float, float, float] | None = None  # a graph step's inputs/replay/logits
+        self.token_history = TokenHistory(cfg.batching.max_batch_size, self.device)  # penalised rows' tokens
         if self.fast and self.device.type == "cuda" and getattr(tp, "pipeline", None) is None:  # stages: not yet
             self.startup.timed("warmup", self._warmup)
         if self.fast and cfg.pytorch.cuda_graphs and getattr(tp, "pipeline", None) is None:
@@ -230,6 +232,11 @@ class ModelRunner(Launcher):
 
     def sampling_rows(self, batch: ScheduledBatch) -> list[Sequence]:
         return [s for s, n in zip(batch.seqs, batch.num_tokens) if s.num_computed_tokens + n == len(s.tokens)]
+
+    def sampling_of(self, batch: ScheduledBatch) -> tuple[list[Sequence], SamplingBatch | None]:
+        """The step's sampled rows and their sampling inputs (penalties read their tokens from token_history)."""
+        rows = self.sampling_rows(batch)
+        return rows, SamplingBatch.of(rows, self.token_history) if rows else None
 
     @torch.inference_mode()
     def _warmup(self) -> None:

@@ -6,11 +6,13 @@ seeded request gives the same tokens whatever else shares its batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Hashable
+from dataclasses import dataclass, field
 
 import torch
 
 from llmserve.engine.api import TokenLogprob
+from llmserve.engine.penalties import TokenHistory, apply_penalties, device_tensor, penalised
 from llmserve.engine.sampling_params import SamplingParams
 from llmserve.engine.sequence import Sequence
 
@@ -18,21 +20,37 @@ from llmserve.engine.sequence import Sequence
 @dataclass
 class SamplingBatch:
     params: list[SamplingParams]
-    output_tokens: list[list[int]]  # generated so far, for presence/frequency penalties
-    all_tokens: list[list[int]]  # prompt + generated, for the repetition penalty
+    tokens: list[list[int]]  # each row's prompt + generated tokens (a Sequence's own list: not copied)
+    num_prompt: list[int]  # where each row's generated tokens start (presence and frequency penalties count those)
     generators: list[torch.Generator | None]
     banned: list[list[int]]  # ids masked this step (EOS/stop ids before min_tokens)
+    lengths: list[int] = field(default_factory=list)  # tokens a row has as of this step (default: all of them)
+    owners: list[Hashable] = field(default_factory=list)  # each row's key in `history` (the engine's Sequence)
+    history: TokenHistory | None = None  # the engine's device copies of penalised rows' tokens (None: made here)
 
     @classmethod
-    def of(cls, rows: list[Sequence]) -> SamplingBatch:
-        """The sampling tensors of a step's rows (EOS and stop ids banned before min_tokens)."""
+    def of(cls, rows: list[Sequence], history: TokenHistory | None = None) -> SamplingBatch:
+        """The sampling inputs of a step's rows (EOS and stop ids banned before min_tokens), as they are now."""
         banned = []
         for s in rows:
             p = s.request.params
             stop_ids = list(p.stop_token_ids) + ([] if p.ignore_eos else list(s.request.eos_token_ids))
             banned.append(stop_ids if s.num_output_tokens < p.min_tokens else [])
-        return cls(params=[s.request.params for s in rows], output_tokens=[s.output_tokens for s in rows],
-                   all_tokens=[s.tokens for s in rows], generators=[s.generator for s in rows], banned=banned)
+        return cls(params=[s.request.params for s in rows], tokens=[s.tokens for s in rows],
+                   num_prompt=[s.num_prompt_tokens for s in rows], generators=[s.generator for s in rows],
+                   banned=banned, lengths=[len(s.tokens) - s.num_pending for s in rows], owners=list(rows),
+                   history=history)
+
+    def penalise(self, logits: torch.Tensor) -> None:
+        """The rows' penalties, in place (llmserve/engine/penalties.py)."""
+        rows = [i for i, p in enumerate(self.params) if penalised(p)]
+        if not rows:
+            return
+        lengths = [self.lengths[i] if self.lengths else len(self.tokens[i]) for i in rows]
+        owners = [self.owners[i] for i in rows] if self.owners else [object() for _ in rows]
+        history = self.history or TokenHistory(len(rows), logits.device)
+        slots = history.rows(owners, [self.tokens[i] for i in rows], lengths)
+        apply_penalties(logits, self.params, slots, history.ids, lengths, [self.num_prompt[i] for i in rows], rows)
 
 
 def plain_greedy_params(p: SamplingParams) -> bool:
@@ -44,44 +62,6 @@ def plain_greedy_params(p: SamplingParams) -> bool:
 def is_plain_greedy(batch: SamplingBatch) -> bool:
     """Argmax alone decides every row: no temperature, penalties, bans or logprobs (the CUDA graph's argmax)."""
     return all(not banned and plain_greedy_params(p) for p, banned in zip(batch.params, batch.banned))
-
-
-def _tensor(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A small host list on the device without a stream sync (pinned staging, asynchronous copy)."""
-    t = torch.tensor(values, dtype=dtype)
-    if device.type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t
-
-
-def _pairs(rows: dict[int, list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(row, token) pairs of the listed rows as two index tensors, rows numbered in the dict's order."""
-    return (_tensor([j for j, ids in enumerate(rows.values()) for _ in ids], torch.long, device),
-            _tensor([t for ids in rows.values() for t in ids], torch.long, device))
-
-
-def apply_penalties(logits: torch.Tensor, batch: SamplingBatch) -> None:
-    """In place, every row at once (a row at a time was several launches a row: at 1,024 sampled rows with the
-    guide's repetition penalty, thousands a step)."""
-    params, dev, dt = batch.params, logits.device, logits.dtype
-    rep = {i: sorted(set(batch.all_tokens[i])) for i, p in enumerate(params)
-           if p.repetition_penalty != 1.0 and batch.all_tokens[i]}
-    if rep:
-        local, ids = _pairs(rep, dev)
-        rows = _tensor(list(rep), torch.long, dev)[local]
-        pen = _tensor([params[i].repetition_penalty for i in rep], dt, dev)[local]
-        vals = logits[rows, ids]
-        # HF/CTRL convention: shrink positive logits, push negative ones further down.
-        logits[rows, ids] = torch.where(vals > 0, vals / pen, vals * pen)
-    said = {i: batch.output_tokens[i] for i, p in enumerate(params)
-            if (p.presence_penalty or p.frequency_penalty) and batch.output_tokens[i]}
-    if said:
-        local, ids = _pairs(said, dev)
-        counts = torch.zeros(len(said), logits.shape[1], dtype=dt, device=dev)
-        counts.index_put_((local, ids), torch.ones_like(ids, dtype=dt), accumulate=True)
-        presence = _tensor([params[i].presence_penalty for i in said], dt, dev)[:, None]
-        frequency = _tensor([params[i].frequency_penalty for i in said], dt, dev)[:, None]
-        logits[_tensor(list(said), torch.long, dev)] -= presence * (counts > 0).to(dt) + frequency * counts
 
 
 # Tokens ranked per row before a whole-vocabulary sort is needed: top-p's prefix and min-p's survivors nearly always
@@ -144,24 +124,24 @@ def sample(logits: torch.Tensor, batch: SamplingBatch) -> tuple[list[int], list[
     B = logits.shape[0]
     params = batch.params
     raw_logprobs = logits.log_softmax(dim=-1) if any(p.logprobs is not None for p in params) else None
-    apply_penalties(logits, batch)
+    batch.penalise(logits)
     for i, banned in enumerate(batch.banned):
         if banned:
-            logits[i, _tensor(banned, torch.long, logits.device)] = float("-inf")
+            logits[i, device_tensor(banned, torch.long, logits.device)] = float("-inf")
 
     dev = logits.device
     chosen = logits.argmax(dim=-1)
     if not all(p.greedy for p in params):  # decided on the host: no device sync
-        greedy = _tensor([p.greedy for p in params], torch.bool, dev)
-        temp = _tensor([p.temperature if not p.greedy else 1.0 for p in params], logits.dtype, dev)
+        greedy = device_tensor([p.greedy for p in params], torch.bool, dev)
+        temp = device_tensor([p.temperature if not p.greedy else 1.0 for p in params], logits.dtype, dev)
         scaled = logits / temp[:, None]
         needs_mask = any(p.top_k or p.top_p < 1.0 or p.min_p > 0.0 for p in params)
         if needs_mask:
             scaled = top_k_top_p_min_p_mask(
                 scaled,
-                _tensor([p.top_k for p in params], torch.long, dev),
-                _tensor([p.top_p for p in params], logits.dtype, dev),
-                _tensor([p.min_p for p in params], logits.dtype, dev), candidates(params))
+                device_tensor([p.top_k for p in params], torch.long, dev),
+                device_tensor([p.top_p for p in params], logits.dtype, dev),
+                device_tensor([p.min_p for p in params], logits.dtype, dev), candidates(params))
         probs = scaled.softmax(dim=-1)
         # Exponential race (Gumbel-max in disguise): argmax(p / E) with E ~ Exp(1) samples from p.
         noise = torch.empty_like(probs).exponential_()

@@ -64,8 +64,7 @@ class StepQueue:
             self.submit(batch)
 
     def submit(self, batch: ScheduledBatch) -> None:
-        rows = self.runner.sampling_rows(batch)
-        sampling = SamplingBatch.of(rows) if rows else None
+        rows, sampling = self.runner.sampling_of(batch)
         for seq in batch.seqs:
             seq.in_flight = True
         flight = self.runner.submit(batch, sampling)

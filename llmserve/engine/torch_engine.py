@@ -189,8 +189,7 @@ class TorchEngine:
             self._launched = self._launch(batch, None)
             return outputs
         self._steps += 1
-        rows = self.runner.sampling_rows(batch)
-        sampling = SamplingBatch.of(rows) if rows else None
+        rows, sampling = self.runner.sampling_of(batch)
         t0 = time.monotonic()
         try:
             tokens, logprobs = self._run(batch, sampling)
@@ -323,9 +322,9 @@ class TorchEngine:
         outputs = []
         for seq, n in zip(batch.seqs, batch.num_tokens):
             single = ScheduledBatch([seq], [n])
-            rows = self.runner.sampling_rows(single)
+            rows, sampling = self.runner.sampling_of(single)
             try:
-                tokens, logprobs = self._run(single, SamplingBatch.of(rows) if rows else None)
+                tokens, logprobs = self._run(single, sampling)
             except Exception as exc:  # noqa: BLE001
                 error = EngineError(f"engine failure: {type(exc).__name__}: {exc}")
                 outputs.append(self._end(seq, FinishReason.ERROR, error))
