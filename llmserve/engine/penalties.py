@@ -28,7 +28,7 @@ class TokenHistory:
 
     def __init__(self, slots: int, device: torch.device):
         self.device = device
-        self.ids: torch.Tensor | None = None  # [slots, width] int64, made on first use, widened as contexts grow
+        self.ids: torch.Tensor | None = None  # [slots, width] int32, made on first use, widened as contexts grow
         self.owner: list[Hashable | None] = [None] * slots
         self.length = [0] * slots  # tokens of the owner's on the device
         self.slot_of: dict[Hashable, int] = {}
@@ -49,7 +49,7 @@ class TokenHistory:
             self.length[s] = n
         if vals:
             at = (device_tensor(where, torch.long, self.device), device_tensor(pos, torch.long, self.device))
-            self.ids[at] = device_tensor(vals, torch.long, self.device)
+            self.ids[at] = device_tensor(vals, torch.int32, self.device)
         return device_tensor(slots, torch.long, self.device)
 
     def _slot(self, owner: Hashable, current: set) -> int:
@@ -70,7 +70,7 @@ class TokenHistory:
             return
         old = self.ids
         new_width = max(width, 256, 2 * (old.shape[1] if old is not None else 0))
-        self.ids = torch.zeros(len(self.owner), new_width, dtype=torch.long, device=self.device)
+        self.ids = torch.zeros(len(self.owner), new_width, dtype=torch.int32, device=self.device)
         if old is not None:
             self.ids[:, :old.shape[1]] = old
 
@@ -83,7 +83,7 @@ def apply_penalties(logits: torch.Tensor, params: list[SamplingParams], slots: t
     generated ones, with the arithmetic of a row at a time."""
     dev, dt = logits.device, logits.dtype
     width = max(lengths)
-    seen = ids[slots, :width]
+    seen = ids[slots, :width].long()
     pos = torch.arange(width, device=dev)
     n = device_tensor(lengths, torch.long, dev)[:, None]
     at = device_tensor(rows, torch.long, dev)
