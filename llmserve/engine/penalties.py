@@ -32,6 +32,7 @@ class TokenHistory:
         self.owner: list[Hashable | None] = [None] * slots
         self.length = [0] * slots  # tokens of the owner's on the device
         self.slot_of: dict[Hashable, int] = {}
+        self.free = list(range(slots - 1, -1, -1))  # never used yet, taken from the end (slot 0 first)
 
     def rows(self, owners: list[Hashable], tokens: list[list[int]], lengths: list[int]) -> torch.Tensor:
         """Uploads what the device lacks of each owner's tokens[:length]; returns their slots, [rows] int64."""
@@ -55,7 +56,7 @@ class TokenHistory:
     def _slot(self, owner: Hashable, current: set) -> int:
         if owner in self.slot_of:
             return self.slot_of[owner]
-        s = next((i for i, o in enumerate(self.owner) if o is None), None)
+        s = self.free.pop() if self.free else None
         if s is None:  # a finished owner's, else one not in this step's rows
             s = next((i for i, o in enumerate(self.owner) if getattr(o, "status", None) == "finished"), None)
         if s is None:
