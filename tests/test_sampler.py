@@ -191,3 +191,16 @@ def test_the_token_history_uploads_only_new_tokens_and_reuses_finished_and_absen
     # and takes owner 0's, absent from the step (10 up, owner 0's 43 gone); otherwise a token a row
     assert history.owner == [owners[1], owners[3], owners[2]]
     assert uploaded == [41 + 8 + 301, 3, 13 - 9 + 2, 10 - 43 + 1, 3]
+
+
+def test_logprobs_of_rows_asking_different_counts_match_a_row_at_a_time():
+    logits = torch.randn(4, 60, generator=torch.Generator().manual_seed(4))
+    params = [SamplingParams(temperature=0.0, logprobs=3), SamplingParams(temperature=0.0),
+              SamplingParams(temperature=0.0, logprobs=0), SamplingParams(temperature=0.0, logprobs=6)]
+    toks, lps = sample(logits.clone(), _batch(params))
+    ref = logits.log_softmax(-1)
+    assert lps[1] is None and lps[2].top == {}
+    for i in (0, 2, 3):
+        vals, ids = ref[i].topk(params[i].logprobs)
+        assert lps[i].token_id == toks[i] and lps[i].logprob == float(ref[i, toks[i]])
+        assert lps[i].top == dict(zip(ids.tolist(), vals.tolist()))

@@ -154,12 +154,20 @@ def sample(logits: torch.Tensor, batch: SamplingBatch) -> tuple[list[int], list[
     tokens = chosen.tolist()
     out: list[TokenLogprob | None] = [None] * B
     if raw_logprobs is not None:
-        for i, p in enumerate(params):
-            if p.logprobs is None:
-                continue
-            top: dict[int, float] = {}
-            if p.logprobs > 0:
-                vals, ids = raw_logprobs[i].topk(p.logprobs)
-                top = dict(zip(ids.tolist(), vals.tolist()))
-            out[i] = TokenLogprob(tokens[i], float(raw_logprobs[i, tokens[i]]), top)
+        for i, lp in zip(*_logprobs(raw_logprobs, chosen, params)):
+            out[i] = TokenLogprob(tokens[i], *lp)
     return tokens, out
+
+
+def _logprobs(raw: torch.Tensor, chosen: torch.Tensor, params: list[SamplingParams]
+              ) -> tuple[list[int], list[tuple[float, dict[int, float]]]]:
+    """The rows that ask for logprobs, and each one's (chosen token's logprob, its top-n): one top-k of the
+    largest n over all of them and one read back (a row at a time was a device sync a row)."""
+    want = [i for i, p in enumerate(params) if p.logprobs is not None]
+    at = device_tensor(want, torch.long, raw.device)
+    picked = raw[at, chosen[at]].tolist()
+    k = max(params[i].logprobs for i in want)
+    vals, ids = raw[at].topk(k) if k > 0 else (raw[at, :0], raw[at, :0].long())
+    vals, ids = vals.tolist(), ids.tolist()
+    n = [params[i].logprobs for i in want]
+    return want, [(picked[j], dict(zip(ids[j][:n[j]], vals[j][:n[j]]))) for j in range(len(want))]
