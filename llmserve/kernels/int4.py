@@ -32,6 +32,7 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from llmserve.kernels import launch_args
 from llmserve.kernels.group_tiles import load_x, store_rows, store_tile
+from llmserve.kernels.int4_words import w4gemv_words
 
 
 @triton.jit
@@ -188,8 +189,6 @@ def w4gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch
     None: from K > 8,192 (the MLP's down_proj, where it measured faster) unless a `config` is given."""
     sizes = check_codes(w, scale, minimum)
     if words or (words is None and config is None and sizes[1] > 8192):
-        from llmserve.kernels.int4_words import w4gemv_words
-
         return w4gemv_words(x, w, scale, minimum, bias, gated, config, pdl, sizes)
     return launch_gemv(_w4gemv_kernel, x, w, scale, minimum, bias, gated, config, pdl, sizes)
 
