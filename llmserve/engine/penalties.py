@@ -9,6 +9,7 @@ from collections.abc import Hashable
 import torch
 
 from llmserve.engine.sampling_params import SamplingParams
+from llmserve.engine.sequence import Status
 
 
 def penalised(p: SamplingParams) -> bool:
@@ -58,7 +59,7 @@ class TokenHistory:
             return self.slot_of[owner]
         s = self.free.pop() if self.free else None
         if s is None:  # a finished owner's, else one not in this step's rows
-            s = next((i for i, o in enumerate(self.owner) if getattr(o, "status", None) == "finished"), None)
+            s = next((i for i, o in enumerate(self.owner) if getattr(o, "status", None) == Status.FINISHED), None)
         if s is None:
             s = next(i for i, o in enumerate(self.owner) if o not in current)
         if self.owner[s] is not None:

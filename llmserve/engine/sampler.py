@@ -109,9 +109,14 @@ def top_k_top_p_min_p_mask(logits: torch.Tensor, top_k: torch.Tensor, top_p: tor
     return out
 
 
+def masks(p: SamplingParams) -> bool:
+    """Whether top-k, top-p or min-p drops any token of the row (top_k 0 or -1: off)."""
+    return p.top_k > 0 or p.top_p < 1.0 or p.min_p > 0.0
+
+
 def candidates(params: list[SamplingParams]) -> int:
     """Ranks the mask needs per row: one past the largest top-k when every masked row sets one, else CANDIDATES."""
-    masked = [p for p in params if p.top_k > 0 or p.top_p < 1.0 or p.min_p > 0.0]
+    masked = [p for p in params if masks(p)]
     if masked and all(p.top_k > 0 for p in masked):
         return max(p.top_k for p in masked) + 1
     return CANDIDATES
@@ -135,8 +140,7 @@ def sample(logits: torch.Tensor, batch: SamplingBatch) -> tuple[list[int], list[
         greedy = device_tensor([p.greedy for p in params], torch.bool, dev)
         temp = device_tensor([p.temperature if not p.greedy else 1.0 for p in params], logits.dtype, dev)
         scaled = logits / temp[:, None]
-        needs_mask = any(p.top_k or p.top_p < 1.0 or p.min_p > 0.0 for p in params)
-        if needs_mask:
+        if any(map(masks, params)):
             scaled = top_k_top_p_min_p_mask(
                 scaled,
                 device_tensor([p.top_k for p in params], torch.long, dev),
@@ -162,7 +166,7 @@ def sample(logits: torch.Tensor, batch: SamplingBatch) -> tuple[list[int], list[
 def _logprobs(raw: torch.Tensor, chosen: torch.Tensor, params: list[SamplingParams]
               ) -> tuple[list[int], list[tuple[float, dict[int, float]]]]:
     """The rows that ask for logprobs, and each one's (chosen token's logprob, its top-n): one top-k of the
-    largest n over all of them and one read back (a row at a time was a device sync a row)."""
+    largest n over all of them and three reads back whatever the rows (a row at a time was two a row)."""
     want = [i for i, p in enumerate(params) if p.logprobs is not None]
     at = device_tensor(want, torch.long, raw.device)
     picked = raw[at, chosen[at]].tolist()
