@@ -258,16 +258,22 @@ def w4mm_dequant(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum:
     return dequant_linear(_w4dequant_kernel, x, w, scale, minimum, bias, gated, pdl, check_codes(w, scale, minimum))
 
 
+def gate_applied(x: torch.Tensor, K: int, gated: bool, pdl: bool) -> torch.Tensor:
+    """x [M, K], or the MLP's [M, 2K] gate and up as silu(gate) * up by the fused kernel (the matmuls' input)."""
+    assert x.shape[1] == (2 * K if gated else K), (x.shape, K, gated)
+    if not gated:
+        return x
+    from llmserve.kernels.fused import silu_mul
+
+    return silu_mul(x, pdl=pdl)
+
+
 def dequant_linear(kernel, x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None,
                    bias: torch.Tensor | None, gated: bool, pdl: bool, sizes: tuple[int, int, int]) -> torch.Tensor:
     """Many rows: W in x's dtype made by `kernel` (_w4dequant_kernel's arguments; the 8-bit groups' too), which is
     the torch twin's weight bit for bit, then F.linear: the twin's own computation."""
     N, K, group = sizes
-    assert x.shape[1] == (2 * K if gated else K), (x.shape, w.shape, gated)
-    if gated:
-        from llmserve.kernels.fused import silu_mul
-
-        x = silu_mul(x, pdl=pdl)
+    x = gate_applied(x, K, gated, pdl)
     w16 = torch.empty(N, K, dtype=x.dtype, device=x.device)
     bn, bk = 16, max(256, group)
     kernel[(triton.cdiv(N, bn), triton.cdiv(K, bk))](
@@ -282,11 +288,7 @@ def launch_mm(kernel, x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, min
     """(M, N, split-K) programs; `kernel` takes _w4mm_kernel's arguments (as the 8-bit groups' does)."""
     M = x.shape[0]
     N, K, group = sizes
-    assert x.shape[1] == (2 * K if gated else K), (x.shape, w.shape, gated)
-    if gated:
-        from llmserve.kernels.fused import silu_mul
-
-        x = silu_mul(x, pdl=pdl)
+    x = gate_applied(x, K, gated, pdl)
     assert x.stride(1) == 1
     if M == 0:
         return torch.empty(M, N, dtype=x.dtype, device=x.device)
