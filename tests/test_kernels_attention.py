@@ -130,3 +130,30 @@ def test_varlen_attention_matches_torch_path(nh, nkv, hd, fp8_cache, config):
                                  torch.tensor(firsts, dtype=torch.int32, device=DEV), hd ** -0.5, config=config,
                                  fp8_convert=fp8_cache or 1)
     assert rel(out, ref) < 1e-2
+
+
+def test_mixed_step_split_between_the_decode_and_varlen_kernels_matches_one_varlen_launch():
+    """A mixed step whose leading one-token rows go to the decode kernel (AttentionMetadata.split) attends as the one
+    varlen launch over every row does; the split needs at least split_rows leading one-token rows and a row after."""
+    from types import SimpleNamespace
+
+    from llmserve.model.attention import paged_attention_cached
+
+    nh, nkv, hd, page = 6, 2, 32, 16
+    query_lens, ctx_lens = [1, 1, 1, 20, 1, 7], [40, 17, 65, 20, 9, 50]  # decodes, a prompt, a decode, a chunk
+    B, bt, cache = _paged_setup(ctx_lens, nh, nkv, hd, page)
+    step = SimpleNamespace(slots=[0] * sum(query_lens), tables=[[int(b) for b in row] for row in bt],
+                           context_lens=ctx_lens, query_lens=query_lens)
+    q = torch.randn(sum(query_lens), nh, hd, device=DEV).to(DT)
+
+    def meta(split_rows):
+        return AttentionMetadata.for_step(step, torch.device(DEV), torch.int32, 128, group=nh // nkv, head_dim=hd,
+                                          split_rows=split_rows)
+
+    one, two = meta(0), meta(2)
+    assert (one.split, two.split, meta(4).split) == (0, 3, 0)
+    split, whole = (paged_attention_cached(q, cache, m, hd ** -0.5) for m in (two, one))
+    assert rel(split, whole) < 1e-3
+    assert len(two.query_start) == B - 3 + 1 and two.query_start[-1] == sum(query_lens) - 3
+    step.query_lens = [1] * B
+    assert meta(1).split == 0  # decode-only: the decode path

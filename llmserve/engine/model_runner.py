@@ -39,7 +39,7 @@ from llmserve.engine.sampler import SamplingBatch, is_plain_greedy, sample
 from llmserve.engine.scheduler import ScheduledBatch
 from llmserve.engine.sequence import Sequence
 from llmserve.engine.startup import StartupTimes, served_context
-from llmserve.kernels.shapes import decode_page_ok
+from llmserve.kernels.shapes import decode_page_ok, mixed_split_rows
 from llmserve.model.attention import AttentionMetadata
 from llmserve.model.llama import check_served_context, load_model
 
@@ -140,7 +140,8 @@ class ModelRunner(Launcher):
     def _prepare(self, step: StepInputs) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
         index = torch.int32 if self.fast else torch.long
         meta = AttentionMetadata.for_step(step, self.device, index, self.max_model_len, self.group,
-                                          self.model.args.head_dim, work_list=self.fast)
+                                          self.model.args.head_dim, work_list=self.fast,
+                                          split_rows=mixed_split_rows(self.kv_dtype == torch.float8_e4m3fn))
         return (torch.tensor(step.ids, dtype=index, device=self.device),
                 torch.tensor(step.positions, dtype=index, device=self.device), meta)
 

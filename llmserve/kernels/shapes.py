@@ -25,3 +25,9 @@ def varlen_query_blocks(query_lens: list[int], group: int, head_dim: int, block_
             seqs.append(i)
             starts.append(s)
     return seqs, starts
+
+
+def mixed_split_rows(kv_fp8: bool) -> int:
+    """Leading one-token rows from which a mixed step's attention gives them to the decode kernel, the rest to the
+    varlen kernel (two launches): where two launches timed faster than one on the H200 (docs/performance.md)."""
+    return 64 if kv_fp8 else 128

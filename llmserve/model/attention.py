@@ -44,6 +44,7 @@ class AttentionMetadata:
     query_start: torch.Tensor | None = None  # [B+1] int32 offsets of each sequence's new tokens
     qb_seq: torch.Tensor | None = None  # [n] int32: sequence of each varlen query block
     qb_start: torch.Tensor | None = None  # [n] int32: first query (within its sequence) of each block
+    split: int = 0  # mixed steps: leading one-token rows the decode kernel takes (the work list covers the rest)
 
     @classmethod
     def for_prefill(cls, seq_lens: list[int], block_size: int, device: torch.device, group: int = 1,
@@ -69,9 +70,11 @@ class AttentionMetadata:
 
     @classmethod
     def for_step(cls, step: StepLayout, device: torch.device, index: torch.dtype, context_bound: int, group: int,
-                 head_dim: int, work_list: bool = True) -> AttentionMetadata:
+                 head_dim: int, work_list: bool = True, split_rows: int = 0) -> AttentionMetadata:
         """An eager step's metadata; `index`: the dtype of slots and block tables (int32 for the kernels);
-        work_list: as in for_prefill (the runner: whether its model takes the Triton path)."""
+        work_list: as in for_prefill (the runner: whether its model takes the Triton path); split_rows (> 0): a
+        mixed step that starts with at least this many one-token rows hands them to the decode kernel, whose
+        split-context launch reads their long contexts faster than the varlen kernel's one-query tiles."""
         width = max(len(t) for t in step.tables)
         meta = cls(slot_mapping=torch.tensor(step.slots, dtype=index, device=device),
                    block_tables=torch.tensor([t + [0] * (width - len(t)) for t in step.tables], dtype=index,
@@ -81,19 +84,27 @@ class AttentionMetadata:
                    decode_only=all(n == 1 for n in step.query_lens), max_context_len=max(step.context_lens),
                    context_bound=context_bound)
         if work_list and not meta.decode_only:
+            meta.split = _leading_ones(step.query_lens, split_rows)
             meta.add_varlen(group, head_dim)
         return meta
 
     def add_varlen(self, group: int, head_dim: int) -> None:
-        """Fills the Triton path's query-block work list from query_lens (host side)."""
+        """Fills the Triton path's query-block work list from query_lens past `split` (host side)."""
         dev = self.slot_mapping.device
+        lens = self.query_lens[self.split:]
         starts = [0]
-        for n in self.query_lens:
+        for n in lens:
             starts.append(starts[-1] + n)
-        seqs, firsts = varlen_query_blocks(self.query_lens, group, head_dim)
+        seqs, firsts = varlen_query_blocks(lens, group, head_dim)
         self.query_start = torch.tensor(starts, dtype=torch.int32, device=dev)
         self.qb_seq = torch.tensor(seqs, dtype=torch.int32, device=dev)
         self.qb_start = torch.tensor(firsts, dtype=torch.int32, device=dev)
+
+
+def _leading_ones(query_lens: list[int], least: int) -> int:
+    """How many rows at the start have one new token, if at least `least` (> 0) and not all; else 0."""
+    n = next((i for i, q in enumerate(query_lens) if q != 1), len(query_lens))
+    return n if 0 < least <= n < len(query_lens) else 0
 
 
 def paged_attention_cached(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata,
@@ -103,11 +114,16 @@ def paged_attention_cached(q: torch.Tensor, kv_cache: torch.Tensor, meta: Attent
 
     T, H, D = q.shape
     out = torch.empty(T, H, D, dtype=q.dtype, device=q.device)
+    bound = meta.context_bound or meta.max_context_len
     if meta.decode_only:
-        return kattn.decode_attention(q, kv_cache, meta.block_tables, meta.context_lens, scale,
-                                      meta.context_bound or meta.max_context_len, out=out)
-    return kattn.varlen_attention(q, kv_cache, meta.block_tables, meta.context_lens, meta.query_start,
-                                  meta.qb_seq, meta.qb_start, scale, out=out)
+        return kattn.decode_attention(q, kv_cache, meta.block_tables, meta.context_lens, scale, bound, out=out)
+    n = meta.split
+    if n:
+        kattn.decode_attention(q[:n], kv_cache, meta.block_tables[:n], meta.context_lens[:n], scale, bound,
+                               out=out[:n])
+    kattn.varlen_attention(q[n:], kv_cache, meta.block_tables[n:], meta.context_lens[n:], meta.query_start,
+                           meta.qb_seq, meta.qb_start, scale, out=out[n:])
+    return out
 
 
 def write_kv(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
