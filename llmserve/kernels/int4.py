@@ -15,9 +15,9 @@ offsets (+ 0 and + g/2), so nothing is interleaved in registers.
   the activation dtype (the value the torch twin rounds to) and multiplied as `W_half [BN, g/2] @ x_half^T [g/2,
   BM]`, W the wide operand (BM >= 16); every load is a 2D tile of contiguous columns.
   The gate is applied first by llmserve.kernels.fused.silu_mul (as linear.wmm does by default).
-- From DEQUANT_ROWS rows (prefill-sized steps): W dequantized to the activation dtype by `_w4dequant_kernel`, bit
-  for bit the torch twin's weight, then cuBLAS (as vLLM's AWQ path does from 256 tokens): the dequantization reads
-  half a byte and writes two a weight, a few percent of a GEMM that large.
+- From DEQUANT_ROWS rows (prompt steps, decode steps of many streams): W dequantized to the activation dtype by
+  `_w4dequant_kernel`, bit for bit the torch twin's weight, then cuBLAS (as vLLM's AWQ path does from 256 tokens):
+  the dequantization reads half a byte and writes two a weight (~5 ms over an 8B model), which pays from ~200 rows.
 Launch shapes: bench/kernel_check's `int4_sweep` on the H200 (docs/performance.md has the figures); w4mm splits K
 for small M (float32 partials summed in order).
 `pdl=True`: programmatic dependent launch (see llmserve.kernels).
@@ -234,9 +234,9 @@ def mm_config(M: int, N: int, K: int, group: int) -> tuple[int, int, int, int, i
     return bm, bn, bk, warps, stages, split
 
 
-# Rows from which a matmul dequantizes W and calls cuBLAS (`dequant_linear`): chosen before timing, for steps of
-# prompt tokens; bench/kernel_check's int4 section times both paths at 64-2,048 rows to set it.
-DEQUANT_ROWS = 1024
+# Rows from which a matmul dequantizes W and calls cuBLAS (`dequant_linear`): where the two paths' times cross
+# over all linears of Llama-3.1-8B on the H200 (kernel_check int4_paths; docs/performance.md).
+DEQUANT_ROWS = 192
 
 
 def w4mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None = None,
