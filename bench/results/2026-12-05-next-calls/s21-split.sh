@@ -9,6 +9,8 @@ mkdir -p $OUT/r
 nvidia-smi --query-gpu=name,driver_version --format=csv > $OUT/r/gpu.txt
 timeout 90 python3 -m pytest -q -x tests/test_kernels_attention.py -k "mixed_step or varlen" -p no:cacheprovider \
   > $OUT/r/tests.log 2>&1
+PYTHONPATH=$PWD timeout 60 python3 bench/results/2026-12-05-h200-s21/scripts/prefill_attn_ab.py $OUT/r/prefill_attn.json \
+  > $OUT/r/prefill_attn.log 2>&1
 S="--shape llama3.1-8b --plan trtllm --serving max_batch_size=1024 --phases engine_fp8_kv8_t8192 --waves 8"
 S="$S --workloads 2048x128 --concurrency 256 --phase-timeout 110"
 PYTHONPATH=$PWD timeout 120 python3 -m bench.run $S --out $OUT/r/split-new > $OUT/r/split-new.log 2>&1
