@@ -16,7 +16,7 @@ from llmserve.kernels.shapes import varlen_query_blocks
 H, KVH, D, PAGE = 32, 8, 128, 16
 
 
-def _time_us(fn, reps=20):
+def time_us(fn, reps=20):
     for _ in range(3):
         fn()
     torch.cuda.synchronize()
@@ -84,7 +84,7 @@ def main(path):
                 out = fn()
                 out = out.transpose(1, 2).reshape(B * S, H, D) if out.dim() == 4 else out
                 ref = out if ref is None else ref
-                us = _time_us(fn)
+                us = time_us(fn)
                 row[name] = {"us": round(us, 1), "tflops": round(flops / us / 1e6, 1),
                              "max_diff": float((out.float() - ref.float()).abs().max())}
             except Exception as e:  # noqa: BLE001  (a backend this torch or GPU lacks)

@@ -14,27 +14,13 @@ import sys
 
 import torch
 import torch.nn.functional as F
+from prefill_attn_ab import time_us  # this folder's first script (run from here: its folder is on sys.path)
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from llmserve.kernels import attention as kattn
 from llmserve.kernels.shapes import varlen_query_blocks
 
 H, KVH, D, PAGE = 32, 8, 128, 16
-
-
-def _time_us(fn, reps=20):
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) * 1000)
-    return sorted(times)[reps // 2]
 
 
 def _ours(q, k, v, lens):
@@ -124,7 +110,7 @@ def main(path):
                 fn = make()
                 out = fn()
                 ref = out if ref is None else ref
-                us = _time_us(fn)
+                us = time_us(fn)
                 row[name] = {"us": round(us, 1), "tflops": round(flops / us / 1e6, 1),
                              "max_diff": float((out.float() - ref.float()).abs().max())}
             except Exception as e:  # noqa: BLE001  (a backend this torch or GPU lacks)
