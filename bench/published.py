@@ -22,7 +22,8 @@ COMPARED = [("engine_fp8", "engine fp8"), ("engine_fp8_kv8", "engine fp8, fp8 KV
             ("engine_kv8", "engine bf16, fp8 KV cache"), ("engine_int8", "engine int8_wo"),
             ("engine_fp8_t8192", "engine fp8, 8,192 tokens a step"),
             ("engine_fp8_kv8_t8192", "engine fp8, fp8 KV cache, 8,192 tokens a step"),
-            ("engine_t8192", "engine bf16, 8,192 tokens a step")]
+            ("engine_t8192", "engine bf16, 8,192 tokens a step"),
+            ("engine_kv8_t8192", "engine bf16, fp8 KV cache, 8,192 tokens a step")]
 
 
 def runs_of(results: dict, phase: str) -> dict[tuple[str, int], dict]:

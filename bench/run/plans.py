@@ -93,6 +93,7 @@ ENGINE_VARIANTS = {
     "engine_t8192": ("bf16", ["max_num_tokens=8192"]),
     "engine_fp8_t8192": ("fp8", ["max_num_tokens=8192"]),
     "engine_fp8_kv8_t8192": ("fp8", ["max_num_tokens=8192", "kv_cache_dtype=fp8"]),  # decode reads half the KV bytes
+    "engine_kv8_t8192": ("bf16", ["max_num_tokens=8192", "kv_cache_dtype=fp8"]),
     # mixed steps of up to 4,096 tokens in prefill graphs, launched behind the previous step like decode steps
     "engine_fp8_t8192_pg4096": ("fp8", ["max_num_tokens=8192", "prefill_graph_max_tokens=4096"]),
     # Prefill and mixed steps launched kernel by kernel, as before their CUDA graphs
