@@ -102,8 +102,9 @@ def _profile_batch(eng, report: Report, mode: str, B: int, prompt: int, vocab: i
 @section("profile")
 def s_profile(args):
     """Where a step's GPU time goes, per kernel, on random weights of PROFILE_SHAPE (default llama2-7b): for each
-    mode:batch of PROFILE_CASES, the first prefill step of a burst of PROFILE_PROMPT-token prompts and a decode step
-    40 tokens later. PROFILE_SERVING adds knobs (k=v,k=v), e.g. max_num_tokens=4096."""
+    mode:batch of PROFILE_CASES (mode: the weights, bf16 / fp8 / int8_wo / int4_sym ..., "+kv8" for an fp8 KV cache),
+    the first prefill step of a burst of PROFILE_PROMPT-token prompts and a decode step 40 tokens later.
+    PROFILE_SERVING adds knobs (k=v,k=v), e.g. max_num_tokens=4096."""
     from bench.common import SHAPES
     from llmserve.config import ServingConfig
     from llmserve.engine.torch_engine import TorchEngine
@@ -119,7 +120,8 @@ def s_profile(args):
         by_mode.setdefault(m, []).append(int(b))
     for mode, batches in by_mode.items():
         with tempfile.TemporaryDirectory() as d:
-            ckpt = write_random_checkpoint(Path(d), vocab, None if mode.startswith("bf16") else "fp8", shape=shape)
+            weights = mode.split("+")[0]  # bf16, fp8, int8_wo, int4_sym, ...; "+kv8": an fp8 KV cache
+            ckpt = write_random_checkpoint(Path(d), vocab, None if weights == "bf16" else weights, shape=shape)
             # PDL off: with it a kernel's time includes its wait for the one before (overlap, not work)
             knobs = {"dtype": "bfloat16", "max_batch_size": max(256, *batches), "max_num_tokens": 1024, "pdl": "false",
                      "kv_cache_free_mem_fraction": 0.9, "kv_cache_dtype": "fp8" if "kv8" in mode else "auto",
