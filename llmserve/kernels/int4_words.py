@@ -1,10 +1,8 @@
 """The one-row int4 GEMV reading its weights as 32-bit words of 8 codes (llmserve/kernels/int4.py's format, the
 uint8 [N, K / 2] codes viewed as int32): each code becomes a float by one LOP3 with a magic float whose last
 mantissa bit is worth the code's place, an exact FADD and an FFMA, and a thread's x values serve every row it
-holds. 9.3 SASS instructions a weight byte against 17.2 for the byte-reading `w4gemv` at 4,096 x 4,096 (11.6
-against 27.9 with the gate fused, `bench.ptx_stats`). On the H200 (bench/results/2026-12-04-h200-s18, call 1,
-Llama-3.1-8B's matrices, g128) it took the gated down_proj from 34.3 to 23.9 us (symmetric) and 39.3 to 28.9
-(asymmetric) and was no faster elsewhere, so `w4gemv` uses it from K > 8,192 inputs."""
+holds: about half the byte-reading `w4gemv`'s instructions a weight byte, which is issue-bound. It measured faster
+only on the MLP's down_proj, so `w4gemv` uses it from K > 8,192 inputs (docs/performance.md has the figures)."""
 
 from __future__ import annotations
 
