@@ -9,10 +9,10 @@ once), so compare variants of one kernel.
     python -m bench.ptx_stats decode:256x2100:fp8 varlen:3x2048+256:bf16 gemv:fp8:14336x4096
     python -m bench.ptx_stats decode:256x2100:fp8 --compare /tmp/base,.    # the same cases in two trees
 
-Cases: decode:BxCTX:KV, varlen:BxL[+DECODE_ROWS]:KV (KV bf16 or fp8), gemv:KIND:NxK and wmm:KIND:MxNxK (KIND bf16,
-int8, fp8), w4:MxNxK:GROUP (symmetric int4; M = 1 is the GEMV), w8g:MxNxK:GROUP (8-bit codes in groups, as
-w4), fp8mm:MxNxK:fast|exact (the fp8 GEMM at 33-256 rows, its accumulation). Llama-3.1-8B heads (32 query, 8 KV,
-dim 128).
+Cases: decode:BxCTX:KV, varlen:BxL[+DECODE_ROWS]:KV[:fresh|tma] (KV bf16 or fp8; fresh, tma: the prompts'
+K/V from the qkv buffer, pointer or TMA loads), gemv:KIND:NxK and wmm:KIND:MxNxK (KIND bf16, int8, fp8),
+w4:MxNxK:GROUP (symmetric int4; M = 1 is the GEMV), w8g:MxNxK:GROUP (8-bit codes in groups, as w4),
+fp8mm:MxNxK:fast|exact (the fp8 GEMM at 33-256 rows, its accumulation). Llama-3.1-8B heads (32 query, 8 KV, dim 128).
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def _decode(shape: str, kv: str):
     return lambda: decode_attention(q, cache, bt, ctxs, D ** -0.5, 4096)
 
 
-def _varlen(shape: str, kv: str):
+def _varlen(shape: str, kv: str, fresh: str = ""):
     from llmserve.kernels.attention import varlen_attention
     from llmserve.kernels.shapes import varlen_query_blocks
 
@@ -151,9 +151,11 @@ def _varlen(shape: str, kv: str):
     bt = torch.arange(len(ctxs) * width, dtype=torch.int32).view(len(ctxs), width)
     starts = torch.tensor([0] + [sum(qlens[:i + 1]) for i in range(len(qlens))], dtype=torch.int32)
     seqs, firsts = (torch.tensor(v, dtype=torch.int32) for v in varlen_query_blocks(qlens, H // KVH, D))
-    q = torch.zeros(sum(qlens), H, D, dtype=torch.bfloat16)
-    return lambda: varlen_attention(q, cache, bt, torch.tensor(ctxs, dtype=torch.int32), starts, seqs, firsts,
-                                    D ** -0.5)
+    qkv = torch.zeros(sum(qlens), H + 2 * KVH, D, dtype=torch.bfloat16)
+    new_kv = qkv[:, H:] if fresh else None
+    return lambda: varlen_attention(qkv[:, :H], cache, bt, torch.tensor(ctxs, dtype=torch.int32), starts, seqs,
+                                    firsts, D ** -0.5, new_kv=new_kv, new_loads=2 if fresh == "tma" else 1,
+                                    kinds=(True, rows > 0))
 
 
 def _linear(kind: str, shape: str, M: int | None = None):
@@ -198,7 +200,7 @@ def _w8g(shape: str, group: str):
 
 def case_call(case: str):
     kind, *rest = case.split(":")
-    makers = {"decode": lambda: _decode(rest[0], rest[1]), "varlen": lambda: _varlen(rest[0], rest[1]),
+    makers = {"decode": lambda: _decode(rest[0], rest[1]), "varlen": lambda: _varlen(*rest[:3]),
               "gemv": lambda: _linear(rest[0], rest[1], M=1), "wmm": lambda: _linear(rest[0], rest[1]),
               "w4": lambda: _w4(rest[0], rest[1]), "w8g": lambda: _w8g(rest[0], rest[1]),
               "fp8mm": lambda: _fp8mm(rest[0], rest[1])}

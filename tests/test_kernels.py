@@ -46,7 +46,8 @@ def test_rmsnorm(with_residual, pdl):
 
 
 @pytest.mark.parametrize("nh,nkv,hd", [(4, 4, 32), (6, 2, 64)])
-def test_rope_and_cache(nh, nkv, hd, pdl):
+@pytest.mark.parametrize("k_in_place", [False, True])
+def test_rope_and_cache(nh, nkv, hd, pdl, k_in_place):
     T, blocks, page = 7, 6, 4
     qkv = torch.randn(T, (nh + 2 * nkv) * hd, device=DEV).to(DT)
     pos = torch.randint(0, 50, (T,), device=DEV, dtype=torch.int32)
@@ -62,9 +63,12 @@ def test_rope_and_cache(nh, nkv, hd, pdl):
     keep = slots >= 0
     ref_cache[0].view(-1, nkv, hd)[slots[keep].long()] = ref_k[keep]
     ref_cache[1].view(-1, nkv, hd)[slots[keep].long()] = v.reshape(T, nkv, hd)[keep]
-    fused.rope_and_cache(qkv, pos, cos, sin, slots, cache, nh, nkv, hd, pdl=pdl)
+    fused.rope_and_cache(qkv, pos, cos, sin, slots, cache, nh, nkv, hd, pdl=pdl, k_in_place=k_in_place)
     assert rel(qkv[:, :nh * hd].view(T, nh, hd), ref_q) < 1e-2
     assert rel(cache, ref_cache) < 1e-2
+    # k rotated in the buffer on every row (the skipped slot's too) or left as it came; v untouched
+    assert rel(qkv[:, nh * hd:(nh + nkv) * hd].view(T, nkv, hd), ref_k if k_in_place else k.view(T, nkv, hd)) < 1e-2
+    assert torch.equal(qkv[:, (nh + nkv) * hd:], v)
 
 
 @pytest.mark.skipif(DEV != "cuda", reason="e4m3 needs a GPU (the interpreter has none)")

@@ -15,7 +15,7 @@ from test_kernels import DEV, DT, rel  # noqa: E402
 
 from llmserve.kernels import attention as kattn  # noqa: E402
 from llmserve.kernels.shapes import varlen_query_blocks  # noqa: E402
-from llmserve.model.attention import AttentionMetadata, paged_attention  # noqa: E402
+from llmserve.model.attention import AttentionMetadata, paged_attention, write_kv  # noqa: E402
 
 
 def _paged_setup(ctx_lens, nh, nkv, hd, page=4):
@@ -152,8 +152,48 @@ def test_mixed_step_split_between_the_decode_and_varlen_kernels_matches_one_varl
 
     one, two = meta(0), meta(2)
     assert (one.split, two.split, meta(4).split) == (0, 3, 0)
+    assert one.kinds == two.kinds == (True, True)  # a fresh prompt (20 of 20) beside chunks and decodes
     split, whole = (paged_attention_cached(q, cache, m, hd ** -0.5) for m in (two, one))
     assert rel(split, whole) < 1e-3
     assert len(two.query_start) == B - 3 + 1 and two.query_start[-1] == sum(query_lens) - 3
     step.query_lens = [1] * B
     assert meta(1).split == 0  # decode-only: the decode path
+
+
+@pytest.mark.parametrize("fp8_cache", [0, 1, 2])
+@pytest.mark.parametrize("config", [None, (128, 32, 4, 3)])
+@pytest.mark.parametrize("new_loads", [1, 2])  # pointer loads, TMA
+def test_varlen_fresh_prompts_attend_over_this_steps_kv_and_the_others_over_the_cache(fp8_cache, config, new_loads):
+    """With new_kv, a fresh prompt (context = its new tokens) reads its K/V from them, unrounded, whatever the cache
+    holds; a chunk after a prefix and a decode read the cache: as the torch path, which rounds only what it
+    gathers from an fp8 cache."""
+    if fp8_cache and DEV != "cuda":
+        pytest.skip("fp8 loads need a GPU (the interpreter has no e4m3)")
+    nh, nkv, hd, page = 6, 2, 32, 4
+    query_lens, ctx_lens = [70, 5, 3, 1, 150], [70, 9, 3, 17, 150]  # fresh, a chunk, fresh, a decode, fresh
+    B, bt, cache = _paged_setup(ctx_lens, nh, nkv, hd, page)
+    kv_dtype = torch.float8_e4m3fn if fp8_cache else DT
+    T = sum(query_lens)
+    seq_of = torch.repeat_interleave(torch.arange(B), torch.tensor(query_lens)).tolist()
+    fresh = torch.tensor([query_lens[b] == ctx_lens[b] for b in seq_of], device=DEV)
+    qkv = torch.randn(T, nh + 2 * nkv, hd, device=DEV).to(DT)
+    qkv[~fresh, nh:] = qkv[~fresh, nh:].to(kv_dtype).to(DT)  # the cached rows' K/V as the cache will hold them
+    q, k_new, v_new = qkv[:, :nh], qkv[:, nh:nh + nkv], qkv[:, nh + nkv:]
+    slots = torch.tensor([bt[b, p // page].item() * page + p % page
+                          for b, (ql, cl) in enumerate(zip(query_lens, ctx_lens)) for p in range(cl - ql, cl)],
+                         dtype=torch.long, device=DEV)
+    meta = AttentionMetadata(slot_mapping=slots, block_tables=bt.long(), context_lens=torch.tensor(
+        ctx_lens, dtype=torch.int32, device=DEV), query_lens=query_lens, context_lens_host=ctx_lens,
+        decode_only=False, max_context_len=max(ctx_lens))
+    cache = cache.to(kv_dtype)
+    ref = paged_attention(q.float(), k_new.float(), v_new.float(), cache.float(), meta, hd ** -0.5)
+    write_kv(k_new, v_new, cache, slots)  # as the fused rotary kernel does
+    cache.view(2, -1, nkv, hd)[:, slots[fresh]] = 0  # stale: the fresh prompts must not read it
+    seqs, firsts = varlen_query_blocks(query_lens, nh // nkv, hd, config[0] if config else 0)
+    starts = torch.tensor([0, 70, 75, 78, 79, 229], dtype=torch.int32, device=DEV)
+    out = kattn.varlen_attention(q, cache, bt, meta.context_lens, starts,
+                                 torch.tensor(seqs, dtype=torch.int32, device=DEV),
+                                 torch.tensor(firsts, dtype=torch.int32, device=DEV), hd ** -0.5, config=config,
+                                 fp8_convert=fp8_cache or 1, new_kv=qkv[:, nh:], new_loads=new_loads,
+                                 kinds=(True, True))
+    assert rel(out, ref) < 1e-2

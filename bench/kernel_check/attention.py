@@ -13,9 +13,11 @@ from bench.kernel_check.report import section
 
 
 def _varlen_case(B: int, L: int, config: tuple | None = None, decode_rows: int = 0, decode_ctx: int = 0,
-                 kv_fp8: bool = False, fp8_convert: int = 1) -> dict:
+                 kv_fp8: bool = False, fp8_convert: int = 1, fresh: int = 0) -> dict:
     """B prompts of L tokens (and decode_rows sequences of one new token at decode_ctx, first in the step, as the
-    engine lays out a mixed step): our varlen kernel per layer with `config`, and SDPA dense over the prompts."""
+    engine lays out a mixed step): our varlen kernel per layer with `config`, and SDPA dense over the prompts.
+    q is a view of a qkv buffer as in the engine; fresh (> 0): the prompts read their K/V from it (`new_kv`),
+    loaded as `new_loads` = fresh says (1 pointers, 2 TMA)."""
     from llmserve.kernels.attention import varlen_attention
     from llmserve.kernels.shapes import varlen_query_blocks
 
@@ -30,9 +32,12 @@ def _varlen_case(B: int, L: int, config: tuple | None = None, decode_rows: int =
     qstart = torch.tensor([0] + list(itertools.accumulate(qlens)), dtype=torch.int32, device="cuda")
     seqs, starts = varlen_query_blocks(qlens, H // KVH, D, config[0] if config else 0)
     qb = (torch.tensor(seqs, dtype=torch.int32, device="cuda"), torch.tensor(starts, dtype=torch.int32, device="cuda"))
-    q = torch.randn(sum(qlens), H, D, device="cuda", dtype=torch.bfloat16)
+    qkv = torch.randn(sum(qlens), H + 2 * KVH, D, device="cuda", dtype=torch.bfloat16)
+    q, new_kv = qkv[:, :H], (qkv[:, H:] if fresh else None)
+    kw = {"new_kv": new_kv, "new_loads": fresh or 1, "kinds": (True, decode_rows > 0)}  # as the engine's eager steps
     ours = graph_time_ms(lambda: [varlen_attention(q, cache, bt, ctx, qstart, *qb, D ** -0.5, config=config,
-                                                   fp8_convert=fp8_convert) for _ in range(32)], reps=10) * 1000 / 32
+                                                   fp8_convert=fp8_convert, **kw) for _ in range(32)],
+                         reps=10) * 1000 / 32
     qd = q[decode_rows:].view(B, L, H, D).transpose(1, 2)
     kd = torch.randn(B, KVH, L, D, device="cuda", dtype=torch.bfloat16)
     sdpa = graph_time_ms(lambda: [torch.nn.functional.scaled_dot_product_attention(
@@ -43,15 +48,19 @@ def _varlen_case(B: int, L: int, config: tuple | None = None, decode_rows: int =
 
 @section("varlen")
 def s_varlen(args):
-    """Prefill attention over the paged cache for B prompts of L tokens (Llama-3.1-8B heads: 32 query, 8 KV, dim
-    128): our varlen kernel per layer, with the engine's query-block tiling, against torch's SDPA over the same
-    tokens laid out densely (causal, GQA)."""
+    """Prefill attention for B prompts of L tokens (Llama-3.1-8B heads: 32 query, 8 KV, dim 128): our varlen kernel
+    per layer, with the engine's query-block tiling, over a bf16 and an fp8 cache, and over the prompts' own K/V
+    (what the engine runs for a prompt with no cached prefix) loaded through pointers and through TMA, against
+    torch's SDPA over the same tokens laid out densely (causal, GQA)."""
     res = args.report.results.setdefault("varlen", {})
-    for B, L in ((8, 128), (32, 128), (2, 2048), (4, 1000)):
-        r = res[f"B{B}_L{L}"] = _varlen_case(B, L)
-        args.report.say(f"varlen B={B} L={L}: ours {r['ours_us']:.1f} us/layer ({r['ours_TFLOPs']:.0f} TFLOP/s), "
-                       f"SDPA dense {r['sdpa_us']:.1f} us ({r['sdpa_TFLOPs']:.0f})")
-        print(args.report.summary[-1], flush=True)
+    for B, L in ((8, 128), (32, 128), (2, 2048), (4, 2048), (4, 1000), (1, 8192)):
+        for name, kv8, fresh in (("kv16", False, 0), ("kv8", True, 0), ("fresh", True, 1), ("fresh_tma", True, 2)):
+            name = f"B{B}_L{L}_{name}"
+            r = res[name] = _varlen_case(B, L, kv_fp8=kv8, fp8_convert=2 if kv8 else 1, fresh=fresh)
+            args.report.say(f"varlen {name}: ours {r['ours_us']:.1f} us/layer ({r['ours_TFLOPs']:.0f} TFLOP/s), "
+                            f"SDPA dense {r['sdpa_us']:.1f} us ({r['sdpa_TFLOPs']:.0f})")
+            print(args.report.summary[-1], flush=True)
+        args.report.save()
 
 
 # stages 1: the K/V loads not software-pipelined (how the kernel ran before its loops asked for stages)
@@ -64,15 +73,18 @@ def s_varlen_sweep(args):
     """The varlen kernel's launch configs (BLOCK_M, BLOCK_N, warps, stages) over prompts of 128-2,048 tokens and a
     mixed step's shape (256 decode rows at 2,048 tokens of context beside 3 prompts of 2,048): us per layer."""
     res = args.report.results.setdefault("varlen_sweep", {})
-    cases = [(32, 128, 0, 0), (2, 2048, 0, 0), (4, 1000, 0, 0), (3, 2048, 256, 0), (2, 2048, 0, 1),
-             (3, 2048, 256, 1), (2, 2048, 0, 2), (3, 2048, 256, 2)]  # the last four: an fp8 cache, converted as mode
+    # (B, L, decode rows, fp8 cache conversion mode or 0, fresh): fresh 1 / 2 read the prompts' own K/V through
+    # pointers / TMA
+    cases = [(32, 128, 0, 0, 1), (2, 2048, 0, 0, 0), (4, 2048, 0, 0, 1), (4, 2048, 0, 0, 2), (4, 1000, 0, 0, 1),
+             (3, 2048, 256, 0, 0), (3, 2048, 256, 2, 0), (3, 2048, 256, 2, 1), (3, 2048, 256, 2, 2),
+             (1, 8192, 0, 2, 1)]
     configs = [tuple(int(x) for x in c.split("/")) for c in os.environ["VARLEN_CONFIGS"].split(",")] \
         if os.environ.get("VARLEN_CONFIGS") else VARLEN_CONFIGS
     for cfg in configs:
-        for B, L, rows, mode in cases:
-            key = f"{cfg}:B{B}_L{L}_dec{rows}" + (f"_kv8m{mode}" if mode else "")
+        for B, L, rows, mode, fresh in cases:
+            key = f"{cfg}:B{B}_L{L}_dec{rows}" + (f"_kv8m{mode}" if mode else "") + ("", "_fresh", "_tma")[fresh]
             try:
-                r = res[key] = _varlen_case(B, L, cfg, rows, 2048, mode > 0, mode or 1)
+                r = res[key] = _varlen_case(B, L, cfg, rows, 2048, mode > 0, mode or 1, fresh)
             except Exception as exc:  # a config past the SM's shared memory
                 res[key] = f"failed: {type(exc).__name__}"
                 continue

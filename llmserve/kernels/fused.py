@@ -55,7 +55,7 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.T
 def _rope_cache_kernel(qkv_ptr, pos_ptr, cos_ptr, sin_ptr, slot_ptr, k_cache_ptr, v_cache_ptr,
                        stride_t, stride_cos, stride_slot,
                        NH: tl.constexpr, NKV: tl.constexpr, HALF: tl.constexpr,
-                       BLOCK_H: tl.constexpr, BLOCK_KV: tl.constexpr, PDL: tl.constexpr):
+                       BLOCK_H: tl.constexpr, BLOCK_KV: tl.constexpr, K_IN_PLACE: tl.constexpr, PDL: tl.constexpr):
     if PDL:  # programmatic dependent launch: wait for the previous grid first (llmserve.kernels)
         gdc_wait()
         gdc_launch_dependents()
@@ -77,13 +77,18 @@ def _rope_cache_kernel(qkv_ptr, pos_ptr, cos_ptr, sin_ptr, slot_ptr, k_cache_ptr
     tl.store(p + HALF, (x2 * c + x1 * s).to(qkv_ptr.dtype.element_ty), mask=hm)
     # k heads: rotated into the cache slot; v heads: copied
     g = tl.arange(0, BLOCK_KV)[:, None]
-    gm = (g < NKV) & ((g * 0 + slot) >= 0)  # the slot test as a tensor: Triton's interpreter rejects a scalar mask
+    km = g < NKV
+    gm = km & ((g * 0 + slot) >= 0)  # the slot test as a tensor: Triton's interpreter rejects a scalar mask
     p = base + NH * D + g * D + d[None, :]
-    k1 = tl.load(p, mask=gm, other=0.0).to(tl.float32)
-    k2 = tl.load(p + HALF, mask=gm, other=0.0).to(tl.float32)
+    k1 = tl.load(p, mask=km, other=0.0).to(tl.float32)
+    k2 = tl.load(p + HALF, mask=km, other=0.0).to(tl.float32)
     kc = k_cache_ptr + slot * stride_slot + g * D + d[None, :]
-    tl.store(kc, (k1 * c - k2 * s).to(k_cache_ptr.dtype.element_ty), mask=gm)
-    tl.store(kc + HALF, (k2 * c + k1 * s).to(k_cache_ptr.dtype.element_ty), mask=gm)
+    r1, r2 = k1 * c - k2 * s, k2 * c + k1 * s
+    tl.store(kc, r1.to(k_cache_ptr.dtype.element_ty), mask=gm)
+    tl.store(kc + HALF, r2.to(k_cache_ptr.dtype.element_ty), mask=gm)
+    if K_IN_PLACE:  # rotated k also in the qkv buffer, for attention over a fresh prompt's own keys
+        tl.store(p, r1.to(qkv_ptr.dtype.element_ty), mask=km)
+        tl.store(p + HALF, r2.to(qkv_ptr.dtype.element_ty), mask=km)
     p = base + (NH + NKV) * D + g * D + d[None, :]
     vc = v_cache_ptr + slot * stride_slot + g * D + d[None, :]
     tl.store(vc, tl.load(p, mask=gm, other=0.0).to(v_cache_ptr.dtype.element_ty), mask=gm)
@@ -92,9 +97,10 @@ def _rope_cache_kernel(qkv_ptr, pos_ptr, cos_ptr, sin_ptr, slot_ptr, k_cache_ptr
 
 def rope_and_cache(qkv: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                    slot_mapping: torch.Tensor, kv_cache: torch.Tensor, num_heads: int, num_kv_heads: int,
-                   head_dim: int, pdl: bool = False) -> None:
+                   head_dim: int, pdl: bool = False, k_in_place: bool = False) -> None:
     """qkv: [T, (H + 2 KVH) * D]; rotates q in place, writes rotated k and v to `kv_cache` [2, blocks, bs, KVH, D]
-    at `slot_mapping` (slots < 0 are skipped). cos/sin: [max_pos, D/2] float32."""
+    at `slot_mapping` (slots < 0 are skipped). cos/sin: [max_pos, D/2] float32. k_in_place: rotates k in the qkv
+    buffer too (every row, whatever its slot)."""
     T = qkv.shape[0]
     if T == 0:
         return
@@ -104,7 +110,7 @@ def rope_and_cache(qkv: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor
                              qkv.stride(0), cos.stride(0), stride_slot,
                              NH=num_heads, NKV=num_kv_heads, HALF=head_dim // 2,
                              BLOCK_H=triton.next_power_of_2(num_heads), BLOCK_KV=triton.next_power_of_2(num_kv_heads),
-                             num_warps=4, **launch_args(pdl))
+                             K_IN_PLACE=k_in_place, num_warps=4, **launch_args(pdl))
 
 
 @triton.jit

@@ -45,6 +45,8 @@ class AttentionMetadata:
     qb_seq: torch.Tensor | None = None  # [n] int32: sequence of each varlen query block
     qb_start: torch.Tensor | None = None  # [n] int32: first query (within its sequence) of each block
     split: int = 0  # mixed steps: leading one-token rows the decode kernel takes (the work list covers the rest)
+    # Whether the work list holds fresh prompts and sequences with a cached prefix; None (prefill graphs): unknown
+    kinds: tuple[bool, bool] | None = None
 
     @classmethod
     def for_prefill(cls, seq_lens: list[int], block_size: int, device: torch.device, group: int = 1,
@@ -92,6 +94,8 @@ class AttentionMetadata:
         """Fills the Triton path's query-block work list from query_lens past `split` (host side)."""
         dev = self.slot_mapping.device
         lens = self.query_lens[self.split:]
+        fresh = [q == c for q, c in zip(lens, self.context_lens_host[self.split:])]
+        self.kinds = (any(fresh), not all(fresh))
         starts = [0]
         for n in lens:
             starts.append(starts[-1] + n)
@@ -107,9 +111,11 @@ def _leading_ones(query_lens: list[int], least: int) -> int:
     return n if 0 < least <= n < len(query_lens) else 0
 
 
-def paged_attention_cached(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata,
-                           scale: float) -> torch.Tensor:
-    """CUDA path. q: [T, H, D] (may be a strided view of the qkv buffer); this step's K/V are in the cache."""
+def paged_attention_cached(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
+                           new_kv: torch.Tensor | None = None) -> torch.Tensor:
+    """CUDA path. q: [T, H, D] (may be a strided view of the qkv buffer); this step's K/V are in the cache.
+    new_kv: this step's rotated K and V heads, [T, 2 KVH, D] (the qkv buffer's view), for fresh prompts' attention
+    (`varlen_attention`'s new_kv)."""
     from llmserve.kernels import attention as kattn
 
     T, H, D = q.shape
@@ -122,7 +128,8 @@ def paged_attention_cached(q: torch.Tensor, kv_cache: torch.Tensor, meta: Attent
         kattn.decode_attention(q[:n], kv_cache, meta.block_tables[:n], meta.context_lens[:n], scale, bound,
                                out=out[:n])
     kattn.varlen_attention(q[n:], kv_cache, meta.block_tables[n:], meta.context_lens[n:], meta.query_start,
-                           meta.qb_seq, meta.qb_start, scale, out=out[n:])
+                           meta.qb_seq, meta.qb_start, scale, out=out[n:],
+                           new_kv=new_kv[n:] if new_kv is not None else None, kinds=meta.kinds)
     return out
 
 
@@ -146,7 +153,7 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache:
     write_kv(k, v, kv_cache, meta.slot_mapping)
     if meta.decode_only:
         return _decode_attention(q, kv_cache, meta, scale)
-    return _prefill_attention(q, kv_cache, meta, scale)
+    return _prefill_attention(q, k, v, kv_cache, meta, scale)
 
 
 def _decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
@@ -160,13 +167,17 @@ def _decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMe
     return out.squeeze(2)
 
 
-def _prefill_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+def _prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
+                       meta: AttentionMetadata, scale: float) -> torch.Tensor:
     out = torch.empty_like(q)
     start = 0
     for i, (ql, cl) in enumerate(zip(meta.query_lens, meta.context_lens_host)):
         qi = q[start:start + ql].transpose(0, 1)  # [H, ql, D]
-        keys = _gather(kv_cache[0], meta.block_tables[i], cl).transpose(0, 1).to(q.dtype)  # [KVH, cl, D]
-        values = _gather(kv_cache[1], meta.block_tables[i], cl).transpose(0, 1).to(q.dtype)
+        if ql == cl:  # a fresh prompt attends over its own K/V as computed (an fp8 cache would round them)
+            keys, values = (t[start:start + ql].transpose(0, 1).to(q.dtype) for t in (k, v))
+        else:
+            keys = _gather(kv_cache[0], meta.block_tables[i], cl).transpose(0, 1).to(q.dtype)  # [KVH, cl, D]
+            values = _gather(kv_cache[1], meta.block_tables[i], cl).transpose(0, 1).to(q.dtype)
         # Query j sits at position cl - ql + j and sees keys up to and including that position.
         mask = torch.ones(ql, cl, dtype=torch.bool, device=q.device).tril(diagonal=cl - ql)
         oi = F.scaled_dot_product_attention(qi, keys, values, attn_mask=mask, scale=scale, enable_gqa=True)

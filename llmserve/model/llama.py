@@ -234,10 +234,10 @@ class Attention(KernelLayer):
 
             layer_cache = kv_cache[self.layer]
             rope_and_cache(qkv, rope.positions, rope.table_cos, rope.table_sin, meta.slot_mapping, layer_cache,
-                           self.nh, self.nkv, self.hd, pdl=self.launch.pdl)
+                           self.nh, self.nkv, self.hd, pdl=self.launch.pdl, k_in_place=not meta.decode_only)
             # The attention kernels launch plainly, PDL or not (slower with it: docs/performance.md).
-            q = qkv.view(T, self.nh + 2 * self.nkv, self.hd)[:, :self.nh]
-            out = attention.paged_attention_cached(q, layer_cache, meta, self.scale)
+            h = qkv.view(T, self.nh + 2 * self.nkv, self.hd)
+            out = attention.paged_attention_cached(h[:, :self.nh], layer_cache, meta, self.scale, h[:, self.nh:])
             return self.o_proj(out.view(T, self.nh * self.hd))
         q, k, v = qkv.split([self.nh * self.hd, self.nkv * self.hd, self.nkv * self.hd], dim=-1)
         q = apply_rope(q.view(T, self.nh, self.hd), rope.cos, rope.sin)
