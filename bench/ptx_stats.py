@@ -120,9 +120,9 @@ def ptxas_usage(ptx: str) -> dict:
 
 def _cuda_like() -> None:
     """The wrappers pick inline-PTX conversions only for CUDA tensors; these cases compile what a GPU would run."""
-    from llmserve.kernels import attention, convert, linear
+    from llmserve.kernels import convert, linear
 
-    for mod in (attention, convert, linear):
+    for mod in (convert, linear):
         mod.ptx_converts = lambda x: x.dtype == torch.bfloat16
 
 
@@ -139,8 +139,8 @@ def _decode(shape: str, kv: str):
 
 
 def _varlen(shape: str, kv: str, fresh: str = ""):
-    from llmserve.kernels.attention import varlen_attention
     from llmserve.kernels.shapes import varlen_query_blocks
+    from llmserve.kernels.varlen import varlen_attention
 
     sizes, _, rows = shape.partition("+")
     B, L = (int(v) for v in sizes.split("x"))

@@ -15,6 +15,7 @@ from test_kernels import DEV, DT, rel  # noqa: E402
 
 from llmserve.kernels import attention as kattn  # noqa: E402
 from llmserve.kernels.shapes import varlen_query_blocks  # noqa: E402
+from llmserve.kernels.varlen import varlen_attention  # noqa: E402
 from llmserve.model.attention import AttentionMetadata, paged_attention, write_kv  # noqa: E402
 
 
@@ -125,7 +126,7 @@ def test_varlen_attention_matches_torch_path(nh, nkv, hd, fp8_cache, config):
     ref = paged_attention(q.float(), k_new.float(), v_new.float(), cache.float().clone(), meta, hd ** -0.5)
     seqs, firsts = varlen_query_blocks(query_lens, nh // nkv, hd, config[0] if config else 0)
     starts = torch.tensor([0, 5, 6, 76, 79, 229], dtype=torch.int32, device=DEV)
-    out = kattn.varlen_attention(q, cache, bt, meta.context_lens, starts,
+    out = varlen_attention(q, cache, bt, meta.context_lens, starts,
                                  torch.tensor(seqs, dtype=torch.int32, device=DEV),
                                  torch.tensor(firsts, dtype=torch.int32, device=DEV), hd ** -0.5, config=config,
                                  fp8_convert=fp8_cache or 1)
@@ -191,7 +192,7 @@ def test_varlen_fresh_prompts_attend_over_this_steps_kv_and_the_others_over_the_
     cache.view(2, -1, nkv, hd)[:, slots[fresh]] = 0  # stale: the fresh prompts must not read it
     seqs, firsts = varlen_query_blocks(query_lens, nh // nkv, hd, config[0] if config else 0)
     starts = torch.tensor([0, 70, 75, 78, 79, 229], dtype=torch.int32, device=DEV)
-    out = kattn.varlen_attention(q, cache, bt, meta.context_lens, starts,
+    out = varlen_attention(q, cache, bt, meta.context_lens, starts,
                                  torch.tensor(seqs, dtype=torch.int32, device=DEV),
                                  torch.tensor(firsts, dtype=torch.int32, device=DEV), hd ** -0.5, config=config,
                                  fp8_convert=fp8_cache or 1, new_kv=qkv[:, nh:], new_loads=new_loads,

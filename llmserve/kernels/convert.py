@@ -39,3 +39,20 @@ def ptx_converts(x: torch.Tensor) -> bool:
     """Whether a kernel with activations `x` may convert e4m3 through `e4m3_to_bf16`: bf16 on CUDA (not fp16 models,
     not Triton's CPU interpreter, which runs no PTX)."""
     return x.dtype == torch.bfloat16 and x.is_cuda
+
+
+@triton.jit
+def kv_tile(x, dtype, KV_FP8: tl.constexpr):
+    """A loaded K/V tile in the attention dots' dtype. KV_FP8: 0 a 16-bit cache; e4m3: 1 Triton's conversion (to
+    fp16, the dots in fp16), 2 `e4m3_to_bf16` kept in place (converted in registers, to shared memory as bf16)."""
+    if KV_FP8 == 2:
+        return e4m3_to_bf16(x, False)
+    return x.to(dtype)
+
+
+def kv_mode(kv_cache: torch.Tensor, q: torch.Tensor, fp8_convert: int) -> int:
+    """The attention kernels' KV_FP8: 0 for a 16-bit cache; an e4m3 one converts as asked, through Triton's
+    conversion where the inline PTX cannot run."""
+    if kv_cache.dtype != torch.float8_e4m3fn:
+        return 0
+    return fp8_convert if ptx_converts(q) else 1

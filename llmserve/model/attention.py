@@ -117,6 +117,7 @@ def paged_attention_cached(q: torch.Tensor, kv_cache: torch.Tensor, meta: Attent
     new_kv: this step's rotated K and V heads, [T, 2 KVH, D] (the qkv buffer's view), for fresh prompts' attention
     (`varlen_attention`'s new_kv)."""
     from llmserve.kernels import attention as kattn
+    from llmserve.kernels import varlen
 
     T, H, D = q.shape
     out = torch.empty(T, H, D, dtype=q.dtype, device=q.device)
@@ -127,7 +128,7 @@ def paged_attention_cached(q: torch.Tensor, kv_cache: torch.Tensor, meta: Attent
     if n:
         kattn.decode_attention(q[:n], kv_cache, meta.block_tables[:n], meta.context_lens[:n], scale, bound,
                                out=out[:n])
-    kattn.varlen_attention(q[n:], kv_cache, meta.block_tables[n:], meta.context_lens[n:], meta.query_start,
+    varlen.varlen_attention(q[n:], kv_cache, meta.block_tables[n:], meta.context_lens[n:], meta.query_start,
                            meta.qb_seq, meta.qb_start, scale, out=out[n:],
                            new_kv=new_kv[n:] if new_kv is not None else None, kinds=meta.kinds)
     return out

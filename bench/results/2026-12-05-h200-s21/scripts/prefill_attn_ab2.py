@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from prefill_attn_ab import time_us  # this folder's first script (run from here: its folder is on sys.path)
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from llmserve.kernels import attention as kattn
 from llmserve.kernels.shapes import varlen_query_blocks
+from llmserve.kernels.varlen import varlen_attention
 
 H, KVH, D, PAGE = 32, 8, 128, 16
 
@@ -38,7 +38,7 @@ def _ours(q, k, v, lens):
     seqs, firsts = varlen_query_blocks(lens, H // KVH, D)
     qb = (torch.tensor(seqs, dtype=torch.int32, device="cuda"), torch.tensor(firsts, dtype=torch.int32, device="cuda"))
     out = torch.empty_like(q)
-    return lambda: kattn.varlen_attention(q, cache, bt, ctx, starts, *qb, D ** -0.5, out=out)
+    return lambda: varlen_attention(q, cache, bt, ctx, starts, *qb, D ** -0.5, out=out)
 
 
 def _dense(q, k, v, lens, repeat):

@@ -1,0 +1,200 @@
+"""Varlen attention in Triton: any number of new tokens per sequence (prefill, chunked prefill, mixed steps) over
+the paged cache [2, num_blocks, block_size, kv_heads, head_dim] (one layer). A program per (block of query rows, kv
+head); rows are (query, head-of-group) pairs, so GQA groups share each K/V tile; causal within the new tokens, full
+over the cached prefix. A fresh prompt (no cached prefix) may read its K/V from this step's qkv buffer instead of
+the cache (`varlen_attention`'s new_kv).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from triton.tools.ragged_tma import create_ragged_descriptor, load_ragged
+
+from llmserve.kernels.convert import kv_mode, kv_tile
+from llmserve.kernels.shapes import varlen_block_m
+
+# How an e4m3 cache reaches the varlen kernel's dots (`kv_tile`'s KV_FP8, for bf16 models on CUDA): the faster one
+VARLEN_FP8_CONVERT = 2
+# How the varlen kernel loads a fresh prompt's own K/V: 1 pointer loads, 2 TMA (to be timed against each other)
+FRESH_LOADS = 1
+
+
+@triton.jit
+def _new_rows(src, row0, n0, kv_end, head, d, stride_t, D: tl.constexpr, BLOCK_N: tl.constexpr,
+              MASKED: tl.constexpr, NEW: tl.constexpr):
+    """BLOCK_N keys or values of one head of this step's K/V ([T, 2 KVH, D], the qkv buffer's view) from row
+    row0 + n0: pointer loads (NEW 1), or a bounds-checked TMA load from a ragged descriptor (NEW 2; rows past
+    kv_end read as zeros)."""
+    if NEW == 2:
+        x = tl.reshape(load_ragged(src, row0, kv_end, [n0, head, 0]), [BLOCK_N, D])
+    else:
+        toks = n0 + tl.arange(0, BLOCK_N)
+        ptrs = src + (row0 + toks).to(tl.int64)[:, None] * stride_t + head * D + d[None, :]
+        if MASKED:
+            x = tl.load(ptrs, mask=(toks < kv_end)[:, None], other=0.0)
+        else:
+            x = tl.load(ptrs)
+    return x
+
+
+@triton.jit
+def _cache_rows(ptr, off, d, tmask, q, MASKED: tl.constexpr, KV_FP8: tl.constexpr):
+    """BLOCK_N keys or values from the cache at `off` (per token), in the dots' dtype."""
+    if MASKED:
+        x = tl.load(ptr + off[:, None] + d[None, :], mask=tmask[:, None], other=0.0)
+    else:
+        x = tl.load(ptr + off[:, None] + d[None, :])
+    return kv_tile(x, q.dtype, KV_FP8)
+
+
+@triton.jit
+def _varlen_tile(q, m_i, l_i, acc, k_ptr, v_ptr, bt_ptr, seq, kvh, n0, kv_end, pos, qk_scale, d, stride_bt,
+                 stride_blk, stride_tok, D: tl.constexpr, PAGE: tl.constexpr, BLOCK_N: tl.constexpr,
+                 MASKED: tl.constexpr, KV_FP8: tl.constexpr, NEW: tl.constexpr):
+    """One K/V tile of the online softmax. MASKED: the tile may hold keys past kv_end or after a row's position
+    (the causal diagonal); tiles every row sees whole skip the masks. NEW (> 0): the keys are this step's (a fresh
+    prompt's; `seq` is then its first row, k_ptr and v_ptr this step's K/V, stride_tok their row stride), as
+    `_new_rows` loads them; 0: cache blocks."""
+    toks = n0 + tl.arange(0, BLOCK_N)
+    tmask = toks < kv_end
+    if NEW:
+        k = _new_rows(k_ptr, seq, n0, kv_end, kvh, d, stride_tok, D, BLOCK_N, MASKED, NEW)
+    else:
+        if MASKED:
+            blk = tl.load(bt_ptr + seq * stride_bt + toks // PAGE, mask=tmask, other=0).to(tl.int64)
+        else:
+            blk = tl.load(bt_ptr + seq * stride_bt + toks // PAGE).to(tl.int64)
+        off = blk * stride_blk + (toks % PAGE) * stride_tok + kvh * D
+        k = _cache_rows(k_ptr, off, d, tmask, q, MASKED, KV_FP8)
+    s = tl.dot(q, tl.trans(k)) * qk_scale
+    if MASKED:
+        s = tl.where((toks[None, :] <= pos[:, None]) & tmask[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet (padding rows)
+    p = tl.math.exp2(s - m_safe[:, None])
+    alpha = tl.math.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    if NEW:  # V heads follow the K heads in each row
+        v = _new_rows(v_ptr, seq, n0, kv_end, kvh + tl.num_programs(1), d, stride_tok, D, BLOCK_N, MASKED, NEW)
+    else:
+        v = _cache_rows(v_ptr, off, d, tmask, q, MASKED, KV_FP8)
+    acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _varlen_attend(q, k_ptr, v_ptr, bt_ptr, seq, kvh, full_end, kv_end, pos, qk_scale, d, stride_bt, stride_blk,
+                   stride_tok, BLOCK_M: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr, BLOCK_N: tl.constexpr,
+                   KV_FP8: tl.constexpr, NEW: tl.constexpr, STAGES: tl.constexpr):
+    """The online softmax of one query block over keys [0, kv_end): whole tiles to full_end, then masked ones."""
+    if KV_FP8 == 1:  # e4m3 -> fp16 is one native conversion (bf16 is not): the dots run in fp16
+        q = q.to(tl.float16)
+    m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    l_i = tl.zeros((BLOCK_M,), tl.float32)
+    acc = tl.zeros((BLOCK_M, D), tl.float32)
+    # K/V loads are software-pipelined only when the loop asks (the launch's num_stages does not reach it)
+    for n0 in tl.range(0, full_end, BLOCK_N, num_stages=STAGES):
+        m_i, l_i, acc = _varlen_tile(q, m_i, l_i, acc, k_ptr, v_ptr, bt_ptr, seq, kvh, n0, kv_end, pos, qk_scale,
+                                     d, stride_bt, stride_blk, stride_tok, D, PAGE, BLOCK_N, False, KV_FP8, NEW)
+    for n0 in tl.range(full_end, kv_end, BLOCK_N, num_stages=STAGES):
+        m_i, l_i, acc = _varlen_tile(q, m_i, l_i, acc, k_ptr, v_ptr, bt_ptr, seq, kvh, n0, kv_end, pos, qk_scale,
+                                     d, stride_bt, stride_blk, stride_tok, D, PAGE, BLOCK_N, True, KV_FP8, NEW)
+    return acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+
+
+@triton.jit
+def _varlen_kernel(q_ptr, k_ptr, v_ptr, new_src, bt_ptr, ctx_ptr, qstart_ptr, qb_seq_ptr, qb_start_ptr, out_ptr,
+                   scale, stride_qt, stride_qh, stride_nt, stride_bt, stride_blk, stride_tok, stride_ot, stride_oh,
+                   G: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_N: tl.constexpr, KV_FP8: tl.constexpr, PART: tl.constexpr, NEW: tl.constexpr,
+                   STAGES: tl.constexpr):
+    """PART: 0 every query block over the cache; 1 fresh prompts' blocks only (context = new tokens), over their
+    own K/V (`new_src`, loaded as NEW says); 2 the other blocks only, over the cache. Two launches (1 and 2) rather
+    than one with both loops: the two branches' shared-memory buffers would add up (144 KB a program at 16 bits:
+    half the programs per SM)."""
+    qb = tl.program_id(0)
+    kvh = tl.program_id(1)
+    seq = tl.load(qb_seq_ptr + qb).to(tl.int64)
+    q0 = tl.load(qb_start_ptr + qb)
+    qs = tl.load(qstart_ptr + seq)
+    ql = tl.load(qstart_ptr + seq + 1) - qs
+    ctx = tl.load(ctx_ptr + seq)
+    QPB: tl.constexpr = BLOCK_M // G
+    r = tl.arange(0, BLOCK_M)
+    qi = q0 + r // G
+    rmask = (r < QPB * G) & (qi < ql)
+    if PART != 0:  # whether this launch takes the block: if not, no rows, no keys, nothing stored
+        mine = (ctx == ql) if PART == 1 else (ctx != ql)
+        rmask = rmask & mine
+    heads = kvh * G + r % G
+    d = tl.arange(0, D)
+    tok = (qs + qi).to(tl.int64)
+    q = tl.load(q_ptr + tok[:, None] * stride_qt + heads[:, None] * stride_qh + d[None, :],
+                mask=rmask[:, None], other=0.0)
+    pos = ctx - ql + qi  # absolute position of each query row
+    kv_end = tl.minimum(ctx, ctx - ql + q0 + QPB)
+    # Tiles wholly at or before the block's first query position are seen whole by every row
+    full_end = (ctx - ql + q0 + 1) // BLOCK_N * BLOCK_N
+    if PART != 0:
+        kv_end = tl.where(mine, kv_end, 0)
+        full_end = tl.where(mine, full_end, 0)
+    qk_scale = scale * 1.4426950408889634
+    if PART == 1:  # K/V as computed: an fp8 cache neither rounds nor slows them
+        o = _varlen_attend(q, new_src, new_src, bt_ptr, qs, kvh, full_end, kv_end, pos, qk_scale, d, stride_bt,
+                           stride_blk, stride_nt, BLOCK_M, D, PAGE, BLOCK_N, 0, NEW, STAGES)
+    else:
+        o = _varlen_attend(q, k_ptr, v_ptr, bt_ptr, seq, kvh, full_end, kv_end, pos, qk_scale, d, stride_bt,
+                           stride_blk, stride_tok, BLOCK_M, D, PAGE, BLOCK_N, KV_FP8, 0, STAGES)
+    tl.store(out_ptr + tok[:, None] * stride_ot + heads[:, None] * stride_oh + d[None, :],
+             o.to(out_ptr.dtype.element_ty), mask=rmask[:, None])
+
+
+def varlen_config(group: int, head_dim: int) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the varlen kernel."""
+    bm = varlen_block_m(group, head_dim)
+    return bm, 64, 4 if bm == 64 else 8, 2
+
+
+def varlen_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor, context_lens: torch.Tensor,
+                     query_start: torch.Tensor, qb_seq: torch.Tensor, qb_start: torch.Tensor, scale: float,
+                     out: torch.Tensor | None = None, config: tuple[int, int, int, int] | None = None,
+                     fp8_convert: int = VARLEN_FP8_CONVERT, new_kv: torch.Tensor | None = None,
+                     kinds: tuple[bool, bool] | None = None, new_loads: int = FRESH_LOADS) -> torch.Tensor:
+    """q: [T, H, D] for all new tokens, sequence after sequence (query_start: [B+1] int32 offsets);
+    context_lens: [B] tokens in the cache including the new ones (already written). `config`: (BLOCK_M,
+    BLOCK_N, num_warps, num_stages), BLOCK_M that of the work list (default: `varlen_config`). new_kv: this step's
+    rotated K heads then V heads, [T, 2 KVH, D] (the qkv buffer's view): a fresh prompt (context = its new tokens)
+    attends over them instead of the cache, so an fp8 cache neither rounds nor slows its prefill (as TensorRT-LLM's
+    and vLLM's context attention do), loaded as `new_loads` says (1 pointers, 2 TMA), when `kinds` says whether the
+    step holds fresh prompts and sequences with a cached prefix (the host knows in eager steps): two launches, one a
+    kind, or one if the step has one kind. kinds None (a prefill graph's step, its work list padded to the most
+    query blocks its bucket can have): one launch, every block over the cache. Returns [T, H, D]."""
+    T, H, D = q.shape
+    _, _, page, KVH, _ = kv_cache.shape
+    G = H // KVH
+    if out is None:
+        out = torch.empty(T, H, D, dtype=q.dtype, device=q.device)
+    n_qb = qb_seq.shape[0]
+    if T == 0 or n_qb == 0:
+        return out
+    k, v = kv_cache[0], kv_cache[1]
+    bm, block_n, warps, stages = config or varlen_config(G, D)
+    src, stride_nt = q, 0
+    if new_kv is not None:
+        assert new_kv.shape == (T, 2 * KVH, D) and new_kv.stride()[1:] == (D, 1)
+        stride_nt = new_kv.stride(0)
+        src = create_ragged_descriptor(new_kv, [block_n, 1, D]) if new_loads == 2 else new_kv
+    if new_kv is None or kinds is None or not kinds[0]:
+        parts = (0,)  # every block over the cache
+    else:
+        parts = (1, 2) if kinds[1] else (1,)
+    for part in parts:
+        _varlen_kernel[(n_qb, KVH)](
+            q, k, v, src, block_tables, context_lens, query_start, qb_seq, qb_start, out, scale,
+            q.stride(0), q.stride(1), stride_nt, block_tables.stride(0), k.stride(0), k.stride(1), out.stride(0),
+            out.stride(1), G=G, D=D, PAGE=page, BLOCK_M=bm, BLOCK_N=block_n,
+            KV_FP8=kv_mode(kv_cache, q, fp8_convert), PART=part, NEW=new_loads if part == 1 else 0, STAGES=stages,
+            num_warps=warps, num_stages=stages)
+    return out
