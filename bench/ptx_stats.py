@@ -9,10 +9,11 @@ once), so compare variants of one kernel.
     python -m bench.ptx_stats decode:256x2100:fp8 varlen:3x2048+256:bf16 gemv:fp8:14336x4096
     python -m bench.ptx_stats decode:256x2100:fp8 --compare /tmp/base,.    # the same cases in two trees
 
-Cases: decode:BxCTX:KV, varlen:BxL[+DECODE_ROWS]:KV[:fresh|tma] (KV bf16 or fp8; fresh, tma: the prompts'
-K/V from the qkv buffer, pointer or TMA loads), gemv:KIND:NxK and wmm:KIND:MxNxK (KIND bf16, int8, fp8),
-w4:MxNxK:GROUP (symmetric int4; M = 1 is the GEMV), w8g:MxNxK:GROUP (8-bit codes in groups, as w4),
-fp8mm:MxNxK:fast|exact (the fp8 GEMM at 33-256 rows, its accumulation). Llama-3.1-8B heads (32 query, 8 KV, dim 128).
+Cases: decode:BxCTX:KV, varlen:BxL[+DECODE_ROWS]:KV[:fresh|tma|persist] (KV bf16 or fp8; fresh, tma: the
+prompts' K/V from the qkv buffer, pointer or TMA loads; persist: the persistent launch), gemv:KIND:NxK and
+wmm:KIND:MxNxK (KIND bf16, int8, fp8), w4:MxNxK:GROUP (symmetric int4; M = 1 is the GEMV), w8g:MxNxK:GROUP (8-bit
+codes in groups, as w4), fp8mm:MxNxK:fast|exact (the fp8 GEMM at 33-256 rows, its accumulation). Llama-3.1-8B heads
+(32 query, 8 KV, dim 128).
 """
 
 from __future__ import annotations
@@ -152,10 +153,11 @@ def _varlen(shape: str, kv: str, fresh: str = ""):
     starts = torch.tensor([0] + [sum(qlens[:i + 1]) for i in range(len(qlens))], dtype=torch.int32)
     seqs, firsts = (torch.tensor(v, dtype=torch.int32) for v in varlen_query_blocks(qlens, H // KVH, D))
     qkv = torch.zeros(sum(qlens), H + 2 * KVH, D, dtype=torch.bfloat16)
-    new_kv = qkv[:, H:] if fresh else None
+    new_kv = qkv[:, H:] if fresh in ("fresh", "tma") else None
+    count = torch.tensor([len(seqs)], dtype=torch.int32) if fresh == "persist" else None
     return lambda: varlen_attention(qkv[:, :H], cache, bt, torch.tensor(ctxs, dtype=torch.int32), starts, seqs,
                                     firsts, D ** -0.5, new_kv=new_kv, new_loads=2 if fresh == "tma" else 1,
-                                    kinds=(True, rows > 0))
+                                    kinds=(True, rows > 0), work_count=count, programs=33)
 
 
 def _linear(kind: str, shape: str, M: int | None = None):

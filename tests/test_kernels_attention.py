@@ -198,3 +198,28 @@ def test_varlen_fresh_prompts_attend_over_this_steps_kv_and_the_others_over_the_
                                  fp8_convert=fp8_cache or 1, new_kv=qkv[:, nh:], new_loads=new_loads,
                                  kinds=(True, True))
     assert rel(out, ref) < 1e-2
+
+
+@pytest.mark.parametrize("programs", [1, 3, 64])
+@pytest.mark.parametrize("fresh", [False, True])
+def test_persistent_varlen_walks_only_the_counted_entries_of_a_padded_work_list(programs, fresh):
+    """A prefill graph's work list is padded with entries of an empty sequence; the persistent launch walks the
+    counted entries (snake order, any number of programs, more or fewer than entries) and gives the one-program-an-
+    entry launch's output (bit for bit under the interpreter)."""
+    nh, nkv, hd, page = 6, 2, 32, 4
+    query_lens, ctx_lens = [5, 1, 70, 3, 150], [9, 17, 70, 3, 330]
+    B, bt, cache = _paged_setup(ctx_lens, nh, nkv, hd, page)
+    T = sum(query_lens)
+    qkv = torch.randn(T, nh + 2 * nkv, hd, device=DEV).to(DT)
+    seqs, firsts = varlen_query_blocks(query_lens, nh // nkv, hd)
+    starts = [0, 5, 6, 76, 79, 229]
+    i32 = {"dtype": torch.int32, "device": DEV}
+    common = {"new_kv": qkv[:, nh:] if fresh else None, "kinds": (True, True) if fresh else None}
+    exact = varlen_attention(qkv[:, :nh], cache, bt, torch.tensor(ctx_lens, **i32), torch.tensor(starts, **i32),
+                             torch.tensor(seqs, **i32), torch.tensor(firsts, **i32), hd ** -0.5, **common)
+    pad = len(seqs) + 37  # entries past the real ones name row B: no tokens, no context
+    out = varlen_attention(qkv[:, :nh], cache, torch.cat([bt, bt[:1]]), torch.tensor(ctx_lens + [0], **i32),
+                           torch.tensor(starts + [T], **i32), torch.tensor(seqs + [B] * (pad - len(seqs)), **i32),
+                           torch.tensor(firsts + [0] * (pad - len(seqs)), **i32), hd ** -0.5,
+                           work_count=torch.tensor([len(seqs)], **i32), programs=programs, **common)
+    assert torch.equal(out, exact) if DEV == "cpu" else rel(out, exact) < 1e-3  # another compilation on a GPU

@@ -55,6 +55,7 @@ def test_a_step_pads_tokens_sequences_and_work_list_to_its_bucket():
     qb = g._work_rows(16)
     assert qb == 16 // 64 + 4 + 1
     assert list(h["qb_seq"][:qb]) == [0, 1, 4, 4, 4]  # padded work goes to the idle row (no tokens, no context)
+    assert h["work"][0] == 2  # the entries the persistent launch walks
     assert list(h["bt"][1, :3]) == [3, 4, 5]
 
 
@@ -64,7 +65,7 @@ def test_a_smaller_step_after_a_larger_one_leaves_no_stale_work():
     big = _step([(list(range(20)), 0, 20, [0, 1, 2, 3, 4]), (list(range(20)), 0, 20, [5, 6, 7, 8, 9])])
     g._fill(h, big, 48)
     g._fill(h, _step([(list(range(21)), 20, 1, [0, 1, 2, 3, 4, 5])]), 16)
-    assert list(h["qb_seq"][:g._work_rows(16)]) == [0, 4, 4, 4, 4]
+    assert list(h["qb_seq"][:g._work_rows(16)]) == [0, 4, 4, 4, 4] and h["work"][0] == 1
     assert list(h["qstart"][:3]) == [0, 1, 1] and h["ctx"][1] == 0
     assert list(h["bt"][0, :6]) == [0, 1, 2, 3, 4, 5]  # the grown table is written again
 

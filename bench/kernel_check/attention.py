@@ -13,12 +13,14 @@ from bench.kernel_check.report import section
 
 
 def _varlen_case(B: int, L: int, config: tuple | None = None, decode_rows: int = 0, decode_ctx: int = 0,
-                 kv_fp8: bool = False, fp8_convert: int = 1, fresh: int = 0, pad_to: int = 0) -> dict:
+                 kv_fp8: bool = False, fp8_convert: int = 1, fresh: int = 0, pad_to: int = 0,
+                 persist: bool = False) -> dict:
     """B prompts of L tokens (and decode_rows sequences of one new token at decode_ctx, first in the step, as the
     engine lays out a mixed step): our varlen kernel per layer with `config`, and SDPA dense over the prompts.
     q is a view of a qkv buffer as in the engine; fresh (> 0): the prompts read their K/V from it (`new_kv`),
     loaded as `new_loads` = fresh says (1 pointers, 2 TMA). pad_to: the work list padded to that many entries of an
-    empty sequence, as a prefill graph's is (one launch over the cache, as there)."""
+    empty sequence, as a prefill graph's is (one launch over the cache, as there); persist: a persistent launch
+    walks the real entries only (`work_count`)."""
     from llmserve.kernels.shapes import varlen_query_blocks
     from llmserve.kernels.varlen import varlen_attention
 
@@ -30,6 +32,7 @@ def _varlen_case(B: int, L: int, config: tuple | None = None, decode_rows: int =
         cache = cache.to(torch.float8_e4m3fn)
     bt = torch.arange(len(ctxs) * width, device="cuda", dtype=torch.int32).view(len(ctxs), width)
     seqs, starts = varlen_query_blocks(qlens, H // KVH, D, config[0] if config else 0)
+    count = torch.tensor([len(seqs)], dtype=torch.int32, device="cuda") if persist else None
     if pad_to:  # entries past the real ones name an empty sequence (row len(ctxs)): no tokens, no context
         seqs, starts = seqs + [len(ctxs)] * (pad_to - len(seqs)), starts + [0] * (pad_to - len(starts))
         bt = torch.cat([bt, bt[:1]])
@@ -39,7 +42,8 @@ def _varlen_case(B: int, L: int, config: tuple | None = None, decode_rows: int =
     qb = (torch.tensor(seqs, dtype=torch.int32, device="cuda"), torch.tensor(starts, dtype=torch.int32, device="cuda"))
     qkv = torch.randn(sum(qlens), H + 2 * KVH, D, device="cuda", dtype=torch.bfloat16)
     q, new_kv = qkv[:, :H], (qkv[:, H:] if fresh else None)
-    kw = {"new_kv": new_kv, "new_loads": fresh or 1, "kinds": None if pad_to else (True, decode_rows > 0)}
+    kw = {"new_kv": new_kv, "new_loads": fresh or 1, "kinds": None if pad_to else (True, decode_rows > 0),
+          "work_count": count}
     ours = graph_time_ms(lambda: [varlen_attention(q, cache, bt, ctx, qstart, *qb, D ** -0.5, config=config,
                                                    fp8_convert=fp8_convert, **kw) for _ in range(32)],
                          reps=10) * 1000 / 32
@@ -56,8 +60,18 @@ def s_varlen(args):
     """Prefill attention for B prompts of L tokens (Llama-3.1-8B heads: 32 query, 8 KV, dim 128): our varlen kernel
     per layer, with the engine's query-block tiling, over a bf16 and an fp8 cache, and over the prompts' own K/V
     (what the engine runs for a prompt with no cached prefix) loaded through pointers and through TMA, against
-    torch's SDPA over the same tokens laid out densely (causal, GQA)."""
+    torch's SDPA over the same tokens laid out densely (causal, GQA); first, a prefill graph's launch (its padded
+    work list, a program an entry or persistent) against an exact list."""
     res = args.report.results.setdefault("varlen", {})
+    # A prefill graph's launch: 8 / 16 prompts of 128 in the 1,024 / 2,048-token buckets with max_batch_size 1,024,
+    # the work list padded to the most query blocks those buckets can have (PrefillGraphs._work_rows), a program an
+    # entry or persistent; and one 2,048-token prompt (entries of growing cost), exact against persistent
+    for B, L, pad in ((8, 128, 1024 // 16 + 1024 + 1), (16, 128, 2048 // 16 + 1024 + 1), (1, 2048, 2048 // 16 + 2)):
+        for name, p, persist in (("exact", 0, False), (f"padded{pad}", pad, False), ("persistent", pad, True)):
+            r = res[f"B{B}_L{L}_kv16_{name}"] = _varlen_case(B, L, pad_to=p, persist=persist)
+            args.report.say(f"varlen B={B} L={L} work list {name}: {r['ours_us']:.1f} us/layer")
+            print(args.report.summary[-1], flush=True)
+    args.report.save()
     for B, L in ((8, 128), (32, 128), (2, 2048), (4, 2048), (4, 1000), (1, 8192)):
         for name, kv8, fresh in (("kv16", False, 0), ("kv8", True, 0), ("fresh", True, 1), ("fresh_tma", True, 2)):
             name = f"B{B}_L{L}_{name}"
@@ -66,14 +80,6 @@ def s_varlen(args):
                             f"SDPA dense {r['sdpa_us']:.1f} us ({r['sdpa_TFLOPs']:.0f})")
             print(args.report.summary[-1], flush=True)
         args.report.save()
-    # A prefill graph's launch: 8 / 16 prompts of 128 in the 1,024 / 2,048-token buckets with max_batch_size 1,024,
-    # the work list padded to the most query blocks those buckets can have (PrefillGraphs._work_rows)
-    for B, pad in ((8, 1024 // 16 + 1024 + 1), (16, 2048 // 16 + 1024 + 1)):
-        for name, p in (("exact", 0), (f"padded{pad}", pad)):
-            r = res[f"B{B}_L128_kv16_{name}"] = _varlen_case(B, 128, pad_to=p)
-            args.report.say(f"varlen B={B} L=128 work list {name}: {r['ours_us']:.1f} us/layer")
-            print(args.report.summary[-1], flush=True)
-    args.report.save()
 
 
 # stages 1: the K/V loads not software-pipelined (how the kernel ran before its loops asked for stages)

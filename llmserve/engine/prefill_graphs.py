@@ -10,7 +10,8 @@ Everything that varies within a token bucket lives in device buffers of fixed sh
 - per sequence, for up to max_batch_size sequences: context length, query offset and block table; rows past
   the step's sequences have no new tokens and an empty context;
 - the varlen attention's work list, padded to the most query blocks a step of the bucket can have with
-  blocks of an empty row (their programs return at once).
+  blocks of an empty row, and the count of its real entries: a persistent launch walks those only, so the padding
+  costs no program (at 1,024 tokens and 1,024 sequences the list has 1,089 entries, a prompt of 128 needs 8).
 Padded token rows compute garbage that stays in their rows: every layer but attention is row by row, and
 attention reads only the cache and the real rows' queries. The graph runs the decoder stack; the final norm,
 lm_head over the sampled rows and the sampling stay eager (a few launches), since those rows vary.
@@ -62,7 +63,7 @@ class PrefillGraphs:
         # Sections of one int32 buffer (block tables last: a step copies only the rows it uses). Row B of the
         # per-sequence sections is the empty sequence that padded work-list entries point to.
         sizes = {"ids": T, "pos": T, "slot": T, "src": T, "rows": B, "ctx": B + 1, "qstart": B + 2, "qb_seq": QB,
-                 "qb_start": QB, "bt": (B + 1) * W}
+                 "qb_start": QB, "work": 1, "bt": (B + 1) * W}
         self._offsets, n = {}, 0
         for name, size in sizes.items():
             self._offsets[name] = (n, n + size)
@@ -97,7 +98,8 @@ class PrefillGraphs:
         return AttentionMetadata(slot_mapping=d["slot"][:tokens], block_tables=d["bt"], context_lens=d["ctx"],
                                  query_lens=[], context_lens_host=[], decode_only=False,
                                  max_context_len=self.max_model_len, context_bound=self.max_model_len,
-                                 query_start=d["qstart"], qb_seq=d["qb_seq"][:qb], qb_start=d["qb_start"][:qb])
+                                 query_start=d["qstart"], qb_seq=d["qb_seq"][:qb], qb_start=d["qb_start"][:qb],
+                                 work_count=d["work"])
 
     def _layers(self, tokens: int):
         d = self._d
@@ -165,5 +167,6 @@ class PrefillGraphs:
         k, qb = len(seqs), self._work_rows(T)
         h["qb_seq"][:k], h["qb_start"][:k] = seqs, firsts
         h["qb_seq"][k:qb], h["qb_start"][k:qb] = self.max_seqs, 0
+        h["work"][0] = k
         for i, table in enumerate(step.tables):
             h["tables"].write(i, table)

@@ -7,6 +7,8 @@ the cache (`varlen_attention`'s new_kv).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -105,17 +107,12 @@ def _varlen_attend(q, k_ptr, v_ptr, bt_ptr, seq, kvh, full_end, kv_end, pos, qk_
 
 
 @triton.jit
-def _varlen_kernel(q_ptr, k_ptr, v_ptr, new_src, bt_ptr, ctx_ptr, qstart_ptr, qb_seq_ptr, qb_start_ptr, out_ptr,
-                   scale, stride_qt, stride_qh, stride_nt, stride_bt, stride_blk, stride_tok, stride_ot, stride_oh,
-                   G: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr, BLOCK_M: tl.constexpr,
-                   BLOCK_N: tl.constexpr, KV_FP8: tl.constexpr, PART: tl.constexpr, NEW: tl.constexpr,
-                   STAGES: tl.constexpr):
-    """PART: 0 every query block over the cache; 1 fresh prompts' blocks only (context = new tokens), over their
-    own K/V (`new_src`, loaded as NEW says); 2 the other blocks only, over the cache. Two launches (1 and 2) rather
-    than one with both loops: the two branches' shared-memory buffers would add up (144 KB a program at 16 bits:
-    half the programs per SM)."""
-    qb = tl.program_id(0)
-    kvh = tl.program_id(1)
+def _varlen_block(qb, kvh, q_ptr, k_ptr, v_ptr, new_src, bt_ptr, ctx_ptr, qstart_ptr, qb_seq_ptr, qb_start_ptr,
+                  out_ptr, scale, stride_qt, stride_qh, stride_nt, stride_bt, stride_blk, stride_tok, stride_ot,
+                  stride_oh, G: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr, BLOCK_M: tl.constexpr,
+                  BLOCK_N: tl.constexpr, KV_FP8: tl.constexpr, PART: tl.constexpr, NEW: tl.constexpr,
+                  STAGES: tl.constexpr):
+    """Work-list entry qb for KV head kvh: its query rows' attention, stored."""
     seq = tl.load(qb_seq_ptr + qb).to(tl.int64)
     q0 = tl.load(qb_start_ptr + qb)
     qs = tl.load(qstart_ptr + seq)
@@ -151,6 +148,38 @@ def _varlen_kernel(q_ptr, k_ptr, v_ptr, new_src, bt_ptr, ctx_ptr, qstart_ptr, qb
              o.to(out_ptr.dtype.element_ty), mask=rmask[:, None])
 
 
+
+
+@triton.jit
+def _varlen_kernel(q_ptr, k_ptr, v_ptr, new_src, bt_ptr, ctx_ptr, qstart_ptr, qb_seq_ptr, qb_start_ptr, out_ptr,
+                   count_ptr, scale, stride_qt, stride_qh, stride_nt, stride_bt, stride_blk, stride_tok, stride_ot,
+                   stride_oh, G: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_N: tl.constexpr, KV_FP8: tl.constexpr, PART: tl.constexpr, NEW: tl.constexpr,
+                   STAGES: tl.constexpr, PERSIST: tl.constexpr):
+    """PART: 0 every query block over the cache; 1 fresh prompts' blocks only (context = new tokens), over their
+    own K/V (`new_src`, loaded as NEW says); 2 the other blocks only, over the cache. Two launches (1 and 2) rather
+    than one with both loops: the two branches' shared-memory buffers would add up (144 KB a program at 16 bits:
+    half the programs per SM). PERSIST: a fixed grid walks the first *count_ptr entries of the work list (a prefill
+    graph's real ones), in a snake order (entry i * P + p, then (i + 1) * P + P - 1 - p) that evens out blocks whose
+    cost grows along a sequence; otherwise a program an entry."""
+    kvh = tl.program_id(1)
+    if PERSIST:
+        n = tl.load(count_ptr)
+        P = tl.num_programs(0)
+        p = tl.program_id(0)
+        for i in range(0, tl.cdiv(n, P)):
+            qb = i * P + tl.where(i % 2 == 0, p, P - 1 - p)
+            if qb < n:
+                _varlen_block(qb, kvh, q_ptr, k_ptr, v_ptr, new_src, bt_ptr, ctx_ptr, qstart_ptr, qb_seq_ptr,
+                              qb_start_ptr, out_ptr, scale, stride_qt, stride_qh, stride_nt, stride_bt, stride_blk,
+                              stride_tok, stride_ot, stride_oh, G, D, PAGE, BLOCK_M, BLOCK_N, KV_FP8, PART, NEW,
+                              STAGES)
+    else:
+        _varlen_block(tl.program_id(0), kvh, q_ptr, k_ptr, v_ptr, new_src, bt_ptr, ctx_ptr, qstart_ptr, qb_seq_ptr,
+                      qb_start_ptr, out_ptr, scale, stride_qt, stride_qh, stride_nt, stride_bt, stride_blk,
+                      stride_tok, stride_ot, stride_oh, G, D, PAGE, BLOCK_M, BLOCK_N, KV_FP8, PART, NEW, STAGES)
+
+
 def varlen_config(group: int, head_dim: int) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the varlen kernel."""
     bm = varlen_block_m(group, head_dim)
@@ -161,7 +190,8 @@ def varlen_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
                      query_start: torch.Tensor, qb_seq: torch.Tensor, qb_start: torch.Tensor, scale: float,
                      out: torch.Tensor | None = None, config: tuple[int, int, int, int] | None = None,
                      fp8_convert: int = VARLEN_FP8_CONVERT, new_kv: torch.Tensor | None = None,
-                     kinds: tuple[bool, bool] | None = None, new_loads: int = FRESH_LOADS) -> torch.Tensor:
+                     kinds: tuple[bool, bool] | None = None, new_loads: int = FRESH_LOADS,
+                     work_count: torch.Tensor | None = None, programs: int = 0) -> torch.Tensor:
     """q: [T, H, D] for all new tokens, sequence after sequence (query_start: [B+1] int32 offsets);
     context_lens: [B] tokens in the cache including the new ones (already written). `config`: (BLOCK_M,
     BLOCK_N, num_warps, num_stages), BLOCK_M that of the work list (default: `varlen_config`). new_kv: this step's
@@ -170,7 +200,9 @@ def varlen_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
     and vLLM's context attention do), loaded as `new_loads` says (1 pointers, 2 TMA), when `kinds` says whether the
     step holds fresh prompts and sequences with a cached prefix (the host knows in eager steps): two launches, one a
     kind, or one if the step has one kind. kinds None (a prefill graph's step, its work list padded to the most
-    query blocks its bucket can have): one launch, every block over the cache. Returns [T, H, D]."""
+    query blocks its bucket can have): one launch, every block over the cache. work_count: a device int32 [1], how
+    many leading work-list entries are real: a persistent launch of `programs` programs a KV head (default: two
+    an SM) walks them, so a padded list costs no program an idle entry. Returns [T, H, D]."""
     T, H, D = q.shape
     _, _, page, KVH, _ = kv_cache.shape
     G = H // KVH
@@ -190,11 +222,24 @@ def varlen_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
         parts = (0,)  # every block over the cache
     else:
         parts = (1, 2) if kinds[1] else (1,)
+    grid = (n_qb if work_count is None else programs or _persistent_programs(q.device, KVH), KVH)
     for part in parts:
-        _varlen_kernel[(n_qb, KVH)](
-            q, k, v, src, block_tables, context_lens, query_start, qb_seq, qb_start, out, scale,
-            q.stride(0), q.stride(1), stride_nt, block_tables.stride(0), k.stride(0), k.stride(1), out.stride(0),
-            out.stride(1), G=G, D=D, PAGE=page, BLOCK_M=bm, BLOCK_N=block_n,
-            KV_FP8=kv_mode(kv_cache, q, fp8_convert), PART=part, NEW=new_loads if part == 1 else 0, STAGES=stages,
-            num_warps=warps, num_stages=stages)
+        _varlen_kernel[grid](
+            q, k, v, src, block_tables, context_lens, query_start, qb_seq, qb_start, out,
+            qb_seq if work_count is None else work_count, scale, q.stride(0), q.stride(1), stride_nt,
+            block_tables.stride(0), k.stride(0), k.stride(1), out.stride(0), out.stride(1), G=G, D=D, PAGE=page,
+            BLOCK_M=bm, BLOCK_N=block_n, KV_FP8=kv_mode(kv_cache, q, fp8_convert), PART=part,
+            NEW=new_loads if part == 1 else 0, STAGES=stages, PERSIST=work_count is not None, num_warps=warps,
+            num_stages=stages)
     return out
+
+
+def _persistent_programs(device: torch.device, kv_heads: int) -> int:
+    """Programs a KV head for a persistent launch: two a streaming multiprocessor (the kernel's 48-80 KB of shared
+    memory and ~210-240 registers a thread allow two), four programs on the CPU."""
+    return max(1, 2 * _sm_count(device.index or 0) // kv_heads) if device.type == "cuda" else 4
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count

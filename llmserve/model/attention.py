@@ -47,6 +47,7 @@ class AttentionMetadata:
     split: int = 0  # mixed steps: leading one-token rows the decode kernel takes (the work list covers the rest)
     # Whether the work list holds fresh prompts and sequences with a cached prefix; None (prefill graphs): unknown
     kinds: tuple[bool, bool] | None = None
+    work_count: torch.Tensor | None = None  # prefill graphs: [1] int32, the real entries of the padded work list
 
     @classmethod
     def for_prefill(cls, seq_lens: list[int], block_size: int, device: torch.device, group: int = 1,
@@ -130,7 +131,8 @@ def paged_attention_cached(q: torch.Tensor, kv_cache: torch.Tensor, meta: Attent
                                out=out[:n])
     varlen.varlen_attention(q[n:], kv_cache, meta.block_tables[n:], meta.context_lens[n:], meta.query_start,
                            meta.qb_seq, meta.qb_start, scale, out=out[n:],
-                           new_kv=new_kv[n:] if new_kv is not None else None, kinds=meta.kinds)
+                           new_kv=new_kv[n:] if new_kv is not None else None, kinds=meta.kinds,
+                           work_count=meta.work_count)
     return out
 
 
