@@ -151,13 +151,15 @@ def _varlen(shape: str, kv: str, fresh: str = ""):
     cache = torch.zeros(2, len(ctxs) * width + 1, PAGE, KVH, D, dtype=KINDS[kv])
     bt = torch.arange(len(ctxs) * width, dtype=torch.int32).view(len(ctxs), width)
     starts = torch.tensor([0] + [sum(qlens[:i + 1]) for i in range(len(qlens))], dtype=torch.int32)
-    seqs, firsts = (torch.tensor(v, dtype=torch.int32) for v in varlen_query_blocks(qlens, H // KVH, D))
+    # the prompts' blocks first (a decode row is one block), as AttentionMetadata.add_varlen orders them
+    seqs, firsts = (torch.tensor(v[rows:] + v[:rows], dtype=torch.int32)
+                    for v in varlen_query_blocks(qlens, H // KVH, D))
     qkv = torch.zeros(sum(qlens), H + 2 * KVH, D, dtype=torch.bfloat16)
     new_kv = qkv[:, H:] if fresh in ("fresh", "tma") else None
     count = torch.tensor([len(seqs)], dtype=torch.int32) if fresh == "persist" else None
     return lambda: varlen_attention(qkv[:, :H], cache, bt, torch.tensor(ctxs, dtype=torch.int32), starts, seqs,
                                     firsts, D ** -0.5, new_kv=new_kv, new_loads=2 if fresh == "tma" else 1,
-                                    kinds=(True, rows > 0), work_count=count, programs=33)
+                                    fresh_blocks=len(seqs) - rows, work_count=count, programs=33)
 
 
 def _linear(kind: str, shape: str, M: int | None = None):

@@ -153,7 +153,8 @@ def test_mixed_step_split_between_the_decode_and_varlen_kernels_matches_one_varl
 
     one, two = meta(0), meta(2)
     assert (one.split, two.split, meta(4).split) == (0, 3, 0)
-    assert one.kinds == two.kinds == (True, True)  # a fresh prompt (20 of 20) beside chunks and decodes
+    # the fresh prompt (20 of 20 tokens) beside chunks and decodes: its block leads the work list
+    assert one.fresh_blocks == two.fresh_blocks == 1 and one.qb_seq[0] == 3 and two.qb_seq[0] == 0
     split, whole = (paged_attention_cached(q, cache, m, hd ** -0.5) for m in (two, one))
     assert rel(split, whole) < 1e-3
     assert len(two.query_start) == B - 3 + 1 and two.query_start[-1] == sum(query_lens) - 3
@@ -191,18 +192,19 @@ def test_varlen_fresh_prompts_attend_over_this_steps_kv_and_the_others_over_the_
     write_kv(k_new, v_new, cache, slots)  # as the fused rotary kernel does
     cache.view(2, -1, nkv, hd)[:, slots[fresh]] = 0  # stale: the fresh prompts must not read it
     seqs, firsts = varlen_query_blocks(query_lens, nh // nkv, hd, config[0] if config else 0)
+    order = sorted(range(len(seqs)), key=lambda i: query_lens[seqs[i]] != ctx_lens[seqs[i]])  # fresh ones first
+    fresh_blocks = sum(query_lens[s] == ctx_lens[s] for s in seqs)
     starts = torch.tensor([0, 70, 75, 78, 79, 229], dtype=torch.int32, device=DEV)
     out = varlen_attention(q, cache, bt, meta.context_lens, starts,
-                                 torch.tensor(seqs, dtype=torch.int32, device=DEV),
-                                 torch.tensor(firsts, dtype=torch.int32, device=DEV), hd ** -0.5, config=config,
-                                 fp8_convert=fp8_cache or 1, new_kv=qkv[:, nh:], new_loads=new_loads,
-                                 kinds=(True, True))
+                           torch.tensor([seqs[i] for i in order], dtype=torch.int32, device=DEV),
+                           torch.tensor([firsts[i] for i in order], dtype=torch.int32, device=DEV), hd ** -0.5,
+                           config=config, fp8_convert=fp8_cache or 1, new_kv=qkv[:, nh:], new_loads=new_loads,
+                           fresh_blocks=fresh_blocks)
     assert rel(out, ref) < 1e-2
 
 
 @pytest.mark.parametrize("programs", [1, 3, 64])
-@pytest.mark.parametrize("fresh", [False, True])
-def test_persistent_varlen_walks_only_the_counted_entries_of_a_padded_work_list(programs, fresh):
+def test_persistent_varlen_walks_only_the_counted_entries_of_a_padded_work_list(programs):
     """A prefill graph's work list is padded with entries of an empty sequence; the persistent launch walks the
     counted entries (snake order, any number of programs, more or fewer than entries) and gives the one-program-an-
     entry launch's output (bit for bit under the interpreter)."""
@@ -214,12 +216,11 @@ def test_persistent_varlen_walks_only_the_counted_entries_of_a_padded_work_list(
     seqs, firsts = varlen_query_blocks(query_lens, nh // nkv, hd)
     starts = [0, 5, 6, 76, 79, 229]
     i32 = {"dtype": torch.int32, "device": DEV}
-    common = {"new_kv": qkv[:, nh:] if fresh else None, "kinds": (True, True) if fresh else None}
     exact = varlen_attention(qkv[:, :nh], cache, bt, torch.tensor(ctx_lens, **i32), torch.tensor(starts, **i32),
-                             torch.tensor(seqs, **i32), torch.tensor(firsts, **i32), hd ** -0.5, **common)
+                             torch.tensor(seqs, **i32), torch.tensor(firsts, **i32), hd ** -0.5)
     pad = len(seqs) + 37  # entries past the real ones name row B: no tokens, no context
     out = varlen_attention(qkv[:, :nh], cache, torch.cat([bt, bt[:1]]), torch.tensor(ctx_lens + [0], **i32),
                            torch.tensor(starts + [T], **i32), torch.tensor(seqs + [B] * (pad - len(seqs)), **i32),
                            torch.tensor(firsts + [0] * (pad - len(seqs)), **i32), hd ** -0.5,
-                           work_count=torch.tensor([len(seqs)], **i32), programs=programs, **common)
+                           work_count=torch.tensor([len(seqs)], **i32), programs=programs)
     assert torch.equal(out, exact) if DEV == "cpu" else rel(out, exact) < 1e-3  # another compilation on a GPU

@@ -33,6 +33,9 @@ def _varlen_case(B: int, L: int, config: tuple | None = None, decode_rows: int =
     bt = torch.arange(len(ctxs) * width, device="cuda", dtype=torch.int32).view(len(ctxs), width)
     seqs, starts = varlen_query_blocks(qlens, H // KVH, D, config[0] if config else 0)
     count = torch.tensor([len(seqs)], dtype=torch.int32, device="cuda") if persist else None
+    fresh_blocks = len(seqs) - decode_rows if fresh else None
+    if fresh:  # the prompts' blocks first (a decode row is one block), as AttentionMetadata.add_varlen orders them
+        seqs, starts = seqs[decode_rows:] + seqs[:decode_rows], starts[decode_rows:] + starts[:decode_rows]
     if pad_to:  # entries past the real ones name an empty sequence (row len(ctxs)): no tokens, no context
         seqs, starts = seqs + [len(ctxs)] * (pad_to - len(seqs)), starts + [0] * (pad_to - len(starts))
         bt = torch.cat([bt, bt[:1]])
@@ -42,8 +45,7 @@ def _varlen_case(B: int, L: int, config: tuple | None = None, decode_rows: int =
     qb = (torch.tensor(seqs, dtype=torch.int32, device="cuda"), torch.tensor(starts, dtype=torch.int32, device="cuda"))
     qkv = torch.randn(sum(qlens), H + 2 * KVH, D, device="cuda", dtype=torch.bfloat16)
     q, new_kv = qkv[:, :H], (qkv[:, H:] if fresh else None)
-    kw = {"new_kv": new_kv, "new_loads": fresh or 1, "kinds": None if pad_to else (True, decode_rows > 0),
-          "work_count": count}
+    kw = {"new_kv": new_kv, "new_loads": fresh or 1, "fresh_blocks": fresh_blocks, "work_count": count}
     ours = graph_time_ms(lambda: [varlen_attention(q, cache, bt, ctx, qstart, *qb, D ** -0.5, config=config,
                                                    fp8_convert=fp8_convert, **kw) for _ in range(32)],
                          reps=10) * 1000 / 32

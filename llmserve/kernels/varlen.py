@@ -110,9 +110,9 @@ def _varlen_attend(q, k_ptr, v_ptr, bt_ptr, seq, kvh, full_end, kv_end, pos, qk_
 def _varlen_block(qb, kvh, q_ptr, k_ptr, v_ptr, new_src, bt_ptr, ctx_ptr, qstart_ptr, qb_seq_ptr, qb_start_ptr,
                   out_ptr, scale, stride_qt, stride_qh, stride_nt, stride_bt, stride_blk, stride_tok, stride_ot,
                   stride_oh, G: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr, BLOCK_M: tl.constexpr,
-                  BLOCK_N: tl.constexpr, KV_FP8: tl.constexpr, PART: tl.constexpr, NEW: tl.constexpr,
-                  STAGES: tl.constexpr):
-    """Work-list entry qb for KV head kvh: its query rows' attention, stored."""
+                  BLOCK_N: tl.constexpr, KV_FP8: tl.constexpr, NEW: tl.constexpr, STAGES: tl.constexpr):
+    """Work-list entry qb for KV head kvh: its query rows' attention, stored. NEW (> 0): a fresh prompt's block,
+    over its own K/V (`new_src`, loaded as `_new_rows` says); 0: over the cache."""
     seq = tl.load(qb_seq_ptr + qb).to(tl.int64)
     q0 = tl.load(qb_start_ptr + qb)
     qs = tl.load(qstart_ptr + seq)
@@ -122,9 +122,6 @@ def _varlen_block(qb, kvh, q_ptr, k_ptr, v_ptr, new_src, bt_ptr, ctx_ptr, qstart
     r = tl.arange(0, BLOCK_M)
     qi = q0 + r // G
     rmask = (r < QPB * G) & (qi < ql)
-    if PART != 0:  # whether this launch takes the block: if not, no rows, no keys, nothing stored
-        mine = (ctx == ql) if PART == 1 else (ctx != ql)
-        rmask = rmask & mine
     heads = kvh * G + r % G
     d = tl.arange(0, D)
     tok = (qs + qi).to(tl.int64)
@@ -134,11 +131,8 @@ def _varlen_block(qb, kvh, q_ptr, k_ptr, v_ptr, new_src, bt_ptr, ctx_ptr, qstart
     kv_end = tl.minimum(ctx, ctx - ql + q0 + QPB)
     # Tiles wholly at or before the block's first query position are seen whole by every row
     full_end = (ctx - ql + q0 + 1) // BLOCK_N * BLOCK_N
-    if PART != 0:
-        kv_end = tl.where(mine, kv_end, 0)
-        full_end = tl.where(mine, full_end, 0)
     qk_scale = scale * 1.4426950408889634
-    if PART == 1:  # K/V as computed: an fp8 cache neither rounds nor slows them
+    if NEW:  # K/V as computed: an fp8 cache neither rounds nor slows them
         o = _varlen_attend(q, new_src, new_src, bt_ptr, qs, kvh, full_end, kv_end, pos, qk_scale, d, stride_bt,
                            stride_blk, stride_nt, BLOCK_M, D, PAGE, BLOCK_N, 0, NEW, STAGES)
     else:
@@ -154,11 +148,10 @@ def _varlen_block(qb, kvh, q_ptr, k_ptr, v_ptr, new_src, bt_ptr, ctx_ptr, qstart
 def _varlen_kernel(q_ptr, k_ptr, v_ptr, new_src, bt_ptr, ctx_ptr, qstart_ptr, qb_seq_ptr, qb_start_ptr, out_ptr,
                    count_ptr, scale, stride_qt, stride_qh, stride_nt, stride_bt, stride_blk, stride_tok, stride_ot,
                    stride_oh, G: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr, BLOCK_M: tl.constexpr,
-                   BLOCK_N: tl.constexpr, KV_FP8: tl.constexpr, PART: tl.constexpr, NEW: tl.constexpr,
-                   STAGES: tl.constexpr, PERSIST: tl.constexpr):
-    """PART: 0 every query block over the cache; 1 fresh prompts' blocks only (context = new tokens), over their
-    own K/V (`new_src`, loaded as NEW says); 2 the other blocks only, over the cache. Two launches (1 and 2) rather
-    than one with both loops: the two branches' shared-memory buffers would add up (144 KB a program at 16 bits:
+                   BLOCK_N: tl.constexpr, KV_FP8: tl.constexpr, NEW: tl.constexpr, STAGES: tl.constexpr,
+                   PERSIST: tl.constexpr):
+    """Fresh prompts' blocks (NEW > 0) and the others' (NEW 0) take a launch each rather than one launch with both
+    loops behind a runtime test: the two branches' shared-memory buffers would add up (144 KB a program at 16 bits:
     half the programs per SM). PERSIST: a fixed grid walks the first *count_ptr entries of the work list (a prefill
     graph's real ones), in a snake order (entry i * P + p, then (i + 1) * P + P - 1 - p) that evens out blocks whose
     cost grows along a sequence; otherwise a program an entry."""
@@ -172,12 +165,11 @@ def _varlen_kernel(q_ptr, k_ptr, v_ptr, new_src, bt_ptr, ctx_ptr, qstart_ptr, qb
             if qb < n:
                 _varlen_block(qb, kvh, q_ptr, k_ptr, v_ptr, new_src, bt_ptr, ctx_ptr, qstart_ptr, qb_seq_ptr,
                               qb_start_ptr, out_ptr, scale, stride_qt, stride_qh, stride_nt, stride_bt, stride_blk,
-                              stride_tok, stride_ot, stride_oh, G, D, PAGE, BLOCK_M, BLOCK_N, KV_FP8, PART, NEW,
-                              STAGES)
+                              stride_tok, stride_ot, stride_oh, G, D, PAGE, BLOCK_M, BLOCK_N, KV_FP8, NEW, STAGES)
     else:
         _varlen_block(tl.program_id(0), kvh, q_ptr, k_ptr, v_ptr, new_src, bt_ptr, ctx_ptr, qstart_ptr, qb_seq_ptr,
                       qb_start_ptr, out_ptr, scale, stride_qt, stride_qh, stride_nt, stride_bt, stride_blk,
-                      stride_tok, stride_ot, stride_oh, G, D, PAGE, BLOCK_M, BLOCK_N, KV_FP8, PART, NEW, STAGES)
+                      stride_tok, stride_ot, stride_oh, G, D, PAGE, BLOCK_M, BLOCK_N, KV_FP8, NEW, STAGES)
 
 
 def varlen_config(group: int, head_dim: int) -> tuple[int, int, int, int]:
@@ -190,17 +182,18 @@ def varlen_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
                      query_start: torch.Tensor, qb_seq: torch.Tensor, qb_start: torch.Tensor, scale: float,
                      out: torch.Tensor | None = None, config: tuple[int, int, int, int] | None = None,
                      fp8_convert: int = VARLEN_FP8_CONVERT, new_kv: torch.Tensor | None = None,
-                     kinds: tuple[bool, bool] | None = None, new_loads: int = FRESH_LOADS,
+                     fresh_blocks: int | None = None, new_loads: int = FRESH_LOADS,
                      work_count: torch.Tensor | None = None, programs: int = 0) -> torch.Tensor:
     """q: [T, H, D] for all new tokens, sequence after sequence (query_start: [B+1] int32 offsets);
     context_lens: [B] tokens in the cache including the new ones (already written). `config`: (BLOCK_M,
     BLOCK_N, num_warps, num_stages), BLOCK_M that of the work list (default: `varlen_config`). new_kv: this step's
     rotated K heads then V heads, [T, 2 KVH, D] (the qkv buffer's view): a fresh prompt (context = its new tokens)
     attends over them instead of the cache, so an fp8 cache neither rounds nor slows its prefill (as TensorRT-LLM's
-    and vLLM's context attention do), loaded as `new_loads` says (1 pointers, 2 TMA), when `kinds` says whether the
-    step holds fresh prompts and sequences with a cached prefix (the host knows in eager steps): two launches, one a
-    kind, or one if the step has one kind. kinds None (a prefill graph's step, its work list padded to the most
-    query blocks its bucket can have): one launch, every block over the cache. work_count: a device int32 [1], how
+    and vLLM's context attention do), loaded as `new_loads` says (1 pointers, 2 TMA), when `fresh_blocks` says how
+    many leading entries of the work list are fresh prompts' (the host orders it so in eager steps; the others'
+    follow): a launch over those and one over the rest. fresh_blocks None (a prefill graph's step, its work list
+    padded to the most query blocks its bucket can have) or 0: one launch, every block over the cache. work_count:
+    a device int32 [1], how
     many leading work-list entries are real: a persistent launch of `programs` programs a KV head (default: two
     an SM) walks them, so a padded list costs no program an idle entry. Returns [T, H, D]."""
     T, H, D = q.shape
@@ -218,19 +211,20 @@ def varlen_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
         assert new_kv.shape == (T, 2 * KVH, D) and new_kv.stride()[1:] == (D, 1)
         stride_nt = new_kv.stride(0)
         src = create_ragged_descriptor(new_kv, [block_n, 1, D]) if new_loads == 2 else new_kv
-    if new_kv is None or kinds is None or not kinds[0]:
-        parts = (0,)  # every block over the cache
-    else:
-        parts = (1, 2) if kinds[1] else (1,)
-    grid = (n_qb if work_count is None else programs or _persistent_programs(q.device, KVH), KVH)
-    for part in parts:
+    f = fresh_blocks if new_kv is not None and fresh_blocks else 0
+    assert not (f and work_count is not None), "a persistent launch walks one list: fresh_blocks None there"
+    # (first entry, entries, NEW) a launch: the fresh prompts' blocks, then the rest over the cache
+    launches = [(0, f, new_loads), (f, n_qb - f, 0)] if f else [(0, n_qb, 0)]
+    for first, count, new in launches:
+        if count == 0:
+            continue
+        grid = (count if work_count is None else programs or _persistent_programs(q.device, KVH), KVH)
         _varlen_kernel[grid](
-            q, k, v, src, block_tables, context_lens, query_start, qb_seq, qb_start, out,
+            q, k, v, src, block_tables, context_lens, query_start, qb_seq[first:], qb_start[first:], out,
             qb_seq if work_count is None else work_count, scale, q.stride(0), q.stride(1), stride_nt,
             block_tables.stride(0), k.stride(0), k.stride(1), out.stride(0), out.stride(1), G=G, D=D, PAGE=page,
-            BLOCK_M=bm, BLOCK_N=block_n, KV_FP8=kv_mode(kv_cache, q, fp8_convert), PART=part,
-            NEW=new_loads if part == 1 else 0, STAGES=stages, PERSIST=work_count is not None, num_warps=warps,
-            num_stages=stages)
+            BLOCK_M=bm, BLOCK_N=block_n, KV_FP8=kv_mode(kv_cache, q, fp8_convert), NEW=new, STAGES=stages,
+            PERSIST=work_count is not None, num_warps=warps, num_stages=stages)
     return out
 
 

@@ -45,8 +45,8 @@ class AttentionMetadata:
     qb_seq: torch.Tensor | None = None  # [n] int32: sequence of each varlen query block
     qb_start: torch.Tensor | None = None  # [n] int32: first query (within its sequence) of each block
     split: int = 0  # mixed steps: leading one-token rows the decode kernel takes (the work list covers the rest)
-    # Whether the work list holds fresh prompts and sequences with a cached prefix; None (prefill graphs): unknown
-    kinds: tuple[bool, bool] | None = None
+    # Leading work-list entries that are fresh prompts' (no cached prefix; the others' follow); None: unknown
+    fresh_blocks: int | None = None
     work_count: torch.Tensor | None = None  # prefill graphs: [1] int32, the real entries of the padded work list
 
     @classmethod
@@ -92,15 +92,19 @@ class AttentionMetadata:
         return meta
 
     def add_varlen(self, group: int, head_dim: int) -> None:
-        """Fills the Triton path's query-block work list from query_lens past `split` (host side)."""
+        """Fills the Triton path's query-block work list from query_lens past `split` (host side): fresh prompts'
+        blocks first (their own launch), then the others'."""
         dev = self.slot_mapping.device
         lens = self.query_lens[self.split:]
         fresh = [q == c for q, c in zip(lens, self.context_lens_host[self.split:])]
-        self.kinds = (any(fresh), not all(fresh))
         starts = [0]
         for n in lens:
             starts.append(starts[-1] + n)
         seqs, firsts = varlen_query_blocks(lens, group, head_dim)
+        order = [i for i, s in enumerate(seqs) if fresh[s]]
+        self.fresh_blocks = len(order)
+        order += [i for i, s in enumerate(seqs) if not fresh[s]]
+        seqs, firsts = [seqs[i] for i in order], [firsts[i] for i in order]
         self.query_start = torch.tensor(starts, dtype=torch.int32, device=dev)
         self.qb_seq = torch.tensor(seqs, dtype=torch.int32, device=dev)
         self.qb_start = torch.tensor(firsts, dtype=torch.int32, device=dev)
@@ -131,7 +135,7 @@ def paged_attention_cached(q: torch.Tensor, kv_cache: torch.Tensor, meta: Attent
                                out=out[:n])
     varlen.varlen_attention(q[n:], kv_cache, meta.block_tables[n:], meta.context_lens[n:], meta.query_start,
                            meta.qb_seq, meta.qb_start, scale, out=out[n:],
-                           new_kv=new_kv[n:] if new_kv is not None else None, kinds=meta.kinds,
+                           new_kv=new_kv[n:] if new_kv is not None else None, fresh_blocks=meta.fresh_blocks,
                            work_count=meta.work_count)
     return out
 
