@@ -264,3 +264,27 @@ def test_model_fast_path_matches_torch_path_int4(tmp_path, quant, pdl):
     """The whole decoder on 4-bit weights (random, quantized at load in groups of 64: the tiny model's K are
     192 and 320), fast path against torch path, as test_model_fast_path_matches_torch_path does."""
     test_model_fast_path_matches_torch_path(tmp_path, quant, 0, pdl)
+
+
+def test_warm_up_compiles_both_varlen_launches(tmp_path, monkeypatch):
+    """The warm-up's prompts are fresh (their own K/V); its chunk step also runs the varlen launch over the cache, so
+    neither variant compiles while a request waits."""
+    from types import SimpleNamespace
+
+    from llmserve.engine.model_runner import ModelRunner
+    from llmserve.kernels import varlen
+
+    model = _tiny_model(tmp_path)
+    news = []
+    launch = varlen.varlen_attention
+
+    def spy(*args, **kwargs):
+        news.append((kwargs.get("new_kv") is not None, kwargs.get("fresh_blocks")))
+        return launch(*args, **kwargs)
+
+    monkeypatch.setattr(varlen, "varlen_attention", spy)
+    runner = SimpleNamespace(device=torch.device(DEV), group=3, model=model, max_model_len=256,
+                             kv_cache=torch.zeros(2, 2, 4, 16, 2, 32, device=DEV, dtype=DT))
+    with torch.inference_mode():
+        ModelRunner._warm_chunk(runner, scratch=3)
+    assert news == [(True, 1)] * 2  # per layer: the fresh prompt's block, then the chunk's over the cache

@@ -239,6 +239,20 @@ class ModelRunner(Launcher):
         rows = self.sampling_rows(batch)
         return rows, SamplingBatch.of(rows, self.token_history) if rows else None
 
+    def _warm_chunk(self, scratch: int) -> None:
+        """A step of a fresh prompt beside a chunk after a cached prefix: the varlen kernel's launch over the cache
+        (the warm-up's other steps are fresh prompts, which attend over their own K/V)."""
+        dev = self.device
+        meta = AttentionMetadata(
+            slot_mapping=torch.full((3,), -1, dtype=torch.int32, device=dev),
+            block_tables=torch.full((2, 1), scratch, dtype=torch.int32, device=dev),
+            context_lens=torch.tensor([2, 2], dtype=torch.int32, device=dev), query_lens=[2, 1],
+            context_lens_host=[2, 2], decode_only=False, max_context_len=2, context_bound=self.max_model_len)
+        meta.add_varlen(self.group, self.model.args.head_dim)
+        pos = torch.tensor([0, 1, 1], dtype=torch.int32, device=dev)
+        self.model(torch.zeros(3, dtype=torch.int32, device=dev), pos, self.kv_cache, meta,
+                   torch.tensor([2], device=dev))
+
     @torch.inference_mode()
     def _warmup(self) -> None:
         """Compiles the Triton kernels for every shape class an eager step can meet (Triton specializes on
@@ -258,6 +272,7 @@ class ModelRunner(Launcher):
             ids = torch.zeros(n, dtype=torch.int32, device=dev)
             pos = torch.arange(n, dtype=torch.int32, device=dev)
             self.model(ids, pos, self.kv_cache, meta, torch.tensor([n - 1], device=dev))
+        self._warm_chunk(scratch)
         if not self.cfg.pytorch.cuda_graphs:  # eager decode steps: the linear kernels' M classes, each attention config
             from llmserve.kernels.attention import decode_config
 

@@ -144,17 +144,18 @@ def _varlen_block(qb, kvh, q_ptr, k_ptr, v_ptr, new_src, bt_ptr, ctx_ptr, qstart
 
 
 
-@triton.jit
-def _varlen_kernel(q_ptr, k_ptr, v_ptr, new_src, bt_ptr, ctx_ptr, qstart_ptr, qb_seq_ptr, qb_start_ptr, out_ptr,
-                   count_ptr, scale, stride_qt, stride_qh, stride_nt, stride_bt, stride_blk, stride_tok, stride_ot,
-                   stride_oh, G: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr, BLOCK_M: tl.constexpr,
+@triton.jit(do_not_specialize=["qb_first"])
+def _varlen_kernel(q_ptr, k_ptr, v_ptr, new_src, bt_ptr, ctx_ptr, qstart_ptr, qb_seq_ptr, qb_start_ptr, qb_first,
+                   out_ptr, count_ptr, scale, stride_qt, stride_qh, stride_nt, stride_bt, stride_blk, stride_tok,
+                   stride_ot, stride_oh, G: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_N: tl.constexpr, KV_FP8: tl.constexpr, NEW: tl.constexpr, STAGES: tl.constexpr,
                    PERSIST: tl.constexpr):
     """Fresh prompts' blocks (NEW > 0) and the others' (NEW 0) take a launch each rather than one launch with both
     loops behind a runtime test: the two branches' shared-memory buffers would add up (144 KB a program at 16 bits:
     half the programs per SM). PERSIST: a fixed grid walks the first *count_ptr entries of the work list (a prefill
     graph's real ones), in a snake order (entry i * P + p, then (i + 1) * P + P - 1 - p) that evens out blocks whose
-    cost grows along a sequence; otherwise a program an entry."""
+    cost grows along a sequence; otherwise a program an entry from entry qb_first (an int, not specialized: the
+    second launch starts where the fresh prompts' blocks end, anywhere)."""
     kvh = tl.program_id(1)
     if PERSIST:
         n = tl.load(count_ptr)
@@ -167,8 +168,8 @@ def _varlen_kernel(q_ptr, k_ptr, v_ptr, new_src, bt_ptr, ctx_ptr, qstart_ptr, qb
                               qb_start_ptr, out_ptr, scale, stride_qt, stride_qh, stride_nt, stride_bt, stride_blk,
                               stride_tok, stride_ot, stride_oh, G, D, PAGE, BLOCK_M, BLOCK_N, KV_FP8, NEW, STAGES)
     else:
-        _varlen_block(tl.program_id(0), kvh, q_ptr, k_ptr, v_ptr, new_src, bt_ptr, ctx_ptr, qstart_ptr, qb_seq_ptr,
-                      qb_start_ptr, out_ptr, scale, stride_qt, stride_qh, stride_nt, stride_bt, stride_blk,
+        _varlen_block(qb_first + tl.program_id(0), kvh, q_ptr, k_ptr, v_ptr, new_src, bt_ptr, ctx_ptr, qstart_ptr,
+                      qb_seq_ptr, qb_start_ptr, out_ptr, scale, stride_qt, stride_qh, stride_nt, stride_bt, stride_blk,
                       stride_tok, stride_ot, stride_oh, G, D, PAGE, BLOCK_M, BLOCK_N, KV_FP8, NEW, STAGES)
 
 
@@ -220,7 +221,7 @@ def varlen_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
             continue
         grid = (count if work_count is None else programs or _persistent_programs(q.device, KVH), KVH)
         _varlen_kernel[grid](
-            q, k, v, src, block_tables, context_lens, query_start, qb_seq[first:], qb_start[first:], out,
+            q, k, v, src, block_tables, context_lens, query_start, qb_seq, qb_start, first, out,
             qb_seq if work_count is None else work_count, scale, q.stride(0), q.stride(1), stride_nt,
             block_tables.stride(0), k.stride(0), k.stride(1), out.stride(0), out.stride(1), G=G, D=D, PAGE=page,
             BLOCK_M=bm, BLOCK_N=block_n, KV_FP8=kv_mode(kv_cache, q, fp8_convert), NEW=new, STAGES=stages,
