@@ -234,7 +234,7 @@ class Attention(KernelLayer):
 
             layer_cache = kv_cache[self.layer]
             rope_and_cache(qkv, rope.positions, rope.table_cos, rope.table_sin, meta.slot_mapping, layer_cache,
-                           self.nh, self.nkv, self.hd, pdl=self.launch.pdl, k_in_place=not meta.decode_only)
+                           self.nh, self.nkv, self.hd, pdl=self.launch.pdl, k_in_place=bool(meta.fresh_blocks))
             # The attention kernels launch plainly, PDL or not (slower with it: docs/performance.md).
             h = qkv.view(T, self.nh + 2 * self.nkv, self.hd)
             out = attention.paged_attention_cached(h[:, :self.nh], layer_cache, meta, self.scale, h[:, self.nh:])
