@@ -283,8 +283,8 @@ def test_warm_up_compiles_both_varlen_launches(tmp_path, monkeypatch):
         return launch(*args, **kwargs)
 
     monkeypatch.setattr(varlen, "varlen_attention", spy)
-    runner = SimpleNamespace(device=torch.device(DEV), group=3, model=model, max_model_len=256,
+    runner = SimpleNamespace(device=torch.device(DEV), group=3, model=model, max_model_len=256, block_size=16,
                              kv_cache=torch.zeros(2, 2, 4, 16, 2, 32, device=DEV, dtype=DT))
     with torch.inference_mode():
-        ModelRunner._warm_chunk(runner, scratch=3)
+        ModelRunner._warm_step(runner, [2, 1], [2, 2], scratch=3)  # as _warmup runs it
     assert news == [(True, 1)] * 2  # per layer: the fresh prompt's block, then the chunk's over the cache

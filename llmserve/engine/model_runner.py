@@ -239,19 +239,21 @@ class ModelRunner(Launcher):
         rows = self.sampling_rows(batch)
         return rows, SamplingBatch.of(rows, self.token_history) if rows else None
 
-    def _warm_chunk(self, scratch: int) -> None:
-        """A step of a fresh prompt beside a chunk after a cached prefix: the varlen kernel's launch over the cache
-        (the warm-up's other steps are fresh prompts, which attend over their own K/V)."""
-        dev = self.device
+    def _warm_step(self, query_lens: list[int], context_lens: list[int], scratch: int) -> None:
+        """One eager step of these sequences on the scratch block, writing no cache slot: compiles what it launches."""
+        dev, n = self.device, sum(query_lens)
         meta = AttentionMetadata(
-            slot_mapping=torch.full((3,), -1, dtype=torch.int32, device=dev),
-            block_tables=torch.full((2, 1), scratch, dtype=torch.int32, device=dev),
-            context_lens=torch.tensor([2, 2], dtype=torch.int32, device=dev), query_lens=[2, 1],
-            context_lens_host=[2, 2], decode_only=False, max_context_len=2, context_bound=self.max_model_len)
+            slot_mapping=torch.full((n,), -1, dtype=torch.int32, device=dev),
+            block_tables=torch.full((len(query_lens), -(-max(context_lens) // self.block_size)), scratch,
+                                    dtype=torch.int32, device=dev),
+            context_lens=torch.tensor(context_lens, dtype=torch.int32, device=dev), query_lens=query_lens,
+            context_lens_host=context_lens, decode_only=False, max_context_len=max(context_lens),
+            context_bound=self.max_model_len)
         meta.add_varlen(self.group, self.model.args.head_dim)
-        pos = torch.tensor([0, 1, 1], dtype=torch.int32, device=dev)
-        self.model(torch.zeros(3, dtype=torch.int32, device=dev), pos, self.kv_cache, meta,
-                   torch.tensor([2], device=dev))
+        pos = torch.tensor([p for q, c in zip(query_lens, context_lens) for p in range(c - q, c)], dtype=torch.int32,
+                           device=dev)
+        self.model(torch.zeros(n, dtype=torch.int32, device=dev), pos, self.kv_cache, meta,
+                   torch.tensor([n - 1], device=dev))
 
     @torch.inference_mode()
     def _warmup(self) -> None:
@@ -262,17 +264,10 @@ class ModelRunner(Launcher):
         sizes = sorted({n for n in (2, 3, 16, 17, 32, 33, 64, 65, 128, 129, 1000, top - 1, top) if 2 <= n <= top})
         dev = self.device
         for n in sizes:
-            width = -(-n // self.block_size)
-            meta = AttentionMetadata(
-                slot_mapping=torch.full((n,), -1, dtype=torch.int32, device=dev),
-                block_tables=torch.full((1, width), scratch, dtype=torch.int32, device=dev),
-                context_lens=torch.tensor([n], dtype=torch.int32, device=dev), query_lens=[n], context_lens_host=[n],
-                decode_only=False, max_context_len=n, context_bound=self.max_model_len)
-            meta.add_varlen(self.group, self.model.args.head_dim)
-            ids = torch.zeros(n, dtype=torch.int32, device=dev)
-            pos = torch.arange(n, dtype=torch.int32, device=dev)
-            self.model(ids, pos, self.kv_cache, meta, torch.tensor([n - 1], device=dev))
-        self._warm_chunk(scratch)
+            self._warm_step([n], [n], scratch)
+        # A fresh prompt beside a chunk after a cached prefix: the varlen launch over the cache too (the steps above
+        # are fresh prompts, which attend over their own K/V)
+        self._warm_step([2, 1], [2, 2], scratch)
         if not self.cfg.pytorch.cuda_graphs:  # eager decode steps: the linear kernels' M classes, each attention config
             from llmserve.kernels.attention import decode_config
 
