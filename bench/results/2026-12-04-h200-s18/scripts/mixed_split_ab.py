@@ -16,6 +16,7 @@ if not torch.cuda.is_available():
 
 from llmserve.kernels import attention as kattn  # noqa: E402
 from llmserve.kernels.shapes import varlen_query_blocks  # noqa: E402
+from llmserve.kernels.varlen import varlen_attention  # noqa: E402
 
 GPU = torch.cuda.is_available()
 DEV, DT = ("cuda", torch.bfloat16) if GPU else ("cpu", torch.float16)
@@ -44,7 +45,7 @@ def _varlen(q, cache, bt, qlens, ctxs):
     seqs, firsts = varlen_query_blocks(qlens, H // KVH, D)
     ctx = torch.tensor(ctxs, dtype=torch.int32, device=DEV)
     qb = (torch.tensor(seqs, dtype=torch.int32, device=DEV), torch.tensor(firsts, dtype=torch.int32, device=DEV))
-    return lambda out: kattn.varlen_attention(q, cache, bt, ctx, starts, *qb, D ** -0.5, out=out)
+    return lambda out: varlen_attention(q, cache, bt, ctx, starts, *qb, D ** -0.5, out=out)
 
 
 def _split(q, cache, bt, qlens, ctxs, n_dec):

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from llmserve.kernels import attention as kattn
 from llmserve.kernels.shapes import varlen_query_blocks
+from llmserve.kernels.varlen import varlen_attention
 
 H, KVH, D, PAGE = 32, 8, 128, 16
 
@@ -31,6 +31,24 @@ def time_us(fn, reps=20):
     return sorted(times)[reps // 2]
 
 
+def time_cases(cases: dict, flops: float, key: str, fix=lambda out: out) -> dict:
+    """Each case's us and TFLOPS and its largest difference from the first case's output (fix: an output into the
+    first's layout); a case this torch or GPU lacks records its error."""
+    row, ref = {}, None
+    for name, make in cases.items():
+        try:
+            fn = make()
+            out = fix(fn())
+            ref = out if ref is None else ref
+            us = time_us(fn)
+            row[name] = {"us": round(us, 1), "tflops": round(flops / us / 1e6, 1),
+                         "max_diff": float((out.float() - ref.float()).abs().max())}
+        except Exception as e:  # noqa: BLE001  (a backend this torch or GPU lacks)
+            row[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+        print(key, name, row[name], flush=True)
+    return row
+
+
 def _ours(q, k, v, B, S, kv8):
     blocks = B * S // PAGE
     cache = torch.empty(2, blocks + 1, PAGE, KVH, D, device="cuda", dtype=torch.bfloat16)
@@ -44,7 +62,7 @@ def _ours(q, k, v, B, S, kv8):
     seqs, firsts = varlen_query_blocks([S] * B, H // KVH, D)
     qb = (torch.tensor(seqs, dtype=torch.int32, device="cuda"), torch.tensor(firsts, dtype=torch.int32, device="cuda"))
     out = torch.empty_like(q)
-    return lambda: kattn.varlen_attention(q, cache, bt, ctx, starts, *qb, D ** -0.5, out=out)
+    return lambda: varlen_attention(q, cache, bt, ctx, starts, *qb, D ** -0.5, out=out)
 
 
 def _sdpa(q, k, v, B, S, backend):
@@ -73,24 +91,12 @@ def main(path):
         k = torch.randn(B * S, KVH, D, device="cuda", dtype=torch.bfloat16)
         v = torch.randn(B * S, KVH, D, device="cuda", dtype=torch.bfloat16)
         flops = B * 2 * H * D * S * S  # causal: half of 4 * H * D * S^2
-        row, ref = {}, None
         cases = {"ours_kv16": lambda: _ours(q, k, v, B, S, False), "ours_kv8": lambda: _ours(q, k, v, B, S, True),
                  "sdpa_flash": lambda: _sdpa(q, k, v, B, S, SDPBackend.FLASH_ATTENTION),
                  "sdpa_cudnn": lambda: _sdpa(q, k, v, B, S, SDPBackend.CUDNN_ATTENTION),
                  "varlen_attn": lambda: _varlen_torch(q, k, v, B, S)}
-        for name, make in cases.items():
-            try:
-                fn = make()
-                out = fn()
-                out = out.transpose(1, 2).reshape(B * S, H, D) if out.dim() == 4 else out
-                ref = out if ref is None else ref
-                us = time_us(fn)
-                row[name] = {"us": round(us, 1), "tflops": round(flops / us / 1e6, 1),
-                             "max_diff": float((out.float() - ref.float()).abs().max())}
-            except Exception as e:  # noqa: BLE001  (a backend this torch or GPU lacks)
-                row[name] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
-            print(f"{B}x{S}", name, row[name], flush=True)
-        res[f"{B}x{S}"] = row
+        res[f"{B}x{S}"] = time_cases(cases, flops, f"{B}x{S}", lambda out: out.transpose(1, 2).reshape(B * S, H, D)
+                                     if out.dim() == 4 else out)
     json.dump(res, open(path, "w"), indent=1)
 
 

@@ -14,7 +14,7 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from prefill_attn_ab import time_us  # this folder's first script (run from here: its folder is on sys.path)
+from prefill_attn_ab import time_cases  # this folder's first script (run from here: its folder is on sys.path)
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from llmserve.kernels.shapes import varlen_query_blocks
@@ -103,20 +103,8 @@ def main(path):
                               ("efficient", SDPBackend.EFFICIENT_ATTENTION)):
             cases[f"njt_{name}"] = lambda backend=backend: _njt(q, k, v, lens, backend)
         cases["varlen_attn"] = lambda: _varlen(q, k, v, lens)
-        row, ref = {}, None
         key = "+".join(map(str, lens)) if len(set(lens)) > 1 else f"{len(lens)}x{lens[0]}"
-        for name, make in cases.items():
-            try:
-                fn = make()
-                out = fn()
-                ref = out if ref is None else ref
-                us = time_us(fn)
-                row[name] = {"us": round(us, 1), "tflops": round(flops / us / 1e6, 1),
-                             "max_diff": float((out.float() - ref.float()).abs().max())}
-            except Exception as e:  # noqa: BLE001  (a backend this torch or GPU lacks)
-                row[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
-            print(key, name, row[name], flush=True)
-        res[key] = row
+        res[key] = time_cases(cases, flops, key)
     json.dump(res, open(path, "w"), indent=1)
 
 
