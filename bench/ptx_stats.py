@@ -9,11 +9,13 @@ once), so compare variants of one kernel.
     python -m bench.ptx_stats decode:256x2100:fp8 varlen:3x2048+256:bf16 gemv:fp8:14336x4096
     python -m bench.ptx_stats decode:256x2100:fp8 --compare /tmp/base,.    # the same cases in two trees
 
-Cases: decode:BxCTX:KV, varlen:BxL[+DECODE_ROWS]:KV[:fresh|tma|persist] (KV bf16 or fp8; fresh, tma: the
-prompts' K/V from the qkv buffer, pointer or TMA loads; persist: the persistent launch), gemv:KIND:NxK and
-wmm:KIND:MxNxK (KIND bf16, int8, fp8), w4:MxNxK:GROUP (symmetric int4; M = 1 is the GEMV), w8g:MxNxK:GROUP (8-bit
-codes in groups, as w4), fp8mm:MxNxK:fast|exact (the fp8 GEMM at 33-256 rows, its accumulation). Llama-3.1-8B heads
-(32 query, 8 KV, dim 128).
+Cases: decode:BxCTX:KV[:prefetch] (prefetch: o_proj's weights asked of L2, as in a decode graph under PDL),
+varlen:BxL[+DECODE_ROWS]:KV[:fresh|tma|persist] (KV bf16 or fp8; fresh, tma: the prompts' K/V from the qkv buffer,
+pointer or TMA loads; persist: the persistent launch), gemv:KIND:NxK and wmm:KIND:MxNxK (KIND bf16, int8, fp8),
+w4:MxNxK:GROUP (symmetric int4; M = 1 is the GEMV), w8g:MxNxK:GROUP (8-bit codes in groups, as w4),
+fp8mm:MxNxK:fast|exact (the fp8 GEMM at 33-256 rows, its accumulation); gemv, wmm, w4 and w8g take a last ":pdl":
+launched as in a decode graph of up to 16 rows (the weights' L2 prefetch, the PDL wait). Llama-3.1-8B heads (32 query,
+8 KV, dim 128).
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ import torch
 os.environ.pop("TRITON_INTERPRET", None)
 H, KVH, D, PAGE = 32, 8, 128, 16
 KINDS = {"bf16": torch.bfloat16, "int8": torch.int8, "fp8": torch.float8_e4m3fn}
-WATCH = ("ld.global", "cp.async.cg", "cp.async.ca", "ld.shared", "st.shared", "ldmatrix", "mma", "wgmma", "cvt")
+WATCH = ("ld.global", "cp.async.cg", "cp.async.ca", "ld.shared", "st.shared", "ldmatrix", "mma", "wgmma", "cvt",
+         "prefetch")
 
 
 def compile_launches(call) -> list:
@@ -127,7 +130,7 @@ def _cuda_like() -> None:
         mod.ptx_converts = lambda x: x.dtype == torch.bfloat16
 
 
-def _decode(shape: str, kv: str):
+def _decode(shape: str, kv: str, prefetch: str = ""):
     from llmserve.kernels.attention import decode_attention
 
     B, ctx = (int(v) for v in shape.split("x"))
@@ -136,7 +139,9 @@ def _decode(shape: str, kv: str):
     bt = torch.arange(B * blocks, dtype=torch.int32).view(B, blocks)
     ctxs = torch.full((B,), ctx, dtype=torch.int32)
     q = torch.zeros(B, H, D, dtype=torch.bfloat16)
-    return lambda: decode_attention(q, cache, bt, ctxs, D ** -0.5, 4096)
+    w = torch.zeros(H * D, H * D, dtype=KINDS[kv]) if prefetch else None  # o_proj's weights, as the cache's dtype
+    kw = {"prefetch": w} if prefetch else {}  # trees before the prefetch take no such argument (--compare)
+    return lambda: decode_attention(q, cache, bt, ctxs, D ** -0.5, 4096, **kw)
 
 
 def _varlen(shape: str, kv: str, fresh: str = ""):
@@ -162,7 +167,7 @@ def _varlen(shape: str, kv: str, fresh: str = ""):
                                     fresh_blocks=len(seqs) - rows, work_count=count, programs=33)
 
 
-def _linear(kind: str, shape: str, M: int | None = None):
+def _linear(kind: str, shape: str, M: int | None = None, pdl: bool = False):
     from llmserve.kernels import linear
 
     dims = [int(v) for v in shape.split("x")]
@@ -170,7 +175,7 @@ def _linear(kind: str, shape: str, M: int | None = None):
     w = torch.zeros(N, K, dtype=KINDS[kind])
     scale = None if kind == "bf16" else torch.ones(N, dtype=torch.float32)
     x = torch.zeros(M, K, dtype=torch.bfloat16)
-    return lambda: linear.gemv(x, w, scale) if M == 1 else linear.wmm(x, w, scale)
+    return lambda: linear.gemv(x, w, scale, pdl=pdl) if M == 1 else linear.wmm(x, w, scale, pdl=pdl)
 
 
 def _fp8mm(shape: str, accumulation: str):
@@ -182,31 +187,32 @@ def _fp8mm(shape: str, accumulation: str):
     return lambda: fp8_mm(xq, xs, w, ws, torch.bfloat16, fast=accumulation == "fast")
 
 
-def _w4(shape: str, group: str):
+def _w4(shape: str, group: str, pdl: bool = False):
     from llmserve.kernels.int4 import w4mm
 
     M, N, K = (int(v) for v in shape.split("x"))
     w = torch.zeros(N, K // 2, dtype=torch.uint8)
     scale = torch.ones(N, K // int(group), dtype=torch.float16)
     x = torch.zeros(M, K, dtype=torch.bfloat16)
-    return lambda: w4mm(x, w, scale)
+    return lambda: w4mm(x, w, scale, pdl=pdl)
 
 
-def _w8g(shape: str, group: str):
+def _w8g(shape: str, group: str, pdl: bool = False):
     from llmserve.kernels.int8_group import w8gmm
 
     M, N, K = (int(v) for v in shape.split("x"))
     w = torch.zeros(N, K, dtype=torch.int8)
     scale = torch.ones(N, K // int(group), dtype=torch.float16)
     x = torch.zeros(M, K, dtype=torch.bfloat16)
-    return lambda: w8gmm(x, w, scale)
+    return lambda: w8gmm(x, w, scale, pdl=pdl)
 
 
 def case_call(case: str):
     kind, *rest = case.split(":")
-    makers = {"decode": lambda: _decode(rest[0], rest[1]), "varlen": lambda: _varlen(*rest[:3]),
-              "gemv": lambda: _linear(rest[0], rest[1], M=1), "wmm": lambda: _linear(rest[0], rest[1]),
-              "w4": lambda: _w4(rest[0], rest[1]), "w8g": lambda: _w8g(rest[0], rest[1]),
+    pdl = rest[-1] == "pdl"  # the weight kernels launched as in a decode graph of up to 16 rows
+    makers = {"decode": lambda: _decode(*rest[:3]), "varlen": lambda: _varlen(*rest[:3]),
+              "gemv": lambda: _linear(rest[0], rest[1], 1, pdl), "wmm": lambda: _linear(rest[0], rest[1], pdl=pdl),
+              "w4": lambda: _w4(rest[0], rest[1], pdl), "w8g": lambda: _w8g(rest[0], rest[1], pdl),
               "fp8mm": lambda: _fp8mm(rest[0], rest[1])}
     if kind not in makers:
         raise SystemExit(f"unknown case {case!r}: decode, varlen, gemv, wmm, w4, w8g or fp8mm (see --help)")
@@ -224,17 +230,30 @@ def report(cases: list[str]) -> None:
                   " ".join(f"{key}={val}" for key, val in row.items() if val), flush=True)
 
 
+def _use_tree(tree: str) -> None:
+    """Imports llmserve from `tree` from here on. (`python -m` puts the working directory before PYTHONPATH, so
+    a PYTHONPATH alone gave this tree's llmserve in every process: before the fix --compare compared one tree.)"""
+    root = Path(tree).resolve()
+    sys.path.insert(0, str(root))
+    import llmserve
+
+    if Path(llmserve.__file__).resolve().parents[1] != root:
+        raise SystemExit(f"llmserve came from {llmserve.__file__}, not from {root}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("cases", nargs="+")
     ap.add_argument("--compare", help="comma-separated trees (directories with llmserve/): one process each")
+    ap.add_argument("--tree", help="the directory whose llmserve/ to compile (--compare's processes)")
     args = ap.parse_args()
+    if args.tree:
+        _use_tree(args.tree)
     if not args.compare:
         return report(args.cases)
     for tree in args.compare.split(","):
         print(f"== {tree}", flush=True)
-        env = {**os.environ, "PYTHONPATH": str(Path(tree).resolve())}
-        subprocess.run([sys.executable, "-m", "bench.ptx_stats", *args.cases], env=env, check=True,
+        subprocess.run([sys.executable, "-m", "bench.ptx_stats", *args.cases, "--tree", tree], check=True,
                        cwd=Path(__file__).resolve().parents[1])
 
 

@@ -11,7 +11,8 @@ Decode reads every weight once per step, so at small M the whole game is memory 
   per-token activation scales above) and for int8 at every M.
 - `quant_fp8_per_token`: dynamic per-token e4m3 activation scales for torch._scaled_mm.
 Block shapes come from the sweeps in bench/kernel_check (docs/performance.md).
-`pdl=True` on the wrappers: programmatic dependent launch (see llmserve.kernels).
+`pdl=True` on the wrappers: programmatic dependent launch (see llmserve.kernels), the weights' first lines asked
+of L2 before the wait (llmserve.kernels.pdl).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from llmserve.kernels import launch_args
 from llmserve.kernels.convert import e4m3_to_bf16, ptx_converts
+from llmserve.kernels.pdl import prefetch_args, wait_previous
 
 
 @triton.jit
@@ -30,13 +32,12 @@ def _wmm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, M, N, K,
                 stride_xm, stride_wn, stride_om,
                 HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr,
                 EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, FP8_ASM: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
-    if PDL:  # programmatic dependent launch: wait for the previous grid first (llmserve.kernels)
-        gdc_wait()
-        gdc_launch_dependents()
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
+                PREFETCH: tl.constexpr, STEP: tl.constexpr):
     pid_m = tl.program_id(0)  # M fastest: neighbouring programs share the W tile (large M) in L2
     pid_n = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    wait_previous(w_ptr, offs_n, N, stride_wn, PDL, PREFETCH, STEP)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_k = tl.arange(0, BLOCK_K)
     m_mask = offs_m < M
@@ -91,13 +92,12 @@ def _to_f32(w, W_KIND: tl.constexpr):
 def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, N, K, stride_wn,
                  HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr,
                  EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, W_KIND: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr):
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
+                 PREFETCH: tl.constexpr, STEP: tl.constexpr):
     """One row of x (decode at batch 1): CUDA-core FMAs, each weight element read once, converted in registers."""
-    if PDL:  # programmatic dependent launch: wait for the previous grid first (llmserve.kernels)
-        gdc_wait()
-        gdc_launch_dependents()
     pid = tl.program_id(0)
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    wait_previous(w_ptr, offs_n, N, stride_wn, PDL, PREFETCH, STEP)
     offs_k = tl.arange(0, BLOCK_K)
     n_mask = offs_n < N
     w_ptrs = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :]
@@ -175,7 +175,7 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
                                         N, K, w.stride(0), HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
                                         GATED=gated, EVEN_K=K % bk == 0, EVEN_N=N % bn == 0, W_KIND=kind,
                                         BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, num_warps=warps,
-                                        **launch_args(pdl))
+                                        **launch_args(pdl), **prefetch_args(w, bn, pdl))
     return out
 
 
@@ -228,7 +228,7 @@ def wmm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bia
                       HAS_SCALE=scale is not None, HAS_BIAS=bias is not None, GATED=gated,
                       EVEN_K=K % bk == 0, EVEN_N=N % bn == 0, FP8_ASM=asm,
                       BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages,
-                      **launch_args(pdl))
+                      **launch_args(pdl), **prefetch_args(w, bn, pdl))
     return out
 
 

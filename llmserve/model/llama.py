@@ -1,10 +1,9 @@
 """The Llama-family decoder (Llama 2/3, Mistral, Qwen2, SmolLM) over a paged KV cache.
 
-One file, read top to bottom: config, rotary embedding, attention, MLP, the stack, and the weight loader.
-All tokens of a step (prefills and decodes of many sequences) run as one flat [T] batch; attention is the
-only layer that needs to know which token belongs to which sequence, through `AttentionMetadata`.
-Whether the layers take the Triton path is chosen when the model is loaded (`kernel_mode`) and kept on the
-model (`LlamaModel.launch`, shared by its layers).
+One file, read top to bottom: config, rotary embedding, attention, MLP, the stack, and the weight loader. All tokens
+of a step (prefills and decodes of many sequences) run as one flat [T] batch; attention is the only layer that needs
+to know which token belongs to which sequence, through `AttentionMetadata`. Whether the layers take the Triton path is
+chosen when the model is loaded (`kernel_mode`) and kept on the model (`LlamaModel.launch`, shared by its layers).
 """
 
 from __future__ import annotations
@@ -235,9 +234,10 @@ class Attention(KernelLayer):
             layer_cache = kv_cache[self.layer]
             rope_and_cache(qkv, rope.positions, rope.table_cos, rope.table_sin, meta.slot_mapping, layer_cache,
                            self.nh, self.nkv, self.hd, pdl=self.launch.pdl, k_in_place=bool(meta.fresh_blocks))
-            # The attention kernels launch plainly, PDL or not (slower with it: docs/performance.md).
+            # Attention launches plainly (PDL was slower: docs/performance.md); under PDL it prefetches o_proj's weights
             h = qkv.view(T, self.nh + 2 * self.nkv, self.hd)
-            out = attention.paged_attention_cached(h[:, :self.nh], layer_cache, meta, self.scale, h[:, self.nh:])
+            out = attention.paged_attention_cached(h[:, :self.nh], layer_cache, meta, self.scale, h[:, self.nh:],
+                                                   self.o_proj.weight if self.launch.pdl else None)
             return self.o_proj(out.view(T, self.nh * self.hd))
         q, k, v = qkv.split([self.nh * self.hd, self.nkv * self.hd, self.nkv * self.hd], dim=-1)
         q = apply_rope(q.view(T, self.nh, self.hd), rope.cos, rope.sin)

@@ -14,7 +14,7 @@ timeout 100 python3 -m bench.run --shape qwen2.5-7b --phases engine_fp8_kv8_t819
 timeout 200 python3 -m bench.run --shape llama3.1-8b --phases engine_t8192,engine_kv8_t8192 $S --out $OUT/r/bf16 \
   > $OUT/r/bf16.log 2>&1
 # Issue 22: where an int4 batch-1 step's 4.26 ms go beside its 2.94 ms of GEMVs (bf16's step has 0.45 ms besides):
-# torch's profiler, kernel by kernel, int4 g128 against bf16 (no nsys on the device).
-PROFILE_SHAPE=llama3.1-8b PROFILE_CASES=int4_sym:1,bf16:1 timeout 120 python3 -m bench.kernel_check --sections profile \
+# torch's profiler, kernel by kernel, int4 g128 against bf16, and fp8's (issue 18: 2.77 ms against 2.06 read).
+PROFILE_SHAPE=llama3.1-8b PROFILE_CASES=int4_sym:1,bf16:1,fp8:1 timeout 150 python3 -m bench.kernel_check --sections profile \
   --out $OUT/r/prof-int4 > $OUT/r/prof-int4.log 2>&1
 cd $OUT && tar czf r.tgz r && rm -rf r
