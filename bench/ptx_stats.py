@@ -91,6 +91,8 @@ def ptx_counts(ptx: str) -> dict:
     counts = {w: sum(1 for o in ops if o.startswith(w)) for w in WATCH}
     counts["ld.shared bytes"] = sum(1 for o in ops if o.startswith("ld.shared") and o.endswith(("b8", "u8", "s8")))
     counts["instructions"] = len(ops)
+    at = {w: next((i for i, line in enumerate(lines) if w in line), None) for w in ("launch_dependents", ".wait;")}
+    counts["trigger first"] = int(None not in at.values() and at["launch_dependents"] < at[".wait;"])  # PDL 2
     counts["longest loop"] = _longest_loop(lines, r"(\$L__\w+):", r"bra(?:\.uni)?\s+(\$L__\w+);",
                                            lambda body: len(_ops(body)))
     return counts

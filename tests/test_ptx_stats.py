@@ -50,6 +50,7 @@ def test_weight_kernels_under_pdl_ask_l2_for_their_first_lines_and_plain_launche
     assert "prefetch" not in plain
     # 16 rows x 16 lines of 128 bytes (32 KiB) over 128 threads: two prefetches a thread, before the PDL wait
     assert int(pdl["prefetch"]) == 2 and int(pdl["registers"]) == int(plain["registers"])
+    assert pdl["trigger first"] == "1"  # PDL_TRIGGER_FIRST: the next kernel may launch before this one waits
     assert split_k["kernel"] == "_w4mm_kernel" and int(split_k["prefetch"]) > 0
     plain, pf = (r for r in _stats("decode:1x300:fp8", "decode:1x300:fp8:prefetch") if r["kernel"] == "_decode_kernel")
     assert "prefetch" not in plain

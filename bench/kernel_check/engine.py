@@ -240,12 +240,14 @@ def _decode_steps_ms(eng, rows: int, vocab: int) -> float:
 @section("prefetch")
 def s_prefetch(args):
     """The weights' L2 prefetch in decode graphs under PDL (llmserve.kernels.pdl), each case of PREFETCH_CASES
-    (BYTES:LINES: PREFETCH_BYTES, what a weight kernel's program asks for before its wait; PREFETCH_SHARE_LINES,
-    at most what a decode-attention program asks for of o_proj's weights; 0 turns either off) in turn, on one engine
-    per weight mode of BENCH_MODES (PREFETCH_SHAPE, default llama3.1-8b): the decode graphs captured again, then the
-    median decode step of 1 and 8 requests and the batch-1 graph's replay (its inputs the last step's). The first
-    case again last: the drift between the two."""
+    (BYTES:LINES:FIRST: PREFETCH_BYTES, what a weight kernel's program asks for before its wait;
+    PREFETCH_SHARE_LINES, at most what a decode-attention program asks for of o_proj's weights, 0 turning either
+    off; kernels.PDL_TRIGGER_FIRST, 1 or 0: a kernel lets the next launch before it waits, or after) in turn, on one
+    engine per weight mode of BENCH_MODES (PREFETCH_SHAPE, default llama3.1-8b): the decode graphs captured again,
+    then the median decode step of 1 and 8 requests and the batch-1 graph's replay (its inputs the last step's). The
+    first case again last: the drift between the two."""
     from bench.common import SHAPES
+    from llmserve import kernels
     from llmserve.config import ServingConfig
     from llmserve.engine.torch_engine import TorchEngine
     from llmserve.kernels import pdl
@@ -253,15 +255,16 @@ def s_prefetch(args):
     res = args.report.results.setdefault("prefetch", {})
     shape = os.environ.get("PREFETCH_SHAPE", "llama3.1-8b")
     vocab = SHAPES[shape]["vocab_size"]
-    cases = os.environ.get("PREFETCH_CASES", "0:0,32768:0,0:1024,32768:1024,65536:1024,0:0").split(",")
-    defaults = pdl.PREFETCH_BYTES, pdl.PREFETCH_SHARE_LINES
+    cases = os.environ.get("PREFETCH_CASES", "0:0:0,0:0:1,32768:0:1,32768:1024:1,0:0:0").split(",")
+    defaults = pdl.PREFETCH_BYTES, pdl.PREFETCH_SHARE_LINES, kernels.PDL_TRIGGER_FIRST
     for mode in os.environ.get("BENCH_MODES", "fp8,bf16,int4_sym").split(","):
         with tempfile.TemporaryDirectory() as d:
             ckpt = write_random_checkpoint(Path(d), vocab, None if mode == "bf16" else mode, shape=shape)
             eng = TorchEngine(ServingConfig.of(dtype="bfloat16", max_batch_size=16, max_num_tokens=1024,
                                             prefill_graph_max_tokens=0, kv_cache_free_mem_fraction=0.5), ckpt)
             for i, case in enumerate(cases):
-                pdl.PREFETCH_BYTES, pdl.PREFETCH_SHARE_LINES = (int(v) for v in case.split(":"))
+                pdl.PREFETCH_BYTES, pdl.PREFETCH_SHARE_LINES, first = (int(v) for v in case.split(":"))
+                kernels.PDL_TRIGGER_FIRST = bool(first)
                 eng.runner.capture_graphs()  # the kernels compiled with the new constexprs
                 row = {"bs1_step_ms": _decode_steps_ms(eng, 1, vocab)}
                 row["bs1_graph_ms"] = replay_median_ms(eng.runner.graph_for(1), 50)
@@ -273,4 +276,4 @@ def s_prefetch(args):
             eng.shutdown()
             del eng
             torch.cuda.empty_cache()
-    pdl.PREFETCH_BYTES, pdl.PREFETCH_SHARE_LINES = defaults
+    pdl.PREFETCH_BYTES, pdl.PREFETCH_SHARE_LINES, kernels.PDL_TRIGGER_FIRST = defaults

@@ -49,6 +49,11 @@ def usable(mode: str, device: torch.device | str, dtype: torch.dtype) -> bool:
     return mode == "interpret" or torch.device(device).type == "cuda"
 
 
+# Under PDL a kernel signals that the next may launch before it waits for the previous one (PDL constexpr 2;
+# `llmserve.kernels.pdl.pdl_prologue`), not after (1). Untimed as yet: bench.kernel_check --sections prefetch.
+PDL_TRIGGER_FIRST = True
+
+
 def launch_args(pdl: bool) -> dict:
     """Keyword arguments for a linear or fused kernel's launch: its PDL constexpr and, when on, Triton's option."""
-    return {"PDL": True, "launch_pdl": True} if pdl else {"PDL": False}
+    return {"PDL": 2 if PDL_TRIGGER_FIRST else 1, "launch_pdl": True} if pdl else {"PDL": 0}

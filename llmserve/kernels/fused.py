@@ -9,17 +9,15 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from llmserve.kernels import launch_args
+from llmserve.kernels.pdl import pdl_prologue
 
 
 @triton.jit
 def _rmsnorm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, stride_x, stride_res, stride_out, N, eps,
                     HAS_RES: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    if PDL:  # programmatic dependent launch: wait for the previous grid first (llmserve.kernels)
-        gdc_wait()
-        gdc_launch_dependents()
+    pdl_prologue(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < N
@@ -56,9 +54,7 @@ def _rope_cache_kernel(qkv_ptr, pos_ptr, cos_ptr, sin_ptr, slot_ptr, k_cache_ptr
                        stride_t, stride_cos, stride_slot,
                        NH: tl.constexpr, NKV: tl.constexpr, HALF: tl.constexpr,
                        BLOCK_H: tl.constexpr, BLOCK_KV: tl.constexpr, K_IN_PLACE: tl.constexpr, PDL: tl.constexpr):
-    if PDL:  # programmatic dependent launch: wait for the previous grid first (llmserve.kernels)
-        gdc_wait()
-        gdc_launch_dependents()
+    pdl_prologue(PDL)
     t = tl.program_id(0).to(tl.int64)
     pos = tl.load(pos_ptr + t).to(tl.int64)
     slot = tl.load(slot_ptr + t).to(tl.int64)
@@ -115,9 +111,7 @@ def rope_and_cache(qkv: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor
 
 @triton.jit
 def _silu_mul_kernel(x_ptr, out_ptr, stride_x, stride_out, N, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    if PDL:  # programmatic dependent launch: wait for the previous grid first (llmserve.kernels)
-        gdc_wait()
-        gdc_launch_dependents()
+    pdl_prologue(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < N
@@ -161,9 +155,7 @@ def _store_fp8_row(v, mask, q_ptr, s_ptr, row, stride_q, cols):
 @triton.jit
 def _rmsnorm_fp8_kernel(x_ptr, res_ptr, w_ptr, q_ptr, s_ptr, stride_x, stride_res, stride_q, N, eps,
                         HAS_RES: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    if PDL:
-        gdc_wait()
-        gdc_launch_dependents()
+    pdl_prologue(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < N
@@ -206,9 +198,7 @@ def rmsnorm_quant_fp8(x: torch.Tensor, weight: torch.Tensor, eps: float, residua
 
 @triton.jit
 def _silu_mul_fp8_kernel(x_ptr, q_ptr, s_ptr, stride_x, stride_q, N, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    if PDL:
-        gdc_wait()
-        gdc_launch_dependents()
+    pdl_prologue(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < N

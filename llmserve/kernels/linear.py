@@ -20,11 +20,10 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from llmserve.kernels import launch_args
 from llmserve.kernels.convert import e4m3_to_bf16, ptx_converts
-from llmserve.kernels.pdl import prefetch_args, wait_previous
+from llmserve.kernels.pdl import pdl_prologue, prefetch_args, wait_previous
 
 
 @triton.jit
@@ -235,9 +234,7 @@ def wmm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bia
 @triton.jit
 def _quant_fp8_kernel(x_ptr, q_ptr, s_ptr, a_ptr, stride_x, stride_q, K, BLOCK: tl.constexpr, HAS_AMAX: tl.constexpr,
                       PDL: tl.constexpr):
-    if PDL:  # programmatic dependent launch: wait for the previous grid first (llmserve.kernels)
-        gdc_wait()
-        gdc_launch_dependents()
+    pdl_prologue(PDL)
     row = tl.program_id(0).to(tl.int64)
     if HAS_AMAX:  # the whole row's, given (a row-parallel rank holds part of the row)
         row_max = tl.load(a_ptr + row)

@@ -29,12 +29,24 @@ def l2_prefetch(ptrs):
 
 @jit
 def wait_previous(w_ptr, offs_n, N, stride_wn, PDL: tl.constexpr, PREFETCH: tl.constexpr, STEP: tl.constexpr):
-    """Under PDL: the first PREFETCH lines (STEP elements each) of weight rows `offs_n` asked of L2, then the wait
-    for the previous grid and the signal that the next one may launch."""
-    if PDL:
-        if PREFETCH > 0:
-            rows = tl.minimum(offs_n, N - 1).to(tl.int64)  # rows past N: the last one again (no stray address)
-            l2_prefetch(w_ptr + rows[:, None] * stride_wn + (tl.arange(0, PREFETCH) * STEP)[None, :])
+    """Under PDL: the first PREFETCH lines (STEP elements each) of weight rows `offs_n` asked of L2, then
+    `pdl_prologue` (the wait for the previous grid, the signal that the next one may launch)."""
+    if PDL and PREFETCH > 0:
+        rows = tl.minimum(offs_n, N - 1).to(tl.int64)  # rows past N: the last one again (no stray address)
+        l2_prefetch(w_ptr + rows[:, None] * stride_wn + (tl.arange(0, PREFETCH) * STEP)[None, :])
+    pdl_prologue(PDL)
+
+
+@jit
+def pdl_prologue(PDL: tl.constexpr):
+    """PDL 1: wait for the previous grid, then let the next one launch. 2 (`launch_args` under
+    PDL_TRIGGER_FIRST): the other way round, so a one-program kernel (an RMSNorm, the rotary one) lets the weight
+    kernel after it place its programs, and prefetch, while it still waits; the next kernel's own wait still
+    follows this one's end, and this one's the previous one's."""
+    if PDL == 2:
+        gdc_launch_dependents()
+        gdc_wait()
+    elif PDL:
         gdc_wait()
         gdc_launch_dependents()
 
