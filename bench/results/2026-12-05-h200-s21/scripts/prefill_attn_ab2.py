@@ -6,11 +6,13 @@ unequal lengths, 8 KV heads. Cases, us a layer (Llama-3.1-8B heads), each agains
 - sdpa_cudnn_repeat: the same with K/V repeated inside the timing;
 - njt_*: nested jagged tensors (unequal lengths, K/V repeated to 32 heads in the timing: they take no GQA) through
   SDPA with one backend allowed (flash / cudnn / efficient);
-- varlen_attn: torch.nn.attention.varlen.varlen_attn (its signature printed), causal, 8 KV heads as they are.
+- varlen_attn: torch.nn.attention.varlen.varlen_attn (its signature printed), causal, 8 KV heads as they are;
+- first, cudnn_first_calls: wall ms of the first and second SDPA cuDNN call at unseen prompt lengths (a plan per shape?).
 GPU only: python prefill_attn_ab2.py OUT.json"""
 import inspect
 import json
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -80,8 +82,35 @@ def _varlen(q, k, v, lens):
     return lambda: varlen_attn(q, k, v, cu, cu, max(lens), max(lens), **kw)
 
 
+def _first_calls(lengths):
+    """ms of SDPA cuDNN's first call at each prompt length (one prompt, enable_gqa) and of its second: a plan built
+    per shape would cost each new length in a step's fresh prompts (real traffic's lengths vary), which a timing
+    of one warmed shape hides."""
+    out = {}
+    for n in lengths:
+        q = torch.randn(1, H, n, D, device="cuda", dtype=torch.bfloat16)
+        k, v = (torch.randn(1, KVH, n, D, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+        times = []
+        for _ in range(2):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            try:
+                with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+                    F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=D ** -0.5, enable_gqa=True)
+                torch.cuda.synchronize()
+            except Exception as e:  # noqa: BLE001 (a backend refusing the shape is a result)
+                out[n] = f"{type(e).__name__}: {str(e)[:200]}"
+                break
+            times.append((time.perf_counter() - t0) * 1e3)
+        else:
+            out[n] = {"first_ms": round(times[0], 3), "second_ms": round(times[1], 3)}
+        print(n, out[n], flush=True)
+    return out
+
+
 def main(path):
     res = {"torch": torch.__version__}
+    res["cudnn_first_calls"] = _first_calls([2048, 2047, 1500, 777, 3001, 129])
     try:
         from torch.nn.attention.varlen import varlen_attn
         res["varlen_attn_signature"] = str(inspect.signature(varlen_attn))
