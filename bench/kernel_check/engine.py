@@ -116,11 +116,7 @@ def s_engine7b(args):
             g = torch.Generator().manual_seed(0)
             ids = torch.randint(3, 32000, (128,), generator=g).tolist()
             eng.add_request(EngineRequest("a", ids, SamplingParams(temperature=0.0, max_tokens=100, ignore_eos=True)))
-            times = []
-            while eng.has_work():
-                t = time.perf_counter()
-                eng.step()
-                times.append(time.perf_counter() - t)
+            times = _run_steps(eng)
             dec = sorted(times[1:])
             step_ms = dec[len(dec) // 2] * 1000
             t_graph = replay_median_ms(eng.runner.graph_for(1), 20)
@@ -128,12 +124,7 @@ def s_engine7b(args):
             for i in range(8):
                 eng.add_request(EngineRequest(f"b{i}", ids, SamplingParams(temperature=0.0, max_tokens=64,
                                                                              ignore_eos=True)))
-            t8 = []
-            while eng.has_work():
-                t = time.perf_counter()
-                eng.step()
-                t8.append(time.perf_counter() - t)
-            d8 = sorted(t8[2:])
+            d8 = sorted(_run_steps(eng)[2:])
             res[f"{quant or 'bf16'} {tag}"] = {"init_s": t_init, "bs1_step_ms": step_ms, "bs1_graph_ms": t_graph,
                                                "prefill_ms": times[0] * 1000, "bs8_step_ms": d8[len(d8) // 2] * 1000}
             args.report.say(f"engine 7B {quant or 'bf16'} {tag}: init {t_init:.0f}s, bs1 step {step_ms:.3f} ms "
@@ -229,12 +220,18 @@ def _decode_steps_ms(eng, rows: int, vocab: int) -> float:
         ids = torch.randint(3, vocab - 3, (128,), generator=g).tolist()
         eng.add_request(EngineRequest(f"pf{rows}-{i}", ids, SamplingParams(temperature=0.0, max_tokens=64,
                                                                              ignore_eos=True)))
+    dec = sorted(_run_steps(eng)[2:])
+    return dec[len(dec) // 2] * 1000
+
+
+def _run_steps(eng) -> list[float]:
+    """The engine's steps until it is idle: wall seconds each."""
     times = []
     while eng.has_work():
         t = time.perf_counter()
         eng.step()
         times.append(time.perf_counter() - t)
-    return sorted(times[2:])[len(times[2:]) // 2] * 1000
+    return times
 
 
 @section("prefetch")
