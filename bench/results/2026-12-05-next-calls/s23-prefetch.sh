@@ -1,14 +1,15 @@
 #!/bin/bash
-# Issue 18 (and 22: the int4 kernels share the prologue): the twenty-third session's changes to decode graphs of up
-# to 16 rows (llmserve/kernels/pdl.py), untimed until this call. About 9 minutes. 0) The GPU tests of the kernels they touch, each with plain launches and
-# with PDL (the changes act only under PDL), and decode attention with and without asking for o_proj's weights (bit
-# for bit). 1) `kernel_check --sections prefetch`: on one engine per weight mode (fp8, then bf16; Llama-3.1-8B
-# shape) the decode graphs captured again for each case BYTES:LINES:FIRST, added one at a time: everything off (the
-# tree before), a kernel letting the next launch before it waits (FIRST), a weight kernel's programs asking L2 for
-# 32 KiB of their rows before their wait (BYTES), decode attention asking for the o_proj after it (LINES); then off
-# again. Each: the median decode step of 1 and 8 requests and the batch-1 graph replay. 2) The read floor of the
-# same shape in the same call (the batch-1 targets are ratios to it: bf16 1.05x, fp8 1.1x; s14: 1.103x, 1.347x).
-# Carry .carry. Any case slower than the one before it: set its constant back (pdl.py, kernels/__init__.py).
+# Issue 18 (and 22: the int4 kernels share the prologue): the twenty-third session's changes to decode graphs of up to
+# 16 rows (llmserve/kernels/pdl.py), untimed until this call. About 9 minutes. 0) The GPU tests of the kernels they
+# touch, each with plain launches and with PDL (the changes act only under PDL), and decode attention with and without
+# asking for o_proj's weights (bit for bit). 1) `kernel_check --sections prefetch`: on one engine per weight mode
+# (fp8, then bf16; Llama-3.1-8B shape) the decode graphs captured again for each case BYTES:LINES:FIRST, added one at
+# a time: everything off (the tree before), a kernel letting the next launch before it waits (FIRST), a weight
+# kernel's programs asking L2 for 32 KiB of their rows before their wait (BYTES), decode attention asking for the
+# o_proj after it (LINES); then off again. Each: the median decode step of 1 and 8 requests and the batch-1 graph
+# replay. 2) The read floor of the same shape in the same call (the batch-1 targets are ratios to it: bf16 1.05x, fp8
+# 1.1x; s14: 1.103x, 1.347x). Carry .carry. Any case slower than the one before it: set its constant back (pdl.py,
+# kernels/__init__.py).
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONPATH=$PWD
 mkdir -p $OUT/r
 nvidia-smi --query-gpu=name,driver_version --format=csv > $OUT/r/gpu.txt
