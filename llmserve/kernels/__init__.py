@@ -8,9 +8,10 @@ under TRITON_INTERPRET=1 (tests only, mode "interpret").
 
 Programmatic dependent launch (Hopper and later): the linear and fused kernels' wrappers take `pdl=True` to
 launch with `launch_pdl` and wait for the previous grid (`gdc_wait`) before touching memory, so the next
-kernel's launch overlaps this one's tail. The caller decides (the model, from what the runner set around a
-capture); the default is a plain launch, which Triton's CPU interpreter needs (it has no griddepcontrol). Under PDL
-the weight kernels also ask L2 for their first weight lines before the wait (`llmserve.kernels.pdl`).
+kernel's launch overlaps this one's tail; each lets the next launch before it waits (`PDL_TRIGGER_FIRST`), and the
+weight kernels ask L2 for their first weight lines before the wait (`llmserve.kernels.pdl`). The caller decides
+(the model, from what the runner set around a capture); the default is a plain launch, which Triton's CPU
+interpreter needs (it has no griddepcontrol).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The prologue of the weight-streaming kernels (GEMV and small-M products) under programmatic dependent launch.
+"""The kernels' prologue under programmatic dependent launch (`pdl_prologue`), and the weight-streaming kernels'
+(GEMV and small-M products: `wait_previous`, which first asks L2 for weights).
 
 With PDL a kernel's programs become resident while the previous kernel still runs (llmserve.kernels) and wait for
 it (`gdc_wait`) before touching its output. The weights are no kernel's output, so a program can ask L2 for the
