@@ -18,6 +18,8 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 # What a program asks of L2 before its wait, in bytes (0: nothing). A first wave of a few hundred programs then
 # asks for ~10 MB, what HBM moves in the ~3 us of a small kernel between two weight reads.
 PREFETCH_BYTES = 32768
+# At most what one program of a kernel asks for of the matrix the kernel after it reads (decode attention, o_proj's)
+PREFETCH_SHARE_LINES = 1024
 LINE = 128  # bytes of an L2 line
 
 
@@ -60,8 +62,6 @@ def prefetch_args(w: torch.Tensor, block_n: int, pdl: bool, row_bytes: int | Non
     lines = min(PREFETCH_BYTES // (block_n * LINE), row_lines) if pdl else 0
     return {"PREFETCH": 1 << (lines.bit_length() - 1) if lines > 0 else 0, "STEP": LINE // w.element_size()}
 
-
-PREFETCH_SHARE_LINES = 1024  # at most a program's share of a matrix prefetched across kernels (128 KiB)
 
 
 def prefetch_share(w: torch.Tensor | None, programs: int) -> tuple[int, int]:
