@@ -142,8 +142,6 @@ def _varlen_block(qb, kvh, q_ptr, k_ptr, v_ptr, new_src, bt_ptr, ctx_ptr, qstart
              o.to(out_ptr.dtype.element_ty), mask=rmask[:, None])
 
 
-
-
 @triton.jit(do_not_specialize=["qb_first"])
 def _varlen_kernel(q_ptr, k_ptr, v_ptr, new_src, bt_ptr, ctx_ptr, qstart_ptr, qb_seq_ptr, qb_start_ptr, qb_first,
                    out_ptr, count_ptr, scale, stride_qt, stride_qh, stride_nt, stride_bt, stride_blk, stride_tok,
