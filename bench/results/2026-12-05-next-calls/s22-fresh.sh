@@ -2,13 +2,13 @@
 # Issue 18: fresh prompts' attention over their own K/V from the qkv buffer (the twenty-second session's change;
 # before it, every prompt read its K/V back from the cache, and an fp8 cache made that 13-37% slower), and prefill
 # graphs' persistent varlen launch. About 9 minutes. 0) The kernels' GPU tests (the persistent launch and prefill
-# graphs among them). 1) `kernel_check --sections varlen`: a prefill graph's launch, its padded work list against
-# an exact one and the persistent launch; then per layer our varlen kernel over a bf16 and an fp8 cache and over the
+# graphs among them). 1) `kernel_check --sections varlen`: a prefill graph's launch, its padded work list against an
+# exact one and the persistent launch; then per layer our varlen kernel over a bf16 and an fp8 cache and over the
 # prompts' own K/V (pointer and TMA loads), side by side in one process, SDPA dense beside it. 2) The launch configs
-# on the fresh cases (VARLEN_CONFIGS: today's (64, 64, 4, 2) among them). 3) End to end, 2048/128 at 256 streams,
-# fp8 weights and KV cache: 8ba3916 (the tree before the change, in _base/) then this tree, 6 waves each. Before the
-# call, in an empty _base/: `git archive 8ba3916 llmserve | tar x -C _base`, `cp -r bench _base/ && rm -rf
-# _base/bench/results`, `ln -s ../.carry _base/.carry` (delete _base/ after: it is not ignored by git); carry .carry.
+# on the fresh cases (VARLEN_CONFIGS: today's (64, 64, 4, 2) among them). 3) End to end, 2048/128 at 256 streams, fp8
+# weights and KV cache: 8ba3916 (the tree before the change, in _base/) then this tree, 6 waves each. Before the call:
+# `bash bench/results/2026-12-05-next-calls/tree.sh _base 8ba3916` (delete _base/ after: it is not ignored by git);
+# carry .carry.
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 mkdir -p $OUT/r
 nvidia-smi --query-gpu=name,driver_version --format=csv > $OUT/r/gpu.txt

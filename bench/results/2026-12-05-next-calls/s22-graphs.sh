@@ -2,12 +2,11 @@
 # Issue 18: prefill graphs' varlen launch walks only the real entries of its padded work list (persistent, the
 # twenty-second session's change after 55bbcec). Every mixed step at the default max_num_tokens (2,048) runs in a
 # prefill graph; before, its varlen launch ran a program per entry of a list padded to the bucket's most query blocks
-# (1,089 entries x 8 KV heads at 1,024 tokens with max_batch_size 1,024), most of them idle. About 7 minutes:
-# 128/128 and 1000/1000 with fp8 weights and KV cache at the default token budget, 256 streams, 55bbcec (_base2/)
-# then this tree then _base2 again. (`s22-fresh.sh`'s kernel_check times the launch itself, padded against exact and
-# persistent.) Before the call, in an empty _base2/: `git archive 55bbcec llmserve | tar x -C _base2`,
-# `cp -r bench _base2/ && rm -rf _base2/bench/results`, `ln -s ../.carry _base2/.carry` (delete _base2/ after);
-# carry .carry.
+# (1,089 entries x 8 KV heads at 1,024 tokens with max_batch_size 1,024), most of them idle. About 7 minutes: 128/128
+# and 1000/1000 with fp8 weights and KV cache at the default token budget, 256 streams, 55bbcec (_base2/) then this
+# tree then _base2 again. (`s22-fresh.sh`'s kernel_check times the launch itself, padded against exact and
+# persistent.) Before the call: `bash bench/results/2026-12-05-next-calls/tree.sh _base2 55bbcec` (delete _base2/
+# after); carry .carry.
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 mkdir -p $OUT/r
 nvidia-smi --query-gpu=name,driver_version --format=csv > $OUT/r/gpu.txt

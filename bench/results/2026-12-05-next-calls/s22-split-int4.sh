@@ -1,11 +1,10 @@
 #!/bin/bash
-# For the next session's first device call (about 9 minutes). 1) A mixed step's decode rows through the decode
-# kernel (72f6fa5) end to end: 2048/128 at 256 streams, 8 waves, 8775101's llmserve (_prev/) first (it pays the
-# Triton compile; s21 call 2's new run timed out doing so), then this tree (since the twenty-second session also
-# with fresh prompts' attention over their own K/V: s22-fresh.sh times that apart), then _prev again. 2) int4 with
-# DEQUANT_ROWS 192 (b87bc02): the engine at 8 and 256 streams of 128/128, bf16 beside it. Before the call, in an
-# empty _prev/: `git archive 8775101 llmserve | tar x -C _prev`, `cp -r bench _prev/ && rm -rf _prev/bench/results`,
-# `ln -s ../.carry _prev/.carry`; carry .carry.
+# For the next session's first device call (about 9 minutes). 1) A mixed step's decode rows through the decode kernel
+# (72f6fa5) end to end: 2048/128 at 256 streams, 8 waves, 8775101's llmserve (_prev/) first (it pays the Triton
+# compile; s21 call 2's new run timed out doing so), then this tree (since the twenty-second session also with fresh
+# prompts' attention over their own K/V: s22-fresh.sh times that apart), then _prev again. 2) int4 with DEQUANT_ROWS
+# 192 (b87bc02): the engine at 8 and 256 streams of 128/128, bf16 beside it. Before the call: `bash
+# bench/results/2026-12-05-next-calls/tree.sh _prev 8775101` (delete _prev/ after); carry .carry.
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 mkdir -p $OUT/r
 nvidia-smi --query-gpu=name,driver_version --format=csv > $OUT/r/gpu.txt
