@@ -9,13 +9,11 @@ once), so compare variants of one kernel.
     python -m bench.ptx_stats decode:256x2100:fp8 varlen:3x2048+256:bf16 gemv:fp8:14336x4096
     python -m bench.ptx_stats decode:256x2100:fp8 --compare /tmp/base,.    # the same cases in two trees
 
-Cases: decode:BxCTX:KV[:prefetch] (prefetch: o_proj's weights asked of L2, as in a decode graph under PDL),
-varlen:BxL[+DECODE_ROWS]:KV[:fresh|tma|persist] (KV bf16 or fp8; fresh, tma: the prompts' K/V from the qkv buffer,
-pointer or TMA loads; persist: the persistent launch), gemv:KIND:NxK and wmm:KIND:MxNxK (KIND bf16, int8, fp8),
-w4:MxNxK:GROUP (symmetric int4; M = 1 is the GEMV), w8g:MxNxK:GROUP (8-bit codes in groups, as w4),
-fp8mm:MxNxK:fast|exact (the fp8 GEMM at 33-256 rows, its accumulation); gemv, wmm, w4 and w8g take a last ":pdl":
-launched as in a decode graph of up to 16 rows (the weights' L2 prefetch, the PDL wait). Llama-3.1-8B heads (32 query,
-8 KV, dim 128).
+Cases: decode:BxCTX:KV, varlen:BxL[+DECODE_ROWS]:KV[:fresh|tma|persist] (KV bf16 or fp8; fresh, tma: the
+prompts' K/V from the qkv buffer, pointer or TMA loads; persist: the persistent launch), gemv:KIND:NxK and
+wmm:KIND:MxNxK (KIND bf16, int8, fp8), w4:MxNxK:GROUP (symmetric int4; M = 1 is the GEMV), w8g:MxNxK:GROUP (8-bit
+codes in groups, as w4), fp8mm:MxNxK:fast|exact (the fp8 GEMM at 33-256 rows, its accumulation). Llama-3.1-8B heads
+(32 query, 8 KV, dim 128).
 """
 
 from __future__ import annotations
@@ -34,8 +32,7 @@ import torch
 os.environ.pop("TRITON_INTERPRET", None)
 H, KVH, D, PAGE = 32, 8, 128, 16
 KINDS = {"bf16": torch.bfloat16, "int8": torch.int8, "fp8": torch.float8_e4m3fn}
-WATCH = ("ld.global", "cp.async.cg", "cp.async.ca", "ld.shared", "st.shared", "ldmatrix", "mma", "wgmma", "cvt",
-         "prefetch")
+WATCH = ("ld.global", "cp.async.cg", "cp.async.ca", "ld.shared", "st.shared", "ldmatrix", "mma", "wgmma", "cvt")
 
 
 def compile_launches(call) -> list:
@@ -91,8 +88,6 @@ def ptx_counts(ptx: str) -> dict:
     counts = {w: sum(1 for o in ops if o.startswith(w)) for w in WATCH}
     counts["ld.shared bytes"] = sum(1 for o in ops if o.startswith("ld.shared") and o.endswith(("b8", "u8", "s8")))
     counts["instructions"] = len(ops)
-    at = {w: next((i for i, line in enumerate(lines) if w in line), None) for w in ("launch_dependents", ".wait;")}
-    counts["trigger first"] = int(None not in at.values() and at["launch_dependents"] < at[".wait;"])  # PDL 2
     counts["longest loop"] = _longest_loop(lines, r"(\$L__\w+):", r"bra(?:\.uni)?\s+(\$L__\w+);",
                                            lambda body: len(_ops(body)))
     return counts
@@ -132,7 +127,7 @@ def _cuda_like() -> None:
         mod.ptx_converts = lambda x: x.dtype == torch.bfloat16
 
 
-def _decode(shape: str, kv: str, prefetch: str = ""):
+def _decode(shape: str, kv: str):
     from llmserve.kernels.attention import decode_attention
 
     B, ctx = (int(v) for v in shape.split("x"))
@@ -141,9 +136,7 @@ def _decode(shape: str, kv: str, prefetch: str = ""):
     bt = torch.arange(B * blocks, dtype=torch.int32).view(B, blocks)
     ctxs = torch.full((B,), ctx, dtype=torch.int32)
     q = torch.zeros(B, H, D, dtype=torch.bfloat16)
-    w = torch.zeros(H * D, H * D, dtype=KINDS[kv]) if prefetch else None  # o_proj's weights, as the cache's dtype
-    kw = {"prefetch": w} if prefetch else {}  # trees before the prefetch take no such argument (--compare)
-    return lambda: decode_attention(q, cache, bt, ctxs, D ** -0.5, 4096, **kw)
+    return lambda: decode_attention(q, cache, bt, ctxs, D ** -0.5, 4096)
 
 
 def _varlen(shape: str, kv: str, fresh: str = ""):
@@ -169,7 +162,7 @@ def _varlen(shape: str, kv: str, fresh: str = ""):
                                     fresh_blocks=len(seqs) - rows, work_count=count, programs=33)
 
 
-def _linear(kind: str, shape: str, M: int | None = None, pdl: bool = False):
+def _linear(kind: str, shape: str, M: int | None = None):
     from llmserve.kernels import linear
 
     dims = [int(v) for v in shape.split("x")]
@@ -177,7 +170,7 @@ def _linear(kind: str, shape: str, M: int | None = None, pdl: bool = False):
     w = torch.zeros(N, K, dtype=KINDS[kind])
     scale = None if kind == "bf16" else torch.ones(N, dtype=torch.float32)
     x = torch.zeros(M, K, dtype=torch.bfloat16)
-    return lambda: linear.gemv(x, w, scale, pdl=pdl) if M == 1 else linear.wmm(x, w, scale, pdl=pdl)
+    return lambda: linear.gemv(x, w, scale) if M == 1 else linear.wmm(x, w, scale)
 
 
 def _fp8mm(shape: str, accumulation: str):
@@ -189,32 +182,31 @@ def _fp8mm(shape: str, accumulation: str):
     return lambda: fp8_mm(xq, xs, w, ws, torch.bfloat16, fast=accumulation == "fast")
 
 
-def _w4(shape: str, group: str, pdl: bool = False):
+def _w4(shape: str, group: str):
     from llmserve.kernels.int4 import w4mm
 
     M, N, K = (int(v) for v in shape.split("x"))
     w = torch.zeros(N, K // 2, dtype=torch.uint8)
     scale = torch.ones(N, K // int(group), dtype=torch.float16)
     x = torch.zeros(M, K, dtype=torch.bfloat16)
-    return lambda: w4mm(x, w, scale, pdl=pdl)
+    return lambda: w4mm(x, w, scale)
 
 
-def _w8g(shape: str, group: str, pdl: bool = False):
+def _w8g(shape: str, group: str):
     from llmserve.kernels.int8_group import w8gmm
 
     M, N, K = (int(v) for v in shape.split("x"))
     w = torch.zeros(N, K, dtype=torch.int8)
     scale = torch.ones(N, K // int(group), dtype=torch.float16)
     x = torch.zeros(M, K, dtype=torch.bfloat16)
-    return lambda: w8gmm(x, w, scale, pdl=pdl)
+    return lambda: w8gmm(x, w, scale)
 
 
 def case_call(case: str):
     kind, *rest = case.split(":")
-    pdl = rest[-1] == "pdl"  # the weight kernels launched as in a decode graph of up to 16 rows
-    makers = {"decode": lambda: _decode(*rest[:3]), "varlen": lambda: _varlen(*rest[:3]),
-              "gemv": lambda: _linear(rest[0], rest[1], 1, pdl), "wmm": lambda: _linear(rest[0], rest[1], pdl=pdl),
-              "w4": lambda: _w4(rest[0], rest[1], pdl), "w8g": lambda: _w8g(rest[0], rest[1], pdl),
+    makers = {"decode": lambda: _decode(rest[0], rest[1]), "varlen": lambda: _varlen(*rest[:3]),
+              "gemv": lambda: _linear(rest[0], rest[1], M=1), "wmm": lambda: _linear(rest[0], rest[1]),
+              "w4": lambda: _w4(rest[0], rest[1]), "w8g": lambda: _w8g(rest[0], rest[1]),
               "fp8mm": lambda: _fp8mm(rest[0], rest[1])}
     if kind not in makers:
         raise SystemExit(f"unknown case {case!r}: decode, varlen, gemv, wmm, w4, w8g or fp8mm (see --help)")

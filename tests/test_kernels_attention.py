@@ -68,18 +68,6 @@ def _decode_reference(q, cache, bt, ctx_lens):
     return ref
 
 
-@pytest.mark.skipif(DEV != "cuda", reason="the prefetch is an inline PTX instruction (the interpreter runs none)")
-@pytest.mark.parametrize("weights", [(4096, 4096), (7, 100)])  # o_proj's size, and fewer lines than programs
-def test_decode_attention_asking_l2_for_the_next_weights_changes_nothing_it_computes(weights):
-    ctx_lens = [1, 13, 40, 7, 64, 33]
-    B, bt, cache = _paged_setup(ctx_lens, 8, 2, 64, page=16)
-    q = torch.randn(B, 8, 64, device=DEV).to(DT)
-    ctx = torch.tensor(ctx_lens, dtype=torch.int32, device=DEV)
-    w = torch.randn(*weights, device=DEV).to(DT)
-    plain = kattn.decode_attention(q, cache, bt, ctx, 64 ** -0.5, max_context=64)
-    assert torch.equal(kattn.decode_attention(q, cache, bt, ctx, 64 ** -0.5, max_context=64, prefetch=w), plain)
-
-
 @pytest.mark.parametrize("page", [16, 32])
 @pytest.mark.parametrize("config", [None, (1, 32, 1, 3), (1, 64, 2, 2), (4, 32, 4, 2)])
 def test_decode_attention_blocks_and_stale_nan(page, config):

@@ -1,9 +1,8 @@
 """Every kernel that takes a PDL constexpr waits for the previous grid before it reads or writes memory.
 
-Under programmatic dependent launch a kernel's programs may run while the kernel before it still does (and, with
-`kernels.PDL_TRIGGER_FIRST`, while the one before that does too): a load or store ahead of the wait would race
-with them. Read from the source (no triton needed): in each such kernel, only index arithmetic comes before the
-call of `pdl_prologue` or `wait_previous` (whose prefetch touches weights, which no kernel writes).
+Under programmatic dependent launch a kernel's programs may run while the kernel before it still does: a load or
+store ahead of the wait would race with it. Read from the source (no triton needed): in each such kernel, only index
+arithmetic comes before the call of `pdl_prologue` (llmserve.kernels.pdl).
 """
 
 import ast
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 
 KERNELS = Path(__file__).resolve().parents[1] / "llmserve" / "kernels"
-PROLOGUES = {"pdl_prologue", "wait_previous"}
+PROLOGUE = "pdl_prologue"
 # What may run before the wait: program ids and index arithmetic
 ALLOWED = {"program_id", "arange", "to", "num_programs", "minimum", "maximum", "cdiv"}
 
@@ -22,7 +21,7 @@ def _pdl_kernels() -> list[tuple[str, ast.FunctionDef]]:
     for path in sorted(KERNELS.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.FunctionDef) and any(a.arg == "PDL" for a in node.args.args):
-                if any(_name(d) == "jit" for d in node.decorator_list) and node.name not in PROLOGUES:
+                if any(_name(d) == "jit" for d in node.decorator_list) and node.name != PROLOGUE:
                     found.append((f"{path.name}:{node.name}", node))
     return found
 
@@ -43,7 +42,7 @@ def test_the_kernels_with_a_pdl_switch_are_found():
 @pytest.mark.parametrize("name,fn", _pdl_kernels(), ids=[n for n, _ in _pdl_kernels()])
 def test_nothing_touches_memory_before_the_pdl_wait(name, fn):
     body = [s for s in fn.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]  # docstring
-    first = next((i for i, s in enumerate(body) if _calls(s) & PROLOGUES), None)
-    assert first is not None, f"{name} takes PDL but never calls {sorted(PROLOGUES)}"
+    first = next((i for i, s in enumerate(body) if PROLOGUE in _calls(s)), None)
+    assert first is not None, f"{name} takes PDL but never calls {PROLOGUE}"
     for stmt in body[:first]:
         assert _calls(stmt) <= ALLOWED, f"{name} line {stmt.lineno}: {sorted(_calls(stmt) - ALLOWED)} before its wait"

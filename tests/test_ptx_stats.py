@@ -43,35 +43,3 @@ def test_the_int4_tensor_core_kernel_loads_its_activations_as_asynchronous_vecto
     (w4,) = _stats("w4:64x4096x4096:128")
     assert w4["kernel"] == "_w4mm_kernel" and int(w4["wgmma"]) > 0
     assert int(w4["ld.global"]) <= 4 and int(w4["cp.async.cg"]) > 0
-
-
-def test_weight_kernels_under_pdl_ask_l2_for_their_first_lines_and_plain_launches_do_not():
-    plain, pdl, split_k = _stats("gemv:fp8:6144x4096", "gemv:fp8:6144x4096:pdl", "w4:8x4096x4096:128:pdl")
-    assert "prefetch" not in plain
-    # 16 rows x 16 lines of 128 bytes (32 KiB) over 128 threads: two prefetches a thread, before the PDL wait
-    assert int(pdl["prefetch"]) == 2 and int(pdl["registers"]) == int(plain["registers"])
-    assert pdl["trigger first"] == "1"  # PDL_TRIGGER_FIRST: the next kernel may launch before this one waits
-    assert split_k["kernel"] == "_w4mm_kernel" and int(split_k["prefetch"]) > 0
-    plain, pf = (r for r in _stats("decode:1x300:fp8", "decode:1x300:fp8:prefetch") if r["kernel"] == "_decode_kernel")
-    assert "prefetch" not in plain
-    # 256 one-warp programs share o_proj's 16 MiB of e4m3: 512 lines each, 16 a lane, the attention loop unchanged
-    assert int(pf["prefetch"]) == 16 and pf["longest loop"] == plain["longest loop"]
-
-
-def test_prefetch_lines_stay_within_a_programs_budget_and_its_share_of_a_row():
-    import torch
-
-    from llmserve.kernels import pdl
-
-    w16, w8 = torch.empty(6144, 4096, dtype=torch.bfloat16), torch.empty(6144, 4096, dtype=torch.int8)
-    assert pdl.prefetch_args(w16, 16, pdl=False)["PREFETCH"] == 0
-    assert pdl.prefetch_args(w16, 16, pdl=True) == {"PREFETCH": 16, "STEP": 64}  # 16 x 16 x 128 B = 32 KiB
-    assert pdl.prefetch_args(w8, 64, pdl=True) == {"PREFETCH": 4, "STEP": 128}
-    assert pdl.prefetch_args(torch.empty(576, 576, dtype=torch.bfloat16), 16, True)["PREFETCH"] == 8  # 9 lines a row
-    assert pdl.prefetch_args(w8, 16, True, row_bytes=512)["PREFETCH"] == 4  # a split-K program's 512 bytes
-    assert pdl.prefetch_args(w8, 16, True, row_bytes=64)["PREFETCH"] == 0  # less than a line
-    assert pdl.prefetch_share(None, 256) == (0, 0)
-    assert pdl.prefetch_share(torch.empty(4096, 4096, dtype=torch.float8_e4m3fn), 256) == (131072, 512)
-    assert pdl.prefetch_share(torch.empty(4096, 4096, dtype=torch.bfloat16), 100) == (262144, 1024)  # capped
-    assert pdl.prefetch_share(torch.empty(7, 100, dtype=torch.bfloat16), 256) == (10, 1)
-    assert pdl.prefetch_share(torch.empty(64, 64, dtype=torch.bfloat16).t(), 4) == (0, 0)  # strided: not asked

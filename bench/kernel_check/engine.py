@@ -1,5 +1,5 @@
 """Sections on the engine as a whole: environment, the GPU kernel tests, small and 7B engine timings, CUDA graphs
-at batch 1, programmatic dependent launch and the weights' L2 prefetch before its wait."""
+at batch 1 and programmatic dependent launch."""
 
 from __future__ import annotations
 
@@ -209,21 +209,6 @@ def s_pdl(args):
         eng.shutdown()
 
 
-
-def _decode_steps_ms(eng, rows: int, vocab: int) -> float:
-    """Median wall ms of the decode steps of `rows` requests (128-token prompts, 64 new tokens each)."""
-    from llmserve.engine.api import EngineRequest
-    from llmserve.engine.sampling_params import SamplingParams
-
-    g = torch.Generator().manual_seed(rows)
-    for i in range(rows):
-        ids = torch.randint(3, vocab - 3, (128,), generator=g).tolist()
-        eng.add_request(EngineRequest(f"pf{rows}-{i}", ids, SamplingParams(temperature=0.0, max_tokens=64,
-                                                                             ignore_eos=True)))
-    dec = sorted(_run_steps(eng)[2:])
-    return dec[len(dec) // 2] * 1000
-
-
 def _run_steps(eng) -> list[float]:
     """The engine's steps until it is idle: wall seconds each."""
     times = []
@@ -232,45 +217,3 @@ def _run_steps(eng) -> list[float]:
         eng.step()
         times.append(time.perf_counter() - t)
     return times
-
-
-@section("prefetch")
-def s_prefetch(args):
-    """The weights' L2 prefetch in decode graphs under PDL (llmserve.kernels.pdl), each case of PREFETCH_CASES
-    (BYTES:LINES:FIRST: PREFETCH_BYTES, what a weight kernel's program asks for before its wait;
-    PREFETCH_SHARE_LINES, at most what a decode-attention program asks for of o_proj's weights, 0 turning either
-    off; kernels.PDL_TRIGGER_FIRST, 1 or 0: a kernel lets the next launch before it waits, or after) in turn, on one
-    engine per weight mode of BENCH_MODES (PREFETCH_SHAPE, default llama3.1-8b): the decode graphs captured again,
-    then the median decode step of 1 and 8 requests and the batch-1 graph's replay (its inputs the last step's). The
-    first case again last: the drift between the two."""
-    from bench.common import SHAPES
-    from llmserve import kernels
-    from llmserve.config import ServingConfig
-    from llmserve.engine.torch_engine import TorchEngine
-    from llmserve.kernels import pdl
-
-    res = args.report.results.setdefault("prefetch", {})
-    shape = os.environ.get("PREFETCH_SHAPE", "llama3.1-8b")
-    vocab = SHAPES[shape]["vocab_size"]
-    cases = os.environ.get("PREFETCH_CASES", "0:0:0,0:0:1,32768:0:1,32768:1024:1,0:0:0").split(",")
-    defaults = pdl.PREFETCH_BYTES, pdl.PREFETCH_SHARE_LINES, kernels.PDL_TRIGGER_FIRST
-    for mode in os.environ.get("BENCH_MODES", "fp8,bf16,int4_sym").split(","):
-        with tempfile.TemporaryDirectory() as d:
-            ckpt = write_random_checkpoint(Path(d), vocab, None if mode == "bf16" else mode, shape=shape)
-            eng = TorchEngine(ServingConfig.of(dtype="bfloat16", max_batch_size=16, max_num_tokens=1024,
-                                            prefill_graph_max_tokens=0, kv_cache_free_mem_fraction=0.5), ckpt)
-            for i, case in enumerate(cases):
-                pdl.PREFETCH_BYTES, pdl.PREFETCH_SHARE_LINES, first = (int(v) for v in case.split(":"))
-                kernels.PDL_TRIGGER_FIRST = bool(first)
-                eng.runner.capture_graphs()  # the kernels compiled with the new constexprs
-                row = {"bs1_step_ms": _decode_steps_ms(eng, 1, vocab)}
-                row["bs1_graph_ms"] = replay_median_ms(eng.runner.graph_for(1), 50)
-                row["bs8_step_ms"] = _decode_steps_ms(eng, 8, vocab)
-                res[f"{mode}:{i}:{case}"] = row
-                args.report.say(f"prefetch {mode} {case}: " + ", ".join(f"{k} {x:.3f}" for k, x in row.items()))
-                print(args.report.summary[-1], flush=True)
-                args.report.save()
-            eng.shutdown()
-            del eng
-            torch.cuda.empty_cache()
-    pdl.PREFETCH_BYTES, pdl.PREFETCH_SHARE_LINES, kernels.PDL_TRIGGER_FIRST = defaults

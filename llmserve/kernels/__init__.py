@@ -7,11 +7,10 @@ made once, when a model is loaded: `mode_from_env()` reads LLMSERVE_TRITON_KERNE
 under TRITON_INTERPRET=1 (tests only, mode "interpret").
 
 Programmatic dependent launch (Hopper and later): the linear and fused kernels' wrappers take `pdl=True` to
-launch with `launch_pdl` and wait for the previous grid (`gdc_wait`) before touching memory, so the next
-kernel's launch overlaps this one's tail; each lets the next launch before it waits (`PDL_TRIGGER_FIRST`), and the
-weight kernels ask L2 for their first weight lines before the wait (`llmserve.kernels.pdl`). The caller decides
-(the model, from what the runner set around a capture); the default is a plain launch, which Triton's CPU
-interpreter needs (it has no griddepcontrol).
+launch with `launch_pdl` and wait for the previous grid (`gdc_wait`, in `llmserve.kernels.pdl.pdl_prologue`)
+before touching memory, so the next kernel's launch overlaps this one's tail. The caller decides (the model, from
+what the runner set around a capture); the default is a plain launch, which Triton's CPU interpreter needs (it has
+no griddepcontrol).
 """
 
 from __future__ import annotations
@@ -50,11 +49,6 @@ def usable(mode: str, device: torch.device | str, dtype: torch.dtype) -> bool:
     return mode == "interpret" or torch.device(device).type == "cuda"
 
 
-# Under PDL a kernel signals that the next may launch before it waits for the previous one (PDL constexpr 2;
-# `llmserve.kernels.pdl.pdl_prologue`), not after (1). Untimed as yet: bench.kernel_check --sections prefetch.
-PDL_TRIGGER_FIRST = True
-
-
 def launch_args(pdl: bool) -> dict:
     """Keyword arguments for a linear or fused kernel's launch: its PDL constexpr and, when on, Triton's option."""
-    return {"PDL": 2 if PDL_TRIGGER_FIRST else 1, "launch_pdl": True} if pdl else {"PDL": 0}
+    return {"PDL": 1, "launch_pdl": True} if pdl else {"PDL": 0}

@@ -14,11 +14,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents
 
-from llmserve import kernels
 from llmserve.kernels.convert import kv_mode, kv_tile
-from llmserve.kernels.pdl import LINE, l2_prefetch, prefetch_share
 from llmserve.kernels.shapes import decode_page_ok
 
 
@@ -77,20 +74,13 @@ def _decode_tile(q, m_i, l_i, acc, k_ptr, v_ptr, bt_ptr, bt_row, n0, kvh, t, d, 
 
 
 @triton.jit
-def _decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, po_ptr, pml_ptr, pf_ptr, pf_lines, scale,
+def _decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, po_ptr, pml_ptr, scale,
                    stride_qb, stride_qh, stride_bt, stride_blk, stride_tok, stride_ob, stride_oh,
                    G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr,
-                   PAGES: tl.constexpr, NUM_PARTS: tl.constexpr, KV_FP8: tl.constexpr, STAGES: tl.constexpr,
-                   PF: tl.constexpr, PF_STEP: tl.constexpr, TRIGGER: tl.constexpr):
-    if TRIGGER and NUM_PARTS == 1:  # the last kernel before o_proj: its programs may launch (PDL) and prefetch
-        gdc_launch_dependents()
+                   PAGES: tl.constexpr, NUM_PARTS: tl.constexpr, KV_FP8: tl.constexpr, STAGES: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     kvh = tl.program_id(1)
     part = tl.program_id(2)
-    if PF > 0:  # this program's PF lines of the next weight matrix (of pf_lines) asked of L2, idle programs too
-        prog = (b * tl.num_programs(1) + kvh) * NUM_PARTS + part
-        lines = tl.minimum(prog * PF + tl.arange(0, PF), pf_lines - 1).to(tl.int64)
-        l2_prefetch(pf_ptr + lines * PF_STEP)
     ctx = tl.load(ctx_ptr + b)
     TILE: tl.constexpr = PAGE * PAGES
     span = _span(ctx, NUM_PARTS, TILE)
@@ -134,10 +124,7 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, po_ptr, pml_pt
 
 @triton.jit
 def _merge_kernel(po_ptr, pml_ptr, ctx_ptr, out_ptr, stride_ob, stride_oh,
-                  D: tl.constexpr, NUM_PARTS: tl.constexpr, P_PAD: tl.constexpr, TILE: tl.constexpr,
-                  TRIGGER: tl.constexpr):
-    if TRIGGER:  # o_proj's programs may launch (PDL) while this runs; their wait still follows its end
-        gdc_launch_dependents()
+                  D: tl.constexpr, NUM_PARTS: tl.constexpr, P_PAD: tl.constexpr, TILE: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     H = tl.num_programs(1)
@@ -175,12 +162,10 @@ def decode_config(max_context: int, batch: int, num_kv_heads: int) -> tuple[int,
 def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
                      context_lens: torch.Tensor, scale: float, max_context: int,
                      out: torch.Tensor | None = None, config: tuple[int, int, int, int] | None = None,
-                     fp8_convert: int = DECODE_FP8_CONVERT, prefetch: torch.Tensor | None = None) -> torch.Tensor:
+                     fp8_convert: int = DECODE_FP8_CONVERT) -> torch.Tensor:
     """q: [B, H, D] (any row/head strides, unit last stride); kv_cache: [2, blocks, page, KVH, D].
     block_tables: [B, W] int; context_lens: [B] int32 (>= 1), each <= max_context. `config` (default
-    `decode_config`) fixes the launch shape. `prefetch` (decode graphs under PDL): a contiguous weight matrix the
-    programs ask L2 for while they run (the o_proj after them: HBM reads it during attention, not after); with
-    `kernels.PDL_TRIGGER_FIRST` the last launch also lets o_proj's programs start before it ends. Returns [B, H, D]."""
+    `decode_config`) fixes the launch shape. Returns [B, H, D]."""
     B, H, D = q.shape
     _, _, page, KVH, _ = kv_cache.shape
     if not decode_page_ok(page):
@@ -199,16 +184,13 @@ def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
         pml = torch.empty(B, H, num_parts, 2, dtype=torch.float32, device=q.device)
     else:
         po = pml = out
-    pf_lines, pf = prefetch_share(prefetch, B * KVH * num_parts)
-    trigger = prefetch is not None and kernels.PDL_TRIGGER_FIRST  # launched plainly, but the next may start early
     _decode_kernel[(B, KVH, num_parts)](
-        q, k, v, block_tables, context_lens, out, po, pml, prefetch if pf else q, pf_lines, scale,
+        q, k, v, block_tables, context_lens, out, po, pml, scale,
         q.stride(0), q.stride(1), block_tables.stride(0), k.stride(0), k.stride(1), out.stride(0), out.stride(1),
         G=G, G_PAD=max(16, triton.next_power_of_2(G)), D=D, PAGE=page, PAGES=pages,
         NUM_PARTS=num_parts, KV_FP8=kv_mode(kv_cache, q, fp8_convert), STAGES=stages, num_warps=warps,
-        num_stages=stages, PF=pf, PF_STEP=LINE // (prefetch if pf else q).element_size(), TRIGGER=trigger)
+        num_stages=stages)
     if num_parts > 1:
         _merge_kernel[(B, H)](po, pml, context_lens, out, out.stride(0), out.stride(1), D=D, NUM_PARTS=num_parts,
-                              P_PAD=max(2, triton.next_power_of_2(num_parts)), TILE=page * pages, TRIGGER=trigger,
-                              num_warps=4)
+                              P_PAD=max(2, triton.next_power_of_2(num_parts)), TILE=page * pages, num_warps=4)
     return out

@@ -32,7 +32,7 @@ import triton.language as tl
 from llmserve.kernels import launch_args
 from llmserve.kernels.group_tiles import load_x, store_rows, store_tile
 from llmserve.kernels.int4_words import w4gemv_words
-from llmserve.kernels.pdl import prefetch_args, wait_previous
+from llmserve.kernels.pdl import pdl_prologue
 
 
 @triton.jit
@@ -61,13 +61,12 @@ def _codes(p, ASYM: tl.constexpr):
 @triton.jit
 def _w4gemv_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, K, stride_wn, stride_sn,
                    ASYM: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr, GROUP: tl.constexpr,
-                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
-                   PREFETCH: tl.constexpr, STEP: tl.constexpr):
+                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr):
     """One row of x: each weight byte read once, both nibbles used; a group's products are summed first and
     its scale applied once (a scale per element cost as many loads as the weight bytes)."""
+    pdl_prologue(PDL)
     pid = tl.program_id(0)
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    wait_previous(w_ptr, offs_n, N, stride_wn, PDL, PREFETCH, STEP)
     n_mask = offs_n < N
     rows_w = offs_n[:, None, None].to(tl.int64) * stride_wn
     rows_s = offs_n[:, None].to(tl.int64) * stride_sn
@@ -91,16 +90,15 @@ def _w4gemv_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, K, stride_wn, 
 @triton.jit
 def _w4mm_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, M, N, K, K_SPLIT, stride_xm, stride_wn, stride_sn,
                  stride_om, ASYM: tl.constexpr, HAS_BIAS: tl.constexpr, GROUP: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
-                 PREFETCH: tl.constexpr, STEP: tl.constexpr):
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     """A K tile one group at a time (a static loop), so every load is a 2D tile of contiguous columns: the
     compiler then loads x as vectors the software pipeliner copies ahead (offsets reshaped from a [groups, half]
     grid hide that contiguity: one synchronous 2-byte load per element)."""
+    pdl_prologue(PDL)
     pid_m = tl.program_id(0)  # M fastest: neighbouring programs share the W tile (large M) in L2
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)  # split-K: this program's K_SPLIT inputs, a float32 partial in its own out slice
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    wait_previous(w_ptr + pid_k * (K_SPLIT // 2), offs_n, N, stride_wn, PDL, PREFETCH, STEP)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_mask = offs_m < M
     n_mask = offs_n < N
@@ -203,8 +201,7 @@ def launch_gemv(kernel, x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, m
     kernel[(triton.cdiv(N, bn),)](
         x, w, scale, minimum if minimum is not None else scale, bias if bias is not None else scale, out,
         N, K, w.stride(0), scale.stride(0), ASYM=minimum is not None, HAS_BIAS=bias is not None, GATED=gated,
-        GROUP=group, BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, num_warps=warps, **launch_args(pdl),
-        **prefetch_args(w, bn, pdl))
+        GROUP=group, BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, num_warps=warps, **launch_args(pdl))
     return out
 
 
@@ -301,5 +298,5 @@ def launch_mm(kernel, x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, min
         x, w, scale, minimum if minimum is not None else scale, bias if bias is not None else scale, out,
         M, N, K, k_split, x.stride(0), w.stride(0), scale.stride(0), out.stride(1), ASYM=minimum is not None,
         HAS_BIAS=bias is not None, GROUP=group, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
-        num_stages=stages, **launch_args(pdl), **prefetch_args(w, bn, pdl, k_split * w.shape[1] // K))
+        num_stages=stages, **launch_args(pdl))
     return out[0] if split == 1 else out.sum(0).to(x.dtype)

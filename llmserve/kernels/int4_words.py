@@ -12,7 +12,7 @@ import triton.language as tl
 
 from llmserve.kernels import launch_args
 from llmserve.kernels.group_tiles import load_x, store_rows
-from llmserve.kernels.pdl import prefetch_args, wait_previous
+from llmserve.kernels.pdl import pdl_prologue
 
 # Magic floats 2**23, 2**19, 2**15, 2**11: OR'd with the code at bits 4c..4c+3 of a word, the float is magic + code
 MAGICS = (0x4B000000, 0x49000000, 0x47000000, 0x45000000)
@@ -36,12 +36,11 @@ def _x4(x_ptr, idx, mask, K, GATED: tl.constexpr):
 @triton.jit
 def _w4gemv_words_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, K, stride_wn, stride_sn, m0, m1, m2, m3,
                          ASYM: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr, GROUP: tl.constexpr,
-                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
-                         PREFETCH: tl.constexpr, STEP: tl.constexpr):
+                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr):
     """Word m of a group holds inputs 4m..4m+3 in its bytes' low nibbles and the same + GROUP / 2 in their high
     ones; its 8 products are summed, then the group's scale applied (and, asymmetric, minimum x the sum of x)."""
+    pdl_prologue(PDL)
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    wait_previous(w_ptr, offs_n, N, stride_wn, PDL, PREFETCH, STEP)
     n_mask = offs_n < N
     WG: tl.constexpr = GROUP // 8
     GT: tl.constexpr = BLOCK_K // GROUP
@@ -96,6 +95,5 @@ def w4gemv_words(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum:
     _w4gemv_words_kernel[(triton.cdiv(N, bn),)](
         x, words, scale, minimum if minimum is not None else scale, bias if bias is not None else scale, out,
         N, K, words.stride(0), scale.stride(0), *MAGICS, ASYM=minimum is not None, HAS_BIAS=bias is not None,
-        GATED=gated, GROUP=group, BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, num_warps=warps, **launch_args(pdl),
-        **prefetch_args(words, bn, pdl))
+        GATED=gated, GROUP=group, BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, num_warps=warps, **launch_args(pdl))
     return out

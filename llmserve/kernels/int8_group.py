@@ -21,7 +21,7 @@ import triton.language as tl
 
 from llmserve.kernels.group_tiles import load_x, store_rows, store_tile
 from llmserve.kernels.int4 import DEQUANT_ROWS, check_codes, dequant_linear, launch_gemv, launch_mm
-from llmserve.kernels.pdl import wait_previous
+from llmserve.kernels.pdl import pdl_prologue
 
 GROUP_SIZES = (16, 32, 64, 128)
 
@@ -37,10 +37,9 @@ def _groups(k0, K, GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
 @triton.jit
 def _w8g_gemv_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, K, stride_wn, stride_sn,
                      ASYM: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr, GROUP: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
-                     PREFETCH: tl.constexpr, STEP: tl.constexpr):
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr):
+    pdl_prologue(PDL)
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    wait_previous(w_ptr, offs_n, N, stride_wn, PDL, PREFETCH, STEP)
     n_mask = offs_n < N
     rows_w = offs_n[:, None, None].to(tl.int64) * stride_wn
     rows_s = offs_n[:, None].to(tl.int64) * stride_sn
@@ -62,12 +61,11 @@ def _w8g_gemv_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, K, stride_wn
 @triton.jit
 def _w8g_mm_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, M, N, K, K_SPLIT, stride_xm, stride_wn, stride_sn,
                    stride_om, ASYM: tl.constexpr, HAS_BIAS: tl.constexpr, GROUP: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
-                   PREFETCH: tl.constexpr, STEP: tl.constexpr):
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+    pdl_prologue(PDL)
     pid_k = tl.program_id(2)  # split-K: this program's K_SPLIT inputs, a float32 partial in its own out slice
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    wait_previous(w_ptr + pid_k * K_SPLIT, offs_n, N, stride_wn, PDL, PREFETCH, STEP)
     m_mask = offs_m < M
     n_mask = offs_n < N
     rows_w = offs_n[:, None, None].to(tl.int64) * stride_wn

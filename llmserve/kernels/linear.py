@@ -11,8 +11,7 @@ Decode reads every weight once per step, so at small M the whole game is memory 
   per-token activation scales above) and for int8 at every M.
 - `quant_fp8_per_token`: dynamic per-token e4m3 activation scales for torch._scaled_mm.
 Block shapes come from the sweeps in bench/kernel_check (docs/performance.md).
-`pdl=True` on the wrappers: programmatic dependent launch (see llmserve.kernels), the weights' first lines asked
-of L2 before the wait (llmserve.kernels.pdl).
+`pdl=True` on the wrappers: programmatic dependent launch (see llmserve.kernels).
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ import triton.language as tl
 
 from llmserve.kernels import launch_args
 from llmserve.kernels.convert import e4m3_to_bf16, ptx_converts
-from llmserve.kernels.pdl import pdl_prologue, prefetch_args, wait_previous
+from llmserve.kernels.pdl import pdl_prologue
 
 
 @triton.jit
@@ -31,12 +30,11 @@ def _wmm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, M, N, K,
                 stride_xm, stride_wn, stride_om,
                 HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr,
                 EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, FP8_ASM: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
-                PREFETCH: tl.constexpr, STEP: tl.constexpr):
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+    pdl_prologue(PDL)
     pid_m = tl.program_id(0)  # M fastest: neighbouring programs share the W tile (large M) in L2
     pid_n = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    wait_previous(w_ptr, offs_n, N, stride_wn, PDL, PREFETCH, STEP)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_k = tl.arange(0, BLOCK_K)
     m_mask = offs_m < M
@@ -91,12 +89,11 @@ def _to_f32(w, W_KIND: tl.constexpr):
 def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, N, K, stride_wn,
                  HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr,
                  EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, W_KIND: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
-                 PREFETCH: tl.constexpr, STEP: tl.constexpr):
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr):
     """One row of x (decode at batch 1): CUDA-core FMAs, each weight element read once, converted in registers."""
+    pdl_prologue(PDL)
     pid = tl.program_id(0)
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    wait_previous(w_ptr, offs_n, N, stride_wn, PDL, PREFETCH, STEP)
     offs_k = tl.arange(0, BLOCK_K)
     n_mask = offs_n < N
     w_ptrs = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :]
@@ -174,7 +171,7 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
                                         N, K, w.stride(0), HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
                                         GATED=gated, EVEN_K=K % bk == 0, EVEN_N=N % bn == 0, W_KIND=kind,
                                         BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, num_warps=warps,
-                                        **launch_args(pdl), **prefetch_args(w, bn, pdl))
+                                        **launch_args(pdl))
     return out
 
 
@@ -227,7 +224,7 @@ def wmm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bia
                       HAS_SCALE=scale is not None, HAS_BIAS=bias is not None, GATED=gated,
                       EVEN_K=K % bk == 0, EVEN_N=N % bn == 0, FP8_ASM=asm,
                       BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages,
-                      **launch_args(pdl), **prefetch_args(w, bn, pdl))
+                      **launch_args(pdl))
     return out
 
 

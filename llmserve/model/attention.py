@@ -117,10 +117,10 @@ def _leading_ones(query_lens: list[int], least: int) -> int:
 
 
 def paged_attention_cached(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
-                           new_kv: torch.Tensor | None = None, prefetch: torch.Tensor | None = None) -> torch.Tensor:
+                           new_kv: torch.Tensor | None = None) -> torch.Tensor:
     """CUDA path. q: [T, H, D] (may be a strided view of the qkv buffer); this step's K/V are in the cache.
     new_kv: this step's rotated K and V heads, [T, 2 KVH, D] (the qkv buffer's view), for fresh prompts' attention
-    (`varlen_attention`'s new_kv). prefetch: the weights read next, asked of L2 by a decode step's attention."""
+    (`varlen_attention`'s new_kv)."""
     from llmserve.kernels import attention as kattn
     from llmserve.kernels import varlen
 
@@ -128,8 +128,7 @@ def paged_attention_cached(q: torch.Tensor, kv_cache: torch.Tensor, meta: Attent
     out = torch.empty(T, H, D, dtype=q.dtype, device=q.device)
     bound = meta.context_bound or meta.max_context_len
     if meta.decode_only:
-        return kattn.decode_attention(q, kv_cache, meta.block_tables, meta.context_lens, scale, bound, out=out,
-                                      prefetch=prefetch)
+        return kattn.decode_attention(q, kv_cache, meta.block_tables, meta.context_lens, scale, bound, out=out)
     n = meta.split
     if n:
         kattn.decode_attention(q[:n], kv_cache, meta.block_tables[:n], meta.context_lens[:n], scale, bound,

@@ -234,10 +234,9 @@ class Attention(KernelLayer):
             layer_cache = kv_cache[self.layer]
             rope_and_cache(qkv, rope.positions, rope.table_cos, rope.table_sin, meta.slot_mapping, layer_cache,
                            self.nh, self.nkv, self.hd, pdl=self.launch.pdl, k_in_place=bool(meta.fresh_blocks))
-            # Attention launches plainly (PDL was slower: docs/performance.md); under PDL it prefetches o_proj's weights
+            # The attention kernels launch plainly, PDL or not (slower with it: docs/performance.md).
             h = qkv.view(T, self.nh + 2 * self.nkv, self.hd)
-            out = attention.paged_attention_cached(h[:, :self.nh], layer_cache, meta, self.scale, h[:, self.nh:],
-                                                   self.o_proj.weight if self.launch.pdl else None)
+            out = attention.paged_attention_cached(h[:, :self.nh], layer_cache, meta, self.scale, h[:, self.nh:])
             return self.o_proj(out.view(T, self.nh * self.hd))
         q, k, v = qkv.split([self.nh * self.hd, self.nkv * self.hd, self.nkv * self.hd], dim=-1)
         q = apply_rope(q.view(T, self.nh, self.hd), rope.cos, rope.sin)
