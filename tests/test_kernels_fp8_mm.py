@@ -1,5 +1,6 @@
-"""The fp8 GEMM for 33-256 rows (llmserve/kernels/fp8_mm.py) against a float64 product of the same e4m3 values
-and scales, and which shapes it takes from cuBLAS. On a GPU, or under Triton's interpreter on the CPU."""
+"""The fp8 GEMMs (llmserve/kernels/fp8_mm.py for 33-256 rows, `linear.wmm_fp8` for fewer) against a float64 product
+of the same e4m3 values and scales, and which shapes fp8_mm takes from cuBLAS. On a GPU, or under Triton's
+interpreter on the CPU."""
 
 import os
 
@@ -11,6 +12,7 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 from llmserve.kernels.fp8_mm import fp8_mm, use_fp8_mm  # noqa: E402
+from llmserve.kernels.linear import wmm_fp8  # noqa: E402
 from llmserve.model.linear import Fp8Linear, Linear  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -35,6 +37,20 @@ def test_fp8_mm_is_the_scaled_product(M, N, K, fast):
     assert out.shape == (M, N) and out.dtype == DT
     err = ((out.double().cpu() - exact).norm() / exact.norm()).item()
     assert err < 4e-3  # the 16-bit output's rounding, and the accumulation order
+
+
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("M,N,K,config", [
+    (2, 128, 256, None), (8, 192, 384, None), (16, 160, 256, (16, 64, 128, 4, 2)),  # N past the last tile
+    (31, 256, 384, (32, 64, 256, 4, 2)),  # K past the last slice
+])
+def test_wmm_fp8_is_the_scaled_product(M, N, K, config, fast):
+    (xq, xs, w, ws), exact = _operands(M, N, K, seed=M)
+    bias = torch.randn(N, device=DEV).to(DT)
+    out = wmm_fp8(xq, xs, w, ws, DT, bias=bias, fast=fast, config=config)
+    assert out.shape == (M, N) and out.dtype == DT
+    exact = exact + bias.double().cpu()
+    assert ((out.double().cpu() - exact).norm() / exact.norm()).item() < 4e-3
 
 
 @pytest.mark.parametrize("M,N,K,fast,expected", [
@@ -65,3 +81,24 @@ def test_fp8_linear_agrees_with_cublas_on_both_sides_of_the_switch(M, fast):
     out = lin._scaled_mm(xq, xs, DT)
     assert out.dtype == DT
     assert ((out.float() - ref.float()).norm() / ref.float().norm()).item() < 4e-3
+
+
+def test_fp8_linear_takes_e4m3_rows_from_two_when_the_switch_says(monkeypatch):
+    """SKINNY_MAX_M["fp8"] = 1: 2-32 rows quantized per token into `wmm_fp8` (the product of the e4m3 rows, not of
+    the 16-bit ones, which differs by ~6% on random rows); one row stays the 16-bit GEMV's."""
+    from llmserve.kernels import linear as klinear
+
+    monkeypatch.setitem(klinear.SKINNY_MAX_M, "fp8", 1)
+    torch.manual_seed(0)
+    dense = Linear(512, 256, bias=True)
+    dense.weight.data.normal_()
+    dense.bias.data.normal_()
+    lin = Fp8Linear.from_linear(dense.to(DT)).to(DEV)
+    lin.launch.kernels = True
+    x = torch.randn(8, 512, device=DEV).to(DT)
+    assert lin.takes_fp8_rows(8) and not lin.takes_fp8_rows(1)
+    xq, xs = klinear.quant_fp8_per_token(x)
+    exact = (xq.double() * xs.double()) @ (lin.weight.double() * lin.weight_scale.double()[:, None]).t()
+    exact = exact + lin.bias.double()
+    out = lin(x)
+    assert out.dtype == DT and ((out.double() - exact).norm() / exact.norm()).item() < 4e-3

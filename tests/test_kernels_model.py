@@ -84,8 +84,10 @@ def test_model_fast_path_matches_torch_path(tmp_path, quant, seed, pdl):
 
 
 @pytest.mark.skipif(DEV != "cuda", reason="e4m3 needs a GPU")
-def test_fp8_model_gives_the_same_logits_with_and_without_the_fused_quantization(tmp_path, monkeypatch):
+@pytest.mark.parametrize("skinny", [32, 1])  # 30 rows: 16-bit rows into `wmm`, or e4m3 rows into `wmm_fp8`
+def test_fp8_model_gives_the_same_logits_with_and_without_the_fused_quantization(tmp_path, monkeypatch, skinny):
     """The norms and the SiLU-mul that hand e4m3 rows to the fp8 linears change no bit of the model's output."""
+    monkeypatch.setitem(linear.SKINNY_MAX_M, "fp8", skinny)
     model = _tiny_model(tmp_path, FAST, quantization={"mode": "fp8"})
     lens, page = [9, 1, 20], 4
     meta = AttentionMetadata.for_prefill(lens, page, torch.device(DEV), group=3, head_dim=32)

@@ -26,11 +26,12 @@ from llmserve.kernels.pdl import pdl_prologue
 
 
 @triton.jit
-def _wmm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, M, N, K,
+def _wmm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, xs_ptr, M, N, K,
                 stride_xm, stride_wn, stride_om,
                 HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr,
                 EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, FP8_ASM: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
+                X_FP8: tl.constexpr = False, FAST: tl.constexpr = False):
     pdl_prologue(PDL)
     pid_m = tl.program_id(0)  # M fastest: neighbouring programs share the W tile (large M) in L2
     pid_n = tl.program_id(1)
@@ -61,13 +62,21 @@ def _wmm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, M, N, K,
             gf = x.to(tl.float32)
             x = (gf / (1.0 + tl.exp(-gf))).to(x.dtype)
             x = (x.to(tl.float32) * u.to(tl.float32)).to(u.dtype)
-        if FP8_ASM:
-            w = e4m3_to_bf16(w)
-        acc = tl.dot(w.to(x.dtype), tl.trans(x), acc)
+        if X_FP8:  # e4m3 rows and weights straight into the tensor cores (`wmm_fp8`)
+            if FAST:
+                acc = tl.dot(w, tl.trans(x), acc)
+            else:  # each BLOCK_K slice summed apart, then added in fp32 (as fp8_mm and cuBLAS by default)
+                acc = tl.dot(w, tl.trans(x), acc, max_num_imprecise_acc=BLOCK_K)
+        else:
+            if FP8_ASM:
+                w = e4m3_to_bf16(w)
+            acc = tl.dot(w.to(x.dtype), tl.trans(x), acc)
         w_ptrs += BLOCK_K
         x_ptrs += BLOCK_K
     if HAS_SCALE:
         acc = acc * tl.load(s_ptr + offs_n, mask=n_mask, other=0.0)[:, None]
+    if X_FP8:
+        acc = acc * tl.load(xs_ptr + offs_m, mask=m_mask, other=0.0)[None, :]
     if HAS_BIAS:
         acc = acc + tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[:, None]
     out_ptrs = out_ptr + offs_m[None, :].to(tl.int64) * stride_om + offs_n[:, None]
@@ -183,9 +192,12 @@ CONFIGS: dict[str, dict[int, tuple[int, int, int, int]]] = {
 NUM_SMS = 132
 # The gate's SiLU inside the tensor-core kernel's x load costs more than a separate launch (docs/performance.md).
 FUSE_GATE_IN_MM = False
-# Largest M that goes through `wmm` for 16-bit weights (cuBLAS above) and for fp8 (torch._scaled_mm above, with
-# per-token activation scales): with `e4m3_to_bf16`, fp8 `wmm` is faster up to 32 rows (docs/performance.md).
+# Largest M that goes through `wmm` for 16-bit weights (cuBLAS above) and for fp8 (above, the rows quantized per
+# token: e4m3 x e4m3): with `e4m3_to_bf16`, fp8 `wmm` beat torch._scaled_mm up to 32 rows (docs/performance.md).
+# fp8 at 1 takes e4m3 rows from 2 on, through `wmm_fp8` up to WMM_FP8_MAX_M (bench.kernel_check --sections
+# fp8rows,fp8rows_engine measure both ways).
 SKINNY_MAX_M = {"16bit": 16, "fp8": 32}
+WMM_FP8_MAX_M = 32
 
 
 def _config(M: int, N: int, w_dtype: torch.dtype) -> tuple[int, int, int, int, int]:
@@ -219,12 +231,33 @@ def wmm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bia
     grid = (triton.cdiv(M, bm), triton.cdiv(N, bn))
     asm = w.dtype == torch.float8_e4m3fn and ptx_converts(x)  # e4m3 weights through `e4m3_to_bf16`
     pdl = pdl and not asm  # launched early (PDL), the fp8 kernel ran slower at batch 8 (docs/performance.md)
-    _wmm_kernel[grid](x, w, scale if scale is not None else w, bias if bias is not None else w, out, M, N, K,
+    _wmm_kernel[grid](x, w, scale if scale is not None else w, bias if bias is not None else w, out, w, M, N, K,
                       x.stride(0), w.stride(0), out.stride(0),
                       HAS_SCALE=scale is not None, HAS_BIAS=bias is not None, GATED=gated,
                       EVEN_K=K % bk == 0, EVEN_N=N % bn == 0, FP8_ASM=asm,
                       BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages,
                       **launch_args(pdl))
+    return out
+
+
+def wmm_fp8(xq: torch.Tensor, xs: torch.Tensor, w: torch.Tensor, ws: torch.Tensor, out_dtype: torch.dtype,
+            bias: torch.Tensor | None = None, fast: bool = False, config: tuple[int, int, int, int, int] | None = None,
+            pdl: bool = False) -> torch.Tensor:
+    """xq [M, K] e4m3 with a scale a row xs [M, 1] float32 (`quant_fp8_per_token`), w [N, K] e4m3 with ws [N]
+    -> [M, N] out_dtype: `wmm`'s tiles (W the wide operand) with nothing converted, what fp8_mm computes for
+    33-64 rows with 16-row tiles of x instead of 64. `fast`: the tensor cores' own accumulation over K."""
+    M, K = xq.shape
+    N = w.shape[0]
+    assert w.shape[1] == K and xq.stride(1) == 1 and w.stride(1) == 1 and xs.numel() == M
+    out = torch.empty(M, N, dtype=out_dtype, device=xq.device)
+    if M == 0:
+        return out
+    bm, bn, bk, warps, stages = config or _config(M, N, w.dtype)
+    _wmm_kernel[(triton.cdiv(M, bm), triton.cdiv(N, bn))](
+        xq, w, ws, bias if bias is not None else w, out, xs, M, N, K, xq.stride(0), w.stride(0), out.stride(0),
+        HAS_SCALE=True, HAS_BIAS=bias is not None, GATED=False, EVEN_K=K % bk == 0, EVEN_N=N % bn == 0,
+        FP8_ASM=False, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages, X_FP8=True,
+        FAST=fast, **launch_args(pdl))
     return out
 
 

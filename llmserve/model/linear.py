@@ -224,9 +224,12 @@ class Fp8Linear(QuantLinear):
         return klinear.quant_fp8_per_token(x, pdl=self.launch.pdl, amax=amax)
 
     def _scaled_mm(self, xq: torch.Tensor, xs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        from llmserve.kernels import linear as klinear
         from llmserve.kernels.fp8_mm import fp8_mm, use_fp8_mm
 
         fast = self.launch.fp8_fast_accum
+        if xq.shape[0] <= klinear.WMM_FP8_MAX_M:  # the few rows of a decode step (klinear.SKINNY_MAX_M)
+            return klinear.wmm_fp8(xq, xs, self.weight, self.weight_scale, dtype, self.bias, fast, pdl=self.launch.pdl)
         if xq.is_contiguous() and use_fp8_mm(xq.shape[0], *self.weight.shape, fast):
             y = fp8_mm(xq, xs, self.weight, self.weight_scale, dtype, fast)
         else:
