@@ -9,7 +9,9 @@ Decode reads every weight once per step, so at small M the whole game is memory 
   int8/fp8 converted to the activation dtype before the product. The model uses it for 16-bit weights up to
   M = 16 (cuBLAS above), for fp8 up to M = 32 (e4m3 converted by `convert.e4m3_to_bf16`; torch._scaled_mm with
   per-token activation scales above) and for int8 at every M.
-- `quant_fp8_per_token`: dynamic per-token e4m3 activation scales for torch._scaled_mm.
+- `wmm_fp8`: `wmm`'s kernel on e4m3 rows (per-token scales) and e4m3 weights, nothing converted (Hopper's e4m3
+  wgmma from 64-row weight tiles); the model's path for fp8 at 2-32 rows only when `SKINNY_MAX_M["fp8"]` says.
+- `quant_fp8_per_token`: dynamic per-token e4m3 activation scales for torch._scaled_mm and `wmm_fp8`.
 Block shapes come from the sweeps in bench/kernel_check (docs/performance.md).
 `pdl=True` on the wrappers: programmatic dependent launch (see llmserve.kernels).
 """
