@@ -1,6 +1,6 @@
 #!/bin/bash
-# Session 24, the shortest of its calls (about 4 minutes; carry .carry/tokenizer): call2b.sh's GPU tests and its
-# fp8 kernels at 2-32 rows, for a session with little device time left.
+# Session 24, the shortest of its calls (about 4 minutes; carry .carry/tokenizer), and call2b.sh's first part: the
+# GPU tests of the kernels touched and the fp8 kernels at 2-32 rows.
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONPATH=$PWD
 mkdir -p $OUT/r
 save() { (cd $OUT && tar czf r.tgz r); }
