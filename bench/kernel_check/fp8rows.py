@@ -32,7 +32,7 @@ def _paths(name: str, layers: list, x: torch.Tensor, fast: bool) -> dict:
     from llmserve.kernels.linear import quant_fp8_per_token, wmm, wmm_fp8
 
     gated, M = name == "down", x.shape[0]
-    xq0 = quant_fp8_per_token(fused.silu_mul(x) if gated else x)  # qkv's and gate_up's rows, from the norm
+    xq0 = None if name in ("o", "down") else quant_fp8_per_token(x)  # qkv's and gate_up's rows, from the norm
 
     def rows():  # what the e4m3 paths launch besides the product
         if gated:
