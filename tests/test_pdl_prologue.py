@@ -13,7 +13,7 @@ import pytest
 KERNELS = Path(__file__).resolve().parents[1] / "llmserve" / "kernels"
 PROLOGUE = "pdl_prologue"
 # What may run before the wait: program ids and index arithmetic
-ALLOWED = {"program_id", "arange", "to", "num_programs", "minimum", "maximum", "cdiv"}
+ALLOWED = {"program_id", "arange", "to", "num_programs"}
 
 
 def _pdl_kernels() -> list[tuple[str, ast.FunctionDef]]:
