@@ -10,9 +10,10 @@ once), so compare variants of one kernel.
     python -m bench.ptx_stats decode:256x2100:fp8 --compare /tmp/base,.    # the same cases in two trees
 
 Cases: decode:BxCTX:KV, varlen:BxL[+DECODE_ROWS]:KV[:fresh|tma|persist] (KV bf16 or fp8; fresh, tma: the
-prompts' K/V from the qkv buffer, pointer or TMA loads; persist: the persistent launch), gemv:KIND:NxK and
-wmm:KIND:MxNxK (KIND bf16, int8, fp8), w4:MxNxK:GROUP (symmetric int4; M = 1 is the GEMV), w8g:MxNxK:GROUP (8-bit
-codes in groups, as w4), fp8mm:MxNxK:fast|exact (the fp8 GEMM at 33-256 rows, its accumulation). Llama-3.1-8B heads
+prompts' K/V from the qkv buffer, pointer or TMA loads; persist: the persistent launch), gemv:KIND:NxK[:FLAG] and
+wmm:KIND:MxNxK[:FLAG] (KIND bf16, int8, fp8; FLAG gated: the SiLU-mul in x's load, gate_out: in the epilogue),
+w4:MxNxK:GROUP (symmetric int4; M = 1 is the GEMV), w8g:MxNxK:GROUP (8-bit codes in groups, as w4),
+fp8mm:MxNxK:fast|exact (the fp8 GEMM at 33-256 rows, its accumulation). Llama-3.1-8B heads
 (32 query, 8 KV, dim 128).
 """
 
@@ -162,15 +163,16 @@ def _varlen(shape: str, kv: str, fresh: str = ""):
                                     fresh_blocks=len(seqs) - rows, work_count=count, programs=33)
 
 
-def _linear(kind: str, shape: str, M: int | None = None):
+def _linear(kind: str, shape: str, M: int | None = None, flag: str = ""):
     from llmserve.kernels import linear
 
     dims = [int(v) for v in shape.split("x")]
     M, N, K = (1, *dims) if M is not None else dims
     w = torch.zeros(N, K, dtype=KINDS[kind])
     scale = None if kind == "bf16" else torch.ones(N, dtype=torch.float32)
-    x = torch.zeros(M, K, dtype=torch.bfloat16)
-    return lambda: linear.gemv(x, w, scale) if M == 1 else linear.wmm(x, w, scale)
+    x = torch.zeros(M, 2 * K if flag == "gated" else K, dtype=torch.bfloat16)
+    kw = {"gated": flag == "gated", "gate_out": flag == "gate_out"}
+    return lambda: linear.gemv(x, w, scale, **kw) if M == 1 else linear.wmm(x, w, scale, config=None, **kw)
 
 
 def _fp8mm(shape: str, accumulation: str):
@@ -205,7 +207,7 @@ def _w8g(shape: str, group: str):
 def case_call(case: str):
     kind, *rest = case.split(":")
     makers = {"decode": lambda: _decode(rest[0], rest[1]), "varlen": lambda: _varlen(*rest[:3]),
-              "gemv": lambda: _linear(rest[0], rest[1], M=1), "wmm": lambda: _linear(rest[0], rest[1]),
+              "gemv": lambda: _linear(*rest[:2], 1, *rest[2:3]), "wmm": lambda: _linear(*rest[:2], None, *rest[2:3]),
               "w4": lambda: _w4(rest[0], rest[1]), "w8g": lambda: _w8g(rest[0], rest[1]),
               "fp8mm": lambda: _fp8mm(rest[0], rest[1])}
     if kind not in makers:

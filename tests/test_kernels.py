@@ -184,6 +184,39 @@ def test_gemv_one_row(kind, gated, pdl):
         assert rel(out, ref) < 1e-2
 
 
+def same_bits(out: torch.Tensor, ref: torch.Tensor, exact: bool = False) -> bool:
+    """Bit for bit on a GPU (and where `exact`); within a few float32 roundings under the interpreter."""
+    return torch.equal(out, ref) if DEV == "cuda" or exact else rel(out, ref) < 1e-3
+
+
+def _gate_up_case(kind: str, M: int, inter: int, K: int):
+    x = torch.randn(M, K, device=DEV).to(DT)
+    w = (torch.randn(2 * inter, K, device=DEV) * 0.05).to(DT)
+    if kind == "16bit":
+        return x, w, None, torch.randn(2 * inter, device=DEV).to(DT)
+    return (x, *qlinear.quantize_weight(w, "fp8" if kind == "fp8" else "int8_wo"), None)
+
+
+@pytest.mark.parametrize("M", [1, 5, 33])
+@pytest.mark.parametrize("kind", ["16bit", "int8", "fp8"])
+def test_gate_out_is_silu_mul_of_the_output_bit_for_bit(M, kind, pdl):
+    """`gate_out`: gate_up's epilogue pairs each gate row with its up row and stores silu(gate) * up, the same
+    bits as silu_mul over the stored [gate | up] output (which is what down_proj's gated load computes too).
+    Under the interpreter only the GEMV: its tl.dot (numpy) rounds a product by where it sits in the tile."""
+    if kind == "fp8" and DEV == "cpu":
+        pytest.skip("the interpreter has no float8")
+    if M == 33 and kind != "int8":
+        pytest.skip("above the 16-bit kernels' rows (cuBLAS / _scaled_mm take them)")
+    x, w, scale, bias = _gate_up_case(kind, M, 44, 320)  # 88 rows: 16-row tiles end in a partial one
+    configs = [None] if M > 1 else [None, (16, 256, 4, 1), (8, 512, 4, 3)]
+    for cfg in configs:
+        mm = linear.wmm if M > 1 else lambda *a, cfg=cfg, **k: linear.gemv(*a, **k, config=cfg)
+        out = mm(x, w, scale, bias, pdl=pdl, gate_out=True)
+        ref = fused.silu_mul(mm(x, w, scale, bias, pdl=pdl))
+        assert out.shape == (M, 44)
+        assert same_bits(out, ref, exact=M == 1), (kind, M, cfg)
+
+
 def test_kernel_mode_is_read_from_the_environment_once():
     assert kernels.mode_from_env({}) == "on"
     assert kernels.mode_from_env({"LLMSERVE_TRITON_KERNELS": "1"}) == "on"

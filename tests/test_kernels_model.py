@@ -11,7 +11,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
-from test_kernels import DEV, DT, rel  # noqa: E402
+from test_kernels import DEV, DT, rel, same_bits  # noqa: E402
 
 from llmserve import kernels  # noqa: E402
 from llmserve.kernels import fused, linear  # noqa: E402
@@ -146,6 +146,35 @@ def test_prefill_graphs_match_eager_steps(tmp_path, quant):
             assert rel(out, ref) < 1e-2
     assert rel(caches["graph"], caches["eager"]) < 1e-2
     assert caches["graph"][:, :, 4:].abs().sum() == 0  # padding rows wrote nothing (slot -1)
+
+@pytest.mark.parametrize("quant", [None, "int8_wo", "fp8"])
+def test_gate_out_changes_no_bit_of_the_model(tmp_path, monkeypatch, quant):
+    """silu(gate) * up in gate_up's epilogue (`linear.GATE_OUT`) gives the model's logits bit for bit as down_proj
+    computing it (one row, five, thirty: the GEMV, `wmm`, and int8's `wmm` above the 16-bit kernels' rows; under
+    the interpreter within float32 roundings, see test_gate_out_is_silu_mul_of_the_output_bit_for_bit)."""
+    if quant == "fp8" and DEV != "cuda":
+        pytest.skip("e4m3 needs a GPU")
+    model = _tiny_model(tmp_path, FAST, **({"quantization": {"mode": quant}} if quant else {}))
+    epilogues = []
+    wmm = linear.wmm
+    monkeypatch.setattr(linear, "wmm", lambda *a, gate_out=False, **k: (epilogues.append(gate_out),
+                                                                        wmm(*a, gate_out=gate_out, **k))[1])
+
+    def run(lens):
+        meta = AttentionMetadata.for_prefill(lens, 16, torch.device(DEV), group=3, head_dim=32)
+        ids = torch.randint(0, 300, (sum(lens),), generator=torch.Generator().manual_seed(1)).to(DEV)
+        pos = torch.cat([torch.arange(n, device=DEV) for n in lens])
+        cache = torch.zeros(2, 2, 16, 16, 2, 32, device=DEV, dtype=DT)
+        with torch.inference_mode():
+            return model(ids, pos, cache, meta, None)
+
+    for lens in ([1], [3, 2], [9, 1, 20]):
+        monkeypatch.setattr(linear, "GATE_OUT", True)
+        epilogues.clear()
+        fused_out = run(lens)
+        assert any(epilogues) == (sum(lens) <= linear.SKINNY_MAX_M["16bit"] or quant == "int8_wo"), lens
+        monkeypatch.setattr(linear, "GATE_OUT", False)
+        assert same_bits(fused_out, run(lens), exact=sum(lens) == 1), lens
 
 
 class _Spy:

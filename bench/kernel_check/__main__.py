@@ -8,13 +8,13 @@ import sys
 from pathlib import Path
 
 from bench.common import LLAMA2_7B
-from bench.kernel_check import attention, engine, fp8rows, host, linear, profile, quant
+from bench.kernel_check import attention, engine, fp8rows, host, linear, profile, quant, switches
 from bench.kernel_check.report import Report
 
 SECTIONS = {"env": engine.s_env, "tests": engine.s_tests, "engine_small": engine.s_engine_small,
             "engine7b": engine.s_engine7b, "pdl": engine.s_pdl, "graphs_bs1": engine.s_graphs_bs1,
             "floor": linear.s_floor, "gemv": linear.s_gemv, "gemv1": linear.s_gemv1, "mm16": linear.s_mm16,
-            "fp8rows": fp8rows.s_fp8rows, "fp8rows_engine": fp8rows.s_fp8rows_engine,
+            "fp8rows": fp8rows.s_fp8rows, "switches": switches.s_switches,
             "attn": attention.s_attn, "attn_kv": attention.s_attn_kv, "varlen": attention.s_varlen,
             "varlen_sweep": attention.s_varlen_sweep, "int4": quant.s_int4, "int8_group": quant.s_int8_group,
             "int4_sweep": quant.s_int4_sweep, "int4_paths": quant.s_int4_paths, "host": host.s_host,

@@ -3,7 +3,8 @@ against e4m3 rows straight into the tensor cores (`wmm_fp8`, the rows quantized 
 `fp8_mm` (the 33-64-row kernel, 64-row tiles of x). Each path is timed with the kernels it needs in a decode
 layer beyond the norms, which both paths have (a norm hands qkv and gate_up their rows quantized in the same
 launch): o_proj's input quantized (`quant_fp8_per_token`), down's gate applied (`silu_mul`, or
-`silu_mul_quant_fp8`). 32 layers of each matrix in one CUDA graph, MM_SHAPE's shapes (default Llama-2-7B's)."""
+`silu_mul_quant_fp8`). 32 layers of each matrix in one CUDA graph, MM_SHAPE's shapes (default Llama-2-7B's).
+The engine's decode steps either way: `--sections switches` (bench/kernel_check/switches.py)."""
 
 from __future__ import annotations
 
@@ -86,51 +87,3 @@ def _say_totals(report, M: int, tables: list[dict]) -> None:
                f"{t.get('fp8_mm', float('nan')):.3f}, wmm_fp8 default {t.get('wmm_fp8 default', float('nan')):.3f}, "
                f"best one config {best[8:]} {t[best]:.3f}, best per matrix {per_matrix:.3f}")
     print(report.summary[-1], flush=True)
-
-
-@section("fp8rows_engine")
-def s_fp8rows_engine(args):
-    """The same end to end: one fp8 engine (FP8ROWS_SHAPE, default llama3.1-8b, 32 decode rows at most), for each
-    SKINNY_MAX_M["fp8"] of FP8ROWS_CASES (default 32,1,32: today's, e4m3 rows from 2 rows, today's again for the
-    drift) the decode graphs captured again, then the median decode step of each batch of FP8ROWS_BATCHES."""
-    import tempfile
-    from pathlib import Path
-
-    from bench.common import SHAPES, write_random_checkpoint
-    from llmserve.config import ServingConfig
-    from llmserve.engine.torch_engine import TorchEngine
-    from llmserve.kernels import linear as klinear
-
-    res = args.report.results.setdefault("fp8rows_engine", {})
-    shape = os.environ.get("FP8ROWS_SHAPE", "llama3.1-8b")
-    vocab, default = SHAPES[shape]["vocab_size"], klinear.SKINNY_MAX_M["fp8"]
-    batches = [int(b) for b in os.environ.get("FP8ROWS_BATCHES", "2,4,8,16,32").split(",")]
-    with tempfile.TemporaryDirectory() as d:
-        ckpt = write_random_checkpoint(Path(d), vocab, "fp8", shape=shape)
-        eng = TorchEngine(ServingConfig.of(dtype="bfloat16", max_batch_size=max(batches), max_num_tokens=4096,
-                                        prefill_graph_max_tokens=0, kv_cache_free_mem_fraction=0.5), ckpt)
-        for i, case in enumerate(os.environ.get("FP8ROWS_CASES", "32,1,32").split(",")):
-            klinear.SKINNY_MAX_M["fp8"] = int(case)
-            eng.runner.capture_graphs()  # the layers' launches at the new switch
-            row = {f"bs{b}_step_ms": _decode_steps_ms(eng, b, vocab) for b in batches}
-            res[f"{i}:{case}"] = row
-            args.report.say(f"fp8rows_engine skinny_max_m {case}: " + ", ".join(f"{k} {x:.3f}" for k, x in row.items()))
-            print(args.report.summary[-1], flush=True)
-            args.report.save()
-        eng.shutdown()
-    klinear.SKINNY_MAX_M["fp8"] = default
-
-
-def _decode_steps_ms(eng, rows: int, vocab: int) -> float:
-    """Median wall ms of the decode steps of `rows` requests (128-token prompts, 64 new tokens each)."""
-    from bench.kernel_check.engine import _run_steps
-    from llmserve.engine.api import EngineRequest
-    from llmserve.engine.sampling_params import SamplingParams
-
-    g = torch.Generator().manual_seed(rows)
-    for i in range(rows):
-        ids = torch.randint(3, vocab - 3, (128,), generator=g).tolist()
-        eng.add_request(EngineRequest(f"r{rows}-{i}", ids, SamplingParams(temperature=0.0, max_tokens=64,
-                                                                          ignore_eos=True)))
-    dec = sorted(_run_steps(eng)[2:])
-    return dec[len(dec) // 2] * 1000

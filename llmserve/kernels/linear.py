@@ -28,16 +28,34 @@ from llmserve.kernels.pdl import pdl_prologue
 
 
 @triton.jit
+def _rows(pid, BLOCK_N: tl.constexpr, HALF_N, GATE_OUT: tl.constexpr):
+    """The weight rows a program computes: BLOCK_N in a run; with GATE_OUT, BLOCK_N / 2 gate rows each followed by
+    its up row (HALF_N further), so the epilogue holds both halves of its outputs."""
+    if GATE_OUT:
+        i = pid * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+        return tl.reshape(tl.join(i, i + HALF_N), (BLOCK_N,))
+    return pid * BLOCK_N + tl.arange(0, BLOCK_N)
+
+
+@triton.jit
+def _silu_mul_pairs(g, u, dtype: tl.constexpr):
+    """silu(g) * u of float32 outputs, each rounded to `dtype` as gate_up's stored output and silu_mul round it."""
+    gf = g.to(dtype).to(tl.float32)
+    act = (gf / (1.0 + tl.exp(-gf))).to(dtype)
+    return (act.to(tl.float32) * u.to(dtype).to(tl.float32)).to(dtype)
+
+
+@triton.jit
 def _wmm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, xs_ptr, M, N, K,
                 stride_xm, stride_wn, stride_om,
                 HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr,
                 EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, FP8_ASM: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
-                X_FP8: tl.constexpr = False, FAST: tl.constexpr = False):
+                X_FP8: tl.constexpr = False, FAST: tl.constexpr = False, GATE_OUT: tl.constexpr = False):
     pdl_prologue(PDL)
     pid_m = tl.program_id(0)  # M fastest: neighbouring programs share the W tile (large M) in L2
     pid_n = tl.program_id(1)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_n = _rows(pid_n, BLOCK_N, N // 2, GATE_OUT)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_k = tl.arange(0, BLOCK_K)
     m_mask = offs_m < M
@@ -81,8 +99,15 @@ def _wmm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, xs_ptr, M, N, K,
         acc = acc * tl.load(xs_ptr + offs_m, mask=m_mask, other=0.0)[None, :]
     if HAS_BIAS:
         acc = acc + tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[:, None]
-    out_ptrs = out_ptr + offs_m[None, :].to(tl.int64) * stride_om + offs_n[:, None]
-    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_mask[None, :] & n_mask[:, None])
+    if GATE_OUT:  # [gate row, up row] pairs -> silu(gate) * up, [BLOCK_N / 2, BLOCK_M]
+        g, u = tl.split(tl.permute(tl.reshape(acc, (BLOCK_N // 2, 2, BLOCK_M)), (0, 2, 1)))
+        offs_h = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+        out_ptrs = out_ptr + offs_m[None, :].to(tl.int64) * stride_om + offs_h[:, None]
+        tl.store(out_ptrs, _silu_mul_pairs(g, u, out_ptr.dtype.element_ty),
+                 mask=m_mask[None, :] & (offs_h < N // 2)[:, None])
+    else:
+        out_ptrs = out_ptr + offs_m[None, :].to(tl.int64) * stride_om + offs_n[:, None]
+        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_mask[None, :] & n_mask[:, None])
 
 
 @triton.jit
@@ -100,11 +125,12 @@ def _to_f32(w, W_KIND: tl.constexpr):
 def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, N, K, stride_wn,
                  HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr,
                  EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, W_KIND: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr):
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
+                 GATE_OUT: tl.constexpr = False):
     """One row of x (decode at batch 1): CUDA-core FMAs, each weight element read once, converted in registers."""
     pdl_prologue(PDL)
     pid = tl.program_id(0)
-    offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_n = _rows(pid, BLOCK_N, N // 2, GATE_OUT)
     offs_k = tl.arange(0, BLOCK_K)
     n_mask = offs_n < N
     w_ptrs = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :]
@@ -136,7 +162,12 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, N, K, stride_wn,
         y = y * 1.329227995784916e36  # 2**120: e4m3 exponent bias 7 vs float32's 127
     if HAS_BIAS:
         y = y + tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + offs_n, y.to(out_ptr.dtype.element_ty), mask=n_mask)
+    if GATE_OUT:
+        g, u = tl.split(tl.reshape(y, (BLOCK_N // 2, 2)))
+        offs_h = pid * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+        tl.store(out_ptr + offs_h, _silu_mul_pairs(g, u, out_ptr.dtype.element_ty), mask=offs_h < N // 2)
+    else:
+        tl.store(out_ptr + offs_n, y.to(out_ptr.dtype.element_ty), mask=n_mask)
 
 
 # How int8 / fp8 weights become float32 in the GEMV: 0 = Triton's conversion, 1 / 2 = the bit tricks above.
@@ -168,20 +199,21 @@ def triton_max_m(w: torch.Tensor) -> int:
 
 def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bias: torch.Tensor | None = None,
          gated: bool = False, config: tuple[int, int, int, int] | None = None, w_kind: int | None = None,
-         pdl: bool = False) -> torch.Tensor:
-    """x: [1, K] (or [1, 2K] gated) -> [1, N]."""
+         pdl: bool = False, gate_out: bool = False) -> torch.Tensor:
+    """x: [1, K] (or [1, 2K] gated) -> [1, N]; with `gate_out` (w: [gate | up] rows), silu(gate) * up, [1, N/2]."""
     N, K = w.shape
     assert x.shape == (1, 2 * K if gated else K) and x.stride(-1) == 1 and w.stride(1) == 1
+    assert not gate_out or N % 2 == 0
     key = "16bit" if w.element_size() == 2 else "int8" if w.dtype == torch.int8 else "fp8"
     bn, bk, warps, stages = config or gemv_config(key, N, K)
     kind = w_kind if w_kind is not None else GEMV_W_KIND.get(key, 0)
     if kind == 2:
         assert key == "fp8" and scale is not None
-    out = torch.empty(1, N, dtype=x.dtype, device=x.device)
+    out = torch.empty(1, N // 2 if gate_out else N, dtype=x.dtype, device=x.device)
     _gemv_kernel[(triton.cdiv(N, bn),)](x, w, scale if scale is not None else w, bias if bias is not None else w, out,
                                         N, K, w.stride(0), HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
                                         GATED=gated, EVEN_K=K % bk == 0, EVEN_N=N % bn == 0, W_KIND=kind,
-                                        BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, num_warps=warps,
+                                        BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, num_warps=warps, GATE_OUT=gate_out,
                                         **launch_args(pdl))
     return out
 
@@ -197,8 +229,11 @@ FUSE_GATE_IN_MM = False
 # Largest M that goes through `wmm` for 16-bit weights (cuBLAS above) and for fp8 (above, the rows quantized per
 # token: e4m3 x e4m3): with `e4m3_to_bf16`, fp8 `wmm` beat torch._scaled_mm up to 32 rows (docs/performance.md).
 # fp8 at 1 takes e4m3 rows from 2 on, through `wmm_fp8` up to WMM_FP8_MAX_M (bench.kernel_check --sections
-# fp8rows,fp8rows_engine measure both ways).
+# fp8rows and --sections switches measure both ways).
 SKINNY_MAX_M = {"16bit": 16, "fp8": 32}
+# The MLP's silu(gate) * up in gate_up's epilogue where gate_up takes these kernels (`gate_out`), instead of in
+# down_proj's x load (one row) or a silu_mul launch (2+ rows); bench.kernel_check --sections gate_out times both.
+GATE_OUT = True
 WMM_FP8_MAX_M = 32
 
 
@@ -213,20 +248,22 @@ def _config(M: int, N: int, w_dtype: torch.dtype) -> tuple[int, int, int, int, i
 
 
 def wmm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bias: torch.Tensor | None = None,
-        gated: bool = False, config: tuple[int, int, int, int, int] | None = None, pdl: bool = False
-        ) -> torch.Tensor:
-    """x: [M, K] (or [M, 2K] with gated), w: [N, K] (bf16/fp16/int8/fp8), scale: [N] float32. Returns [M, N]."""
+        gated: bool = False, config: tuple[int, int, int, int, int] | None = None, pdl: bool = False,
+        gate_out: bool = False) -> torch.Tensor:
+    """x: [M, K] (or [M, 2K] with gated), w: [N, K] (bf16/fp16/int8/fp8), scale: [N] float32. Returns [M, N];
+    with `gate_out` (w: the MLP's [gate | up] rows) silu(gate) * up in the epilogue, [M, N/2]."""
     M = x.shape[0]
     N, K = w.shape
     assert x.shape[1] == (2 * K if gated else K), (x.shape, w.shape, gated)
+    assert not gate_out or N % 2 == 0
     if M == 1 and config is None:
-        return gemv(x, w, scale, bias, gated, pdl=pdl)
+        return gemv(x, w, scale, bias, gated, pdl=pdl, gate_out=gate_out)
     if gated and not FUSE_GATE_IN_MM:
         from llmserve.kernels.fused import silu_mul
 
         x, gated = silu_mul(x, pdl=pdl), False
     assert x.stride(1) == 1 and w.stride(1) == 1
-    out = torch.empty(M, N, dtype=x.dtype, device=x.device)
+    out = torch.empty(M, N // 2 if gate_out else N, dtype=x.dtype, device=x.device)
     if M == 0:
         return out
     bm, bn, bk, warps, stages = config or _config(M, N, w.dtype)
@@ -237,7 +274,7 @@ def wmm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bia
                       x.stride(0), w.stride(0), out.stride(0),
                       HAS_SCALE=scale is not None, HAS_BIAS=bias is not None, GATED=gated,
                       EVEN_K=K % bk == 0, EVEN_N=N % bn == 0, FP8_ASM=asm,
-                      BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages,
+                      BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages, GATE_OUT=gate_out,
                       **launch_args(pdl))
     return out
 

@@ -60,13 +60,18 @@ class Linear(KernelLayer):
         self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
         self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
 
-    def forward(self, x: torch.Tensor, gated: bool = False) -> torch.Tensor:
+    def gate_out_at(self, rows: int) -> bool:
+        """Whether a step of `rows` rows through this [gate | up] layer can return silu(gate) * up from the
+        kernel's epilogue (`forward(x, gate_out=True)`), instead of the down projection computing it."""
+        return self.launch.kernels and _wmm_gate_out(rows, self.weight)
+
+    def forward(self, x: torch.Tensor, gated: bool = False, gate_out: bool = False) -> torch.Tensor:
         if self.launch.kernels:
             from llmserve.kernels import linear as klinear
 
             pdl = self.launch.pdl
             if x.shape[0] <= klinear.triton_max_m(self.weight):
-                return klinear.wmm(x, self.weight, None, self.bias, gated=gated, pdl=pdl)
+                return klinear.wmm(x, self.weight, None, self.bias, gated=gated, pdl=pdl, gate_out=gate_out)
             if gated:
                 from llmserve.kernels.fused import silu_mul
 
@@ -76,6 +81,12 @@ class Linear(KernelLayer):
             gate, up = x.chunk(2, dim=-1)
             x = F.silu(gate) * up
         return F.linear(x, self.weight, self.bias)
+
+
+def _wmm_gate_out(rows: int, weight: torch.Tensor) -> bool:
+    from llmserve.kernels import linear as klinear
+
+    return klinear.GATE_OUT and rows <= klinear.triton_max_m(weight)
 
 
 def quantize_weight(w: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,11 +158,16 @@ class Int8Linear(QuantLinear):
     def __init__(self, in_features: int, out_features: int, bias: bool = False):
         super().__init__(in_features, out_features, bias, torch.int8)
 
-    def forward(self, x: torch.Tensor, gated: bool = False) -> torch.Tensor:
+    def gate_out_at(self, rows: int) -> bool:
+        """As Linear.gate_out_at (int8 takes `wmm` at every size)."""
+        return self.launch.kernels and _wmm_gate_out(rows, self.weight)
+
+    def forward(self, x: torch.Tensor, gated: bool = False, gate_out: bool = False) -> torch.Tensor:
         if self.launch.kernels:
             from llmserve.kernels.linear import wmm
 
-            return wmm(x, self.weight, self.weight_scale, self.bias, gated=gated, pdl=self.launch.pdl)
+            return wmm(x, self.weight, self.weight_scale, self.bias, gated=gated, pdl=self.launch.pdl,
+                       gate_out=gate_out)
         return self._fallback(x, gated)
 
 
@@ -189,7 +205,11 @@ class Fp8Linear(QuantLinear):
 
         return rows > klinear.triton_max_m(self.weight)
 
-    def forward(self, x: torch.Tensor | Fp8Rows, gated: bool = False) -> torch.Tensor:
+    def gate_out_at(self, rows: int) -> bool:
+        """As Linear.gate_out_at: the rows that take `wmm` (16-bit activations)."""
+        return self.launch.kernels and _wmm_gate_out(rows, self.weight)
+
+    def forward(self, x: torch.Tensor | Fp8Rows, gated: bool = False, gate_out: bool = False) -> torch.Tensor:
         if isinstance(x, Fp8Rows):
             return self._scaled_mm(x.q, x.scale, x.dtype)
         if self.launch.kernels:
@@ -197,7 +217,8 @@ class Fp8Linear(QuantLinear):
 
             pdl = self.launch.pdl
             if x.shape[0] <= klinear.triton_max_m(self.weight):
-                return klinear.wmm(x, self.weight, self.weight_scale, self.bias, gated=gated, pdl=pdl)
+                return klinear.wmm(x, self.weight, self.weight_scale, self.bias, gated=gated, pdl=pdl,
+                                   gate_out=gate_out)
             if self.reduce_amax is not None:  # the 16-bit rows first (fused.silu_mul_quant_fp8 quantizes them alike)
                 return self._scaled_mm(*self._quant_row_parallel(x, gated), x.dtype)
             if gated:

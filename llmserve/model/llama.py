@@ -253,7 +253,10 @@ class MLP(nn.Module):
         self.down_proj = Linear(args.intermediate_size, args.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.gate_up_proj(x), gated=True)
+        gate_up = self.gate_up_proj
+        if getattr(gate_up, "gate_out_at", None) and gate_up.gate_out_at(x.shape[0]):
+            return self.down_proj(gate_up(x, gate_out=True))
+        return self.down_proj(gate_up(x), gated=True)
 
 
 class DecoderLayer(nn.Module):
