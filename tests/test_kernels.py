@@ -217,6 +217,32 @@ def test_gate_out_is_silu_mul_of_the_output_bit_for_bit(M, kind, pdl):
         assert same_bits(out, ref, exact=M == 1), (kind, M, cfg)
 
 
+@pytest.mark.parametrize("kind", ["16bit", "int8", "fp8"])
+@pytest.mark.parametrize("cfg", [None, (16, 256, 4, 1), (8, 512, 4, 3)])
+def test_gemv_folds_the_residual_add_and_rmsnorm_around_it(kind, cfg, pdl):
+    """o_proj's GEMV adding into the residual (`add_to`) then qkv's folding the RMSNorm (`norm`) against o_proj,
+    fused.rmsnorm, qkv: the residual stream bit for bit, the product within rounding (the norm's output is not
+    rounded to 16 bits in between)."""
+    if kind == "fp8" and DEV == "cpu":
+        pytest.skip("the interpreter has no float8")
+    H, K1, N = 200, 300, 88  # none divides the blocks
+    a = torch.randn(1, K1, device=DEV).to(DT)
+    res = torch.randn(1, H, device=DEV).to(DT)
+    norm_w = (1 + 0.1 * torch.randn(H, device=DEV)).to(DT)
+    ws = [(torch.randn(n, k, device=DEV) * 0.05).to(DT) for n, k in ((H, K1), (N, H))]
+    (w_o, s_o), (w_qkv, s_qkv) = [(w, None) if kind == "16bit" else
+                                  qlinear.quantize_weight(w, "fp8" if kind == "fp8" else "int8_wo") for w in ws]
+    ref_res = res.clone()
+    normed = fused.rmsnorm(linear.gemv(a, w_o, s_o, config=cfg), norm_w, 1e-5, ref_res)
+    ref = linear.gemv(normed, w_qkv, s_qkv, config=cfg)
+    sums = linear.gemv(a, w_o, s_o, config=cfg, add_to=res, pdl=pdl)
+    out = linear.gemv(res, w_qkv, s_qkv, config=cfg, norm=linear.RowNorm(norm_w, sums, 1e-5), pdl=pdl)
+    assert torch.equal(res, ref_res)
+    assert sums.shape == (-(-H // (cfg or linear.gemv_config("16bit" if kind == "16bit" else kind, H, K1))[0]),)
+    assert torch.allclose(sums.sum(), res.float().pow(2).sum(), rtol=1e-5)
+    assert rel(out, ref) < 5e-3
+
+
 def test_kernel_mode_is_read_from_the_environment_once():
     assert kernels.mode_from_env({}) == "on"
     assert kernels.mode_from_env({"LLMSERVE_TRITON_KERNELS": "1"}) == "on"

@@ -176,6 +176,32 @@ def test_gate_out_changes_no_bit_of_the_model(tmp_path, monkeypatch, quant):
         monkeypatch.setattr(linear, "GATE_OUT", False)
         assert same_bits(fused_out, run(lens), exact=sum(lens) == 1), lens
 
+@pytest.mark.parametrize("quant", [None, "int8_wo", "fp8"])
+def test_one_row_folds_the_norms_into_the_gemvs(tmp_path, monkeypatch, quant):
+    """At one row (`linear.FOLD_NORM`) o_proj and down_proj add into the residual and the GEMVs after the norms
+    fold them in: only the first layer's input norm and the final one launch, and the logits stay within the
+    rounding of the norm's output (no longer rounded to 16 bits before the product)."""
+    if quant == "fp8" and DEV != "cuda":
+        pytest.skip("e4m3 needs a GPU")
+    model = _tiny_model(tmp_path, FAST, **({"quantization": {"mode": quant}} if quant else {}))
+    norms = []
+    rmsnorm = fused.rmsnorm
+    monkeypatch.setattr(fused, "rmsnorm", lambda *a, **k: (norms.append(1), rmsnorm(*a, **k))[1])
+    one = AttentionMetadata.for_prefill([1], 16, torch.device(DEV), group=3, head_dim=32)
+
+    def run():
+        cache = torch.zeros(2, 2, 16, 16, 2, 32, device=DEV, dtype=DT)
+        with torch.inference_mode():
+            return model(torch.tensor([7], device=DEV), torch.tensor([0], device=DEV), cache, one, None)
+
+    monkeypatch.setattr(linear, "FOLD_NORM", True)
+    folded, launches = run(), len(norms)
+    monkeypatch.setattr(linear, "FOLD_NORM", False)
+    norms.clear()
+    plain = run()
+    assert (launches, len(norms)) == (2, 2 * 2 + 1)
+    assert rel(folded, plain) < 5e-3
+
 
 class _Spy:
     """Wraps the kernel wrappers that take `pdl`: records (phase, wrapper, pdl) of the model's calls (not those

@@ -116,7 +116,7 @@ def test_what_a_rank_cannot_hold_exactly_is_refused(tmp_path):
 
 
 def test_indivisible_heads_refused():
-    from llmserve.model.llama import ModelArgs
+    from llmserve.model.args import ModelArgs
     from llmserve.model.tensor_parallel import check_shardable
 
     args = ModelArgs(49152, 576, 1536, 30, 9, 3, 64, 1e-5, 1e5, 8192, True, False)  # SmolLM2-135M

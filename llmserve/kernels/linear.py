@@ -1,10 +1,8 @@
 """`y = x @ (W * scale)^T` for weights stored as bf16/fp16, int8 or fp8 (e4m3), in Triton.
 
 Decode reads every weight once per step, so at small M the whole game is memory bandwidth.
-- `gemv` (M = 1, batch-1 decode): CUDA-core FMAs over [BLOCK_N, BLOCK_K] weight tiles, int8/fp8 converted in
-  registers (int8 through a float bit trick, no I2F), the per-output-channel scale applied once at the end,
-  and `gated=True` computing the MLP's silu(gate) * up while loading x. Faster than cuBLAS at M = 1 on
-  Llama-2-7B's weights (docs/performance.md, "Measurements behind the code").
+- `gemv` (M = 1, batch-1 decode; llmserve/kernels/gemv.py): CUDA-core FMAs, which also fold in the launches
+  around it (the MLP's gate, the residual add and RMSNorm).
 - `wmm` (M > 1): tensor cores, with W as the wide operand (`W_tile [BN, BK] @ x_tile^T [BK, BM]`, BM >= 16),
   int8/fp8 converted to the activation dtype before the product. The model uses it for 16-bit weights up to
   M = 16 (cuBLAS above), for fp8 up to M = 32 (e4m3 converted by `convert.e4m3_to_bf16`; torch._scaled_mm with
@@ -24,25 +22,8 @@ import triton.language as tl
 
 from llmserve.kernels import launch_args
 from llmserve.kernels.convert import e4m3_to_bf16, ptx_converts
+from llmserve.kernels.gemv import GEMV_W_KIND, RowNorm, _rows, _silu_mul_pairs, gemv, gemv_config  # noqa: F401
 from llmserve.kernels.pdl import pdl_prologue
-
-
-@triton.jit
-def _rows(pid, BLOCK_N: tl.constexpr, HALF_N, GATE_OUT: tl.constexpr):
-    """The weight rows a program computes: BLOCK_N in a run; with GATE_OUT, BLOCK_N / 2 gate rows each followed by
-    its up row (HALF_N further), so the epilogue holds both halves of its outputs."""
-    if GATE_OUT:
-        i = pid * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
-        return tl.reshape(tl.join(i, i + HALF_N), (BLOCK_N,))
-    return pid * BLOCK_N + tl.arange(0, BLOCK_N)
-
-
-@triton.jit
-def _silu_mul_pairs(g, u, dtype: tl.constexpr):
-    """silu(g) * u of float32 outputs, each rounded to `dtype` as gate_up's stored output and silu_mul round it."""
-    gf = g.to(dtype).to(tl.float32)
-    act = (gf / (1.0 + tl.exp(-gf))).to(dtype)
-    return (act.to(tl.float32) * u.to(dtype).to(tl.float32)).to(dtype)
 
 
 @triton.jit
@@ -110,84 +91,6 @@ def _wmm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, xs_ptr, M, N, K,
         tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_mask[None, :] & n_mask[:, None])
 
 
-@triton.jit
-def _to_f32(w, W_KIND: tl.constexpr):
-    if W_KIND == 1:  # int8 via the float trick: bits(1.5 * 2**23) + v is the float 1.5 * 2**23 + v (no I2F)
-        return (w.to(tl.int32) + 0x4B400000).to(tl.float32, bitcast=True) - 12582912.0
-    elif W_KIND == 2:  # e4m3 bits moved into a float32 (sign, then exponent+mantissa); 2**120 goes into the scale
-        b = w.to(tl.uint8, bitcast=True).to(tl.uint32)
-        return (((b & 0x80) << 24) | ((b & 0x7F) << 20)).to(tl.float32, bitcast=True)
-    else:
-        return w.to(tl.float32)
-
-
-@triton.jit
-def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, N, K, stride_wn,
-                 HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr,
-                 EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, W_KIND: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
-                 GATE_OUT: tl.constexpr = False):
-    """One row of x (decode at batch 1): CUDA-core FMAs, each weight element read once, converted in registers."""
-    pdl_prologue(PDL)
-    pid = tl.program_id(0)
-    offs_n = _rows(pid, BLOCK_N, N // 2, GATE_OUT)
-    offs_k = tl.arange(0, BLOCK_K)
-    n_mask = offs_n < N
-    w_ptrs = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :]
-    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
-        if EVEN_K and EVEN_N:
-            w = tl.load(w_ptrs)
-        elif EVEN_K:
-            w = tl.load(w_ptrs, mask=n_mask[:, None], other=0.0)
-        else:
-            w = tl.load(w_ptrs, mask=n_mask[:, None] & ((k0 + offs_k) < K)[None, :], other=0.0)
-        if EVEN_K:
-            x = tl.load(x_ptr + k0 + offs_k).to(tl.float32)
-            if GATED:
-                u = tl.load(x_ptr + K + k0 + offs_k)
-        else:
-            x = tl.load(x_ptr + k0 + offs_k, mask=(k0 + offs_k) < K, other=0.0).to(tl.float32)
-            if GATED:
-                u = tl.load(x_ptr + K + k0 + offs_k, mask=(k0 + offs_k) < K, other=0.0)
-        if GATED:  # silu(gate) * up, rounded like the eager ops
-            x = (x / (1.0 + tl.exp(-x))).to(u.dtype).to(tl.float32)
-            x = (x * u.to(tl.float32)).to(u.dtype).to(tl.float32)
-        acc += _to_f32(w, W_KIND) * x[None, :]
-        w_ptrs += BLOCK_K
-    y = tl.sum(acc, axis=1)
-    if HAS_SCALE:
-        y = y * tl.load(s_ptr + offs_n, mask=n_mask, other=0.0)
-    if W_KIND == 2:
-        y = y * 1.329227995784916e36  # 2**120: e4m3 exponent bias 7 vs float32's 127
-    if HAS_BIAS:
-        y = y + tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
-    if GATE_OUT:
-        g, u = tl.split(tl.reshape(y, (BLOCK_N // 2, 2)))
-        offs_h = pid * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
-        tl.store(out_ptr + offs_h, _silu_mul_pairs(g, u, out_ptr.dtype.element_ty), mask=offs_h < N // 2)
-    else:
-        tl.store(out_ptr + offs_n, y.to(out_ptr.dtype.element_ty), mask=n_mask)
-
-
-# How int8 / fp8 weights become float32 in the GEMV: 0 = Triton's conversion, 1 / 2 = the bit tricks above.
-# Each the faster one in bench/kernel_check gemv1 (docs/performance.md).
-GEMV_W_KIND = {"int8": 1, "fp8": 0}
-
-
-def gemv_config(key: str, N: int, K: int) -> tuple[int, int, int, int]:
-    """(BLOCK_N, BLOCK_K, num_warps, stages), from the same sweep (Llama-2-7B shapes, one row)."""
-    if key == "16bit":
-        if K > 8192:
-            return 16, 1024, 8, 3  # down_proj
-        if N > 8192:
-            return 16, 1024, 8, 1  # qkv, gate_up, lm_head
-        return 16, 512, 4, 3  # o_proj
-    if K > 8192:
-        return 8, 1024, 4, 1  # down_proj
-    return 16, 512, 4, 3  # qkv, o_proj, gate_up
-
-
 def _storage(w: torch.Tensor) -> str:
     return "16bit" if w.element_size() == 2 else "int8" if w.dtype == torch.int8 else "fp8"
 
@@ -195,27 +98,6 @@ def _storage(w: torch.Tensor) -> str:
 def triton_max_m(w: torch.Tensor) -> int:
     """Largest M whose product goes through these kernels for 16-bit and fp8 weights (int8: every M)."""
     return SKINNY_MAX_M.get(_storage(w), 1 << 30)
-
-
-def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bias: torch.Tensor | None = None,
-         gated: bool = False, config: tuple[int, int, int, int] | None = None, w_kind: int | None = None,
-         pdl: bool = False, gate_out: bool = False) -> torch.Tensor:
-    """x: [1, K] (or [1, 2K] gated) -> [1, N]; with `gate_out` (w: [gate | up] rows), silu(gate) * up, [1, N/2]."""
-    N, K = w.shape
-    assert x.shape == (1, 2 * K if gated else K) and x.stride(-1) == 1 and w.stride(1) == 1
-    assert not gate_out or N % 2 == 0
-    key = "16bit" if w.element_size() == 2 else "int8" if w.dtype == torch.int8 else "fp8"
-    bn, bk, warps, stages = config or gemv_config(key, N, K)
-    kind = w_kind if w_kind is not None else GEMV_W_KIND.get(key, 0)
-    if kind == 2:
-        assert key == "fp8" and scale is not None
-    out = torch.empty(1, N // 2 if gate_out else N, dtype=x.dtype, device=x.device)
-    _gemv_kernel[(triton.cdiv(N, bn),)](x, w, scale if scale is not None else w, bias if bias is not None else w, out,
-                                        N, K, w.stride(0), HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
-                                        GATED=gated, EVEN_K=K % bk == 0, EVEN_N=N % bn == 0, W_KIND=kind,
-                                        BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, num_warps=warps, GATE_OUT=gate_out,
-                                        **launch_args(pdl))
-    return out
 
 
 # (BLOCK_N, BLOCK_K, num_warps, num_stages) per M bucket; overridable (bench/kernel_check sweeps them).
@@ -234,6 +116,8 @@ SKINNY_MAX_M = {"16bit": 16, "fp8": 32}
 # The MLP's silu(gate) * up in gate_up's epilogue where gate_up takes these kernels (`gate_out`), instead of in
 # down_proj's x load (one row) or a silu_mul launch (2+ rows); bench.kernel_check --sections gate_out times both.
 GATE_OUT = True
+# At one row, the residual add and RMSNorm in the GEMVs around them (`gemv`'s add_to and norm): no norm launches.
+FOLD_NORM = True
 WMM_FP8_MAX_M = 32
 
 
@@ -249,15 +133,17 @@ def _config(M: int, N: int, w_dtype: torch.dtype) -> tuple[int, int, int, int, i
 
 def wmm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bias: torch.Tensor | None = None,
         gated: bool = False, config: tuple[int, int, int, int, int] | None = None, pdl: bool = False,
-        gate_out: bool = False) -> torch.Tensor:
+        gate_out: bool = False, norm: RowNorm | None = None, add_to: torch.Tensor | None = None) -> torch.Tensor:
     """x: [M, K] (or [M, 2K] with gated), w: [N, K] (bf16/fp16/int8/fp8), scale: [N] float32. Returns [M, N];
-    with `gate_out` (w: the MLP's [gate | up] rows) silu(gate) * up in the epilogue, [M, N/2]."""
+    with `gate_out` (w: the MLP's [gate | up] rows) silu(gate) * up in the epilogue, [M, N/2]. `norm`, `add_to`:
+    one row only, see `gemv`."""
     M = x.shape[0]
     N, K = w.shape
     assert x.shape[1] == (2 * K if gated else K), (x.shape, w.shape, gated)
     assert not gate_out or N % 2 == 0
     if M == 1 and config is None:
-        return gemv(x, w, scale, bias, gated, pdl=pdl, gate_out=gate_out)
+        return gemv(x, w, scale, bias, gated, pdl=pdl, gate_out=gate_out, norm=norm, add_to=add_to)
+    assert norm is None and add_to is None, "the RMSNorm folds into the one-row GEMV only"
     if gated and not FUSE_GATE_IN_MM:
         from llmserve.kernels.fused import silu_mul
 

@@ -65,13 +65,18 @@ class Linear(KernelLayer):
         kernel's epilogue (`forward(x, gate_out=True)`), instead of the down projection computing it."""
         return self.launch.kernels and _wmm_gate_out(rows, self.weight)
 
-    def forward(self, x: torch.Tensor, gated: bool = False, gate_out: bool = False) -> torch.Tensor:
+    def folds_norm_at(self, rows: int) -> bool:
+        """Whether a step of `rows` rows can take a `NormedRow` and add into the residual (`add_to`)."""
+        return _folds_norm(self, rows)
+
+    def forward(self, x: torch.Tensor | NormedRow, gated: bool = False, gate_out: bool = False,
+                add_to: torch.Tensor | None = None) -> torch.Tensor | ResidualSum:
         if self.launch.kernels:
             from llmserve.kernels import linear as klinear
 
-            pdl = self.launch.pdl
             if x.shape[0] <= klinear.triton_max_m(self.weight):
-                return klinear.wmm(x, self.weight, None, self.bias, gated=gated, pdl=pdl, gate_out=gate_out)
+                return _wmm(self, x, None, gated, gate_out, add_to)
+            pdl = self.launch.pdl
             if gated:
                 from llmserve.kernels.fused import silu_mul
 
@@ -87,6 +92,48 @@ def _wmm_gate_out(rows: int, weight: torch.Tensor) -> bool:
     from llmserve.kernels import linear as klinear
 
     return klinear.GATE_OUT and rows <= klinear.triton_max_m(weight)
+
+
+@dataclass(frozen=True)
+class ResidualSum:
+    """A one-row linear's output added into the residual stream by its own epilogue (`add_to`): the stream's new
+    row, and the sums of its squares (one per program) from which the next RMSNorm's one-row linear folds it."""
+
+    residual: torch.Tensor  # [1, hidden], updated in place
+    sumsq: torch.Tensor  # float32 [programs]
+
+
+@dataclass(frozen=True)
+class NormedRow:
+    """rmsnorm(x) with weight and eps, left for the one-row linear that reads it to fold into its product."""
+
+    x: torch.Tensor  # [1, hidden]
+    weight: torch.Tensor
+    sumsq: torch.Tensor
+    eps: float
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.x.shape
+
+
+def _folds_norm(layer: KernelLayer, rows: int) -> bool:
+    from llmserve.kernels import linear as klinear
+
+    return layer.launch.kernels and klinear.FOLD_NORM and rows == 1 <= klinear.triton_max_m(layer.weight)
+
+
+def _wmm(layer: nn.Module, x: torch.Tensor | NormedRow, scale: torch.Tensor | None, gated: bool, gate_out: bool,
+         add_to: torch.Tensor | None) -> torch.Tensor | ResidualSum:
+    """The Triton product of the few-row path, with what a one-row GEMV folds in around it."""
+    from llmserve.kernels import linear as klinear
+
+    norm = None
+    if isinstance(x, NormedRow):
+        x, norm = x.x, klinear.RowNorm(x.weight, x.sumsq, x.eps)
+    out = klinear.wmm(x, layer.weight, scale, layer.bias, gated=gated, pdl=layer.launch.pdl, gate_out=gate_out,
+                      norm=norm, add_to=add_to)
+    return out if add_to is None else ResidualSum(add_to, out)
 
 
 def quantize_weight(w: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,12 +209,13 @@ class Int8Linear(QuantLinear):
         """As Linear.gate_out_at (int8 takes `wmm` at every size)."""
         return self.launch.kernels and _wmm_gate_out(rows, self.weight)
 
-    def forward(self, x: torch.Tensor, gated: bool = False, gate_out: bool = False) -> torch.Tensor:
-        if self.launch.kernels:
-            from llmserve.kernels.linear import wmm
+    def folds_norm_at(self, rows: int) -> bool:
+        return _folds_norm(self, rows)
 
-            return wmm(x, self.weight, self.weight_scale, self.bias, gated=gated, pdl=self.launch.pdl,
-                       gate_out=gate_out)
+    def forward(self, x: torch.Tensor | NormedRow, gated: bool = False, gate_out: bool = False,
+                add_to: torch.Tensor | None = None) -> torch.Tensor | ResidualSum:
+        if self.launch.kernels:
+            return _wmm(self, x, self.weight_scale, gated, gate_out, add_to)
         return self._fallback(x, gated)
 
 
@@ -209,7 +257,11 @@ class Fp8Linear(QuantLinear):
         """As Linear.gate_out_at: the rows that take `wmm` (16-bit activations)."""
         return self.launch.kernels and _wmm_gate_out(rows, self.weight)
 
-    def forward(self, x: torch.Tensor | Fp8Rows, gated: bool = False, gate_out: bool = False) -> torch.Tensor:
+    def folds_norm_at(self, rows: int) -> bool:
+        return _folds_norm(self, rows)
+
+    def forward(self, x: torch.Tensor | Fp8Rows | NormedRow, gated: bool = False, gate_out: bool = False,
+                add_to: torch.Tensor | None = None) -> torch.Tensor | ResidualSum:
         if isinstance(x, Fp8Rows):
             return self._scaled_mm(x.q, x.scale, x.dtype)
         if self.launch.kernels:
@@ -217,8 +269,7 @@ class Fp8Linear(QuantLinear):
 
             pdl = self.launch.pdl
             if x.shape[0] <= klinear.triton_max_m(self.weight):
-                return klinear.wmm(x, self.weight, self.weight_scale, self.bias, gated=gated, pdl=pdl,
-                                   gate_out=gate_out)
+                return _wmm(self, x, self.weight_scale, gated, gate_out, add_to)
             if self.reduce_amax is not None:  # the 16-bit rows first (fused.silu_mul_quant_fp8 quantizes them alike)
                 return self._scaled_mm(*self._quant_row_parallel(x, gated), x.dtype)
             if gated:

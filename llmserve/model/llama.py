@@ -1,9 +1,10 @@
 """The Llama-family decoder (Llama 2/3, Mistral, Qwen2, SmolLM) over a paged KV cache.
 
-One file, read top to bottom: config, rotary embedding, attention, MLP, the stack, and the weight loader. All tokens
-of a step (prefills and decodes of many sequences) run as one flat [T] batch; attention is the only layer that needs
-to know which token belongs to which sequence, through `AttentionMetadata`. Whether the layers take the Triton path is
-chosen when the model is loaded (`kernel_mode`) and kept on the model (`LlamaModel.launch`, shared by its layers).
+One file, read top to bottom: rotary embedding, attention, MLP, the stack, and the weight loader (config.json as the
+model reads it: llmserve/model/args.py). All tokens of a step (prefills and decodes of many sequences) run as one
+flat [T] batch; attention is the only layer that needs to know which token belongs to which sequence, through
+`AttentionMetadata`. Whether the layers take the Triton path is chosen when the model is loaded (`kernel_mode`) and
+kept on the model (`LlamaModel.launch`, shared by its layers).
 """
 
 from __future__ import annotations
@@ -19,140 +20,13 @@ import torch
 from torch import nn
 
 from llmserve import kernels
-from llmserve.errors import ConfigError
 from llmserve.model import attention
 from llmserve.model import linear as qlinear
+from llmserve.model.args import ModelArgs, check_served_context  # noqa: F401 - check_served_context: re-exported
 from llmserve.model.attention import AttentionMetadata
 from llmserve.model.linear import KernelLayer, Launch, Linear, convert_modules_, quantize_model_, share_launch
 from llmserve.model.loading import check_names, load_checkpoint_, meta_state, read_index, stage_rename
 from llmserve.model.weights import check_quantization
-
-MODEL_TYPES = ("llama", "mistral", "qwen2")  # a config.json without model_type (benchmarks, kernel tests) is Llama
-# What rope_cos_sin computes, with the rope_parameters keys each type reads (transformers' modeling_rope_utils).
-ROPE_KEYS = {"default": (), "linear": ("factor",),
-             "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
-
-
-@dataclass
-class ModelArgs:
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    rms_norm_eps: float
-    rope_theta: float
-    max_position_embeddings: int
-    tie_word_embeddings: bool
-    qkv_bias: bool
-    rope_scaling: dict | None = None
-    sliding_window: int | None = None  # the window of the layers that slide; None: every layer attends fully
-    sliding_field: str = "sliding_window"  # the config.json field that turned it on, for the refusal
-
-    @classmethod
-    def from_hf_config(cls, cfg: dict) -> ModelArgs:
-        """Refuses (ConfigError, naming the field) what the model would compute differently from transformers."""
-        kind = cfg.get("model_type") or "llama"
-        _refuse_unsupported(cfg, kind)
-        theta, scaling = _rope(cfg)
-        window, window_field = _sliding_window(cfg, kind)
-        heads = cfg["num_attention_heads"]
-        return cls(
-            vocab_size=cfg["vocab_size"],
-            hidden_size=cfg["hidden_size"],
-            intermediate_size=cfg["intermediate_size"],
-            num_layers=cfg["num_hidden_layers"],
-            num_heads=heads,
-            num_kv_heads=cfg.get("num_key_value_heads") or heads,
-            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
-            rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
-            rope_theta=theta,
-            max_position_embeddings=cfg.get("max_position_embeddings", 4096),
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            qkv_bias=kind == "qwen2",  # Qwen2Attention: q/k/v biases always, o_proj none
-            rope_scaling=scaling,
-            sliding_window=window,
-            sliding_field=window_field,
-        )
-
-
-def _refuse_unsupported(cfg: dict, kind: str) -> None:
-    """Fields of config.json that change what transformers computes and that this model does not implement."""
-    if kind not in MODEL_TYPES:
-        raise ConfigError(f"model_type: {kind!r} is not a Llama-family model we implement ({', '.join(MODEL_TYPES)})")
-    if cfg.get("hidden_act", "silu") not in ("silu", "swish"):  # both are SiLU in transformers' ACT2FN
-        raise ConfigError(f"hidden_act: {cfg['hidden_act']!r} is not implemented; our MLP is silu(gate) * up")
-    # modeling_llama.py: attention_bias biases o_proj as well as q/k/v, mlp_bias all three MLP projections; our
-    # model has neither (Mistral and Qwen2 ignore both fields).
-    for name, where in (("attention_bias", "o_proj"), ("mlp_bias", "gate/up/down_proj")):
-        if kind == "llama" and cfg.get(name):
-            raise ConfigError(f"{name}: true puts a bias on {where}, which our model does not implement; refusing "
-                              "the checkpoint rather than dropping its biases")
-    if cfg.get("quantization_config"):
-        raise ConfigError("quantization_config: checkpoints quantized for transformers are not loaded as they are; "
-                          "`python -m build_engines import` repacks AutoAWQ GEMM / GPTQ 4-bit ones into our int4 "
-                          "format, or import the unquantized checkpoint (llmserve/model/quantize.py quantizes it)")
-
-
-def _rope(cfg: dict) -> tuple[float, dict | None]:
-    """(rope_theta, scaling parameters or None), resolved as transformers' convert_rope_params_to_dict and
-    standardize_rope_params do: a legacy rope_scaling wins over rope_parameters, the dict's rope_theta over
-    the flat one, and llama3's original_max_position_embeddings defaults to max_position_embeddings."""
-    field = "rope_scaling" if cfg.get("rope_scaling") else "rope_parameters"
-    rope = dict(cfg.get(field) or {})
-    theta = float(rope.get("rope_theta") or cfg.get("rope_theta") or 10000.0)
-    kind = rope.get("rope_type") or rope.get("type") or "default"
-    if any(isinstance(v, dict) for v in rope.values()):
-        raise ConfigError(f"{field}: rope parameters per layer type are not implemented")
-    if kind not in ROPE_KEYS:
-        raise ConfigError(f"{field}: rope type {kind!r} is not implemented (we compute {', '.join(ROPE_KEYS)}); "
-                          "another rope would silently change every answer")
-    if kind == "default":
-        return theta, None  # transformers' default rope of these models ignores partial_rotary_factor
-    if cfg.get("original_max_position_embeddings"):
-        rope["original_max_position_embeddings"] = cfg["original_max_position_embeddings"]
-    rope.setdefault("original_max_position_embeddings", cfg.get("max_position_embeddings"))
-    missing = [k for k in ROPE_KEYS[kind] if rope.get(k) is None]
-    if missing:
-        raise ConfigError(f"{field}: rope type {kind!r} needs {', '.join(missing)}")
-    if rope.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0)) != 1.0:
-        raise ConfigError(f"{field}: partial_rotary_factor != 1 is not implemented")
-    return theta, {**rope, "rope_type": kind}
-
-
-def _sliding_window(cfg: dict, kind: str) -> tuple[int | None, str]:
-    """The attention window as transformers applies it (None: none), and the field that turned it on."""
-    if kind == "mistral":
-        # configuration_mistral.py: sliding_window defaults to 4096 when absent; modeling_mistral.py applies it
-        # to every layer (create_sliding_window_causal_mask unless config.sliding_window is None).
-        return cfg.get("sliding_window", 4096), "sliding_window"
-    if kind == "qwen2" and cfg.get("use_sliding_window"):
-        # configuration_qwen2.py __post_init__: sliding_window counts only with use_sliding_window, and then on
-        # the layers layer_types marks "sliding_attention" (by default those >= max_window_layers, 28).
-        window = cfg.get("sliding_window", 4096)
-        first = cfg.get("max_window_layers", 28)
-        types = cfg.get("layer_types") or ["sliding_attention" if i >= first else "full_attention"
-                                           for i in range(cfg["num_hidden_layers"])]
-        if window is not None and "sliding_attention" in types:
-            return window, "use_sliding_window"
-    return None, "sliding_window"
-
-
-def check_served_context(args: ModelArgs, max_model_len: int) -> None:
-    """Our paged attention attends to the whole context. A sliding window of W tokens (transformers'
-    sliding_window_overlay: key > query - W) cuts nothing while no sequence is longer than W, so a served
-    context of at most W tokens is exact; a longer one is refused."""
-    w = args.sliding_window
-    if w is not None and max_model_len > w:
-        setting = ("use_sliding_window=true, " if args.sliding_field == "use_sliding_window" else "") + \
-            f"sliding_window={w}"
-        raise ConfigError(f"{args.sliding_field}: this checkpoint's sliding-window layers attend only to the last "
-                          f"{w} tokens ({setting}), which our paged attention does not implement, and the served "
-                          f"context is {max_model_len} tokens (max_model_len, or its default when it is "
-                          f"unset): answers past token {w} would differ from the model's. Set max_model_len to {w} "
-                          "or less to serve it exactly.")
 
 
 def rope_cos_sin(args: ModelArgs, max_pos: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,7 +65,14 @@ class RMSNorm(KernelLayer):
                 ) -> tuple[torch.Tensor | qlinear.Fp8Rows, torch.Tensor]:
         """Returns (norm(x + residual), x + residual); without a residual, (norm(x), x). The fused kernel
         updates `residual` in place. When `consumer` (the linear that reads the norm) takes e4m3 rows at this
-        step's size, the norm comes quantized for it (`Fp8Rows`, the same values as quantizing it after)."""
+        step's size, the norm comes quantized for it (`Fp8Rows`, the same values as quantizing it after). x a
+        `ResidualSum` (the linear before already added into the residual): the norm is left for `consumer` to fold
+        in (`NormedRow`) where it can, else computed over the new residual row."""
+        if isinstance(x, qlinear.ResidualSum):
+            h = x.residual
+            if _folds(consumer, h.shape[0]):
+                return qlinear.NormedRow(h, self.weight, x.sumsq, self.eps), h
+            return self.forward(h, None, consumer)
         if self.launch.kernels:
             from llmserve.kernels import fused
 
@@ -204,6 +85,13 @@ class RMSNorm(KernelLayer):
             x = x + residual
         xf = x.float()
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight, x
+
+
+def _folds(linear: nn.Module | None, rows: int) -> bool:
+    """Whether `linear` can fold the RMSNorm before it and the residual add after it into its one-row kernel
+    (llmserve/kernels/gemv.py; not an int4 linear, nor a row-parallel one whose sum comes after its all-reduce)."""
+    fold = getattr(linear, "folds_norm_at", None)
+    return fold is not None and fold(rows)
 
 
 @dataclass
@@ -225,7 +113,9 @@ class Attention(KernelLayer):
         self.o_proj = Linear(self.nh * self.hd, args.hidden_size, bias=False)
         self.scale = self.hd ** -0.5
 
-    def forward(self, x: torch.Tensor, rope: Rope, kv_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | qlinear.NormedRow, rope: Rope, kv_cache: torch.Tensor, meta: AttentionMetadata,
+                add_to: torch.Tensor | None = None) -> torch.Tensor | qlinear.ResidualSum:
+        """add_to: the residual row, for o_proj to add its output into (`_folds`)."""
         T = x.shape[0]
         qkv = self.qkv_proj(x)
         if self.launch.kernels:
@@ -237,7 +127,8 @@ class Attention(KernelLayer):
             # The attention kernels launch plainly, PDL or not (slower with it: docs/performance.md).
             h = qkv.view(T, self.nh + 2 * self.nkv, self.hd)
             out = attention.paged_attention_cached(h[:, :self.nh], layer_cache, meta, self.scale, h[:, self.nh:])
-            return self.o_proj(out.view(T, self.nh * self.hd))
+            out = out.view(T, self.nh * self.hd)
+            return self.o_proj(out) if add_to is None else self.o_proj(out, add_to=add_to)
         q, k, v = qkv.split([self.nh * self.hd, self.nkv * self.hd, self.nkv * self.hd], dim=-1)
         q = apply_rope(q.view(T, self.nh, self.hd), rope.cos, rope.sin)
         k = apply_rope(k.view(T, self.nkv, self.hd), rope.cos, rope.sin)
@@ -252,11 +143,13 @@ class MLP(nn.Module):
         self.gate_up_proj = Linear(args.hidden_size, 2 * args.intermediate_size, bias=False)
         self.down_proj = Linear(args.intermediate_size, args.hidden_size, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | qlinear.NormedRow, add_to: torch.Tensor | None = None
+                ) -> torch.Tensor | qlinear.ResidualSum:
         gate_up = self.gate_up_proj
+        kw = {} if add_to is None else {"add_to": add_to}
         if getattr(gate_up, "gate_out_at", None) and gate_up.gate_out_at(x.shape[0]):
-            return self.down_proj(gate_up(x, gate_out=True))
-        return self.down_proj(gate_up(x), gated=True)
+            return self.down_proj(gate_up(x, gate_out=True), **kw)
+        return self.down_proj(gate_up(x), gated=True, **kw)
 
 
 class DecoderLayer(nn.Module):
@@ -267,12 +160,17 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
 
-    def forward(self, x, residual, rope, kv_cache, meta):
-        """The residual stream travels beside the hidden state so each add fuses into the next norm."""
+    def forward(self, x, residual, rope, kv_cache, meta, fold_out: bool = False):
+        """The residual stream travels beside the hidden state so each add fuses into the next norm; at one row
+        into the linear before the norm instead, and the norm into the linear after it (`_folds`). fold_out:
+        down_proj's too (not the last layer's: the final norm and a pipeline stage's output take tensors)."""
         h, residual = self.input_layernorm(x, residual, self.self_attn.qkv_proj)
-        h = self.self_attn(h, rope, kv_cache, meta)
+        rows = residual.shape[0]
+        o_adds = residual if _folds(self.self_attn.o_proj, rows) else None
+        h = self.self_attn(h, rope, kv_cache, meta, o_adds)
         h, residual = self.post_attention_layernorm(h, residual, self.mlp.gate_up_proj)
-        return self.mlp(h), residual
+        down_adds = residual if fold_out and _folds(self.mlp.down_proj, rows) else None
+        return self.mlp(h, down_adds), residual
 
 
 class LlamaModel(KernelLayer):
@@ -323,8 +221,9 @@ class LlamaModel(KernelLayer):
         rope = Rope(positions, self.rope_cos, self.rope_sin)
         if not self.launch.kernels:
             rope.cos, rope.sin = self.rope_cos[positions], self.rope_sin[positions]
-        for layer in self.layers:
-            x, residual = layer(x, residual, rope, kv_cache, meta)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            x, residual = layer(x, residual, rope, kv_cache, meta, fold_out=i < last)
         return x, residual
 
     def logits(self, x: torch.Tensor, residual: torch.Tensor, rows: torch.Tensor | None = None,

@@ -28,7 +28,7 @@ from llmserve.engine.graph_inputs import StepInputs
 from llmserve.engine.parallel.layout import check_replica, ranks_knob, replica_gpus, visible_gpus_text
 from llmserve.engine.parallel.pipeline import Pipeline, StageRole, steps_in_flight
 from llmserve.engine.parallel.step_broadcast import StepChannel
-from llmserve.model.llama import ModelArgs
+from llmserve.model.args import ModelArgs
 from llmserve.model.pipeline_parallel import keep_stage
 from llmserve.model.tensor_parallel import shard_empty, shard_model
 

@@ -31,7 +31,7 @@ from llmserve.engine.graph_inputs import StepInputs
 from llmserve.engine.model_runner import ModelRunner
 from llmserve.engine.parallel.group import RankGroup, RankLost, check_devices, join_store, refuse_second_group
 from llmserve.engine.parallel.step_broadcast import stop_header
-from llmserve.model.llama import ModelArgs
+from llmserve.model.args import ModelArgs
 from llmserve.model.pipeline_parallel import check_stageable
 from llmserve.model.tensor_parallel import check_shardable
 

@@ -1,0 +1,190 @@
+"""`y = x @ (W * scale)^T` for one row of x (batch-1 decode), W stored as bf16/fp16, int8 or fp8 (e4m3), in Triton.
+
+CUDA-core FMAs over [BLOCK_N, BLOCK_K] weight tiles, int8/fp8 converted in registers (int8 through a float bit
+trick, no I2F), the per-output-channel scale applied once at the end. Faster than cuBLAS at M = 1 on Llama-2-7B's
+weights (docs/performance.md, "Measurements behind the code"). What it can take over from the launches around it:
+- `gated`: the MLP's silu(gate) * up computed while loading x (x = [gate | up]);
+- `gate_out`: the same in the epilogue of the [gate | up] product instead (each program pairs gate and up rows);
+- `add_to`: the residual add and the next RMSNorm's sum of squares in the epilogue (o_proj, down_proj), and
+  `norm`: that RMSNorm folded into the next product (qkv, gate_up): x times the norm's weight in the loop, the
+  row's 1/rms on each output. At batch 1 the two RMSNorm launches a layer go away.
+`pdl=True`: programmatic dependent launch (see llmserve.kernels).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from llmserve.kernels import launch_args
+from llmserve.kernels.pdl import pdl_prologue
+
+
+@triton.jit
+def _rows(pid, BLOCK_N: tl.constexpr, HALF_N, GATE_OUT: tl.constexpr):
+    """The weight rows a program computes: BLOCK_N in a run; with GATE_OUT, BLOCK_N / 2 gate rows each followed by
+    its up row (HALF_N further), so the epilogue holds both halves of its outputs."""
+    if GATE_OUT:
+        i = pid * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+        return tl.reshape(tl.join(i, i + HALF_N), (BLOCK_N,))
+    return pid * BLOCK_N + tl.arange(0, BLOCK_N)
+
+
+@triton.jit
+def _silu_mul_pairs(g, u, dtype: tl.constexpr):
+    """silu(g) * u of float32 outputs, each rounded to `dtype` as gate_up's stored output and silu_mul round it."""
+    gf = g.to(dtype).to(tl.float32)
+    act = (gf / (1.0 + tl.exp(-gf))).to(dtype)
+    return (act.to(tl.float32) * u.to(dtype).to(tl.float32)).to(dtype)
+
+
+@triton.jit
+def _to_f32(w, W_KIND: tl.constexpr):
+    if W_KIND == 1:  # int8 via the float trick: bits(1.5 * 2**23) + v is the float 1.5 * 2**23 + v (no I2F)
+        return (w.to(tl.int32) + 0x4B400000).to(tl.float32, bitcast=True) - 12582912.0
+    elif W_KIND == 2:  # e4m3 bits moved into a float32 (sign, then exponent+mantissa); 2**120 goes into the scale
+        b = w.to(tl.uint8, bitcast=True).to(tl.uint32)
+        return (((b & 0x80) << 24) | ((b & 0x7F) << 20)).to(tl.float32, bitcast=True)
+    else:
+        return w.to(tl.float32)
+
+
+@triton.jit
+def _inv_rms(sumsq_ptr, P, K, eps, P_BLOCK: tl.constexpr):
+    """1 / rms of the row whose squares the programs of the linear before summed (P partial sums, in order)."""
+    part = tl.load(sumsq_ptr + tl.arange(0, P_BLOCK), mask=tl.arange(0, P_BLOCK) < P, other=0.0)
+    return tl.rsqrt(tl.sum(part, axis=0) / K + eps)
+
+
+@triton.jit
+def _add_residual(y, res_ptr, sumsq_ptr, pid, offs_n, n_mask):
+    """residual[n] += y[n] (rounded as the separate RMSNorm kernel rounds its add); this program's sum of squares."""
+    r = tl.load(res_ptr + offs_n, mask=n_mask, other=0.0)
+    h = (y.to(r.dtype).to(tl.float32) + r.to(tl.float32)).to(r.dtype)
+    tl.store(res_ptr + offs_n, h, mask=n_mask)
+    hf = tl.where(n_mask, h.to(tl.float32), 0.0)
+    tl.store(sumsq_ptr + pid, tl.sum(hf * hf, axis=0))
+
+
+@triton.jit
+def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, N, K, stride_wn, nw_ptr, sumsq_in, sumsq_out, P, eps,
+                 HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr,
+                 EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, W_KIND: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
+                 GATE_OUT: tl.constexpr = False, NORM: tl.constexpr = False, ADD_TO: tl.constexpr = False,
+                 P_BLOCK: tl.constexpr = 1):
+    """One row of x: each weight element read once. NORM: x times the norm's weight (nw_ptr), the outputs times
+    1 / rms from the P sums at sumsq_in. ADD_TO: out_ptr is the residual row, this program's sum to sumsq_out."""
+    pdl_prologue(PDL)
+    pid = tl.program_id(0)
+    offs_n = _rows(pid, BLOCK_N, N // 2, GATE_OUT)
+    offs_k = tl.arange(0, BLOCK_K)
+    n_mask = offs_n < N
+    if NORM:  # its loads issued before the weight stream, its value used after
+        inv_rms = _inv_rms(sumsq_in, P, K, eps, P_BLOCK)
+    w_ptrs = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :]
+    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
+        if EVEN_K and EVEN_N:
+            w = tl.load(w_ptrs)
+        elif EVEN_K:
+            w = tl.load(w_ptrs, mask=n_mask[:, None], other=0.0)
+        else:
+            w = tl.load(w_ptrs, mask=n_mask[:, None] & ((k0 + offs_k) < K)[None, :], other=0.0)
+        if EVEN_K:
+            x = tl.load(x_ptr + k0 + offs_k).to(tl.float32)
+            if GATED:
+                u = tl.load(x_ptr + K + k0 + offs_k)
+            if NORM:
+                x = x * tl.load(nw_ptr + k0 + offs_k).to(tl.float32)
+        else:
+            x = tl.load(x_ptr + k0 + offs_k, mask=(k0 + offs_k) < K, other=0.0).to(tl.float32)
+            if GATED:
+                u = tl.load(x_ptr + K + k0 + offs_k, mask=(k0 + offs_k) < K, other=0.0)
+            if NORM:
+                x = x * tl.load(nw_ptr + k0 + offs_k, mask=(k0 + offs_k) < K, other=0.0).to(tl.float32)
+        if GATED:  # silu(gate) * up, rounded like the eager ops
+            x = (x / (1.0 + tl.exp(-x))).to(u.dtype).to(tl.float32)
+            x = (x * u.to(tl.float32)).to(u.dtype).to(tl.float32)
+        acc += _to_f32(w, W_KIND) * x[None, :]
+        w_ptrs += BLOCK_K
+    y = tl.sum(acc, axis=1)
+    if HAS_SCALE:
+        y = y * tl.load(s_ptr + offs_n, mask=n_mask, other=0.0)
+    if W_KIND == 2:
+        y = y * 1.329227995784916e36  # 2**120: e4m3 exponent bias 7 vs float32's 127
+    if NORM:
+        y = y * inv_rms
+    if HAS_BIAS:
+        y = y + tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+    if ADD_TO:
+        _add_residual(y, out_ptr, sumsq_out, pid, offs_n, n_mask)
+    elif GATE_OUT:
+        g, u = tl.split(tl.reshape(y, (BLOCK_N // 2, 2)))
+        offs_h = pid * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+        tl.store(out_ptr + offs_h, _silu_mul_pairs(g, u, out_ptr.dtype.element_ty), mask=offs_h < N // 2)
+    else:
+        tl.store(out_ptr + offs_n, y.to(out_ptr.dtype.element_ty), mask=n_mask)
+
+
+# How int8 / fp8 weights become float32 in the GEMV: 0 = Triton's conversion, 1 / 2 = the bit tricks above.
+# Each the faster one in bench/kernel_check gemv1 (docs/performance.md).
+GEMV_W_KIND = {"int8": 1, "fp8": 0}
+
+
+def gemv_config(key: str, N: int, K: int) -> tuple[int, int, int, int]:
+    """(BLOCK_N, BLOCK_K, num_warps, stages), from the same sweep (Llama-2-7B shapes, one row)."""
+    if key == "16bit":
+        if K > 8192:
+            return 16, 1024, 8, 3  # down_proj
+        if N > 8192:
+            return 16, 1024, 8, 1  # qkv, gate_up, lm_head
+        return 16, 512, 4, 3  # o_proj
+    if K > 8192:
+        return 8, 1024, 4, 1  # down_proj
+    return 16, 512, 4, 3  # qkv, o_proj, gate_up
+
+
+@dataclass(frozen=True)
+class RowNorm:
+    """An RMSNorm for the GEMV to fold in: its weight and eps, and the per-program sums of squares of the row
+    that the GEMV before it left (`gemv(..., add_to=)`)."""
+
+    weight: torch.Tensor  # [K]
+    sumsq: torch.Tensor  # float32 [programs of the GEMV before]
+    eps: float
+
+
+def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+         gated: bool = False, config: tuple[int, int, int, int] | None = None, w_kind: int | None = None,
+         pdl: bool = False, gate_out: bool = False, norm: RowNorm | None = None,
+         add_to: torch.Tensor | None = None) -> torch.Tensor:
+    """x: [1, K] (or [1, 2K] gated) -> [1, N]; with `gate_out` (w: [gate | up] rows), silu(gate) * up, [1, N/2].
+    norm: x is the un-normalized row; computes rmsnorm(x) @ W^T. add_to: the residual row [1, N]: y is added
+    into it in place and the result is the new row's sums of squares, one per program (float32), for `norm`."""
+    N, K = w.shape
+    assert x.shape == (1, 2 * K if gated else K) and x.stride(-1) == 1 and w.stride(1) == 1
+    assert not gate_out or N % 2 == 0
+    assert add_to is None or (add_to.shape == (1, N) and add_to.is_contiguous() and not gate_out and norm is None)
+    key = "16bit" if w.element_size() == 2 else "int8" if w.dtype == torch.int8 else "fp8"
+    bn, bk, warps, stages = config or gemv_config(key, N, K)
+    kind = w_kind if w_kind is not None else GEMV_W_KIND.get(key, 0)
+    if kind == 2:
+        assert key == "fp8" and scale is not None
+    grid = triton.cdiv(N, bn)
+    if add_to is not None:
+        out, sums_out = add_to, torch.empty(grid, dtype=torch.float32, device=x.device)
+    else:
+        out, sums_out = torch.empty(1, N // 2 if gate_out else N, dtype=x.dtype, device=x.device), w
+    nw, sums, eps = (norm.weight, norm.sumsq, norm.eps) if norm is not None else (w, w, 0.0)
+    P = sums.numel() if norm is not None else 1
+    _gemv_kernel[(grid,)](x, w, scale if scale is not None else w, bias if bias is not None else w, out, N, K,
+                          w.stride(0), nw, sums, sums_out, P, eps,
+                          HAS_SCALE=scale is not None, HAS_BIAS=bias is not None, GATED=gated, EVEN_K=K % bk == 0,
+                          EVEN_N=N % bn == 0, W_KIND=kind, BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, num_warps=warps,
+                          GATE_OUT=gate_out, NORM=norm is not None, ADD_TO=add_to is not None,
+                          P_BLOCK=triton.next_power_of_2(P), **launch_args(pdl))
+    return sums_out if add_to is not None else out
