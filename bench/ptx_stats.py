@@ -12,7 +12,7 @@ once), so compare variants of one kernel.
 Cases: decode:BxCTX:KV, varlen:BxL[+DECODE_ROWS]:KV[:fresh|tma|persist] (KV bf16 or fp8; fresh, tma: the
 prompts' K/V from the qkv buffer, pointer or TMA loads; persist: the persistent launch), gemv:KIND:NxK[:FLAG] and
 wmm:KIND:MxNxK[:FLAG] (KIND bf16, int8, fp8; FLAG gated: the SiLU-mul in x's load, gate_out: in the epilogue;
-the GEMV's norm: an RMSNorm folded in, add: the residual add in the epilogue),
+the GEMV's norm: an RMSNorm folded in, add: the residual add in the epilogue, rope: rotary + cache write),
 w4:MxNxK:GROUP (symmetric int4; M = 1 is the GEMV), w8g:MxNxK:GROUP (8-bit codes in groups, as w4),
 fp8mm:MxNxK:fast|exact (the fp8 GEMM at 33-256 rows, its accumulation). Llama-3.1-8B heads
 (32 query, 8 KV, dim 128).
@@ -177,6 +177,10 @@ def _linear(kind: str, shape: str, M: int | None = None, flag: str = ""):
         kw["norm"] = linear.RowNorm(torch.ones(K, dtype=torch.bfloat16), torch.ones(256), 1e-5)
     if flag == "add":
         kw["add_to"] = torch.zeros(1, N, dtype=torch.bfloat16)
+    if flag == "rope":  # Llama-3.1-8B's heads: N = (32 + 2 * 8) * 128
+        cache = torch.zeros(2, 64, 16, 8, 128, dtype=torch.bfloat16)
+        kw["rope"] = linear.RopeCache(torch.zeros(1, dtype=torch.int64), torch.ones(256, 64), torch.ones(256, 64),
+                                      torch.zeros(1, dtype=torch.int32), cache, 32, 8, 128)
     return lambda: linear.gemv(x, w, scale, **kw) if M == 1 else linear.wmm(x, w, scale, config=None, **kw)
 
 

@@ -243,6 +243,32 @@ def test_gemv_folds_the_residual_add_and_rmsnorm_around_it(kind, cfg, pdl):
     assert rel(out, ref) < 5e-3
 
 
+@pytest.mark.parametrize("kind", ["16bit", "int8", "fp8"])
+@pytest.mark.parametrize("nh,nkv,hd,cfg", [(4, 2, 32, None), (6, 2, 64, (16, 256, 4, 1)), (6, 2, 64, (8, 512, 4, 3))])
+@pytest.mark.parametrize("slot", [5, -1])
+def test_gemv_rotates_and_writes_the_cache_as_rope_and_cache(kind, nh, nkv, hd, cfg, slot, pdl):
+    """qkv's GEMV with `rope` (rotary pairs in its epilogue) leaves the qkv row and the cache as the GEMV then
+    fused.rope_and_cache (k rotated in place) leave them, bit for bit; a slot < 0 writes no cache."""
+    if kind == "fp8" and DEV == "cpu":
+        pytest.skip("the interpreter has no float8")
+    K, N = 96, (nh + 2 * nkv) * hd
+    x = torch.randn(1, K, device=DEV).to(DT)
+    w = (torch.randn(N, K, device=DEV) * 0.1).to(DT)
+    wq, scale = (w, None) if kind == "16bit" else qlinear.quantize_weight(w, "fp8" if kind == "fp8" else "int8_wo")
+    bias = torch.randn(N, device=DEV).to(DT) if kind == "16bit" else None
+    ang = torch.rand(64, hd // 2, device=DEV) * 6
+    cos, sin = ang.cos(), ang.sin()
+    pos, slots = torch.tensor([37], device=DEV), torch.tensor([slot], device=DEV, dtype=torch.int32)
+    cache = torch.full((2, 3, 4, nkv, hd), 7.0, device=DEV).to(DT)
+    ref_cache = cache.clone()
+    ref = linear.gemv(x, wq, scale, bias, config=cfg)
+    fused.rope_and_cache(ref, pos, cos, sin, slots, ref_cache, nh, nkv, hd, k_in_place=True)
+    rope = linear.RopeCache(pos, cos, sin, slots, cache, nh, nkv, hd)
+    out = linear.gemv(x, wq, scale, bias, config=cfg, rope=rope, pdl=pdl)
+    assert torch.equal(out, ref) and torch.equal(cache, ref_cache)
+    assert (slot < 0) == torch.equal(cache, torch.full_like(cache, 7.0))
+
+
 def test_kernel_mode_is_read_from_the_environment_once():
     assert kernels.mode_from_env({}) == "on"
     assert kernels.mode_from_env({"LLMSERVE_TRITON_KERNELS": "1"}) == "on"

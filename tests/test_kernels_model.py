@@ -177,30 +177,37 @@ def test_gate_out_changes_no_bit_of_the_model(tmp_path, monkeypatch, quant):
         assert same_bits(fused_out, run(lens), exact=sum(lens) == 1), lens
 
 @pytest.mark.parametrize("quant", [None, "int8_wo", "fp8"])
-def test_one_row_folds_the_norms_into_the_gemvs(tmp_path, monkeypatch, quant):
-    """At one row (`linear.FOLD_NORM`) o_proj and down_proj add into the residual and the GEMVs after the norms
-    fold them in: only the first layer's input norm and the final one launch, and the logits stay within the
-    rounding of the norm's output (no longer rounded to 16 bits before the product)."""
+def test_one_row_folds_the_norms_and_rotary_into_the_gemvs(tmp_path, monkeypatch, quant):
+    """At one row o_proj and down_proj add into the residual and the GEMVs after the norms fold them in
+    (`linear.FOLD_NORM`): only the first layer's input norm and the final one launch, the logits within the
+    rounding of the norm's output (no longer rounded to 16 bits before the product). qkv's GEMV rotates and writes
+    the cache (`linear.ROPE_IN_GEMV`): no rope_and_cache launch, the same bits."""
     if quant == "fp8" and DEV != "cuda":
         pytest.skip("e4m3 needs a GPU")
     model = _tiny_model(tmp_path, FAST, **({"quantization": {"mode": quant}} if quant else {}))
-    norms = []
-    rmsnorm = fused.rmsnorm
-    monkeypatch.setattr(fused, "rmsnorm", lambda *a, **k: (norms.append(1), rmsnorm(*a, **k))[1])
+    launches = []
+    for name in ("rmsnorm", "rope_and_cache"):
+        fn = getattr(fused, name)
+        monkeypatch.setattr(fused, name, lambda *a, fn=fn, name=name, **k: (launches.append(name), fn(*a, **k))[1])
     one = AttentionMetadata.for_prefill([1], 16, torch.device(DEV), group=3, head_dim=32)
 
-    def run():
+    def run(fold: bool, rope: bool):
+        monkeypatch.setattr(linear, "FOLD_NORM", fold)
+        monkeypatch.setattr(linear, "ROPE_IN_GEMV", rope)
+        launches.clear()
         cache = torch.zeros(2, 2, 16, 16, 2, 32, device=DEV, dtype=DT)
         with torch.inference_mode():
-            return model(torch.tensor([7], device=DEV), torch.tensor([0], device=DEV), cache, one, None)
+            out = model(torch.tensor([7], device=DEV), torch.tensor([3], device=DEV), cache, one, None)
+        return out, cache, sorted(launches)
 
-    monkeypatch.setattr(linear, "FOLD_NORM", True)
-    folded, launches = run(), len(norms)
-    monkeypatch.setattr(linear, "FOLD_NORM", False)
-    norms.clear()
-    plain = run()
-    assert (launches, len(norms)) == (2, 2 * 2 + 1)
-    assert rel(folded, plain) < 5e-3
+    plain, plain_cache, plain_launches = run(False, False)
+    assert plain_launches == ["rmsnorm"] * 5 + ["rope_and_cache"] * 2
+    roped, roped_cache, roped_launches = run(False, True)
+    assert roped_launches == ["rmsnorm"] * 5
+    assert torch.equal(roped, plain) and torch.equal(roped_cache, plain_cache)
+    folded, folded_cache, folded_launches = run(True, True)
+    assert folded_launches == ["rmsnorm"] * 2
+    assert rel(folded, plain) < 5e-3 and rel(folded_cache, plain_cache) < 5e-3
 
 
 class _Spy:

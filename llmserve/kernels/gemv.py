@@ -24,11 +24,15 @@ from llmserve.kernels.pdl import pdl_prologue
 
 
 @triton.jit
-def _rows(pid, BLOCK_N: tl.constexpr, HALF_N, GATE_OUT: tl.constexpr):
+def _rows(pid, BLOCK_N: tl.constexpr, HALF_N, GATE_OUT: tl.constexpr, ROPE_HALF: tl.constexpr):
     """The weight rows a program computes: BLOCK_N in a run; with GATE_OUT, BLOCK_N / 2 gate rows each followed by
-    its up row (HALF_N further), so the epilogue holds both halves of its outputs."""
-    if GATE_OUT:
+    its up row (HALF_N further); with ROPE_HALF, each of a head's first ROPE_HALF rows followed by its rotary
+    partner (ROPE_HALF further). The epilogue then holds both rows of each pair."""
+    if GATE_OUT or ROPE_HALF > 0:
         i = pid * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+        if ROPE_HALF > 0:
+            a = (i // ROPE_HALF) * (2 * ROPE_HALF) + i % ROPE_HALF
+            return tl.reshape(tl.join(a, a + ROPE_HALF), (BLOCK_N,))
         return tl.reshape(tl.join(i, i + HALF_N), (BLOCK_N,))
     return pid * BLOCK_N + tl.arange(0, BLOCK_N)
 
@@ -70,17 +74,47 @@ def _add_residual(y, res_ptr, sumsq_ptr, pid, offs_n, n_mask):
 
 
 @triton.jit
+def _rope_store(y, pid, out_ptr, pos_ptr, cos_ptr, sin_ptr, slot_ptr, kc_ptr, vc_ptr, stride_cos, stride_slot,
+                NH: tl.constexpr, NKV: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr):
+    """qkv's outputs in rotary pairs (`_rows`): q rotated into the qkv row, k rotated and v as it is into the row
+    and into the cache slot (none when the slot is < 0): fused.rope_and_cache on the same 16-bit values."""
+    dt = out_ptr.dtype.element_ty
+    x1, x2 = tl.split(tl.reshape(y.to(dt).to(tl.float32), (BLOCK_N // 2, 2)))
+    i = pid * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+    head, j = i // HALF, i % HALF
+    a = head * (2 * HALF) + j
+    pos = tl.load(pos_ptr).to(tl.int64)
+    c = tl.load(cos_ptr + pos * stride_cos + j)
+    s = tl.load(sin_ptr + pos * stride_cos + j)
+    rotated = head < NH + NKV
+    r1 = tl.where(rotated, x1 * c - x2 * s, x1)
+    r2 = tl.where(rotated, x2 * c + x1 * s, x2)
+    valid = head < NH + 2 * NKV
+    tl.store(out_ptr + a, r1.to(dt), mask=valid)
+    tl.store(out_ptr + a + HALF, r2.to(dt), mask=valid)
+    slot = tl.load(slot_ptr).to(tl.int64)
+    kv = head - NH
+    cached = valid & (kv >= 0) & ((slot + j * 0) >= 0)  # a tensor mask: the interpreter rejects a scalar one
+    g = tl.where(kv >= NKV, kv - NKV, kv)
+    c_ptr = tl.where(kv >= NKV, vc_ptr, kc_ptr) + slot * stride_slot + g * (2 * HALF) + j
+    tl.store(c_ptr, r1.to(kc_ptr.dtype.element_ty), mask=cached)
+    tl.store(c_ptr + HALF, r2.to(kc_ptr.dtype.element_ty), mask=cached)
+
+
+@triton.jit
 def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, N, K, stride_wn, nw_ptr, sumsq_in, sumsq_out, P, eps,
+                 pos_ptr, cos_ptr, sin_ptr, slot_ptr, kc_ptr, vc_ptr, stride_cos, stride_slot,
                  HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr,
                  EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, W_KIND: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
                  GATE_OUT: tl.constexpr = False, NORM: tl.constexpr = False, ADD_TO: tl.constexpr = False,
-                 P_BLOCK: tl.constexpr = 1):
+                 P_BLOCK: tl.constexpr = 1, NH: tl.constexpr = 0, NKV: tl.constexpr = 0, ROPE_HALF: tl.constexpr = 0):
     """One row of x: each weight element read once. NORM: x times the norm's weight (nw_ptr), the outputs times
-    1 / rms from the P sums at sumsq_in. ADD_TO: out_ptr is the residual row, this program's sum to sumsq_out."""
+    1 / rms from the P sums at sumsq_in. ADD_TO: out_ptr is the residual row, this program's sum to sumsq_out.
+    ROPE_HALF: the qkv product's rotary embedding and KV-cache write (`_rope_store`)."""
     pdl_prologue(PDL)
     pid = tl.program_id(0)
-    offs_n = _rows(pid, BLOCK_N, N // 2, GATE_OUT)
+    offs_n = _rows(pid, BLOCK_N, N // 2, GATE_OUT, ROPE_HALF)
     offs_k = tl.arange(0, BLOCK_K)
     n_mask = offs_n < N
     if NORM:  # its loads issued before the weight stream, its value used after
@@ -122,6 +156,9 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, N, K, stride_wn, nw_ptr, s
         y = y + tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
     if ADD_TO:
         _add_residual(y, out_ptr, sumsq_out, pid, offs_n, n_mask)
+    elif ROPE_HALF > 0:
+        _rope_store(y, pid, out_ptr, pos_ptr, cos_ptr, sin_ptr, slot_ptr, kc_ptr, vc_ptr, stride_cos, stride_slot,
+                    NH, NKV, ROPE_HALF, BLOCK_N)
     elif GATE_OUT:
         g, u = tl.split(tl.reshape(y, (BLOCK_N // 2, 2)))
         offs_h = pid * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
@@ -149,6 +186,22 @@ def gemv_config(key: str, N: int, K: int) -> tuple[int, int, int, int]:
 
 
 @dataclass(frozen=True)
+class RopeCache:
+    """The rotary embedding and KV-cache write of one token (fused.rope_and_cache's arguments), for the qkv GEMV's
+    epilogue: positions and slot_mapping [1] (a slot < 0 writes no cache), cos/sin [max_pos, head_dim / 2] float32,
+    the layer's cache [2, blocks, block_size, num_kv_heads, head_dim]."""
+
+    positions: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+    slot_mapping: torch.Tensor
+    kv_cache: torch.Tensor
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+
+
+@dataclass(frozen=True)
 class RowNorm:
     """An RMSNorm for the GEMV to fold in: its weight and eps, and the per-program sums of squares of the row
     that the GEMV before it left (`gemv(..., add_to=)`)."""
@@ -161,10 +214,11 @@ class RowNorm:
 def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bias: torch.Tensor | None = None,
          gated: bool = False, config: tuple[int, int, int, int] | None = None, w_kind: int | None = None,
          pdl: bool = False, gate_out: bool = False, norm: RowNorm | None = None,
-         add_to: torch.Tensor | None = None) -> torch.Tensor:
+         add_to: torch.Tensor | None = None, rope: RopeCache | None = None) -> torch.Tensor:
     """x: [1, K] (or [1, 2K] gated) -> [1, N]; with `gate_out` (w: [gate | up] rows), silu(gate) * up, [1, N/2].
     norm: x is the un-normalized row; computes rmsnorm(x) @ W^T. add_to: the residual row [1, N]: y is added
-    into it in place and the result is the new row's sums of squares, one per program (float32), for `norm`."""
+    into it in place and the result is the new row's sums of squares, one per program (float32), for `norm`.
+    rope: w is qkv's [q | k | v] rows; the result has q and k rotated, and k and v are in the cache."""
     N, K = w.shape
     assert x.shape == (1, 2 * K if gated else K) and x.stride(-1) == 1 and w.stride(1) == 1
     assert not gate_out or N % 2 == 0
@@ -181,10 +235,21 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
         out, sums_out = torch.empty(1, N // 2 if gate_out else N, dtype=x.dtype, device=x.device), w
     nw, sums, eps = (norm.weight, norm.sumsq, norm.eps) if norm is not None else (w, w, 0.0)
     P = sums.numel() if norm is not None else 1
+    r = _rope_args(rope, N) if rope is not None else (w,) * 6 + (0, 0)
+    heads = (rope.num_heads, rope.num_kv_heads, rope.head_dim // 2) if rope is not None else (0, 0, 0)
     _gemv_kernel[(grid,)](x, w, scale if scale is not None else w, bias if bias is not None else w, out, N, K,
-                          w.stride(0), nw, sums, sums_out, P, eps,
+                          w.stride(0), nw, sums, sums_out, P, eps, *r,
                           HAS_SCALE=scale is not None, HAS_BIAS=bias is not None, GATED=gated, EVEN_K=K % bk == 0,
                           EVEN_N=N % bn == 0, W_KIND=kind, BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, num_warps=warps,
                           GATE_OUT=gate_out, NORM=norm is not None, ADD_TO=add_to is not None,
-                          P_BLOCK=triton.next_power_of_2(P), **launch_args(pdl))
+                          P_BLOCK=triton.next_power_of_2(P), NH=heads[0], NKV=heads[1], ROPE_HALF=heads[2],
+                          **launch_args(pdl))
     return sums_out if add_to is not None else out
+
+
+def _rope_args(rope: RopeCache, N: int) -> tuple:
+    h, kvh, d = rope.num_heads, rope.num_kv_heads, rope.head_dim
+    cache = rope.kv_cache
+    assert N == (h + 2 * kvh) * d and rope.positions.numel() == rope.slot_mapping.numel() == 1
+    assert cache.is_contiguous() and cache.shape[-2:] == (kvh, d)
+    return (rope.positions, rope.cos, rope.sin, rope.slot_mapping, cache[0], cache[1], rope.cos.stride(0), kvh * d)

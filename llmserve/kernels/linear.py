@@ -22,7 +22,7 @@ import triton.language as tl
 
 from llmserve.kernels import launch_args
 from llmserve.kernels.convert import e4m3_to_bf16, ptx_converts
-from llmserve.kernels.gemv import GEMV_W_KIND, RowNorm, _rows, _silu_mul_pairs, gemv, gemv_config  # noqa: F401
+from llmserve.kernels.gemv import GEMV_W_KIND, RopeCache, RowNorm, _rows, _silu_mul_pairs, gemv, gemv_config  # noqa: F401
 from llmserve.kernels.pdl import pdl_prologue
 
 
@@ -36,7 +36,7 @@ def _wmm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, xs_ptr, M, N, K,
     pdl_prologue(PDL)
     pid_m = tl.program_id(0)  # M fastest: neighbouring programs share the W tile (large M) in L2
     pid_n = tl.program_id(1)
-    offs_n = _rows(pid_n, BLOCK_N, N // 2, GATE_OUT)
+    offs_n = _rows(pid_n, BLOCK_N, N // 2, GATE_OUT, 0)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_k = tl.arange(0, BLOCK_K)
     m_mask = offs_m < M
@@ -116,8 +116,10 @@ SKINNY_MAX_M = {"16bit": 16, "fp8": 32}
 # The MLP's silu(gate) * up in gate_up's epilogue where gate_up takes these kernels (`gate_out`), instead of in
 # down_proj's x load (one row) or a silu_mul launch (2+ rows); bench.kernel_check --sections gate_out times both.
 GATE_OUT = True
-# At one row, the residual add and RMSNorm in the GEMVs around them (`gemv`'s add_to and norm): no norm launches.
+# At one row, the residual add and RMSNorm in the GEMVs around them (`gemv`'s add_to and norm): no norm launches;
+# the rotary embedding and cache write in qkv's (`gemv`'s rope): no rope_and_cache launch.
 FOLD_NORM = True
+ROPE_IN_GEMV = True
 WMM_FP8_MAX_M = 32
 
 
@@ -133,17 +135,18 @@ def _config(M: int, N: int, w_dtype: torch.dtype) -> tuple[int, int, int, int, i
 
 def wmm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bias: torch.Tensor | None = None,
         gated: bool = False, config: tuple[int, int, int, int, int] | None = None, pdl: bool = False,
-        gate_out: bool = False, norm: RowNorm | None = None, add_to: torch.Tensor | None = None) -> torch.Tensor:
+        gate_out: bool = False, norm: RowNorm | None = None, add_to: torch.Tensor | None = None,
+        rope: RopeCache | None = None) -> torch.Tensor:
     """x: [M, K] (or [M, 2K] with gated), w: [N, K] (bf16/fp16/int8/fp8), scale: [N] float32. Returns [M, N];
-    with `gate_out` (w: the MLP's [gate | up] rows) silu(gate) * up in the epilogue, [M, N/2]. `norm`, `add_to`:
-    one row only, see `gemv`."""
+    with `gate_out` (w: the MLP's [gate | up] rows) silu(gate) * up in the epilogue, [M, N/2]. `norm`, `add_to`,
+    `rope`: one row only, see `gemv`."""
     M = x.shape[0]
     N, K = w.shape
     assert x.shape[1] == (2 * K if gated else K), (x.shape, w.shape, gated)
     assert not gate_out or N % 2 == 0
     if M == 1 and config is None:
-        return gemv(x, w, scale, bias, gated, pdl=pdl, gate_out=gate_out, norm=norm, add_to=add_to)
-    assert norm is None and add_to is None, "the RMSNorm folds into the one-row GEMV only"
+        return gemv(x, w, scale, bias, gated, pdl=pdl, gate_out=gate_out, norm=norm, add_to=add_to, rope=rope)
+    assert norm is None and add_to is None and rope is None, "only the one-row GEMV folds these in"
     if gated and not FUSE_GATE_IN_MM:
         from llmserve.kernels.fused import silu_mul
 

@@ -49,45 +49,6 @@ ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
 
 
-class Linear(KernelLayer):
-    """y = x W^T (+ b), W in the model dtype. `gated=True`: x is [gate | up] and the layer computes
-    down(silu(gate) * up). On CUDA, few rows go through the Triton weight-streaming kernel (which fuses the
-    gate), many through cuBLAS. Quantized twins are above."""
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = False):
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
-        self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
-
-    def gate_out_at(self, rows: int) -> bool:
-        """Whether a step of `rows` rows through this [gate | up] layer can return silu(gate) * up from the
-        kernel's epilogue (`forward(x, gate_out=True)`), instead of the down projection computing it."""
-        return self.launch.kernels and _wmm_gate_out(rows, self.weight)
-
-    def folds_norm_at(self, rows: int) -> bool:
-        """Whether a step of `rows` rows can take a `NormedRow` and add into the residual (`add_to`)."""
-        return _folds_norm(self, rows)
-
-    def forward(self, x: torch.Tensor | NormedRow, gated: bool = False, gate_out: bool = False,
-                add_to: torch.Tensor | None = None) -> torch.Tensor | ResidualSum:
-        if self.launch.kernels:
-            from llmserve.kernels import linear as klinear
-
-            if x.shape[0] <= klinear.triton_max_m(self.weight):
-                return _wmm(self, x, None, gated, gate_out, add_to)
-            pdl = self.launch.pdl
-            if gated:
-                from llmserve.kernels.fused import silu_mul
-
-                x = silu_mul(x, pdl=pdl)
-            return F.linear(x, self.weight, self.bias)
-        if gated:
-            gate, up = x.chunk(2, dim=-1)
-            x = F.silu(gate) * up
-        return F.linear(x, self.weight, self.bias)
-
-
 def _wmm_gate_out(rows: int, weight: torch.Tensor) -> bool:
     from llmserve.kernels import linear as klinear
 
@@ -117,14 +78,34 @@ class NormedRow:
         return self.x.shape
 
 
-def _folds_norm(layer: KernelLayer, rows: int) -> bool:
+def _one_row_gemv(layer: KernelLayer, rows: int, switch: str) -> bool:
+    """Whether a step of `rows` rows takes the one-row GEMV and kernels.linear's `switch` lets it fold in the
+    launches around it."""
     from llmserve.kernels import linear as klinear
 
-    return layer.launch.kernels and klinear.FOLD_NORM and rows == 1 <= klinear.triton_max_m(layer.weight)
+    return layer.launch.kernels and getattr(klinear, switch) and rows == 1 <= klinear.triton_max_m(layer.weight)
+
+
+class _Folds:
+    """What the Triton products of a 16- or 8-bit linear fold in (llmserve/kernels/gemv.py, kernels/linear.py)."""
+
+    def gate_out_at(self, rows: int) -> bool:
+        """Whether a step of `rows` rows through this [gate | up] layer can return silu(gate) * up from the
+        kernel's epilogue (`forward(x, gate_out=True)`), instead of the down projection computing it (the rows
+        that take `wmm` with 16-bit activations: int8 at every size)."""
+        return self.launch.kernels and _wmm_gate_out(rows, self.weight)
+
+    def folds_norm_at(self, rows: int) -> bool:
+        """Whether a step of `rows` rows can take a `NormedRow` and add into the residual (`add_to`)."""
+        return _one_row_gemv(self, rows, "FOLD_NORM")
+
+    def ropes_at(self, rows: int) -> bool:
+        """Whether qkv's product can do the rotary embedding and cache write (`rope`, a kernels.linear.RopeCache)."""
+        return _one_row_gemv(self, rows, "ROPE_IN_GEMV")
 
 
 def _wmm(layer: nn.Module, x: torch.Tensor | NormedRow, scale: torch.Tensor | None, gated: bool, gate_out: bool,
-         add_to: torch.Tensor | None) -> torch.Tensor | ResidualSum:
+         add_to: torch.Tensor | None, rope: object | None) -> torch.Tensor | ResidualSum:
     """The Triton product of the few-row path, with what a one-row GEMV folds in around it."""
     from llmserve.kernels import linear as klinear
 
@@ -132,8 +113,38 @@ def _wmm(layer: nn.Module, x: torch.Tensor | NormedRow, scale: torch.Tensor | No
     if isinstance(x, NormedRow):
         x, norm = x.x, klinear.RowNorm(x.weight, x.sumsq, x.eps)
     out = klinear.wmm(x, layer.weight, scale, layer.bias, gated=gated, pdl=layer.launch.pdl, gate_out=gate_out,
-                      norm=norm, add_to=add_to)
+                      norm=norm, add_to=add_to, rope=rope)
     return out if add_to is None else ResidualSum(add_to, out)
+
+
+class Linear(_Folds, KernelLayer):
+    """y = x W^T (+ b), W in the model dtype. `gated=True`: x is [gate | up] and the layer computes
+    down(silu(gate) * up). On CUDA, few rows go through the Triton weight-streaming kernel (which fuses the
+    gate), many through cuBLAS. Quantized twins are above."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
+        self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
+
+    def forward(self, x: torch.Tensor | NormedRow, gated: bool = False, gate_out: bool = False,
+                add_to: torch.Tensor | None = None, rope: object | None = None) -> torch.Tensor | ResidualSum:
+        if self.launch.kernels:
+            from llmserve.kernels import linear as klinear
+
+            if x.shape[0] <= klinear.triton_max_m(self.weight):
+                return _wmm(self, x, None, gated, gate_out, add_to, rope)
+            pdl = self.launch.pdl
+            if gated:
+                from llmserve.kernels.fused import silu_mul
+
+                x = silu_mul(x, pdl=pdl)
+            return F.linear(x, self.weight, self.bias)
+        if gated:
+            gate, up = x.chunk(2, dim=-1)
+            x = F.silu(gate) * up
+        return F.linear(x, self.weight, self.bias)
 
 
 def quantize_weight(w: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,23 +210,16 @@ class QuantLinear(KernelLayer):
         return F.linear(x, dequantize(self.weight, self.weight_scale, x.dtype), self.bias)
 
 
-class Int8Linear(QuantLinear):
+class Int8Linear(_Folds, QuantLinear):
     mode = "int8_wo"
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False):
         super().__init__(in_features, out_features, bias, torch.int8)
 
-    def gate_out_at(self, rows: int) -> bool:
-        """As Linear.gate_out_at (int8 takes `wmm` at every size)."""
-        return self.launch.kernels and _wmm_gate_out(rows, self.weight)
-
-    def folds_norm_at(self, rows: int) -> bool:
-        return _folds_norm(self, rows)
-
     def forward(self, x: torch.Tensor | NormedRow, gated: bool = False, gate_out: bool = False,
-                add_to: torch.Tensor | None = None) -> torch.Tensor | ResidualSum:
+                add_to: torch.Tensor | None = None, rope: object | None = None) -> torch.Tensor | ResidualSum:
         if self.launch.kernels:
-            return _wmm(self, x, self.weight_scale, gated, gate_out, add_to)
+            return _wmm(self, x, self.weight_scale, gated, gate_out, add_to, rope)
         return self._fallback(x, gated)
 
 
@@ -233,7 +237,7 @@ class Fp8Rows:
         return self.q.shape
 
 
-class Fp8Linear(QuantLinear):
+class Fp8Linear(_Folds, QuantLinear):
     mode = "fp8"
     # Activations through e4m3 as well (the _scaled_mm path); the batch-1 GEMV keeps them in 16 bits. The CPU
     # fallback follows this flag (bench/perplexity.py measures both).
@@ -253,15 +257,8 @@ class Fp8Linear(QuantLinear):
 
         return rows > klinear.triton_max_m(self.weight)
 
-    def gate_out_at(self, rows: int) -> bool:
-        """As Linear.gate_out_at: the rows that take `wmm` (16-bit activations)."""
-        return self.launch.kernels and _wmm_gate_out(rows, self.weight)
-
-    def folds_norm_at(self, rows: int) -> bool:
-        return _folds_norm(self, rows)
-
     def forward(self, x: torch.Tensor | Fp8Rows | NormedRow, gated: bool = False, gate_out: bool = False,
-                add_to: torch.Tensor | None = None) -> torch.Tensor | ResidualSum:
+                add_to: torch.Tensor | None = None, rope: object | None = None) -> torch.Tensor | ResidualSum:
         if isinstance(x, Fp8Rows):
             return self._scaled_mm(x.q, x.scale, x.dtype)
         if self.launch.kernels:
@@ -269,7 +266,7 @@ class Fp8Linear(QuantLinear):
 
             pdl = self.launch.pdl
             if x.shape[0] <= klinear.triton_max_m(self.weight):
-                return _wmm(self, x, self.weight_scale, gated, gate_out, add_to)
+                return _wmm(self, x, self.weight_scale, gated, gate_out, add_to, rope)
             if self.reduce_amax is not None:  # the 16-bit rows first (fused.silu_mul_quant_fp8 quantizes them alike)
                 return self._scaled_mm(*self._quant_row_parallel(x, gated), x.dtype)
             if gated:

@@ -117,24 +117,39 @@ class Attention(KernelLayer):
                 add_to: torch.Tensor | None = None) -> torch.Tensor | qlinear.ResidualSum:
         """add_to: the residual row, for o_proj to add its output into (`_folds`)."""
         T = x.shape[0]
-        qkv = self.qkv_proj(x)
         if self.launch.kernels:
-            from llmserve.kernels.fused import rope_and_cache
-
             layer_cache = kv_cache[self.layer]
-            rope_and_cache(qkv, rope.positions, rope.table_cos, rope.table_sin, meta.slot_mapping, layer_cache,
-                           self.nh, self.nkv, self.hd, pdl=self.launch.pdl, k_in_place=bool(meta.fresh_blocks))
+            qkv = self._qkv_rope_cache(x, rope, layer_cache, meta)
             # The attention kernels launch plainly, PDL or not (slower with it: docs/performance.md).
             h = qkv.view(T, self.nh + 2 * self.nkv, self.hd)
             out = attention.paged_attention_cached(h[:, :self.nh], layer_cache, meta, self.scale, h[:, self.nh:])
             out = out.view(T, self.nh * self.hd)
             return self.o_proj(out) if add_to is None else self.o_proj(out, add_to=add_to)
+        qkv = self.qkv_proj(x)
         q, k, v = qkv.split([self.nh * self.hd, self.nkv * self.hd, self.nkv * self.hd], dim=-1)
         q = apply_rope(q.view(T, self.nh, self.hd), rope.cos, rope.sin)
         k = apply_rope(k.view(T, self.nkv, self.hd), rope.cos, rope.sin)
         v = v.view(T, self.nkv, self.hd)
         out = attention.paged_attention(q, k, v, kv_cache[self.layer], meta, self.scale)
         return self.o_proj(out.reshape(T, self.nh * self.hd))
+
+
+    def _qkv_rope_cache(self, x: torch.Tensor | qlinear.NormedRow, rope: Rope, layer_cache: torch.Tensor,
+                        meta: AttentionMetadata) -> torch.Tensor:
+        """qkv with q (and k) rotated and k, v in the cache: in the one-row GEMV's epilogue where it can, else
+        a rope_and_cache launch after the product."""
+        args = (rope.positions, rope.table_cos, rope.table_sin, meta.slot_mapping, layer_cache)
+        ropes_at = getattr(self.qkv_proj, "ropes_at", None)
+        if ropes_at is not None and ropes_at(x.shape[0]):
+            from llmserve.kernels.linear import RopeCache
+
+            return self.qkv_proj(x, rope=RopeCache(*args, self.nh, self.nkv, self.hd))
+        from llmserve.kernels.fused import rope_and_cache
+
+        qkv = self.qkv_proj(x)
+        rope_and_cache(qkv, *args, self.nh, self.nkv, self.hd, pdl=self.launch.pdl,
+                       k_in_place=bool(meta.fresh_blocks))
+        return qkv
 
 
 class MLP(nn.Module):
