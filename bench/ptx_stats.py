@@ -179,8 +179,8 @@ def _linear(kind: str, shape: str, M: int | None = None, flag: str = ""):
         kw["add_to"] = torch.zeros(1, N, dtype=torch.bfloat16)
     if flag == "rope":  # Llama-3.1-8B's heads: N = (32 + 2 * 8) * 128
         cache = torch.zeros(2, 64, 16, 8, 128, dtype=torch.bfloat16)
-        kw["rope"] = linear.RopeCache(torch.zeros(1, dtype=torch.int64), torch.ones(256, 64), torch.ones(256, 64),
-                                      torch.zeros(1, dtype=torch.int32), cache, 32, 8, 128)
+        kw["rope"] = linear.RopeCache(torch.ones(1, 64), torch.ones(1, 64), torch.zeros(1, dtype=torch.int32), cache,
+                                      32, 8, 128)
     return lambda: linear.gemv(x, w, scale, **kw) if M == 1 else linear.wmm(x, w, scale, config=None, **kw)
 
 

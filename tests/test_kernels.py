@@ -263,7 +263,7 @@ def test_gemv_rotates_and_writes_the_cache_as_rope_and_cache(kind, nh, nkv, hd, 
     ref_cache = cache.clone()
     ref = linear.gemv(x, wq, scale, bias, config=cfg)
     fused.rope_and_cache(ref, pos, cos, sin, slots, ref_cache, nh, nkv, hd, k_in_place=True)
-    rope = linear.RopeCache(pos, cos, sin, slots, cache, nh, nkv, hd)
+    rope = linear.RopeCache(cos[pos], sin[pos], slots, cache, nh, nkv, hd)
     out = linear.gemv(x, wq, scale, bias, config=cfg, rope=rope, pdl=pdl)
     assert torch.equal(out, ref) and torch.equal(cache, ref_cache)
     assert (slot < 0) == torch.equal(cache, torch.full_like(cache, 7.0))

@@ -57,16 +57,8 @@ def _to_f32(w, W_KIND: tl.constexpr):
 
 
 @triton.jit
-def _inv_rms(sumsq_ptr, P, K, eps, P_BLOCK: tl.constexpr):
-    """1 / rms of the row whose squares the programs of the linear before summed (P partial sums, in order)."""
-    part = tl.load(sumsq_ptr + tl.arange(0, P_BLOCK), mask=tl.arange(0, P_BLOCK) < P, other=0.0)
-    return tl.rsqrt(tl.sum(part, axis=0) / K + eps)
-
-
-@triton.jit
-def _add_residual(y, res_ptr, sumsq_ptr, pid, offs_n, n_mask):
-    """residual[n] += y[n] (rounded as the separate RMSNorm kernel rounds its add); this program's sum of squares."""
-    r = tl.load(res_ptr + offs_n, mask=n_mask, other=0.0)
+def _add_residual(y, r, res_ptr, sumsq_ptr, pid, offs_n, n_mask):
+    """residual[n] (r, loaded) += y[n], rounded as the RMSNorm kernel rounds its add; this program's sum of squares."""
     h = (y.to(r.dtype).to(tl.float32) + r.to(tl.float32)).to(r.dtype)
     tl.store(res_ptr + offs_n, h, mask=n_mask)
     hf = tl.where(n_mask, h.to(tl.float32), 0.0)
@@ -74,25 +66,22 @@ def _add_residual(y, res_ptr, sumsq_ptr, pid, offs_n, n_mask):
 
 
 @triton.jit
-def _rope_store(y, pid, out_ptr, pos_ptr, cos_ptr, sin_ptr, slot_ptr, kc_ptr, vc_ptr, stride_cos, stride_slot,
+def _rope_store(y, pid, out_ptr, c, s, slot, kc_ptr, vc_ptr, stride_slot,
                 NH: tl.constexpr, NKV: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr):
-    """qkv's outputs in rotary pairs (`_rows`): q rotated into the qkv row, k rotated and v as it is into the row
-    and into the cache slot (none when the slot is < 0): fused.rope_and_cache on the same 16-bit values."""
+    """qkv's outputs in rotary pairs (`_rows`; c, s: the token's cos and sin of each pair, slot: its cache slot):
+    q rotated into the qkv row, k rotated and v as it is into the row and into the cache slot (none when the slot
+    is < 0): fused.rope_and_cache on the same 16-bit values."""
     dt = out_ptr.dtype.element_ty
     x1, x2 = tl.split(tl.reshape(y.to(dt).to(tl.float32), (BLOCK_N // 2, 2)))
     i = pid * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
     head, j = i // HALF, i % HALF
     a = head * (2 * HALF) + j
-    pos = tl.load(pos_ptr).to(tl.int64)
-    c = tl.load(cos_ptr + pos * stride_cos + j)
-    s = tl.load(sin_ptr + pos * stride_cos + j)
     rotated = head < NH + NKV
     r1 = tl.where(rotated, x1 * c - x2 * s, x1)
     r2 = tl.where(rotated, x2 * c + x1 * s, x2)
     valid = head < NH + 2 * NKV
     tl.store(out_ptr + a, r1.to(dt), mask=valid)
     tl.store(out_ptr + a + HALF, r2.to(dt), mask=valid)
-    slot = tl.load(slot_ptr).to(tl.int64)
     kv = head - NH
     cached = valid & (kv >= 0) & ((slot + j * 0) >= 0)  # a tensor mask: the interpreter rejects a scalar one
     g = tl.where(kv >= NKV, kv - NKV, kv)
@@ -103,7 +92,7 @@ def _rope_store(y, pid, out_ptr, pos_ptr, cos_ptr, sin_ptr, slot_ptr, kc_ptr, vc
 
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, N, K, stride_wn, nw_ptr, sumsq_in, sumsq_out, P, eps,
-                 pos_ptr, cos_ptr, sin_ptr, slot_ptr, kc_ptr, vc_ptr, stride_cos, stride_slot,
+                 cos_ptr, sin_ptr, slot_ptr, kc_ptr, vc_ptr, stride_slot,
                  HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr,
                  EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, W_KIND: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
@@ -117,8 +106,16 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, N, K, stride_wn, nw_ptr, s
     offs_n = _rows(pid, BLOCK_N, N // 2, GATE_OUT, ROPE_HALF)
     offs_k = tl.arange(0, BLOCK_K)
     n_mask = offs_n < N
-    if NORM:  # its loads issued before the weight stream, its value used after
-        inv_rms = _inv_rms(sumsq_in, P, K, eps, P_BLOCK)
+    # What the epilogue folds in, loaded before the weight stream: no program waits on a load at its end
+    if NORM:  # the sums of squares the programs before left
+        part = tl.load(sumsq_in + tl.arange(0, P_BLOCK), mask=tl.arange(0, P_BLOCK) < P, other=0.0)
+    if ADD_TO:
+        res = tl.load(out_ptr + offs_n, mask=n_mask, other=0.0)
+    if ROPE_HALF > 0:
+        j = (pid * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)) % ROPE_HALF
+        cos = tl.load(cos_ptr + j)
+        sin = tl.load(sin_ptr + j)
+        slot = tl.load(slot_ptr).to(tl.int64)
     w_ptrs = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :]
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
@@ -150,15 +147,14 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, N, K, stride_wn, nw_ptr, s
         y = y * tl.load(s_ptr + offs_n, mask=n_mask, other=0.0)
     if W_KIND == 2:
         y = y * 1.329227995784916e36  # 2**120: e4m3 exponent bias 7 vs float32's 127
-    if NORM:
-        y = y * inv_rms
+    if NORM:  # 1 / rms of the row
+        y = y * tl.rsqrt(tl.sum(part, axis=0) / K + eps)
     if HAS_BIAS:
         y = y + tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
     if ADD_TO:
-        _add_residual(y, out_ptr, sumsq_out, pid, offs_n, n_mask)
+        _add_residual(y, res, out_ptr, sumsq_out, pid, offs_n, n_mask)
     elif ROPE_HALF > 0:
-        _rope_store(y, pid, out_ptr, pos_ptr, cos_ptr, sin_ptr, slot_ptr, kc_ptr, vc_ptr, stride_cos, stride_slot,
-                    NH, NKV, ROPE_HALF, BLOCK_N)
+        _rope_store(y, pid, out_ptr, cos, sin, slot, kc_ptr, vc_ptr, stride_slot, NH, NKV, ROPE_HALF, BLOCK_N)
     elif GATE_OUT:
         g, u = tl.split(tl.reshape(y, (BLOCK_N // 2, 2)))
         offs_h = pid * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
@@ -187,11 +183,10 @@ def gemv_config(key: str, N: int, K: int) -> tuple[int, int, int, int]:
 
 @dataclass(frozen=True)
 class RopeCache:
-    """The rotary embedding and KV-cache write of one token (fused.rope_and_cache's arguments), for the qkv GEMV's
-    epilogue: positions and slot_mapping [1] (a slot < 0 writes no cache), cos/sin [max_pos, head_dim / 2] float32,
-    the layer's cache [2, blocks, block_size, num_kv_heads, head_dim]."""
+    """The rotary embedding and KV-cache write of one token, for the qkv GEMV's epilogue: cos/sin [1, head_dim / 2]
+    float32 (the tables' rows at its position), slot_mapping [1] (a slot < 0 writes no cache), the layer's cache
+    [2, blocks, block_size, num_kv_heads, head_dim]."""
 
-    positions: torch.Tensor
     cos: torch.Tensor
     sin: torch.Tensor
     slot_mapping: torch.Tensor
@@ -235,7 +230,7 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
         out, sums_out = torch.empty(1, N // 2 if gate_out else N, dtype=x.dtype, device=x.device), w
     nw, sums, eps = (norm.weight, norm.sumsq, norm.eps) if norm is not None else (w, w, 0.0)
     P = sums.numel() if norm is not None else 1
-    r = _rope_args(rope, N) if rope is not None else (w,) * 6 + (0, 0)
+    r = _rope_args(rope, N) if rope is not None else (w,) * 5 + (0,)
     heads = (rope.num_heads, rope.num_kv_heads, rope.head_dim // 2) if rope is not None else (0, 0, 0)
     _gemv_kernel[(grid,)](x, w, scale if scale is not None else w, bias if bias is not None else w, out, N, K,
                           w.stride(0), nw, sums, sums_out, P, eps, *r,
@@ -250,6 +245,7 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
 def _rope_args(rope: RopeCache, N: int) -> tuple:
     h, kvh, d = rope.num_heads, rope.num_kv_heads, rope.head_dim
     cache = rope.kv_cache
-    assert N == (h + 2 * kvh) * d and rope.positions.numel() == rope.slot_mapping.numel() == 1
+    assert N == (h + 2 * kvh) * d and rope.slot_mapping.numel() == 1
+    assert rope.cos.shape == rope.sin.shape == (1, d // 2) and rope.cos.is_contiguous() and rope.sin.is_contiguous()
     assert cache.is_contiguous() and cache.shape[-2:] == (kvh, d)
-    return (rope.positions, rope.cos, rope.sin, rope.slot_mapping, cache[0], cache[1], rope.cos.stride(0), kvh * d)
+    return rope.cos, rope.sin, rope.slot_mapping, cache[0], cache[1], kvh * d

@@ -99,7 +99,7 @@ class Rope:
     positions: torch.Tensor  # [T]
     table_cos: torch.Tensor  # [max_pos, head_dim/2] float32
     table_sin: torch.Tensor
-    cos: torch.Tensor | None = None  # [T, head_dim/2]: gathered, for the torch path
+    cos: torch.Tensor | None = None  # [T, head_dim/2]: gathered, for the torch path and a one-row step's GEMV
     sin: torch.Tensor | None = None
 
 
@@ -138,17 +138,17 @@ class Attention(KernelLayer):
                         meta: AttentionMetadata) -> torch.Tensor:
         """qkv with q (and k) rotated and k, v in the cache: in the one-row GEMV's epilogue where it can, else
         a rope_and_cache launch after the product."""
-        args = (rope.positions, rope.table_cos, rope.table_sin, meta.slot_mapping, layer_cache)
         ropes_at = getattr(self.qkv_proj, "ropes_at", None)
-        if ropes_at is not None and ropes_at(x.shape[0]):
+        if rope.cos is not None and ropes_at is not None and ropes_at(x.shape[0]):
             from llmserve.kernels.linear import RopeCache
 
-            return self.qkv_proj(x, rope=RopeCache(*args, self.nh, self.nkv, self.hd))
+            cache = RopeCache(rope.cos, rope.sin, meta.slot_mapping, layer_cache, self.nh, self.nkv, self.hd)
+            return self.qkv_proj(x, rope=cache)
         from llmserve.kernels.fused import rope_and_cache
 
         qkv = self.qkv_proj(x)
-        rope_and_cache(qkv, *args, self.nh, self.nkv, self.hd, pdl=self.launch.pdl,
-                       k_in_place=bool(meta.fresh_blocks))
+        rope_and_cache(qkv, rope.positions, rope.table_cos, rope.table_sin, meta.slot_mapping, layer_cache, self.nh,
+                       self.nkv, self.hd, pdl=self.launch.pdl, k_in_place=bool(meta.fresh_blocks))
         return qkv
 
 
@@ -234,7 +234,7 @@ class LlamaModel(KernelLayer):
         embedding (llmserve/model/pipeline_parallel.py)."""
         x, residual = (self.embed_tokens(input_ids), None) if carried is None else carried
         rope = Rope(positions, self.rope_cos, self.rope_sin)
-        if not self.launch.kernels:
+        if not self.launch.kernels or positions.shape[0] == 1:  # one row: qkv's GEMV takes them (ROPE_IN_GEMV)
             rope.cos, rope.sin = self.rope_cos[positions], self.rope_sin[positions]
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
