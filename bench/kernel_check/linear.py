@@ -63,7 +63,7 @@ def s_gemv(args):
 
     res: dict = {}
     best_total: dict = {}
-    for kind in ("bf16", "int8", "fp8"):
+    for kind in os.environ.get("GEMV1_KINDS", "bf16,int8,fp8").split(","):
         W = _weights(kind)
         for M in (1, 16, 32, 64):
             configs = CONFIGS_16 if M <= 16 else CONFIGS_BIG[M]
@@ -120,7 +120,7 @@ def s_floor(args):
     """Time to read every weight once: torch.sum over each tensor (viewed as bf16 and as float32: bytes are
     bytes) in one CUDA graph; for 16-bit weights also cuBLAS F.linear at M = 1."""
     res = {}
-    for kind in ("bf16", "int8", "fp8"):
+    for kind in os.environ.get("GEMV1_KINDS", "bf16,int8,fp8").split(","):
         W = _weights(kind)
         tensors = [w for layers in W.values() for w, _ in layers]
         nbytes = sum(t.numel() * t.element_size() for t in tensors)
@@ -147,13 +147,16 @@ def s_floor(args):
 
 @section("gemv1")
 def s_gemv1(args):
-    """Batch-1 GEMV (CUDA-core kernel): configurations x weight conversions, all 32 layers of each matrix."""
+    """Batch-1 GEMV (CUDA-core kernel): configurations x weight conversions, all 32 layers of each matrix, each as the
+    model launches it (with GATE_OUT, gate_up's epilogue computes the gate and down_proj reads plain rows).
+    GEMV1_KINDS: the storage kinds (default bf16,int8,fp8)."""
+    from llmserve.kernels import linear as klinear
     from llmserve.kernels.linear import gemv
 
     cfgs = [(8, 512, 4, 1), (16, 256, 4, 1), (16, 512, 4, 1), (32, 256, 4, 1), (8, 1024, 4, 1), (16, 512, 8, 1),
             (32, 512, 8, 1), (16, 1024, 8, 1), (64, 256, 8, 1), (16, 512, 4, 3), (16, 1024, 8, 3)]
     res, totals = {}, {}
-    for kind in ("bf16", "int8", "fp8"):
+    for kind in os.environ.get("GEMV1_KINDS", "bf16,int8,fp8").split(","):
         W = _weights(kind)
         variants = {"bf16": [0], "int8": [0, 1], "fp8": [0, 2]}[kind]
         for wk in variants:
@@ -163,13 +166,16 @@ def s_gemv1(args):
                 if name == "lm_head" and kind != "bf16":
                     continue
                 N, K = layers[0][0].shape
-                gated = name == "down"
+                gated = name == "down" and not klinear.GATE_OUT
+                gate_out = name == "gate_up" and klinear.GATE_OUT
                 x = torch.randn(1, 2 * K if gated else K, device="cuda", dtype=torch.bfloat16)
                 times = {}
                 for cfg in cfgs:
                     try:
-                        times[str(cfg)] = graph_time_ms(lambda cfg=cfg, x=x, layers=layers, gated=gated, wk=wk: [
-                            gemv(x, w, s, gated=gated, config=cfg, w_kind=wk) for w, s in layers], reps=10)
+                        times[str(cfg)] = graph_time_ms(lambda cfg=cfg, x=x, layers=layers, gated=gated, wk=wk,
+                                                        go=gate_out: [gemv(x, w, s, gated=gated, config=cfg,
+                                                                           w_kind=wk, gate_out=go) for w, s in layers],
+                                                        reps=10)
                     except Exception as exc:  # noqa: BLE001
                         times[str(cfg)] = f"fail {type(exc).__name__}: {str(exc)[:100]}"
                 numeric = {k: v for k, v in times.items() if isinstance(v, float)}
