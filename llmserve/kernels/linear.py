@@ -104,17 +104,18 @@ def triton_max_m(w: torch.Tensor) -> int:
 CONFIGS: dict[str, dict[int, tuple[int, int, int, int]]] = {
     "16bit": {16: (64, 256, 4, 4), 32: (64, 128, 4, 4), 64: (64, 128, 4, 4), 128: (128, 64, 8, 3)},
     "8bit": {16: (32, 256, 4, 4), 32: (32, 256, 4, 4), 64: (64, 128, 4, 4), 128: (128, 128, 8, 3)},
+    # `wmm_fp8`: 64 weight rows a tile for Hopper's e4m3 wgmma (bench/kernel_check --sections fp8rows)
+    "fp8rows": {16: (64, 256, 4, 4), 32: (64, 256, 4, 4)},
 }
 NUM_SMS = 132
 # The gate's SiLU inside the tensor-core kernel's x load costs more than a separate launch (docs/performance.md).
 FUSE_GATE_IN_MM = False
-# Largest M that goes through `wmm` for 16-bit weights (cuBLAS above) and for fp8 (above, the rows quantized per
-# token: e4m3 x e4m3): with `e4m3_to_bf16`, fp8 `wmm` beat torch._scaled_mm up to 32 rows (docs/performance.md).
-# fp8 at 1 takes e4m3 rows from 2 on, through `wmm_fp8` up to WMM_FP8_MAX_M (bench.kernel_check --sections
-# fp8rows and --sections switches measure both ways).
-SKINNY_MAX_M = {"16bit": 16, "fp8": 32}
+# Largest M that goes through `wmm` for 16-bit weights (cuBLAS above) and for fp8: 1, so fp8 steps of 2+ rows take
+# their rows quantized per token, e4m3 x e4m3, through `wmm_fp8` up to WMM_FP8_MAX_M (0.65 ms faster a step at 8
+# rows than the weights converted in `wmm`, H200; docs/performance.md, twenty-fifth session).
+SKINNY_MAX_M = {"16bit": 16, "fp8": 1}
 # The MLP's silu(gate) * up in gate_up's epilogue where gate_up takes these kernels (`gate_out`), instead of in
-# down_proj's x load (one row) or a silu_mul launch (2+ rows); bench.kernel_check --sections gate_out times both.
+# down_proj's x load (one row) or a silu_mul launch (2+ rows); bench.kernel_check --sections switches times them.
 GATE_OUT = True
 # At one row, the residual add and RMSNorm in the GEMVs around them (`gemv`'s add_to and norm): no norm launches;
 # the rotary embedding and cache write in qkv's (`gemv`'s rope): no rope_and_cache launch.
@@ -123,10 +124,10 @@ ROPE_IN_GEMV = True
 WMM_FP8_MAX_M = 32
 
 
-def _config(M: int, N: int, w_dtype: torch.dtype) -> tuple[int, int, int, int, int]:
-    table = CONFIGS["8bit" if w_dtype.itemsize == 1 else "16bit"]
+def _config(M: int, N: int, w_dtype: torch.dtype, table: str | None = None) -> tuple[int, int, int, int, int]:
+    kind = "8bit" if w_dtype.itemsize == 1 else "16bit"
     bm = 16 if M <= 16 else 32 if M <= 32 else 64 if M <= 64 else 128
-    bn, bk, warps, stages = table[bm]
+    bn, bk, warps, stages = CONFIGS[table or kind].get(bm) or CONFIGS[kind][bm]
     # Small N (a 135M model's 576 rows): keep a quarter of the SMs busy; not more, which was slower (mm16).
     while bn > 16 and triton.cdiv(N, bn) * triton.cdiv(M, bm) < NUM_SMS // 4:
         bn //= 2
@@ -180,7 +181,7 @@ def wmm_fp8(xq: torch.Tensor, xs: torch.Tensor, w: torch.Tensor, ws: torch.Tenso
     out = torch.empty(M, N, dtype=out_dtype, device=xq.device)
     if M == 0:
         return out
-    bm, bn, bk, warps, stages = config or _config(M, N, w.dtype)
+    bm, bn, bk, warps, stages = config or _config(M, N, w.dtype, "fp8rows")
     _wmm_kernel[(triton.cdiv(M, bm), triton.cdiv(N, bn))](
         xq, w, ws, bias if bias is not None else w, out, xs, M, N, K, xq.stride(0), w.stride(0), out.stride(0),
         HAS_SCALE=True, HAS_BIAS=bias is not None, GATED=False, EVEN_K=K % bk == 0, EVEN_N=N % bn == 0,

@@ -50,9 +50,11 @@ MLP = ("gate_proj", "up_proj", "down_proj")
 
 
 def _wmm_gate_out(rows: int, weight: torch.Tensor) -> bool:
+    """Not for 16-bit weights at one row: their gate_up GEMV with the epilogue ran slower than down_proj computing
+    the gate (H200, docs/performance.md, twenty-fifth session)."""
     from llmserve.kernels import linear as klinear
 
-    return klinear.GATE_OUT and rows <= klinear.triton_max_m(weight)
+    return klinear.GATE_OUT and rows <= klinear.triton_max_m(weight) and (rows > 1 or weight.element_size() == 1)
 
 
 @dataclass(frozen=True)
