@@ -117,8 +117,8 @@ SKINNY_MAX_M = {"16bit": 16, "fp8": 1}
 # The MLP's silu(gate) * up in gate_up's epilogue where gate_up takes these kernels (`gate_out`), instead of in
 # down_proj's x load (one row) or a silu_mul launch (2+ rows); bench.kernel_check --sections switches times them.
 GATE_OUT = True
-# At one row, the residual add and RMSNorm in the GEMVs around them (`gemv`'s add_to and norm): no norm launches;
-# the rotary embedding and cache write in qkv's (`gemv`'s rope): no rope_and_cache launch.
+# At one row, the residual add and RMSNorm in the 8-bit GEMVs around them (`gemv`'s add_to and norm): no norm
+# launches; the rotary embedding and cache write in qkv's (`gemv`'s rope): no rope_and_cache launch.
 FOLD_NORM = True
 ROPE_IN_GEMV = True
 WMM_FP8_MAX_M = 32

@@ -3,10 +3,9 @@
 
 Modes:
 - "fp8": e4m3 weights, scale = absmax / 448 per output channel. Activations are quantized per token at run
-  time (dynamic scales) and multiplied with `torch._scaled_mm` (tensor cores, fp8 x fp8). For up to 32 rows
-  (decode at small batch, `kernels.linear.SKINNY_MAX_M`) the Triton kernel streams the fp8 weights and
-  multiplies bf16 activations instead: the step is bound by reading weights, and skipping activation
-  quantization saves a launch per layer and some error.
+  time (dynamic scales) and multiplied fp8 x fp8 on the tensor cores: Triton's `wmm_fp8` up to 32 rows (decode at
+  small batch), `fp8_mm` or `torch._scaled_mm` above. One row (batch-1 decode, `kernels.linear.SKINNY_MAX_M`)
+  goes through the GEMV with bf16 activations instead: the step is bound by reading weights.
 - "int8_wo": int8 weights, scale = absmax / 127 per output channel, activations stay bf16/fp16 (weight-only).
   The Triton kernel in llmserve/kernels/linear.py does every M (torch._weight_int8pack_mm is ~10x too slow
   on CUDA).
@@ -98,8 +97,10 @@ class _Folds:
         return self.launch.kernels and _wmm_gate_out(rows, self.weight)
 
     def folds_norm_at(self, rows: int) -> bool:
-        """Whether a step of `rows` rows can take a `NormedRow` and add into the residual (`add_to`)."""
-        return _one_row_gemv(self, rows, "FOLD_NORM")
+        """Whether a step of `rows` rows can take a `NormedRow` and add into the residual (`add_to`): 8-bit weights
+        only (with 16-bit ones the folded GEMVs ran slower than the norm launches they save: docs/performance.md,
+        twenty-fifth session)."""
+        return _one_row_gemv(self, rows, "FOLD_NORM") and self.weight.element_size() == 1
 
     def ropes_at(self, rows: int) -> bool:
         """Whether qkv's product can do the rotary embedding and cache write (`rope`, a kernels.linear.RopeCache)."""
