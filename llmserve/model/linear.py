@@ -81,10 +81,12 @@ class NormedRow:
 
 def _one_row_gemv(layer: KernelLayer, rows: int, switch: str) -> bool:
     """Whether a step of `rows` rows takes the one-row GEMV and kernels.linear's `switch` lets it fold in the
-    launches around it."""
+    launches around it. The kernels' module is imported only where they run (CPU wheels of torch lack triton)."""
+    if not layer.launch.kernels:
+        return False
     from llmserve.kernels import linear as klinear
 
-    return layer.launch.kernels and getattr(klinear, switch) and rows == 1 <= klinear.triton_max_m(layer.weight)
+    return getattr(klinear, switch) and rows == 1 <= klinear.triton_max_m(layer.weight)
 
 
 class _Folds:
