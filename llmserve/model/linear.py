@@ -48,14 +48,6 @@ ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
 
 
-def _wmm_gate_out(rows: int, weight: torch.Tensor) -> bool:
-    """Not for 16-bit weights at one row: their gate_up GEMV with the epilogue ran slower than down_proj computing
-    the gate (H200, docs/performance.md, twenty-fifth session)."""
-    from llmserve.kernels import linear as klinear
-
-    return klinear.GATE_OUT and rows <= klinear.triton_max_m(weight) and (rows > 1 or weight.element_size() == 1)
-
-
 @dataclass(frozen=True)
 class ResidualSum:
     """A one-row linear's output added into the residual stream by its own epilogue (`add_to`): the stream's new
@@ -95,8 +87,15 @@ class _Folds:
     def gate_out_at(self, rows: int) -> bool:
         """Whether a step of `rows` rows through this [gate | up] layer can return silu(gate) * up from the
         kernel's epilogue (`forward(x, gate_out=True)`), instead of the down projection computing it (the rows
-        that take `wmm` with 16-bit activations: int8 at every size)."""
-        return self.launch.kernels and _wmm_gate_out(rows, self.weight)
+        that take `wmm` with 16-bit activations: int8 at every size). Not for 16-bit weights at one row: their
+        gate_up GEMV with the epilogue ran slower than down_proj computing the gate (docs/performance.md,
+        twenty-fifth session)."""
+        if not self.launch.kernels:
+            return False
+        from llmserve.kernels import linear as klinear
+
+        w = self.weight
+        return klinear.GATE_OUT and rows <= klinear.triton_max_m(w) and (rows > 1 or w.element_size() == 1)
 
     def folds_norm_at(self, rows: int) -> bool:
         """Whether a step of `rows` rows can take a `NormedRow` and add into the residual (`add_to`): 8-bit weights
