@@ -165,10 +165,12 @@ def test_mixed_step_split_between_the_decode_and_varlen_kernels_matches_one_varl
 @pytest.mark.parametrize("fp8_cache", [0, 1, 2])
 @pytest.mark.parametrize("config", [None, (128, 32, 4, 3)])
 @pytest.mark.parametrize("new_loads", [1, 2])  # pointer loads, TMA
-def test_varlen_fresh_prompts_attend_over_this_steps_kv_and_the_others_over_the_cache(fp8_cache, config, new_loads):
+@pytest.mark.parametrize("overlap", [False, True])
+def test_varlen_fresh_prompts_attend_over_this_steps_kv_and_the_others_over_the_cache(fp8_cache, config, new_loads,
+                                                                                     overlap):
     """With new_kv, a fresh prompt (context = its new tokens) reads its K/V from them, unrounded, whatever the cache
-    holds; a chunk after a prefix and a decode read the cache: as the torch path, which rounds only what it
-    gathers from an fp8 cache."""
+    holds; a chunk after a prefix and a decode read the cache (on a GPU, `overlap`: on a side stream beside the
+    fresh prompts' launch): as the torch path, which rounds only what it gathers from an fp8 cache."""
     if fp8_cache and DEV != "cuda":
         pytest.skip("fp8 loads need a GPU (the interpreter has no e4m3)")
     nh, nkv, hd, page = 6, 2, 32, 4
@@ -202,7 +204,7 @@ def test_varlen_fresh_prompts_attend_over_this_steps_kv_and_the_others_over_the_
                            torch.tensor([seqs[i] for i in order], dtype=torch.int32, device=DEV),
                            torch.tensor([firsts[i] for i in order], dtype=torch.int32, device=DEV), hd ** -0.5,
                            config=config, fp8_convert=fp8_cache or 1, new_kv=qkv[:, nh:], new_loads=new_loads,
-                           fresh_blocks=fresh_blocks)
+                           fresh_blocks=fresh_blocks, overlap=overlap)
     assert rel(out, ref) < 1e-2
 
 

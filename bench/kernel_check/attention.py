@@ -14,18 +14,21 @@ from bench.kernel_check.report import section
 
 def _varlen_case(B: int, L: int, config: tuple | None = None, decode_rows: int = 0, decode_ctx: int = 0,
                  kv_fp8: bool = False, fp8_convert: int = 1, fresh: int = 0, pad_to: int = 0,
-                 persist: bool = False) -> dict:
+                 persist: bool = False, chunk: tuple[int, int] = (0, 0), overlap: bool = True) -> dict:
     """B prompts of L tokens (and decode_rows sequences of one new token at decode_ctx, first in the step, as the
     engine lays out a mixed step): our varlen kernel per layer with `config`, and SDPA dense over the prompts.
     q is a view of a qkv buffer as in the engine; fresh (> 0): the prompts read their K/V from it (`new_kv`),
     loaded as `new_loads` = fresh says (1 pointers, 2 TMA). pad_to: the work list padded to that many entries of an
     empty sequence, as a prefill graph's is (one launch over the cache, as there); persist: a persistent launch
-    walks the real entries only (`work_count`)."""
+    walks the real entries only (`work_count`). chunk (queries, context): a prompt's next chunk after its cached
+    prefix, last in the step, over the cache (the launch beside the fresh prompts', on a side stream if `overlap`)."""
     from llmserve.kernels.shapes import varlen_query_blocks
     from llmserve.kernels.varlen import varlen_attention
 
     H, KVH, D, page = 32, 8, 128, 16
     qlens, ctxs = [1] * decode_rows + [L] * B, [decode_ctx] * decode_rows + [L] * B
+    if chunk[0]:
+        qlens, ctxs = qlens + [chunk[0]], ctxs + [chunk[1]]
     width = -(-max(ctxs) // page)
     cache = torch.randn(2, len(ctxs) * width + 1, page, KVH, D, device="cuda", dtype=torch.bfloat16)
     if kv_fp8:
@@ -33,9 +36,11 @@ def _varlen_case(B: int, L: int, config: tuple | None = None, decode_rows: int =
     bt = torch.arange(len(ctxs) * width, device="cuda", dtype=torch.int32).view(len(ctxs), width)
     seqs, starts = varlen_query_blocks(qlens, H // KVH, D, config[0] if config else 0)
     count = torch.tensor([len(seqs)], dtype=torch.int32, device="cuda") if persist else None
-    fresh_blocks = len(seqs) - decode_rows if fresh else None
-    if fresh:  # the prompts' blocks first (a decode row is one block), as AttentionMetadata.add_varlen orders them
-        seqs, starts = seqs[decode_rows:] + seqs[:decode_rows], starts[decode_rows:] + starts[:decode_rows]
+    fresh_blocks = None
+    if fresh:  # the fresh prompts' blocks first, as AttentionMetadata.add_varlen orders them
+        order = sorted(range(len(seqs)), key=lambda i: qlens[seqs[i]] != ctxs[seqs[i]])
+        fresh_blocks = sum(qlens[s] == ctxs[s] for s in seqs)
+        seqs, starts = [seqs[i] for i in order], [starts[i] for i in order]
     if pad_to:  # entries past the real ones name an empty sequence (row len(ctxs)): no tokens, no context
         seqs, starts = seqs + [len(ctxs)] * (pad_to - len(seqs)), starts + [0] * (pad_to - len(starts))
         bt = torch.cat([bt, bt[:1]])
@@ -45,11 +50,12 @@ def _varlen_case(B: int, L: int, config: tuple | None = None, decode_rows: int =
     qb = (torch.tensor(seqs, dtype=torch.int32, device="cuda"), torch.tensor(starts, dtype=torch.int32, device="cuda"))
     qkv = torch.randn(sum(qlens), H + 2 * KVH, D, device="cuda", dtype=torch.bfloat16)
     q, new_kv = qkv[:, :H], (qkv[:, H:] if fresh else None)
-    kw = {"new_kv": new_kv, "new_loads": fresh or 1, "fresh_blocks": fresh_blocks, "work_count": count}
+    kw = {"new_kv": new_kv, "new_loads": fresh or 1, "fresh_blocks": fresh_blocks, "work_count": count,
+          "overlap": overlap}
     ours = graph_time_ms(lambda: [varlen_attention(q, cache, bt, ctx, qstart, *qb, D ** -0.5, config=config,
                                                    fp8_convert=fp8_convert, **kw) for _ in range(32)],
                          reps=10) * 1000 / 32
-    qd = q[decode_rows:].view(B, L, H, D).transpose(1, 2)
+    qd = q[decode_rows:decode_rows + B * L].view(B, L, H, D).transpose(1, 2)
     kd = torch.randn(B, KVH, L, D, device="cuda", dtype=torch.bfloat16)
     sdpa = graph_time_ms(lambda: [torch.nn.functional.scaled_dot_product_attention(
         qd, kd, kd, is_causal=True, enable_gqa=True) for _ in range(32)], reps=10) * 1000 / 32
@@ -80,6 +86,23 @@ def s_varlen(args):
             r = res[name] = _varlen_case(B, L, kv_fp8=kv8, fp8_convert=2 if kv8 else 1, fresh=fresh)
             args.report.say(f"varlen {name}: ours {r['ours_us']:.1f} us/layer ({r['ours_TFLOPs']:.0f} TFLOP/s), "
                             f"SDPA dense {r['sdpa_us']:.1f} us ({r['sdpa_TFLOPs']:.0f})")
+            print(args.report.summary[-1], flush=True)
+        args.report.save()
+
+
+@section("varlen_chunk")
+def s_varlen_chunk(args):
+    """A mixed step's prompts as 2048/128 at 256 streams has them (3 fresh prompts of 2,048 and a chunk after its
+    cached prefix, fp8 cache): every block over the cache (one launch), fresh prompts over their own K/V (pointer
+    or TMA loads) with the chunk's launch after theirs, and beside theirs on a side stream. us per layer."""
+    res = args.report.results.setdefault("varlen_chunk", {})
+    for q_len, ctx in ((256, 2048), (1024, 2048), (1792, 2048)):
+        for name, fresh, overlap in (("cache", 0, False), ("fresh_serial", 1, False), ("fresh_overlap", 1, True),
+                                     ("tma_serial", 2, False), ("tma_overlap", 2, True)):
+            key = f"B3_L2048_chunk{q_len}of{ctx}_{name}"
+            r = res[key] = _varlen_case(3, 2048, kv_fp8=True, fp8_convert=2, fresh=fresh, chunk=(q_len, ctx),
+                                        overlap=overlap)
+            args.report.say(f"varlen {key}: {r['ours_us']:.1f} us/layer")
             print(args.report.summary[-1], flush=True)
         args.report.save()
 

@@ -7,6 +7,7 @@ the cache (`varlen_attention`'s new_kv).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -19,8 +20,11 @@ from llmserve.kernels.shapes import varlen_block_m
 
 # How an e4m3 cache reaches the varlen kernel's dots (`kv_tile`'s KV_FP8, for bf16 models on CUDA): the faster one
 VARLEN_FP8_CONVERT = 2
-# How the varlen kernel loads a fresh prompt's own K/V: 1 pointer loads, 2 TMA (to be timed against each other)
-FRESH_LOADS = 1
+# How the varlen kernel loads a fresh prompt's own K/V: 1 pointer loads, 2 TMA (Hopper on; other GPUs use 1)
+FRESH_LOADS = 2
+# A step with fresh prompts and chunks after a cached prefix: the chunks' launch runs on a side stream beside the
+# fresh prompts' (a few programs over long contexts, alone on the GPU after the fresh launch otherwise)
+OVERLAP_LAUNCHES = True
 
 
 @triton.jit
@@ -181,20 +185,21 @@ def varlen_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
                      query_start: torch.Tensor, qb_seq: torch.Tensor, qb_start: torch.Tensor, scale: float,
                      out: torch.Tensor | None = None, config: tuple[int, int, int, int] | None = None,
                      fp8_convert: int = VARLEN_FP8_CONVERT, new_kv: torch.Tensor | None = None,
-                     fresh_blocks: int | None = None, new_loads: int = FRESH_LOADS,
-                     work_count: torch.Tensor | None = None, programs: int = 0) -> torch.Tensor:
+                     fresh_blocks: int | None = None, new_loads: int | None = None,
+                     work_count: torch.Tensor | None = None, programs: int = 0,
+                     overlap: bool = OVERLAP_LAUNCHES) -> torch.Tensor:
     """q: [T, H, D] for all new tokens, sequence after sequence (query_start: [B+1] int32 offsets);
     context_lens: [B] tokens in the cache including the new ones (already written). `config`: (BLOCK_M,
     BLOCK_N, num_warps, num_stages), BLOCK_M that of the work list (default: `varlen_config`). new_kv: this step's
     rotated K heads then V heads, [T, 2 KVH, D] (the qkv buffer's view): a fresh prompt (context = its new tokens)
     attends over them instead of the cache, so an fp8 cache neither rounds nor slows its prefill (as TensorRT-LLM's
-    and vLLM's context attention do), loaded as `new_loads` says (1 pointers, 2 TMA), when `fresh_blocks` says how
-    many leading entries of the work list are fresh prompts' (the host orders it so in eager steps; the others'
-    follow): a launch over those and one over the rest. fresh_blocks None (a prefill graph's step, its work list
-    padded to the most query blocks its bucket can have) or 0: one launch, every block over the cache. work_count:
-    a device int32 [1], how
-    many leading work-list entries are real: a persistent launch of `programs` programs a KV head (default: two
-    an SM) walks them, so a padded list costs no program an idle entry. Returns [T, H, D]."""
+    and vLLM's context attention do), loaded as `new_loads` says (1 pointers, 2 TMA; None: `fresh_loads`), when
+    `fresh_blocks` says how many leading entries of the work list are fresh prompts' (the host orders it so in eager
+    steps; the others' follow): a launch over those and one over the rest, on a side stream beside it (`overlap`).
+    fresh_blocks None (a prefill graph's step, its work list padded to the most query blocks its bucket can have) or
+    0: one launch, every block over the cache. work_count: a device int32 [1], how many leading work-list entries
+    are real: a persistent launch of `programs` programs a KV head (default: two an SM) walks them, so a padded list
+    costs no program an idle entry. Returns [T, H, D]."""
     T, H, D = q.shape
     _, _, page, KVH, _ = kv_cache.shape
     G = H // KVH
@@ -206,25 +211,58 @@ def varlen_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
     k, v = kv_cache[0], kv_cache[1]
     bm, block_n, warps, stages = config or varlen_config(G, D)
     src, stride_nt = q, 0
-    if new_kv is not None:
-        assert new_kv.shape == (T, 2 * KVH, D) and new_kv.stride()[1:] == (D, 1)
-        stride_nt = new_kv.stride(0)
-        src = create_ragged_descriptor(new_kv, [block_n, 1, D]) if new_loads == 2 else new_kv
     f = fresh_blocks if new_kv is not None and fresh_blocks else 0
     assert not (f and work_count is not None), "a persistent launch walks one list: fresh_blocks None there"
-    # (first entry, entries, NEW) a launch: the fresh prompts' blocks, then the rest over the cache
-    launches = [(0, f, new_loads), (f, n_qb - f, 0)] if f else [(0, n_qb, 0)]
-    for first, count, new in launches:
-        if count == 0:
-            continue
+    if f:
+        assert new_kv.shape == (T, 2 * KVH, D) and new_kv.stride()[1:] == (D, 1)
+        stride_nt = new_kv.stride(0)
+        new_loads = new_loads or fresh_loads(q.device)
+        src = create_ragged_descriptor(new_kv, [block_n, 1, D]) if new_loads == 2 else new_kv
+    # (first entry, entries, NEW) a launch: the blocks over the cache (the side stream's), then the fresh prompts'
+    launches = [(f, n_qb - f, 0), (0, f, new_loads)] if f else [(0, n_qb, 0)]
+    launches = [x for x in launches if x[1]]
+    side = overlap and len(launches) == 2 and q.device.type == "cuda"
+    for i, (first, count, new) in enumerate(launches):
         grid = (count if work_count is None else programs or _persistent_programs(q.device, KVH), KVH)
-        _varlen_kernel[grid](
-            q, k, v, src, block_tables, context_lens, query_start, qb_seq, qb_start, first, out,
-            qb_seq if work_count is None else work_count, scale, q.stride(0), q.stride(1), stride_nt,
-            block_tables.stride(0), k.stride(0), k.stride(1), out.stride(0), out.stride(1), G=G, D=D, PAGE=page,
-            BLOCK_M=bm, BLOCK_N=block_n, KV_FP8=kv_mode(kv_cache, q, fp8_convert), NEW=new, STAGES=stages,
-            PERSIST=work_count is not None, num_warps=warps, num_stages=stages)
+        with _on_side_stream(q.device, side and i == 0):
+            _varlen_kernel[grid](
+                q, k, v, src, block_tables, context_lens, query_start, qb_seq, qb_start, first, out,
+                qb_seq if work_count is None else work_count, scale, q.stride(0), q.stride(1), stride_nt,
+                block_tables.stride(0), k.stride(0), k.stride(1), out.stride(0), out.stride(1), G=G, D=D, PAGE=page,
+                BLOCK_M=bm, BLOCK_N=block_n, KV_FP8=kv_mode(kv_cache, q, fp8_convert), NEW=new, STAGES=stages,
+                PERSIST=work_count is not None, num_warps=warps, num_stages=stages)
+    if side:
+        torch.cuda.current_stream(q.device).wait_stream(_side_stream(q.device.index or 0))
     return out
+
+
+def fresh_loads(device: torch.device) -> int:
+    """FRESH_LOADS, or pointer loads on a GPU without TMA (before Hopper)."""
+    return 1 if device.type == "cuda" and _capability(device.index or 0) < 9 else FRESH_LOADS
+
+
+@functools.cache
+def _capability(index: int) -> int:
+    return torch.cuda.get_device_capability(index)[0]
+
+
+@contextlib.contextmanager
+def _on_side_stream(device: torch.device, side: bool):
+    """Launches in the block go to the device's side stream, after the current stream's work so far (the current
+    stream waits for it once varlen_attention's launches are queued); a graph being captured forks and joins too.
+    Its priority is high, so its few long programs take SMs before the fresh launch's many."""
+    if not side:
+        yield
+        return
+    stream = _side_stream(device.index or 0)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        yield
+
+
+@functools.cache
+def _side_stream(index: int) -> torch.cuda.Stream:
+    return torch.cuda.Stream(device=index, priority=-1)
 
 
 def _persistent_programs(device: torch.device, kv_heads: int) -> int:
