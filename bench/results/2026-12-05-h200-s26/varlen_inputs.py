@@ -2,8 +2,9 @@
 compiles alike and times alike alone. Runs the engine's first prefill step of 4 x 2,048-token prompts (as
 kernel_check's profile: fp8 weights and KV cache, Llama-3.1-8B shape), catches layer 0's varlen launch, prints its
 inputs (shapes, strides, dtypes, alignment, the work list) and times that launch alone in a CUDA graph on the
-engine's own tensors, then on contiguous copies, then kernel_check's synthetic case of the same size. Run from the
-root of either tree (older trees have varlen_attention in kernels.attention); bench is this tree's."""
+engine's own tensors, then on contiguous copies, then kernel_check's synthetic case of the same size; the step's
+torch.profiler trace goes to $OUT/trace-$TREE.json (streams, overlaps). Run from the root of either tree (older
+trees have varlen_attention in kernels.attention); bench is this tree's."""
 import os
 import tempfile
 from pathlib import Path
@@ -57,8 +58,16 @@ def main() -> None:
         for i in range(4):
             ids = torch.randint(3, vocab - 3, (2048,), generator=g).tolist()
             eng.add_request(EngineRequest(f"r{i}", ids, SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)))
-        eng.step()
-        torch.cuda.synchronize()
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+            eng.step()
+            torch.cuda.synchronize()
+        out = Path(os.environ.get("OUT", "."))
+        prof.export_chrome_trace(str(out / f"trace-{os.environ.get('TREE', 'tree')}.json"))
+        varlen = [e for e in prof.events() if e.name == "_varlen_kernel" and e.device_type.name == "CUDA"]
+        print(f"step: {len(varlen)} varlen launches, device us each: "
+              f"{[round(e.device_time_total) for e in varlen[:6]]} ...", flush=True)
         args, kwargs = caught[0]
         names = ["q", "kv_cache", "block_tables", "context_lens", "query_start", "qb_seq", "qb_start", "scale"]
         for n, v in [*zip(names, args), *kwargs.items()]:
