@@ -13,7 +13,8 @@ Cases: decode:BxCTX:KV, varlen:BxL[+DECODE_ROWS]:KV[:fresh|tma|persist] (KV bf16
 prompts' K/V from the qkv buffer, pointer or TMA loads; persist: the persistent launch), gemv:KIND:NxK[:FLAG] and
 wmm:KIND:MxNxK[:FLAG] (KIND bf16, int8, fp8; FLAG gated: the SiLU-mul in x's load, gate_out: in the epilogue;
 the GEMV's norm: an RMSNorm folded in, add: the residual add in the epilogue, rope: rotary + cache write),
-w4:MxNxK:GROUP (symmetric int4; M = 1 is the GEMV), w8g:MxNxK:GROUP (8-bit codes in groups, as w4),
+w4:MxNxK:GROUP[:FLAGS] (symmetric int4; M = 1 is the GEMV; FLAGS joined by +: bytes, words or pairs
+names a GEMV kernel, gated the SiLU-mul in x's load), w8g:MxNxK:GROUP (8-bit codes in groups, as w4),
 fp8mm:MxNxK:fast|exact (the fp8 GEMM at 33-256 rows, its accumulation). Llama-3.1-8B heads
 (32 query, 8 KV, dim 128).
 """
@@ -193,14 +194,17 @@ def _fp8mm(shape: str, accumulation: str):
     return lambda: fp8_mm(xq, xs, w, ws, torch.bfloat16, fast=accumulation == "fast")
 
 
-def _w4(shape: str, group: str):
-    from llmserve.kernels.int4 import w4mm
+def _w4(shape: str, group: str, flags: str = ""):
+    from llmserve.kernels.int4 import w4gemv, w4mm
 
     M, N, K = (int(v) for v in shape.split("x"))
     w = torch.zeros(N, K // 2, dtype=torch.uint8)
     scale = torch.ones(N, K // int(group), dtype=torch.float16)
-    x = torch.zeros(M, K, dtype=torch.bfloat16)
-    return lambda: w4mm(x, w, scale)
+    flag = set(flags.split("+")) - {""}
+    x = torch.zeros(M, 2 * K if "gated" in flag else K, dtype=torch.bfloat16)
+    if flag & {"bytes", "words", "pairs"}:  # a GEMV kernel by name
+        return lambda: w4gemv(x, w, scale, gated="gated" in flag, words="words" in flag, pairs="pairs" in flag)
+    return lambda: w4mm(x, w, scale, gated="gated" in flag)
 
 
 def _w8g(shape: str, group: str):
@@ -217,7 +221,7 @@ def case_call(case: str):
     kind, *rest = case.split(":")
     makers = {"decode": lambda: _decode(rest[0], rest[1]), "varlen": lambda: _varlen(*rest[:3]),
               "gemv": lambda: _linear(*rest[:2], 1, *rest[2:3]), "wmm": lambda: _linear(*rest[:2], None, *rest[2:3]),
-              "w4": lambda: _w4(rest[0], rest[1]), "w8g": lambda: _w8g(rest[0], rest[1]),
+              "w4": lambda: _w4(*rest[:3]), "w8g": lambda: _w8g(rest[0], rest[1]),
               "fp8mm": lambda: _fp8mm(rest[0], rest[1])}
     if kind not in makers:
         raise SystemExit(f"unknown case {case!r}: decode, varlen, gemv, wmm, w4, w8g or fp8mm (see --help)")

@@ -127,3 +127,23 @@ def test_int4_word_gemv_matches_the_torch_twin(group, symmetric, gated):
     out = w4gemv(x, t["weight"], t["weight_scale"], t.get("weight_min"), bias, gated=gated, words=True)
     assert out.shape == (1, 40) and rel(out, ref) < 1e-2
     _int4_check(1, 24, 8192 + 3 * 128, group, symmetric, gated)
+
+
+@pytest.mark.skipif(DEV != "cuda", reason="inline PTX: Triton's interpreter cannot run it")
+@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("gated", [False, True])
+def test_int4_pair_gemv_matches_the_torch_twin(group, symmetric, gated, monkeypatch):
+    """The paired-bf16 GEMV (int4_pairs.py) at a small K (N not a multiple of its block, a last tile short), and at
+    Llama-3-8B's o_proj / down_proj shapes through w4gemv's own choice under PAIRS_GEMV."""
+    from llmserve.kernels import int4
+
+    for N, K in ((40, 5 * 128), (4096, 14336 if gated else 4096)):
+        x, t, bias, ref = _int4_case(1, N, K, group, symmetric, gated)
+        x = x.to(torch.bfloat16)
+        out = int4.w4gemv(x, t["weight"], t["weight_scale"], t.get("weight_min"), bias.to(x.dtype), gated=gated,
+                          pairs=True)
+        assert out.shape == (1, N) and rel(out.to(ref.dtype), ref) < 1e-2, (N, K)
+    monkeypatch.setattr(int4, "PAIRS_GEMV", True)
+    again = int4.w4gemv(x, t["weight"], t["weight_scale"], t.get("weight_min"), bias.to(x.dtype), gated=gated)
+    assert torch.equal(again, out)

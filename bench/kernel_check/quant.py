@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import os
+from functools import partial
 
 import torch
 from torch.nn import functional as F
@@ -16,14 +18,16 @@ INT4_ROWS = (1, 8, 64, 256)  # batch-1 decode, the batch-8 target, the tensor-co
 @section("int4")
 def s_int4(args):
     """W4A16 (int4 g128, symmetric and asymmetric) over all linears of the Llama-3.1-8B shape in one CUDA graph, at
-    M = 1, 8, 64, 256: our kernels against bf16 cuBLAS over the same shapes and the chunked torch.sum of the int4
-    bytes (weights + scales); the lm_head is left out (it stays 16-bit)."""
+    M = 1, 8, 64, 256 and at M = 1 with the paired-bf16 GEMV (int4.PAIRS_GEMV): our kernels against bf16 cuBLAS
+    over the same shapes and the chunked torch.sum of the int4 bytes (weights + scales); the lm_head is left out
+    (it stays 16-bit)."""
     from bench.common import SHAPES, chunked_sum_ms, flat_buffers, linear_shapes
-    from llmserve.kernels.int4 import w4mm
+    from llmserve.kernels import int4
     from llmserve.model.int4 import quantize_int4
 
     cfg = SHAPES["llama3.1-8b"]
     res = args.report.results.setdefault("int4", {})
+    default = int4.PAIRS_GEMV
     for sym in (True, False):
         layers = []
         for _ in range(cfg["num_hidden_layers"]):
@@ -35,12 +39,15 @@ def s_int4(args):
         floor = chunked_sum_ms(flat_buffers(tensors))
         tag = "sym" if sym else "asym"
         res[f"{tag}/floor_ms"] = floor
-        for M in INT4_ROWS:
+        for M, pairs in [(M, False) for M in INT4_ROWS] + [(1, True)]:  # M = 1 again with the paired-bf16 GEMV
             xs = {k: torch.randn(M, 2 * k if g else k, device="cuda", dtype=torch.bfloat16) for _, g, k in layers}
-            ms = graph_time_ms(lambda xs=xs, ls=layers: [w4mm(xs[k], q["weight"], q["weight_scale"],
-                                                               q.get("weight_min"), gated=g) for q, g, k in ls])
-            res[f"{tag}/M{M}_ms"] = ms
-            args.report.say(f"int4 {tag} g128 M={M}: {ms:.3f} ms over all linears, floor {floor:.3f} ms "
+            int4.PAIRS_GEMV = pairs
+            ms = graph_time_ms(lambda xs=xs, ls=layers: [int4.w4mm(xs[k], q["weight"], q["weight_scale"],
+                                                                    q.get("weight_min"), gated=g) for q, g, k in ls])
+            int4.PAIRS_GEMV = default
+            key = f"M{M}" + ("_pairs" if pairs else "")
+            res[f"{tag}/{key}_ms"] = ms
+            args.report.say(f"int4 {tag} g128 {key}: {ms:.3f} ms over all linears, floor {floor:.3f} ms "
                            f"({nbytes / 1e9:.2f} GB, {ms / floor:.2f}x)")
             print(args.report.summary[-1], flush=True)
         del layers, tensors
@@ -126,12 +133,21 @@ def s_int8_group(args):
         print(args.report.summary[-1], flush=True)
 
 
+def _sweep_cases(M: int, default: tuple, configs: list, kinds: list[str]) -> list[tuple[str, tuple]]:
+    """(GEMV kernel or "", launch config) to time: the default first; at M = 1 every config under each kernel."""
+    cases = [("bytes" if M == 1 else "", default)]
+    for kind in kinds if M == 1 else [""]:
+        cases += [(kind, c) for c in configs if (kind, c) not in cases]
+    return cases
+
+
 @section("int4_sweep")
 def s_int4_sweep(args):
     """Launch configs of the int4 kernels (g128, symmetric) per Llama-3.1-8B linear shape, 32 layers' worth of weights
     (past the L2), one CUDA graph each: GEMV (BLOCK_N, BLOCK_K, warps, stages) at M = 1, w4mm (BLOCK_M, BLOCK_N,
     BLOCK_K, warps, stages, split-K) at M = 8 and 64, each against the default config and the shape's int4 read
-    floor."""
+    floor. INT4_GEMV_KINDS (bytes, words, pairs; default bytes): the GEMV kernels swept at M = 1; INT4_SWEEP_ROWS:
+    which of M = 1, 8, 64 (default all)."""
 
     from bench.common import SHAPES, chunked_sum_ms, flat_buffers, linear_shapes
     from llmserve.kernels.int4 import gemv_config, mm_config, w4gemv, w4mm
@@ -141,6 +157,8 @@ def s_int4_sweep(args):
     res = args.report.results.setdefault("int4_sweep", {})
     gemv = [(bn, bk, w, s) for bn, bk, w, s in itertools.product((4, 8, 16, 32), (256, 512, 1024), (2, 4, 8), (3,))
             if bn * bk <= 16384 and not (bn >= 16 and w == 2)]
+    kinds = os.environ.get("INT4_GEMV_KINDS", "bytes").split(",")  # bytes, words, pairs: the M = 1 kernels swept
+    rows = [int(v) for v in os.environ.get("INT4_SWEEP_ROWS", "1,8,64").split(",")]  # of 1, 8, 64
     tiles = list(itertools.product((32, 64, 128), (128, 256), (4, 8), (1, 2, 4, 8)))
     mm = {M: [(16 if M <= 16 else 64, bn, bk, w, 3, sk) for bn, bk, w, sk in tiles] for M in (8, 64)}
     for name, (n, k) in linear_shapes(cfg).items():
@@ -148,21 +166,23 @@ def s_int4_sweep(args):
         layers = [quantize_int4(torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02, 128, True)
                   for _ in range(cfg["num_hidden_layers"])]
         floor = chunked_sum_ms(flat_buffers([t for q in layers for t in q.values()]))
-        for M, configs in ((1, gemv), (8, mm[8]), (64, mm[64])):
+        for M, configs in [(M, gemv if M == 1 else mm[M]) for M in rows]:
             x = torch.randn(M, 2 * k if gated else k, device="cuda", dtype=torch.bfloat16)
             default = gemv_config(n, k, 128) if M == 1 else mm_config(M, n, k, 128)
             times = {}
-            for c in [default] + [c for c in configs if c != default]:
+            for kind, c in _sweep_cases(M, default, configs, kinds):
+                fn = partial(w4gemv, words=kind == "words", pairs=kind == "pairs") if M == 1 else w4mm
                 try:
-                    times[str(c)] = graph_time_ms(lambda c=c, x=x, g=gated, ls=layers, f=w4gemv if M == 1 else w4mm: [
+                    times[f"{kind}{c}"] = graph_time_ms(lambda c=c, x=x, g=gated, ls=layers, f=fn: [
                         f(x, q["weight"], q["weight_scale"], gated=g, config=c) for q in ls], reps=10)
                 except Exception as exc:  # noqa: BLE001
-                    times[str(c)] = f"fail {type(exc).__name__}: {str(exc)[:120]}"
+                    times[f"{kind}{c}"] = f"fail {type(exc).__name__}: {str(exc)[:120]}"
             numeric = {c: t for c, t in times.items() if isinstance(t, float)}
             best = min(numeric, key=numeric.get)
-            res[f"{name}/M{M}"] = {"floor_ms": floor, "default": str(default), "default_ms": times[str(default)],
+            default = f"{'bytes' if M == 1 else ''}{default}"
+            res[f"{name}/M{M}"] = {"floor_ms": floor, "default": default, "default_ms": times[default],
                                    "best": best, "best_ms": numeric[best], "times_ms": times}
-            args.report.say(f"int4 {name} M={M}: default {default} {times[str(default)]} ms, best {best} "
+            args.report.say(f"int4 {name} M={M}: default {default} {times[default]} ms, best {best} "
                            f"{numeric[best]:.3f} ms, floor {floor:.3f} ms")
             print(args.report.summary[-1], flush=True)
             args.report.save()

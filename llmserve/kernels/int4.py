@@ -31,6 +31,7 @@ import triton.language as tl
 
 from llmserve.kernels import launch_args
 from llmserve.kernels.group_tiles import load_x, store_rows, store_tile
+from llmserve.kernels.int4_pairs import pairs_ok, w4gemv_pairs
 from llmserve.kernels.int4_words import w4gemv_words
 from llmserve.kernels.pdl import pdl_prologue
 
@@ -178,12 +179,19 @@ def gemv_config(N: int, K: int, group: int) -> tuple[int, int, int, int]:
     return (32 if N > 8192 else 16), bk, 4, 3
 
 
+# The one-row GEMV in paired bf16 arithmetic (int4_pairs.py) for bf16 activations on a GPU: not yet timed
+PAIRS_GEMV = False
+
+
 def w4gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None = None,
            bias: torch.Tensor | None = None, gated: bool = False, config: tuple[int, int, int, int] | None = None,
-           pdl: bool = False, words: bool | None = None) -> torch.Tensor:
-    """x: [1, K] (or [1, 2K] gated) -> [1, N]. `words`: the word-reading kernel (llmserve/kernels/int4_words.py);
-    None: from K > 8,192 (the MLP's down_proj, where it measured faster) unless a `config` is given."""
+           pdl: bool = False, words: bool | None = None, pairs: bool | None = None) -> torch.Tensor:
+    """x: [1, K] (or [1, 2K] gated) -> [1, N]. `pairs`: the paired-bf16 kernel (llmserve/kernels/int4_pairs.py;
+    None: PAIRS_GEMV where it can run). `words`: the word-reading kernel (llmserve/kernels/int4_words.py); None:
+    from K > 8,192 (the MLP's down_proj, where it measured faster) unless a `config` is given."""
     sizes = check_codes(w, scale, minimum)
+    if pairs or (pairs is None and PAIRS_GEMV and pairs_ok(x)):
+        return w4gemv_pairs(x, w, scale, minimum, bias, gated, config, pdl, sizes)
     if words or (words is None and config is None and sizes[1] > 8192):
         return w4gemv_words(x, w, scale, minimum, bias, gated, config, pdl, sizes)
     return launch_gemv(_w4gemv_kernel, x, w, scale, minimum, bias, gated, config, pdl, sizes)

@@ -1,9 +1,9 @@
-"""The driver of `ncu-gemv.sh`: Llama-3.1-8B's batch-1 GEMVs (qkv, o, gate_up, down with the gate fused), bf16, fp8 and
-int4 g128 symmetric (down_proj through both int4 kernels, words and bytes), then the 8-row tensor-core kernels, bf16
-and int4 (matched launches a matrix: 3 GEMVs, 4 for down, and 2 of 8 rows), three calls each, in that order, after
-one warm-up pass that compiles them (21 matched launches). ncu then profiles the GEMVs' later calls (issue 22: why
-the int4 GEMV reads at 0.9-1.6 TB/s, issue-bound or latency-bound; issue 18: the fp8 GEMV beside bf16). NCU_TINY=1:
-small matrices, for a CPU smoke test under TRITON_INTERPRET=1."""
+"""The driver of `ncu-gemv.sh`: Llama-3.1-8B's batch-1 GEMVs (qkv, o, gate_up, down with the gate fused), bf16, fp8
+and int4 g128 symmetric (each matrix through the paired-bf16 GEMV too; down_proj through words and bytes), then the
+8-row tensor-core kernels, bf16 and int4 (matched launches a matrix: 4 GEMVs, 5 for down, and 2 of 8 rows), three
+calls each, in that order, after one warm-up pass that compiles them (25 matched launches). ncu then profiles the
+GEMVs' later calls (issue 22: why the int4 GEMV reads at 0.9-1.6 TB/s, issue-bound or latency-bound; issue 18: the
+fp8 GEMV beside bf16). NCU_TINY=1: small matrices, for a CPU smoke test under TRITON_INTERPRET=1."""
 import os
 
 import torch
@@ -29,6 +29,9 @@ def runs(dev: str) -> list[tuple[str, object]]:
         out += [(f"{name}:bf16", lambda x=x, w=w, g=gated: linear.gemv(x, w, gated=g)),
                 (f"{name}:fp8", lambda x=x, q=q8, s=s8, g=gated: linear.gemv(x, q, s, gated=g)),
                 (f"{name}:int4", lambda x=x, q=q4, g=gated: int4.w4gemv(x, q["weight"], q["weight_scale"], gated=g))]
+        if not TINY:  # the paired-bf16 GEMV (inline PTX: not under the interpreter)
+            out.append((f"{name}:int4_pairs", lambda x=x, q=q4, g=gated: int4.w4gemv(
+                x, q["weight"], q["weight_scale"], gated=g, pairs=True)))
         if gated:  # the default takes the word kernel past K = 8,192: the byte kernel too
             out.append((f"{name}:int4_bytes", lambda x=x, q=q4: int4.w4gemv(x, q["weight"], q["weight_scale"],
                                                                           gated=True, words=False)))

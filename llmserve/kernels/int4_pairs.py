@@ -1,0 +1,155 @@
+"""The one-row int4 GEMV in paired bf16 arithmetic, for bf16 activations on a GPU (inline PTX: Triton's interpreter
+cannot run it). It reads the weights as int4_words.py does (int4.py's codes viewed as int32 words of 8), and turns
+each word into four bf16 pairs: a shift and a LOP3 with a magic bf16 give 128 + code in both halves, one paired
+subtraction gives code - 8 (symmetric) or the code, exactly; four paired multiply-adds (HFMA2) take the products
+with x's matching pairs, and the pairs' sum goes to float32 once a word, before the group's scale. The GEMVs are
+issue-bound (docs/performance.md): this is about half the word GEMV's instructions a weight byte. A word's eight
+products and their sums round to bf16 (TensorRT-LLM's weight-only GEMV keeps a thread's whole K range in the
+activation dtype); everything after is float32."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from llmserve.kernels import launch_args
+from llmserve.kernels.group_tiles import load_x, store_rows
+from llmserve.kernels.pdl import pdl_prologue
+
+# A word's nibbles at bits 0-3 and 16-19 (shifted by 0, 4, 8, 12 for the others), OR'd into bf16 128.0 in each half:
+# the bf16 128 + code, exact (its last mantissa bit is worth 1)
+NIBBLES, MAGIC = 0x000F000F, 0x43004300
+# Subtracted from 128 + code: bf16 136 (symmetric, w = s * (code - 8)) or 128 (asymmetric, w = s * code + m)
+SYM_BIAS, ASYM_BIAS = 0x43084308, 0x43004300
+
+# $0 = sum over a word of (code - bias) * x, float32. $1 the word; $2-$5 x's bf16 pairs matching the nibble pairs
+# (bits 0-3 / 16-19 after a shift of 0, 4, 8, 12); $6 NIBBLES, $7 MAGIC, $8 the bias (registers: LOP3 and HFMA2
+# take one immediate). The pair sum's halves become float32 by a shift and a mask (bf16 is float32's top half).
+_WORD_DOT = tl.constexpr("""{
+.reg .b32 s, t0, t1, t2, t3, a, lo, hi;
+lop3.b32 t0, $1, $6, $7, 0xEA;
+shr.u32 s, $1, 4;
+lop3.b32 t1, s, $6, $7, 0xEA;
+shr.u32 s, $1, 8;
+lop3.b32 t2, s, $6, $7, 0xEA;
+shr.u32 s, $1, 12;
+lop3.b32 t3, s, $6, $7, 0xEA;
+sub.rn.bf16x2 t0, t0, $8;
+sub.rn.bf16x2 t1, t1, $8;
+sub.rn.bf16x2 t2, t2, $8;
+sub.rn.bf16x2 t3, t3, $8;
+mul.rn.bf16x2 a, t0, $2;
+fma.rn.bf16x2 a, t1, $3, a;
+fma.rn.bf16x2 a, t2, $4, a;
+fma.rn.bf16x2 a, t3, $5, a;
+shl.b32 lo, a, 16;
+and.b32 hi, a, 0xFFFF0000;
+add.f32 $0, lo, hi;
+}""")
+
+
+@triton.jit
+def _prmt(a, b, HIGH: tl.constexpr):
+    """Two bf16 of int32 words a and b as one pair: their low halves, or (HIGH) their high ones."""
+    if HIGH:
+        return tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, 0x7632;", "=r,r,r", [a, b], dtype=tl.int32,
+                                         is_pure=True, pack=1)
+    else:
+        return tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, 0x5410;", "=r,r,r", [a, b], dtype=tl.int32,
+                                         is_pure=True, pack=1)
+
+
+@triton.jit
+def _pack(lo, hi):
+    """float32 lo and hi rounded to one bf16 pair (lo in the low half)."""
+    return tl.inline_asm_elementwise("cvt.rn.bf16x2.f32 $0, $2, $1;", "=r,f,f", [lo, hi], dtype=tl.int32,
+                                     is_pure=True, pack=1)
+
+
+@triton.jit
+def _pair_sum(p):
+    """The two bf16 of pair p added in float32."""
+    return tl.inline_asm_elementwise("{.reg .b32 lo, hi; shl.b32 lo, $1, 16; and.b32 hi, $1, 0xFFFF0000; "
+                                     "add.f32 $0, lo, hi;}", "=f,r", [p], dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _pairs(x_ptr, xw_ptr, idx, mask, K, GATED: tl.constexpr):
+    """x's pairs (x[i], x[i + 2]) and (x[i + 1], x[i + 3]) at idx (even), as bf16 pairs: x's own words through a
+    byte permute, or, gated, silu(gate) * up rounded to bf16 as the eager ops round it."""
+    if GATED:
+        x0 = load_x(x_ptr, idx, mask, K, GATED)
+        x1 = load_x(x_ptr, idx + 1, mask, K, GATED)
+        x2 = load_x(x_ptr, idx + 2, mask, K, GATED)
+        x3 = load_x(x_ptr, idx + 3, mask, K, GATED)
+        return _pack(x0, x2), _pack(x1, x3)
+    else:
+        w0 = tl.load(xw_ptr + idx // 2, mask=mask, other=0)
+        w1 = tl.load(xw_ptr + idx // 2 + 1, mask=mask, other=0)
+        return _prmt(w0, w1, False), _prmt(w0, w1, True)
+
+
+@triton.jit
+def _w4gemv_pairs_kernel(x_ptr, xw_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, K, stride_wn, stride_sn, nibbles,
+                         magic, bias, ASYM: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr,
+                         GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr,
+                         PDL: tl.constexpr):
+    """Word m of a group holds inputs 4m..4m+3 in its bytes' low nibbles and the same + GROUP / 2 in their high
+    ones (int4_words.py's reading); x's pairs are built once per word position and serve every row of the thread."""
+    pdl_prologue(PDL)
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    WG: tl.constexpr = GROUP // 8
+    GT: tl.constexpr = BLOCK_K // GROUP
+    m = tl.arange(0, WG)
+    j = tl.arange(0, GT)
+    rows_w = offs_n[:, None, None].to(tl.int64) * stride_wn
+    rows_s = offs_n[:, None].to(tl.int64) * stride_sn
+    acc = tl.zeros((BLOCK_N, GT, WG), dtype=tl.float32)
+    for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
+        grp = k0 // GROUP + j
+        k_mask = (k0 + j * GROUP) < K
+        v = tl.load(w_ptr + rows_w + (grp[:, None] * WG + m[None, :])[None, :, :],
+                    mask=n_mask[:, None, None] & k_mask[None, :, None], other=0)
+        base = (k0 + j[:, None] * GROUP + 4 * m[None, :])[None, :, :]
+        xm = k_mask[None, :, None]
+        pa0, pa1 = _pairs(x_ptr, xw_ptr, base, xm, K, GATED)
+        pb0, pb1 = _pairs(x_ptr, xw_ptr, base + GROUP // 2, xm, K, GATED)
+        t = tl.inline_asm_elementwise(_WORD_DOT, "=f,r,r,r,r,r,r,r,r", [v, pa0, pb0, pa1, pb1, nibbles, magic, bias],
+                                      dtype=tl.float32, is_pure=True, pack=1)
+        s_mask = n_mask[:, None] & k_mask[None, :]
+        s = tl.load(s_ptr + rows_s + grp[None, :], mask=s_mask, other=0.0).to(tl.float32)
+        acc += s[:, :, None] * t
+        if ASYM:
+            mn = tl.load(m_ptr + rows_s + grp[None, :], mask=s_mask, other=0.0).to(tl.float32)
+            acc += mn[:, :, None] * (_pair_sum(pa0) + _pair_sum(pa1) + _pair_sum(pb0) + _pair_sum(pb1))
+    store_rows(tl.sum(acc, axis=2), b_ptr, out_ptr, offs_n, n_mask, HAS_BIAS)
+
+
+def pairs_config(group: int) -> tuple[int, int, int, int]:
+    """(BLOCK_N, BLOCK_K, num_warps, stages): the word GEMV's (16 rows of 1,024 inputs), untimed for this one."""
+    return 16, max(group, 1024), 4, 3
+
+
+def pairs_ok(x: torch.Tensor) -> bool:
+    """Whether w4gemv_pairs can take x: bf16 on a GPU (inline PTX; an fp16 model's products could overflow)."""
+    return x.dtype == torch.bfloat16 and x.is_cuda
+
+
+def w4gemv_pairs(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None,
+                 bias: torch.Tensor | None, gated: bool, config: tuple[int, int, int, int] | None, pdl: bool,
+                 sizes: tuple[int, int, int]) -> torch.Tensor:
+    """x: [1, K] (or [1, 2K] gated) bf16 -> [1, N]; `sizes` (N, K, group) as int4.check_codes gives them."""
+    N, K, group = sizes
+    assert x.dtype == torch.bfloat16 and x.shape == (1, 2 * K if gated else K) and x.is_contiguous()
+    bn, bk, warps, stages = config or pairs_config(group)
+    assert bk % group == 0, (bk, group)
+    out = torch.empty(1, N, dtype=x.dtype, device=x.device)
+    words = w.view(torch.int32)
+    _w4gemv_pairs_kernel[(triton.cdiv(N, bn),)](
+        x, x.view(torch.int32), words, scale, minimum if minimum is not None else scale,
+        bias if bias is not None else scale, out, N, K, words.stride(0), scale.stride(0), NIBBLES, MAGIC,
+        ASYM_BIAS if minimum is not None else SYM_BIAS, ASYM=minimum is not None, HAS_BIAS=bias is not None,
+        GATED=gated, GROUP=group, BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, num_warps=warps, **launch_args(pdl))
+    return out
