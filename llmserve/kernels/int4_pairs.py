@@ -15,6 +15,7 @@ import triton.language as tl
 
 from llmserve.kernels import launch_args
 from llmserve.kernels.group_tiles import load_x, store_rows
+from llmserve.kernels.int4_words import word_tile
 from llmserve.kernels.pdl import pdl_prologue
 
 # A word's nibbles at bits 0-3 and 16-19 (shifted by 0, 4, 8, 12 for the others), OR'd into bf16 128.0 in each half:
@@ -100,19 +101,11 @@ def _w4gemv_pairs_kernel(x_ptr, xw_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, 
     pdl_prologue(PDL)
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
-    WG: tl.constexpr = GROUP // 8
-    GT: tl.constexpr = BLOCK_K // GROUP
-    m = tl.arange(0, WG)
-    j = tl.arange(0, GT)
     rows_w = offs_n[:, None, None].to(tl.int64) * stride_wn
     rows_s = offs_n[:, None].to(tl.int64) * stride_sn
-    acc = tl.zeros((BLOCK_N, GT, WG), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_N, BLOCK_K // GROUP, GROUP // 8), dtype=tl.float32)
     for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
-        grp = k0 // GROUP + j
-        k_mask = (k0 + j * GROUP) < K
-        v = tl.load(w_ptr + rows_w + (grp[:, None] * WG + m[None, :])[None, :, :],
-                    mask=n_mask[:, None, None] & k_mask[None, :, None], other=0)
-        base = (k0 + j[:, None] * GROUP + 4 * m[None, :])[None, :, :]
+        v, grp, k_mask, base = word_tile(w_ptr, rows_w, n_mask, k0, K, GROUP, BLOCK_K)
         xm = k_mask[None, :, None]
         pa0, pa1 = _pairs(x_ptr, xw_ptr, base, xm, K, GATED)
         pb0, pb1 = _pairs(x_ptr, xw_ptr, base + GROUP // 2, xm, K, GATED)

@@ -34,6 +34,20 @@ def _x4(x_ptr, idx, mask, K, GATED: tl.constexpr):
 
 
 @triton.jit
+def word_tile(w_ptr, rows_w, n_mask, k0, K, GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
+    """One K tile of a word-reading GEMV: the words [BLOCK_N, groups, GROUP / 8] (int32, rows_w each row's offset),
+    each group's index and whether it lies inside K, and the first input of each word's low nibbles."""
+    WG: tl.constexpr = GROUP // 8
+    m = tl.arange(0, WG)
+    j = tl.arange(0, BLOCK_K // GROUP)
+    grp = k0 // GROUP + j
+    k_mask = (k0 + j * GROUP) < K
+    v = tl.load(w_ptr + rows_w + (grp[:, None] * WG + m[None, :])[None, :, :],
+                mask=n_mask[:, None, None] & k_mask[None, :, None], other=0)
+    return v, grp, k_mask, (k0 + j[:, None] * GROUP + 4 * m[None, :])[None, :, :]
+
+
+@triton.jit
 def _w4gemv_words_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, K, stride_wn, stride_sn, m0, m1, m2, m3,
                          ASYM: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr, GROUP: tl.constexpr,
                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr):
@@ -42,21 +56,14 @@ def _w4gemv_words_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, K, strid
     pdl_prologue(PDL)
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
-    WG: tl.constexpr = GROUP // 8
-    GT: tl.constexpr = BLOCK_K // GROUP
-    m = tl.arange(0, WG)
-    j = tl.arange(0, GT)
     rows_w = offs_n[:, None, None].to(tl.int64) * stride_wn
     rows_s = offs_n[:, None].to(tl.int64) * stride_sn
     SHIFT: tl.constexpr = 0.0 if ASYM else 8.0  # sym: w = s * (q - 8)
-    acc = tl.zeros((BLOCK_N, GT, WG), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_N, BLOCK_K // GROUP, GROUP // 8), dtype=tl.float32)
     for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
-        grp = k0 // GROUP + j
-        k_mask = (k0 + j * GROUP) < K
-        v = tl.load(w_ptr + rows_w + (grp[:, None] * WG + m[None, :])[None, :, :],
-                    mask=n_mask[:, None, None] & k_mask[None, :, None], other=0).to(tl.uint32, bitcast=True)
+        v, grp, k_mask, base = word_tile(w_ptr, rows_w, n_mask, k0, K, GROUP, BLOCK_K)
+        v = v.to(tl.uint32, bitcast=True)
         u = v >> 16
-        base = (k0 + j[:, None] * GROUP + 4 * m[None, :])[None, :, :]
         xm = k_mask[None, :, None]
         xa0, xa1, xa2, xa3 = _x4(x_ptr, base, xm, K, GATED)
         xb0, xb1, xb2, xb3 = _x4(x_ptr, base + GROUP // 2, xm, K, GATED)
