@@ -195,11 +195,14 @@ def test_a_block_that_does_not_dequantize_to_the_import_fails_it_naming_the_tens
         keep_quantized(src, out)
 
 
+MIX_LAYERS = 4  # of SmolLM2's 30: every kind in both ffn_down positions; more layers add time, not coverage
+
+
 def _requantized_smollm2(path):
-    """The embedded SmolLM2 (Q4_1) rewritten as a mix of every kind the import keeps (metadata and tokenizer
-    copied): rows of 576 inputs take the 32-blocks llama.cpp falls back to (Q5_0, Q5_1, Q8_0, IQ4_NL), ffn_down
-    (1536 inputs) Q4_K / Q6_K. gguf-py quantizes the first three; the others are random blocks of the weights'
-    size (their values need not be good, only read exactly)."""
+    """The embedded SmolLM2 (Q4_1), its first MIX_LAYERS layers, rewritten as a mix of every kind the import keeps
+    (metadata and tokenizer copied): rows of 576 inputs take the 32-blocks llama.cpp falls back to (Q5_0, Q5_1,
+    Q8_0, IQ4_NL), ffn_down (1536 inputs) Q4_K / Q6_K. gguf-py quantizes the first three; the others are random
+    blocks of the weights' size (their values need not be good, only read exactly)."""
     from gguf import GGUFReader, GGUFValueType
 
     from build_engines.importer import embedded_gguf
@@ -209,11 +212,14 @@ def _requantized_smollm2(path):
     for field in reader.fields.values():
         if field.name != "general.architecture" and not field.name.startswith("GGUF."):
             sub = field.types[-1] if field.types[0] == GGUFValueType.ARRAY else None
-            writer.add_key_value(field.name, field.contents(), field.types[0], sub_type=sub)
+            value = MIX_LAYERS if field.name == "llama.block_count" else field.contents()
+            writer.add_key_value(field.name, value, field.types[0], sub_type=sub)
     kinds = {"attn_q": T.Q5_0, "attn_k": T.Q5_0, "attn_v": T.Q8_0, "attn_output": T.IQ4_NL, "ffn_gate": T.Q5_1,
              "ffn_up": T.Q5_0}
     for t in reader.tensors:
         parts = t.name.split(".")
+        if parts[0] == "blk" and int(parts[1]) >= MIX_LAYERS:
+            continue
         if parts[0] != "blk" or parts[2] not in (*kinds, "ffn_down"):
             writer.add_tensor(t.name, t.data, raw_dtype=None if t.tensor_type == T.F32 else t.tensor_type)
             continue
@@ -244,8 +250,8 @@ def test_cli_import_keeps_a_mixed_smollm2_quantized_and_serves_the_dequantized_l
     assert (entry["mode"], entry["group_size"], entry["source"]) == (
         "int8_group_sym", 32, "gguf:IQ4_NL+Q4_K+Q5_0+Q5_1+Q6_K+Q8_0")
     assert entry["modules"] == {
-        **{f"layers.{i}.mlp.gate_up_proj": "int8_group_asym" for i in range(30)},
-        **{f"layers.{i}.mlp.down_proj": "int4_asym" for i in range(0, 30, 2)}}
+        **{f"layers.{i}.mlp.gate_up_proj": "int8_group_asym" for i in range(MIX_LAYERS)},
+        **{f"layers.{i}.mlp.down_proj": "int4_asym" for i in range(0, MIX_LAYERS, 2)}}
     ids = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}])
     (got, ours), (want, _) = prefill_logits(native, ids), prefill_logits(plain, ids)
     assert torch.equal(got, want)
