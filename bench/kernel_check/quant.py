@@ -18,16 +18,15 @@ INT4_ROWS = (1, 8, 64, 256)  # batch-1 decode, the batch-8 target, the tensor-co
 @section("int4")
 def s_int4(args):
     """W4A16 (int4 g128, symmetric and asymmetric) over all linears of the Llama-3.1-8B shape in one CUDA graph, at
-    M = 1, 8, 64, 256 and at M = 1 with the paired-bf16 GEMV (int4.PAIRS_GEMV): our kernels against bf16 cuBLAS
-    over the same shapes and the chunked torch.sum of the int4 bytes (weights + scales); the lm_head is left out
-    (it stays 16-bit)."""
+    M = 1, 8, 64, 256 and at M = 1 with the paired-bf16 GEMV (what int4.PAIRS_GEMV selects): our kernels against
+    bf16 cuBLAS over the same shapes and the chunked torch.sum of the int4 bytes (weights + scales); the lm_head is
+    left out (it stays 16-bit)."""
     from bench.common import SHAPES, chunked_sum_ms, flat_buffers, linear_shapes
     from llmserve.kernels import int4
     from llmserve.model.int4 import quantize_int4
 
     cfg = SHAPES["llama3.1-8b"]
     res = args.report.results.setdefault("int4", {})
-    default = int4.PAIRS_GEMV
     for sym in (True, False):
         layers = []
         for _ in range(cfg["num_hidden_layers"]):
@@ -41,10 +40,9 @@ def s_int4(args):
         res[f"{tag}/floor_ms"] = floor
         for M, pairs in [(M, False) for M in INT4_ROWS] + [(1, True)]:  # M = 1 again with the paired-bf16 GEMV
             xs = {k: torch.randn(M, 2 * k if g else k, device="cuda", dtype=torch.bfloat16) for _, g, k in layers}
-            int4.PAIRS_GEMV = pairs
-            ms = graph_time_ms(lambda xs=xs, ls=layers: [int4.w4mm(xs[k], q["weight"], q["weight_scale"],
-                                                                    q.get("weight_min"), gated=g) for q, g, k in ls])
-            int4.PAIRS_GEMV = default
+            f = partial(int4.w4gemv, pairs=True) if pairs else int4.w4mm
+            ms = graph_time_ms(lambda xs=xs, ls=layers, f=f: [f(xs[k], q["weight"], q["weight_scale"],
+                                                                 q.get("weight_min"), gated=g) for q, g, k in ls])
             key = f"M{M}" + ("_pairs" if pairs else "")
             res[f"{tag}/{key}_ms"] = ms
             args.report.say(f"int4 {tag} g128 {key}: {ms:.3f} ms over all linears, floor {floor:.3f} ms "
