@@ -22,6 +22,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import torch
 from gguf import GGUFReader, ReaderTensor
 from safetensors.torch import load_file, save_file
@@ -40,6 +41,16 @@ ARCHITECTURES = ("llama", "qwen2")  # llama.cpp permutes llama's q/k rows for it
 
 class NativeImportError(ValueError):
     """A GGUF file whose decoder weights we cannot keep quantized; the message names the tensor type."""
+
+
+class Reader(GGUFReader):
+    """gguf-py's reader, its fields and tensors parsed from a plain array over the file's memory map: slicing the
+    np.memmap itself costs more than the parse (a 49k-token vocabulary: 6.8 s -> 3.2 s, same fields and tensors)."""
+
+    def _get(self, offset: int, dtype, count: int = 1, override_order=None):
+        if type(self.data) is np.memmap:  # the first read, inside GGUFReader.__init__
+            self.data = self.data.view(np.ndarray)
+        return super()._get(offset, dtype, count, override_order)
 
 
 def _hf_name(gguf_name: str) -> str | None:
@@ -98,10 +109,11 @@ def _row_order(name: str, n_rows: int, arch: str, cfg: dict) -> torch.Tensor | N
     return _unpermute_rows(n_rows, heads)
 
 
-def keep_quantized(src: Path, out: Path) -> dict:
+def keep_quantized(src: Path, out: Path, reader: GGUFReader | None = None) -> dict:
     """Replaces the decoder linears of the dequantized import in `out` by the file's own blocks, repacked;
-    returns the config's "quantization" entry. Fails if any repacked tensor dequantizes differently."""
-    reader = GGUFReader(src)
+    returns the config's "quantization" entry. Fails if any repacked tensor dequantizes differently. reader: the
+    file already parsed (`Reader`), or None to parse it here."""
+    reader = reader or Reader(src)
     type_names = check_native(reader)
     arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
     cfg = json.loads((out / "config.json").read_text())

@@ -17,6 +17,8 @@ import os
 import shutil
 from pathlib import Path
 
+from filelock import FileLock
+
 SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"}
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl"}
 MANIFEST = "import_manifest.json"
@@ -66,24 +68,34 @@ def import_checkpoint(source: str | os.PathLike, output_dir: str | os.PathLike, 
     fingerprint = _fingerprint(src)
     is_gguf = src.is_file() and src.suffix == ".gguf"
     weights = None if not is_gguf else "dequantized" if dequantize else "native"
-    manifest_path = out / MANIFEST
-    if manifest_path.is_file():
-        try:
-            old = json.loads(manifest_path.read_text())
-            if old.get("source_sha256") == fingerprint and old.get("gguf_weights", "dequantized") == (
-                    weights or "dequantized"):
-                return out
-        except json.JSONDecodeError:
-            pass
-    if weights == "native":
-        _check_native(src)  # before the slow import: a type we cannot keep is refused at once
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # One import at a time into `out` (two servers or test workers starting together): the second finds it done
+    with FileLock(out.with_name(out.name + ".lock")):
+        if not _imported(out, fingerprint, weights):
+            _import_into(src, out, fingerprint, weights)
+    return out
+
+
+def _imported(out: Path, fingerprint: str, weights: str | None) -> bool:
+    """Whether `out` holds an import of the same source bytes with the same GGUF weights choice."""
+    try:
+        old = json.loads((out / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return old.get("source_sha256") == fingerprint and old.get("gguf_weights", "dequantized") == (
+        weights or "dequantized")
+
+
+def _import_into(src: Path, out: Path, fingerprint: str, weights: str | None) -> None:
+    # Native: checked before the slow import (a type we cannot keep is refused at once), parsed once for both
+    reader = _check_native(src) if weights == "native" else None
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    if is_gguf:
+    if weights:
         _import_gguf(src, tmp)
-        if weights == "native":
-            _keep_quantized(src, tmp)
+        if reader is not None:
+            _keep_quantized(src, tmp, reader)
     elif src.is_file():
         raise ImportError_(f"{src}: expected a .gguf file or an HF checkpoint directory")
     else:
@@ -95,7 +107,6 @@ def import_checkpoint(source: str | os.PathLike, output_dir: str | os.PathLike, 
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
-    return out
 
 
 def _check_architecture(config_path: Path) -> None:
@@ -145,22 +156,23 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _check_native(src: Path) -> None:
-    from gguf import GGUFReader
+def _check_native(src: Path):
+    """The file's parsed reader (gguf_native.Reader), if its decoder weights can be kept quantized."""
+    from build_engines.gguf_native import NativeImportError, Reader, check_native
 
-    from build_engines.gguf_native import NativeImportError, check_native
-
+    reader = Reader(src)
     try:
-        check_native(GGUFReader(src))
+        check_native(reader)
     except NativeImportError as e:
         raise ImportError_(f"{src.name}: {e}") from None
+    return reader
 
 
-def _keep_quantized(src: Path, out: Path) -> None:
+def _keep_quantized(src: Path, out: Path, reader) -> None:
     from build_engines.gguf_native import NativeImportError, keep_quantized
 
     try:
-        keep_quantized(src, out)
+        keep_quantized(src, out, reader)
     except NativeImportError as e:
         raise ImportError_(f"{src.name}: {e}") from None
 

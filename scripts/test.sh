@@ -8,4 +8,6 @@ bash scripts/check_deploy.sh --install-only
 # The kernels' tests run under Triton's CPU interpreter where there is no GPU (CPU wheels of torch lack triton)
 .venv/bin/python -c "import triton" 2>/dev/null || .venv/bin/pip install -q -e ".[kernels]"
 .venv/bin/ruff check .
-.venv/bin/python -m pytest -q "$@"
+# Two workers (pytest-xdist), a test file each at a time: module fixtures (servers, engines) start once a file,
+# and the single-threaded parts (Triton's interpreter, the clients) overlap. PYTEST_WORKERS=0: one process.
+.venv/bin/python -m pytest -q -n "${PYTEST_WORKERS:-2}" --dist loadfile "$@"

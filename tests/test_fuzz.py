@@ -126,9 +126,9 @@ def _check(message: str, field: str) -> None:
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.data_too_large])
 @given(case=bad_request(grpc=True))
-def test_fuzz_grpc(server, case):
+def test_fuzz_grpc(grpc_stream, case):
     inputs, field = case
-    stream = _grpc_stream(server)
+    stream = grpc_stream
     stream.send("fuzz", **{k: v if not isinstance(v, str) else v for k, v in inputs.items()})
     result, error = stream.q.get(timeout=60)
     assert error is not None, f"accepted a bad request: {field}"
@@ -140,10 +140,10 @@ def test_fuzz_grpc(server, case):
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.data_too_large])
 @given(case=bad_request(grpc=False))
-def test_fuzz_http(server, case):
+def test_fuzz_http(http_conn, case):
     inputs, field = case
     body = {k: (v.tolist()[0] if isinstance(v, np.ndarray) else v) for k, v in inputs.items()}
-    conn = _http_conn(server)
+    conn = http_conn
     conn.request("POST", "/v2/models/llm/generate", json.dumps(body, allow_nan=True),
                  {"Content-Type": "application/json"})
     resp = conn.getresponse()
@@ -160,13 +160,22 @@ def test_server_ready_and_correct_after_fuzzing(server):
     assert math.isfinite(len(out.text))
 
 
-_STREAMS: dict = {}
+@pytest.fixture(scope="module")
+def grpc_stream(server):
+    """One stream for every gRPC case, closed after them."""
+    stream = Stream(server.grpc_url)
+    yield stream
+    stream.close()
 
 
-def _grpc_stream(server) -> Stream:
-    if server.grpc_url not in _STREAMS:
-        _STREAMS[server.grpc_url] = Stream(server.grpc_url)
-    return _STREAMS[server.grpc_url]
+@pytest.fixture(scope="module")
+def http_conn(server):
+    """One keep-alive connection for every HTTP case, closed after them: tritonserver waits its whole exit timeout
+    for an open HTTP connection before it stops."""
+    host, port = server.http_url.split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    yield conn
+    conn.close()
 
 
 def _drain(stream: Stream) -> None:
@@ -175,17 +184,6 @@ def _drain(stream: Stream) -> None:
             stream.q.get_nowait()
         except queue.Empty:
             return
-
-
-_CONNS: dict = {}
-
-
-def _http_conn(server) -> http.client.HTTPConnection:
-    host, port = server.http_url.split(":")
-    conn = _CONNS.get(server.http_url)
-    if conn is None:
-        conn = _CONNS[server.http_url] = http.client.HTTPConnection(host, int(port), timeout=60)
-    return conn
 
 
 def test_infer_inputs_helper_roundtrip():

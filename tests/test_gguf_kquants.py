@@ -14,7 +14,7 @@ from gguf import quants as ggml
 from safetensors.torch import load_file, save_file
 
 from build_engines.gguf_blocks import decode
-from build_engines.gguf_native import NativeImportError, dequantized, keep_quantized, store
+from build_engines.gguf_native import NativeImportError, Reader, dequantized, keep_quantized, store
 from build_engines.importer import ImportError_, import_checkpoint
 from llmserve.model.int4 import Int4AsymLinear
 from llmserve.model.int8_group import Int8GroupAsymLinear, Int8GroupSymLinear
@@ -203,11 +203,11 @@ def _requantized_smollm2(path):
     (metadata and tokenizer copied): rows of 576 inputs take the 32-blocks llama.cpp falls back to (Q5_0, Q5_1,
     Q8_0, IQ4_NL), ffn_down (1536 inputs) Q4_K / Q6_K. gguf-py quantizes the first three; the others are random
     blocks of the weights' size (their values need not be good, only read exactly)."""
-    from gguf import GGUFReader, GGUFValueType
+    from gguf import GGUFValueType
 
     from build_engines.importer import embedded_gguf
 
-    reader, rng = GGUFReader(embedded_gguf()), np.random.default_rng(3)
+    reader, rng = Reader(embedded_gguf()), np.random.default_rng(3)
     writer = GGUFWriter(str(path), "llama")
     for field in reader.fields.values():
         if field.name != "general.architecture" and not field.name.startswith("GGUF."):

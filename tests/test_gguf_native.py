@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType as T
-from gguf import GGUFWriter
+from gguf import GGUFReader, GGUFWriter
 from gguf import quants as ggml
 
 from build_engines import importer
 from build_engines.__main__ import main as cli_main
 from build_engines.gguf_blocks import decode
-from build_engines.gguf_native import _unpermute_rows, keep_quantized, store
+from build_engines.gguf_native import Reader, _unpermute_rows, keep_quantized, store
 from build_engines.importer import ImportError_, import_checkpoint
 from llmserve.config import ServingConfig
 from llmserve.engine.api import EngineRequest
@@ -65,6 +65,30 @@ def _gguf(path, types, arch="llama"):
     return path
 
 
+def test_the_fast_reader_parses_what_gguf_py_parses(tmp_path):
+    path = tmp_path / "m.gguf"
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_token_list(["<s>", "a", "Grüße", ""] * 50)
+    writer.add_token_scores([0.5, -1.0] * 100)
+    writer.add_name("tiny")
+    writer.add_block_count(2)
+    writer.add_tensor("blk.0.attn_q.weight", ggml.quantize(np.ones((8, 64), np.float32), T.Q8_0), raw_dtype=T.Q8_0)
+    writer.add_tensor("token_embd.weight", np.arange(12, dtype=np.float32).reshape(3, 4))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    want, got = GGUFReader(path), Reader(path)
+    assert list(got.fields) == list(want.fields) and len(want.fields) > 5
+    for name, f in want.fields.items():
+        g = got.fields[name]
+        assert (g.offset, g.types, g.data) == (f.offset, f.types, f.data), name
+        assert len(g.parts) == len(f.parts) and all(np.array_equal(a, b) for a, b in zip(g.parts, f.parts)), name
+    assert [(t.name, t.tensor_type, t.data_offset) for t in got.tensors] == [
+        (t.name, t.tensor_type, t.data_offset) for t in want.tensors]
+    assert all(np.array_equal(a.data, b.data) for a, b in zip(got.tensors, want.tensors))
+
+
 @pytest.mark.parametrize("types,arch,message", [
     ({"blk.0.attn_q.weight": T.Q4_1, "blk.0.ffn_down.weight": T.F16}, "llama",
      r"tensor type F16 \(e.g. blk.0.ffn_down.weight\) is not kept quantized.*--dequantize"),
@@ -86,7 +110,7 @@ def test_cli_keeps_4_bit_unless_told_and_the_cache_knows_which(tmp_path, monkeyp
         (out / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
 
     monkeypatch.setattr(importer, "_import_gguf", fake_import)
-    monkeypatch.setattr(importer, "_keep_quantized", lambda s, out: calls.append("keep"))
+    monkeypatch.setattr(importer, "_keep_quantized", lambda s, out, reader: calls.append("keep"))
     assert cli_main(["import", str(src), "--output", str(tmp_path / "o")]) == 0
     assert calls == ["dequantize", "keep"]
     assert cli_main(["import", str(src), "--output", str(tmp_path / "o")]) == 0 and len(calls) == 2  # cached

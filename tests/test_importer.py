@@ -40,3 +40,28 @@ def test_hf_directory_imported_once(tmp_path):
     stamp = (out / "import_manifest.json").stat().st_mtime_ns
     assert import_checkpoint(src, tmp_path / "out") == out
     assert (out / "import_manifest.json").stat().st_mtime_ns == stamp  # cached: not written again
+
+
+def test_imports_started_together_into_one_folder_import_once(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from build_engines import importer
+
+    src, calls, real = hf_dir(tmp_path / "llama"), [], importer._import_into
+
+    def slow_import(*args):
+        calls.append(1)
+        time.sleep(0.5)  # the second caller arrives while the first is still importing
+        real(*args)
+
+    monkeypatch.setattr(importer, "_import_into", slow_import)
+    outs: list = []
+    threads = [threading.Thread(target=lambda: outs.append(import_checkpoint(src, tmp_path / "out")))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outs == [tmp_path / "out"] * 2 and len(calls) == 1
+    assert (tmp_path / "out" / "model.safetensors").is_file() and not (tmp_path / "out.partial").exists()

@@ -46,12 +46,14 @@ def test_validate_passes_cpu_targets_and_fails_unreachable_ones(server, tmp_path
     from llm_client.cli import main
 
     out = io.StringIO()
-    assert validate("client/targets/cpu-smollm2.yaml", server.grpc_url, tmp_path / "ok", levels=[1, 4], out=out)
+    # 4 prompts a level (one wave at the target's concurrency of 4): the pass/fail logic, not a steady state
+    assert validate("client/targets/cpu-smollm2.yaml", server.grpc_url, tmp_path / "ok", num_prompts=4,
+                    levels=[1, 4], out=out)
     report = json.loads((tmp_path / "ok" / "report.json").read_text())
     assert report["passed"] and all(r["measured"] is not None for r in report["rows"])
     assert (tmp_path / "ok" / "latency_throughput.png").stat().st_size > 10_000
     code = main(["validate", "--targets", "client/targets/unreachable.yaml", "--url", server.grpc_url,
-                 "--out", str(tmp_path / "bad"), "--levels", "4"])
+                 "--out", str(tmp_path / "bad"), "--levels", "4", "--num-prompts", "4"])
     assert code == 1
     bad = json.loads((tmp_path / "bad" / "report.json").read_text())
     assert not bad["passed"] and all(r["passed"] is False for r in bad["rows"])

@@ -15,14 +15,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
 from llm_client import loadgen
 from llm_client.targets import TargetSet, all_passed, evaluate, format_rows, load_targets
 
 
 def default_tokenizer_dir() -> Path:
     cache = Path(os.environ.get("LLMSERVE_CACHE", Path.home() / ".cache" / "llmserve")) / "smollm2-tokenizer"
-    if not (cache / "tokenizer.json").is_file():
-        loadgen.make_smollm2_tokenizer_dir(cache)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(cache.with_name(cache.name + ".lock")):  # not read half-written by a second process
+        if not (cache / "tokenizer.json").is_file():
+            loadgen.make_smollm2_tokenizer_dir(cache)
     return cache
 
 

@@ -25,6 +25,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from filelock import FileLock
+
 from llmserve.launch.layout import gpu_list, layout_fits, repository_of, set_instance_gpus
 from llmserve.launch.mpi import LaunchError, LaunchSpec, build_launch_command, resolve_world
 from llmserve.serving.drain import CONTROL_ENV, request_drain, wait_drained
@@ -53,16 +55,22 @@ def prepare_server_dir() -> Path:
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     dest = CACHE / f"tritonserver-2.51-py{version}"
     stub = dest / "backends" / "python" / "triton_python_backend_stub"
-    if not stub.is_file():
-        tmp = dest.with_name(dest.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        for part in ("bin", "backends", "caches"):
-            shutil.copytree(src / part, tmp / part)
-        shutil.copy2(src / "python_backend_stubs" / version / "triton_python_backend_stub",
-                     tmp / "backends" / "python" / "triton_python_backend_stub")
-        shutil.rmtree(dest, ignore_errors=True)
-        tmp.rename(dest)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with FileLock(dest.with_name(dest.name + ".lock")):  # servers starting together copy it once
+        if not stub.is_file():
+            _copy_server(src, dest, version)
     return dest
+
+
+def _copy_server(src: Path, dest: Path, version: str) -> None:
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for part in ("bin", "backends", "caches"):
+        shutil.copytree(src / part, tmp / part)
+    shutil.copy2(src / "python_backend_stubs" / version / "triton_python_backend_stub",
+                 tmp / "backends" / "python" / "triton_python_backend_stub")
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
 
 
 def server_env(venv_bin: Path | None = None) -> dict[str, str]:
