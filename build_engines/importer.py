@@ -68,6 +68,8 @@ def import_checkpoint(source: str | os.PathLike, output_dir: str | os.PathLike, 
     fingerprint = _fingerprint(src)
     is_gguf = src.is_file() and src.suffix == ".gguf"
     weights = None if not is_gguf else "dequantized" if dequantize else "native"
+    if src.is_file() and not is_gguf:
+        raise ImportError_(f"{src}: expected a .gguf file or an HF checkpoint directory")
     out.parent.mkdir(parents=True, exist_ok=True)
     # One import at a time into `out` (two servers or test workers starting together): the second finds it done
     with FileLock(out.with_name(out.name + ".lock")):
@@ -92,12 +94,10 @@ def _import_into(src: Path, out: Path, fingerprint: str, weights: str | None) ->
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    if weights:
+    if weights:  # a GGUF file
         _import_gguf(src, tmp)
         if reader is not None:
             _keep_quantized(src, tmp, reader)
-    elif src.is_file():
-        raise ImportError_(f"{src}: expected a .gguf file or an HF checkpoint directory")
     else:
         _import_hf_dir(src, tmp)
     _check_architecture(tmp / "config.json")

@@ -128,12 +128,11 @@ def _check(message: str, field: str) -> None:
 @given(case=bad_request(grpc=True))
 def test_fuzz_grpc(grpc_stream, case):
     inputs, field = case
-    stream = grpc_stream
-    stream.send("fuzz", **{k: v if not isinstance(v, str) else v for k, v in inputs.items()})
-    result, error = stream.q.get(timeout=60)
+    grpc_stream.send("fuzz", **{k: v if not isinstance(v, str) else v for k, v in inputs.items()})
+    result, error = grpc_stream.q.get(timeout=60)
     assert error is not None, f"accepted a bad request: {field}"
     _check(str(error), field)
-    _drain(stream)
+    _drain(grpc_stream)
 
 
 @settings(max_examples=450, deadline=None, derandomize=True, database=None,
@@ -143,10 +142,9 @@ def test_fuzz_grpc(grpc_stream, case):
 def test_fuzz_http(http_conn, case):
     inputs, field = case
     body = {k: (v.tolist()[0] if isinstance(v, np.ndarray) else v) for k, v in inputs.items()}
-    conn = http_conn
-    conn.request("POST", "/v2/models/llm/generate", json.dumps(body, allow_nan=True),
+    http_conn.request("POST", "/v2/models/llm/generate", json.dumps(body, allow_nan=True),
                  {"Content-Type": "application/json"})
-    resp = conn.getresponse()
+    resp = http_conn.getresponse()
     payload = json.loads(resp.read())
     assert resp.status >= 400 and "error" in payload, (field, payload)
     _check(payload["error"], field)

@@ -20,6 +20,13 @@ def test_missing_file(tmp_path):
         import_checkpoint(tmp_path / "nope.gguf", tmp_path / "out")
 
 
+def test_a_file_that_is_not_gguf_is_refused_before_any_work(tmp_path):
+    (tmp_path / "model.bin").write_bytes(b"\0" * 16)
+    with pytest.raises(ImportError_, match="expected a .gguf file or an HF checkpoint directory"):
+        import_checkpoint(tmp_path / "model.bin", tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
 def test_unsupported_architecture(tmp_path):
     with pytest.raises(ImportError_, match="unsupported architecture.*GPT2LMHeadModel"):
         import_checkpoint(hf_dir(tmp_path / "gpt2", arch="GPT2LMHeadModel"), tmp_path / "out")
