@@ -65,8 +65,6 @@ PATH_ROWS = (64, 256, 1024, 2048)  # where the int4 tensor-core kernel hands ove
 def _int4_path_calls(layers: list, M: int) -> dict[str, list]:
     """Every layer's matmul at M rows by each int4 path: the tensor-core kernel (its default launch shape) and the
     weight dequantized whole plus cuBLAS. x is shared by layers of one input width."""
-    from functools import partial
-
     from llmserve.kernels.int4 import mm_config, w4mm, w4mm_dequant
 
     xs = {(k, g): torch.randn(M, 2 * k if g else k, device="cuda", dtype=torch.bfloat16) for _, g, k in layers}
