@@ -334,6 +334,38 @@ def test_model_fast_path_matches_torch_path_int4(tmp_path, quant, pdl):
     test_model_fast_path_matches_torch_path(tmp_path, quant, 0, pdl)
 
 
+@pytest.mark.skipif(DEV != "cuda", reason="FlashAttention needs a GPU")
+def test_fresh_prompts_through_flash_attention_give_the_kernels_logits(tmp_path, monkeypatch):
+    """varlen.FRESH_FLASH: a step of fresh prompts and a chunk after its cached prefix, the fresh ones through
+    torch's FlashAttention varlen: the same logits as with the varlen kernel's own launch."""
+    from types import SimpleNamespace
+
+    from llmserve.kernels import fresh_flash, varlen
+
+    model, page = _tiny_model(tmp_path), 4
+    cache = torch.randn(2, 2, 16, page, 2, 32, device=DEV).to(DT)
+    query_lens, ctx_lens = [9, 5, 20], [9, 12, 20]  # fresh, a chunk after 7 cached tokens, fresh
+    tables = [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9, 10]]
+    slots = [tables[b][p // page] * page + p % page for b in range(3) for p in range(ctx_lens[b] - query_lens[b],
+                                                                                     ctx_lens[b])]
+    step = SimpleNamespace(query_lens=query_lens, context_lens=ctx_lens, tables=tables, slots=slots)
+    ids = torch.randint(0, 300, (sum(query_lens),), generator=torch.Generator().manual_seed(0)).to(DEV)
+    pos = torch.tensor([p for q, c in zip(query_lens, ctx_lens) for p in range(c - q, c)], device=DEV)
+    calls = []
+    attend = fresh_flash.attend
+    monkeypatch.setattr(fresh_flash, "attend", lambda *a: calls.append(a[3]) or attend(*a))
+
+    def run(flash):
+        monkeypatch.setattr(varlen, "FRESH_FLASH", flash)
+        meta = AttentionMetadata.for_step(step, torch.device(DEV), torch.int32, 64, group=3, head_dim=32)
+        with torch.inference_mode():
+            return model(ids, pos, cache.clone(), meta, None)
+
+    kernel_out = run(False)
+    assert not calls
+    assert rel(run(True), kernel_out) < 1e-2 and calls == [20, 20]  # a launch a layer, the longest prompt's grid
+
+
 def test_warm_up_compiles_both_varlen_launches(tmp_path, monkeypatch):
     """The warm-up's prompts are fresh (their own K/V); its chunk step also runs the varlen launch over the cache, so
     neither variant compiles while a request waits."""

@@ -47,6 +47,7 @@ class AttentionMetadata:
     split: int = 0  # mixed steps: leading one-token rows the decode kernel takes (the work list covers the rest)
     # Leading work-list entries that are fresh prompts' (no cached prefix; the others' follow); None: unknown
     fresh_blocks: int | None = None
+    max_query: int = 0  # the most new tokens of a sequence past `split` (a flash launch's grid)
     work_count: torch.Tensor | None = None  # prefill graphs: [1] int32, the real entries of the padded work list
 
     @classmethod
@@ -103,6 +104,7 @@ class AttentionMetadata:
         seqs, firsts = varlen_query_blocks(lens, group, head_dim)
         order = [i for i, s in enumerate(seqs) if fresh[s]]
         self.fresh_blocks = len(order)
+        self.max_query = max(lens)
         order += [i for i, s in enumerate(seqs) if not fresh[s]]
         seqs, firsts = [seqs[i] for i in order], [firsts[i] for i in order]
         self.query_start = torch.tensor(starts, dtype=torch.int32, device=dev)
@@ -136,7 +138,7 @@ def paged_attention_cached(q: torch.Tensor, kv_cache: torch.Tensor, meta: Attent
     varlen.varlen_attention(q[n:], kv_cache, meta.block_tables[n:], meta.context_lens[n:], meta.query_start,
                            meta.qb_seq, meta.qb_start, scale, out=out[n:],
                            new_kv=new_kv[n:] if new_kv is not None else None, fresh_blocks=meta.fresh_blocks,
-                           work_count=meta.work_count)
+                           work_count=meta.work_count, max_query=meta.max_query)
     return out
 
 
