@@ -1,9 +1,11 @@
 #!/bin/bash
-# Session 28, call C (about 9.5 minutes; carry .carry/tokenizer; _fl/ as callB.sh says): calls A and B folded into
-# one, in order of what the device time left allows: the FlashAttention-varlen path's GPU tests, which torch calls
-# serve fresh prompts' attention fastest (prefill_attn_ab2.py: SDPA cuDNN with GQA, nested jagged tensors,
-# varlen_attn), 2048/128 at 256 streams with fresh prompts through our kernel and through FlashAttention
-# (alternating), then varlen_inputs.py in this tree while time is left.
+# Session 28, call C (about 9.5 minutes; carry .carry/tokenizer): fresh prompts' attention through torch's
+# FlashAttention varlen (llmserve/kernels/fresh_flash.py, varlen.FRESH_FLASH off), in order of what the device time
+# allows: its GPU tests, which torch calls serve fresh prompts' attention fastest (prefill_attn_ab2.py: SDPA cuDNN
+# with GQA, nested jagged tensors, varlen_attn), 2048/128 at 256 streams (Llama-3.1-8B, fp8, 4 waves) in this tree
+# and in _fl/ (alternating), then varlen_inputs.py in this tree while time is left. Make _fl/ first: a copy of this
+# tree's llmserve and bench (results left out, a .carry link as tree.sh makes) with `FRESH_FLASH = True` in
+# _fl/llmserve/kernels/varlen.py. `kernel_check --sections varlen_chunk` (or varlen) times the flash case alone.
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 ROOT=$PWD
 mkdir -p $OUT/r
