@@ -1,5 +1,5 @@
 """Fresh prompts' attention through torch's FlashAttention varlen (`torch.nn.attention.varlen`), in place of the
-varlen kernel's own-K/V launch where `varlen.FRESH_ATTENTION` asks for it: causal over each sequence's own new
+varlen kernel's own-K/V launch where `varlen.FRESH_FLASH` asks for it: causal over each sequence's own new
 tokens, as many K/V heads as the model has (GQA), read from the qkv buffer's views without copies.
 """
 
@@ -24,8 +24,9 @@ def _api() -> tuple[Callable | None, Callable, frozenset[str]] | None:
 
 
 def usable(q: torch.Tensor, new_kv: torch.Tensor, scale: float) -> bool:
-    """Whether this torch's varlen attention computes exactly what the varlen kernel would for q: a CUDA tensor
-    of 16 bits, K/V heads dividing the query heads, and the scale taken (or the default one)."""
+    """Whether this torch's varlen attention computes the attention the varlen kernel would for q (up to summation
+    order): a CUDA tensor of 16 bits, as many K/V heads as query heads or a GQA switch, the scale taken (or the
+    default one). Anything else keeps the kernel's own launch."""
     api = _api()
     if api is None or q.device.type != "cuda" or q.dtype not in (torch.float16, torch.bfloat16):
         return False
