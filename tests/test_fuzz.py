@@ -143,7 +143,7 @@ def test_fuzz_http(http_conn, case):
     inputs, field = case
     body = {k: (v.tolist()[0] if isinstance(v, np.ndarray) else v) for k, v in inputs.items()}
     http_conn.request("POST", "/v2/models/llm/generate", json.dumps(body, allow_nan=True),
-                 {"Content-Type": "application/json"})
+                      {"Content-Type": "application/json"})
     resp = http_conn.getresponse()
     payload = json.loads(resp.read())
     assert resp.status >= 400 and "error" in payload, (field, payload)
