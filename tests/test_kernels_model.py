@@ -106,28 +106,33 @@ def test_fp8_model_gives_the_same_logits_with_and_without_the_fused_quantization
     assert torch.equal(fused_out, run())
 
 
-@pytest.mark.parametrize("quant", [None, "int8_wo"])
-def test_prefill_graphs_match_eager_steps(tmp_path, quant):
+@pytest.mark.parametrize("quant,graph_tokens", [(None, 0), ("int8_wo", 0), (None, 16)])
+def test_prefill_graphs_match_eager_steps(tmp_path, quant, graph_tokens):
     """Prefill and mixed steps through PrefillGraphs (tokens padded to a bucket, sequence rows and attention work
     list padded; real CUDA graphs on a GPU, the same padded inputs run eagerly under the interpreter) against
-    the eager model on a cache of its own: logits of the sampled rows, and the caches after the steps."""
+    the eager model on a cache of its own: logits of the sampled rows, and the caches after the steps.
+    graph_tokens 16: the steps past 16 tokens run unpadded with an eager step's attention (leading decode rows
+    through the decode kernel from 2 such rows here, fresh prompts over their own K/V)."""
     from types import SimpleNamespace
 
     from llmserve.engine.graph_inputs import StepInputs
     from llmserve.engine.prefill_graphs import PrefillGraphs
 
     model = _tiny_model(tmp_path, **({"quantization": {"mode": quant}} if quant else {}))
-    page, prompt_lens = 16, [9, 14, 20]  # decode steps: the decode kernel reads blocks of 16 or more
+    page, prompt_lens = 16, [9, 14, 20, 18]  # decode steps: the decode kernel reads blocks of 16 or more
     g = torch.Generator().manual_seed(0)
     full = [torch.randint(0, 300, (n + 2,), generator=g).tolist() for n in prompt_lens]
-    tables = [[0], [1], [2, 3]]
+    tables = [[0], [1], [2, 3], [4, 5]]
     steps = [[(1, 0, 6)],  # a first chunk alone: nothing to sample
              [(0, 0, 9), (1, 6, 8)],  # a prompt, the rest of the chunked one
              [(2, 0, 20), (0, 9, 1), (1, 14, 1)],  # a prompt and two decodes
-             [(2, 20, 1)]]  # one decode: fewer sequences than the step before
+             [(2, 20, 1)],  # one decode: fewer sequences than the step before
+             [(0, 10, 1), (1, 15, 1), (3, 0, 18)]]  # two decodes, then a prompt
     caches = {k: torch.zeros(2, 2, 16, page, 2, 32, device=DEV, dtype=DT) for k in ("eager", "graph")}
-    graphs = PrefillGraphs(model, caches["graph"], max_tokens=48, max_seqs=4, width=8, max_model_len=256)
-    assert graphs.buckets == [16, 32, 48]
+    graphs = PrefillGraphs(model, caches["graph"], max_tokens=48, max_seqs=4, width=8, max_model_len=256,
+                           graph_tokens=graph_tokens)
+    assert graphs.buckets == ([16, 32, 48] if not graph_tokens else [16])
+    graphs._split_rows = 2
     with torch.inference_mode():
         if DEV == "cuda":
             graphs.capture_all(torch.cuda.graph_pool_handle())
@@ -145,7 +150,9 @@ def test_prefill_graphs_match_eager_steps(tmp_path, quant):
             assert out.shape == ref.shape == (len(step.sample_rows), 300)
             assert rel(out, ref) < 1e-2
     assert rel(caches["graph"], caches["eager"]) < 1e-2
-    assert caches["graph"][:, :, 4:].abs().sum() == 0  # padding rows wrote nothing (slot -1)
+    assert caches["graph"][:, :, 6:].abs().sum() == 0  # padding rows wrote nothing (slot -1)
+    if graph_tokens:  # the last step: two decode rows split off, the prompt's one block fresh
+        assert (graphs._eager.split, graphs._eager.fresh, graphs._eager.count) == (2, 1, 1)
 
 @pytest.mark.parametrize("quant", [None, "int8_wo", "fp8"])
 def test_gate_out_changes_no_bit_of_the_model(tmp_path, monkeypatch, quant):
@@ -332,38 +339,6 @@ def test_model_fast_path_matches_torch_path_int4(tmp_path, quant, pdl):
     """The whole decoder on 4-bit weights (random, quantized at load in groups of 64: the tiny model's K are
     192 and 320), fast path against torch path, as test_model_fast_path_matches_torch_path does."""
     test_model_fast_path_matches_torch_path(tmp_path, quant, 0, pdl)
-
-
-@pytest.mark.skipif(DEV != "cuda", reason="FlashAttention needs a GPU")
-def test_fresh_prompts_through_flash_attention_give_the_kernels_logits(tmp_path, monkeypatch):
-    """varlen.FRESH_FLASH: a step of fresh prompts and a chunk after its cached prefix, the fresh ones through
-    torch's FlashAttention varlen: the same logits as with the varlen kernel's own launch."""
-    from types import SimpleNamespace
-
-    from llmserve.kernels import fresh_flash, varlen
-
-    model, page = _tiny_model(tmp_path), 4
-    cache = torch.randn(2, 2, 16, page, 2, 32, device=DEV).to(DT)
-    query_lens, ctx_lens = [9, 5, 20], [9, 12, 20]  # fresh, a chunk after 7 cached tokens, fresh
-    tables = [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9, 10]]
-    slots = [tables[b][p // page] * page + p % page for b in range(3) for p in range(ctx_lens[b] - query_lens[b],
-                                                                                     ctx_lens[b])]
-    step = SimpleNamespace(query_lens=query_lens, context_lens=ctx_lens, tables=tables, slots=slots)
-    ids = torch.randint(0, 300, (sum(query_lens),), generator=torch.Generator().manual_seed(0)).to(DEV)
-    pos = torch.tensor([p for q, c in zip(query_lens, ctx_lens) for p in range(c - q, c)], device=DEV)
-    calls = []
-    attend = fresh_flash.attend
-    monkeypatch.setattr(fresh_flash, "attend", lambda *a: calls.append(a[3]) or attend(*a))
-
-    def run(flash):
-        monkeypatch.setattr(varlen, "FRESH_FLASH", flash)
-        meta = AttentionMetadata.for_step(step, torch.device(DEV), torch.int32, 64, group=3, head_dim=32)
-        with torch.inference_mode():
-            return model(ids, pos, cache.clone(), meta, None)
-
-    kernel_out = run(False)
-    assert not calls
-    assert rel(run(True), kernel_out) < 1e-2 and calls == [20, 20]  # a launch a layer, the longest prompt's grid
 
 
 def test_warm_up_compiles_both_varlen_launches(tmp_path, monkeypatch):

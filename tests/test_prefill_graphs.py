@@ -70,6 +70,24 @@ def test_a_smaller_step_after_a_larger_one_leaves_no_stale_work():
     assert list(h["bt"][0, :6]) == [0, 1, 2, 3, 4, 5]  # the grown table is written again
 
 
+def test_a_step_past_the_buckets_gets_an_eager_steps_work_list():
+    """Unpadded (past the captured buckets): leading decode rows split off, offsets and sequence indices from the
+    split, fresh prompts' blocks first (their own launch over their own K/V), no padding entries."""
+    g = PrefillGraphs(SimpleNamespace(args=_graphs().model.args), torch.zeros(1), 256, 4, 32, 256, graph_tokens=16)
+    g._split_rows = 2
+    h = g._hosts[0]
+    decode = ([1] * 9, 8, 1, [0, 1, 2])
+    step = _step([decode, decode, (list(range(80)), 10, 70, list(range(2, 22))),
+                  (list(range(100)), 0, 100, list(range(22, 47)))])
+    g._fill(h, step, len(step.ids))
+    assert (g._eager.split, g._eager.fresh, g._eager.count) == (2, 1, 2)
+    assert list(h["qstart"][:3]) == [0, 70, 170]
+    assert list(h["qb_seq"][:2]) == [1, 0] and list(h["qb_start"][:2]) == [0, 0]  # 128 queries a block
+    assert h["work"][0] == 2
+    g._fill(h, _step([decode]), 16)
+    assert g._eager is None  # back in a bucket: the padded list
+
+
 @pytest.mark.parametrize("knob", ["prefill_graph_max_tokens", "gil_switch_interval_us"])
 def test_negative_knobs_are_refused_by_name(knob):
     with pytest.raises(ConfigError, match=knob):

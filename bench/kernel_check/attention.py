@@ -14,16 +14,14 @@ from bench.kernel_check.report import section
 
 def _varlen_case(B: int, L: int, config: tuple | None = None, decode_rows: int = 0, decode_ctx: int = 0,
                  kv_fp8: bool = False, fp8_convert: int = 1, fresh: int = 0, pad_to: int = 0,
-                 persist: bool = False, chunk: tuple[int, int] = (0, 0), overlap: bool = True,
-                 flash: bool = False) -> dict:
+                 persist: bool = False, chunk: tuple[int, int] = (0, 0), overlap: bool = True) -> dict:
     """B prompts of L tokens (and decode_rows sequences of one new token at decode_ctx, first in the step, as the
     engine lays out a mixed step): our varlen kernel per layer with `config`, and SDPA dense over the prompts.
     q is a view of a qkv buffer as in the engine; fresh (> 0): the prompts read their K/V from it (`new_kv`),
     loaded as `new_loads` = fresh says (1 pointers, 2 TMA). pad_to: the work list padded to that many entries of an
     empty sequence, as a prefill graph's is (one launch over the cache, as there); persist: a persistent launch
     walks the real entries only (`work_count`). chunk (queries, context): a prompt's next chunk after its cached
-    prefix, last in the step, over the cache (the launch beside the fresh prompts', on a side stream if `overlap`).
-    flash (with fresh): the fresh prompts through torch's FlashAttention varlen (`varlen.FRESH_FLASH`)."""
+    prefix, last in the step, over the cache (the launch beside the fresh prompts', on a side stream if `overlap`)."""
     from llmserve.kernels.shapes import varlen_query_blocks
     from llmserve.kernels.varlen import varlen_attention
 
@@ -52,12 +50,8 @@ def _varlen_case(B: int, L: int, config: tuple | None = None, decode_rows: int =
     qb = (torch.tensor(seqs, dtype=torch.int32, device="cuda"), torch.tensor(starts, dtype=torch.int32, device="cuda"))
     qkv = torch.randn(sum(qlens), H + 2 * KVH, D, device="cuda", dtype=torch.bfloat16)
     q, new_kv = qkv[:, :H], (qkv[:, H:] if fresh else None)
-    if flash:
-        from llmserve.kernels import fresh_flash
-
-        assert fresh and fresh_flash.usable(q, new_kv, D ** -0.5), "this torch's varlen attention does not apply"
     kw = {"new_kv": new_kv, "new_loads": fresh or 1, "fresh_blocks": fresh_blocks, "work_count": count,
-          "overlap": overlap, "flash": flash, "max_query": max(qlens)}
+          "overlap": overlap}
     ours = graph_time_ms(lambda: [varlen_attention(q, cache, bt, ctx, qstart, *qb, D ** -0.5, config=config,
                                                    fp8_convert=fp8_convert, **kw) for _ in range(32)],
                          reps=10) * 1000 / 32
@@ -73,8 +67,7 @@ def _varlen_case(B: int, L: int, config: tuple | None = None, decode_rows: int =
 def s_varlen(args):
     """Prefill attention for B prompts of L tokens (Llama-3.1-8B heads: 32 query, 8 KV, dim 128): our varlen kernel
     per layer, with the engine's query-block tiling, over a bf16 and an fp8 cache, and over the prompts' own K/V
-    (what the engine runs for a prompt with no cached prefix) loaded through pointers and through TMA, and through
-    torch's FlashAttention varlen (`varlen.FRESH_FLASH`), against
+    (what the engine runs for a prompt with no cached prefix) loaded through pointers and through TMA, against
     torch's SDPA over the same tokens laid out densely (causal, GQA); first, a prefill graph's launch (its padded
     work list, a program an entry or persistent) against an exact list."""
     res = args.report.results.setdefault("varlen", {})
@@ -88,10 +81,9 @@ def s_varlen(args):
             print(args.report.summary[-1], flush=True)
     args.report.save()
     for B, L in ((8, 128), (32, 128), (2, 2048), (4, 2048), (4, 1000), (1, 8192)):
-        for name, kv8, fresh, flash in (("kv16", False, 0, False), ("kv8", True, 0, False), ("fresh", True, 1, False),
-                                        ("fresh_tma", True, 2, False), ("fresh_flash", True, 2, True)):
+        for name, kv8, fresh in (("kv16", False, 0), ("kv8", True, 0), ("fresh", True, 1), ("fresh_tma", True, 2)):
             name = f"B{B}_L{L}_{name}"
-            r = res[name] = _varlen_case(B, L, kv_fp8=kv8, fp8_convert=2 if kv8 else 1, fresh=fresh, flash=flash)
+            r = res[name] = _varlen_case(B, L, kv_fp8=kv8, fp8_convert=2 if kv8 else 1, fresh=fresh)
             args.report.say(f"varlen {name}: ours {r['ours_us']:.1f} us/layer ({r['ours_TFLOPs']:.0f} TFLOP/s), "
                             f"SDPA dense {r['sdpa_us']:.1f} us ({r['sdpa_TFLOPs']:.0f})")
             print(args.report.summary[-1], flush=True)
@@ -102,16 +94,14 @@ def s_varlen(args):
 def s_varlen_chunk(args):
     """A mixed step's prompts as 2048/128 at 256 streams has them (3 fresh prompts of 2,048 and a chunk after its
     cached prefix, fp8 cache): every block over the cache (one launch), fresh prompts over their own K/V (pointer
-    or TMA loads) with the chunk's launch after theirs, and beside theirs on a side stream, and the fresh prompts
-    through torch's FlashAttention varlen before the chunk's launch. us per layer."""
+    or TMA loads) with the chunk's launch after theirs, and beside theirs on a side stream. us per layer."""
     res = args.report.results.setdefault("varlen_chunk", {})
     for q_len, ctx in ((256, 2048), (1024, 2048), (1792, 2048)):
-        for name, fresh, overlap, flash in (("cache", 0, False, False), ("fresh_serial", 1, False, False),
-                                            ("fresh_overlap", 1, True, False), ("tma_serial", 2, False, False),
-                                            ("tma_overlap", 2, True, False), ("flash", 2, False, True)):
+        for name, fresh, overlap in (("cache", 0, False), ("fresh_serial", 1, False), ("fresh_overlap", 1, True),
+                                     ("tma_serial", 2, False), ("tma_overlap", 2, True)):
             key = f"B3_L2048_chunk{q_len}of{ctx}_{name}"
             r = res[key] = _varlen_case(3, 2048, kv_fp8=True, fp8_convert=2, fresh=fresh, chunk=(q_len, ctx),
-                                        overlap=overlap, flash=flash)
+                                        overlap=overlap)
             args.report.say(f"varlen {key}: {r['ours_us']:.1f} us/layer")
             print(args.report.summary[-1], flush=True)
         args.report.save()

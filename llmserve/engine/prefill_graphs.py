@@ -12,6 +12,9 @@ Everything that varies within a token bucket lives in device buffers of fixed sh
 - the varlen attention's work list, padded to the most query blocks a step of the bucket can have with
   blocks of an empty row, and the count of its real entries: a persistent launch walks those only, so the padding
   costs no program (at 1,024 tokens and 1,024 sequences the list has 1,089 entries, a prompt of 128 needs 8).
+A step past the captured buckets runs eagerly on the same buffers, unpadded, with an eager step's attention: leading
+decode rows through the decode kernel, fresh prompts over their own K/V, a launch an entry (`_EagerWork`); a
+persistent launch over the cache took 1.8x as long on a step of 4 x 2,048 fresh tokens (docs/performance.md).
 Padded token rows compute garbage that stays in their rows: every layer but attention is row by row, and
 attention reads only the cache and the real rows' queries. The graph runs the decoder stack; the final norm,
 lm_head over the sampled rows and the sampling stay eager (a few launches), since those rows vary.
@@ -24,13 +27,24 @@ graph takes it from there (a torch.where at its start, as the decode graphs do):
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from llmserve.engine.graph_inputs import StepInputs, TableRows, pinned_int32
-from llmserve.kernels.shapes import varlen_block_m, varlen_query_blocks
-from llmserve.model.attention import AttentionMetadata
+from llmserve.kernels.shapes import mixed_split_rows, varlen_block_m, varlen_query_blocks
+from llmserve.model.attention import AttentionMetadata, fresh_first_blocks, leading_ones
+
+
+@dataclass(frozen=True)
+class _EagerWork:
+    """An unpadded step's attention, as AttentionMetadata.for_step lays it out: `split` leading one-token rows go
+    to the decode kernel; the work list covers the rest, `fresh` entries of fresh prompts first, `count` in all."""
+
+    split: int
+    fresh: int
+    count: int
 
 
 def token_buckets(max_tokens: int) -> list[int]:
@@ -82,6 +96,8 @@ class PrefillGraphs:
             torch.zeros(max_seqs, dtype=torch.int32, device=kv_cache.device)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
         self.last_split_ms = (0.0, 0.0, 0.0)
+        self._split_rows = mixed_split_rows(kv_cache.dtype == torch.float8_e4m3fn)
+        self._eager: _EagerWork | None = None  # the last filled step's, when it runs past the buckets
 
     def _work_rows(self, tokens: int) -> int:
         """Most query blocks a step of `tokens` tokens can need: each sequence rounds up by one block at most."""
@@ -95,11 +111,16 @@ class PrefillGraphs:
 
     def _meta(self, tokens: int) -> AttentionMetadata:
         d, qb = self._d, self._work_rows(tokens)
-        return AttentionMetadata(slot_mapping=d["slot"][:tokens], block_tables=d["bt"], context_lens=d["ctx"],
+        meta = AttentionMetadata(slot_mapping=d["slot"][:tokens], block_tables=d["bt"], context_lens=d["ctx"],
                                  query_lens=[], context_lens_host=[], decode_only=False,
                                  max_context_len=self.max_model_len, context_bound=self.max_model_len,
                                  query_start=d["qstart"], qb_seq=d["qb_seq"][:qb], qb_start=d["qb_start"][:qb],
                                  work_count=d["work"])
+        e = self._eager if tokens not in self.buckets else None
+        if e is not None:
+            meta.qb_seq, meta.qb_start, meta.work_count = d["qb_seq"][:e.count], d["qb_start"][:e.count], None
+            meta.split, meta.fresh_blocks = e.split, e.fresh
+        return meta
 
     def _layers(self, tokens: int):
         d = self._d
@@ -160,6 +181,15 @@ class PrefillGraphs:
             h["src"][:n] = carried
         h["rows"][:len(step.sample_rows)] = step.sample_rows
         h["ctx"][:B], h["ctx"][B:] = step.context_lens, 0
+        if T in self.buckets:
+            self._fill_padded_work(h, step, T)
+        else:
+            self._fill_eager_work(h, step)
+        for i, table in enumerate(step.tables):
+            h["tables"].write(i, table)
+
+    def _fill_padded_work(self, h: dict, step: StepInputs, T: int) -> None:
+        n, B = len(step.ids), len(step.query_lens)
         h["qstart"][0] = 0
         h["qstart"][1:B + 1] = np.cumsum(step.query_lens)
         h["qstart"][B + 1:] = n
@@ -168,5 +198,16 @@ class PrefillGraphs:
         h["qb_seq"][:k], h["qb_start"][:k] = seqs, firsts
         h["qb_seq"][k:qb], h["qb_start"][k:qb] = self.max_seqs, 0
         h["work"][0] = k
-        for i, table in enumerate(step.tables):
-            h["tables"].write(i, table)
+        self._eager = None
+
+    def _fill_eager_work(self, h: dict, step: StepInputs) -> None:
+        """The work list of the rows past `split` (their query offsets from 0, sequence indices from the split, as
+        paged_attention_cached slices the per-sequence rows), fresh prompts' blocks first."""
+        split = leading_ones(step.query_lens, self._split_rows)
+        lens = step.query_lens[split:]
+        h["qstart"][0] = 0
+        h["qstart"][1:len(lens) + 1] = np.cumsum(lens)
+        seqs, firsts, fresh = fresh_first_blocks(lens, step.context_lens[split:], self.group, self.head_dim)
+        h["qb_seq"][:len(seqs)], h["qb_start"][:len(seqs)] = seqs, firsts
+        h["work"][0] = len(seqs)
+        self._eager = _EagerWork(split, fresh, len(seqs))

@@ -179,8 +179,9 @@ def gemv_config(N: int, K: int, group: int) -> tuple[int, int, int, int]:
     return (32 if N > 8192 else 16), bk, 4, 3
 
 
-# The one-row GEMV in paired bf16 arithmetic (int4_pairs.py) for bf16 activations on a GPU: not yet timed
-PAIRS_GEMV = False
+# The one-row GEMV in paired bf16 arithmetic (int4_pairs.py) for bf16 activations on a GPU: 2-5% faster over all
+# linears at one row (docs/performance.md)
+PAIRS_GEMV = True
 
 
 def w4gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None = None,

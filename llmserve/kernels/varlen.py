@@ -15,7 +15,6 @@ import triton
 import triton.language as tl
 from triton.tools.ragged_tma import create_ragged_descriptor, load_ragged
 
-from llmserve.kernels import fresh_flash
 from llmserve.kernels.convert import kv_mode, kv_tile
 from llmserve.kernels.shapes import varlen_block_m
 
@@ -26,9 +25,6 @@ FRESH_LOADS = 2
 # A step with fresh prompts and chunks after a cached prefix: the chunks' launch runs on a side stream beside the
 # fresh prompts' (a few programs over long contexts, alone on the GPU after the fresh launch otherwise)
 OVERLAP_LAUNCHES = True
-# Fresh prompts' attention through torch's FlashAttention varlen (`fresh_flash`) instead of the kernel's own-K/V
-# launch, where it computes the same: off until timed against it
-FRESH_FLASH = False
 
 
 @triton.jit
@@ -191,8 +187,7 @@ def varlen_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
                      fp8_convert: int = VARLEN_FP8_CONVERT, new_kv: torch.Tensor | None = None,
                      fresh_blocks: int | None = None, new_loads: int | None = None,
                      work_count: torch.Tensor | None = None, programs: int = 0,
-                     overlap: bool = OVERLAP_LAUNCHES, max_query: int = 0,
-                     flash: bool | None = None) -> torch.Tensor:
+                     overlap: bool = OVERLAP_LAUNCHES) -> torch.Tensor:
     """q: [T, H, D] for all new tokens, sequence after sequence (query_start: [B+1] int32 offsets);
     context_lens: [B] tokens in the cache including the new ones (already written). `config`: (BLOCK_M,
     BLOCK_N, num_warps, num_stages), BLOCK_M that of the work list (default: `varlen_config`). new_kv: this step's
@@ -204,9 +199,7 @@ def varlen_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
     fresh_blocks None (a prefill graph's step, its work list padded to the most query blocks its bucket can have) or
     0: one launch, every block over the cache. work_count: a device int32 [1], how many leading work-list entries
     are real: a persistent launch of `programs` programs a KV head (default: two an SM) walks them, so a padded list
-    costs no program an idle entry. `flash` (default FRESH_FLASH; with `max_query`, the most new tokens of a
-    sequence): fresh prompts through torch's FlashAttention varlen (`fresh_flash`) over every sequence's own K/V,
-    then the launch over the cache rewrites the other sequences' rows. Returns [T, H, D]."""
+    costs no program an idle entry. Returns [T, H, D]."""
     T, H, D = q.shape
     _, _, page, KVH, _ = kv_cache.shape
     G = H // KVH
@@ -222,17 +215,11 @@ def varlen_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
     assert not (f and work_count is not None), "a persistent launch walks one list: fresh_blocks None there"
     if f:
         assert new_kv.shape == (T, 2 * KVH, D) and new_kv.stride()[1:] == (D, 1)
-    if f and (FRESH_FLASH if flash is None else flash) and max_query and fresh_flash.usable(q, new_kv, scale):
-        fresh_flash.attend(q, new_kv, query_start, max_query, scale, out)
-        launches = [(f, n_qb - f, 0)]  # the blocks over the cache after it: they rewrite their rows
-    elif f:
         stride_nt = new_kv.stride(0)
         new_loads = new_loads or fresh_loads(q.device)
         src = create_ragged_descriptor(new_kv, [block_n, 1, D]) if new_loads == 2 else new_kv
-        # (first entry, entries, NEW) a launch: the blocks over the cache (the side stream's), then the fresh ones
-        launches = [(f, n_qb - f, 0), (0, f, new_loads)]
-    else:
-        launches = [(0, n_qb, 0)]
+    # (first entry, entries, NEW) a launch: the blocks over the cache (the side stream's), then the fresh prompts'
+    launches = [(f, n_qb - f, 0), (0, f, new_loads)] if f else [(0, n_qb, 0)]
     launches = [x for x in launches if x[1]]
     side = overlap and len(launches) == 2 and q.device.type == "cuda"
     for i, (first, count, new) in enumerate(launches):

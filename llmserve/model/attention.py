@@ -47,7 +47,6 @@ class AttentionMetadata:
     split: int = 0  # mixed steps: leading one-token rows the decode kernel takes (the work list covers the rest)
     # Leading work-list entries that are fresh prompts' (no cached prefix; the others' follow); None: unknown
     fresh_blocks: int | None = None
-    max_query: int = 0  # the most new tokens of a sequence past `split` (a flash launch's grid)
     work_count: torch.Tensor | None = None  # prefill graphs: [1] int32, the real entries of the padded work list
 
     @classmethod
@@ -88,7 +87,7 @@ class AttentionMetadata:
                    decode_only=all(n == 1 for n in step.query_lens), max_context_len=max(step.context_lens),
                    context_bound=context_bound)
         if work_list and not meta.decode_only:
-            meta.split = _leading_ones(step.query_lens, split_rows)
+            meta.split = leading_ones(step.query_lens, split_rows)
             meta.add_varlen(group, head_dim)
         return meta
 
@@ -97,22 +96,29 @@ class AttentionMetadata:
         blocks first (their own launch), then the others'."""
         dev = self.slot_mapping.device
         lens = self.query_lens[self.split:]
-        fresh = [q == c for q, c in zip(lens, self.context_lens_host[self.split:])]
         starts = [0]
         for n in lens:
             starts.append(starts[-1] + n)
-        seqs, firsts = varlen_query_blocks(lens, group, head_dim)
-        order = [i for i, s in enumerate(seqs) if fresh[s]]
-        self.fresh_blocks = len(order)
-        self.max_query = max(lens)
-        order += [i for i, s in enumerate(seqs) if not fresh[s]]
-        seqs, firsts = [seqs[i] for i in order], [firsts[i] for i in order]
+        seqs, firsts, self.fresh_blocks = fresh_first_blocks(lens, self.context_lens_host[self.split:], group,
+                                                             head_dim)
         self.query_start = torch.tensor(starts, dtype=torch.int32, device=dev)
         self.qb_seq = torch.tensor(seqs, dtype=torch.int32, device=dev)
         self.qb_start = torch.tensor(firsts, dtype=torch.int32, device=dev)
 
 
-def _leading_ones(query_lens: list[int], least: int) -> int:
+def fresh_first_blocks(query_lens: list[int], context_lens: list[int], group: int, head_dim: int
+                       ) -> tuple[list[int], list[int], int]:
+    """The varlen kernel's work list (sequence, first query) with fresh prompts' blocks (no cached prefix: new
+    tokens = context) first, and how many lead: `varlen_attention`'s fresh_blocks."""
+    fresh = [q == c for q, c in zip(query_lens, context_lens)]
+    seqs, firsts = varlen_query_blocks(query_lens, group, head_dim)
+    order = [i for i, s in enumerate(seqs) if fresh[s]]
+    count = len(order)
+    order += [i for i, s in enumerate(seqs) if not fresh[s]]
+    return [seqs[i] for i in order], [firsts[i] for i in order], count
+
+
+def leading_ones(query_lens: list[int], least: int) -> int:
     """How many rows at the start have one new token, if at least `least` (> 0) and not all; else 0."""
     n = next((i for i, q in enumerate(query_lens) if q != 1), len(query_lens))
     return n if 0 < least <= n < len(query_lens) else 0
@@ -138,7 +144,7 @@ def paged_attention_cached(q: torch.Tensor, kv_cache: torch.Tensor, meta: Attent
     varlen.varlen_attention(q[n:], kv_cache, meta.block_tables[n:], meta.context_lens[n:], meta.query_start,
                            meta.qb_seq, meta.qb_start, scale, out=out[n:],
                            new_kv=new_kv[n:] if new_kv is not None else None, fresh_blocks=meta.fresh_blocks,
-                           work_count=meta.work_count, max_query=meta.max_query)
+                           work_count=meta.work_count)
     return out
 
 
