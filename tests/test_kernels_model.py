@@ -106,13 +106,14 @@ def test_fp8_model_gives_the_same_logits_with_and_without_the_fused_quantization
     assert torch.equal(fused_out, run())
 
 
-@pytest.mark.parametrize("quant,graph_tokens", [(None, 0), ("int8_wo", 0), (None, 16)])
+@pytest.mark.parametrize("quant,graph_tokens", [(None, 16), ("int8_wo", 0)])
 def test_prefill_graphs_match_eager_steps(tmp_path, quant, graph_tokens):
     """Prefill and mixed steps through PrefillGraphs (tokens padded to a bucket, sequence rows and attention work
     list padded; real CUDA graphs on a GPU, the same padded inputs run eagerly under the interpreter) against
     the eager model on a cache of its own: logits of the sampled rows, and the caches after the steps.
-    graph_tokens 16: the steps past 16 tokens run unpadded with an eager step's attention (leading decode rows
-    through the decode kernel from 2 such rows here, fresh prompts over their own K/V)."""
+    graph_tokens 16 (the 16-bit case; int8 pads every step): the steps past 16 tokens run unpadded with an eager
+    step's attention (leading decode rows through the decode kernel from 2 such rows here, fresh prompts over their
+    own K/V)."""
     from types import SimpleNamespace
 
     from llmserve.engine.graph_inputs import StepInputs
