@@ -16,7 +16,8 @@ SECTIONS = {"env": engine.s_env, "tests": engine.s_tests, "engine_small": engine
             "floor": linear.s_floor, "gemv": linear.s_gemv, "gemv1": linear.s_gemv1, "mm16": linear.s_mm16,
             "fp8rows": fp8rows.s_fp8rows, "switches": switches.s_switches,
             "attn": attention.s_attn, "attn_kv": attention.s_attn_kv, "varlen": attention.s_varlen,
-            "varlen_chunk": attention.s_varlen_chunk, "varlen_sweep": attention.s_varlen_sweep, "int4": quant.s_int4,
+            "varlen_chunk": attention.s_varlen_chunk, "varlen_sweep": attention.s_varlen_sweep,
+            "mixed_graph": attention.s_mixed_graph, "int4": quant.s_int4,
             "int8_group": quant.s_int8_group,
             "int4_sweep": quant.s_int4_sweep, "int4_paths": quant.s_int4_paths, "host": host.s_host,
             "steady": host.s_steady, "triton": host.s_triton, "profile": profile.s_profile}

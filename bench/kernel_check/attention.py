@@ -14,14 +14,17 @@ from bench.kernel_check.report import section
 
 def _varlen_case(B: int, L: int, config: tuple | None = None, decode_rows: int = 0, decode_ctx: int = 0,
                  kv_fp8: bool = False, fp8_convert: int = 1, fresh: int = 0, pad_to: int = 0,
-                 persist: bool = False, chunk: tuple[int, int] = (0, 0), overlap: bool = True) -> dict:
+                 persist: bool = False, chunk: tuple[int, int] = (0, 0), overlap: bool = True,
+                 split: bool = False) -> dict:
     """B prompts of L tokens (and decode_rows sequences of one new token at decode_ctx, first in the step, as the
     engine lays out a mixed step): our varlen kernel per layer with `config`, and SDPA dense over the prompts.
     q is a view of a qkv buffer as in the engine; fresh (> 0): the prompts read their K/V from it (`new_kv`),
     loaded as `new_loads` = fresh says (1 pointers, 2 TMA). pad_to: the work list padded to that many entries of an
     empty sequence, as a prefill graph's is (one launch over the cache, as there); persist: a persistent launch
     walks the real entries only (`work_count`). chunk (queries, context): a prompt's next chunk after its cached
-    prefix, last in the step, over the cache (the launch beside the fresh prompts', on a side stream if `overlap`)."""
+    prefix, last in the step, over the cache (the launch beside the fresh prompts', on a side stream if `overlap`).
+    split: the decode rows through the decode kernel, the work list over the rest (an eager mixed step's split)."""
+    from llmserve.kernels.attention import decode_attention
     from llmserve.kernels.shapes import varlen_query_blocks
     from llmserve.kernels.varlen import varlen_attention
 
@@ -33,28 +36,35 @@ def _varlen_case(B: int, L: int, config: tuple | None = None, decode_rows: int =
     cache = torch.randn(2, len(ctxs) * width + 1, page, KVH, D, device="cuda", dtype=torch.bfloat16)
     if kv_fp8:
         cache = cache.to(torch.float8_e4m3fn)
-    bt = torch.arange(len(ctxs) * width, device="cuda", dtype=torch.int32).view(len(ctxs), width)
-    seqs, starts = varlen_query_blocks(qlens, H // KVH, D, config[0] if config else 0)
+    bt_all = torch.arange(len(ctxs) * width, device="cuda", dtype=torch.int32).view(len(ctxs), width)
+    n = decode_rows if split else 0  # rows the decode kernel takes; the work list covers the rest
+    vq, vc, bt = qlens[n:], ctxs[n:], bt_all[n:]
+    seqs, starts = varlen_query_blocks(vq, H // KVH, D, config[0] if config else 0)
     count = torch.tensor([len(seqs)], dtype=torch.int32, device="cuda") if persist else None
     fresh_blocks = None
     if fresh:  # the fresh prompts' blocks first, as AttentionMetadata.add_varlen orders them
-        order = sorted(range(len(seqs)), key=lambda i: qlens[seqs[i]] != ctxs[seqs[i]])
-        fresh_blocks = sum(qlens[s] == ctxs[s] for s in seqs)
+        order = sorted(range(len(seqs)), key=lambda i: vq[seqs[i]] != vc[seqs[i]])
+        fresh_blocks = sum(vq[s] == vc[s] for s in seqs)
         seqs, starts = [seqs[i] for i in order], [starts[i] for i in order]
-    if pad_to:  # entries past the real ones name an empty sequence (row len(ctxs)): no tokens, no context
-        seqs, starts = seqs + [len(ctxs)] * (pad_to - len(seqs)), starts + [0] * (pad_to - len(starts))
+    if pad_to:  # entries past the real ones name an empty sequence (row len(vc)): no tokens, no context
+        seqs, starts = seqs + [len(vc)] * (pad_to - len(seqs)), starts + [0] * (pad_to - len(starts))
         bt = torch.cat([bt, bt[:1]])
-    ctx = torch.tensor(ctxs + [0] * bool(pad_to), dtype=torch.int32, device="cuda")
-    offsets = [0] + list(itertools.accumulate(qlens))
+    ctx = torch.tensor(vc + [0] * bool(pad_to), dtype=torch.int32, device="cuda")
+    offsets = [0] + list(itertools.accumulate(vq))
     qstart = torch.tensor(offsets + offsets[-1:] * bool(pad_to), dtype=torch.int32, device="cuda")
     qb = (torch.tensor(seqs, dtype=torch.int32, device="cuda"), torch.tensor(starts, dtype=torch.int32, device="cuda"))
     qkv = torch.randn(sum(qlens), H + 2 * KVH, D, device="cuda", dtype=torch.bfloat16)
-    q, new_kv = qkv[:, :H], (qkv[:, H:] if fresh else None)
+    q, new_kv = qkv[:, :H], (qkv[n:, H:] if fresh else None)
     kw = {"new_kv": new_kv, "new_loads": fresh or 1, "fresh_blocks": fresh_blocks, "work_count": count,
           "overlap": overlap}
-    ours = graph_time_ms(lambda: [varlen_attention(q, cache, bt, ctx, qstart, *qb, D ** -0.5, config=config,
-                                                   fp8_convert=fp8_convert, **kw) for _ in range(32)],
-                         reps=10) * 1000 / 32
+    dctx = torch.tensor(ctxs[:n], dtype=torch.int32, device="cuda")
+
+    def step():
+        if n:
+            decode_attention(q[:n], cache, bt_all[:n], dctx, D ** -0.5, max(ctxs))
+        varlen_attention(q[n:], cache, bt, ctx, qstart, *qb, D ** -0.5, config=config, fp8_convert=fp8_convert, **kw)
+
+    ours = graph_time_ms(lambda: [step() for _ in range(32)], reps=10) * 1000 / 32
     qd = q[decode_rows:decode_rows + B * L].view(B, L, H, D).transpose(1, 2)
     kd = torch.randn(B, KVH, L, D, device="cuda", dtype=torch.bfloat16)
     sdpa = graph_time_ms(lambda: [torch.nn.functional.scaled_dot_product_attention(
@@ -103,6 +113,25 @@ def s_varlen_chunk(args):
             r = res[key] = _varlen_case(3, 2048, kv_fp8=True, fp8_convert=2, fresh=fresh, chunk=(q_len, ctx),
                                         overlap=overlap)
             args.report.say(f"varlen {key}: {r['ours_us']:.1f} us/layer")
+            print(args.report.summary[-1], flush=True)
+        args.report.save()
+
+
+@section("mixed_graph")
+def s_mixed_graph(args):
+    """A small mixed step as decode-heavy workloads make them (D decode rows at C tokens of context beside one fresh
+    prompt or chunk of P tokens, fp8 cache), in a prefill graph's bucket today: one persistent launch over the padded
+    work list (every row over the cache), against one launch over the exact list, and against an eager step's split
+    (the decode kernel for the rows, the prompt over its own K/V). us per layer."""
+    res = args.report.results.setdefault("mixed_graph", {})
+    for D, C, P in ((256, 1500, 1000), (256, 1100, 128), (64, 1000, 1000), (256, 2100, 256)):
+        bucket = next(b for b in (384, 512, 768, 1024, 1536, 2048) if b >= D + P)
+        pad = bucket // 16 + 1024 + 1  # PrefillGraphs._work_rows with max_batch_size 1,024
+        for name, kw in (("graph_persistent", {"pad_to": pad, "persist": True}), ("exact", {}),
+                         ("split_fresh_tma", {"split": True, "fresh": 2})):
+            key = f"dec{D}x{C}_prompt{P}_{name}"
+            r = res[key] = _varlen_case(1, P, decode_rows=D, decode_ctx=C, kv_fp8=True, fp8_convert=2, **kw)
+            args.report.say(f"mixed {key}: {r['ours_us']:.1f} us/layer")
             print(args.report.summary[-1], flush=True)
         args.report.save()
 
