@@ -155,3 +155,30 @@ def test_a_step_past_the_captured_buckets_runs_unpadded_on_the_same_inputs():
     assert model.ran == [51] and logits.flatten().tolist() == [7.0, 42.0]
     g.run(_step([([3] * 20, 0, 20, list(range(5)))]))
     assert model.ran == [51, 32]  # back within the buckets: padded
+
+
+class MetaModel(IdsModel):
+    """IdsModel that records each decoder pass's token count and attention layout (split, fresh entries, count)."""
+
+    def __init__(self):
+        self.ran: list[tuple] = []
+
+    def decode_layers(self, ids, positions, kv_cache, meta):
+        self.ran.append((ids.shape[0], meta.split, meta.fresh_blocks, meta.qb_seq.shape[0], positions.tolist()[-3:]))
+        return super().decode_layers(ids, positions, kv_cache, meta)
+
+
+def test_the_warm_up_runs_steps_past_the_buckets_with_and_without_a_split():
+    """warm_past_buckets: one token past the largest bucket, a fresh prompt and a chunk (context 2) beside no decode
+    rows, the split's least and one more (its offsets' alignment), so those launches compile before serving; none
+    when every step fits a bucket, or where the rows do not fit."""
+    model = MetaModel()
+    g = PrefillGraphs(model, torch.zeros(1), 64, 8, 16, 256, graph_tokens=16)
+    g._split_rows = 2
+    g.warm_past_buckets(scratch_block=9)
+    # (tokens, split, fresh entries, entries, last positions): the prompt's 16 - d tokens, then the chunk's position 1
+    assert model.ran == [(17, 0, 1, 2, [14, 15, 1]), (17, 2, 1, 2, [12, 13, 1]), (17, 3, 1, 2, [11, 12, 1])]
+    assert list(g._hosts[1]["slot"][:17]) == [-1] * 17 and g._hosts[0]["bt"][0, 0] == 9
+    small = MetaModel()
+    PrefillGraphs(small, torch.zeros(1), 64, 2, 16, 256).warm_past_buckets(9)
+    assert small.ran == []  # graph_tokens = max_tokens: every step has a bucket

@@ -137,6 +137,7 @@ class Launcher:
                                                  self.cfg.batching.max_batch_size, W, self.max_model_len,
                                                  last_tokens=self._last_tokens, graph_tokens=top)
             self._prefill_graphs.capture_all(pool)
+            self._prefill_graphs.warm_past_buckets(self._scratch_block)
         for S in sorted(sizes, reverse=True):
             meta = AttentionMetadata(slot_mapping=slot[:S], block_tables=bt[:S], context_lens=ctx[:S],
                                      query_lens=[1] * S, context_lens_host=[1] * S, decode_only=True,

@@ -14,7 +14,8 @@ Everything that varies within a token bucket lives in device buffers of fixed sh
   costs no program (at 1,024 tokens and 1,024 sequences the list has 1,089 entries, a prompt of 128 needs 8).
 A step past the captured buckets runs eagerly on the same buffers, unpadded, with an eager step's attention: leading
 decode rows through the decode kernel, fresh prompts over their own K/V, a launch an entry (`_EagerWork`); a
-persistent launch over the cache took 1.8x as long on a step of 4 x 2,048 fresh tokens (docs/performance.md).
+persistent launch over the cache took 1.8x as long on a step of 4 x 2,048 fresh tokens (docs/performance.md). Such
+steps are run once at capture (`warm_past_buckets`), so their kernels compile before serving.
 Padded token rows compute garbage that stays in their rows: every layer but attention is row by row, and
 attention reads only the cache and the real rows' queries. The graph runs the decoder stack; the final norm,
 lm_head over the sampled rows and the sampling stay eager (a few launches), since those rows vary.
@@ -138,6 +139,23 @@ class PrefillGraphs:
             with torch.cuda.graph(graph, pool=pool):
                 hidden, residual = self._layers(T)
             self.graphs[T] = (graph, hidden, residual)
+
+    def warm_past_buckets(self, scratch_block: int) -> None:
+        """Runs steps past the captured buckets as serving meets them (a fresh prompt and a chunk, beside no decode
+        rows, as many as the split takes, and one more) on the scratch block, writing no cache slot: their eager
+        launches compile here, on these buffers (Triton specializes on pointer alignment: ctx[split:] moves by 4
+        bytes a row), not while a request waits. Every tensor-parallel rank runs the same steps."""
+        top = self.buckets[-1]
+        for d in (0, self._split_rows, self._split_rows + 1):
+            p = top - d  # with the chunk's one token, top + 1 tokens: past the buckets
+            if self.max_tokens <= top or p < 2 or d + 2 > self.max_seqs:
+                continue
+            q, c = [1] * d + [p, 1], [1] * d + [p, 2]
+            table = [scratch_block] * self.width
+            step = StepInputs(ids=[0] * (top + 1), positions=[i for n, m in zip(q, c) for i in range(m - n, m)],
+                              slots=[-1] * (top + 1), query_lens=q, context_lens=c, tables=[table] * len(q),
+                              sample_rows=[])
+            self.run(step, logits=False)
 
     def fits(self, num_tokens: int, num_seqs: int) -> bool:
         return num_tokens <= self.max_tokens and num_seqs <= self.max_seqs
