@@ -155,6 +155,10 @@ def test_prefill_graphs_match_eager_steps(tmp_path, quant, graph_tokens):
     assert caches["graph"][:, :, 6:].abs().sum() == 0  # padding rows wrote nothing (slot -1)
     if graph_tokens:  # the last step: two decode rows split off, the prompt's one block fresh
         assert (graphs._eager.split, graphs._eager.fresh, graphs._eager.count) == (2, 1, 1)
+        before = caches["graph"].clone()
+        with torch.inference_mode():
+            graphs.warm_past_buckets(scratch_block=15)  # the capture's warm steps: they write no cache slot
+        assert graphs._eager.split == 2 and torch.equal(caches["graph"], before)
 
 @pytest.mark.parametrize("quant", [None, "int8_wo", "fp8"])
 def test_gate_out_changes_no_bit_of_the_model(tmp_path, monkeypatch, quant):
