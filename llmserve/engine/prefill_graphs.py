@@ -146,9 +146,11 @@ class PrefillGraphs:
         launches compile here, on these buffers (Triton specializes on pointer alignment: ctx[split:] moves by 4
         bytes a row), not while a request waits. Every tensor-parallel rank runs the same steps."""
         top = self.buckets[-1]
+        if self.max_tokens <= top:  # every step has a bucket
+            return
         for d in (0, self._split_rows, self._split_rows + 1):
             p = top - d  # with the chunk's one token, top + 1 tokens: past the buckets
-            if self.max_tokens <= top or p < 2 or d + 2 > self.max_seqs:
+            if p < 2 or d + 2 > self.max_seqs:
                 continue
             q, c = [1] * d + [p, 1], [1] * d + [p, 2]
             table = [scratch_block] * self.width
