@@ -15,7 +15,7 @@ import triton.language as tl
 
 from llmserve.kernels import launch_args
 from llmserve.kernels.group_tiles import load_x, store_rows
-from llmserve.kernels.int4_words import word_tile, words_config
+from llmserve.kernels.int4_words import word_tile
 from llmserve.kernels.pdl import pdl_prologue
 
 # A word's nibbles at bits 0-3 and 16-19 (shifted by 0, 4, 8, 12 for the others), OR'd into bf16 128.0 in each half:
@@ -120,6 +120,16 @@ def _w4gemv_pairs_kernel(x_ptr, xw_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, 
     store_rows(tl.sum(acc, axis=2), b_ptr, out_ptr, offs_n, n_mask, HAS_BIAS)
 
 
+def pairs_config(N: int, K: int, group: int, asym: bool) -> tuple[int, int, int, int]:
+    """(BLOCK_N, BLOCK_K, num_warps, stages): kernel_check's int4_sweep at one row over Llama-3.1-8B's symmetric
+    matrices (an H100): 16 rows of 1,024 inputs for the MLP's down_proj (K > 8,192), 32 of 256 for the widest
+    (gate_up), 16 of 512 for the attention's. Asymmetric weights keep 16 of 1,024 (unswept; the sweep's shapes
+    timed slower with them over all linears)."""
+    if K > 8192 or asym:
+        return 16, max(group, 1024), 4, 3
+    return (32, max(group, 256), 4, 3) if N > 8192 else (16, max(group, 512), 4, 3)
+
+
 def pairs_ok(x: torch.Tensor) -> bool:
     """Whether w4gemv_pairs can take x: bf16 on a GPU (inline PTX; an fp16 model's products could overflow)."""
     return x.dtype == torch.bfloat16 and x.is_cuda
@@ -131,7 +141,7 @@ def w4gemv_pairs(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum:
     """x: [1, K] (or [1, 2K] gated) bf16 -> [1, N]; `sizes` (N, K, group) as int4.check_codes gives them."""
     N, K, group = sizes
     assert x.dtype == torch.bfloat16 and x.shape == (1, 2 * K if gated else K) and x.is_contiguous()
-    bn, bk, warps, stages = config or words_config(group)  # the word GEMV's launch shape: untimed for this one
+    bn, bk, warps, stages = config or pairs_config(N, K, group, minimum is not None)
     assert bk % group == 0, (bk, group)
     out = torch.empty(1, N, dtype=x.dtype, device=x.device)
     words = w.view(torch.int32)
