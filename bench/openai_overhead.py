@@ -32,7 +32,6 @@ import math
 import multiprocessing
 import os
 import platform
-import random
 import shutil
 import statistics
 import subprocess
@@ -44,7 +43,7 @@ from pathlib import Path
 
 from bench.common import ROOT
 from bench.triton_path import Server, random_checkpoint
-from bench.workload import Record, summarize
+from bench.workload import Record, request_tokens, summarize
 from llm_client.client import build_inputs
 from llmserve.launch.tritonserver import derive_repository
 
@@ -53,13 +52,6 @@ TARGET_RATIO, TARGET_TTFT_MS = 0.95, 1.0
 
 def _params(tokens: int) -> dict:
     return {"max_tokens": tokens, "ignore_eos": True, "temperature": 0.0}
-
-
-def request_tokens(i: int, tokens: int, spread: float) -> int:
-    """Request i's output length: `tokens`, or with spread > 0 a length seeded by i within tokens x [1 -+ spread]."""
-    if spread <= 0:
-        return tokens
-    return max(1, round(tokens * (1 + spread * (2 * random.Random(i).random() - 1))))
 
 
 def _prompt(i: int) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -13,6 +14,13 @@ class Record:
     token_times: list[float] = field(default_factory=list)
     error: str | None = None
     wanted: int | None = None  # the output length asked for, where requests differ in it
+
+
+def request_tokens(i: int, tokens: int, spread: float) -> int:
+    """Request i's output length: `tokens`, or with spread > 0 a length seeded by i within tokens x [1 -+ spread]."""
+    if spread <= 0:
+        return tokens
+    return max(1, round(tokens * (1 + spread * (2 * random.Random(i).random() - 1))))
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -43,7 +51,7 @@ def summarize(records: list[Record], wall: float, concurrency: int, in_len: int,
     return {
         "concurrency": concurrency, "input_len": in_len, "output_len": out_len, "requests": len(records),
         "errors": sum(r.error is not None for r in records),
-        "short_responses": sum(len(r.token_times) != out_len for r in records),
+        "short_responses": sum(len(r.token_times) != (r.wanted or out_len) for r in records),
         "output_tokens": tokens, "wall_s": round(wall, 3), "throughput_tok_s": round(tokens / wall, 1),
         "requests_per_s": round(len(records) / wall, 1),
         "steady_tok_s": ms(steady_throughput(records)),
@@ -53,15 +61,16 @@ def summarize(records: list[Record], wall: float, concurrency: int, in_len: int,
     }
 
 
-def drive_engine(engine, prompts: list[list[int]], out_len: int, concurrency: int,
+def drive_engine(engine, prompts: list[list[int]], out_len: int | list[int], concurrency: int,
                  sampling: dict | None = None) -> tuple[list[Record], float]:
     """Keeps `concurrency` requests in flight on a TorchEngine until every prompt is answered. Generation
-    ignores EOS, so every request produces exactly `out_len` tokens; greedy unless `sampling` (SamplingParams
-    fields, `bench.run --sampling`) says otherwise."""
+    ignores EOS, so every request produces exactly `out_len` tokens (or its own, a list given); greedy unless
+    `sampling` (SamplingParams fields, `bench.run --sampling`) says otherwise."""
     from llmserve.engine.api import EngineRequest
     from llmserve.engine.sampling_params import SamplingParams
 
-    params = SamplingParams(**{"temperature": 0.0, **(sampling or {})}, max_tokens=out_len, ignore_eos=True)
+    lengths = out_len if isinstance(out_len, list) else None
+    fields = {"temperature": 0.0, **(sampling or {}), "ignore_eos": True}
     records: dict[str, Record] = {}
     pending = list(enumerate(prompts))
     in_flight = 0
@@ -71,8 +80,9 @@ def drive_engine(engine, prompts: list[list[int]], out_len: int, concurrency: in
         nonlocal in_flight
         i, ids = pending.pop(0)
         rid = f"r{i}"
-        records[rid] = Record(time.perf_counter())
-        engine.add_request(EngineRequest(rid, ids, params))
+        n = lengths[i] if lengths else out_len
+        records[rid] = Record(time.perf_counter(), wanted=n if lengths else None)
+        engine.add_request(EngineRequest(rid, ids, SamplingParams(**fields, max_tokens=n)))
         in_flight += 1
 
     while pending and in_flight < concurrency:

@@ -108,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--waves", type=int, default=0, help="requests per point of 64+ streams, in units of its "
                     "concurrency (default 8 for the trtllm plans, else 1); the point reports the whole run's "
                     "throughput and the steady stretch's (steady_tok_s)")
+    ap.add_argument("--spread", type=float, default=0.0,
+                    help="engine phases: each request's output length drawn uniformly within +- this fraction of the "
+                    "workload's (seeded), so requests finish and are replaced at different steps as in real traffic "
+                    "(0: every request the workload's length, as trtllm-bench runs them)")
     ap.add_argument("--concurrency", help="comma-separated: run only these concurrencies of each phase's plan "
                     "(e.g. 1024 of trtllm_short's 1, 256, 1024)")
     ap.add_argument("--workloads", help="comma-separated: run only these workloads of each phase's plan ("
@@ -167,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     q += ["--workloads", args.workloads] if args.workloads else []
     q += ["--concurrency", args.concurrency] if args.concurrency else []
     q += ["--waves", str(args.waves)] if args.waves else []
+    q += ["--spread", str(args.spread)] if args.spread else []
     q += ["--sampling", ",".join(f"{k}={v}" for k, v in args.sampling.items())] if args.sampling else []
     plan_args = ["--plan", args.plan] if args.plan else []  # for the engine phases (not the Triton twin)
     t_start = time.time()

@@ -63,7 +63,7 @@ def _freeze_heap_timed() -> dict:
 
 
 def phase_engine(args) -> dict:
-    from bench.workload import drive_engine, summarize
+    from bench.workload import drive_engine, request_tokens, summarize
 
     plan = plan_for(args, "engine" if args.mode == "bf16" else "engine_quant")
     args.knobs.update(admission_knobs(plan, args.knobs))
@@ -94,9 +94,11 @@ def phase_engine(args) -> dict:
             else:
                 prompts = random_prompts(c * waves_of(args, c), in_len, args.vocab, seed=c * 7 + in_len)
             seen = trace.stat().st_size if trace.is_file() else 0
-            records, wall = drive_engine(eng, prompts, out_len, c, args.sampling)
+            lengths = [request_tokens(i, out_len, args.spread) for i in range(len(prompts))] if args.spread \
+                else out_len
+            records, wall = drive_engine(eng, prompts, lengths, c, args.sampling)
             s = summarize(records, wall, c, in_len, out_len)
-            s["workload"] = wname
+            s["workload"], s["spread"] = wname, args.spread
             s["preemptions"] = eng.stats().preemptions
             s["eager_steps"] = _eager_steps(trace, seen)
             reps.append(s)
