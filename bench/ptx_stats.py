@@ -9,12 +9,13 @@ once), so compare variants of one kernel.
     python -m bench.ptx_stats decode:256x2100:fp8 varlen:3x2048+256:bf16 gemv:fp8:14336x4096
     python -m bench.ptx_stats decode:256x2100:fp8 --compare /tmp/base,.    # the same cases in two trees
 
-Cases: decode:BxCTX:KV, varlen:BxL[+DECODE_ROWS]:KV[:fresh|tma|persist] (KV bf16 or fp8; fresh, tma: the
-prompts' K/V from the qkv buffer, pointer or TMA loads; persist: the persistent launch), gemv:KIND:NxK[:FLAG] and
-wmm:KIND:MxNxK[:FLAG] (KIND bf16, int8, fp8; FLAG gated: the SiLU-mul in x's load, gate_out: in the epilogue;
-the GEMV's norm: an RMSNorm folded in, add: the residual add in the epilogue, rope: rotary + cache write),
-w4:MxNxK:GROUP[:FLAGS] (symmetric int4; M = 1 is the GEMV; FLAGS joined by +: bytes, words or pairs
-names a GEMV kernel, gated the SiLU-mul in x's load), w8g:MxNxK:GROUP (8-bit codes in groups, as w4),
+Cases: decode:BxCTX:KV[:counted] (counted: half the rows, counted on the device, as a prefill graph's split),
+varlen:BxL[+DECODE_ROWS]:KV[:fresh|tma|persist|persist_tma] (KV bf16 or fp8; fresh, tma: the prompts' K/V from the
+qkv buffer, pointer or TMA loads; persist: the persistent launches, persist_tma with the prompts' own K/V),
+gemv:KIND:NxK[:FLAG] and wmm:KIND:MxNxK[:FLAG] (KIND bf16, int8, fp8; FLAG gated: the SiLU-mul in x's load,
+gate_out: in the epilogue; the GEMV's norm: an RMSNorm folded in, add: the residual add in the epilogue, rope:
+rotary + cache write), w4:MxNxK:GROUP[:FLAGS] (symmetric int4; M = 1 is the GEMV; FLAGS joined by +: bytes, words
+or pairs names a GEMV kernel, gated the SiLU-mul in x's load), w8g:MxNxK:GROUP (8-bit codes in groups, as w4),
 fp8mm:MxNxK:fast|exact (the fp8 GEMM at 33-256 rows, its accumulation). Llama-3.1-8B heads
 (32 query, 8 KV, dim 128).
 """
@@ -130,7 +131,7 @@ def _cuda_like() -> None:
         mod.ptx_converts = lambda x: x.dtype == torch.bfloat16
 
 
-def _decode(shape: str, kv: str):
+def _decode(shape: str, kv: str, flag: str = ""):
     from llmserve.kernels.attention import decode_attention
 
     B, ctx = (int(v) for v in shape.split("x"))
@@ -139,7 +140,8 @@ def _decode(shape: str, kv: str):
     bt = torch.arange(B * blocks, dtype=torch.int32).view(B, blocks)
     ctxs = torch.full((B,), ctx, dtype=torch.int32)
     q = torch.zeros(B, H, D, dtype=torch.bfloat16)
-    return lambda: decode_attention(q, cache, bt, ctxs, D ** -0.5, 4096)
+    rows = torch.tensor([B // 2], dtype=torch.int32) if flag == "counted" else None
+    return lambda: decode_attention(q, cache, bt, ctxs, D ** -0.5, 4096, rows=rows)
 
 
 def _varlen(shape: str, kv: str, fresh: str = ""):
@@ -158,11 +160,12 @@ def _varlen(shape: str, kv: str, fresh: str = ""):
     seqs, firsts = (torch.tensor(v[rows:] + v[:rows], dtype=torch.int32)
                     for v in varlen_query_blocks(qlens, H // KVH, D))
     qkv = torch.zeros(sum(qlens), H + 2 * KVH, D, dtype=torch.bfloat16)
-    new_kv = qkv[:, H:] if fresh in ("fresh", "tma") else None
-    count = torch.tensor([len(seqs)], dtype=torch.int32) if fresh == "persist" else None
+    new_kv = qkv[:, H:] if fresh in ("fresh", "tma", "persist_tma") else None
+    bounds = torch.tensor([0, len(seqs) - rows if new_kv is not None else 0, len(seqs)], dtype=torch.int32) \
+        if fresh.startswith("persist") else None
     return lambda: varlen_attention(qkv[:, :H], cache, bt, torch.tensor(ctxs, dtype=torch.int32), starts, seqs,
-                                    firsts, D ** -0.5, new_kv=new_kv, new_loads=2 if fresh == "tma" else 1,
-                                    fresh_blocks=len(seqs) - rows, work_count=count, programs=33)
+                                    firsts, D ** -0.5, new_kv=new_kv, new_loads=2 if fresh.endswith("tma") else 1,
+                                    fresh_blocks=len(seqs) - rows, work_bounds=bounds, programs=33)
 
 
 def _linear(kind: str, shape: str, M: int | None = None, flag: str = ""):
@@ -219,7 +222,7 @@ def _w8g(shape: str, group: str):
 
 def case_call(case: str):
     kind, *rest = case.split(":")
-    makers = {"decode": lambda: _decode(rest[0], rest[1]), "varlen": lambda: _varlen(*rest[:3]),
+    makers = {"decode": lambda: _decode(*rest[:3]), "varlen": lambda: _varlen(*rest[:3]),
               "gemv": lambda: _linear(*rest[:2], 1, *rest[2:3]), "wmm": lambda: _linear(*rest[:2], None, *rest[2:3]),
               "w4": lambda: _w4(*rest[:3]), "w8g": lambda: _w8g(rest[0], rest[1]),
               "fp8mm": lambda: _fp8mm(rest[0], rest[1])}

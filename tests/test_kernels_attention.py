@@ -16,7 +16,7 @@ from test_kernels import DEV, DT, rel  # noqa: E402
 from llmserve.kernels import attention as kattn  # noqa: E402
 from llmserve.kernels.shapes import varlen_query_blocks  # noqa: E402
 from llmserve.kernels.varlen import varlen_attention  # noqa: E402
-from llmserve.model.attention import AttentionMetadata, paged_attention  # noqa: E402
+from llmserve.model.attention import AttentionMetadata, fresh_first_blocks, paged_attention  # noqa: E402
 
 
 def _paged_setup(ctx_lens, nh, nkv, hd, page=4):
@@ -87,6 +87,25 @@ def test_decode_attention_blocks_and_stale_nan(page, config):
     ctx = torch.tensor(ctx_lens, dtype=torch.int32, device=DEV)
     out = kattn.decode_attention(q, cache, bt, ctx, hd ** -0.5, max_context=128, config=config)
     assert rel(out, _decode_reference(q, ref_cache, bt, ctx_lens)) < 1e-2
+
+
+@pytest.mark.parametrize("config", [(1, 32, 1, 3), (4, 32, 1, 3)])  # whole contexts, or partitions merged
+@pytest.mark.parametrize("count", [0, 3, 5])
+def test_decode_attention_of_rows_counted_on_the_device_leaves_the_others_alone(monkeypatch, config, count):
+    """A prefill graph's decode launch: only the leading rows its device count names are attended (a fixed grid, two
+    programs a KV head here, walks them), the other rows (another kernel's output) are left as they were."""
+    monkeypatch.setattr(kattn, "ROW_PROGRAMS", 2)
+    nh, nkv, hd = 8, 2, 32
+    ctx_lens = [40, 9, 17, 64, 3, 20]
+    B, bt, cache = _paged_setup(ctx_lens, nh, nkv, hd, page=16)
+    q = torch.randn(B, nh, hd, device=DEV).to(DT)
+    out = torch.full((B, nh, hd), 7.0, device=DEV).to(DT)
+    kattn.decode_attention(q, cache, bt, torch.tensor(ctx_lens, dtype=torch.int32, device=DEV), hd ** -0.5,
+                           max_context=64, config=config, out=out,
+                           rows=torch.tensor([count], dtype=torch.int32, device=DEV))
+    assert bool((out[count:] == 7.0).all())
+    if count:
+        assert rel(out[:count], _decode_reference(q[:count], cache, bt[:count], ctx_lens[:count])) < 1e-2
 
 
 @pytest.mark.parametrize("page", [4, 12])
@@ -209,23 +228,28 @@ def test_varlen_fresh_prompts_attend_over_this_steps_kv_and_the_others_over_the_
 
 
 @pytest.mark.parametrize("programs", [1, 3, 64])
-def test_persistent_varlen_walks_only_the_counted_entries_of_a_padded_work_list(programs):
-    """A prefill graph's work list is padded with entries of an empty sequence; the persistent launch walks the
-    counted entries (snake order, any number of programs, more or fewer than entries) and gives the one-program-an-
-    entry launch's output (bit for bit under the interpreter)."""
+@pytest.mark.parametrize("own_kv", [False, True])
+def test_persistent_varlen_walks_only_the_bounded_entries_of_a_padded_work_list(programs, own_kv):
+    """A prefill graph's work list is padded with entries of an empty sequence; the persistent launches walk the
+    entries within the bounds (0, fresh, real: snake order, any number of programs, more or fewer than entries),
+    fresh prompts' over this step's K/V when given (own_kv), and give the one-program-an-entry launches' output (bit
+    for bit under the interpreter)."""
     nh, nkv, hd, page = 6, 2, 32, 4
     query_lens, ctx_lens = [5, 1, 70, 3, 150], [9, 17, 70, 3, 330]
     B, bt, cache = _paged_setup(ctx_lens, nh, nkv, hd, page)
     T = sum(query_lens)
     qkv = torch.randn(T, nh + 2 * nkv, hd, device=DEV).to(DT)
-    seqs, firsts = varlen_query_blocks(query_lens, nh // nkv, hd)
+    seqs, firsts, fresh = fresh_first_blocks(query_lens, ctx_lens, nh // nkv, hd)
+    assert fresh == 3  # the 70-token prompt's two blocks and the 3-token one's
     starts = [0, 5, 6, 76, 79, 229]
     i32 = {"dtype": torch.int32, "device": DEV}
+    kw = {"new_kv": qkv[:, nh:], "new_loads": 1} if own_kv else {}
     exact = varlen_attention(qkv[:, :nh], cache, bt, torch.tensor(ctx_lens, **i32), torch.tensor(starts, **i32),
-                             torch.tensor(seqs, **i32), torch.tensor(firsts, **i32), hd ** -0.5)
+                             torch.tensor(seqs, **i32), torch.tensor(firsts, **i32), hd ** -0.5, fresh_blocks=fresh,
+                             **kw)
     pad = len(seqs) + 37  # entries past the real ones name row B: no tokens, no context
     out = varlen_attention(qkv[:, :nh], cache, torch.cat([bt, bt[:1]]), torch.tensor(ctx_lens + [0], **i32),
                            torch.tensor(starts + [T], **i32), torch.tensor(seqs + [B] * (pad - len(seqs)), **i32),
                            torch.tensor(firsts + [0] * (pad - len(seqs)), **i32), hd ** -0.5,
-                           work_count=torch.tensor([len(seqs)], **i32), programs=programs)
+                           work_bounds=torch.tensor([0, fresh, len(seqs)], **i32), programs=programs, **kw)
     assert torch.equal(out, exact) if DEV == "cpu" else rel(out, exact) < 1e-3  # another compilation on a GPU

@@ -111,9 +111,9 @@ def test_prefill_graphs_match_eager_steps(tmp_path, quant, graph_tokens):
     """Prefill and mixed steps through PrefillGraphs (tokens padded to a bucket, sequence rows and attention work
     list padded; real CUDA graphs on a GPU, the same padded inputs run eagerly under the interpreter) against
     the eager model on a cache of its own: logits of the sampled rows, and the caches after the steps.
-    graph_tokens 16 (the 16-bit case; int8 pads every step): the steps past 16 tokens run unpadded with an eager
-    step's attention (leading decode rows through the decode kernel from 2 such rows here, fresh prompts over their
-    own K/V)."""
+    Leading decode rows go through the decode kernel from 2 such rows here, fresh prompts over their own K/V, in a
+    graph (its decode slots and padded work list) as in eager steps. graph_tokens 16 (the 16-bit case; int8 pads
+    every step): the steps past 16 tokens run unpadded with an eager step's attention."""
     from types import SimpleNamespace
 
     from llmserve.engine.graph_inputs import StepInputs
@@ -122,14 +122,14 @@ def test_prefill_graphs_match_eager_steps(tmp_path, quant, graph_tokens):
     model = _tiny_model(tmp_path, **({"quantization": {"mode": quant}} if quant else {}))
     page, prompt_lens = 16, [9, 14, 20, 18]  # decode steps: the decode kernel reads blocks of 16 or more
     g = torch.Generator().manual_seed(0)
-    full = [torch.randint(0, 300, (n + 2,), generator=g).tolist() for n in prompt_lens]
+    full = [torch.randint(0, 300, (n + 4,), generator=g).tolist() for n in prompt_lens]
     tables = [[0], [1], [2, 3], [4, 5]]
     steps = [[(1, 0, 6)],  # a first chunk alone: nothing to sample
              [(0, 0, 9), (1, 6, 8)],  # a prompt, the rest of the chunked one
              [(2, 0, 20), (0, 9, 1), (1, 14, 1)],  # a prompt and two decodes
              [(2, 20, 1)]]  # one decode: fewer sequences than the step before
-    if graph_tokens:
-        steps.append([(0, 10, 1), (1, 15, 1), (3, 0, 18)])  # two decodes, then a prompt: split past the buckets
+    steps += [[(0, 10, 1), (1, 15, 1), (3, 0, 18)],  # two decodes, then a prompt: split (past the buckets at 16)
+              [(0, 11, 1), (2, 21, 1), (3, 18, 2)]]  # two decodes, then a chunk: split in the 16-token graph
     caches = {k: torch.zeros(2, 2, 16, page, 2, 32, device=DEV, dtype=DT) for k in ("eager", "graph")}
     graphs = PrefillGraphs(model, caches["graph"], max_tokens=48, max_seqs=4, width=8, max_model_len=256,
                            graph_tokens=graph_tokens)
@@ -138,6 +138,7 @@ def test_prefill_graphs_match_eager_steps(tmp_path, quant, graph_tokens):
     with torch.inference_mode():
         if DEV == "cuda":
             graphs.capture_all(torch.cuda.graph_pool_handle())
+        eager = []
         for spec in steps:
             seqs = [SimpleNamespace(tokens=full[i][:max(prompt_lens[i], start + n)], num_computed_tokens=start,
                                     block_table=tables[i]) for i, start, n in spec]
@@ -146,6 +147,7 @@ def test_prefill_graphs_match_eager_steps(tmp_path, quant, graph_tokens):
             ref = model(torch.tensor(step.ids, device=DEV), torch.tensor(step.positions, device=DEV),
                         caches["eager"], meta, torch.tensor(step.sample_rows, dtype=torch.long, device=DEV))
             out = graphs.run(step)
+            eager.append(graphs._eager)
             if not step.sample_rows:
                 assert out is None
                 continue
@@ -153,8 +155,9 @@ def test_prefill_graphs_match_eager_steps(tmp_path, quant, graph_tokens):
             assert rel(out, ref) < 1e-2
     assert rel(caches["graph"], caches["eager"]) < 1e-2
     assert caches["graph"][:, :, 6:].abs().sum() == 0  # padding rows wrote nothing (slot -1)
-    if graph_tokens:  # the last step: two decode rows split off, the prompt's one block fresh
-        assert (graphs._eager.split, graphs._eager.fresh, graphs._eager.count) == (2, 1, 1)
+    assert graphs._hosts[graphs._turn]["work"][3] == 2  # the last step's split, in a graph
+    if graph_tokens:  # the fifth step: two decode rows split off, the prompt's one block fresh
+        assert (eager[4].split, eager[4].fresh, eager[4].count) == (2, 1, 1)
         before = caches["graph"].clone()
         with torch.inference_mode():
             graphs.warm_past_buckets(scratch_block=15)  # the capture's warm steps: they write no cache slot

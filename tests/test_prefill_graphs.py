@@ -55,7 +55,9 @@ def test_a_step_pads_tokens_sequences_and_work_list_to_its_bucket():
     qb = g._work_rows(16)
     assert qb == 16 // 64 + 4 + 1
     assert list(h["qb_seq"][:qb]) == [0, 1, 4, 4, 4]  # padded work goes to the idle row (no tokens, no context)
-    assert h["work"][0] == 2  # the entries the persistent launch walks
+    # the entries the persistent launches walk (the fresh chunk's, the other), and no decode rows split off: one is
+    # under the split
+    assert list(h["work"]) == [0, 1, 2, 0]
     assert list(h["bt"][1, :3]) == [3, 4, 5]
 
 
@@ -65,7 +67,7 @@ def test_a_smaller_step_after_a_larger_one_leaves_no_stale_work():
     big = _step([(list(range(20)), 0, 20, [0, 1, 2, 3, 4]), (list(range(20)), 0, 20, [5, 6, 7, 8, 9])])
     g._fill(h, big, 48)
     g._fill(h, _step([(list(range(21)), 20, 1, [0, 1, 2, 3, 4, 5])]), 16)
-    assert list(h["qb_seq"][:g._work_rows(16)]) == [0, 4, 4, 4, 4] and h["work"][0] == 1
+    assert list(h["qb_seq"][:g._work_rows(16)]) == [0, 4, 4, 4, 4] and list(h["work"]) == [0, 0, 1, 0]
     assert list(h["qstart"][:3]) == [0, 1, 1] and h["ctx"][1] == 0
     assert list(h["bt"][0, :6]) == [0, 1, 2, 3, 4, 5]  # the grown table is written again
 
@@ -83,9 +85,26 @@ def test_a_step_past_the_buckets_gets_an_eager_steps_work_list():
     assert (g._eager.split, g._eager.fresh, g._eager.count) == (2, 1, 2)
     assert list(h["qstart"][:3]) == [0, 70, 170]
     assert list(h["qb_seq"][:2]) == [1, 0] and list(h["qb_start"][:2]) == [0, 0]  # 128 queries a block
-    assert h["work"][0] == 2
     g._fill(h, _step([decode]), 16)
     assert g._eager is None  # back in a bucket: the padded list
+
+
+def test_a_step_in_a_bucket_splits_its_decode_rows_off_as_an_eager_step():
+    """In a bucket: the leading decode rows counted for the decode kernel, the work list of the other rows with
+    absolute sequence indices, the fresh prompt's block first, then padding; the bounds of both kinds."""
+    g = PrefillGraphs(SimpleNamespace(args=_graphs().model.args), torch.zeros(1), 48, 4, 8, 256)
+    g._split_rows = 2
+    h = g._hosts[0]
+    step = _step([([1] * 9, 8, 1, [0, 1, 2]), ([1] * 12, 11, 1, [3, 4, 5]), ([2] * 30, 20, 10, list(range(6, 14))),
+                  ([3] * 7, 0, 7, [14, 15])])
+    g._fill(h, step, 32)
+    assert g._eager is None
+    assert list(h["qstart"][:5]) == [0, 1, 2, 12, 19]  # absolute: the graph's varlen launches take every row
+    qb = g._work_rows(32)
+    assert list(h["qb_seq"][:qb]) == [3, 2] + [4] * (qb - 2) and list(h["work"]) == [0, 1, 2, 2]
+    g._fill(h, _step([([1] * 9, 8, 1, [0, 1, 2]), ([3] * 7, 0, 7, [14, 15])]), 16)
+    # fewer decode rows than the split takes: the varlen list has them
+    assert list(h["qb_seq"][:3]) == [1, 0, 4] and list(h["work"]) == [0, 1, 2, 0]
 
 
 @pytest.mark.parametrize("knob", ["prefill_graph_max_tokens", "gil_switch_interval_us"])

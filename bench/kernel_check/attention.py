@@ -21,7 +21,7 @@ def _varlen_case(B: int, L: int, config: tuple | None = None, decode_rows: int =
     q is a view of a qkv buffer as in the engine; fresh (> 0): the prompts read their K/V from it (`new_kv`),
     loaded as `new_loads` = fresh says (1 pointers, 2 TMA). pad_to: the work list padded to that many entries of an
     empty sequence, as a prefill graph's is (one launch over the cache, as there); persist: a persistent launch
-    walks the real entries only (`work_count`). chunk (queries, context): a prompt's next chunk after its cached
+    walks the real entries only (`work_bounds`). chunk (queries, context): a prompt's next chunk after its cached
     prefix, last in the step, over the cache (the launch beside the fresh prompts', on a side stream if `overlap`).
     split: the decode rows through the decode kernel, the work list over the rest (an eager mixed step's split)."""
     from llmserve.kernels.attention import decode_attention
@@ -40,7 +40,7 @@ def _varlen_case(B: int, L: int, config: tuple | None = None, decode_rows: int =
     n = decode_rows if split else 0  # rows the decode kernel takes; the work list covers the rest
     vq, vc, bt = qlens[n:], ctxs[n:], bt_all[n:]
     seqs, starts = varlen_query_blocks(vq, H // KVH, D, config[0] if config else 0)
-    count = torch.tensor([len(seqs)], dtype=torch.int32, device="cuda") if persist else None
+    bounds = torch.tensor([0, 0, len(seqs)], dtype=torch.int32, device="cuda") if persist else None
     fresh_blocks = None
     if fresh:  # the fresh prompts' blocks first, as AttentionMetadata.add_varlen orders them
         order = sorted(range(len(seqs)), key=lambda i: vq[seqs[i]] != vc[seqs[i]])
@@ -55,7 +55,7 @@ def _varlen_case(B: int, L: int, config: tuple | None = None, decode_rows: int =
     qb = (torch.tensor(seqs, dtype=torch.int32, device="cuda"), torch.tensor(starts, dtype=torch.int32, device="cuda"))
     qkv = torch.randn(sum(qlens), H + 2 * KVH, D, device="cuda", dtype=torch.bfloat16)
     q, new_kv = qkv[:, :H], (qkv[n:, H:] if fresh else None)
-    kw = {"new_kv": new_kv, "new_loads": fresh or 1, "fresh_blocks": fresh_blocks, "work_count": count,
+    kw = {"new_kv": new_kv, "new_loads": fresh or 1, "fresh_blocks": fresh_blocks, "work_bounds": bounds,
           "overlap": overlap}
     dctx = torch.tensor(ctxs[:n], dtype=torch.int32, device="cuda")
 
@@ -120,20 +120,54 @@ def s_varlen_chunk(args):
 @section("mixed_graph")
 def s_mixed_graph(args):
     """A small mixed step as decode-heavy workloads make them (D decode rows at C tokens of context beside one fresh
-    prompt or chunk of P tokens, fp8 cache), in a prefill graph's bucket today: one persistent launch over the padded
-    work list (every row over the cache), against one launch over the exact list, and against an eager step's split
-    (the decode kernel for the rows, the prompt over its own K/V). us per layer."""
+    prompt or chunk of P tokens, fp8 cache) in a prefill graph's bucket: one persistent launch over the padded work
+    list (every row over the cache: before session 30), against one launch over the exact list, an eager step's
+    split (the decode kernel for the rows, the prompt over its own K/V), and that split as a graph runs it (the
+    decode kernel's fixed grid walking the D rows counted on the device; persistent launches over the padded
+    list). us per layer."""
     res = args.report.results.setdefault("mixed_graph", {})
-    for D, C, P in ((256, 1500, 1000), (256, 1100, 128), (64, 1000, 1000), (256, 2100, 256)):
+    for D, C, P in ((256, 1500, 1000), (256, 1100, 128), (64, 1000, 1000), (256, 2100, 256), (128, 1000, 1536)):
         bucket = next(b for b in (384, 512, 768, 1024, 1536, 2048) if b >= D + P)
         pad = bucket // 16 + 1024 + 1  # PrefillGraphs._work_rows with max_batch_size 1,024
         for name, kw in (("graph_persistent", {"pad_to": pad, "persist": True}), ("exact", {}),
-                         ("split_fresh_tma", {"split": True, "fresh": 2})):
+                         ("split_fresh_tma", {"split": True, "fresh": 2}), ("graph_split", {})):
             key = f"dec{D}x{C}_prompt{P}_{name}"
-            r = res[key] = _varlen_case(1, P, decode_rows=D, decode_ctx=C, kv_fp8=True, fp8_convert=2, **kw)
+            r = res[key] = _graph_split_case(D, C, P, bucket, **kw) if name.startswith("graph_split") else \
+                _varlen_case(1, P, decode_rows=D, decode_ctx=C, kv_fp8=True, fp8_convert=2, **kw)
             args.report.say(f"mixed {key}: {r['ours_us']:.1f} us/layer")
             print(args.report.summary[-1], flush=True)
         args.report.save()
+
+
+def _graph_split_case(D: int, C: int, P: int, bucket: int, slots: int = 1024) -> dict:
+    """D decode rows at C tokens of context and a fresh prompt of P, fp8 cache, as a prefill graph of `bucket`
+    tokens runs them (max_batch_size `slots`, max_model_len 4,096): the decode kernel over the D rows counted on the
+    device; two persistent launches over the padded work list, bounds on the device. us per layer."""
+    from llmserve.kernels.attention import decode_attention
+    from llmserve.kernels.varlen import varlen_attention
+    from llmserve.model.attention import fresh_first_blocks
+
+    H, KVH, Dh, page = 32, 8, 128, 16
+    qlens, ctxs = [1] * D + [P], [C] * D + [P]
+    width, rows = -(-max(ctxs) // page), min(bucket, slots)
+    i32 = {"dtype": torch.int32, "device": "cuda"}
+    cache = torch.randn(2, len(ctxs) * width + 1, page, KVH, Dh, device="cuda").to(torch.float8_e4m3fn)
+    bt = torch.zeros(max(rows, len(ctxs) + 1), width, **i32)  # the graph's rows: a table and context each
+    bt[:len(ctxs)] = torch.arange(len(ctxs) * width, **i32).view(len(ctxs), width)
+    seqs, firsts, fresh = fresh_first_blocks(qlens[D:], ctxs[D:], H // KVH, Dh)
+    pad = bucket // 16 + slots + 1 - len(seqs)  # entries past the real ones name the empty row len(ctxs)
+    work = (torch.tensor([s + D for s in seqs] + [len(ctxs)] * pad, **i32), torch.tensor(firsts + [0] * pad, **i32))
+    bounds = torch.tensor([0, fresh, len(seqs)], **i32)
+    ctx, count = torch.tensor(ctxs + [0] * (bt.shape[0] - len(ctxs)), **i32), torch.tensor([D], **i32)
+    qstart = torch.tensor(list(itertools.accumulate([0] + qlens)) + [D + P], **i32)
+    qkv = torch.randn(bucket, H + 2 * KVH, Dh, device="cuda", dtype=torch.bfloat16)
+
+    def step():
+        decode_attention(qkv[:rows, :H], cache, bt[:rows], ctx[:rows], Dh ** -0.5, 4096, rows=count)
+        varlen_attention(qkv[:, :H], cache, bt, ctx, qstart, *work, Dh ** -0.5, fp8_convert=2, new_kv=qkv[:, H:],
+                         new_loads=2, work_bounds=bounds)
+
+    return {"ours_us": graph_time_ms(lambda: [step() for _ in range(32)], reps=10) * 1000 / 32}
 
 
 # stages 1: the K/V loads not software-pipelined (how the kernel ran before its loops asked for stages)

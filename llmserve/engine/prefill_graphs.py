@@ -9,9 +9,12 @@ Everything that varies within a token bucket lives in device buffers of fixed sh
   fused rotary kernel does not write;
 - per sequence, for up to max_batch_size sequences: context length, query offset and block table; rows past
   the step's sequences have no new tokens and an empty context;
-- the varlen attention's work list, padded to the most query blocks a step of the bucket can have with
-  blocks of an empty row, and the count of its real entries: a persistent launch walks those only, so the padding
-  costs no program (at 1,024 tokens and 1,024 sequences the list has 1,089 entries, a prompt of 128 needs 8).
+- the attention's split, as an eager step's: a mixed step's leading one-token rows (from `mixed_split_rows`) go to
+  the decode kernel, whose fixed grid walks as many rows as the count on the device says;
+- the varlen attention's work list over the other rows, fresh prompts' blocks first (over their own K/V, as in
+  eager steps), padded to the most query blocks a step of the bucket can have with blocks of an empty row, and the
+  bounds of its real entries: two persistent launches walk those only, so the padding costs no program (at 1,024
+  tokens and 1,024 sequences the list has 1,089 entries, a prompt of 128 needs 8).
 A step past the captured buckets runs eagerly on the same buffers, unpadded, with an eager step's attention: leading
 decode rows through the decode kernel, fresh prompts over their own K/V, a launch an entry (`_EagerWork`); a
 persistent launch over the cache took 1.8x as long on a step of 4 x 2,048 fresh tokens (docs/performance.md). Such
@@ -34,7 +37,7 @@ import numpy as np
 import torch
 
 from llmserve.engine.graph_inputs import StepInputs, TableRows, pinned_int32
-from llmserve.kernels.shapes import mixed_split_rows, varlen_block_m, varlen_query_blocks
+from llmserve.kernels.shapes import mixed_split_rows, varlen_block_m
 from llmserve.model.attention import AttentionMetadata, fresh_first_blocks, leading_ones
 
 
@@ -78,7 +81,7 @@ class PrefillGraphs:
         # Sections of one int32 buffer (block tables last: a step copies only the rows it uses). Row B of the
         # per-sequence sections is the empty sequence that padded work-list entries point to.
         sizes = {"ids": T, "pos": T, "slot": T, "src": T, "rows": B, "ctx": B + 1, "qstart": B + 2, "qb_seq": QB,
-                 "qb_start": QB, "work": 1, "bt": (B + 1) * W}
+                 "qb_start": QB, "work": 4, "bt": (B + 1) * W}
         self._offsets, n = {}, 0
         for name, size in sizes.items():
             self._offsets[name] = (n, n + size)
@@ -116,11 +119,11 @@ class PrefillGraphs:
                                  query_lens=[], context_lens_host=[], decode_only=False,
                                  max_context_len=self.max_model_len, context_bound=self.max_model_len,
                                  query_start=d["qstart"], qb_seq=d["qb_seq"][:qb], qb_start=d["qb_start"][:qb],
-                                 work_count=d["work"])
+                                 work_bounds=d["work"][:3], decode_rows=d["work"][3:])
         e = self._eager if tokens not in self.buckets else None
         if e is not None:
-            meta.qb_seq, meta.qb_start, meta.work_count = d["qb_seq"][:e.count], d["qb_start"][:e.count], None
-            meta.split, meta.fresh_blocks = e.split, e.fresh
+            meta.qb_seq, meta.qb_start, meta.work_bounds = d["qb_seq"][:e.count], d["qb_start"][:e.count], None
+            meta.split, meta.fresh_blocks, meta.decode_rows = e.split, e.fresh, None
         return meta
 
     def _layers(self, tokens: int):
@@ -209,15 +212,19 @@ class PrefillGraphs:
             h["tables"].write(i, table)
 
     def _fill_padded_work(self, h: dict, step: StepInputs, T: int) -> None:
+        """The leading decode rows' count (the split); the work list of the rows past it (absolute sequence indices
+        and query offsets), fresh prompts' blocks first, then idle entries; its bounds."""
         n, B = len(step.ids), len(step.query_lens)
         h["qstart"][0] = 0
         h["qstart"][1:B + 1] = np.cumsum(step.query_lens)
         h["qstart"][B + 1:] = n
-        seqs, firsts = varlen_query_blocks(step.query_lens, self.group, self.head_dim)
+        split = leading_ones(step.query_lens, self._split_rows)
+        seqs, firsts, fresh = fresh_first_blocks(step.query_lens[split:], step.context_lens[split:], self.group,
+                                                 self.head_dim)
         k, qb = len(seqs), self._work_rows(T)
-        h["qb_seq"][:k], h["qb_start"][:k] = seqs, firsts
+        h["qb_seq"][:k], h["qb_start"][:k] = np.add(seqs, split), firsts
         h["qb_seq"][k:qb], h["qb_start"][k:qb] = self.max_seqs, 0
-        h["work"][0] = k
+        h["work"][:] = 0, fresh, k, split
         self._eager = None
 
     def _fill_eager_work(self, h: dict, step: StepInputs) -> None:
@@ -229,5 +236,4 @@ class PrefillGraphs:
         h["qstart"][1:len(lens) + 1] = np.cumsum(lens)
         seqs, firsts, fresh = fresh_first_blocks(lens, step.context_lens[split:], self.group, self.head_dim)
         h["qb_seq"][:len(seqs)], h["qb_start"][:len(seqs)] = seqs, firsts
-        h["work"][0] = len(seqs)
         self._eager = _EagerWork(split, fresh, len(seqs))

@@ -74,13 +74,11 @@ def _decode_tile(q, m_i, l_i, acc, k_ptr, v_ptr, bt_ptr, bt_row, n0, kvh, t, d, 
 
 
 @triton.jit
-def _decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, po_ptr, pml_ptr, scale,
-                   stride_qb, stride_qh, stride_bt, stride_blk, stride_tok, stride_ob, stride_oh,
-                   G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr,
-                   PAGES: tl.constexpr, NUM_PARTS: tl.constexpr, KV_FP8: tl.constexpr, STAGES: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
-    kvh = tl.program_id(1)
-    part = tl.program_id(2)
+def _decode_row(b, kvh, part, H, q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, po_ptr, pml_ptr, scale, stride_qb,
+                stride_qh, stride_bt, stride_blk, stride_tok, stride_ob, stride_oh, G: tl.constexpr,
+                G_PAD: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr, PAGES: tl.constexpr,
+                NUM_PARTS: tl.constexpr, KV_FP8: tl.constexpr, STAGES: tl.constexpr):
+    """Row b's partition `part` for KV head kvh: its share of the context, stored whole or as a partial."""
     ctx = tl.load(ctx_ptr + b)
     TILE: tl.constexpr = PAGE * PAGES
     span = _span(ctx, NUM_PARTS, TILE)
@@ -115,19 +113,38 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, po_ptr, pml_pt
                      o.to(out_ptr.dtype.element_ty), mask=rmask[:, None])
         else:
             # partials: po [B, H, NUM_PARTS, D] (normalized), pml [B, H, NUM_PARTS, 2] (max, sum) in log2 units
-            H = tl.num_programs(1) * G
             base = (b * H + heads) * NUM_PARTS + part
             tl.store(po_ptr + base[:, None] * D + d[None, :], acc / l_i[:, None], mask=rmask[:, None])
             tl.store(pml_ptr + base * 2, m_i, mask=rmask)
             tl.store(pml_ptr + base * 2 + 1, l_i, mask=rmask)
 
 
+
+
 @triton.jit
-def _merge_kernel(po_ptr, pml_ptr, ctx_ptr, out_ptr, stride_ob, stride_oh,
-                  D: tl.constexpr, NUM_PARTS: tl.constexpr, P_PAD: tl.constexpr, TILE: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
-    h = tl.program_id(1)
-    H = tl.num_programs(1)
+def _decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, po_ptr, pml_ptr, rows_ptr, scale,
+                   stride_qb, stride_qh, stride_bt, stride_blk, stride_tok, stride_ob, stride_oh,
+                   G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr,
+                   PAGES: tl.constexpr, NUM_PARTS: tl.constexpr, KV_FP8: tl.constexpr, STAGES: tl.constexpr,
+                   COUNTED: tl.constexpr):
+    """A program a (row, kv head, partition); COUNTED: the rows are [0, *rows_ptr), walked by a fixed grid."""
+    kvh = tl.program_id(1)
+    part = tl.program_id(2)
+    H = tl.num_programs(1) * G
+    if COUNTED:
+        for b in tl.range(tl.program_id(0).to(tl.int64), tl.load(rows_ptr), tl.num_programs(0)):  # 64-bit rows
+            _decode_row(b, kvh, part, H, q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, po_ptr, pml_ptr,
+                        scale, stride_qb, stride_qh, stride_bt, stride_blk, stride_tok, stride_ob, stride_oh, G, G_PAD,
+                        D, PAGE, PAGES, NUM_PARTS, KV_FP8, STAGES)
+    else:
+        _decode_row(tl.program_id(0).to(tl.int64), kvh, part, H, q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, po_ptr,
+                    pml_ptr, scale, stride_qb, stride_qh, stride_bt, stride_blk, stride_tok, stride_ob, stride_oh, G,
+                    G_PAD, D, PAGE, PAGES, NUM_PARTS, KV_FP8, STAGES)
+
+
+@triton.jit
+def _merge_row(b, h, H, po_ptr, pml_ptr, ctx_ptr, out_ptr, stride_ob, stride_oh, D: tl.constexpr,
+               NUM_PARTS: tl.constexpr, P_PAD: tl.constexpr, TILE: tl.constexpr):
     ctx = tl.load(ctx_ptr + b)
     n_parts = tl.cdiv(ctx, _span(ctx, NUM_PARTS, TILE))
     p = tl.arange(0, P_PAD)
@@ -141,6 +158,20 @@ def _merge_kernel(po_ptr, pml_ptr, ctx_ptr, out_ptr, stride_ob, stride_oh,
     o = tl.load(po_ptr + base[:, None] * D + d[None, :], mask=pmask[:, None], other=0.0)
     o = tl.sum(o * w[:, None], 0) / tl.sum(w, 0)
     tl.store(out_ptr + b * stride_ob + h * stride_oh + d, o.to(out_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _merge_kernel(po_ptr, pml_ptr, ctx_ptr, out_ptr, rows_ptr, stride_ob, stride_oh, D: tl.constexpr,
+                  NUM_PARTS: tl.constexpr, P_PAD: tl.constexpr, TILE: tl.constexpr, COUNTED: tl.constexpr):
+    h = tl.program_id(1)
+    H = tl.num_programs(1)
+    if COUNTED:
+        for b in tl.range(tl.program_id(0).to(tl.int64), tl.load(rows_ptr), tl.num_programs(0)):
+            _merge_row(b, h, H, po_ptr, pml_ptr, ctx_ptr, out_ptr, stride_ob, stride_oh, D, NUM_PARTS,
+                       P_PAD, TILE)
+    else:
+        _merge_row(tl.program_id(0).to(tl.int64), h, H, po_ptr, pml_ptr, ctx_ptr, out_ptr, stride_ob, stride_oh, D,
+                   NUM_PARTS, P_PAD, TILE)
 
 
 # How an e4m3 cache reaches the decode kernel's dots (`kv_tile`'s KV_FP8, for bf16 models on CUDA): the faster one
@@ -159,13 +190,20 @@ def decode_config(max_context: int, batch: int, num_kv_heads: int) -> tuple[int,
     return parts, 32, 1, 3
 
 
+# Programs a KV head over rows counted on the device (`decode_attention`'s rows): 2,048 at 8 KV heads, as a 256-row
+# launch has; a program an idle row slot cost ~8 ns (kernel_check mixed_graph), so more rows are walked, not launched
+ROW_PROGRAMS = 256
+
+
 def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
                      context_lens: torch.Tensor, scale: float, max_context: int,
                      out: torch.Tensor | None = None, config: tuple[int, int, int, int] | None = None,
-                     fp8_convert: int = DECODE_FP8_CONVERT) -> torch.Tensor:
+                     fp8_convert: int = DECODE_FP8_CONVERT, rows: torch.Tensor | None = None) -> torch.Tensor:
     """q: [B, H, D] (any row/head strides, unit last stride); kv_cache: [2, blocks, page, KVH, D].
     block_tables: [B, W] int; context_lens: [B] int32 (>= 1), each <= max_context. `config` (default
-    `decode_config`) fixes the launch shape. Returns [B, H, D]."""
+    `decode_config`) fixes the launch shape. rows: a device int32 [1], n: only rows [0, n) are attended, the
+    others' output rows left as they are (a prefill graph's leading decode rows, counted on the device): at most
+    ROW_PROGRAMS programs a KV head and partition, each walking rows. Returns [B, H, D]."""
     B, H, D = q.shape
     _, _, page, KVH, _ = kv_cache.shape
     if not decode_page_ok(page):
@@ -176,7 +214,8 @@ def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
         out = torch.empty(B, H, D, dtype=q.dtype, device=q.device)
     if B == 0:
         return out
-    num_parts, block_n, warps, stages = config or decode_config(max_context, B, KVH)
+    grid_rows = B if rows is None else min(B, ROW_PROGRAMS)
+    num_parts, block_n, warps, stages = config or decode_config(max_context, grid_rows, KVH)
     pages = 2 if block_n >= 2 * page else 1  # a tile of BLOCK_N tokens, in whole blocks (one or two)
     k, v = kv_cache[0], kv_cache[1]
     if num_parts > 1:
@@ -184,13 +223,15 @@ def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
         pml = torch.empty(B, H, num_parts, 2, dtype=torch.float32, device=q.device)
     else:
         po = pml = out
-    _decode_kernel[(B, KVH, num_parts)](
-        q, k, v, block_tables, context_lens, out, po, pml, scale,
-        q.stride(0), q.stride(1), block_tables.stride(0), k.stride(0), k.stride(1), out.stride(0), out.stride(1),
-        G=G, G_PAD=max(16, triton.next_power_of_2(G)), D=D, PAGE=page, PAGES=pages,
-        NUM_PARTS=num_parts, KV_FP8=kv_mode(kv_cache, q, fp8_convert), STAGES=stages, num_warps=warps,
-        num_stages=stages)
+    counted = {"rows_ptr": context_lens if rows is None else rows, "COUNTED": rows is not None}
+    _decode_kernel[(grid_rows, KVH, num_parts)](
+        q, k, v, block_tables, context_lens, out, po, pml, scale=scale,
+        stride_qb=q.stride(0), stride_qh=q.stride(1), stride_bt=block_tables.stride(0), stride_blk=k.stride(0),
+        stride_tok=k.stride(1), stride_ob=out.stride(0), stride_oh=out.stride(1), G=G,
+        G_PAD=max(16, triton.next_power_of_2(G)), D=D, PAGE=page, PAGES=pages, NUM_PARTS=num_parts,
+        KV_FP8=kv_mode(kv_cache, q, fp8_convert), STAGES=stages, num_warps=warps, num_stages=stages, **counted)
     if num_parts > 1:
-        _merge_kernel[(B, H)](po, pml, context_lens, out, out.stride(0), out.stride(1), D=D, NUM_PARTS=num_parts,
-                              P_PAD=max(2, triton.next_power_of_2(num_parts)), TILE=page * pages, num_warps=4)
+        _merge_kernel[(grid_rows, H)](po, pml, context_lens, out, stride_ob=out.stride(0), stride_oh=out.stride(1),
+                                      D=D, NUM_PARTS=num_parts, P_PAD=max(2, triton.next_power_of_2(num_parts)),
+                                      TILE=page * pages, num_warps=4, **counted)
     return out

@@ -154,18 +154,20 @@ def _varlen_kernel(q_ptr, k_ptr, v_ptr, new_src, bt_ptr, ctx_ptr, qstart_ptr, qb
                    PERSIST: tl.constexpr):
     """Fresh prompts' blocks (NEW > 0) and the others' (NEW 0) take a launch each rather than one launch with both
     loops behind a runtime test: the two branches' shared-memory buffers would add up (144 KB a program at 16 bits:
-    half the programs per SM). PERSIST: a fixed grid walks the first *count_ptr entries of the work list (a prefill
-    graph's real ones), in a snake order (entry i * P + p, then (i + 1) * P + P - 1 - p) that evens out blocks whose
-    cost grows along a sequence; otherwise a program an entry from entry qb_first (an int, not specialized: the
-    second launch starts where the fresh prompts' blocks end, anywhere)."""
+    half the programs per SM). PERSIST: a fixed grid walks the entries [count_ptr[0], count_ptr[1]) of the work list
+    (a prefill graph's real ones of a kind), in a snake order (entry i * P + p, then (i + 1) * P + P - 1 - p) that
+    evens out blocks whose cost grows along a sequence; otherwise a program an entry from entry qb_first (an int, not
+    specialized: the second launch starts where the fresh prompts' blocks end, anywhere)."""
     kvh = tl.program_id(1)
     if PERSIST:
-        n = tl.load(count_ptr)
+        first = tl.load(count_ptr)
+        n = tl.load(count_ptr + 1) - first
         P = tl.num_programs(0)
         p = tl.program_id(0)
         for i in range(0, tl.cdiv(n, P)):
             qb = i * P + tl.where(i % 2 == 0, p, P - 1 - p)
             if qb < n:
+                qb += first
                 _varlen_block(qb, kvh, q_ptr, k_ptr, v_ptr, new_src, bt_ptr, ctx_ptr, qstart_ptr, qb_seq_ptr,
                               qb_start_ptr, out_ptr, scale, stride_qt, stride_qh, stride_nt, stride_bt, stride_blk,
                               stride_tok, stride_ot, stride_oh, G, D, PAGE, BLOCK_M, BLOCK_N, KV_FP8, NEW, STAGES)
@@ -186,7 +188,7 @@ def varlen_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
                      out: torch.Tensor | None = None, config: tuple[int, int, int, int] | None = None,
                      fp8_convert: int = VARLEN_FP8_CONVERT, new_kv: torch.Tensor | None = None,
                      fresh_blocks: int | None = None, new_loads: int | None = None,
-                     work_count: torch.Tensor | None = None, programs: int = 0,
+                     work_bounds: torch.Tensor | None = None, programs: int = 0,
                      overlap: bool = OVERLAP_LAUNCHES) -> torch.Tensor:
     """q: [T, H, D] for all new tokens, sequence after sequence (query_start: [B+1] int32 offsets);
     context_lens: [B] tokens in the cache including the new ones (already written). `config`: (BLOCK_M,
@@ -196,10 +198,11 @@ def varlen_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
     and vLLM's context attention do), loaded as `new_loads` says (1 pointers, 2 TMA; None: `fresh_loads`), when
     `fresh_blocks` says how many leading entries of the work list are fresh prompts' (the host orders it so in eager
     steps; the others' follow): a launch over those and one over the rest, on a side stream beside it (`overlap`).
-    fresh_blocks None (a prefill graph's step, its work list padded to the most query blocks its bucket can have) or
-    0: one launch, every block over the cache. work_count: a device int32 [1], how many leading work-list entries
-    are real: a persistent launch of `programs` programs a KV head (default: two an SM) walks them, so a padded list
-    costs no program an idle entry. Returns [T, H, D]."""
+    fresh_blocks None or 0: one launch, every block over the cache. work_bounds (a prefill graph's step, its work
+    list padded to the most query blocks its bucket can have): a device int32 [3], (0, f, n): entries [0, f) are
+    fresh prompts' and [f, n) the others', n the real ones; two persistent launches of `programs` programs a KV head
+    (default: two an SM) walk them, so a padded list costs no program an idle entry (fresh_blocks unused; without
+    new_kv both over the cache). Returns [T, H, D]."""
     T, H, D = q.shape
     _, _, page, KVH, _ = kv_cache.shape
     G = H // KVH
@@ -211,26 +214,29 @@ def varlen_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
     k, v = kv_cache[0], kv_cache[1]
     bm, block_n, warps, stages = config or varlen_config(G, D)
     src, stride_nt = q, 0
+    persist = work_bounds is not None
     f = fresh_blocks if new_kv is not None and fresh_blocks else 0
-    assert not (f and work_count is not None), "a persistent launch walks one list: fresh_blocks None there"
-    if f:
+    if f or (persist and new_kv is not None):
         assert new_kv.shape == (T, 2 * KVH, D) and new_kv.stride()[1:] == (D, 1)
         stride_nt = new_kv.stride(0)
         new_loads = new_loads or fresh_loads(q.device)
         src = create_ragged_descriptor(new_kv, [block_n, 1, D]) if new_loads == 2 else new_kv
-    # (first entry, entries, NEW) a launch: the blocks over the cache (the side stream's), then the fresh prompts'
-    launches = [(f, n_qb - f, 0), (0, f, new_loads)] if f else [(0, n_qb, 0)]
-    launches = [x for x in launches if x[1]]
+    # (first entry, entries, NEW, bounds) a launch: the blocks over the cache (the side stream's), then the fresh ones
+    if persist:
+        launches = [(0, 1, 0, work_bounds[1:]), (0, 1, new_loads if new_kv is not None else 0, work_bounds)]
+    else:
+        launches = [(f, n_qb - f, 0, qb_seq), (0, f, new_loads, qb_seq)] if f else [(0, n_qb, 0, qb_seq)]
+        launches = [x for x in launches if x[1]]
     side = overlap and len(launches) == 2 and q.device.type == "cuda"
-    for i, (first, count, new) in enumerate(launches):
-        grid = (count if work_count is None else programs or _persistent_programs(q.device, KVH), KVH)
+    for i, (first, count, new, bounds) in enumerate(launches):
+        grid = (programs or _persistent_programs(q.device, KVH) if persist else count, KVH)
         with _on_side_stream(q.device, side and i == 0):
             _varlen_kernel[grid](
-                q, k, v, src, block_tables, context_lens, query_start, qb_seq, qb_start, first, out,
-                qb_seq if work_count is None else work_count, scale, q.stride(0), q.stride(1), stride_nt,
-                block_tables.stride(0), k.stride(0), k.stride(1), out.stride(0), out.stride(1), G=G, D=D, PAGE=page,
-                BLOCK_M=bm, BLOCK_N=block_n, KV_FP8=kv_mode(kv_cache, q, fp8_convert), NEW=new, STAGES=stages,
-                PERSIST=work_count is not None, num_warps=warps, num_stages=stages)
+                q, k, v, src, block_tables, context_lens, query_start, qb_seq, qb_start, first, out, bounds, scale,
+                q.stride(0), q.stride(1), stride_nt, block_tables.stride(0), k.stride(0), k.stride(1), out.stride(0),
+                out.stride(1), G=G, D=D, PAGE=page, BLOCK_M=bm, BLOCK_N=block_n,
+                KV_FP8=kv_mode(kv_cache, q, fp8_convert), NEW=new, STAGES=stages, PERSIST=persist, num_warps=warps,
+                num_stages=stages)
     if side:
         torch.cuda.current_stream(q.device).wait_stream(_side_stream(q.device.index or 0))
     return out

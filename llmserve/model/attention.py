@@ -47,7 +47,16 @@ class AttentionMetadata:
     split: int = 0  # mixed steps: leading one-token rows the decode kernel takes (the work list covers the rest)
     # Leading work-list entries that are fresh prompts' (no cached prefix; the others' follow); None: unknown
     fresh_blocks: int | None = None
-    work_count: torch.Tensor | None = None  # prefill graphs: [1] int32, the real entries of the padded work list
+    # Prefill graphs (fixed launch shapes, the counts on the device): [3] int32 bounds of the padded work list's real
+    # entries, (0, fresh end, end) as `varlen_attention` takes them; [1] int32, the leading one-token rows the decode
+    # kernel takes (`decode_attention`'s rows; the work list covers the others, its sequence indices absolute)
+    work_bounds: torch.Tensor | None = None
+    decode_rows: torch.Tensor | None = None
+
+    @property
+    def own_kv(self) -> bool:
+        """Whether fresh prompts attend over this step's K/V (rotated in the qkv buffer too), not the cache's."""
+        return bool(self.fresh_blocks) or self.work_bounds is not None
 
     @classmethod
     def for_prefill(cls, seq_lens: list[int], block_size: int, device: torch.device, group: int = 1,
@@ -137,14 +146,18 @@ def paged_attention_cached(q: torch.Tensor, kv_cache: torch.Tensor, meta: Attent
     bound = meta.context_bound or meta.max_context_len
     if meta.decode_only:
         return kattn.decode_attention(q, kv_cache, meta.block_tables, meta.context_lens, scale, bound, out=out)
-    n = meta.split
-    if n:
+    n = meta.split  # an eager step's decode rows: the varlen kernel's rows and sequences start past them
+    if meta.decode_rows is not None:  # a prefill graph's, counted on the device (its split 0)
+        d = min(T, meta.block_tables.shape[0])
+        kattn.decode_attention(q[:d], kv_cache, meta.block_tables[:d], meta.context_lens[:d], scale, bound,
+                               out=out[:d], rows=meta.decode_rows)
+    elif n:
         kattn.decode_attention(q[:n], kv_cache, meta.block_tables[:n], meta.context_lens[:n], scale, bound,
                                out=out[:n])
     varlen.varlen_attention(q[n:], kv_cache, meta.block_tables[n:], meta.context_lens[n:], meta.query_start,
                            meta.qb_seq, meta.qb_start, scale, out=out[n:],
                            new_kv=new_kv[n:] if new_kv is not None else None, fresh_blocks=meta.fresh_blocks,
-                           work_count=meta.work_count)
+                           work_bounds=meta.work_bounds)
     return out
 
 

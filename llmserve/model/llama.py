@@ -148,7 +148,7 @@ class Attention(KernelLayer):
 
         qkv = self.qkv_proj(x)
         rope_and_cache(qkv, rope.positions, rope.table_cos, rope.table_sin, meta.slot_mapping, layer_cache, self.nh,
-                       self.nkv, self.hd, pdl=self.launch.pdl, k_in_place=bool(meta.fresh_blocks))
+                       self.nkv, self.hd, pdl=self.launch.pdl, k_in_place=meta.own_kv)
         return qkv
 
 
