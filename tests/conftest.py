@@ -5,9 +5,13 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
+
+if TYPE_CHECKING:
+    from llmserve.launch.tritonserver import TritonServer
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = ROOT / "model_repository" / "llm"
@@ -44,6 +48,25 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def start_triton(repo: Path, log_path: Path, timeout: float = 300.0, **kw) -> TritonServer:
+    """A TritonServer on free ports, started. free_port() probes a port and lets it go: the other xdist worker's
+    server can bind it first, and tritonserver then exits at start with "already in use"; such a start is retried on
+    fresh ports (twice at most), any other failure raised."""
+    from llmserve.launch.tritonserver import ServerError, TritonServer
+
+    for attempt in range(3):
+        seen = log_path.stat().st_size if log_path.is_file() else 0
+        srv = TritonServer(repo, free_port(), free_port(), free_port(), log_path=log_path, **kw)
+        try:
+            return srv.start(timeout=timeout)
+        except ServerError as exc:  # a port taken before start()'s probe, or after it (the server's log says)
+            srv.stop()
+            log = log_path.read_bytes()[seen:].decode(errors="replace") if log_path.is_file() else ""
+            if attempt == 2 or "already in use" not in str(exc) + log:
+                raise
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="session")
@@ -119,10 +142,7 @@ def chat_ids(tokenizer):
 
 @pytest.fixture(scope="session")
 def server(checkpoint, tmp_path_factory):
-    from llmserve.launch.tritonserver import TritonServer
-
     log = tmp_path_factory.mktemp("server") / "tritonserver.log"
-    srv = TritonServer(ROOT / "model_repository", free_port(), free_port(), free_port(), log_path=log)
-    srv.start(timeout=300)
+    srv = start_triton(ROOT / "model_repository", log, timeout=300)
     yield srv
     srv.stop()

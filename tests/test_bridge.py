@@ -171,14 +171,12 @@ def test_through_tritonserver_with_more_streams_than_one_cancellation_poll_cover
     """100 streams on the real server (synthetic engine in a child process): the adapter polls at most 64
     requests for cancellation per period, in turn, so a cancelled request among 100 is still found; the
     abort crosses into the child, and the others keep streaming."""
-    from llmserve.launch.tritonserver import TritonServer
-    from tests.conftest import free_port
+    from tests.conftest import start_triton
     from tests.server_utils import Stream, make_repository, metric, wait_for
 
     repo = make_repository(tmp_path / "repo", checkpoint, engine="synthetic", synthetic_step_ms="50",
                            max_batch_size="128", engine_process="true")
-    srv = TritonServer(repo, free_port(), free_port(), free_port(), log_path=tmp_path / "server.log")
-    srv.start()
+    srv = start_triton(repo, tmp_path / "server.log")
     # 50 ms steps keep 100 streams light on a loaded 2-core machine; 8000 tokens are cancelled long before the end
     long = {"max_tokens": 8000, "ignore_eos": True}
     keep, cut = Stream(srv.grpc_url), Stream(srv.grpc_url)
@@ -307,14 +305,12 @@ def _descendants(pid: int) -> list[tuple[int, str]]:
 def test_two_triton_instances_share_one_engine_process(checkpoint, tmp_path):
     """instance_group count 2 with engine_process on: two stubs, one engine; every request is answered once,
     and the engine's metric calls are counted once whichever stub reports them."""
-    from llmserve.launch.tritonserver import TritonServer
-    from tests.conftest import free_port
+    from tests.conftest import start_triton
     from tests.server_utils import Stream, make_repository, metric, wait_for
 
     repo = make_repository(tmp_path / "repo", checkpoint, instances=2, engine="synthetic",
                            synthetic_step_ms="10", engine_process="true")
-    srv = TritonServer(repo, free_port(), free_port(), free_port(), log_path=tmp_path / "server.log")
-    srv.start()
+    srv = start_triton(repo, tmp_path / "server.log")
     try:
         tree = _descendants(srv.process.pid)
         assert sum("triton_python_backend_stub" in cmd for _, cmd in tree) == 2

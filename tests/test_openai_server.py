@@ -18,7 +18,7 @@ import pytest
 
 from llm_client import AsyncLLMClient, LLMClient
 from llm_client.cli import main as llm_cli
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, start_triton
 from tests.server_utils import make_repository, metric, wait_for
 
 pytestmark = pytest.mark.server
@@ -310,12 +310,10 @@ def test_disconnect_while_waiting_for_a_whole_answer_cancels_it(api, server):
 @pytest.fixture(scope="module")
 def small_api(checkpoint, tmp_path_factory):
     """One sequence at a time and one waiting at most, so a third concurrent request finds the queue full."""
-    from llmserve.launch.tritonserver import TritonServer
 
     root = tmp_path_factory.mktemp("openai_small")
     repo = make_repository(root / "repo", checkpoint, max_batch_size=1, max_queue_size=1)
-    srv = TritonServer(repo, free_port(), free_port(), free_port(), log_path=root / "server.log")
-    srv.start()
+    srv = start_triton(repo, root / "server.log")
     try:
         with serve_openai(srv.grpc_url) as url:
             yield url

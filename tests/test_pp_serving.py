@@ -260,14 +260,12 @@ def test_a_layout_that_cannot_be_served_is_refused_naming_the_knob(tiny3):
                          ids=["pp2", "tp2xpp2"])
 def test_through_tritonserver_16_streams_each_get_one_final_and_a_killed_stage_unloads_the_model(
         tiny3, tmp_path, knobs, workers):
-    from llmserve.launch.tritonserver import TritonServer
-    from tests.conftest import free_port
+    from tests.conftest import start_triton
     from tests.server_utils import Stream, make_repository, wait_for
 
     repo = make_repository(tmp_path / "repo", tiny3, device="cpu", kv_block_size=4, **knobs)
-    srv = TritonServer(repo, free_port(), free_port(), free_port(), log_path=tmp_path / "server.log")
+    srv = start_triton(repo, tmp_path / "server.log", timeout=180)
     marker = str(repo)
-    srv.start(timeout=180)
     try:
         assert len(worker_procs(marker)) == workers
         stream = Stream(srv.grpc_url)

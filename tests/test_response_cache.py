@@ -19,13 +19,12 @@ from llmserve.config import ConfigError, ServingConfig
 from llmserve.engine.api import EngineError, FinishReason
 from llmserve.engine.sampling_params import SamplingParams
 from llmserve.engine.synthetic import SyntheticEngine
-from llmserve.launch.tritonserver import TritonServer
 from llmserve.serving.api import Delta, GenerateRequest
 from llmserve.serving.bridge.client import ServiceProcess
 from llmserve.serving.factory import build_service
 from llmserve.serving.response_cache import HITS, MISSES, CachingService, ResponseStore, cache_identity
 from llmserve.serving.service import LLMService
-from tests.conftest import MODEL_DIR, free_port
+from tests.conftest import MODEL_DIR, start_triton
 from tests.server_utils import infer_inputs, make_repository, metric, wait_for
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=8)
@@ -330,8 +329,7 @@ def ends(chunks: list[dict]) -> list[tuple[int, int]]:
 @pytest.mark.server
 def test_through_tritonserver_a_repeat_is_answered_from_the_cache_identically_and_faster(checkpoint, tmp_path):
     repo = make_repository(tmp_path / "repo", checkpoint, response_cache_max_entries=8)
-    srv = TritonServer(repo, free_port(), free_port(), free_port(), log_path=tmp_path / "server.log")
-    srv.start(timeout=300)
+    srv = start_triton(repo, tmp_path / "server.log", timeout=300)
 
     def counted(hits: int, misses: int) -> bool:
         return (metric(srv.metrics_url, HITS), metric(srv.metrics_url, MISSES)) == (hits, misses)

@@ -9,7 +9,7 @@ import pytest
 
 from llm_client import LLMClient, RequestError
 from llmserve.launch.tritonserver import ServerError, TritonServer
-from tests.conftest import free_port
+from tests.conftest import free_port, start_triton
 from tests.server_utils import Stream, make_repository, metric, wait_for
 
 pytestmark = pytest.mark.server
@@ -28,8 +28,7 @@ def small_server(checkpoint, fault_token, tmp_path_factory):
     root = tmp_path_factory.mktemp("small")
     repo = make_repository(root / "repo", checkpoint, max_batch_size=2, max_queue_size=2,
                            fault_injection=f"fail_on_token:{fault_token}", log_prompts="true")
-    srv = TritonServer(repo, free_port(), free_port(), free_port(), log_path=root / "server.log")
-    srv.start()
+    srv = start_triton(repo, root / "server.log")
     yield srv
     srv.stop()
 
@@ -126,6 +125,28 @@ def test_checkpoint_path_outside_model_dir_refused(checkpoint, tmp_path):
     assert "checkpoint_dir" in log.read_text() and "outside the model directory" in log.read_text()
 
 
+def test_a_test_server_that_loses_its_port_starts_again_on_fresh_ports(checkpoint, tmp_path, monkeypatch):
+    """free_port() lets each port go before tritonserver binds it, so the other xdist worker can take one in between
+    (a start failed so once): start_triton tries fresh ports. Here the first port is held by a listener."""
+    import socket
+
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen()
+    port = held.getsockname()[1]
+    first = [port]
+    monkeypatch.setitem(start_triton.__globals__, "free_port", lambda: first.pop() if first else free_port())
+    repo = make_repository(tmp_path / "repo", checkpoint, engine="synthetic")
+    try:
+        srv = start_triton(repo, tmp_path / "server.log", timeout=120)
+    finally:
+        held.close()
+    try:
+        assert not first and srv.http_port != port and srv.ready()
+    finally:
+        srv.stop()
+
+
 @pytest.mark.parametrize("how", ["stop", "wrap-sigterm"])
 def test_shutdown_with_requests_in_flight_gives_each_a_final_error(checkpoint, tmp_path, how):
     """`TritonServer.stop`, `serve` on Ctrl-C / SIGTERM and `wrap` on SIGTERM (the GPU containers' entry point)
@@ -191,8 +212,7 @@ def test_drain_lets_running_requests_finish_and_refuses_new_ones(checkpoint, tmp
     import sys
 
     repo = make_repository(tmp_path / "repo", checkpoint)
-    srv = TritonServer(repo, free_port(), free_port(), free_port(), log_path=tmp_path / "server.log")
-    srv.start()
+    srv = start_triton(repo, tmp_path / "server.log")
     try:
         stream = Stream(srv.grpc_url)
         ids = {"d0", "d1"}
@@ -239,8 +259,7 @@ def test_a_dead_engine_unloads_the_model_so_readiness_tells_the_truth(checkpoint
 
     repo = make_repository(tmp_path / "repo", checkpoint, fault_injection=f"crash_on_token:{fault_token}",
                            engine_process=engine_process)
-    srv = TritonServer(repo, free_port(), free_port(), free_port(), log_path=tmp_path / "server.log")
-    srv.start()
+    srv = start_triton(repo, tmp_path / "server.log")
     try:
         assert "Paris" in LLMClient(srv.grpc_url).generate(
             messages=[{"role": "user", "content": "What is the capital of France?"}], temperature=0).text

@@ -213,14 +213,12 @@ def test_a_layout_that_cannot_be_served_is_refused_naming_the_knob(tiny):
 
 @pytest.mark.server
 def test_through_tritonserver_16_streams_each_get_one_final_and_a_killed_worker_unloads_the_model(tiny, tmp_path):
-    from llmserve.launch.tritonserver import TritonServer
-    from tests.conftest import free_port
+    from tests.conftest import start_triton
     from tests.server_utils import Stream, make_repository, wait_for
 
     repo = make_repository(tmp_path / "repo", tiny, tensor_parallel_size=2, device="cpu", kv_block_size=4)
-    srv = TritonServer(repo, free_port(), free_port(), free_port(), log_path=tmp_path / "server.log")
+    srv = start_triton(repo, tmp_path / "server.log", timeout=180)
     marker = str(repo)
-    srv.start(timeout=180)
     try:
         assert len(worker_procs(marker)) == 1
         stream = Stream(srv.grpc_url)
@@ -258,16 +256,14 @@ def test_two_replicas_of_tp2_in_one_tritonserver_serve_side_by_side(tiny, tmp_pa
     GPU is on a GPU machine), each rank 0 of its own TP2 group. Both groups are up at once, every request gets one
     final, the same greedy prompt gets the same text from whichever replica, and stopping leaves no worker."""
     from llmserve.launch.layout import check_repository
-    from llmserve.launch.tritonserver import TritonServer
-    from tests.conftest import free_port
+    from tests.conftest import start_triton
     from tests.server_utils import Stream, make_repository
 
     repo = make_repository(tmp_path / "repo", tiny, instances=2, tensor_parallel_size=2, device="cpu",
                            kv_block_size=4)
     assert check_repository(repo, 0) == ["llm: engine pytorch, no GPU layout to check"]
-    srv = TritonServer(repo, free_port(), free_port(), free_port(), log_path=tmp_path / "server.log")
+    srv = start_triton(repo, tmp_path / "server.log", timeout=240)
     marker = str(repo)
-    srv.start(timeout=240)
     try:
         workers = worker_procs(marker)
         assert len(workers) == 2 and len({w.ppid() for w in workers}) == 2  # one group per replica

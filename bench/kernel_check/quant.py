@@ -130,8 +130,9 @@ def s_int8_group(args):
 
 
 def _sweep_cases(M: int, default: tuple, configs: list, kinds: list[str]) -> list[tuple[str, tuple]]:
-    """(GEMV kernel or "", launch config) to time: the default first; at M = 1 every config under each kernel."""
-    cases = [("bytes" if M == 1 else "", default)]
+    """(GEMV kernel or "", launch config) to time: the default first (at M = 1 the paired GEMV with `pairs_config`,
+    what a bf16 model runs on a GPU); at M = 1 every config under each kernel."""
+    cases = [("pairs" if M == 1 else "", default)]
     for kind in kinds if M == 1 else [""]:
         cases += [(kind, c) for c in configs if (kind, c) not in cases]
     return cases
@@ -146,7 +147,8 @@ def s_int4_sweep(args):
     which of M = 1, 8, 64 (default all)."""
 
     from bench.common import SHAPES, chunked_sum_ms, flat_buffers, linear_shapes
-    from llmserve.kernels.int4 import gemv_config, mm_config, w4gemv, w4mm
+    from llmserve.kernels.int4 import mm_config, w4gemv, w4mm
+    from llmserve.kernels.int4_pairs import pairs_config
     from llmserve.model.int4 import quantize_int4
 
     cfg = SHAPES["llama3.1-8b"]
@@ -164,7 +166,7 @@ def s_int4_sweep(args):
         floor = chunked_sum_ms(flat_buffers([t for q in layers for t in q.values()]))
         for M, configs in [(M, gemv if M == 1 else mm[M]) for M in rows]:
             x = torch.randn(M, 2 * k if gated else k, device="cuda", dtype=torch.bfloat16)
-            default = gemv_config(n, k, 128) if M == 1 else mm_config(M, n, k, 128)
+            default = pairs_config(n, k, 128, False) if M == 1 else mm_config(M, n, k, 128)
             times = {}
             for kind, c in _sweep_cases(M, default, configs, kinds):
                 fn = partial(w4gemv, words=kind == "words", pairs=kind == "pairs") if M == 1 else w4mm
@@ -175,7 +177,7 @@ def s_int4_sweep(args):
                     times[f"{kind}{c}"] = f"fail {type(exc).__name__}: {str(exc)[:120]}"
             numeric = {c: t for c, t in times.items() if isinstance(t, float)}
             best = min(numeric, key=numeric.get)
-            default = f"{'bytes' if M == 1 else ''}{default}"
+            default = f"{'pairs' if M == 1 else ''}{default}"
             res[f"{name}/M{M}"] = {"floor_ms": floor, "default": default, "default_ms": times[default],
                                    "best": best, "best_ms": numeric[best], "times_ms": times}
             args.report.say(f"int4 {name} M={M}: default {default} {times[default]} ms, best {best} "
