@@ -14,8 +14,10 @@ merges them into results.json, results.md and results.png under --out. Weights a
 checkpoint on disk) with the shape's vocabulary for the engine-direct, HF and floor phases; the Triton phase
 needs a tokenizer, so it uses SmolLM2's (vocab 49152) with the shape's other dimensions and measures
 engine-direct again on that same model. Generation ignores EOS, so every request produces exactly the output
-length. A shape whose context is longer than the workloads need is served with max_model_len 4096 (the longest
-workload, 2048 + 2048), so the CUDA graphs and the KV budget are those of the workloads.
+length (with `--spread F`, its own length within +-F of it, seeded: requests then finish and are replaced at
+different steps, as in real traffic, rather than in waves). A shape whose context is longer than the workloads
+need is served with max_model_len 4096 (the longest workload, 2048 + 2048), so the CUDA graphs and the KV budget
+are those of the workloads.
 `--plan trtllm` runs TensorRT-LLM's five workloads (128/128, 128/2048, 2048/128, 1000/1000, 2048/2048) at up to
 1,024 streams (2,048 for 128/128) for the engine phases (not the Triton twin), all of a point's requests
 submitted at once; the report gives each workload's best throughput beside TensorRT-LLM's published figure.
