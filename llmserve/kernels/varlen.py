@@ -221,9 +221,10 @@ def varlen_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
         stride_nt = new_kv.stride(0)
         new_loads = new_loads or fresh_loads(q.device)
         src = create_ragged_descriptor(new_kv, [block_n, 1, D]) if new_loads == 2 else new_kv
-    # (first entry, entries, NEW, bounds) a launch: the blocks over the cache (the side stream's), then the fresh ones
+    # (first entry, entries, NEW, bounds) a launch: the blocks over the cache (the side stream's), then the fresh ones;
+    # a persistent launch reads its first and end entries from `bounds` (the first two ints from there)
     if persist:
-        launches = [(0, 1, 0, work_bounds[1:]), (0, 1, new_loads if new_kv is not None else 0, work_bounds)]
+        launches = [(0, 0, 0, work_bounds[1:]), (0, 0, new_loads if new_kv is not None else 0, work_bounds)]
     else:
         launches = [(f, n_qb - f, 0, qb_seq), (0, f, new_loads, qb_seq)] if f else [(0, n_qb, 0, qb_seq)]
         launches = [x for x in launches if x[1]]
