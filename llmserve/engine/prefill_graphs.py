@@ -211,6 +211,14 @@ class PrefillGraphs:
         for i, table in enumerate(step.tables):
             h["tables"].write(i, table)
 
+    def _split_work(self, step: StepInputs) -> tuple[int, list[int], list[int], int]:
+        """As AttentionMetadata.for_step splits a step: the leading decode rows the decode kernel takes, then the
+        work list of the rows past them (sequence indices from the split), fresh prompts' blocks first, and their
+        count."""
+        split = leading_ones(step.query_lens, self._split_rows)
+        return split, *fresh_first_blocks(step.query_lens[split:], step.context_lens[split:], self.group,
+                                          self.head_dim)
+
     def _fill_padded_work(self, h: dict, step: StepInputs, T: int) -> None:
         """The leading decode rows' count (the split); the work list of the rows past it (absolute sequence indices
         and query offsets), fresh prompts' blocks first, then idle entries; its bounds."""
@@ -218,9 +226,7 @@ class PrefillGraphs:
         h["qstart"][0] = 0
         h["qstart"][1:B + 1] = np.cumsum(step.query_lens)
         h["qstart"][B + 1:] = n
-        split = leading_ones(step.query_lens, self._split_rows)
-        seqs, firsts, fresh = fresh_first_blocks(step.query_lens[split:], step.context_lens[split:], self.group,
-                                                 self.head_dim)
+        split, seqs, firsts, fresh = self._split_work(step)
         k, qb = len(seqs), self._work_rows(T)
         h["qb_seq"][:k], h["qb_start"][:k] = np.add(seqs, split), firsts
         h["qb_seq"][k:qb], h["qb_start"][k:qb] = self.max_seqs, 0
@@ -230,10 +236,9 @@ class PrefillGraphs:
     def _fill_eager_work(self, h: dict, step: StepInputs) -> None:
         """The work list of the rows past `split` (their query offsets from 0, sequence indices from the split, as
         paged_attention_cached slices the per-sequence rows), fresh prompts' blocks first."""
-        split = leading_ones(step.query_lens, self._split_rows)
+        split, seqs, firsts, fresh = self._split_work(step)
         lens = step.query_lens[split:]
         h["qstart"][0] = 0
         h["qstart"][1:len(lens) + 1] = np.cumsum(lens)
-        seqs, firsts, fresh = fresh_first_blocks(lens, step.context_lens[split:], self.group, self.head_dim)
         h["qb_seq"][:len(seqs)], h["qb_start"][:len(seqs)] = seqs, firsts
         self._eager = _EagerWork(split, fresh, len(seqs))

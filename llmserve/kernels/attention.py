@@ -119,8 +119,6 @@ def _decode_row(b, kvh, part, H, q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, 
             tl.store(pml_ptr + base * 2 + 1, l_i, mask=rmask)
 
 
-
-
 @triton.jit
 def _decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, po_ptr, pml_ptr, rows_ptr, scale,
                    stride_qb, stride_qh, stride_bt, stride_blk, stride_tok, stride_ob, stride_oh,
