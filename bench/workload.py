@@ -71,6 +71,7 @@ def drive_engine(engine, prompts: list[list[int]], out_len: int | list[int], con
 
     lengths = out_len if isinstance(out_len, list) else None
     fields = {"temperature": 0.0, **(sampling or {}), "ignore_eos": True}
+    params = {n: SamplingParams(**fields, max_tokens=n) for n in set(lengths or [out_len])}  # one per length
     records: dict[str, Record] = {}
     pending = list(enumerate(prompts))
     in_flight = 0
@@ -82,7 +83,7 @@ def drive_engine(engine, prompts: list[list[int]], out_len: int | list[int], con
         rid = f"r{i}"
         n = lengths[i] if lengths else out_len
         records[rid] = Record(time.perf_counter(), wanted=n if lengths else None)
-        engine.add_request(EngineRequest(rid, ids, SamplingParams(**fields, max_tokens=n)))
+        engine.add_request(EngineRequest(rid, ids, params[n]))
         in_flight += 1
 
     while pending and in_flight < concurrency:
