@@ -189,7 +189,7 @@ def decode_config(max_context: int, batch: int, num_kv_heads: int) -> tuple[int,
 
 
 # Programs a KV head over rows counted on the device (`decode_attention`'s rows): 2,048 at 8 KV heads, as a 256-row
-# launch has; a program an idle row slot cost ~8 ns (kernel_check mixed_graph), so more rows are walked, not launched
+# launch has; idle row slots in the grid cost 18-70 us a layer (kernel_check mixed_graph), so rows are walked
 ROW_PROGRAMS = 256
 
 
