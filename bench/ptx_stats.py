@@ -14,9 +14,9 @@ varlen:BxL[+DECODE_ROWS]:KV[:fresh|tma|persist|persist_tma] (KV bf16 or fp8; fre
 qkv buffer, pointer or TMA loads; persist: the persistent launches, persist_tma with the prompts' own K/V),
 gemv:KIND:NxK[:FLAG] and wmm:KIND:MxNxK[:FLAG] (KIND bf16, int8, fp8; FLAG gated: the SiLU-mul in x's load,
 gate_out: in the epilogue; the GEMV's norm: an RMSNorm folded in, add: the residual add in the epilogue, rope:
-rotary + cache write), w4:MxNxK:GROUP[:FLAGS] (symmetric int4; M = 1 is the GEMV; FLAGS joined by +: bytes, words
-or pairs names a GEMV kernel, gated the SiLU-mul in x's load), w8g:MxNxK:GROUP (8-bit codes in groups, as w4),
-fp8mm:MxNxK:fast|exact (the fp8 GEMM at 33-256 rows, its accumulation). Llama-3.1-8B heads
+rotary + cache write), w4:MxNxK:GROUP[:FLAGS] (symmetric int4; M = 1 is the GEMV; FLAGS joined by +: bytes, words or
+pairs names a GEMV kernel, gated the SiLU-mul in x's load, gate_out in the epilogue), w8g:MxNxK:GROUP (8-bit codes
+in groups, as w4), fp8mm:MxNxK:fast|exact (the fp8 GEMM at 33-256 rows, its accumulation). Llama-3.1-8B heads
 (32 query, 8 KV, dim 128).
 """
 
@@ -206,7 +206,8 @@ def _w4(shape: str, group: str, flags: str = ""):
     flag = set(flags.split("+")) - {""}
     x = torch.zeros(M, 2 * K if "gated" in flag else K, dtype=torch.bfloat16)
     if flag & {"bytes", "words", "pairs"}:  # a GEMV kernel by name
-        return lambda: w4gemv(x, w, scale, gated="gated" in flag, words="words" in flag, pairs="pairs" in flag)
+        return lambda: w4gemv(x, w, scale, gated="gated" in flag, words="words" in flag, pairs="pairs" in flag,
+                              gate_out="gate_out" in flag)
     return lambda: w4mm(x, w, scale, gated="gated" in flag)
 
 

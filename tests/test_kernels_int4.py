@@ -147,3 +147,72 @@ def test_int4_pair_gemv_matches_the_torch_twin(group, symmetric, gated, monkeypa
     monkeypatch.setattr(int4, "PAIRS_GEMV", True)
     again = int4.w4gemv(x, t["weight"], t["weight_scale"], t.get("weight_min"), bias.to(x.dtype), gated=gated)
     assert torch.equal(again, out)
+
+
+@pytest.mark.parametrize("group", [32, 128])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_int4_gate_out_is_silu_mul_of_the_gemv_bit_for_bit(group, symmetric):
+    """`gate_out` (w: [gate | up] rows): silu(gate) * up, the bits of silu_mul over the GEMV's own [gate | up]
+    output, at 40 pairs (its last block short) and, on a GPU, Llama-3-8B's gate_up: the paired GEMV's epilogue
+    there (bf16), the GEMV and a silu_mul launch elsewhere."""
+    from llmserve.kernels import int4
+    from llmserve.kernels.fused import silu_mul
+
+    shapes = ((80, 5 * 128),) + (((2 * 14336, 4096),) if DEV == "cuda" else ())
+    for N, K in shapes:
+        x, t, bias, _ = _int4_case(1, N, K, group, symmetric, False)
+        x, bias = x.to(torch.bfloat16), bias.to(torch.bfloat16)
+        args = (x, t["weight"], t["weight_scale"], t.get("weight_min"), bias)
+        out = int4.w4gemv(*args, gate_out=True)
+        assert out.shape == (1, N // 2) and torch.equal(out, silu_mul(int4.w4gemv(*args))), (N, K)
+
+
+@pytest.mark.parametrize("quant", ["int4_sym", "int4_asym"])
+def test_int4_gate_out_changes_no_bit_of_the_model(tmp_path, monkeypatch, quant):
+    """At one row the 4-bit gate_up returns silu(gate) * up (`int4.GATE_OUT`) and down_proj reads a plain row: the
+    model's logits bit for bit as down_proj computing the gate; more rows keep the gated down_proj."""
+    from test_kernels_model import _tiny_model
+
+    from llmserve.kernels import int4
+    from llmserve.model.attention import AttentionMetadata
+
+    model = _tiny_model(tmp_path, quantization={"mode": quant})
+    epilogues, gemv = [], int4.w4gemv
+    monkeypatch.setattr(int4, "w4gemv", lambda *a, gate_out=False, **k: (epilogues.append(gate_out),
+                                                                         gemv(*a, gate_out=gate_out, **k))[1])
+
+    def run(lens):
+        meta = AttentionMetadata.for_prefill(lens, 16, torch.device(DEV), group=3, head_dim=32)
+        ids = torch.randint(0, 300, (sum(lens),), generator=torch.Generator().manual_seed(1)).to(DEV)
+        pos = torch.cat([torch.arange(n, device=DEV) for n in lens])
+        cache = torch.zeros(2, 2, 16, 16, 2, 32, device=DEV, dtype=DT)
+        with torch.inference_mode():
+            return model(ids, pos, cache, meta, None)
+
+    for lens in ([1], [3, 2]):
+        monkeypatch.setattr(int4, "GATE_OUT", True)
+        epilogues.clear()
+        fused_out = run(lens)
+        assert any(epilogues) == (lens == [1]) == model.layers[0].mlp.gate_up_proj.gate_out_at(sum(lens))
+        monkeypatch.setattr(int4, "GATE_OUT", False)
+        assert torch.equal(fused_out, run(lens)), lens
+
+
+def test_the_paired_gemv_launches_plainly_when_a_graph_asks_for_pdl(monkeypatch):
+    """int4.PAIRS_PDL off: the paired GEMV launches without programmatic dependent launch even when the decode graph
+    asks for it (launched early it made a batch-1 int4 step 0.65 ms slower, docs/performance.md); a stand-in
+    records the launch, so this runs without a GPU."""
+    from llmserve.kernels import int4, int4_pairs
+
+    launches = []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launches.append(kwargs)
+
+    monkeypatch.setattr(int4_pairs, "_w4gemv_pairs_kernel", Recorder())
+    x, t, _, _ = _int4_case(1, 40, 5 * 128, 128, True, False)
+    for flag in (False, True):
+        monkeypatch.setattr(int4, "PAIRS_PDL", flag)
+        int4.w4gemv(x.to(torch.bfloat16), t["weight"], t["weight_scale"], pdl=True, pairs=True)
+    assert [(k["PDL"], "launch_pdl" in k) for k in launches] == [(0, False), (1, True)]

@@ -175,23 +175,28 @@ def s_graphs_bs1(args):
 @section("pdl")
 def s_pdl(args):
     """Programmatic dependent launch per kernel module in the decode graphs: which kernels gain. (The attention
-    module had a PDL switch for the run in bench/results/2026-11-25-h100-pdl; it lost, and was taken out.)"""
+    module had a PDL switch for the run in bench/results/2026-11-25-h100-pdl; it lost, and was taken out.)
+    BENCH_PDL_MASKS: the modules launched with PDL per run (linear, fused, int4, int4_pairs joined by +, or none);
+    BENCH_PDL_SHAPE and BENCH_PDL_WEIGHTS (bf16, int4_sym, ...): the model (default Llama-2-7B's shape, bf16)."""
     from llmserve import kernels
     from llmserve.config import ServingConfig
     from llmserve.engine.torch_engine import TorchEngine
-    from llmserve.kernels import fused, linear
+    from llmserve.kernels import fused, int4, int4_pairs, linear
 
     res = args.report.results.setdefault("pdl", {})
     # Each module's launches forced on or off, whatever the model asks (every graph the runner captures)
     on, off = (lambda pdl: kernels.launch_args(True)), (lambda pdl: kernels.launch_args(False))
-    modules = {"linear": linear, "fused": fused}
+    modules = {"linear": linear, "fused": fused, "int4": int4, "int4_pairs": int4_pairs}
     masks = [tuple(m.split("+")) if m != "none" else () for m in
              os.environ.get("BENCH_PDL_MASKS", "none,linear+fused,fused,linear").split(",")]
     sizes = [int(x) for x in os.environ.get("BENCH_PDL_SIZES", "1,8").split(",")]
+    weights = os.environ.get("BENCH_PDL_WEIGHTS", "bf16")
     with tempfile.TemporaryDirectory() as d:
-        ckpt = write_random_checkpoint(Path(d), 32000, None)
+        ckpt = write_random_checkpoint(Path(d), None if "BENCH_PDL_SHAPE" in os.environ else 32000,
+                                       None if weights == "bf16" else weights,
+                                       shape=os.environ.get("BENCH_PDL_SHAPE", "llama2-7b"))
         eng = TorchEngine(ServingConfig.of(dtype="bfloat16", max_batch_size=max(sizes), kv_cache_free_mem_fraction=0.5,
-                                        pdl="false"), ckpt)
+                                        pdl="false", max_model_len=4096), ckpt)
         runner = eng.runner
         for mask in masks:
             for name, mod in modules.items():

@@ -15,14 +15,29 @@ from bench.kernel_check.report import section
 INT4_ROWS = (1, 8, 64, 256)  # batch-1 decode, the batch-8 target, the tensor-core path, 256 streams
 
 
+def _int4_call(q: dict, x: torch.Tensor, gated: bool, pairs: str, inter: int):
+    """One linear's product as s_int4 times it: w4mm (its own choice of kernel), or the paired GEMV with the gate in
+    down_proj's loads (`_pairs`) or in gate_up's epilogue (`_pairs_gate_out`: down_proj then reads a plain row)."""
+    from llmserve.kernels import int4
+
+    w = (q["weight"], q["weight_scale"], q.get("weight_min"))
+    if not pairs:
+        return partial(int4.w4mm, x, *w, gated=gated)
+    gate_up = q["weight"].shape[0] == 2 * inter
+    if pairs == "_pairs_gate_out" and (gated or gate_up):
+        x = x[:, :inter] if gated else x
+        return partial(int4.w4gemv, x, *w, pairs=True, gate_out=gate_up)
+    return partial(int4.w4gemv, x, *w, gated=gated, pairs=True)
+
+
 @section("int4")
 def s_int4(args):
     """W4A16 (int4 g128, symmetric and asymmetric) over all linears of the Llama-3.1-8B shape in one CUDA graph, at
-    M = 1, 8, 64, 256 and at M = 1 with the paired-bf16 GEMV (what int4.PAIRS_GEMV selects): our kernels against
+    M = 1, 8, 64, 256 and at M = 1 with the paired-bf16 GEMV (what int4.PAIRS_GEMV selects; the MLP's gate in
+    down_proj's loads or in gate_up's epilogue, what int4.GATE_OUT selects): our kernels against
     bf16 cuBLAS over the same shapes and the chunked torch.sum of the int4 bytes (weights + scales); the lm_head is
     left out (it stays 16-bit)."""
     from bench.common import SHAPES, chunked_sum_ms, flat_buffers, linear_shapes
-    from llmserve.kernels import int4
     from llmserve.model.int4 import quantize_int4
 
     cfg = SHAPES["llama3.1-8b"]
@@ -38,12 +53,12 @@ def s_int4(args):
         floor = chunked_sum_ms(flat_buffers(tensors))
         tag = "sym" if sym else "asym"
         res[f"{tag}/floor_ms"] = floor
-        for M, pairs in [(M, False) for M in INT4_ROWS] + [(1, True)]:  # M = 1 again with the paired-bf16 GEMV
+        # M = 1 again with the paired-bf16 GEMV, the gate in down_proj's loads and in gate_up's epilogue (GATE_OUT)
+        for M, pairs in [(M, "") for M in INT4_ROWS] + [(1, "_pairs"), (1, "_pairs_gate_out")]:
             xs = {k: torch.randn(M, 2 * k if g else k, device="cuda", dtype=torch.bfloat16) for _, g, k in layers}
-            f = partial(int4.w4gemv, pairs=True) if pairs else int4.w4mm
-            ms = graph_time_ms(lambda xs=xs, ls=layers, f=f: [f(xs[k], q["weight"], q["weight_scale"],
-                                                                 q.get("weight_min"), gated=g) for q, g, k in ls])
-            key = f"M{M}" + ("_pairs" if pairs else "")
+            calls = [_int4_call(q, xs[k], g, pairs, cfg["intermediate_size"]) for q, g, k in layers]
+            ms = graph_time_ms(lambda calls=calls: [f() for f in calls])
+            key = f"M{M}{pairs}"
             res[f"{tag}/{key}_ms"] = ms
             args.report.say(f"int4 {tag} g128 {key}: {ms:.3f} ms over all linears, floor {floor:.3f} ms "
                            f"({nbytes / 1e9:.2f} GB, {ms / floor:.2f}x)")
@@ -143,11 +158,12 @@ def s_int4_sweep(args):
     """Launch configs of the int4 kernels (g128, symmetric) per Llama-3.1-8B linear shape, 32 layers' worth of weights
     (past the L2), one CUDA graph each: GEMV (BLOCK_N, BLOCK_K, warps, stages) at M = 1, w4mm (BLOCK_M, BLOCK_N,
     BLOCK_K, warps, stages, split-K) at M = 8 and 64, each against the default config and the shape's int4 read
-    floor. INT4_GEMV_KINDS (bytes, words, pairs; default bytes): the GEMV kernels swept at M = 1; INT4_SWEEP_ROWS:
-    which of M = 1, 8, 64 (default all)."""
+    floor. INT4_GEMV_KINDS (bytes, words, pairs; default bytes): the GEMV kernels swept at M = 1 (with int4.GATE_OUT
+    the paired one returns gate_up's silu(gate) * up and down_proj reads a plain row); INT4_SWEEP_ROWS: which of
+    M = 1, 8, 64 (default all); INT4_SWEEP_ASYM=1: asymmetric weights."""
 
     from bench.common import SHAPES, chunked_sum_ms, flat_buffers, linear_shapes
-    from llmserve.kernels.int4 import mm_config, w4gemv, w4mm
+    from llmserve.kernels.int4 import GATE_OUT, mm_config, w4gemv, w4mm
     from llmserve.kernels.int4_pairs import pairs_config
     from llmserve.model.int4 import quantize_int4
 
@@ -157,22 +173,27 @@ def s_int4_sweep(args):
             if bn * bk <= 16384 and not (bn >= 16 and w == 2)]
     kinds = os.environ.get("INT4_GEMV_KINDS", "bytes").split(",")  # bytes, words, pairs: the M = 1 kernels swept
     rows = [int(v) for v in os.environ.get("INT4_SWEEP_ROWS", "1,8,64").split(",")]  # of 1, 8, 64
+    asym = os.environ.get("INT4_SWEEP_ASYM") == "1"  # asymmetric weights (a minimum a group) instead
     tiles = list(itertools.product((32, 64, 128), (128, 256), (4, 8), (1, 2, 4, 8)))
     mm = {M: [(16 if M <= 16 else 64, bn, bk, w, 3, sk) for bn, bk, w, sk in tiles] for M in (8, 64)}
     for name, (n, k) in linear_shapes(cfg).items():
-        gated = name == "down"
-        layers = [quantize_int4(torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02, 128, True)
+        layers = [quantize_int4(torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02, 128, not asym)
                   for _ in range(cfg["num_hidden_layers"])]
         floor = chunked_sum_ms(flat_buffers([t for q in layers for t in q.values()]))
         for M, configs in [(M, gemv if M == 1 else mm[M]) for M in rows]:
+            # as the model runs them: at one row with GATE_OUT the gate in gate_up's paired GEMV, down_proj plain
+            gate_out = M == 1 and GATE_OUT and name == "gate_up"
+            gated = name == "down" and not (M == 1 and GATE_OUT)
             x = torch.randn(M, 2 * k if gated else k, device="cuda", dtype=torch.bfloat16)
-            default = pairs_config(n, k, 128, False) if M == 1 else mm_config(M, n, k, 128)
+            default = pairs_config(n, k, 128, asym, gated) if M == 1 else mm_config(M, n, k, 128)
             times = {}
             for kind, c in _sweep_cases(M, default, configs, kinds):
-                fn = partial(w4gemv, words=kind == "words", pairs=kind == "pairs") if M == 1 else w4mm
+                fn = partial(w4gemv, words=kind == "words", pairs=kind == "pairs",
+                             gate_out=gate_out and kind == "pairs") if M == 1 else w4mm
                 try:
                     times[f"{kind}{c}"] = graph_time_ms(lambda c=c, x=x, g=gated, ls=layers, f=fn: [
-                        f(x, q["weight"], q["weight_scale"], gated=g, config=c) for q in ls], reps=10)
+                        f(x, q["weight"], q["weight_scale"], q.get("weight_min"), gated=g, config=c) for q in ls],
+                        reps=10)
                 except Exception as exc:  # noqa: BLE001
                     times[f"{kind}{c}"] = f"fail {type(exc).__name__}: {str(exc)[:120]}"
             numeric = {c: t for c, t in times.items() if isinstance(t, float)}

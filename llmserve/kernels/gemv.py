@@ -24,7 +24,7 @@ from llmserve.kernels.pdl import pdl_prologue
 
 
 @triton.jit
-def _rows(pid, BLOCK_N: tl.constexpr, HALF_N, GATE_OUT: tl.constexpr, ROPE_HALF: tl.constexpr):
+def program_rows(pid, BLOCK_N: tl.constexpr, HALF_N, GATE_OUT: tl.constexpr, ROPE_HALF: tl.constexpr):
     """The weight rows a program computes: BLOCK_N in a run; with GATE_OUT, BLOCK_N / 2 gate rows each followed by
     its up row (HALF_N further); with ROPE_HALF, each of a head's first ROPE_HALF rows followed by its rotary
     partner (ROPE_HALF further). The epilogue then holds both rows of each pair."""
@@ -38,7 +38,7 @@ def _rows(pid, BLOCK_N: tl.constexpr, HALF_N, GATE_OUT: tl.constexpr, ROPE_HALF:
 
 
 @triton.jit
-def _silu_mul_pairs(g, u, dtype: tl.constexpr):
+def silu_mul_pairs(g, u, dtype: tl.constexpr):
     """silu(g) * u of float32 outputs, each rounded to `dtype` as gate_up's stored output and silu_mul round it."""
     gf = g.to(dtype).to(tl.float32)
     act = (gf / (1.0 + tl.exp(-gf))).to(dtype)
@@ -68,8 +68,8 @@ def _add_residual(y, r, res_ptr, sumsq_ptr, pid, offs_n, n_mask):
 @triton.jit
 def _rope_store(y, pid, out_ptr, c, s, slot, kc_ptr, vc_ptr, stride_slot,
                 NH: tl.constexpr, NKV: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr):
-    """qkv's outputs in rotary pairs (`_rows`; c, s: the token's cos and sin of each pair, slot: its cache slot):
-    q rotated into the qkv row, k rotated and v as it is into the row and into the cache slot (none when the slot
+    """qkv's outputs in rotary pairs (`program_rows`; c, s: the token's cos and sin of each pair, slot: its cache
+    slot): q rotated into the qkv row, k rotated and v as it is into the row and into the cache slot (none when the slot
     is < 0): fused.rope_and_cache on the same 16-bit values."""
     dt = out_ptr.dtype.element_ty
     x1, x2 = tl.split(tl.reshape(y.to(dt).to(tl.float32), (BLOCK_N // 2, 2)))
@@ -103,7 +103,7 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, N, K, stride_wn, nw_ptr, s
     ROPE_HALF: the qkv product's rotary embedding and KV-cache write (`_rope_store`)."""
     pdl_prologue(PDL)
     pid = tl.program_id(0)
-    offs_n = _rows(pid, BLOCK_N, N // 2, GATE_OUT, ROPE_HALF)
+    offs_n = program_rows(pid, BLOCK_N, N // 2, GATE_OUT, ROPE_HALF)
     offs_k = tl.arange(0, BLOCK_K)
     n_mask = offs_n < N
     # What the epilogue folds in, loaded before the weight stream: no program waits on a load at its end
@@ -158,7 +158,7 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, N, K, stride_wn, nw_ptr, s
     elif GATE_OUT:
         g, u = tl.split(tl.reshape(y, (BLOCK_N // 2, 2)))
         offs_h = pid * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
-        tl.store(out_ptr + offs_h, _silu_mul_pairs(g, u, out_ptr.dtype.element_ty), mask=offs_h < N // 2)
+        tl.store(out_ptr + offs_h, silu_mul_pairs(g, u, out_ptr.dtype.element_ty), mask=offs_h < N // 2)
     else:
         tl.store(out_ptr + offs_n, y.to(out_ptr.dtype.element_ty), mask=n_mask)
 

@@ -182,17 +182,29 @@ def gemv_config(N: int, K: int, group: int) -> tuple[int, int, int, int]:
 # The one-row GEMV in paired bf16 arithmetic (int4_pairs.py) for bf16 activations on a GPU: 2-5% faster over all
 # linears at one row (docs/performance.md)
 PAIRS_GEMV = True
+# At one row, the MLP's silu(gate) * up in gate_up's paired GEMV (`gate_out`) rather than in down_proj's x loads,
+# where each of its N / BLOCK_N programs computed the gate for all 14,336 inputs (docs/performance.md)
+GATE_OUT = True
+# Whether the paired GEMV launches with programmatic dependent launch when the graph asks for it: no, launched early
+# it made the batch-1 decode graph 0.65 ms slower (docs/performance.md, thirty-first session), as fp8's `wmm` was
+PAIRS_PDL = False
 
 
 def w4gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None = None,
            bias: torch.Tensor | None = None, gated: bool = False, config: tuple[int, int, int, int] | None = None,
-           pdl: bool = False, words: bool | None = None, pairs: bool | None = None) -> torch.Tensor:
+           pdl: bool = False, words: bool | None = None, pairs: bool | None = None,
+           gate_out: bool = False) -> torch.Tensor:
     """x: [1, K] (or [1, 2K] gated) -> [1, N]. `pairs`: the paired-bf16 kernel (llmserve/kernels/int4_pairs.py;
     None: PAIRS_GEMV where it can run). `words`: the word-reading kernel (llmserve/kernels/int4_words.py); None:
-    from K > 8,192 (the MLP's down_proj, where it measured faster) unless a `config` is given."""
+    from K > 8,192 (the MLP's down_proj, where it measured faster) unless a `config` is given. `gate_out` (w: the
+    MLP's [gate | up] rows): silu(gate) * up, [1, N / 2], in the paired kernel's epilogue (the others: a silu_mul
+    launch after)."""
     sizes = check_codes(w, scale, minimum)
     if pairs or (pairs is None and PAIRS_GEMV and pairs_ok(x)):
-        return w4gemv_pairs(x, w, scale, minimum, bias, gated, config, pdl, sizes)
+        return w4gemv_pairs(x, w, scale, minimum, bias, gated, config, pdl and PAIRS_PDL, sizes, gate_out)
+    if gate_out:
+        y = w4gemv(x, w, scale, minimum, bias, gated, config, pdl, words, pairs=False)
+        return gate_applied(y, sizes[0] // 2, True, pdl)
     if words or (words is None and config is None and sizes[1] > 8192):
         return w4gemv_words(x, w, scale, minimum, bias, gated, config, pdl, sizes)
     return launch_gemv(_w4gemv_kernel, x, w, scale, minimum, bias, gated, config, pdl, sizes)

@@ -1,11 +1,13 @@
 """The one-row int4 GEMV in paired bf16 arithmetic, for bf16 activations on a GPU (inline PTX: Triton's interpreter
 cannot run it). It reads the weights as int4_words.py does (int4.py's codes viewed as int32 words of 8), and turns
 each word into four bf16 pairs: a shift and a LOP3 with a magic bf16 give 128 + code in both halves, one paired
-subtraction gives code - 8 (symmetric) or the code, exactly; four paired multiply-adds (HFMA2) take the products
-with x's matching pairs, and the pairs' sum goes to float32 once a word, before the group's scale. The GEMVs are
-issue-bound (docs/performance.md): this is about half the word GEMV's instructions a weight byte. A word's eight
-products and their sums round to bf16 (TensorRT-LLM's weight-only GEMV keeps a thread's whole K range in the
-activation dtype); everything after is float32."""
+subtraction gives code - 8, exactly (asymmetric weights too: their minimum takes 8 scales back); four paired
+multiply-adds (HFMA2) take the products with x's matching pairs, and the pairs' sum goes to float32 once a word,
+before the group's scale: about half the word GEMV's instructions a weight byte (the GEMVs are issue-bound,
+docs/performance.md). A word's eight products and their sums round to bf16 (TensorRT-LLM's weight-only GEMV keeps a
+thread's whole K range in the activation dtype); everything after is float32. `gate_out`: the MLP's silu(gate) * up
+in the [gate | up] product's epilogue (each program pairs gate and up rows, as gemv.py's), so down_proj reads a plain
+row: computed in down_proj's x loads instead, every one of its programs redid the gate for all its inputs."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import triton
 import triton.language as tl
 
 from llmserve.kernels import launch_args
+from llmserve.kernels.gemv import program_rows, silu_mul_pairs
 from llmserve.kernels.group_tiles import load_x, store_rows
 from llmserve.kernels.int4_words import word_tile
 from llmserve.kernels.pdl import pdl_prologue
@@ -21,8 +24,10 @@ from llmserve.kernels.pdl import pdl_prologue
 # A word's nibbles at bits 0-3 and 16-19 (shifted by 0, 4, 8, 12 for the others), OR'd into bf16 128.0 in each half:
 # the bf16 128 + code, exact (its last mantissa bit is worth 1)
 NIBBLES, MAGIC = 0x000F000F, 0x43004300
-# Subtracted from 128 + code: bf16 136 (symmetric, w = s * (code - 8)) or 128 (asymmetric, w = s * code + m)
-SYM_BIAS, ASYM_BIAS = 0x43084308, 0x43004300
+# Subtracted from 128 + code: bf16 136, so the products are (code - 8) * x: w = s * (code - 8) symmetric, and
+# asymmetric w = s * code + m = s * (code - 8) + (m + 8 s). With the codes 0..15 a word's bf16 sum was ~8x larger
+# than what is left after m's term cancels it, and its rounding showed (rel 1.05e-2 against the dequantized weight).
+BIAS = 0x43084308
 
 # $0 = sum over a word of (code - bias) * x, float32. $1 the word; $2-$5 x's bf16 pairs matching the nibble pairs
 # (bits 0-3 / 16-19 after a shift of 0, 4, 8, 12); $6 NIBBLES, $7 MAGIC, $8 the bias (registers: LOP3 and HFMA2
@@ -51,14 +56,11 @@ add.f32 $0, lo, hi;
 
 
 @triton.jit
-def _prmt(a, b, HIGH: tl.constexpr):
-    """Two bf16 of int32 words a and b as one pair: their low halves, or (HIGH) their high ones."""
-    if HIGH:
-        return tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, 0x7632;", "=r,r,r", [a, b], dtype=tl.int32,
-                                         is_pure=True, pack=1)
-    else:
-        return tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, 0x5410;", "=r,r,r", [a, b], dtype=tl.int32,
-                                         is_pure=True, pack=1)
+def _split_pairs(q):
+    """x[i..i+3] as one int64 -> the bf16 pairs (x[i], x[i + 2]) and (x[i + 1], x[i + 3]): two byte permutes."""
+    return tl.inline_asm_elementwise("{.reg .b32 lo, hi; mov.b64 {lo, hi}, $2; prmt.b32 $0, lo, hi, 0x5410; "
+                                     "prmt.b32 $1, lo, hi, 0x7632;}", "=r,=r,l", [q], dtype=(tl.int32, tl.int32),
+                                     is_pure=True, pack=1)
 
 
 @triton.jit
@@ -76,9 +78,10 @@ def _pair_sum(p):
 
 
 @triton.jit
-def _pairs(x_ptr, xw_ptr, idx, mask, K, GATED: tl.constexpr):
-    """x's pairs (x[i], x[i + 2]) and (x[i + 1], x[i + 3]) at idx (even), as bf16 pairs: x's own words through a
-    byte permute, or, gated, silu(gate) * up rounded to bf16 as the eager ops round it."""
+def _pairs(x_ptr, xq_ptr, idx, mask, K, GATED: tl.constexpr):
+    """x's pairs (x[i], x[i + 2]) and (x[i + 1], x[i + 3]) at idx (a multiple of 4), as bf16 pairs: one 8-byte load
+    of x (xq: x viewed as int64) through two byte permutes, or, gated, silu(gate) * up rounded to bf16 as the eager
+    ops round it."""
     if GATED:
         x0 = load_x(x_ptr, idx, mask, K, GATED)
         x1 = load_x(x_ptr, idx + 1, mask, K, GATED)
@@ -86,48 +89,62 @@ def _pairs(x_ptr, xw_ptr, idx, mask, K, GATED: tl.constexpr):
         x3 = load_x(x_ptr, idx + 3, mask, K, GATED)
         return _pack(x0, x2), _pack(x1, x3)
     else:
-        w0 = tl.load(xw_ptr + idx // 2, mask=mask, other=0)
-        w1 = tl.load(xw_ptr + idx // 2 + 1, mask=mask, other=0)
-        return _prmt(w0, w1, False), _prmt(w0, w1, True)
+        return _split_pairs(tl.load(xq_ptr + idx // 4, mask=mask, other=0))
 
 
 @triton.jit
-def _w4gemv_pairs_kernel(x_ptr, xw_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, K, stride_wn, stride_sn, nibbles,
+def _store_gate_out(y, b_ptr, out_ptr, offs_n, n_mask, HALF_N, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """y [BLOCK_N] of gate and up rows in turn (`program_rows`), each rounded as gate_up's output would be, stored
+    as silu(gate) * up [BLOCK_N / 2]."""
+    if HAS_BIAS:
+        y = y + tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+    g, u = tl.split(tl.reshape(y, (BLOCK_N // 2, 2)))
+    offs_h = tl.program_id(0) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+    tl.store(out_ptr + offs_h, silu_mul_pairs(g, u, out_ptr.dtype.element_ty), mask=offs_h < HALF_N)
+
+
+@triton.jit
+def _w4gemv_pairs_kernel(x_ptr, xq_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, K, stride_wn, stride_sn, nibbles,
                          magic, bias, ASYM: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr,
-                         GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr,
-                         PDL: tl.constexpr):
+                         GATE_OUT: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                         STAGES: tl.constexpr, EVEN: tl.constexpr, PDL: tl.constexpr):
     """Word m of a group holds inputs 4m..4m+3 in its bytes' low nibbles and the same + GROUP / 2 in their high
     ones (int4_words.py's reading); x's pairs are built once per word position and serve every row of the thread."""
     pdl_prologue(PDL)
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_mask = offs_n < N
+    offs_n = program_rows(tl.program_id(0), BLOCK_N, N // 2, GATE_OUT, 0)
+    n_mask = tl.full((BLOCK_N,), True, tl.int1) if EVEN else offs_n < N
     rows_w = offs_n[:, None, None].to(tl.int64) * stride_wn
     rows_s = offs_n[:, None].to(tl.int64) * stride_sn
     acc = tl.zeros((BLOCK_N, BLOCK_K // GROUP, GROUP // 8), dtype=tl.float32)
     for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
-        v, grp, k_mask, base = word_tile(w_ptr, rows_w, n_mask, k0, K, GROUP, BLOCK_K)
+        v, grp, k_mask, base = word_tile(w_ptr, rows_w, n_mask, k0, K, GROUP, BLOCK_K, EVEN)
         xm = k_mask[None, :, None]
-        pa0, pa1 = _pairs(x_ptr, xw_ptr, base, xm, K, GATED)
-        pb0, pb1 = _pairs(x_ptr, xw_ptr, base + GROUP // 2, xm, K, GATED)
+        pa0, pa1 = _pairs(x_ptr, xq_ptr, base, xm, K, GATED)
+        pb0, pb1 = _pairs(x_ptr, xq_ptr, base + GROUP // 2, xm, K, GATED)
         t = tl.inline_asm_elementwise(_WORD_DOT, "=f,r,r,r,r,r,r,r,r", [v, pa0, pb0, pa1, pb1, nibbles, magic, bias],
                                       dtype=tl.float32, is_pure=True, pack=1)
         s_mask = n_mask[:, None] & k_mask[None, :]
         s = tl.load(s_ptr + rows_s + grp[None, :], mask=s_mask, other=0.0).to(tl.float32)
         acc += s[:, :, None] * t
         if ASYM:
-            mn = tl.load(m_ptr + rows_s + grp[None, :], mask=s_mask, other=0.0).to(tl.float32)
+            mn = tl.load(m_ptr + rows_s + grp[None, :], mask=s_mask, other=0.0).to(tl.float32) + 8.0 * s
             acc += mn[:, :, None] * (_pair_sum(pa0) + _pair_sum(pa1) + _pair_sum(pb0) + _pair_sum(pb1))
-    store_rows(tl.sum(acc, axis=2), b_ptr, out_ptr, offs_n, n_mask, HAS_BIAS)
+    if GATE_OUT:
+        _store_gate_out(tl.sum(tl.sum(acc, axis=2), axis=1), b_ptr, out_ptr, offs_n, n_mask, N // 2, HAS_BIAS, BLOCK_N)
+    else:
+        store_rows(tl.sum(acc, axis=2), b_ptr, out_ptr, offs_n, n_mask, HAS_BIAS)
 
 
-def pairs_config(N: int, K: int, group: int, asym: bool) -> tuple[int, int, int, int]:
-    """(BLOCK_N, BLOCK_K, num_warps, stages): kernel_check's int4_sweep at one row over Llama-3.1-8B's symmetric
-    matrices (an H100): 16 rows of 1,024 inputs for the MLP's down_proj (K > 8,192), 32 of 256 for the widest
-    (gate_up), 16 of 512 for the attention's. Asymmetric weights keep 16 of 1,024 (unswept; the sweep's shapes
-    timed slower with them over all linears)."""
-    if K > 8192 or asym:
-        return 16, max(group, 1024), 4, 3
-    return (32, max(group, 256), 4, 3) if N > 8192 else (16, max(group, 512), 4, 3)
+def pairs_config(N: int, K: int, group: int, asym: bool, gated: bool = False) -> tuple[int, int, int, int]:
+    """(BLOCK_N, BLOCK_K, num_warps, stages): kernel_check's int4_sweep at one row over Llama-3.1-8B's matrices (an
+    H100; gate_up returning silu(gate) * up, down_proj reading a plain row): 16 rows of 1,024 inputs for the MLP's
+    down_proj (K > 8,192; 8 warps asymmetric, unless it computes the gate in its loads, which each warp repeats),
+    32 of 256 for the widest (gate_up; 512 asymmetric), 16 of 512 for the attention's."""
+    if K > 8192:
+        return 16, max(group, 1024), 8 if asym and not gated else 4, 3
+    if N > 8192:
+        return 32, max(group, 512 if asym else 256), 4, 3
+    return 16, max(group, 512), 4, 3
 
 
 def pairs_ok(x: torch.Tensor) -> bool:
@@ -137,17 +154,21 @@ def pairs_ok(x: torch.Tensor) -> bool:
 
 def w4gemv_pairs(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None,
                  bias: torch.Tensor | None, gated: bool, config: tuple[int, int, int, int] | None, pdl: bool,
-                 sizes: tuple[int, int, int]) -> torch.Tensor:
-    """x: [1, K] (or [1, 2K] gated) bf16 -> [1, N]; `sizes` (N, K, group) as int4.check_codes gives them."""
+                 sizes: tuple[int, int, int], gate_out: bool = False) -> torch.Tensor:
+    """x: [1, K] (or [1, 2K] gated) bf16 -> [1, N] (with `gate_out`, w's rows [gate | up]: silu(gate) * up,
+    [1, N / 2]); `sizes` (N, K, group) as int4.check_codes gives them."""
     N, K, group = sizes
     assert x.dtype == torch.bfloat16 and x.shape == (1, 2 * K if gated else K) and x.is_contiguous()
-    bn, bk, warps, stages = config or pairs_config(N, K, group, minimum is not None)
+    x = x if x.data_ptr() % 8 == 0 else x.clone()  # read 8 bytes at a time (a row inside a wider buffer may not be)
+    assert not (gated and gate_out) and (N % 2 == 0 or not gate_out)
+    bn, bk, warps, stages = config or pairs_config(N, K, group, minimum is not None, gated)
     assert bk % group == 0, (bk, group)
-    out = torch.empty(1, N, dtype=x.dtype, device=x.device)
+    out = torch.empty(1, N // 2 if gate_out else N, dtype=x.dtype, device=x.device)
     words = w.view(torch.int32)
-    _w4gemv_pairs_kernel[(triton.cdiv(N, bn),)](
-        x, x.view(torch.int32), words, scale, minimum if minimum is not None else scale,
+    _w4gemv_pairs_kernel[(triton.cdiv(out.shape[1], bn // 2 if gate_out else bn),)](
+        x, x.view(torch.int64), words, scale, minimum if minimum is not None else scale,
         bias if bias is not None else scale, out, N, K, words.stride(0), scale.stride(0), NIBBLES, MAGIC,
-        ASYM_BIAS if minimum is not None else SYM_BIAS, ASYM=minimum is not None, HAS_BIAS=bias is not None,
-        GATED=gated, GROUP=group, BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, num_warps=warps, **launch_args(pdl))
+        BIAS, ASYM=minimum is not None, HAS_BIAS=bias is not None,
+        GATED=gated, GATE_OUT=gate_out, GROUP=group, BLOCK_N=bn, BLOCK_K=bk, STAGES=stages,
+        EVEN=K % bk == 0 and out.shape[1] % (bn // 2 if gate_out else bn) == 0, num_warps=warps, **launch_args(pdl))
     return out

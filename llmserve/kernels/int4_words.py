@@ -34,14 +34,15 @@ def _x4(x_ptr, idx, mask, K, GATED: tl.constexpr):
 
 
 @triton.jit
-def word_tile(w_ptr, rows_w, n_mask, k0, K, GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
+def word_tile(w_ptr, rows_w, n_mask, k0, K, GROUP: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr = False):
     """One K tile of a word-reading GEMV: the words [BLOCK_N, groups, GROUP / 8] (int32, rows_w each row's offset),
-    each group's index and whether it lies inside K, and the first input of each word's low nibbles."""
+    each group's index and whether it lies inside K (EVEN_K: K a multiple of BLOCK_K, a constant true mask that the
+    compiler drops), and the first input of each word's low nibbles."""
     WG: tl.constexpr = GROUP // 8
     m = tl.arange(0, WG)
     j = tl.arange(0, BLOCK_K // GROUP)
     grp = k0 // GROUP + j
-    k_mask = (k0 + j * GROUP) < K
+    k_mask = tl.full((BLOCK_K // GROUP,), True, tl.int1) if EVEN_K else (k0 + j * GROUP) < K
     v = tl.load(w_ptr + rows_w + (grp[:, None] * WG + m[None, :])[None, :, :],
                 mask=n_mask[:, None, None] & k_mask[None, :, None], other=0)
     return v, grp, k_mask, (k0 + j[:, None] * GROUP + 4 * m[None, :])[None, :, :]

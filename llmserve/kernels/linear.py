@@ -22,7 +22,7 @@ import triton.language as tl
 
 from llmserve.kernels import launch_args
 from llmserve.kernels.convert import e4m3_to_bf16, ptx_converts
-from llmserve.kernels.gemv import GEMV_W_KIND, RopeCache, RowNorm, _rows, _silu_mul_pairs, gemv, gemv_config  # noqa: F401
+from llmserve.kernels.gemv import GEMV_W_KIND, RopeCache, RowNorm, gemv, gemv_config, program_rows, silu_mul_pairs  # noqa: F401
 from llmserve.kernels.pdl import pdl_prologue
 
 
@@ -36,7 +36,7 @@ def _wmm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, xs_ptr, M, N, K,
     pdl_prologue(PDL)
     pid_m = tl.program_id(0)  # M fastest: neighbouring programs share the W tile (large M) in L2
     pid_n = tl.program_id(1)
-    offs_n = _rows(pid_n, BLOCK_N, N // 2, GATE_OUT, 0)
+    offs_n = program_rows(pid_n, BLOCK_N, N // 2, GATE_OUT, 0)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_k = tl.arange(0, BLOCK_K)
     m_mask = offs_m < M
@@ -84,7 +84,7 @@ def _wmm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, xs_ptr, M, N, K,
         g, u = tl.split(tl.permute(tl.reshape(acc, (BLOCK_N // 2, 2, BLOCK_M)), (0, 2, 1)))
         offs_h = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
         out_ptrs = out_ptr + offs_m[None, :].to(tl.int64) * stride_om + offs_h[:, None]
-        tl.store(out_ptrs, _silu_mul_pairs(g, u, out_ptr.dtype.element_ty),
+        tl.store(out_ptrs, silu_mul_pairs(g, u, out_ptr.dtype.element_ty),
                  mask=m_mask[None, :] & (offs_h < N // 2)[:, None])
     else:
         out_ptrs = out_ptr + offs_m[None, :].to(tl.int64) * stride_om + offs_n[:, None]

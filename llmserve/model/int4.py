@@ -89,6 +89,12 @@ def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, minimum: torch.Te
     return w.reshape(n, -1).to(dtype)
 
 
+def _gate_applied(x: torch.Tensor) -> torch.Tensor:
+    """The MLP's [gate | up] -> silu(gate) * up, as the eager ops round it."""
+    gate, up = x.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
 class Int4Linear(KernelLayer):
     """y = x W^T (+ b) with W in the 4-bit group format. The group size is taken from the loaded scales (one
     model may hold groups of 32 from a GGUF file or of 128 from our quantizer). On CUDA the Triton kernels of
@@ -153,14 +159,29 @@ class Int4Linear(KernelLayer):
 
         return w4mm
 
-    def forward(self, x: torch.Tensor, gated: bool = False) -> torch.Tensor:
+    @staticmethod
+    def gate_out_gemv():
+        """The one-row GEMV that returns the MLP's silu(gate) * up from its epilogue (`gate_out=True`), or None."""
+        from llmserve.kernels import int4
+
+        return int4.w4gemv if int4.GATE_OUT else None
+
+    def gate_out_at(self, rows: int) -> bool:
+        """Whether a step of `rows` rows through this [gate | up] layer returns silu(gate) * up (`forward(x,
+        gate_out=True)`) instead of down_proj computing it: one row on the kernels, where down_proj's programs
+        would each redo the gate for all its inputs."""
+        return self.launch.kernels and rows == 1 and self.gate_out_gemv() is not None
+
+    def forward(self, x: torch.Tensor, gated: bool = False, gate_out: bool = False) -> torch.Tensor:
+        if self.launch.kernels and gate_out and x.shape[0] == 1 and self.gate_out_gemv() is not None:
+            return self.gate_out_gemv()(x, self.weight, self.weight_scale, self.minimum, self.bias, gate_out=True,
+                                        pdl=self.launch.pdl)
         if self.launch.kernels:
-            return self.kernel()(x, self.weight, self.weight_scale, self.minimum, self.bias, gated=gated,
-                                 pdl=self.launch.pdl)
-        if gated:
-            gate, up = x.chunk(2, dim=-1)
-            x = F.silu(gate) * up
-        return F.linear(x, self.dequantized(x.dtype), self.bias)
+            y = self.kernel()(x, self.weight, self.weight_scale, self.minimum, self.bias, gated=gated,
+                              pdl=self.launch.pdl)
+        else:
+            y = F.linear(_gate_applied(x) if gated else x, self.dequantized(x.dtype), self.bias)
+        return _gate_applied(y) if gate_out else y
 
 
 class Int4SymLinear(Int4Linear):

@@ -46,6 +46,10 @@ class Int8GroupLinear(Int4Linear):
 
         return w8gmm
 
+    @staticmethod
+    def gate_out_gemv():
+        return None  # its GEMV computes the gate in down_proj's x loads
+
     @classmethod
     def from_linear(cls, linear: nn.Module, group_size: int = 128) -> Int8GroupLinear:
         raise ValueError(f"{cls.mode}: made only by the GGUF import (build_engines/gguf_native.py); there is no "
