@@ -167,35 +167,54 @@ def test_int4_gate_out_is_silu_mul_of_the_gemv_bit_for_bit(group, symmetric):
         assert out.shape == (1, N // 2) and torch.equal(out, silu_mul(int4.w4gemv(*args))), (N, K)
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("slot", [5, -1])
+def test_int4_gemv_rotates_and_writes_the_cache_as_rope_and_cache(symmetric, slot):
+    """`rope` (w: qkv's rows, biases as Qwen2's): the qkv row and the cache as the GEMV then fused.rope_and_cache (k
+    rotated in place) leave them, bit for bit, and a slot < 0 writes no cache: the paired GEMV's epilogue on a GPU,
+    a rope_and_cache launch after the GEMV elsewhere."""
+    from llmserve.kernels import fused, int4, linear
+
+    nh, nkv, hd = 6, 2, 64
+    N = (nh + 2 * nkv) * hd
+    x, t, bias, _ = _int4_case(1, N, 3 * 128, 64, symmetric, False)
+    args = (x.to(torch.bfloat16), t["weight"], t["weight_scale"], t.get("weight_min"), bias.to(torch.bfloat16))
+    ang = torch.rand(64, hd // 2, device=DEV) * 6
+    cos, sin = ang.cos(), ang.sin()
+    pos, slots = torch.tensor([37], device=DEV), torch.tensor([slot], device=DEV, dtype=torch.int32)
+    cache = torch.full((2, 3, 4, nkv, hd), 7.0, device=DEV).to(torch.bfloat16)
+    ref_cache = cache.clone()
+    ref = int4.w4gemv(*args)
+    fused.rope_and_cache(ref, pos, cos, sin, slots, ref_cache, nh, nkv, hd, k_in_place=True)
+    out = int4.w4gemv(*args, rope=linear.RopeCache(cos[pos], sin[pos], slots, cache, nh, nkv, hd))
+    assert torch.equal(out, ref) and torch.equal(cache, ref_cache)
+    assert (slot < 0) == torch.equal(cache, torch.full_like(cache, 7.0))
+
+
 @pytest.mark.parametrize("quant", ["int4_sym", "int4_asym"])
-def test_int4_gate_out_changes_no_bit_of_the_model(tmp_path, monkeypatch, quant):
-    """At one row the 4-bit gate_up returns silu(gate) * up (`int4.GATE_OUT`) and down_proj reads a plain row: the
-    model's logits bit for bit as down_proj computing the gate; more rows keep the gated down_proj."""
-    from test_kernels_model import _tiny_model
+def test_int4_one_row_folds_change_no_bit_of_the_model(tmp_path, monkeypatch, quant):
+    """At one row the 4-bit gate_up returns silu(gate) * up (`int4.GATE_OUT`; down_proj reads a plain row) and qkv's
+    GEMV rotates q and k and writes the cache (`int4.ROPE_IN_GEMV`): the model's logits bit for bit as with a gated
+    down_proj and a rope_and_cache launch; more rows keep those."""
+    from test_kernels_model import _tiny_model, prefill_logits
 
     from llmserve.kernels import int4
-    from llmserve.model.attention import AttentionMetadata
 
     model = _tiny_model(tmp_path, quantization={"mode": quant})
     epilogues, gemv = [], int4.w4gemv
-    monkeypatch.setattr(int4, "w4gemv", lambda *a, gate_out=False, **k: (epilogues.append(gate_out),
-                                                                         gemv(*a, gate_out=gate_out, **k))[1])
-
-    def run(lens):
-        meta = AttentionMetadata.for_prefill(lens, 16, torch.device(DEV), group=3, head_dim=32)
-        ids = torch.randint(0, 300, (sum(lens),), generator=torch.Generator().manual_seed(1)).to(DEV)
-        pos = torch.cat([torch.arange(n, device=DEV) for n in lens])
-        cache = torch.zeros(2, 2, 16, 16, 2, 32, device=DEV, dtype=DT)
-        with torch.inference_mode():
-            return model(ids, pos, cache, meta, None)
+    monkeypatch.setattr(int4, "w4gemv", lambda *a, gate_out=False, rope=None, **k: (
+        epilogues.append((gate_out, rope is not None)), gemv(*a, gate_out=gate_out, rope=rope, **k))[1])
 
     for lens in ([1], [3, 2]):
-        monkeypatch.setattr(int4, "GATE_OUT", True)
+        for switch in ("GATE_OUT", "ROPE_IN_GEMV"):
+            monkeypatch.setattr(int4, switch, True)
         epilogues.clear()
-        fused_out = run(lens)
-        assert any(epilogues) == (lens == [1]) == model.layers[0].mlp.gate_up_proj.gate_out_at(sum(lens))
-        monkeypatch.setattr(int4, "GATE_OUT", False)
-        assert torch.equal(fused_out, run(lens)), lens
+        fused_out = prefill_logits(model, lens)
+        assert any(e[0] for e in epilogues) == (lens == [1]) == model.layers[0].mlp.gate_up_proj.gate_out_at(sum(lens))
+        assert any(e[1] for e in epilogues) == (lens == [1]) == model.layers[0].self_attn.qkv_proj.ropes_at(sum(lens))
+        for switch in ("GATE_OUT", "ROPE_IN_GEMV"):
+            monkeypatch.setattr(int4, switch, False)
+        assert torch.equal(fused_out, prefill_logits(model, lens)), lens
 
 
 def test_the_paired_gemv_launches_plainly_when_a_graph_asks_for_pdl(monkeypatch):

@@ -32,6 +32,16 @@ def _tiny_config(path, **extra):
     return path
 
 
+def prefill_logits(model, lens: list[int]) -> torch.Tensor:
+    """The tiny model's output over prompts of `lens` tokens (fixed ids) from an empty cache."""
+    meta = AttentionMetadata.for_prefill(lens, 16, torch.device(DEV), group=3, head_dim=32)
+    ids = torch.randint(0, 300, (sum(lens),), generator=torch.Generator().manual_seed(1)).to(DEV)
+    pos = torch.cat([torch.arange(n, device=DEV) for n in lens])
+    cache = torch.zeros(2, 2, 16, 16, 2, 32, device=DEV, dtype=DT)
+    with torch.inference_mode():
+        return model(ids, pos, cache, meta, None)
+
+
 def _tiny_model(tmp_path, kernel_mode=FAST, **extra):
     """Random weights of a fixed seed: the same model for every kernel mode."""
     from llmserve.model.llama import load_model
@@ -176,23 +186,15 @@ def test_gate_out_changes_no_bit_of_the_model(tmp_path, monkeypatch, quant):
     monkeypatch.setattr(linear, "wmm", lambda *a, gate_out=False, **k: (epilogues.append(gate_out),
                                                                         wmm(*a, gate_out=gate_out, **k))[1])
 
-    def run(lens):
-        meta = AttentionMetadata.for_prefill(lens, 16, torch.device(DEV), group=3, head_dim=32)
-        ids = torch.randint(0, 300, (sum(lens),), generator=torch.Generator().manual_seed(1)).to(DEV)
-        pos = torch.cat([torch.arange(n, device=DEV) for n in lens])
-        cache = torch.zeros(2, 2, 16, 16, 2, 32, device=DEV, dtype=DT)
-        with torch.inference_mode():
-            return model(ids, pos, cache, meta, None)
-
     used = []
     for lens in ([1], [3, 2], [9, 1, 20]):
         monkeypatch.setattr(linear, "GATE_OUT", True)
         epilogues.clear()
-        fused_out = run(lens)
+        fused_out = prefill_logits(model, lens)
         assert any(epilogues) == model.layers[0].mlp.gate_up_proj.gate_out_at(sum(lens)), lens
         used.append(any(epilogues))
         monkeypatch.setattr(linear, "GATE_OUT", False)
-        assert same_bits(fused_out, run(lens), exact=sum(lens) == 1), lens
+        assert same_bits(fused_out, prefill_logits(model, lens), exact=sum(lens) == 1), lens
     assert any(used)
 
 @pytest.mark.parametrize("quant", [None, "int8_wo", "fp8"])

@@ -66,8 +66,8 @@ def _add_residual(y, r, res_ptr, sumsq_ptr, pid, offs_n, n_mask):
 
 
 @triton.jit
-def _rope_store(y, pid, out_ptr, c, s, slot, kc_ptr, vc_ptr, stride_slot,
-                NH: tl.constexpr, NKV: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr):
+def rope_store(y, pid, out_ptr, c, s, slot, kc_ptr, vc_ptr, stride_slot,
+               NH: tl.constexpr, NKV: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr):
     """qkv's outputs in rotary pairs (`program_rows`; c, s: the token's cos and sin of each pair, slot: its cache
     slot): q rotated into the qkv row, k rotated and v as it is into the row and into the cache slot (none when the slot
     is < 0): fused.rope_and_cache on the same 16-bit values."""
@@ -100,7 +100,7 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, N, K, stride_wn, nw_ptr, s
                  P_BLOCK: tl.constexpr = 1, NH: tl.constexpr = 0, NKV: tl.constexpr = 0, ROPE_HALF: tl.constexpr = 0):
     """One row of x: each weight element read once. NORM: x times the norm's weight (nw_ptr), the outputs times
     1 / rms from the P sums at sumsq_in. ADD_TO: out_ptr is the residual row, this program's sum to sumsq_out.
-    ROPE_HALF: the qkv product's rotary embedding and KV-cache write (`_rope_store`)."""
+    ROPE_HALF: the qkv product's rotary embedding and KV-cache write (`rope_store`)."""
     pdl_prologue(PDL)
     pid = tl.program_id(0)
     offs_n = program_rows(pid, BLOCK_N, N // 2, GATE_OUT, ROPE_HALF)
@@ -154,7 +154,7 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, N, K, stride_wn, nw_ptr, s
     if ADD_TO:
         _add_residual(y, res, out_ptr, sumsq_out, pid, offs_n, n_mask)
     elif ROPE_HALF > 0:
-        _rope_store(y, pid, out_ptr, cos, sin, slot, kc_ptr, vc_ptr, stride_slot, NH, NKV, ROPE_HALF, BLOCK_N)
+        rope_store(y, pid, out_ptr, cos, sin, slot, kc_ptr, vc_ptr, stride_slot, NH, NKV, ROPE_HALF, BLOCK_N)
     elif GATE_OUT:
         g, u = tl.split(tl.reshape(y, (BLOCK_N // 2, 2)))
         offs_h = pid * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
@@ -230,7 +230,7 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
         out, sums_out = torch.empty(1, N // 2 if gate_out else N, dtype=x.dtype, device=x.device), w
     nw, sums, eps = (norm.weight, norm.sumsq, norm.eps) if norm is not None else (w, w, 0.0)
     P = sums.numel() if norm is not None else 1
-    r = _rope_args(rope, N) if rope is not None else (w,) * 5 + (0,)
+    r = rope_args(rope, N) if rope is not None else (w,) * 5 + (0,)
     heads = (rope.num_heads, rope.num_kv_heads, rope.head_dim // 2) if rope is not None else (0, 0, 0)
     _gemv_kernel[(grid,)](x, w, scale if scale is not None else w, bias if bias is not None else w, out, N, K,
                           w.stride(0), nw, sums, sums_out, P, eps, *r,
@@ -242,7 +242,8 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
     return sums_out if add_to is not None else out
 
 
-def _rope_args(rope: RopeCache, N: int) -> tuple:
+def rope_args(rope: RopeCache, N: int) -> tuple:
+    """The kernel arguments of `rope`: cos, sin, the slot, the layer's K and V caches, a slot's stride."""
     h, kvh, d = rope.num_heads, rope.num_kv_heads, rope.head_dim
     cache = rope.kv_cache
     assert N == (h + 2 * kvh) * d and rope.slot_mapping.numel() == 1

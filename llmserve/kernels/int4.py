@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 
 from llmserve.kernels import launch_args
+from llmserve.kernels.gemv import RopeCache
 from llmserve.kernels.group_tiles import load_x, store_rows, store_tile
 from llmserve.kernels.int4_pairs import pairs_ok, w4gemv_pairs
 from llmserve.kernels.int4_words import w4gemv_words
@@ -185,6 +186,8 @@ PAIRS_GEMV = True
 # At one row, the MLP's silu(gate) * up in gate_up's paired GEMV (`gate_out`) rather than in down_proj's x loads,
 # where each of its N / BLOCK_N programs computed the gate for all 14,336 inputs (docs/performance.md)
 GATE_OUT = True
+# At one row, qkv's rotary embedding and cache write in its paired GEMV's epilogue (`rope`), not a rope_and_cache launch
+ROPE_IN_GEMV = True
 # Whether the paired GEMV launches with programmatic dependent launch when the graph asks for it: no, launched early
 # it made the batch-1 decode graph 0.65 ms slower (docs/performance.md, thirty-first session), as fp8's `wmm` was
 PAIRS_PDL = False
@@ -192,19 +195,20 @@ PAIRS_PDL = False
 
 def w4gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None = None,
            bias: torch.Tensor | None = None, gated: bool = False, config: tuple[int, int, int, int] | None = None,
-           pdl: bool = False, words: bool | None = None, pairs: bool | None = None,
-           gate_out: bool = False) -> torch.Tensor:
+           pdl: bool = False, words: bool | None = None, pairs: bool | None = None, gate_out: bool = False,
+           rope: RopeCache | None = None) -> torch.Tensor:
     """x: [1, K] (or [1, 2K] gated) -> [1, N]. `pairs`: the paired-bf16 kernel (llmserve/kernels/int4_pairs.py;
     None: PAIRS_GEMV where it can run). `words`: the word-reading kernel (llmserve/kernels/int4_words.py); None:
     from K > 8,192 (the MLP's down_proj, where it measured faster) unless a `config` is given. `gate_out` (w: the
-    MLP's [gate | up] rows): silu(gate) * up, [1, N / 2], in the paired kernel's epilogue (the others: a silu_mul
-    launch after)."""
+    MLP's [gate | up] rows): silu(gate) * up, [1, N / 2]; `rope` (w: qkv's rows): q and k rotated, k and v written
+    to the cache (gemv.py's `rope`). Both in the paired kernel's epilogue; the others launch silu_mul or
+    rope_and_cache after."""
     sizes = check_codes(w, scale, minimum)
     if pairs or (pairs is None and PAIRS_GEMV and pairs_ok(x)):
-        return w4gemv_pairs(x, w, scale, minimum, bias, gated, config, pdl and PAIRS_PDL, sizes, gate_out)
-    if gate_out:
+        return w4gemv_pairs(x, w, scale, minimum, bias, gated, config, pdl and PAIRS_PDL, sizes, gate_out, rope)
+    if gate_out or rope is not None:
         y = w4gemv(x, w, scale, minimum, bias, gated, config, pdl, words, pairs=False)
-        return gate_applied(y, sizes[0] // 2, True, pdl)
+        return gate_applied(y, sizes[0] // 2, True, pdl) if gate_out else rope_applied(y, rope, pdl)
     if words or (words is None and config is None and sizes[1] > 8192):
         return w4gemv_words(x, w, scale, minimum, bias, gated, config, pdl, sizes)
     return launch_gemv(_w4gemv_kernel, x, w, scale, minimum, bias, gated, config, pdl, sizes)
@@ -273,6 +277,17 @@ def w4mm_dequant(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum:
                  bias: torch.Tensor | None = None, gated: bool = False, pdl: bool = False) -> torch.Tensor:
     """w4mm's path from DEQUANT_ROWS rows, whatever M: W dequantized whole, then cuBLAS."""
     return dequant_linear(_w4dequant_kernel, x, w, scale, minimum, bias, gated, pdl, check_codes(w, scale, minimum))
+
+
+def rope_applied(qkv: torch.Tensor, rope: RopeCache, pdl: bool) -> torch.Tensor:
+    """qkv [1, N] with q and k rotated in place and k, v written to the cache: rope_and_cache over the token's own
+    cos and sin rows (position 0 of a one-row table)."""
+    from llmserve.kernels.fused import rope_and_cache
+
+    pos = torch.zeros(1, dtype=torch.long, device=qkv.device)
+    rope_and_cache(qkv, pos, rope.cos, rope.sin, rope.slot_mapping, rope.kv_cache, rope.num_heads, rope.num_kv_heads,
+                   rope.head_dim, pdl=pdl, k_in_place=True)
+    return qkv
 
 
 def gate_applied(x: torch.Tensor, K: int, gated: bool, pdl: bool) -> torch.Tensor:

@@ -7,7 +7,8 @@ before the group's scale: about half the word GEMV's instructions a weight byte 
 docs/performance.md). A word's eight products and their sums round to bf16 (TensorRT-LLM's weight-only GEMV keeps a
 thread's whole K range in the activation dtype); everything after is float32. `gate_out`: the MLP's silu(gate) * up
 in the [gate | up] product's epilogue (each program pairs gate and up rows, as gemv.py's), so down_proj reads a plain
-row: computed in down_proj's x loads instead, every one of its programs redid the gate for all its inputs."""
+row: computed in down_proj's x loads instead, every one of its programs redid the gate for all its inputs. `rope`:
+qkv's rotary embedding and KV-cache write in its epilogue (gemv.py's `rope_store`), no rope_and_cache launch."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import triton
 import triton.language as tl
 
 from llmserve.kernels import launch_args
-from llmserve.kernels.gemv import program_rows, silu_mul_pairs
+from llmserve.kernels.gemv import RopeCache, program_rows, rope_args, rope_store, silu_mul_pairs
 from llmserve.kernels.group_tiles import load_x, store_rows
 from llmserve.kernels.int4_words import word_tile
 from llmserve.kernels.pdl import pdl_prologue
@@ -93,11 +94,9 @@ def _pairs(x_ptr, xq_ptr, idx, mask, K, GATED: tl.constexpr):
 
 
 @triton.jit
-def _store_gate_out(y, b_ptr, out_ptr, offs_n, n_mask, HALF_N, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr):
+def _store_gate_out(y, out_ptr, HALF_N, BLOCK_N: tl.constexpr):
     """y [BLOCK_N] of gate and up rows in turn (`program_rows`), each rounded as gate_up's output would be, stored
     as silu(gate) * up [BLOCK_N / 2]."""
-    if HAS_BIAS:
-        y = y + tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
     g, u = tl.split(tl.reshape(y, (BLOCK_N // 2, 2)))
     offs_h = tl.program_id(0) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
     tl.store(out_ptr + offs_h, silu_mul_pairs(g, u, out_ptr.dtype.element_ty), mask=offs_h < HALF_N)
@@ -105,13 +104,19 @@ def _store_gate_out(y, b_ptr, out_ptr, offs_n, n_mask, HALF_N, HAS_BIAS: tl.cons
 
 @triton.jit
 def _w4gemv_pairs_kernel(x_ptr, xq_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, K, stride_wn, stride_sn, nibbles,
-                         magic, bias, ASYM: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr,
-                         GATE_OUT: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                         STAGES: tl.constexpr, EVEN: tl.constexpr, PDL: tl.constexpr):
+                         magic, bias, cos_ptr, sin_ptr, slot_ptr, kc_ptr, vc_ptr, stride_slot, ASYM: tl.constexpr,
+                         HAS_BIAS: tl.constexpr, GATED: tl.constexpr, GATE_OUT: tl.constexpr, GROUP: tl.constexpr,
+                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, EVEN: tl.constexpr,
+                         PDL: tl.constexpr, NH: tl.constexpr = 0, NKV: tl.constexpr = 0, ROPE_HALF: tl.constexpr = 0):
     """Word m of a group holds inputs 4m..4m+3 in its bytes' low nibbles and the same + GROUP / 2 in their high
-    ones (int4_words.py's reading); x's pairs are built once per word position and serve every row of the thread."""
+    ones (int4_words.py's reading); x's pairs are built once per word position and serve every row of the thread.
+    ROPE_HALF: qkv's rotary embedding and KV-cache write in the epilogue, as gemv.py's `rope_store`."""
     pdl_prologue(PDL)
-    offs_n = program_rows(tl.program_id(0), BLOCK_N, N // 2, GATE_OUT, 0)
+    offs_n = program_rows(tl.program_id(0), BLOCK_N, N // 2, GATE_OUT, ROPE_HALF)
+    if ROPE_HALF > 0:  # loaded before the weight stream, as gemv.py's
+        j = (tl.program_id(0) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)) % ROPE_HALF
+        cos, sin = tl.load(cos_ptr + j), tl.load(sin_ptr + j)
+        slot = tl.load(slot_ptr).to(tl.int64)
     n_mask = tl.full((BLOCK_N,), True, tl.int1) if EVEN else offs_n < N
     rows_w = offs_n[:, None, None].to(tl.int64) * stride_wn
     rows_s = offs_n[:, None].to(tl.int64) * stride_sn
@@ -129,8 +134,15 @@ def _w4gemv_pairs_kernel(x_ptr, xq_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, 
         if ASYM:
             mn = tl.load(m_ptr + rows_s + grp[None, :], mask=s_mask, other=0.0).to(tl.float32) + 8.0 * s
             acc += mn[:, :, None] * (_pair_sum(pa0) + _pair_sum(pa1) + _pair_sum(pb0) + _pair_sum(pb1))
-    if GATE_OUT:
-        _store_gate_out(tl.sum(tl.sum(acc, axis=2), axis=1), b_ptr, out_ptr, offs_n, n_mask, N // 2, HAS_BIAS, BLOCK_N)
+    if GATE_OUT or ROPE_HALF > 0:
+        y = tl.sum(tl.sum(acc, axis=2), axis=1)
+        if HAS_BIAS:
+            y = y + tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+        if GATE_OUT:
+            _store_gate_out(y, out_ptr, N // 2, BLOCK_N)
+        else:
+            rope_store(y, tl.program_id(0), out_ptr, cos, sin, slot, kc_ptr, vc_ptr, stride_slot, NH, NKV, ROPE_HALF,
+                       BLOCK_N)
     else:
         store_rows(tl.sum(acc, axis=2), b_ptr, out_ptr, offs_n, n_mask, HAS_BIAS)
 
@@ -154,21 +166,25 @@ def pairs_ok(x: torch.Tensor) -> bool:
 
 def w4gemv_pairs(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None,
                  bias: torch.Tensor | None, gated: bool, config: tuple[int, int, int, int] | None, pdl: bool,
-                 sizes: tuple[int, int, int], gate_out: bool = False) -> torch.Tensor:
+                 sizes: tuple[int, int, int], gate_out: bool = False, rope: RopeCache | None = None) -> torch.Tensor:
     """x: [1, K] (or [1, 2K] gated) bf16 -> [1, N] (with `gate_out`, w's rows [gate | up]: silu(gate) * up,
-    [1, N / 2]); `sizes` (N, K, group) as int4.check_codes gives them."""
+    [1, N / 2]; with `rope`, w's rows qkv's: q and k rotated, k and v in the cache, as gemv.py's `rope`); `sizes`
+    (N, K, group) as int4.check_codes gives them."""
     N, K, group = sizes
     assert x.dtype == torch.bfloat16 and x.shape == (1, 2 * K if gated else K) and x.is_contiguous()
     x = x if x.data_ptr() % 8 == 0 else x.clone()  # read 8 bytes at a time (a row inside a wider buffer may not be)
-    assert not (gated and gate_out) and (N % 2 == 0 or not gate_out)
+    assert not (gated and gate_out) and (N % 2 == 0 or not gate_out) and not (gate_out and rope is not None)
     bn, bk, warps, stages = config or pairs_config(N, K, group, minimum is not None, gated)
     assert bk % group == 0, (bk, group)
     out = torch.empty(1, N // 2 if gate_out else N, dtype=x.dtype, device=x.device)
     words = w.view(torch.int32)
+    r = rope_args(rope, N) if rope is not None else (scale,) * 5 + (0,)
+    heads = (rope.num_heads, rope.num_kv_heads, rope.head_dim // 2) if rope is not None else (0, 0, 0)
     _w4gemv_pairs_kernel[(triton.cdiv(out.shape[1], bn // 2 if gate_out else bn),)](
         x, x.view(torch.int64), words, scale, minimum if minimum is not None else scale,
         bias if bias is not None else scale, out, N, K, words.stride(0), scale.stride(0), NIBBLES, MAGIC,
-        BIAS, ASYM=minimum is not None, HAS_BIAS=bias is not None,
+        BIAS, *r, ASYM=minimum is not None, HAS_BIAS=bias is not None,
         GATED=gated, GATE_OUT=gate_out, GROUP=group, BLOCK_N=bn, BLOCK_K=bk, STAGES=stages,
-        EVEN=K % bk == 0 and out.shape[1] % (bn // 2 if gate_out else bn) == 0, num_warps=warps, **launch_args(pdl))
+        EVEN=K % bk == 0 and out.shape[1] % (bn // 2 if gate_out else bn) == 0, num_warps=warps, NH=heads[0],
+        NKV=heads[1], ROPE_HALF=heads[2], **launch_args(pdl))
     return out

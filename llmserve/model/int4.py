@@ -104,6 +104,8 @@ class Int4Linear(KernelLayer):
     symmetric = True
     # Storage of the codes; llmserve/model/int8_group.py's twin keeps one int8 code per element instead.
     storage, codes_per_byte, group_sizes = torch.uint8, 2, GROUP_SIZES
+    # Whether its one-row GEMV folds in the MLP's gate (`gate_out`) and qkv's rotary embedding (`rope`)
+    folds_one_row = True
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, group_size: int = 128):
         super().__init__()
@@ -159,23 +161,32 @@ class Int4Linear(KernelLayer):
 
         return w4mm
 
-    @staticmethod
-    def gate_out_gemv():
-        """The one-row GEMV that returns the MLP's silu(gate) * up from its epilogue (`gate_out=True`), or None."""
+    def _one_row_fold(self, rows: int, switch: str) -> bool:
+        """Whether a step of `rows` rows takes the one-row GEMV and kernels.int4's `switch` folds work into it."""
+        if not (self.folds_one_row and self.launch.kernels and rows == 1):
+            return False
         from llmserve.kernels import int4
 
-        return int4.w4gemv if int4.GATE_OUT else None
+        return getattr(int4, switch)
 
     def gate_out_at(self, rows: int) -> bool:
         """Whether a step of `rows` rows through this [gate | up] layer returns silu(gate) * up (`forward(x,
         gate_out=True)`) instead of down_proj computing it: one row on the kernels, where down_proj's programs
         would each redo the gate for all its inputs."""
-        return self.launch.kernels and rows == 1 and self.gate_out_gemv() is not None
+        return self._one_row_fold(rows, "GATE_OUT")
 
-    def forward(self, x: torch.Tensor, gated: bool = False, gate_out: bool = False) -> torch.Tensor:
-        if self.launch.kernels and gate_out and x.shape[0] == 1 and self.gate_out_gemv() is not None:
-            return self.gate_out_gemv()(x, self.weight, self.weight_scale, self.minimum, self.bias, gate_out=True,
-                                        pdl=self.launch.pdl)
+    def ropes_at(self, rows: int) -> bool:
+        """Whether qkv's product can do the rotary embedding and cache write (`rope`, a kernels.linear.RopeCache)."""
+        return self._one_row_fold(rows, "ROPE_IN_GEMV")
+
+    def forward(self, x: torch.Tensor, gated: bool = False, gate_out: bool = False, rope: object | None = None
+                ) -> torch.Tensor:
+        if self.launch.kernels and (gate_out or rope is not None) and x.shape[0] == 1 and self.folds_one_row:
+            from llmserve.kernels.int4 import w4gemv
+
+            return w4gemv(x, self.weight, self.weight_scale, self.minimum, self.bias, gate_out=gate_out, rope=rope,
+                          pdl=self.launch.pdl)
+        assert rope is None, "the rotary embedding folds into the one-row GEMV only (ropes_at)"
         if self.launch.kernels:
             y = self.kernel()(x, self.weight, self.weight_scale, self.minimum, self.bias, gated=gated,
                               pdl=self.launch.pdl)

@@ -39,16 +39,13 @@ class Int8GroupLinear(Int4Linear):
     Int4Linear, whose loading and forward it shares."""
 
     storage, codes_per_byte, group_sizes = torch.int8, 1, INT8_GROUP_SIZES
+    folds_one_row = False  # its GEMV computes the gate in down_proj's x loads
 
     @staticmethod
     def kernel():
         from llmserve.kernels.int8_group import w8gmm
 
         return w8gmm
-
-    @staticmethod
-    def gate_out_gemv():
-        return None  # its GEMV computes the gate in down_proj's x loads
 
     @classmethod
     def from_linear(cls, linear: nn.Module, group_size: int = 128) -> Int8GroupLinear:
