@@ -15,9 +15,9 @@ qkv buffer, pointer or TMA loads; persist: the persistent launches, persist_tma 
 gemv:KIND:NxK[:FLAG] and wmm:KIND:MxNxK[:FLAG] (KIND bf16, int8, fp8; FLAG gated: the SiLU-mul in x's load,
 gate_out: in the epilogue; the GEMV's norm: an RMSNorm folded in, add: the residual add in the epilogue, rope:
 rotary + cache write), w4:MxNxK:GROUP[:FLAGS] (symmetric int4; M = 1 is the GEMV; FLAGS joined by +: bytes, words or
-pairs names a GEMV kernel, gated the SiLU-mul in x's load, gate_out in the epilogue), w8g:MxNxK:GROUP (8-bit codes
-in groups, as w4), fp8mm:MxNxK:fast|exact (the fp8 GEMM at 33-256 rows, its accumulation). Llama-3.1-8B heads
-(32 query, 8 KV, dim 128).
+pairs names a GEMV kernel, gated the SiLU-mul in x's load, gate_out in the epilogue, rope: qkv's rotary embedding and
+cache write in it, N = 6144), w8g:MxNxK:GROUP (8-bit codes in groups, as w4), fp8mm:MxNxK:fast|exact (the fp8 GEMM at
+33-256 rows, its accumulation). Llama-3.1-8B heads (32 query, 8 KV, dim 128).
 """
 
 from __future__ import annotations
@@ -197,6 +197,15 @@ def _fp8mm(shape: str, accumulation: str):
     return lambda: fp8_mm(xq, xs, w, ws, torch.bfloat16, fast=accumulation == "fast")
 
 
+def _rope_cache():
+    """A one-token rotary embedding and cache write for qkv's GEMV (Llama-3.1-8B heads; N must be their qkv rows)."""
+    from llmserve.kernels.linear import RopeCache
+
+    cos = torch.ones(1, D // 2)
+    return RopeCache(cos, cos, torch.zeros(1, dtype=torch.int32), torch.zeros(2, 4, PAGE, KVH, D,
+                                                                              dtype=torch.bfloat16), H, KVH, D)
+
+
 def _w4(shape: str, group: str, flags: str = ""):
     from llmserve.kernels.int4 import w4gemv, w4mm
 
@@ -206,8 +215,9 @@ def _w4(shape: str, group: str, flags: str = ""):
     flag = set(flags.split("+")) - {""}
     x = torch.zeros(M, 2 * K if "gated" in flag else K, dtype=torch.bfloat16)
     if flag & {"bytes", "words", "pairs"}:  # a GEMV kernel by name
+        rope = _rope_cache() if "rope" in flag else None
         return lambda: w4gemv(x, w, scale, gated="gated" in flag, words="words" in flag, pairs="pairs" in flag,
-                              gate_out="gate_out" in flag)
+                              gate_out="gate_out" in flag, rope=rope)
     return lambda: w4mm(x, w, scale, gated="gated" in flag)
 
 
