@@ -79,10 +79,10 @@ def _pair_sum(p):
 
 
 @triton.jit
-def _pairs(x_ptr, xq_ptr, idx, mask, K, GATED: tl.constexpr):
-    """x's pairs (x[i], x[i + 2]) and (x[i + 1], x[i + 3]) at idx (a multiple of 4), as bf16 pairs: one 8-byte load
-    of x (xq: x viewed as int64) through two byte permutes, or, gated, silu(gate) * up rounded to bf16 as the eager
-    ops round it."""
+def _pairs(x_ptr, xq_ptr, idx, qidx, mask, K, GATED: tl.constexpr):
+    """x's pairs (x[i], x[i + 2]) and (x[i + 1], x[i + 3]) at idx (a multiple of 4), as bf16 pairs: x's int64 word
+    qidx = idx / 4 (xq: x viewed as int64) through two byte permutes, or, gated, silu(gate) * up rounded to bf16 as
+    the eager ops round it."""
     if GATED:
         x0 = load_x(x_ptr, idx, mask, K, GATED)
         x1 = load_x(x_ptr, idx + 1, mask, K, GATED)
@@ -90,7 +90,7 @@ def _pairs(x_ptr, xq_ptr, idx, mask, K, GATED: tl.constexpr):
         x3 = load_x(x_ptr, idx + 3, mask, K, GATED)
         return _pack(x0, x2), _pack(x1, x3)
     else:
-        return _split_pairs(tl.load(xq_ptr + idx // 4, mask=mask, other=0))
+        return _split_pairs(tl.load(xq_ptr + qidx, mask=mask, other=0))
 
 
 @triton.jit
@@ -124,8 +124,11 @@ def _w4gemv_pairs_kernel(x_ptr, xq_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, 
     for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
         v, grp, k_mask, base = word_tile(w_ptr, rows_w, n_mask, k0, K, GROUP, BLOCK_K, EVEN)
         xm = k_mask[None, :, None]
-        pa0, pa1 = _pairs(x_ptr, xq_ptr, base, xm, K, GATED)
-        pb0, pb1 = _pairs(x_ptr, xq_ptr, base + GROUP // 2, xm, K, GATED)
+        # base / 4 in x's int64 words, built from aranges: the compiler then sees a thread's words as contiguous
+        # and copies them 16 bytes at a time (from base // 4 it issued one 8-byte copy each, with its own address)
+        qa = (k0 // 4 + tl.arange(0, BLOCK_K // GROUP)[:, None] * (GROUP // 4) + tl.arange(0, GROUP // 8)[None, :])
+        pa0, pa1 = _pairs(x_ptr, xq_ptr, base, qa[None, :, :], xm, K, GATED)
+        pb0, pb1 = _pairs(x_ptr, xq_ptr, base + GROUP // 2, qa[None, :, :] + GROUP // 8, xm, K, GATED)
         t = tl.inline_asm_elementwise(_WORD_DOT, "=f,r,r,r,r,r,r,r,r", [v, pa0, pb0, pa1, pb1, nibbles, magic, bias],
                                       dtype=tl.float32, is_pure=True, pack=1)
         s_mask = n_mask[:, None] & k_mask[None, :]
