@@ -25,11 +25,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tokenizers import Tokenizer
 
 from llmserve.model.attention import AttentionMetadata
 from llmserve.model.int4 import quantize_int4
+from llmserve.model.launch import silu_gate
 from llmserve.model.llama import LlamaModel, load_model
 
 # A few KB of public-domain English (the Gettysburg Address, the opening of Pride and Prejudice), distinct from
@@ -121,8 +121,7 @@ def _recorder(store: dict[str, torch.Tensor], key: str):
     def hook(module, args, kwargs):
         x = args[0]
         if kwargs.get("gated", args[1] if len(args) > 1 else False):
-            gate, up = x.chunk(2, dim=-1)
-            x = F.silu(gate) * up
+            x = silu_gate(x)
         store[key] = x.detach().float().reshape(-1, x.shape[-1])
     return hook
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmserve.model.launch import KernelLayer
+from llmserve.model.launch import KernelLayer, silu_gate
 
 GROUP_SIZES = (32, 64, 128)
 INT4_MODES = ("int4_sym", "int4_asym")
@@ -87,12 +87,6 @@ def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, minimum: torch.Te
     else:
         w = scale.float()[..., None] * q + minimum.float()[..., None]
     return w.reshape(n, -1).to(dtype)
-
-
-def _gate_applied(x: torch.Tensor) -> torch.Tensor:
-    """The MLP's [gate | up] -> silu(gate) * up, as the eager ops round it."""
-    gate, up = x.chunk(2, dim=-1)
-    return F.silu(gate) * up
 
 
 class Int4Linear(KernelLayer):
@@ -191,8 +185,8 @@ class Int4Linear(KernelLayer):
             y = self.kernel()(x, self.weight, self.weight_scale, self.minimum, self.bias, gated=gated,
                               pdl=self.launch.pdl)
         else:
-            y = F.linear(_gate_applied(x) if gated else x, self.dequantized(x.dtype), self.bias)
-        return _gate_applied(y) if gate_out else y
+            y = F.linear(silu_gate(x) if gated else x, self.dequantized(x.dtype), self.bias)
+        return silu_gate(y) if gate_out else y
 
 
 class Int4SymLinear(Int4Linear):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -33,3 +35,10 @@ def share_launch(model: nn.Module, launch: Launch) -> None:
     for m in model.modules():
         if isinstance(m, KernelLayer):
             m.launch = launch
+
+
+def silu_gate(x: torch.Tensor) -> torch.Tensor:
+    """The MLP's [gate | up] -> silu(gate) * up on the torch path (the kernels take it in their loads or
+    epilogues), rounded as the eager ops round it."""
+    gate, up = x.chunk(2, dim=-1)
+    return F.silu(gate) * up

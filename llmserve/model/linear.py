@@ -37,7 +37,7 @@ from torch import nn
 
 from llmserve.model.int4 import INT4_MODES, Int4AsymLinear, Int4Linear, Int4SymLinear
 from llmserve.model.int8_group import INT8_GROUP_MODES, Int8GroupAsymLinear, Int8GroupSymLinear
-from llmserve.model.launch import KernelLayer, Launch, share_launch  # noqa: F401 - Launch, share_launch: re-exported
+from llmserve.model.launch import KernelLayer, Launch, share_launch, silu_gate  # noqa: F401 - Launch, share_launch: re-exported
 
 # The kernel modules import triton, which CPU wheels of torch lack: they are imported where the fast path runs.
 
@@ -146,8 +146,7 @@ class Linear(_Folds, KernelLayer):
                 x = silu_mul(x, pdl=pdl)
             return F.linear(x, self.weight, self.bias)
         if gated:
-            gate, up = x.chunk(2, dim=-1)
-            x = F.silu(gate) * up
+            x = silu_gate(x)
         return F.linear(x, self.weight, self.bias)
 
 
@@ -209,8 +208,7 @@ class QuantLinear(KernelLayer):
 
     def _fallback(self, x: torch.Tensor, gated: bool) -> torch.Tensor:
         if gated:
-            gate, up = x.chunk(2, dim=-1)
-            x = F.silu(gate) * up
+            x = silu_gate(x)
         return F.linear(x, dequantize(self.weight, self.weight_scale, x.dtype), self.bias)
 
 
@@ -279,8 +277,7 @@ class Fp8Linear(_Folds, QuantLinear):
                 return self._scaled_mm(*silu_mul_quant_fp8(x, pdl=pdl), x.dtype)
             return self._scaled_mm(*klinear.quant_fp8_per_token(x, pdl=pdl), x.dtype)
         if gated:
-            gate, up = x.chunk(2, dim=-1)
-            x = F.silu(gate) * up
+            x = silu_gate(x)
         if self.quantize_activations:
             x = fake_quant_fp8_per_token(x, self.reduce_amax)
         return F.linear(x, dequantize(self.weight, self.weight_scale, x.dtype), self.bias)
