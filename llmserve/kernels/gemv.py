@@ -46,6 +46,14 @@ def silu_mul_pairs(g, u, dtype: tl.constexpr):
 
 
 @triton.jit
+def store_gate_out(y, pid, out_ptr, HALF_N, BLOCK_N: tl.constexpr):
+    """y [BLOCK_N] of gate and up rows in turn (`program_rows`), stored as silu(gate) * up [BLOCK_N / 2]."""
+    g, u = tl.split(tl.reshape(y, (BLOCK_N // 2, 2)))
+    offs_h = pid * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+    tl.store(out_ptr + offs_h, silu_mul_pairs(g, u, out_ptr.dtype.element_ty), mask=offs_h < HALF_N)
+
+
+@triton.jit
 def _to_f32(w, W_KIND: tl.constexpr):
     if W_KIND == 1:  # int8 via the float trick: bits(1.5 * 2**23) + v is the float 1.5 * 2**23 + v (no I2F)
         return (w.to(tl.int32) + 0x4B400000).to(tl.float32, bitcast=True) - 12582912.0
@@ -156,9 +164,7 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, N, K, stride_wn, nw_ptr, s
     elif ROPE_HALF > 0:
         rope_store(y, pid, out_ptr, cos, sin, slot, kc_ptr, vc_ptr, stride_slot, NH, NKV, ROPE_HALF, BLOCK_N)
     elif GATE_OUT:
-        g, u = tl.split(tl.reshape(y, (BLOCK_N // 2, 2)))
-        offs_h = pid * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
-        tl.store(out_ptr + offs_h, silu_mul_pairs(g, u, out_ptr.dtype.element_ty), mask=offs_h < N // 2)
+        store_gate_out(y, pid, out_ptr, N // 2, BLOCK_N)
     else:
         tl.store(out_ptr + offs_n, y.to(out_ptr.dtype.element_ty), mask=n_mask)
 

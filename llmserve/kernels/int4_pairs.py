@@ -17,8 +17,8 @@ import triton
 import triton.language as tl
 
 from llmserve.kernels import launch_args
-from llmserve.kernels.gemv import RopeCache, program_rows, rope_args, rope_store, silu_mul_pairs
-from llmserve.kernels.group_tiles import load_x, store_rows
+from llmserve.kernels.gemv import RopeCache, program_rows, rope_args, rope_store, store_gate_out
+from llmserve.kernels.group_tiles import load_x, row_sums, store_rows
 from llmserve.kernels.int4_words import word_tile
 from llmserve.kernels.pdl import pdl_prologue
 
@@ -94,15 +94,6 @@ def _pairs(x_ptr, xq_ptr, idx, qidx, mask, K, GATED: tl.constexpr):
 
 
 @triton.jit
-def _store_gate_out(y, out_ptr, HALF_N, BLOCK_N: tl.constexpr):
-    """y [BLOCK_N] of gate and up rows in turn (`program_rows`), each rounded as gate_up's output would be, stored
-    as silu(gate) * up [BLOCK_N / 2]."""
-    g, u = tl.split(tl.reshape(y, (BLOCK_N // 2, 2)))
-    offs_h = tl.program_id(0) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
-    tl.store(out_ptr + offs_h, silu_mul_pairs(g, u, out_ptr.dtype.element_ty), mask=offs_h < HALF_N)
-
-
-@triton.jit
 def _w4gemv_pairs_kernel(x_ptr, xq_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, K, stride_wn, stride_sn, nibbles,
                          magic, bias, cos_ptr, sin_ptr, slot_ptr, kc_ptr, vc_ptr, stride_slot, ASYM: tl.constexpr,
                          HAS_BIAS: tl.constexpr, GATED: tl.constexpr, GATE_OUT: tl.constexpr, GROUP: tl.constexpr,
@@ -137,15 +128,12 @@ def _w4gemv_pairs_kernel(x_ptr, xq_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, 
         if ASYM:
             mn = tl.load(m_ptr + rows_s + grp[None, :], mask=s_mask, other=0.0).to(tl.float32) + 8.0 * s
             acc += mn[:, :, None] * (_pair_sum(pa0) + _pair_sum(pa1) + _pair_sum(pb0) + _pair_sum(pb1))
-    if GATE_OUT or ROPE_HALF > 0:
-        y = tl.sum(tl.sum(acc, axis=2), axis=1)
-        if HAS_BIAS:
-            y = y + tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
-        if GATE_OUT:
-            _store_gate_out(y, out_ptr, N // 2, BLOCK_N)
-        else:
-            rope_store(y, tl.program_id(0), out_ptr, cos, sin, slot, kc_ptr, vc_ptr, stride_slot, NH, NKV, ROPE_HALF,
-                       BLOCK_N)
+    if GATE_OUT:
+        store_gate_out(row_sums(tl.sum(acc, axis=2), b_ptr, offs_n, n_mask, HAS_BIAS), tl.program_id(0), out_ptr,
+                       N // 2, BLOCK_N)
+    elif ROPE_HALF > 0:
+        rope_store(row_sums(tl.sum(acc, axis=2), b_ptr, offs_n, n_mask, HAS_BIAS), tl.program_id(0), out_ptr, cos,
+                   sin, slot, kc_ptr, vc_ptr, stride_slot, NH, NKV, ROPE_HALF, BLOCK_N)
     else:
         store_rows(tl.sum(acc, axis=2), b_ptr, out_ptr, offs_n, n_mask, HAS_BIAS)
 
