@@ -256,15 +256,22 @@ def test_gemv_rotates_and_writes_the_cache_as_rope_and_cache(kind, nh, nkv, hd, 
     w = (torch.randn(N, K, device=DEV) * 0.1).to(DT)
     wq, scale = (w, None) if kind == "16bit" else qlinear.quantize_weight(w, "fp8" if kind == "fp8" else "int8_wo")
     bias = torch.randn(N, device=DEV).to(DT) if kind == "16bit" else None
+    assert_rotates_as_rope_and_cache(lambda rope: linear.gemv(x, wq, scale, bias, config=cfg, rope=rope,
+                                                              pdl=pdl and rope is not None), nh, nkv, hd, slot, DT)
+
+
+def assert_rotates_as_rope_and_cache(product, nh: int, nkv: int, hd: int, slot: int, dtype: torch.dtype) -> None:
+    """product(rope) is qkv's row; with a linear.RopeCache (a token at position 37 of a random table) it leaves the
+    row and the cache as product(None) then fused.rope_and_cache (k rotated in place) leave them, bit for bit, and a
+    slot < 0 writes no cache."""
     ang = torch.rand(64, hd // 2, device=DEV) * 6
     cos, sin = ang.cos(), ang.sin()
     pos, slots = torch.tensor([37], device=DEV), torch.tensor([slot], device=DEV, dtype=torch.int32)
-    cache = torch.full((2, 3, 4, nkv, hd), 7.0, device=DEV).to(DT)
+    cache = torch.full((2, 3, 4, nkv, hd), 7.0, device=DEV).to(dtype)
     ref_cache = cache.clone()
-    ref = linear.gemv(x, wq, scale, bias, config=cfg)
+    ref = product(None)
     fused.rope_and_cache(ref, pos, cos, sin, slots, ref_cache, nh, nkv, hd, k_in_place=True)
-    rope = linear.RopeCache(cos[pos], sin[pos], slots, cache, nh, nkv, hd)
-    out = linear.gemv(x, wq, scale, bias, config=cfg, rope=rope, pdl=pdl)
+    out = product(linear.RopeCache(cos[pos], sin[pos], slots, cache, nh, nkv, hd))
     assert torch.equal(out, ref) and torch.equal(cache, ref_cache)
     assert (slot < 0) == torch.equal(cache, torch.full_like(cache, 7.0))
 

@@ -173,22 +173,14 @@ def test_int4_gemv_rotates_and_writes_the_cache_as_rope_and_cache(symmetric, slo
     """`rope` (w: qkv's rows, biases as Qwen2's): the qkv row and the cache as the GEMV then fused.rope_and_cache (k
     rotated in place) leave them, bit for bit, and a slot < 0 writes no cache: the paired GEMV's epilogue on a GPU,
     a rope_and_cache launch after the GEMV elsewhere."""
-    from llmserve.kernels import fused, int4, linear
+    from test_kernels import assert_rotates_as_rope_and_cache
+
+    from llmserve.kernels import int4
 
     nh, nkv, hd = 6, 2, 64
-    N = (nh + 2 * nkv) * hd
-    x, t, bias, _ = _int4_case(1, N, 3 * 128, 64, symmetric, False)
+    x, t, bias, _ = _int4_case(1, (nh + 2 * nkv) * hd, 3 * 128, 64, symmetric, False)
     args = (x.to(torch.bfloat16), t["weight"], t["weight_scale"], t.get("weight_min"), bias.to(torch.bfloat16))
-    ang = torch.rand(64, hd // 2, device=DEV) * 6
-    cos, sin = ang.cos(), ang.sin()
-    pos, slots = torch.tensor([37], device=DEV), torch.tensor([slot], device=DEV, dtype=torch.int32)
-    cache = torch.full((2, 3, 4, nkv, hd), 7.0, device=DEV).to(torch.bfloat16)
-    ref_cache = cache.clone()
-    ref = int4.w4gemv(*args)
-    fused.rope_and_cache(ref, pos, cos, sin, slots, ref_cache, nh, nkv, hd, k_in_place=True)
-    out = int4.w4gemv(*args, rope=linear.RopeCache(cos[pos], sin[pos], slots, cache, nh, nkv, hd))
-    assert torch.equal(out, ref) and torch.equal(cache, ref_cache)
-    assert (slot < 0) == torch.equal(cache, torch.full_like(cache, 7.0))
+    assert_rotates_as_rope_and_cache(lambda rope: int4.w4gemv(*args, rope=rope), nh, nkv, hd, slot, torch.bfloat16)
 
 
 @pytest.mark.parametrize("quant", ["int4_sym", "int4_asym"])
