@@ -16,7 +16,8 @@ gemv:KIND:NxK[:FLAG] and wmm:KIND:MxNxK[:FLAG] (KIND bf16, int8, fp8; FLAG gated
 gate_out: in the epilogue; the GEMV's norm: an RMSNorm folded in, add: the residual add in the epilogue, rope:
 rotary + cache write), w4:MxNxK:GROUP[:FLAGS] (symmetric int4; M = 1 is the GEMV; FLAGS joined by +: bytes, words or
 pairs names a GEMV kernel, gated the SiLU-mul in x's load, gate_out in the epilogue, rope: qkv's rotary embedding and
-cache write in it, N = 6144), w8g:MxNxK:GROUP (8-bit codes in groups, as w4), fp8mm:MxNxK:fast|exact (the fp8 GEMM at
+cache write in it, N = 6144; norm: the RMSNorm's 1 / rms on the outputs, add: the residual add and the next norm's
+weighted row), w8g:MxNxK:GROUP (8-bit codes in groups, as w4), fp8mm:MxNxK:fast|exact (the fp8 GEMM at
 33-256 rows, its accumulation). Llama-3.1-8B heads (32 query, 8 KV, dim 128).
 """
 
@@ -215,9 +216,13 @@ def _w4(shape: str, group: str, flags: str = ""):
     flag = set(flags.split("+")) - {""}
     x = torch.zeros(M, 2 * K if "gated" in flag else K, dtype=torch.bfloat16)
     if flag & {"bytes", "words", "pairs"}:  # a GEMV kernel by name
+        from llmserve.kernels.gemv import RowNorm
+
         rope = _rope_cache() if "rope" in flag else None
+        norm = RowNorm(torch.ones(K, dtype=torch.bfloat16), torch.zeros(256), 1e-5) if "norm" in flag else None
+        adds = {"add_to": torch.zeros(1, N, dtype=torch.bfloat16), "next_norm": torch.ones(N, dtype=torch.bfloat16)}
         return lambda: w4gemv(x, w, scale, gated="gated" in flag, words="words" in flag, pairs="pairs" in flag,
-                              gate_out="gate_out" in flag, rope=rope)
+                              gate_out="gate_out" in flag, rope=rope, norm=norm, **(adds if "add" in flag else {}))
     return lambda: w4mm(x, w, scale, gated="gated" in flag)
 
 

@@ -183,6 +183,67 @@ def test_int4_gemv_rotates_and_writes_the_cache_as_rope_and_cache(symmetric, slo
     assert_rotates_as_rope_and_cache(lambda rope: int4.w4gemv(*args, rope=rope), nh, nkv, hd, slot, torch.bfloat16)
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("after", ["plain", "gate_out", "rope"])
+def test_int4_gemv_folds_the_residual_add_and_rmsnorm_around_it(symmetric, after):
+    """o_proj's GEMV adding into the residual and writing the new row times the next norm's weight (`add_to`,
+    `next_norm`), then the product after the norm reading that row and scaling by 1 / rms (`norm`; with qkv's
+    rotary or gate_up's gate in the same epilogue), against o_proj, fused.rmsnorm, the product: the residual and
+    the weighted row bit for bit, the output within the rounding of the norm's output (rounded to 16 bits at
+    another point); qkv's rotary on the folded row bit for bit as rope_and_cache after. The paired GEMV's epilogue
+    on a GPU, the GEMV and torch elsewhere."""
+    from test_kernels import assert_rotates_as_rope_and_cache
+
+    from llmserve.kernels import fused, int4
+    from llmserve.kernels.gemv import RowNorm
+
+    bf = DT  # bf16 on a GPU: the paired GEMV
+    nh, nkv, hd = 2, 1, 64
+    H, K1, N = 256, 384, {"plain": 192, "gate_out": 2 * 96, "rope": (nh + 2 * nkv) * hd}[after]
+    a, t_o, _, _ = _int4_case(1, H, K1, 64, symmetric, False)
+    _, t_n, bias, _ = _int4_case(1, N, H, 64, symmetric, False, seed=1)
+    res = torch.randn(1, H, generator=torch.Generator().manual_seed(2)).to(DEV, bf)
+    norm_w = (1 + 0.1 * torch.randn(H, generator=torch.Generator().manual_seed(3))).to(DEV, bf)
+    o_args = (t_o["weight"], t_o["weight_scale"], t_o.get("weight_min"))
+    n_args = (t_n["weight"], t_n["weight_scale"], t_n.get("weight_min"), bias.to(bf))
+    a = a.to(bf)
+    ref_res = res.clone()
+    normed = fused.rmsnorm(int4.w4gemv(a, *o_args), norm_w, 1e-5, ref_res)
+    sums, weighted = int4.w4gemv(a, *o_args, add_to=res, next_norm=norm_w)
+    assert torch.equal(res, ref_res) and torch.equal(weighted, (res.float() * norm_w.float()).to(bf))
+    assert torch.allclose(sums.sum(), res.float().pow(2).sum(), rtol=1e-5)
+    norm = RowNorm(norm_w, sums, 1e-5)
+    if after == "rope":  # the folded norm's row rotated and cached as rope_and_cache does it
+        assert_rotates_as_rope_and_cache(lambda rope: int4.w4gemv(weighted, *n_args, rope=rope, norm=norm), nh, nkv,
+                                         hd, 5, bf)
+    gate_out = after == "gate_out"
+    out = int4.w4gemv(weighted, *n_args, norm=norm, gate_out=gate_out)
+    ref = int4.w4gemv(normed, *n_args, gate_out=gate_out)
+    assert out.shape == ref.shape and rel(out, ref) < 1e-2, rel(out, ref)
+
+
+@pytest.mark.parametrize("quant", ["int4_sym", "int4_asym"])
+def test_int4_one_row_folds_the_rmsnorms_into_the_gemvs(tmp_path, monkeypatch, quant):
+    """At one row the 4-bit o_proj and down_proj add into the residual and write the row times the next norm's
+    weight, and qkv and gate_up scale their outputs (`int4.FOLD_NORM`): only the first layer's input norm and the
+    final one launch, the logits within the norm's roundings; more rows launch every norm."""
+    from test_kernels_model import _tiny_model, prefill_logits
+
+    from llmserve.kernels import fused, int4
+
+    model = _tiny_model(tmp_path, quantization={"mode": quant})
+    launches, rmsnorm = [], fused.rmsnorm
+    monkeypatch.setattr(fused, "rmsnorm", lambda *a, **k: (launches.append(1), rmsnorm(*a, **k))[1])
+    for lens, folded_norms in (([1], 2), ([3, 2], 5)):
+        outs = []
+        for fold in (True, False):
+            monkeypatch.setattr(int4, "FOLD_NORM", fold)
+            launches.clear()
+            outs.append(prefill_logits(model, lens))
+            assert len(launches) == (folded_norms if fold else 5), (lens, fold)
+        assert rel(*outs) < 2e-2, lens
+
+
 @pytest.mark.parametrize("quant", ["int4_sym", "int4_asym"])
 def test_int4_one_row_folds_change_no_bit_of_the_model(tmp_path, monkeypatch, quant):
     """At one row the 4-bit gate_up returns silu(gate) * up (`int4.GATE_OUT`; down_proj reads a plain row) and qkv's

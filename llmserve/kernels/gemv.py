@@ -65,12 +65,24 @@ def _to_f32(w, W_KIND: tl.constexpr):
 
 
 @triton.jit
-def _add_residual(y, r, res_ptr, sumsq_ptr, pid, offs_n, n_mask):
-    """residual[n] (r, loaded) += y[n], rounded as the RMSNorm kernel rounds its add; this program's sum of squares."""
+def add_residual(y, r, res_ptr, sumsq_ptr, pid, offs_n, n_mask, nw_ptr=None, hw_ptr=None,
+                 WEIGHTED: tl.constexpr = False):
+    """residual[n] (r, loaded) += y[n], rounded as the RMSNorm kernel rounds its add; this program's sum of squares.
+    WEIGHTED: also the new row times the next RMSNorm's weight (nw_ptr), rounded, at hw_ptr: the next product's x
+    when it scales its outputs by 1 / rms instead of multiplying x by the weight in its loop (int4_pairs.py)."""
     h = (y.to(r.dtype).to(tl.float32) + r.to(tl.float32)).to(r.dtype)
     tl.store(res_ptr + offs_n, h, mask=n_mask)
     hf = tl.where(n_mask, h.to(tl.float32), 0.0)
     tl.store(sumsq_ptr + pid, tl.sum(hf * hf, axis=0))
+    if WEIGHTED:
+        nw = tl.load(nw_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+        tl.store(hw_ptr + offs_n, (hf * nw).to(r.dtype), mask=n_mask)
+
+
+@triton.jit
+def inv_rms(part, K, eps):
+    """1 / rms of a row from its programs' sums of squares (`add_residual`)."""
+    return tl.rsqrt(tl.sum(part, axis=0) / K + eps)
 
 
 @triton.jit
@@ -156,11 +168,11 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, N, K, stride_wn, nw_ptr, s
     if W_KIND == 2:
         y = y * 1.329227995784916e36  # 2**120: e4m3 exponent bias 7 vs float32's 127
     if NORM:  # 1 / rms of the row
-        y = y * tl.rsqrt(tl.sum(part, axis=0) / K + eps)
+        y = y * inv_rms(part, K, eps)
     if HAS_BIAS:
         y = y + tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
     if ADD_TO:
-        _add_residual(y, res, out_ptr, sumsq_out, pid, offs_n, n_mask)
+        add_residual(y, res, out_ptr, sumsq_out, pid, offs_n, n_mask)
     elif ROPE_HALF > 0:
         rope_store(y, pid, out_ptr, cos, sin, slot, kc_ptr, vc_ptr, stride_slot, NH, NKV, ROPE_HALF, BLOCK_N)
     elif GATE_OUT:

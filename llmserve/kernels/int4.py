@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from llmserve.kernels import launch_args
-from llmserve.kernels.gemv import RopeCache
+from llmserve.kernels.gemv import RopeCache, RowNorm
 from llmserve.kernels.group_tiles import load_x, store_rows, store_tile
 from llmserve.kernels.int4_pairs import pairs_ok, w4gemv_pairs
 from llmserve.kernels.int4_words import w4gemv_words
@@ -191,21 +191,31 @@ ROPE_IN_GEMV = True
 # Whether the paired GEMV launches with programmatic dependent launch when the graph asks for it: no, launched early
 # it made the batch-1 decode graph 0.65 ms slower (docs/performance.md, thirty-first session), as fp8's `wmm` was
 PAIRS_PDL = False
+# At one row, the RMSNorms in the paired GEMVs: o_proj and down_proj add into the residual and write the new row times
+# the next norm's weight (`add_to`, `next_norm`), qkv and gate_up read it and scale their outputs by 1 / rms (`norm`)
+FOLD_NORM = True
 
 
 def w4gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None = None,
            bias: torch.Tensor | None = None, gated: bool = False, config: tuple[int, int, int, int] | None = None,
            pdl: bool = False, words: bool | None = None, pairs: bool | None = None, gate_out: bool = False,
-           rope: RopeCache | None = None) -> torch.Tensor:
+           rope: RopeCache | None = None, norm: RowNorm | None = None, add_to: torch.Tensor | None = None,
+           next_norm: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
     """x: [1, K] (or [1, 2K] gated) -> [1, N]. `pairs`: the paired-bf16 kernel (llmserve/kernels/int4_pairs.py;
     None: PAIRS_GEMV where it can run). `words`: the word-reading kernel (llmserve/kernels/int4_words.py); None:
     from K > 8,192 (the MLP's down_proj, where it measured faster) unless a `config` is given. `gate_out` (w: the
     MLP's [gate | up] rows): silu(gate) * up, [1, N / 2]; `rope` (w: qkv's rows): q and k rotated, k and v written
-    to the cache (gemv.py's `rope`). Both in the paired kernel's epilogue; the others launch silu_mul or
-    rope_and_cache after."""
+    to the cache (gemv.py's `rope`); `norm`, `add_to`, `next_norm`: the RMSNorm folds (int4_pairs.py). All in the
+    paired kernel's epilogue; the others compute them after, with torch or a launch."""
     sizes = check_codes(w, scale, minimum)
     if pairs or (pairs is None and PAIRS_GEMV and pairs_ok(x)):
-        return w4gemv_pairs(x, w, scale, minimum, bias, gated, config, pdl and PAIRS_PDL, sizes, gate_out, rope)
+        return w4gemv_pairs(x, w, scale, minimum, bias, gated, config, pdl and PAIRS_PDL, sizes, gate_out, rope,
+                            norm, add_to, next_norm)
+    if norm is not None or add_to is not None:
+        y = normed(w4gemv(x, w, scale, minimum, None, gated, config, pdl, words, pairs=False), bias, norm, sizes[1])
+        if add_to is not None:
+            return residual_added(y, add_to, next_norm)
+        return gate_applied(y, sizes[0] // 2, True, pdl) if gate_out else rope_applied(y, rope, pdl) if rope else y
     if gate_out or rope is not None:
         y = w4gemv(x, w, scale, minimum, bias, gated, config, pdl, words, pairs=False)
         return gate_applied(y, sizes[0] // 2, True, pdl) if gate_out else rope_applied(y, rope, pdl)
@@ -288,6 +298,25 @@ def rope_applied(qkv: torch.Tensor, rope: RopeCache, pdl: bool) -> torch.Tensor:
     rope_and_cache(qkv, pos, rope.cos, rope.sin, rope.slot_mapping, rope.kv_cache, rope.num_heads, rope.num_kv_heads,
                    rope.head_dim, pdl=pdl, k_in_place=True)
     return qkv
+
+
+def normed(y: torch.Tensor, bias: torch.Tensor | None, norm: RowNorm | None, K: int) -> torch.Tensor:
+    """A product of the norm-weighted row (no bias) as the paired GEMV's epilogue finishes it: times 1 / rms,
+    plus the bias."""
+    out = y.float()
+    if norm is not None:
+        out = out * torch.rsqrt(norm.sumsq.sum() / K + norm.eps)
+    return (out if bias is None else out + bias.float()).to(y.dtype)
+
+
+def residual_added(y: torch.Tensor, residual: torch.Tensor, next_norm: torch.Tensor | None
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """residual += y in place (rounded as the RMSNorm kernel's add); (its sum of squares [1], the new row times
+    `next_norm`), as the paired GEMV's `add_to` returns them."""
+    residual.copy_((y.float() + residual.float()).to(residual.dtype))
+    h = residual.float()
+    weighted = None if next_norm is None else (h * next_norm.float()).to(residual.dtype)
+    return (h * h).sum().reshape(1), weighted
 
 
 def gate_applied(x: torch.Tensor, K: int, gated: bool, pdl: bool) -> torch.Tensor:

@@ -17,8 +17,17 @@ import triton
 import triton.language as tl
 
 from llmserve.kernels import launch_args
-from llmserve.kernels.gemv import RopeCache, program_rows, rope_args, rope_store, store_gate_out
-from llmserve.kernels.group_tiles import load_x, row_sums, store_rows
+from llmserve.kernels.gemv import (
+    RopeCache,
+    RowNorm,
+    add_residual,
+    inv_rms,
+    program_rows,
+    rope_args,
+    rope_store,
+    store_gate_out,
+)
+from llmserve.kernels.group_tiles import load_x
 from llmserve.kernels.int4_words import word_tile
 from llmserve.kernels.pdl import pdl_prologue
 
@@ -95,20 +104,29 @@ def _pairs(x_ptr, xq_ptr, idx, qidx, mask, K, GATED: tl.constexpr):
 
 @triton.jit
 def _w4gemv_pairs_kernel(x_ptr, xq_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, K, stride_wn, stride_sn, nibbles,
-                         magic, bias, cos_ptr, sin_ptr, slot_ptr, kc_ptr, vc_ptr, stride_slot, ASYM: tl.constexpr,
-                         HAS_BIAS: tl.constexpr, GATED: tl.constexpr, GATE_OUT: tl.constexpr, GROUP: tl.constexpr,
-                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, EVEN: tl.constexpr,
-                         PDL: tl.constexpr, NH: tl.constexpr = 0, NKV: tl.constexpr = 0, ROPE_HALF: tl.constexpr = 0):
+                         magic, bias, cos_ptr, sin_ptr, slot_ptr, kc_ptr, vc_ptr, stride_slot, sumsq_in, sumsq_out, P,
+                         eps, nw_ptr, hw_ptr, ASYM: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr,
+                         GATE_OUT: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                         STAGES: tl.constexpr, EVEN: tl.constexpr, PDL: tl.constexpr, NH: tl.constexpr = 0,
+                         NKV: tl.constexpr = 0, ROPE_HALF: tl.constexpr = 0, NORM: tl.constexpr = False,
+                         ADD_TO: tl.constexpr = False, WEIGHTED: tl.constexpr = False, P_BLOCK: tl.constexpr = 1):
     """Word m of a group holds inputs 4m..4m+3 in its bytes' low nibbles and the same + GROUP / 2 in their high
     ones (int4_words.py's reading); x's pairs are built once per word position and serve every row of the thread.
-    ROPE_HALF: qkv's rotary embedding and KV-cache write in the epilogue, as gemv.py's `rope_store`."""
+    ROPE_HALF: qkv's rotary embedding and KV-cache write in the epilogue, as gemv.py's `rope_store`. NORM: x is
+    the row already times the RMSNorm's weight (the product before wrote it, WEIGHTED), the outputs times 1 / rms
+    from the P sums at sumsq_in. ADD_TO: out_ptr is the residual row, this program's sum of squares to sumsq_out
+    and, WEIGHTED, the new row times the next norm's weight (nw_ptr) to hw_ptr."""
     pdl_prologue(PDL)
     offs_n = program_rows(tl.program_id(0), BLOCK_N, N // 2, GATE_OUT, ROPE_HALF)
+    if NORM:  # loaded before the weight stream, as gemv.py's
+        part = tl.load(sumsq_in + tl.arange(0, P_BLOCK), mask=tl.arange(0, P_BLOCK) < P, other=0.0)
     if ROPE_HALF > 0:  # loaded before the weight stream, as gemv.py's
         j = (tl.program_id(0) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)) % ROPE_HALF
         cos, sin = tl.load(cos_ptr + j), tl.load(sin_ptr + j)
         slot = tl.load(slot_ptr).to(tl.int64)
     n_mask = tl.full((BLOCK_N,), True, tl.int1) if EVEN else offs_n < N
+    if ADD_TO:
+        res = tl.load(out_ptr + offs_n, mask=n_mask, other=0.0)
     rows_w = offs_n[:, None, None].to(tl.int64) * stride_wn
     rows_s = offs_n[:, None].to(tl.int64) * stride_sn
     acc = tl.zeros((BLOCK_N, BLOCK_K // GROUP, GROUP // 8), dtype=tl.float32)
@@ -128,14 +146,20 @@ def _w4gemv_pairs_kernel(x_ptr, xq_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, 
         if ASYM:
             mn = tl.load(m_ptr + rows_s + grp[None, :], mask=s_mask, other=0.0).to(tl.float32) + 8.0 * s
             acc += mn[:, :, None] * (_pair_sum(pa0) + _pair_sum(pa1) + _pair_sum(pb0) + _pair_sum(pb1))
+    y = tl.sum(tl.sum(acc, axis=2), axis=1)
+    if NORM:
+        y = y * inv_rms(part, K, eps)
+    if HAS_BIAS:
+        y = y + tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
     if GATE_OUT:
-        store_gate_out(row_sums(tl.sum(acc, axis=2), b_ptr, offs_n, n_mask, HAS_BIAS), tl.program_id(0), out_ptr,
-                       N // 2, BLOCK_N)
+        store_gate_out(y, tl.program_id(0), out_ptr, N // 2, BLOCK_N)
     elif ROPE_HALF > 0:
-        rope_store(row_sums(tl.sum(acc, axis=2), b_ptr, offs_n, n_mask, HAS_BIAS), tl.program_id(0), out_ptr, cos,
-                   sin, slot, kc_ptr, vc_ptr, stride_slot, NH, NKV, ROPE_HALF, BLOCK_N)
+        rope_store(y, tl.program_id(0), out_ptr, cos, sin, slot, kc_ptr, vc_ptr, stride_slot, NH, NKV, ROPE_HALF,
+                   BLOCK_N)
+    elif ADD_TO:
+        add_residual(y, res, out_ptr, sumsq_out, tl.program_id(0), offs_n, n_mask, nw_ptr, hw_ptr, WEIGHTED)
     else:
-        store_rows(tl.sum(acc, axis=2), b_ptr, out_ptr, offs_n, n_mask, HAS_BIAS)
+        tl.store(out_ptr + offs_n, y.to(out_ptr.dtype.element_ty), mask=n_mask)
 
 
 def pairs_config(N: int, K: int, group: int, asym: bool, gated: bool = False) -> tuple[int, int, int, int]:
@@ -157,25 +181,41 @@ def pairs_ok(x: torch.Tensor) -> bool:
 
 def w4gemv_pairs(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None,
                  bias: torch.Tensor | None, gated: bool, config: tuple[int, int, int, int] | None, pdl: bool,
-                 sizes: tuple[int, int, int], gate_out: bool = False, rope: RopeCache | None = None) -> torch.Tensor:
+                 sizes: tuple[int, int, int], gate_out: bool = False, rope: RopeCache | None = None,
+                 norm: RowNorm | None = None, add_to: torch.Tensor | None = None,
+                 next_norm: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
     """x: [1, K] (or [1, 2K] gated) bf16 -> [1, N] (with `gate_out`, w's rows [gate | up]: silu(gate) * up,
     [1, N / 2]; with `rope`, w's rows qkv's: q and k rotated, k and v in the cache, as gemv.py's `rope`); `sizes`
-    (N, K, group) as int4.check_codes gives them."""
+    (N, K, group) as int4.check_codes gives them. `norm`: x is the row times the norm's weight (`next_norm` of the
+    product before), the outputs are scaled by 1 / rms from `norm.sumsq` (its weight is not read). `add_to`: the
+    residual row [1, N], added into in place; returns (its sums of squares, one per program, float32; the new row
+    times `next_norm` [1, N], None without one)."""
     N, K, group = sizes
     assert x.dtype == torch.bfloat16 and x.shape == (1, 2 * K if gated else K) and x.is_contiguous()
     x = x if x.data_ptr() % 8 == 0 else x.clone()  # read 8 bytes at a time (a row inside a wider buffer may not be)
-    assert not (gated and gate_out) and (N % 2 == 0 or not gate_out) and not (gate_out and rope is not None)
+    folds = int(gate_out) + int(rope is not None) + int(add_to is not None)
+    assert not (gated and gate_out) and (N % 2 == 0 or not gate_out) and folds <= 1
+    assert add_to is None or (add_to.shape == (1, N) and add_to.is_contiguous())
     bn, bk, warps, stages = config or pairs_config(N, K, group, minimum is not None, gated)
     assert bk % group == 0, (bk, group)
-    out = torch.empty(1, N // 2 if gate_out else N, dtype=x.dtype, device=x.device)
+    grid = triton.cdiv(N // 2 if gate_out else N, bn // 2 if gate_out else bn)
+    if add_to is not None:
+        out, sums_out = add_to, torch.empty(grid, dtype=torch.float32, device=x.device)
+    else:
+        out, sums_out = torch.empty(1, N // 2 if gate_out else N, dtype=x.dtype, device=x.device), scale
+    weighted = torch.empty_like(add_to) if add_to is not None and next_norm is not None else None
     words = w.view(torch.int32)
     r = rope_args(rope, N) if rope is not None else (scale,) * 5 + (0,)
     heads = (rope.num_heads, rope.num_kv_heads, rope.head_dim // 2) if rope is not None else (0, 0, 0)
-    _w4gemv_pairs_kernel[(triton.cdiv(out.shape[1], bn // 2 if gate_out else bn),)](
+    sums, eps = (norm.sumsq, norm.eps) if norm is not None else (scale, 0.0)
+    P = sums.numel() if norm is not None else 1
+    _w4gemv_pairs_kernel[(grid,)](
         x, x.view(torch.int64), words, scale, minimum if minimum is not None else scale,
         bias if bias is not None else scale, out, N, K, words.stride(0), scale.stride(0), NIBBLES, MAGIC,
-        BIAS, *r, ASYM=minimum is not None, HAS_BIAS=bias is not None,
+        BIAS, *r, sums, sums_out, P, eps, next_norm if weighted is not None else scale,
+        weighted if weighted is not None else scale, ASYM=minimum is not None, HAS_BIAS=bias is not None,
         GATED=gated, GATE_OUT=gate_out, GROUP=group, BLOCK_N=bn, BLOCK_K=bk, STAGES=stages,
         EVEN=K % bk == 0 and out.shape[1] % (bn // 2 if gate_out else bn) == 0, num_warps=warps, NH=heads[0],
-        NKV=heads[1], ROPE_HALF=heads[2], **launch_args(pdl))
-    return out
+        NKV=heads[1], ROPE_HALF=heads[2], NORM=norm is not None, ADD_TO=add_to is not None,
+        WEIGHTED=weighted is not None, P_BLOCK=triton.next_power_of_2(P), **launch_args(pdl))
+    return (sums_out, weighted) if add_to is not None else out

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmserve.model.launch import KernelLayer, silu_gate
+from llmserve.model.launch import KernelLayer, NormedRow, ResidualSum, silu_gate
 
 GROUP_SIZES = (32, 64, 128)
 INT4_MODES = ("int4_sym", "int4_asym")
@@ -148,6 +148,17 @@ class Int4Linear(KernelLayer):
     def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return dequantize_int4(self.weight, self.weight_scale, self.minimum, dtype)
 
+    def _normed_input(self, row: NormedRow) -> tuple[torch.Tensor, object | None]:
+        """(x, kernels.gemv.RowNorm) of a NormedRow: the weighted row the product before wrote, or, where that
+        product was not int4's, the norm computed here (no RowNorm)."""
+        from llmserve.kernels.gemv import RowNorm
+
+        if row.weighted is not None:
+            return row.weighted, RowNorm(row.weight, row.sumsq, row.eps)
+        from llmserve.kernels.fused import rmsnorm
+
+        return rmsnorm(row.x, row.weight, row.eps, pdl=self.launch.pdl), None
+
     @staticmethod
     def kernel():
         """The Triton matmul of this format (imported late: triton is there only where kernels run)."""
@@ -173,14 +184,27 @@ class Int4Linear(KernelLayer):
         """Whether qkv's product can do the rotary embedding and cache write (`rope`, a kernels.linear.RopeCache)."""
         return self._one_row_fold(rows, "ROPE_IN_GEMV")
 
-    def forward(self, x: torch.Tensor, gated: bool = False, gate_out: bool = False, rope: object | None = None
-                ) -> torch.Tensor:
-        if self.launch.kernels and (gate_out or rope is not None) and x.shape[0] == 1 and self.folds_one_row:
+    def folds_norm_at(self, rows: int) -> bool:
+        """Whether a step of `rows` rows can take a `NormedRow` and add into the residual (`add_to`, given the next
+        norm's weight as `next_norm`)."""
+        return self._one_row_fold(rows, "FOLD_NORM")
+
+    def forward(self, x: torch.Tensor | NormedRow, gated: bool = False, gate_out: bool = False,
+                rope: object | None = None, add_to: torch.Tensor | None = None,
+                next_norm: torch.Tensor | None = None) -> torch.Tensor | ResidualSum:
+        """add_to: the residual row to add the output into (returns a ResidualSum), next_norm: the weight of the
+        RMSNorm after it, for the product reading that norm (a NormedRow) to scale its outputs only."""
+        norm = None
+        if isinstance(x, NormedRow):
+            x, norm = self._normed_input(x)
+        folds = gate_out or rope is not None or norm is not None or add_to is not None
+        if self.launch.kernels and folds and x.shape[0] == 1 and self.folds_one_row:
             from llmserve.kernels.int4 import w4gemv
 
-            return w4gemv(x, self.weight, self.weight_scale, self.minimum, self.bias, gate_out=gate_out, rope=rope,
-                          pdl=self.launch.pdl)
-        assert rope is None, "the rotary embedding folds into the one-row GEMV only (ropes_at)"
+            out = w4gemv(x, self.weight, self.weight_scale, self.minimum, self.bias, gated, gate_out=gate_out,
+                         rope=rope, norm=norm, add_to=add_to, next_norm=next_norm, pdl=self.launch.pdl)
+            return ResidualSum(add_to, *out) if add_to is not None else out
+        assert rope is None and add_to is None, "the rotary embedding and the residual add fold into the one-row GEMV"
         if self.launch.kernels:
             y = self.kernel()(x, self.weight, self.weight_scale, self.minimum, self.bias, gated=gated,
                               pdl=self.launch.pdl)

@@ -42,3 +42,31 @@ def silu_gate(x: torch.Tensor) -> torch.Tensor:
     epilogues), rounded as the eager ops round it."""
     gate, up = x.chunk(2, dim=-1)
     return F.silu(gate) * up
+
+
+@dataclass(frozen=True)
+class ResidualSum:
+    """A one-row linear's output added into the residual stream by its own epilogue (`add_to`): the stream's new
+    row, and the sums of its squares (one per program) from which the next RMSNorm's one-row linear folds it.
+    weighted: the new row times that norm's weight, where the linear was given it (`next_norm`: int4's)."""
+
+    residual: torch.Tensor  # [1, hidden], updated in place
+    sumsq: torch.Tensor  # float32 [programs]
+    weighted: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class NormedRow:
+    """rmsnorm(x) with weight and eps, left for the one-row linear that reads it to fold into its product: the
+    8-bit GEMV multiplies x by the weight in its loop, int4's reads `weighted` (x times the weight, rounded,
+    written by the product before) and only scales its outputs."""
+
+    x: torch.Tensor  # [1, hidden]
+    weight: torch.Tensor
+    sumsq: torch.Tensor
+    eps: float
+    weighted: torch.Tensor | None = None
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.x.shape

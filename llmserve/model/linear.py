@@ -37,7 +37,14 @@ from torch import nn
 
 from llmserve.model.int4 import INT4_MODES, Int4AsymLinear, Int4Linear, Int4SymLinear
 from llmserve.model.int8_group import INT8_GROUP_MODES, Int8GroupAsymLinear, Int8GroupSymLinear
-from llmserve.model.launch import KernelLayer, Launch, share_launch, silu_gate  # noqa: F401 - Launch, share_launch: re-exported
+from llmserve.model.launch import (  # noqa: F401 - Launch, share_launch: re-exported
+    KernelLayer,
+    Launch,
+    NormedRow,
+    ResidualSum,
+    share_launch,
+    silu_gate,
+)
 
 # The kernel modules import triton, which CPU wheels of torch lack: they are imported where the fast path runs.
 
@@ -46,29 +53,6 @@ FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
-
-
-@dataclass(frozen=True)
-class ResidualSum:
-    """A one-row linear's output added into the residual stream by its own epilogue (`add_to`): the stream's new
-    row, and the sums of its squares (one per program) from which the next RMSNorm's one-row linear folds it."""
-
-    residual: torch.Tensor  # [1, hidden], updated in place
-    sumsq: torch.Tensor  # float32 [programs]
-
-
-@dataclass(frozen=True)
-class NormedRow:
-    """rmsnorm(x) with weight and eps, left for the one-row linear that reads it to fold into its product."""
-
-    x: torch.Tensor  # [1, hidden]
-    weight: torch.Tensor
-    sumsq: torch.Tensor
-    eps: float
-
-    @property
-    def shape(self) -> torch.Size:
-        return self.x.shape
 
 
 def _one_row_gemv(layer: KernelLayer, rows: int, switch: str) -> bool:

@@ -71,7 +71,7 @@ class RMSNorm(KernelLayer):
         if isinstance(x, qlinear.ResidualSum):
             h = x.residual
             if _folds(consumer, h.shape[0]):
-                return qlinear.NormedRow(h, self.weight, x.sumsq, self.eps), h
+                return qlinear.NormedRow(h, self.weight, x.sumsq, self.eps, x.weighted), h
             return self.forward(h, None, consumer)
         if self.launch.kernels:
             from llmserve.kernels import fused
@@ -89,9 +89,18 @@ class RMSNorm(KernelLayer):
 
 def _folds(linear: nn.Module | None, rows: int) -> bool:
     """Whether `linear` can fold the RMSNorm before it and the residual add after it into its one-row kernel
-    (llmserve/kernels/gemv.py; not an int4 linear, nor a row-parallel one whose sum comes after its all-reduce)."""
+    (llmserve/kernels/gemv.py, int4_pairs.py; not a row-parallel one, whose sum comes after its all-reduce)."""
     fold = getattr(linear, "folds_norm_at", None)
     return fold is not None and fold(rows)
+
+
+def _adds(linear: nn.Module, rows: int, residual: torch.Tensor, norm: RMSNorm | None) -> dict:
+    """The keywords with which `linear` adds its output into the residual (`add_to`) where it folds (`_folds`),
+    with the weight of the RMSNorm after it for an int4 one (`next_norm`: it writes the row times it)."""
+    if norm is None or not _folds(linear, rows):
+        return {}
+    int4 = isinstance(linear, qlinear.Int4Linear)
+    return {"add_to": residual, "next_norm": norm.weight} if int4 else {"add_to": residual}
 
 
 @dataclass
@@ -114,8 +123,8 @@ class Attention(KernelLayer):
         self.scale = self.hd ** -0.5
 
     def forward(self, x: torch.Tensor | qlinear.NormedRow, rope: Rope, kv_cache: torch.Tensor, meta: AttentionMetadata,
-                add_to: torch.Tensor | None = None) -> torch.Tensor | qlinear.ResidualSum:
-        """add_to: the residual row, for o_proj to add its output into (`_folds`)."""
+                adds: dict | None = None) -> torch.Tensor | qlinear.ResidualSum:
+        """adds: o_proj's keywords to add its output into the residual row (`_adds`)."""
         T = x.shape[0]
         if self.launch.kernels:
             layer_cache = kv_cache[self.layer]
@@ -124,7 +133,7 @@ class Attention(KernelLayer):
             h = qkv.view(T, self.nh + 2 * self.nkv, self.hd)
             out = attention.paged_attention_cached(h[:, :self.nh], layer_cache, meta, self.scale, h[:, self.nh:])
             out = out.view(T, self.nh * self.hd)
-            return self.o_proj(out) if add_to is None else self.o_proj(out, add_to=add_to)
+            return self.o_proj(out, **(adds or {}))
         qkv = self.qkv_proj(x)
         q, k, v = qkv.split([self.nh * self.hd, self.nkv * self.hd, self.nkv * self.hd], dim=-1)
         q = apply_rope(q.view(T, self.nh, self.hd), rope.cos, rope.sin)
@@ -158,10 +167,11 @@ class MLP(nn.Module):
         self.gate_up_proj = Linear(args.hidden_size, 2 * args.intermediate_size, bias=False)
         self.down_proj = Linear(args.intermediate_size, args.hidden_size, bias=False)
 
-    def forward(self, x: torch.Tensor | qlinear.NormedRow, add_to: torch.Tensor | None = None
+    def forward(self, x: torch.Tensor | qlinear.NormedRow, adds: dict | None = None
                 ) -> torch.Tensor | qlinear.ResidualSum:
+        """adds: down_proj's keywords to add its output into the residual row (`_adds`)."""
         gate_up = self.gate_up_proj
-        kw = {} if add_to is None else {"add_to": add_to}
+        kw = adds or {}
         if getattr(gate_up, "gate_out_at", None) and gate_up.gate_out_at(x.shape[0]):
             return self.down_proj(gate_up(x, gate_out=True), **kw)
         return self.down_proj(gate_up(x), gated=True, **kw)
@@ -175,17 +185,17 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
 
-    def forward(self, x, residual, rope, kv_cache, meta, fold_out: bool = False):
+    def forward(self, x, residual, rope, kv_cache, meta, fold_out: RMSNorm | None = None):
         """The residual stream travels beside the hidden state so each add fuses into the next norm; at one row
-        into the linear before the norm instead, and the norm into the linear after it (`_folds`). fold_out:
-        down_proj's too (not the last layer's: the final norm and a pipeline stage's output take tensors)."""
+        into the linear before the norm instead, and the norm into the linear after it (`_folds`). fold_out: the
+        next layer's input norm, for down_proj to fold into too (None for the last layer: the final norm and a
+        pipeline stage's output take tensors)."""
         h, residual = self.input_layernorm(x, residual, self.self_attn.qkv_proj)
         rows = residual.shape[0]
-        o_adds = residual if _folds(self.self_attn.o_proj, rows) else None
-        h = self.self_attn(h, rope, kv_cache, meta, o_adds)
+        h = self.self_attn(h, rope, kv_cache, meta, _adds(self.self_attn.o_proj, rows, residual,
+                                                          self.post_attention_layernorm))
         h, residual = self.post_attention_layernorm(h, residual, self.mlp.gate_up_proj)
-        down_adds = residual if fold_out and _folds(self.mlp.down_proj, rows) else None
-        return self.mlp(h, down_adds), residual
+        return self.mlp(h, _adds(self.mlp.down_proj, rows, residual, fold_out)), residual
 
 
 class LlamaModel(KernelLayer):
@@ -238,7 +248,8 @@ class LlamaModel(KernelLayer):
             rope.cos, rope.sin = self.rope_cos[positions], self.rope_sin[positions]
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            x, residual = layer(x, residual, rope, kv_cache, meta, fold_out=i < last)
+            x, residual = layer(x, residual, rope, kv_cache, meta,
+                                fold_out=self.layers[i + 1].input_layernorm if i < last else None)
         return x, residual
 
     def logits(self, x: torch.Tensor, residual: torch.Tensor, rows: torch.Tensor | None = None,
