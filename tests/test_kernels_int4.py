@@ -65,9 +65,13 @@ def test_int4_split_k_sums_the_partials(split):
 
 
 @pytest.mark.parametrize("group,symmetric", [(32, False), (128, True)])
-@pytest.mark.parametrize("M", [1, 3])
-def test_int4_kernels_small_case(group, symmetric, M):
-    """A small shape everywhere the kernels run (GPU, or the CPU interpreter where triton is installed)."""
+@pytest.mark.parametrize("M,scale_after", [(1, True), (3, True), (3, False)])
+def test_int4_kernels_small_case(group, symmetric, M, scale_after, monkeypatch):
+    """A small shape everywhere the kernels run (GPU, or the CPU interpreter where triton is installed); the
+    tensor-core kernel scaling each group's sums (`int4.MM_SCALE_AFTER`) or each weight."""
+    from llmserve.kernels import int4
+
+    monkeypatch.setattr(int4, "MM_SCALE_AFTER", scale_after)
     _int4_check(M, 40, 3 * 128, group, symmetric, gated=M == 1)
 
 

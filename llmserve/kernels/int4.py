@@ -11,9 +11,10 @@ offsets (+ 0 and + g/2), so nothing is interleaved in registers.
   x_lo + q_hi * x_hi) (sym: q - 8; asym adds m * (x_lo + x_hi)), codes to float by a bit trick (no I2F);
   `gated=True` computes the MLP's silu(gate) * up while loading x, as the 16/8-bit GEMV does.
   From K > 8,192 inputs (down_proj) the word-reading GEMV of llmserve/kernels/int4_words.py runs instead.
-- `w4mm` (M > 1): tensor cores, a K tile one group at a time: the group's low and high halves are dequantized to
-  the activation dtype (the value the torch twin rounds to) and multiplied as `W_half [BN, g/2] @ x_half^T [g/2,
-  BM]`, W the wide operand (BM >= 16); every load is a 2D tile of contiguous columns.
+- `w4mm` (M > 1): tensor cores, a K tile one group at a time: the group's low and high halves' codes (q - 8, or q:
+  exact in 16 bits) are multiplied as `Q_half [BN, g/2] @ x_half^T [g/2, BM]`, W the wide operand (BM >= 16), and
+  the group's sums scaled (asym: plus m times the group's x sums); `MM_SCALE_AFTER` off: each weight dequantized
+  to the activation dtype first (the value the torch twin rounds to). Every load is a 2D tile of contiguous columns.
   The gate is applied first by llmserve.kernels.fused.silu_mul (as linear.wmm does by default).
 - From DEQUANT_ROWS rows (prompt steps, decode steps of many streams): W dequantized to the activation dtype by
   `_w4dequant_kernel`, bit for bit the torch twin's weight, then cuBLAS (as vLLM's AWQ path does from 256 tokens):
@@ -92,7 +93,8 @@ def _w4gemv_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, K, stride_wn, 
 @triton.jit
 def _w4mm_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, M, N, K, K_SPLIT, stride_xm, stride_wn, stride_sn,
                  stride_om, ASYM: tl.constexpr, HAS_BIAS: tl.constexpr, GROUP: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
+                 SCALE_AFTER: tl.constexpr = False):
     """A K tile one group at a time (a static loop), so every load is a 2D tile of contiguous columns: the
     compiler then loads x as vectors the software pipeliner copies ahead (offsets reshaped from a [groups, half]
     grid hide that contiguity: one synchronous 2-byte load per element)."""
@@ -119,17 +121,25 @@ def _w4mm_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, M, N, K, K_SPLIT, s
             p = tl.load(w_ptr + rows_w + (kg // 2 + i)[None, :], mask=w_mask[:, None], other=0).to(tl.int32)
             s = tl.load(s_ptr + rows_s + kg // GROUP, mask=w_mask, other=0.0).to(tl.float32)[:, None]
             q_lo, q_hi = _codes(p, ASYM)
-            w_lo = s * q_lo  # s * (q - 8), or s * q + m: the twin's float32 values, rounded to x's dtype below
-            w_hi = s * q_hi
-            if ASYM:
-                m = tl.load(m_ptr + rows_s + kg // GROUP, mask=w_mask, other=0.0).to(tl.float32)[:, None]
-                w_lo += m
-                w_hi += m
             x_mask = m_mask[:, None] & inside
             x_lo = tl.load(x_ptr + rows_x + (kg + i)[None, :], mask=x_mask, other=0.0)
             x_hi = tl.load(x_ptr + rows_x + (kg + HALF + i)[None, :], mask=x_mask, other=0.0)
-            acc = tl.dot(w_lo.to(x_lo.dtype), tl.trans(x_lo), acc)
-            acc = tl.dot(w_hi.to(x_hi.dtype), tl.trans(x_hi), acc)
+            if SCALE_AFTER:
+                part = tl.dot(q_lo.to(x_lo.dtype), tl.trans(x_lo))
+                part = tl.dot(q_hi.to(x_hi.dtype), tl.trans(x_hi), part)
+                acc += s * part
+                if ASYM:
+                    m = tl.load(m_ptr + rows_s + kg // GROUP, mask=w_mask, other=0.0).to(tl.float32)[:, None]
+                    acc += m * tl.sum(x_lo.to(tl.float32) + x_hi.to(tl.float32), axis=1)[None, :]
+            else:
+                w_lo = s * q_lo  # s * (q - 8), or s * q + m: the twin's float32 values, rounded to x's dtype below
+                w_hi = s * q_hi
+                if ASYM:
+                    m = tl.load(m_ptr + rows_s + kg // GROUP, mask=w_mask, other=0.0).to(tl.float32)[:, None]
+                    w_lo += m
+                    w_hi += m
+                acc = tl.dot(w_lo.to(x_lo.dtype), tl.trans(x_lo), acc)
+                acc = tl.dot(w_hi.to(x_hi.dtype), tl.trans(x_hi), acc)
     store_tile(acc, b_ptr, out_ptr, offs_m, offs_n, m_mask, n_mask, M, stride_om, pid_k, HAS_BIAS)
 
 
@@ -265,6 +275,11 @@ def mm_config(M: int, N: int, K: int, group: int) -> tuple[int, int, int, int, i
     return bm, bn, bk, warps, stages, split
 
 
+# The tensor-core kernel multiplies a group's codes (exact in 16 bits) with x and scales the group's sums, rather than
+# dequantizing each weight first: one FMA a group and output rather than a multiply a weight (SASS loop at 8 rows of
+# gate_up 457 -> 404 instructions); more exact than the twin (whose weights round to 16 bits), so within its tolerance
+MM_SCALE_AFTER = True
+
 # Rows from which a matmul dequantizes W and calls cuBLAS (`dequant_linear`): where the two paths' times cross
 # over all linears of Llama-3.1-8B on the H200 (kernel_check int4_paths; docs/performance.md).
 DEQUANT_ROWS = 192
@@ -280,7 +295,7 @@ def w4mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.T
         return w4gemv(x, w, scale, minimum, bias, gated, pdl=pdl)
     if config is None and x.shape[0] >= DEQUANT_ROWS:
         return w4mm_dequant(x, w, scale, minimum, bias, gated, pdl)
-    return launch_mm(_w4mm_kernel, x, w, scale, minimum, bias, gated, config, pdl, sizes)
+    return launch_mm(_w4mm_kernel, x, w, scale, minimum, bias, gated, config, pdl, sizes, SCALE_AFTER=MM_SCALE_AFTER)
 
 
 def w4mm_dequant(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None = None,
@@ -345,8 +360,8 @@ def dequant_linear(kernel, x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor
 
 def launch_mm(kernel, x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None,
               bias: torch.Tensor | None, gated: bool, config: tuple[int, int, int, int, int, int] | None, pdl: bool,
-              sizes: tuple[int, int, int]) -> torch.Tensor:
-    """(M, N, split-K) programs; `kernel` takes _w4mm_kernel's arguments (as the 8-bit groups' does)."""
+              sizes: tuple[int, int, int], **consts) -> torch.Tensor:
+    """(M, N, split-K) programs; `kernel` takes _w4mm_kernel's arguments (as the 8-bit groups' does), and `consts`."""
     M = x.shape[0]
     N, K, group = sizes
     x = gate_applied(x, K, gated, pdl)
@@ -363,5 +378,5 @@ def launch_mm(kernel, x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, min
         x, w, scale, minimum if minimum is not None else scale, bias if bias is not None else scale, out,
         M, N, K, k_split, x.stride(0), w.stride(0), scale.stride(0), out.stride(1), ASYM=minimum is not None,
         HAS_BIAS=bias is not None, GROUP=group, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
-        num_stages=stages, **launch_args(pdl))
+        num_stages=stages, **consts, **launch_args(pdl))
     return out[0] if split == 1 else out.sum(0).to(x.dtype)

@@ -1,7 +1,8 @@
 #!/bin/bash
 # Session 32 (~7 min; carry .carry/tokenizer; `bash bench/results/2026-12-05-next-calls/tree.sh _b 2ccbedb` first, `rm
 # -rf _b` after): the RMSNorms folded into the paired int4 GEMVs at one row (int4.FOLD_NORM), landed after call B:
-# its GPU tests, then the engine at one stream here and in _b/ (2ccbedb, every norm launched), alternating.
+# its GPU tests, then the engine at one stream here and in _b/ (2ccbedb, every norm launched), alternating; between
+# them `kernel_check --sections int4` in both trees (the tensor-core kernel's group sums scaled, int4.MM_SCALE_AFTER).
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 mkdir -p $OUT/r
 save() { (cd $OUT && tar czf r.tgz r); }
@@ -11,5 +12,7 @@ PYTHONPATH=$PWD timeout 240 python3 -m pytest -q -rf tests/test_kernels_int4.py 
 save
 B="--shape llama3.1-8b --plan int4 --phases floor,engine_int4 --concurrency 1 --phase-timeout 100"
 e() { (cd $1 && PYTHONPATH=$PWD timeout 110 python3 -m bench.run $B --out $OUT/r/e-$2 > $OUT/r/e-$2.log 2>&1); save; }
-e . new1; e _b base1; e _b base2; e . new2
+kc() { (cd $1 && PYTHONPATH=$PWD timeout 60 python3 -m bench.kernel_check --sections int4 --out $OUT/r/kc-$2 \
+  > $OUT/r/kc-$2.log 2>&1); save; }
+e . new1; e _b base1; kc . new1; kc _b base1; kc _b base2; kc . new2; e _b base2; e . new2
 rm -rf $OUT/r
