@@ -31,6 +31,7 @@ import triton
 import triton.language as tl
 
 from llmserve.kernels import launch_args
+from llmserve.kernels.after_gemv import finished, gate_applied, normed
 from llmserve.kernels.gemv import RopeCache, RowNorm
 from llmserve.kernels.group_tiles import load_x, store_rows, store_tile
 from llmserve.kernels.int4_pairs import pairs_ok, w4gemv_pairs
@@ -59,6 +60,19 @@ def _codes(p, ASYM: tl.constexpr):
         return lo - 8388608.0, hi - 8388608.0
     else:
         return lo - 8388616.0, hi - 8388616.0
+
+
+@triton.jit
+def _magic_codes(p, dtype: tl.constexpr, ASYM: tl.constexpr):
+    """The low and high nibbles of int32 bytes `p` as 16-bit floats offset + code by integer ops alone (a code ORed
+    into the mantissa of 128 in bf16, 1024 in fp16, whose last bit is worth 1), and what takes the codes back to q - 8
+    (sym) or q: offset + 8, or offset, times the sum of x."""
+    p16 = p.to(tl.int16)
+    magic: tl.constexpr = 0x4300 if dtype == tl.bfloat16 else 0x6400
+    base: tl.constexpr = 128.0 if dtype == tl.bfloat16 else 1024.0
+    lo = ((p16 & 15) | magic).to(dtype, bitcast=True)
+    hi = ((p16 >> 4) | magic).to(dtype, bitcast=True)
+    return lo, hi, base if ASYM else base + 8.0
 
 
 @triton.jit
@@ -94,7 +108,7 @@ def _w4gemv_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, K, stride_wn, 
 def _w4mm_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, M, N, K, K_SPLIT, stride_xm, stride_wn, stride_sn,
                  stride_om, ASYM: tl.constexpr, HAS_BIAS: tl.constexpr, GROUP: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
-                 SCALE_AFTER: tl.constexpr = False):
+                 SCALE_AFTER: tl.constexpr = False, MAGIC_ROWS: tl.constexpr = 0):
     """A K tile one group at a time (a static loop), so every load is a 2D tile of contiguous columns: the
     compiler then loads x as vectors the software pipeliner copies ahead (offsets reshaped from a [groups, half]
     grid hide that contiguity: one synchronous 2-byte load per element)."""
@@ -124,7 +138,15 @@ def _w4mm_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, M, N, K, K_SPLIT, s
             x_mask = m_mask[:, None] & inside
             x_lo = tl.load(x_ptr + rows_x + (kg + i)[None, :], mask=x_mask, other=0.0)
             x_hi = tl.load(x_ptr + rows_x + (kg + HALF + i)[None, :], mask=x_mask, other=0.0)
-            if SCALE_AFTER:
+            if SCALE_AFTER and BLOCK_M <= MAGIC_ROWS:
+                c_lo, c_hi, offset = _magic_codes(p, x_lo.dtype, ASYM)
+                part = tl.dot(c_lo, tl.trans(x_lo))
+                part = tl.dot(c_hi, tl.trans(x_hi), part)
+                xs = tl.sum(x_lo.to(tl.float32) + x_hi.to(tl.float32), axis=1)[None, :]
+                acc += s * (part - offset * xs)
+                if ASYM:
+                    acc += tl.load(m_ptr + rows_s + kg // GROUP, mask=w_mask, other=0.0).to(tl.float32)[:, None] * xs
+            elif SCALE_AFTER:
                 part = tl.dot(q_lo.to(x_lo.dtype), tl.trans(x_lo))
                 part = tl.dot(q_hi.to(x_hi.dtype), tl.trans(x_hi), part)
                 acc += s * part
@@ -221,14 +243,9 @@ def w4gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch
     if pairs or (pairs is None and PAIRS_GEMV and pairs_ok(x)):
         return w4gemv_pairs(x, w, scale, minimum, bias, gated, config, pdl and PAIRS_PDL, sizes, gate_out, rope,
                             norm, add_to, next_norm)
-    if norm is not None or add_to is not None:
-        y = normed(w4gemv(x, w, scale, minimum, None, gated, config, pdl, words, pairs=False), bias, norm, sizes[1])
-        if add_to is not None:
-            return residual_added(y, add_to, next_norm)
-        return gate_applied(y, sizes[0] // 2, True, pdl) if gate_out else rope_applied(y, rope, pdl) if rope else y
-    if gate_out or rope is not None:
-        y = w4gemv(x, w, scale, minimum, bias, gated, config, pdl, words, pairs=False)
-        return gate_applied(y, sizes[0] // 2, True, pdl) if gate_out else rope_applied(y, rope, pdl)
+    if gate_out or rope is not None or norm is not None or add_to is not None:
+        y = w4gemv(x, w, scale, minimum, None if norm else bias, gated, config, pdl, words, pairs=False)
+        return finished(normed(y, bias, norm, sizes[1]) if norm else y, gate_out, rope, add_to, next_norm, pdl)
     if words or (words is None and config is None and sizes[1] > 8192):
         return w4gemv_words(x, w, scale, minimum, bias, gated, config, pdl, sizes)
     return launch_gemv(_w4gemv_kernel, x, w, scale, minimum, bias, gated, config, pdl, sizes)
@@ -279,6 +296,9 @@ def mm_config(M: int, N: int, K: int, group: int) -> tuple[int, int, int, int, i
 # dequantizing each weight first: one FMA a group and output rather than a multiply a weight (SASS loop at 8 rows of
 # gate_up 457 -> 404 instructions); more exact than the twin (whose weights round to 16 bits), so within its tolerance
 MM_SCALE_AFTER = True
+# Up to this many rows a program (BLOCK_M) the codes come as offset + code by integer ops alone and the offset comes
+# back out through the group's x sums (SASS loop at 8 rows 404 -> 324; at 64 rows the x sums cost more: 463 -> 571)
+MM_MAGIC_ROWS = 16
 
 # Rows from which a matmul dequantizes W and calls cuBLAS (`dequant_linear`): where the two paths' times cross
 # over all linears of Llama-3.1-8B on the H200 (kernel_check int4_paths; docs/performance.md).
@@ -295,53 +315,14 @@ def w4mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.T
         return w4gemv(x, w, scale, minimum, bias, gated, pdl=pdl)
     if config is None and x.shape[0] >= DEQUANT_ROWS:
         return w4mm_dequant(x, w, scale, minimum, bias, gated, pdl)
-    return launch_mm(_w4mm_kernel, x, w, scale, minimum, bias, gated, config, pdl, sizes, SCALE_AFTER=MM_SCALE_AFTER)
+    return launch_mm(_w4mm_kernel, x, w, scale, minimum, bias, gated, config, pdl, sizes, SCALE_AFTER=MM_SCALE_AFTER,
+                     MAGIC_ROWS=MM_MAGIC_ROWS)
 
 
 def w4mm_dequant(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None = None,
                  bias: torch.Tensor | None = None, gated: bool = False, pdl: bool = False) -> torch.Tensor:
     """w4mm's path from DEQUANT_ROWS rows, whatever M: W dequantized whole, then cuBLAS."""
     return dequant_linear(_w4dequant_kernel, x, w, scale, minimum, bias, gated, pdl, check_codes(w, scale, minimum))
-
-
-def rope_applied(qkv: torch.Tensor, rope: RopeCache, pdl: bool) -> torch.Tensor:
-    """qkv [1, N] with q and k rotated in place and k, v written to the cache: rope_and_cache over the token's own
-    cos and sin rows (position 0 of a one-row table)."""
-    from llmserve.kernels.fused import rope_and_cache
-
-    pos = torch.zeros(1, dtype=torch.long, device=qkv.device)
-    rope_and_cache(qkv, pos, rope.cos, rope.sin, rope.slot_mapping, rope.kv_cache, rope.num_heads, rope.num_kv_heads,
-                   rope.head_dim, pdl=pdl, k_in_place=True)
-    return qkv
-
-
-def normed(y: torch.Tensor, bias: torch.Tensor | None, norm: RowNorm | None, K: int) -> torch.Tensor:
-    """A product of the norm-weighted row (no bias) as the paired GEMV's epilogue finishes it: times 1 / rms,
-    plus the bias."""
-    out = y.float()
-    if norm is not None:
-        out = out * torch.rsqrt(norm.sumsq.sum() / K + norm.eps)
-    return (out if bias is None else out + bias.float()).to(y.dtype)
-
-
-def residual_added(y: torch.Tensor, residual: torch.Tensor, next_norm: torch.Tensor | None
-                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """residual += y in place (rounded as the RMSNorm kernel's add); (its sum of squares [1], the new row times
-    `next_norm`), as the paired GEMV's `add_to` returns them."""
-    residual.copy_((y.float() + residual.float()).to(residual.dtype))
-    h = residual.float()
-    weighted = None if next_norm is None else (h * next_norm.float()).to(residual.dtype)
-    return (h * h).sum().reshape(1), weighted
-
-
-def gate_applied(x: torch.Tensor, K: int, gated: bool, pdl: bool) -> torch.Tensor:
-    """x [M, K], or the MLP's [M, 2K] gate and up as silu(gate) * up by the fused kernel (the matmuls' input)."""
-    assert x.shape[1] == (2 * K if gated else K), (x.shape, K, gated)
-    if not gated:
-        return x
-    from llmserve.kernels.fused import silu_mul
-
-    return silu_mul(x, pdl=pdl)
 
 
 def dequant_linear(kernel, x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None,
