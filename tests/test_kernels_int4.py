@@ -65,13 +65,15 @@ def test_int4_split_k_sums_the_partials(split):
 
 
 @pytest.mark.parametrize("group,symmetric", [(32, False), (128, True)])
-@pytest.mark.parametrize("M,scale_after", [(1, True), (3, True), (3, False)])
-def test_int4_kernels_small_case(group, symmetric, M, scale_after, monkeypatch):
+@pytest.mark.parametrize("M,codes", [(1, "magic"), (3, "magic"), (3, "scaled"), (3, "dequantized")])
+def test_int4_kernels_small_case(group, symmetric, M, codes, monkeypatch):
     """A small shape everywhere the kernels run (GPU, or the CPU interpreter where triton is installed); the
-    tensor-core kernel scaling each group's sums (`int4.MM_SCALE_AFTER`) or each weight."""
+    tensor-core kernel's three ways with the codes: offset + code by integer ops (`int4.MM_MAGIC_ROWS`), codes as
+    floats and each group's sums scaled (`MM_SCALE_ROWS`), each weight dequantized."""
     from llmserve.kernels import int4
 
-    monkeypatch.setattr(int4, "MM_SCALE_AFTER", scale_after)
+    monkeypatch.setattr(int4, "MM_MAGIC_ROWS", 16 if codes == "magic" else 0)
+    monkeypatch.setattr(int4, "MM_SCALE_ROWS", 0 if codes == "dequantized" else 64)
     _int4_check(M, 40, 3 * 128, group, symmetric, gated=M == 1)
 
 

@@ -13,7 +13,7 @@ offsets (+ 0 and + g/2), so nothing is interleaved in registers.
   From K > 8,192 inputs (down_proj) the word-reading GEMV of llmserve/kernels/int4_words.py runs instead.
 - `w4mm` (M > 1): tensor cores, a K tile one group at a time: the group's low and high halves' codes (q - 8, or q:
   exact in 16 bits) are multiplied as `Q_half [BN, g/2] @ x_half^T [g/2, BM]`, W the wide operand (BM >= 16), and
-  the group's sums scaled (asym: plus m times the group's x sums); `MM_SCALE_AFTER` off: each weight dequantized
+  the group's sums scaled (asym: plus m times the group's x sums); above `MM_SCALE_ROWS`: each weight dequantized
   to the activation dtype first (the value the torch twin rounds to). Every load is a 2D tile of contiguous columns.
   The gate is applied first by llmserve.kernels.fused.silu_mul (as linear.wmm does by default).
 - From DEQUANT_ROWS rows (prompt steps, decode steps of many streams): W dequantized to the activation dtype by
@@ -108,7 +108,7 @@ def _w4gemv_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, K, stride_wn, 
 def _w4mm_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, M, N, K, K_SPLIT, stride_xm, stride_wn, stride_sn,
                  stride_om, ASYM: tl.constexpr, HAS_BIAS: tl.constexpr, GROUP: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
-                 SCALE_AFTER: tl.constexpr = False, MAGIC_ROWS: tl.constexpr = 0):
+                 SCALE_ROWS: tl.constexpr = 0, MAGIC_ROWS: tl.constexpr = 0):
     """A K tile one group at a time (a static loop), so every load is a 2D tile of contiguous columns: the
     compiler then loads x as vectors the software pipeliner copies ahead (offsets reshaped from a [groups, half]
     grid hide that contiguity: one synchronous 2-byte load per element)."""
@@ -138,7 +138,7 @@ def _w4mm_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, M, N, K, K_SPLIT, s
             x_mask = m_mask[:, None] & inside
             x_lo = tl.load(x_ptr + rows_x + (kg + i)[None, :], mask=x_mask, other=0.0)
             x_hi = tl.load(x_ptr + rows_x + (kg + HALF + i)[None, :], mask=x_mask, other=0.0)
-            if SCALE_AFTER and BLOCK_M <= MAGIC_ROWS:
+            if BLOCK_M <= MAGIC_ROWS:
                 c_lo, c_hi, offset = _magic_codes(p, x_lo.dtype, ASYM)
                 part = tl.dot(c_lo, tl.trans(x_lo))
                 part = tl.dot(c_hi, tl.trans(x_hi), part)
@@ -146,7 +146,7 @@ def _w4mm_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, M, N, K, K_SPLIT, s
                 acc += s * (part - offset * xs)
                 if ASYM:
                     acc += tl.load(m_ptr + rows_s + kg // GROUP, mask=w_mask, other=0.0).to(tl.float32)[:, None] * xs
-            elif SCALE_AFTER:
+            elif BLOCK_M <= SCALE_ROWS:
                 part = tl.dot(q_lo.to(x_lo.dtype), tl.trans(x_lo))
                 part = tl.dot(q_hi.to(x_hi.dtype), tl.trans(x_hi), part)
                 acc += s * part
@@ -292,10 +292,11 @@ def mm_config(M: int, N: int, K: int, group: int) -> tuple[int, int, int, int, i
     return bm, bn, bk, warps, stages, split
 
 
-# The tensor-core kernel multiplies a group's codes (exact in 16 bits) with x and scales the group's sums, rather than
-# dequantizing each weight first: one FMA a group and output rather than a multiply a weight (SASS loop at 8 rows of
-# gate_up 457 -> 404 instructions); more exact than the twin (whose weights round to 16 bits), so within its tolerance
-MM_SCALE_AFTER = True
+# Up to this many rows a program (BLOCK_M) the tensor-core kernel multiplies a group's codes (exact in 16 bits) with x
+# and scales the group's sums rather than dequantizing each weight first: one FMA a group and output rather than a
+# multiply a weight (SASS loop at 8 rows of gate_up 457 -> 404 instructions, at 64 488 -> 463; at 128 the same count and
+# 32 more registers); more exact than the twin (whose weights round to 16 bits), so within its tolerance
+MM_SCALE_ROWS = 64
 # Up to this many rows a program (BLOCK_M) the codes come as offset + code by integer ops alone and the offset comes
 # back out through the group's x sums (SASS loop at 8 rows 404 -> 324; at 64 rows the x sums cost more: 463 -> 571)
 MM_MAGIC_ROWS = 16
@@ -315,7 +316,7 @@ def w4mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.T
         return w4gemv(x, w, scale, minimum, bias, gated, pdl=pdl)
     if config is None and x.shape[0] >= DEQUANT_ROWS:
         return w4mm_dequant(x, w, scale, minimum, bias, gated, pdl)
-    return launch_mm(_w4mm_kernel, x, w, scale, minimum, bias, gated, config, pdl, sizes, SCALE_AFTER=MM_SCALE_AFTER,
+    return launch_mm(_w4mm_kernel, x, w, scale, minimum, bias, gated, config, pdl, sizes, SCALE_ROWS=MM_SCALE_ROWS,
                      MAGIC_ROWS=MM_MAGIC_ROWS)
 
 

@@ -1,9 +1,10 @@
 #!/bin/bash
-# Session 32 (~8 min; carry .carry/tokenizer; `bash bench/results/2026-12-05-next-calls/tree.sh _b 2ccbedb` and `tree.sh
-# _c 0dba527` first, `rm -rf _b _c` after): the RMSNorms folded into the paired int4
-# GEMVs at one row (int4.FOLD_NORM), landed after call B: its GPU tests, then the engine at one stream here and in _b/ (2ccbedb, every norm launched), alternating; between
-# them `kernel_check --sections int4` in the three trees: the tensor-core kernel as at 2ccbedb (_b), with the group
-# sums scaled (_c, int4.MM_SCALE_AFTER), and here with the codes made by integer ops up to 16 rows (MM_MAGIC_ROWS).
+# Session 32 (~8 min; carry .carry/tokenizer; `bash bench/results/2026-12-05-next-calls/tree.sh _b 2ccbedb` and
+# `tree.sh _c 0dba527` first, `rm -rf _b _c` after): the RMSNorms folded into the paired int4 GEMVs at one row
+# (int4.FOLD_NORM), landed after call B: its GPU tests, then the engine at one stream here and in _b/ (2ccbedb, every
+# norm launched), alternating; between them `kernel_check --sections int4` in the three trees: the tensor-core kernel
+# as at 2ccbedb (_b), with the group sums scaled (_c, int4.MM_SCALE_AFTER), and here with the codes made by integer
+# ops up to 16 rows (MM_MAGIC_ROWS); last the engine at 8 streams here and in _b/.
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 mkdir -p $OUT/r
 save() { (cd $OUT && tar czf r.tgz r); }
