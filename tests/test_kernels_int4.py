@@ -155,19 +155,6 @@ def test_int4_pair_gemv_matches_the_torch_twin(group, symmetric, gated, monkeypa
     assert torch.equal(again, out)
 
 
-@pytest.mark.parametrize("symmetric", [True, False])
-@pytest.mark.parametrize("with_bias", [True, False])
-def test_int4_many_rows_in_chunks_match_the_whole_weight(symmetric, with_bias):
-    """`chunk_bytes`: W dequantized a chunk of rows at a time into one buffer (16 rows here: two whole chunks and a
-    short one), each chunk's outputs by torch.mm, as the whole weight's F.linear within a rounding."""
-    from llmserve.kernels.int4 import w4mm_dequant
-
-    x, t, bias, ref = _int4_case(24, 40, 5 * 128, 64, symmetric, False)
-    args = (x, t["weight"], t["weight_scale"], t.get("weight_min"), bias if with_bias else None)
-    out = w4mm_dequant(*args, chunk_bytes=16 * 2 * 5 * 128)
-    assert out.shape == (24, 40) and out.is_contiguous() and rel(out, w4mm_dequant(*args)) < 1e-3
-
-
 @pytest.mark.parametrize("group", [32, 128])
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_int4_gate_out_is_silu_mul_of_the_gemv_bit_for_bit(group, symmetric):

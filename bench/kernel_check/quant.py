@@ -83,13 +83,11 @@ def _int4_path_calls(layers: list, M: int) -> dict[str, list]:
     from llmserve.kernels.int4 import mm_config, w4mm, w4mm_dequant
 
     xs = {(k, g): torch.randn(M, 2 * k if g else k, device="cuda", dtype=torch.bfloat16) for _, g, k in layers}
-    calls: dict[str, list] = {"tiles_ms": [], "dequant_cublas_ms": [], "chunks16_ms": [], "chunks32_ms": []}
+    calls: dict[str, list] = {"tiles_ms": [], "dequant_cublas_ms": []}
     for q, g, k in layers:
         n, t = q["weight"].shape[0], (xs[k, g], q["weight"], q["weight_scale"], q.get("weight_min"), None, g)
         calls["tiles_ms"].append(partial(w4mm, *t, config=mm_config(M, n, k, 128)))
         calls["dequant_cublas_ms"].append(partial(w4mm_dequant, *t))
-        for mb in (16, 32):  # W through an L2-sized buffer a chunk of rows at a time
-            calls[f"chunks{mb}_ms"].append(partial(w4mm_dequant, *t, chunk_bytes=mb << 20))
     return calls
 
 
@@ -112,8 +110,7 @@ def s_int4_paths(args):
             calls = _int4_path_calls(layers, M)
             r = res[f"{tag}/M{M}"] = {p: graph_time_ms(lambda fs=fs: [f() for f in fs]) for p, fs in calls.items()}
             args.report.say(f"int4 {tag} g128 M={M}: tensor-core kernel {r['tiles_ms']:.3f} ms, dequantize + cuBLAS "
-                            f"{r['dequant_cublas_ms']:.3f} ms (in 16 / 32 MB chunks {r['chunks16_ms']:.3f} / "
-                            f"{r['chunks32_ms']:.3f}) over all linears")
+                            f"{r['dequant_cublas_ms']:.3f} ms over all linears")
             print(args.report.summary[-1], flush=True)
         del layers
         torch.cuda.empty_cache()

@@ -321,44 +321,23 @@ def w4mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.T
 
 
 def w4mm_dequant(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None = None,
-                 bias: torch.Tensor | None = None, gated: bool = False, pdl: bool = False,
-                 chunk_bytes: int = 0) -> torch.Tensor:
-    """w4mm's path from DEQUANT_ROWS rows, whatever M: W dequantized whole (or in chunks), then cuBLAS."""
-    return dequant_linear(_w4dequant_kernel, x, w, scale, minimum, bias, gated, pdl, check_codes(w, scale, minimum),
-                          chunk_bytes)
+                 bias: torch.Tensor | None = None, gated: bool = False, pdl: bool = False) -> torch.Tensor:
+    """w4mm's path from DEQUANT_ROWS rows, whatever M: W dequantized whole, then cuBLAS."""
+    return dequant_linear(_w4dequant_kernel, x, w, scale, minimum, bias, gated, pdl, check_codes(w, scale, minimum))
 
 
 def dequant_linear(kernel, x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None,
-                   bias: torch.Tensor | None, gated: bool, pdl: bool, sizes: tuple[int, int, int],
-                   chunk_bytes: int = 0) -> torch.Tensor:
+                   bias: torch.Tensor | None, gated: bool, pdl: bool, sizes: tuple[int, int, int]) -> torch.Tensor:
     """Many rows: W in x's dtype made by `kernel` (_w4dequant_kernel's arguments; the 8-bit groups' too), which is
-    the torch twin's weight bit for bit, then F.linear: the twin's own computation. `chunk_bytes`: W's rows a
-    chunk of that many 16-bit bytes at a time through one buffer (which L2 may keep), out^T's rows by torch.mm."""
+    the torch twin's weight bit for bit, then F.linear: the twin's own computation."""
     N, K, group = sizes
     x = gate_applied(x, K, gated, pdl)
-    rows = max(16, chunk_bytes // (2 * K) // 16 * 16) if chunk_bytes else N
-    if rows >= N:
-        return torch.nn.functional.linear(x, _dequantized(kernel, w, scale, minimum, N, K, group, x.dtype), bias)
-    out_t = torch.empty(N, x.shape[0], dtype=x.dtype, device=x.device)
-    buf = torch.empty(rows, K, dtype=x.dtype, device=x.device)
-    for n0 in range(0, N, rows):
-        n = min(rows, N - n0)
-        part = _dequantized(kernel, w[n0:n0 + n], scale[n0:n0 + n], None if minimum is None else minimum[n0:n0 + n],
-                            n, K, group, x.dtype, buf[:n])
-        torch.mm(part, x.t(), out=out_t[n0:n0 + n])
-    out = out_t.t().contiguous()
-    return out.add_(bias) if bias is not None else out
-
-
-def _dequantized(kernel, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None, N: int, K: int,
-                 group: int, dtype: torch.dtype, out: torch.Tensor | None = None) -> torch.Tensor:
-    """W [N, K] in `dtype` (into `out` if given) by `kernel`."""
-    w16 = out if out is not None else torch.empty(N, K, dtype=dtype, device=w.device)
+    w16 = torch.empty(N, K, dtype=x.dtype, device=x.device)
     bn, bk = 16, max(256, group)
     kernel[(triton.cdiv(N, bn), triton.cdiv(K, bk))](
         w, scale, minimum if minimum is not None else scale, w16, N, K, w.stride(0), scale.stride(0), w16.stride(0),
         ASYM=minimum is not None, GROUP=group, BLOCK_N=bn, BLOCK_K=bk, num_warps=4, enable_fp_fusion=False)
-    return w16
+    return torch.nn.functional.linear(x, w16, bias)
 
 
 def launch_mm(kernel, x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None,
