@@ -72,8 +72,9 @@ def test_int4_kernels_small_case(group, symmetric, M, codes, monkeypatch):
     floats and each group's sums scaled (`MM_SCALE_ROWS`), each weight dequantized."""
     from llmserve.kernels import int4
 
-    monkeypatch.setattr(int4, "MM_MAGIC_ROWS", 16 if codes == "magic" else 0)
-    monkeypatch.setattr(int4, "MM_SCALE_ROWS", 0 if codes == "dequantized" else 64)
+    for kind in ("sym", "asym"):
+        monkeypatch.setitem(int4.MM_MAGIC_ROWS, kind, 16 if codes == "magic" else 0)
+        monkeypatch.setitem(int4.MM_SCALE_ROWS, kind, 0 if codes == "dequantized" else 64)
     _int4_check(M, 40, 3 * 128, group, symmetric, gated=M == 1)
 
 

@@ -13,8 +13,9 @@ offsets (+ 0 and + g/2), so nothing is interleaved in registers.
   From K > 8,192 inputs (down_proj) the word-reading GEMV of llmserve/kernels/int4_words.py runs instead.
 - `w4mm` (M > 1): tensor cores, a K tile one group at a time: the group's low and high halves' codes (q - 8, or q:
   exact in 16 bits) are multiplied as `Q_half [BN, g/2] @ x_half^T [g/2, BM]`, W the wide operand (BM >= 16), and
-  the group's sums scaled (asym: plus m times the group's x sums); above `MM_SCALE_ROWS`: each weight dequantized
-  to the activation dtype first (the value the torch twin rounds to). Every load is a 2D tile of contiguous columns.
+  the group's sums scaled (asym: plus m times the group's x sums); above `MM_SCALE_ROWS` / `MM_MAGIC_ROWS` each
+  weight dequantized to the activation dtype first (the value the torch twin rounds to). Every load is a 2D tile of
+  contiguous columns.
   The gate is applied first by llmserve.kernels.fused.silu_mul (as linear.wmm does by default).
 - From DEQUANT_ROWS rows (prompt steps, decode steps of many streams): W dequantized to the activation dtype by
   `_w4dequant_kernel`, bit for bit the torch twin's weight, then cuBLAS (as vLLM's AWQ path does from 256 tokens):
@@ -292,14 +293,15 @@ def mm_config(M: int, N: int, K: int, group: int) -> tuple[int, int, int, int, i
     return bm, bn, bk, warps, stages, split
 
 
-# Up to this many rows a program (BLOCK_M) the tensor-core kernel multiplies a group's codes (exact in 16 bits) with x
-# and scales the group's sums rather than dequantizing each weight first: one FMA a group and output rather than a
-# multiply a weight (SASS loop at 8 rows of gate_up 457 -> 404 instructions, at 64 488 -> 463; at 128 the same count and
-# 32 more registers); more exact than the twin (whose weights round to 16 bits), so within its tolerance
-MM_SCALE_ROWS = 64
-# Up to this many rows a program (BLOCK_M) the codes come as offset + code by integer ops alone and the offset comes
-# back out through the group's x sums (SASS loop at 8 rows 404 -> 324; at 64 rows the x sums cost more: 463 -> 571)
-MM_MAGIC_ROWS = 16
+# Up to these rows a program (BLOCK_M), by weights, the tensor-core kernel multiplies a group's codes (exact in 16 bits)
+# with x and scales the group's sums rather than dequantizing each weight first: one FMA a group and output rather than
+# a multiply a weight; more exact than the twin (whose weights round to 16 bits), so within its tolerance. MAGIC: the
+# codes as offset + code by integer ops alone, the offset taken back out through the group's x sums (which asymmetric
+# weights need anyway). Over all linears of Llama-3.1-8B on an H100 (docs/performance.md, thirty-second session):
+# symmetric 8 rows 4.17 -> 3.94 ms scaled (3.98 magic), 64 rows 5.68 -> 5.30; asymmetric 8 rows 4.59 -> 3.87 magic
+# (4.40 scaled), 64 rows slower scaled (6.11 -> 6.42: the x sums of 64 rows), so dequantized there.
+MM_SCALE_ROWS = {"sym": 64, "asym": 0}
+MM_MAGIC_ROWS = {"sym": 0, "asym": 16}
 
 # Rows from which a matmul dequantizes W and calls cuBLAS (`dequant_linear`): where the two paths' times cross
 # over all linears of Llama-3.1-8B on the H200 (kernel_check int4_paths; docs/performance.md).
@@ -316,8 +318,9 @@ def w4mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.T
         return w4gemv(x, w, scale, minimum, bias, gated, pdl=pdl)
     if config is None and x.shape[0] >= DEQUANT_ROWS:
         return w4mm_dequant(x, w, scale, minimum, bias, gated, pdl)
-    return launch_mm(_w4mm_kernel, x, w, scale, minimum, bias, gated, config, pdl, sizes, SCALE_ROWS=MM_SCALE_ROWS,
-                     MAGIC_ROWS=MM_MAGIC_ROWS)
+    kind = "sym" if minimum is None else "asym"
+    return launch_mm(_w4mm_kernel, x, w, scale, minimum, bias, gated, config, pdl, sizes,
+                     SCALE_ROWS=MM_SCALE_ROWS[kind], MAGIC_ROWS=MM_MAGIC_ROWS[kind])
 
 
 def w4mm_dequant(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None = None,
