@@ -89,8 +89,12 @@ def test_model_fast_path_matches_torch_path(tmp_path, quant, seed, pdl):
                 query_lens=[1], context_lens_host=[11], decode_only=True, max_context_len=11, context_bound=64)
             single = model(torch.tensor([8], device=DEV), torch.tensor([10], device=DEV), cache, one, None)
         results[mode] = (prefill, dec, single)
+    # int4: the kernels' products of 2-64 rows round no weight to 16 bits (the torch path does; see
+    # test_int4_group_sums_come_closer_to_the_float32_product_than_the_twin) and the one-row GEMV sums a word's
+    # products in bf16; the one-row output measured 0.0215 at most on an H100 (bench/results/2026-12-06-s32 call E)
+    bound = 2.5e-2 if quant in ("int4_sym", "int4_asym") else 2e-2
     for a, b in zip(results["fast"], results["torch"]):
-        assert rel(a, b) < 2e-2
+        assert rel(a, b) < bound
 
 
 @pytest.mark.skipif(DEV != "cuda", reason="e4m3 needs a GPU")
