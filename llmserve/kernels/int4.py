@@ -112,7 +112,8 @@ def _w4mm_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, M, N, K, K_SPLIT, s
                  SCALE_ROWS: tl.constexpr = 0, MAGIC_ROWS: tl.constexpr = 0):
     """A K tile one group at a time (a static loop), so every load is a 2D tile of contiguous columns: the
     compiler then loads x as vectors the software pipeliner copies ahead (offsets reshaped from a [groups, half]
-    grid hide that contiguity: one synchronous 2-byte load per element)."""
+    grid hide that contiguity: one synchronous 2-byte load per element). Up to MAGIC_ROWS or SCALE_ROWS rows a
+    program the codes go to the tensor cores and each group's sums are scaled; above, each weight is dequantized."""
     pdl_prologue(PDL)
     pid_m = tl.program_id(0)  # M fastest: neighbouring programs share the W tile (large M) in L2
     pid_n = tl.program_id(1)
