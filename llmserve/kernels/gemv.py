@@ -111,6 +111,47 @@ def rope_store(y, pid, out_ptr, c, s, slot, kc_ptr, vc_ptr, stride_slot,
 
 
 @triton.jit
+def fold_inputs(pid, offs_n, n_mask, out_ptr, sumsq_in, P, cos_ptr, sin_ptr, slot_ptr, NORM: tl.constexpr,
+                ADD_TO: tl.constexpr, ROPE_HALF: tl.constexpr, P_BLOCK: tl.constexpr, BLOCK_N: tl.constexpr):
+    """What a one-row product's epilogue folds in (`store_folded`), loaded before the weight stream so that no
+    program waits on a load at its end: the sums of squares the programs before left (NORM), the residual row
+    (ADD_TO), the token's cos, sin and cache slot (ROPE_HALF). 0 for what it does not fold."""
+    part, res, cos, sin, slot = 0.0, 0.0, 0.0, 0.0, 0
+    if NORM:
+        part = tl.load(sumsq_in + tl.arange(0, P_BLOCK), mask=tl.arange(0, P_BLOCK) < P, other=0.0)
+    if ADD_TO:
+        res = tl.load(out_ptr + offs_n, mask=n_mask, other=0.0)
+    if ROPE_HALF > 0:
+        j = (pid * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)) % ROPE_HALF
+        cos = tl.load(cos_ptr + j)
+        sin = tl.load(sin_ptr + j)
+        slot = tl.load(slot_ptr).to(tl.int64)
+    return part, res, cos, sin, slot
+
+
+@triton.jit
+def store_folded(y, pid, offs_n, n_mask, N, K, out_ptr, b_ptr, eps, part, res, sumsq_out, nw_ptr, hw_ptr, cos, sin,
+                 slot, kc_ptr, vc_ptr, stride_slot, HAS_BIAS: tl.constexpr, NORM: tl.constexpr,
+                 ADD_TO: tl.constexpr, WEIGHTED: tl.constexpr, GATE_OUT: tl.constexpr, NH: tl.constexpr,
+                 NKV: tl.constexpr, ROPE_HALF: tl.constexpr, BLOCK_N: tl.constexpr):
+    """A one-row product's end (this GEMV's and int4_pairs.py's): y [BLOCK_N] (float32) times 1 / rms (NORM), plus
+    the bias, then added into the residual (ADD_TO, `add_residual`), rotated and cached (ROPE_HALF, `rope_store`),
+    returned as silu(gate) * up (GATE_OUT, `store_gate_out`) or stored; part, res, cos, sin, slot: `fold_inputs`."""
+    if NORM:  # 1 / rms of the row
+        y = y * inv_rms(part, K, eps)
+    if HAS_BIAS:
+        y = y + tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+    if ADD_TO:
+        add_residual(y, res, out_ptr, sumsq_out, pid, offs_n, n_mask, nw_ptr, hw_ptr, WEIGHTED)
+    elif ROPE_HALF > 0:
+        rope_store(y, pid, out_ptr, cos, sin, slot, kc_ptr, vc_ptr, stride_slot, NH, NKV, ROPE_HALF, BLOCK_N)
+    elif GATE_OUT:
+        store_gate_out(y, pid, out_ptr, N // 2, BLOCK_N)
+    else:
+        tl.store(out_ptr + offs_n, y.to(out_ptr.dtype.element_ty), mask=n_mask)
+
+
+@triton.jit
 def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, N, K, stride_wn, nw_ptr, sumsq_in, sumsq_out, P, eps,
                  cos_ptr, sin_ptr, slot_ptr, kc_ptr, vc_ptr, stride_slot,
                  HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr,
@@ -126,16 +167,8 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, N, K, stride_wn, nw_ptr, s
     offs_n = program_rows(pid, BLOCK_N, N // 2, GATE_OUT, ROPE_HALF)
     offs_k = tl.arange(0, BLOCK_K)
     n_mask = offs_n < N
-    # What the epilogue folds in, loaded before the weight stream: no program waits on a load at its end
-    if NORM:  # the sums of squares the programs before left
-        part = tl.load(sumsq_in + tl.arange(0, P_BLOCK), mask=tl.arange(0, P_BLOCK) < P, other=0.0)
-    if ADD_TO:
-        res = tl.load(out_ptr + offs_n, mask=n_mask, other=0.0)
-    if ROPE_HALF > 0:
-        j = (pid * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)) % ROPE_HALF
-        cos = tl.load(cos_ptr + j)
-        sin = tl.load(sin_ptr + j)
-        slot = tl.load(slot_ptr).to(tl.int64)
+    part, res, cos, sin, slot = fold_inputs(pid, offs_n, n_mask, out_ptr, sumsq_in, P, cos_ptr, sin_ptr, slot_ptr,
+                                            NORM, ADD_TO, ROPE_HALF, P_BLOCK, BLOCK_N)
     w_ptrs = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :]
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
@@ -167,18 +200,8 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, N, K, stride_wn, nw_ptr, s
         y = y * tl.load(s_ptr + offs_n, mask=n_mask, other=0.0)
     if W_KIND == 2:
         y = y * 1.329227995784916e36  # 2**120: e4m3 exponent bias 7 vs float32's 127
-    if NORM:  # 1 / rms of the row
-        y = y * inv_rms(part, K, eps)
-    if HAS_BIAS:
-        y = y + tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
-    if ADD_TO:
-        add_residual(y, res, out_ptr, sumsq_out, pid, offs_n, n_mask)
-    elif ROPE_HALF > 0:
-        rope_store(y, pid, out_ptr, cos, sin, slot, kc_ptr, vc_ptr, stride_slot, NH, NKV, ROPE_HALF, BLOCK_N)
-    elif GATE_OUT:
-        store_gate_out(y, pid, out_ptr, N // 2, BLOCK_N)
-    else:
-        tl.store(out_ptr + offs_n, y.to(out_ptr.dtype.element_ty), mask=n_mask)
+    store_folded(y, pid, offs_n, n_mask, N, K, out_ptr, b_ptr, eps, part, res, sumsq_out, None, None, cos, sin, slot,
+                 kc_ptr, vc_ptr, stride_slot, HAS_BIAS, NORM, ADD_TO, False, GATE_OUT, NH, NKV, ROPE_HALF, BLOCK_N)
 
 
 # How int8 / fp8 weights become float32 in the GEMV: 0 = Triton's conversion, 1 / 2 = the bit tricks above.

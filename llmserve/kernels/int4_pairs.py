@@ -17,16 +17,7 @@ import triton
 import triton.language as tl
 
 from llmserve.kernels import launch_args
-from llmserve.kernels.gemv import (
-    RopeCache,
-    RowNorm,
-    add_residual,
-    inv_rms,
-    program_rows,
-    rope_args,
-    rope_store,
-    store_gate_out,
-)
+from llmserve.kernels.gemv import RopeCache, RowNorm, fold_inputs, program_rows, rope_args, store_folded
 from llmserve.kernels.group_tiles import load_x
 from llmserve.kernels.int4_words import word_tile
 from llmserve.kernels.pdl import pdl_prologue
@@ -117,16 +108,11 @@ def _w4gemv_pairs_kernel(x_ptr, xq_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, 
     from the P sums at sumsq_in. ADD_TO: out_ptr is the residual row, this program's sum of squares to sumsq_out
     and, WEIGHTED, the new row times the next norm's weight (nw_ptr) to hw_ptr."""
     pdl_prologue(PDL)
-    offs_n = program_rows(tl.program_id(0), BLOCK_N, N // 2, GATE_OUT, ROPE_HALF)
-    if NORM:  # loaded before the weight stream, as gemv.py's
-        part = tl.load(sumsq_in + tl.arange(0, P_BLOCK), mask=tl.arange(0, P_BLOCK) < P, other=0.0)
-    if ROPE_HALF > 0:  # loaded before the weight stream, as gemv.py's
-        j = (tl.program_id(0) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)) % ROPE_HALF
-        cos, sin = tl.load(cos_ptr + j), tl.load(sin_ptr + j)
-        slot = tl.load(slot_ptr).to(tl.int64)
+    pid = tl.program_id(0)
+    offs_n = program_rows(pid, BLOCK_N, N // 2, GATE_OUT, ROPE_HALF)
     n_mask = tl.full((BLOCK_N,), True, tl.int1) if EVEN else offs_n < N
-    if ADD_TO:
-        res = tl.load(out_ptr + offs_n, mask=n_mask, other=0.0)
+    part, res, cos, sin, slot = fold_inputs(pid, offs_n, n_mask, out_ptr, sumsq_in, P, cos_ptr, sin_ptr, slot_ptr,
+                                            NORM, ADD_TO, ROPE_HALF, P_BLOCK, BLOCK_N)
     rows_w = offs_n[:, None, None].to(tl.int64) * stride_wn
     rows_s = offs_n[:, None].to(tl.int64) * stride_sn
     acc = tl.zeros((BLOCK_N, BLOCK_K // GROUP, GROUP // 8), dtype=tl.float32)
@@ -146,20 +132,9 @@ def _w4gemv_pairs_kernel(x_ptr, xq_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, 
         if ASYM:
             mn = tl.load(m_ptr + rows_s + grp[None, :], mask=s_mask, other=0.0).to(tl.float32) + 8.0 * s
             acc += mn[:, :, None] * (_pair_sum(pa0) + _pair_sum(pa1) + _pair_sum(pb0) + _pair_sum(pb1))
-    y = tl.sum(tl.sum(acc, axis=2), axis=1)
-    if NORM:
-        y = y * inv_rms(part, K, eps)
-    if HAS_BIAS:
-        y = y + tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
-    if GATE_OUT:
-        store_gate_out(y, tl.program_id(0), out_ptr, N // 2, BLOCK_N)
-    elif ROPE_HALF > 0:
-        rope_store(y, tl.program_id(0), out_ptr, cos, sin, slot, kc_ptr, vc_ptr, stride_slot, NH, NKV, ROPE_HALF,
-                   BLOCK_N)
-    elif ADD_TO:
-        add_residual(y, res, out_ptr, sumsq_out, tl.program_id(0), offs_n, n_mask, nw_ptr, hw_ptr, WEIGHTED)
-    else:
-        tl.store(out_ptr + offs_n, y.to(out_ptr.dtype.element_ty), mask=n_mask)
+    store_folded(tl.sum(tl.sum(acc, axis=2), axis=1), pid, offs_n, n_mask, N, K, out_ptr, b_ptr, eps, part, res,
+                 sumsq_out, nw_ptr, hw_ptr, cos, sin, slot, kc_ptr, vc_ptr, stride_slot, HAS_BIAS, NORM, ADD_TO,
+                 WEIGHTED, GATE_OUT, NH, NKV, ROPE_HALF, BLOCK_N)
 
 
 def pairs_config(N: int, K: int, group: int, asym: bool, gated: bool = False) -> tuple[int, int, int, int]:
