@@ -20,18 +20,12 @@ def load_x(x_ptr, idx, mask, K, GATED: tl.constexpr):
 
 
 @triton.jit
-def row_sums(acc, b_ptr, offs_n, n_mask, HAS_BIAS: tl.constexpr):
-    """A GEMV program's [BLOCK_N, groups] sums added up per output, plus the bias (float32)."""
+def store_rows(acc, b_ptr, out_ptr, offs_n, n_mask, HAS_BIAS: tl.constexpr):
+    """A GEMV program's end: its [BLOCK_N, groups] sums added up per output, plus the bias."""
     y = tl.sum(acc, axis=1)
     if HAS_BIAS:
         y = y + tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
-    return y
-
-
-@triton.jit
-def store_rows(acc, b_ptr, out_ptr, offs_n, n_mask, HAS_BIAS: tl.constexpr):
-    """A GEMV program's end: its `row_sums` stored."""
-    tl.store(out_ptr + offs_n, row_sums(acc, b_ptr, offs_n, n_mask, HAS_BIAS).to(out_ptr.dtype.element_ty), mask=n_mask)
+    tl.store(out_ptr + offs_n, y.to(out_ptr.dtype.element_ty), mask=n_mask)
 
 
 @triton.jit
