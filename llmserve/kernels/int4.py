@@ -298,9 +298,8 @@ def mm_config(M: int, N: int, K: int, group: int) -> tuple[int, int, int, int, i
 # with x and scales the group's sums rather than dequantizing each weight first: one FMA a group and output rather than
 # a multiply a weight; more exact than the twin (whose weights round to 16 bits), so within its tolerance. MAGIC: the
 # codes as offset + code by integer ops alone, the offset taken back out through the group's x sums (which asymmetric
-# weights need anyway). Over all linears of Llama-3.1-8B on an H100 (docs/performance.md, thirty-second session):
-# symmetric 8 rows 4.17 -> 3.94 ms scaled (3.98 magic), 64 rows 5.68 -> 5.30; asymmetric 8 rows 4.59 -> 3.87 magic
-# (4.40 scaled), 64 rows slower scaled (6.11 -> 6.42: the x sums of 64 rows), so dequantized there.
+# weights need anyway). Each the faster way where it is on, per weights (docs/performance.md, thirty-second session;
+# asymmetric at 64 rows the x sums cost more than they save).
 MM_SCALE_ROWS = {"sym": 64, "asym": 0}
 MM_MAGIC_ROWS = {"sym": 0, "asym": 16}
 
