@@ -160,7 +160,8 @@ def s_int4_sweep(args):
     BLOCK_K, warps, stages, split-K) at M = 8 and 64, each against the default config and the shape's int4 read
     floor. INT4_GEMV_KINDS (bytes, words, pairs; default bytes): the GEMV kernels swept at M = 1 (with int4.GATE_OUT
     the paired one returns gate_up's silu(gate) * up and down_proj reads a plain row); INT4_SWEEP_ROWS: which of
-    M = 1, 8, 64 (default all); INT4_SWEEP_ASYM=1: asymmetric weights."""
+    M = 1, 8, 64 (default all); INT4_SWEEP_ASYM=1: asymmetric weights; INT4_SWEEP_TILES: the tensor-core kernel's
+    tiles to sweep, "BLOCK_N,BLOCK_K,warps,split;..." (default every product of 32-128 x 128-256 x 4-8 x 1-8)."""
 
     from bench.common import SHAPES, chunked_sum_ms, flat_buffers, linear_shapes
     from llmserve.kernels.int4 import GATE_OUT, mm_config, w4gemv, w4mm
@@ -174,7 +175,9 @@ def s_int4_sweep(args):
     kinds = os.environ.get("INT4_GEMV_KINDS", "bytes").split(",")  # bytes, words, pairs: the M = 1 kernels swept
     rows = [int(v) for v in os.environ.get("INT4_SWEEP_ROWS", "1,8,64").split(",")]  # of 1, 8, 64
     asym = os.environ.get("INT4_SWEEP_ASYM") == "1"  # asymmetric weights (a minimum a group) instead
-    tiles = list(itertools.product((32, 64, 128), (128, 256), (4, 8), (1, 2, 4, 8)))
+    tiles = ([tuple(int(v) for v in t.split(",")) for t in os.environ["INT4_SWEEP_TILES"].split(";")]
+             if os.environ.get("INT4_SWEEP_TILES") else list(itertools.product((32, 64, 128), (128, 256), (4, 8),
+                                                                                (1, 2, 4, 8))))
     mm = {M: [(16 if M <= 16 else 64, bn, bk, w, 3, sk) for bn, bk, w, sk in tiles] for M in (8, 64)}
     for name, (n, k) in linear_shapes(cfg).items():
         layers = [quantize_int4(torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02, 128, not asym)
