@@ -142,43 +142,6 @@ def test_int4_many_rows_dequantize_to_the_twins_weight_bit_for_bit(group, symmet
     assert rel(out, ref) < 1e-2
 
 
-@pytest.mark.parametrize("group", [32, 128])
-@pytest.mark.parametrize("symmetric", [True, False])
-def test_int4_rows_kernel_multiplies_the_twins_weights(group, symmetric):
-    """The many-row kernel (int4_rows.py) dequantizes each weight in registers as the twin rounds it and multiplies
-    on the tensor cores: against F.linear with the twin's weights only the order of the sums differs (M and N not
-    multiples of the tiles, a bias, K an odd number of groups; on a GPU also Llama-3.1-8B's o_proj at 256 rows)."""
-    from torch.nn import functional as F
-
-    from llmserve.kernels.int4 import check_codes
-    from llmserve.kernels.int4_rows import w4mm_rows
-    from llmserve.model.int4 import dequantize_int4
-
-    cases = [(20, 40, 5 * 128, (16, 32, 4, 2)), (70, 200, 7 * 128, None)]
-    for M, N, K, config in cases + ([(256, 4096, 4096, None)] if DEV == "cuda" else []):
-        x, t, bias, ref = _int4_case(M, N, K, group, symmetric, False)
-        w = dequantize_int4(t["weight"], t["weight_scale"], t.get("weight_min"), DT)
-        out = w4mm_rows(x, t["weight"], t["weight_scale"], t.get("weight_min"), bias, config, False,
-                        check_codes(t["weight"], t["weight_scale"], t.get("weight_min")))
-        twin = F.linear(x, w, bias)
-        assert out.shape == (M, N) and out.dtype == DT
-        assert rel(out, twin) < 2e-3 and rel(out, ref) < 1e-2, (M, N, K, rel(out, twin))
-
-
-def test_int4_w4mm_hands_rows_to_the_rows_kernel_between_its_bounds(monkeypatch):
-    """From ROWS_KERNEL_ROWS to below DEQUANT_ROWS w4mm runs the many-row kernel, the MLP's gate applied first."""
-    from llmserve.kernels import int4
-    from llmserve.kernels.fused import silu_mul
-    from llmserve.kernels.int4_rows import w4mm_rows
-
-    monkeypatch.setattr(int4, "ROWS_KERNEL_ROWS", 3)
-    x, t, bias, ref = _int4_case(5, 40, 3 * 128, 64, False, True)
-    w = (t["weight"], t["weight_scale"], t["weight_min"])
-    out = int4.w4mm(x, *w, bias, gated=True)
-    assert torch.equal(out, w4mm_rows(silu_mul(x), *w, bias, None, False, int4.check_codes(*w)))
-    assert rel(out, ref) < 1e-2
-
-
 @pytest.mark.parametrize("group", [32, 64, 128])
 @pytest.mark.parametrize("symmetric", [True, False])
 @pytest.mark.parametrize("gated", [False, True])

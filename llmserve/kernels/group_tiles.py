@@ -1,5 +1,5 @@
-"""Pieces the group-quantized kernels share (int4.py, int4_rows.py, int4_words.py, int8_group.py): x loaded with the
-MLP's gate applied on the way, int4 codes as floats, and a GEMV's or a matmul program's end."""
+"""Pieces the group-quantized kernels share (int4.py, int4_words.py, int8_group.py): x loaded with the MLP's gate
+applied on the way, and a GEMV's or a matmul program's end."""
 
 from __future__ import annotations
 
@@ -17,18 +17,6 @@ def load_x(x_ptr, idx, mask, K, GATED: tl.constexpr):
         x = (g / (1.0 + tl.exp(-g))).to(u.dtype)
         x = (x.to(tl.float32) * u.to(tl.float32)).to(u.dtype)
     return x.to(tl.float32)
-
-
-@triton.jit
-def nibble_codes(p, ASYM: tl.constexpr):
-    """Low and high nibbles of int32 bytes `p` as float32 (sym: minus 8), without an I2F: bits(2**23) | q is
-    the float 2**23 + q (linear.py's int8 trick); int4's layout (llmserve/model/int4.py)."""
-    lo = ((p & 15) | 0x4B000000).to(tl.float32, bitcast=True)
-    hi = ((p >> 4) | 0x4B000000).to(tl.float32, bitcast=True)
-    if ASYM:  # if/else both returning, as linear.py's _to_f32 does
-        return lo - 8388608.0, hi - 8388608.0
-    else:
-        return lo - 8388616.0, hi - 8388616.0
 
 
 @triton.jit

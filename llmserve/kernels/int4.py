@@ -20,8 +20,6 @@ offsets (+ 0 and + g/2), so nothing is interleaved in registers.
 - From DEQUANT_ROWS rows (prompt steps, decode steps of many streams): W dequantized to the activation dtype by
   `_w4dequant_kernel`, bit for bit the torch twin's weight, then cuBLAS (as vLLM's AWQ path does from 256 tokens):
   the dequantization reads half a byte and writes two a weight (~5 ms over an 8B model), which pays from ~200 rows.
-- `ROWS_KERNEL_ROWS` up to DEQUANT_ROWS: llmserve/kernels/int4_rows.py (x the wide operand, each weight dequantized
-  in registers); no rows until it is timed.
 Launch shapes: bench/kernel_check's `int4_sweep` on the H200 (docs/performance.md has the figures); w4mm splits K
 for small M (float32 partials summed in order).
 `pdl=True`: programmatic dependent launch (see llmserve.kernels).
@@ -36,9 +34,8 @@ import triton.language as tl
 from llmserve.kernels import launch_args
 from llmserve.kernels.after_gemv import finished, gate_applied, normed
 from llmserve.kernels.gemv import RopeCache, RowNorm
-from llmserve.kernels.group_tiles import load_x, nibble_codes, store_rows, store_tile
+from llmserve.kernels.group_tiles import load_x, store_rows, store_tile
 from llmserve.kernels.int4_pairs import pairs_ok, w4gemv_pairs
-from llmserve.kernels.int4_rows import w4mm_rows
 from llmserve.kernels.int4_words import w4gemv_words
 from llmserve.kernels.pdl import pdl_prologue
 
@@ -52,6 +49,18 @@ def _tile(k0, K, GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
     byte = j[:, None] * (GROUP // 2) + i[None, :]
     lo = k0 + j[:, None] * GROUP + i[None, :]
     return byte, lo, k0 // GROUP + j, (k0 + j * GROUP) < K
+
+
+@triton.jit
+def _codes(p, ASYM: tl.constexpr):
+    """Low and high nibbles of int32 bytes `p` as float32 (sym: minus 8), without an I2F: bits(2**23) | q is
+    the float 2**23 + q (linear.py's int8 trick)."""
+    lo = ((p & 15) | 0x4B000000).to(tl.float32, bitcast=True)
+    hi = ((p >> 4) | 0x4B000000).to(tl.float32, bitcast=True)
+    if ASYM:  # if/else both returning, as linear.py's _to_f32 does
+        return lo - 8388608.0, hi - 8388608.0
+    else:
+        return lo - 8388616.0, hi - 8388616.0
 
 
 @triton.jit
@@ -88,7 +97,7 @@ def _w4gemv_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, K, stride_wn, 
         s = tl.load(s_ptr + rows_s + grp[None, :], mask=s_mask, other=0.0).to(tl.float32)
         x_lo = load_x(x_ptr, lo, k_mask[:, None], K, GATED)
         x_hi = load_x(x_ptr, lo + GROUP // 2, k_mask[:, None], K, GATED)
-        q_lo, q_hi = nibble_codes(p, ASYM)
+        q_lo, q_hi = _codes(p, ASYM)
         acc += s * tl.sum(q_lo * x_lo[None, :, :] + q_hi * x_hi[None, :, :], axis=2)
         if ASYM:
             m = tl.load(m_ptr + rows_s + grp[None, :], mask=s_mask, other=0.0).to(tl.float32)
@@ -127,7 +136,7 @@ def _w4mm_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, M, N, K, K_SPLIT, s
             w_mask = n_mask & inside
             p = tl.load(w_ptr + rows_w + (kg // 2 + i)[None, :], mask=w_mask[:, None], other=0).to(tl.int32)
             s = tl.load(s_ptr + rows_s + kg // GROUP, mask=w_mask, other=0.0).to(tl.float32)[:, None]
-            q_lo, q_hi = nibble_codes(p, ASYM)
+            q_lo, q_hi = _codes(p, ASYM)
             x_mask = m_mask[:, None] & inside
             x_lo = tl.load(x_ptr + rows_x + (kg + i)[None, :], mask=x_mask, other=0.0)
             x_hi = tl.load(x_ptr + rows_x + (kg + HALF + i)[None, :], mask=x_mask, other=0.0)
@@ -173,7 +182,7 @@ def _w4dequant_kernel(w_ptr, s_ptr, m_ptr, out_ptr, N, K, stride_wn, stride_sn, 
     groups = offs_n[:, None].to(tl.int64) * stride_sn + grp[None, :]
     s_mask = n_mask[:, None] & k_mask[None, :]
     s = tl.load(s_ptr + groups, mask=s_mask, other=0.0).to(tl.float32)[:, :, None]
-    q_lo, q_hi = nibble_codes(p, ASYM)
+    q_lo, q_hi = _codes(p, ASYM)
     w_lo, w_hi = s * q_lo, s * q_hi
     if ASYM:
         m = tl.load(m_ptr + groups, mask=s_mask, other=0.0).to(tl.float32)[:, :, None]
@@ -297,9 +306,6 @@ MM_MAGIC_ROWS = {"sym": 0, "asym": 16}
 # Rows from which a matmul dequantizes W and calls cuBLAS (`dequant_linear`): where the two paths' times cross
 # over all linears of Llama-3.1-8B on the H200 (kernel_check int4_paths; docs/performance.md).
 DEQUANT_ROWS = 192
-# Rows from which, below DEQUANT_ROWS, the many-row kernel (x the wide operand, llmserve/kernels/int4_rows.py) runs:
-# none until it is timed against the two paths (bench/results/2026-12-06-s33/callC.sh)
-ROWS_KERNEL_ROWS = DEQUANT_ROWS
 
 
 def w4mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None = None,
@@ -312,8 +318,6 @@ def w4mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.T
         return w4gemv(x, w, scale, minimum, bias, gated, pdl=pdl)
     if config is None and x.shape[0] >= DEQUANT_ROWS:
         return w4mm_dequant(x, w, scale, minimum, bias, gated, pdl)
-    if config is None and x.shape[0] >= ROWS_KERNEL_ROWS:
-        return w4mm_rows(gate_applied(x, sizes[1], gated, pdl), w, scale, minimum, bias, None, pdl, sizes)
     kind = "sym" if minimum is None else "asym"
     return launch_mm(_w4mm_kernel, x, w, scale, minimum, bias, gated, config, pdl, sizes,
                      SCALE_ROWS=MM_SCALE_ROWS[kind], MAGIC_ROWS=MM_MAGIC_ROWS[kind])
