@@ -1,8 +1,9 @@
 #!/bin/bash
-# Session 33 (~8 min; carry .carry/tokenizer; `tree.sh _b 528c7f8`, and `tree.sh _c HEAD` with
+# Session 33 (~8 min; carry .carry/tokenizer; `tree.sh _b 528c7f8`, and `tree.sh _c add224e` with
 # `sed -i 's/^DEQUANT_ROWS = 192$/DEQUANT_ROWS = 1024/; s/^ROWS_KERNEL_ROWS = DEQUANT_ROWS$/ROWS_KERNEL_ROWS = 65/'
 # _c/llmserve/kernels/int4.py`; rm -rf _b _c after): the many-row int4 matmul, x the wide operand
-# (llmserve/kernels/int4_rows.py) against w4mm's paths and bf16 cuBLAS at 128-2,048 rows over all linears of Llama-3.1-8B (symmetric);
+# (llmserve/kernels/int4_rows.py at add224e, now xwide/int4_rows.py) against w4mm's paths and bf16 cuBLAS at
+# 128-2,048 rows over all linears of Llama-3.1-8B (symmetric);
 # then the engine at 256 streams, 128/128: int4 in _c/ (256 rows through the new kernel) and _b/ (528c7f8: dequantize
 # + cuBLAS), bf16 beside.
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1

@@ -1,9 +1,10 @@
-"""Session 33: the x-wide int4 matmul (llmserve/kernels/int4_rows.py) against
+"""Session 33: the x-wide int4 matmul (int4_rows.py beside this script) against
 int4.w4mm's paths (tensor-core kernel, dequantize + cuBLAS) and bf16 cuBLAS over all linears of the Llama-3.1-8B
 shape (g128, symmetric, one CUDA graph each) at 128-2,048 rows; launch shapes (BLOCK_M, BLOCK_N, warps, stages) from
 XWIDE_CONFIGS. Prints one line a measurement; a json at the end."""
 import json
 import os
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -12,8 +13,10 @@ from torch.nn import functional as F
 
 from bench.common import SHAPES, graph_time_ms, linear_shapes
 from llmserve.kernels.int4 import check_codes, mm_config, w4mm, w4mm_dequant
-from llmserve.kernels.int4_rows import w4mm_rows
 from llmserve.model.int4 import quantize_int4
+
+sys.path.insert(0, str(Path(__file__).parent))
+from int4_rows import w4mm_rows  # noqa: E402
 
 CONFIGS = [tuple(int(v) for v in c.split(",")) for c in os.environ.get(
     "XWIDE_CONFIGS", "128,128,8,3;128,128,8,2;128,256,8,2;256,128,8,2;64,128,4,3;64,256,8,3;128,64,4,3").split(";")]
