@@ -164,7 +164,7 @@ def s_int4_sweep(args):
     tiles to sweep, "BLOCK_N,BLOCK_K,warps,split;..." (default every product of 32-128 x 128-256 x 4-8 x 1-8)."""
 
     from bench.common import SHAPES, chunked_sum_ms, flat_buffers, linear_shapes
-    from llmserve.kernels.int4 import GATE_OUT, mm_config, w4gemv, w4mm
+    from llmserve.kernels.int4 import GATE_OUT, SMALL_TILES, mm_config, w4gemv, w4mm
     from llmserve.kernels.int4_pairs import pairs_config
     from llmserve.model.int4 import quantize_int4
 
@@ -188,7 +188,8 @@ def s_int4_sweep(args):
             gate_out = M == 1 and GATE_OUT and name == "gate_up"
             gated = name == "down" and not (M == 1 and GATE_OUT)
             x = torch.randn(M, 2 * k if gated else k, device="cuda", dtype=torch.bfloat16)
-            default = pairs_config(n, k, 128, asym, gated) if M == 1 else mm_config(M, n, k, 128)
+            default = (pairs_config(n, k, 128, asym, gated) if M == 1 else
+                       mm_config(M, n, k, 128, SMALL_TILES["asym" if asym else "sym"]))
             times = {}
             for kind, c in _sweep_cases(M, default, configs, kinds):
                 fn = partial(w4gemv, words=kind == "words", pairs=kind == "pairs",

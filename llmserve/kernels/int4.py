@@ -275,13 +275,20 @@ CONFIGS: dict[int, tuple[int, int, int, int]] = {32: (32, 256, 4, 4), 64: (64, 1
 NUM_SMS = 132
 
 
-def mm_config(M: int, N: int, K: int, group: int) -> tuple[int, int, int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, split-K). Up to 16 rows, bench/kernel_check's sweep on the H200
-    chose 128 outputs and 8 warps a program and K split until about a thousand programs (at most 8 ways, two
-    tiles or more each): a program per SM or two cannot keep the weight reads busy. Above 16 rows K is split
-    only while there are fewer than two programs per SM."""
+# Up to 16 rows, int4's (BLOCK_N, BLOCK_K, warps) a program, per weights: bench/kernel_check's int4_sweep at 8 rows
+# over Llama-3.1-8B's linears on an H100 (docs/performance.md, thirty-third session)
+SMALL_TILES = {"sym": (64, 128, 4), "asym": (64, 256, 4)}
+
+
+def mm_config(M: int, N: int, K: int, group: int,
+              small: tuple[int, int, int] | None = None) -> tuple[int, int, int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, split-K). Up to 16 rows `small` (BLOCK_N, BLOCK_K, warps), else the
+    H200 sweep's 128 outputs and 8 warps a program (what the 8-bit groups keep), and K split until about a thousand
+    programs (at most 8 ways, two tiles or more each): a program per SM or two cannot keep the weight reads busy.
+    Above 16 rows K is split only while there are fewer than two programs per SM."""
     if M <= 16:
-        bm, bn, bk, warps, stages = 16, 128, max(256 if N <= 4096 else 128, group), 8, 3
+        bn, bk, warps = small or (128, 256 if N <= 4096 else 128, 8)
+        bm, bk, stages = 16, max(bk, group), 3
         limit, min_tiles = 512, 2
     else:
         bm = 32 if M <= 32 else 64 if M <= 64 else 128
@@ -319,6 +326,7 @@ def w4mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.T
     if config is None and x.shape[0] >= DEQUANT_ROWS:
         return w4mm_dequant(x, w, scale, minimum, bias, gated, pdl)
     kind = "sym" if minimum is None else "asym"
+    config = config or mm_config(x.shape[0], *sizes, SMALL_TILES[kind])
     return launch_mm(_w4mm_kernel, x, w, scale, minimum, bias, gated, config, pdl, sizes,
                      SCALE_ROWS=MM_SCALE_ROWS[kind], MAGIC_ROWS=MM_MAGIC_ROWS[kind])
 
