@@ -12,8 +12,16 @@ import triton
 import triton.language as tl
 
 from llmserve.kernels import launch_args
-from llmserve.kernels.int4 import _codes as nibble_codes
 from llmserve.kernels.pdl import pdl_prologue
+
+
+@triton.jit
+def nibble_codes(p, ASYM: tl.constexpr):
+    """llmserve.kernels.int4's byte codes as it had them (float32 codes by a bit trick; sym: minus 8)."""
+    lo = ((p & 15) | 0x4B000000).to(tl.float32, bitcast=True)
+    hi = ((p >> 4) | 0x4B000000).to(tl.float32, bitcast=True)
+    offset: tl.constexpr = 8388608.0 if ASYM else 8388616.0
+    return lo - offset, hi - offset
 
 
 @triton.jit
