@@ -15,10 +15,11 @@ qkv buffer, pointer or TMA loads; persist: the persistent launches, persist_tma 
 gemv:KIND:NxK[:FLAG] and wmm:KIND:MxNxK[:FLAG] (KIND bf16, int8, fp8; FLAG gated: the SiLU-mul in x's load,
 gate_out: in the epilogue; the GEMV's norm: an RMSNorm folded in, add: the residual add in the epilogue, rope:
 rotary + cache write), w4:MxNxK:GROUP[:FLAGS] (symmetric int4; M = 1 is the GEMV; FLAGS joined by +: bytes, words or
-pairs names a GEMV kernel, gated the SiLU-mul in x's load, gate_out in the epilogue, rope: qkv's rotary embedding and
-cache write in it, N = 6144; norm: the RMSNorm's 1 / rms on the outputs, add: the residual add and the next norm's
-weighted row), w8g:MxNxK:GROUP (8-bit codes in groups, as w4), fp8mm:MxNxK:fast|exact (the fp8 GEMM at
-33-256 rows, its accumulation). Llama-3.1-8B heads (32 query, 8 KV, dim 128).
+pairs names a GEMV kernel, wgmma the Gluon matmul of int4_wgmma.py (asym: with minimums), gated the SiLU-mul in x's
+load, gate_out in the epilogue, rope: qkv's rotary embedding and cache write in it, N = 6144; norm: the RMSNorm's
+1 / rms on the outputs, add: the residual add and the next norm's weighted row), w8g:MxNxK:GROUP (8-bit codes in
+groups, as w4), fp8mm:MxNxK:fast|exact (the fp8 GEMM at 33-256 rows, its accumulation). Llama-3.1-8B heads (32
+query, 8 KV, dim 128).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def compile_launches(call) -> list:
     """Runs `call()` with every Triton launch compiled for sm_90 instead of run: the compiled kernels, in order."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, compile, make_backend
+    from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime import jit
 
     target = GPUTarget("cuda", 90, 32)
@@ -55,7 +57,8 @@ def compile_launches(call) -> list:
         binder = jit.create_function_from_signature(self.signature, self.params, backend)
         bound, spec, options = binder(*args, **kwargs)
         options, signature, constexprs, attrs = self._pack_args(backend, kwargs, bound, spec, options)
-        kernels.append(compile(ASTSource(self, signature, constexprs, attrs), target=target, options=options.__dict__))
+        source = (GluonASTSource if self.is_gluon() else ASTSource)(self, signature, constexprs, attrs)
+        kernels.append(compile(source, target=target, options=options.__dict__))
 
     original = jit.JITFunction.run
     jit.JITFunction.run = run
@@ -121,7 +124,8 @@ def ptxas_usage(ptx: str) -> dict:
                              capture_output=True, text=True).stderr
     regs = re.search(r"Used (\d+) registers", out)
     spills = re.search(r"(\d+) bytes spill stores", out)
-    return {"registers": int(regs.group(1)) if regs else -1, "spill bytes": int(spills.group(1)) if spills else -1}
+    return {"registers": int(regs.group(1)) if regs else -1, "spill bytes": int(spills.group(1)) if spills else -1,
+            "wgmma serialized": int("C7515" in out)}  # ptxas: "wgmma.mma_async instructions are serialized"
 
 
 def _cuda_like() -> None:
@@ -223,6 +227,11 @@ def _w4(shape: str, group: str, flags: str = ""):
         adds = {"add_to": torch.zeros(1, N, dtype=torch.bfloat16), "next_norm": torch.ones(N, dtype=torch.bfloat16)}
         return lambda: w4gemv(x, w, scale, gated="gated" in flag, words="words" in flag, pairs="pairs" in flag,
                               gate_out="gate_out" in flag, rope=rope, norm=norm, **(adds if "add" in flag else {}))
+    if "wgmma" in flag:  # the Gluon kernel (int4_wgmma.py), which w4mm picks for bf16 on Hopper from 2 rows
+        from llmserve.kernels.int4_wgmma import w4wgmma
+
+        minimum = scale if "asym" in flag else None
+        return lambda: w4wgmma(x, w, scale, minimum, None, (N, K, int(group)))
     return lambda: w4mm(x, w, scale, gated="gated" in flag)
 
 

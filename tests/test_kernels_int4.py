@@ -75,6 +75,7 @@ def test_int4_kernels_small_case(group, symmetric, M, codes, monkeypatch):
     for kind in ("sym", "asym"):
         monkeypatch.setitem(int4.MM_MAGIC_ROWS, kind, 16 if codes == "magic" else 0)
         monkeypatch.setitem(int4.MM_SCALE_ROWS, kind, 0 if codes == "dequantized" else 64)
+    monkeypatch.setattr(int4, "WGMMA", False)  # the Triton kernel's ways, which bf16 on Hopper otherwise skips
     _int4_check(M, 40, 3 * 128, group, symmetric, gated=M == 1)
 
 
@@ -92,6 +93,7 @@ def test_int4_group_sums_come_closer_to_the_float32_product_than_the_twin(symmet
     for kind in ("sym", "asym"):
         monkeypatch.setitem(int4.MM_MAGIC_ROWS, kind, 16 if codes == "magic" else 0)
         monkeypatch.setitem(int4.MM_SCALE_ROWS, kind, 64)
+    monkeypatch.setattr(int4, "WGMMA", False)  # the Gluon kernel dequantizes to the twin's weights exactly
     x, t, bias, twin = _int4_case(8, 64, 5 * 128, 64, symmetric, False)
     out = int4.w4mm(x, t["weight"], t["weight_scale"], t.get("weight_min"), bias)
     exact = F.linear(x.float(), dequantize_int4(t["weight"], t["weight_scale"], t.get("weight_min")), bias.float())
@@ -122,20 +124,56 @@ def test_int4_linear_takes_the_kernels_when_the_model_does(mode):
         assert rel(fast(x, gated=True), slow(x, gated=True)) < 1e-2
 
 
+def _hopper() -> bool:
+    return DEV == "cuda" and torch.cuda.get_device_capability()[0] == 9
+
+
+@pytest.mark.skipif(not _hopper(), reason="the Gluon kernel (wgmma, TMA) runs on Hopper only")
+@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("M", [2, 40, 128, 300])
+def test_int4_wgmma_kernel_matches_the_torch_twin(group, symmetric, M):
+    """int4_wgmma.py, which w4mm takes for bf16 on Hopper from 2 rows to WGMMA_ROWS (512): K an odd number of groups
+    (a zero-weight group pads the kernel's pairs), N not a multiple of its 64 rows, M of its row blocks; the gate
+    and the bias; and Llama-3.1-8B's down_proj (K split)."""
+    from llmserve.kernels import int4_wgmma
+
+    assert int4_wgmma.usable(torch.zeros(M, 64, device=DEV, dtype=DT), torch.zeros(8, 32, device=DEV,
+                                                                                   dtype=torch.uint8))
+    _int4_check(M, 200, 7 * 128, group, symmetric, gated=M == 40)
+    if M in (2, 128):
+        _int4_check(M, 4096, 14336, group, symmetric, gated=True)
+
+
+@pytest.mark.skipif(not _hopper(), reason="the Gluon kernel (wgmma, TMA) runs on Hopper only")
+@pytest.mark.parametrize("config", [(8, 64, 4, 4, 3), (16, 64, 4, 2, 7), (64, 64, 4, 3, 1), (128, 64, 4, 4, 2)])
+def test_int4_wgmma_launch_shapes_and_k_splits(config):
+    """Every row block, stage count and split of K (slices of odd group counts, the last one short) gives the torch
+    twin's product, the bias added once."""
+    from llmserve.kernels.int4 import check_codes
+    from llmserve.kernels.int4_wgmma import w4wgmma
+
+    x, t, bias, ref = _int4_case(config[0] + 3, 136, 13 * 128, 128, False, False)
+    w = (t["weight"], t["weight_scale"], t["weight_min"])
+    out = w4wgmma(x, *w, bias, check_codes(*w), config=config)
+    assert out.shape == ref.shape and out.dtype == DT and rel(out, ref) < 1e-2
+
+
 @pytest.mark.parametrize("group", [32, 64, 128])
 @pytest.mark.parametrize("symmetric", [True, False])
 @pytest.mark.parametrize("gated,wide_scales", [(False, False), (True, False), (False, True)])
 def test_int4_many_rows_dequantize_to_the_twins_weight_bit_for_bit(group, symmetric, gated, wide_scales):
-    """From DEQUANT_ROWS rows the weight is dequantized whole and F.linear runs: the torch twin's computation, so
-    the result equals it exactly (K not a multiple of the 256-input tile, N not of the 16-row block; the gate
-    through the fused SiLU-mul kernel, as for fewer rows)."""
+    """From DEQUANT_ROWS rows (past WGMMA_ROWS for bf16 on Hopper) the weight is dequantized whole and F.linear runs:
+    the torch twin's computation, so the result equals it exactly (K not a multiple of the 256-input tile, N not of
+    the 16-row block; the gate through the fused SiLU-mul kernel, as for fewer rows)."""
     from torch.nn import functional as F
 
     from llmserve.kernels.fused import silu_mul
-    from llmserve.kernels.int4 import DEQUANT_ROWS, w4mm
+    from llmserve.kernels.int4 import DEQUANT_ROWS, WGMMA_ROWS, w4mm
     from llmserve.model.int4 import dequantize_int4
 
-    x, t, bias, ref = _int4_case(DEQUANT_ROWS, 40, 5 * 128, group, symmetric, gated, wide_scales=wide_scales)
+    rows = max(DEQUANT_ROWS, WGMMA_ROWS + 1)  # up to WGMMA_ROWS bf16 on Hopper takes int4_wgmma.py's kernel
+    x, t, bias, ref = _int4_case(rows, 40, 5 * 128, group, symmetric, gated, wide_scales=wide_scales)
     out = w4mm(x, t["weight"], t["weight_scale"], t.get("weight_min"), bias, gated=gated)
     w = dequantize_int4(t["weight"], t["weight_scale"], t.get("weight_min"), DT)
     assert torch.equal(out, F.linear(silu_mul(x) if gated else x, w, bias))

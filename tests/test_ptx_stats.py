@@ -66,3 +66,13 @@ def test_the_paired_int4_gemv_compiles_its_epilogues_and_a_plain_down_proj_runs_
         assert r["kernel"] == "_w4gemv_pairs_kernel" and int(r["registers"]) > 0 and "spill bytes" not in r
     assert int(plain["sass loop"]) < 0.85 * int(gated["sass loop"])
     assert int(gate_up["sass loop"]) <= int(up_only["sass loop"]) and int(rope["sass loop"]) <= int(qkv["sass loop"])
+
+
+def test_the_int4_wgmma_kernel_compiles_for_hopper_with_its_wgmmas_in_flight():
+    """The Gluon int4 matmul (llmserve/kernels/int4_wgmma.py) passes ptxas for sm_90 with no spill and without ptxas
+    serializing its wgmmas (warning C7515, which its first draft drew on 2026-12-06 through a path around the K loop
+    that set the accumulator's registers), at 8 and 128 rows, groups of 32-128, asymmetric weights, odd group counts."""
+    rows = _stats("w4:8x6144x4096:128:wgmma", "w4:128x4096x14336:64:wgmma", "w4:40x200x896:32:wgmma+asym")
+    for r in rows:
+        assert r["kernel"] == "_w4wgmma_kernel" and int(r["wgmma"]) > 0 and int(r["registers"]) > 0
+        assert "spill bytes" not in r and "wgmma serialized" not in r, r

@@ -74,27 +74,33 @@ def s_int4(args):
         print(args.report.summary[-1], flush=True)
 
 
-PATH_ROWS = (64, 256, 1024, 2048)  # where the int4 tensor-core kernel hands over to dequantize + cuBLAS
+PATH_ROWS = (64, 256, 512, 1024, 2048)  # where the int4 tensor-core kernels hand over to dequantize + cuBLAS
 
 
 def _int4_path_calls(layers: list, M: int) -> dict[str, list]:
-    """Every layer's matmul at M rows by each int4 path: the tensor-core kernel (its default launch shape) and the
-    weight dequantized whole plus cuBLAS. x is shared by layers of one input width."""
-    from llmserve.kernels.int4 import mm_config, w4mm, w4mm_dequant
+    """Every layer's matmul at M rows by each int4 path: the Triton tensor-core kernel (its default launch shape),
+    the Gluon one (int4_wgmma.py, its default launch shape) and the weight dequantized whole plus cuBLAS. x is shared
+    by layers of one input width."""
+    from llmserve.kernels.after_gemv import gate_applied
+    from llmserve.kernels.int4 import check_codes, mm_config, w4mm, w4mm_dequant
+    from llmserve.kernels.int4_wgmma import w4wgmma
 
     xs = {(k, g): torch.randn(M, 2 * k if g else k, device="cuda", dtype=torch.bfloat16) for _, g, k in layers}
-    calls: dict[str, list] = {"tiles_ms": [], "dequant_cublas_ms": []}
+    calls: dict[str, list] = {"tiles_ms": [], "wgmma_ms": [], "dequant_cublas_ms": []}
     for q, g, k in layers:
         n, t = q["weight"].shape[0], (xs[k, g], q["weight"], q["weight_scale"], q.get("weight_min"), None, g)
         calls["tiles_ms"].append(partial(w4mm, *t, config=mm_config(M, n, k, 128)))
+        w = t[1:4]
+        calls["wgmma_ms"].append(lambda x=t[0], w=w, g=g, k=k: w4wgmma(gate_applied(x, k, g, False), *w, None,
+                                                                       check_codes(*w)))
         calls["dequant_cublas_ms"].append(partial(w4mm_dequant, *t))
     return calls
 
 
 @section("int4_paths")
 def s_int4_paths(args):
-    """Where DEQUANT_ROWS belongs: the two int4 matmul paths over all linears of the Llama-3.1-8B shape (g128, one
-    CUDA graph each) at 64-2,048 rows, with bf16 cuBLAS beside them."""
+    """Where WGMMA_ROWS and DEQUANT_ROWS belong: the three int4 matmul paths over all linears of the Llama-3.1-8B shape
+    (g128, one CUDA graph each) at 64-2,048 rows, with bf16 cuBLAS beside them."""
     from bench.common import SHAPES, linear_shapes
     from llmserve.model.int4 import quantize_int4
 
@@ -109,8 +115,9 @@ def s_int4_paths(args):
         for M in PATH_ROWS:
             calls = _int4_path_calls(layers, M)
             r = res[f"{tag}/M{M}"] = {p: graph_time_ms(lambda fs=fs: [f() for f in fs]) for p, fs in calls.items()}
-            args.report.say(f"int4 {tag} g128 M={M}: tensor-core kernel {r['tiles_ms']:.3f} ms, dequantize + cuBLAS "
-                            f"{r['dequant_cublas_ms']:.3f} ms over all linears")
+            args.report.say(f"int4 {tag} g128 M={M}: Triton tensor-core kernel {r['tiles_ms']:.3f} ms, Gluon "
+                            f"{r['wgmma_ms']:.3f} ms, dequantize + cuBLAS {r['dequant_cublas_ms']:.3f} ms over all "
+                            "linears")
             print(args.report.summary[-1], flush=True)
         del layers
         torch.cuda.empty_cache()

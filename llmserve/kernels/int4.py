@@ -17,6 +17,8 @@ offsets (+ 0 and + g/2), so nothing is interleaved in registers.
   weight dequantized to the activation dtype first (the value the torch twin rounds to). Every load is a 2D tile of
   contiguous columns.
   The gate is applied first by llmserve.kernels.fused.silu_mul (as linear.wmm does by default).
+- bf16 activations on Hopper, 2 rows to WGMMA_ROWS (inclusive): the Gluon kernel of llmserve/kernels/int4_wgmma.py
+  instead (asynchronous wgmma, which `tl.dot` here is not).
 - From DEQUANT_ROWS rows (prompt steps, decode steps of many streams): W dequantized to the activation dtype by
   `_w4dequant_kernel`, bit for bit the torch twin's weight, then cuBLAS (as vLLM's AWQ path does from 256 tokens):
   the dequantization reads half a byte and writes two a weight (~5 ms over an 8B model), which pays from ~200 rows.
@@ -31,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from llmserve.kernels import launch_args
+from llmserve.kernels import int4_wgmma, launch_args
 from llmserve.kernels.after_gemv import finished, gate_applied, normed
 from llmserve.kernels.gemv import RopeCache, RowNorm
 from llmserve.kernels.group_tiles import load_x, store_rows, store_tile
@@ -310,6 +312,13 @@ def mm_config(M: int, N: int, K: int, group: int,
 MM_SCALE_ROWS = {"sym": 64, "asym": 0}
 MM_MAGIC_ROWS = {"sym": 0, "asym": 16}
 
+# bf16 activations on Hopper from 2 rows to WGMMA_ROWS: the Gluon kernel of llmserve/kernels/int4_wgmma.py (W the
+# register operand of asynchronous wgmma), 1.2x (8 rows) to 1.6x (256) faster over Llama-3.1-8B's linears than the
+# Triton kernel and dequantize + cuBLAS; at 512 rows it ties with dequantize + cuBLAS, which wins from 1,024 (16.9
+# against 17.1, 34.2 against 27.8 ms: kernel_check int4_paths, docs/performance.md, thirty-fourth session)
+WGMMA = True
+WGMMA_ROWS = 512
+
 # Rows from which a matmul dequantizes W and calls cuBLAS (`dequant_linear`): where the two paths' times cross
 # over all linears of Llama-3.1-8B on the H200 (kernel_check int4_paths; docs/performance.md).
 DEQUANT_ROWS = 192
@@ -323,6 +332,8 @@ def w4mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.T
     sizes = check_codes(w, scale, minimum)
     if config is None and x.shape[0] == 1:
         return w4gemv(x, w, scale, minimum, bias, gated, pdl=pdl)
+    if config is None and WGMMA and x.shape[0] <= WGMMA_ROWS and int4_wgmma.usable(x, w):
+        return int4_wgmma.w4wgmma(gate_applied(x, sizes[1], gated, pdl), w, scale, minimum, bias, sizes)
     if config is None and x.shape[0] >= DEQUANT_ROWS:
         return w4mm_dequant(x, w, scale, minimum, bias, gated, pdl)
     kind = "sym" if minimum is None else "asym"

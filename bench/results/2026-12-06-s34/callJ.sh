@@ -13,6 +13,7 @@ e() { PYTHONPATH=$PWD timeout $3 python3 -m bench.run --shape llama3.1-8b --plan
   --concurrency $1 --phase-timeout $(( $3 - 10 )) --phases $2 --out $OUT/r/e-$2-$1 > $OUT/r/e-$2-$1.log 2>&1; save; }
 e 8 engine_int4 60; e 8 engine 60
 e 256 engine_int4 80; e 256 engine 80
+# gluon/bench_xreg.py and gluon/w4wg4.py as at da607bb (removed since: the variant was slower)
 PYTHONPATH=$PWD timeout 80 python3 bench/results/2026-12-06-s34/gluon/bench_xreg.py > $OUT/r/xreg.log 2>&1; save
 PYTHONPATH=$PWD timeout 120 python3 -m bench.kernel_check --sections int4_paths --out $OUT/r/kc-int4_paths \
   > $OUT/r/kc-int4_paths.log 2>&1; save

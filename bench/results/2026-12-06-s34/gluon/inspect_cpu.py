@@ -11,31 +11,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.pop("TRITON_INTERPRET", None)
 from bench.ptx_stats import _tool, sass_counts  # noqa: E402
-
-
-def compile_gluon(call):
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import compile, make_backend
-    from triton.experimental.gluon._runtime import GluonASTSource
-    from triton.runtime import jit
-    target = GPUTarget("cuda", 90, 32)
-    backend = make_backend(target)
-    kernels = []
-
-    def run(self, *args, grid, warmup, **kwargs):
-        kwargs.setdefault("debug", False)
-        binder = jit.create_function_from_signature(self.signature, self.params, backend)
-        bound, spec, options = binder(*args, **kwargs)
-        options, signature, constexprs, attrs = self._pack_args(backend, kwargs, bound, spec, options)
-        kernels.append(compile(GluonASTSource(self, signature, constexprs, attrs), target=target,
-                               options=options.__dict__))
-    original = jit.JITFunction.run
-    jit.JITFunction.run = run
-    try:
-        call()
-    finally:
-        jit.JITFunction.run = original
-    return kernels
+from bench.ptx_stats import compile_launches as compile_gluon  # noqa: E402
 
 
 def ptxas(ptx):

@@ -13,70 +13,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-# Four bytes of a dot-operand tile (k_width 2: bytes 0-1 one row's adjacent inputs, 2-3 the same inputs 8 rows on)
-# into bf16 pairs: prmt spreads a row's two bytes into the halves of a word, a LOP3 ORs their nibbles into bf16 128.0
-# (128 + code, exact), a paired subtraction makes c = code - 8 (sym; code for asym). The float16 scale is s_hi + s_lo
-# in bf16 (exactly: 11 bits in 8 + 3), c * s_lo is exact, so fma(c, s_hi, c * s_lo) rounds the exact product once:
-# the twin's bf16(float32 s * (q - 8)) bit for bit (asym: + m inside the inner fma, rounded there).
-# $0-$1 low nibbles, $2-$3 high; $4 the bytes; $5-$8 s_hi as pairs (s, s) ($5 the first row's, $7 the other's),
-# $9-$12 s_lo, $13-$16 the minimums.
-_DEQ_ASM = """{
-.reg .b32 t0, t1, u0, u1, c0, c1, c2, c3, nib, mag, bias, l0, l1, l2, l3;
-mov.b32 nib, 0x000F000F;
-mov.b32 mag, 0x43004300;
-mov.b32 bias, BIAS;
-prmt.b32 t0, $4, 0, 0x4140;
-prmt.b32 t1, $4, 0, 0x4342;
-shr.u32 u0, t0, 4;
-shr.u32 u1, t1, 4;
-lop3.b32 c0, t0, nib, mag, 0xEA;
-lop3.b32 c1, t1, nib, mag, 0xEA;
-lop3.b32 c2, u0, nib, mag, 0xEA;
-lop3.b32 c3, u1, nib, mag, 0xEA;
-sub.rn.bf16x2 c0, c0, bias;
-sub.rn.bf16x2 c1, c1, bias;
-sub.rn.bf16x2 c2, c2, bias;
-sub.rn.bf16x2 c3, c3, bias;
-LOW
-fma.rn.bf16x2 $0, c0, $5, l0;
-fma.rn.bf16x2 $1, c1, $7, l1;
-fma.rn.bf16x2 $2, c2, $5, l2;
-fma.rn.bf16x2 $3, c3, $7, l3;
-}"""
-_SYM_LOW = """mul.rn.bf16x2 l0, c0, $9;
-mul.rn.bf16x2 l1, c1, $11;
-mul.rn.bf16x2 l2, c2, $9;
-mul.rn.bf16x2 l3, c3, $11;"""
-_ASYM_LOW = """fma.rn.bf16x2 l0, c0, $9, $13;
-fma.rn.bf16x2 l1, c1, $11, $15;
-fma.rn.bf16x2 l2, c2, $9, $13;
-fma.rn.bf16x2 l3, c3, $11, $15;"""
-SYM_ASM: gl.constexpr = gl.constexpr(_DEQ_ASM.replace("BIAS", "0x43084308").replace("LOW", _SYM_LOW))
-ASYM_ASM: gl.constexpr = gl.constexpr(_DEQ_ASM.replace("BIAS", "0x43004300").replace("LOW", _ASYM_LOW))
-
-
-@gluon.jit
-def _pairs(v):
-    """bf16 values as int32 (v, v): one register a packed operand."""
-    b = v.to(gl.bfloat16).to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF
-    return b | (b << 16)
-
-
-@gluon.jit
-def _dequant_asm(q, s, m, ASYM: gl.constexpr):
-    """(low, high) nibbles of uint8 tile q (dot-operand layout) as bf16 weights; s, m: 16-bit [rows, 1]."""
-    s32 = s.to(gl.float32)
-    hi = s32.to(gl.bfloat16)
-    lo = s32 - hi.to(gl.float32)
-    s_hi = gl.broadcast(_pairs(hi), q)[0]
-    s_lo = gl.broadcast(_pairs(lo), q)[0]
-    if ASYM:
-        mb = gl.broadcast(_pairs(m), q)[0]
-        return gl.inline_asm_elementwise(ASYM_ASM, "=r,=r,=r,=r,r,r,r,r,r,r,r,r,r,r,r,r,r", [q, s_hi, s_lo, mb],
-                                         dtype=(gl.bfloat16, gl.bfloat16), is_pure=True, pack=4)
-    else:
-        return gl.inline_asm_elementwise(SYM_ASM, "=r,=r,=r,=r,r,r,r,r,r,r,r,r,r", [q, s_hi, s_lo],
-                                         dtype=(gl.bfloat16, gl.bfloat16), is_pure=True, pack=4)
+# v3's dequantization, as landed (llmserve/kernels/int4_wgmma.py; call G ran this file's own copy of it)
+from llmserve.kernels.int4_wgmma import dequant as _dequant_asm
 
 
 @gluon.jit

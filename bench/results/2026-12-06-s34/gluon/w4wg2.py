@@ -12,7 +12,8 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-from w4wg import _dequant_asm
+
+from llmserve.kernels.int4_wgmma import dequant as _dequant_asm
 
 
 @gluon.constexpr_function

@@ -20,13 +20,7 @@ import torch
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import (
-    fence_async_shared,
-    mbarrier,
-    tma,
-    warpgroup_mma,
-    warpgroup_mma_wait,
-)
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 # Four bytes of the fragment (bytes 0-1 one row's adjacent inputs, 2-3 the same inputs 8 rows on) into bf16 pairs:
@@ -78,7 +72,7 @@ def _pairs(v):
 
 
 @gluon.jit
-def _dequant(q, s, m, ASYM: gl.constexpr):
+def dequant(q, s, m, ASYM: gl.constexpr):
     """(low, high) nibbles of the uint8 tile q as bf16 weights; s, m: [rows, 1], any float dtype."""
     s32 = s.to(gl.float32)
     hi = s32.to(gl.bfloat16)
@@ -93,55 +87,24 @@ def _dequant(q, s, m, ASYM: gl.constexpr):
                                          dtype=(gl.bfloat16, gl.bfloat16), is_pure=True, pack=4)
 
 
-@gluon.constexpr_function
-def byte_layout(block_n, num_warps):
-    """[BLOCK_N, 64] bytes: a thread holds 16 contiguous bytes of rows r and r + 8 (quad lane c: bytes 16c..16c+15)."""
-    warps = [[16 << i, 0] for i in range((num_warps - 1).bit_length())]
-    return gl.DistributedLinearLayout(reg_bases=[[0, 1], [0, 2], [0, 4], [0, 8], [8, 0]],
-                                      lane_bases=[[0, 16], [0, 32], [1, 0], [2, 0], [4, 0]],
-                                      warp_bases=warps, block_bases=[], shape=[block_n, 64])
-
-
-@gluon.jit
-def _relabel(v, a_l: gl.constexpr):
-    """[BN, 64] indexed by byte i = 16c + 4t + 2o + p -> by fragment slot 16t + 8o + 2c + p, in a_l (no data moves)."""
-    BN: gl.constexpr = v.shape[0]
-    v = gl.permute(gl.reshape(v, [BN, 4, 4, 2, 2]), [0, 2, 3, 1, 4])
-    return gl.convert_layout(gl.reshape(v, [BN, 64]), a_l, assert_trivial=True)
-
-
-@gluon.jit
-def _load_x(x_ptr, stride_xm, off_m, M, g0, g, n_groups, GROUP: gl.constexpr, BLOCK_M: gl.constexpr,
-            x_l: gl.constexpr):
-    """Group g of x [BLOCK_M, GROUP] with its columns in the relabelled order (zeros past M or the groups)."""
-    sl = gl.arange(0, GROUP, layout=gl.SliceLayout(0, x_l))
-    r = sl % 64
-    true = (sl // 64) * 64 + 16 * ((r // 2) % 4) + 4 * (r // 16) + 2 * ((r // 8) % 2) + r % 2
-    m = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, x_l))
-    ptrs = x_ptr + m[:, None].to(gl.int64) * stride_xm + (g0 + g) * GROUP + true[None, :]
-    return gl.load(ptrs, mask=(m[:, None] < M) & (g < n_groups), other=0.0)
-
-
 @gluon.jit
 def _fetch(x_desc, w_desc, x_smem, w_smem, bars, off_m, off_n, g0, g, n_fetch, GROUP: gl.constexpr,
-           STAGES: gl.constexpr, XREG: gl.constexpr):
+           STAGES: gl.constexpr):
     """Group g's x and W tiles into their slot of the ring (the caller knows the slot's last readers finished).
     A group past K (an odd count's pair) is read all the same: TMA fills it with zeros."""
     slot = g % STAGES
     bar = bars.index(slot)
     ok = g < n_fetch
-    if XREG:
-        mbarrier.expect(bar, w_desc.block_type.nbytes, pred=ok)
-    else:
-        mbarrier.expect(bar, x_desc.block_type.nbytes + w_desc.block_type.nbytes, pred=ok)
-        tma.async_copy_global_to_shared(x_desc, [off_m, (g0 + g) * GROUP], bar, x_smem.index(slot), pred=ok)
+    mbarrier.expect(bar, x_desc.block_type.nbytes + w_desc.block_type.nbytes, pred=ok)
+    tma.async_copy_global_to_shared(x_desc, [off_m, (g0 + g) * GROUP], bar, x_smem.index(slot), pred=ok)
     tma.async_copy_global_to_shared(w_desc, [off_n, (g0 + g) * (GROUP // 2)], bar, w_smem.index(slot), pred=ok)
 
 
 @gluon.jit
-def _group(acc, xr, g, g0, n_groups, s_rows, m_rows, row_ok, x_smem, w_smem, bars, x_ptr, stride_xm, off_m, M,
-           ASYM: gl.constexpr, GROUP: gl.constexpr, STAGES: gl.constexpr, a_l: gl.constexpr, XREG: gl.constexpr,
-           byte_l: gl.constexpr, x_l: gl.constexpr, BLOCK_M: gl.constexpr):
+def _group(acc, g, g0, n_groups, s_rows, m_rows, row_ok, x_smem, w_smem, bars, ASYM: gl.constexpr,
+           GROUP: gl.constexpr, STAGES: gl.constexpr, a_l: gl.constexpr):
+    """Group g dequantized and its two wgmmas issued; its scales are zero past this program's groups (the weights
+    of an odd count's extra group are then 0)."""
     HALF: gl.constexpr = GROUP // 2
     ok = row_ok & (g < n_groups)
     s = gl.load(s_rows + g0 + g, mask=ok, other=0.0)[:, None]
@@ -149,44 +112,30 @@ def _group(acc, xr, g, g0, n_groups, s_rows, m_rows, row_ok, x_smem, w_smem, bar
     if ASYM:
         m = gl.load(m_rows + g0 + g, mask=ok, other=0.0)[:, None]
     slot = g % STAGES
-    if XREG:
-        xn = _load_x(x_ptr, stride_xm, off_m, M, g0, g + 1, n_groups, GROUP, BLOCK_M, x_l)
-        xs = x_smem.index(g % 2)
-        xs.store(xr)
-        fence_async_shared()
-        gl.thread_barrier()
-    else:
-        xn = xr
-        xs = x_smem.index(slot)
     mbarrier.wait(bars.index(slot), (g // STAGES) & 1)
-    q = w_smem.index(slot).load(byte_l)
-    w_lo, w_hi = _dequant(q, s, m, ASYM)
-    if XREG:
-        w_lo = _relabel(w_lo, a_l)
-        w_hi = _relabel(w_hi, a_l)
+    w_lo, w_hi = dequant(w_smem.index(slot).load(a_l), s, m, ASYM)
+    xs = x_smem.index(slot)
     acc = warpgroup_mma(w_lo, xs.slice(0, HALF, dim=1).permute((1, 0)), acc, is_async=True)
     acc = warpgroup_mma(w_hi, xs.slice(HALF, HALF, dim=1).permute((1, 0)), acc, is_async=True)
-    return acc, w_lo, w_hi, xn
+    return acc, w_lo, w_hi
 
 
 @gluon.jit
-def _w4wgmma_kernel(x_desc, w_desc, x_ptr, stride_xm, s_ptr, m_ptr, b_ptr, out_ptr, M, N, K, K_SPLIT, stride_sn,
-                    stride_om, ASYM: gl.constexpr, HAS_BIAS: gl.constexpr, GROUP: gl.constexpr, BLOCK_N: gl.constexpr,
-                    BLOCK_M: gl.constexpr, STAGES: gl.constexpr, XREG: gl.constexpr, num_warps: gl.constexpr):
+def _w4wgmma_kernel(x_desc, w_desc, s_ptr, m_ptr, b_ptr, out_ptr, M, N, K, K_SPLIT, stride_sn, stride_om,
+                    ASYM: gl.constexpr, HAS_BIAS: gl.constexpr, GROUP: gl.constexpr, BLOCK_N: gl.constexpr,
+                    BLOCK_M: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
     pid_m = gl.program_id(0)  # M fastest: a W tile's row blocks run side by side (W read from DRAM once)
     pid_n = gl.program_id(1)
     pid_k = gl.program_id(2)
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                   instr_shape=[16, BLOCK_M, 16])
     a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
-    byte_l: gl.constexpr = byte_layout(BLOCK_N, num_warps) if XREG else a_l
-    x_l: gl.constexpr = gl.BlockedLayout([1, 2], [1, 32], [num_warps, 1], [1, 0])
     off_n = pid_n * BLOCK_N
     off_m = pid_m * BLOCK_M
-    rows = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, byte_l))
+    rows = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, a_l))
     s_rows = s_ptr + rows.to(gl.int64) * stride_sn
     m_rows = m_ptr + rows.to(gl.int64) * stride_sn
-    x_smem = gl.allocate_shared_memory(gl.bfloat16, [2 if XREG else STAGES, BLOCK_M, GROUP], x_desc.layout)
+    x_smem = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BLOCK_M, GROUP], x_desc.layout)
     w_smem = gl.allocate_shared_memory(gl.uint8, [STAGES, BLOCK_N, GROUP // 2], w_desc.layout)
     bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(STAGES):
@@ -196,22 +145,20 @@ def _w4wgmma_kernel(x_desc, w_desc, x_ptr, stride_xm, s_ptr, m_ptr, b_ptr, out_p
     n_fetch = n_groups + (n_groups % 2)
     gl.assume(n_groups >= 1)  # no path around the loop: one that set acc's registers trips ptxas's wgmma pipelining
     for i in gl.static_range(STAGES - 1):
-        _fetch(x_desc, w_desc, x_smem, w_smem, bars, off_m, off_n, g0, i, n_fetch, GROUP, STAGES, XREG)
+        _fetch(x_desc, w_desc, x_smem, w_smem, bars, off_m, off_n, g0, i, n_fetch, GROUP, STAGES)
 
     acc = gl.zeros((BLOCK_N, BLOCK_M), dtype=gl.float32, layout=mma)
-    xr = _load_x(x_ptr, stride_xm, off_m, M, g0, 0, n_groups, GROUP, BLOCK_M, x_l)
     a_lo = gl.zeros((BLOCK_N, GROUP // 2), dtype=gl.bfloat16, layout=a_l)
     a_hi = gl.zeros((BLOCK_N, GROUP // 2), dtype=gl.bfloat16, layout=a_l)
     for g in range(0, n_groups, 2):
-        acc, b_lo, b_hi, xr = _group(acc, xr, g, g0, n_groups, s_rows, m_rows, rows < N, x_smem, w_smem, bars,
-                                     x_ptr, stride_xm, off_m, M, ASYM, GROUP, STAGES, a_l, XREG, byte_l, x_l, BLOCK_M)
+        acc, b_lo, b_hi = _group(acc, g, g0, n_groups, s_rows, m_rows, rows < N, x_smem, w_smem, bars, ASYM,
+                                 GROUP, STAGES, a_l)
         acc = warpgroup_mma_wait(num_outstanding=2, deps=(acc, a_lo, a_hi))[0]  # group g - 1 done: its slot free
-        _fetch(x_desc, w_desc, x_smem, w_smem, bars, off_m, off_n, g0, g + STAGES - 1, n_fetch, GROUP, STAGES, XREG)
-        acc, a_lo, a_hi, xr = _group(acc, xr, g + 1, g0, n_groups, s_rows, m_rows, rows < N, x_smem, w_smem,
-                                     bars, x_ptr, stride_xm, off_m, M, ASYM, GROUP, STAGES, a_l, XREG, byte_l, x_l,
-                                     BLOCK_M)
+        _fetch(x_desc, w_desc, x_smem, w_smem, bars, off_m, off_n, g0, g + STAGES - 1, n_fetch, GROUP, STAGES)
+        acc, a_lo, a_hi = _group(acc, g + 1, g0, n_groups, s_rows, m_rows, rows < N, x_smem, w_smem, bars, ASYM,
+                                 GROUP, STAGES, a_l)
         acc = warpgroup_mma_wait(num_outstanding=2, deps=(acc, b_lo, b_hi))[0]
-        _fetch(x_desc, w_desc, x_smem, w_smem, bars, off_m, off_n, g0, g + STAGES, n_fetch, GROUP, STAGES, XREG)
+        _fetch(x_desc, w_desc, x_smem, w_smem, bars, off_m, off_n, g0, g + STAGES, n_fetch, GROUP, STAGES)
     acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
     for i in gl.static_range(STAGES):
         mbarrier.invalidate(bars.index(i))
@@ -262,12 +209,11 @@ def usable(x: torch.Tensor, w: torch.Tensor) -> bool:
 
 def w4wgmma(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None,
             bias: torch.Tensor | None, sizes: tuple[int, int, int],
-            config: tuple[int, int, int, int, int] | None = None, xreg: bool | None = None) -> torch.Tensor:
+            config: tuple[int, int, int, int, int] | None = None) -> torch.Tensor:
     """x [M, K] bf16 (`usable`), w packed [N, K / 2], scale (and minimum) [N, K / g] -> [M, N]."""
     M = x.shape[0]
     N, K, group = sizes
     bm, bn, warps, stages, split = config or wgmma_config(M, N, K)
-    xreg = (bm <= 16 and group == 128) if xreg is None else xreg
     x_desc = TensorDescriptor(x, list(x.shape), list(x.stride()), [bm, group],
                               gl.NVMMASharedLayout.get_default_for([bm, group], gl.bfloat16))
     w_desc = TensorDescriptor(w, list(w.shape), list(w.stride()), [bn, group // 2],
@@ -276,8 +222,7 @@ def w4wgmma(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torc
     split = triton.cdiv(K, k_split)
     out = torch.empty(split, M, N, dtype=x.dtype if split == 1 else torch.float32, device=x.device)
     _w4wgmma_kernel[(triton.cdiv(M, bm), triton.cdiv(N, bn), split)](
-        x_desc, w_desc, x, x.stride(0), scale, minimum if minimum is not None else scale,
-        bias if bias is not None else scale, out,
+        x_desc, w_desc, scale, minimum if minimum is not None else scale, bias if bias is not None else scale, out,
         M, N, K, k_split, scale.stride(0), out.stride(1), ASYM=minimum is not None, HAS_BIAS=bias is not None,
-        GROUP=group, BLOCK_N=bn, BLOCK_M=bm, STAGES=stages, XREG=xreg, num_warps=warps)
+        GROUP=group, BLOCK_N=bn, BLOCK_M=bm, STAGES=stages, num_warps=warps)
     return out[0] if split == 1 else out.sum(0).to(x.dtype)
