@@ -19,7 +19,8 @@ SECTIONS = {"env": engine.s_env, "tests": engine.s_tests, "engine_small": engine
             "varlen_chunk": attention.s_varlen_chunk, "varlen_sweep": attention.s_varlen_sweep,
             "mixed_graph": attention.s_mixed_graph, "int4": quant.s_int4,
             "int8_group": quant.s_int8_group,
-            "int4_sweep": quant.s_int4_sweep, "int4_paths": quant.s_int4_paths, "host": host.s_host,
+            "int4_sweep": quant.s_int4_sweep, "int4_paths": quant.s_int4_paths,
+            "int4_wgmma_sweep": quant.s_int4_wgmma_sweep, "host": host.s_host,
             "steady": host.s_steady, "triton": host.s_triton, "profile": profile.s_profile}
 
 

@@ -219,3 +219,54 @@ def s_int4_sweep(args):
         del layers
         torch.cuda.empty_cache()
 
+
+
+WGMMA_ROWS = (8, 16, 64, 128, 256)  # the batch-8 target to the 256 streams one
+
+
+def _wgmma_times(layers: list, x: torch.Tensor, sizes: tuple, shapes: list) -> dict:
+    """ms of the Gluon kernel over `layers` at each launch shape (or why it failed: too much shared memory)."""
+    from llmserve.kernels.int4_wgmma import w4wgmma
+
+    times: dict = {}
+    for c in shapes:
+        try:
+            times[str(c)] = graph_time_ms(lambda c=c: [
+                w4wgmma(x, q["weight"], q["weight_scale"], None, None, sizes, config=c) for q in layers], reps=10)
+        except Exception as exc:  # noqa: BLE001
+            times[str(c)] = f"fail {type(exc).__name__}: {str(exc)[:120]}"
+    return times
+
+
+@section("int4_wgmma_sweep")
+def s_int4_wgmma_sweep(args):
+    """Launch shapes of the Gluon int4 matmul (llmserve/kernels/int4_wgmma.py: BLOCK_N 64 x 4 warps or 128 x 8, 3-6
+    stages, K split 1-4 ways; BLOCK_M as `wgmma_config` picks it) per Llama-3.1-8B linear (g128 symmetric, 32 layers'
+    weights, one CUDA graph each) at 8-256 rows, each against `wgmma_config`'s own choice, which a sweep on another
+    GPU can check. INT4_WGMMA_ROWS: the rows (default 8,16,64,128,256)."""
+    from bench.common import SHAPES, linear_shapes
+    from llmserve.kernels.int4_wgmma import wgmma_config
+    from llmserve.model.int4 import quantize_int4
+
+    cfg = SHAPES["llama3.1-8b"]
+    res = args.report.results.setdefault("int4_wgmma_sweep", {})
+    rows = [int(v) for v in os.environ.get("INT4_WGMMA_ROWS", ",".join(map(str, WGMMA_ROWS))).split(",")]
+    for name, (n, k) in linear_shapes(cfg).items():
+        layers = [quantize_int4(torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02, 128, True)
+                  for _ in range(cfg["num_hidden_layers"])]
+        for M in rows:
+            x = torch.randn(M, k, device="cuda", dtype=torch.bfloat16)
+            default = wgmma_config(M, n, k)
+            shapes = {default} | {(default[0], bn, warps, stages, split) for (bn, warps), stages, split in
+                                  itertools.product(((64, 4), (128, 8)), (3, 4, 6), (1, 2, 4))}
+            times = _wgmma_times(layers, x, (n, k, 128), sorted(shapes))
+            numeric = {c: t for c, t in times.items() if isinstance(t, float)}
+            best = min(numeric, key=numeric.get)
+            res[f"{name}/M{M}"] = {"default": str(default), "default_ms": times[str(default)], "best": best,
+                                   "best_ms": numeric[best], "times_ms": times}
+            args.report.say(f"int4 wgmma {name} M={M}: default {default} {times[str(default)]} ms, best {best} "
+                            f"{numeric[best]:.3f} ms")
+            print(args.report.summary[-1], flush=True)
+            args.report.save()
+        del layers
+        torch.cuda.empty_cache()
