@@ -151,6 +151,18 @@ def s_int8_group(args):
         print(args.report.summary[-1], flush=True)
 
 
+def _record(args, res: dict, label: str, key: str, default: str, times: dict, floor: float | None = None) -> None:
+    """A sweep's times for one linear and row count: the default's, the best, said and saved."""
+    numeric = {c: t for c, t in times.items() if isinstance(t, float)}
+    best = min(numeric, key=numeric.get)
+    res[key] = {"default": default, "default_ms": times[default], "best": best, "best_ms": numeric[best],
+                "times_ms": times, **({"floor_ms": floor} if floor is not None else {})}
+    tail = f", floor {floor:.3f} ms" if floor is not None else ""
+    args.report.say(f"{label}: default {default} {times[default]} ms, best {best} {numeric[best]:.3f} ms{tail}")
+    print(args.report.summary[-1], flush=True)
+    args.report.save()
+
+
 def _sweep_cases(M: int, default: tuple, configs: list, kinds: list[str]) -> list[tuple[str, tuple]]:
     """(GEMV kernel or "", launch config) to time: the default first (at M = 1 the paired GEMV with `pairs_config`,
     what a bf16 model runs on a GPU); at M = 1 every config under each kernel."""
@@ -207,15 +219,8 @@ def s_int4_sweep(args):
                         reps=10)
                 except Exception as exc:  # noqa: BLE001
                     times[f"{kind}{c}"] = f"fail {type(exc).__name__}: {str(exc)[:120]}"
-            numeric = {c: t for c, t in times.items() if isinstance(t, float)}
-            best = min(numeric, key=numeric.get)
-            default = f"{'pairs' if M == 1 else ''}{default}"
-            res[f"{name}/M{M}"] = {"floor_ms": floor, "default": default, "default_ms": times[default],
-                                   "best": best, "best_ms": numeric[best], "times_ms": times}
-            args.report.say(f"int4 {name} M={M}: default {default} {times[default]} ms, best {best} "
-                           f"{numeric[best]:.3f} ms, floor {floor:.3f} ms")
-            print(args.report.summary[-1], flush=True)
-            args.report.save()
+            _record(args, res, f"int4 {name} M={M}", f"{name}/M{M}", f"{'pairs' if M == 1 else ''}{default}", times,
+                    floor)
         del layers
         torch.cuda.empty_cache()
 
@@ -260,13 +265,6 @@ def s_int4_wgmma_sweep(args):
             shapes = {default} | {(default[0], bn, warps, stages, split) for (bn, warps), stages, split in
                                   itertools.product(((64, 4), (128, 8)), (3, 4, 6), (1, 2, 4))}
             times = _wgmma_times(layers, x, (n, k, 128), sorted(shapes))
-            numeric = {c: t for c, t in times.items() if isinstance(t, float)}
-            best = min(numeric, key=numeric.get)
-            res[f"{name}/M{M}"] = {"default": str(default), "default_ms": times[str(default)], "best": best,
-                                   "best_ms": numeric[best], "times_ms": times}
-            args.report.say(f"int4 wgmma {name} M={M}: default {default} {times[str(default)]} ms, best {best} "
-                            f"{numeric[best]:.3f} ms")
-            print(args.report.summary[-1], flush=True)
-            args.report.save()
+            _record(args, res, f"int4 wgmma {name} M={M}", f"{name}/M{M}", str(default), times)
         del layers
         torch.cuda.empty_cache()
