@@ -29,6 +29,8 @@ except ImportError:  # pragma: no cover - depends on the machine
 
 ENV = "LLMSERVE_TRITON_KERNELS"  # "1" (default): on; "0": off; "interpret": every tensor, under TRITON_INTERPRET=1
 MODES = ("on", "off", "interpret")
+# The SMs the launch-shape rules count on: Hopper's 132 (H100 SXM, H200), where they were swept
+NUM_SMS = 132
 
 
 def mode_from_env(env: Mapping[str, str] | None = None) -> str:

@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from llmserve.kernels import int4_wgmma, launch_args
+from llmserve.kernels import NUM_SMS, int4_wgmma, launch_args
 from llmserve.kernels.after_gemv import finished, gate_applied, normed
 from llmserve.kernels.gemv import RopeCache, RowNorm
 from llmserve.kernels.group_tiles import load_x, store_rows, store_tile
@@ -274,7 +274,6 @@ def launch_gemv(kernel, x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, m
 # (BLOCK_N, BLOCK_K, num_warps, num_stages) per M bucket above 16 rows: linear.py's 8-bit table, BLOCK_K at
 # least a group.
 CONFIGS: dict[int, tuple[int, int, int, int]] = {32: (32, 256, 4, 4), 64: (64, 128, 4, 4), 128: (128, 128, 8, 3)}
-NUM_SMS = 132
 
 
 # Up to 16 rows, int4's (BLOCK_N, BLOCK_K, warps) a program, per weights: bench/kernel_check's int4_sweep at 8 rows

@@ -23,6 +23,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+from llmserve.kernels import NUM_SMS
+
 # Four bytes of the fragment (bytes 0-1 one row's adjacent inputs, 2-3 the same inputs 8 rows on) into bf16 pairs:
 # prmt spreads two bytes into a word's halves, a LOP3 ORs their nibbles into bf16 128.0 (128 + code, exact), a
 # paired subtraction leaves c = code - 8 (sym; the code for asym). The scale is s_hi + s_lo in bf16 (a float16's 11
@@ -179,7 +181,6 @@ def _store(acc, b_ptr, out_ptr, off_m, off_n, pid_k, M, N, stride_om, HAS_BIAS: 
     gl.store(ptrs, res.to(out_ptr.dtype.element_ty), mask=(om[None, :] < M) & (on[:, None] < N))
 
 
-NUM_SMS = 132
 BLOCK_N, WARPS, STAGES = 64, 4, 4
 
 

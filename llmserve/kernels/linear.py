@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from llmserve.kernels import launch_args
+from llmserve.kernels import NUM_SMS, launch_args
 from llmserve.kernels.convert import e4m3_to_bf16, ptx_converts
 from llmserve.kernels.gemv import GEMV_W_KIND, RopeCache, RowNorm, gemv, gemv_config, program_rows, silu_mul_pairs  # noqa: F401
 from llmserve.kernels.pdl import pdl_prologue
@@ -107,7 +107,6 @@ CONFIGS: dict[str, dict[int, tuple[int, int, int, int]]] = {
     # `wmm_fp8`: 64 weight rows a tile for Hopper's e4m3 wgmma (bench/kernel_check --sections fp8rows)
     "fp8rows": {16: (64, 256, 4, 4), 32: (64, 256, 4, 4)},
 }
-NUM_SMS = 132
 # The gate's SiLU inside the tensor-core kernel's x load costs more than a separate launch (docs/performance.md).
 FUSE_GATE_IN_MM = False
 # Largest M that goes through `wmm` for 16-bit weights (cuBLAS above) and for fp8: 1, so fp8 steps of 2+ rows take
