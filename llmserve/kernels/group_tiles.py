@@ -1,10 +1,26 @@
-"""Pieces the group-quantized kernels share (int4.py, int4_words.py, int8_group.py): x loaded with the MLP's gate
-applied on the way, and a GEMV's or a matmul program's end."""
+"""Pieces the group-quantized kernels share (int4.py, int4_words.py, int8_group.py, int4_wgmma.py): x loaded with the
+MLP's gate applied on the way, a GEMV's or a matmul program's end, and split-K's slices and their sum."""
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
+
+
+def k_slices(x: torch.Tensor, N: int, K: int, split: int, step: int) -> tuple[int, torch.Tensor]:
+    """K in at most `split` slices of whole `step`s (the last may be short, none empty): (inputs a slice, the output,
+    [slices, M, N]: x's dtype for one slice, float32 partials for more, summed in a fixed order by `summed`, so no
+    atomics and the same tokens every run)."""
+    k_split = triton.cdiv(triton.cdiv(K, split), step) * step
+    slices = triton.cdiv(K, k_split)
+    dtype = x.dtype if slices == 1 else torch.float32
+    return k_split, torch.empty(slices, x.shape[0], N, dtype=dtype, device=x.device)
+
+
+def summed(out: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`k_slices`' output as [M, N] in `dtype`."""
+    return out[0] if out.shape[0] == 1 else out.sum(0).to(dtype)
 
 
 @triton.jit

@@ -36,7 +36,7 @@ import triton.language as tl
 from llmserve.kernels import NUM_SMS, int4_wgmma, launch_args
 from llmserve.kernels.after_gemv import finished, gate_applied, normed
 from llmserve.kernels.gemv import RopeCache, RowNorm
-from llmserve.kernels.group_tiles import load_x, store_rows, store_tile
+from llmserve.kernels.group_tiles import k_slices, load_x, store_rows, store_tile, summed
 from llmserve.kernels.int4_pairs import pairs_ok, w4gemv_pairs
 from llmserve.kernels.int4_words import w4gemv_words
 from llmserve.kernels.pdl import pdl_prologue
@@ -373,13 +373,10 @@ def launch_mm(kernel, x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, min
         return torch.empty(M, N, dtype=x.dtype, device=x.device)
     bm, bn, bk, warps, stages, split = config or mm_config(M, N, K, group)
     assert bk % group == 0, (bk, group)
-    k_split = triton.cdiv(triton.cdiv(K, split), bk) * bk
-    split = triton.cdiv(K, k_split)
-    # split > 1: float32 partials summed in a fixed order (no atomics: the same tokens every run)
-    out = torch.empty(split, M, N, dtype=x.dtype if split == 1 else torch.float32, device=x.device)
-    kernel[(triton.cdiv(M, bm), triton.cdiv(N, bn), split)](
+    k_split, out = k_slices(x, N, K, split, bk)
+    kernel[(triton.cdiv(M, bm), triton.cdiv(N, bn), out.shape[0])](
         x, w, scale, minimum if minimum is not None else scale, bias if bias is not None else scale, out,
         M, N, K, k_split, x.stride(0), w.stride(0), scale.stride(0), out.stride(1), ASYM=minimum is not None,
         HAS_BIAS=bias is not None, GROUP=group, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
         num_stages=stages, **consts, **launch_args(pdl))
-    return out[0] if split == 1 else out.sum(0).to(x.dtype)
+    return summed(out, x.dtype)

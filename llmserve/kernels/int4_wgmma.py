@@ -11,7 +11,7 @@ pendings = 0`), so dequantizing and the tensor cores take turns (docs/performanc
 - A group's two wgmmas (its low-nibble inputs, then its high ones) are waited on only after the next group's are
   issued; two groups' operands alternate in the loop, as ptxas serializes every wgmma of a kernel whose in-flight
   operand registers are rewritten (warning C7515).
-K may be split (`split` programs a column of tiles, float32 partials summed in order, as int4.launch_mm does).
+K may be split (group_tiles.k_slices: float32 partials summed in order, as int4.launch_mm does).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warp
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from llmserve.kernels import NUM_SMS
+from llmserve.kernels.group_tiles import k_slices, summed
 
 # Four bytes of the fragment (bytes 0-1 one row's adjacent inputs, 2-3 the same inputs 8 rows on) into bf16 pairs:
 # prmt spreads two bytes into a word's halves, a LOP3 ORs their nibbles into bf16 128.0 (128 + code, exact), a
@@ -219,11 +220,9 @@ def w4wgmma(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torc
                               gl.NVMMASharedLayout.get_default_for([bm, group], gl.bfloat16))
     w_desc = TensorDescriptor(w, list(w.shape), list(w.stride()), [bn, group // 2],
                               gl.NVMMASharedLayout.get_default_for([bn, group // 2], gl.uint8))
-    k_split = triton.cdiv(triton.cdiv(K, split), group) * group
-    split = triton.cdiv(K, k_split)
-    out = torch.empty(split, M, N, dtype=x.dtype if split == 1 else torch.float32, device=x.device)
-    _w4wgmma_kernel[(triton.cdiv(M, bm), triton.cdiv(N, bn), split)](
+    k_split, out = k_slices(x, N, K, split, group)
+    _w4wgmma_kernel[(triton.cdiv(M, bm), triton.cdiv(N, bn), out.shape[0])](
         x_desc, w_desc, scale, minimum if minimum is not None else scale, bias if bias is not None else scale, out,
         M, N, K, k_split, scale.stride(0), out.stride(1), ASYM=minimum is not None, HAS_BIAS=bias is not None,
         GROUP=group, BLOCK_N=bn, BLOCK_M=bm, STAGES=stages, num_warps=warps)
-    return out[0] if split == 1 else out.sum(0).to(x.dtype)
+    return summed(out, x.dtype)
