@@ -159,6 +159,16 @@ def test_int4_wgmma_launch_shapes_and_k_splits(config):
     assert out.shape == ref.shape and out.dtype == DT and rel(out, ref) < 1e-2
 
 
+def test_int4_matmul_of_no_rows_is_empty():
+    """A step with no rows for this linear (launch_mm returns [0, N] at once; on Hopper the Gluon kernel, whose TMA
+    descriptor takes no empty tensor, must not be picked)."""
+    from llmserve.kernels.int4 import w4mm
+
+    x, t, bias, _ = _int4_case(2, 40, 3 * 128, 128, True, False)
+    out = w4mm(x[:0], t["weight"], t["weight_scale"], None, bias)
+    assert out.shape == (0, 40) and out.dtype == DT
+
+
 @pytest.mark.parametrize("group", [32, 64, 128])
 @pytest.mark.parametrize("symmetric", [True, False])
 @pytest.mark.parametrize("gated,wide_scales", [(False, False), (True, False), (False, True)])

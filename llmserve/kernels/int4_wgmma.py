@@ -204,9 +204,10 @@ def _aligned(t: torch.Tensor) -> bool:
 
 
 def usable(x: torch.Tensor, w: torch.Tensor) -> bool:
-    """Whether this kernel can run the product: bf16 x on a Hopper GPU, both operands as TMA reads them."""
-    return (x.is_cuda and x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device)[0] == 9
-            and _aligned(x) and _aligned(w))
+    """Whether this kernel can run the product: 2+ rows of bf16 x on a Hopper GPU (a TMA descriptor takes no empty
+    tensor), both operands as TMA reads them."""
+    return (x.is_cuda and x.shape[0] >= 2 and x.dtype == torch.bfloat16
+            and torch.cuda.get_device_capability(x.device)[0] == 9 and _aligned(x) and _aligned(w))
 
 
 def w4wgmma(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None,
