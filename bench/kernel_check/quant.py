@@ -229,6 +229,19 @@ def s_int4_sweep(args):
 WGMMA_ROWS = (8, 16, 64, 128, 256)  # the batch-8 target to the 256 streams one
 
 
+def _wgmma_shapes(M: int, default: tuple) -> list[tuple]:
+    """Launch shapes to time at M rows: BLOCK_N 64 x 4 warps or 128 x 8 (two warpgroups), 3-4 stages (6 up to 16
+    rows; 3 lets two programs share a multiprocessor), K split 1-4 ways at `default`'s BLOCK_M; from 256 rows also
+    BLOCK_M 256 (wgmma's widest N: W's dequantized tile serves twice the rows) at 2-3 stages."""
+    bm = default[0]
+    stages = (3, 4, 6) if bm <= 16 else (3, 4)
+    shapes = {default} | {(bm, bn, warps, st, split) for (bn, warps), st, split in
+                          itertools.product(((64, 4), (128, 8)), stages, (1, 2, 4))}
+    if M >= 256:
+        shapes |= {(256, 128, 8, st, split) for st, split in itertools.product((2, 3), (1, 2, 4))}
+    return sorted(shapes)
+
+
 def _wgmma_times(layers: list, x: torch.Tensor, sizes: tuple, shapes: list) -> dict:
     """ms of the Gluon kernel over `layers` at each launch shape (or why it failed: too much shared memory)."""
     from llmserve.kernels.int4_wgmma import w4wgmma
@@ -245,10 +258,10 @@ def _wgmma_times(layers: list, x: torch.Tensor, sizes: tuple, shapes: list) -> d
 
 @section("int4_wgmma_sweep")
 def s_int4_wgmma_sweep(args):
-    """Launch shapes of the Gluon int4 matmul (llmserve/kernels/int4_wgmma.py: BLOCK_N 64 x 4 warps or 128 x 8, 3-6
-    stages, K split 1-4 ways; BLOCK_M as `wgmma_config` picks it) per Llama-3.1-8B linear (g128 symmetric, 32 layers'
-    weights, one CUDA graph each) at 8-256 rows, each against `wgmma_config`'s own choice, which a sweep on another
-    GPU can check. INT4_WGMMA_ROWS: the rows (default 8,16,64,128,256)."""
+    """Launch shapes of the Gluon int4 matmul (llmserve/kernels/int4_wgmma.py; `_wgmma_shapes`) per Llama-3.1-8B
+    linear (g128 symmetric, 32 layers' weights, one CUDA graph each) at 8-256 rows, each against `wgmma_config`'s
+    own choice, which a sweep on another GPU can check, with bf16 cuBLAS over the same layers' bf16 weights beside
+    them (the engine's bf16 path). INT4_WGMMA_ROWS: the rows (default 8,16,64,128,256)."""
     from bench.common import SHAPES, linear_shapes
     from llmserve.kernels.int4_wgmma import wgmma_config
     from llmserve.model.int4 import quantize_int4
@@ -257,14 +270,13 @@ def s_int4_wgmma_sweep(args):
     res = args.report.results.setdefault("int4_wgmma_sweep", {})
     rows = [int(v) for v in os.environ.get("INT4_WGMMA_ROWS", ",".join(map(str, WGMMA_ROWS))).split(",")]
     for name, (n, k) in linear_shapes(cfg).items():
-        layers = [quantize_int4(torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02, 128, True)
-                  for _ in range(cfg["num_hidden_layers"])]
+        ws = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(cfg["num_hidden_layers"])]
+        layers = [quantize_int4(w, 128, True) for w in ws]
         for M in rows:
             x = torch.randn(M, k, device="cuda", dtype=torch.bfloat16)
             default = wgmma_config(M, n, k)
-            shapes = {default} | {(default[0], bn, warps, stages, split) for (bn, warps), stages, split in
-                                  itertools.product(((64, 4), (128, 8)), (3, 4, 6), (1, 2, 4))}
-            times = _wgmma_times(layers, x, (n, k, 128), sorted(shapes))
+            times = _wgmma_times(layers, x, (n, k, 128), _wgmma_shapes(M, default))
             _record(args, res, f"int4 wgmma {name} M={M}", f"{name}/M{M}", str(default), times)
-        del layers
+            res[f"{name}/M{M}"]["bf16_ms"] = graph_time_ms(lambda x=x, ws=ws: [F.linear(x, w) for w in ws], reps=10)
+        del layers, ws
         torch.cuda.empty_cache()

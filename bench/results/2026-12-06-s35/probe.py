@@ -1,0 +1,94 @@
+"""GPU: the Gluon int4 kernel (llmserve/kernels/int4_wgmma.py) at launch shapes wgmma_config does not pick yet
+(BLOCK_M 256, 8 warps, 3 stages) against dequantize + F.linear, then one launch of each shape in CONFIGS for ncu
+(gate_up of Llama-3.1-8B at 256 rows); `ws`: w4ws.py's warp-specialized prototype checked and timed beside it.
+    PYTHONPATH=. python bench/results/2026-12-06-s35/probe.py check
+    ncu --clock-control none -k regex:w4wgmma ... python bench/results/2026-12-06-s35/probe.py ncu"""
+import sys
+from functools import partial
+
+import torch
+
+from llmserve.kernels import int4
+from llmserve.kernels.int4_wgmma import w4wgmma, wgmma_config
+from llmserve.model.int4 import quantize_int4
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from w4u16 import w4u16  # noqa: E402
+from w4ws import w4ws  # noqa: E402
+
+KERNELS = {"wgmma": w4wgmma, "ws": w4ws, "u16": w4u16, "ws16": partial(w4ws, u16=True)}
+
+CONFIGS = [None, (128, 64, 4, 3, 1), (128, 128, 8, 4, 1), (256, 128, 8, 3, 1)]
+
+
+def rel_err(a, b):
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
+
+
+def check():
+    torch.manual_seed(0)
+    for (n, k), sym in [((4096, 4096), True), ((6144, 4096), False), ((4096, 14336), True)]:
+        q = quantize_int4(torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02, 128, sym)
+        w = (q["weight"], q["weight_scale"], q.get("weight_min"))
+        for M in (200, 256, 300, 1024):
+            x = torch.randn(M, k, device="cuda", dtype=torch.bfloat16)
+            ref = int4.w4mm_dequant(x, *w)
+            for c in CONFIGS[1:] + [(256, 128, 8, 2, 2), (256, 128, 8, 3, 4)]:
+                y = w4wgmma(x, *w, None, (n, k, 128), config=c)
+                print(f"{n}x{k} {'sym' if sym else 'asym'} M={M} {c}: rel err {rel_err(y, ref):.5f}", flush=True)
+
+
+def ws():
+    """The prototypes w4ws (warp-specialized) and w4u16 (W's bytes read as uint16) against dequantize + F.linear,
+    then each beside the landed kernel over all linears (32 layers, one CUDA graph each) at each row count and launch
+    shape."""
+    from bench.common import SHAPES, graph_time_ms, linear_shapes
+
+    torch.manual_seed(0)
+    for (n, k), sym in [((4096, 4096), True), ((6144, 4096), False), ((4096, 14336), True)]:
+        q = quantize_int4(torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02, 128, sym)
+        w = (q["weight"], q["weight_scale"], q.get("weight_min"))
+        for M in (2, 8, 64, 256, 300):
+            x = torch.randn(M, k, device="cuda", dtype=torch.bfloat16)
+            ref = int4.w4mm_dequant(x, *w)
+            for c in (None, (128, 128, 8, 4, 1), (256, 128, 8, 3, 1)):
+                for kind in ("ws", "u16", "ws16"):
+                    try:
+                        err = f"{rel_err(KERNELS[kind](x, *w, None, (n, k, 128), config=c), ref):.5f}"
+                    except Exception as exc:  # noqa: BLE001
+                        err = f"FAIL {type(exc).__name__}: {str(exc)[:200]}"
+                    print(f"{kind} {n}x{k} {'sym' if sym else 'asym'} M={M} {c}: rel err {err}", flush=True)
+    cfg = SHAPES["llama3.1-8b"]
+    layers = {name: ([quantize_int4(torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02, 128, True)
+                      for _ in range(cfg["num_hidden_layers"])], n, k) for name, (n, k) in linear_shapes(cfg).items()}
+    for M in (8, 64, 256, 1024):
+        shapes = [None] + [(min(M, 128), 128, 8, 4, 1)] * (M >= 64) + [(256, 128, 8, 3, 1)] * (M >= 256)
+        for c in shapes:
+            tot = dict.fromkeys(KERNELS, 0.0)
+            for name, (qs, n, k) in layers.items():
+                x = torch.randn(M, k, device="cuda", dtype=torch.bfloat16)
+                for kind, fn in KERNELS.items():
+                    try:
+                        ms = graph_time_ms(lambda fn=fn, x=x, qs=qs, n=n, k=k, c=c: [
+                            fn(x, q["weight"], q["weight_scale"], None, None, (n, k, 128), config=c) for q in qs],
+                            reps=10)
+                    except Exception as exc:  # noqa: BLE001
+                        print(f"FAIL {kind} M={M} {c} {name}: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+                        ms = float("nan")
+                    tot[kind] += ms
+                    print(f"time M={M} {c} {name} {kind} {ms:.3f} ms", flush=True)
+            print(f"total M={M} {c}: " + " ".join(f"{kind} {ms:.3f}" for kind, ms in tot.items()) + " ms", flush=True)
+
+
+def ncu():
+    n, k = 28672, 4096
+    q = quantize_int4(torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02, 128, True)
+    x = torch.randn(256, k, device="cuda", dtype=torch.bfloat16)
+    for c in CONFIGS:
+        print(c or wgmma_config(256, n, k), flush=True)
+        w4wgmma(x, q["weight"], q["weight_scale"], None, None, (n, k, 128), config=c)
+    torch.cuda.synchronize()
+
+
+if __name__ == "__main__":
+    {"check": check, "ncu": ncu, "ws": ws}[sys.argv[1]]()
