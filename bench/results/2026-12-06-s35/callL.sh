@@ -1,11 +1,18 @@
 #!/bin/bash
-# Session 35 (~7 min): the int4 GPU tests left pending (no_rows, wgmma), the Gluon kernel at BLOCK_M 256 / 8 warps /
-# 3 stages against dequantize + F.linear, ncu of four launch shapes at 256 rows (gate_up), then the warp-specialized
-# prototype (w4ws.py) and the uint16-read one (w4u16.py) checked and timed beside the landed kernel.
+# Session 35 (~8 min): the warp-specialized prototype (w4ws.py) and the uint16-read one (w4u16.py) checked and timed
+# beside the landed kernel; the int4 GPU tests left pending (no_rows, wgmma); the landed kernel at BLOCK_M 256 / 8
+# warps / 3 stages against dequantize + F.linear; ncu of four launch shapes at 256 rows (gate_up).
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 mkdir -p $OUT/r
 save() { (cd $OUT && tar czf r.tgz r); }
 nvidia-smi --query-gpu=name,driver_version --format=csv > $OUT/r/gpu.txt
+PYTHONPATH=$PWD timeout 90 python3 bench/results/2026-12-06-s35/probe.py ws_check > $OUT/r/ws_check.log 2>&1
+grep -E "^ok|FAIL|Error" $OUT/r/ws_check.log | head; grep -E "^(ws|u16|ws16) " $OUT/r/ws_check.log | awk '{print $NF, $0}' \
+  | sort -g | tail -2; save
+K=wgmma; for k in $(grep "^ok " $OUT/r/ws_check.log | cut -d' ' -f2); do  # kinds that ran every case without a failure
+  grep -q "^$k .*FAIL" $OUT/r/ws_check.log || K=$K,$k; done
+PROBE_KINDS=$K PYTHONPATH=$PWD timeout 200 python3 bench/results/2026-12-06-s35/probe.py ws_time > $OUT/r/ws_time.log 2>&1
+grep -E "^total|FAIL|Error" $OUT/r/ws_time.log; save
 PYTHONPATH=$PWD timeout 100 python3 -m pytest -q -rf tests/test_kernels_int4.py -k "no_rows or wgmma" \
   > $OUT/r/tests.log 2>&1
 tail -3 $OUT/r/tests.log; save
@@ -16,6 +23,4 @@ PYTHONPATH=$PWD timeout 100 ncu --clock-control none -k regex:w4wgmma --section 
   --section SchedulerStats --section Occupancy --section LaunchStats \
   python3 bench/results/2026-12-06-s35/probe.py ncu > $OUT/r/ncu.txt 2>&1
 grep -E "^\(|Duration|Tensor|Shared Memory|Issue Slots|Eligible|Theoretical Occ|Achieved Occ" $OUT/r/ncu.txt | head -60; save
-PYTHONPATH=$PWD timeout 230 python3 bench/results/2026-12-06-s35/probe.py ws > $OUT/r/ws.log 2>&1
-grep -E "^total|FAIL|Error" $OUT/r/ws.log; grep -E "^(ws|u16|ws16) " $OUT/r/ws.log | awk '{print $NF, $0}' | sort -g | tail -2; save
 rm -rf $OUT/r

@@ -1,8 +1,10 @@
 """GPU: the Gluon int4 kernel (llmserve/kernels/int4_wgmma.py) at launch shapes wgmma_config does not pick yet
 (BLOCK_M 256, 8 warps, 3 stages) against dequantize + F.linear, then one launch of each shape in CONFIGS for ncu
-(gate_up of Llama-3.1-8B at 256 rows); `ws`: w4ws.py's warp-specialized prototype checked and timed beside it.
+(gate_up of Llama-3.1-8B at 256 rows); `ws_check`, `ws_time`: the prototypes (w4u16.py, w4ws.py) checked and
+timed beside it.
     PYTHONPATH=. python bench/results/2026-12-06-s35/probe.py check
     ncu --clock-control none -k regex:w4wgmma ... python bench/results/2026-12-06-s35/probe.py ncu"""
+import os
 import sys
 from functools import partial
 
@@ -38,38 +40,46 @@ def check():
                 print(f"{n}x{k} {'sym' if sym else 'asym'} M={M} {c}: rel err {rel_err(y, ref):.5f}", flush=True)
 
 
-def ws():
-    """The prototypes w4ws (warp-specialized) and w4u16 (W's bytes read as uint16) against dequantize + F.linear,
-    then each beside the landed kernel over all linears (32 layers, one CUDA graph each) at each row count and launch
-    shape."""
-    from bench.common import SHAPES, graph_time_ms, linear_shapes
-
+def ws_check():
+    """The prototypes w4u16 (W's bytes read as uint16), w4ws (warp-specialized) and both against dequantize +
+    F.linear, one kind at a time ("ok KIND" once a kind's cases ran: a hang is cut by the caller's timeout)."""
     torch.manual_seed(0)
+    cases = []
     for (n, k), sym in [((4096, 4096), True), ((6144, 4096), False), ((4096, 14336), True)]:
         q = quantize_int4(torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02, 128, sym)
         w = (q["weight"], q["weight_scale"], q.get("weight_min"))
         for M in (2, 8, 64, 256, 300):
             x = torch.randn(M, k, device="cuda", dtype=torch.bfloat16)
-            ref = int4.w4mm_dequant(x, *w)
+            cases.append((f"{n}x{k} {'sym' if sym else 'asym'} M={M}", x, w, (n, k, 128), int4.w4mm_dequant(x, *w)))
+    for kind in ("u16", "ws", "ws16"):
+        for label, x, w, sizes, ref in cases:
             for c in (None, (128, 128, 8, 4, 1), (256, 128, 8, 3, 1)):
-                for kind in ("ws", "u16", "ws16"):
-                    try:
-                        err = f"{rel_err(KERNELS[kind](x, *w, None, (n, k, 128), config=c), ref):.5f}"
-                    except Exception as exc:  # noqa: BLE001
-                        err = f"FAIL {type(exc).__name__}: {str(exc)[:200]}"
-                    print(f"{kind} {n}x{k} {'sym' if sym else 'asym'} M={M} {c}: rel err {err}", flush=True)
+                try:
+                    err = f"{rel_err(KERNELS[kind](x, *w, None, sizes, config=c), ref):.5f}"
+                except Exception as exc:  # noqa: BLE001
+                    err = f"FAIL {type(exc).__name__}: {str(exc)[:200]}"
+                print(f"{kind} {label} {c}: rel err {err}", flush=True)
+        print(f"ok {kind}", flush=True)
+
+
+def ws_time():
+    """Each kernel of PROBE_KINDS (default all) over all linears (32 layers, one CUDA graph each) at each row count
+    and launch shape."""
+    from bench.common import SHAPES, graph_time_ms, linear_shapes
+
+    kinds = os.environ.get("PROBE_KINDS", ",".join(KERNELS)).split(",")
     cfg = SHAPES["llama3.1-8b"]
     layers = {name: ([quantize_int4(torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02, 128, True)
                       for _ in range(cfg["num_hidden_layers"])], n, k) for name, (n, k) in linear_shapes(cfg).items()}
     for M in (8, 64, 256, 1024):
         shapes = [None] + [(min(M, 128), 128, 8, 4, 1)] * (M >= 64) + [(256, 128, 8, 3, 1)] * (M >= 256)
         for c in shapes:
-            tot = dict.fromkeys(KERNELS, 0.0)
+            tot = dict.fromkeys(kinds, 0.0)
             for name, (qs, n, k) in layers.items():
                 x = torch.randn(M, k, device="cuda", dtype=torch.bfloat16)
-                for kind, fn in KERNELS.items():
+                for kind in kinds:
                     try:
-                        ms = graph_time_ms(lambda fn=fn, x=x, qs=qs, n=n, k=k, c=c: [
+                        ms = graph_time_ms(lambda fn=KERNELS[kind], x=x, qs=qs, n=n, k=k, c=c: [
                             fn(x, q["weight"], q["weight_scale"], None, None, (n, k, 128), config=c) for q in qs],
                             reps=10)
                     except Exception as exc:  # noqa: BLE001
@@ -91,4 +101,4 @@ def ncu():
 
 
 if __name__ == "__main__":
-    {"check": check, "ncu": ncu, "ws": ws}[sys.argv[1]]()
+    {"check": check, "ncu": ncu, "ws_check": ws_check, "ws_time": ws_time}[sys.argv[1]]()
