@@ -6,8 +6,9 @@ pendings = 0`), so dequantizing and the tensor cores take turns (docs/performanc
 - out^T [N, M] = W [N, K] @ x^T: W is the register operand of asynchronous wgmma (64 rows a warpgroup), x (M as the
   wgmma's N, 8 to 128) the shared-memory one.
 - W's bytes and x arrive by TMA into a ring of STAGES groups; each thread reads its bytes from shared memory in the
-  wgmma fragment's own layout and dequantizes four at a time by inline PTX (`_DEQ_ASM`) to the torch twin's bf16
-  weight: bf16(float32 s * (q - 8)) bit for bit for 16-bit scales (asymmetric: s * q + m, m rounded to bf16 first).
+  wgmma fragment's own layout, as 16-bit words (read as bytes, each was unpacked and repacked: 7 PRMTs a word pair),
+  and dequantizes four at a time by inline PTX (`_DEQ_ASM`) to the torch twin's bf16 weight: bf16(float32 s * (q -
+  8)) bit for bit for 16-bit scales (asymmetric: s * q + m, m rounded to bf16 first).
 - A group's two wgmmas (its low-nibble inputs, then its high ones) are waited on only after the next group's are
   issued; two groups' operands alternate in the loop, as ptxas serializes every wgmma of a kernel whose in-flight
   operand registers are rewritten (warning C7515).
@@ -26,12 +27,12 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 from llmserve.kernels import NUM_SMS
 from llmserve.kernels.group_tiles import k_slices, summed
 
-# Four bytes of the fragment (bytes 0-1 one row's adjacent inputs, 2-3 the same inputs 8 rows on) into bf16 pairs:
-# prmt spreads two bytes into a word's halves, a LOP3 ORs their nibbles into bf16 128.0 (128 + code, exact), a
+# Four bytes of the fragment (two 16-bit words: one row's adjacent inputs, the same inputs 8 rows on) into bf16
+# pairs: prmt spreads two bytes into a word's halves, a LOP3 ORs their nibbles into bf16 128.0 (128 + code, exact), a
 # paired subtraction leaves c = code - 8 (sym; the code for asym). The scale is s_hi + s_lo in bf16 (a float16's 11
 # bits in 8 + 3, exactly), c * s_lo is exact, so fma(c, s_hi, c * s_lo) rounds the exact product once, as the twin's
 # float32 product rounded to bf16 (asym: m joins the inner fma). $0-$1 the low nibbles' weights, $2-$3 the high;
-# $4 the bytes; $5-$8 s_hi as (s, s) pairs ($5 the first row's, $7 the other's), $9-$12 s_lo, $13-$16 m.
+# $4 the bytes; $5-$6 s_hi as (s, s) pairs of the two rows, $7-$8 s_lo, $9-$10 m.
 _DEQ_ASM = """{
 .reg .b32 t0, t1, u0, u1, c0, c1, c2, c3, nib, mag, bias, l0, l1, l2, l3;
 mov.b32 nib, 0x000F000F;
@@ -51,20 +52,30 @@ sub.rn.bf16x2 c2, c2, bias;
 sub.rn.bf16x2 c3, c3, bias;
 LOW
 fma.rn.bf16x2 $0, c0, $5, l0;
-fma.rn.bf16x2 $1, c1, $7, l1;
+fma.rn.bf16x2 $1, c1, $6, l1;
 fma.rn.bf16x2 $2, c2, $5, l2;
-fma.rn.bf16x2 $3, c3, $7, l3;
+fma.rn.bf16x2 $3, c3, $6, l3;
 }"""
-_SYM_LOW = """mul.rn.bf16x2 l0, c0, $9;
-mul.rn.bf16x2 l1, c1, $11;
-mul.rn.bf16x2 l2, c2, $9;
-mul.rn.bf16x2 l3, c3, $11;"""
-_ASYM_LOW = """fma.rn.bf16x2 l0, c0, $9, $13;
-fma.rn.bf16x2 l1, c1, $11, $15;
-fma.rn.bf16x2 l2, c2, $9, $13;
-fma.rn.bf16x2 l3, c3, $11, $15;"""
+_SYM_LOW = """mul.rn.bf16x2 l0, c0, $7;
+mul.rn.bf16x2 l1, c1, $8;
+mul.rn.bf16x2 l2, c2, $7;
+mul.rn.bf16x2 l3, c3, $8;"""
+_ASYM_LOW = """fma.rn.bf16x2 l0, c0, $7, $9;
+fma.rn.bf16x2 l1, c1, $8, $10;
+fma.rn.bf16x2 l2, c2, $7, $9;
+fma.rn.bf16x2 l3, c3, $8, $10;"""
 SYM_ASM: gl.constexpr = gl.constexpr(_DEQ_ASM.replace("BIAS", "0x43084308").replace("LOW", _SYM_LOW))
 ASYM_ASM: gl.constexpr = gl.constexpr(_DEQ_ASM.replace("BIAS", "0x43004300").replace("LOW", _ASYM_LOW))
+
+
+@gluon.constexpr_function
+def words_layout(ll):
+    """The layout of the fragment's bytes (`ll`, a linear layout of [rows, bytes]) read as 16-bit words: the register
+    basis of a word's second byte dropped, k halved."""
+    def half(bases):
+        return [[b[0], b[1] // 2] for b in bases if b != [0, 1]]
+    return gl.DistributedLinearLayout(half(ll.reg_bases), half(ll.lane_bases), half(ll.warp_bases), ll.block_bases,
+                                      [ll.shape[0], ll.shape[1] // 2])
 
 
 @gluon.jit
@@ -75,19 +86,30 @@ def _pairs(v):
 
 
 @gluon.jit
-def dequant(q, s, m, ASYM: gl.constexpr):
-    """(low, high) nibbles of the uint8 tile q as bf16 weights; s, m: [rows, 1], any float dtype."""
+def _unpaired(v, a_l: gl.constexpr):
+    """bf16 pairs as int32 [rows, k / 2] -> bf16 [rows, k] in a_l, the low half first (the same registers: LLVM folds
+    the split and the operand's repacking)."""
+    lo = (v & 0xFFFF).to(gl.int16).to(gl.bfloat16, bitcast=True)
+    hi = (v >> 16).to(gl.int16).to(gl.bfloat16, bitcast=True)
+    return gl.convert_layout(gl.join(lo, hi).reshape([v.shape[0], 2 * v.shape[1]]), a_l)
+
+
+@gluon.jit
+def dequant(q, s, m, ASYM: gl.constexpr, a_l: gl.constexpr):
+    """(low, high) nibbles of the tile q (uint16 words of two bytes, `words_layout`) as bf16 weights in a_l; s, m:
+    [rows, 1] in q's layout, any float dtype."""
     s32 = s.to(gl.float32)
     hi = s32.to(gl.bfloat16)
     s_hi = gl.broadcast(_pairs(hi), q)[0]
     s_lo = gl.broadcast(_pairs(s32 - hi.to(gl.float32)), q)[0]
     if ASYM:
         m2 = gl.broadcast(_pairs(m), q)[0]
-        return gl.inline_asm_elementwise(ASYM_ASM, "=r,=r,=r,=r,r,r,r,r,r,r,r,r,r,r,r,r,r", [q, s_hi, s_lo, m2],
-                                         dtype=(gl.bfloat16, gl.bfloat16), is_pure=True, pack=4)
+        lo, hi = gl.inline_asm_elementwise(ASYM_ASM, "=r,=r,=r,=r,r,r,r,r,r,r,r", [q, s_hi, s_lo, m2],
+                                           dtype=(gl.int32, gl.int32), is_pure=True, pack=2)
     else:
-        return gl.inline_asm_elementwise(SYM_ASM, "=r,=r,=r,=r,r,r,r,r,r,r,r,r,r", [q, s_hi, s_lo],
-                                         dtype=(gl.bfloat16, gl.bfloat16), is_pure=True, pack=4)
+        lo, hi = gl.inline_asm_elementwise(SYM_ASM, "=r,=r,=r,=r,r,r,r,r,r", [q, s_hi, s_lo],
+                                           dtype=(gl.int32, gl.int32), is_pure=True, pack=2)
+    return _unpaired(lo, a_l), _unpaired(hi, a_l)
 
 
 @gluon.jit
@@ -104,8 +126,8 @@ def _fetch(x_desc, w_desc, x_smem, w_smem, bars, off_m, off_n, g0, g, n_fetch, G
 
 
 @gluon.jit
-def _group(acc, g, g0, n_groups, s_rows, m_rows, row_ok, x_smem, w_smem, bars, ASYM: gl.constexpr,
-           GROUP: gl.constexpr, STAGES: gl.constexpr, a_l: gl.constexpr):
+def _group(acc, g, g0, n_groups, s_rows, m_rows, row_ok, x_smem, w_words, bars, ASYM: gl.constexpr,
+           GROUP: gl.constexpr, STAGES: gl.constexpr, a_l: gl.constexpr, w_l: gl.constexpr):
     """Group g dequantized and its two wgmmas issued; its scales are zero past this program's groups (the weights
     of an odd count's extra group are then 0)."""
     HALF: gl.constexpr = GROUP // 2
@@ -116,7 +138,7 @@ def _group(acc, g, g0, n_groups, s_rows, m_rows, row_ok, x_smem, w_smem, bars, A
         m = gl.load(m_rows + g0 + g, mask=ok, other=0.0)[:, None]
     slot = g % STAGES
     mbarrier.wait(bars.index(slot), (g // STAGES) & 1)
-    w_lo, w_hi = dequant(w_smem.index(slot).load(a_l), s, m, ASYM)
+    w_lo, w_hi = dequant(w_words.index(slot).load(w_l), s, m, ASYM, a_l)
     xs = x_smem.index(slot)
     acc = warpgroup_mma(w_lo, xs.slice(0, HALF, dim=1).permute((1, 0)), acc, is_async=True)
     acc = warpgroup_mma(w_hi, xs.slice(HALF, HALF, dim=1).permute((1, 0)), acc, is_async=True)
@@ -126,20 +148,23 @@ def _group(acc, g, g0, n_groups, s_rows, m_rows, row_ok, x_smem, w_smem, bars, A
 @gluon.jit
 def _w4wgmma_kernel(x_desc, w_desc, s_ptr, m_ptr, b_ptr, out_ptr, M, N, K, K_SPLIT, stride_sn, stride_om,
                     ASYM: gl.constexpr, HAS_BIAS: gl.constexpr, GROUP: gl.constexpr, BLOCK_N: gl.constexpr,
-                    BLOCK_M: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
+                    BLOCK_M: gl.constexpr, STAGES: gl.constexpr, SWIZZLE: gl.constexpr, num_warps: gl.constexpr):
     pid_m = gl.program_id(0)  # M fastest: a W tile's row blocks run side by side (W read from DRAM once)
     pid_n = gl.program_id(1)
     pid_k = gl.program_id(2)
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                   instr_shape=[16, BLOCK_M, 16])
     a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+    w_l: gl.constexpr = words_layout(gl.to_linear_layout(a_l, [BLOCK_N, GROUP // 2]))
     off_n = pid_n * BLOCK_N
     off_m = pid_m * BLOCK_M
-    rows = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, a_l))
+    rows = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, w_l))
     s_rows = s_ptr + rows.to(gl.int64) * stride_sn
     m_rows = m_ptr + rows.to(gl.int64) * stride_sn
     x_smem = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BLOCK_M, GROUP], x_desc.layout)
     w_smem = gl.allocate_shared_memory(gl.uint8, [STAGES, BLOCK_N, GROUP // 2], w_desc.layout)
+    w_words = w_smem._reinterpret(gl.uint16, [STAGES, BLOCK_N, GROUP // 4],
+                                  gl.NVMMASharedLayout(swizzle_byte_width=SWIZZLE, element_bitwidth=16, rank=2))
     bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(STAGES):
         mbarrier.init(bars.index(i), count=1)
@@ -154,12 +179,12 @@ def _w4wgmma_kernel(x_desc, w_desc, s_ptr, m_ptr, b_ptr, out_ptr, M, N, K, K_SPL
     a_lo = gl.zeros((BLOCK_N, GROUP // 2), dtype=gl.bfloat16, layout=a_l)
     a_hi = gl.zeros((BLOCK_N, GROUP // 2), dtype=gl.bfloat16, layout=a_l)
     for g in range(0, n_groups, 2):
-        acc, b_lo, b_hi = _group(acc, g, g0, n_groups, s_rows, m_rows, rows < N, x_smem, w_smem, bars, ASYM,
-                                 GROUP, STAGES, a_l)
+        acc, b_lo, b_hi = _group(acc, g, g0, n_groups, s_rows, m_rows, rows < N, x_smem, w_words, bars, ASYM,
+                                 GROUP, STAGES, a_l, w_l)
         acc = warpgroup_mma_wait(num_outstanding=2, deps=(acc, a_lo, a_hi))[0]  # group g - 1 done: its slot free
         _fetch(x_desc, w_desc, x_smem, w_smem, bars, off_m, off_n, g0, g + STAGES - 1, n_fetch, GROUP, STAGES)
-        acc, a_lo, a_hi = _group(acc, g + 1, g0, n_groups, s_rows, m_rows, rows < N, x_smem, w_smem, bars, ASYM,
-                                 GROUP, STAGES, a_l)
+        acc, a_lo, a_hi = _group(acc, g + 1, g0, n_groups, s_rows, m_rows, rows < N, x_smem, w_words, bars, ASYM,
+                                 GROUP, STAGES, a_l, w_l)
         acc = warpgroup_mma_wait(num_outstanding=2, deps=(acc, b_lo, b_hi))[0]
         _fetch(x_desc, w_desc, x_smem, w_smem, bars, off_m, off_n, g0, g + STAGES, n_fetch, GROUP, STAGES)
     acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
@@ -219,11 +244,11 @@ def w4wgmma(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torc
     bm, bn, warps, stages, split = config or wgmma_config(M, N, K)
     x_desc = TensorDescriptor(x, list(x.shape), list(x.stride()), [bm, group],
                               gl.NVMMASharedLayout.get_default_for([bm, group], gl.bfloat16))
-    w_desc = TensorDescriptor(w, list(w.shape), list(w.stride()), [bn, group // 2],
-                              gl.NVMMASharedLayout.get_default_for([bn, group // 2], gl.uint8))
+    w_layout = gl.NVMMASharedLayout.get_default_for([bn, group // 2], gl.uint8)
+    w_desc = TensorDescriptor(w, list(w.shape), list(w.stride()), [bn, group // 2], w_layout)
     k_split, out = k_slices(x, N, K, split, group)
     _w4wgmma_kernel[(triton.cdiv(M, bm), triton.cdiv(N, bn), out.shape[0])](
         x_desc, w_desc, scale, minimum if minimum is not None else scale, bias if bias is not None else scale, out,
         M, N, K, k_split, scale.stride(0), out.stride(1), ASYM=minimum is not None, HAS_BIAS=bias is not None,
-        GROUP=group, BLOCK_N=bn, BLOCK_M=bm, STAGES=stages, num_warps=warps)
+        GROUP=group, BLOCK_N=bn, BLOCK_M=bm, STAGES=stages, SWIZZLE=w_layout.swizzle_byte_width, num_warps=warps)
     return summed(out, x.dtype)
