@@ -1,12 +1,13 @@
 """GPU: the Gluon int4 kernel (llmserve/kernels/int4_wgmma.py) at launch shapes wgmma_config does not pick yet
 (BLOCK_M 256, 8 warps, 3 stages) against dequantize + F.linear, then one launch of each shape in CONFIGS for ncu
-(gate_up of Llama-3.1-8B at 256 rows); `ws_check`, `ws_time`: the prototypes (w4u16.py, w4ws.py) checked and
-timed beside it.
+(gate_up of Llama-3.1-8B at 256 rows); `ws_check`, `ws_time`: the landed kernel, the warp-specialized prototype
+(w4ws.py) and the kernel as at 335bb50 (`_base/`) checked and timed side by side.
     PYTHONPATH=. python bench/results/2026-12-06-s35/probe.py check
     ncu --clock-control none -k regex:w4wgmma ... python bench/results/2026-12-06-s35/probe.py ncu"""
+import importlib.util
 import os
 import sys
-from functools import partial
+from pathlib import Path
 
 import torch
 
@@ -15,10 +16,22 @@ from llmserve.kernels.int4_wgmma import w4wgmma, wgmma_config
 from llmserve.model.int4 import quantize_int4
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from w4u16 import w4u16  # noqa: E402
 from w4ws import w4ws  # noqa: E402
 
-KERNELS = {"wgmma": w4wgmma, "ws": w4ws, "u16": w4u16, "ws16": partial(w4ws, u16=True)}
+
+def _old_kernel():
+    """int4_wgmma.w4wgmma as at 335bb50 (W's bytes read as bytes), from the comparison tree _base/ that
+    `bash bench/results/2026-12-05-next-calls/tree.sh _base 335bb50` makes; None without it."""
+    path = Path(__file__).resolve().parents[3] / "_base" / "llmserve" / "kernels" / "int4_wgmma.py"
+    if not path.exists():
+        return None
+    spec = importlib.util.spec_from_file_location("int4_wgmma_335bb50", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.w4wgmma
+
+
+KERNELS = {k: f for k, f in {"old": _old_kernel(), "wgmma": w4wgmma, "ws": w4ws}.items() if f is not None}
 
 CONFIGS = [None, (128, 64, 4, 3, 1), (128, 128, 8, 4, 1), (256, 128, 8, 3, 1)]
 
@@ -41,8 +54,9 @@ def check():
 
 
 def ws_check():
-    """The prototypes w4u16 (W's bytes read as uint16), w4ws (warp-specialized) and both against dequantize +
-    F.linear, one kind at a time ("ok KIND" once a kind's cases ran: a hang is cut by the caller's timeout)."""
+    """The landed kernel (W's bytes read as 16-bit words since 335bb50), the warp-specialized prototype (w4ws) and
+    the kernel as at 335bb50 against dequantize + F.linear, one kind at a time ("ok KIND" once a kind's cases ran: a
+    hang is cut by the caller's timeout)."""
     torch.manual_seed(0)
     cases = []
     for (n, k), sym in [((4096, 4096), True), ((6144, 4096), False), ((4096, 14336), True)]:
@@ -51,7 +65,7 @@ def ws_check():
         for M in (2, 8, 64, 256, 300):
             x = torch.randn(M, k, device="cuda", dtype=torch.bfloat16)
             cases.append((f"{n}x{k} {'sym' if sym else 'asym'} M={M}", x, w, (n, k, 128), int4.w4mm_dequant(x, *w)))
-    for kind in ("u16", "ws", "ws16"):
+    for kind in KERNELS:
         for label, x, w, sizes, ref in cases:
             for c in (None, (128, 128, 8, 4, 1), (256, 128, 8, 3, 1)):
                 try:

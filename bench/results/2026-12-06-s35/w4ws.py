@@ -1,7 +1,8 @@
 """Prototype: int4_wgmma.py's kernel warp-specialized. One producer warp issues the TMA copies into a ring of STAGES
 groups (waiting on each slot's `empty` barrier); the consumer warpgroup(s) (the default partition) wait on `ready`,
 dequantize and issue the wgmmas, and free a slot once its group's wgmmas are done. Against the landed kernel: no
-CTA-wide bar.sync around each TMA issue in the consumers' loop. Same arguments as int4_wgmma.w4wgmma."""
+CTA-wide bar.sync around each TMA issue in the consumers' loop. W's bytes read as 16-bit words, as int4_wgmma.py reads
+them. Same arguments as int4_wgmma.w4wgmma."""
 import torch
 import triton
 from triton.experimental import gluon
@@ -14,10 +15,9 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-from w4u16 import dequant16, halved  # noqa: E402  (this folder on sys.path)
 
 from llmserve.kernels.group_tiles import k_slices, summed
-from llmserve.kernels.int4_wgmma import _store, dequant, wgmma_config
+from llmserve.kernels.int4_wgmma import _store, dequant, wgmma_config, words_layout
 
 
 @gluon.jit
@@ -34,7 +34,7 @@ def _producer(x_desc, w_desc, x_smem, w_smem, ready, empty, off_m, off_n, g0, n_
 
 @gluon.jit
 def _issue(acc, g, g0, n_groups, s_rows, m_rows, row_ok, x_smem, w_smem, ready, ASYM: gl.constexpr,
-           GROUP: gl.constexpr, STAGES: gl.constexpr, a_l: gl.constexpr, U16: gl.constexpr, SWIZZLE: gl.constexpr):
+           GROUP: gl.constexpr, STAGES: gl.constexpr, a_l: gl.constexpr, SWIZZLE: gl.constexpr):
     HALF: gl.constexpr = GROUP // 2
     ok = row_ok & (g < n_groups)
     s = gl.load(s_rows + g0 + g, mask=ok, other=0.0)
@@ -43,16 +43,13 @@ def _issue(acc, g, g0, n_groups, s_rows, m_rows, row_ok, x_smem, w_smem, ready, 
         m = gl.load(m_rows + g0 + g, mask=ok, other=0.0)
     slot = g % STAGES
     mbarrier.wait(ready.index(slot), (g // STAGES) & 1)
-    if U16:
-        l16: gl.constexpr = halved(gl.to_linear_layout(a_l, [w_smem.shape[1], HALF]))
-        w16 = w_smem.index(slot)._reinterpret(gl.uint16, [w_smem.shape[1], HALF // 2],
-                                              gl.NVMMASharedLayout(swizzle_byte_width=SWIZZLE, element_bitwidth=16,
-                                                                   rank=2))
-        r_l: gl.constexpr = gl.SliceLayout(1, l16)
-        w_lo, w_hi = dequant16(w16.load(l16), gl.convert_layout(s, r_l)[:, None], gl.convert_layout(m, r_l)[:, None],
-                               ASYM, a_l)
-    else:
-        w_lo, w_hi = dequant(w_smem.index(slot).load(a_l), s[:, None], m[:, None], ASYM)
+    w_l: gl.constexpr = words_layout(gl.to_linear_layout(a_l, [w_smem.shape[1], HALF]))
+    words = w_smem.index(slot)._reinterpret(gl.uint16, [w_smem.shape[1], HALF // 2],
+                                            gl.NVMMASharedLayout(swizzle_byte_width=SWIZZLE, element_bitwidth=16,
+                                                                 rank=2))
+    r_l: gl.constexpr = gl.SliceLayout(1, w_l)
+    w_lo, w_hi = dequant(words.load(w_l), gl.convert_layout(s, r_l)[:, None], gl.convert_layout(m, r_l)[:, None],
+                         ASYM, a_l)
     xs = x_smem.index(slot)
     acc = warpgroup_mma(w_lo, xs.slice(0, HALF, dim=1).permute((1, 0)), acc, is_async=True)
     acc = warpgroup_mma(w_hi, xs.slice(HALF, HALF, dim=1).permute((1, 0)), acc, is_async=True)
@@ -70,7 +67,7 @@ def _release(empty, g, STAGES: gl.constexpr):
 @gluon.jit
 def _consumer(x_smem, w_smem, ready, empty, s_rows, m_rows, row_ok, g0, n_groups, ASYM: gl.constexpr,
               GROUP: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr, STAGES: gl.constexpr,
-              U16: gl.constexpr, SWIZZLE: gl.constexpr, num_warps: gl.constexpr):
+              SWIZZLE: gl.constexpr, num_warps: gl.constexpr):
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                   instr_shape=[16, BLOCK_M, 16])
     a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
@@ -80,11 +77,11 @@ def _consumer(x_smem, w_smem, ready, empty, s_rows, m_rows, row_ok, g0, n_groups
     a_hi = gl.zeros((BLOCK_N, GROUP // 2), dtype=gl.bfloat16, layout=a_l)
     for g in range(0, n_groups, 2):
         acc, b_lo, b_hi = _issue(acc, g, g0, n_groups, s_rows, m_rows, row_ok, x_smem, w_smem, ready, ASYM, GROUP,
-                                 STAGES, a_l, U16, SWIZZLE)
+                                 STAGES, a_l, SWIZZLE)
         acc = warpgroup_mma_wait(num_outstanding=2, deps=(acc, a_lo, a_hi))[0]
         _release(empty, g - 1, STAGES)
         acc, a_lo, a_hi = _issue(acc, g + 1, g0, n_groups, s_rows, m_rows, row_ok, x_smem, w_smem, ready, ASYM,
-                                 GROUP, STAGES, a_l, U16, SWIZZLE)
+                                 GROUP, STAGES, a_l, SWIZZLE)
         acc = warpgroup_mma_wait(num_outstanding=2, deps=(acc, b_lo, b_hi))[0]
         _release(empty, g, STAGES)
     return (warpgroup_mma_wait(num_outstanding=0, deps=(acc, )), )  # a tuple: warp_specialize iterates it
@@ -93,8 +90,7 @@ def _consumer(x_smem, w_smem, ready, empty, s_rows, m_rows, row_ok, g0, n_groups
 @gluon.jit
 def _w4ws_kernel(x_desc, w_desc, s_ptr, m_ptr, b_ptr, out_ptr, M, N, K, K_SPLIT, stride_sn, stride_om,
                  ASYM: gl.constexpr, HAS_BIAS: gl.constexpr, GROUP: gl.constexpr, BLOCK_N: gl.constexpr,
-                 BLOCK_M: gl.constexpr, STAGES: gl.constexpr, U16: gl.constexpr, SWIZZLE: gl.constexpr,
-                 num_warps: gl.constexpr):
+                 BLOCK_M: gl.constexpr, STAGES: gl.constexpr, SWIZZLE: gl.constexpr, num_warps: gl.constexpr):
     pid_m = gl.program_id(0)
     pid_n = gl.program_id(1)
     pid_k = gl.program_id(2)
@@ -118,15 +114,14 @@ def _w4ws_kernel(x_desc, w_desc, s_ptr, m_ptr, b_ptr, out_ptr, M, N, K, K_SPLIT,
     n_fetch = n_groups + (n_groups % 2)
     acc = gl.warp_specialize([
         (_consumer, (x_smem, w_smem, ready, empty, s_rows, m_rows, rows < N, g0, n_groups, ASYM, GROUP, BLOCK_N,
-                     BLOCK_M, STAGES, U16, SWIZZLE, num_warps)),
+                     BLOCK_M, STAGES, SWIZZLE, num_warps)),
         (_producer, (x_desc, w_desc, x_smem, w_smem, ready, empty, off_m, off_n, g0, n_fetch, GROUP, STAGES)),
     ], [1], [24])[0]
     _store(acc, b_ptr, out_ptr, off_m, off_n, pid_k, M, N, stride_om, HAS_BIAS, BLOCK_N, BLOCK_M, num_warps)
 
 
 def w4ws(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None,
-         bias: torch.Tensor | None, sizes: tuple[int, int, int], config=None, maxnreg: int | None = None,
-         u16: bool = False):
+         bias: torch.Tensor | None, sizes: tuple[int, int, int], config=None, maxnreg: int | None = None):
     M = x.shape[0]
     N, K, group = sizes
     bm, bn, warps, stages, split = config or wgmma_config(M, N, K)
@@ -139,6 +134,6 @@ def w4ws(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.T
     _w4ws_kernel[(triton.cdiv(M, bm), triton.cdiv(N, bn), out.shape[0])](
         x_desc, w_desc, scale, minimum if minimum is not None else scale, bias if bias is not None else scale, out,
         M, N, K, k_split, scale.stride(0), out.stride(1), ASYM=minimum is not None, HAS_BIAS=bias is not None,
-        GROUP=group, BLOCK_N=bn, BLOCK_M=bm, STAGES=stages, U16=u16, SWIZZLE=w_layout.swizzle_byte_width,
+        GROUP=group, BLOCK_N=bn, BLOCK_M=bm, STAGES=stages, SWIZZLE=w_layout.swizzle_byte_width,
         num_warps=warps, **extra)
     return summed(out, x.dtype)
