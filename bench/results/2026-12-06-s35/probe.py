@@ -85,7 +85,7 @@ def ws_time():
     cfg = SHAPES["llama3.1-8b"]
     layers = {name: ([quantize_int4(torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02, 128, True)
                       for _ in range(cfg["num_hidden_layers"])], n, k) for name, (n, k) in linear_shapes(cfg).items()}
-    for M in (8, 64, 256, 1024):
+    for M in (8, 256, 1024, 64):
         shapes = [None] + [(min(M, 128), 128, 8, 4, 1)] * (M >= 64) + [(256, 128, 8, 3, 1)] * (M >= 256)
         for c in shapes:
             tot = dict.fromkeys(kinds, 0.0)
