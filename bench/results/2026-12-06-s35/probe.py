@@ -104,6 +104,30 @@ def ws_time():
             print(f"total M={M} {c}: " + " ".join(f"{kind} {ms:.3f}" for kind, ms in tot.items()) + " ms", flush=True)
 
 
+def paths():
+    """At PROBE_ROWS rows (default 512,2048): the landed kernel at its default launch shape and at BLOCK_M 256 (8 warps,
+    3 stages, K split 1-2), against dequantize + cuBLAS (w4mm_dequant), over all linears (32 layers, one CUDA graph
+    each)."""
+    from bench.common import SHAPES, graph_time_ms, linear_shapes
+
+    cfg = SHAPES["llama3.1-8b"]
+    layers = {name: ([quantize_int4(torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02, 128, True)
+                      for _ in range(cfg["num_hidden_layers"])], n, k) for name, (n, k) in linear_shapes(cfg).items()}
+    for M in [int(v) for v in os.environ.get("PROBE_ROWS", "512,2048").split(",")]:
+        tot: dict = {}
+        for name, (qs, n, k) in layers.items():
+            x = torch.randn(M, k, device="cuda", dtype=torch.bfloat16)
+            shapes = (None, (256, 128, 8, 3, 1), (256, 128, 8, 3, 2))
+            calls = {str(c): (lambda q, c=c, x=x, n=n, k=k: w4wgmma(x, q["weight"], q["weight_scale"], None, None,
+                                                                    (n, k, 128), config=c)) for c in shapes}
+            calls["dequant_cublas"] = lambda q, x=x: int4.w4mm_dequant(x, q["weight"], q["weight_scale"], None)
+            for key, fn in calls.items():
+                ms = graph_time_ms(lambda fn=fn, qs=qs: [fn(q) for q in qs], reps=5)
+                tot[key] = tot.get(key, 0.0) + ms
+                print(f"paths M={M} {name} {key} {ms:.3f} ms", flush=True)
+        print(f"paths total M={M}: " + ", ".join(f"{key} {ms:.3f}" for key, ms in tot.items()) + " ms", flush=True)
+
+
 def ncu():
     n, k = 28672, 4096
     q = quantize_int4(torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02, 128, True)
@@ -115,4 +139,4 @@ def ncu():
 
 
 if __name__ == "__main__":
-    {"check": check, "ncu": ncu, "ws_check": ws_check, "ws_time": ws_time}[sys.argv[1]]()
+    {"check": check, "ncu": ncu, "ws_check": ws_check, "ws_time": ws_time, "paths": paths}[sys.argv[1]]()
