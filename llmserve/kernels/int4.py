@@ -312,11 +312,11 @@ MM_SCALE_ROWS = {"sym": 64, "asym": 0}
 MM_MAGIC_ROWS = {"sym": 0, "asym": 16}
 
 # bf16 activations on Hopper from 2 rows to WGMMA_ROWS: the Gluon kernel of llmserve/kernels/int4_wgmma.py (W the
-# register operand of asynchronous wgmma), 1.2x (8 rows) to 1.6x (256) faster over Llama-3.1-8B's linears than the
-# Triton kernel and dequantize + cuBLAS; at 512 rows it ties with dequantize + cuBLAS, which wins from 1,024 (16.9
-# against 17.1, 34.2 against 27.8 ms: kernel_check int4_paths, docs/performance.md, thirty-fourth session)
+# register operand of asynchronous wgmma). Over Llama-3.1-8B's linears on an H100 it beats the Triton kernel and
+# dequantize + cuBLAS at every row count measured, 8 to 2,048 (2,048 rows: 42.7 against 46.6 ms with 256-row blocks);
+# beyond that it is unmeasured and W is dequantized (docs/performance.md, thirty-fourth and thirty-fifth sessions).
 WGMMA = True
-WGMMA_ROWS = 512
+WGMMA_ROWS = 2048
 
 # Rows from which a matmul dequantizes W and calls cuBLAS (`dequant_linear`): where the two paths' times cross
 # over all linears of Llama-3.1-8B on the H200 (kernel_check int4_paths; docs/performance.md).

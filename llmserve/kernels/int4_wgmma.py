@@ -208,13 +208,21 @@ def _store(acc, b_ptr, out_ptr, off_m, off_n, pid_k, M, N, stride_om, HAS_BIAS: 
 
 
 BLOCK_N, WARPS, STAGES = 64, 4, 4
+WIDE = (256, 128, 8, 3)  # BLOCK_M, BLOCK_N, warps, stages: W's dequantized tile serves 256 rows, two warpgroups
+WIDE_TILES = 96  # the fewest wide programs (times the K split) that beat the 128-row blocks
 
 
 def wgmma_config(M: int, N: int, K: int) -> tuple[int, int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, warps, stages, split-K) from bench/kernel_check's int4 sweep of this kernel over the
-    Llama-3.1-8B linears on an H100 (docs/performance.md, thirty-fourth session): 64 outputs and a warpgroup a
-    program; up to 16 rows K split 4 ways where there are fewer than two tiles per SM; above, only down_proj's
-    long K (> 8,192) when its tiles are few."""
+    """(BLOCK_M, BLOCK_N, warps, stages, split-K) from sweeps over the Llama-3.1-8B linears on an H100
+    (docs/performance.md, thirty-fourth and thirty-fifth sessions): above 128 rows `WIDE` blocks where they make
+    WIDE_TILES programs or more (K split 2 ways for down_proj's long K when that gets there); otherwise 64 outputs
+    and a warpgroup a program, up to 16 rows K split 4 ways where there are fewer than two tiles per SM, above that
+    only down_proj's long K (> 8,192) when its tiles are few."""
+    if M > 128:
+        wide = triton.cdiv(M, WIDE[0]) * triton.cdiv(N, WIDE[1])
+        split = 2 if K > 8192 and wide < WIDE_TILES else 1
+        if wide * split >= WIDE_TILES:
+            return (*WIDE, split)
     bm = max(8, min(128, triton.next_power_of_2(M)))
     tiles = triton.cdiv(M, bm) * triton.cdiv(N, BLOCK_N)
     if bm <= 16:
