@@ -3,8 +3,8 @@ level: layouts, shared memory, wgmma and its waits written out), for bf16 activa
 
 Why not Triton's `tl.dot`: Triton waits for each wgmma whose operand the kernel computes (`warp_group_dot_wait
 pendings = 0`), so dequantizing and the tensor cores take turns (docs/performance.md, thirty-third session). Here:
-- out^T [N, M] = W [N, K] @ x^T: W is the register operand of asynchronous wgmma (64 rows a warpgroup), x (M as the
-  wgmma's N, 8 to 128) the shared-memory one.
+- out^T [N, M] = W [N, K] @ x^T: W is the register operand of asynchronous wgmma (64 rows a warpgroup, one or two
+  warpgroups a program), x (M as the wgmma's N, 8 to 256 rows a block) the shared-memory one.
 - W's bytes and x arrive by TMA into a ring of STAGES groups; each thread reads its bytes from shared memory in the
   wgmma fragment's own layout, as 16-bit words (read as bytes, each was unpacked and repacked: 7 PRMTs a word pair),
   and dequantizes four at a time by inline PTX (`_DEQ_ASM`) to the torch twin's bf16 weight: bf16(float32 s * (q -
