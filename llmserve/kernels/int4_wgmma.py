@@ -78,6 +78,18 @@ def words_layout(ll):
                                       [ll.shape[0], ll.shape[1] // 2])
 
 
+@gluon.constexpr_function
+def _word_shape(shape):
+    return [*shape[:-1], shape[-1] // 2]
+
+
+@gluon.jit
+def words(w_smem, SWIZZLE: gl.constexpr):
+    """W's byte tiles (the last dimension bytes) in shared memory as 16-bit words, swizzled as TMA wrote them."""
+    return w_smem._reinterpret(gl.uint16, _word_shape(w_smem.shape),
+                               gl.NVMMASharedLayout(swizzle_byte_width=SWIZZLE, element_bitwidth=16, rank=2))
+
+
 @gluon.jit
 def _pairs(v):
     """Values as bf16 in int32 (v, v): one register a paired operand."""
@@ -163,8 +175,7 @@ def _w4wgmma_kernel(x_desc, w_desc, s_ptr, m_ptr, b_ptr, out_ptr, M, N, K, K_SPL
     m_rows = m_ptr + rows.to(gl.int64) * stride_sn
     x_smem = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BLOCK_M, GROUP], x_desc.layout)
     w_smem = gl.allocate_shared_memory(gl.uint8, [STAGES, BLOCK_N, GROUP // 2], w_desc.layout)
-    w_words = w_smem._reinterpret(gl.uint16, [STAGES, BLOCK_N, GROUP // 4],
-                                  gl.NVMMASharedLayout(swizzle_byte_width=SWIZZLE, element_bitwidth=16, rank=2))
+    w_words = words(w_smem, SWIZZLE)
     bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(STAGES):
         mbarrier.init(bars.index(i), count=1)
@@ -190,11 +201,11 @@ def _w4wgmma_kernel(x_desc, w_desc, s_ptr, m_ptr, b_ptr, out_ptr, M, N, K, K_SPL
     acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
     for i in gl.static_range(STAGES):
         mbarrier.invalidate(bars.index(i))
-    _store(acc, b_ptr, out_ptr, off_m, off_n, pid_k, M, N, stride_om, HAS_BIAS, BLOCK_N, BLOCK_M, num_warps)
+    store(acc, b_ptr, out_ptr, off_m, off_n, pid_k, M, N, stride_om, HAS_BIAS, BLOCK_N, BLOCK_M, num_warps)
 
 
 @gluon.jit
-def _store(acc, b_ptr, out_ptr, off_m, off_n, pid_k, M, N, stride_om, HAS_BIAS: gl.constexpr, BLOCK_N: gl.constexpr,
+def store(acc, b_ptr, out_ptr, off_m, off_n, pid_k, M, N, stride_om, HAS_BIAS: gl.constexpr, BLOCK_N: gl.constexpr,
            BLOCK_M: gl.constexpr, num_warps: gl.constexpr):
     """acc [BLOCK_N, BLOCK_M] to out[pid_k] [M, N] (N contiguous), plus the bias in the first K slice's."""
     out_l: gl.constexpr = gl.BlockedLayout([4, 1], [32, 1], [1, num_warps], [0, 1])

@@ -17,7 +17,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from llmserve.kernels.group_tiles import k_slices, summed
-from llmserve.kernels.int4_wgmma import _store, dequant, wgmma_config, words_layout
+from llmserve.kernels.int4_wgmma import dequant, store, wgmma_config, words, words_layout
 
 
 @gluon.jit
@@ -44,12 +44,9 @@ def _issue(acc, g, g0, n_groups, s_rows, m_rows, row_ok, x_smem, w_smem, ready, 
     slot = g % STAGES
     mbarrier.wait(ready.index(slot), (g // STAGES) & 1)
     w_l: gl.constexpr = words_layout(gl.to_linear_layout(a_l, [w_smem.shape[1], HALF]))
-    words = w_smem.index(slot)._reinterpret(gl.uint16, [w_smem.shape[1], HALF // 2],
-                                            gl.NVMMASharedLayout(swizzle_byte_width=SWIZZLE, element_bitwidth=16,
-                                                                 rank=2))
     r_l: gl.constexpr = gl.SliceLayout(1, w_l)
-    w_lo, w_hi = dequant(words.load(w_l), gl.convert_layout(s, r_l)[:, None], gl.convert_layout(m, r_l)[:, None],
-                         ASYM, a_l)
+    q = words(w_smem.index(slot), SWIZZLE).load(w_l)
+    w_lo, w_hi = dequant(q, gl.convert_layout(s, r_l)[:, None], gl.convert_layout(m, r_l)[:, None], ASYM, a_l)
     xs = x_smem.index(slot)
     acc = warpgroup_mma(w_lo, xs.slice(0, HALF, dim=1).permute((1, 0)), acc, is_async=True)
     acc = warpgroup_mma(w_hi, xs.slice(HALF, HALF, dim=1).permute((1, 0)), acc, is_async=True)
@@ -117,7 +114,7 @@ def _w4ws_kernel(x_desc, w_desc, s_ptr, m_ptr, b_ptr, out_ptr, M, N, K, K_SPLIT,
                      BLOCK_M, STAGES, SWIZZLE, num_warps)),
         (_producer, (x_desc, w_desc, x_smem, w_smem, ready, empty, off_m, off_n, g0, n_fetch, GROUP, STAGES)),
     ], [1], [24])[0]
-    _store(acc, b_ptr, out_ptr, off_m, off_n, pid_k, M, N, stride_om, HAS_BIAS, BLOCK_N, BLOCK_M, num_warps)
+    store(acc, b_ptr, out_ptr, off_m, off_n, pid_k, M, N, stride_om, HAS_BIAS, BLOCK_N, BLOCK_M, num_warps)
 
 
 def w4ws(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None,
