@@ -258,6 +258,14 @@ def w4wgmma(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torc
             bias: torch.Tensor | None, sizes: tuple[int, int, int],
             config: tuple[int, int, int, int, int] | None = None) -> torch.Tensor:
     """x [M, K] bf16 (`usable`), w packed [N, K / 2], scale (and minimum) [N, K / g] -> [M, N]."""
+    return launch(_w4wgmma_kernel, x, w, scale, minimum, bias, sizes, config)
+
+
+def launch(kernel, x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None,
+           bias: torch.Tensor | None, sizes: tuple[int, int, int],
+           config: tuple[int, int, int, int, int] | None = None, **options) -> torch.Tensor:
+    """`kernel` (this file's, or a variant with its arguments) over w4wgmma's operands: TMA descriptors, grid, K
+    slices and their sum; `options` go to the launch (maxnreg)."""
     M = x.shape[0]
     N, K, group = sizes
     bm, bn, warps, stages, split = config or wgmma_config(M, N, K)
@@ -266,8 +274,9 @@ def w4wgmma(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torc
     w_layout = gl.NVMMASharedLayout.get_default_for([bn, group // 2], gl.uint8)
     w_desc = TensorDescriptor(w, list(w.shape), list(w.stride()), [bn, group // 2], w_layout)
     k_split, out = k_slices(x, N, K, split, group)
-    _w4wgmma_kernel[(triton.cdiv(M, bm), triton.cdiv(N, bn), out.shape[0])](
+    kernel[(triton.cdiv(M, bm), triton.cdiv(N, bn), out.shape[0])](
         x_desc, w_desc, scale, minimum if minimum is not None else scale, bias if bias is not None else scale, out,
         M, N, K, k_split, scale.stride(0), out.stride(1), ASYM=minimum is not None, HAS_BIAS=bias is not None,
-        GROUP=group, BLOCK_N=bn, BLOCK_M=bm, STAGES=stages, SWIZZLE=w_layout.swizzle_byte_width, num_warps=warps)
+        GROUP=group, BLOCK_N=bn, BLOCK_M=bm, STAGES=stages, SWIZZLE=w_layout.swizzle_byte_width, num_warps=warps,
+        **options)
     return summed(out, x.dtype)

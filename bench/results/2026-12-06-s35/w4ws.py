@@ -4,7 +4,6 @@ dequantize and issue the wgmmas, and free a slot once its group's wgmmas are don
 CTA-wide bar.sync around each TMA issue in the consumers' loop. W's bytes read as 16-bit words, as int4_wgmma.py reads
 them. Same arguments as int4_wgmma.w4wgmma."""
 import torch
-import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
@@ -14,10 +13,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma,
     warpgroup_mma_wait,
 )
-from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from llmserve.kernels.group_tiles import k_slices, summed
-from llmserve.kernels.int4_wgmma import dequant, store, wgmma_config, words, words_layout
+from llmserve.kernels.int4_wgmma import dequant, launch, store, words, words_layout
 
 
 @gluon.jit
@@ -119,18 +116,4 @@ def _w4ws_kernel(x_desc, w_desc, s_ptr, m_ptr, b_ptr, out_ptr, M, N, K, K_SPLIT,
 
 def w4ws(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None,
          bias: torch.Tensor | None, sizes: tuple[int, int, int], config=None, maxnreg: int | None = None):
-    M = x.shape[0]
-    N, K, group = sizes
-    bm, bn, warps, stages, split = config or wgmma_config(M, N, K)
-    x_desc = TensorDescriptor(x, list(x.shape), list(x.stride()), [bm, group],
-                              gl.NVMMASharedLayout.get_default_for([bm, group], gl.bfloat16))
-    w_layout = gl.NVMMASharedLayout.get_default_for([bn, group // 2], gl.uint8)
-    w_desc = TensorDescriptor(w, list(w.shape), list(w.stride()), [bn, group // 2], w_layout)
-    k_split, out = k_slices(x, N, K, split, group)
-    extra = {"maxnreg": maxnreg} if maxnreg else {}
-    _w4ws_kernel[(triton.cdiv(M, bm), triton.cdiv(N, bn), out.shape[0])](
-        x_desc, w_desc, scale, minimum if minimum is not None else scale, bias if bias is not None else scale, out,
-        M, N, K, k_split, scale.stride(0), out.stride(1), ASYM=minimum is not None, HAS_BIAS=bias is not None,
-        GROUP=group, BLOCK_N=bn, BLOCK_M=bm, STAGES=stages, SWIZZLE=w_layout.swizzle_byte_width,
-        num_warps=warps, **extra)
-    return summed(out, x.dtype)
+    return launch(_w4ws_kernel, x, w, scale, minimum, bias, sizes, config, **({"maxnreg": maxnreg} if maxnreg else {}))
