@@ -15,7 +15,8 @@ qkv buffer, pointer or TMA loads; persist: the persistent launches, persist_tma 
 gemv:KIND:NxK[:FLAG] and wmm:KIND:MxNxK[:FLAG] (KIND bf16, int8, fp8; FLAG gated: the SiLU-mul in x's load,
 gate_out: in the epilogue; the GEMV's norm: an RMSNorm folded in, add: the residual add in the epilogue, rope:
 rotary + cache write), w4:MxNxK:GROUP[:FLAGS] (symmetric int4; M = 1 is the GEMV; FLAGS joined by +: bytes, words or
-pairs names a GEMV kernel, wgmma the Gluon matmul of int4_wgmma.py (asym: with minimums), gated the SiLU-mul in x's
+pairs names a GEMV kernel, wgmma the Gluon matmul of int4_wgmma.py (asym: with minimums), mma the Gluon mma.sync
+kernel of int4_mma.py for 1-8 rows (asym; at one row gate_out, rope, norm, add as the GEMVs), gated the SiLU-mul in x's
 load, gate_out in the epilogue, rope: qkv's rotary embedding and cache write in it, N = 6144; norm: the RMSNorm's
 1 / rms on the outputs, add: the residual add and the next norm's weighted row), w8g:MxNxK:GROUP (8-bit codes in
 groups, as w4), fp8mm:MxNxK:fast|exact (the fp8 GEMM at 33-256 rows, its accumulation). Llama-3.1-8B heads (32
@@ -227,6 +228,16 @@ def _w4(shape: str, group: str, flags: str = ""):
         adds = {"add_to": torch.zeros(1, N, dtype=torch.bfloat16), "next_norm": torch.ones(N, dtype=torch.bfloat16)}
         return lambda: w4gemv(x, w, scale, gated="gated" in flag, words="words" in flag, pairs="pairs" in flag,
                               gate_out="gate_out" in flag, rope=rope, norm=norm, **(adds if "add" in flag else {}))
+    if "mma" in flag:  # the Gluon kernel of int4_mma.py (1-8 rows, mma.sync), with w4gemv's folds at one row
+        from llmserve.kernels.gemv import RowNorm
+        from llmserve.kernels.int4_mma import w4mma
+
+        norm = RowNorm(torch.ones(K, dtype=torch.bfloat16), torch.zeros(256), 1e-5) if "norm" in flag else None
+        folds = {"gate_out": "gate_out" in flag, "rope": _rope_cache() if "rope" in flag else None, "norm": norm}
+        if "add" in flag:
+            folds.update(add_to=torch.zeros(1, N, dtype=torch.bfloat16), next_norm=torch.ones(N, dtype=torch.bfloat16))
+        minimum = scale if "asym" in flag else None
+        return lambda: w4mma(x, w, scale, minimum, None, (N, K, int(group)), **folds)
     if "wgmma" in flag:  # the Gluon kernel (int4_wgmma.py), which w4mm picks for bf16 on Hopper from 2 rows
         from llmserve.kernels.int4_wgmma import w4wgmma
 

@@ -20,3 +20,13 @@ def test_cases_parse_and_apply_then_undo():
     assert linear.SKINNY_MAX_M["fp8"] == 1 and linear.GATE_OUT is True
     apply_case(before)
     assert linear.GATE_OUT is gate and linear.SKINNY_MAX_M == skinny
+
+
+def test_a_case_names_another_kernels_modules_switch():
+    from llmserve.kernels import int4
+
+    rows = int4.MMA_ROWS
+    before = apply_case(parse_cases("int4:MMA_ROWS=8")[0])
+    assert int4.MMA_ROWS == 8 and before == {"int4:MMA_ROWS": rows}
+    apply_case(before)
+    assert int4.MMA_ROWS == rows

@@ -1,5 +1,6 @@
 """Decode steps of one engine with `llmserve.kernels.linear`'s switches set case by case (`--sections switches`):
-SKINNY_MAX_M (which kernel takes a step's rows), GATE_OUT (silu(gate) * up in gate_up's epilogue). The graphs are
+SKINNY_MAX_M (which kernel takes a step's rows), GATE_OUT (silu(gate) * up in gate_up's epilogue); another kernels
+module's as "module:NAME" (int4:MMA_ROWS). The graphs are
 captured again for each case, so each case is measured as it would serve; the first case again last shows drift."""
 
 from __future__ import annotations
@@ -19,18 +20,21 @@ def parse_cases(text: str) -> list[dict[str, int]]:
 
 
 def apply_case(case: dict[str, int]) -> dict[str, int]:
-    """Sets the switches; returns what they were (apply_case(returned) undoes it)."""
-    from llmserve.kernels import linear as klinear
+    """Sets the switches (`linear`'s, or another kernels module's as "int4:MMA_ROWS"); returns what they were
+    (apply_case(returned) undoes it)."""
+    import importlib
 
     before = {}
     for name, value in case.items():
-        attr, _, key = name.partition(".")
+        module, _, switch = name.rpartition(":")
+        mod = importlib.import_module(f"llmserve.kernels.{module or 'linear'}")
+        attr, _, key = switch.partition(".")
         if key:
-            table = getattr(klinear, attr)
+            table = getattr(mod, attr)
             before[name], table[key] = table[key], value
         else:
-            before[name] = int(getattr(klinear, attr))
-            setattr(klinear, attr, type(getattr(klinear, attr))(value))
+            before[name] = int(getattr(mod, attr))
+            setattr(mod, attr, type(getattr(mod, attr))(value))
     return before
 
 

@@ -38,6 +38,14 @@ def program_rows(pid, BLOCK_N: tl.constexpr, HALF_N, GATE_OUT: tl.constexpr, ROP
 
 
 @triton.jit
+def pair_index(pid, BLOCK_N: tl.constexpr, half=None):
+    """The index of each pair of this program's rows (`program_rows`), unless the caller made it (`half`)."""
+    if half is None:
+        half = pid * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+    return half
+
+
+@triton.jit
 def silu_mul_pairs(g, u, dtype: tl.constexpr):
     """silu(g) * u of float32 outputs, each rounded to `dtype` as gate_up's stored output and silu_mul round it."""
     gf = g.to(dtype).to(tl.float32)
@@ -46,10 +54,11 @@ def silu_mul_pairs(g, u, dtype: tl.constexpr):
 
 
 @triton.jit
-def store_gate_out(y, pid, out_ptr, HALF_N, BLOCK_N: tl.constexpr):
-    """y [BLOCK_N] of gate and up rows in turn (`program_rows`), stored as silu(gate) * up [BLOCK_N / 2]."""
+def store_gate_out(y, pid, out_ptr, HALF_N, BLOCK_N: tl.constexpr, half=None):
+    """y [BLOCK_N] of gate and up rows in turn (`program_rows`), stored as silu(gate) * up [BLOCK_N / 2]. `half`:
+    the pairs' indices (`pair_index`; a Gluon caller's, in the layout its split of y gives)."""
     g, u = tl.split(tl.reshape(y, (BLOCK_N // 2, 2)))
-    offs_h = pid * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+    offs_h = pair_index(pid, BLOCK_N, half)
     tl.store(out_ptr + offs_h, silu_mul_pairs(g, u, out_ptr.dtype.element_ty), mask=offs_h < HALF_N)
 
 
@@ -87,13 +96,13 @@ def inv_rms(part, K, eps):
 
 @triton.jit
 def rope_store(y, pid, out_ptr, c, s, slot, kc_ptr, vc_ptr, stride_slot,
-               NH: tl.constexpr, NKV: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr):
+               NH: tl.constexpr, NKV: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr, half=None):
     """qkv's outputs in rotary pairs (`program_rows`; c, s: the token's cos and sin of each pair, slot: its cache
     slot): q rotated into the qkv row, k rotated and v as it is into the row and into the cache slot (none when the slot
     is < 0): fused.rope_and_cache on the same 16-bit values."""
     dt = out_ptr.dtype.element_ty
     x1, x2 = tl.split(tl.reshape(y.to(dt).to(tl.float32), (BLOCK_N // 2, 2)))
-    i = pid * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+    i = pair_index(pid, BLOCK_N, half)
     head, j = i // HALF, i % HALF
     a = head * (2 * HALF) + j
     rotated = head < NH + NKV
@@ -112,17 +121,21 @@ def rope_store(y, pid, out_ptr, c, s, slot, kc_ptr, vc_ptr, stride_slot,
 
 @triton.jit
 def fold_inputs(pid, offs_n, n_mask, out_ptr, sumsq_in, P, cos_ptr, sin_ptr, slot_ptr, NORM: tl.constexpr,
-                ADD_TO: tl.constexpr, ROPE_HALF: tl.constexpr, P_BLOCK: tl.constexpr, BLOCK_N: tl.constexpr):
+                ADD_TO: tl.constexpr, ROPE_HALF: tl.constexpr, P_BLOCK: tl.constexpr, BLOCK_N: tl.constexpr,
+                half=None, p_offs=None):
     """What a one-row product's epilogue folds in (`store_folded`), loaded before the weight stream so that no
     program waits on a load at its end: the sums of squares the programs before left (NORM), the residual row
-    (ADD_TO), the token's cos, sin and cache slot (ROPE_HALF). 0 for what it does not fold."""
+    (ADD_TO), the token's cos, sin and cache slot (ROPE_HALF). 0 for what it does not fold. `half`, `p_offs`: the
+    pairs' and the P sums' indices where the caller makes them (Gluon: in its layouts)."""
     part, res, cos, sin, slot = 0.0, 0.0, 0.0, 0.0, 0
     if NORM:
-        part = tl.load(sumsq_in + tl.arange(0, P_BLOCK), mask=tl.arange(0, P_BLOCK) < P, other=0.0)
+        if p_offs is None:
+            p_offs = tl.arange(0, P_BLOCK)
+        part = tl.load(sumsq_in + p_offs, mask=p_offs < P, other=0.0)
     if ADD_TO:
         res = tl.load(out_ptr + offs_n, mask=n_mask, other=0.0)
     if ROPE_HALF > 0:
-        j = (pid * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)) % ROPE_HALF
+        j = pair_index(pid, BLOCK_N, half) % ROPE_HALF
         cos = tl.load(cos_ptr + j)
         sin = tl.load(sin_ptr + j)
         slot = tl.load(slot_ptr).to(tl.int64)
@@ -133,10 +146,11 @@ def fold_inputs(pid, offs_n, n_mask, out_ptr, sumsq_in, P, cos_ptr, sin_ptr, slo
 def store_folded(y, pid, offs_n, n_mask, N, K, out_ptr, b_ptr, eps, part, res, sumsq_out, nw_ptr, hw_ptr, cos, sin,
                  slot, kc_ptr, vc_ptr, stride_slot, HAS_BIAS: tl.constexpr, NORM: tl.constexpr,
                  ADD_TO: tl.constexpr, WEIGHTED: tl.constexpr, GATE_OUT: tl.constexpr, NH: tl.constexpr,
-                 NKV: tl.constexpr, ROPE_HALF: tl.constexpr, BLOCK_N: tl.constexpr):
-    """A one-row product's end (this GEMV's and int4_pairs.py's): y [BLOCK_N] (float32) times 1 / rms (NORM), plus
-    the bias, then added into the residual (ADD_TO, `add_residual`), rotated and cached (ROPE_HALF, `rope_store`),
-    returned as silu(gate) * up (GATE_OUT, `store_gate_out`) or stored; part, res, cos, sin, slot: `fold_inputs`."""
+                 NKV: tl.constexpr, ROPE_HALF: tl.constexpr, BLOCK_N: tl.constexpr, half=None):
+    """A one-row product's end (this GEMV's, int4_pairs.py's and int4_mma.py's): y [BLOCK_N] (float32) times 1 / rms
+    (NORM), plus the bias, then added into the residual (ADD_TO, `add_residual`), rotated and cached (ROPE_HALF,
+    `rope_store`), returned as silu(gate) * up (GATE_OUT, `store_gate_out`) or stored; part, res, cos, sin, slot:
+    `fold_inputs`."""
     if NORM:  # 1 / rms of the row
         y = y * inv_rms(part, K, eps)
     if HAS_BIAS:
@@ -144,9 +158,9 @@ def store_folded(y, pid, offs_n, n_mask, N, K, out_ptr, b_ptr, eps, part, res, s
     if ADD_TO:
         add_residual(y, res, out_ptr, sumsq_out, pid, offs_n, n_mask, nw_ptr, hw_ptr, WEIGHTED)
     elif ROPE_HALF > 0:
-        rope_store(y, pid, out_ptr, cos, sin, slot, kc_ptr, vc_ptr, stride_slot, NH, NKV, ROPE_HALF, BLOCK_N)
+        rope_store(y, pid, out_ptr, cos, sin, slot, kc_ptr, vc_ptr, stride_slot, NH, NKV, ROPE_HALF, BLOCK_N, half)
     elif GATE_OUT:
-        store_gate_out(y, pid, out_ptr, N // 2, BLOCK_N)
+        store_gate_out(y, pid, out_ptr, N // 2, BLOCK_N, half)
     else:
         tl.store(out_ptr + offs_n, y.to(out_ptr.dtype.element_ty), mask=n_mask)
 

@@ -17,6 +17,8 @@ offsets (+ 0 and + g/2), so nothing is interleaved in registers.
   weight dequantized to the activation dtype first (the value the torch twin rounds to). Every load is a 2D tile of
   contiguous columns.
   The gate is applied first by llmserve.kernels.fused.silu_mul (as linear.wmm does by default).
+- bf16 activations, groups of 128, up to MMA_ROWS rows (one: with the GEMV's folds): the Gluon kernel of
+  llmserve/kernels/int4_mma.py (mma.sync, x's rows the mma's N) instead of the GEMVs and w4mm.
 - bf16 activations on Hopper, 2 rows to WGMMA_ROWS (inclusive): the Gluon kernel of llmserve/kernels/int4_wgmma.py
   instead (asynchronous wgmma, which `tl.dot` here is not).
 - From DEQUANT_ROWS rows (prompt steps, decode steps of many streams): W dequantized to the activation dtype by
@@ -33,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from llmserve.kernels import NUM_SMS, int4_wgmma, launch_args
+from llmserve.kernels import NUM_SMS, int4_mma, int4_wgmma, launch_args
 from llmserve.kernels.after_gemv import finished, gate_applied, normed
 from llmserve.kernels.gemv import RopeCache, RowNorm
 from llmserve.kernels.group_tiles import k_slices, load_x, store_rows, store_tile, summed
@@ -224,6 +226,10 @@ PAIRS_GEMV = True
 GATE_OUT = True
 # At one row, qkv's rotary embedding and cache write in its paired GEMV's epilogue (`rope`), not a rope_and_cache launch
 ROPE_IN_GEMV = True
+# Up to MMA_ROWS rows of bf16 x, groups of 128: the tensor cores' mma.sync (llmserve/kernels/int4_mma.py: a word of
+# codes in ~17 SASS instructions against the paired GEMV's ~35), with the one-row folds below. 0 (off) until a GPU has
+# run its tests and timed it (bench/results/2026-12-07-s36/callV.sh)
+MMA_ROWS = 0
 # Whether the paired GEMV launches with programmatic dependent launch when the graph asks for it: no, launched early
 # it made the batch-1 decode graph 0.65 ms slower (docs/performance.md, thirty-first session), as fp8's `wmm` was
 PAIRS_PDL = False
@@ -244,6 +250,9 @@ def w4gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch
     to the cache (gemv.py's `rope`); `norm`, `add_to`, `next_norm`: the RMSNorm folds (int4_pairs.py). All in the
     paired kernel's epilogue; the others compute them after, with torch or a launch."""
     sizes = check_codes(w, scale, minimum)
+    mma = MMA_ROWS and not gated and int4_mma.usable(x, w, sizes[2])
+    if pairs is None and words is None and config is None and mma:
+        return int4_mma.w4mma(x, w, scale, minimum, bias, sizes, gate_out, rope, norm, add_to, next_norm)
     if pairs or (pairs is None and PAIRS_GEMV and pairs_ok(x)):
         return w4gemv_pairs(x, w, scale, minimum, bias, gated, config, pdl and PAIRS_PDL, sizes, gate_out, rope,
                             norm, add_to, next_norm)
@@ -331,6 +340,8 @@ def w4mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.T
     sizes = check_codes(w, scale, minimum)
     if config is None and x.shape[0] == 1:
         return w4gemv(x, w, scale, minimum, bias, gated, pdl=pdl)
+    if config is None and x.shape[0] <= MMA_ROWS and int4_mma.usable(x, w, sizes[2]):
+        return int4_mma.w4mma(gate_applied(x, sizes[1], gated, pdl), w, scale, minimum, bias, sizes)
     if config is None and WGMMA and x.shape[0] <= WGMMA_ROWS and int4_wgmma.usable(x, w):
         return int4_wgmma.w4wgmma(gate_applied(x, sizes[1], gated, pdl), w, scale, minimum, bias, sizes)
     if config is None and x.shape[0] >= DEQUANT_ROWS:
