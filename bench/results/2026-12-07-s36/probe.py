@@ -13,8 +13,7 @@ from llmserve.kernels.int4_wgmma import w4wgmma
 from llmserve.model.int4 import quantize_int4
 
 # (R, S, U): 16 R rows a program, S warps splitting K, U groups a warp at a time
-VARIANTS = [(1, 4, 1), (1, 4, 2), (2, 4, 1), (1, 8, 1), (2, 8, 1), (1, 2, 2), (4, 4, 1), (1, 8, 2), (2, 4, 2),
-            (1, 2, 4), (2, 2, 2), (1, 16, 1)]
+VARIANTS = [(1, 4, 1), (1, 4, 2), (2, 4, 1), (1, 8, 1), (2, 8, 1), (1, 8, 2), (1, 16, 1), (2, 2, 2)]
 
 
 def w4mv(x, w, s, m, R, S, U):
