@@ -24,7 +24,7 @@ def _args(t, bias=None):
 @GPU
 @pytest.mark.parametrize("symmetric", [True, False])
 @pytest.mark.parametrize("M", [1, 2, 5, 8])
-@pytest.mark.parametrize("config", [None, (2, 8, 2)])
+@pytest.mark.parametrize("config", [None, (2, 8, 2, 1)])
 def test_int4_mma_matches_the_torch_twin(symmetric, M, config):
     """Odd row counts (N not a multiple of a program's 16 R rows), K of 1 and 5 groups (fewer than a program's warps
     take at a time) and Llama-3-8B's down_proj (112 groups), at launch shapes mma_config does not pick."""

@@ -13,7 +13,8 @@ rows are the mma's 8 columns: 1-8 rows cost the same).
   and the group's sum of x (an mma of ones) times -136 s (sym: w = s (c - 8)) or m - 128 s (asym: w = s c + m) added.
   The twin rounds each weight to bf16 first: the result differs within that rounding (closer to the exact product).
 - The warps of a program split K (warp s takes groups s, s + S, ..., U at a time: operands [S U, ...] of a batched
-  mma), the next groups' loads issued before this one's products; their sums meet at the end.
+  mma); two register buffers in turn, each's loads issued a batch's products ahead, and (AHEAD) L2 asked for W's
+  groups further on; the warps' sums meet at the end.
 One row (`fold`): gemv.py's epilogue (store_folded) as the paired GEMV runs it: gate_out, rope, norm, add_to.
 """
 
@@ -109,9 +110,8 @@ def _rows(idx, pid, N, BLOCK_N: gl.constexpr, GATE_OUT: gl.constexpr, ROPE_HALF:
 
 
 @gluon.jit
-def _dot_group(words, xw, s, m, acc, ASYM: gl.constexpr, mma: gl.constexpr, a_l: gl.constexpr, b_l: gl.constexpr):
-    """acc + one group of each batch entry: the codes' products, scaled, plus the group's x sum times what the
-    codes (128 + c) leave out."""
+def _dot_group(words, xw, s, c, acc, mma: gl.constexpr, a_l: gl.constexpr, b_l: gl.constexpr):
+    """acc + one group of each batch entry: the codes' products times s, plus the group's x sum times c."""
     p0, p1, p2, p3 = gl.inline_asm_elementwise(_WORD_ASM, "=r,=r,=r,=r,r", [words],
                                                dtype=(gl.int32, gl.int32, gl.int32, gl.int32), is_pure=True, pack=1)
     part = gl.zeros(acc.shape, gl.float32, mma)
@@ -124,17 +124,36 @@ def _dot_group(words, xw, s, m, acc, ASYM: gl.constexpr, mma: gl.constexpr, a_l:
         part = mma_v2(_w_operand(_pick(p1, w, 4), _pick(p3, w, 4), a_l), x1, part)
         xsum = mma_v2(ones, x0, xsum)  # the same for every row: ptxas keeps one 16-row block's
         xsum = mma_v2(ones, x1, xsum)
+    return acc + part * s[:, :, None] + xsum * c[:, :, None]
+
+
+@gluon.jit
+def _prefetch(g, n_groups, w_rows, wb):
+    """W's words of groups g + b into L2 ahead of their loads (kept inside W)."""
+    ptrs = _pick(w_rows + gl.minimum(g + wb, n_groups - 1)[:, None, None, None] * 16, 0, 4)  # a thread's 16 bytes
+    gl.inline_asm_elementwise("prefetch.global.L2 [$1];", "=r,l", [ptrs], dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def _fetch(g, n_groups, w_rows, x_rows, s_rows, m_rows, wb, xb, sb, ASYM: gl.constexpr):
+    """Groups g + b (b < B: the batch entries) of W's words, x's words, the scales, and what the codes 128 + c leave
+    out of a weight (-136 s sym, m - 128 s asym). Past K: W not read (any codes: finite), x's group 0, a scale and
+    offset of 0, so the entry adds nothing."""
+    words = gl.load(w_rows + (g + wb)[:, None, None, None] * 16, mask=(g + wb < n_groups)[:, None, None, None])
+    xw = gl.load(x_rows + gl.where(g + xb < n_groups, g + xb, 0)[:, None, None, None, None] * 64)
+    s = gl.load(s_rows + g, mask=(g + sb < n_groups)[:, None], other=0.0).to(gl.float32)
     if ASYM:
-        c = m - 128.0 * s
+        c = gl.load(m_rows + g, mask=(g + sb < n_groups)[:, None], other=0.0).to(gl.float32) - 128.0 * s
     else:
         c = -136.0 * s
-    return acc + part * s[:, :, None] + xsum * c[:, :, None]
+    return words, xw, s, c
 
 
 @gluon.jit
 def _w4mma_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, M, N, K, stride_xm, stride_wn, stride_sn, stride_om,
                   cos_ptr, sin_ptr, slot_ptr, kc_ptr, vc_ptr, stride_slot, sumsq_in, sumsq_out, P, eps, nw_ptr, hw_ptr,
                   ASYM: gl.constexpr, HAS_BIAS: gl.constexpr, R: gl.constexpr, S: gl.constexpr, U: gl.constexpr,
+                  AHEAD: gl.constexpr,
                   ONE_ROW: gl.constexpr, GATE_OUT: gl.constexpr, NORM: gl.constexpr, ADD_TO: gl.constexpr,
                   WEIGHTED: gl.constexpr, P_BLOCK: gl.constexpr, NH: gl.constexpr, NKV: gl.constexpr,
                   ROPE_HALF: gl.constexpr, num_warps: gl.constexpr):
@@ -188,23 +207,18 @@ def _w4mma_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, M, N, K, stride_xm
     s_rows = s_ptr + sn[None, :].to(gl.int64) * stride_sn + sb[:, None]
     m_rows = m_ptr + sn[None, :].to(gl.int64) * stride_sn + sb[:, None]
 
-    # a batch entry past K's groups reads group 0 with a scale (and minimum) of 0
-    words = gl.load(w_rows + gl.where(wb < n_groups, wb, 0)[:, None, None, None] * 16)
-    xw = gl.load(x_rows + gl.where(xb < n_groups, xb, 0)[:, None, None, None, None] * 64)
-    s = gl.load(s_rows, mask=(sb < n_groups)[:, None], other=0.0).to(gl.float32)
-    m = s
-    if ASYM:
-        m = gl.load(m_rows, mask=(sb < n_groups)[:, None], other=0.0).to(gl.float32)
+    # two buffers in turn: each's loads issued a group's products ahead of its own (one buffer carried from one
+    # iteration to the next had ptxas place the loads after the products, their latency in the loop)
+    wa, xa, sa, ma = _fetch(0, n_groups, w_rows, x_rows, s_rows, m_rows, wb, xb, sb, ASYM)
     acc = gl.zeros([B, BLOCK_N, 8], gl.float32, mma)
-    for g in range(B, n_groups + B, B):  # the next B groups' loads, then this B's products
-        words_next = gl.load(w_rows + gl.where(g + wb < n_groups, g + wb, 0)[:, None, None, None] * 16)
-        xw_next = gl.load(x_rows + gl.where(g + xb < n_groups, g + xb, 0)[:, None, None, None, None] * 64)
-        s_next = gl.load(s_rows + g, mask=(g + sb < n_groups)[:, None], other=0.0).to(gl.float32)
-        m_next = s_next
-        if ASYM:
-            m_next = gl.load(m_rows + g, mask=(g + sb < n_groups)[:, None], other=0.0).to(gl.float32)
-        acc = _dot_group(words, xw, s, m, acc, ASYM, mma, a_l, b_l)
-        words, xw, s, m = words_next, xw_next, s_next, m_next
+    for g in range(0, n_groups, 2 * B):
+        if AHEAD > 0:  # L2 asked for W's groups AHEAD batches on
+            _prefetch(g + AHEAD * B, n_groups, w_rows, wb)
+            _prefetch(g + (AHEAD + 1) * B, n_groups, w_rows, wb)
+        wn_, xn_, sn_, mn_ = _fetch(g + B, n_groups, w_rows, x_rows, s_rows, m_rows, wb, xb, sb, ASYM)
+        acc = _dot_group(wa, xa, sa, ma, acc, mma, a_l, b_l)
+        wa, xa, sa, ma = _fetch(g + 2 * B, n_groups, w_rows, x_rows, s_rows, m_rows, wb, xb, sb, ASYM)
+        acc = _dot_group(wn_, xn_, sn_, mn_, acc, mma, a_l, b_l)
     total = gl.sum(acc, axis=0)  # [BLOCK_N, 8]: out^T
     if ONE_ROW:
         col = gl.arange(0, 8, layout=gl.SliceLayout(0, total.type.layout))
@@ -230,9 +244,10 @@ def _store_rows(total, b_ptr, out_ptr, pid, M, N, stride_om, HAS_BIAS: gl.conste
              mask=(om[None, :] < M) & (on[:, None] < N))
 
 
-def mma_config(N: int, K: int) -> tuple[int, int, int]:
-    """(R, S, U): 16 R rows a program, S warps splitting K, U groups a warp at a time."""
-    return 1, 4, 1
+def mma_config(N: int, K: int) -> tuple[int, int, int, int]:
+    """(R, S, U, AHEAD): 16 R rows a program, S warps splitting K, U groups a warp at a time, W's groups asked of L2
+    AHEAD batches (of S U groups) before their loads (0: none)."""
+    return 1, 4, 1, 0
 
 
 def _aligned(t: torch.Tensor) -> bool:
@@ -250,7 +265,7 @@ def usable(x: torch.Tensor, w: torch.Tensor, group: int) -> bool:
 def w4mma(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None,
           bias: torch.Tensor | None, sizes: tuple[int, int, int], gate_out: bool = False,
           rope: RopeCache | None = None, norm: RowNorm | None = None, add_to: torch.Tensor | None = None,
-          next_norm: torch.Tensor | None = None, config: tuple[int, int, int] | None = None
+          next_norm: torch.Tensor | None = None, config: tuple[int, int, int, int] | None = None
           ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
     """x [M, K] (`usable`) -> [M, N]; one row: the folds of int4_pairs.w4gemv_pairs (gate_out, rope, norm, add_to
     with next_norm), with its returns."""
@@ -258,7 +273,7 @@ def w4mma(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.
     N, K, group = sizes
     folds = gate_out or rope is not None or norm is not None or add_to is not None
     assert group == GROUP and (M == 1 or not folds) and (N % 2 == 0 or not gate_out)
-    R, S, U = config or mma_config(N, K)
+    R, S, U, ahead = config or mma_config(N, K)
     block = 16 * R
     grid = triton.cdiv(N, block)
     if add_to is not None:
@@ -275,7 +290,7 @@ def w4mma(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.
         x, w, scale, minimum if minimum is not None else scale, bias if bias is not None else scale, out, M, N, K,
         x.stride(0), w.stride(0), scale.stride(0), out.stride(0), *r, sums, sums_out, P, eps,
         next_norm if weighted is not None else scale, weighted if weighted is not None else scale,
-        ASYM=minimum is not None, HAS_BIAS=bias is not None, R=R, S=S, U=U, ONE_ROW=M == 1, GATE_OUT=gate_out,
-        NORM=norm is not None, ADD_TO=add_to is not None, WEIGHTED=weighted is not None,
+        ASYM=minimum is not None, HAS_BIAS=bias is not None, R=R, S=S, U=U, AHEAD=ahead, ONE_ROW=M == 1,
+        GATE_OUT=gate_out, NORM=norm is not None, ADD_TO=add_to is not None, WEIGHTED=weighted is not None,
         P_BLOCK=triton.next_power_of_2(P), NH=heads[0], NKV=heads[1], ROPE_HALF=heads[2], num_warps=S)
     return (sums_out, weighted) if add_to is not None else out

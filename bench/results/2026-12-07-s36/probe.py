@@ -12,12 +12,13 @@ from llmserve.kernels.int4_mma import w4mma
 from llmserve.kernels.int4_wgmma import w4wgmma
 from llmserve.model.int4 import quantize_int4
 
-# (R, S, U): 16 R rows a program, S warps splitting K, U groups a warp at a time
-VARIANTS = [(1, 4, 1), (1, 4, 2), (2, 4, 1), (1, 8, 1), (2, 8, 1), (1, 8, 2), (1, 16, 1), (2, 2, 2)]
+# (R, S, U, AHEAD): 16 R rows a program, S warps splitting K, U groups a warp at a time, L2 asked AHEAD batches on
+VARIANTS = [(1, 4, 1, 0), (1, 4, 1, 2), (1, 8, 1, 0), (1, 8, 1, 2), (2, 4, 1, 0), (2, 4, 1, 2), (1, 16, 1, 0),
+            (1, 8, 2, 1)]
 
 
-def w4mv(x, w, s, m, R, S, U):
-    return w4mma(x, w, s, m, None, (w.shape[0], 2 * w.shape[1], 128), config=(R, S, U))
+def w4mv(x, w, s, m, R, S, U, A):
+    return w4mma(x, w, s, m, None, (w.shape[0], 2 * w.shape[1], 128), config=(R, S, U, A))
 
 
 def rel_err(a, b):
