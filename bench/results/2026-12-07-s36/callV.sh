@@ -9,11 +9,11 @@ mkdir -p $OUT/r
 save() { (cd $OUT && tar czf r.tgz r); }
 nvidia-smi --query-gpu=name,driver_version --format=csv > $OUT/r/gpu.txt
 start=$SECONDS
-timeout 150 python3 -m pytest -q -rf tests/test_kernels_int4_mma.py tests/test_kernels_int4.py \
-  -k "mma or gate_out or one_row" > $OUT/r/tests.log 2>&1; tail -4 $OUT/r/tests.log; save
-timeout 80 python3 $D/probe.py check > $OUT/r/check.log 2>&1; grep -E "worst|FAIL|Error" $OUT/r/check.log | head -5; save
+timeout 120 python3 -m pytest -q -rf tests/test_kernels_int4_mma.py tests/test_kernels_int4.py \
+  -k "mma or one_row" > $OUT/r/tests.log 2>&1; tail -4 $OUT/r/tests.log; save
 timeout 140 python3 $D/probe.py time > $OUT/r/time.log 2>&1; grep -E "^total|FAIL|Error" $OUT/r/time.log | cut -c1-500; save
-[ $((SECONDS - start)) -lt ${SWITCH_UNTIL:-330} ] && SWITCH_MODE=int4_sym SWITCH_BATCHES=1,8 SWITCH_CASES="int4:MMA_ROWS=1;int4:MMA_ROWS=0;int4:MMA_ROWS=8" \
-  timeout 160 python3 -m bench.kernel_check --sections switches --out $OUT/r/sw > $OUT/r/sw.log 2>&1
+timeout 60 python3 $D/probe.py check > $OUT/r/check.log 2>&1; grep -E "worst|FAIL|Error" $OUT/r/check.log | head -5; save
+[ $((SECONDS - start)) -lt ${SWITCH_UNTIL:-300} ] && SWITCH_MODE=int4_sym SWITCH_BATCHES=1,8 SWITCH_CASES="int4:MMA_ROWS=1;int4:MMA_ROWS=0;int4:MMA_ROWS=8" \
+  timeout 150 python3 -m bench.kernel_check --sections switches --out $OUT/r/sw > $OUT/r/sw.log 2>&1
 grep "^switches" $OUT/r/sw.log; save
 rm -rf $OUT/r
