@@ -13,8 +13,8 @@ from llmserve.kernels.int4_wgmma import w4wgmma
 from llmserve.model.int4 import quantize_int4
 
 # (R, S, U, AHEAD): 16 R rows a program, S warps splitting K, U groups a warp at a time, L2 asked AHEAD batches on
-VARIANTS = [(1, 4, 1, 0), (1, 4, 1, 2), (1, 8, 1, 0), (1, 8, 1, 2), (2, 4, 1, 0), (2, 4, 1, 2), (1, 16, 1, 0),
-            (1, 8, 2, 1)]
+VARIANTS = [tuple(int(v) for v in c.split(",")) for c in os.environ.get("PROBE_VARIANTS", "").split(";") if c] or [
+    (1, 4, 1, 0), (1, 4, 1, 2), (1, 8, 1, 0), (1, 8, 1, 2), (2, 4, 1, 0), (2, 4, 1, 2), (1, 16, 1, 0), (1, 8, 2, 1)]
 
 
 def w4mv(x, w, s, m, R, S, U, A):
