@@ -228,7 +228,7 @@ GATE_OUT = True
 ROPE_IN_GEMV = True
 # Up to MMA_ROWS rows of bf16 x, groups of 128: the tensor cores' mma.sync (llmserve/kernels/int4_mma.py: a word of
 # codes in ~17 SASS instructions against the paired GEMV's ~35), with the one-row folds below. 0 (off) until a GPU has
-# run its tests and timed it (bench/results/2026-12-07-s36/callV.sh)
+# run its tests and timed it (bench/results/2026-12-07-s36/README.md: callX, callW, callV)
 MMA_ROWS = 0
 # Whether the paired GEMV launches with programmatic dependent launch when the graph asks for it: no, launched early
 # it made the batch-1 decode graph 0.65 ms slower (docs/performance.md, thirty-first session), as fp8's `wmm` was

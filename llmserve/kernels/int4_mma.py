@@ -153,10 +153,9 @@ def _fetch(g, n_groups, w_rows, x_rows, s_rows, m_rows, wb, xb, sb, ASYM: gl.con
 def _w4mma_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, M, N, K, stride_xm, stride_wn, stride_sn, stride_om,
                   cos_ptr, sin_ptr, slot_ptr, kc_ptr, vc_ptr, stride_slot, sumsq_in, sumsq_out, P, eps, nw_ptr, hw_ptr,
                   ASYM: gl.constexpr, HAS_BIAS: gl.constexpr, R: gl.constexpr, S: gl.constexpr, U: gl.constexpr,
-                  AHEAD: gl.constexpr,
-                  ONE_ROW: gl.constexpr, GATE_OUT: gl.constexpr, NORM: gl.constexpr, ADD_TO: gl.constexpr,
-                  WEIGHTED: gl.constexpr, P_BLOCK: gl.constexpr, NH: gl.constexpr, NKV: gl.constexpr,
-                  ROPE_HALF: gl.constexpr, num_warps: gl.constexpr):
+                  AHEAD: gl.constexpr, ONE_ROW: gl.constexpr, GATE_OUT: gl.constexpr, NORM: gl.constexpr,
+                  ADD_TO: gl.constexpr, WEIGHTED: gl.constexpr, P_BLOCK: gl.constexpr, NH: gl.constexpr,
+                  NKV: gl.constexpr, ROPE_HALF: gl.constexpr, num_warps: gl.constexpr):
     """A program: 16 R output rows; warp s takes groups s, s + S, ... U at a time (batch entries B = S U)."""
     gl.static_assert(S == num_warps)
     B: gl.constexpr = S * U
@@ -207,18 +206,18 @@ def _w4mma_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, M, N, K, stride_xm
     s_rows = s_ptr + sn[None, :].to(gl.int64) * stride_sn + sb[:, None]
     m_rows = m_ptr + sn[None, :].to(gl.int64) * stride_sn + sb[:, None]
 
-    # two buffers in turn: each's loads issued a group's products ahead of its own (one buffer carried from one
-    # iteration to the next had ptxas place the loads after the products, their latency in the loop)
-    wa, xa, sa, ma = _fetch(0, n_groups, w_rows, x_rows, s_rows, m_rows, wb, xb, sb, ASYM)
+    # two register buffers in turn, each loaded a batch's products before its own (one buffer carried across
+    # iterations had ptxas place the loads after the products, their whole latency in the loop)
+    w0, x0, s0, c0 = _fetch(0, n_groups, w_rows, x_rows, s_rows, m_rows, wb, xb, sb, ASYM)
     acc = gl.zeros([B, BLOCK_N, 8], gl.float32, mma)
     for g in range(0, n_groups, 2 * B):
         if AHEAD > 0:  # L2 asked for W's groups AHEAD batches on
             _prefetch(g + AHEAD * B, n_groups, w_rows, wb)
             _prefetch(g + (AHEAD + 1) * B, n_groups, w_rows, wb)
-        wn_, xn_, sn_, mn_ = _fetch(g + B, n_groups, w_rows, x_rows, s_rows, m_rows, wb, xb, sb, ASYM)
-        acc = _dot_group(wa, xa, sa, ma, acc, mma, a_l, b_l)
-        wa, xa, sa, ma = _fetch(g + 2 * B, n_groups, w_rows, x_rows, s_rows, m_rows, wb, xb, sb, ASYM)
-        acc = _dot_group(wn_, xn_, sn_, mn_, acc, mma, a_l, b_l)
+        w1, x1, s1, c1 = _fetch(g + B, n_groups, w_rows, x_rows, s_rows, m_rows, wb, xb, sb, ASYM)
+        acc = _dot_group(w0, x0, s0, c0, acc, mma, a_l, b_l)
+        w0, x0, s0, c0 = _fetch(g + 2 * B, n_groups, w_rows, x_rows, s_rows, m_rows, wb, xb, sb, ASYM)
+        acc = _dot_group(w1, x1, s1, c1, acc, mma, a_l, b_l)
     total = gl.sum(acc, axis=0)  # [BLOCK_N, 8]: out^T
     if ONE_ROW:
         col = gl.arange(0, 8, layout=gl.SliceLayout(0, total.type.layout))
