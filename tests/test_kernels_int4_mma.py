@@ -24,10 +24,11 @@ def _args(t, bias=None):
 @GPU
 @pytest.mark.parametrize("symmetric", [True, False])
 @pytest.mark.parametrize("M", [1, 2, 5, 8])
-@pytest.mark.parametrize("config", [None, (2, 8, 2, 1)])
+@pytest.mark.parametrize("config", [None, (2, 8, 2, 1, 0), (1, 4, 1, 0, 3)])
 def test_int4_mma_matches_the_torch_twin(symmetric, M, config):
     """Odd row counts (N not a multiple of a program's 16 R rows), K of 1 and 5 groups (fewer than a program's warps
-    take at a time) and Llama-3-8B's down_proj (112 groups), at launch shapes mma_config does not pick."""
+    take at a time) and Llama-3-8B's down_proj (112 groups), at launch shapes mma_config does not pick: register
+    buffers with L2 prefetch, and the cp.async ring."""
     from llmserve.kernels.int4_mma import w4mma
 
     for N, K in ((40, 128), (72, 5 * 128), (4096, 14336)):

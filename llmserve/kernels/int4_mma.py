@@ -13,8 +13,9 @@ rows are the mma's 8 columns: 1-8 rows cost the same).
   and the group's sum of x (an mma of ones) times -136 s (sym: w = s (c - 8)) or m - 128 s (asym: w = s c + m) added.
   The twin rounds each weight to bf16 first: the result differs within that rounding (closer to the exact product).
 - The warps of a program split K (warp s takes groups s, s + S, ..., U at a time: operands [S U, ...] of a batched
-  mma); two register buffers in turn, each's loads issued a batch's products ahead, and (AHEAD) L2 asked for W's
-  groups further on; the warps' sums meet at the end.
+  mma); the words reach registers either through two register buffers in turn (each loaded a batch's products
+  ahead; AHEAD: L2 asked for W's groups further on) or through a ring of STAGES shared-memory slots that cp.async
+  fills (each thread copies what it reads back itself: no barrier); the warps' sums meet at the end.
 One row (`fold`): gemv.py's epilogue (store_folded) as the paired GEMV runs it: gate_out, rope, norm, add_to.
 """
 
@@ -24,7 +25,7 @@ import torch
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.ampere import mma_v2
+from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 
 from llmserve.kernels.gemv import RopeCache, RowNorm, fold_inputs, rope_args, store_folded
 
@@ -150,12 +151,79 @@ def _fetch(g, n_groups, w_rows, x_rows, s_rows, m_rows, wb, xb, sb, ASYM: gl.con
 
 
 @gluon.jit
+def _buffered(acc, n_groups, w_rows, x_rows, s_rows, m_rows, wb, xb, sb, ASYM: gl.constexpr, B: gl.constexpr,
+              AHEAD: gl.constexpr, mma: gl.constexpr, a_l: gl.constexpr, b_l: gl.constexpr):
+    """The K loop with two register buffers in turn, each loaded a batch's products before its own (one buffer
+    carried across iterations had ptxas place the loads after the products, their whole latency in the loop)."""
+    w0, x0, s0, c0 = _fetch(0, n_groups, w_rows, x_rows, s_rows, m_rows, wb, xb, sb, ASYM)
+    for g in range(0, n_groups, 2 * B):
+        if AHEAD > 0:  # L2 asked for W's groups AHEAD batches on
+            _prefetch(g + AHEAD * B, n_groups, w_rows, wb)
+            _prefetch(g + (AHEAD + 1) * B, n_groups, w_rows, wb)
+        w1, x1, s1, c1 = _fetch(g + B, n_groups, w_rows, x_rows, s_rows, m_rows, wb, xb, sb, ASYM)
+        acc = _dot_group(w0, x0, s0, c0, acc, mma, a_l, b_l)
+        w0, x0, s0, c0 = _fetch(g + 2 * B, n_groups, w_rows, x_rows, s_rows, m_rows, wb, xb, sb, ASYM)
+        acc = _dot_group(w1, x1, s1, c1, acc, mma, a_l, b_l)
+    return acc
+
+
+@gluon.jit
+def _scales(g, n_groups, s_rows, m_rows, sb, ASYM: gl.constexpr):
+    """_fetch's scales and offsets alone (the staged loop copies the words)."""
+    s = gl.load(s_rows + g, mask=(g + sb < n_groups)[:, None], other=0.0).to(gl.float32)
+    if ASYM:
+        c = gl.load(m_rows + g, mask=(g + sb < n_groups)[:, None], other=0.0).to(gl.float32) - 128.0 * s
+    else:
+        c = -136.0 * s
+    return s, c
+
+
+@gluon.jit
+def _copy(g, n_groups, M, w_rows, x_rows, wb, xb, xn, w_slot, x_slot):
+    """Groups g + b's words of W and x into a ring slot by cp.async, as one commit group: each thread copies the 16-byte
+    pieces it will read back itself (no barrier). Past K, or x's rows past M: zeros."""
+    async_copy.async_copy_global_to_shared(w_slot, w_rows + (g + wb)[:, None, None, None] * 16,
+                                           mask=(g + wb < n_groups)[:, None, None, None])
+    ok = (g + xb < n_groups)[:, None, None, None, None] & (xn < M)[None, :, None, None, None]
+    async_copy.async_copy_global_to_shared(x_slot, x_rows + (g + xb)[:, None, None, None, None] * 64, mask=ok)
+    async_copy.commit_group()
+
+
+@gluon.jit
+def _staged(acc, n_groups, M, w_rows, x_rows, s_rows, m_rows, wb, xb, xn, sb, ASYM: gl.constexpr, B: gl.constexpr,
+            BLOCK_N: gl.constexpr, STAGES: gl.constexpr, w_l: gl.constexpr, x_l: gl.constexpr, mma: gl.constexpr,
+            a_l: gl.constexpr, b_l: gl.constexpr):
+    """The K loop with W's and x's words through a ring of STAGES shared-memory slots filled by cp.async (the copies
+    hold no registers, so STAGES - 1 batches stay in flight); the scales a batch ahead in registers."""
+    w_smem = gl.allocate_shared_memory(gl.int32, [STAGES, B, BLOCK_N, 4, 4],
+                                       gl.SwizzledSharedLayout(1, 1, 1, [3, 2, 1, 0]))
+    x_smem = gl.allocate_shared_memory(gl.int32, [STAGES, B, 8, 4, 2, 8],
+                                       gl.SwizzledSharedLayout(1, 1, 1, [4, 3, 2, 1, 0]))
+    for i in gl.static_range(STAGES - 1):
+        _copy(i * B, n_groups, M, w_rows, x_rows, wb, xb, xn, w_smem.index(i), x_smem.index(i))
+    s0, c0 = _scales(0, n_groups, s_rows, m_rows, sb, ASYM)
+    for g in range(0, n_groups, B):
+        t = g // B
+        nxt = t + STAGES - 1
+        _copy(nxt * B, n_groups, M, w_rows, x_rows, wb, xb, xn, w_smem.index(nxt % STAGES),
+              x_smem.index(nxt % STAGES))
+        s1, c1 = _scales(g + B, n_groups, s_rows, m_rows, sb, ASYM)
+        async_copy.wait_group(STAGES - 1)  # this thread's copies of batch t have landed
+        words = w_smem.index(t % STAGES).load(w_l)
+        xw = x_smem.index(t % STAGES).load(x_l)
+        acc = _dot_group(words, xw, s0, c0, acc, mma, a_l, b_l)
+        s0, c0 = s1, c1
+    async_copy.wait_group(0)
+    return acc
+
+
+@gluon.jit
 def _w4mma_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, M, N, K, stride_xm, stride_wn, stride_sn, stride_om,
                   cos_ptr, sin_ptr, slot_ptr, kc_ptr, vc_ptr, stride_slot, sumsq_in, sumsq_out, P, eps, nw_ptr, hw_ptr,
                   ASYM: gl.constexpr, HAS_BIAS: gl.constexpr, R: gl.constexpr, S: gl.constexpr, U: gl.constexpr,
-                  AHEAD: gl.constexpr, ONE_ROW: gl.constexpr, GATE_OUT: gl.constexpr, NORM: gl.constexpr,
-                  ADD_TO: gl.constexpr, WEIGHTED: gl.constexpr, P_BLOCK: gl.constexpr, NH: gl.constexpr,
-                  NKV: gl.constexpr, ROPE_HALF: gl.constexpr, num_warps: gl.constexpr):
+                  AHEAD: gl.constexpr, STAGES: gl.constexpr, ONE_ROW: gl.constexpr, GATE_OUT: gl.constexpr,
+                  NORM: gl.constexpr, ADD_TO: gl.constexpr, WEIGHTED: gl.constexpr, P_BLOCK: gl.constexpr,
+                  NH: gl.constexpr, NKV: gl.constexpr, ROPE_HALF: gl.constexpr, num_warps: gl.constexpr):
     """A program: 16 R output rows; warp s takes groups s, s + S, ... U at a time (batch entries B = S U)."""
     gl.static_assert(S == num_warps)
     B: gl.constexpr = S * U
@@ -206,18 +274,12 @@ def _w4mma_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, M, N, K, stride_xm
     s_rows = s_ptr + sn[None, :].to(gl.int64) * stride_sn + sb[:, None]
     m_rows = m_ptr + sn[None, :].to(gl.int64) * stride_sn + sb[:, None]
 
-    # two register buffers in turn, each loaded a batch's products before its own (one buffer carried across
-    # iterations had ptxas place the loads after the products, their whole latency in the loop)
-    w0, x0, s0, c0 = _fetch(0, n_groups, w_rows, x_rows, s_rows, m_rows, wb, xb, sb, ASYM)
     acc = gl.zeros([B, BLOCK_N, 8], gl.float32, mma)
-    for g in range(0, n_groups, 2 * B):
-        if AHEAD > 0:  # L2 asked for W's groups AHEAD batches on
-            _prefetch(g + AHEAD * B, n_groups, w_rows, wb)
-            _prefetch(g + (AHEAD + 1) * B, n_groups, w_rows, wb)
-        w1, x1, s1, c1 = _fetch(g + B, n_groups, w_rows, x_rows, s_rows, m_rows, wb, xb, sb, ASYM)
-        acc = _dot_group(w0, x0, s0, c0, acc, mma, a_l, b_l)
-        w0, x0, s0, c0 = _fetch(g + 2 * B, n_groups, w_rows, x_rows, s_rows, m_rows, wb, xb, sb, ASYM)
-        acc = _dot_group(w1, x1, s1, c1, acc, mma, a_l, b_l)
+    if STAGES > 0:
+        acc = _staged(acc, n_groups, M, w_rows, x_rows, s_rows, m_rows, wb, xb, xn, sb, ASYM, B, BLOCK_N, STAGES, w_l,
+                      x_l, mma, a_l, b_l)
+    else:
+        acc = _buffered(acc, n_groups, w_rows, x_rows, s_rows, m_rows, wb, xb, sb, ASYM, B, AHEAD, mma, a_l, b_l)
     total = gl.sum(acc, axis=0)  # [BLOCK_N, 8]: out^T
     if ONE_ROW:
         col = gl.arange(0, 8, layout=gl.SliceLayout(0, total.type.layout))
@@ -243,10 +305,11 @@ def _store_rows(total, b_ptr, out_ptr, pid, M, N, stride_om, HAS_BIAS: gl.conste
              mask=(om[None, :] < M) & (on[:, None] < N))
 
 
-def mma_config(N: int, K: int) -> tuple[int, int, int, int]:
-    """(R, S, U, AHEAD): 16 R rows a program, S warps splitting K, U groups a warp at a time, W's groups asked of L2
-    AHEAD batches (of S U groups) before their loads (0: none)."""
-    return 1, 4, 1, 0
+def mma_config(N: int, K: int) -> tuple[int, int, int, int, int]:
+    """(R, S, U, AHEAD, STAGES): 16 R rows a program, S warps splitting K, U groups a warp at a time; STAGES 0: two
+    register buffers, W's groups asked of L2 AHEAD batches (of S U groups) before their loads (0: none); else a ring
+    of STAGES shared-memory slots filled by cp.async."""
+    return 1, 4, 1, 0, 0
 
 
 def _aligned(t: torch.Tensor) -> bool:
@@ -264,7 +327,7 @@ def usable(x: torch.Tensor, w: torch.Tensor, group: int) -> bool:
 def w4mma(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None,
           bias: torch.Tensor | None, sizes: tuple[int, int, int], gate_out: bool = False,
           rope: RopeCache | None = None, norm: RowNorm | None = None, add_to: torch.Tensor | None = None,
-          next_norm: torch.Tensor | None = None, config: tuple[int, int, int, int] | None = None
+          next_norm: torch.Tensor | None = None, config: tuple[int, ...] | None = None
           ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
     """x [M, K] (`usable`) -> [M, N]; one row: the folds of int4_pairs.w4gemv_pairs (gate_out, rope, norm, add_to
     with next_norm), with its returns."""
@@ -272,7 +335,7 @@ def w4mma(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.
     N, K, group = sizes
     folds = gate_out or rope is not None or norm is not None or add_to is not None
     assert group == GROUP and (M == 1 or not folds) and (N % 2 == 0 or not gate_out)
-    R, S, U, ahead = config or mma_config(N, K)
+    R, S, U, ahead, stages = config or mma_config(N, K)
     block = 16 * R
     grid = triton.cdiv(N, block)
     if add_to is not None:
@@ -289,7 +352,7 @@ def w4mma(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.
         x, w, scale, minimum if minimum is not None else scale, bias if bias is not None else scale, out, M, N, K,
         x.stride(0), w.stride(0), scale.stride(0), out.stride(0), *r, sums, sums_out, P, eps,
         next_norm if weighted is not None else scale, weighted if weighted is not None else scale,
-        ASYM=minimum is not None, HAS_BIAS=bias is not None, R=R, S=S, U=U, AHEAD=ahead, ONE_ROW=M == 1,
+        ASYM=minimum is not None, HAS_BIAS=bias is not None, R=R, S=S, U=U, AHEAD=ahead, STAGES=stages, ONE_ROW=M == 1,
         GATE_OUT=gate_out, NORM=norm is not None, ADD_TO=add_to is not None, WEIGHTED=weighted is not None,
         P_BLOCK=triton.next_power_of_2(P), NH=heads[0], NKV=heads[1], ROPE_HALF=heads[2], num_warps=S)
     return (sums_out, weighted) if add_to is not None else out

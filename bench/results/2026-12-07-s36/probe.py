@@ -12,13 +12,14 @@ from llmserve.kernels.int4_mma import w4mma
 from llmserve.kernels.int4_wgmma import w4wgmma
 from llmserve.model.int4 import quantize_int4
 
-# (R, S, U, AHEAD): 16 R rows a program, S warps splitting K, U groups a warp at a time, L2 asked AHEAD batches on
+# (R, S, U, AHEAD, STAGES): int4_mma.mma_config's launch shapes (STAGES 0: register buffers, else the cp.async ring)
 VARIANTS = [tuple(int(v) for v in c.split(",")) for c in os.environ.get("PROBE_VARIANTS", "").split(";") if c] or [
-    (1, 4, 1, 0), (1, 4, 1, 2), (1, 8, 1, 0), (1, 8, 1, 2), (2, 4, 1, 0), (2, 4, 1, 2), (1, 16, 1, 0), (1, 8, 2, 1)]
+    (1, 4, 1, 0, 0), (1, 4, 1, 2, 0), (1, 8, 1, 2, 0), (2, 4, 1, 2, 0), (1, 16, 1, 0, 0), (1, 4, 1, 0, 3),
+    (1, 4, 1, 0, 4), (1, 8, 1, 0, 3), (2, 4, 1, 0, 3)]
 
 
-def w4mv(x, w, s, m, R, S, U, A):
-    return w4mma(x, w, s, m, None, (w.shape[0], 2 * w.shape[1], 128), config=(R, S, U, A))
+def w4mv(x, w, s, m, *config):
+    return w4mma(x, w, s, m, None, (w.shape[0], 2 * w.shape[1], 128), config=config)
 
 
 def rel_err(a, b):
