@@ -18,10 +18,9 @@ rotary + cache write), w4:MxNxK:GROUP[:FLAGS] (symmetric int4; M = 1 is the GEMV
 pairs names a GEMV kernel, wgmma the Gluon matmul of int4_wgmma.py (asym: with minimums), mma the Gluon mma.sync
 kernel of int4_mma.py for 1-8 rows (asym; staged: its cp.async ring; at one row gate_out, rope, norm, add as
 the GEMVs), gated the SiLU-mul in x's load, gate_out in the epilogue, rope: qkv's rotary embedding and cache write in
-it, N = 6144; norm: the RMSNorm's
-1 / rms on the outputs, add: the residual add and the next norm's weighted row), w8g:MxNxK:GROUP (8-bit codes in
-groups, as w4), fp8mm:MxNxK:fast|exact (the fp8 GEMM at 33-256 rows, its accumulation). Llama-3.1-8B heads (32
-query, 8 KV, dim 128).
+it, N = 6144; norm: the RMSNorm's 1 / rms on the outputs, add: the residual add and the next norm's weighted row),
+w8g:MxNxK:GROUP (8-bit codes in groups, as w4), fp8mm:MxNxK:fast|exact (the fp8 GEMM at 33-256 rows, its
+accumulation). Llama-3.1-8B heads (32 query, 8 KV, dim 128).
 """
 
 from __future__ import annotations
