@@ -15,7 +15,7 @@ rows are the mma's 8 columns: 1-8 rows cost the same).
 - The warps of a program split K (warp s takes groups s, s + S, ..., U at a time: operands [S U, ...] of a batched
   mma); the words reach registers either through two register buffers in turn (each loaded a batch's products
   ahead; AHEAD: L2 asked for W's groups further on) or through a ring of STAGES shared-memory slots that cp.async
-  fills (each thread copies what it reads back itself: no barrier); the warps' sums meet at the end.
+  fills (each thread copies the pieces it reads back itself); the warps' sums meet at the end.
 One row (`fold`): gemv.py's epilogue (store_folded) as the paired GEMV runs it: gate_out, rope, norm, add_to.
 """
 
@@ -181,7 +181,8 @@ def _scales(g, n_groups, s_rows, m_rows, sb, ASYM: gl.constexpr):
 @gluon.jit
 def _copy(g, n_groups, M, w_rows, x_rows, wb, xb, xn, w_slot, x_slot):
     """Groups g + b's words of W and x into a ring slot by cp.async, as one commit group: each thread copies the 16-byte
-    pieces it will read back itself (no barrier). Past K, or x's rows past M: zeros."""
+    pieces it will read back itself (the compiler still puts CTA barriers around the slots). Past K, or x's rows past
+    M: zeros."""
     async_copy.async_copy_global_to_shared(w_slot, w_rows + (g + wb)[:, None, None, None] * 16,
                                            mask=(g + wb < n_groups)[:, None, None, None])
     ok = (g + xb < n_groups)[:, None, None, None, None] & (xn < M)[None, :, None, None, None]
@@ -308,7 +309,8 @@ def _store_rows(total, b_ptr, out_ptr, pid, M, N, stride_om, HAS_BIAS: gl.conste
 def mma_config(N: int, K: int) -> tuple[int, int, int, int, int]:
     """(R, S, U, AHEAD, STAGES): 16 R rows a program, S warps splitting K, U groups a warp at a time; STAGES 0: two
     register buffers, W's groups asked of L2 AHEAD batches (of S U groups) before their loads (0: none); else a ring
-    of STAGES shared-memory slots filled by cp.async."""
+    of STAGES shared-memory slots filled by cp.async. Not yet chosen by a measurement: the GPU sweep is
+    bench/results/2026-12-07-s36/probe.py `time`."""
     return 1, 4, 1, 0, 0
 
 
