@@ -250,8 +250,8 @@ def w4gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch
     to the cache (gemv.py's `rope`); `norm`, `add_to`, `next_norm`: the RMSNorm folds (int4_pairs.py). All in the
     paired kernel's epilogue; the others compute them after, with torch or a launch."""
     sizes = check_codes(w, scale, minimum)
-    mma = MMA_ROWS and not gated and int4_mma.usable(x, w, sizes[2])
-    if pairs is None and words is None and config is None and mma:
+    if (pairs is None and words is None and config is None and MMA_ROWS and not gated
+            and int4_mma.usable(x, w, sizes[2])):
         return int4_mma.w4mma(x, w, scale, minimum, bias, sizes, gate_out, rope, norm, add_to, next_norm)
     if pairs or (pairs is None and PAIRS_GEMV and pairs_ok(x)):
         return w4gemv_pairs(x, w, scale, minimum, bias, gated, config, pdl and PAIRS_PDL, sizes, gate_out, rope,

@@ -142,11 +142,7 @@ def _fetch(g, n_groups, w_rows, x_rows, s_rows, m_rows, wb, xb, sb, ASYM: gl.con
     offset of 0, so the entry adds nothing."""
     words = gl.load(w_rows + (g + wb)[:, None, None, None] * 16, mask=(g + wb < n_groups)[:, None, None, None])
     xw = gl.load(x_rows + gl.where(g + xb < n_groups, g + xb, 0)[:, None, None, None, None] * 64)
-    s = gl.load(s_rows + g, mask=(g + sb < n_groups)[:, None], other=0.0).to(gl.float32)
-    if ASYM:
-        c = gl.load(m_rows + g, mask=(g + sb < n_groups)[:, None], other=0.0).to(gl.float32) - 128.0 * s
-    else:
-        c = -136.0 * s
+    s, c = _scales(g, n_groups, s_rows, m_rows, sb, ASYM)
     return words, xw, s, c
 
 
