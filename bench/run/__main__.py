@@ -76,7 +76,7 @@ def sampling_fields(text: str) -> dict:
     return fields
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     ap.add_argument("--out", help="results folder (default: bench/results/<date>-<gpu>)")
     ap.add_argument("--phases", default="floor,engine,engine_sync,triton,engine_fp8,engine_fp8_kv8,engine_kv8,"
@@ -130,26 +130,81 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sampling", type=sampling_fields, default={}, metavar="KEY=VALUE,...",
                     help="the engine phases' requests sample with these SamplingParams fields instead of greedy, e.g. "
                     "temperature=0.7,top_p=0.9,repetition_penalty=1.1 (the sampler's cost at scale)")
-    args = ap.parse_args(argv)
-    # The serving knobs of this run's engines (a phase may add queue limits for its plan): the defaults, --serving,
-    # then what the shape needs unless --serving set it
-    args.knobs = dict(SERVING_DEFAULTS)
+    return ap
+
+
+def _serving_knobs(args: argparse.Namespace) -> dict[str, str]:
+    """The serving knobs of this run's engines (a phase may add queue limits for its plan): the defaults, --serving,
+    then what the shape needs unless --serving set it."""
+    knobs = dict(SERVING_DEFAULTS)
     for item in args.serving:
         key, _, value = item.partition("=")
-        args.knobs[key] = value
-    args.knobs.update(shape_knobs(args.shape, args.plan, frozenset(i.partition("=")[0] for i in args.serving)))
+        knobs[key] = value
+    knobs.update(shape_knobs(args.shape, args.plan, frozenset(i.partition("=")[0] for i in args.serving)))
+    return knobs
+
+
+def _child(args: argparse.Namespace) -> int:
+    """One phase in this process: its result (or its failure, which the parent records) to --phase-out."""
+    try:
+        result = PHASES[args.phase](args)
+    except Exception as exc:  # noqa: BLE001 - the parent records the failure and carries on
+        traceback.print_exc()
+        result = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+    Path(args.phase_out).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+def _forwarded(args: argparse.Namespace) -> list[str]:
+    """The options every phase process gets from the parent's command line."""
+    q = (["--quick"] if args.quick else []) + [f"--serving={item}" for item in args.serving] + ["--shape", args.shape]
+    q += ["--workloads", args.workloads] if args.workloads else []
+    q += ["--concurrency", args.concurrency] if args.concurrency else []
+    q += ["--waves", str(args.waves)] if args.waves else []
+    q += ["--spread", str(args.spread)] if args.spread else []
+    q += ["--sampling", ",".join(f"{k}={v}" for k, v in args.sampling.items())] if args.sampling else []
+    return q
+
+
+def _measure(phase: str, args: argparse.Namespace, work: Path, log) -> dict[str, dict]:
+    """Runs `phase` in processes of its own: {result name: its data} (the triton phase adds its engine-direct twin)."""
+    q = _forwarded(args)
+    plan_args = ["--plan", args.plan] if args.plan else []  # for the engine phases (not the Triton twin)
+
+    def run(name: str, file: str, extra: list[str]) -> dict:
+        return _run_phase(name, work / f"{file}.json", q + extra, log, args.phase_timeout)
+
+    if phase in ("floor", "hf", "load"):
+        return {phase: run(phase, phase, [])}
+    if phase in ENGINE_MODES:
+        return {phase: run("engine", phase, ["--mode", ENGINE_MODES[phase]] + plan_args)}
+    if phase in ENGINE_VARIANTS:  # one engine with other knobs, side by side with the plain ones
+        mode, knobs = ENGINE_VARIANTS[phase]
+        return {phase: run("engine", phase, ["--mode", mode, "--plan", args.plan or "variant"]
+                           + [f"--serving={k}" for k in knobs])}
+    prompts = make_prompt_files(work, args.quick) if phase in TRITON_VARIANTS or phase == "triton" else None
+    if phase in TRITON_VARIANTS:
+        knobs, instances, plan = TRITON_VARIANTS[phase]
+        return {phase: run("triton", phase, ["--prompts", prompts, "--work", str(work), "--plan", plan,
+                                             "--instances", str(instances)] + [f"--serving={k}" for k in knobs])}
+    if phase == "triton":
+        tok = ROOT / ".carry" / "tokenizer"
+        tok_args = ["--tokenizer-dir", str(tok)] if tok.is_dir() else []
+        return {"triton": run("triton", "triton", ["--prompts", prompts, "--work", str(work)]),
+                "engine_v49152": run("engine", "engine_v49152", ["--vocab", "49152", "--prompts", prompts,
+                                                                 "--mode", "bf16", *tok_args, "--plan", "triton"])}
+    return {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = _parser()
+    args = ap.parse_args(argv)
+    args.knobs = _serving_knobs(args)
     args.vocab = args.vocab or SHAPES[args.shape]["vocab_size"]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
     if args.phase:
-        try:
-            result = PHASES[args.phase](args)
-        except Exception as exc:  # noqa: BLE001 - the parent records the failure and carries on
-            traceback.print_exc()
-            result = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
-        Path(args.phase_out).write_text(json.dumps(result, indent=1))
-        return 0
+        return _child(args)
 
     env = environment()
     gpu = re.sub(r"[^a-z0-9]+", "-", (env.get("gpu") or "cpu").lower()).strip("-")
@@ -167,56 +222,15 @@ def main(argv: list[str] | None = None) -> int:
     if previous:  # --resume: keep the phases an earlier call measured on this machine kind
         results["phases"] = previous["phases"]
         results["command"] = previous["command"] + " ; " + results["command"]
-    q = (["--quick"] if args.quick else []) + [f"--serving={item}" for item in args.serving] + ["--shape", args.shape]
-    q += ["--workloads", args.workloads] if args.workloads else []
-    q += ["--concurrency", args.concurrency] if args.concurrency else []
-    q += ["--waves", str(args.waves)] if args.waves else []
-    q += ["--spread", str(args.spread)] if args.spread else []
-    q += ["--sampling", ",".join(f"{k}={v}" for k, v in args.sampling.items())] if args.sampling else []
-    plan_args = ["--plan", args.plan] if args.plan else []  # for the engine phases (not the Triton twin)
     t_start = time.time()
     with open(out / "log.txt", "a") as log:
         for phase in args.phases.split(","):
             if args.budget and time.time() - t_start > args.budget:
                 print(f"skipping {phase}: --budget of {args.budget} s spent", flush=True)
                 continue
-            before = dict(results["phases"])
-            if phase == "floor":
-                results["phases"]["floor"] = _run_phase("floor", work / "floor.json", q, log, args.phase_timeout)
-            elif phase in ENGINE_MODES:
-                mode = ENGINE_MODES[phase]
-                results["phases"][phase] = _run_phase("engine", work / f"{phase}.json",
-                                                      q + ["--mode", mode] + plan_args, log, args.phase_timeout)
-            elif phase in ENGINE_VARIANTS:  # one engine with other knobs, side by side with the plain ones
-                mode, knobs = ENGINE_VARIANTS[phase]
-                results["phases"][phase] = _run_phase(
-                    "engine", work / f"{phase}.json",
-                    q + ["--mode", mode, "--plan", args.plan or "variant"] + [f"--serving={k}" for k in knobs],
-                    log, args.phase_timeout)
-            elif phase in ("hf", "load"):
-                results["phases"][phase] = _run_phase(phase, work / f"{phase}.json", q, log, args.phase_timeout)
-            elif phase in TRITON_VARIANTS:
-                prompts = make_prompt_files(work, args.quick)
-                knobs, instances, plan = TRITON_VARIANTS[phase]
-                results["phases"][phase] = _run_phase(
-                    "triton", work / f"{phase}.json",
-                    q + ["--prompts", prompts, "--work", str(work), "--plan", plan, "--instances", str(instances)]
-                    + [f"--serving={k}" for k in knobs], log, args.phase_timeout)
-            elif phase == "triton":
-                prompts = make_prompt_files(work, args.quick)
-                tok = ROOT / ".carry" / "tokenizer"
-                tok_args = ["--tokenizer-dir", str(tok)] if tok.is_dir() else []
-                results["phases"]["triton"] = _run_phase(
-                    "triton", work / "triton.json", q + ["--prompts", prompts, "--work", str(work)], log,
-                    args.phase_timeout)
-                results["phases"]["engine_v49152"] = _run_phase(
-                    "engine", work / "engine_v49152.json",
-                    q + ["--vocab", "49152", "--prompts", prompts, "--mode", "bf16", *tok_args, "--plan", "triton"],
-                    log, args.phase_timeout)
-            if args.resume:
-                for name, data in results["phases"].items():
-                    if name in before and data is not before[name]:
-                        results["phases"][name] = _merge_phase(before[name], data)
+            for name, data in _measure(phase, args, work, log).items():
+                before = results["phases"].get(name)
+                results["phases"][name] = _merge_phase(before, data) if args.resume and before else data
             (out / "results.json").write_text(json.dumps(results, indent=1))
     from bench.report import write_report
 
