@@ -164,9 +164,18 @@ def validate(r: Recipe) -> None:
         if not ok:
             raise RecipeError(r.name, field_name, reason)
 
-    q, lim = r.quantization, r.limits
     check(r.precision in PRECISIONS, "precision", f"expected one of {', '.join(PRECISIONS)}, got {r.precision!r}")
     check(r.dtype in ("float16", "bfloat16"), "dtype", f"expected float16 or bfloat16, got {r.dtype!r}")
+    _validate_quantization(r, check)
+    _validate_selective(r, check)
+    _validate_hardware(r, check)
+    _validate_limits(r.limits, check)
+    _validate_pytorch(r, check)
+
+
+def _validate_quantization(r: Recipe, check: Any) -> None:
+    """The quantization section against the precision: which tool can make it and with which of its options."""
+    q = r.quantization
     if r.precision in ("fp16", "bf16"):
         want = "float16" if r.precision == "fp16" else "bfloat16"
         check(r.dtype == want, "dtype", f"must be {want} for precision {r.precision}")
@@ -198,7 +207,10 @@ def validate(r: Recipe) -> None:
         check(r.min_compute_capability >= (8, 9), "min_compute_capability", "FP8 KV cache needs >= 8.9")
     if q.calib_size is not None:
         check(q.calib_size >= 1, "quantization.calib_size", f"must be >= 1, got {q.calib_size}")
-    _validate_selective(r, check)
+
+
+def _validate_hardware(r: Recipe, check: Any) -> None:
+    """The compute capability the precision needs, and the parallel sizes."""
     if r.precision == "fp8":
         check(r.min_compute_capability >= (8, 9), "min_compute_capability", "FP8 needs compute capability >= 8.9")
     # TensorRT-LLM 1.x builds no Volta (7.x) engines, and ModelOpt's INT8 SmoothQuant needs Ampere.
@@ -207,6 +219,10 @@ def validate(r: Recipe) -> None:
     for name in ("tp_size", "pp_size"):
         v = getattr(r, name)
         check(isinstance(v, int) and v >= 1, f"parallel.{name}", f"must be an integer >= 1, got {v!r}")
+
+
+def _validate_limits(lim: Limits, check: Any) -> None:
+    """Positive integer limits, room for output after the longest prompt, and a prompt that fits a step unchunked."""
     for f in dataclasses.fields(Limits):
         v = getattr(lim, f.name)
         if f.name == "use_paged_context_fmha":
@@ -219,6 +235,10 @@ def validate(r: Recipe) -> None:
     # Without paged context FMHA the context cannot be chunked, so one prompt must fit one step.
     check(lim.use_paged_context_fmha or lim.max_num_tokens >= lim.max_input_len, "limits.max_num_tokens",
           f"must be >= max_input_len ({lim.max_input_len}) when use_paged_context_fmha is false")
+
+
+def _validate_pytorch(r: Recipe, check: Any) -> None:
+    """Whether our PyTorch engine can serve the recipe's weights, or why not."""
     p = r.pytorch
     if p.supported:
         check(p.weights in PYTORCH_WEIGHTS, "pytorch.weights", f"expected one of {', '.join(PYTORCH_WEIGHTS)}")
