@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from llm_client.client import LLMClient, RequestError, Result, ServerUnreachable
@@ -63,24 +64,18 @@ def _print_choices(result: Result, out) -> None:
     out.flush()
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "soak":
-        from llm_client.soak import main as soak_main
+# Subcommands with parsers of their own: module, and whether its main takes `prog`
+_DELEGATED = {"soak": ("llm_client.soak", False), "sweep": ("llm_client.sweep", False),
+              "openai": ("llm_client.openai_server.cli", True), "validate": ("llm_client.validate", False)}
 
-        return soak_main(argv[1:])
-    if argv and argv[0] == "sweep":
-        from llm_client.sweep import main as sweep_main
 
-        return sweep_main(argv[1:])
-    if argv and argv[0] == "openai":
-        from llm_client.openai_server.cli import main as openai_main
+def _delegate(command: str, rest: list[str]) -> int:
+    module, takes_prog = _DELEGATED[command]
+    sub_main = importlib.import_module(module).main
+    return sub_main(rest, prog=f"llm {command}") if takes_prog else sub_main(rest)
 
-        return openai_main(argv[1:], prog="llm openai")
-    if argv and argv[0] == "validate":
-        from llm_client.validate import main as validate_main
 
-        return validate_main(argv[1:])
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="llm", description="Talk to the llm model on a Triton server.")
     sub = ap.add_subparsers(dest="command", required=True)
     sub.add_parser("sweep", help="try config variants on fresh servers, best throughput under a P99 SLO")
@@ -98,32 +93,46 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("chat", help="interactive chat; history is kept and sent with each turn")
     c.add_argument("--system", default=None)
     _common(c)
-    a = ap.parse_args(argv)
+    return ap
+
+
+def _generate(client: LLMClient, a: argparse.Namespace) -> int:
+    kwargs = {"messages": [{"role": "user", "content": a.prompt}]} if a.chat else {"prompt": a.prompt}
+    if (a.n or 1) > 1:
+        _print_choices(client.generate(**kwargs, stream=not a.no_stream, **_params(a)), sys.stdout)
+    elif a.no_stream:
+        print(client.generate(**kwargs, **_params(a)).text)
+    else:
+        _stream_out(client, sys.stdout, **kwargs, **_params(a))
+    return 0
+
+
+def _chat(client: LLMClient, a: argparse.Namespace) -> int:
+    """Turns until end of input or /exit; the whole history goes with each."""
+    history = [{"role": "system", "content": a.system}] if a.system else []
+    while True:
+        try:
+            line = input("you> ")
+        except EOFError:
+            return 0
+        if line.strip() in ("/exit", "/quit"):
+            return 0
+        if not line.strip():
+            continue
+        history.append({"role": "user", "content": line})
+        sys.stdout.write("llm> ")
+        answer = _stream_out(client, sys.stdout, messages=history, **_params(a))
+        history.append({"role": "assistant", "content": answer})
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _DELEGATED:
+        return _delegate(argv[0], argv[1:])
+    a = _parser().parse_args(argv)
     client = _client(a)
     try:
-        if a.command == "generate":
-            kwargs = {"messages": [{"role": "user", "content": a.prompt}]} if a.chat else {"prompt": a.prompt}
-            if (a.n or 1) > 1:
-                _print_choices(client.generate(**kwargs, stream=not a.no_stream, **_params(a)), sys.stdout)
-            elif a.no_stream:
-                print(client.generate(**kwargs, **_params(a)).text)
-            else:
-                _stream_out(client, sys.stdout, **kwargs, **_params(a))
-            return 0
-        history = [{"role": "system", "content": a.system}] if a.system else []
-        while True:
-            try:
-                line = input("you> ")
-            except EOFError:
-                return 0
-            if line.strip() in ("/exit", "/quit"):
-                return 0
-            if not line.strip():
-                continue
-            history.append({"role": "user", "content": line})
-            sys.stdout.write("llm> ")
-            answer = _stream_out(client, sys.stdout, messages=history, **_params(a))
-            history.append({"role": "assistant", "content": answer})
+        return _generate(client, a) if a.command == "generate" else _chat(client, a)
     except ServerUnreachable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
