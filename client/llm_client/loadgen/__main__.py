@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -21,11 +23,7 @@ from llm_client.loadgen.sweeps import expand_sweep, load_sweeps
 from llm_client.loadgen.tools import find_tools
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
-    """``python -m llm_client.loadgen {tools,sweep,parse}``: print tool paths, sweep commands, or parsed results."""
-    import argparse
-    import shlex
-
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m llm_client.loadgen")
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("tools")
@@ -40,56 +38,72 @@ def _main(argv: Sequence[str] | None = None) -> int:
     sw.add_argument("--summary", default=None, help="write a JSON list of parsed results here")
     pp = sub.add_parser("parse", help="parse a perf_analyzer CSV / profile export, genai-perf or aiperf JSON")
     pp.add_argument("path")
-    args = ap.parse_args(argv)
+    return ap
 
-    if args.cmd == "tools":
-        t = find_tools()
-        for name in ("perf_analyzer", "perf_analyzer_lib", "genai_perf", "aiperf"):
-            p = getattr(t, name)
-            print(f"{name}={p}{'' if p.exists() else '  (missing)'}")
-        return 0
-    if args.cmd == "parse":
-        p = args.path
-        if p.endswith(".csv"):
-            res: Any = parse_perf_analyzer_csv(p)
+
+def _tools() -> int:
+    t = find_tools()
+    for name in ("perf_analyzer", "perf_analyzer_lib", "genai_perf", "aiperf"):
+        p = getattr(t, name)
+        print(f"{name}={p}{'' if p.exists() else '  (missing)'}")
+    return 0
+
+
+def _parse(path: str) -> int:
+    """Any of the load generators' result files, told apart by suffix and their JSON's keys."""
+    if path.endswith(".csv"):
+        res: Any = parse_perf_analyzer_csv(path)
+    else:
+        with open(path) as fh:
+            head = json.load(fh)
+        if "experiments" in head:
+            res = parse_perf_analyzer_profile_export(path)
+        elif "aiperf_version" in head:
+            res = parse_aiperf_json(path)
         else:
-            with open(p) as fh:
-                head = json.load(fh)
-            if "experiments" in head:
-                res = parse_perf_analyzer_profile_export(p)
-            elif "aiperf_version" in head:
-                res = parse_aiperf_json(p)
-            else:
-                res = parse_genai_perf_json(p)
-        print(json.dumps(res, indent=2))
-        return 0
+            res = parse_genai_perf_json(path)
+    print(json.dumps(res, indent=2))
+    return 0
 
+
+def _sweep_point(args: argparse.Namespace, spec: dict) -> dict | None:
+    """One point of the sweep: its genai-perf command printed, then (unless --dry-run) run and parsed."""
+    run_dir = os.path.join(args.artifact_dir, spec["run_name"])
+    argv, env = genai_perf_cmd(
+        args.model or spec.get("model", "llm"), args.url or spec.get("url", "localhost:8001"), args.tokenizer,
+        spec["concurrency"], int(spec.get("num_prompts", 100)), spec["input_tokens_mean"],
+        spec["output_tokens_mean"], run_dir, bool(spec.get("streaming", True)),
+        request_rate=spec["request_rate"], request_count=spec.get("request_count"),
+        warmup_request_count=int(spec.get("warmup_request_count", 0)),
+        server_metrics_url=spec.get("server_metrics_url"))
+    print(shlex.join(argv), flush=True)
+    if args.dry_run:
+        return None
+    if os.path.isdir(run_dir):
+        shutil.rmtree(run_dir)
+    subprocess.run(argv, env=env, check=True)
+    return {**parse_genai_perf_json(find_genai_perf_json(run_dir)), "run_name": spec["run_name"]}
+
+
+def _sweep(args: argparse.Namespace) -> int:
     doc = load_sweeps(args.sweeps)
     if not args.dry_run:
         find_tools().require("genai_perf")
-    results = []
-    for spec in expand_sweep(doc, args.name):
-        run_dir = os.path.join(args.artifact_dir, spec["run_name"])
-        argv_, env = genai_perf_cmd(
-            args.model or spec.get("model", "llm"), args.url or spec.get("url", "localhost:8001"), args.tokenizer,
-            spec["concurrency"], int(spec.get("num_prompts", 100)), spec["input_tokens_mean"],
-            spec["output_tokens_mean"], run_dir, bool(spec.get("streaming", True)),
-            request_rate=spec["request_rate"], request_count=spec.get("request_count"),
-            warmup_request_count=int(spec.get("warmup_request_count", 0)),
-            server_metrics_url=spec.get("server_metrics_url"))
-        print(shlex.join(argv_), flush=True)
-        if args.dry_run:
-            continue
-        if os.path.isdir(run_dir):
-            shutil.rmtree(run_dir)
-        subprocess.run(argv_, env=env, check=True)
-        res = parse_genai_perf_json(find_genai_perf_json(run_dir))
-        res["run_name"] = spec["run_name"]
-        results.append(res)
+    results = [r for spec in expand_sweep(doc, args.name) if (r := _sweep_point(args, spec)) is not None]
     if args.summary and results:
         with open(args.summary, "w") as fh:
             json.dump(results, fh, indent=2)
     return 0
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    """``python -m llm_client.loadgen {tools,sweep,parse}``: print tool paths, sweep commands, or parsed results."""
+    args = _parser().parse_args(argv)
+    if args.cmd == "tools":
+        return _tools()
+    if args.cmd == "parse":
+        return _parse(args.path)
+    return _sweep(args)
 
 
 if __name__ == "__main__":
