@@ -98,12 +98,7 @@ def genai_perf_cmd(model: str, url: str, tokenizer_dir: str | os.PathLike[str], 
     tools = tools or find_tools()
     if (concurrency is None) == (request_rate is None):
         raise ValueError("give exactly one of concurrency and request_rate")
-    if concurrency is not None and 0 < warmup_request_count < concurrency:
-        # perf_analyzer 2.51 hangs forever after warm-up when 0 < warmup requests < concurrency (seen here:
-        # --concurrency-range 4 --warmup-request-count 2 never returns); warm every slot instead.
-        warmup_request_count = int(concurrency)
-    if request_rate is not None:
-        warmup_request_count = 0  # with --request-rate-range any warm-up made perf_analyzer 2.51 hang (seen here)
+    warmup_request_count = _warmup_count(concurrency, request_rate, warmup_request_count)
     argv = [str(tools.genai_perf), "profile", "-m", model, "--endpoint-type", "kserve", "--backend", backend,
             "-u", _host_port(url), "--tokenizer", str(tokenizer_dir),
             "--num-dataset-entries", str(int(num_prompts)),
@@ -129,13 +124,28 @@ def genai_perf_cmd(model: str, url: str, tokenizer_dir: str | os.PathLike[str], 
     if server_metrics_url:
         argv += ["--server-metrics-url", server_metrics_url]
     argv += list(extra_args)
+    return argv, _genai_perf_env(tools)
+
+
+def _warmup_count(concurrency: int | None, request_rate: float | None, asked: int) -> int:
+    """Warm-up requests perf_analyzer 2.51 survives: every slot or none in concurrency mode, none at a request rate."""
+    if request_rate is not None:
+        return 0  # with --request-rate-range any warm-up made perf_analyzer 2.51 hang (seen here)
+    if concurrency is not None and 0 < asked < concurrency:
+        # perf_analyzer 2.51 hangs forever after warm-up when 0 < warmup requests < concurrency (seen here:
+        # --concurrency-range 4 --warmup-request-count 2 never returns); warm every slot instead.
+        return int(concurrency)
+    return asked
+
+
+def _genai_perf_env(tools: LoadgenTools) -> dict[str, str]:
+    """Offline, with the 2.51 perf_analyzer first on PATH (setup_loadgen.sh links it into genai/bin) and its libs."""
     env = dict(os.environ)
     env["HF_HUB_OFFLINE"] = "1"
     env["TRANSFORMERS_OFFLINE"] = "1"
-    # genai-perf starts `perf_analyzer` from PATH: setup_loadgen.sh links the 2.51 binary into genai/bin.
     prepend_path(env, "PATH", str(tools.genai_perf.parent))
     prepend_path(env, "LD_LIBRARY_PATH", str(tools.perf_analyzer_lib))
-    return argv, env
+    return env
 
 
 # Jinja body for aiperf's template endpoint: Triton's generate extension maps JSON keys onto model inputs.
