@@ -190,36 +190,58 @@ def write_report(results: dict, out: Path) -> None:
     lines += published_rows(results)
     lines += guide_rows(results)
     lines += batch1_rows(results)
-    floor = results["phases"].get("floor") or {}
-    if floor:
-        lines += ["", "## Weight-read floor (one CUDA graph over all linear weights and the lm_head)", "",
-                  "| storage | GB | torch.sum 256 MB chunks ms (TB/s) | torch.sum per tensor ms (TB/s) "
-                  "| cuBLAS F.linear M=1 ms | _scaled_mm M=1 ms | our GEMV ms (TB/s) |",
-                  "|---|---|---|---|---|---|---|"]
-        for mode, r in floor.items():
-            if not isinstance(r, dict) or "sum_ms" not in r:
-                continue
-            chunked = (f"{r['sum_chunked_ms']:.3f} ({r['sum_chunked_TBps']:.2f})" if r.get("sum_chunked_ms")
-                       else "-")
-            lines.append(f"| {mode} | {r['weight_bytes'] / 1e9:.2f} | {chunked} | {r['sum_ms']:.3f} "
-                         f"({r['sum_TBps']:.2f}) | {fmt(r.get('cublas_m1_ms'), 3)} | "
-                         f"{fmt(r.get('scaled_mm_m1_ms'), 3)} | {r['our_gemv_ms']:.3f} ({r['our_gemv_TBps']:.2f}) |")
-    lines += ["", "## Output throughput (tok/s) by workload and concurrency", ""]
+    lines += _floor_rows(results["phases"].get("floor") or {})
     shown = systems(results)
     allruns = {ph: runs_of(results, ph) for ph, _ in shown}
+    lines += _throughput_rows(shown, allruns)
+    lines += _latency_rows(shown, allruns)
+    lines += _failed_rows(results["phases"])
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    try:
+        plot(results, out / "results.png")
+    except Exception as exc:  # noqa: BLE001 - the tables matter more than the picture
+        print(f"plot failed: {exc}", file=sys.stderr)
+
+
+def _floor_rows(floor: dict) -> list[str]:
+    """The weight-read floor's table, a row per storage mode (none without a floor phase)."""
+    if not floor:
+        return []
+    lines = ["", "## Weight-read floor (one CUDA graph over all linear weights and the lm_head)", "",
+             "| storage | GB | torch.sum 256 MB chunks ms (TB/s) | torch.sum per tensor ms (TB/s) "
+             "| cuBLAS F.linear M=1 ms | _scaled_mm M=1 ms | our GEMV ms (TB/s) |",
+             "|---|---|---|---|---|---|---|"]
+    for mode, r in floor.items():
+        if not isinstance(r, dict) or "sum_ms" not in r:
+            continue
+        chunked = f"{r['sum_chunked_ms']:.3f} ({r['sum_chunked_TBps']:.2f})" if r.get("sum_chunked_ms") else "-"
+        lines.append(f"| {mode} | {r['weight_bytes'] / 1e9:.2f} | {chunked} | {r['sum_ms']:.3f} "
+                     f"({r['sum_TBps']:.2f}) | {fmt(r.get('cublas_m1_ms'), 3)} | "
+                     f"{fmt(r.get('scaled_mm_m1_ms'), 3)} | {r['our_gemv_ms']:.3f} ({r['our_gemv_TBps']:.2f}) |")
+    return lines
+
+
+def _throughput_rows(shown: list, allruns: dict) -> list[str]:
+    """Output tok/s by (workload, concurrency), a column per system with runs, and each Triton system over its
+    engine-direct twin."""
     keys = sorted({k for runs in allruns.values() for k in runs}, key=lambda k: (k[0], k[1]))
     present = [(ph, label) for ph, label in shown if allruns[ph]]
-    lines.append("| workload | conc. | " + " | ".join(label for _, label in present) + " | Triton / direct |")
-    lines.append("|---|---|" + "---|" * (len(present) + 1))
+    lines = ["", "## Output throughput (tok/s) by workload and concurrency", "",
+             "| workload | conc. | " + " | ".join(label for _, label in present) + " | Triton / direct |",
+             "|---|---|" + "---|" * (len(present) + 1)]
     for k in keys:
         cells = [fmt(allruns[ph].get(k, {}).get("throughput_tok_s")) for ph, _ in present]
         e = allruns["engine_v49152"].get(k)
         ratios = [f"{label} {allruns[ph][k]['throughput_tok_s'] / e['throughput_tok_s']:.3f}"
                   for ph, label in TRITON_SYSTEMS if e and k in allruns[ph]]
         lines.append(f"| {k[0]} | {k[1]} | " + " | ".join(cells) + f" | {'; '.join(ratios) or '-'} |")
-    lines += ["", "## Latency (ms): TTFT P50 / P99, inter-token P50 / P99", "",
-              "| system | workload | conc. | TTFT P50 | TTFT P99 | ITL P50 | ITL P99 | errors | preemptions |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    return lines
+
+
+def _latency_rows(shown: list, allruns: dict) -> list[str]:
+    lines = ["", "## Latency (ms): TTFT P50 / P99, inter-token P50 / P99", "",
+             "| system | workload | conc. | TTFT P50 | TTFT P99 | ITL P50 | ITL P99 | errors | preemptions |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for ph, label in shown:
         if ph == "hf":
             continue
@@ -227,14 +249,12 @@ def write_report(results: dict, out: Path) -> None:
             lines.append(f"| {label} | {k[0]} | {k[1]} | {fmt(r.get('ttft_ms_p50'))} | {fmt(r.get('ttft_ms_p99'))} |"
                          f" {fmt(r.get('itl_ms_p50'), 2)} | {fmt(r.get('itl_ms_p99'), 2)} | {r.get('errors', 0)} |"
                          f" {r.get('preemptions', '-')} |")
-    failed = {ph: p.get("error") for ph, p in results["phases"].items() if p.get("error") or p.get("_rc") not in (0,)}
-    if failed:
-        lines += ["", "## Phases that failed", ""] + [f"- {ph}: {_failure(results['phases'][ph])}" for ph in failed]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-    try:
-        plot(results, out / "results.png")
-    except Exception as exc:  # noqa: BLE001 - the tables matter more than the picture
-        print(f"plot failed: {exc}", file=sys.stderr)
+    return lines
+
+
+def _failed_rows(phases: dict) -> list[str]:
+    failed = [ph for ph, p in phases.items() if p.get("error") or p.get("_rc") not in (0,)]
+    return ["", "## Phases that failed", ""] + [f"- {ph}: {_failure(phases[ph])}" for ph in failed] if failed else []
 
 
 def plot(results: dict, path: Path) -> None:
