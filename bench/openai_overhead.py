@@ -275,7 +275,7 @@ def write_md(res: dict, out: Path) -> None:
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m bench.openai_overhead", description=__doc__.split("\n")[0])
     ap.add_argument("--concurrency", default="64,256")
     ap.add_argument("--tokens", type=int, default=64, help="output tokens per request")
@@ -293,12 +293,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default=None, help="scratch folder (tritonserver unpacked, stub venv, model "
                     "repository, tritonserver.log); default a new temporary one")
     ap.add_argument("--out", required=True)
-    a = ap.parse_args(argv)
-    conc = [int(c) for c in a.concurrency.split(",")]
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="llm-openai-overhead-"))
-    work.mkdir(parents=True, exist_ok=True)
+    return ap
+
+
+def _start(a: argparse.Namespace, work: Path, conc: list[int]) -> tuple[Server, subprocess.Popen]:
+    """tritonserver over the synthetic engine (a fresh random checkpoint and repository in `work`), then the front."""
     for old in ("repo", "ckpt"):
         shutil.rmtree(work / old, ignore_errors=True)
     repo = derive_repository(work / "repo", random_checkpoint(work / "ckpt"), ROOT / "model_repository",
@@ -307,10 +306,42 @@ def main(argv: list[str] | None = None) -> int:
     server = Server(work, repo, a.port)
     print(f"starting tritonserver (synthetic engine, step {a.step_ms} ms) ...", flush=True)
     server.start()
-    front_url = f"http://127.0.0.1:{a.port + 3}"
     front = subprocess.Popen([sys.executable, "-m", "llm_client.openai_server", "--triton", f"localhost:{a.port + 1}",
                               "--port", str(a.port + 3), "--log-level", "warning", "--workers", str(a.front_workers)],
                              cwd=ROOT)
+    return server, front
+
+
+def _measure_points(a: argparse.Namespace, conc: list[int], targets: dict[str, str], front_pid: int, pool,
+                    runs: list[dict], done: list[int], save) -> None:
+    """Both paths warmed, then each concurrency `repeats` times a path, the paths' order alternating; saved a point
+    at a time."""
+    for path in ("direct", "openai"):  # warm both paths (and every client process)
+        measure(path, targets[path], 4, 1, 4, front_pid)
+        if pool is not None:
+            measure(path, targets[path], max(conc), 1, 4, front_pid, a.streams_per_client, pool)
+    for c in conc:
+        for rep in range(a.repeats):
+            for path in (("direct", "openai") if rep % 2 == 0 else ("openai", "direct")):
+                s = measure(path, targets[path], c, a.waves, a.tokens, front_pid, a.streams_per_client, pool,
+                            a.tokens_spread)
+                runs.append(s)
+                print(f"[{len(runs)}/{len(conc) * a.repeats * 2}] {path:6s} c={c} rep={rep}: "
+                      f"{s['throughput_tok_s']} tok/s, TTFT p50 {s['ttft_ms_p50']} ms, errors {s['errors']}",
+                      flush=True)
+        done.append(c)
+        save()
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+    conc = [int(c) for c in a.concurrency.split(",")]
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="llm-openai-overhead-"))
+    work.mkdir(parents=True, exist_ok=True)
+    server, front = _start(a, work, conc)
+    front_url = f"http://127.0.0.1:{a.port + 3}"
     runs: list[dict] = []
     load_start = os.getloadavg()  # other work on the machine shows here: these paths share its cores
     command = "python -m bench.openai_overhead " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -326,24 +357,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         _wait(f"{front_url}/health")
-        targets = {"direct": f"localhost:{a.port + 1}", "openai": front_url}
         if a.streams_per_client > 0:
             pool = client_pool(math.ceil(max(conc) / a.streams_per_client))
-        for path in ("direct", "openai"):  # warm both paths (and every client process)
-            measure(path, targets[path], 4, 1, 4, front.pid)
-            if pool is not None:
-                measure(path, targets[path], max(conc), 1, 4, front.pid, a.streams_per_client, pool)
-        for c in conc:
-            for rep in range(a.repeats):
-                for path in (("direct", "openai") if rep % 2 == 0 else ("openai", "direct")):
-                    s = measure(path, targets[path], c, a.waves, a.tokens, front.pid, a.streams_per_client, pool,
-                                a.tokens_spread)
-                    runs.append(s)
-                    print(f"[{len(runs)}/{len(conc) * a.repeats * 2}] {path:6s} c={c} rep={rep}: "
-                          f"{s['throughput_tok_s']} tok/s, TTFT p50 {s['ttft_ms_p50']} ms, errors {s['errors']}",
-                          flush=True)
-            done.append(c)
-            save()
+        _measure_points(a, conc, {"direct": f"localhost:{a.port + 1}", "openai": front_url}, front.pid, pool, runs,
+                        done, save)
     finally:
         if pool is not None:
             pool.terminate()
