@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.triton_path import Server, drive_triton, model_repository
+from bench.triton_path import STREAMS_PER_CLIENT, Server, drive_triton, model_repository
 from bench.workload import summarize
 
 
@@ -38,7 +38,7 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m bench.adapter", description=__doc__.split("\n")[0])
     ap.add_argument("--concurrency", default="1,16,64,256")
     ap.add_argument("--tokens", type=int, default=128)
@@ -50,49 +50,58 @@ def main(argv: list[str] | None = None) -> int:
                     help="streams per client process (0: bench.triton_path's default)")
     ap.add_argument("--serving", action="append", default=[], metavar="KEY=VALUE", help="a config.pbtxt parameter")
     ap.add_argument("--instances", type=int, default=1, help="model instances (stubs; they share an engine process)")
-    a = ap.parse_args(argv)
-    if a.streams_per_client:
-        import bench.triton_path
+    return ap
 
-        bench.triton_path.STREAMS_PER_CLIENT = a.streams_per_client
+
+def _py_spy(server: Server, folder: str, c: int) -> subprocess.Popen:
+    """A flame graph of the first stub's process while concurrency c runs."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    spy = subprocess.Popen(["py-spy", "record", "-p", str(_stub_pids(server.proc.pid)[0]), "--format", "raw", "-o",
+                            str(Path(folder) / f"stub-c{c}.txt"), "--rate", "200"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    time.sleep(1)
+    return spy
+
+
+def _point(a: argparse.Namespace, server: Server, c: int) -> dict:
+    """c streams of a.tokens tokens each through Triton: the summary, its ratio to the engine's ideal wall time and
+    the stubs' CPU per token."""
+    spy = _py_spy(server, a.profile, c) if a.profile else None
+    texts = [f"Tell me story number {i}." for i in range(c)]
+    stubs = _stub_pids(server.proc.pid)
+    cpu0 = sum(map(_cpu_s, stubs))
+    records, wall = drive_triton(a.port, texts, a.tokens, c, a.streams_per_client or STREAMS_PER_CLIENT)
+    stub_cpu = sum(map(_cpu_s, stubs)) - cpu0  # every instance's stub
+    if spy:
+        spy.send_signal(2)  # py-spy writes its file on SIGINT
+        spy.wait(30)
+    s = summarize(records, wall, c, 0, a.tokens)
+    ideal = a.tokens * a.step_ms / 1000
+    s["ideal_wall_s"] = round(ideal, 3)
+    s["ratio_to_ideal"] = round(ideal / wall, 3)
+    # The stub's own CPU per generated token: what the adapter costs, whatever the machine's noise.
+    s["stub_cpu_us_per_token"] = round(stub_cpu / max(1, c * a.tokens) * 1e6, 1)
+    return s
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="llm-adapter-"))
     conc = [int(c) for c in a.concurrency.split(",")]
     # The bench's repository (what the GPU runs use: .carry's server where present, SmolLM2's tokenizer) with
     # the synthetic engine; the checkpoint's weights are never made.
     params = {"engine": "synthetic", "synthetic_step_ms": str(a.step_ms), "max_batch_size": str(max(conc)),
               "max_queue_size": str(4 * max(conc)), **dict(kv.split("=", 1) for kv in a.serving)}
-    repo = model_repository(work, params, instances=a.instances)
-    server = Server(work, repo, a.port)
+    server = Server(work, model_repository(work, params, instances=a.instances), a.port)
     server.start()
     results = []
     try:
         drive_triton(a.port, ["warm up"] * 2, 4, 2)
         for c in conc:
-            spy = None
-            if a.profile:
-                Path(a.profile).mkdir(parents=True, exist_ok=True)
-                spy = subprocess.Popen(["py-spy", "record", "-p", str(_stub_pids(server.proc.pid)[0]), "--format",
-                                        "raw", "-o", str(Path(a.profile) / f"stub-c{c}.txt"), "--rate", "200"],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-                time.sleep(1)
-            texts = [f"Tell me story number {i}." for i in range(c)]
-            stubs = _stub_pids(server.proc.pid)
-            cpu0 = sum(map(_cpu_s, stubs))
-            records, wall = drive_triton(a.port, texts, a.tokens, c)
-            stub_cpu = sum(map(_cpu_s, stubs)) - cpu0  # every instance's stub
-            if spy:
-                spy.send_signal(2)  # py-spy writes its file on SIGINT
-                spy.wait(30)
-            s = summarize(records, wall, c, 0, a.tokens)
-            ideal = a.tokens * a.step_ms / 1000
-            s["ideal_wall_s"] = round(ideal, 3)
-            s["ratio_to_ideal"] = round(ideal / wall, 3)
-            # The stub's own CPU per generated token: what the adapter costs, whatever the machine's noise.
-            s["stub_cpu_us_per_token"] = round(stub_cpu / max(1, c * a.tokens) * 1e6, 1)
-            results.append(s)
-            print(json.dumps({k: s[k] for k in ("concurrency", "throughput_tok_s", "wall_s", "ideal_wall_s",
-                                                 "ratio_to_ideal", "errors", "itl_ms_p50", "itl_ms_p99",
-                                                 "stub_cpu_us_per_token")}), flush=True)
+            results.append(_point(a, server, c))
+            print(json.dumps({k: results[-1][k] for k in (
+                "concurrency", "throughput_tok_s", "wall_s", "ideal_wall_s", "ratio_to_ideal", "errors", "itl_ms_p50",
+                "itl_ms_p99", "stub_cpu_us_per_token")}), flush=True)
     finally:
         server.stop()
     if a.out:

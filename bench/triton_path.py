@@ -270,10 +270,11 @@ def _drive_process(args: tuple) -> tuple[list[Record], float, float]:
 STREAMS_PER_CLIENT = 32
 
 
-def drive_triton(port: int, texts: list[str], out_len: int, concurrency: int) -> tuple[list[Record], float]:
+def drive_triton(port: int, texts: list[str], out_len: int, concurrency: int,
+                 streams_per_client: int = STREAMS_PER_CLIENT) -> tuple[list[Record], float]:
     """Keeps `concurrency` streaming HTTP requests in flight until every text is answered; returns the records
     and the wall time. time.perf_counter is CLOCK_MONOTONIC on Linux, shared by the client processes."""
-    procs = -(-concurrency // STREAMS_PER_CLIENT)
+    procs = -(-concurrency // streams_per_client)
     if procs <= 1:
         records, start, end = asyncio.run(_drive(port, texts, out_len, concurrency))
         return records, end - start
