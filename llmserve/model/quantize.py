@@ -42,13 +42,7 @@ def quantize_checkpoint(src_dir: str | Path, out_dir: str | Path, mode: str, kee
     """Writes a quantized copy of an HF Llama checkpoint. `dtype` converts the tensors left unquantized
     (default: keep the source's); group_size: int4 modes only; awq: int4 modes only, activation-aware scales
     (llmserve/model/awq.py) before rounding. Returns out_dir."""
-    if check_mode(mode) in INT8_GROUP_MODES:
-        raise ValueError(f"mode {mode!r}: made only by the GGUF import (build_engines/gguf_native.py), which keeps "
-                         "a file's own blocks; this quantizer has no rounding for it")
-    if mode in INT4_MODES and group_size not in GROUP_SIZES:
-        raise ValueError(f"group_size: expected one of {GROUP_SIZES}, got {group_size!r}")
-    if awq and mode not in INT4_MODES:
-        raise ValueError(f"awq: only for the int4 modes {INT4_MODES}, got mode {mode!r}")
+    _check_options(mode, group_size, awq)
     src, out = Path(src_dir), Path(out_dir)
     cfg = json.loads((src / "config.json").read_text())
     if cfg.get("quantization"):
@@ -56,17 +50,8 @@ def quantize_checkpoint(src_dir: str | Path, out_dir: str | Path, mode: str, kee
     state = load_safetensors(src)
     if awq:
         apply_awq_(state, src, group_size, mode == "int4_sym", keep_attention_fp16)
-    names = MLP if keep_attention_fp16 else ATTENTION + MLP
-    result: dict[str, torch.Tensor] = {}
-    quantized = 0
-    for key, t in state.items():
-        parts = key.split(".")
-        if key.endswith(".weight") and len(parts) >= 2 and parts[-2] in names and ".layers." in f".{key}":
-            for suffix, q in _quantized(t, mode, group_size).items():
-                result[key[: -len("weight")] + suffix] = q.contiguous()
-            quantized += 1
-        else:
-            result[key] = (t.to(dtype) if dtype is not None and t.is_floating_point() else t).contiguous()
+    result, quantized = _quantized_state(state, MLP if keep_attention_fp16 else ATTENTION + MLP, mode, group_size,
+                                         dtype)
     if not quantized:
         raise ValueError(f"{src}: found no decoder linear weights to quantize")
     out.mkdir(parents=True, exist_ok=True)
@@ -80,14 +65,46 @@ def quantize_checkpoint(src_dir: str | Path, out_dir: str | Path, mode: str, kee
     save_file(result, str(out / "model.safetensors"), metadata={"format": "pt", "llmserve_quantization": mode,
                                                          "llmserve_awq": "on" if awq else "off"})
     cfg.pop("quantization_config", None)
-    cfg["quantization"] = {"mode": mode, "keep_attention_fp16": keep_attention_fp16,
-                           "weight_scale": "per_group" if mode in INT4_MODES else "per_channel",
-                           "activation_scale": "dynamic_per_token" if mode == "fp8" else "none",
-                           "quantized_tensors": quantized}
-    if mode in INT4_MODES:
-        cfg["quantization"]["group_size"] = group_size
+    cfg["quantization"] = _quantization_entry(mode, keep_attention_fp16, quantized, group_size)
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     return out
+
+
+def _check_options(mode: str, group_size: int, awq: bool) -> None:
+    if check_mode(mode) in INT8_GROUP_MODES:
+        raise ValueError(f"mode {mode!r}: made only by the GGUF import (build_engines/gguf_native.py), which keeps "
+                         "a file's own blocks; this quantizer has no rounding for it")
+    if mode in INT4_MODES and group_size not in GROUP_SIZES:
+        raise ValueError(f"group_size: expected one of {GROUP_SIZES}, got {group_size!r}")
+    if awq and mode not in INT4_MODES:
+        raise ValueError(f"awq: only for the int4 modes {INT4_MODES}, got mode {mode!r}")
+
+
+def _quantized_state(state: dict[str, torch.Tensor], names: tuple[str, ...], mode: str, group_size: int,
+                     dtype: torch.dtype | None) -> tuple[dict[str, torch.Tensor], int]:
+    """The decoder layers' linear weights named in `names` quantized (their suffixes: weight, weight_scale, ...),
+    the rest kept (converted to `dtype` where given and floating); and how many weights were quantized."""
+    result: dict[str, torch.Tensor] = {}
+    quantized = 0
+    for key, t in state.items():
+        parts = key.split(".")
+        if key.endswith(".weight") and len(parts) >= 2 and parts[-2] in names and ".layers." in f".{key}":
+            for suffix, q in _quantized(t, mode, group_size).items():
+                result[key[: -len("weight")] + suffix] = q.contiguous()
+            quantized += 1
+        else:
+            result[key] = (t.to(dtype) if dtype is not None and t.is_floating_point() else t).contiguous()
+    return result, quantized
+
+
+def _quantization_entry(mode: str, keep_attention_fp16: bool, quantized: int, group_size: int) -> dict:
+    """config.json's `quantization` section, which the loader reads back."""
+    entry = {"mode": mode, "keep_attention_fp16": keep_attention_fp16,
+             "weight_scale": "per_group" if mode in INT4_MODES else "per_channel",
+             "activation_scale": "dynamic_per_token" if mode == "fp8" else "none", "quantized_tensors": quantized}
+    if mode in INT4_MODES:
+        entry["group_size"] = group_size
+    return entry
 
 
 def main(argv: list[str] | None = None) -> int:
