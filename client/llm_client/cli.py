@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
 from llm_client.client import LLMClient, RequestError, Result, ServerUnreachable
@@ -64,15 +63,22 @@ def _print_choices(result: Result, out) -> None:
     out.flush()
 
 
-# Subcommands with parsers of their own: module, and whether its main takes `prog`
-_DELEGATED = {"soak": ("llm_client.soak", False), "sweep": ("llm_client.sweep", False),
-              "openai": ("llm_client.openai_server.cli", True), "validate": ("llm_client.validate", False)}
+_DELEGATED = ("soak", "sweep", "openai", "validate")  # subcommands with parsers of their own
 
 
 def _delegate(command: str, rest: list[str]) -> int:
-    module, takes_prog = _DELEGATED[command]
-    sub_main = importlib.import_module(module).main
-    return sub_main(rest, prog=f"llm {command}") if takes_prog else sub_main(rest)
+    """The subcommand's own main, imported only when asked for (the OpenAI front pulls in an ASGI stack)."""
+    if command == "openai":
+        from llm_client.openai_server.cli import main as openai_main
+
+        return openai_main(rest, prog="llm openai")
+    if command == "soak":
+        from llm_client.soak import main as sub_main
+    elif command == "sweep":
+        from llm_client.sweep import main as sub_main
+    else:
+        from llm_client.validate import main as sub_main
+    return sub_main(rest)
 
 
 def _parser() -> argparse.ArgumentParser:
