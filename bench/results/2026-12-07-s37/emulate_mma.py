@@ -82,9 +82,9 @@ def program(pid, x32, w32, scale, minimum, M, N, K, R, S, U, stages, gate_out=Fa
     w_rows = wn[None, :, None, None] * (K // 8) + (wc[None, None, :, None] * 4 + ww[None, None, None, :])
     xb, xn, xc, xh, xj = np.arange(B), np.arange(8), np.arange(4), np.arange(2), np.arange(8)
     x_rows = (np.minimum(xn, M - 1)[None, :, None, None, None] * (K // 2)
-              + (xc[None, None, :, None, None] * 8 + xh[None, None, None, :, None] * 32 + xj[None, None, None, None, :]))
+              + xc[None, None, :, None, None] * 8 + xh[None, None, None, :, None] * 32 + xj[None, None, None, None, :])
     sb = np.arange(B)
-    s_rows = (wn[None, :] * n_groups + sb[:, None])
+    s_rows = wn[None, :] * n_groups + sb[:, None]
 
     def scales(g):
         ok = (g + sb < n_groups)[:, None]
