@@ -290,7 +290,21 @@ def plot(results: dict, path: Path) -> None:
 
     env = results.get("env", {})
     fig, axes = plt.subplots(2, 3, figsize=(19, 9))
-    ax = axes[0][0]
+    _plot_batch1(axes[0][0], results)
+    _plot_triton_ratio(axes[0][2], results)
+    axes[1][2].axis("off")  # the ratio panel's legend goes below it, clear of the points
+    axes[1][2].legend(*axes[0][2].get_legend_handles_labels(), loc="upper left", fontsize=8, title="Triton / direct")
+    for ax, wname in zip([axes[0][1], axes[1][0], axes[1][1]], ["128x128", "128x2048", "2048x128"]):  # 3 of 5
+        _plot_throughput(ax, results, wname)
+    fig.suptitle(f"{env.get('gpu', '')}, driver {env.get('driver', '')}, torch {env.get('torch', '')}, "
+                 f"{results.get('date', '')} (random {results.get('shape', 'llama2-7b')} weights)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_batch1(ax, results: dict) -> None:
+    """ms a token at batch 1 per mode (log scale), with each mode's weight read as a line."""
     b1 = batch1(results)
     names = list(b1)
     vals = [b1[n]["ms_per_token"] for n in names]
@@ -306,7 +320,10 @@ def plot(results: dict, path: Path) -> None:
     ax.set_ylabel("ms / token (batch 1)")
     ax.set_title("Batch-1 decode, 128 in / 128 out")
     ax.legend(fontsize=8)
-    ax = axes[0][2]
+
+
+def _plot_triton_ratio(ax, results: dict) -> None:
+    """Each Triton system's throughput over the engine-direct twin's, per workload, against the 0.95 goal."""
     eng = runs_of(results, "engine_v49152")
     for ph, label in TRITON_SYSTEMS:
         tri = runs_of(results, ph)
@@ -321,24 +338,21 @@ def plot(results: dict, path: Path) -> None:
     ax.set_ylabel("Triton / engine-direct output tok/s")
     ax.set_title("The Triton path against the same engine direct")
     ax.grid(True, alpha=0.3)
-    axes[1][2].axis("off")  # the ratio panel's legend goes below it, clear of the points
-    axes[1][2].legend(*ax.get_legend_handles_labels(), loc="upper left", fontsize=8, title="Triton / direct")
-    for ax, wname in zip([axes[0][1], axes[1][0], axes[1][1]], ["128x128", "128x2048", "2048x128"]):  # 3 of 5
-        for ph, label in systems(results):
-            runs = sorted((c, r["throughput_tok_s"]) for (w, c), r in runs_of(results, ph).items() if w == wname)
-            if runs:
-                ax.plot([c for c, _ in runs], [t for _, t in runs], marker="o", label=label)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("concurrent requests")
-        ax.set_ylabel("output tokens / s")
-        ax.set_title(f"{wname.replace('x', ' in / ')} out")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(f"{env.get('gpu', '')}, driver {env.get('driver', '')}, torch {env.get('torch', '')}, "
-                 f"{results.get('date', '')} (random {results.get('shape', 'llama2-7b')} weights)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+
+
+def _plot_throughput(ax, results: dict, wname: str) -> None:
+    """Output tok/s against concurrency for one workload, a line per system."""
+    for ph, label in systems(results):
+        runs = sorted((c, r["throughput_tok_s"]) for (w, c), r in runs_of(results, ph).items() if w == wname)
+        if runs:
+            ax.plot([c for c, _ in runs], [t for _, t in runs], marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("concurrent requests")
+    ax.set_ylabel("output tokens / s")
+    ax.set_title(f"{wname.replace('x', ' in / ')} out")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
 
 
 def main() -> int:
