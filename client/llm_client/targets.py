@@ -174,38 +174,40 @@ def parse_target_set(doc: Any, path: str | None = None) -> TargetSet:
     raw_targets = _req(doc, "targets", list, where)
     if not raw_targets:
         raise TargetError(f"{where}: 'targets' is empty")
-    targets = []
-    for i, t in enumerate(raw_targets):
-        tw = f"{where}: targets[{i}]"
-        if not isinstance(t, Mapping):
-            raise TargetError(f"{tw}: must be a mapping")
-        unknown = set(t) - {"metric", "op", "value", "unit", "source", "workload", "note"}
-        if unknown:
-            raise TargetError(f"{tw}: unknown keys {sorted(unknown)}")
-        metric = _req(t, "metric", str, tw)
-        if metric not in METRICS:
-            raise TargetError(f"{tw}: unknown metric {metric!r} (known: {', '.join(sorted(METRICS))})")
-        op = _req(t, "op", str, tw)
-        if op not in OPS:
-            raise TargetError(f"{tw}: op must be '>=' or '<=', got {op!r}")
-        value = _req(t, "value", (int, float), tw)
-        if not math.isfinite(float(value)):
-            raise TargetError(f"{tw}: value must be finite")
-        unit = _req(t, "unit", str, tw)
-        if unit != METRICS[metric]:
-            raise TargetError(f"{tw}: unit {unit!r} does not match {metric} ({METRICS[metric]})")
-        source = _req(t, "source", str, tw)
-        if not _SOURCE_RE.match(source):
-            raise TargetError(f"{tw}: source must be 'ours' or 'guide §...', got {source!r}")
-        tw_load = _workload(t["workload"], tw, workload) if "workload" in t else workload
-        note = t.get("note", "")
-        if not isinstance(note, str):
-            raise TargetError(f"{tw}: note must be a string")
-        targets.append(Target(metric, op, float(value), unit, source, tw_load, note))
+    targets = tuple(_target(t, f"{where}: targets[{i}]", workload) for i, t in enumerate(raw_targets))
     description = doc.get("description", "")
     if not isinstance(description, str):
         raise TargetError(f"{where}: description must be a string")
-    return TargetSet(name, gpu, precision, model, workload, tuple(targets), path, description)
+    return TargetSet(name, gpu, precision, model, workload, targets, path, description)
+
+
+def _target(t: Any, tw: str, workload: Workload) -> Target:
+    """One entry of `targets`, each field checked and named in the error; its workload defaults to the file's."""
+    if not isinstance(t, Mapping):
+        raise TargetError(f"{tw}: must be a mapping")
+    unknown = set(t) - {"metric", "op", "value", "unit", "source", "workload", "note"}
+    if unknown:
+        raise TargetError(f"{tw}: unknown keys {sorted(unknown)}")
+    metric = _req(t, "metric", str, tw)
+    if metric not in METRICS:
+        raise TargetError(f"{tw}: unknown metric {metric!r} (known: {', '.join(sorted(METRICS))})")
+    op = _req(t, "op", str, tw)
+    if op not in OPS:
+        raise TargetError(f"{tw}: op must be '>=' or '<=', got {op!r}")
+    value = _req(t, "value", (int, float), tw)
+    if not math.isfinite(float(value)):
+        raise TargetError(f"{tw}: value must be finite")
+    unit = _req(t, "unit", str, tw)
+    if unit != METRICS[metric]:
+        raise TargetError(f"{tw}: unit {unit!r} does not match {metric} ({METRICS[metric]})")
+    source = _req(t, "source", str, tw)
+    if not _SOURCE_RE.match(source):
+        raise TargetError(f"{tw}: source must be 'ours' or 'guide §...', got {source!r}")
+    own = _workload(t["workload"], tw, workload) if "workload" in t else workload
+    note = t.get("note", "")
+    if not isinstance(note, str):
+        raise TargetError(f"{tw}: note must be a string")
+    return Target(metric, op, float(value), unit, source, own, note)
 
 
 def load_targets(path: str | os.PathLike[str]) -> TargetSet:
