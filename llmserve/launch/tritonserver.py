@@ -257,8 +257,7 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The command line; the layout of our engine's replicas is checked before any tritonserver starts."""
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m llmserve.launch", description=__doc__.split("\n")[0])
     ap.add_argument("command", choices=["serve", "command", "wrap", "drain"],
                     help="serve: run until Ctrl-C or SIGTERM; command: print the tritonserver command line; "
@@ -286,6 +285,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE",
                     help="serve: override a config.pbtxt parameter of model llm (repeatable); the server then runs "
                     "on a copy of the repository in a temporary folder, the checkpoint hard-linked")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line; the layout of our engine's replicas is checked before any tritonserver starts."""
+    ap = _parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     wrapped = argv[argv.index("--") + 1:] if "--" in argv else []
     a = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
