@@ -139,12 +139,16 @@ def _req(doc: Mapping[str, Any], key: str, typ: type | tuple[type, ...], where: 
     return val
 
 
+def _no_unknown(doc: Mapping[str, Any], known: set[str], where: str, what: str = "keys") -> None:
+    unknown = set(doc) - known
+    if unknown:
+        raise TargetError(f"{where}: unknown {what} {sorted(unknown)}")
+
+
 def _workload(doc: Any, where: str, base: Workload | None = None) -> Workload:
     if not isinstance(doc, Mapping):
         raise TargetError(f"{where}: workload must be a mapping")
-    unknown = set(doc) - {"input_tokens", "output_tokens", "concurrency"}
-    if unknown:
-        raise TargetError(f"{where}: unknown workload keys {sorted(unknown)}")
+    _no_unknown(doc, {"input_tokens", "output_tokens", "concurrency"}, where, "workload keys")
     vals = dict(base.__dict__) if base else {}
     for k in ("input_tokens", "output_tokens", "concurrency"):
         if k in doc:
@@ -161,9 +165,7 @@ def parse_target_set(doc: Any, path: str | None = None) -> TargetSet:
     where = path or "<targets>"
     if not isinstance(doc, Mapping):
         raise TargetError(f"{where}: top level must be a mapping")
-    unknown = set(doc) - {"name", "gpu", "precision", "model", "workload", "targets", "description"}
-    if unknown:
-        raise TargetError(f"{where}: unknown keys {sorted(unknown)}")
+    _no_unknown(doc, {"name", "gpu", "precision", "model", "workload", "targets", "description"}, where)
     name = _req(doc, "name", str, where)
     gpu = _req(doc, "gpu", str, where)
     precision = _req(doc, "precision", str, where)
@@ -185,9 +187,7 @@ def _target(t: Any, tw: str, workload: Workload) -> Target:
     """One entry of `targets`, each field checked and named in the error; its workload defaults to the file's."""
     if not isinstance(t, Mapping):
         raise TargetError(f"{tw}: must be a mapping")
-    unknown = set(t) - {"metric", "op", "value", "unit", "source", "workload", "note"}
-    if unknown:
-        raise TargetError(f"{tw}: unknown keys {sorted(unknown)}")
+    _no_unknown(t, {"metric", "op", "value", "unit", "source", "workload", "note"}, tw)
     metric = _req(t, "metric", str, tw)
     if metric not in METRICS:
         raise TargetError(f"{tw}: unknown metric {metric!r} (known: {', '.join(sorted(METRICS))})")
