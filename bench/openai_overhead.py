@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench.common import ROOT
@@ -312,25 +313,26 @@ def _start(a: argparse.Namespace, work: Path, conc: list[int]) -> tuple[Server, 
     return server, front
 
 
-def _measure_points(a: argparse.Namespace, conc: list[int], targets: dict[str, str], front_pid: int, pool,
-                    runs: list[dict], done: list[int], save) -> None:
-    """Both paths warmed, then each concurrency `repeats` times a path, the paths' order alternating; saved a point
-    at a time."""
+def _points(a: argparse.Namespace, conc: list[int], targets: dict[str, str], front_pid: int,
+            pool) -> Iterator[tuple[int, list[dict]]]:
+    """Both paths warmed, then each concurrency and its runs: `repeats` a path, the paths' order alternating."""
     for path in ("direct", "openai"):  # warm both paths (and every client process)
         measure(path, targets[path], 4, 1, 4, front_pid)
         if pool is not None:
             measure(path, targets[path], max(conc), 1, 4, front_pid, a.streams_per_client, pool)
+    done = 0
     for c in conc:
+        runs = []
         for rep in range(a.repeats):
             for path in (("direct", "openai") if rep % 2 == 0 else ("openai", "direct")):
                 s = measure(path, targets[path], c, a.waves, a.tokens, front_pid, a.streams_per_client, pool,
                             a.tokens_spread)
                 runs.append(s)
-                print(f"[{len(runs)}/{len(conc) * a.repeats * 2}] {path:6s} c={c} rep={rep}: "
+                print(f"[{done + len(runs)}/{len(conc) * a.repeats * 2}] {path:6s} c={c} rep={rep}: "
                       f"{s['throughput_tok_s']} tok/s, TTFT p50 {s['ttft_ms_p50']} ms, errors {s['errors']}",
                       flush=True)
-        done.append(c)
-        save()
+        done += len(runs)
+        yield c, runs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -359,8 +361,11 @@ def main(argv: list[str] | None = None) -> int:
         _wait(f"{front_url}/health")
         if a.streams_per_client > 0:
             pool = client_pool(math.ceil(max(conc) / a.streams_per_client))
-        _measure_points(a, conc, {"direct": f"localhost:{a.port + 1}", "openai": front_url}, front.pid, pool, runs,
-                        done, save)
+        for c, point_runs in _points(a, conc, {"direct": f"localhost:{a.port + 1}", "openai": front_url}, front.pid,
+                                     pool):
+            runs += point_runs
+            done.append(c)
+            save()
     finally:
         if pool is not None:
             pool.terminate()
