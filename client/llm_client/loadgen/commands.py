@@ -128,7 +128,7 @@ def genai_perf_cmd(model: str, url: str, tokenizer_dir: str | os.PathLike[str], 
 
 
 def _warmup_count(concurrency: int | None, request_rate: float | None, asked: int) -> int:
-    """Warm-up requests perf_analyzer 2.51 survives: every slot or none in concurrency mode, none at a request rate."""
+    """Warm-up requests perf_analyzer 2.51 survives: none or one a slot or more (concurrency), none at a rate."""
     if request_rate is not None:
         return 0  # with --request-rate-range any warm-up made perf_analyzer 2.51 hang (seen here)
     if concurrency is not None and 0 < asked < concurrency:
