@@ -89,7 +89,11 @@ def _sweep(args: argparse.Namespace) -> int:
     doc = load_sweeps(args.sweeps)
     if not args.dry_run:
         find_tools().require("genai_perf")
-    results = [r for spec in expand_sweep(doc, args.name) if (r := _sweep_point(args, spec)) is not None]
+    results = []
+    for spec in expand_sweep(doc, args.name):  # one genai-perf run after another
+        point = _sweep_point(args, spec)
+        if point is not None:
+            results.append(point)
     if args.summary and results:
         with open(args.summary, "w") as fh:
             json.dump(results, fh, indent=2)
