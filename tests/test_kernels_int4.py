@@ -222,7 +222,7 @@ def test_int4_pair_gemv_matches_the_torch_twin(group, symmetric, gated, monkeypa
                           pairs=True)
         assert out.shape == (1, N) and rel(out.to(ref.dtype), ref) < 1e-2, (N, K)
     monkeypatch.setattr(int4, "PAIRS_GEMV", True)
-    monkeypatch.setattr(int4, "MMA_ROWS", 0)  # groups of 128 go to int4_mma.py's kernel (test_kernels_int4_mma.py)
+    monkeypatch.setattr(int4, "MMA_ONE_ROW", False)  # else groups of 128 go to int4_mma.py's kernel
     again = int4.w4gemv(x, t["weight"], t["weight_scale"], t.get("weight_min"), bias.to(x.dtype), gated=gated)
     assert torch.equal(again, out)
 
@@ -333,7 +333,7 @@ def test_int4_one_row_folds_change_no_bit_of_the_model(tmp_path, monkeypatch, qu
 
     model = _tiny_model(tmp_path, quantization={"mode": quant})
     # the paired GEMV's folds (a gated down_proj, which int4_mma.py's kernel does not take, runs on it)
-    monkeypatch.setattr(int4, "MMA_ROWS", 0)
+    monkeypatch.setattr(int4, "MMA_ONE_ROW", False)
     epilogues, gemv = [], int4.w4gemv
     monkeypatch.setattr(int4, "w4gemv", lambda *a, gate_out=False, rope=None, **k: (
         epilogues.append((gate_out, rope is not None)), gemv(*a, gate_out=gate_out, rope=rope, **k))[1])

@@ -40,12 +40,13 @@ def test_int4_mma_matches_the_torch_twin(symmetric, M, config):
 @GPU
 @pytest.mark.parametrize("M", [1, 3, 8])
 def test_int4_linear_takes_the_mma_kernel_up_to_mma_rows(M, monkeypatch):
-    """w4mm (and w4gemv at one row) give int4_mma's output for bf16 x in groups of 128 up to MMA_ROWS rows; the MLP's
-    gated x past one row as silu_mul then the kernel."""
+    """w4mm (and w4gemv at one row, with MMA_ONE_ROW) give int4_mma's output for bf16 x in groups of 128 up to
+    MMA_ROWS rows; the MLP's gated x past one row as silu_mul then the kernel."""
     from llmserve.kernels import fused, int4
     from llmserve.kernels.int4_mma import w4mma
 
     monkeypatch.setattr(int4, "MMA_ROWS", 8)
+    monkeypatch.setattr(int4, "MMA_ONE_ROW", True)
     for gated in (False, True) if M > 1 else (False,):  # one gated row: the paired GEMV's gate in its loads
         x, t, bias, _ = _int4_case(M, 96, 256, 128, True, gated)
         x, bias = x.to(BF), bias.to(BF)
@@ -65,7 +66,7 @@ def test_int4_mma_folds_as_the_paired_gemv(symmetric, fold, monkeypatch):
     from llmserve.kernels import int4
     from llmserve.kernels.gemv import RowNorm
 
-    monkeypatch.setattr(int4, "MMA_ROWS", 1)
+    monkeypatch.setattr(int4, "MMA_ONE_ROW", True)
     nh, nkv, hd = 2, 1, 64
     N = {"gate_out": 2 * 96, "rope": (nh + 2 * nkv) * hd, "add_norm": 256}[fold]
     x, t, bias, _ = _int4_case(1, N, 384, 128, symmetric, False)

@@ -17,8 +17,8 @@ offsets (+ 0 and + g/2), so nothing is interleaved in registers.
   weight dequantized to the activation dtype first (the value the torch twin rounds to). Every load is a 2D tile of
   contiguous columns.
   The gate is applied first by llmserve.kernels.fused.silu_mul (as linear.wmm does by default).
-- bf16 activations, groups of 128, up to MMA_ROWS rows (one: with the GEMV's folds): the Gluon kernel of
-  llmserve/kernels/int4_mma.py (mma.sync, x's rows the mma's N) instead of the GEMVs and w4mm.
+- bf16 activations, groups of 128, 2 to MMA_ROWS rows (one row too with MMA_ONE_ROW, with the GEMV's folds): the
+  Gluon kernel of llmserve/kernels/int4_mma.py (mma.sync, x's rows the mma's N) instead of w4mm's others.
 - bf16 activations on Hopper, 2 rows to WGMMA_ROWS (inclusive): the Gluon kernel of llmserve/kernels/int4_wgmma.py
   instead (asynchronous wgmma, which `tl.dot` here is not).
 - From DEQUANT_ROWS rows (prompt steps, decode steps of many streams): W dequantized to the activation dtype by
@@ -226,10 +226,12 @@ PAIRS_GEMV = True
 GATE_OUT = True
 # At one row, qkv's rotary embedding and cache write in its paired GEMV's epilogue (`rope`), not a rope_and_cache launch
 ROPE_IN_GEMV = True
-# Up to MMA_ROWS rows of bf16 x, groups of 128: the tensor cores' mma.sync (llmserve/kernels/int4_mma.py: a word of
-# codes in ~17 SASS instructions against the paired GEMV's ~35), with the one-row folds below. 0 (off) until a GPU has
-# run its tests and timed it (bench/results/2026-12-07-s36/README.md: callX, callW, callV)
-MMA_ROWS = 0
+# From 2 to MMA_ROWS rows of bf16 x, groups of 128: the tensor cores' mma.sync (llmserve/kernels/int4_mma.py: a word
+# of codes in ~17 SASS instructions, x's 1-8 rows for the price of one), faster than the wgmma kernel at 8 rows
+# (docs/performance.md, thirty-eighth session)
+MMA_ROWS = 8
+# At one row too, with the paired GEMV's folds: no, the paired GEMV was faster at every launch shape timed (same)
+MMA_ONE_ROW = False
 # Whether the paired GEMV launches with programmatic dependent launch when the graph asks for it: no, launched early
 # it made the batch-1 decode graph 0.65 ms slower (docs/performance.md, thirty-first session), as fp8's `wmm` was
 PAIRS_PDL = False
@@ -250,7 +252,7 @@ def w4gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch
     to the cache (gemv.py's `rope`); `norm`, `add_to`, `next_norm`: the RMSNorm folds (int4_pairs.py). All in the
     paired kernel's epilogue; the others compute them after, with torch or a launch."""
     sizes = check_codes(w, scale, minimum)
-    if (pairs is None and words is None and config is None and MMA_ROWS and not gated
+    if (pairs is None and words is None and config is None and MMA_ONE_ROW and not gated
             and int4_mma.usable(x, w, sizes[2])):
         return int4_mma.w4mma(x, w, scale, minimum, bias, sizes, gate_out, rope, norm, add_to, next_norm)
     if pairs or (pairs is None and PAIRS_GEMV and pairs_ok(x)):

@@ -305,9 +305,13 @@ def _store_rows(total, b_ptr, out_ptr, pid, M, N, stride_om, HAS_BIAS: gl.conste
 def mma_config(N: int, K: int) -> tuple[int, int, int, int, int]:
     """(R, S, U, AHEAD, STAGES): 16 R rows a program, S warps splitting K, U groups a warp at a time; STAGES 0: two
     register buffers, W's groups asked of L2 AHEAD batches (of S U groups) before their loads (0: none); else a ring
-    of STAGES shared-memory slots filled by cp.async. Not yet chosen by a measurement: the GPU sweep is
-    bench/results/2026-12-07-s36/probe.py `time`."""
-    return 1, 4, 1, 0, 0
+    of STAGES shared-memory slots filled by cp.async. Each matrix of Llama-3.1-8B's at its fastest at 8 rows, or
+    within 2% (an H100; bench/results/2026-12-07-s36/probe.py `time`, docs/performance.md thirty-eighth session)."""
+    if K > 8192:
+        return 1, 8, 1, 2, 0
+    if N > 16384:
+        return 1, 4, 1, 0, 0
+    return (2, 4, 1, 2, 0) if N <= 4096 else (1, 4, 1, 2, 0)
 
 
 def _aligned(t: torch.Tensor) -> bool:

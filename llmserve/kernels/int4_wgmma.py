@@ -225,13 +225,16 @@ WIDE_TILES = 96  # the fewest wide programs (times the K split) that beat the 12
 
 def wgmma_config(M: int, N: int, K: int) -> tuple[int, int, int, int, int]:
     """(BLOCK_M, BLOCK_N, warps, stages, split-K) from sweeps over the Llama-3.1-8B linears on an H100
-    (docs/performance.md, thirty-fourth and thirty-fifth sessions): above 128 rows `WIDE` blocks where they make
-    WIDE_TILES programs or more (K split 2 ways for down_proj's long K when that gets there); otherwise 64 outputs
-    and a warpgroup a program, up to 16 rows K split 4 ways where there are fewer than two tiles per SM, above that
-    only down_proj's long K (> 8,192) when its tiles are few."""
+    (docs/performance.md, thirty-fourth, thirty-fifth and thirty-eighth sessions): above 128 rows `WIDE` blocks where
+    they make WIDE_TILES programs or more (K split 2 or 4 ways for down_proj's long K when that gets there);
+    otherwise 64 outputs and a warpgroup a program, up to 16 rows K split 4 ways where there are fewer than two
+    tiles per SM, above that only down_proj's long K (> 8,192) when its tiles are few. 128-row blocks take 3 stages
+    where their programs outnumber the SMs (two fit an SM: one wave, not two) and 4 where they do not."""
     if M > 128:
         wide = triton.cdiv(M, WIDE[0]) * triton.cdiv(N, WIDE[1])
-        split = 2 if K > 8192 and wide < WIDE_TILES else 1
+        split = 1
+        while K > 8192 and wide * split < WIDE_TILES and split < 4:
+            split *= 2
         if wide * split >= WIDE_TILES:
             return (*WIDE, split)
     bm = max(8, min(128, triton.next_power_of_2(M)))
@@ -240,7 +243,8 @@ def wgmma_config(M: int, N: int, K: int) -> tuple[int, int, int, int, int]:
         split = 4 if tiles < 2 * NUM_SMS else 1
     else:
         split = (4 if bm <= 64 else 2) if K > 8192 and tiles <= 64 else 1
-    return bm, BLOCK_N, WARPS, STAGES, split
+    stages = 3 if bm == 128 and tiles * split > NUM_SMS else STAGES
+    return bm, BLOCK_N, WARPS, stages, split
 
 
 def _aligned(t: torch.Tensor) -> bool:
