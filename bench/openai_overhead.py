@@ -320,18 +320,16 @@ def _points(a: argparse.Namespace, conc: list[int], targets: dict[str, str], fro
         measure(path, targets[path], 4, 1, 4, front_pid)
         if pool is not None:
             measure(path, targets[path], max(conc), 1, 4, front_pid, a.streams_per_client, pool)
-    done = 0
-    for c in conc:
+    for i, c in enumerate(conc):
         runs = []
         for rep in range(a.repeats):
             for path in (("direct", "openai") if rep % 2 == 0 else ("openai", "direct")):
                 s = measure(path, targets[path], c, a.waves, a.tokens, front_pid, a.streams_per_client, pool,
                             a.tokens_spread)
                 runs.append(s)
-                print(f"[{done + len(runs)}/{len(conc) * a.repeats * 2}] {path:6s} c={c} rep={rep}: "
+                print(f"[{i * a.repeats * 2 + len(runs)}/{len(conc) * a.repeats * 2}] {path:6s} c={c} rep={rep}: "
                       f"{s['throughput_tok_s']} tok/s, TTFT p50 {s['ttft_ms_p50']} ms, errors {s['errors']}",
                       flush=True)
-        done += len(runs)
         yield c, runs
 
 

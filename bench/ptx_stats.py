@@ -16,9 +16,10 @@ gemv:KIND:NxK[:FLAG] and wmm:KIND:MxNxK[:FLAG] (KIND bf16, int8, fp8; FLAG gated
 gate_out: in the epilogue; the GEMV's norm: an RMSNorm folded in, add: the residual add in the epilogue, rope:
 rotary + cache write), w4:MxNxK:GROUP[:FLAGS] (symmetric int4; M = 1 is the GEMV; FLAGS joined by +: bytes, words or
 pairs names a GEMV kernel, wgmma the Gluon matmul of int4_wgmma.py (asym: with minimums), mma the Gluon mma.sync
-kernel of int4_mma.py for 1-8 rows (asym; staged: its cp.async ring; at one row gate_out, rope, norm, add as
-the GEMVs), gated the SiLU-mul in x's load, gate_out in the epilogue, rope: qkv's rotary embedding and cache write in
-it, N = 6144; norm: the RMSNorm's 1 / rms on the outputs, add: the residual add and the next norm's weighted row),
+kernel of int4_mma.py for 1-8 rows (asym; staged: its cp.async ring; tile16: 16 rows a program, two register
+buffers, no prefetch, else mma_config's shape; at one row gate_out, rope, norm, add as the GEMVs), gated the
+SiLU-mul in x's load, gate_out in the epilogue, rope: qkv's rotary embedding and cache write in it, N = 6144;
+norm: the RMSNorm's 1 / rms on the outputs, add: the residual add and the next norm's weighted row),
 w8g:MxNxK:GROUP (8-bit codes in groups, as w4), fp8mm:MxNxK:fast|exact (the fp8 GEMM at 33-256 rows, its
 accumulation). Llama-3.1-8B heads (32 query, 8 KV, dim 128).
 """
@@ -237,7 +238,9 @@ def _w4(shape: str, group: str, flags: str = ""):
         if "add" in flag:
             folds.update(add_to=torch.zeros(1, N, dtype=torch.bfloat16), next_norm=torch.ones(N, dtype=torch.bfloat16))
         minimum = scale if "asym" in flag else None
-        config = (1, 4, 1, 0, 3) if "staged" in flag else None  # staged: the cp.async ring, 3 slots
+        # staged: the cp.async ring, 3 slots; tile16: 16 rows and 4 warps a program, two register buffers, no
+        # prefetch (mma_config's shape before it was timed; the instruction counts in docs/performance.md are its)
+        config = (1, 4, 1, 0, 3) if "staged" in flag else (1, 4, 1, 0, 0) if "tile16" in flag else None
         return lambda: w4mma(x, w, scale, minimum, None, (N, K, int(group)), **folds, config=config)
     if "wgmma" in flag:  # the Gluon kernel (int4_wgmma.py), which w4mm picks for bf16 on Hopper from 2 rows
         from llmserve.kernels.int4_wgmma import w4wgmma

@@ -12,7 +12,7 @@ NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -
 echo "$NCU" > $OUT/r/ncu-version.txt && $NCU --version >> $OUT/r/ncu-version.txt 2>&1
 S="--section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section SchedulerStats"
 S="$S --section Occupancy --section LaunchStats --section InstructionStats --section SourceCounters"
-timeout 420 $NCU --clock-control none --kernel-name regex:"gemv|mm_kernel" --launch-skip 25 $S --import-source no \
+timeout 420 $NCU --clock-control none --kernel-name regex:"gemv|mm_kernel|w4mma" --launch-skip 25 $S --import-source no \
   -o $OUT/r/gemv -f python3 bench/results/2026-12-05-next-calls/ncu_gemv.py > $OUT/r/ncu.log 2>&1
 $NCU --import $OUT/r/gemv.ncu-rep --page details --csv > $OUT/r/gemv-details.csv 2>> $OUT/r/ncu.log
 cd $OUT && tar czf r.tgz r && rm -rf r
