@@ -88,7 +88,8 @@ def linear_shapes(cfg: dict) -> dict[str, tuple[int, int]]:
 def write_random_checkpoint(out: Path, vocab: int | None = None, quant: str | None = None,
                             keep_attention_fp16: bool = False, tokenizer_dir: Path | None = None,
                             seed: int = 0, shape: str = DEFAULT_SHAPE) -> Path:
-    """config.json only: llama.load_model makes the weights on the GPU (llmserve_random_init). `vocab` other than the
+    """config.json only: llama.load_model makes the weights on the GPU (llmserve_random_init). `quant`: a mode, with
+    "+head8" the lm_head in int8 too. `vocab` other than the
     shape's (the Triton phase's tokenizer) keeps every other dimension; token ids it cannot hold become 1 / 2."""
     out.mkdir(parents=True, exist_ok=True)
     cfg = shape_config(shape)
@@ -99,7 +100,10 @@ def write_random_checkpoint(out: Path, vocab: int | None = None, quant: str | No
                 cfg[key] = fallback
     cfg["llmserve_random_init"] = {"seed": seed, "std": 0.02}
     if quant:
-        cfg["quantization"] = {"mode": quant, "keep_attention_fp16": keep_attention_fp16}
+        mode, _, head = quant.partition("+")  # "int4_sym+head8": the lm_head in int8 weight-only too
+        cfg["quantization"] = {"mode": mode, "keep_attention_fp16": keep_attention_fp16}
+        if head:
+            cfg["quantization"]["lm_head"] = {"head8": "int8_wo"}[head]
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     if tokenizer_dir is not None:
         for name in TOKENIZER_FILES:

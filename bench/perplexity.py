@@ -1,6 +1,6 @@
 """Quality of the quantized checkpoints: perplexity on a fixed public-domain text (the opening of the US
 Declaration of Independence, bench/data/), unquantized vs fp8 vs int8_wo vs int4 (RTN and AWQ, groups of 64) vs
-the GGUF file's own 4-bit weights kept native.
+the GGUF file's own 4-bit weights kept native, and some of them with the lm_head in int8 too.
 
     python -m bench.perplexity --checkpoint model_repository/llm/checkpoint --device cpu --dtype bfloat16 \\
         --out bench/results/2026-12-03-cpu-perplexity
@@ -46,6 +46,7 @@ class Variant:
     fp8_activations: bool = True  # fp8 only: e4m3 activations (the _scaled_mm path) or 16-bit (batch-1 GEMV)
     group_size: int = 64
     awq: bool = False
+    lm_head: str | None = None  # the lm_head's mode (quantize_checkpoint's lm_head), None: 16-bit
 
 
 # int4 groups of 64: SmolLM2-135M's hidden size, 576, is no multiple of 128 (quantize_checkpoint refuses g128 for
@@ -63,6 +64,10 @@ VARIANTS = [
     Variant("int4_asym g64 AWQ", "int4_asym", awq=True),
     Variant("int4_asym g32 RTN (the GGUF file's own grid)", "int4_asym", group_size=32),
     Variant("GGUF-native (Q4_1 kept 4-bit: int4_asym g32)", "gguf_native"),
+    Variant("int8_wo + int8_wo lm_head", "int8_wo", lm_head="int8_wo"),
+    Variant("fp8 (16-bit activations: batch-1 GEMV path) + int8_wo lm_head", "fp8", fp8_activations=False,
+            lm_head="int8_wo"),
+    Variant("int4_asym g64 AWQ + int8_wo lm_head", "int4_asym", awq=True, lm_head="int8_wo"),
 ]
 
 
@@ -70,14 +75,15 @@ def build(v: Variant, src: Path, tmp: Path) -> Path:
     """The checkpoint directory variant `v` loads (written under `tmp`; the unquantized one is `src`)."""
     if v.mode == "none":
         return src
-    out = tmp / f"{v.mode}-{v.keep_attention_fp16}-{v.group_size}-{v.awq}"
+    out = tmp / f"{v.mode}-{v.keep_attention_fp16}-{v.group_size}-{v.awq}-{v.lm_head}"
     if (out / "config.json").is_file():
         return out  # fp8 with and without e4m3 activations share one checkpoint
     if v.mode == "gguf_native":
         from build_engines.importer import embedded_gguf, import_checkpoint
 
         return import_checkpoint(embedded_gguf(), out, dequantize=False)
-    return quantize_checkpoint(src, out, v.mode, v.keep_attention_fp16, group_size=v.group_size, awq=v.awq)
+    return quantize_checkpoint(src, out, v.mode, v.keep_attention_fp16, group_size=v.group_size, awq=v.awq,
+                               lm_head=v.lm_head)
 
 
 @torch.inference_mode()

@@ -104,16 +104,24 @@ def prefill_logits(ckpt: Path, ids: list[int]):
     """(logits of every position of one float32 CPU prefill of `ids`, the model) for a checkpoint folder."""
     import torch
 
-    from llmserve.model.attention import AttentionMetadata
     from llmserve.model.llama import load_model
 
     model = load_model(ckpt, torch.float32, torch.device("cpu"))
+    return model_logits(model, ids), model
+
+
+def model_logits(model, ids: list[int]):
+    """The logits of every position of one float32 CPU prefill of `ids` through a loaded model."""
+    import torch
+
+    from llmserve.model.attention import AttentionMetadata
+
     model.init_rope(64, torch.device("cpu"))
     a = model.args
     meta = AttentionMetadata.for_prefill([len(ids)], 4, torch.device("cpu"))
     cache = torch.zeros(a.num_layers, 2, -(-len(ids) // 4), 4, a.num_kv_heads, a.head_dim)
     with torch.inference_mode():
-        return model(torch.tensor(ids), torch.arange(len(ids)), cache, meta, None), model
+        return model(torch.tensor(ids), torch.arange(len(ids)), cache, meta, None)
 
 
 @pytest.fixture(scope="session")

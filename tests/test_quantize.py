@@ -10,7 +10,7 @@ from llmserve.model.attention import AttentionMetadata
 from llmserve.model.linear import FP8, dequantize, quantize_weight
 from llmserve.model.llama import load_model
 from llmserve.model.quantize import main, quantize_checkpoint
-from tests.conftest import prefill_logits
+from tests.conftest import model_logits, prefill_logits
 
 
 def test_int8_round_trip_within_half_a_step_per_channel():
@@ -93,3 +93,36 @@ def test_fp8_weight_only_computes_hf_fake_quant(tiny_hf_checkpoint, tmp_path):
     with torch.inference_mode():
         got = model(torch.tensor(ids), torch.arange(len(ids)), cache, meta, None)
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_an_int8_lm_head_computes_the_fake_quantized_head_and_keeps_the_embedding(tiny_hf_checkpoint, tmp_path):
+    """quantization.lm_head "int8_wo": the tied head gets an int8 copy of its own (the embedding stays 16-bit), the
+    logits are the 16-bit head's model with that head fake-quantized per row, a pipeline's last stage loads it, and
+    a mode the lm_head does not take is refused naming the field, by the quantizer and at load."""
+    from llmserve.model.linear import Int8Linear
+    from llmserve.model.pipeline_parallel import keep_stage
+
+    def load(path, **kwargs):
+        return load_model(path, torch.float32, torch.device("cpu"), kernel_mode="off", **kwargs)
+
+    out = quantize_checkpoint(tiny_hf_checkpoint, tmp_path / "q", "int8_wo", lm_head="int8_wo")
+    plain = load(quantize_checkpoint(tiny_hf_checkpoint, tmp_path / "p", "int8_wo"))
+    state = load_file(out / "model.safetensors")
+    assert json.loads((out / "config.json").read_text())["quantization"]["lm_head"] == "int8_wo"
+    assert state["lm_head.weight"].dtype == torch.int8
+    assert state["lm_head.weight_scale"].shape == (plain.args.vocab_size,)
+    model = load(out)
+    assert isinstance(model.lm_head, Int8Linear) and torch.equal(model.embed_tokens.weight, plain.embed_tokens.weight)
+    head = dequantize(*quantize_weight(plain.lm_head.weight.detach(), "int8_wo"))
+    plain.lm_head.weight = torch.nn.Parameter(head, requires_grad=False)  # untied: the embedding stays
+    ids = list(range(3, 40))
+    torch.testing.assert_close(prefill_logits(out, ids)[0], model_logits(plain, ids), rtol=1e-5, atol=1e-5)
+    last = load(out, select=lambda m: keep_stage(m, 1, 2))
+    assert torch.equal(last.lm_head.weight, model.lm_head.weight) and last.embed_tokens is None
+    with pytest.raises(ValueError, match="quantization.lm_head"):
+        quantize_checkpoint(tiny_hf_checkpoint, tmp_path / "x", "int8_wo", lm_head="int4_sym")
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["quantization"]["lm_head"] = "fp8"
+    (out / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"quantization\.lm_head: expected one of"):
+        load(out)

@@ -30,7 +30,7 @@ def _engine(knobs: dict, vocab: int, mode: str, work: Path, tokenizer_dir: Path 
     from llmserve.engine.torch_engine import TorchEngine
 
     ckpt = write_random_checkpoint(work / f"ckpt-{mode}-{vocab}", vocab, None if mode == "bf16" else mode,
-                                   tokenizer_dir=tokenizer_dir, shape=shape)
+                                   tokenizer_dir=tokenizer_dir, shape=shape)  # "MODE+head8": an int8 lm_head too
     t0 = time.time()
     eng = TorchEngine(ServingConfig.from_parameters(knobs), ckpt, observer=step_observer(trace and str(trace)))
     return eng, time.time() - t0

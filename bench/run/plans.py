@@ -76,8 +76,10 @@ QUICK = {
 }
 
 
-# The engine phases by weight storage (int4: symmetric, groups of 128, the guide's recipe)
-ENGINE_MODES = {"engine": "bf16", "engine_fp8": "fp8", "engine_int8": "int8_wo", "engine_int4": "int4_sym"}
+# The engine phases by weight storage (int4: symmetric, groups of 128, the guide's recipe; +head8: the lm_head in
+# int8 weight-only too, quantization.lm_head)
+ENGINE_MODES = {"engine": "bf16", "engine_fp8": "fp8", "engine_int8": "int8_wo", "engine_int4": "int4_sym",
+                "engine_int4_head8": "int4_sym+head8", "engine_fp8_head8": "fp8+head8"}
 
 
 # Engine phases that differ from `engine` / `engine_fp8` by serving knobs: (weights, knobs).

@@ -17,7 +17,8 @@ Modes:
   files that mix block types per tensor (Q4_K_M: Q4_K mostly, Q6_K for some v / down projections).
 - keep_attention_fp16: q/k/v/o projections stay in the model dtype (selective quantization); only the MLP,
   about two thirds of the weights, is quantized.
-The embedding and the lm_head always stay in the model dtype.
+- lm_head (`LM_HEAD_MODES`): the lm_head in int8 weight-only per output channel, the embedding kept 16-bit (a
+  tied one is untied); otherwise the embedding and the lm_head stay in the model dtype.
 
 On CPU (no Triton) every mode dequantizes the weight and runs F.linear; fp8 also rounds activations through
 e4m3 per token first, so CPU perplexity tracks what the GPU's `_scaled_mm` path computes.
@@ -327,11 +328,12 @@ def convert_modules_(model: nn.Module, mode: str, keep_attention_fp16: bool = Fa
 
 
 def quantize_model_(model: nn.Module, mode: str, keep_attention_fp16: bool = False,
-                    group_size: int | None = None, modules: dict[str, str] | None = None) -> None:
+                    group_size: int | None = None, modules: dict[str, str] | None = None,
+                    lm_head: str | None = None) -> None:
     """Quantizes a loaded model in place, layer by layer (peak memory: the model plus one layer). group_size:
     int4 modes only; None: per layer the largest of 128, 64, 32 that divides its inputs (random-weight
     benchmarks and tests, whose config names no group). Per-module modes are refused, not ignored: only the
-    GGUF import makes them, from a file's own blocks."""
+    GGUF import makes them, from a file's own blocks. lm_head: its mode (LM_HEAD_MODES), None: kept 16-bit."""
     if modules:
         raise ValueError("quantization.modules: per-module modes come only with imported weights, not from "
                          "quantizing a model at load")
@@ -343,6 +345,27 @@ def quantize_model_(model: nn.Module, mode: str, keep_attention_fp16: bool = Fal
             setattr(parent, name, cls.from_linear(old, group))
         else:
             setattr(parent, name, cls.from_linear(old))
+    if lm_head is not None:
+        model.lm_head = MODULES[check_lm_head_mode(lm_head)].from_linear(model.lm_head)
+
+
+# The lm_head's modes (config.json's quantization.lm_head): int8 weight-only per output channel, whose perplexity
+# cost is measured beside the others (README, Quality)
+LM_HEAD_MODES = ("int8_wo",)
+
+
+def check_lm_head_mode(mode: str) -> str:
+    if mode not in LM_HEAD_MODES:
+        raise ValueError(f"quantization.lm_head: expected one of {LM_HEAD_MODES}, got {mode!r}")
+    return mode
+
+
+def convert_lm_head_(model: nn.Module, mode: str) -> None:
+    """Swaps the lm_head (where this stage has one) for an empty quantized module of `mode`, before loading."""
+    old = model.lm_head
+    if old is not None:
+        model.lm_head = MODULES[check_lm_head_mode(mode)](old.in_features, old.out_features)
+        model.lm_head.launch = old.launch
 
 
 def check_mode(mode: str) -> str:

@@ -303,7 +303,7 @@ def load_model(checkpoint_dir: Path, dtype: torch.dtype, device: torch.device, k
                              kernel_mode=kernel_mode)
         if qcfg:
             quantize_model_(model, qcfg["mode"], bool(qcfg.get("keep_attention_fp16", False)),
-                            qcfg.get("group_size"), qcfg.get("modules"))
+                            qcfg.get("group_size"), qcfg.get("modules"), qcfg.get("lm_head"))
         model = select(model) if select is not None else model
         return prepare(model) if prepare is not None else model
     index = read_index(checkpoint_dir)
@@ -313,11 +313,15 @@ def load_model(checkpoint_dir: Path, dtype: torch.dtype, device: torch.device, k
         model = LlamaModel(args, use_kernels=kernels.usable(kernel_mode, device, dtype))
         if qcfg:
             convert_modules_(model, qcfg["mode"], bool(qcfg.get("keep_attention_fp16", False)), qcfg.get("modules"))
+            if qcfg.get("lm_head"):
+                qlinear.convert_lm_head_(model, qcfg["lm_head"])
     if select is not None:
         model = select(model)
-    # A stage's tied head has no embedding to share: it loads the embedding's tensor as its own.
-    tied = args.tie_word_embeddings and model.embed_tokens is not None and model.lm_head is not None
-    rename = stage_rename(model, args.tie_word_embeddings)
+    # A stage's tied head has no embedding to share: it loads the embedding's tensor as its own. A quantized head
+    # is untied: it has tensors of its own.
+    ties = args.tie_word_embeddings and not (qcfg and qcfg.get("lm_head"))
+    tied = ties and model.embed_tokens is not None and model.lm_head is not None
+    rename = stage_rename(model, ties)
     check_names(model, index, tied, checkpoint_dir, rename)
     # Shard by shard to the device, a tensor-parallel rank's slices only (tensor_parallel.shard_empty).
     load_checkpoint_(model, index, dtype, device, tied, rename, getattr(model, "slice_of", None))

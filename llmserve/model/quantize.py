@@ -6,7 +6,8 @@
    `"quantization": {"mode": ..., "keep_attention_fp16": ...}`. The int4 modes (`--mode int4_sym|int4_asym
    --group-size 32|64|128`, round to nearest) store packed uint8 weights with float16 `<name>.weight_scale`
    (and `<name>.weight_min`) per row and group, and `"group_size"` in the entry (format: llmserve/model/int4.py);
-   `--awq` first searches activation-aware per-channel scales and folds them into the norms (llmserve/model/awq.py).
+   `--awq` first searches activation-aware per-channel scales and folds them into the norms (llmserve/model/awq.py);
+   `--lm-head int8_wo` quantizes the lm_head per output channel too (`"lm_head"` in the entry).
 2. `llama.load_model` sees that entry and swaps in the quantized modules of llmserve/model/linear.py before
    loading. The modes are described there.
 """
@@ -25,7 +26,7 @@ from safetensors.torch import save_file
 from llmserve.model.awq import apply_awq_
 from llmserve.model.int4 import GROUP_SIZES, INT4_MODES, quantize_int4
 from llmserve.model.int8_group import INT8_GROUP_MODES
-from llmserve.model.linear import ATTENTION, MLP, MODES, check_mode, quantize_weight
+from llmserve.model.linear import ATTENTION, LM_HEAD_MODES, MLP, MODES, check_lm_head_mode, check_mode, quantize_weight
 from llmserve.model.weights import load_safetensors
 
 
@@ -38,11 +39,15 @@ def _quantized(t: torch.Tensor, mode: str, group_size: int) -> dict[str, torch.T
 
 
 def quantize_checkpoint(src_dir: str | Path, out_dir: str | Path, mode: str, keep_attention_fp16: bool = False,
-                        dtype: torch.dtype | None = None, group_size: int = 128, awq: bool = False) -> Path:
+                        dtype: torch.dtype | None = None, group_size: int = 128, awq: bool = False,
+                        lm_head: str | None = None) -> Path:
     """Writes a quantized copy of an HF Llama checkpoint. `dtype` converts the tensors left unquantized
     (default: keep the source's); group_size: int4 modes only; awq: int4 modes only, activation-aware scales
-    (llmserve/model/awq.py) before rounding. Returns out_dir."""
+    (llmserve/model/awq.py) before rounding; lm_head: its mode (linear.LM_HEAD_MODES; a tied one gets its own
+    quantized copy of the embedding), None: 16-bit. Returns out_dir."""
     _check_options(mode, group_size, awq)
+    if lm_head is not None:
+        check_lm_head_mode(lm_head)
     src, out = Path(src_dir), Path(out_dir)
     cfg = json.loads((src / "config.json").read_text())
     if cfg.get("quantization"):
@@ -60,14 +65,27 @@ def quantize_checkpoint(src_dir: str | Path, out_dir: str | Path, mode: str, kee
     for f in src.iterdir():
         if f.is_file() and not f.name.startswith("model") and f.name != "config.json":
             shutil.copy2(f, out / f.name)
-    if cfg.get("tie_word_embeddings") and "lm_head.weight" in result:
+    if lm_head is not None:
+        result.update(_quantized_head(state, lm_head))
+    elif cfg.get("tie_word_embeddings") and "lm_head.weight" in result:
         del result["lm_head.weight"]  # safetensors refuses shared storage; the loader re-ties it
     save_file(result, str(out / "model.safetensors"), metadata={"format": "pt", "llmserve_quantization": mode,
                                                          "llmserve_awq": "on" if awq else "off"})
     cfg.pop("quantization_config", None)
     cfg["quantization"] = _quantization_entry(mode, keep_attention_fp16, quantized, group_size)
+    if lm_head is not None:
+        cfg["quantization"]["lm_head"] = lm_head
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     return out
+
+
+def _quantized_head(state: dict[str, torch.Tensor], mode: str) -> dict[str, torch.Tensor]:
+    """lm_head.weight and its scale in `mode`, from the checkpoint's lm_head or, tied, its embedding."""
+    head = state.get("lm_head.weight")
+    if head is None:
+        head = next(t for k, t in state.items() if k.endswith("embed_tokens.weight"))
+    q, s = quantize_weight(head, mode)
+    return {"lm_head.weight": q.contiguous(), "lm_head.weight_scale": s.contiguous()}
 
 
 def _check_options(mode: str, group_size: int, awq: bool) -> None:
@@ -117,11 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--awq", action="store_true",
                     help="int4 modes: activation-aware per-channel scales searched on a calibration text first")
     ap.add_argument("--keep-attention-fp16", action="store_true", help="leave q/k/v/o projections unquantized")
+    ap.add_argument("--lm-head", choices=LM_HEAD_MODES, default=None,
+                    help="quantize the lm_head too (default: 16-bit; the embedding stays 16-bit either way)")
     ap.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=None,
                     help="convert unquantized tensors (default: keep)")
     a = ap.parse_args(argv)
     out = quantize_checkpoint(a.src, a.out, a.mode, a.keep_attention_fp16,
-                              getattr(torch, a.dtype) if a.dtype else None, a.group_size, a.awq)
+                              getattr(torch, a.dtype) if a.dtype else None, a.group_size, a.awq, a.lm_head)
     print(f"wrote {out}")
     return 0
 

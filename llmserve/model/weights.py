@@ -10,12 +10,12 @@ from safetensors.torch import load_file
 
 from llmserve.model.int4 import GROUP_SIZES, INT4_MODES, SCALE_DTYPES
 from llmserve.model.int8_group import INT8_GROUP_SIZES
-from llmserve.model.linear import check_mode
+from llmserve.model.linear import check_lm_head_mode, check_mode
 
 # The fields of config.json's "quantization" entry (llmserve/model/quantize.py, build_engines' GGUF import).
 # Anything else is a format this version does not know: refused at load rather than silently ignored.
 QUANTIZATION_FIELDS = {"mode", "keep_attention_fp16", "weight_scale", "activation_scale", "quantized_tensors",
-                       "group_size", "source", "modules"}
+                       "group_size", "source", "modules", "lm_head"}
 
 
 def load_safetensors(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
@@ -48,6 +48,11 @@ def check_quantization(entry: dict, state: dict[str, torch.Tensor], where: str =
             check_mode(mode)
         except ValueError as e:
             raise ValueError(f"{where}.{field}: {e}") from None
+    if entry.get("lm_head") is not None:
+        try:
+            check_lm_head_mode(entry["lm_head"])
+        except ValueError as e:
+            raise ValueError(f"{where}.lm_head: {str(e).partition(': ')[2]}") from None
     group = entry.get("group_size")
     if not any(m in INT4_MODES for m in modes.values()):
         if group is not None:
