@@ -51,12 +51,15 @@ def _tiny_model(tmp_path, kernel_mode=FAST, **extra):
     return model
 
 
-@pytest.mark.parametrize("quant", [None, "int8_wo"])
+@pytest.mark.parametrize("quant", [None, "int8_wo", pytest.param("int8_wo+head8", marks=pytest.mark.skipif(
+    DEV != "cuda", reason="the int8 lm_head's kernels: int8_wo's, which the interpreter runs above"))])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_model_fast_path_matches_torch_path(tmp_path, quant, seed, pdl):
     """The whole decoder (fused norms, rotary + cache write, varlen and decode attention, weight-streaming
-    linears) against the torch path on the same random weights: a prefill of three prompts, then a decode."""
-    extra = {"quantization": {"mode": quant}} if quant else {}
+    linears) against the torch path on the same random weights: a prefill of three prompts, then a decode.
+    +head8: the lm_head in int8 too (quantization.lm_head)."""
+    mode, _, head = (quant or "").partition("+")
+    extra = {"quantization": {"mode": mode, **({"lm_head": "int8_wo"} if head else {})}} if quant else {}
     models = {"fast": _tiny_model(tmp_path, FAST, **extra), "torch": _tiny_model(tmp_path, "off", **extra)}
     assert models["fast"].kernels and not models["torch"].kernels
     lens, page = [9, 1, 20], 16
