@@ -9,7 +9,8 @@ once), so compare variants of one kernel.
     python -m bench.ptx_stats decode:256x2100:fp8 varlen:3x2048+256:bf16 gemv:fp8:14336x4096
     python -m bench.ptx_stats decode:256x2100:fp8 --compare /tmp/base,.    # the same cases in two trees
 
-Cases: decode:BxCTX:KV[:counted] (counted: half the rows, counted on the device, as a prefill graph's split),
+Cases: decode:BxCTX:KV[:counted|merged] (counted: half the rows, counted on the device, as a prefill graph's split;
+merged: the partitions merged by the decode kernel's last program),
 varlen:BxL[+DECODE_ROWS]:KV[:fresh|tma|persist|persist_tma] (KV bf16 or fp8; fresh, tma: the prompts' K/V from the
 qkv buffer, pointer or TMA loads; persist: the persistent launches, persist_tma with the prompts' own K/V),
 gemv:KIND:NxK[:FLAGS] and wmm:KIND:MxNxK[:FLAG] (KIND bf16, int8, fp8; FLAG gated: the SiLU-mul in x's load, gate_out:
@@ -147,8 +148,9 @@ def _decode(shape: str, kv: str, flag: str = ""):
     bt = torch.arange(B * blocks, dtype=torch.int32).view(B, blocks)
     ctxs = torch.full((B,), ctx, dtype=torch.int32)
     q = torch.zeros(B, H, D, dtype=torch.bfloat16)
-    rows = torch.tensor([B // 2], dtype=torch.int32) if flag == "counted" else None
-    return lambda: decode_attention(q, cache, bt, ctxs, D ** -0.5, 4096, rows=rows)
+    rows = torch.tensor([B // 2], dtype=torch.int32) if "counted" in flag else None
+    merged = {"merge_in_decode": True} if "merged" in flag else {}  # (absent from trees before it, for --compare)
+    return lambda: decode_attention(q, cache, bt, ctxs, D ** -0.5, 4096, rows=rows, **merged)
 
 
 def _varlen(shape: str, kv: str, fresh: str = ""):

@@ -19,11 +19,14 @@ def _stats(*cases: str) -> list[dict]:
 
 
 def test_decode_kernels_compile_for_hopper_and_are_counted():
-    rows = _stats("decode:8x1100:bf16", "decode:256x300:fp8")
+    rows = _stats("decode:8x1100:bf16", "decode:256x300:fp8", "decode:8x1100:bf16:merged")
     assert [(r["case"], r["kernel"]) for r in rows] == [
         ("decode:8x1100:bf16", "_decode_kernel"), ("decode:8x1100:bf16", "_merge_kernel"),
-        ("decode:256x300:fp8", "_decode_kernel")]
-    bf16, _, fp8 = rows
+        ("decode:256x300:fp8", "_decode_kernel"), ("decode:8x1100:bf16:merged", "_decode_kernel")]
+    bf16, _, fp8, merged = rows
+    # the merge in the last partition program: one launch, one atomic, the attention loop as it was, no spills
+    assert int(merged["atom"]) == 1 and "spill bytes" not in merged
+    assert abs(int(merged["sass loop"]) - int(bf16["sass loop"])) <= 0.02 * int(bf16["sass loop"])
     assert int(bf16["mma"]) > 0 and int(bf16["ldmatrix"]) > 0 and int(bf16["registers"]) > 0
     assert 0 < int(bf16["sass loop"]) < int(bf16["sass"])  # what the GPU runs, its loop inside it
     assert "ld.shared bytes" not in bf16  # a 16-bit V tile reaches the tensor cores through ldmatrix
