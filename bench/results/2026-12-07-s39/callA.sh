@@ -3,12 +3,8 @@
 # int4's, gemv.SPLIT_PROGRAMS for the 16/8-bit one): their GPU tests, all linears at one row against no split
 # (probe.py: int4, bf16, fp8), then the engine's one-stream decode step with each knob at 0 / 768 / 1024 / 0
 # (kernel_check switches, graphs captured again for each case): int4, then fp8 and bf16 if under 330 s so far.
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONPATH=$PWD
+source bench/results/2026-12-05-next-calls/preamble.sh
 D=bench/results/2026-12-07-s39
-mkdir -p $OUT/r
-save() { (cd $OUT && tar czf r.tgz r); }
-nvidia-smi --query-gpu=name,driver_version --format=csv > $OUT/r/gpu.txt
-start=$SECONDS
 timeout 150 python3 -m pytest -q -rf -x tests/test_kernels_split_k.py tests/test_kernels_int4.py -k "split or pair" \
   > $OUT/r/tests.log 2>&1; tail -4 $OUT/r/tests.log; save
 timeout 150 python3 $D/probe.py > $OUT/r/probe.log 2>&1; grep total $OUT/r/probe.log; tail -2 $OUT/r/probe.log | cut -c1-300; save

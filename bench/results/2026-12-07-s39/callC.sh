@@ -2,10 +2,7 @@
 # Session 39 (~5 min, any Hopper GPU; no carry): the decode attention's partitions merged by the decode kernel's last
 # program (attention.MERGE_IN_DECODE) instead of a second launch: its GPU tests, then the engine's decode step at 1
 # and 8 streams with it off / on / off (kernel_check switches), fp8 then int4.
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONPATH=$PWD
-mkdir -p $OUT/r
-save() { (cd $OUT && tar czf r.tgz r); }
-nvidia-smi --query-gpu=name,driver_version --format=csv > $OUT/r/gpu.txt
+source bench/results/2026-12-05-next-calls/preamble.sh
 timeout 120 python3 -m pytest -q -rf -x tests/test_kernels_attention.py -k "decode" > $OUT/r/tests.log 2>&1
 tail -3 $OUT/r/tests.log; save
 for mode in fp8 int4_sym; do
