@@ -13,12 +13,7 @@ pytest.importorskip("triton")
 
 from test_kernels import DEV, DT, assert_rotates_as_rope_and_cache, rel  # noqa: E402
 from test_kernels_int4 import _int4_case  # noqa: E402
-
-BF = torch.bfloat16
-
-
-def _args(t, bias=None):
-    return t["weight"], t["weight_scale"], t.get("weight_min"), bias
+from test_kernels_int4_mma import BF, _args  # noqa: E402
 
 
 def test_a_gemv_split_covers_k_in_slices_of_two_tiles_or_more():

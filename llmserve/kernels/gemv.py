@@ -20,10 +20,10 @@ import triton
 import triton.language as tl
 
 from llmserve.kernels import launch_args
-from llmserve.kernels.group_tiles import gemv_split, k_range, slices_summed, split_buffers
+from llmserve.kernels.group_tiles import k_range, slices_summed, split_launch
 from llmserve.kernels.pdl import pdl_prologue
 
-# Programs the one-row GEMV splits K to reach where its caller holds counters (group_tiles.gemv_split): more warps an
+# Programs the one-row GEMV splits K to reach where its caller holds counters (group_tiles.split_launch): more warps an
 # SM for the matrices of few row blocks (o_proj, qkv). 0 (none) until a GPU has timed it
 SPLIT_PROGRAMS = 0
 
@@ -222,16 +222,13 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, N, K, stride_wn, nw_ptr, s
         y = y * tl.load(s_ptr + offs_n, mask=n_mask, other=0.0)
     if W_KIND == 2:
         y = y * 1.329227995784916e36  # 2**120: e4m3 exponent bias 7 vs float32's 127
-    if SPLIT == 1:
+    last = True  # one slice: the program's own sum (a constant: the compiler drops the test)
+    if SPLIT > 1:
+        last, y = slices_summed(y, ws_ptr, cnt_ptr, pid, tl.program_id(1), offs_n, n_mask, N, SPLIT)
+    if last:
         store_folded(y, pid, offs_n, n_mask, N, K, out_ptr, b_ptr, eps, part, res, sumsq_out, None, None, cos, sin,
                      slot, kc_ptr, vc_ptr, stride_slot, HAS_BIAS, NORM, ADD_TO, False, GATE_OUT, NH, NKV, ROPE_HALF,
                      BLOCK_N)
-    else:
-        last, total = slices_summed(y, ws_ptr, cnt_ptr, pid, tl.program_id(1), offs_n, n_mask, N, SPLIT)
-        if last:
-            store_folded(total, pid, offs_n, n_mask, N, K, out_ptr, b_ptr, eps, part, res, sumsq_out, None, None, cos,
-                         sin, slot, kc_ptr, vc_ptr, stride_slot, HAS_BIAS, NORM, ADD_TO, False, GATE_OUT, NH, NKV,
-                         ROPE_HALF, BLOCK_N)
 
 
 # How int8 / fp8 weights become float32 in the GEMV: 0 = Triton's conversion, 1 / 2 = the bit tricks above.
@@ -298,9 +295,8 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
     if kind == 2:
         assert key == "fp8" and scale is not None
     grid = triton.cdiv(N, bn)
-    programs = SPLIT_PROGRAMS if programs is None else programs
-    split, k_slice = gemv_split(K, bk, grid, 0 if counters is None else programs)
-    ws, cnt = split_buffers(x, N, split, grid, counters)
+    split, k_slice, ws, cnt = split_launch(x, N, K, bk, grid, SPLIT_PROGRAMS if programs is None else programs,
+                                           counters)
     if add_to is not None:
         out, sums_out = add_to, torch.empty(grid, dtype=torch.float32, device=x.device)
     else:

@@ -39,14 +39,16 @@ def gemv_split(K: int, block_k: int, grid: int, programs: int | None) -> tuple[i
     return triton.cdiv(tiles, per), per * block_k
 
 
-def split_buffers(x: torch.Tensor, N: int, split: int, grid: int, counters: torch.Tensor | None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The float32 partials [split, N] and the row blocks' arrival counters (`counters`, zeros that each launch
-    leaves zero; a launch of one slice gets x itself twice, never read)."""
+def split_launch(x: torch.Tensor, N: int, K: int, block_k: int, grid: int, programs: int | None,
+                 counters: torch.Tensor | None) -> tuple[int, int, torch.Tensor, torch.Tensor]:
+    """A one-row GEMV launch's K split: (slices, inputs a slice, the float32 partials [slices, N], the row blocks'
+    arrival counters). Without `counters` (zeros that each launch leaves zero) one slice, and x stands in for the
+    two buffers, never read."""
+    split, k_slice = gemv_split(K, block_k, grid, 0 if counters is None else programs)
     if split == 1:
-        return x, x
-    assert counters is not None and counters.dtype == torch.int32 and counters.numel() >= grid, "split-K counters"
-    return torch.empty(split, N, dtype=torch.float32, device=x.device), counters
+        return split, k_slice, x, x
+    assert counters.dtype == torch.int32 and counters.numel() >= grid, "split-K counters"
+    return split, k_slice, torch.empty(split, N, dtype=torch.float32, device=x.device), counters
 
 
 @triton.jit

@@ -18,7 +18,7 @@ import triton.language as tl
 
 from llmserve.kernels import launch_args
 from llmserve.kernels.gemv import RopeCache, RowNorm, fold_inputs, program_rows, rope_args, store_folded
-from llmserve.kernels.group_tiles import gemv_split, k_range, load_x, slices_summed, split_buffers
+from llmserve.kernels.group_tiles import k_range, load_x, slices_summed, split_launch
 from llmserve.kernels.int4_words import word_tile
 from llmserve.kernels.pdl import pdl_prologue
 
@@ -136,16 +136,13 @@ def _w4gemv_pairs_kernel(x_ptr, xq_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, 
             mn = tl.load(m_ptr + rows_s + grp[None, :], mask=s_mask, other=0.0).to(tl.float32) + 8.0 * s
             acc += mn[:, :, None] * (_pair_sum(pa0) + _pair_sum(pa1) + _pair_sum(pb0) + _pair_sum(pb1))
     y = tl.sum(tl.sum(acc, axis=2), axis=1)
-    if SPLIT == 1:
+    last = True  # one slice: the program's own sum (a constant: the compiler drops the test)
+    if SPLIT > 1:
+        last, y = slices_summed(y, ws_ptr, cnt_ptr, pid, tl.program_id(1), offs_n, n_mask, N, SPLIT)
+    if last:
         store_folded(y, pid, offs_n, n_mask, N, K, out_ptr, b_ptr, eps, part, res, sumsq_out, nw_ptr, hw_ptr, cos,
                      sin, slot, kc_ptr, vc_ptr, stride_slot, HAS_BIAS, NORM, ADD_TO, WEIGHTED, GATE_OUT, NH, NKV,
                      ROPE_HALF, BLOCK_N)
-    else:
-        last, total = slices_summed(y, ws_ptr, cnt_ptr, pid, tl.program_id(1), offs_n, n_mask, N, SPLIT)
-        if last:
-            store_folded(total, pid, offs_n, n_mask, N, K, out_ptr, b_ptr, eps, part, res, sumsq_out, nw_ptr,
-                         hw_ptr, cos, sin, slot, kc_ptr, vc_ptr, stride_slot, HAS_BIAS, NORM, ADD_TO, WEIGHTED,
-                         GATE_OUT, NH, NKV, ROPE_HALF, BLOCK_N)
 
 
 def pairs_config(N: int, K: int, group: int, asym: bool, gated: bool = False) -> tuple[int, int, int, int]:
@@ -186,8 +183,7 @@ def w4gemv_pairs(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum:
     bn, bk, warps, stages = config or pairs_config(N, K, group, minimum is not None, gated)
     assert bk % group == 0, (bk, group)
     grid = triton.cdiv(N // 2 if gate_out else N, bn // 2 if gate_out else bn)
-    split, k_slice = gemv_split(K, bk, grid, 0 if counters is None else programs)
-    ws, cnt = split_buffers(x, N, split, grid, counters)
+    split, k_slice, ws, cnt = split_launch(x, N, K, bk, grid, programs, counters)
     if add_to is not None:
         out, sums_out = add_to, torch.empty(grid, dtype=torch.float32, device=x.device)
     else:

@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from llmserve.kernels import launch_args
-from llmserve.kernels.group_tiles import gemv_split, k_range, load_x, slices_summed, split_buffers, store_rows
+from llmserve.kernels.group_tiles import k_range, load_x, slices_summed, split_launch, store_rows
 from llmserve.kernels.pdl import pdl_prologue
 
 # Magic floats 2**23, 2**19, 2**15, 2**11: OR'd with the code at bits 4c..4c+3 of a word, the float is magic + code
@@ -86,13 +86,14 @@ def _w4gemv_words_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, K, strid
         if ASYM:
             mn = tl.load(m_ptr + rows_s + grp[None, :], mask=s_mask, other=0.0).to(tl.float32)
             acc += mn[:, :, None] * (xa0 + xa1 + xa2 + xa3 + xb0 + xb1 + xb2 + xb3)
-    if SPLIT == 1:
-        store_rows(tl.sum(acc, axis=2), b_ptr, out_ptr, offs_n, n_mask, HAS_BIAS)
-    else:
-        last, total = slices_summed(tl.sum(tl.sum(acc, axis=2), axis=1), ws_ptr, cnt_ptr, pid_n, tl.program_id(1),
-                                    offs_n, n_mask, N, SPLIT)
-        if last:
-            store_rows(total[:, None], b_ptr, out_ptr, offs_n, n_mask, HAS_BIAS)
+    sums = tl.sum(acc, axis=2)
+    last = True  # one slice: the program's own sums (a constant: the compiler drops the test)
+    if SPLIT > 1:
+        last, total = slices_summed(tl.sum(sums, axis=1), ws_ptr, cnt_ptr, pid_n, tl.program_id(1), offs_n, n_mask,
+                                    N, SPLIT)
+        sums = total[:, None]
+    if last:
+        store_rows(sums, b_ptr, out_ptr, offs_n, n_mask, HAS_BIAS)
 
 
 def words_config(group: int) -> tuple[int, int, int, int]:
@@ -105,7 +106,7 @@ def w4gemv_words(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum:
                  sizes: tuple[int, int, int], programs: int | None = None,
                  counters: torch.Tensor | None = None) -> torch.Tensor:
     """x: [1, K] (or [1, 2K] gated) -> [1, N]; `sizes` (N, K, group) as int4.check_codes gives them. `programs`:
-    K split until about that many programs (group_tiles.gemv_split; None: its SPLIT_PROGRAMS) where `counters`, the
+    K split until about that many programs (group_tiles.split_launch; None: its SPLIT_PROGRAMS) where `counters`, the
     caller's zeroed int32 row-block counters (one a row block at least), are given; each launch leaves them zero."""
     N, K, group = sizes
     assert x.shape == (1, 2 * K if gated else K) and x.stride(-1) == 1
@@ -114,8 +115,7 @@ def w4gemv_words(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum:
     out = torch.empty(1, N, dtype=x.dtype, device=x.device)
     words = w.view(torch.int32)
     grid = triton.cdiv(N, bn)
-    split, k_slice = gemv_split(K, bk, grid, 0 if counters is None else programs)
-    ws, cnt = split_buffers(x, N, split, grid, counters)
+    split, k_slice, ws, cnt = split_launch(x, N, K, bk, grid, programs, counters)
     _w4gemv_words_kernel[(grid, split)](
         x, words, scale, minimum if minimum is not None else scale, bias if bias is not None else scale, out,
         N, K, words.stride(0), scale.stride(0), *MAGICS, ws, cnt, k_slice, ASYM=minimum is not None,

@@ -354,9 +354,9 @@ def quantize_model_(model: nn.Module, mode: str, keep_attention_fp16: bool = Fal
 LM_HEAD_MODES = ("int8_wo",)
 
 
-def check_lm_head_mode(mode: str) -> str:
+def check_lm_head_mode(mode: str, where: str = "quantization") -> str:
     if mode not in LM_HEAD_MODES:
-        raise ValueError(f"quantization.lm_head: expected one of {LM_HEAD_MODES}, got {mode!r}")
+        raise ValueError(f"{where}.lm_head: expected one of {LM_HEAD_MODES}, got {mode!r}")
     return mode
 
 

@@ -49,10 +49,7 @@ def check_quantization(entry: dict, state: dict[str, torch.Tensor], where: str =
         except ValueError as e:
             raise ValueError(f"{where}.{field}: {e}") from None
     if entry.get("lm_head") is not None:
-        try:
-            check_lm_head_mode(entry["lm_head"])
-        except ValueError as e:
-            raise ValueError(f"{where}.lm_head: {str(e).partition(': ')[2]}") from None
+        check_lm_head_mode(entry["lm_head"], where)
     group = entry.get("group_size")
     if not any(m in INT4_MODES for m in modes.values()):
         if group is not None:
