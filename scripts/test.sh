@@ -10,4 +10,7 @@ bash scripts/check_deploy.sh --install-only
 .venv/bin/ruff check .
 # Two workers (pytest-xdist), a test file each at a time: module fixtures (servers, engines) start once a file,
 # and the single-threaded parts (Triton's interpreter, the clients) overlap. PYTEST_WORKERS=0: one process.
+# One OpenMP thread a process under workers: two workers' torch threads spinning on two cores ran the engine tests 4x
+# slower (docs/performance.md, "The test suite's time").
+[ "${PYTEST_WORKERS:-2}" = 0 ] || export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 .venv/bin/python -m pytest -q -n "${PYTEST_WORKERS:-2}" --dist loadfile "$@"
