@@ -215,7 +215,8 @@ def decode_config(max_context: int, batch: int, num_kv_heads: int) -> tuple[int,
 
 
 # The partitions merged by the decode kernel's last program of each (row, KV head) (`_merged_by_the_last`) rather
-# than by a second launch: a launch a layer fewer wherever the context is split. Off until a GPU has timed it
+# than by a second launch: a launch a layer fewer wherever the context is split. Off: slower on an H100
+# (s40, docs/performance.md)
 MERGE_IN_DECODE = False
 MERGE_COUNTERS = 1 << 16  # the (row, KV head) pairs the shared counters cover; a launch of more merges apart
 

@@ -24,7 +24,7 @@ from llmserve.kernels.group_tiles import k_range, slices_summed, split_launch
 from llmserve.kernels.pdl import pdl_prologue
 
 # Programs the one-row GEMV splits K to reach where its caller holds counters (group_tiles.split_launch): more warps an
-# SM for the matrices of few row blocks (o_proj, qkv). 0 (none) until a GPU has timed it
+# SM for the matrices of few row blocks (o_proj, qkv). 0 (none): slower on an H100 (s40, docs/performance.md)
 SPLIT_PROGRAMS = 0
 
 

@@ -25,7 +25,7 @@ def summed(out: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 # The one-row GEMVs (int4_words.py, int4_pairs.py) split K until about this many programs where the caller holds
-# counters for it (Int4Linear does): more warps an SM where the row blocks are few. 0 (none) until a GPU has timed it
+# counters for it (Int4Linear does): more warps an SM where the row blocks are few. 0 (none): slower on an H100 (s40)
 SPLIT_PROGRAMS = 0
 
 
