@@ -9,20 +9,20 @@ once), so compare variants of one kernel.
     python -m bench.ptx_stats decode:256x2100:fp8 varlen:3x2048+256:bf16 gemv:fp8:14336x4096
     python -m bench.ptx_stats decode:256x2100:fp8 --compare /tmp/base,.    # the same cases in two trees
 
-Cases: decode:BxCTX:KV[:counted|merged] (counted: half the rows, counted on the device, as a prefill graph's split;
-merged: the partitions merged by the decode kernel's last program),
+Cases: decode:BxCTX:KV[:counted] (counted: half the rows, counted on the device, as a prefill graph's split),
 varlen:BxL[+DECODE_ROWS]:KV[:fresh|tma|persist|persist_tma] (KV bf16 or fp8; fresh, tma: the prompts' K/V from the
 qkv buffer, pointer or TMA loads; persist: the persistent launches, persist_tma with the prompts' own K/V),
-gemv:KIND:NxK[:FLAGS] and wmm:KIND:MxNxK[:FLAG] (KIND bf16, int8, fp8; FLAG gated: the SiLU-mul in x's load, gate_out:
-in the epilogue; the GEMV's norm: an RMSNorm folded in, add: the residual add in the epilogue, rope: rotary + cache
-write, split (+ another): K split across programs), w4:MxNxK:GROUP[:FLAGS] (symmetric int4; M = 1 is the GEMV; FLAGS
-joined by +: bytes, words or pairs names a GEMV kernel (pairs+split: K split across programs), wgmma the Gluon matmul
-of int4_wgmma.py (asym: with minimums), mma the Gluon mma.sync kernel of int4_mma.py for 1-8 rows (asym; staged: its
-cp.async ring; tile16: 16 rows a program, two register buffers, no prefetch, else mma_config's shape; at one row
-gate_out, rope, norm, add as the GEMVs), gated the SiLU-mul in x's load, gate_out in the epilogue, rope: qkv's rotary
-embedding and cache write in it, N = 6144; norm: the RMSNorm's 1 / rms on the outputs, add: the residual add and the
-next norm's weighted row), w8g:MxNxK:GROUP (8-bit codes in groups, as w4), fp8mm:MxNxK:fast|exact (the fp8 GEMM at
-33-256 rows, its accumulation). Llama-3.1-8B heads (32 query, 8 KV, dim 128).
+gemv:KIND:NxK[:FLAG] and wmm:KIND:MxNxK[:FLAG] (KIND bf16, int8, fp8; FLAG gated: the SiLU-mul in x's load,
+gate_out: in the epilogue; the GEMV's norm: an RMSNorm folded in, add: the residual add in the epilogue, rope:
+rotary + cache write), w4:MxNxK:GROUP[:FLAGS] (symmetric int4; M = 1 is the GEMV; FLAGS joined by +: bytes, words or
+pairs names a GEMV kernel (pairs+split: K split across programs), wgmma the Gluon matmul of int4_wgmma.py (asym:
+with minimums), mma the Gluon mma.sync kernel of int4_mma.py for 1-8 rows (asym; staged: its cp.async ring;
+tile16: 16 rows a program, two register buffers, no prefetch, else mma_config's shape; at one row gate_out, rope,
+norm, add as the GEMVs), gated the
+SiLU-mul in x's load, gate_out in the epilogue, rope: qkv's rotary embedding and cache write in it, N = 6144;
+norm: the RMSNorm's 1 / rms on the outputs, add: the residual add and the next norm's weighted row),
+w8g:MxNxK:GROUP (8-bit codes in groups, as w4), fp8mm:MxNxK:fast|exact (the fp8 GEMM at 33-256 rows, its
+accumulation). Llama-3.1-8B heads (32 query, 8 KV, dim 128).
 """
 
 from __future__ import annotations
@@ -148,9 +148,8 @@ def _decode(shape: str, kv: str, flag: str = ""):
     bt = torch.arange(B * blocks, dtype=torch.int32).view(B, blocks)
     ctxs = torch.full((B,), ctx, dtype=torch.int32)
     q = torch.zeros(B, H, D, dtype=torch.bfloat16)
-    rows = torch.tensor([B // 2], dtype=torch.int32) if "counted" in flag else None
-    merged = {"merge_in_decode": True} if "merged" in flag else {}  # (absent from trees before it, for --compare)
-    return lambda: decode_attention(q, cache, bt, ctxs, D ** -0.5, 4096, rows=rows, **merged)
+    rows = torch.tensor([B // 2], dtype=torch.int32) if flag == "counted" else None
+    return lambda: decode_attention(q, cache, bt, ctxs, D ** -0.5, 4096, rows=rows)
 
 
 def _varlen(shape: str, kv: str, fresh: str = ""):
@@ -182,21 +181,18 @@ def _linear(kind: str, shape: str, M: int | None = None, flag: str = ""):
 
     dims = [int(v) for v in shape.split("x")]
     M, N, K = (1, *dims) if M is not None else dims
-    flags = set(flag.split("+"))
     w = torch.zeros(N, K, dtype=KINDS[kind])
     scale = None if kind == "bf16" else torch.ones(N, dtype=torch.float32)
-    x = torch.zeros(M, 2 * K if "gated" in flags else K, dtype=torch.bfloat16)
-    kw = {"gated": "gated" in flags, "gate_out": "gate_out" in flags}
-    if "norm" in flags:
+    x = torch.zeros(M, 2 * K if flag == "gated" else K, dtype=torch.bfloat16)
+    kw = {"gated": flag == "gated", "gate_out": flag == "gate_out"}
+    if flag == "norm":
         kw["norm"] = linear.RowNorm(torch.ones(K, dtype=torch.bfloat16), torch.ones(256), 1e-5)
-    if "add" in flags:
+    if flag == "add":
         kw["add_to"] = torch.zeros(1, N, dtype=torch.bfloat16)
-    if "rope" in flags:  # Llama-3.1-8B's heads: N = (32 + 2 * 8) * 128
+    if flag == "rope":  # Llama-3.1-8B's heads: N = (32 + 2 * 8) * 128
         cache = torch.zeros(2, 64, 16, 8, 128, dtype=torch.bfloat16)
         kw["rope"] = linear.RopeCache(torch.ones(1, 64), torch.ones(1, 64), torch.zeros(1, dtype=torch.int32), cache,
                                       32, 8, 128)
-    if "split" in flags:  # the one-row GEMV's K split as far as its tiles allow
-        kw.update(counters=torch.zeros(N, dtype=torch.int32), programs=1 << 16)
     return lambda: linear.gemv(x, w, scale, **kw) if M == 1 else linear.wmm(x, w, scale, config=None, **kw)
 
 

@@ -108,28 +108,6 @@ def test_decode_attention_of_rows_counted_on_the_device_leaves_the_others_alone(
         assert rel(out[:count], _decode_reference(q[:count], cache, bt[:count], ctx_lens[:count])) < 1e-2
 
 
-@pytest.mark.parametrize("config", [(3, 32, 4, 2), (32, 32, 1, 2), (4, 64, 8, 3)])
-@pytest.mark.parametrize("count", [None, 5])
-def test_decode_attention_merged_by_its_last_partition_equals_the_merge_kernel(monkeypatch, config, count):
-    """MERGE_IN_DECODE: the last partition program of each (row, KV head) to finish merges the group's partials (idle
-    partitions of short contexts arriving too), as the second kernel would: the reference's answer, the merge
-    kernel never launched, the shared counters zero again after each launch; rows counted on the device too."""
-    monkeypatch.setattr(kattn, "MERGE_IN_DECODE", True)
-    monkeypatch.setattr(kattn, "ROW_PROGRAMS", 2)
-    monkeypatch.setattr(kattn, "_merge_kernel", None)  # launching it would raise
-    nh, nkv, hd = 8, 2, 32
-    ctx_lens = [40, 9, 17, 64, 3, 20, 1]
-    B, bt, cache = _paged_setup(ctx_lens, nh, nkv, hd, page=16)
-    q = torch.randn(B, nh, hd, device=DEV).to(DT)
-    rows = None if count is None else torch.tensor([count], dtype=torch.int32, device=DEV)
-    n = B if count is None else count
-    for _ in range(2):
-        out = kattn.decode_attention(q, cache, bt, torch.tensor(ctx_lens, dtype=torch.int32, device=DEV), hd ** -0.5,
-                                     max_context=64, config=config, rows=rows)
-        assert rel(out[:n], _decode_reference(q[:n], cache, bt[:n], ctx_lens[:n])) < 1e-2
-        assert not kattn._merge_counters(str(q.device)).any()
-
-
 @pytest.mark.parametrize("page", [4, 12])
 def test_decode_attention_refuses_blocks_it_cannot_read_whole(page):
     B, bt, cache = _paged_setup([5], 4, 4, 32, page)

@@ -19,14 +19,11 @@ def _stats(*cases: str) -> list[dict]:
 
 
 def test_decode_kernels_compile_for_hopper_and_are_counted():
-    rows = _stats("decode:8x1100:bf16", "decode:256x300:fp8", "decode:8x1100:bf16:merged")
+    rows = _stats("decode:8x1100:bf16", "decode:256x300:fp8")
     assert [(r["case"], r["kernel"]) for r in rows] == [
         ("decode:8x1100:bf16", "_decode_kernel"), ("decode:8x1100:bf16", "_merge_kernel"),
-        ("decode:256x300:fp8", "_decode_kernel"), ("decode:8x1100:bf16:merged", "_decode_kernel")]
-    bf16, _, fp8, merged = rows
-    # the merge in the last partition program: one launch, one atomic, the attention loop as it was, no spills
-    assert int(merged["atom"]) == 1 and "spill bytes" not in merged
-    assert abs(int(merged["sass loop"]) - int(bf16["sass loop"])) <= 0.02 * int(bf16["sass loop"])
+        ("decode:256x300:fp8", "_decode_kernel")]
+    bf16, _, fp8 = rows
     assert int(bf16["mma"]) > 0 and int(bf16["ldmatrix"]) > 0 and int(bf16["registers"]) > 0
     assert 0 < int(bf16["sass loop"]) < int(bf16["sass"])  # what the GPU runs, its loop inside it
     assert "ld.shared bytes" not in bf16  # a 16-bit V tile reaches the tensor cores through ldmatrix
@@ -101,12 +98,11 @@ def test_the_int4_mma_kernel_takes_half_the_paired_gemvs_instructions_a_word_and
     assert int(staged["cp.async.cg"]) > 0 and "spill bytes" not in staged
 
 
-def test_the_gemvs_k_split_keeps_their_loops_and_meets_the_slices_at_one_acquire_release():
-    """int4_pairs.py's and gemv.py's GEMVs split across K (group_tiles.slices_summed): one atomic a program (the row
-    block's counter, acquire-release at GPU scope), and the K loop as the unsplit kernel's, with their folds."""
-    rows = _stats("w4:1x4096x4096:128:pairs+add", "w4:1x4096x4096:128:pairs+split+add",
-                  "w4:1x6144x4096:128:pairs+split+rope", "gemv:fp8:4096x4096:add", "gemv:fp8:4096x4096:add+split")
-    for plain, split in ((rows[0], rows[1]), (rows[3], rows[4])):
-        assert "atom" not in plain and int(split["atom"]) == 1 and "spill bytes" not in split
-        assert abs(int(split["sass loop"]) - int(plain["sass loop"])) <= 0.02 * int(plain["sass loop"])
-    assert int(rows[2]["atom"]) == 1 and "spill bytes" not in rows[2]
+def test_the_paired_gemvs_k_split_keeps_its_loop_and_meets_the_slices_at_one_acquire_release():
+    """int4_pairs.py split across K (group_tiles.slices_summed): one atomic a program (the row block's counter,
+    acquire-release at GPU scope), and the K loop as the unsplit kernel's, with its folds."""
+    plain, split, rope = _stats("w4:1x4096x4096:128:pairs+add", "w4:1x4096x4096:128:pairs+split+add",
+                                "w4:1x6144x4096:128:pairs+split+rope")
+    assert "atom" not in plain and int(split["atom"]) == 1 == int(rope["atom"])
+    assert abs(int(split["sass loop"]) - int(plain["sass loop"])) <= 0.02 * int(plain["sass loop"])
+    assert "spill bytes" not in split and "spill bytes" not in rope

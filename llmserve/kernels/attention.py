@@ -6,13 +6,10 @@ layer); prefill and mixed steps are `llmserve.kernels.varlen`'s.
   to 16 for the tensor cores), then a second kernel merges the partitions. The launch shape is fixed (one
   graph serves every step), but each sequence's span per partition follows its own context length: its
   context split evenly over the partitions, in whole tiles of one or two cache blocks; programs past the end
-  return. Blocks must be a power of two from 16 tokens (`decode_page_ok`). With `MERGE_IN_DECODE` the last
-  partition program of each (sequence, kv head) to finish merges instead of the second kernel.
+  return. Blocks must be a power of two from 16 tokens (`decode_page_ok`).
 """
 
 from __future__ import annotations
-
-import functools
 
 import torch
 import triton
@@ -77,13 +74,11 @@ def _decode_tile(q, m_i, l_i, acc, k_ptr, v_ptr, bt_ptr, bt_row, n0, kvh, t, d, 
 
 
 @triton.jit
-def _decode_row(b, kvh, part, H, q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, po_ptr, pml_ptr, cnt_ptr, scale,
-                stride_qb, stride_qh, stride_bt, stride_blk, stride_tok, stride_ob, stride_oh, G: tl.constexpr,
+def _decode_row(b, kvh, part, H, q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, po_ptr, pml_ptr, scale, stride_qb,
+                stride_qh, stride_bt, stride_blk, stride_tok, stride_ob, stride_oh, G: tl.constexpr,
                 G_PAD: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr, PAGES: tl.constexpr,
-                NUM_PARTS: tl.constexpr, KV_FP8: tl.constexpr, STAGES: tl.constexpr, MERGE: tl.constexpr,
-                P_PAD: tl.constexpr):
-    """Row b's partition `part` for KV head kvh: its share of the context, stored whole or as a partial; MERGE: the
-    last of the row's partitions for the head to finish merges the group's partials (`_merged_by_the_last`)."""
+                NUM_PARTS: tl.constexpr, KV_FP8: tl.constexpr, STAGES: tl.constexpr):
+    """Row b's partition `part` for KV head kvh: its share of the context, stored whole or as a partial."""
     ctx = tl.load(ctx_ptr + b)
     TILE: tl.constexpr = PAGE * PAGES
     span = _span(ctx, NUM_PARTS, TILE)
@@ -122,64 +117,43 @@ def _decode_row(b, kvh, part, H, q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, 
             tl.store(po_ptr + base[:, None] * D + d[None, :], acc / l_i[:, None], mask=rmask[:, None])
             tl.store(pml_ptr + base * 2, m_i, mask=rmask)
             tl.store(pml_ptr + base * 2 + 1, l_i, mask=rmask)
-    if MERGE:
-        _merged_by_the_last(b, kvh, H, po_ptr, pml_ptr, cnt_ptr, ctx_ptr, out_ptr, stride_ob, stride_oh, G, D,
-                            NUM_PARTS, P_PAD, PAGE * PAGES)
 
 
 @triton.jit
-def _merged_by_the_last(b, kvh, H, po_ptr, pml_ptr, cnt_ptr, ctx_ptr, out_ptr, stride_ob, stride_oh, G: tl.constexpr,
-                        D: tl.constexpr, NUM_PARTS: tl.constexpr, P_PAD: tl.constexpr, TILE: tl.constexpr):
-    """Each partition program of (row, KV head) arrives at its counter once it has stored its partials (idle ones
-    too); the last to arrive merges the G heads' partials and sets the counter back to zero. The barriers and the
-    counter's acquire-release make the others' partials visible to it (as group_tiles.slices_summed)."""
-    tl.debug_barrier()
-    slot = cnt_ptr + b * (H // G) + kvh
-    last = tl.atomic_add(slot, 1, sem="acq_rel") == NUM_PARTS - 1
-    tl.debug_barrier()
-    if last:
-        for g in tl.static_range(G):
-            _merge_row(b, kvh * G + g, H, po_ptr, pml_ptr, ctx_ptr, out_ptr, stride_ob, stride_oh, D, NUM_PARTS,
-                       P_PAD, TILE, ".cg")
-        tl.store(slot, 0)
-
-
-@triton.jit
-def _decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, po_ptr, pml_ptr, rows_ptr, cnt_ptr, scale,
+def _decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, po_ptr, pml_ptr, rows_ptr, scale,
                    stride_qb, stride_qh, stride_bt, stride_blk, stride_tok, stride_ob, stride_oh,
                    G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr,
                    PAGES: tl.constexpr, NUM_PARTS: tl.constexpr, KV_FP8: tl.constexpr, STAGES: tl.constexpr,
-                   COUNTED: tl.constexpr, MERGE: tl.constexpr = False, P_PAD: tl.constexpr = 2):
+                   COUNTED: tl.constexpr):
     """A program a (row, kv head, partition); COUNTED: the rows are [0, *rows_ptr), walked by a fixed grid."""
     kvh = tl.program_id(1)
     part = tl.program_id(2)
     H = tl.num_programs(1) * G
     if COUNTED:
         for b in tl.range(tl.program_id(0).to(tl.int64), tl.load(rows_ptr), tl.num_programs(0)):  # 64-bit rows
-            _decode_row(b, kvh, part, H, q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, po_ptr, pml_ptr, cnt_ptr,
+            _decode_row(b, kvh, part, H, q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, po_ptr, pml_ptr,
                         scale, stride_qb, stride_qh, stride_bt, stride_blk, stride_tok, stride_ob, stride_oh, G, G_PAD,
-                        D, PAGE, PAGES, NUM_PARTS, KV_FP8, STAGES, MERGE, P_PAD)
+                        D, PAGE, PAGES, NUM_PARTS, KV_FP8, STAGES)
     else:
         _decode_row(tl.program_id(0).to(tl.int64), kvh, part, H, q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, po_ptr,
-                    pml_ptr, cnt_ptr, scale, stride_qb, stride_qh, stride_bt, stride_blk, stride_tok, stride_ob,
-                    stride_oh, G, G_PAD, D, PAGE, PAGES, NUM_PARTS, KV_FP8, STAGES, MERGE, P_PAD)
+                    pml_ptr, scale, stride_qb, stride_qh, stride_bt, stride_blk, stride_tok, stride_ob, stride_oh, G,
+                    G_PAD, D, PAGE, PAGES, NUM_PARTS, KV_FP8, STAGES)
 
 
 @triton.jit
 def _merge_row(b, h, H, po_ptr, pml_ptr, ctx_ptr, out_ptr, stride_ob, stride_oh, D: tl.constexpr,
-               NUM_PARTS: tl.constexpr, P_PAD: tl.constexpr, TILE: tl.constexpr, CACHE: tl.constexpr):
+               NUM_PARTS: tl.constexpr, P_PAD: tl.constexpr, TILE: tl.constexpr):
     ctx = tl.load(ctx_ptr + b)
     n_parts = tl.cdiv(ctx, _span(ctx, NUM_PARTS, TILE))
     p = tl.arange(0, P_PAD)
     pmask = p < n_parts
     base = (b * H + h) * NUM_PARTS + p
-    # CACHE ".cg" (the decode kernel's merge): from L2, where the other programs' partials are, not this SM's L1
-    m = tl.load(pml_ptr + base * 2, mask=pmask, other=float("-inf"), cache_modifier=CACHE)
-    l_ = tl.load(pml_ptr + base * 2 + 1, mask=pmask, other=0.0, cache_modifier=CACHE)
+    m = tl.load(pml_ptr + base * 2, mask=pmask, other=float("-inf"))
+    l_ = tl.load(pml_ptr + base * 2 + 1, mask=pmask, other=0.0)
     m_max = tl.max(m, 0)
     w = tl.where(pmask, tl.math.exp2(m - m_max) * l_, 0.0)
     d = tl.arange(0, D)
-    o = tl.load(po_ptr + base[:, None] * D + d[None, :], mask=pmask[:, None], other=0.0, cache_modifier=CACHE)
+    o = tl.load(po_ptr + base[:, None] * D + d[None, :], mask=pmask[:, None], other=0.0)
     o = tl.sum(o * w[:, None], 0) / tl.sum(w, 0)
     tl.store(out_ptr + b * stride_ob + h * stride_oh + d, o.to(out_ptr.dtype.element_ty))
 
@@ -192,10 +166,10 @@ def _merge_kernel(po_ptr, pml_ptr, ctx_ptr, out_ptr, rows_ptr, stride_ob, stride
     if COUNTED:
         for b in tl.range(tl.program_id(0).to(tl.int64), tl.load(rows_ptr), tl.num_programs(0)):
             _merge_row(b, h, H, po_ptr, pml_ptr, ctx_ptr, out_ptr, stride_ob, stride_oh, D, NUM_PARTS,
-                       P_PAD, TILE, "")
+                       P_PAD, TILE)
     else:
         _merge_row(tl.program_id(0).to(tl.int64), h, H, po_ptr, pml_ptr, ctx_ptr, out_ptr, stride_ob, stride_oh, D,
-                   NUM_PARTS, P_PAD, TILE, "")
+                   NUM_PARTS, P_PAD, TILE)
 
 
 # How an e4m3 cache reaches the decode kernel's dots (`kv_tile`'s KV_FP8, for bf16 models on CUDA): the faster one
@@ -214,20 +188,6 @@ def decode_config(max_context: int, batch: int, num_kv_heads: int) -> tuple[int,
     return parts, 32, 1, 3
 
 
-# The partitions merged by the decode kernel's last program of each (row, KV head) (`_merged_by_the_last`) rather
-# than by a second launch: a launch a layer fewer wherever the context is split. Off: slower on an H100
-# (s40, docs/performance.md)
-MERGE_IN_DECODE = False
-MERGE_COUNTERS = 1 << 16  # the (row, KV head) pairs the shared counters cover; a launch of more merges apart
-
-
-@functools.cache
-def _merge_counters(device: str) -> torch.Tensor:
-    """Int32 zeros that every decode launch on `device` shares: each leaves them zero, and a device's decode launches
-    run one after another (the model's stream; the varlen kernel's side stream launches none)."""
-    return torch.zeros(MERGE_COUNTERS, dtype=torch.int32, device=device)
-
-
 # Programs a KV head over rows counted on the device (`decode_attention`'s rows): 2,048 at 8 KV heads, as a 256-row
 # launch has; idle row slots in the grid cost 18-70 us a layer (kernel_check mixed_graph), so rows are walked
 ROW_PROGRAMS = 256
@@ -236,14 +196,12 @@ ROW_PROGRAMS = 256
 def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
                      context_lens: torch.Tensor, scale: float, max_context: int,
                      out: torch.Tensor | None = None, config: tuple[int, int, int, int] | None = None,
-                     fp8_convert: int = DECODE_FP8_CONVERT, rows: torch.Tensor | None = None,
-                     merge_in_decode: bool | None = None) -> torch.Tensor:
+                     fp8_convert: int = DECODE_FP8_CONVERT, rows: torch.Tensor | None = None) -> torch.Tensor:
     """q: [B, H, D] (any row/head strides, unit last stride); kv_cache: [2, blocks, page, KVH, D].
     block_tables: [B, W] int; context_lens: [B] int32 (>= 1), each <= max_context. `config` (default
     `decode_config`) fixes the launch shape. rows: a device int32 [1], n: only rows [0, n) are attended, the
     others' output rows left as they are (a prefill graph's leading decode rows, counted on the device): at most
-    ROW_PROGRAMS programs a KV head and partition, each walking rows. merge_in_decode (None: MERGE_IN_DECODE): a
-    split context's partials merged by its last partition program, not a second launch. Returns [B, H, D]."""
+    ROW_PROGRAMS programs a KV head and partition, each walking rows. Returns [B, H, D]."""
     B, H, D = q.shape
     _, _, page, KVH, _ = kv_cache.shape
     if not decode_page_ok(page):
@@ -264,17 +222,14 @@ def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
     else:
         po = pml = out
     counted = {"rows_ptr": context_lens if rows is None else rows, "COUNTED": rows is not None}
-    merge = (MERGE_IN_DECODE if merge_in_decode is None else merge_in_decode) and num_parts > 1
-    merge = merge and B * KVH <= MERGE_COUNTERS
-    p_pad = max(2, triton.next_power_of_2(num_parts))
     _decode_kernel[(grid_rows, KVH, num_parts)](
-        q, k, v, block_tables, context_lens, out, po, pml, cnt_ptr=_merge_counters(str(q.device)) if merge else out,
-        MERGE=merge, P_PAD=p_pad, scale=scale,
+        q, k, v, block_tables, context_lens, out, po, pml, scale=scale,
         stride_qb=q.stride(0), stride_qh=q.stride(1), stride_bt=block_tables.stride(0), stride_blk=k.stride(0),
         stride_tok=k.stride(1), stride_ob=out.stride(0), stride_oh=out.stride(1), G=G,
         G_PAD=max(16, triton.next_power_of_2(G)), D=D, PAGE=page, PAGES=pages, NUM_PARTS=num_parts,
         KV_FP8=kv_mode(kv_cache, q, fp8_convert), STAGES=stages, num_warps=warps, num_stages=stages, **counted)
-    if num_parts > 1 and not merge:
+    if num_parts > 1:
         _merge_kernel[(grid_rows, H)](po, pml, context_lens, out, stride_ob=out.stride(0), stride_oh=out.stride(1),
-                                      D=D, NUM_PARTS=num_parts, P_PAD=p_pad, TILE=page * pages, num_warps=4, **counted)
+                                      D=D, NUM_PARTS=num_parts, P_PAD=max(2, triton.next_power_of_2(num_parts)),
+                                      TILE=page * pages, num_warps=4, **counted)
     return out

@@ -20,12 +20,7 @@ import triton
 import triton.language as tl
 
 from llmserve.kernels import launch_args
-from llmserve.kernels.group_tiles import k_range, slices_summed, split_launch
 from llmserve.kernels.pdl import pdl_prologue
-
-# Programs the one-row GEMV splits K to reach where its caller holds counters (group_tiles.split_launch): more warps an
-# SM for the matrices of few row blocks (o_proj, qkv). 0 (none): slower on an H100 (s40, docs/performance.md)
-SPLIT_PROGRAMS = 0
 
 
 @triton.jit
@@ -172,17 +167,15 @@ def store_folded(y, pid, offs_n, n_mask, N, K, out_ptr, b_ptr, eps, part, res, s
 
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, N, K, stride_wn, nw_ptr, sumsq_in, sumsq_out, P, eps,
-                 cos_ptr, sin_ptr, slot_ptr, kc_ptr, vc_ptr, stride_slot, ws_ptr, cnt_ptr, k_slice,
+                 cos_ptr, sin_ptr, slot_ptr, kc_ptr, vc_ptr, stride_slot,
                  HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr,
                  EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, W_KIND: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
                  GATE_OUT: tl.constexpr = False, NORM: tl.constexpr = False, ADD_TO: tl.constexpr = False,
-                 P_BLOCK: tl.constexpr = 1, NH: tl.constexpr = 0, NKV: tl.constexpr = 0, ROPE_HALF: tl.constexpr = 0,
-                 SPLIT: tl.constexpr = 1):
+                 P_BLOCK: tl.constexpr = 1, NH: tl.constexpr = 0, NKV: tl.constexpr = 0, ROPE_HALF: tl.constexpr = 0):
     """One row of x: each weight element read once. NORM: x times the norm's weight (nw_ptr), the outputs times
     1 / rms from the P sums at sumsq_in. ADD_TO: out_ptr is the residual row, this program's sum to sumsq_out.
-    ROPE_HALF: the qkv product's rotary embedding and KV-cache write (`rope_store`). SPLIT > 1: program (i, j)
-    sums slice j of K for row block i, whose last program to finish adds the slices and runs the epilogue."""
+    ROPE_HALF: the qkv product's rotary embedding and KV-cache write (`rope_store`)."""
     pdl_prologue(PDL)
     pid = tl.program_id(0)
     offs_n = program_rows(pid, BLOCK_N, N // 2, GATE_OUT, ROPE_HALF)
@@ -190,10 +183,9 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, N, K, stride_wn, nw_ptr, s
     n_mask = offs_n < N
     part, res, cos, sin, slot = fold_inputs(pid, offs_n, n_mask, out_ptr, sumsq_in, P, cos_ptr, sin_ptr, slot_ptr,
                                             NORM, ADD_TO, ROPE_HALF, P_BLOCK, BLOCK_N)
-    k_lo, k_hi = k_range(tl.program_id(1), K, k_slice, SPLIT)
-    w_ptrs = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn + (k_lo + offs_k)[None, :]
+    w_ptrs = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :]
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=STAGES):
+    for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
         if EVEN_K and EVEN_N:
             w = tl.load(w_ptrs)
         elif EVEN_K:
@@ -222,13 +214,8 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, N, K, stride_wn, nw_ptr, s
         y = y * tl.load(s_ptr + offs_n, mask=n_mask, other=0.0)
     if W_KIND == 2:
         y = y * 1.329227995784916e36  # 2**120: e4m3 exponent bias 7 vs float32's 127
-    last = True  # one slice: the program's own sum (a constant: the compiler drops the test)
-    if SPLIT > 1:
-        last, y = slices_summed(y, ws_ptr, cnt_ptr, pid, tl.program_id(1), offs_n, n_mask, N, SPLIT)
-    if last:
-        store_folded(y, pid, offs_n, n_mask, N, K, out_ptr, b_ptr, eps, part, res, sumsq_out, None, None, cos, sin,
-                     slot, kc_ptr, vc_ptr, stride_slot, HAS_BIAS, NORM, ADD_TO, False, GATE_OUT, NH, NKV, ROPE_HALF,
-                     BLOCK_N)
+    store_folded(y, pid, offs_n, n_mask, N, K, out_ptr, b_ptr, eps, part, res, sumsq_out, None, None, cos, sin, slot,
+                 kc_ptr, vc_ptr, stride_slot, HAS_BIAS, NORM, ADD_TO, False, GATE_OUT, NH, NKV, ROPE_HALF, BLOCK_N)
 
 
 # How int8 / fp8 weights become float32 in the GEMV: 0 = Triton's conversion, 1 / 2 = the bit tricks above.
@@ -277,14 +264,11 @@ class RowNorm:
 def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bias: torch.Tensor | None = None,
          gated: bool = False, config: tuple[int, int, int, int] | None = None, w_kind: int | None = None,
          pdl: bool = False, gate_out: bool = False, norm: RowNorm | None = None,
-         add_to: torch.Tensor | None = None, rope: RopeCache | None = None,
-         counters: torch.Tensor | None = None, programs: int | None = None) -> torch.Tensor:
+         add_to: torch.Tensor | None = None, rope: RopeCache | None = None) -> torch.Tensor:
     """x: [1, K] (or [1, 2K] gated) -> [1, N]; with `gate_out` (w: [gate | up] rows), silu(gate) * up, [1, N/2].
     norm: x is the un-normalized row; computes rmsnorm(x) @ W^T. add_to: the residual row [1, N]: y is added
     into it in place and the result is the new row's sums of squares, one per program (float32), for `norm`.
-    rope: w is qkv's [q | k | v] rows; the result has q and k rotated, and k and v are in the cache.
-    counters: int32 zeros, one a row block, that a K split (until about `programs` programs; None: SPLIT_PROGRAMS)
-    leaves zero; without them, no split."""
+    rope: w is qkv's [q | k | v] rows; the result has q and k rotated, and k and v are in the cache."""
     N, K = w.shape
     assert x.shape == (1, 2 * K if gated else K) and x.stride(-1) == 1 and w.stride(1) == 1
     assert not gate_out or N % 2 == 0
@@ -295,8 +279,6 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
     if kind == 2:
         assert key == "fp8" and scale is not None
     grid = triton.cdiv(N, bn)
-    split, k_slice, ws, cnt = split_launch(x, N, K, bk, grid, SPLIT_PROGRAMS if programs is None else programs,
-                                           counters)
     if add_to is not None:
         out, sums_out = add_to, torch.empty(grid, dtype=torch.float32, device=x.device)
     else:
@@ -305,12 +287,13 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
     P = sums.numel() if norm is not None else 1
     r = rope_args(rope, N) if rope is not None else (w,) * 5 + (0,)
     heads = (rope.num_heads, rope.num_kv_heads, rope.head_dim // 2) if rope is not None else (0, 0, 0)
-    _gemv_kernel[(grid, split)](
-        x, w, scale if scale is not None else w, bias if bias is not None else w, out, N, K, w.stride(0), nw, sums,
-        sums_out, P, eps, *r, ws, cnt, k_slice, SPLIT=split, HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
-        GATED=gated, EVEN_K=K % bk == 0, EVEN_N=N % bn == 0, W_KIND=kind, BLOCK_N=bn, BLOCK_K=bk, STAGES=stages,
-        num_warps=warps, GATE_OUT=gate_out, NORM=norm is not None, ADD_TO=add_to is not None,
-        P_BLOCK=triton.next_power_of_2(P), NH=heads[0], NKV=heads[1], ROPE_HALF=heads[2], **launch_args(pdl))
+    _gemv_kernel[(grid,)](x, w, scale if scale is not None else w, bias if bias is not None else w, out, N, K,
+                          w.stride(0), nw, sums, sums_out, P, eps, *r,
+                          HAS_SCALE=scale is not None, HAS_BIAS=bias is not None, GATED=gated, EVEN_K=K % bk == 0,
+                          EVEN_N=N % bn == 0, W_KIND=kind, BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, num_warps=warps,
+                          GATE_OUT=gate_out, NORM=norm is not None, ADD_TO=add_to is not None,
+                          P_BLOCK=triton.next_power_of_2(P), NH=heads[0], NKV=heads[1], ROPE_HALF=heads[2],
+                          **launch_args(pdl))
     return sums_out if add_to is not None else out
 
 

@@ -136,17 +136,16 @@ def _config(M: int, N: int, w_dtype: torch.dtype, table: str | None = None) -> t
 def wmm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bias: torch.Tensor | None = None,
         gated: bool = False, config: tuple[int, int, int, int, int] | None = None, pdl: bool = False,
         gate_out: bool = False, norm: RowNorm | None = None, add_to: torch.Tensor | None = None,
-        rope: RopeCache | None = None, counters: torch.Tensor | None = None) -> torch.Tensor:
+        rope: RopeCache | None = None) -> torch.Tensor:
     """x: [M, K] (or [M, 2K] with gated), w: [N, K] (bf16/fp16/int8/fp8), scale: [N] float32. Returns [M, N];
     with `gate_out` (w: the MLP's [gate | up] rows) silu(gate) * up in the epilogue, [M, N/2]. `norm`, `add_to`,
-    `rope`, `counters` (a K split): one row only, see `gemv`."""
+    `rope`: one row only, see `gemv`."""
     M = x.shape[0]
     N, K = w.shape
     assert x.shape[1] == (2 * K if gated else K), (x.shape, w.shape, gated)
     assert not gate_out or N % 2 == 0
     if M == 1 and config is None:
-        return gemv(x, w, scale, bias, gated, pdl=pdl, gate_out=gate_out, norm=norm, add_to=add_to, rope=rope,
-                    counters=counters)
+        return gemv(x, w, scale, bias, gated, pdl=pdl, gate_out=gate_out, norm=norm, add_to=add_to, rope=rope)
     assert norm is None and add_to is None and rope is None, "only the one-row GEMV folds these in"
     if gated and not FUSE_GATE_IN_MM:
         from llmserve.kernels.fused import silu_mul

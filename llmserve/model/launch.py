@@ -29,17 +29,6 @@ class KernelLayer(nn.Module):
         super().__init__()
         self.launch = Launch()
 
-    def split_counters(self, x: torch.Tensor) -> torch.Tensor | None:
-        """The one-row GEMV's K-split counters (kernels.group_tiles.slices_summed), int32 zeros, one an 8-row block,
-        that each launch leaves zero: made at the first call on x's device, never inside a graph's capture (no
-        split there until then), then the same buffer every call."""
-        counters = getattr(self, "_counters", None)
-        if counters is None or counters.device != x.device:
-            if x.is_cuda and torch.cuda.is_current_stream_capturing():
-                return None
-            counters = self._counters = torch.zeros(self.out_features // 8 + 1, dtype=torch.int32, device=x.device)
-        return counters
-
 
 def share_launch(model: nn.Module, launch: Launch) -> None:
     """Hands `launch` to `model` and every layer in it that has a Triton path."""

@@ -102,7 +102,7 @@ def _wmm(layer: nn.Module, x: torch.Tensor | NormedRow, scale: torch.Tensor | No
     if isinstance(x, NormedRow):
         x, norm = x.x, klinear.RowNorm(x.weight, x.sumsq, x.eps)
     out = klinear.wmm(x, layer.weight, scale, layer.bias, gated=gated, pdl=layer.launch.pdl, gate_out=gate_out,
-                      norm=norm, add_to=add_to, rope=rope, counters=layer.split_counters(x) if len(x) == 1 else None)
+                      norm=norm, add_to=add_to, rope=rope)
     return out if add_to is None else ResidualSum(add_to, out)
 
 
