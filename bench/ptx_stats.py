@@ -15,10 +15,9 @@ qkv buffer, pointer or TMA loads; persist: the persistent launches, persist_tma 
 gemv:KIND:NxK[:FLAG] and wmm:KIND:MxNxK[:FLAG] (KIND bf16, int8, fp8; FLAG gated: the SiLU-mul in x's load,
 gate_out: in the epilogue; the GEMV's norm: an RMSNorm folded in, add: the residual add in the epilogue, rope:
 rotary + cache write), w4:MxNxK:GROUP[:FLAGS] (symmetric int4; M = 1 is the GEMV; FLAGS joined by +: bytes, words or
-pairs names a GEMV kernel (pairs+split: K split across programs), wgmma the Gluon matmul of int4_wgmma.py (asym:
-with minimums), mma the Gluon mma.sync kernel of int4_mma.py for 1-8 rows (asym; staged: its cp.async ring;
-tile16: 16 rows a program, two register buffers, no prefetch, else mma_config's shape; at one row gate_out, rope,
-norm, add as the GEMVs), gated the
+pairs names a GEMV kernel, wgmma the Gluon matmul of int4_wgmma.py (asym: with minimums), mma the Gluon mma.sync
+kernel of int4_mma.py for 1-8 rows (asym; staged: its cp.async ring; tile16: 16 rows a program, two register
+buffers, no prefetch, else mma_config's shape; at one row gate_out, rope, norm, add as the GEMVs), gated the
 SiLU-mul in x's load, gate_out in the epilogue, rope: qkv's rotary embedding and cache write in it, N = 6144;
 norm: the RMSNorm's 1 / rms on the outputs, add: the residual add and the next norm's weighted row),
 w8g:MxNxK:GROUP (8-bit codes in groups, as w4), fp8mm:MxNxK:fast|exact (the fp8 GEMM at 33-256 rows, its
@@ -41,7 +40,7 @@ import torch
 os.environ.pop("TRITON_INTERPRET", None)
 H, KVH, D, PAGE = 32, 8, 128, 16
 KINDS = {"bf16": torch.bfloat16, "int8": torch.int8, "fp8": torch.float8_e4m3fn}
-WATCH = ("ld.global", "cp.async.cg", "cp.async.ca", "ld.shared", "st.shared", "ldmatrix", "mma", "wgmma", "cvt", "atom")
+WATCH = ("ld.global", "cp.async.cg", "cp.async.ca", "ld.shared", "st.shared", "ldmatrix", "mma", "wgmma", "cvt")
 
 
 def compile_launches(call) -> list:
@@ -228,12 +227,6 @@ def _w4(shape: str, group: str, flags: str = ""):
         rope = _rope_cache() if "rope" in flag else None
         norm = RowNorm(torch.ones(K, dtype=torch.bfloat16), torch.zeros(256), 1e-5) if "norm" in flag else None
         adds = {"add_to": torch.zeros(1, N, dtype=torch.bfloat16), "next_norm": torch.ones(N, dtype=torch.bfloat16)}
-        if "split" in flag:  # K split as far as the tiles allow (group_tiles.slices_summed)
-            from llmserve.kernels.int4_pairs import w4gemv_pairs
-
-            return lambda: w4gemv_pairs(x, w, scale, None, None, "gated" in flag, None, False, (N, K, int(group)),
-                                        "gate_out" in flag, rope, norm, **(adds if "add" in flag else {}),
-                                        programs=1 << 16, counters=torch.zeros(N, dtype=torch.int32))
         return lambda: w4gemv(x, w, scale, gated="gated" in flag, words="words" in flag, pairs="pairs" in flag,
                               gate_out="gate_out" in flag, rope=rope, norm=norm, **(adds if "add" in flag else {}))
     if "mma" in flag:  # the Gluon kernel of int4_mma.py (1-8 rows, mma.sync), with w4gemv's folds at one row

@@ -96,13 +96,3 @@ def test_the_int4_mma_kernel_takes_half_the_paired_gemvs_instructions_a_word_and
         assert int(r["ld.shared"]) <= 10 * int(r["shared"]) // 2048, r
     staged = others[-1]  # the cp.async ring: the words copied to shared memory and read back
     assert int(staged["cp.async.cg"]) > 0 and "spill bytes" not in staged
-
-
-def test_the_paired_gemvs_k_split_keeps_its_loop_and_meets_the_slices_at_one_acquire_release():
-    """int4_pairs.py split across K (group_tiles.slices_summed): one atomic a program (the row block's counter,
-    acquire-release at GPU scope), and the K loop as the unsplit kernel's, with its folds."""
-    plain, split, rope = _stats("w4:1x4096x4096:128:pairs+add", "w4:1x4096x4096:128:pairs+split+add",
-                                "w4:1x6144x4096:128:pairs+split+rope")
-    assert "atom" not in plain and int(split["atom"]) == 1 == int(rope["atom"])
-    assert abs(int(split["sass loop"]) - int(plain["sass loop"])) <= 0.02 * int(plain["sass loop"])
-    assert "spill bytes" not in split and "spill bytes" not in rope

@@ -1,6 +1,5 @@
 """Pieces the group-quantized kernels share (int4.py, int4_words.py, int8_group.py, int4_wgmma.py): x loaded with the
-MLP's gate applied on the way, a GEMV's or a matmul program's end, and split-K's slices and their sum (summed after
-the matmul's launch, or by a one-row GEMV's last program of each row block)."""
+MLP's gate applied on the way, a GEMV's or a matmul program's end, and split-K's slices and their sum."""
 
 from __future__ import annotations
 
@@ -22,60 +21,6 @@ def k_slices(x: torch.Tensor, N: int, K: int, split: int, step: int) -> tuple[in
 def summed(out: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """`k_slices`' output as [M, N] in `dtype`."""
     return out[0] if out.shape[0] == 1 else out.sum(0).to(dtype)
-
-
-# The one-row GEMVs (int4_words.py, int4_pairs.py) split K until about this many programs where the caller holds
-# counters for it (Int4Linear does): more warps an SM where the row blocks are few. 0 (none): slower on an H100 (s40)
-SPLIT_PROGRAMS = 0
-
-
-def gemv_split(K: int, block_k: int, grid: int, programs: int | None) -> tuple[int, int]:
-    """A one-row GEMV's K split: (slices, inputs a slice, whole BLOCK_Ks) so that `grid` row blocks make about
-    `programs` programs (None: SPLIT_PROGRAMS; 0: one slice), each slice at least two tiles."""
-    programs = SPLIT_PROGRAMS if programs is None else programs
-    tiles = triton.cdiv(K, block_k)
-    split = max(1, min(programs // max(grid, 1), tiles // 2)) if programs else 1
-    per = triton.cdiv(tiles, split)
-    return triton.cdiv(tiles, per), per * block_k
-
-
-def split_launch(x: torch.Tensor, N: int, K: int, block_k: int, grid: int, programs: int | None,
-                 counters: torch.Tensor | None) -> tuple[int, int, torch.Tensor, torch.Tensor]:
-    """A one-row GEMV launch's K split: (slices, inputs a slice, the float32 partials [slices, N], the row blocks'
-    arrival counters). Without `counters` (zeros that each launch leaves zero) one slice, and x stands in for the
-    two buffers, never read."""
-    split, k_slice = gemv_split(K, block_k, grid, 0 if counters is None else programs)
-    if split == 1:
-        return split, k_slice, x, x
-    assert counters.dtype == torch.int32 and counters.numel() >= grid, "split-K counters"
-    return split, k_slice, torch.empty(split, N, dtype=torch.float32, device=x.device), counters
-
-
-@triton.jit
-def k_range(pid_k, K, k_slice, SPLIT: tl.constexpr):
-    """The inputs [start, end) of slice pid_k (one slice: 0 and K, the loop the compiler saw before splits)."""
-    lo = 0
-    hi = K
-    if SPLIT > 1:
-        lo = pid_k * k_slice
-        hi = tl.minimum(K, lo + k_slice)
-    return lo, hi
-
-
-@triton.jit
-def slices_summed(y, ws_ptr, cnt_ptr, pid_n, pid_k, offs_n, n_mask, N, SPLIT: tl.constexpr):
-    """A K-split GEMV's outputs: this slice's y to the partials, then whether the program is its row block's last to
-    arrive, and (in that one) the slices' sum in a fixed order: the same bits whichever arrives last. The barrier
-    and the counter's acquire-release make the other slices' stores visible; the last one sets the counter back."""
-    tl.store(ws_ptr + pid_k * N + offs_n, y, mask=n_mask)
-    tl.debug_barrier()
-    last = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel") == SPLIT - 1
-    tl.debug_barrier()
-    total = tl.zeros_like(y)
-    for s in tl.static_range(SPLIT):
-        total += tl.load(ws_ptr + s * N + offs_n, mask=n_mask & last, other=0.0, cache_modifier=".cg")
-    tl.store(cnt_ptr + pid_n, 0, mask=last)
-    return last, total
 
 
 @triton.jit

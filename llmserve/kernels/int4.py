@@ -244,27 +244,25 @@ def w4gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch
            bias: torch.Tensor | None = None, gated: bool = False, config: tuple[int, int, int, int] | None = None,
            pdl: bool = False, words: bool | None = None, pairs: bool | None = None, gate_out: bool = False,
            rope: RopeCache | None = None, norm: RowNorm | None = None, add_to: torch.Tensor | None = None,
-           next_norm: torch.Tensor | None = None, counters: torch.Tensor | None = None
-           ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+           next_norm: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
     """x: [1, K] (or [1, 2K] gated) -> [1, N]. `pairs`: the paired-bf16 kernel (llmserve/kernels/int4_pairs.py;
     None: PAIRS_GEMV where it can run). `words`: the word-reading kernel (llmserve/kernels/int4_words.py); None:
     from K > 8,192 (the MLP's down_proj, where it measured faster) unless a `config` is given. `gate_out` (w: the
     MLP's [gate | up] rows): silu(gate) * up, [1, N / 2]; `rope` (w: qkv's rows): q and k rotated, k and v written
     to the cache (gemv.py's `rope`); `norm`, `add_to`, `next_norm`: the RMSNorm folds (int4_pairs.py). All in the
-    paired kernel's epilogue; the others compute them after, with torch or a launch. `counters`: zeroed int32s, one
-    a row block, for a K split (group_tiles.SPLIT_PROGRAMS), which the GEMVs leave zero."""
+    paired kernel's epilogue; the others compute them after, with torch or a launch."""
     sizes = check_codes(w, scale, minimum)
     if (pairs is None and words is None and config is None and MMA_ONE_ROW and not gated
             and int4_mma.usable(x, w, sizes[2])):
         return int4_mma.w4mma(x, w, scale, minimum, bias, sizes, gate_out, rope, norm, add_to, next_norm)
     if pairs or (pairs is None and PAIRS_GEMV and pairs_ok(x)):
         return w4gemv_pairs(x, w, scale, minimum, bias, gated, config, pdl and PAIRS_PDL, sizes, gate_out, rope,
-                            norm, add_to, next_norm, counters=counters)
+                            norm, add_to, next_norm)
     if gate_out or rope is not None or norm is not None or add_to is not None:
-        y = w4gemv(x, w, scale, minimum, None if norm else bias, gated, config, pdl, words, False, counters=counters)
+        y = w4gemv(x, w, scale, minimum, None if norm else bias, gated, config, pdl, words, pairs=False)
         return finished(normed(y, bias, norm, sizes[1]) if norm else y, gate_out, rope, add_to, next_norm, pdl)
     if words or (words is None and config is None and sizes[1] > 8192):
-        return w4gemv_words(x, w, scale, minimum, bias, gated, config, pdl, sizes, counters=counters)
+        return w4gemv_words(x, w, scale, minimum, bias, gated, config, pdl, sizes)
     return launch_gemv(_w4gemv_kernel, x, w, scale, minimum, bias, gated, config, pdl, sizes)
 
 

@@ -18,7 +18,7 @@ import triton.language as tl
 
 from llmserve.kernels import launch_args
 from llmserve.kernels.gemv import RopeCache, RowNorm, fold_inputs, program_rows, rope_args, store_folded
-from llmserve.kernels.group_tiles import k_range, load_x, slices_summed, split_launch
+from llmserve.kernels.group_tiles import load_x
 from llmserve.kernels.int4_words import word_tile
 from llmserve.kernels.pdl import pdl_prologue
 
@@ -96,19 +96,17 @@ def _pairs(x_ptr, xq_ptr, idx, qidx, mask, K, GATED: tl.constexpr):
 @triton.jit
 def _w4gemv_pairs_kernel(x_ptr, xq_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, K, stride_wn, stride_sn, nibbles,
                          magic, bias, cos_ptr, sin_ptr, slot_ptr, kc_ptr, vc_ptr, stride_slot, sumsq_in, sumsq_out, P,
-                         eps, nw_ptr, hw_ptr, ws_ptr, cnt_ptr, k_slice, ASYM: tl.constexpr, HAS_BIAS: tl.constexpr,
-                         GATED: tl.constexpr, GATE_OUT: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr,
-                         BLOCK_K: tl.constexpr, STAGES: tl.constexpr, EVEN: tl.constexpr, PDL: tl.constexpr,
-                         NH: tl.constexpr = 0, NKV: tl.constexpr = 0, ROPE_HALF: tl.constexpr = 0,
-                         NORM: tl.constexpr = False, ADD_TO: tl.constexpr = False, WEIGHTED: tl.constexpr = False,
-                         P_BLOCK: tl.constexpr = 1, SPLIT: tl.constexpr = 1):
+                         eps, nw_ptr, hw_ptr, ASYM: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr,
+                         GATE_OUT: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                         STAGES: tl.constexpr, EVEN: tl.constexpr, PDL: tl.constexpr, NH: tl.constexpr = 0,
+                         NKV: tl.constexpr = 0, ROPE_HALF: tl.constexpr = 0, NORM: tl.constexpr = False,
+                         ADD_TO: tl.constexpr = False, WEIGHTED: tl.constexpr = False, P_BLOCK: tl.constexpr = 1):
     """Word m of a group holds inputs 4m..4m+3 in its bytes' low nibbles and the same + GROUP / 2 in their high
     ones (int4_words.py's reading); x's pairs are built once per word position and serve every row of the thread.
     ROPE_HALF: qkv's rotary embedding and KV-cache write in the epilogue, as gemv.py's `rope_store`. NORM: x is
     the row already times the RMSNorm's weight (the product before wrote it, WEIGHTED), the outputs times 1 / rms
     from the P sums at sumsq_in. ADD_TO: out_ptr is the residual row, this program's sum of squares to sumsq_out
-    and, WEIGHTED, the new row times the next norm's weight (nw_ptr) to hw_ptr. SPLIT > 1: program (i, j) sums
-    slice j of K for row block i, whose last program to finish adds the slices and runs the epilogue."""
+    and, WEIGHTED, the new row times the next norm's weight (nw_ptr) to hw_ptr."""
     pdl_prologue(PDL)
     pid = tl.program_id(0)
     offs_n = program_rows(pid, BLOCK_N, N // 2, GATE_OUT, ROPE_HALF)
@@ -118,8 +116,7 @@ def _w4gemv_pairs_kernel(x_ptr, xq_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, 
     rows_w = offs_n[:, None, None].to(tl.int64) * stride_wn
     rows_s = offs_n[:, None].to(tl.int64) * stride_sn
     acc = tl.zeros((BLOCK_N, BLOCK_K // GROUP, GROUP // 8), dtype=tl.float32)
-    k_lo, k_hi = k_range(tl.program_id(1), K, k_slice, SPLIT)
-    for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=STAGES):
+    for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
         v, grp, k_mask, base = word_tile(w_ptr, rows_w, n_mask, k0, K, GROUP, BLOCK_K, EVEN)
         xm = k_mask[None, :, None]
         # base / 4 in x's int64 words, built from aranges: the compiler then sees a thread's words as contiguous
@@ -135,14 +132,9 @@ def _w4gemv_pairs_kernel(x_ptr, xq_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, 
         if ASYM:
             mn = tl.load(m_ptr + rows_s + grp[None, :], mask=s_mask, other=0.0).to(tl.float32) + 8.0 * s
             acc += mn[:, :, None] * (_pair_sum(pa0) + _pair_sum(pa1) + _pair_sum(pb0) + _pair_sum(pb1))
-    y = tl.sum(tl.sum(acc, axis=2), axis=1)
-    last = True  # one slice: the program's own sum (a constant: the compiler drops the test)
-    if SPLIT > 1:
-        last, y = slices_summed(y, ws_ptr, cnt_ptr, pid, tl.program_id(1), offs_n, n_mask, N, SPLIT)
-    if last:
-        store_folded(y, pid, offs_n, n_mask, N, K, out_ptr, b_ptr, eps, part, res, sumsq_out, nw_ptr, hw_ptr, cos,
-                     sin, slot, kc_ptr, vc_ptr, stride_slot, HAS_BIAS, NORM, ADD_TO, WEIGHTED, GATE_OUT, NH, NKV,
-                     ROPE_HALF, BLOCK_N)
+    store_folded(tl.sum(tl.sum(acc, axis=2), axis=1), pid, offs_n, n_mask, N, K, out_ptr, b_ptr, eps, part, res,
+                 sumsq_out, nw_ptr, hw_ptr, cos, sin, slot, kc_ptr, vc_ptr, stride_slot, HAS_BIAS, NORM, ADD_TO,
+                 WEIGHTED, GATE_OUT, NH, NKV, ROPE_HALF, BLOCK_N)
 
 
 def pairs_config(N: int, K: int, group: int, asym: bool, gated: bool = False) -> tuple[int, int, int, int]:
@@ -166,14 +158,13 @@ def w4gemv_pairs(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum:
                  bias: torch.Tensor | None, gated: bool, config: tuple[int, int, int, int] | None, pdl: bool,
                  sizes: tuple[int, int, int], gate_out: bool = False, rope: RopeCache | None = None,
                  norm: RowNorm | None = None, add_to: torch.Tensor | None = None,
-                 next_norm: torch.Tensor | None = None, programs: int | None = None,
-                 counters: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+                 next_norm: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
     """x: [1, K] (or [1, 2K] gated) bf16 -> [1, N] (with `gate_out`, w's rows [gate | up]: silu(gate) * up,
     [1, N / 2]; with `rope`, w's rows qkv's: q and k rotated, k and v in the cache, as gemv.py's `rope`); `sizes`
     (N, K, group) as int4.check_codes gives them. `norm`: x is the row times the norm's weight (`next_norm` of the
     product before), the outputs are scaled by 1 / rms from `norm.sumsq` (its weight is not read). `add_to`: the
     residual row [1, N], added into in place; returns (its sums of squares, one per program, float32; the new row
-    times `next_norm` [1, N], None without one). `programs`, `counters`: K split as int4_words.w4gemv_words'."""
+    times `next_norm` [1, N], None without one)."""
     N, K, group = sizes
     assert x.dtype == torch.bfloat16 and x.shape == (1, 2 * K if gated else K) and x.is_contiguous()
     x = x if x.data_ptr() % 8 == 0 else x.clone()  # read 8 bytes at a time (a row inside a wider buffer may not be)
@@ -183,7 +174,6 @@ def w4gemv_pairs(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum:
     bn, bk, warps, stages = config or pairs_config(N, K, group, minimum is not None, gated)
     assert bk % group == 0, (bk, group)
     grid = triton.cdiv(N // 2 if gate_out else N, bn // 2 if gate_out else bn)
-    split, k_slice, ws, cnt = split_launch(x, N, K, bk, grid, programs, counters)
     if add_to is not None:
         out, sums_out = add_to, torch.empty(grid, dtype=torch.float32, device=x.device)
     else:
@@ -194,12 +184,12 @@ def w4gemv_pairs(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum:
     heads = (rope.num_heads, rope.num_kv_heads, rope.head_dim // 2) if rope is not None else (0, 0, 0)
     sums, eps = (norm.sumsq, norm.eps) if norm is not None else (scale, 0.0)
     P = sums.numel() if norm is not None else 1
-    _w4gemv_pairs_kernel[(grid, split)](
+    _w4gemv_pairs_kernel[(grid,)](
         x, x.view(torch.int64), words, scale, minimum if minimum is not None else scale,
         bias if bias is not None else scale, out, N, K, words.stride(0), scale.stride(0), NIBBLES, MAGIC,
         BIAS, *r, sums, sums_out, P, eps, next_norm if weighted is not None else scale,
-        weighted if weighted is not None else scale, ws, cnt, k_slice, SPLIT=split, ASYM=minimum is not None,
-        HAS_BIAS=bias is not None, GATED=gated, GATE_OUT=gate_out, GROUP=group, BLOCK_N=bn, BLOCK_K=bk, STAGES=stages,
+        weighted if weighted is not None else scale, ASYM=minimum is not None, HAS_BIAS=bias is not None,
+        GATED=gated, GATE_OUT=gate_out, GROUP=group, BLOCK_N=bn, BLOCK_K=bk, STAGES=stages,
         EVEN=K % bk == 0 and out.shape[1] % (bn // 2 if gate_out else bn) == 0, num_warps=warps, NH=heads[0],
         NKV=heads[1], ROPE_HALF=heads[2], NORM=norm is not None, ADD_TO=add_to is not None,
         WEIGHTED=weighted is not None, P_BLOCK=triton.next_power_of_2(P), **launch_args(pdl))

@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from llmserve.kernels import launch_args
-from llmserve.kernels.group_tiles import k_range, load_x, slices_summed, split_launch, store_rows
+from llmserve.kernels.group_tiles import load_x, store_rows
 from llmserve.kernels.pdl import pdl_prologue
 
 # Magic floats 2**23, 2**19, 2**15, 2**11: OR'd with the code at bits 4c..4c+3 of a word, the float is magic + code
@@ -50,22 +50,18 @@ def word_tile(w_ptr, rows_w, n_mask, k0, K, GROUP: tl.constexpr, BLOCK_K: tl.con
 
 @triton.jit
 def _w4gemv_words_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, K, stride_wn, stride_sn, m0, m1, m2, m3,
-                         ws_ptr, cnt_ptr, k_slice, ASYM: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr,
-                         GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr,
-                         PDL: tl.constexpr, SPLIT: tl.constexpr = 1):
+                         ASYM: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr, GROUP: tl.constexpr,
+                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr):
     """Word m of a group holds inputs 4m..4m+3 in its bytes' low nibbles and the same + GROUP / 2 in their high
-    ones; its 8 products are summed, then the group's scale applied (and, asymmetric, minimum x the sum of x).
-    SPLIT > 1: program (i, j) sums slice j of K for row block i, the row block's last to finish all of them."""
+    ones; its 8 products are summed, then the group's scale applied (and, asymmetric, minimum x the sum of x)."""
     pdl_prologue(PDL)
-    pid_n = tl.program_id(0)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     rows_w = offs_n[:, None, None].to(tl.int64) * stride_wn
     rows_s = offs_n[:, None].to(tl.int64) * stride_sn
     SHIFT: tl.constexpr = 0.0 if ASYM else 8.0  # sym: w = s * (q - 8)
     acc = tl.zeros((BLOCK_N, BLOCK_K // GROUP, GROUP // 8), dtype=tl.float32)
-    k_lo, k_hi = k_range(tl.program_id(1), K, k_slice, SPLIT)
-    for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=STAGES):
+    for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
         v, grp, k_mask, base = word_tile(w_ptr, rows_w, n_mask, k0, K, GROUP, BLOCK_K)
         v = v.to(tl.uint32, bitcast=True)
         u = v >> 16
@@ -86,14 +82,7 @@ def _w4gemv_words_kernel(x_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, K, strid
         if ASYM:
             mn = tl.load(m_ptr + rows_s + grp[None, :], mask=s_mask, other=0.0).to(tl.float32)
             acc += mn[:, :, None] * (xa0 + xa1 + xa2 + xa3 + xb0 + xb1 + xb2 + xb3)
-    sums = tl.sum(acc, axis=2)
-    last = True  # one slice: the program's own sums (a constant: the compiler drops the test)
-    if SPLIT > 1:
-        last, total = slices_summed(tl.sum(sums, axis=1), ws_ptr, cnt_ptr, pid_n, tl.program_id(1), offs_n, n_mask,
-                                    N, SPLIT)
-        sums = total[:, None]
-    if last:
-        store_rows(sums, b_ptr, out_ptr, offs_n, n_mask, HAS_BIAS)
+    store_rows(tl.sum(acc, axis=2), b_ptr, out_ptr, offs_n, n_mask, HAS_BIAS)
 
 
 def words_config(group: int) -> tuple[int, int, int, int]:
@@ -103,22 +92,16 @@ def words_config(group: int) -> tuple[int, int, int, int]:
 
 def w4gemv_words(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None,
                  bias: torch.Tensor | None, gated: bool, config: tuple[int, int, int, int] | None, pdl: bool,
-                 sizes: tuple[int, int, int], programs: int | None = None,
-                 counters: torch.Tensor | None = None) -> torch.Tensor:
-    """x: [1, K] (or [1, 2K] gated) -> [1, N]; `sizes` (N, K, group) as int4.check_codes gives them. `programs`:
-    K split until about that many programs (group_tiles.split_launch; None: its SPLIT_PROGRAMS) where `counters`, the
-    caller's zeroed int32 row-block counters (one a row block at least), are given; each launch leaves them zero."""
+                 sizes: tuple[int, int, int]) -> torch.Tensor:
+    """x: [1, K] (or [1, 2K] gated) -> [1, N]; `sizes` (N, K, group) as int4.check_codes gives them."""
     N, K, group = sizes
     assert x.shape == (1, 2 * K if gated else K) and x.stride(-1) == 1
     bn, bk, warps, stages = config or words_config(group)
     assert bk % group == 0, (bk, group)
     out = torch.empty(1, N, dtype=x.dtype, device=x.device)
     words = w.view(torch.int32)
-    grid = triton.cdiv(N, bn)
-    split, k_slice, ws, cnt = split_launch(x, N, K, bk, grid, programs, counters)
-    _w4gemv_words_kernel[(grid, split)](
+    _w4gemv_words_kernel[(triton.cdiv(N, bn),)](
         x, words, scale, minimum if minimum is not None else scale, bias if bias is not None else scale, out,
-        N, K, words.stride(0), scale.stride(0), *MAGICS, ws, cnt, k_slice, ASYM=minimum is not None,
-        HAS_BIAS=bias is not None, GATED=gated, GROUP=group, BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, SPLIT=split,
-        num_warps=warps, **launch_args(pdl))
+        N, K, words.stride(0), scale.stride(0), *MAGICS, ASYM=minimum is not None, HAS_BIAS=bias is not None,
+        GATED=gated, GROUP=group, BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, num_warps=warps, **launch_args(pdl))
     return out

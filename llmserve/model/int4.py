@@ -189,16 +189,6 @@ class Int4Linear(KernelLayer):
         norm's weight as `next_norm`)."""
         return self._one_row_fold(rows, "FOLD_NORM")
 
-    def _split_counters(self, x: torch.Tensor) -> torch.Tensor | None:
-        """The one-row GEMV's K-split counters (kernels.group_tiles.SPLIT_PROGRAMS), zeros that each launch leaves
-        zero: made at the first call on x's device, never inside a graph's capture (no split there until then)."""
-        counters = getattr(self, "_counters", None)
-        if counters is None or counters.device != x.device:
-            if x.is_cuda and torch.cuda.is_current_stream_capturing():
-                return None
-            counters = self._counters = torch.zeros(self.out_features // 8 + 1, dtype=torch.int32, device=x.device)
-        return counters
-
     def forward(self, x: torch.Tensor | NormedRow, gated: bool = False, gate_out: bool = False,
                 rope: object | None = None, add_to: torch.Tensor | None = None,
                 next_norm: torch.Tensor | None = None) -> torch.Tensor | ResidualSum:
@@ -212,8 +202,7 @@ class Int4Linear(KernelLayer):
             from llmserve.kernels.int4 import w4gemv
 
             out = w4gemv(x, self.weight, self.weight_scale, self.minimum, self.bias, gated, gate_out=gate_out,
-                         rope=rope, norm=norm, add_to=add_to, next_norm=next_norm, pdl=self.launch.pdl,
-                         counters=self._split_counters(x))
+                         rope=rope, norm=norm, add_to=add_to, next_norm=next_norm, pdl=self.launch.pdl)
             return ResidualSum(add_to, *out) if add_to is not None else out
         assert rope is None and add_to is None, "the rotary embedding and the residual add fold into the one-row GEMV"
         if self.launch.kernels:
