@@ -77,6 +77,7 @@ class StubModel:
         self.args = SimpleNamespace(num_layers=1, num_heads=1, num_kv_heads=1, head_dim=1, vocab_size=VOCAB,
                                     max_position_embeddings=max_position_embeddings, sliding_window=None,
                                     sliding_field="sliding_window")
+        self.launch = SimpleNamespace(fp8_fast_accum=False)  # the model's launch switches the runner sets
 
     def init_rope(self, max_len: int, device) -> None:
         pass
@@ -85,9 +86,18 @@ class StubModel:
         return contextlib.nullcontext()
 
     def __call__(self, ids, positions, kv_cache, meta, rows=None):
+        return self.logits(*self.decode_layers(ids, positions, kv_cache, meta), rows=rows)
+
+    def decode_layers(self, ids, positions, kv_cache, meta, carried=None):
+        """(hidden state, residual) of one column a row: only the rows' count reaches `logits`."""
         import torch
 
-        out = torch.zeros(ids.shape[0] if rows is None else rows.shape[0], VOCAB)
+        return (torch.zeros(ids.shape[0], 1),) * 2
+
+    def logits(self, x, residual, rows=None, upcast=True):
+        import torch
+
+        out = torch.zeros(x.shape[0] if rows is None else rows.shape[0], VOCAB)
         out[:, TOKEN] = 1.0
         return out
 

@@ -138,11 +138,18 @@ class Scheduler:
         cfg = self.config
         budget = cfg.max_num_tokens if max_tokens is None else min(cfg.max_num_tokens, max_tokens)
         rows = cfg.max_batch_size if max_rows is None else max_rows
-        seqs: list[Sequence] = []
-        counts: list[int] = []
+        batch = ScheduledBatch([], [])
+        budget = self._continue_running(batch, budget, rows)
+        if self.next_wakeup(now) <= 0:
+            self._admit_waiting(batch, budget, rows)
+        return batch
+
+    def _continue_running(self, batch: ScheduledBatch, budget: int, rows: int) -> int:
+        """The running sequences' next tokens into `batch`, growing their blocks (preempting the newest where the
+        cache is full); returns the token budget left."""
         blocks, bs = self.blocks, self.blocks.block_size
         for seq in list(self.running):
-            if len(seqs) >= rows:
+            if len(batch.seqs) >= rows:
                 break
             if seq.status is not Status.RUNNING or seq.in_flight:  # preempted below, or its step not read yet
                 continue
@@ -161,13 +168,15 @@ class Scheduler:
                 if seq.status is not Status.RUNNING:
                     continue
                 blocks.grow(seq, upto)
-            seqs.append(seq)
-            counts.append(n)
+            batch.seqs.append(seq)
+            batch.num_tokens.append(n)
             budget -= n
+        return budget
 
-        delay_over = self.next_wakeup(now) <= 0
-        while (self.waiting and delay_over and budget > 0 and len(self.running) < cfg.max_batch_size
-               and len(seqs) < rows):
+    def _admit_waiting(self, batch: ScheduledBatch, budget: int, rows: int) -> None:
+        """Waiting prompts into `batch` in arrival order while the budget, the rows and the cache allow."""
+        while (self.waiting and budget > 0 and len(self.running) < self.config.max_batch_size
+               and len(batch.seqs) < rows):
             seq = self.waiting[0]
             if not self.blocks.allocate_prompt(seq, budget):
                 break
@@ -175,7 +184,6 @@ class Scheduler:
             self.waiting.popleft()
             seq.status = Status.RUNNING
             self.running.append(seq)
-            seqs.append(seq)
-            counts.append(n)
+            batch.seqs.append(seq)
+            batch.num_tokens.append(n)
             budget -= n
-        return ScheduledBatch(seqs, counts)
