@@ -147,9 +147,10 @@ class Scheduler:
     def _continue_running(self, batch: ScheduledBatch, budget: int, rows: int) -> int:
         """The running sequences' next tokens into `batch`, growing their blocks (preempting the newest where the
         cache is full); returns the token budget left."""
+        seqs, counts = batch.seqs, batch.num_tokens  # locals: this loop runs a step for every running sequence
         blocks, bs = self.blocks, self.blocks.block_size
         for seq in list(self.running):
-            if len(batch.seqs) >= rows:
+            if len(seqs) >= rows:
                 break
             if seq.status is not Status.RUNNING or seq.in_flight:  # preempted below, or its step not read yet
                 continue
@@ -168,15 +169,16 @@ class Scheduler:
                 if seq.status is not Status.RUNNING:
                     continue
                 blocks.grow(seq, upto)
-            batch.seqs.append(seq)
-            batch.num_tokens.append(n)
+            seqs.append(seq)
+            counts.append(n)
             budget -= n
         return budget
 
     def _admit_waiting(self, batch: ScheduledBatch, budget: int, rows: int) -> None:
         """Waiting prompts into `batch` in arrival order while the budget, the rows and the cache allow."""
+        seqs, counts = batch.seqs, batch.num_tokens
         while (self.waiting and budget > 0 and len(self.running) < self.config.max_batch_size
-               and len(batch.seqs) < rows):
+               and len(seqs) < rows):
             seq = self.waiting[0]
             if not self.blocks.allocate_prompt(seq, budget):
                 break
@@ -184,6 +186,6 @@ class Scheduler:
             self.waiting.popleft()
             seq.status = Status.RUNNING
             self.running.append(seq)
-            batch.seqs.append(seq)
-            batch.num_tokens.append(n)
+            seqs.append(seq)
+            counts.append(n)
             budget -= n
