@@ -7,7 +7,8 @@ docs/performance.md, thirty-first session: the batch-1 graph 3.561 ms with it, 2
    writes each program's SM (%smid) and its start and wait-end clocks (%globaltimer): under PDL are its programs
    spread over the SMs as a plain launch spreads them, or piled on the SMs that had room while gate_up ran?
 3. x's natural pairs (int4_pairs.NATURAL_MAX_K, this folder's natural-pairs.patch): each matrix plainly launched
-   with the spread pairs (NATURAL_MAX_K 0, before and after) and the natural ones (any K), the outputs' difference.
+   with the spread pairs (NATURAL_MAX_K 0, before and after) and the natural ones (any K), the outputs' difference;
+   last, if time is left, the natural pairs at other launch shapes.
     git apply bench/results/2026-12-07-s42/natural-pairs.patch  # first (callA.sh does)
     PYTHONPATH=. python bench/results/2026-12-07-s42/probe_pdl.py"""
 import torch
@@ -51,7 +52,7 @@ def _layer_weights(cfg):
     return out
 
 
-def _call(x, w, s, n, k, mode):
+def _call(x, w, s, n, k, mode, config=None):
     """mode: plain, pdl (code and launch), code (the PDL code, plain launch), late (under PDL, the next kernel let
     launch after the loop, not at the start: PDL 2, this folder's natural-pairs.patch)."""
     if mode in ("code", "late"):
@@ -61,7 +62,7 @@ def _call(x, w, s, n, k, mode):
             return w4gemv_pairs(x, w, s, None, None, False, None, True, (n, k, 128))
         finally:
             int4_pairs.launch_args = real
-    return w4gemv_pairs(x, w, s, None, None, False, None, mode == "pdl", (n, k, 128))
+    return w4gemv_pairs(x, w, s, None, None, False, config, mode == "pdl", (n, k, 128))
 
 
 def times(mats):
@@ -105,6 +106,19 @@ def natural(mats):
     print("natural totals: " + ", ".join(f"{k} {v:.3f} ms" for k, v in totals.items()), flush=True)
 
 
+def shapes(mats):
+    """Natural pairs at launch shapes other than pairs_config's (swept with the spread pairs in s31): a thread's
+    words and rows change the instructions a word, so the best shape may have moved."""
+    for name, (n, k, ws) in mats.items():
+        x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+        row = {}
+        for cfg in (None, (16, 1024, 4, 3), (32, 512, 4, 3), (16, 512, 8, 3), (8, 1024, 4, 3)):
+            row[cfg or "default"] = graph_time_ms(lambda n=n, k=k, ws=ws, x=x, cfg=cfg: [
+                _call(x, w, s, n, k, "plain", cfg) for w, s in ws], reps=20)
+        print(f"shapes {name} {n}x{k} x32 (natural up to K {int4_pairs.NATURAL_MAX_K}): " +
+              ", ".join(f"{c} {v:.3f} ms" for c, v in row.items()), flush=True)
+
+
 def placement(mats, grid: int, warps: int):
     n, k, ws = mats["gate_up"]
     x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
@@ -139,3 +153,4 @@ if __name__ == "__main__":
     times(mats)
     for grid, warps in ((256, 4), (384, 4), (132, 4)):
         placement(mats, grid, warps)
+    shapes(mats)
