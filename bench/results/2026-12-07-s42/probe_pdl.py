@@ -2,7 +2,8 @@
 docs/performance.md, thirty-first session: the batch-1 graph 3.561 ms with it, 2.909 without), and x's natural pairs:
 1. Times: Llama-3.1-8B's four linears, 32 layers each, at one row, in one CUDA graph, each kernel (a) launched plainly,
    (b) under PDL, (c) with the PDL code (the grid wait and trigger) but launched plainly: (c) against (a) is the code's
-   cost, (b) against (c) the launch's. Also each matrix alone, 32 times in a row.
+   cost, (b) against (c) the launch's; (d) and (e) under PDL with the trigger after the loop or none (the next kernel
+   launched as this one's programs end). Also each matrix alone, 32 times in a row.
 2. Placement: a recorder kernel (down_proj's grid, 4 warps) launched after gate_up's paired GEMV, plainly or under PDL,
    writes each program's SM (%smid) and its start and wait-end clocks (%globaltimer): under PDL are its programs
    spread over the SMs as a plain launch spreads them, or piled on the SMs that had room while gate_up ran?
@@ -52,14 +53,18 @@ def _layer_weights(cfg):
     return out
 
 
+MODE_ARGS = {"code": {"PDL": 1}, "late": {"PDL": 2, "launch_pdl": True}, "end": {"PDL": 3, "launch_pdl": True}}
+
+
 def _call(x, w, s, n, k, mode, config=None):
     """mode: plain, pdl (code and launch), code (the PDL code, plain launch), late (under PDL, the next kernel let
-    launch after the loop, not at the start: PDL 2, this folder's natural-pairs.patch)."""
-    if mode in ("code", "late"):
+    launch after the loop, not at the start: PDL 2, this folder's natural-pairs.patch), end (under PDL, no trigger:
+    the next kernel launches as this one's programs end, PDL 3)."""
+    if mode in MODE_ARGS:
         real = int4_pairs.launch_args
-        int4_pairs.launch_args = lambda pdl: {"PDL": 1} if mode == "code" else {"PDL": 2, "launch_pdl": True}
+        int4_pairs.launch_args = lambda pdl: MODE_ARGS[mode]
         try:
-            return w4gemv_pairs(x, w, s, None, None, False, None, True, (n, k, 128))
+            return w4gemv_pairs(x, w, s, None, None, False, config, True, (n, k, 128))
         finally:
             int4_pairs.launch_args = real
     return w4gemv_pairs(x, w, s, None, None, False, config, mode == "pdl", (n, k, 128))
@@ -67,7 +72,7 @@ def _call(x, w, s, n, k, mode, config=None):
 
 def times(mats):
     xs = {name: torch.randn(1, k, device="cuda", dtype=torch.bfloat16) for name, (n, k, _) in mats.items()}
-    modes = ("plain", "pdl", "code", "late")
+    modes = ("plain", "pdl", "code", "late", "end")
     for name, (n, k, ws) in mats.items():
         def chain(m, x=xs[name], n=n, k=k, ws=ws):
             return [_call(x, w, s, n, k, m) for w, s in ws]
@@ -125,11 +130,11 @@ def placement(mats, grid: int, warps: int):
     sm = torch.zeros(grid, dtype=torch.int32, device="cuda")
     t = torch.zeros(2 * grid, dtype=torch.int64, device="cuda")
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    for mode in ("plain", "pdl", "late"):
+    for mode in ("plain", "pdl", "late", "end"):
         def fn(mode=mode):
             real = int4_pairs.launch_args
-            if mode == "late":
-                int4_pairs.launch_args = lambda pdl: {"PDL": 2, "launch_pdl": True}
+            if mode in MODE_ARGS:
+                int4_pairs.launch_args = lambda pdl: MODE_ARGS[mode]
             try:
                 w4gemv_pairs(x, *ws[0], None, None, False, None, mode != "plain", (n, k, 128), gate_out=True)
             finally:
