@@ -12,6 +12,8 @@ docs/performance.md, thirty-first session: the batch-1 graph 3.561 ms with it, 2
    last, if time is left, the natural pairs at other launch shapes.
     git apply bench/results/2026-12-07-s42/natural-pairs.patch  # first (callA.sh does)
     PYTHONPATH=. python bench/results/2026-12-07-s42/probe_pdl.py"""
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -56,30 +58,38 @@ def _layer_weights(cfg):
 MODE_ARGS = {"code": {"PDL": 1}, "late": {"PDL": 2, "launch_pdl": True}, "end": {"PDL": 3, "launch_pdl": True}}
 
 
-def _call(x, w, s, n, k, mode, config=None):
-    """mode: plain, pdl (code and launch), code (the PDL code, plain launch), late (under PDL, the next kernel let
-    launch after the loop, not at the start: PDL 2, this folder's natural-pairs.patch), end (under PDL, no trigger:
-    the next kernel launches as this one's programs end, PDL 3)."""
+@contextlib.contextmanager
+def _launched(mode):
+    """The paired GEMV's launches inside as `mode` asks: plain, pdl (code and launch), code (the PDL code, plain
+    launch), late (under PDL, the next kernel let launch after the loop, not at the start: PDL 2, this folder's
+    natural-pairs.patch), end (under PDL, no trigger: the next kernel launches as this one's programs end, PDL 3)."""
+    real = int4_pairs.launch_args
     if mode in MODE_ARGS:
-        real = int4_pairs.launch_args
         int4_pairs.launch_args = lambda pdl: MODE_ARGS[mode]
-        try:
-            return w4gemv_pairs(x, w, s, None, None, False, config, True, (n, k, 128))
-        finally:
-            int4_pairs.launch_args = real
-    return w4gemv_pairs(x, w, s, None, None, False, config, mode == "pdl", (n, k, 128))
+    try:
+        yield mode != "plain"
+    finally:
+        int4_pairs.launch_args = real
+
+
+def _call(x, w, s, n, k, mode, config=None):
+    with _launched(mode) as pdl:
+        return w4gemv_pairs(x, w, s, None, None, False, config, pdl, (n, k, 128))
+
+
+def _chain(x, n, k, ws, mode, config=None):
+    """One matrix's 32 layers back to back (one graph)."""
+    return [_call(x, w, s, n, k, mode, config) for w, s in ws]
 
 
 def times(mats):
     xs = {name: torch.randn(1, k, device="cuda", dtype=torch.bfloat16) for name, (n, k, _) in mats.items()}
     modes = ("plain", "pdl", "code", "late", "end")
     for name, (n, k, ws) in mats.items():
-        def chain(m, x=xs[name], n=n, k=k, ws=ws):
-            return [_call(x, w, s, n, k, m) for w, s in ws]
         row = {}
         for m in modes:
             try:
-                row[m] = graph_time_ms(lambda m=m: chain(m), reps=20)
+                row[m] = graph_time_ms(lambda m=m, x=xs[name], n=n, k=k, ws=ws: _chain(x, n, k, ws, m), reps=20)
             except Exception as e:  # noqa: BLE001 (a mode that fails to compile leaves the others' figures)
                 print(f"times {name} {m}: {type(e).__name__}: {str(e)[:300]}", flush=True)
         print(f"times {name} {n}x{k} x32: " + ", ".join(f"{m} {v:.3f} ms" for m, v in row.items()), flush=True)
@@ -101,7 +111,7 @@ def natural(mats):
         for label, mk in (("spread", 0), ("natural", 1 << 30), ("spread", 0)):
             int4_pairs.NATURAL_MAX_K = mk
             outs[label] = _call(x, *ws[0], n, k, "plain").float()
-            ms = graph_time_ms(lambda n=n, k=k, ws=ws, x=x: [_call(x, w, s, n, k, "plain") for w, s in ws], reps=30)
+            ms = graph_time_ms(lambda n=n, k=k, ws=ws, x=x: _chain(x, n, k, ws, "plain"), reps=30)
             row[label] = min(row.get(label, ms), ms)
             totals[label] = totals.get(label, 0.0) + ms / (2 if label == "spread" else 1)
         int4_pairs.NATURAL_MAX_K = rule
@@ -118,8 +128,8 @@ def shapes(mats):
         x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
         row = {}
         for cfg in (None, (16, 1024, 4, 3), (32, 512, 4, 3), (16, 512, 8, 3), (8, 1024, 4, 3)):
-            row[cfg or "default"] = graph_time_ms(lambda n=n, k=k, ws=ws, x=x, cfg=cfg: [
-                _call(x, w, s, n, k, "plain", cfg) for w, s in ws], reps=20)
+            run = lambda n=n, k=k, ws=ws, x=x, cfg=cfg: _chain(x, n, k, ws, "plain", cfg)  # noqa: E731
+            row[cfg or "default"] = graph_time_ms(run, reps=20)
         print(f"shapes {name} {n}x{k} x32 (natural up to K {int4_pairs.NATURAL_MAX_K}): " +
               ", ".join(f"{c} {v:.3f} ms" for c, v in row.items()), flush=True)
 
@@ -132,13 +142,8 @@ def placement(mats, grid: int, warps: int):
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     for mode in ("plain", "pdl", "late", "end"):
         def fn(mode=mode):
-            real = int4_pairs.launch_args
-            if mode in MODE_ARGS:
-                int4_pairs.launch_args = lambda pdl: MODE_ARGS[mode]
-            try:
-                w4gemv_pairs(x, *ws[0], None, None, False, None, mode != "plain", (n, k, 128), gate_out=True)
-            finally:
-                int4_pairs.launch_args = real
+            with _launched(mode) as pdl:
+                w4gemv_pairs(x, *ws[0], None, None, False, None, pdl, (n, k, 128), gate_out=True)
             _where[(grid,)](sm, t, num_warps=warps, **launch_args(mode != "plain"))
         graph_time_ms(fn, reps=3)  # runs it in a graph, as the decode graphs do; the buffers keep the last replay
         per_sm = torch.bincount(sm.long(), minlength=sms)
