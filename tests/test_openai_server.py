@@ -358,3 +358,23 @@ def test_workers_auto_is_one_per_four_usable_cores(tmp_path):
     for bad in ("0", "-1", "many"):
         with pytest.raises(ValueError, match="--workers must be 'auto' or at least 1"):
             workers(bad)
+
+
+def test_a_worker_file_still_empty_does_not_fail_the_scrape(tmp_path):
+    """A worker creates its metrics file and sizes it a moment later; a scrape in that moment reads the other
+    workers' values and skips the empty file (it failed the whole scrape with struct.error: a 500)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+    from llm_client.openai_server.metrics import WorkerFilesCollector
+
+    written = MmapedDict(str(tmp_path / "counter_1.db"))
+    key = mmap_key("openai_requests", "openai_requests_total", ["route", "status"], ["/v1/models", "200"],
+                   "openai_requests")
+    written.write_value(key, 4.0, 0.0)
+    written.close()
+    (tmp_path / "counter_2.db").touch()
+    registry = CollectorRegistry()
+    WorkerFilesCollector(registry, path=str(tmp_path))
+    text = generate_latest(registry).decode()
+    assert 'openai_requests_total{route="/v1/models",status="200"} 4.0' in text

@@ -3,6 +3,7 @@ latency and time-to-first-token histograms, requests in flight, client disconnec
 
 from __future__ import annotations
 
+import glob
 import os
 import time
 
@@ -14,6 +15,23 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/health/ready", "/metrics")
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class WorkerFilesCollector(MultiProcessCollector):
+    """MultiProcessCollector that skips a worker's file while it is still empty. prometheus_client creates the
+    file and sizes it a moment later; a scrape in between failed with struct.error and lost every worker's
+    metrics (client_python issue 1199, open on 0.26). An empty file holds no values yet and never shrinks back."""
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        files = [f for f in glob.glob(os.path.join(self._path, "*.db")) if _size(f) > 0]
+        return self.merge(files, accumulate=True)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except FileNotFoundError:  # removed after the listing
+        return 0
 
 
 class Metrics:
@@ -42,7 +60,7 @@ class Metrics:
         registry = self.registry
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # worker processes (cli.py --workers): all of them
             registry = CollectorRegistry()
-            MultiProcessCollector(registry)
+            WorkerFilesCollector(registry)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
