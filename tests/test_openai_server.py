@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -360,21 +361,28 @@ def test_workers_auto_is_one_per_four_usable_cores(tmp_path):
             workers(bad)
 
 
-def test_a_worker_file_still_empty_does_not_fail_the_scrape(tmp_path):
-    """A worker creates its metrics file and sizes it a moment later; a scrape in that moment reads the other
-    workers' values and skips the empty file (it failed the whole scrape with struct.error: a 500)."""
+def test_a_scrape_skips_a_worker_file_still_empty_and_a_dead_workers_requests_in_flight(tmp_path):
+    """A worker creates its metrics file and sizes it a moment later: a scrape in that moment reads the other
+    workers' values and skips the empty file (it failed the whole scrape with struct.error: a 500). A worker that
+    died mid-request no longer counts as in flight; what it counted stays counted."""
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.mmap_dict import MmapedDict, mmap_key
 
     from llm_client.openai_server.metrics import WorkerFilesCollector
 
-    written = MmapedDict(str(tmp_path / "counter_1.db"))
-    key = mmap_key("openai_requests", "openai_requests_total", ["route", "status"], ["/v1/models", "200"],
-                   "openai_requests")
-    written.write_value(key, 4.0, 0.0)
-    written.close()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    requests = ("openai_requests", "openai_requests_total", ["route", "status"], ["/v1/models", "200"], "requests")
+    in_flight = ("openai_requests_in_flight", "openai_requests_in_flight", ["route"], ["/v1/models"], "in flight")
+    for name, key, value in ((f"counter_{dead}", requests, 4.0), (f"gauge_livesum_{dead}", in_flight, 2.0),
+                             (f"gauge_livesum_{os.getpid()}", in_flight, 1.0)):
+        written = MmapedDict(str(tmp_path / f"{name}.db"))
+        written.write_value(mmap_key(*key), value, 0.0)
+        written.close()
     (tmp_path / "counter_2.db").touch()
     registry = CollectorRegistry()
     WorkerFilesCollector(registry, path=str(tmp_path))
     text = generate_latest(registry).decode()
     assert 'openai_requests_total{route="/v1/models",status="200"} 4.0' in text
+    assert 'openai_requests_in_flight{route="/v1/models"} 1.0' in text
+    assert not (tmp_path / f"gauge_livesum_{dead}.db").exists()

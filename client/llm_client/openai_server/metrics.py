@@ -8,7 +8,7 @@ import os
 import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -18,19 +18,40 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120
 
 
 class WorkerFilesCollector(MultiProcessCollector):
-    """MultiProcessCollector that skips a worker's file while it is still empty. prometheus_client creates the
-    file and sizes it a moment later; a scrape in between failed with struct.error and lost every worker's
-    metrics (client_python issue 1199, open on 0.26). An empty file holds no values yet and never shrinks back."""
+    """MultiProcessCollector for `--workers N`, with two fixes to what prometheus_client leaves to its user:
+    - a worker's file is skipped while it is still empty: the library creates it and sizes it a moment later, and a
+      scrape in between failed with struct.error, a 500 losing every worker's metrics (client_python issue 1199,
+      open on 0.26); an empty file holds no values yet and never shrinks back;
+    - the live gauges (requests in flight) of a worker that died are dropped (the library's `mark_process_dead`,
+      which uvicorn never calls): a worker killed mid-request would count its requests as in flight for good."""
 
     def collect(self):  # type: ignore[no-untyped-def]
-        files = [f for f in glob.glob(os.path.join(self._path, "*.db")) if _size(f) > 0]
-        return self.merge(files, accumulate=True)
+        files = glob.glob(os.path.join(self._path, "*.db"))
+        for pid in {_pid(f) for f in files if os.path.basename(f).startswith("gauge_live")} - {None}:
+            if not _alive(pid):
+                mark_process_dead(pid, self._path)
+        return self.merge([f for f in files if _size(f) > 0], accumulate=True)
+
+
+def _pid(path: str) -> int | None:
+    tail = os.path.basename(path).rsplit("_", 1)[-1].removesuffix(".db")
+    return int(tail) if tail.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _size(path: str) -> int:
     try:
         return os.path.getsize(path)
-    except FileNotFoundError:  # removed after the listing
+    except FileNotFoundError:  # removed after the listing (a dead worker's live gauges)
         return 0
 
 
