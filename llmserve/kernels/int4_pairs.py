@@ -54,28 +54,29 @@ shl.b32 lo, a, 16;
 and.b32 hi, a, 0xFFFF0000;
 add.f32 $0, lo, hi;
 }""")
+# The asm of the helpers below (module constants: tests/test_kernels_ptx.py runs every one on the CPU)
+_SPLIT_PAIRS = tl.constexpr("{.reg .b32 lo, hi; mov.b64 {lo, hi}, $2; prmt.b32 $0, lo, hi, 0x5410; "
+                            "prmt.b32 $1, lo, hi, 0x7632;}")
+_PACK = tl.constexpr("cvt.rn.bf16x2.f32 $0, $2, $1;")
+_PAIR_SUM = tl.constexpr("{.reg .b32 lo, hi; shl.b32 lo, $1, 16; and.b32 hi, $1, 0xFFFF0000; add.f32 $0, lo, hi;}")
 
 
 @triton.jit
 def _split_pairs(q):
     """x[i..i+3] as one int64 -> the bf16 pairs (x[i], x[i + 2]) and (x[i + 1], x[i + 3]): two byte permutes."""
-    return tl.inline_asm_elementwise("{.reg .b32 lo, hi; mov.b64 {lo, hi}, $2; prmt.b32 $0, lo, hi, 0x5410; "
-                                     "prmt.b32 $1, lo, hi, 0x7632;}", "=r,=r,l", [q], dtype=(tl.int32, tl.int32),
-                                     is_pure=True, pack=1)
+    return tl.inline_asm_elementwise(_SPLIT_PAIRS, "=r,=r,l", [q], dtype=(tl.int32, tl.int32), is_pure=True, pack=1)
 
 
 @triton.jit
 def _pack(lo, hi):
     """float32 lo and hi rounded to one bf16 pair (lo in the low half)."""
-    return tl.inline_asm_elementwise("cvt.rn.bf16x2.f32 $0, $2, $1;", "=r,f,f", [lo, hi], dtype=tl.int32,
-                                     is_pure=True, pack=1)
+    return tl.inline_asm_elementwise(_PACK, "=r,f,f", [lo, hi], dtype=tl.int32, is_pure=True, pack=1)
 
 
 @triton.jit
 def _pair_sum(p):
     """The two bf16 of pair p added in float32."""
-    return tl.inline_asm_elementwise("{.reg .b32 lo, hi; shl.b32 lo, $1, 16; and.b32 hi, $1, 0xFFFF0000; "
-                                     "add.f32 $0, lo, hi;}", "=f,r", [p], dtype=tl.float32, is_pure=True, pack=1)
+    return tl.inline_asm_elementwise(_PAIR_SUM, "=f,r", [p], dtype=tl.float32, is_pure=True, pack=1)
 
 
 @triton.jit

@@ -1,0 +1,124 @@
+"""The PTX instructions our kernels' inline assembly uses, emulated in numpy lane by lane (an operand is an array of
+lanes): CI has no GPU and Triton's interpreter runs no inline PTX, so this is how the asm strings' arithmetic is
+checked on the CPU. Semantics from the PTX ISA: prmt's default mode, lop3's immLut, untyped shifts fill with zeros,
+.rn rounds the exact result to nearest even once. An instruction it does not know is an error, never skipped."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+M32 = np.uint64(0xFFFFFFFF)
+
+
+def run(asm: str, outputs: int, *inputs: np.ndarray | int) -> list[np.ndarray]:
+    """Runs `asm` with $0..$outputs-1 as outputs and the inputs as $outputs.. (uint32 for b32 and f32 registers,
+    as bits, uint64 for 64-bit ones); returns the outputs' bits as uint32 arrays."""
+    regs: dict[str, np.ndarray] = {f"${outputs + i}": np.asarray(v) for i, v in enumerate(inputs)}
+    for line in _instructions(asm):
+        op, _, rest = line.partition(" ")
+        _step(regs, op, rest.strip())
+    return [regs[f"${i}"].astype(np.uint32) for i in range(outputs)]
+
+
+def _instructions(asm: str) -> list[str]:
+    body = asm.strip().removeprefix("{").removesuffix("}")
+    lines = [s.strip() for s in body.split(";")]
+    return [s for s in lines if s and not s.startswith(".reg")]
+
+
+def _step(regs: dict[str, np.ndarray], op: str, rest: str) -> None:
+    if op == "mov.b64":
+        lo, hi, src = re.fullmatch(r"\{\s*(\S+)\s*,\s*(\S+)\s*\}\s*,\s*(\S+)", rest).groups()
+        q = _val(regs, src).astype(np.uint64)
+        regs[lo], regs[hi] = (q & M32).astype(np.uint32), (q >> np.uint64(32)).astype(np.uint32)
+        return
+    dst, *args = [a.strip() for a in rest.split(",")]
+    v = [_val(regs, a) for a in args]
+    regs[dst] = np.asarray(_OPS[op](*v), dtype=np.uint64).astype(np.uint32)
+
+
+def _val(regs: dict[str, np.ndarray], a: str) -> np.ndarray:
+    if a in regs:
+        return regs[a].astype(np.uint64)
+    if re.fullmatch(r"0[xX][0-9a-fA-F]+|\d+", a):
+        return np.uint64(int(a, 0))
+    raise KeyError(f"register {a} read before it was written")
+
+
+def _prmt(a, b, sel):
+    if np.ndim(sel):
+        raise NotImplementedError("prmt with a selector register")
+    sel = int(sel)
+    src = [(a >> np.uint64(8 * i)) & np.uint64(0xFF) for i in range(4)]
+    src += [(b >> np.uint64(8 * i)) & np.uint64(0xFF) for i in range(4)]
+    out = np.uint64(0)
+    for i in range(4):
+        s = (sel >> (4 * i)) & 0xF
+        byte = src[s & 7]
+        if s & 8:  # sign mode: the byte's top bit replicated
+            byte = np.where(byte & np.uint64(0x80), np.uint64(0xFF), np.uint64(0))
+        out = out | (byte << np.uint64(8 * i))
+    return out
+
+
+def _lop3(a, b, c, lut):
+    out = np.uint64(0)
+    for idx in range(8):
+        if int(lut) >> idx & 1:
+            out = out | ((a if idx & 4 else ~a) & (b if idx & 2 else ~b) & (c if idx & 1 else ~c) & M32)
+    return out
+
+
+def halves(bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A bf16x2 register's low and high halves as float64 values."""
+    bits = np.asarray(bits).astype(np.uint32)
+    lo = ((bits & 0xFFFF) << 16).astype(np.uint32).view(np.float32)
+    hi = (bits & 0xFFFF0000).astype(np.uint32).view(np.float32)
+    return lo.astype(np.float64), hi.astype(np.float64)
+
+
+def bf16_bits(v: np.ndarray) -> np.ndarray:
+    """The bf16 nearest to the exact values v (float64), ties to even, as 16-bit patterns."""
+    v = np.asarray(v, dtype=np.float64)
+    m, e = np.frexp(v)
+    normal = np.ldexp(np.rint(np.ldexp(m, 8)), e - 8)
+    r = np.where(np.abs(v) < 2.0 ** -126, np.ldexp(np.rint(np.ldexp(v, 133)), -133), normal)
+    r = np.where(np.abs(r) >= 2.0 ** 128, np.copysign(np.inf, v), r)
+    r = np.copysign(r, v)  # rint keeps the sign of zero; ldexp too: this only makes it explicit
+    return (r.astype(np.float32).view(np.uint32) >> 16).astype(np.uint64)
+
+
+def pair(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Exact values rounded to one bf16x2 register (lo in the low half)."""
+    return bf16_bits(lo) | (bf16_bits(hi) << np.uint64(16))
+
+
+def _paired(f):
+    def op(*regs):
+        parts = [halves(r) for r in regs]
+        return pair(f(*(p[0] for p in parts)), f(*(p[1] for p in parts)))
+    return op
+
+
+def _f32(bits) -> np.ndarray:
+    return np.asarray(bits).astype(np.uint32).view(np.float32)
+
+
+_OPS = {
+    "mov.b32": lambda a: a & M32,
+    "and.b32": lambda a, b: a & b,
+    "or.b32": lambda a, b: a | b,
+    "shl.b32": lambda a, n: (a << n) & M32,
+    "shr.b32": lambda a, n: (a & M32) >> n,
+    "shr.u32": lambda a, n: (a & M32) >> n,
+    "prmt.b32": _prmt,
+    "lop3.b32": _lop3,
+    # products of bf16 values and their sums with a third are exact in float64 at these magnitudes: one rounding
+    "sub.rn.bf16x2": _paired(lambda a, b: a - b),
+    "mul.rn.bf16x2": _paired(lambda a, b: a * b),
+    "fma.rn.bf16x2": _paired(lambda a, b, c: a * b + c),
+    "add.f32": lambda a, b: (_f32(a) + _f32(b)).view(np.uint32),
+    "cvt.rn.bf16x2.f32": lambda a, b: pair(_f32(b).astype(np.float64), _f32(a).astype(np.float64)),
+}
