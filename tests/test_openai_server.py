@@ -208,6 +208,9 @@ def test_two_worker_processes_answer_and_metrics_add_up_across_them(server):
         texts = [two.completions.create(model="llm", prompt="The capital of France is", max_tokens=3,
                                         temperature=0).choices[0].text for _ in range(6)]
         assert len(set(texts)) == 1 and texts[0]
+        # a request is counted once its response is sent, so the last one's count may trail its answer a moment
+        assert wait_for(lambda: metric(f"{url}/metrics", "openai_requests_total", route="/v1/completions",
+                                       status="200") == 6, 10)
         for _ in range(3):  # whichever process answers the scrape
             assert metric(f"{url}/metrics", "openai_requests_total", route="/v1/completions", status="200") == 6
             assert metric(f"{url}/metrics", "openai_requests_in_flight", route="/v1/completions") == 0
