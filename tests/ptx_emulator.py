@@ -56,10 +56,9 @@ def _prmt(a, b, sel):
     out = np.uint64(0)
     for i in range(4):
         s = (sel >> (4 * i)) & 0xF
-        byte = src[s & 7]
-        if s & 8:  # sign mode: the byte's top bit replicated
-            byte = np.where(byte & np.uint64(0x80), np.uint64(0xFF), np.uint64(0))
-        out = out | (byte << np.uint64(8 * i))
+        if s & 8:
+            raise NotImplementedError("prmt's sign replication (a selector nibble of 8 or more)")
+        out = out | (src[s] << np.uint64(8 * i))
     return out
 
 
@@ -85,8 +84,7 @@ def bf16_bits(v: np.ndarray) -> np.ndarray:
     m, e = np.frexp(v)
     normal = np.ldexp(np.rint(np.ldexp(m, 8)), e - 8)
     r = np.where(np.abs(v) < 2.0 ** -126, np.ldexp(np.rint(np.ldexp(v, 133)), -133), normal)
-    r = np.where(np.abs(r) >= 2.0 ** 128, np.copysign(np.inf, v), r)
-    r = np.copysign(r, v)  # rint keeps the sign of zero; ldexp too: this only makes it explicit
+    r = np.where(np.abs(r) >= 2.0 ** 128, np.copysign(np.inf, v), r)  # rint and ldexp keep zeros' signs
     return (r.astype(np.float32).view(np.uint32) >> 16).astype(np.uint64)
 
 
@@ -109,7 +107,6 @@ def _f32(bits) -> np.ndarray:
 _OPS = {
     "mov.b32": lambda a: a & M32,
     "and.b32": lambda a, b: a & b,
-    "or.b32": lambda a, b: a | b,
     "shl.b32": lambda a, n: (a << n) & M32,
     "shr.b32": lambda a, n: (a & M32) >> n,
     "shr.u32": lambda a, n: (a & M32) >> n,
