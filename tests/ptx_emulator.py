@@ -5,7 +5,9 @@ checked on the CPU. Semantics from the PTX ISA: prmt's default mode, lop3's immL
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -119,3 +121,61 @@ _OPS = {
     "add.f32": lambda a, b: (_f32(a) + _f32(b)).view(np.uint32),
     "cvt.rn.bf16x2.f32": lambda a, b: pair(_f32(b).astype(np.float64), _f32(a).astype(np.float64)),
 }
+
+
+class _Results:
+    """What a builder's inline-asm op gives the caller: its outputs by index."""
+
+    def __init__(self, handles: list) -> None:
+        self.handles = handles
+
+    def get_result(self, i: int):
+        return self.handles[i]
+
+
+def _emulated_inline_asm(builder, asm, constraints, values, types, is_pure, pack):
+    """InterpreterBuilder.create_inline_asm through `run`: one instance an element (pack 1), registers as bits."""
+    from triton.runtime.interpreter import TensorHandle, _get_np_dtype
+
+    if pack != 1:
+        raise NotImplementedError(f"inline asm with pack={pack} under the interpreter")
+    shape = np.broadcast_shapes(*(np.shape(h.data) for h in values))
+    ins = [np.broadcast_to(np.ascontiguousarray(h.data).view(np.uint64 if h.data.itemsize == 8 else np.uint32)
+                           if h.data.itemsize >= 4 else h.data.astype(np.uint32), shape) for h in values]
+    outs = run(asm, sum(c.startswith("=") for c in constraints.split(",")), *ins)
+    handles = []
+    for bits, ty in zip(outs, types):
+        elt = getattr(ty, "element_ty", ty)
+        data = np.broadcast_to(bits, shape).astype(np.uint32).view(_get_np_dtype(elt))
+        handles.append(TensorHandle(np.ascontiguousarray(data), elt))
+    return _Results(handles)
+
+
+def _rounding_convert(convert):
+    """The interpreter's float conversion, with float32 -> bf16 rounded to nearest even as the GPU rounds it (the
+    interpreter truncates a plain cast, and its round-to-nearest loses a carry into the exponent)."""
+    import triton.language as tl
+
+    def conv(data, src, dst, rounding_mode):
+        if src == tl.float32 and dst == tl.bfloat16:
+            bits = np.ascontiguousarray(data, dtype=np.float32).view(np.uint32).astype(np.uint64)
+            rounded = (bits + 0x7FFF + ((bits >> np.uint64(16)) & np.uint64(1))) >> np.uint64(16)
+            nan = np.isnan(np.asarray(data, dtype=np.float32))
+            return np.where(nan, (bits >> np.uint64(16)) | np.uint64(0x40), rounded).astype(np.uint16)
+        return convert(data, src, dst, rounding_mode)
+    return conv
+
+
+@contextlib.contextmanager
+def in_interpreter() -> Iterator[None]:
+    """While inside, Triton's interpreter runs kernels' inline PTX through this emulator (it raises otherwise) and
+    rounds float32 to bf16 as the GPU does, so a kernel built on inline asm runs whole on the CPU."""
+    from triton.runtime import interpreter
+
+    old_asm, old_convert = interpreter.InterpreterBuilder.create_inline_asm, interpreter._convert_float
+    interpreter.InterpreterBuilder.create_inline_asm = _emulated_inline_asm
+    interpreter._convert_float = _rounding_convert(old_convert)
+    try:
+        yield
+    finally:
+        interpreter.InterpreterBuilder.create_inline_asm, interpreter._convert_float = old_asm, old_convert

@@ -60,7 +60,7 @@ def _word_dots(dot: str, pairs: str, words: np.ndarray, x: torch.Tensor, group: 
     return total
 
 
-@pytest.mark.parametrize("dot,pairs", [("_WORD_DOT", "_SPLIT_PAIRS")])
+@pytest.mark.parametrize("dot,pairs", [("_SPREAD_DOT", "_SPLIT_PAIRS"), ("_NATURAL_DOT", "_NATURAL_PAIRS")])
 @pytest.mark.parametrize("group", [32, 64, 128])
 def test_the_paired_gemvs_word_dot_sums_code_minus_8_times_x(group, dot, pairs):
     """The word dot with the pairs its kernel makes of x, over int4.py's packing: within bf16's rounding of the
