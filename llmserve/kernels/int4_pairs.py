@@ -18,12 +18,12 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from llmserve.kernels import launch_args
 from llmserve.kernels.gemv import RopeCache, RowNorm, fold_inputs, program_rows, rope_args, store_folded
 from llmserve.kernels.group_tiles import load_x
 from llmserve.kernels.int4_words import word_tile
+from llmserve.kernels.pdl import pdl_launch_next, pdl_prologue
 
 # A word's nibbles at bits 0-3 and 16-19 (shifted by 0, 4, 8, 12 for the others), OR'd into bf16 128.0 in each half:
 # the bf16 128 + code, exact (its last mantissa bit is worth 1)
@@ -137,8 +137,9 @@ def _w4gemv_pairs_kernel(x_ptr, xq_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, 
     the row already times the RMSNorm's weight (the product before wrote it, WEIGHTED), the outputs times 1 / rms
     from the P sums at sumsq_in. ADD_TO: out_ptr is the residual row, this program's sum of squares to sumsq_out
     and, WEIGHTED, the new row times the next norm's weight (nw_ptr) to hw_ptr."""
-    if PDL:  # the next kernel may launch only after the loop: let in at the start, its programs took the SMs with
-        gdc_wait()  # room first, several on some while others had none (docs/performance.md, forty-fourth session)
+    # The next kernel may launch only after the loop: let in at the start, its programs took the SMs with room first,
+    # several on some while others had none (docs/performance.md, forty-fourth session)
+    pdl_prologue(PDL, LATE=True)
     pid = tl.program_id(0)
     offs_n = program_rows(pid, BLOCK_N, N // 2, GATE_OUT, ROPE_HALF)
     n_mask = tl.full((BLOCK_N,), True, tl.int1) if EVEN else offs_n < N
@@ -164,8 +165,7 @@ def _w4gemv_pairs_kernel(x_ptr, xq_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, 
         if ASYM:
             mn = tl.load(m_ptr + rows_s + grp[None, :], mask=s_mask, other=0.0).to(tl.float32) + 8.0 * s
             acc += mn[:, :, None] * (_pair_sum(pa0) + _pair_sum(pa1) + _pair_sum(pb0) + _pair_sum(pb1))
-    if PDL:
-        gdc_launch_dependents()
+    pdl_launch_next(PDL)
     store_folded(tl.sum(tl.sum(acc, axis=2), axis=1), pid, offs_n, n_mask, N, K, out_ptr, b_ptr, eps, part, res,
                  sumsq_out, nw_ptr, hw_ptr, cos, sin, slot, kc_ptr, vc_ptr, stride_slot, HAS_BIAS, NORM, ADD_TO,
                  WEIGHTED, GATE_OUT, NH, NKV, ROPE_HALF, BLOCK_N)
