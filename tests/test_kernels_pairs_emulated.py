@@ -51,12 +51,12 @@ def test_the_paired_gemvs_gate_out_is_silu_mul_of_its_output_bit_for_bit(emulate
     check(group, symmetric)
 
 
-@pytest.mark.parametrize("symmetric", [True, False])
 @pytest.mark.parametrize("slot", [5, -1])
-def test_the_paired_gemv_rotates_and_writes_the_cache_as_rope_and_cache(emulated, symmetric, slot):
+def test_the_paired_gemv_rotates_and_writes_the_cache_as_rope_and_cache(emulated, slot):
+    """Asymmetric weights (the epilogue is the same for both; the folds test below rotates symmetric ones too)."""
     from test_kernels_int4 import test_int4_gemv_rotates_and_writes_the_cache_as_rope_and_cache as check
 
-    check(symmetric, slot)
+    check(False, slot)
 
 
 @pytest.mark.parametrize("symmetric", [True, False])
