@@ -8,7 +8,7 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONPATH=$PWD
 mkdir -p $OUT/r
 save() { (cd $OUT && tar czf r.tgz r); }
 nvidia-smi --query-gpu=name,driver_version --format=csv > $OUT/r/gpu.txt
-timeout 80 python3 -m pytest -q -rf tests/test_kernels_int4.py -k "pair or gate_out or rotates or folds_the_res or pdl" \
+timeout 80 python3 -m pytest -q -rf tests/test_kernels_int4.py -k "pair_gemv or gate_out or rotates or folds_the_res or under_pdl or launches_plainly" \
   > $OUT/r/tests.log 2>&1
 tail -4 $OUT/r/tests.log; save
 BENCH_PDL_SHAPE=llama3.1-8b BENCH_PDL_WEIGHTS=int4_sym BENCH_PDL_SIZES=1 \
