@@ -101,15 +101,19 @@ def test_the_int4_mma_kernel_takes_half_the_paired_gemvs_instructions_a_word_and
 
 
 _PDL_PTX = """
-import json, torch
+import json, sys, torch
 from bench.ptx_stats import compile_launches
+from llmserve.kernels import gemv
 from llmserve.kernels.int4_pairs import w4gemv_pairs
 N, K = 256, 1024
 w, s = torch.zeros(N, K // 2, dtype=torch.uint8), torch.ones(N, K // 128, dtype=torch.float16)
-x = torch.zeros(1, K, dtype=torch.bfloat16)
+x, w16 = torch.zeros(1, K, dtype=torch.bfloat16), torch.zeros(N, K, dtype=torch.bfloat16)
+gemv.LATE_TRIGGER = True
+calls = {"pairs": lambda pdl: w4gemv_pairs(x, w, s, None, None, False, None, pdl, (N, K, 128)),
+         "gemv": lambda pdl: gemv.gemv(x, w16, pdl=pdl)}
 out = {}
 for pdl in (False, True):
-    ptx = compile_launches(lambda: w4gemv_pairs(x, w, s, None, None, False, None, pdl, (N, K, 128)))[0].asm["ptx"]
+    ptx = compile_launches(lambda: calls[sys.argv[1]](pdl))[0].asm["ptx"]
     ops = [line.split()[0] if line.split() else "" for line in ptx.splitlines()]
     find = lambda *names: [i for i, op in enumerate(ops) if op.rstrip(";").startswith(names)]
     out[pdl] = {"wait": find("griddepcontrol.wait"), "launch": find("griddepcontrol.launch_dependents"),
@@ -118,12 +122,14 @@ print(json.dumps(out))
 """
 
 
-def test_the_paired_gemv_under_pdl_waits_first_and_lets_the_next_kernel_in_after_its_loop():
-    """Under PDL the paired int4 GEMV waits for the previous grid before its first load and lets the next kernel
-    launch once, after its loop's loads: launched at its start, the next kernel's programs took the SMs with room
-    first (docs/performance.md, forty-fourth session). A plain launch has neither."""
-    out = subprocess.run([sys.executable, "-c", _PDL_PTX], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                         check=True).stdout
+@pytest.mark.parametrize("kernel", ["pairs", "gemv"])
+def test_a_late_pdl_kernel_waits_first_and_lets_the_next_kernel_in_after_its_loop(kernel):
+    """Under PDL the paired int4 GEMV (and the 16/8-bit one with `gemv.LATE_TRIGGER`) waits for the previous grid
+    before its first load and lets the next kernel launch once, after its loop's loads: launched at its start, the
+    next kernel's programs took the SMs with room first (docs/performance.md, forty-fourth session). A plain launch
+    has neither."""
+    out = subprocess.run([sys.executable, "-c", _PDL_PTX, kernel], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600, check=True).stdout
     plain, pdl = json.loads(out.splitlines()[-1]).values()
     assert plain["wait"] == plain["launch"] == []
     assert len(pdl["wait"]) == len(pdl["launch"]) == 1

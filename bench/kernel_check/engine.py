@@ -176,17 +176,18 @@ def s_graphs_bs1(args):
 def s_pdl(args):
     """Programmatic dependent launch per kernel module in the decode graphs: which kernels gain. (The attention
     module had a PDL switch for the run in bench/results/2026-11-25-h100-pdl; it lost, and was taken out.)
-    BENCH_PDL_MASKS: the modules launched with PDL per run (linear, fused, int4, int4_pairs joined by +, or none);
+    BENCH_PDL_MASKS: the modules launched with PDL per run (linear, gemv, fused, int4, int4_pairs joined by +, or
+    none; `linear` is the 2-16-row kernels, `gemv` the one-row GEMV of 16- and 8-bit weights);
     BENCH_PDL_SHAPE and BENCH_PDL_WEIGHTS (bf16, int4_sym, ...): the model (default Llama-2-7B's shape, bf16)."""
     from llmserve import kernels
     from llmserve.config import ServingConfig
     from llmserve.engine.torch_engine import TorchEngine
-    from llmserve.kernels import fused, int4, int4_pairs, linear
+    from llmserve.kernels import fused, gemv, int4, int4_pairs, linear
 
     res = args.report.results.setdefault("pdl", {})
     # Each module's launches forced on or off, whatever the model asks (every graph the runner captures)
     on, off = (lambda pdl: kernels.launch_args(True)), (lambda pdl: kernels.launch_args(False))
-    modules = {"linear": linear, "fused": fused, "int4": int4, "int4_pairs": int4_pairs}
+    modules = {"linear": linear, "gemv": gemv, "fused": fused, "int4": int4, "int4_pairs": int4_pairs}
     masks = [tuple(m.split("+")) if m != "none" else () for m in
              os.environ.get("BENCH_PDL_MASKS", "none,linear+fused,fused,linear").split(",")]
     sizes = [int(x) for x in os.environ.get("BENCH_PDL_SIZES", "1,8").split(",")]

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from llmserve.kernels import launch_args
-from llmserve.kernels.pdl import pdl_prologue
+from llmserve.kernels.pdl import pdl_launch_next, pdl_prologue
 
 
 @triton.jit
@@ -172,11 +172,12 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, N, K, stride_wn, nw_ptr, s
                  EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, W_KIND: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
                  GATE_OUT: tl.constexpr = False, NORM: tl.constexpr = False, ADD_TO: tl.constexpr = False,
-                 P_BLOCK: tl.constexpr = 1, NH: tl.constexpr = 0, NKV: tl.constexpr = 0, ROPE_HALF: tl.constexpr = 0):
+                 P_BLOCK: tl.constexpr = 1, NH: tl.constexpr = 0, NKV: tl.constexpr = 0, ROPE_HALF: tl.constexpr = 0,
+                 LATE: tl.constexpr = False):
     """One row of x: each weight element read once. NORM: x times the norm's weight (nw_ptr), the outputs times
     1 / rms from the P sums at sumsq_in. ADD_TO: out_ptr is the residual row, this program's sum to sumsq_out.
     ROPE_HALF: the qkv product's rotary embedding and KV-cache write (`rope_store`)."""
-    pdl_prologue(PDL)
+    pdl_prologue(PDL, LATE)
     pid = tl.program_id(0)
     offs_n = program_rows(pid, BLOCK_N, N // 2, GATE_OUT, ROPE_HALF)
     offs_k = tl.arange(0, BLOCK_K)
@@ -209,6 +210,8 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, N, K, stride_wn, nw_ptr, s
             x = (x * u.to(tl.float32)).to(u.dtype).to(tl.float32)
         acc += _to_f32(w, W_KIND) * x[None, :]
         w_ptrs += BLOCK_K
+    if LATE:
+        pdl_launch_next(PDL)
     y = tl.sum(acc, axis=1)
     if HAS_SCALE:
         y = y * tl.load(s_ptr + offs_n, mask=n_mask, other=0.0)
@@ -217,6 +220,11 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, N, K, stride_wn, nw_ptr, s
     store_folded(y, pid, offs_n, n_mask, N, K, out_ptr, b_ptr, eps, part, res, sumsq_out, None, None, cos, sin, slot,
                  kc_ptr, vc_ptr, stride_slot, HAS_BIAS, NORM, ADD_TO, False, GATE_OUT, NH, NKV, ROPE_HALF, BLOCK_N)
 
+
+# Under PDL, whether the GEMV lets the next kernel launch after its loop (LATE) rather than at its start: the paired
+# int4 GEMV's next kernel, let in at the start, took the SMs with room first (docs/performance.md, forty-fourth
+# session). Off until the decode step is timed with it (bench/results/2026-12-08-s44/callC.sh).
+LATE_TRIGGER = False
 
 # How int8 / fp8 weights become float32 in the GEMV: 0 = Triton's conversion, 1 / 2 = the bit tricks above.
 # Each the faster one in bench/kernel_check gemv1 (docs/performance.md).
@@ -293,7 +301,7 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
                           EVEN_N=N % bn == 0, W_KIND=kind, BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, num_warps=warps,
                           GATE_OUT=gate_out, NORM=norm is not None, ADD_TO=add_to is not None,
                           P_BLOCK=triton.next_power_of_2(P), NH=heads[0], NKV=heads[1], ROPE_HALF=heads[2],
-                          **launch_args(pdl))
+                          LATE=LATE_TRIGGER, **launch_args(pdl))
     return sums_out if add_to is not None else out
 
 
