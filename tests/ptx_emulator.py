@@ -133,6 +133,14 @@ class _Results:
         return self.handles[i]
 
 
+def _register_bits(data: np.ndarray) -> np.ndarray:
+    """An interpreter tensor's elements as the bits of their registers (64-bit ones as uint64, others as uint32)."""
+    data = np.ascontiguousarray(data)
+    if data.itemsize < 4:
+        return data.astype(np.uint32)
+    return data.view(np.uint64 if data.itemsize == 8 else np.uint32)
+
+
 def _emulated_inline_asm(builder, asm, constraints, values, types, is_pure, pack):
     """InterpreterBuilder.create_inline_asm through `run`: one instance an element (pack 1), registers as bits."""
     from triton.runtime.interpreter import TensorHandle, _get_np_dtype
@@ -140,8 +148,7 @@ def _emulated_inline_asm(builder, asm, constraints, values, types, is_pure, pack
     if pack != 1:
         raise NotImplementedError(f"inline asm with pack={pack} under the interpreter")
     shape = np.broadcast_shapes(*(np.shape(h.data) for h in values))
-    ins = [np.broadcast_to(np.ascontiguousarray(h.data).view(np.uint64 if h.data.itemsize == 8 else np.uint32)
-                           if h.data.itemsize >= 4 else h.data.astype(np.uint32), shape) for h in values]
+    ins = [np.broadcast_to(_register_bits(h.data), shape) for h in values]
     outs = run(asm, sum(c.startswith("=") for c in constraints.split(",")), *ins)
     handles = []
     for bits, ty in zip(outs, types):
@@ -158,10 +165,7 @@ def _rounding_convert(convert):
 
     def conv(data, src, dst, rounding_mode):
         if src == tl.float32 and dst == tl.bfloat16:
-            bits = np.ascontiguousarray(data, dtype=np.float32).view(np.uint32).astype(np.uint64)
-            rounded = (bits + 0x7FFF + ((bits >> np.uint64(16)) & np.uint64(1))) >> np.uint64(16)
-            nan = np.isnan(np.asarray(data, dtype=np.float32))
-            return np.where(nan, (bits >> np.uint64(16)) | np.uint64(0x40), rounded).astype(np.uint16)
+            return bf16_bits(np.asarray(data, dtype=np.float64)).astype(np.uint16)
         return convert(data, src, dst, rounding_mode)
     return conv
 

@@ -99,7 +99,6 @@ def test_the_int4_mma_kernel_takes_half_the_paired_gemvs_instructions_a_word_and
     assert int(staged["cp.async.cg"]) > 0 and "spill bytes" not in staged
 
 
-
 _PDL_PTX = """
 import json, sys, torch
 from bench.ptx_stats import compile_launches

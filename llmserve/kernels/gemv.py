@@ -210,8 +210,7 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, N, K, stride_wn, nw_ptr, s
             x = (x * u.to(tl.float32)).to(u.dtype).to(tl.float32)
         acc += _to_f32(w, W_KIND) * x[None, :]
         w_ptrs += BLOCK_K
-    if LATE:
-        pdl_launch_next(PDL)
+    pdl_launch_next(PDL, LATE)
     y = tl.sum(acc, axis=1)
     if HAS_SCALE:
         y = y * tl.load(s_ptr + offs_n, mask=n_mask, other=0.0)

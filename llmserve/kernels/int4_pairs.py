@@ -88,10 +88,8 @@ _PAIR_SUM = tl.constexpr("{.reg .b32 lo, hi; shl.b32 lo, $1, 16; and.b32 hi, $1,
 def _split_pairs(q, NATURAL: tl.constexpr):
     """x[i..i+3] as one int64 -> the bf16 pairs (x[i], x[i + 2]) and (x[i + 1], x[i + 3]) (two byte permutes), or
     NATURAL (x[i], x[i + 1]) and (x[i + 2], x[i + 3]) (its two halves)."""
-    if NATURAL:
-        return tl.inline_asm_elementwise(_NATURAL_PAIRS, "=r,=r,l", [q], dtype=(tl.int32, tl.int32), is_pure=True,
-                                         pack=1)
-    return tl.inline_asm_elementwise(_SPLIT_PAIRS, "=r,=r,l", [q], dtype=(tl.int32, tl.int32), is_pure=True, pack=1)
+    asm: tl.constexpr = _NATURAL_PAIRS if NATURAL else _SPLIT_PAIRS
+    return tl.inline_asm_elementwise(asm, "=r,=r,l", [q], dtype=(tl.int32, tl.int32), is_pure=True, pack=1)
 
 
 @triton.jit
@@ -165,7 +163,7 @@ def _w4gemv_pairs_kernel(x_ptr, xq_ptr, w_ptr, s_ptr, m_ptr, b_ptr, out_ptr, N, 
         if ASYM:
             mn = tl.load(m_ptr + rows_s + grp[None, :], mask=s_mask, other=0.0).to(tl.float32) + 8.0 * s
             acc += mn[:, :, None] * (_pair_sum(pa0) + _pair_sum(pa1) + _pair_sum(pb0) + _pair_sum(pb1))
-    pdl_launch_next(PDL)
+    pdl_launch_next(PDL, LATE=True)
     store_folded(tl.sum(tl.sum(acc, axis=2), axis=1), pid, offs_n, n_mask, N, K, out_ptr, b_ptr, eps, part, res,
                  sumsq_out, nw_ptr, hw_ptr, cos, sin, slot, kc_ptr, vc_ptr, stride_slot, HAS_BIAS, NORM, ADD_TO,
                  WEIGHTED, GATE_OUT, NH, NKV, ROPE_HALF, BLOCK_N)

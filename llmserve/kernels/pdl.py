@@ -24,7 +24,7 @@ def pdl_prologue(PDL: tl.constexpr, LATE: tl.constexpr = False):
 
 
 @jit
-def pdl_launch_next(PDL: tl.constexpr):
-    """Under PDL: let the next kernel launch (a LATE prologue's kernel, where it chooses)."""
-    if PDL:
+def pdl_launch_next(PDL: tl.constexpr, LATE: tl.constexpr):
+    """Under PDL, in a kernel whose prologue was LATE: let the next kernel launch (where the kernel calls this)."""
+    if PDL and LATE:
         gdc_launch_dependents()
